@@ -1,0 +1,304 @@
+//! Admission of one object: decode it into its kind's type, find fields the schema does not
+//! have, default it, validate it. The API server and `kubevirt-rs validate` both go through
+//! [`admit`], so an object that passes offline passes the server and vice versa.
+
+use crate::defaults::{self, DefaultsConfig};
+use crate::field::{CauseType, FieldError};
+use crate::validation::{self, ValidationConfig};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+/// What to do with fields the schema does not know (`fieldValidation` in Kubernetes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    /// Refuse the object, as `kubectl --validate=strict` does.
+    #[default]
+    Strict,
+    /// Drop them and return a warning for each.
+    Warn,
+    /// Drop them silently.
+    Ignore,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AdmitOptions {
+    pub field_validation: FieldValidation,
+    pub defaults: DefaultsConfig,
+    pub validation: ValidationConfig,
+}
+
+/// The object as it will be stored: typed fields only, defaults applied.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    pub value: Value,
+    /// Kubernetes-style warnings (e.g. unknown fields under `Warn`).
+    pub warnings: Vec<String>,
+}
+
+type AdmitFn = fn(&Value, &AdmitOptions) -> Result<Admitted, Vec<FieldError>>;
+
+/// A kind the project knows: its REST names and how to admit it.
+pub struct KindInfo {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub namespaced: bool,
+    admit: AdmitFn,
+    roundtrip: fn(&Value) -> Result<Value, String>,
+    /// The CRD, for the kinds that are custom resources in a real cluster.
+    pub crd: Option<fn() -> CustomResourceDefinition>,
+}
+
+impl KindInfo {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn admit(&self, value: &Value, opts: &AdmitOptions) -> Result<Admitted, Vec<FieldError>> {
+        (self.admit)(value, opts)
+    }
+
+    /// Decode into the kind's type and encode again, with no defaulting: what survives is
+    /// exactly what the types model.
+    pub fn roundtrip(&self, value: &Value) -> Result<Value, String> {
+        (self.roundtrip)(value)
+    }
+}
+
+fn no_default<K>(_: &mut K, _: &DefaultsConfig) {}
+fn no_validate<K>(_: &K, _: &ValidationConfig) -> Vec<FieldError> {
+    Vec::new()
+}
+
+macro_rules! kind {
+    ($ty:ty, $group:expr, $version:expr, $plural:expr, $ns:expr, $default:expr, $validate:expr, $crd:expr) => {
+        KindInfo {
+            group: $group,
+            version: $version,
+            kind: stringify!($ty),
+            plural: $plural,
+            namespaced: $ns,
+            admit: |v, o| admit_typed::<$ty>(v, o, $default, $validate),
+            roundtrip: roundtrip::<$ty>,
+            crd: $crd,
+        }
+    };
+}
+
+macro_rules! custom {
+    ($ty:ident, $default:expr, $validate:expr) => {
+        KindInfo {
+            group: <crate::$ty as kube::Resource>::group(&()).into_owned().leak(),
+            version: <crate::$ty as kube::Resource>::version(&()).into_owned().leak(),
+            kind: stringify!($ty),
+            plural: <crate::$ty as kube::Resource>::plural(&()).into_owned().leak(),
+            namespaced: <crate::$ty as CustomResourceExt>::crd().spec.scope == "Namespaced",
+            admit: |v, o| admit_typed::<crate::$ty>(v, o, $default, $validate),
+            roundtrip: roundtrip::<crate::$ty>,
+            crd: Some(|| <crate::$ty as CustomResourceExt>::crd()),
+        }
+    };
+}
+
+/// Every kind the project models: KubeVirt's and CDI's custom resources, then the core kinds
+/// our users touch.
+pub fn kinds() -> &'static [KindInfo] {
+    use k8s_openapi::api::core::v1 as core;
+    static KINDS: std::sync::OnceLock<Vec<KindInfo>> = std::sync::OnceLock::new();
+    KINDS.get_or_init(|| {
+        vec![
+            custom!(VirtualMachineInstance, defaults::default_vmi, validation::validate_vmi),
+            custom!(VirtualMachine, defaults::default_vm, validation::validate_vm),
+            custom!(VirtualMachineInstanceMigration, no_default, no_validate),
+            custom!(VirtualMachineInstanceReplicaSet, no_default, no_validate),
+            custom!(KubeVirt, no_default, no_validate),
+            custom!(VirtualMachineInstancetype, no_default, no_validate),
+            custom!(VirtualMachineClusterInstancetype, no_default, no_validate),
+            custom!(VirtualMachinePreference, no_default, no_validate),
+            custom!(VirtualMachineClusterPreference, no_default, no_validate),
+            custom!(DataVolume, defaults::default_dv, |dv, _| validation::validate_dv(dv)),
+            custom!(VirtualMachineSnapshot, no_default, no_validate),
+            custom!(VirtualMachineSnapshotContent, no_default, no_validate),
+            custom!(VirtualMachineRestore, no_default, no_validate),
+            custom!(MigrationPolicy, no_default, no_validate),
+            custom!(VirtualMachinePool, no_default, no_validate),
+            kind!(core::Namespace, "", "v1", "namespaces", false, no_default, no_validate, None),
+            kind!(core::ConfigMap, "", "v1", "configmaps", true, no_default, no_validate, None),
+            kind!(core::Secret, "", "v1", "secrets", true, no_default, no_validate, None),
+            kind!(core::PersistentVolumeClaim, "", "v1", "persistentvolumeclaims", true, no_default, no_validate, None),
+            kind!(core::PersistentVolume, "", "v1", "persistentvolumes", false, no_default, no_validate, None),
+            kind!(core::Node, "", "v1", "nodes", false, no_default, no_validate, None),
+            kind!(core::Service, "", "v1", "services", true, no_default, no_validate, None),
+            kind!(core::Event, "", "v1", "events", true, no_default, no_validate, None),
+        ]
+    })
+}
+
+/// The kind an object declares with `apiVersion` and `kind`.
+pub fn kind_of(api_version: &str, kind: &str) -> Option<&'static KindInfo> {
+    kinds()
+        .iter()
+        .find(|k| k.kind == kind && k.api_version() == api_version)
+}
+
+/// Admit an object whose kind is found from its own `apiVersion`/`kind`.
+pub fn admit(value: &Value, opts: &AdmitOptions) -> Result<Admitted, Vec<FieldError>> {
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    if api_version.is_empty() || kind.is_empty() {
+        return Err(vec![FieldError::required(
+            if api_version.is_empty() { "apiVersion" } else { "kind" },
+            "apiVersion and kind must be set",
+        )]);
+    }
+    match kind_of(api_version, kind) {
+        Some(k) => k.admit(value, opts),
+        None => Err(vec![FieldError::new(
+            CauseType::FieldValueNotSupported,
+            "kind",
+            format!("no kind \"{kind}\" is registered for version \"{api_version}\""),
+        )]),
+    }
+}
+
+fn roundtrip<K: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, String> {
+    let typed: K = serde_path_to_error::deserialize(value).map_err(|e| e.to_string())?;
+    serde_json::to_value(&typed).map_err(|e| e.to_string())
+}
+
+fn admit_typed<K: DeserializeOwned + Serialize>(
+    value: &Value,
+    opts: &AdmitOptions,
+    default: fn(&mut K, &DefaultsConfig),
+    validate: fn(&K, &ValidationConfig) -> Vec<FieldError>,
+) -> Result<Admitted, Vec<FieldError>> {
+    let mut typed: K = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        vec![FieldError::new(
+            CauseType::FieldValueTypeInvalid,
+            if path == "." { String::new() } else { path },
+            e.into_inner().to_string(),
+        )]
+    })?;
+    let mut warnings = Vec::new();
+    if opts.field_validation != FieldValidation::Ignore {
+        let decoded = serde_json::to_value(&typed).map_err(|e| {
+            vec![FieldError::invalid("", format!("cannot encode object: {e}"))]
+        })?;
+        let mut unknown = Vec::new();
+        unknown_fields(value, &decoded, "", &mut unknown);
+        if !unknown.is_empty() {
+            if opts.field_validation == FieldValidation::Strict {
+                return Err(unknown
+                    .into_iter()
+                    .map(|f| {
+                        FieldError::new(
+                            CauseType::FieldValueUnknown,
+                            f.clone(),
+                            format!("unknown field \"{f}\""),
+                        )
+                    })
+                    .collect());
+            }
+            warnings.extend(unknown.into_iter().map(|f| format!("unknown field \"{f}\"")));
+        }
+    }
+    default(&mut typed, &opts.defaults);
+    let errs = validate(&typed, &opts.validation);
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let value = serde_json::to_value(&typed)
+        .map_err(|e| vec![FieldError::invalid("", format!("cannot encode object: {e}"))])?;
+    Ok(Admitted { value, warnings })
+}
+
+/// Paths present in `input` that decoding dropped: the fields the schema does not have.
+/// (A `null` the decoder dropped is not unknown: it means "unset".)
+pub fn unknown_fields(input: &Value, decoded: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, decoded) {
+        (Value::Object(i), Value::Object(d)) => {
+            for (k, v) in i {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match d.get(k) {
+                    Some(dv) => unknown_fields(v, dv, &p, out),
+                    None if v.is_null() => {}
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(d)) => {
+            for (n, (iv, dv)) in i.iter().zip(d).enumerate() {
+                unknown_fields(iv, dv, &format!("{path}[{n}]"), out);
+            }
+        }
+        // A free-form value (RawExtension, preserve-unknown-fields) keeps everything.
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vmi(spec: Value) -> Value {
+        json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+               "metadata": {"name": "t"}, "spec": spec})
+    }
+
+    #[test]
+    fn strict_validation_names_every_unknown_field() {
+        let v = vmi(json!({"domain": {"devices": {"disks": [{"name": "a", "bogus": 1}]},
+                                     "memory": {"guest": "64Mi"}, "colour": "red"},
+                           "volumes": [{"name": "a", "emptyDisk": {"capacity": "1Gi"}}]}));
+        let errs = admit(&v, &AdmitOptions::default()).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.domain.colour", "spec.domain.devices.disks[0].bogus"]);
+        assert_eq!(errs[1].message, "unknown field \"spec.domain.devices.disks[0].bogus\"");
+
+        let warn = AdmitOptions {
+            field_validation: FieldValidation::Warn,
+            ..Default::default()
+        };
+        let ok = admit(&v, &warn).unwrap();
+        assert_eq!(ok.warnings.len(), 2);
+        assert!(ok.value["spec"]["domain"].get("colour").is_none(), "unknown fields are pruned");
+    }
+
+    #[test]
+    fn a_wrong_type_is_reported_with_its_path() {
+        let v = vmi(json!({"domain": {"devices": {}, "memory": {"guest": true}}}));
+        let errs = admit(&v, &AdmitOptions::default()).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "spec.domain.memory.guest");
+        assert_eq!(errs[0].reason, CauseType::FieldValueTypeInvalid);
+    }
+
+    #[test]
+    fn an_unknown_kind_is_refused() {
+        let errs = admit(&json!({"apiVersion": "kubevirt.io/v1", "kind": "Nope"}), &AdmitOptions::default())
+            .unwrap_err();
+        assert!(errs[0].message.contains("no kind \"Nope\""));
+    }
+
+    #[test]
+    fn admission_defaults_the_object() {
+        let v = vmi(json!({"domain": {"devices": {}, "resources": {"requests": {"memory": "64Mi"}}}}));
+        let ok = admit(&v, &AdmitOptions::default()).unwrap();
+        assert_eq!(ok.value["spec"]["domain"]["machine"]["type"], "q35");
+        assert_eq!(ok.value["spec"]["domain"]["memory"]["guest"], "64Mi");
+    }
+}

@@ -1,0 +1,58 @@
+//! CDI's DataVolume status. CDI's own API package is not part of KubeVirt's OpenAPI document,
+//! so these few types are written by hand from CDI's `datavolume_types.go`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// DataVolume phases CDI reports.
+pub mod phase {
+    pub const PENDING: &str = "Pending";
+    pub const PVC_BOUND: &str = "PVCBound";
+    pub const IMPORT_SCHEDULED: &str = "ImportScheduled";
+    pub const IMPORT_IN_PROGRESS: &str = "ImportInProgress";
+    pub const CLONE_SCHEDULED: &str = "CloneScheduled";
+    pub const CLONE_IN_PROGRESS: &str = "CloneInProgress";
+    pub const UPLOAD_SCHEDULED: &str = "UploadScheduled";
+    pub const UPLOAD_READY: &str = "UploadReady";
+    pub const WAIT_FOR_FIRST_CONSUMER: &str = "WaitForFirstConsumer";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const FAILED: &str = "Failed";
+    pub const UNKNOWN: &str = "Unknown";
+}
+
+/// `status` of a `cdi.kubevirt.io/v1beta1` DataVolume.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataVolumeStatus {
+    /// Name of the PersistentVolumeClaim holding the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_name: Option<String>,
+    /// Current phase (Pending, ImportInProgress, Succeeded, Failed...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Transfer progress as a percentage string such as "45.34%", or "N/A".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// How many times the transfer has been restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<DataVolumeCondition>>,
+}
+
+/// A DataVolume condition (types Bound, Running, Ready).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataVolumeCondition {
+    pub r#type: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heart_beat_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

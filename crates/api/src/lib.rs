@@ -1,0 +1,23 @@
+//! KubeVirt's API resources as Rust types, with KubeVirt's defaulting and validation.
+//!
+//! - [`generated`](self) types come from KubeVirt's OpenAPI document (see `crates/api-gen`);
+//!   every kind derives `kube::CustomResource`, so `VirtualMachineInstance::crd()` works.
+//! - [`admission`] decodes, prunes unknown fields, defaults and validates one object.
+//! - [`defaults`] and [`validation`] are pure functions, usable on their own.
+//!
+//! This crate does no I/O.
+
+#[rustfmt::skip]
+mod generated;
+pub use generated::*;
+
+pub mod admission;
+pub mod cdi;
+pub mod crd;
+pub mod defaults;
+pub mod field;
+pub mod quantity;
+pub mod validation;
+
+pub use admission::{admit, AdmitOptions, Admitted, FieldValidation, KindInfo};
+pub use field::{CauseType, FieldError};

@@ -1,0 +1,776 @@
+//! Validation: what KubeVirt's (and CDI's) validating webhooks reject, as pure functions that
+//! return every problem at once, each with its field path.
+//!
+//! Messages are KubeVirt's own where KubeVirt has one (pkg/virt-api/webhooks/validating-webhook/
+//! admitters/vmi-create-admitter.go, vms-admitter.go, pkg/network/admitter; CDI's
+//! datavolume-validate.go), so a user who greps for a KubeVirt error finds ours too. Rules of
+//! our own (the microvm profile) say what to change.
+
+use crate::field::{FieldError, Path};
+use crate::quantity::Quantity;
+use crate::{
+    DataVolume, DataVolumeSpec, Disk, VirtualMachine, VirtualMachineInstance,
+    VirtualMachineInstanceSpec,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// KubeVirt's `cloudInitUserMaxLen`.
+pub const CLOUD_INIT_MAX_LEN: usize = 2048;
+/// Disk buses KubeVirt accepts, in the order its message lists them.
+pub const DISK_BUSES: &[&str] = &["virtio", "scsi", "sata", "usb"];
+/// Interface models KubeVirt accepts.
+pub const INTERFACE_MODELS: &[&str] = &[
+    "e1000", "e1000e", "igb", "ne2k_pci", "pcnet", "rtl8139", "virtio",
+];
+/// Run strategies of a VirtualMachine.
+pub const RUN_STRATEGIES: &[&str] = &["Always", "Halted", "Manual", "RerunOnFailure", "Once"];
+/// Our lightweight machine profile (Firecracker-style QEMU microvm).
+pub const MICROVM: &str = "microvm";
+
+/// Cluster settings validation depends on (from the `KubeVirt` resource).
+#[derive(Clone, Debug)]
+pub struct ValidationConfig {
+    /// `network.permitBridgeInterfaceOnPodNetwork` (KubeVirt default: true).
+    pub permit_bridge_on_pod_network: bool,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            permit_bridge_on_pod_network: true,
+        }
+    }
+}
+
+pub fn validate_vmi(vmi: &VirtualMachineInstance, cfg: &ValidationConfig) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    validate_vmi_spec(&vmi.spec, &Path::root("spec"), cfg, &mut errs);
+    require_memory(&vmi.spec, &mut errs);
+    errs
+}
+
+pub fn validate_vm(vm: &VirtualMachine, cfg: &ValidationConfig) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let spec = &vm.spec;
+    let root = Path::root("spec");
+    match (spec.running, spec.run_strategy.as_deref()) {
+        (Some(_), Some(_)) => errs.push(FieldError::invalid(
+            root.child("running"),
+            "Running and RunStrategy are mutually exclusive. Note that Running is deprecated, please use RunStrategy instead",
+        )),
+        (None, None) => errs.push(FieldError::invalid(
+            root.child("running"),
+            "RunStrategy must be specified",
+        )),
+        (None, Some(rs)) if !RUN_STRATEGIES.contains(&rs) => errs.push(FieldError::invalid(
+            root.child("runStrategy"),
+            format!(
+                "Invalid RunStrategy ({rs}), must be one of: {}",
+                RUN_STRATEGIES.join(", ")
+            ),
+        )),
+        _ => {}
+    }
+    match spec.template.spec.as_ref() {
+        None => errs.push(FieldError::required(
+            root.child("template"),
+            "missing virtual machine template.",
+        )),
+        Some(tspec) => {
+            // The template is checked as the VMI it will become, defaults included, with the
+            // VM's paths; memory may come from an instancetype, so it is not required here.
+            let mut t = tspec.clone();
+            crate::defaults::default_vmi_spec(
+                &mut t,
+                vm.metadata.name.as_deref().unwrap_or(""),
+                &Default::default(),
+            );
+            validate_vmi_spec(&t, &root.child("template").child("spec"), cfg, &mut errs);
+        }
+    }
+    // Every dataVolumeTemplate must be used by a volume.
+    let used: BTreeSet<&str> = spec
+        .template
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| {
+            v.data_volume
+                .as_ref()
+                .map(|d| d.name.as_str())
+                .or(v.persistent_volume_claim.as_ref().map(|p| p.claim_name.as_str()))
+        })
+        .collect();
+    for (i, dvt) in spec.data_volume_templates.iter().flatten().enumerate() {
+        let p = root.child("dataVolumeTemplate").index(i);
+        let name = dvt
+            .metadata
+            .as_ref()
+            .and_then(|m| m.name.as_deref())
+            .unwrap_or("");
+        if name.is_empty() {
+            errs.push(FieldError::required(
+                p.child("name"),
+                format!("'name' field must not be empty for DataVolumeTemplate entry {p}."),
+            ));
+        } else if !used.contains(name) {
+            errs.push(FieldError::required(
+                p.clone(),
+                format!("DataVolumeTemplate entry {p} must be referenced in the VMI template's 'volumes' list"),
+            ));
+        }
+        validate_dv_spec(&dvt.spec, &p.child("spec"), &mut errs);
+    }
+    errs
+}
+
+pub fn validate_dv(dv: &DataVolume) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if dv.metadata.name.as_ref().is_some_and(|n| n.len() > 253) {
+        errs.push(FieldError::invalid(
+            "metadata.name",
+            "Name of data volume cannot be more than 253 characters",
+        ));
+    }
+    validate_dv_spec(&dv.spec, &Path::root("spec"), &mut errs);
+    errs
+}
+
+fn validate_dv_spec(spec: &DataVolumeSpec, p: &Path, errs: &mut Vec<FieldError>) {
+    match (&spec.pvc, &spec.storage) {
+        (Some(_), Some(_)) => errs.push(FieldError::invalid(
+            p.child("storage"),
+            "Duplicate storage definition, both target storage and target pvc defined",
+        )),
+        (None, None) => errs.push(FieldError::invalid(
+            p.child("storage"),
+            "Missing Data volume PVC or Storage",
+        )),
+        _ => {}
+    }
+    let external = spec.pvc.as_ref().is_some_and(|c| c.data_source_ref.is_some() || c.data_source.is_some())
+        || spec.storage.as_ref().is_some_and(|c| c.data_source_ref.is_some() || c.data_source.is_some());
+    let sources = spec.source.as_ref().map(|s| {
+        [
+            s.blank.is_some(),
+            s.gcs.is_some(),
+            s.http.is_some(),
+            s.imageio.is_some(),
+            s.pvc.is_some(),
+            s.registry.is_some(),
+            s.s3.is_some(),
+            s.snapshot.is_some(),
+            s.upload.is_some(),
+            s.vddk.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count()
+    });
+    match (sources, spec.source_ref.is_some()) {
+        (None, false) if !external => errs.push(FieldError::invalid(
+            p.child("source"),
+            "Data volume should have either Source, SourceRef, or be externally populated",
+        )),
+        (Some(_), true) => errs.push(FieldError::invalid(
+            p.child("source"),
+            "Data volume should have either Source or SourceRef, not both",
+        )),
+        (Some(0), _) => errs.push(FieldError::invalid(
+            p.child("source"),
+            "Missing Data volume source",
+        )),
+        (Some(n), _) if n > 1 => errs.push(FieldError::invalid(
+            p.child("source"),
+            "Multiple Data volume sources",
+        )),
+        _ => {}
+    }
+    // A `pvc` target needs a size; a `storage` target may infer it from a clone source.
+    let clone_like = spec.source_ref.is_some()
+        || spec
+            .source
+            .as_ref()
+            .is_some_and(|s| s.pvc.is_some() || s.snapshot.is_some());
+    let sized = |req: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+                 what: &str,
+                 path: Path,
+                 required: bool,
+                 errs: &mut Vec<FieldError>| {
+        match req.and_then(|r| r.get("storage")) {
+            None if required => errs.push(FieldError::invalid(
+                path,
+                format!("{what} size is missing"),
+            )),
+            Some(q) => match Quantity::from_k8s(q) {
+                Ok(v) if v.value() <= 0 => errs.push(FieldError::invalid(
+                    path,
+                    format!("{what} size can't be equal or less than zero"),
+                )),
+                Err(e) => errs.push(FieldError::invalid(path, format!("'{}': {e}", q.0))),
+                Ok(_) => {}
+            },
+            None => {}
+        }
+    };
+    if let Some(pvc) = &spec.pvc {
+        let req = pvc.resources.as_ref().and_then(|r| r.requests.as_ref());
+        sized(
+            req,
+            "PVC",
+            p.child("pvc").child("resources").child("requests").child("storage"),
+            !clone_like,
+            errs,
+        );
+        if pvc.access_modes.as_ref().is_none_or(Vec::is_empty) && !clone_like {
+            errs.push(FieldError::required(
+                p.child("pvc").child("accessModes"),
+                "at least 1 access mode is required",
+            ));
+        }
+    }
+    if let Some(st) = &spec.storage {
+        let req = st.resources.as_ref().and_then(|r| r.requests.as_ref());
+        sized(
+            req,
+            "Storage",
+            p.child("storage").child("resources").child("requests").child("storage"),
+            false,
+            errs,
+        );
+    }
+}
+
+/// KubeVirt's `ValidateVirtualMachineInstanceMandatoryFields` (VMIs only, after defaulting).
+fn require_memory(spec: &VirtualMachineInstanceSpec, errs: &mut Vec<FieldError>) {
+    let d = &spec.domain;
+    let has_request = d
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("memory"))
+        .is_some_and(|q| Quantity::from_k8s(q).is_ok_and(|q| !q.is_zero()));
+    let has_guest = d.memory.as_ref().is_some_and(|m| m.guest.is_some());
+    let has_hugepages = d
+        .memory
+        .as_ref()
+        .and_then(|m| m.hugepages.as_ref())
+        .is_some_and(|h| h.page_size.is_some());
+    if !(has_request || has_guest || has_hugepages) {
+        errs.push(FieldError::required(
+            "",
+            "no memory requested, at least one of 'spec.domain.memory.guest', 'spec.domain.memory.hugepages.size' or 'spec.domain.resources.requests.memory' must be set",
+        ));
+    }
+}
+
+/// One disk target (disk, lun, cdrom) as a (name, bus, readonly) triple.
+fn targets(d: &Disk) -> Vec<(&'static str, Option<&str>, Option<bool>)> {
+    let mut t = Vec::new();
+    if let Some(x) = &d.disk {
+        t.push(("disk", x.bus.as_deref(), x.readonly));
+    }
+    if let Some(x) = &d.lun {
+        t.push(("lun", x.bus.as_deref(), x.readonly));
+    }
+    if let Some(x) = &d.cdrom {
+        t.push(("cdrom", x.bus.as_deref(), x.readonly));
+    }
+    t
+}
+
+/// The checks KubeVirt applies to a VMI spec; `root` is `spec` for a VMI and
+/// `spec.template.spec` for a VM.
+pub fn validate_vmi_spec(
+    spec: &VirtualMachineInstanceSpec,
+    root: &Path,
+    cfg: &ValidationConfig,
+    errs: &mut Vec<FieldError>,
+) {
+    let domain = root.child("domain");
+    let devices_p = domain.child("devices");
+    let devices = &spec.domain.devices;
+    let disks = devices.disks.as_deref().unwrap_or_default();
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    let machine = spec
+        .domain
+        .machine
+        .as_ref()
+        .and_then(|m| m.r#type.as_deref())
+        .unwrap_or("");
+
+    if !machine.is_empty()
+        && machine != MICROVM
+        && !machine.starts_with("q35")
+        && !machine.starts_with("pc-q35")
+    {
+        errs.push(FieldError::invalid(
+            domain.child("machine").child("type"),
+            format!("{domain}.machine.type is not supported: {machine} (allowed values: [q35* pc-q35* {MICROVM}])"),
+        ));
+    }
+
+    // Disks.
+    let volume_names: BTreeSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    let mut seen_disks: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut boot_orders: BTreeMap<i32, String> = BTreeMap::new();
+    for (i, d) in disks.iter().enumerate() {
+        let dp = devices_p.child("disks").index(i);
+        if let Some(j) = seen_disks.get(d.name.as_str()) {
+            let other = devices_p.child("disks").index(*j);
+            errs.push(FieldError::invalid(
+                dp.child("name"),
+                format!("{dp} and {other} must not have the same Name."),
+            ));
+        } else {
+            seen_disks.insert(&d.name, i);
+        }
+        if d.cdrom.is_none() && !volume_names.contains(d.name.as_str()) {
+            errs.push(FieldError::invalid(
+                dp.child("name"),
+                format!("{dp}.Name '{}' not found.", d.name),
+            ));
+        }
+        let ts = targets(d);
+        if ts.len() > 1 {
+            errs.push(FieldError::invalid(
+                dp.clone(),
+                format!("{dp} can only have a single target type defined"),
+            ));
+        }
+        for (kind, bus, readonly) in &ts {
+            let bp = dp.child(kind).child("bus");
+            match bus.unwrap_or("") {
+                "" => {}
+                "ide" => errs.push(FieldError::invalid(bp.clone(), "IDE bus is not supported")),
+                b if !DISK_BUSES.contains(&b) => errs.push(FieldError::invalid(
+                    bp.clone(),
+                    format!(
+                        "{dp} is set with an unrecognized bus {b}, must be one of: [{}]",
+                        DISK_BUSES.join(" ")
+                    ),
+                )),
+                "virtio" if *kind == "cdrom" => errs.push(FieldError::invalid(
+                    bp.clone(),
+                    "Bus type virtio is invalid for CD-ROM device",
+                )),
+                "sata" if *kind == "disk" && *readonly == Some(true) => errs.push(
+                    FieldError::invalid(bp.clone(), "sata hard-disks do not support read-only."),
+                ),
+                _ => {}
+            }
+            if machine == MICROVM {
+                if *kind == "cdrom" {
+                    errs.push(FieldError::invalid(
+                        dp.child("cdrom"),
+                        format!("{dp} is a cdrom: machine type microvm has no cdrom device; use a disk with bus virtio"),
+                    ));
+                } else if bus.unwrap_or("") != "virtio" {
+                    errs.push(FieldError::invalid(
+                        bp,
+                        format!(
+                            "{dp} uses bus {}: machine type microvm supports only bus virtio",
+                            bus.unwrap_or("<unset, defaults to sata>")
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(bo) = d.boot_order {
+            let bp = dp.child("bootOrder");
+            if bo < 1 {
+                errs.push(FieldError::invalid(
+                    bp,
+                    format!("{dp} must have a boot order > 0, if supplied"),
+                ));
+            } else if boot_orders.contains_key(&bo) {
+                errs.push(FieldError::invalid(
+                    bp.clone(),
+                    format!("Boot order for {bp} already set for a different device."),
+                ));
+            } else {
+                boot_orders.insert(bo, bp.to_string());
+            }
+        }
+    }
+
+    // Volumes.
+    let mut seen_volumes: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, v) in volumes.iter().enumerate() {
+        let vp = root.child("volumes").index(i);
+        if let Some(j) = seen_volumes.get(v.name.as_str()) {
+            let other = root.child("volumes").index(*j);
+            errs.push(FieldError::invalid(
+                vp.child("name"),
+                format!("{vp} and {other} must not have the same Name."),
+            ));
+        } else {
+            seen_volumes.insert(&v.name, i);
+        }
+        let sources = [
+            v.cloud_init_config_drive.is_some(),
+            v.cloud_init_no_cloud.is_some(),
+            v.config_map.is_some(),
+            v.container_disk.is_some(),
+            v.container_path.is_some(),
+            v.data_volume.is_some(),
+            v.downward_api.is_some(),
+            v.downward_metrics.is_some(),
+            v.empty_disk.is_some(),
+            v.ephemeral.is_some(),
+            v.host_disk.is_some(),
+            v.memory_dump.is_some(),
+            v.persistent_volume_claim.is_some(),
+            v.secret.is_some(),
+            v.service_account.is_some(),
+            v.sysprep.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if sources != 1 {
+            errs.push(FieldError::invalid(
+                vp.clone(),
+                format!("{vp} must have exactly one source type set"),
+            ));
+        }
+        if let Some(dv) = &v.data_volume {
+            if dv.name.is_empty() {
+                errs.push(FieldError::required(
+                    vp.child("name"),
+                    "DataVolume 'name' must be set",
+                ));
+            }
+        }
+        let cloud_init = [
+            v.cloud_init_no_cloud.as_ref().map(|c| {
+                (
+                    "cloudInitNoCloud",
+                    c.user_data.as_deref(),
+                    c.user_data_base64.as_deref(),
+                    c.secret_ref.is_some(),
+                    c.network_data.as_deref(),
+                    c.network_data_base64.as_deref(),
+                    c.network_data_secret_ref.is_some(),
+                )
+            }),
+            v.cloud_init_config_drive.as_ref().map(|c| {
+                (
+                    "cloudInitConfigDrive",
+                    c.user_data.as_deref(),
+                    c.user_data_base64.as_deref(),
+                    c.secret_ref.is_some(),
+                    c.network_data.as_deref(),
+                    c.network_data_base64.as_deref(),
+                    c.network_data_secret_ref.is_some(),
+                )
+            }),
+        ];
+        for (kind, ud, ud64, ud_secret, nd, nd64, nd_secret) in cloud_init.into_iter().flatten() {
+            let cp = vp.child(kind);
+            let user_sources = [ud.is_some(), ud64.is_some(), ud_secret]
+                .iter()
+                .filter(|b| **b)
+                .count();
+            let net_sources = [nd.is_some(), nd64.is_some(), nd_secret]
+                .iter()
+                .filter(|b| **b)
+                .count();
+            if user_sources > 1 {
+                errs.push(FieldError::invalid(
+                    cp.clone(),
+                    format!("{cp} must have only one userdatasource set."),
+                ));
+            }
+            if user_sources == 0 && net_sources == 0 {
+                errs.push(FieldError::invalid(
+                    cp.clone(),
+                    format!("{cp} must have at least one userdatasource or one networkdatasource set."),
+                ));
+            }
+            let len = |plain: Option<&str>, b64: Option<&str>| -> usize {
+                plain.map(str::len).unwrap_or(0)
+                    + b64.map(|b| b.trim().len() / 4 * 3).unwrap_or(0)
+            };
+            if len(ud, ud64) > CLOUD_INIT_MAX_LEN {
+                errs.push(FieldError::invalid(
+                    cp.clone(),
+                    format!("{cp} userdata exceeds {CLOUD_INIT_MAX_LEN} byte limit. Should use UserDataSecretRef for larger data."),
+                ));
+            }
+            if len(nd, nd64) > CLOUD_INIT_MAX_LEN {
+                errs.push(FieldError::invalid(
+                    cp.clone(),
+                    format!("{cp} networkdata exceeds {CLOUD_INIT_MAX_LEN} byte limit. Should use NetworkDataSecretRef for larger data."),
+                ));
+            }
+        }
+    }
+
+    validate_resources(spec, &domain, errs);
+    validate_firmware(spec, &domain, machine, errs);
+    validate_network(spec, root, cfg, machine, &mut boot_orders, errs);
+}
+
+fn validate_resources(spec: &VirtualMachineInstanceSpec, domain: &Path, errs: &mut Vec<FieldError>) {
+    let res = spec.domain.resources.as_ref();
+    let rp = domain.child("resources");
+    let get = |which: &str, key: &str, errs: &mut Vec<FieldError>| -> Option<(Quantity, String)> {
+        let q = res
+            .and_then(|r| if which == "requests" { r.requests.as_ref() } else { r.limits.as_ref() })
+            .and_then(|m| m.get(key))?;
+        let path = rp.child(which).child(key);
+        match Quantity::from_k8s(q) {
+            Ok(v) if v.is_negative() => {
+                errs.push(FieldError::invalid(
+                    path.clone(),
+                    format!("{path} '{}': must be greater than or equal to 0.", q.0),
+                ));
+                None
+            }
+            Ok(v) => Some((v, q.0.clone())),
+            Err(e) => {
+                errs.push(FieldError::invalid(path.clone(), format!("{path} '{}': {e}", q.0)));
+                None
+            }
+        }
+    };
+    let req_mem = get("requests", "memory", errs);
+    let lim_mem = get("limits", "memory", errs);
+    let req_cpu = get("requests", "cpu", errs);
+    let lim_cpu = get("limits", "cpu", errs);
+    let req_mem_p = rp.child("requests").child("memory");
+    let lim_mem_p = rp.child("limits").child("memory");
+    if let (Some((r, rs)), Some((l, ls))) = (&req_mem, &lim_mem) {
+        if !l.is_zero() && r > l {
+            errs.push(FieldError::invalid(
+                req_mem_p.clone(),
+                format!("{req_mem_p} '{rs}' is greater than {lim_mem_p} '{ls}'"),
+            ));
+        }
+    }
+    if let Some((r, rs)) = &req_mem {
+        if !r.is_zero() && r.value() < 1_000_000 {
+            errs.push(FieldError::invalid(
+                req_mem_p.clone(),
+                format!("{req_mem_p} '{rs}': must be greater than or equal to 1M."),
+            ));
+        }
+    }
+    if let (Some((r, rs)), Some((l, ls))) = (&req_cpu, &lim_cpu) {
+        if !l.is_zero() && r.milli() > l.milli() {
+            let p = rp.child("requests").child("cpu");
+            let lp = rp.child("limits").child("cpu");
+            errs.push(FieldError::invalid(
+                p.clone(),
+                format!("{p} '{rs}' is greater than {lp} '{ls}'"),
+            ));
+        }
+    }
+    let memory = spec.domain.memory.as_ref();
+    if let (Some(guest), Some((l, ls))) = (memory.and_then(|m| m.guest.as_ref()), &lim_mem) {
+        let gp = domain.child("memory").child("guest");
+        match Quantity::from_k8s(guest) {
+            Ok(g) if !l.is_zero() && g > *l => errs.push(FieldError::invalid(
+                gp.clone(),
+                format!(
+                    "{gp} '{}' must be equal to or less than the memory limit {lim_mem_p} '{ls}'",
+                    guest.0
+                ),
+            )),
+            Err(e) => errs.push(FieldError::invalid(gp.clone(), format!("{gp} '{}': {e}", guest.0))),
+            _ => {}
+        }
+    }
+    if let Some(ps) = memory
+        .and_then(|m| m.hugepages.as_ref())
+        .and_then(|h| h.page_size.as_deref())
+    {
+        let hp = domain.child("hugepages").child("size");
+        match Quantity::parse(ps) {
+            Err(e) => errs.push(FieldError::invalid(hp.clone(), format!("{hp} '{ps}': {e}"))),
+            Ok(page) => {
+                // The memory the guest gets must be whole pages: the request, else guest memory.
+                let mem = req_mem.clone().or_else(|| {
+                    memory
+                        .and_then(|m| m.guest.as_ref())
+                        .and_then(|g| Quantity::from_k8s(g).ok().map(|q| (q, g.0.clone())))
+                });
+                if let Some((m, ms)) = mem {
+                    if page.value() > 0 && m < page {
+                        errs.push(FieldError::invalid(
+                            req_mem_p.clone(),
+                            format!("{req_mem_p} '{ms}' must be equal to or larger than page size {hp} '{ps}'"),
+                        ));
+                    } else if page.value() > 0 && m.value() % page.value() != 0 {
+                        errs.push(FieldError::invalid(
+                            req_mem_p.clone(),
+                            format!("{req_mem_p} '{ms}' is not a multiple of the page size {hp} '{ps}'"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn validate_firmware(
+    spec: &VirtualMachineInstanceSpec,
+    domain: &Path,
+    machine: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    let fw = spec.domain.firmware.as_ref();
+    let bl = fw.and_then(|f| f.bootloader.as_ref());
+    let efi = bl.and_then(|b| b.efi.as_ref());
+    if efi.is_some() && bl.is_some_and(|b| b.bios.is_some()) {
+        errs.push(FieldError::invalid(
+            domain.child("firmware").child("bootloader"),
+            format!("{domain}.firmware.bootloader has both EFI and BIOS configured, but they are mutually exclusive."),
+        ));
+    }
+    if let Some(efi) = efi {
+        let secure_boot = efi.secure_boot.unwrap_or(true);
+        let smm = spec
+            .domain
+            .features
+            .as_ref()
+            .and_then(|f| f.smm.as_ref())
+            .is_some_and(|s| s.enabled.unwrap_or(true));
+        if secure_boot && !smm {
+            errs.push(FieldError::invalid(
+                domain.clone(),
+                format!("{domain} has EFI SecureBoot enabled. SecureBoot requires SMM, which is currently disabled."),
+            ));
+        }
+    }
+    if machine == MICROVM {
+        if efi.is_some() {
+            errs.push(FieldError::invalid(
+                domain.child("firmware").child("bootloader").child("efi"),
+                "machine type microvm boots a kernel directly and has no EFI firmware: remove firmware.bootloader.efi",
+            ));
+        }
+        if fw.and_then(|f| f.kernel_boot.as_ref()).is_none() {
+            errs.push(FieldError::required(
+                domain.child("firmware").child("kernelBoot"),
+                "machine type microvm has no firmware to boot a disk: set firmware.kernelBoot with a kernel (and initrd)",
+            ));
+        }
+    }
+}
+
+fn validate_network(
+    spec: &VirtualMachineInstanceSpec,
+    root: &Path,
+    cfg: &ValidationConfig,
+    machine: &str,
+    boot_orders: &mut BTreeMap<i32, String>,
+    errs: &mut Vec<FieldError>,
+) {
+    let ifaces_p = root.child("domain").child("devices").child("interfaces");
+    let nets_p = root.child("networks");
+    let interfaces = spec.domain.devices.interfaces.as_deref().unwrap_or_default();
+    let networks = spec.networks.as_deref().unwrap_or_default();
+
+    let mut pod_networks = 0;
+    let mut seen_nets: BTreeSet<&str> = BTreeSet::new();
+    for (i, n) in networks.iter().enumerate() {
+        let np = nets_p.index(i);
+        if !seen_nets.insert(&n.name) {
+            errs.push(FieldError::duplicate(
+                np.child("name"),
+                format!("Network with name \"{}\" already exists, every network must have a unique name", n.name),
+            ));
+        }
+        let kinds = [n.pod.is_some(), n.multus.is_some(), n.resource_claim.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        match kinds {
+            0 => errs.push(FieldError::required(np.clone(), "should have a network type")),
+            1 => {}
+            _ => errs.push(FieldError::required(np.clone(), "should have only one network type")),
+        }
+        if n.pod.is_some() {
+            pod_networks += 1;
+        }
+        if !interfaces.iter().any(|iface| iface.name == n.name) {
+            errs.push(FieldError::required(
+                np.child("name"),
+                format!("{np}.name '{}' not found.", n.name),
+            ));
+        }
+    }
+    if pod_networks > 1 {
+        errs.push(FieldError::duplicate(
+            root.child("interfaces"),
+            format!("more than one interface is connected to a pod network in {}", root.child("interfaces")),
+        ));
+    }
+
+    let mut seen_ifaces: BTreeSet<&str> = BTreeSet::new();
+    for (i, iface) in interfaces.iter().enumerate() {
+        let ip = ifaces_p.index(i);
+        if !seen_ifaces.insert(&iface.name) {
+            errs.push(FieldError::duplicate(
+                ip.child("name"),
+                "Only one interface can be connected to one specific network",
+            ));
+        }
+        let net = networks.iter().find(|n| n.name == iface.name);
+        match net {
+            None => errs.push(FieldError::invalid(
+                ip.child("name"),
+                format!("{ip}.name '{}' not found.", iface.name),
+            )),
+            Some(n) => {
+                if iface.masquerade.is_some() && n.pod.is_none() {
+                    errs.push(FieldError::invalid(
+                        ip.child("name"),
+                        "Masquerade interface only implemented with pod network",
+                    ));
+                }
+                if iface.bridge.is_some() && n.pod.is_some() && !cfg.permit_bridge_on_pod_network {
+                    errs.push(FieldError::invalid(
+                        ip.child("name"),
+                        "Bridge on pod network configuration is not enabled under kubevirt-config",
+                    ));
+                }
+            }
+        }
+        if let Some(model) = iface.model.as_deref() {
+            if !INTERFACE_MODELS.contains(&model) {
+                errs.push(FieldError::not_supported(
+                    ip.child("model"),
+                    format!("interface {ip}.name uses model {model} that is not supported."),
+                ));
+            }
+        }
+        if machine == MICROVM && iface.model.as_deref().unwrap_or("virtio") != "virtio" {
+            errs.push(FieldError::invalid(
+                ip.child("model"),
+                format!(
+                    "{ip} uses model {}: machine type microvm supports only model virtio",
+                    iface.model.as_deref().unwrap_or("")
+                ),
+            ));
+        }
+        if let Some(bo) = iface.boot_order {
+            let bp = ip.child("bootOrder");
+            if bo < 1 {
+                errs.push(FieldError::invalid(
+                    bp,
+                    format!("{ip} must have a boot order > 0, if supplied"),
+                ));
+            } else if boot_orders.contains_key(&bo) {
+                errs.push(FieldError::invalid(
+                    bp.clone(),
+                    format!("Boot order for {bp} already set for a different device."),
+                ));
+            } else {
+                boot_orders.insert(bo, bp.to_string());
+            }
+        }
+    }
+}

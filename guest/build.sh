@@ -1,0 +1,340 @@
+#!/usr/bin/env bash
+# Build the kubevirt-rs demo guest from Debian packages only.
+#
+#   guest/build.sh OUTDIR
+#
+# Outputs (see guest/README.md):
+#   OUTDIR/vmlinuz      Debian linux-image-amd64 bzImage (firmware.kernelBoot, SeaBIOS disk boot)
+#   OUTDIR/vmlinux      uncompressed kernel ELF with the Xen PVH note (qemu -kernel, fast under TCG)
+#   OUTDIR/initrd.img   uncompressed newc cpio: busybox-static + virtio/sata/fs modules + /init
+#   OUTDIR/disk.raw     64 MiB MBR disk, FAT partition with syslinux, vmlinuz, initrd.img
+#   OUTDIR/disk.qcow2   the same disk as qcow2
+#   OUTDIR/oci/         OCI image layout of a KubeVirt containerDisk (disk/disk.qcow2, 107:107)
+#   OUTDIR/cmdline.*    recommended kernel command lines
+#   OUTDIR/versions.txt exact package versions used
+#
+# Environment: GUEST_CACHE (default OUTDIR/.cache) holds downloaded .debs and extracted trees.
+set -euo pipefail
+
+say() { echo "guest: $*" >&2; }
+die() { echo "guest: error: $*" >&2; exit 1; }
+
+[ $# -eq 1 ] || die "usage: $0 OUTDIR"
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+mkdir -p "$1"
+OUT=$(cd "$1" && pwd)
+CACHE=${GUEST_CACHE:-$OUT/.cache}
+mkdir -p "$CACHE"
+export LC_ALL=C SOURCE_DATE_EPOCH=0
+
+DISK_MIB=64
+# Kernel command lines (kept in sync with guest/cmdline and README.md).
+CMDLINE_Q35=$(sed -n 's/^q35=//p' "$HERE/cmdline")
+
+# ---------------------------------------------------------------- host tools
+# command -> Debian package providing it
+declare -A TOOL_PKG=(
+	[apt-get]=apt [dpkg-deb]=dpkg [python3]=python3 [cpio]=cpio [tar]=tar
+	[sha256sum]=coreutils [syslinux]=syslinux [mcopy]=mtools [mkfs.vfat]=dosfstools
+	[qemu-img]=qemu-utils
+)
+missing=()
+for t in "${!TOOL_PKG[@]}"; do
+	command -v "$t" >/dev/null 2>&1 || missing+=("${TOOL_PKG[$t]}")
+done
+[ -f /usr/lib/syslinux/mbr/mbr.bin ] || missing+=(syslinux-common)
+if [ ${#missing[@]} -gt 0 ]; then
+	[ "$(id -u)" = 0 ] || die "missing host packages (${missing[*]}); install them or run as root"
+	command -v apt-get >/dev/null || die "missing host packages (${missing[*]}) and no apt-get"
+	say "installing host tools: ${missing[*]}"
+	apt-get update -q >&2 || die "apt-get update failed"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 ||
+		die "apt-get install ${missing[*]} failed"
+fi
+for t in "${!TOOL_PKG[@]}"; do command -v "$t" >/dev/null || die "tool $t still missing"; done
+
+# ---------------------------------------------------------------- resolve packages
+policy() { # print "PKG VERSION" candidates of the given packages, one apt-cache call
+	apt-cache policy "$@" 2>/dev/null | awk '/^[^ ]/{sub(/:$/,"");p=$0} /^ *Candidate:/{print p, $2}'
+}
+cand=$(policy linux-image-amd64 busybox-static)
+if ! echo "$cand" | grep -q '^linux-image-amd64 [0-9]'; then
+	say "apt lists missing: apt-get update"
+	apt-get update -q >&2 || die "apt-get update failed"
+	cand=$(policy linux-image-amd64 busybox-static)
+fi
+kver_meta=$(echo "$cand" | awk '$1=="linux-image-amd64"{print $2}')
+BB_VER=$(echo "$cand" | awk '$1=="busybox-static"{print $2}')
+[ -n "$kver_meta" ] && [ "$kver_meta" != "(none)" ] || die "linux-image-amd64 not found in apt sources"
+[ -n "$BB_VER" ] && [ "$BB_VER" != "(none)" ] || die "busybox-static not found in apt sources"
+# Depends: linux-image-6.1.0-NN-amd64 (= VERSION)
+kdep=$(apt-cache show "linux-image-amd64=$kver_meta" | sed -n 's/^Depends: *//p' | head -n 1 |
+	tr ',' '\n' | grep -E '^ *linux-image-[0-9][^ ]*-amd64' | head -n 1)
+KPKG=$(echo "$kdep" | awk '{print $1}')
+KPKG_VER=$(echo "$kdep" | sed -n 's/.*(= *\([^)]*\)).*/\1/p')
+[ -n "$KPKG" ] || die "cannot resolve the kernel package behind linux-image-amd64 $kver_meta"
+[ -n "$KPKG_VER" ] || KPKG_VER=$(policy "$KPKG" | awk '{print $2}')
+KVER=${KPKG#linux-image-}
+SYSLINUX_VER=$(dpkg-query -W -f '${Version}' syslinux 2>/dev/null || echo unknown)
+SYSLINUX_COMMON_VER=$(dpkg-query -W -f '${Version}' syslinux-common 2>/dev/null || echo unknown)
+
+VERSIONS="linux-image-amd64 $kver_meta
+$KPKG $KPKG_VER
+busybox-static $BB_VER
+syslinux $SYSLINUX_VER (host, disk bootloader)
+syslinux-common $SYSLINUX_COMMON_VER (host, mbr.bin)
+kernel-release $KVER"
+
+# Stamp: package versions + this script + the guest rootfs overlay + cmdline file.
+STAMP=$( {
+	echo "$VERSIONS"
+	cat "$HERE/build.sh" "$HERE/cmdline"
+	(cd "$HERE/rootfs" && find . -type f | sort | xargs sha256sum && find . | sort | xargs stat -c '%n %a')
+} | sha256sum | cut -d' ' -f1)
+OUTPUTS=(vmlinuz vmlinux initrd.img disk.raw disk.qcow2 oci/index.json versions.txt)
+uptodate=1
+for f in "${OUTPUTS[@]}"; do [ -s "$OUT/$f" ] || uptodate=0; done
+if [ $uptodate = 1 ] && [ "$(cat "$OUT/.stamp" 2>/dev/null)" = "$STAMP" ]; then
+	say "up to date ($KPKG $KPKG_VER, busybox-static $BB_VER)"
+	exit 0
+fi
+rm -f "$OUT/.stamp"
+
+# ---------------------------------------------------------------- download + extract
+fetch() { # fetch PKG VERSION -> extracted tree path on stdout
+	local pkg=$1 ver=$2 dir="$CACHE/$1_$2"
+	if [ ! -e "$dir/.done" ]; then
+		rm -rf "$dir" && mkdir -p "$dir/deb" "$dir/root"
+		say "downloading $pkg $ver"
+		(cd "$dir/deb" && apt-get download -q -o APT::Sandbox::User=root "$pkg=$ver" >&2) ||
+			die "apt-get download $pkg=$ver failed"
+		dpkg-deb -x "$dir"/deb/*.deb "$dir/root" || die "dpkg-deb -x $pkg failed"
+		rm -f "$dir"/deb/*.deb
+		touch "$dir/.done"
+	fi
+	echo "$dir/root"
+}
+KROOT=$(fetch "$KPKG" "$KPKG_VER")
+BBROOT=$(fetch busybox-static "$BB_VER")
+BUSYBOX=$BBROOT/bin/busybox
+[ -x "$BUSYBOX" ] || die "busybox binary not found in busybox-static"
+[ -f "$KROOT/boot/vmlinuz-$KVER" ] || die "vmlinuz-$KVER not found in $KPKG"
+
+# ---------------------------------------------------------------- kernel
+say "kernel $KVER: vmlinuz + vmlinux"
+cp "$KROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz.tmp" && mv "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
+python3 - "$OUT/vmlinuz" "$OUT/vmlinux.tmp" <<'PY'
+# extract-vmlinux: find the xz payload in the bzImage and decompress it to the ELF
+import lzma, sys
+data = open(sys.argv[1], 'rb').read()
+magic = b'\xfd7zXZ\x00'
+pos = data.find(magic)
+while pos >= 0:
+    try:
+        d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        elf = d.decompress(data[pos:])
+        if elf[:4] == b'\x7fELF':
+            open(sys.argv[2], 'wb').write(elf)
+            sys.exit(0)
+    except lzma.LZMAError:
+        pass
+    pos = data.find(magic, pos + 1)
+sys.exit("no xz-compressed ELF payload found in " + sys.argv[1])
+PY
+grep -qa 'Xen' "$OUT/vmlinux.tmp" || die "vmlinux has no Xen (PVH) note"
+mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
+
+# ---------------------------------------------------------------- initramfs
+say "initrd.img: busybox + modules"
+# Loaded before the boot banner (cheap, needed by everything else) and after it.
+BOOT_MODS="virtio_pci virtio_mmio virtio_blk virtio_net virtio_console button evdev"
+LATE_MODS="ahci sd_mod sr_mod virtio_scsi isofs vfat nls_cp437 nls_ascii nls_iso8859_1 nls_utf8
+	ext4 i6300esb virtio_balloon virtio_rng"
+STAGE=$CACHE/initramfs
+rm -rf "$STAGE" && mkdir -p "$STAGE"
+(cd "$STAGE" && mkdir -p bin sbin usr/bin usr/sbin etc root proc sys dev run tmp mnt var/log "lib/modules/$KVER")
+cp "$BUSYBOX" "$STAGE/bin/busybox"
+for a in $("$BUSYBOX" --list-full); do
+	[ -e "$STAGE/$a" ] || ln -s /bin/busybox "$STAGE/$a"
+done
+cp -a "$HERE/rootfs/." "$STAGE/"
+python3 - "$KROOT/lib/modules/$KVER" "$STAGE/lib/modules/$KVER" "$BOOT_MODS" "$LATE_MODS" <<'PY'
+# Resolve module dependencies from .modinfo "depends=", decompress the .ko.xz into the
+# initramfs and write boot.order / late.order (paths relative to lib/modules/KVER, load order).
+import lzma, os, re, sys
+src, dst, boot, late = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
+builtin = set()
+for line in open(os.path.join(src, 'modules.builtin')):
+    builtin.add(os.path.basename(line.strip()).split('.ko')[0].replace('-', '_'))
+paths = {}
+for dp, _, fn in os.walk(os.path.join(src, 'kernel')):
+    for f in fn:
+        if '.ko' in f:
+            paths[f.split('.ko')[0].replace('-', '_')] = os.path.join(dp, f)
+done, cache = set(), {}
+def ko(n):
+    if n not in cache:
+        data = open(paths[n], 'rb').read()
+        cache[n] = lzma.decompress(data) if paths[n].endswith('.xz') else data
+    return cache[n]
+def visit(n, order):
+    n = n.replace('-', '_')
+    if n in done:
+        return
+    done.add(n)
+    if n in builtin:
+        print('guest:   module %s is built in' % n, file=sys.stderr); return
+    if n not in paths:
+        sys.exit('guest: module %s not found in the kernel package' % n)
+    m = re.search(rb'\0depends=([^\0]*)\0', ko(n))
+    for d in (m.group(1).decode().split(',') if m else []):
+        if d:
+            visit(d, order)
+    order.append(n)
+allmods = []
+for name, mods in (('boot.order', boot), ('late.order', late)):
+    order = []
+    for n in mods:
+        visit(n, order)
+    with open(os.path.join(dst, name), 'w') as f:
+        for n in order:
+            rel = os.path.relpath(paths[n], src)
+            rel = rel[:-3] if rel.endswith('.xz') else rel
+            os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+            open(os.path.join(dst, rel), 'wb').write(ko(n))
+            f.write(rel + '\n')
+    print('guest:   %s: %s' % (name, ' '.join(order)), file=sys.stderr)
+PY
+# modules.dep for busybox modprobe inside the guest (optional convenience)
+(cd "$STAGE" && "$BUSYBOX" depmod -b . "$KVER" 2>/dev/null) || true
+find "$STAGE" -exec touch -h -d @0 {} +
+(cd "$STAGE" && find . -mindepth 1 | sort | cpio -o -H newc -R 0:0 --reproducible --quiet) >"$OUT/initrd.img.tmp"
+mv "$OUT/initrd.img.tmp" "$OUT/initrd.img"
+
+# ---------------------------------------------------------------- disk.raw (SeaBIOS + syslinux)
+say "disk.raw: ${DISK_MIB} MiB MBR disk, FAT partition, syslinux"
+PART_START=2048
+PART_SECTORS=$((DISK_MIB * 2048 - PART_START))
+FAT=$CACHE/fat.img
+rm -f "$FAT"
+truncate -s $((PART_SECTORS * 512)) "$FAT"
+mkfs.vfat -F 16 -n KVRSBOOT -h "$PART_START" -i 6b767273 "$FAT" >/dev/null
+syslinux --install "$FAT"
+cat >"$CACHE/syslinux.cfg" <<EOF
+SERIAL 0 115200
+DEFAULT linux
+PROMPT 0
+TIMEOUT 0
+LABEL linux
+  KERNEL vmlinuz
+  INITRD initrd.img
+  APPEND $CMDLINE_Q35
+EOF
+export MTOOLS_SKIP_CHECK=1
+mcopy -m -i "$FAT" "$OUT/vmlinuz" "$OUT/initrd.img" "$CACHE/syslinux.cfg" ::/
+python3 - "$FAT" <<'PY'
+# Deterministic image: pin the timestamps of all root-directory entries (FAT16, no subdirs).
+import struct, sys
+with open(sys.argv[1], 'r+b') as f:
+    bs = f.read(512)
+    bps, spc, rsvd, nfats, nroot = struct.unpack_from('<HBHBH', bs, 11)
+    fatsz = struct.unpack_from('<H', bs, 22)[0]
+    base = (rsvd + nfats * fatsz) * bps
+    date = ((2000 - 1980) << 9) | (1 << 5) | 1
+    for i in range(nroot):
+        f.seek(base + 32 * i); e = f.read(32)
+        if e[0] == 0:
+            break
+        if e[0] == 0xE5 or e[11] == 0x0F:
+            continue
+        e = bytearray(e)
+        struct.pack_into('<BHHH', e, 13, 0, 0, date, date)   # ctime(10ms), ctime, cdate, adate
+        struct.pack_into('<HH', e, 22, 0, date)              # mtime, mdate
+        f.seek(base + 32 * i); f.write(e)
+PY
+rm -f "$OUT/disk.raw.tmp"
+truncate -s $((DISK_MIB * 1024 * 1024)) "$OUT/disk.raw.tmp"
+dd if=/usr/lib/syslinux/mbr/mbr.bin of="$OUT/disk.raw.tmp" bs=440 count=1 conv=notrunc status=none
+python3 - "$OUT/disk.raw.tmp" "$PART_START" "$PART_SECTORS" <<'PY'
+import struct, sys
+path, start, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open(path, 'r+b') as f:
+    f.seek(440); f.write(struct.pack('<IH', 0x6b767273, 0))          # disk signature
+    # partition 1: active, type 0x0e (FAT16 LBA), CHS fields saturated (LBA only)
+    f.write(struct.pack('<B3sB3sII', 0x80, b'\xfe\xff\xff', 0x0e, b'\xfe\xff\xff', start, count))
+    f.write(b'\0' * 48)
+    f.write(b'\x55\xaa')
+PY
+dd if="$FAT" of="$OUT/disk.raw.tmp" bs=1M seek=1 conv=notrunc,sparse status=none
+rm -f "$FAT"
+mv "$OUT/disk.raw.tmp" "$OUT/disk.raw"
+
+say "disk.qcow2"
+qemu-img convert -q -f raw -O qcow2 "$OUT/disk.raw" "$OUT/disk.qcow2.tmp"
+mv "$OUT/disk.qcow2.tmp" "$OUT/disk.qcow2"
+
+# ---------------------------------------------------------------- OCI containerDisk
+say "oci/: containerDisk image layout"
+LAYER_DIR=$CACHE/layer
+rm -rf "$LAYER_DIR" "$OUT/oci"
+mkdir -p "$LAYER_DIR/disk" "$OUT/oci/blobs/sha256"
+cp "$OUT/disk.qcow2" "$LAYER_DIR/disk/disk.qcow2"
+chmod 0555 "$LAYER_DIR/disk"; chmod 0444 "$LAYER_DIR/disk/disk.qcow2"
+tar -C "$LAYER_DIR" --format=ustar --sort=name --mtime=@0 --owner=107 --group=107 --numeric-owner \
+	-cf "$CACHE/layer.tar" disk
+chmod -R u+w "$LAYER_DIR" && rm -rf "$LAYER_DIR"
+python3 - "$CACHE/layer.tar" "$OUT/oci" "$KPKG $KPKG_VER" <<'PY'
+import hashlib, json, os, shutil, sys
+layer, oci, kernel = sys.argv[1], sys.argv[2], sys.argv[3]
+def blob(data=None, path=None):
+    h = hashlib.sha256()
+    if path:
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                h.update(chunk)
+        size = os.path.getsize(path)
+    else:
+        h.update(data); size = len(data)
+    d = h.hexdigest()
+    dst = os.path.join(oci, 'blobs', 'sha256', d)
+    if path:
+        shutil.move(path, dst)
+    else:
+        open(dst, 'wb').write(data)
+    return 'sha256:' + d, size
+def enc(o):
+    return json.dumps(o, sort_keys=True, separators=(',', ':')).encode()
+ldig, lsize = blob(path=layer)
+config = {
+    'architecture': 'amd64', 'os': 'linux',
+    'config': {'Labels': {'org.kubevirt-rs.guest.kernel': kernel}},
+    'rootfs': {'type': 'layers', 'diff_ids': [ldig]},
+    'history': [{'created_by': 'guest/build.sh: disk/disk.qcow2 (107:107)'}],
+}
+cdig, csize = blob(enc(config))
+manifest = {
+    'schemaVersion': 2,
+    'mediaType': 'application/vnd.oci.image.manifest.v1+json',
+    'config': {'mediaType': 'application/vnd.oci.image.config.v1+json', 'digest': cdig, 'size': csize},
+    'layers': [{'mediaType': 'application/vnd.oci.image.layer.v1.tar', 'digest': ldig, 'size': lsize}],
+}
+mdig, msize = blob(enc(manifest))
+index = {
+    'schemaVersion': 2,
+    'mediaType': 'application/vnd.oci.image.index.v1+json',
+    'manifests': [{
+        'mediaType': 'application/vnd.oci.image.manifest.v1+json', 'digest': mdig, 'size': msize,
+        'platform': {'architecture': 'amd64', 'os': 'linux'},
+        'annotations': {'org.opencontainers.image.ref.name': 'latest'},
+    }],
+}
+open(os.path.join(oci, 'index.json'), 'wb').write(enc(index))
+open(os.path.join(oci, 'oci-layout'), 'wb').write(enc({'imageLayoutVersion': '1.0.0'}))
+print('guest:   manifest %s' % mdig, file=sys.stderr)
+PY
+
+# ---------------------------------------------------------------- metadata
+cp "$HERE/cmdline" "$OUT/cmdline"
+echo "$VERSIONS" >"$OUT/versions.txt"
+echo "$STAMP" >"$OUT/.stamp"
+say "done: $OUT ($(du -sh "$OUT/initrd.img" | cut -f1) initrd, $KPKG $KPKG_VER)"
