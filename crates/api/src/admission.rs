@@ -96,10 +96,16 @@ macro_rules! kind {
 macro_rules! custom {
     ($ty:ident, $default:expr, $validate:expr) => {
         KindInfo {
-            group: <crate::$ty as kube::Resource>::group(&()).into_owned().leak(),
-            version: <crate::$ty as kube::Resource>::version(&()).into_owned().leak(),
+            group: <crate::$ty as kube::Resource>::group(&())
+                .into_owned()
+                .leak(),
+            version: <crate::$ty as kube::Resource>::version(&())
+                .into_owned()
+                .leak(),
             kind: stringify!($ty),
-            plural: <crate::$ty as kube::Resource>::plural(&()).into_owned().leak(),
+            plural: <crate::$ty as kube::Resource>::plural(&())
+                .into_owned()
+                .leak(),
             namespaced: <crate::$ty as CustomResourceExt>::crd().spec.scope == "Namespaced",
             admit: |v, o| admit_typed::<crate::$ty>(v, o, $default, $validate),
             roundtrip: roundtrip::<crate::$ty>,
@@ -115,8 +121,16 @@ pub fn kinds() -> &'static [KindInfo] {
     static KINDS: std::sync::OnceLock<Vec<KindInfo>> = std::sync::OnceLock::new();
     KINDS.get_or_init(|| {
         vec![
-            custom!(VirtualMachineInstance, defaults::default_vmi, validation::validate_vmi),
-            custom!(VirtualMachine, defaults::default_vm, validation::validate_vm),
+            custom!(
+                VirtualMachineInstance,
+                defaults::default_vmi,
+                validation::validate_vmi
+            ),
+            custom!(
+                VirtualMachine,
+                defaults::default_vm,
+                validation::validate_vm
+            ),
             custom!(VirtualMachineInstanceMigration, no_default, no_validate),
             custom!(VirtualMachineInstanceReplicaSet, no_default, no_validate),
             custom!(KubeVirt, no_default, no_validate),
@@ -124,20 +138,94 @@ pub fn kinds() -> &'static [KindInfo] {
             custom!(VirtualMachineClusterInstancetype, no_default, no_validate),
             custom!(VirtualMachinePreference, no_default, no_validate),
             custom!(VirtualMachineClusterPreference, no_default, no_validate),
-            custom!(DataVolume, defaults::default_dv, |dv, _| validation::validate_dv(dv)),
+            custom!(DataVolume, defaults::default_dv, |dv, _| {
+                validation::validate_dv(dv)
+            }),
             custom!(VirtualMachineSnapshot, no_default, no_validate),
             custom!(VirtualMachineSnapshotContent, no_default, no_validate),
             custom!(VirtualMachineRestore, no_default, no_validate),
             custom!(MigrationPolicy, no_default, no_validate),
             custom!(VirtualMachinePool, no_default, no_validate),
-            kind!(core::Namespace, "", "v1", "namespaces", false, no_default, no_validate, None),
-            kind!(core::ConfigMap, "", "v1", "configmaps", true, no_default, no_validate, None),
-            kind!(core::Secret, "", "v1", "secrets", true, no_default, no_validate, None),
-            kind!(core::PersistentVolumeClaim, "", "v1", "persistentvolumeclaims", true, no_default, no_validate, None),
-            kind!(core::PersistentVolume, "", "v1", "persistentvolumes", false, no_default, no_validate, None),
-            kind!(core::Node, "", "v1", "nodes", false, no_default, no_validate, None),
-            kind!(core::Service, "", "v1", "services", true, no_default, no_validate, None),
-            kind!(core::Event, "", "v1", "events", true, no_default, no_validate, None),
+            kind!(
+                core::Namespace,
+                "",
+                "v1",
+                "namespaces",
+                false,
+                no_default,
+                no_validate,
+                None
+            ),
+            kind!(
+                core::ConfigMap,
+                "",
+                "v1",
+                "configmaps",
+                true,
+                no_default,
+                no_validate,
+                None
+            ),
+            kind!(
+                core::Secret,
+                "",
+                "v1",
+                "secrets",
+                true,
+                no_default,
+                no_validate,
+                None
+            ),
+            kind!(
+                core::PersistentVolumeClaim,
+                "",
+                "v1",
+                "persistentvolumeclaims",
+                true,
+                no_default,
+                no_validate,
+                None
+            ),
+            kind!(
+                core::PersistentVolume,
+                "",
+                "v1",
+                "persistentvolumes",
+                false,
+                no_default,
+                no_validate,
+                None
+            ),
+            kind!(
+                core::Node,
+                "",
+                "v1",
+                "nodes",
+                false,
+                no_default,
+                no_validate,
+                None
+            ),
+            kind!(
+                core::Service,
+                "",
+                "v1",
+                "services",
+                true,
+                no_default,
+                no_validate,
+                None
+            ),
+            kind!(
+                core::Event,
+                "",
+                "v1",
+                "events",
+                true,
+                no_default,
+                no_validate,
+                None
+            ),
         ]
     })
 }
@@ -151,16 +239,29 @@ pub fn kind_of(api_version: &str, kind: &str) -> Option<&'static KindInfo> {
 
 /// Admit an object whose kind is found from its own `apiVersion`/`kind`.
 pub fn admit(value: &Value, opts: &AdmitOptions) -> Result<Admitted, Vec<FieldError>> {
-    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
     if api_version.is_empty() || kind.is_empty() {
         return Err(vec![FieldError::required(
-            if api_version.is_empty() { "apiVersion" } else { "kind" },
+            if api_version.is_empty() {
+                "apiVersion"
+            } else {
+                "kind"
+            },
             "apiVersion and kind must be set",
         )]);
     }
     match kind_of(api_version, kind) {
         Some(k) => k.admit(value, opts),
+        None if kind == "VirtualMachineInstancePreset" => Err(vec![FieldError::new(
+            CauseType::FieldValueNotSupported,
+            "kind",
+            "VirtualMachineInstancePreset is deprecated in KubeVirt and not served here: use a \
+             VirtualMachineInstancetype and VirtualMachinePreference (instancetype.kubevirt.io/v1beta1)",
+        )]),
         None => Err(vec![FieldError::new(
             CauseType::FieldValueNotSupported,
             "kind",
@@ -191,7 +292,10 @@ fn admit_typed<K: DeserializeOwned + Serialize>(
     let mut warnings = Vec::new();
     if opts.field_validation != FieldValidation::Ignore {
         let decoded = serde_json::to_value(&typed).map_err(|e| {
-            vec![FieldError::invalid("", format!("cannot encode object: {e}"))]
+            vec![FieldError::invalid(
+                "",
+                format!("cannot encode object: {e}"),
+            )]
         })?;
         let mut unknown = Vec::new();
         unknown_fields(value, &decoded, "", &mut unknown);
@@ -208,7 +312,11 @@ fn admit_typed<K: DeserializeOwned + Serialize>(
                     })
                     .collect());
             }
-            warnings.extend(unknown.into_iter().map(|f| format!("unknown field \"{f}\"")));
+            warnings.extend(
+                unknown
+                    .into_iter()
+                    .map(|f| format!("unknown field \"{f}\"")),
+            );
         }
     }
     default(&mut typed, &opts.defaults);
@@ -216,8 +324,12 @@ fn admit_typed<K: DeserializeOwned + Serialize>(
     if !errs.is_empty() {
         return Err(errs);
     }
-    let value = serde_json::to_value(&typed)
-        .map_err(|e| vec![FieldError::invalid("", format!("cannot encode object: {e}"))])?;
+    let value = serde_json::to_value(&typed).map_err(|e| {
+        vec![FieldError::invalid(
+            "",
+            format!("cannot encode object: {e}"),
+        )]
+    })?;
     Ok(Admitted { value, warnings })
 }
 
@@ -261,13 +373,21 @@ mod tests {
 
     #[test]
     fn strict_validation_names_every_unknown_field() {
-        let v = vmi(json!({"domain": {"devices": {"disks": [{"name": "a", "bogus": 1}]},
+        let v = vmi(
+            json!({"domain": {"devices": {"disks": [{"name": "a", "bogus": 1}]},
                                      "memory": {"guest": "64Mi"}, "colour": "red"},
-                           "volumes": [{"name": "a", "emptyDisk": {"capacity": "1Gi"}}]}));
+                           "volumes": [{"name": "a", "emptyDisk": {"capacity": "1Gi"}}]}),
+        );
         let errs = admit(&v, &AdmitOptions::default()).unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["spec.domain.colour", "spec.domain.devices.disks[0].bogus"]);
-        assert_eq!(errs[1].message, "unknown field \"spec.domain.devices.disks[0].bogus\"");
+        assert_eq!(
+            fields,
+            ["spec.domain.colour", "spec.domain.devices.disks[0].bogus"]
+        );
+        assert_eq!(
+            errs[1].message,
+            "unknown field \"spec.domain.devices.disks[0].bogus\""
+        );
 
         let warn = AdmitOptions {
             field_validation: FieldValidation::Warn,
@@ -275,7 +395,10 @@ mod tests {
         };
         let ok = admit(&v, &warn).unwrap();
         assert_eq!(ok.warnings.len(), 2);
-        assert!(ok.value["spec"]["domain"].get("colour").is_none(), "unknown fields are pruned");
+        assert!(
+            ok.value["spec"]["domain"].get("colour").is_none(),
+            "unknown fields are pruned"
+        );
     }
 
     #[test]
@@ -289,14 +412,18 @@ mod tests {
 
     #[test]
     fn an_unknown_kind_is_refused() {
-        let errs = admit(&json!({"apiVersion": "kubevirt.io/v1", "kind": "Nope"}), &AdmitOptions::default())
-            .unwrap_err();
+        let errs = admit(
+            &json!({"apiVersion": "kubevirt.io/v1", "kind": "Nope"}),
+            &AdmitOptions::default(),
+        )
+        .unwrap_err();
         assert!(errs[0].message.contains("no kind \"Nope\""));
     }
 
     #[test]
     fn admission_defaults_the_object() {
-        let v = vmi(json!({"domain": {"devices": {}, "resources": {"requests": {"memory": "64Mi"}}}}));
+        let v =
+            vmi(json!({"domain": {"devices": {}, "resources": {"requests": {"memory": "64Mi"}}}}));
         let ok = admit(&v, &AdmitOptions::default()).unwrap();
         assert_eq!(ok.value["spec"]["domain"]["machine"]["type"], "q35");
         assert_eq!(ok.value["spec"]["domain"]["memory"]["guest"], "64Mi");

@@ -10,6 +10,20 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         .iter()
         .filter_map(|k| k.crd.map(|f| (k, f())))
         .map(|(k, mut crd)| {
+            for v in &mut crd.spec.versions {
+                if let Some(s) = v
+                    .schema
+                    .as_mut()
+                    .and_then(|s| s.open_api_v3_schema.as_mut())
+                {
+                    if let Ok(mut json) = serde_json::to_value(&*s) {
+                        int_or_string_alternatives(&mut json);
+                        if let Ok(back) = serde_json::from_value(json) {
+                            *s = back;
+                        }
+                    }
+                }
+            }
             if k.kind == "VirtualMachineInstance" {
                 for v in &mut crd.spec.versions {
                     if let Some(sub) = v.subresources.as_mut() {
@@ -28,4 +42,25 @@ pub fn has_status_subresource(crd: &CustomResourceDefinition) -> bool {
         .versions
         .iter()
         .any(|v| v.subresources.as_ref().is_some_and(|s| s.status.is_some()))
+}
+
+/// An int-or-string node (a Quantity, a port) spells out its two alternatives, as
+/// controller-gen writes them; the API server and any JSON-schema validator then refuse a
+/// boolean or an object there.
+fn int_or_string_alternatives(s: &mut serde_json::Value) {
+    use serde_json::{json, Value};
+    match s {
+        Value::Object(m) => {
+            if m.get("x-kubernetes-int-or-string") == Some(&json!(true)) && !m.contains_key("anyOf")
+            {
+                m.insert(
+                    "anyOf".into(),
+                    json!([{"type": "integer"}, {"type": "string"}]),
+                );
+            }
+            m.values_mut().for_each(int_or_string_alternatives);
+        }
+        Value::Array(a) => a.iter_mut().for_each(int_or_string_alternatives),
+        _ => {}
+    }
 }

@@ -7,8 +7,8 @@
 use crate::quantity::Quantity;
 use crate::{
     CDRomTarget, DataVolume, Devices, Disk, DiskTarget, DomainSpec, FeatureState, Firmware,
-    Interface, InterfaceBridge, InterfaceMasquerade, Machine, Network, PodNetwork,
-    VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceSpec, CPU,
+    Interface, InterfaceBridge, InterfaceMasquerade, Machine, Network, PodNetwork, VirtualMachine,
+    VirtualMachineInstance, VirtualMachineInstanceSpec, CPU,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 
@@ -97,7 +97,10 @@ fn default_machine_type(domain: &mut DomainSpec, cfg: &DefaultsConfig) {
     }
 }
 
-fn quantity(map: Option<&std::collections::BTreeMap<String, K8sQuantity>>, key: &str) -> Option<Quantity> {
+fn quantity(
+    map: Option<&std::collections::BTreeMap<String, K8sQuantity>>,
+    key: &str,
+) -> Option<Quantity> {
     map.and_then(|m| m.get(key))
         .and_then(|q| Quantity::from_k8s(q).ok())
         .filter(|q| !q.is_zero())
@@ -119,8 +122,16 @@ pub fn default_vmi_spec(spec: &mut VirtualMachineInstanceSpec, name: &str, cfg: 
     }
 
     // Guest memory: requests, then limits, then the hugepage size.
-    let requests = spec.domain.resources.as_ref().and_then(|r| r.requests.as_ref());
-    let limits = spec.domain.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let requests = spec
+        .domain
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref());
+    let limits = spec
+        .domain
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref());
     let has_guest = spec
         .domain
         .memory
@@ -145,7 +156,10 @@ pub fn default_vmi_spec(spec: &mut VirtualMachineInstanceSpec, name: &str, cfg: 
                     .map(K8sQuantity)
             });
         if let Some(q) = from {
-            spec.domain.memory.get_or_insert_with(Default::default).guest = Some(q);
+            spec.domain
+                .memory
+                .get_or_insert_with(Default::default)
+                .guest = Some(q);
         }
     }
 
@@ -352,7 +366,10 @@ mod tests {
         });
         default_vmi_spec(&mut s, "x", &DefaultsConfig::default());
         let cpu = s.domain.cpu.unwrap();
-        assert_eq!((cpu.sockets, cpu.cores, cpu.threads), (Some(4), Some(1), Some(1)));
+        assert_eq!(
+            (cpu.sockets, cpu.cores, cpu.threads),
+            (Some(4), Some(1), Some(1))
+        );
 
         let mut s = spec();
         s.domain.resources = Some(ResourceRequirements {
@@ -368,7 +385,11 @@ mod tests {
             ..Default::default()
         });
         default_vmi_spec(&mut s, "x", &DefaultsConfig::default());
-        assert_eq!(s.domain.cpu.unwrap().sockets, None, "explicit topology is kept");
+        assert_eq!(
+            s.domain.cpu.unwrap().sockets,
+            None,
+            "explicit topology is kept"
+        );
     }
 
     #[test]
@@ -413,7 +434,10 @@ mod tests {
         assert!(nets[0].pod.is_some());
         let ifaces = s.domain.devices.interfaces.unwrap();
         assert_eq!(ifaces[0].name, "default");
-        assert!(ifaces[0].bridge.is_some(), "KubeVirt's default binding is bridge");
+        assert!(
+            ifaces[0].bridge.is_some(),
+            "KubeVirt's default binding is bridge"
+        );
 
         let mut s = spec();
         let cfg = DefaultsConfig {

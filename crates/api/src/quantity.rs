@@ -13,7 +13,9 @@ pub struct Quantity {
 
 /// The error `resource.ParseQuantity` reports, with the same wording.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")]
+#[error(
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+)]
 pub struct QuantityError;
 
 const NANO: i128 = 1_000_000_000;
@@ -23,7 +25,9 @@ impl Quantity {
         let s = s.trim();
         let split = s
             .char_indices()
-            .find(|(i, c)| !(c.is_ascii_digit() || *c == '.' || (*i == 0 && (*c == '+' || *c == '-'))))
+            .find(|(i, c)| {
+                !(c.is_ascii_digit() || *c == '.' || (*i == 0 && (*c == '+' || *c == '-')))
+            })
             .map(|(i, _)| i)
             .unwrap_or(s.len());
         let (num, suffix) = s.split_at(split);
@@ -154,10 +158,17 @@ mod tests {
         assert_eq!(Quantity::parse("64M").unwrap().value(), 64_000_000);
         assert_eq!(Quantity::parse("1.5Gi").unwrap().value(), 3 << 29);
         assert_eq!(Quantity::parse("500m").unwrap().milli(), 500);
-        assert_eq!(Quantity::parse("500m").unwrap().value(), 1, "Value() rounds up");
+        assert_eq!(
+            Quantity::parse("500m").unwrap().value(),
+            1,
+            "Value() rounds up"
+        );
         assert_eq!(Quantity::parse("2").unwrap().milli(), 2000);
         assert_eq!(Quantity::parse("129e6").unwrap().value(), 129_000_000);
-        assert_eq!(Quantity::parse("1E").unwrap().value(), 1_000_000_000_000_000_000);
+        assert_eq!(
+            Quantity::parse("1E").unwrap().value(),
+            1_000_000_000_000_000_000
+        );
         assert!(Quantity::parse("-1Gi").unwrap().is_negative());
     }
 

@@ -95,10 +95,10 @@ pub fn validate_vm(vm: &VirtualMachine, cfg: &ValidationConfig) -> Vec<FieldErro
         .iter()
         .flat_map(|s| s.volumes.iter().flatten())
         .filter_map(|v| {
-            v.data_volume
+            v.data_volume.as_ref().map(|d| d.name.as_str()).or(v
+                .persistent_volume_claim
                 .as_ref()
-                .map(|d| d.name.as_str())
-                .or(v.persistent_volume_claim.as_ref().map(|p| p.claim_name.as_str()))
+                .map(|p| p.claim_name.as_str()))
         })
         .collect();
     for (i, dvt) in spec.data_volume_templates.iter().flatten().enumerate() {
@@ -148,8 +148,14 @@ fn validate_dv_spec(spec: &DataVolumeSpec, p: &Path, errs: &mut Vec<FieldError>)
         )),
         _ => {}
     }
-    let external = spec.pvc.as_ref().is_some_and(|c| c.data_source_ref.is_some() || c.data_source.is_some())
-        || spec.storage.as_ref().is_some_and(|c| c.data_source_ref.is_some() || c.data_source.is_some());
+    let external = spec
+        .pvc
+        .as_ref()
+        .is_some_and(|c| c.data_source_ref.is_some() || c.data_source.is_some())
+        || spec
+            .storage
+            .as_ref()
+            .is_some_and(|c| c.data_source_ref.is_some() || c.data_source.is_some());
     let sources = spec.source.as_ref().map(|s| {
         [
             s.blank.is_some(),
@@ -192,16 +198,17 @@ fn validate_dv_spec(spec: &DataVolumeSpec, p: &Path, errs: &mut Vec<FieldError>)
             .source
             .as_ref()
             .is_some_and(|s| s.pvc.is_some() || s.snapshot.is_some());
-    let sized = |req: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    let sized = |req: Option<
+        &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
                  what: &str,
                  path: Path,
                  required: bool,
                  errs: &mut Vec<FieldError>| {
         match req.and_then(|r| r.get("storage")) {
-            None if required => errs.push(FieldError::invalid(
-                path,
-                format!("{what} size is missing"),
-            )),
+            None if required => {
+                errs.push(FieldError::invalid(path, format!("{what} size is missing")))
+            }
             Some(q) => match Quantity::from_k8s(q) {
                 Ok(v) if v.value() <= 0 => errs.push(FieldError::invalid(
                     path,
@@ -218,7 +225,10 @@ fn validate_dv_spec(spec: &DataVolumeSpec, p: &Path, errs: &mut Vec<FieldError>)
         sized(
             req,
             "PVC",
-            p.child("pvc").child("resources").child("requests").child("storage"),
+            p.child("pvc")
+                .child("resources")
+                .child("requests")
+                .child("storage"),
             !clone_like,
             errs,
         );
@@ -234,7 +244,10 @@ fn validate_dv_spec(spec: &DataVolumeSpec, p: &Path, errs: &mut Vec<FieldError>)
         sized(
             req,
             "Storage",
-            p.child("storage").child("resources").child("requests").child("storage"),
+            p.child("storage")
+                .child("resources")
+                .child("requests")
+                .child("storage"),
             false,
             errs,
         );
@@ -313,7 +326,8 @@ pub fn validate_vmi_spec(
     // Disks.
     let volume_names: BTreeSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
     let mut seen_disks: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut boot_orders: BTreeMap<i32, String> = BTreeMap::new();
+    let mut boot_orders: BTreeSet<i32> = BTreeSet::new();
+    let boot_orders = &mut boot_orders;
     for (i, d) in disks.iter().enumerate() {
         let dp = devices_p.child("disks").index(i);
         if let Some(j) = seen_disks.get(d.name.as_str()) {
@@ -377,20 +391,7 @@ pub fn validate_vmi_spec(
             }
         }
         if let Some(bo) = d.boot_order {
-            let bp = dp.child("bootOrder");
-            if bo < 1 {
-                errs.push(FieldError::invalid(
-                    bp,
-                    format!("{dp} must have a boot order > 0, if supplied"),
-                ));
-            } else if boot_orders.contains_key(&bo) {
-                errs.push(FieldError::invalid(
-                    bp.clone(),
-                    format!("Boot order for {bp} already set for a different device."),
-                ));
-            } else {
-                boot_orders.insert(bo, bp.to_string());
-            }
+            check_boot_order(bo, &dp, boot_orders, errs);
         }
     }
 
@@ -485,12 +486,13 @@ pub fn validate_vmi_spec(
             if user_sources == 0 && net_sources == 0 {
                 errs.push(FieldError::invalid(
                     cp.clone(),
-                    format!("{cp} must have at least one userdatasource or one networkdatasource set."),
+                    format!(
+                        "{cp} must have at least one userdatasource or one networkdatasource set."
+                    ),
                 ));
             }
             let len = |plain: Option<&str>, b64: Option<&str>| -> usize {
-                plain.map(str::len).unwrap_or(0)
-                    + b64.map(|b| b.trim().len() / 4 * 3).unwrap_or(0)
+                plain.map(str::len).unwrap_or(0) + b64.map(|b| b.trim().len() / 4 * 3).unwrap_or(0)
             };
             if len(ud, ud64) > CLOUD_INIT_MAX_LEN {
                 errs.push(FieldError::invalid(
@@ -509,15 +511,25 @@ pub fn validate_vmi_spec(
 
     validate_resources(spec, &domain, errs);
     validate_firmware(spec, &domain, machine, errs);
-    validate_network(spec, root, cfg, machine, &mut boot_orders, errs);
+    validate_network(spec, root, cfg, machine, boot_orders, errs);
 }
 
-fn validate_resources(spec: &VirtualMachineInstanceSpec, domain: &Path, errs: &mut Vec<FieldError>) {
+fn validate_resources(
+    spec: &VirtualMachineInstanceSpec,
+    domain: &Path,
+    errs: &mut Vec<FieldError>,
+) {
     let res = spec.domain.resources.as_ref();
     let rp = domain.child("resources");
     let get = |which: &str, key: &str, errs: &mut Vec<FieldError>| -> Option<(Quantity, String)> {
         let q = res
-            .and_then(|r| if which == "requests" { r.requests.as_ref() } else { r.limits.as_ref() })
+            .and_then(|r| {
+                if which == "requests" {
+                    r.requests.as_ref()
+                } else {
+                    r.limits.as_ref()
+                }
+            })
             .and_then(|m| m.get(key))?;
         let path = rp.child(which).child(key);
         match Quantity::from_k8s(q) {
@@ -530,7 +542,10 @@ fn validate_resources(spec: &VirtualMachineInstanceSpec, domain: &Path, errs: &m
             }
             Ok(v) => Some((v, q.0.clone())),
             Err(e) => {
-                errs.push(FieldError::invalid(path.clone(), format!("{path} '{}': {e}", q.0)));
+                errs.push(FieldError::invalid(
+                    path.clone(),
+                    format!("{path} '{}': {e}", q.0),
+                ));
                 None
             }
         }
@@ -578,7 +593,10 @@ fn validate_resources(spec: &VirtualMachineInstanceSpec, domain: &Path, errs: &m
                     guest.0
                 ),
             )),
-            Err(e) => errs.push(FieldError::invalid(gp.clone(), format!("{gp} '{}': {e}", guest.0))),
+            Err(e) => errs.push(FieldError::invalid(
+                gp.clone(),
+                format!("{gp} '{}': {e}", guest.0),
+            )),
             _ => {}
         }
     }
@@ -605,7 +623,9 @@ fn validate_resources(spec: &VirtualMachineInstanceSpec, domain: &Path, errs: &m
                     } else if page.value() > 0 && m.value() % page.value() != 0 {
                         errs.push(FieldError::invalid(
                             req_mem_p.clone(),
-                            format!("{req_mem_p} '{ms}' is not a multiple of the page size {hp} '{ps}'"),
+                            format!(
+                                "{req_mem_p} '{ms}' is not a multiple of the page size {hp} '{ps}'"
+                            ),
                         ));
                     }
                 }
@@ -665,12 +685,17 @@ fn validate_network(
     root: &Path,
     cfg: &ValidationConfig,
     machine: &str,
-    boot_orders: &mut BTreeMap<i32, String>,
+    boot_orders: &mut BTreeSet<i32>,
     errs: &mut Vec<FieldError>,
 ) {
     let ifaces_p = root.child("domain").child("devices").child("interfaces");
     let nets_p = root.child("networks");
-    let interfaces = spec.domain.devices.interfaces.as_deref().unwrap_or_default();
+    let interfaces = spec
+        .domain
+        .devices
+        .interfaces
+        .as_deref()
+        .unwrap_or_default();
     let networks = spec.networks.as_deref().unwrap_or_default();
 
     let mut pod_networks = 0;
@@ -683,14 +708,24 @@ fn validate_network(
                 format!("Network with name \"{}\" already exists, every network must have a unique name", n.name),
             ));
         }
-        let kinds = [n.pod.is_some(), n.multus.is_some(), n.resource_claim.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let kinds = [
+            n.pod.is_some(),
+            n.multus.is_some(),
+            n.resource_claim.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         match kinds {
-            0 => errs.push(FieldError::required(np.clone(), "should have a network type")),
+            0 => errs.push(FieldError::required(
+                np.clone(),
+                "should have a network type",
+            )),
             1 => {}
-            _ => errs.push(FieldError::required(np.clone(), "should have only one network type")),
+            _ => errs.push(FieldError::required(
+                np.clone(),
+                "should have only one network type",
+            )),
         }
         if n.pod.is_some() {
             pod_networks += 1;
@@ -705,7 +740,10 @@ fn validate_network(
     if pod_networks > 1 {
         errs.push(FieldError::duplicate(
             root.child("interfaces"),
-            format!("more than one interface is connected to a pod network in {}", root.child("interfaces")),
+            format!(
+                "more than one interface is connected to a pod network in {}",
+                root.child("interfaces")
+            ),
         ));
     }
 
@@ -757,20 +795,23 @@ fn validate_network(
             ));
         }
         if let Some(bo) = iface.boot_order {
-            let bp = ip.child("bootOrder");
-            if bo < 1 {
-                errs.push(FieldError::invalid(
-                    bp,
-                    format!("{ip} must have a boot order > 0, if supplied"),
-                ));
-            } else if boot_orders.contains_key(&bo) {
-                errs.push(FieldError::invalid(
-                    bp.clone(),
-                    format!("Boot order for {bp} already set for a different device."),
-                ));
-            } else {
-                boot_orders.insert(bo, bp.to_string());
-            }
+            check_boot_order(bo, &ip, boot_orders, errs);
         }
+    }
+}
+
+/// Boot orders start at 1 and are unique across disks and interfaces (disks are seen first).
+fn check_boot_order(bo: i32, device: &Path, seen: &mut BTreeSet<i32>, errs: &mut Vec<FieldError>) {
+    let bp = device.child("bootOrder");
+    if bo < 1 {
+        errs.push(FieldError::invalid(
+            bp,
+            format!("{device} must have a boot order > 0, if supplied"),
+        ));
+    } else if !seen.insert(bo) {
+        errs.push(FieldError::invalid(
+            bp.clone(),
+            format!("Boot order for {bp} already set for a different device."),
+        ));
     }
 }

@@ -25,7 +25,11 @@ fn compat_files() -> Vec<PathBuf> {
         }
     }
     files.sort();
-    assert!(files.len() > 60, "compat corpus is missing: {}", files.len());
+    assert!(
+        files.len() > 60,
+        "compat corpus is missing: {}",
+        files.len()
+    );
     files
 }
 
@@ -101,6 +105,9 @@ fn every_example_of_a_modelled_kind_round_trips_and_validates() {
             }
         }
     }
-    assert!(modelled >= 55, "only {modelled} documents of modelled kinds");
+    assert!(
+        modelled >= 55,
+        "only {modelled} documents of modelled kinds"
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

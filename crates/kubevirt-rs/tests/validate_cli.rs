@@ -1,0 +1,165 @@
+//! `kubevirt-rs validate` as a user runs it: files, directories, stdin, exit codes.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kubevirt-rs"))
+}
+
+fn run_stdin(args: &[&str], input: &str) -> (i32, String) {
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kubevirt-rs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+const VALID: &str = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: good
+spec:
+  domain:
+    devices: {}
+    resources:
+      requests:
+        memory: 64Mi
+"#;
+
+const INVALID: &str = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: bad
+spec:
+  running: true
+  runStrategy: Always
+  template:
+    spec:
+      domain:
+        devices:
+          disks:
+          - name: root
+            disk: {bus: ide}
+        memory: {guest: 64Mi}
+      volumes:
+      - name: root
+        containerDisk: {image: demo}
+"#;
+
+#[test]
+fn valid_objects_print_ok_and_exit_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("vmi.yaml");
+    std::fs::write(&file, VALID).expect("write");
+    let out = bin()
+        .args(["validate", "-f"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "OK VirtualMachineInstance/good\n"
+    );
+}
+
+#[test]
+fn every_error_is_printed_with_its_path_and_exit_is_one() {
+    let (code, out) = run_stdin(&["validate", "-f", "-"], &format!("{VALID}---{INVALID}"));
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "OK VirtualMachineInstance/good");
+    assert!(lines.contains(
+        &"VirtualMachine/bad: spec.running: Running and RunStrategy are mutually exclusive. Note that Running is deprecated, please use RunStrategy instead"
+    ), "{out}");
+    assert!(lines.contains(
+        &"VirtualMachine/bad: spec.template.spec.domain.devices.disks[0].disk.bus: IDE bus is not supported"
+    ), "{out}");
+}
+
+#[test]
+fn unknown_fields_are_errors_unless_told_otherwise() {
+    let doc = VALID.replace("devices: {}", "devices: {}\n    colour: red");
+    let (code, out) = run_stdin(&["validate", "-f", "-"], &doc);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(
+            "VirtualMachineInstance/good: spec.domain.colour: unknown field \"spec.domain.colour\""
+        ),
+        "{out}"
+    );
+    let (code, out) = run_stdin(&["validate", "--validate=ignore", "-f", "-"], &doc);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "OK VirtualMachineInstance/good\n")
+    );
+}
+
+#[test]
+fn output_yaml_prints_the_defaulted_object() {
+    let (code, out) = run_stdin(&["validate", "-o", "yaml", "-f", "-"], VALID);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_yaml::from_str(&out).expect("yaml output");
+    assert_eq!(v["spec"]["domain"]["machine"]["type"], "q35");
+    assert_eq!(v["spec"]["domain"]["memory"]["guest"], "64Mi");
+    assert_eq!(v["spec"]["terminationGracePeriodSeconds"], 30);
+    assert_eq!(v["spec"]["networks"][0]["name"], "default");
+}
+
+#[test]
+fn a_directory_of_kubevirt_examples_validates() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../api/tests/compat/kubevirt-examples"
+    );
+    let out = bin().args(["validate", "-f", dir]).output().expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // PriorityClass, ResourceClaimTemplate and the deprecated VirtualMachineInstancePreset are
+    // not kinds we serve: those lines, and only those, are errors.
+    let errors: Vec<&str> = stdout.lines().filter(|l| !l.starts_with("OK ")).collect();
+    assert!(
+        errors.iter().all(|l| l.starts_with("PriorityClass/")
+            || l.starts_with("ResourceClaimTemplate/")
+            || l.starts_with("VirtualMachineInstancePreset/vmi-preset-small: kind: VirtualMachineInstancePreset is deprecated")),
+        "{stdout}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("OK ")).count() >= 40,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn malformed_yaml_is_a_clear_error() {
+    let (code, _) = run_stdin(&["validate", "-f", "-"], "kind: [unclosed");
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn crds_prints_every_crd() {
+    let out = bin().arg("crds").output().expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+        .collect();
+    assert_eq!(docs.len(), 15);
+    assert!(docs.iter().all(|d| d["kind"] == "CustomResourceDefinition"));
+}

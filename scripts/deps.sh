@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian packages kubevirt-rs needs to build, test and run VMs, when missing.
+# Safe to run repeatedly: it only calls apt-get for what is absent.
+set -euo pipefail
+
+# command -> Debian package
+declare -A need=(
+  [qemu-system-x86_64]=qemu-system-x86
+  [qemu-img]=qemu-utils
+  [busybox]=busybox-static
+  [syslinux]=syslinux
+  [mcopy]=mtools
+  [mkfs.vfat]=dosfstools
+  [genisoimage]=genisoimage
+  [cpio]=cpio
+  [xz]=xz-utils
+  [zstd]=zstd
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+# syslinux's MBR and modules come from syslinux-common; OVMF for UEFI guests.
+[ -f /usr/lib/syslinux/mbr/mbr.bin ] || missing+=(syslinux-common)
+[ -f /usr/share/OVMF/OVMF_CODE.fd ] || [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: missing packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+  exit 0
+fi
+echo "deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
