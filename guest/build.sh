@@ -89,7 +89,7 @@ kernel-release $KVER"
 STAMP=$( {
 	echo "$VERSIONS"
 	cat "$HERE/build.sh" "$HERE/cmdline"
-	(cd "$HERE/rootfs" && find . -type f | sort | xargs sha256sum && find . | sort | xargs stat -c '%n %a')
+	(cd "$HERE/rootfs" && find . -type f | sort | xargs sha256sum && find . -type f -perm -u+x | sort)
 } | sha256sum | cut -d' ' -f1)
 OUTPUTS=(vmlinuz vmlinux initrd.img disk.raw disk.qcow2 oci/index.json versions.txt)
 uptodate=1
@@ -158,6 +158,10 @@ for a in $("$BUSYBOX" --list-full); do
 	[ -e "$STAGE/$a" ] || ln -s /bin/busybox "$STAGE/$a"
 done
 cp -a "$HERE/rootfs/." "$STAGE/"
+# normalise modes (a git checkout applies the umask): dirs 0755, files 0755 if executable else 0644
+find "$STAGE" -type d -exec chmod 0755 {} +
+find "$STAGE" -type f \( -perm -u+x -exec chmod 0755 {} + -o -exec chmod 0644 {} + \)
+chmod 1777 "$STAGE/tmp"
 python3 - "$KROOT/lib/modules/$KVER" "$STAGE/lib/modules/$KVER" "$BOOT_MODS" "$LATE_MODS" <<'PY'
 # Resolve module dependencies from .modinfo "depends=", decompress the .ko.xz into the
 # initramfs and write boot.order / late.order (paths relative to lib/modules/KVER, load order).
