@@ -78,17 +78,18 @@ fn no_validate<K>(_: &K, _: &ValidationConfig) -> Vec<FieldError> {
     Vec::new()
 }
 
-macro_rules! kind {
-    ($ty:ty, $group:expr, $version:expr, $plural:expr, $ns:expr, $default:expr, $validate:expr, $crd:expr) => {
+/// A built-in Kubernetes kind: decoded with k8s-openapi's type, no KubeVirt admission.
+macro_rules! core {
+    ($ty:ty, $kind:expr, $group:expr, $plural:expr, $ns:expr) => {
         KindInfo {
             group: $group,
-            version: $version,
-            kind: stringify!($ty),
+            version: "v1",
+            kind: $kind,
             plural: $plural,
             namespaced: $ns,
-            admit: |v, o| admit_typed::<$ty>(v, o, $default, $validate),
+            admit: |v, o| admit_typed::<$ty>(v, o, no_default, no_validate),
             roundtrip: roundtrip::<$ty>,
-            crd: $crd,
+            crd: None,
         }
     };
 }
@@ -117,7 +118,10 @@ macro_rules! custom {
 /// Every kind the project models: KubeVirt's and CDI's custom resources, then the core kinds
 /// our users touch.
 pub fn kinds() -> &'static [KindInfo] {
+    use k8s_openapi::api::coordination::v1 as coordination;
     use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::api::events::v1 as events;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
     static KINDS: std::sync::OnceLock<Vec<KindInfo>> = std::sync::OnceLock::new();
     KINDS.get_or_init(|| {
         vec![
@@ -146,85 +150,40 @@ pub fn kinds() -> &'static [KindInfo] {
             custom!(VirtualMachineRestore, no_default, no_validate),
             custom!(MigrationPolicy, no_default, no_validate),
             custom!(VirtualMachinePool, no_default, no_validate),
-            kind!(
-                core::Namespace,
-                "",
-                "v1",
-                "namespaces",
-                false,
-                no_default,
-                no_validate,
-                None
-            ),
-            kind!(
-                core::ConfigMap,
-                "",
-                "v1",
-                "configmaps",
-                true,
-                no_default,
-                no_validate,
-                None
-            ),
-            kind!(
-                core::Secret,
-                "",
-                "v1",
-                "secrets",
-                true,
-                no_default,
-                no_validate,
-                None
-            ),
-            kind!(
+            core!(core::Namespace, "Namespace", "", "namespaces", false),
+            core!(core::ConfigMap, "ConfigMap", "", "configmaps", true),
+            core!(core::Secret, "Secret", "", "secrets", true),
+            core!(
                 core::PersistentVolumeClaim,
+                "PersistentVolumeClaim",
                 "",
-                "v1",
                 "persistentvolumeclaims",
-                true,
-                no_default,
-                no_validate,
-                None
+                true
             ),
-            kind!(
+            core!(
                 core::PersistentVolume,
+                "PersistentVolume",
                 "",
-                "v1",
                 "persistentvolumes",
-                false,
-                no_default,
-                no_validate,
-                None
+                false
             ),
-            kind!(
-                core::Node,
-                "",
-                "v1",
-                "nodes",
-                false,
-                no_default,
-                no_validate,
-                None
+            core!(core::Node, "Node", "", "nodes", false),
+            core!(core::Service, "Service", "", "services", true),
+            core!(core::Event, "Event", "", "events", true),
+            core!(events::Event, "Event", "events.k8s.io", "events", true),
+            core!(
+                coordination::Lease,
+                "Lease",
+                "coordination.k8s.io",
+                "leases",
+                true
             ),
-            kind!(
-                core::Service,
-                "",
-                "v1",
-                "services",
-                true,
-                no_default,
-                no_validate,
-                None
-            ),
-            kind!(
-                core::Event,
-                "",
-                "v1",
-                "events",
-                true,
-                no_default,
-                no_validate,
-                None
+            core!(
+                apiextensions::CustomResourceDefinition,
+                "CustomResourceDefinition",
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                false
             ),
         ]
     })
@@ -427,5 +386,21 @@ mod tests {
         let ok = admit(&v, &AdmitOptions::default()).unwrap();
         assert_eq!(ok.value["spec"]["domain"]["machine"]["type"], "q35");
         assert_eq!(ok.value["spec"]["domain"]["memory"]["guest"], "64Mi");
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_found_by_its_api_version_and_kind() {
+        for k in kinds() {
+            let found = kind_of(&k.api_version(), k.kind).map(|f| (f.group, f.plural));
+            assert_eq!(found, Some((k.group, k.plural)), "{} {}", k.api_version(), k.kind);
+        }
+        assert_eq!(kind_of("v1", "ConfigMap").map(|k| k.plural), Some("configmaps"));
+        assert_eq!(kind_of("events.k8s.io/v1", "Event").map(|k| k.group), Some("events.k8s.io"));
+        assert_eq!(kind_of("v1", "Event").map(|k| k.group), Some(""));
     }
 }
