@@ -397,10 +397,22 @@ mod registry_tests {
     fn every_kind_is_found_by_its_api_version_and_kind() {
         for k in kinds() {
             let found = kind_of(&k.api_version(), k.kind).map(|f| (f.group, f.plural));
-            assert_eq!(found, Some((k.group, k.plural)), "{} {}", k.api_version(), k.kind);
+            assert_eq!(
+                found,
+                Some((k.group, k.plural)),
+                "{} {}",
+                k.api_version(),
+                k.kind
+            );
         }
-        assert_eq!(kind_of("v1", "ConfigMap").map(|k| k.plural), Some("configmaps"));
-        assert_eq!(kind_of("events.k8s.io/v1", "Event").map(|k| k.group), Some("events.k8s.io"));
+        assert_eq!(
+            kind_of("v1", "ConfigMap").map(|k| k.plural),
+            Some("configmaps")
+        );
+        assert_eq!(
+            kind_of("events.k8s.io/v1", "Event").map(|k| k.group),
+            Some("events.k8s.io")
+        );
         assert_eq!(kind_of("v1", "Event").map(|k| k.group), Some(""));
     }
 }

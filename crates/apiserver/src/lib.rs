@@ -1,2 +1,24 @@
-//! The embedded Kubernetes-compatible API server (discovery, CRUD, watch, admission over an
-//! embedded store). Filled by the API-server issue; see `docs/architecture.md`.
+//! An embedded Kubernetes-compatible API server: the single-node mode of kubevirt-rs serves
+//! KubeVirt's resources (and the core kinds our users touch) to unmodified kubectl, kube-rs and
+//! the Python client, from a crash-safe redb store.
+//!
+//! Layers, bottom up: [`store`] (objects, revisions, events) → [`objects`] (Kubernetes object
+//! semantics) → [`http`] (REST paths, content types, watch streams, auth) → [`server`] (TLS,
+//! kubeconfig, bootstrap). [`gc`] runs the server's own controllers.
+
+pub mod discovery;
+pub mod error;
+pub mod gc;
+pub mod http;
+pub mod jsonpath;
+pub mod managed;
+pub mod objects;
+pub mod patch;
+pub mod registry;
+pub mod selector;
+pub mod server;
+pub mod store;
+
+pub use http::SubresourceHandler;
+pub use objects::{ApiServer, Query};
+pub use server::{start, Config, Running};

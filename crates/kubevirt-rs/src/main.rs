@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::io::Write;
 
+mod server;
 mod validate;
 
 #[derive(Parser, Debug)]
@@ -23,6 +24,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Print the CustomResourceDefinitions of every kind, as YAML.
     Crds,
+    /// Run the single-node server: an embedded Kubernetes API server with KubeVirt's resources.
+    Server(server::ServerArgs),
 }
 
 fn main() {
@@ -53,6 +56,7 @@ fn main() {
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Validate(args) => validate::run(args),
+        Command::Server(args) => server::run(args),
         Command::Crds => {
             let mut out = std::io::stdout().lock();
             for (i, crd) in kubevirt_api::crd::crds().iter().enumerate() {

@@ -1,0 +1,295 @@
+//! Discovery (`/api`, `/apis`, `/apis/<group>/<version>`) and OpenAPI v3 documents, the way
+//! kubectl 1.27–1.33 and kube-rs read them.
+
+use crate::registry::{Registry, ResourceDef};
+use serde_json::{json, Map, Value};
+use std::hash::{Hash, Hasher};
+
+/// The Kubernetes version we report. kubectl's dispatcher picks its binary by it.
+pub const KUBE_MINOR: &str = "32";
+
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": KUBE_MINOR,
+        "gitVersion": format!("v1.{KUBE_MINOR}.0+kubevirt-rs.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+        "goVersion": "rust",
+        "compiler": "rustc",
+        "platform": "linux/amd64"
+    })
+}
+
+/// The KubeVirt subresource API group (`subresources.kubevirt.io/v1`), as KubeVirt's virt-api
+/// registers it: (resource/subresource, kind, verbs).
+pub const SUBRESOURCES: &[(&str, &str, &[&str])] = &[
+    (
+        "virtualmachineinstances/console",
+        "VirtualMachineInstance",
+        &["get"],
+    ),
+    (
+        "virtualmachineinstances/vnc",
+        "VirtualMachineInstance",
+        &["get"],
+    ),
+    (
+        "virtualmachineinstances/pause",
+        "VirtualMachineInstance",
+        &["update"],
+    ),
+    (
+        "virtualmachineinstances/unpause",
+        "VirtualMachineInstance",
+        &["update"],
+    ),
+    (
+        "virtualmachineinstances/softreboot",
+        "VirtualMachineInstance",
+        &["update"],
+    ),
+    (
+        "virtualmachineinstances/reset",
+        "VirtualMachineInstance",
+        &["update"],
+    ),
+    (
+        "virtualmachineinstances/guestosinfo",
+        "VirtualMachineInstance",
+        &["get"],
+    ),
+    ("virtualmachines/start", "VirtualMachine", &["update"]),
+    ("virtualmachines/stop", "VirtualMachine", &["update"]),
+    ("virtualmachines/restart", "VirtualMachine", &["update"]),
+    ("virtualmachines/migrate", "VirtualMachine", &["update"]),
+];
+
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+fn resource_entries(r: &ResourceDef) -> Vec<Value> {
+    let mut out = vec![json!({
+        "name": r.plural,
+        "singularName": r.singular,
+        "namespaced": r.namespaced,
+        "kind": r.kind,
+        "verbs": VERBS,
+        "shortNames": r.short_names,
+        "categories": r.categories,
+    })];
+    if r.status_subresource {
+        out.push(json!({
+            "name": format!("{}/status", r.plural),
+            "singularName": "",
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": ["get", "patch", "update"],
+        }));
+    }
+    out
+}
+
+pub fn api_versions(addr: &str) -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": addr}],
+    })
+}
+
+pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value> {
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    if group == "subresources.kubevirt.io" && version == "v1" {
+        let resources: Vec<Value> = SUBRESOURCES
+            .iter()
+            .map(|(name, kind, verbs)| {
+                json!({"name": name, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs})
+            })
+            .collect();
+        return Some(
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+        );
+    }
+    let resources: Vec<Value> = reg
+        .resources
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .flat_map(resource_entries)
+        .collect();
+    if resources.is_empty() {
+        return None;
+    }
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
+}
+
+fn group_entry(group: &str, version: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+    json!({"name": group, "versions": [gv], "preferredVersion": gv})
+}
+
+pub fn group_list(reg: &Registry) -> Value {
+    let mut groups: Vec<Value> = reg
+        .groups()
+        .iter()
+        .map(|(g, v)| group_entry(g, v))
+        .collect();
+    groups.push(group_entry("subresources.kubevirt.io", "v1"));
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+pub fn group(reg: &Registry, name: &str) -> Option<Value> {
+    if name == "subresources.kubevirt.io" {
+        let mut g = group_entry(name, "v1");
+        g["kind"] = json!("APIGroup");
+        g["apiVersion"] = json!("v1");
+        return Some(g);
+    }
+    reg.groups().iter().find(|(g, _)| g == name).map(|(g, v)| {
+        let mut e = group_entry(g, v);
+        e["kind"] = json!("APIGroup");
+        e["apiVersion"] = json!("v1");
+        e
+    })
+}
+
+/// The schema name kubectl sees for a kind, e.g. `io.kubevirt.v1.VirtualMachine`.
+fn schema_name(r: &ResourceDef) -> String {
+    if r.group.is_empty() {
+        return format!("io.k8s.api.core.v1.{}", r.kind);
+    }
+    let reversed: Vec<&str> = r.group.split('.').rev().collect();
+    format!("{}.{}.{}", reversed.join("."), r.version, r.kind)
+}
+
+fn hash_of(v: &Value) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    format!("{:016X}", h.finish())
+}
+
+/// `/openapi/v3`: one entry per group-version.
+pub fn openapi_index(reg: &Registry) -> Value {
+    let mut paths = Map::new();
+    let mut gvs: Vec<(String, String)> = vec![(String::new(), "v1".into())];
+    gvs.extend(reg.groups());
+    for (g, v) in gvs {
+        let path = if g.is_empty() {
+            "api/v1".to_string()
+        } else {
+            format!("apis/{g}/{v}")
+        };
+        let hash = openapi_doc(reg, &g, &v)
+            .map(|d| hash_of(&d))
+            .unwrap_or_default();
+        paths.insert(
+            path.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+        );
+    }
+    json!({ "paths": paths })
+}
+
+/// The OpenAPI v3 document of one group-version: schemas (with
+/// `x-kubernetes-group-version-kind`, which `kubectl explain` looks for) and the operations
+/// (whose PATCH lists `fieldValidation`, which tells kubectl to let the server validate).
+pub fn openapi_doc(reg: &Registry, group: &str, version: &str) -> Option<Value> {
+    let defs: Vec<&ResourceDef> = reg
+        .resources
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    if defs.is_empty() {
+        return None;
+    }
+    let mut schemas = Map::new();
+    let mut paths = Map::new();
+    for r in &defs {
+        let name = schema_name(r);
+        let gvk = json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
+        let mut s = r.schema.clone();
+        s["x-kubernetes-group-version-kind"] = gvk.clone();
+        for (k, v) in &r.components {
+            schemas.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        schemas.insert(name.clone(), s);
+        let list_name = format!("{name}List");
+        schemas.insert(
+            list_name.clone(),
+            json!({"type": "object", "required": ["items"],
+                   "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                                  "items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{name}")}},
+                                  "metadata": {"type": "object"}},
+                   "x-kubernetes-group-version-kind": [{"group": r.group, "version": r.version, "kind": format!("{}List", r.kind)}]}),
+        );
+        let prefix = if r.group.is_empty() {
+            "/api/v1".to_string()
+        } else {
+            format!("/apis/{}/{}", r.group, r.version)
+        };
+        let coll = if r.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}", r.plural)
+        } else {
+            format!("{prefix}/{}", r.plural)
+        };
+        let obj_ref = json!({"$ref": format!("#/components/schemas/{name}")});
+        let op = |action: &str, params: Value| {
+            json!({
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
+                "parameters": params,
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": obj_ref}}}},
+            })
+        };
+        let q = |n: &str| json!({"name": n, "in": "query", "schema": {"type": "string"}});
+        let write_params = json!([q("dryRun"), q("fieldManager"), q("fieldValidation")]);
+        let mut patch_params = write_params.clone();
+        if let Some(a) = patch_params.as_array_mut() {
+            a.push(q("force"));
+        }
+        paths.insert(
+            coll.clone(),
+            json!({
+                "get": op("list", json!([q("labelSelector"), q("fieldSelector"), q("limit"), q("continue"), q("resourceVersion"), q("watch")])),
+                "post": op("post", write_params.clone()),
+                "delete": op("deletecollection", json!([q("labelSelector")])),
+            }),
+        );
+        paths.insert(
+            format!("{coll}/{{name}}"),
+            json!({
+                "get": op("get", json!([])),
+                "put": op("put", write_params.clone()),
+                "patch": op("patch", patch_params.clone()),
+                "delete": op("delete", json!([q("propagationPolicy"), q("gracePeriodSeconds")])),
+            }),
+        );
+        if r.status_subresource {
+            paths.insert(
+                format!("{coll}/{{name}}/status"),
+                json!({"get": op("get", json!([])), "put": op("put", write_params), "patch": op("patch", patch_params)}),
+            );
+        }
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "kubevirt-rs", "version": format!("v1.{KUBE_MINOR}.0")},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }))
+}

@@ -1,0 +1,184 @@
+//! The server's own controllers: ownerReference garbage collection (background, foreground,
+//! orphan) and namespace deletion. Level-based: each pass looks at the whole store.
+
+use crate::objects::{ApiServer, Query};
+use crate::store::Stored;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn spawn(api: Arc<ApiServer>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut rx = api
+            .store
+            .watch("", Some(api.store.revision()))
+            .map(|w| w.rx)
+            .ok();
+        loop {
+            if let Err(e) = pass(&api).await {
+                tracing::warn!(error = %e, "garbage collection pass failed");
+            }
+            // Wake on the next change (or every few seconds for retries), then let a burst settle.
+            match rx.as_mut() {
+                Some(r) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), r.recv()).await;
+                    while r.try_recv().is_ok() {}
+                }
+                None => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+fn def_of<'a>(api: &'a ApiServer, o: &Stored) -> Option<&'a crate::registry::ResourceDef> {
+    let mut parts = o.key.as_str().splitn(3, '/');
+    let group = parts.next()?;
+    let plural = parts.next()?;
+    api.registry
+        .resources
+        .iter()
+        .find(|r| r.group == group && r.plural == plural)
+}
+
+async fn delete(api: &ApiServer, o: &Stored, policy: &str) -> Result<(), String> {
+    let Some(def) = def_of(api, o) else {
+        return Ok(());
+    };
+    match api
+        .delete(
+            def,
+            o.key.namespace(),
+            o.key.name(),
+            &json!({"propagationPolicy": policy}),
+            &Query::default(),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn patch_metadata(api: &ApiServer, o: &Stored, f: impl Fn(&mut Value)) -> Result<(), String> {
+    let Some(def) = def_of(api, o) else {
+        return Ok(());
+    };
+    let mut v = o.value();
+    f(&mut v);
+    match api
+        .update(
+            def,
+            o.key.namespace(),
+            o.key.name(),
+            v,
+            &Query::default(),
+            None,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn remove_finalizer(v: &mut Value, name: &str) {
+    if let Some(a) = v["metadata"]["finalizers"].as_array_mut() {
+        a.retain(|f| f != name);
+    }
+}
+
+async fn pass(api: &ApiServer) -> Result<(), String> {
+    let all = api.store.all();
+    let uids: HashSet<&str> = all.iter().map(|o| o.uid.as_str()).collect();
+    let mut dependents: HashMap<&str, Vec<&Arc<Stored>>> = HashMap::new();
+    for o in &all {
+        for owner in &o.owners {
+            dependents.entry(owner.as_str()).or_default().push(o);
+        }
+    }
+    for o in &all {
+        // Background: a dependent whose owners are all gone goes too.
+        if !o.owners.is_empty() && o.owners.iter().all(|u| !uids.contains(u.as_str())) {
+            delete(api, o, "Background").await?;
+            continue;
+        }
+        let v = o.value();
+        if !v["metadata"]["deletionTimestamp"].is_string() {
+            continue;
+        }
+        let finalizers: Vec<&str> = v["metadata"]["finalizers"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let deps = dependents.get(o.uid.as_str()).cloned().unwrap_or_default();
+        if finalizers.contains(&"orphan") {
+            for d in &deps {
+                let owner = o.uid.clone();
+                patch_metadata(api, d, |v| {
+                    if let Some(refs) = v["metadata"]["ownerReferences"].as_array_mut() {
+                        refs.retain(|r| r["uid"].as_str() != Some(owner.as_str()));
+                    }
+                })
+                .await?;
+            }
+            patch_metadata(api, o, |v| remove_finalizer(v, "orphan")).await?;
+        } else if finalizers.contains(&"foregroundDeletion") {
+            if deps.is_empty() {
+                patch_metadata(api, o, |v| remove_finalizer(v, "foregroundDeletion")).await?;
+            } else {
+                for d in &deps {
+                    delete(api, d, "Foreground").await?;
+                }
+            }
+        }
+        if o.key.as_str().starts_with("/namespaces/") {
+            terminate_namespace(api, o, &all).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A terminating namespace empties itself, then goes.
+async fn terminate_namespace(
+    api: &ApiServer,
+    ns: &Stored,
+    all: &[Arc<Stored>],
+) -> Result<(), String> {
+    let name = ns.key.name().to_string();
+    let contents: Vec<&Arc<Stored>> = all
+        .iter()
+        .filter(|o| o.key.namespace() == name && !o.key.as_str().starts_with("/namespaces/"))
+        .collect();
+    if contents.is_empty() {
+        let Some(def) = api.registry.find("", "v1", "namespaces") else {
+            return Ok(());
+        };
+        return match api
+            .store
+            .write(
+                ns.key.clone(),
+                crate::store::Change::Delete,
+                crate::store::Precondition::Revision(ns.rv),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::debug!(namespace = %name, error = %e, resource = %def.plural, "namespace removal raced");
+                Ok(())
+            }
+        };
+    }
+    for o in contents {
+        let v = o.value();
+        if v["metadata"]["deletionTimestamp"].is_string() {
+            continue;
+        }
+        delete(api, o, "Background").await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,773 @@
+//! The HTTP surface: routing of Kubernetes REST paths onto [`ApiServer`], content negotiation
+//! (JSON, YAML bodies, Table and PartialObjectMetadata output), watch streams, auth.
+
+use crate::discovery;
+use crate::error::{ApiError, ApiResult};
+use crate::jsonpath;
+use crate::objects::{filter_event, ApiServer, ListResult, Query, Written};
+use crate::patch::PatchType;
+use crate::registry::ResourceDef;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{EventType, Key, Stored};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body accepted (kube-apiserver's limit is 3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Handles requests under `/apis/subresources.kubevirt.io/v1/...` (filled by the control plane).
+#[async_trait::async_trait]
+pub trait SubresourceHandler: Send + Sync {
+    /// `path`: the segments after `/apis/subresources.kubevirt.io/v1/`.
+    async fn handle(
+        &self,
+        method: Method,
+        path: Vec<String>,
+        query: Query,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Response;
+}
+
+pub struct AppState {
+    pub api: Arc<ApiServer>,
+    pub token: String,
+    pub address: String,
+    pub subresources: parking_lot::RwLock<Option<Arc<dyn SubresourceHandler>>>,
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+fn bytes_response(code: StatusCode, b: Bytes) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], b).into_response()
+}
+
+fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - {}", json!(w));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            r.headers_mut().append("Warning", v);
+        }
+    }
+    r
+}
+
+/// What the client asked to get back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum As {
+    Object,
+    Table,
+    PartialMetadata,
+}
+
+fn negotiate(headers: &HeaderMap) -> As {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // The first acceptable type wins, as in kube-apiserver.
+    for part in accept.split(',') {
+        let p = part.replace(' ', "");
+        if p.contains("as=Table") {
+            return As::Table;
+        }
+        if p.contains("as=PartialObjectMetadata") {
+            return As::PartialMetadata;
+        }
+        if p.starts_with("application/json") || p.starts_with("*/*") {
+            return As::Object;
+        }
+    }
+    As::Object
+}
+
+fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    if ct.starts_with("application/yaml") || ct.starts_with("application/apply-patch+yaml") {
+        serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+    } else if ct.starts_with("application/vnd.kubernetes.protobuf") {
+        Err(ApiError::unsupported_media_type(
+            "protobuf is not supported; send JSON",
+        ))
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "Object 'Kind' is missing in '{}': {e}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ))
+        })
+    }
+}
+
+fn partial_metadata(v: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": v["metadata"]})
+}
+
+fn column_defs(def: &ResourceDef) -> Vec<Value> {
+    let mut cols = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
+    for c in &def.columns {
+        cols.push(json!({"name": c.name, "type": c.ty, "format": "", "description": c.description, "priority": c.priority}));
+    }
+    if !def.columns.iter().any(|c| c.name == "Age") {
+        cols.push(json!({"name": "Age", "type": "date", "format": "", "description": "CreationTimestamp", "priority": 0}));
+    }
+    cols
+}
+
+/// kube-apiserver's `duration.HumanDuration`, as table cells of type `date` show it.
+pub fn human_age(ts: &str) -> String {
+    let Ok(t) = ts.parse::<k8s_openapi::jiff::Timestamp>() else {
+        return "<unknown>".into();
+    };
+    let secs = (k8s_openapi::jiff::Timestamp::now().as_second() - t.as_second()).max(0);
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
+    if secs < 120 {
+        format!("{secs}s")
+    } else if m < 10 {
+        if secs % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", secs % 60)
+        }
+    } else if h < 3 {
+        format!("{m}m")
+    } else if h < 8 {
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 24 * 8 {
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
+    } else if d < 365 * 2 {
+        format!("{d}d")
+    } else if d < 365 * 8 {
+        format!("{}y{}d", d / 365, d % 365)
+    } else {
+        format!("{}y", d / 365)
+    }
+}
+
+fn table_row(def: &ResourceDef, v: &Value, include: &str) -> Value {
+    let mut cells = vec![v["metadata"]["name"].clone()];
+    for c in &def.columns {
+        let cell = jsonpath::cell(v, &c.json_path);
+        cells.push(match (c.ty.as_str(), cell) {
+            (_, Value::Null) => json!("<none>"),
+            ("date", Value::String(ts)) => json!(human_age(&ts)),
+            ("string", Value::Object(m)) => json!(m.len()),
+            ("string", Value::Array(a)) => json!(a
+                .iter()
+                .map(|x| x
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string()))
+                .collect::<Vec<_>>()
+                .join(",")),
+            (_, other) => other,
+        });
+    }
+    if !def.columns.iter().any(|c| c.name == "Age") {
+        cells.push(json!(human_age(
+            v["metadata"]["creationTimestamp"].as_str().unwrap_or("")
+        )));
+    }
+    let object = match include {
+        "Object" => v.clone(),
+        "None" => Value::Null,
+        _ => partial_metadata(v),
+    };
+    json!({"cells": cells, "object": object})
+}
+
+fn table(def: &ResourceDef, items: &[Value], rv: &str, cont: Option<&str>, include: &str) -> Value {
+    let mut meta = json!({"resourceVersion": rv});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
+    }
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta,
+        "columnDefinitions": column_defs(def),
+        "rows": items.iter().map(|v| table_row(def, v, include)).collect::<Vec<_>>(),
+    })
+}
+
+/// A resolved resource path.
+struct Target<'a> {
+    def: &'a ResourceDef,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn resolve<'a>(
+    api: &'a ApiServer,
+    group: &str,
+    version: &str,
+    segs: &[&str],
+) -> ApiResult<Target<'a>> {
+    let nf = || {
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
+    let find = |plural: &str| api.registry.find(group, version, plural);
+    match segs {
+        ["namespaces", ns, plural, rest @ ..]
+            if group.is_empty()
+                && find("namespaces").is_some()
+                && find(plural).is_some_and(|d| d.namespaced)
+                || (!group.is_empty() && find(plural).is_some_and(|d| d.namespaced)) =>
+        {
+            let def = find(plural).ok_or_else(nf)?;
+            match rest {
+                [] => Ok(Target {
+                    def,
+                    namespace: Some(ns.to_string()),
+                    name: None,
+                    subresource: None,
+                }),
+                [name] => Ok(Target {
+                    def,
+                    namespace: Some(ns.to_string()),
+                    name: Some(name.to_string()),
+                    subresource: None,
+                }),
+                [name, sub] => Ok(Target {
+                    def,
+                    namespace: Some(ns.to_string()),
+                    name: Some(name.to_string()),
+                    subresource: Some(sub.to_string()),
+                }),
+                _ => Err(nf()),
+            }
+        }
+        [plural, rest @ ..] => {
+            let def = find(plural).ok_or_else(nf)?;
+            match rest {
+                [] => Ok(Target {
+                    def,
+                    namespace: None,
+                    name: None,
+                    subresource: None,
+                }),
+                [name] if !def.namespaced => Ok(Target {
+                    def,
+                    namespace: None,
+                    name: Some(name.to_string()),
+                    subresource: None,
+                }),
+                [name, sub] if !def.namespaced => Ok(Target {
+                    def,
+                    namespace: None,
+                    name: Some(name.to_string()),
+                    subresource: Some(sub.to_string()),
+                }),
+                _ => Err(nf()),
+            }
+        }
+        _ => Err(nf()),
+    }
+}
+
+pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_string();
+    let query = Query::parse(parts.uri.query());
+    let headers = parts.headers;
+    let public = method == Method::GET
+        && matches!(
+            path.as_str(),
+            "/version" | "/healthz" | "/livez" | "/readyz"
+        );
+    if !public && !authorized(&headers, &state.token) {
+        return ApiError::unauthorized().into_response();
+    }
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let ["apis", "subresources.kubevirt.io", "v1", rest @ ..] = segs.as_slice() {
+        if !rest.is_empty() && !matches!(rest, ["version"] | ["healthz"]) {
+            let handler = state.subresources.read().clone();
+            return match handler {
+                Some(h) => {
+                    h.handle(
+                        method,
+                        rest.iter().map(|s| s.to_string()).collect(),
+                        query,
+                        headers,
+                        body,
+                    )
+                    .await
+                }
+                None => ApiError::new(
+                    503,
+                    "ServiceUnavailable",
+                    "the subresource API is not running",
+                )
+                .into_response(),
+            };
+        }
+    }
+    let started = std::time::Instant::now();
+    let resp = match dispatch(&state, &method, &segs, &query, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(given) = v.strip_prefix("Bearer ") else {
+        return false;
+    };
+    // Constant-time comparison.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn read_body(body: Body) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than {MAX_BODY} bytes"),
+        )
+    })
+}
+
+async fn dispatch(
+    state: &AppState,
+    method: &Method,
+    segs: &[&str],
+    q: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let api = &state.api;
+    let reg = &api.registry;
+    if method == Method::GET {
+        match segs {
+            ["version"] | ["apis", "subresources.kubevirt.io", "v1", "version"] => {
+                return Ok(json_response(StatusCode::OK, &discovery::version()))
+            }
+            ["healthz"]
+            | ["livez"]
+            | ["readyz"]
+            | ["apis", "subresources.kubevirt.io", "v1", "healthz"] => {
+                return Ok((StatusCode::OK, "ok").into_response())
+            }
+            ["api"] => {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &discovery::api_versions(&state.address),
+                ))
+            }
+            ["apis"] => return Ok(json_response(StatusCode::OK, &discovery::group_list(reg))),
+            ["api", "v1"] => {
+                return discovery::resource_list(reg, "", "v1")
+                    .map(|v| json_response(StatusCode::OK, &v))
+                    .ok_or_else(|| ApiError::new(404, "NotFound", "not found"))
+            }
+            ["apis", g] => {
+                return discovery::group(reg, g)
+                    .map(|v| json_response(StatusCode::OK, &v))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            404,
+                            "NotFound",
+                            "the server could not find the requested resource",
+                        )
+                    })
+            }
+            ["apis", g, v] => {
+                return discovery::resource_list(reg, g, v)
+                    .map(|v| json_response(StatusCode::OK, &v))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            404,
+                            "NotFound",
+                            "the server could not find the requested resource",
+                        )
+                    })
+            }
+            ["openapi", "v3"] => {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &discovery::openapi_index(reg),
+                ))
+            }
+            ["openapi", "v3", "api", "v1"] => {
+                return discovery::openapi_doc(reg, "", "v1")
+                    .map(|v| json_response(StatusCode::OK, &v))
+                    .ok_or_else(|| ApiError::new(404, "NotFound", "not found"))
+            }
+            ["openapi", "v3", "apis", g, v] => {
+                return discovery::openapi_doc(reg, g, v)
+                    .map(|v| json_response(StatusCode::OK, &v))
+                    .ok_or_else(|| ApiError::new(404, "NotFound", "not found"))
+            }
+            ["openapi", ..] => {
+                return Err(ApiError::new(
+                    404,
+                    "NotFound",
+                    "OpenAPI v2 is not served; use /openapi/v3",
+                ))
+            }
+            _ => {}
+        }
+    }
+    let (group, version, rest) = match segs {
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ))
+        }
+    };
+    let t = resolve(api, group, version, rest)?;
+    let def = t.def;
+    let ns = t.namespace.clone().unwrap_or_default();
+    let ns = if def.namespaced && ns.is_empty() && t.name.is_some() {
+        "default".to_string()
+    } else {
+        ns
+    };
+    if let Some(sub) = &t.subresource {
+        let ok = (sub == "status" && def.status_subresource)
+            || (def.kind == "Namespace" && sub == "finalize");
+        if !ok {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                format!("{} has no subresource {sub}", def.qualified()),
+            ));
+        }
+    }
+    let sub = t
+        .subresource
+        .as_deref()
+        .map(|s| if s == "finalize" { "status" } else { s });
+    let as_ = negotiate(headers);
+    let include = q.get("includeObject").unwrap_or("Metadata").to_string();
+    match (method.clone(), &t.name) {
+        (Method::GET, None) if q.flag("watch") => {
+            watch(api.clone(), def, t.namespace.as_deref(), q, as_)
+        }
+        (Method::GET, None) => {
+            let list = api.list(def, t.namespace.as_deref(), q)?;
+            Ok(list_response(def, &list, as_, &include))
+        }
+        (Method::GET, Some(name)) => {
+            let o = api.get(def, &ns, name)?;
+            Ok(match as_ {
+                As::Table => json_response(
+                    StatusCode::OK,
+                    &table(def, &[o.value()], &o.rv.to_string(), None, &include),
+                ),
+                As::PartialMetadata => json_response(StatusCode::OK, &partial_metadata(&o.value())),
+                As::Object => bytes_response(StatusCode::OK, o.json.clone()),
+            })
+        }
+        (Method::POST, None) => {
+            let ns = if def.namespaced {
+                t.namespace.clone().ok_or_else(|| {
+                    ApiError::method_not_allowed("create needs a namespace in the path")
+                })?
+            } else {
+                String::new()
+            };
+            let body = decode_body(headers, &read_body(body).await?)?;
+            let w = api.create(def, &ns, body, q).await?;
+            Ok(written(w, StatusCode::CREATED, as_, def))
+        }
+        (Method::PUT, Some(name)) => {
+            let body = decode_body(headers, &read_body(body).await?)?;
+            let w = api.update(def, &ns, name, body, q, sub).await?;
+            Ok(written(w, StatusCode::OK, as_, def))
+        }
+        (Method::PATCH, Some(name)) => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let ty = PatchType::from_content_type(ct).ok_or_else(|| {
+                ApiError::unsupported_media_type(format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?})"))
+            })?;
+            let bytes = read_body(body).await?;
+            let w = api.patch(def, &ns, name, ty, &bytes, q, sub).await?;
+            let code = if w.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(written(w, code, as_, def))
+        }
+        (Method::DELETE, Some(name)) => {
+            let options = decode_body(headers, &read_body(body).await?)?;
+            let v = api.delete(def, &ns, name, &options, q).await?;
+            Ok(json_response(StatusCode::OK, &v))
+        }
+        (Method::DELETE, None) => {
+            let v = api
+                .delete_collection(def, t.namespace.as_deref(), q)
+                .await?;
+            Ok(json_response(StatusCode::OK, &v))
+        }
+        (m, _) => Err(ApiError::method_not_allowed(format!(
+            "{m} is not supported on this path"
+        ))),
+    }
+}
+
+fn written(w: Written, code: StatusCode, as_: As, def: &ResourceDef) -> Response {
+    let body = match as_ {
+        As::Table => table(
+            def,
+            std::slice::from_ref(&w.object),
+            w.object["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or(""),
+            None,
+            "Metadata",
+        ),
+        _ => w.object,
+    };
+    with_warnings(json_response(code, &body), &w.warnings)
+}
+
+fn list_response(def: &ResourceDef, list: &ListResult, as_: As, include: &str) -> Response {
+    match as_ {
+        As::Object => bytes_response(StatusCode::OK, ApiServer::list_body(def, list)),
+        As::Table => {
+            let items: Vec<Value> = list.items.iter().map(|o| o.value()).collect();
+            json_response(
+                StatusCode::OK,
+                &table(
+                    def,
+                    &items,
+                    &list.rv.to_string(),
+                    list.continue_token.as_deref(),
+                    include,
+                ),
+            )
+        }
+        As::PartialMetadata => {
+            let items: Vec<Value> = list
+                .items
+                .iter()
+                .map(|o| partial_metadata(&o.value()))
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                        "metadata": {"resourceVersion": list.rv.to_string()}, "items": items}),
+            )
+        }
+    }
+}
+
+fn event_line(kind: &str, object: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(object.len() + 32);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(object);
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
+}
+
+fn render_event(def: &ResourceDef, kind: EventType, obj: &Stored, as_: As) -> Bytes {
+    match as_ {
+        As::Object => event_line(kind.as_str(), &obj.json),
+        As::PartialMetadata => event_line(
+            kind.as_str(),
+            &serde_json::to_vec(&partial_metadata(&obj.value())).unwrap_or_default(),
+        ),
+        As::Table => {
+            let t = table(def, &[obj.value()], &obj.rv.to_string(), None, "Metadata");
+            event_line(kind.as_str(), &serde_json::to_vec(&t).unwrap_or_default())
+        }
+    }
+}
+
+fn watch(
+    api: Arc<ApiServer>,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    q: &Query,
+    as_: As,
+) -> ApiResult<Response> {
+    let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    let prefix = Key::prefix(
+        &def.group,
+        &def.plural,
+        if def.namespaced { ns } else { None },
+    );
+    let send_initial = q.flag("sendInitialEvents");
+    let since = match q.get("resourceVersion") {
+        None | Some("0") if !send_initial => None,
+        None | Some("0") => None,
+        Some(rv) => Some(
+            rv.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        ),
+    };
+    let since = if send_initial { None } else { since };
+    let bookmarks = q.flag("allowWatchBookmarks");
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    let api_version = def.api_version();
+    let kind = def.kind.clone();
+    let bookmark = move |rv: u64, initial_end: bool| -> Bytes {
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        event_line(
+            "BOOKMARK",
+            &serde_json::to_vec(
+                &json!({"apiVersion": api_version, "kind": kind, "metadata": meta}),
+            )
+            .unwrap_or_default(),
+        )
+    };
+    let def_key = (def.group.clone(), def.version.clone(), def.plural.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    match api.store.watch(&prefix, since) {
+        Err(_) => {
+            // Too old: answered in-stream, as kube-apiserver does, so watchers relist.
+            let status =
+                ApiError::expired(format!("too old resource version: {} ", since.unwrap_or(0)))
+                    .to_status();
+            let line = event_line("ERROR", &serde_json::to_vec(&status).unwrap_or_default());
+            return Ok(stream_response(
+                futures::stream::once(async move { line }).boxed(),
+            ));
+        }
+        Ok(start) => {
+            tokio::spawn(async move {
+                let Some(def) = api.registry.find(&def_key.0, &def_key.1, &def_key.2) else {
+                    return;
+                };
+                let mut last_rv = start.rv;
+                for e in &start.initial {
+                    let shown = if since.is_none() {
+                        (labels.matches(&e.object.labels)
+                            && fields.matches(e.object.key.namespace(), e.object.key.name()))
+                        .then_some(EventType::Added)
+                    } else {
+                        filter_event(e.kind, &e.object, e.prev_labels.as_ref(), &labels, &fields)
+                    };
+                    if let Some(k) = shown {
+                        if tx.send(render_event(def, k, &e.object, as_)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if send_initial && tx.send(bookmark(start.rv, true)).await.is_err() {
+                    return;
+                }
+                let mut rx = start.rx;
+                let deadline = tokio::time::sleep(timeout);
+                tokio::pin!(deadline);
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = &mut deadline => return,
+                        _ = tick.tick(), if bookmarks => {
+                            if tx.send(bookmark(last_rv, false)).await.is_err() { return; }
+                        }
+                        _ = tx.closed() => return,
+                        ev = rx.recv() => match ev {
+                            Ok(e) => {
+                                if e.object.rv <= start.rv || !e.object.key.as_str().starts_with(&prefix) {
+                                    continue;
+                                }
+                                last_rv = e.object.rv;
+                                if let Some(k) = filter_event(e.kind, &e.object, e.prev_labels.as_ref(), &labels, &fields) {
+                                    if tx.send(render_event(def, k, &e.object, as_)).await.is_err() { return; }
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                let status = ApiError::expired("the watch fell behind; list again").to_status();
+                                let _ = tx.send(event_line("ERROR", &serde_json::to_vec(&status).unwrap_or_default())).await;
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                }
+            });
+        }
+    }
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).boxed();
+    Ok(stream_response(stream))
+}
+
+fn stream_response(stream: futures::stream::BoxStream<'static, Bytes>) -> Response {
+    let body = Body::from_stream(stream.map(Ok::<_, std::convert::Infallible>));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(body)
+        .unwrap_or_else(|_| ApiError::internal("building the watch response").into_response())
+}

@@ -1,0 +1,978 @@
+//! Object semantics: create, get, list, update, patch, apply, delete, watch — what
+//! kube-apiserver's generic registry does, over [`Store`].
+
+use crate::error::{ApiError, ApiResult};
+use crate::managed::{self, Schema};
+use crate::patch::{self, PatchType};
+use crate::registry::{Registry, ResourceDef};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{Change, EventType, Key, Precondition, Store, StoreError, Stored};
+use base64::Engine;
+use bytes::Bytes;
+use kubevirt_api::admission::{AdmitOptions, FieldValidation};
+use kubevirt_api::CauseType;
+use parking_lot::RwLock;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Query parameters of a request, as given.
+#[derive(Clone, Debug, Default)]
+pub struct Query(pub HashMap<String, String>);
+
+impl Query {
+    pub fn parse(q: Option<&str>) -> Query {
+        Query(
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    pub fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("true") | Some("1"))
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.get("dryRun") == Some("All")
+    }
+
+    fn field_validation(&self) -> ApiResult<FieldValidation> {
+        match self.get("fieldValidation") {
+            None | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation parameter unsupported: {other}"
+            ))),
+        }
+    }
+}
+
+/// The result of a write: the object and the warnings to send as `Warning` headers.
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+    pub created: bool,
+}
+
+pub struct ListResult {
+    pub items: Vec<Arc<Stored>>,
+    pub rv: u64,
+    pub continue_token: Option<String>,
+    pub remaining: usize,
+}
+
+pub struct ApiServer {
+    pub store: Arc<Store>,
+    pub registry: Registry,
+    /// Defaulting/validation settings, from the `KubeVirt` resource.
+    pub admission: RwLock<AdmitOptions>,
+}
+
+pub fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+fn store_err(def: &ResourceDef, name: &str, e: StoreError) -> ApiError {
+    match e {
+        StoreError::AlreadyExists => ApiError::already_exists(&def.plural, &def.group, name),
+        StoreError::NotFound => ApiError::not_found(&def.plural, &def.group, name),
+        StoreError::Conflict => ApiError::conflict(&def.plural, &def.group, name),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// DNS-1123 subdomain, as most kinds' names must be.
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && n.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Everything outside `metadata` (and `status`, when status is a subresource): a change here
+/// bumps `metadata.generation`.
+fn generation_relevant(v: &Value, status_subresource: bool) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("apiVersion");
+        m.remove("kind");
+        if status_subresource {
+            m.remove("status");
+        }
+    }
+    v
+}
+
+/// Two versions of an object that differ only in resourceVersion and managedFields times.
+fn same_object(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+            if let Some(Value::Array(mf)) = m.get_mut("managedFields") {
+                for e in mf {
+                    if let Some(e) = e.as_object_mut() {
+                        e.remove("time");
+                    }
+                }
+            }
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
+impl ApiServer {
+    pub fn new(store: Arc<Store>) -> ApiServer {
+        ApiServer {
+            store,
+            registry: Registry::new(),
+            admission: RwLock::new(AdmitOptions::default()),
+        }
+    }
+
+    pub fn key(def: &ResourceDef, ns: &str, name: &str) -> Key {
+        Key::new(
+            &def.group,
+            &def.plural,
+            if def.namespaced { ns } else { "" },
+            name,
+        )
+    }
+
+    fn schema<'a>(def: &'a ResourceDef) -> Schema<'a> {
+        Schema::new(&def.schema, &def.components)
+    }
+
+    pub fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> ApiResult<Arc<Stored>> {
+        self.store
+            .get(&Self::key(def, ns, name))
+            .ok_or_else(|| ApiError::not_found(&def.plural, &def.group, name))
+    }
+
+    /// Decode, prune or refuse unknown fields, default and validate an object of our kinds.
+    fn admit(&self, def: &ResourceDef, value: Value, q: &Query) -> ApiResult<(Value, Vec<String>)> {
+        let mut opts = self.admission.read().clone();
+        opts.field_validation = q.field_validation()?;
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match def.kind_info.admit(&value, &opts) {
+            Ok(a) => Ok((a.value, a.warnings)),
+            Err(errs) => {
+                if errs
+                    .iter()
+                    .all(|e| e.reason == CauseType::FieldValueUnknown)
+                {
+                    let msg = errs
+                        .iter()
+                        .map(|e| e.message.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(ApiError::bad_request(format!(
+                        "strict decoding error: {msg}"
+                    )));
+                }
+                let prefix = if errs
+                    .iter()
+                    .any(|e| e.reason == CauseType::FieldValueTypeInvalid)
+                {
+                    format!("{}.{} \"{name}\" is invalid: ", def.kind, def.group)
+                } else if def.group.ends_with("kubevirt.io") {
+                    format!(
+                        "admission webhook \"{}-validator.{}\" denied the request: ",
+                        def.plural,
+                        if def.group.starts_with("cdi.") {
+                            "cdi.kubevirt.io"
+                        } else {
+                            "kubevirt.io"
+                        }
+                    )
+                } else {
+                    format!("{} \"{name}\" is invalid: ", def.kind)
+                };
+                Err(ApiError::invalid(
+                    &def.kind, &def.group, &name, &prefix, &errs,
+                ))
+            }
+        }
+    }
+
+    fn check_namespace(&self, def: &ResourceDef, ns: &str) -> ApiResult<()> {
+        if !def.namespaced {
+            return Ok(());
+        }
+        let ns_def = self
+            .registry
+            .find("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
+        match self.store.get(&Self::key(ns_def, "", ns)) {
+            None => Err(ApiError::not_found("namespaces", "", ns)),
+            Some(n) if n.value()["metadata"]["deletionTimestamp"].is_string() => Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    def.qualified(),
+                    "",
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        mut body: Value,
+        q: &Query,
+    ) -> ApiResult<Written> {
+        if !body.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        let body_ns = body["metadata"]["namespace"].as_str().unwrap_or("");
+        if def.namespaced && !body_ns.is_empty() && body_ns != ns {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        if let Some(av) = body["apiVersion"].as_str() {
+            if av != def.api_version() || body["kind"].as_str().is_some_and(|k| k != def.kind) {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({av}) does not match the expected API version ({})",
+                    def.api_version()
+                )));
+            }
+        }
+        body["apiVersion"] = json!(def.api_version());
+        body["kind"] = json!(def.kind);
+        if !body["metadata"].is_object() {
+            body["metadata"] = json!({});
+        }
+        let mut name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if name.is_empty() {
+            match body["metadata"]["generateName"].as_str() {
+                Some(g) if !g.is_empty() => name = format!("{g}{}", random_suffix()),
+                _ => {
+                    return Err(ApiError::invalid(
+                        &def.kind,
+                        &def.group,
+                        "",
+                        &format!("{} \"\" is invalid: ", def.kind),
+                        &[kubevirt_api::FieldError::required(
+                            "metadata.name",
+                            "name or generateName is required",
+                        )],
+                    ))
+                }
+            }
+        }
+        if !valid_name(&name) {
+            return Err(ApiError::invalid(
+                &def.kind,
+                &def.group,
+                &name,
+                &format!("{} \"{name}\" is invalid: ", def.kind),
+                &[kubevirt_api::FieldError::invalid(
+                    "metadata.name",
+                    format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+                )],
+            ));
+        }
+        self.check_namespace(def, ns)?;
+        let m = body["metadata"]
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+        m.insert("name".into(), json!(name));
+        if def.namespaced {
+            m.insert("namespace".into(), json!(ns));
+        } else {
+            m.remove("namespace");
+        }
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("creationTimestamp".into(), json!(now()));
+        for k in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "selfLink",
+        ] {
+            m.remove(k);
+        }
+        if def.custom {
+            m.insert("generation".into(), json!(1));
+        }
+        if def.status_subresource && def.custom {
+            if let Some(o) = body.as_object_mut() {
+                o.remove("status");
+            }
+        }
+        if def.kind == "Namespace" {
+            body["status"] = json!({"phase": "Active"});
+            body["spec"]["finalizers"] = json!(["kubernetes"]);
+        }
+        let (mut obj, warnings) = self.admit(def, body, q)?;
+        managed::record_update(
+            None,
+            &mut obj,
+            q.get("fieldManager").unwrap_or("unknown"),
+            None,
+            Self::schema(def),
+            &now(),
+            &def.api_version(),
+        );
+        if q.dry_run() {
+            return Ok(Written {
+                object: obj,
+                warnings,
+                created: true,
+            });
+        }
+        let stored = self
+            .store
+            .write(
+                Self::key(def, ns, &name),
+                Change::Put(obj),
+                Precondition::Absent,
+            )
+            .await
+            .map_err(|e| store_err(def, &name, e))?;
+        Ok(Written {
+            object: stored.value(),
+            warnings,
+            created: true,
+        })
+    }
+
+    /// Prepares `new` as the next version of `old` and writes it if it differs. `subresource`
+    /// is `Some("status")` for writes to `/status`.
+    #[allow(clippy::too_many_arguments)]
+    async fn replace(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        old: &Stored,
+        mut new: Value,
+        q: &Query,
+        subresource: Option<&str>,
+        manager_op: ManagerOp<'_>,
+    ) -> ApiResult<Written> {
+        let old_v = old.value();
+        if !new.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        if let Some(n) = new["metadata"]["name"].as_str() {
+            if n != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+        }
+        if subresource == Some("status") {
+            let status = new.get("status").cloned();
+            new = old_v.clone();
+            match status {
+                Some(s) => new["status"] = s,
+                None => {
+                    if let Some(o) = new.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+        } else if def.status_subresource {
+            match old_v.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(o) = new.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+        }
+        new["apiVersion"] = json!(def.api_version());
+        new["kind"] = json!(def.kind);
+        if !new["metadata"].is_object() {
+            new["metadata"] = json!({});
+        }
+        // Fields the server owns.
+        for k in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
+            match old_v["metadata"].get(k) {
+                Some(v) => new["metadata"][k] = v.clone(),
+                None => {
+                    if let Some(m) = new["metadata"].as_object_mut() {
+                        m.remove(k);
+                    }
+                }
+            }
+        }
+        // Once deleting, finalizers can only be removed.
+        let (mut obj, warnings) = if subresource == Some("status") {
+            (new, Vec::new())
+        } else {
+            self.admit(def, new, q)?
+        };
+        if def.custom
+            && generation_relevant(&obj, def.status_subresource)
+                != generation_relevant(&old_v, def.status_subresource)
+        {
+            let g = old_v["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+            obj["metadata"]["generation"] = json!(g);
+        }
+        match manager_op {
+            ManagerOp::Update(manager) => managed::record_update(
+                Some(&old_v),
+                &mut obj,
+                manager,
+                subresource,
+                Self::schema(def),
+                &now(),
+                &def.api_version(),
+            ),
+            ManagerOp::Applied => {}
+        }
+        if same_object(&obj, &old_v) {
+            return Ok(Written {
+                object: old_v,
+                warnings,
+                created: false,
+            });
+        }
+        if q.dry_run() {
+            return Ok(Written {
+                object: obj,
+                warnings,
+                created: false,
+            });
+        }
+        let deleting = obj["metadata"]["deletionTimestamp"].is_string();
+        let no_finalizers = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty);
+        let key = Self::key(def, ns, name);
+        if deleting && no_finalizers && def.kind != "Namespace" {
+            // The last finalizer is gone: the deletion completes.
+            self.store
+                .write(
+                    key.clone(),
+                    Change::Put(obj),
+                    Precondition::Revision(old.rv),
+                )
+                .await
+                .map_err(|e| store_err(def, name, e))?;
+            let gone = self
+                .store
+                .write(key, Change::Delete, Precondition::Exists)
+                .await
+                .map_err(|e| store_err(def, name, e))?;
+            return Ok(Written {
+                object: gone.value(),
+                warnings,
+                created: false,
+            });
+        }
+        let stored = self
+            .store
+            .write(key, Change::Put(obj), Precondition::Revision(old.rv))
+            .await
+            .map_err(|e| store_err(def, name, e))?;
+        Ok(Written {
+            object: stored.value(),
+            warnings,
+            created: false,
+        })
+    }
+
+    pub async fn update(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        body: Value,
+        q: &Query,
+        subresource: Option<&str>,
+    ) -> ApiResult<Written> {
+        let old = self.get(def, ns, name)?;
+        let body_rv = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        if body_rv.is_empty() && def.custom {
+            return Err(ApiError::invalid(
+                &def.kind,
+                &def.group,
+                name,
+                &format!("{}.{} \"{name}\" is invalid: ", def.kind, def.group),
+                &[kubevirt_api::FieldError::invalid(
+                    "metadata.resourceVersion",
+                    "Invalid value: 0x0: must be specified for an update",
+                )],
+            ));
+        }
+        if !body_rv.is_empty() && body_rv.parse::<u64>().ok() != Some(old.rv) {
+            return Err(ApiError::conflict(&def.plural, &def.group, name));
+        }
+        let manager = q.get("fieldManager").unwrap_or("unknown").to_string();
+        self.replace(
+            def,
+            ns,
+            name,
+            &old,
+            body,
+            q,
+            subresource,
+            ManagerOp::Update(&manager),
+        )
+        .await
+    }
+
+    /// Applies a patch to the current object, retrying when another writer got in between.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        ty: PatchType,
+        body: &[u8],
+        q: &Query,
+        subresource: Option<&str>,
+    ) -> ApiResult<Written> {
+        if ty == PatchType::Strategic && def.custom {
+            return Err(ApiError::unsupported_media_type(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+            ));
+        }
+        let patch: Value = match ty {
+            PatchType::Apply => serde_yaml::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+            _ => serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
+        };
+        if ty == PatchType::Apply {
+            return self.apply(def, ns, name, patch, q, subresource).await;
+        }
+        let manager = q.get("fieldManager").unwrap_or("unknown").to_string();
+        for _ in 0..16 {
+            let old = self.get(def, ns, name)?;
+            let mut doc = old.value();
+            match ty {
+                PatchType::Merge => patch::merge(&mut doc, &patch),
+                PatchType::Json => patch::json_patch(&mut doc, &patch).map_err(|e| {
+                    ApiError::new(
+                        422,
+                        "Invalid",
+                        format!(
+                            "the server rejected our request due to an error in our request: {e}"
+                        ),
+                    )
+                })?,
+                PatchType::Strategic => {
+                    patch::strategic_merge(&mut doc, &patch).map_err(ApiError::bad_request)?
+                }
+                PatchType::Apply => unreachable!("handled above"),
+            }
+            // A resourceVersion in the patch is a precondition.
+            if let Some(rv) = doc["metadata"]["resourceVersion"].as_str() {
+                if rv.parse::<u64>().ok() != Some(old.rv) {
+                    return Err(ApiError::conflict(&def.plural, &def.group, name));
+                }
+            }
+            match self
+                .replace(
+                    def,
+                    ns,
+                    name,
+                    &old,
+                    doc,
+                    q,
+                    subresource,
+                    ManagerOp::Update(&manager),
+                )
+                .await
+            {
+                Err(e)
+                    if e.reason == "Conflict" && patch["metadata"]["resourceVersion"].is_null() =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(&def.plural, &def.group, name))
+    }
+
+    async fn apply(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        applied: Value,
+        q: &Query,
+        subresource: Option<&str>,
+    ) -> ApiResult<Written> {
+        let Some(manager) = q.get("fieldManager") else {
+            return Err(ApiError::bad_request(
+                "PATCH requests with apply content type must set the fieldManager query parameter",
+            ));
+        };
+        if !applied.is_object() {
+            return Err(ApiError::bad_request("an apply patch must be an object"));
+        }
+        let force = q.flag("force");
+        for _ in 0..16 {
+            let Some(old) = self.store.get(&Self::key(def, ns, name)) else {
+                let mut body = applied.clone();
+                body["metadata"]["name"] = json!(name);
+                let mut w = self.create(def, ns, body, q).await;
+                if let Ok(written) = &mut w {
+                    // Creation by apply: the manager owns what it applied.
+                    let mut obj = written.object.clone();
+                    let set = managed::fields_of(&applied, Self::schema(def));
+                    managed::write_entries(
+                        &mut obj,
+                        &[managed::Entry {
+                            manager: manager.to_string(),
+                            operation: "Apply".into(),
+                            api_version: def.api_version(),
+                            time: now(),
+                            fields: set,
+                            subresource: None,
+                        }],
+                    );
+                    if !q.dry_run() {
+                        let rv = obj["metadata"]["resourceVersion"]
+                            .as_str()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0);
+                        if let Ok(s) = self
+                            .store
+                            .write(
+                                Self::key(def, ns, name),
+                                Change::Put(obj.clone()),
+                                Precondition::Revision(rv),
+                            )
+                            .await
+                        {
+                            obj = s.value();
+                        }
+                    }
+                    written.object = obj;
+                }
+                return w;
+            };
+            let live = old.value();
+            let new = managed::apply(&live, &applied, manager, force, Self::schema(def), &now(), &def.api_version())
+                .map_err(|conflicts| {
+                    let causes: Vec<Value> = conflicts
+                        .iter()
+                        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.path}))
+                        .collect();
+                    let mut e = ApiError::new(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Apply failed with {} conflict{}: {}",
+                            conflicts.len(),
+                            if conflicts.len() == 1 { "" } else { "s" },
+                            conflicts
+                                .iter()
+                                .map(|c| format!("conflict with \"{}\": {}", c.manager, c.path))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                    e.details = Some(json!({"name": name, "group": def.group, "kind": def.plural, "causes": causes}));
+                    e
+                })?;
+            match self
+                .replace(def, ns, name, &old, new, q, subresource, ManagerOp::Applied)
+                .await
+            {
+                Err(e)
+                    if e.reason == "Conflict"
+                        && e.details.as_ref().is_none_or(|d| d.get("causes").is_none()) =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(&def.plural, &def.group, name))
+    }
+
+    pub async fn delete(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        options: &Value,
+        q: &Query,
+    ) -> ApiResult<Value> {
+        let old = self.get(def, ns, name)?;
+        let mut obj = old.value();
+        if let Some(uid) = options["preconditions"]["uid"].as_str() {
+            if obj["metadata"]["uid"].as_str() != Some(uid) {
+                return Err(ApiError::conflict(&def.plural, &def.group, name));
+            }
+        }
+        if let Some(rv) = options["preconditions"]["resourceVersion"].as_str() {
+            if rv.parse::<u64>().ok() != Some(old.rv) {
+                return Err(ApiError::conflict(&def.plural, &def.group, name));
+            }
+        }
+        let policy = options["propagationPolicy"]
+            .as_str()
+            .or_else(|| q.get("propagationPolicy"))
+            .or(if options["orphanDependents"] == json!(true) {
+                Some("Orphan")
+            } else {
+                None
+            })
+            .unwrap_or("Background")
+            .to_string();
+        let mut finalizers: Vec<Value> = obj["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let extra = match policy.as_str() {
+            "Foreground" => Some("foregroundDeletion"),
+            "Orphan" => Some("orphan"),
+            _ => None,
+        };
+        if let Some(f) = extra {
+            if !finalizers.iter().any(|x| x == f) {
+                finalizers.push(json!(f));
+            }
+        }
+        let graceful = !finalizers.is_empty() || def.kind == "Namespace";
+        if q.dry_run() {
+            return Ok(obj);
+        }
+        if graceful {
+            if obj["metadata"]["deletionTimestamp"].is_string() && extra.is_none() {
+                return Ok(obj);
+            }
+            obj["metadata"]["finalizers"] = json!(finalizers);
+            if !obj["metadata"]["deletionTimestamp"].is_string() {
+                obj["metadata"]["deletionTimestamp"] = json!(now());
+                obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            }
+            if def.kind == "Namespace" {
+                obj["status"]["phase"] = json!("Terminating");
+            }
+            let stored = self
+                .store
+                .write(
+                    Self::key(def, ns, name),
+                    Change::Put(obj),
+                    Precondition::Revision(old.rv),
+                )
+                .await
+                .map_err(|e| store_err(def, name, e))?;
+            return Ok(stored.value());
+        }
+        let gone = self
+            .store
+            .write(
+                Self::key(def, ns, name),
+                Change::Delete,
+                Precondition::Revision(old.rv),
+            )
+            .await
+            .map_err(|e| store_err(def, name, e))?;
+        Ok(gone.value())
+    }
+
+    pub async fn delete_collection(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        q: &Query,
+    ) -> ApiResult<Value> {
+        let list = self.list(
+            def,
+            ns,
+            &Query(
+                q.0.iter()
+                    .filter(|(k, _)| *k != "limit")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+        )?;
+        let mut items = Vec::new();
+        for o in list.items {
+            let key = &o.key;
+            match self
+                .delete(def, key.namespace(), key.name(), &Value::Null, q)
+                .await
+            {
+                Ok(v) => items.push(v),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(
+            json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind), "metadata": {}, "items": items}),
+        )
+    }
+
+    pub fn list(&self, def: &ResourceDef, ns: Option<&str>, q: &Query) -> ApiResult<ListResult> {
+        let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
+            .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
+            .map_err(ApiError::bad_request)?;
+        let prefix = Key::prefix(
+            &def.group,
+            &def.plural,
+            if def.namespaced { ns } else { None },
+        );
+        let (all, rv) = self.store.list(&prefix);
+        let limit: usize = match q.get("limit") {
+            None => 0,
+            Some(l) => l
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        };
+        let start_after = match q.get("continue") {
+            None => None,
+            Some(c) => Some(decode_continue(c)?),
+        };
+        let mut items = Vec::new();
+        let mut remaining = 0;
+        let mut continue_token = None;
+        for o in all {
+            if let Some(after) = &start_after {
+                if o.key.as_str() <= after.as_str() {
+                    continue;
+                }
+            }
+            if !labels.matches(&o.labels) || !fields.matches(o.key.namespace(), o.key.name()) {
+                continue;
+            }
+            if limit > 0 && items.len() == limit {
+                remaining += 1;
+                continue;
+            }
+            items.push(o);
+        }
+        if remaining > 0 {
+            if let Some(last) = items.last() {
+                continue_token = Some(encode_continue(last.key.as_str(), rv));
+            }
+        }
+        Ok(ListResult {
+            items,
+            rv,
+            continue_token,
+            remaining,
+        })
+    }
+
+    /// A list response body, assembled from the stored JSON without re-encoding each object.
+    pub fn list_body(def: &ResourceDef, list: &ListResult) -> Bytes {
+        let mut out =
+            Vec::with_capacity(list.items.iter().map(|i| i.json.len() + 1).sum::<usize>() + 256);
+        let mut meta = json!({"resourceVersion": list.rv.to_string()});
+        if let Some(c) = &list.continue_token {
+            meta["continue"] = json!(c);
+            meta["remainingItemCount"] = json!(list.remaining);
+        }
+        out.extend_from_slice(
+            format!(
+                "{{\"apiVersion\":{},\"kind\":\"{}List\",\"metadata\":{},\"items\":[",
+                json!(def.api_version()),
+                def.kind,
+                meta
+            )
+            .as_bytes(),
+        );
+        for (i, o) in list.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&o.json);
+        }
+        out.extend_from_slice(b"]}");
+        Bytes::from(out)
+    }
+}
+
+/// Who owns the fields a write changes.
+enum ManagerOp<'a> {
+    Update(&'a str),
+    /// Server-side apply already recorded ownership.
+    Applied,
+}
+
+fn encode_continue(key: &str, rv: u64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": rv, "start": key}).to_string())
+}
+
+fn decode_continue(c: &str) -> ApiResult<String> {
+    let bad = || ApiError::bad_request("continue key is not valid: malformed");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    v["start"].as_str().map(str::to_string).ok_or_else(bad)
+}
+
+/// Whether an event is visible through a selector, and as what: an object that starts matching
+/// is ADDED, one that stops matching is DELETED.
+pub fn filter_event(
+    kind: EventType,
+    obj: &Stored,
+    prev: Option<&std::collections::BTreeMap<String, String>>,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Option<EventType> {
+    if !fields.matches(obj.key.namespace(), obj.key.name()) {
+        return None;
+    }
+    if labels.is_empty() {
+        return Some(kind);
+    }
+    let now = labels.matches(&obj.labels);
+    let before = prev.is_some_and(|p| labels.matches(p));
+    match kind {
+        EventType::Added => now.then_some(EventType::Added),
+        EventType::Deleted => before.then_some(EventType::Deleted),
+        EventType::Modified => match (before, now) {
+            (true, true) => Some(EventType::Modified),
+            (false, true) => Some(EventType::Added),
+            (true, false) => Some(EventType::Deleted),
+            (false, false) => None,
+        },
+    }
+}
