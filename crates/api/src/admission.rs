@@ -215,6 +215,11 @@ pub fn admit(value: &Value, opts: &AdmitOptions) -> Result<Admitted, Vec<FieldEr
     }
     match kind_of(api_version, kind) {
         Some(k) => k.admit(value, opts),
+        None if api_version == "kubevirt.io/v1alpha3" => Err(vec![FieldError::new(
+            CauseType::FieldValueNotSupported,
+            "apiVersion",
+            "kubevirt.io/v1alpha3 is KubeVirt's deprecated alias of kubevirt.io/v1: write apiVersion: kubevirt.io/v1",
+        )]),
         None if kind == "VirtualMachineInstancePreset" => Err(vec![FieldError::new(
             CauseType::FieldValueNotSupported,
             "kind",

@@ -183,6 +183,25 @@ fn hash_of(v: &Value) -> String {
     format!("{:016X}", h.finish())
 }
 
+/// Every OpenAPI v3 document, keyed by the path after `/openapi/v3/` (`""` is the index).
+pub fn openapi_all(reg: &Registry) -> std::collections::HashMap<String, Value> {
+    let mut out = std::collections::HashMap::new();
+    out.insert(String::new(), openapi_index(reg));
+    let mut gvs: Vec<(String, String)> = vec![(String::new(), "v1".into())];
+    gvs.extend(reg.groups());
+    for (g, v) in gvs {
+        if let Some(doc) = openapi_doc(reg, &g, &v) {
+            let path = if g.is_empty() {
+                "api/v1".to_string()
+            } else {
+                format!("apis/{g}/{v}")
+            };
+            out.insert(path, doc);
+        }
+    }
+    out
+}
+
 /// `/openapi/v3`: one entry per group-version.
 pub fn openapi_index(reg: &Registry) -> Value {
     let mut paths = Map::new();

@@ -107,9 +107,7 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
         serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
     } else if ct.starts_with("application/vnd.kubernetes.protobuf") {
-        Err(ApiError::unsupported_media_type(
-            "protobuf is not supported; send JSON",
-        ))
+        crate::proto::decode(body).map_err(ApiError::unsupported_media_type)
     } else {
         serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!(
@@ -438,21 +436,13 @@ async fn dispatch(
                         )
                     })
             }
-            ["openapi", "v3"] => {
-                return Ok(json_response(
-                    StatusCode::OK,
-                    &discovery::openapi_index(reg),
-                ))
-            }
-            ["openapi", "v3", "api", "v1"] => {
-                return discovery::openapi_doc(reg, "", "v1")
-                    .map(|v| json_response(StatusCode::OK, &v))
-                    .ok_or_else(|| ApiError::new(404, "NotFound", "not found"))
-            }
-            ["openapi", "v3", "apis", g, v] => {
-                return discovery::openapi_doc(reg, g, v)
-                    .map(|v| json_response(StatusCode::OK, &v))
-                    .ok_or_else(|| ApiError::new(404, "NotFound", "not found"))
+            ["openapi", "v3", rest @ ..] => {
+                let docs = reg.openapi.get_or_init(|| discovery::openapi_all(reg));
+                let key = rest.join("/");
+                return docs
+                    .get(&key)
+                    .map(|v| json_response(StatusCode::OK, v))
+                    .ok_or_else(|| ApiError::new(404, "NotFound", "not found"));
             }
             ["openapi", ..] => {
                 return Err(ApiError::new(

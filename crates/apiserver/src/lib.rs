@@ -14,6 +14,7 @@ pub mod jsonpath;
 pub mod managed;
 pub mod objects;
 pub mod patch;
+pub mod proto;
 pub mod registry;
 pub mod selector;
 pub mod server;

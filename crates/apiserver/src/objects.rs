@@ -195,23 +195,39 @@ impl ApiServer {
                         "strict decoding error: {msg}"
                     )));
                 }
-                let prefix = if errs
+                let type_error = errs
                     .iter()
-                    .any(|e| e.reason == CauseType::FieldValueTypeInvalid)
-                {
-                    format!("{}.{} \"{name}\" is invalid: ", def.kind, def.group)
-                } else if def.group.ends_with("kubevirt.io") {
-                    format!(
-                        "admission webhook \"{}-validator.{}\" denied the request: ",
+                    .any(|e| e.reason == CauseType::FieldValueTypeInvalid);
+                if def.group.ends_with("kubevirt.io") && !type_error {
+                    // As kube-apiserver relays a KubeVirt/CDI webhook denial: the webhook's
+                    // causes, without kind and name (kubectl prints "The request is invalid").
+                    let webhook = format!(
+                        "{}-validator.{}",
                         def.plural,
                         if def.group.starts_with("cdi.") {
                             "cdi.kubevirt.io"
                         } else {
                             "kubevirt.io"
                         }
-                    )
-                } else {
+                    );
+                    let mut e = ApiError::invalid(
+                        &def.kind,
+                        &def.group,
+                        &name,
+                        &format!("admission webhook \"{webhook}\" denied the request: "),
+                        &errs,
+                    );
+                    if let Some(d) = e.details.as_mut().and_then(Value::as_object_mut) {
+                        d.remove("kind");
+                        d.remove("name");
+                        d.remove("group");
+                    }
+                    return Err(e);
+                }
+                let prefix = if def.group.is_empty() {
                     format!("{} \"{name}\" is invalid: ", def.kind)
+                } else {
+                    format!("{}.{} \"{name}\" is invalid: ", def.kind, def.group)
                 };
                 Err(ApiError::invalid(
                     &def.kind, &def.group, &name, &prefix, &errs,

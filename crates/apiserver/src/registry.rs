@@ -57,6 +57,8 @@ impl ResourceDef {
 
 pub struct Registry {
     pub resources: Vec<ResourceDef>,
+    /// OpenAPI documents by group-version path, built on first use.
+    pub openapi: std::sync::OnceLock<std::collections::HashMap<String, Value>>,
 }
 
 fn col(name: &str, ty: &str, path: &str, priority: i32) -> Column {
@@ -268,7 +270,10 @@ impl Registry {
             };
             resources.push(def);
         }
-        Registry { resources }
+        Registry {
+            resources,
+            openapi: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {

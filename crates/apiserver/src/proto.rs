@@ -1,0 +1,252 @@
+//! Decoding of the Kubernetes protobuf encoding for the few core kinds kubectl sends that way.
+//!
+//! kubectl's typed clients (`kubectl create namespace|configmap|secret`) send bodies as
+//! `application/vnd.kubernetes.protobuf`: the magic `k8s\0` and a `runtime.Unknown` envelope
+//! around the object's protobuf (k8s.io/api/core/v1/generated.proto). We decode those kinds
+//! into JSON; everything else is refused with 415 and a message to send JSON.
+
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let (&b, rest) = self.buf.split_first().ok_or("truncated varint")?;
+            self.buf = rest;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint too long".into())
+    }
+
+    fn next(&mut self) -> Result<Option<(u64, Field<'a>)>, String> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let (num, wire) = (key >> 3, key & 7);
+        let field = match wire {
+            0 => Field::Varint(self.varint()?),
+            2 => {
+                let len = usize::try_from(self.varint()?).map_err(|_| "length overflow")?;
+                if len > self.buf.len() {
+                    return Err("truncated field".into());
+                }
+                let (data, rest) = self.buf.split_at(len);
+                self.buf = rest;
+                Field::Bytes(data)
+            }
+            1 => {
+                if self.buf.len() < 8 {
+                    return Err("truncated fixed64".into());
+                }
+                self.buf = &self.buf[8..];
+                Field::Varint(0)
+            }
+            5 => {
+                if self.buf.len() < 4 {
+                    return Err("truncated fixed32".into());
+                }
+                self.buf = &self.buf[4..];
+                Field::Varint(0)
+            }
+            w => return Err(format!("unsupported wire type {w}")),
+        };
+        Ok(Some((num, field)))
+    }
+}
+
+fn fields(buf: &[u8]) -> Result<Vec<(u64, Field<'_>)>, String> {
+    let mut r = Reader { buf };
+    let mut out = Vec::new();
+    while let Some(f) = r.next()? {
+        out.push(f);
+    }
+    Ok(out)
+}
+
+fn string(b: &[u8]) -> Result<String, String> {
+    String::from_utf8(b.to_vec()).map_err(|_| "invalid UTF-8 in a string field".to_string())
+}
+
+/// A `map<string, string>` (or bytes, base64-encoded as JSON carries them) entry.
+fn map_entry(b: &[u8], bytes_value: bool) -> Result<(String, Value), String> {
+    let mut k = String::new();
+    let mut v = Value::String(String::new());
+    for (n, f) in fields(b)? {
+        if let Field::Bytes(d) = f {
+            match n {
+                1 => k = string(d)?,
+                2 if bytes_value => v = json!(base64::engine::general_purpose::STANDARD.encode(d)),
+                2 => v = json!(string(d)?),
+                _ => {}
+            }
+        }
+    }
+    Ok((k, v))
+}
+
+fn object_meta(b: &[u8]) -> Result<Value, String> {
+    let mut m = Map::new();
+    let mut labels = Map::new();
+    let mut annotations = Map::new();
+    let mut finalizers = Vec::new();
+    for (n, f) in fields(b)? {
+        match (n, f) {
+            (1, Field::Bytes(d)) => {
+                m.insert("name".into(), json!(string(d)?));
+            }
+            (2, Field::Bytes(d)) => {
+                m.insert("generateName".into(), json!(string(d)?));
+            }
+            (3, Field::Bytes(d)) => {
+                m.insert("namespace".into(), json!(string(d)?));
+            }
+            (6, Field::Bytes(d)) => {
+                m.insert("resourceVersion".into(), json!(string(d)?));
+            }
+            (11, Field::Bytes(d)) => {
+                let (k, v) = map_entry(d, false)?;
+                labels.insert(k, v);
+            }
+            (12, Field::Bytes(d)) => {
+                let (k, v) = map_entry(d, false)?;
+                annotations.insert(k, v);
+            }
+            (14, Field::Bytes(d)) => finalizers.push(json!(string(d)?)),
+            _ => {}
+        }
+    }
+    if !labels.is_empty() {
+        m.insert("labels".into(), Value::Object(labels));
+    }
+    if !annotations.is_empty() {
+        m.insert("annotations".into(), Value::Object(annotations));
+    }
+    if !finalizers.is_empty() {
+        m.insert("finalizers".into(), Value::Array(finalizers));
+    }
+    Ok(Value::Object(m))
+}
+
+fn decode_kind(kind: &str, raw: &[u8]) -> Result<Value, String> {
+    let mut obj = json!({"apiVersion": "v1", "kind": kind});
+    let mut maps: [Map<String, Value>; 3] = Default::default();
+    for (n, f) in fields(raw)? {
+        match (kind, n, f) {
+            (_, 1, Field::Bytes(d)) => obj["metadata"] = object_meta(d)?,
+            ("ConfigMap", 2, Field::Bytes(d)) => {
+                let (k, v) = map_entry(d, false)?;
+                maps[0].insert(k, v);
+            }
+            ("ConfigMap", 3, Field::Bytes(d)) => {
+                let (k, v) = map_entry(d, true)?;
+                maps[1].insert(k, v);
+            }
+            ("ConfigMap", 4, Field::Varint(b)) | ("Secret", 5, Field::Varint(b)) => {
+                obj["immutable"] = json!(b != 0)
+            }
+            ("Secret", 2, Field::Bytes(d)) => {
+                let (k, v) = map_entry(d, true)?;
+                maps[0].insert(k, v);
+            }
+            ("Secret", 3, Field::Bytes(d)) => obj["type"] = json!(string(d)?),
+            ("Secret", 4, Field::Bytes(d)) => {
+                let (k, v) = map_entry(d, false)?;
+                maps[2].insert(k, v);
+            }
+            _ => {}
+        }
+    }
+    let [data, binary, string_data] = maps;
+    if !data.is_empty() {
+        obj["data"] = Value::Object(data);
+    }
+    if !binary.is_empty() {
+        obj["binaryData"] = Value::Object(binary);
+    }
+    if !string_data.is_empty() {
+        obj["stringData"] = Value::Object(string_data);
+    }
+    Ok(obj)
+}
+
+/// Decodes a `k8s\0`-prefixed protobuf body of a Namespace, ConfigMap or Secret into JSON.
+pub fn decode(body: &[u8]) -> Result<Value, String> {
+    let env = body
+        .strip_prefix(b"k8s\0")
+        .ok_or("protobuf body without the k8s magic prefix")?;
+    let mut kind = String::new();
+    let mut raw: &[u8] = &[];
+    for (n, f) in fields(env)? {
+        match (n, f) {
+            (1, Field::Bytes(tm)) => {
+                for (tn, tf) in fields(tm)? {
+                    if let (2, Field::Bytes(k)) = (tn, tf) {
+                        kind = string(k)?;
+                    }
+                }
+            }
+            (2, Field::Bytes(r)) => raw = r,
+            _ => {}
+        }
+    }
+    match kind.as_str() {
+        "Namespace" | "ConfigMap" | "Secret" => decode_kind(&kind, raw),
+        other => Err(format!(
+            "protobuf bodies are accepted for Namespace, ConfigMap and Secret only (got {other:?}); send JSON"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ld(n: u8, data: &[u8]) -> Vec<u8> {
+        let mut v = vec![(n << 3) | 2, data.len() as u8];
+        v.extend_from_slice(data);
+        v
+    }
+
+    #[test]
+    fn decodes_a_namespace_and_a_configmap() {
+        let meta = ld(1, b"demo");
+        let ns = ld(1, &meta);
+        let tm = [ld(1, b"v1"), ld(2, b"Namespace")].concat();
+        let body = [b"k8s\0".to_vec(), ld(1, &tm), ld(2, &ns)].concat();
+        let v = decode(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}})
+        );
+
+        let entry = [ld(1, b"k"), ld(2, b"v")].concat();
+        let cm = [ld(1, &[ld(1, b"c"), ld(3, b"ns1")].concat()), ld(2, &entry)].concat();
+        let tm = [ld(1, b"v1"), ld(2, b"ConfigMap")].concat();
+        let body = [b"k8s\0".to_vec(), ld(1, &tm), ld(2, &cm)].concat();
+        let v = decode(&body).unwrap();
+        assert_eq!(v["data"], json!({"k": "v"}));
+        assert_eq!(v["metadata"]["namespace"], "ns1");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode(b"nope").is_err());
+        assert!(decode(b"k8s\0\x0a\xff").is_err());
+        let tm = [ld(1, b"v1"), ld(2, b"Pod")].concat();
+        assert!(decode(&[b"k8s\0".to_vec(), ld(1, &tm)].concat()).is_err());
+    }
+}
