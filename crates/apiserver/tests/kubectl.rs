@@ -369,6 +369,7 @@ fn get_watch_prints_new_objects() {
         }
     };
     let _ = watch.kill();
+    let _ = watch.wait();
     assert!(found, "kubectl get -w never showed testvm: {seen:?}");
 }
 
