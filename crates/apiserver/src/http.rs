@@ -344,10 +344,16 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         }
     }
     let started = std::time::Instant::now();
-    let resp = match dispatch(&state, &method, &segs, &query, &headers, body).await {
+    let mut resp = match dispatch(&state, &method, &segs, &query, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    // The unread rest of an oversize body makes the connection unusable: close it, so the
+    // client does not send its next request into it.
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     resp
 }
