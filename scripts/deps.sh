@@ -15,6 +15,8 @@ declare -A need=(
   [cpio]=cpio
   [xz]=xz-utils
   [zstd]=zstd
+  [docker-registry]=docker-registry
+  [isoinfo]=genisoimage
 )
 missing=()
 for cmd in "${!need[@]}"; do
