@@ -10,6 +10,7 @@
 #   OUTDIR/disk.raw     64 MiB MBR disk, FAT partition with syslinux, vmlinuz, initrd.img
 #   OUTDIR/disk.qcow2   the same disk as qcow2
 #   OUTDIR/oci/         OCI image layout of a KubeVirt containerDisk (disk/disk.qcow2, 107:107)
+#                       that also carries boot/{vmlinuz,vmlinux,initrd.img} for kernelBoot
 #   OUTDIR/cmdline.*    recommended kernel command lines
 #   OUTDIR/versions.txt exact package versions used
 #
@@ -281,11 +282,14 @@ mv "$OUT/disk.qcow2.tmp" "$OUT/disk.qcow2"
 say "oci/: containerDisk image layout"
 LAYER_DIR=$CACHE/layer
 rm -rf "$LAYER_DIR" "$OUT/oci"
-mkdir -p "$LAYER_DIR/disk" "$OUT/oci/blobs/sha256"
+mkdir -p "$LAYER_DIR/disk" "$LAYER_DIR/boot" "$OUT/oci/blobs/sha256"
 cp "$OUT/disk.qcow2" "$LAYER_DIR/disk/disk.qcow2"
-chmod 0555 "$LAYER_DIR/disk"; chmod 0444 "$LAYER_DIR/disk/disk.qcow2"
+# /boot: the same image also serves firmware.kernelBoot.container (kernelPath/initrdPath).
+cp "$OUT/vmlinuz" "$OUT/vmlinux" "$OUT/initrd.img" "$LAYER_DIR/boot/"
+chmod 0555 "$LAYER_DIR/disk" "$LAYER_DIR/boot"
+chmod 0444 "$LAYER_DIR/disk/disk.qcow2" "$LAYER_DIR/boot/vmlinuz" "$LAYER_DIR/boot/vmlinux" "$LAYER_DIR/boot/initrd.img"
 tar -C "$LAYER_DIR" --format=ustar --sort=name --mtime=@0 --owner=107 --group=107 --numeric-owner \
-	-cf "$CACHE/layer.tar" disk
+	-cf "$CACHE/layer.tar" boot disk
 chmod -R u+w "$LAYER_DIR" && rm -rf "$LAYER_DIR"
 python3 - "$CACHE/layer.tar" "$OUT/oci" "$KPKG $KPKG_VER" <<'PY'
 import hashlib, json, os, shutil, sys
@@ -313,7 +317,7 @@ config = {
     'architecture': 'amd64', 'os': 'linux',
     'config': {'Labels': {'org.kubevirt-rs.guest.kernel': kernel}},
     'rootfs': {'type': 'layers', 'diff_ids': [ldig]},
-    'history': [{'created_by': 'guest/build.sh: disk/disk.qcow2 (107:107)'}],
+    'history': [{'created_by': 'guest/build.sh: disk/disk.qcow2, boot/{vmlinuz,vmlinux,initrd.img} (107:107)'}],
 }
 cdig, csize = blob(enc(config))
 manifest = {

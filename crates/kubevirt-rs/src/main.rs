@@ -24,6 +24,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Print the CustomResourceDefinitions of every kind, as YAML.
     Crds,
+    /// virt-launcher: run one VMI under QEMU, attach to its console, show its state.
+    Launcher(kubevirt_launcher::cli::LauncherArgs),
     /// Run the single-node server: an embedded Kubernetes API server with KubeVirt's resources.
     Server(server::ServerArgs),
 }
@@ -56,6 +58,7 @@ fn main() {
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Validate(args) => validate::run(args),
+        Command::Launcher(args) => kubevirt_launcher::cli::run(args),
         Command::Server(args) => server::run(args),
         Command::Crds => {
             let mut out = std::io::stdout().lock();

@@ -1,0 +1,181 @@
+//! Launcher benchmark (by hand, not in CI):
+//!
+//!   guest/build.sh /work/guest-out
+//!   cargo build --release -p kubevirt-launcher --bins
+//!   target/release/launcher-bench /work/guest-out [RUNS]
+//!
+//! For the demo guest (kernelBoot of the image's vmlinux, cloud-init NoCloud, one masquerade
+//! NIC), on q35 and microvm, median of RUNS (default 5): launcher start → QEMU running (QMP
+//! `cont` done), → first serial byte, → boot banner. Then the RSS of a `kubevirt-launcher run`
+//! process (the launcher, not QEMU) while its VM runs.
+
+use kubevirt_launcher::launcher::{Options, Vm};
+use kubevirt_launcher::machine::parse_vmi;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const BANNER: &[u8] = b"kubevirt-rs demo guest: booted";
+
+fn vmi(guest: &Path, machine: &str) -> String {
+    let cmdline = std::fs::read_to_string(guest.join("cmdline")).unwrap_or_default();
+    let args = cmdline
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{machine}=")))
+        .unwrap_or("console=ttyS0")
+        .split_whitespace()
+        .filter(|w| !w.starts_with("tsc_early_khz=") && !w.starts_with("lpj="))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        r##"apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: bench-{machine}, namespace: bench}}
+spec:
+  domain:
+    machine: {{type: {machine}}}
+    memory: {{guest: 256Mi}}
+    firmware:
+      kernelBoot:
+        kernelArgs: {args}
+        container: {{image: demo-guest:latest, kernelPath: /boot/vmlinuz, initrdPath: /boot/initrd.img}}
+    devices:
+      autoattachGraphicsDevice: false
+      disks: [{{name: cloudinit, disk: {{bus: virtio}}}}]
+      interfaces: [{{name: default, masquerade: {{}}}}]
+  networks: [{{name: default, pod: {{}}}}]
+  volumes:
+  - name: cloudinit
+    cloudInitNoCloud: {{userData: "#!/bin/sh\ntrue\n"}}
+"##
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn one(guest: &Path, machine: &str, dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut o = Options::new(dir);
+    o.image_store = Some(guest.join("oci"));
+    let v = parse_vmi(&vmi(guest, machine))?;
+    let (tx, _) = tokio::sync::broadcast::channel(16);
+    let t0 = Instant::now();
+    let vm = Vm::start(&v, &o, tx).await?;
+    let running = t0.elapsed();
+    let console = vm
+        .console
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no console"))?;
+    let mut rx = console.output.subscribe();
+    let mut seen = Vec::new();
+    let banner = loop {
+        if seen.windows(BANNER.len()).any(|w| w == BANNER) {
+            break t0.elapsed();
+        }
+        // The console may have printed the banner before we subscribed.
+        if std::fs::read(dir.join("serial.log"))
+            .is_ok_and(|l| l.windows(BANNER.len()).any(|w| w == BANNER))
+        {
+            break t0.elapsed();
+        }
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Ok(chunk)) => seen.extend_from_slice(&chunk),
+            Ok(Err(_)) => {}
+            Err(_) => anyhow::bail!("no banner within 60 s"),
+        }
+    };
+    let first = console
+        .facts
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .first_byte
+        .map(|t| t.duration_since(t0))
+        .unwrap_or_default();
+    vm.stop().await?;
+    vm.wait().await;
+    Ok((
+        running.as_secs_f64() * 1000.0,
+        first.as_secs_f64(),
+        banner.as_secs_f64(),
+    ))
+}
+
+fn launcher_rss(guest: &Path, work: &Path) -> anyhow::Result<String> {
+    let bin = std::env::current_exe()?.with_file_name("kubevirt-launcher");
+    if !bin.exists() {
+        return Ok(format!(
+            "n/a ({} missing: cargo build --release -p kubevirt-launcher --bins)",
+            bin.display()
+        ));
+    }
+    let dir = work.join("rss");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let yaml = dir.join("vmi.yaml");
+    std::fs::write(&yaml, vmi(guest, "microvm"))?;
+    let mut child = std::process::Command::new(&bin)
+        .args(["run", "-f"])
+        .arg(&yaml)
+        .arg("--dir")
+        .arg(dir.join("vmi"))
+        .arg("--image-store")
+        .arg(guest.join("oci"))
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let t = Instant::now();
+    let mut rss = String::from("n/a");
+    while t.elapsed() < Duration::from_secs(60) {
+        let log = std::fs::read(dir.join("vmi/serial.log")).unwrap_or_default();
+        if log.windows(BANNER.len()).any(|w| w == BANNER) {
+            std::thread::sleep(Duration::from_secs(2));
+            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+            rss = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .map(|l| l.trim_start_matches("VmRSS:").trim().to_string())
+                .unwrap_or_default();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    Ok(rss)
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let guest = PathBuf::from(args.next().unwrap_or_else(|| "/work/guest-out".into()));
+    let runs: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(5);
+    let work = std::env::temp_dir().join(format!("launcher-bench-{}", std::process::id()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!("| profile | start → QEMU running (ms) | → first serial byte (s) | → banner (s) |");
+    println!("|---|---|---|---|");
+    for machine in ["q35", "microvm"] {
+        let mut r = (vec![], vec![], vec![]);
+        for i in 0..runs {
+            let (a, b, c) =
+                rt.block_on(one(&guest, machine, &work.join(format!("{machine}-{i}"))))?;
+            eprintln!("{machine} run {i}: running {a:.0} ms, first byte {b:.2} s, banner {c:.2} s");
+            r.0.push(a);
+            r.1.push(b);
+            r.2.push(c);
+        }
+        println!(
+            "| {machine} | {:.0} | {:.2} | {:.2} |",
+            median(r.0),
+            median(r.1),
+            median(r.2)
+        );
+    }
+    println!(
+        "\nlauncher VmRSS while a microvm runs: {}",
+        launcher_rss(&guest, &work)?
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}

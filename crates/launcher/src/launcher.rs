@@ -1,0 +1,783 @@
+//! Lifecycle of one VMI's QEMU: start (paused, then `cont` unless `startStrategy: Paused`),
+//! pause/unpause, graceful shutdown (ACPI power button, then a hard stop after the grace
+//! period), hard stop, reset, soft reboot, balloon, stats.
+//!
+//! Phase transitions are decided in one place: [`Vm::on_event`] (QMP events) and
+//! [`Vm::on_exit`] (QEMU's exit status). A QEMU that exits without a SHUTDOWN event crashed.
+//!
+//! Soft reboot is libvirt's ACPI "fake reboot": `system_powerdown`, and when the guest powers
+//! off (SHUTDOWN guest-shutdown; QEMU runs with `-no-shutdown`) the launcher resets and
+//! continues the machine instead of ending it. It needs no keyboard (the demo guest has
+//! `i8042.nokbd`, so ctrl-alt-del would not reach it) and no guest agent.
+
+use crate::accel::{self, AccelChoice};
+use crate::console::Console;
+use crate::machine::{Environment, HostPorts, MachineSpec, NetBackend, PortForward, SpecError};
+use crate::qemu;
+use crate::qmp::{Event, Qmp, QmpError, QmpEvent};
+use crate::volumes::{self, VolumeError};
+use kubevirt_api::VirtualMachineInstance;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// The launcher waits for a VMI (`sync`).
+    Pending,
+    Starting,
+    Running,
+    Paused,
+    Succeeded,
+    Failed,
+}
+
+impl Phase {
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+/// The last known state; also written to `DIR/state.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub phase: Phase,
+    /// A short CamelCase code: Started, PausedByUser, Unpaused, GuestShutdown, Stopped,
+    /// Crashed, GuestPanicked, FailedToStart, ...
+    pub reason: String,
+    /// Details (exit status, signal, QEMU's stderr).
+    pub message: String,
+    pub vmi: String,
+    pub accelerator: Option<accel::Accelerator>,
+    pub accelerator_reason: String,
+    pub qemu_pid: Option<u32>,
+    pub launcher_pid: u32,
+    pub guest_ip: Option<String>,
+    pub vnc_socket: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub ports: Vec<PortForward>,
+    pub timestamp: f64,
+}
+
+impl State {
+    pub fn pending(vmi: &str) -> State {
+        State {
+            phase: Phase::Pending,
+            reason: "WaitingForSync".into(),
+            message: String::new(),
+            vmi: vmi.into(),
+            accelerator: None,
+            accelerator_reason: String::new(),
+            qemu_pid: None,
+            launcher_pid: std::process::id(),
+            guest_ip: None,
+            vnc_socket: None,
+            console_socket: None,
+            ports: vec![],
+            timestamp: now(),
+        }
+    }
+}
+
+/// A state change, as streamed to `subscribe`rs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateEvent {
+    pub event: String,
+    pub phase: Phase,
+    pub reason: String,
+    pub message: String,
+    pub timestamp: f64,
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Accel(#[from] accel::AccelError),
+    #[error("invalid VMI for this backend: {0}")]
+    Spec(#[from] SpecError),
+    #[error("preparing volumes: {0}")]
+    Volume(#[from] VolumeError),
+    #[error("cannot run {binary}: {source}")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("QEMU exited during start ({status}); its stderr ({log}):\n{stderr}")]
+    QemuExited {
+        status: String,
+        log: PathBuf,
+        stderr: String,
+    },
+    #[error("{source}; QEMU's stderr ({log}):\n{stderr}")]
+    Qmp {
+        source: QmpError,
+        log: PathBuf,
+        stderr: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the VM is {0:?}: {1}")]
+    WrongPhase(Phase, &'static str),
+}
+
+/// How to run VMIs on this host (what `launcher run` flags and the handler decide).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub dir: PathBuf,
+    pub image_store: Option<PathBuf>,
+    pub allow_emulation: bool,
+    pub qemu_binary: String,
+    pub host_ports: HostPorts,
+    pub pvc_paths: BTreeMap<String, PathBuf>,
+    pub data_volume_paths: BTreeMap<String, PathBuf>,
+}
+
+impl Options {
+    pub fn new(dir: &Path) -> Options {
+        Options {
+            dir: dir.to_path_buf(),
+            image_store: None,
+            allow_emulation: true,
+            qemu_binary: qemu::QEMU_BINARY.into(),
+            host_ports: HostPorts::Ephemeral,
+            pvc_paths: BTreeMap::new(),
+            data_volume_paths: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Intent {
+    None,
+    Pause,
+    Shutdown,
+    Stop,
+    SoftReboot,
+}
+
+struct Inner {
+    state: State,
+    intent: Intent,
+    /// The SHUTDOWN event, if one came (guest flag, reason).
+    shutdown: Option<(bool, String)>,
+    panicked: bool,
+}
+
+/// One running VMI.
+pub struct Vm {
+    pub spec: MachineSpec,
+    pub qmp: Qmp,
+    pub console: Option<Console>,
+    pub started: Instant,
+    pub qemu_pid: u32,
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<StateEvent>,
+    final_rx: watch::Receiver<bool>,
+    dir: PathBuf,
+}
+
+fn tail(path: &Path, max: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(max);
+    String::from_utf8_lossy(&text[start..]).trim().to_string()
+}
+
+fn describe_exit(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = status.signal() {
+        let name = match sig {
+            libc::SIGKILL => "SIGKILL",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGABRT => "SIGABRT",
+            libc::SIGINT => "SIGINT",
+            libc::SIGBUS => "SIGBUS",
+            _ => "signal",
+        };
+        format!("killed by signal {sig} ({name})")
+    } else {
+        format!("exit status {}", status.code().unwrap_or(-1))
+    }
+}
+
+/// Write `state.json` atomically.
+pub fn write_state(dir: &Path, state: &State) {
+    let path = dir.join("state.json");
+    let tmp = dir.join("state.json.tmp");
+    if let Ok(text) = serde_json::to_vec_pretty(state) {
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(tmp, path);
+        }
+    }
+}
+
+impl Vm {
+    /// Start a VMI: choose the accelerator, build and check the machine, prepare volumes, run
+    /// QEMU paused, attach QMP and the console, then continue it (unless startStrategy Paused).
+    /// On error the returned error carries the reason (and QEMU's stderr if it ran).
+    pub async fn start(
+        vmi: &VirtualMachineInstance,
+        opts: &Options,
+        events: broadcast::Sender<StateEvent>,
+    ) -> Result<Arc<Vm>, LaunchError> {
+        let t0 = Instant::now();
+        let dir = &opts.dir;
+        std::fs::create_dir_all(dir).map_err(|source| LaunchError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let choice: AccelChoice = accel::choose(opts.allow_emulation)?;
+        let mut env = Environment::detect(dir, choice.accelerator);
+        // Asking QEMU for its CPU models costs ~50 ms: only when the VMI names one.
+        let named_model = vmi
+            .spec
+            .domain
+            .cpu
+            .as_ref()
+            .and_then(|c| c.model.as_deref())
+            .is_some_and(|m| !matches!(m, "" | "host-model" | "host-passthrough"));
+        if named_model {
+            env.qemu_cpu_models = crate::machine::qemu_cpu_models(&opts.qemu_binary);
+        }
+        env.image_store = opts.image_store.clone();
+        env.host_ports = opts.host_ports.clone();
+        env.pvc_paths = opts.pvc_paths.clone();
+        env.data_volume_paths = opts.data_volume_paths.clone();
+        let spec = MachineSpec::from_vmi(vmi, &env)?;
+        volumes::prepare(&spec, opts.image_store.as_deref())?;
+        for s in ["qmp.sock", "serial.sock", "vnc.sock"] {
+            let _ = std::fs::remove_file(dir.join(s));
+        }
+        let argv = qemu::render(&spec);
+        let log_path = dir.join("qemu.log");
+        let log = std::fs::File::create(&log_path).map_err(|source| LaunchError::Io {
+            path: log_path.clone(),
+            source,
+        })?;
+        let log2 = log.try_clone().map_err(|source| LaunchError::Io {
+            path: log_path.clone(),
+            source,
+        })?;
+        let _ = std::fs::write(
+            dir.join("qemu.cmdline"),
+            format!("{} {}\n", opts.qemu_binary, argv.join(" ")),
+        );
+        let mut cmd = tokio::process::Command::new(&opts.qemu_binary);
+        cmd.args(&argv)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(false)
+            // Its own process group: a terminal's Ctrl+C (or `timeout`) reaches the launcher,
+            // which shuts the guest down gracefully, not QEMU directly.
+            .process_group(0);
+        // QEMU must not outlive its launcher (KubeVirt: they share a pod).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+            binary: opts.qemu_binary.clone(),
+            source,
+        })?;
+        let qemu_pid = child.id().unwrap_or(0);
+        let connected = Qmp::connect_retry(&spec.qmp_socket(), Duration::from_secs(20), || {
+            matches!(child.try_wait(), Ok(None))
+        })
+        .await;
+        let fail_early = |child: &mut tokio::process::Child, e: Option<QmpError>| {
+            let status = child.try_wait().ok().flatten();
+            match (status, e) {
+                (Some(st), _) => LaunchError::QemuExited {
+                    status: describe_exit(&st),
+                    log: log_path.clone(),
+                    stderr: tail(&log_path, 4000),
+                },
+                (None, Some(source)) => LaunchError::Qmp {
+                    source,
+                    log: log_path.clone(),
+                    stderr: tail(&log_path, 4000),
+                },
+                (None, None) => LaunchError::QemuExited {
+                    status: "unknown".into(),
+                    log: log_path.clone(),
+                    stderr: tail(&log_path, 4000),
+                },
+            }
+        };
+        let (qmp, mut qmp_events) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                // Give a dying QEMU a moment to finish writing and exiting.
+                let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+                let err = fail_early(&mut child, Some(e));
+                let _ = child.start_kill();
+                return Err(err);
+            }
+        };
+        let console = if spec.serial_console {
+            match Console::start(
+                &spec.serial_socket(),
+                &dir.join("console.sock"),
+                &dir.join("serial.log"),
+            )
+            .await
+            {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!("serial console: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(period) = spec.balloon {
+            if let Err(e) = qmp
+                .qom_set(
+                    "/machine/peripheral/balloon0",
+                    "guest-stats-polling-interval",
+                    serde_json::json!(period),
+                )
+                .await
+            {
+                tracing::warn!("balloon stats polling: {e}");
+            }
+        }
+        let ports = spec
+            .nics
+            .iter()
+            .flat_map(|n| match &n.backend {
+                NetBackend::Masquerade { forwards, .. } => forwards.clone(),
+                _ => vec![],
+            })
+            .collect();
+        let state = State {
+            phase: Phase::Starting,
+            reason: "Starting".into(),
+            message: String::new(),
+            vmi: spec.vmi.clone(),
+            accelerator: Some(choice.accelerator),
+            accelerator_reason: choice.reason.clone(),
+            qemu_pid: Some(qemu_pid),
+            launcher_pid: std::process::id(),
+            guest_ip: None,
+            vnc_socket: spec.vnc.then(|| spec.vnc_socket()),
+            console_socket: spec.serial_console.then(|| dir.join("console.sock")),
+            ports,
+            timestamp: now(),
+        };
+        let (final_tx, final_rx) = watch::channel(false);
+        let vm = Arc::new(Vm {
+            spec,
+            qmp,
+            console,
+            started: t0,
+            qemu_pid,
+            inner: Mutex::new(Inner {
+                state,
+                intent: Intent::None,
+                shutdown: None,
+                panicked: false,
+            }),
+            events,
+            final_rx,
+            dir: dir.clone(),
+        });
+        vm.publish();
+
+        // The monitor: QMP events and QEMU's exit, in order.
+        let v = vm.clone();
+        tokio::spawn(async move {
+            let mut events_open = true;
+            loop {
+                tokio::select! {
+                    ev = qmp_events.recv(), if events_open => match ev {
+                        Ok(ev) => v.on_event(&ev).await,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => events_open = false,
+                    },
+                    st = child.wait() => {
+                        // Drain events QEMU sent just before it exited.
+                        while let Ok(ev) = qmp_events.try_recv() {
+                            v.on_event(&ev).await;
+                        }
+                        v.on_exit(st.ok());
+                        let _ = final_tx.send(true);
+                        break;
+                    }
+                }
+            }
+        });
+
+        if vm.spec.start_paused {
+            vm.set_phase(
+                Phase::Paused,
+                "StartStrategyPaused",
+                "spec.startStrategy is Paused",
+            );
+        } else {
+            if let Err(e) = vm.qmp.cont().await {
+                return Err(LaunchError::Qmp {
+                    source: e,
+                    log: dir.join("qemu.log"),
+                    stderr: tail(&dir.join("qemu.log"), 4000),
+                });
+            }
+            vm.set_phase(
+                Phase::Running,
+                "Started",
+                &format!("accelerator {}", choice.accelerator),
+            );
+        }
+        Ok(vm)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn state(&self) -> State {
+        let mut s = self.lock().state.clone();
+        if let Some(c) = &self.console {
+            let f = c.facts.lock().unwrap_or_else(|e| e.into_inner());
+            if f.guest_ip.is_some() {
+                s.guest_ip = f.guest_ip.clone();
+            }
+        }
+        s
+    }
+
+    fn publish(&self) {
+        let s = self.state();
+        write_state(&self.dir, &s);
+        let _ = self.events.send(StateEvent {
+            event: "StateChanged".into(),
+            phase: s.phase,
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+            timestamp: s.timestamp,
+        });
+    }
+
+    fn set_phase(&self, phase: Phase, reason: &str, message: &str) {
+        {
+            let mut i = self.lock();
+            if i.state.phase.is_final() {
+                return;
+            }
+            if i.state.phase == phase && i.state.reason == reason {
+                return;
+            }
+            i.state.phase = phase;
+            i.state.reason = reason.into();
+            i.state.message = message.into();
+            i.state.timestamp = now();
+        }
+        self.publish();
+    }
+
+    /// QMP events → phase. Called by the monitor task only.
+    async fn on_event(&self, ev: &QmpEvent) {
+        tracing::debug!("QMP event {} {}", ev.event, ev.data);
+        match ev.typed() {
+            Event::Stop => {
+                let (ending, intent) = {
+                    let i = self.lock();
+                    (i.shutdown.is_some(), i.intent)
+                };
+                if !ending && intent != Intent::SoftReboot {
+                    let (reason, msg) = if intent == Intent::Pause {
+                        ("PausedByUser", "paused on request")
+                    } else {
+                        (
+                            "PausedByQEMU",
+                            "QEMU stopped the vCPUs (I/O error, watchdog or debug)",
+                        )
+                    };
+                    self.set_phase(Phase::Paused, reason, msg);
+                }
+            }
+            Event::Resume => {
+                let (reboot, phase) = {
+                    let i = self.lock();
+                    (i.intent == Intent::SoftReboot, i.state.phase)
+                };
+                if reboot {
+                    self.lock().intent = Intent::None;
+                    self.set_phase(
+                        Phase::Running,
+                        "SoftRebooted",
+                        "the guest powered off and was restarted",
+                    );
+                } else if phase == Phase::Paused {
+                    self.set_phase(Phase::Running, "Unpaused", "");
+                }
+            }
+            Event::Shutdown { guest, reason } => {
+                let intent = self.lock().intent;
+                if guest && reason == "guest-shutdown" && intent == Intent::SoftReboot {
+                    // The fake reboot: reset and continue instead of ending.
+                    let r = async {
+                        self.qmp.system_reset().await?;
+                        self.qmp.cont().await
+                    };
+                    if let Err(e) = r.await {
+                        tracing::warn!("soft reboot: {e}");
+                    }
+                    return;
+                }
+                // The first SHUTDOWN says why; our own `quit` after it adds a host-qmp-quit one.
+                let first = {
+                    let mut i = self.lock();
+                    let first = i.shutdown.is_none();
+                    i.shutdown.get_or_insert((guest, reason.clone()));
+                    first
+                };
+                if !first {
+                    return;
+                }
+                // -no-shutdown keeps QEMU alive after the guest powers off: end it.
+                if reason != "host-qmp-quit" && reason != "host-signal" {
+                    let _ = self.qmp.quit().await;
+                }
+            }
+            Event::GuestPanicked { .. } => {
+                self.lock().panicked = true;
+                let _ = self.qmp.quit().await;
+            }
+            Event::Watchdog { action } => {
+                tracing::info!("{}: watchdog fired, action {action}", self.spec.vmi);
+            }
+            _ => {}
+        }
+    }
+
+    /// QEMU exited → final phase. A missing SHUTDOWN event means QEMU crashed.
+    fn on_exit(&self, status: Option<std::process::ExitStatus>) {
+        let how = status
+            .as_ref()
+            .map(describe_exit)
+            .unwrap_or_else(|| "unknown exit".into());
+        let (shutdown, intent, panicked) = {
+            let i = self.lock();
+            (i.shutdown.clone(), i.intent, i.panicked)
+        };
+        let log = self.dir.join("qemu.log");
+        let (phase, reason, message) = match (shutdown, panicked) {
+            (_, true) => (
+                Phase::Failed,
+                "GuestPanicked",
+                format!("the guest kernel panicked; QEMU {how}"),
+            ),
+            (Some((true, r)), _) if r == "guest-shutdown" => (
+                Phase::Succeeded,
+                "GuestShutdown",
+                "the guest powered off".to_string(),
+            ),
+            (Some((_, r)), _)
+                if r == "host-qmp-quit" && matches!(intent, Intent::Stop | Intent::Shutdown) =>
+            {
+                (
+                    Phase::Succeeded,
+                    "Stopped",
+                    "stopped by the host".to_string(),
+                )
+            }
+            (Some((_, r)), _) => (
+                Phase::Failed,
+                "Stopped",
+                format!("QEMU stopped ({r}) without a request from the launcher; {how}"),
+            ),
+            (None, _) => (
+                Phase::Failed,
+                "Crashed",
+                format!(
+                    "QEMU exited without a SHUTDOWN event: {how}; last stderr: {}",
+                    tail(&log, 1000)
+                ),
+            ),
+        };
+        self.set_phase(phase, reason, &message);
+        volumes::cleanup(&self.spec);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StateEvent> {
+        self.events.subscribe()
+    }
+
+    /// Wait until QEMU has exited and the final phase is set.
+    pub async fn wait(&self) -> State {
+        let mut rx = self.final_rx.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        self.state()
+    }
+
+    fn ensure_alive(&self, what: &'static str) -> Result<(), LaunchError> {
+        let p = self.lock().state.phase;
+        if p.is_final() {
+            return Err(LaunchError::WrongPhase(p, what));
+        }
+        Ok(())
+    }
+
+    fn qmp_err(&self, e: QmpError) -> LaunchError {
+        let log = self.dir.join("qemu.log");
+        LaunchError::Qmp {
+            source: e,
+            stderr: tail(&log, 2000),
+            log,
+        }
+    }
+
+    pub async fn pause(&self) -> Result<(), LaunchError> {
+        self.ensure_alive("cannot pause")?;
+        self.lock().intent = Intent::Pause;
+        self.qmp.stop().await.map_err(|e| self.qmp_err(e))?;
+        self.set_phase(Phase::Paused, "PausedByUser", "paused on request");
+        Ok(())
+    }
+
+    pub async fn unpause(&self) -> Result<(), LaunchError> {
+        self.ensure_alive("cannot unpause")?;
+        self.lock().intent = Intent::None;
+        self.qmp.cont().await.map_err(|e| self.qmp_err(e))?;
+        self.set_phase(Phase::Running, "Unpaused", "");
+        Ok(())
+    }
+
+    /// ACPI power button; if the guest is still running after `grace`, a hard stop.
+    pub async fn shutdown(self: &Arc<Self>, grace: Duration) -> Result<(), LaunchError> {
+        self.ensure_alive("cannot shut down")?;
+        self.lock().intent = Intent::Shutdown;
+        self.qmp
+            .system_powerdown()
+            .await
+            .map_err(|e| self.qmp_err(e))?;
+        let vm = self.clone();
+        tokio::spawn(async move {
+            if tokio::time::timeout(grace, vm.wait()).await.is_err() {
+                tracing::info!("{}: grace period over, stopping", vm.spec.vmi);
+                let _ = vm.stop().await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Hard stop: QMP quit, and SIGKILL if QEMU does not answer.
+    pub async fn stop(&self) -> Result<(), LaunchError> {
+        self.ensure_alive("cannot stop")?;
+        self.lock().intent = Intent::Stop;
+        if self.qmp.quit().await.is_err() {
+            unsafe { libc::kill(self.qemu_pid as i32, libc::SIGKILL) };
+        }
+        Ok(())
+    }
+
+    pub async fn reset(&self) -> Result<(), LaunchError> {
+        self.ensure_alive("cannot reset")?;
+        self.qmp.system_reset().await.map_err(|e| self.qmp_err(e))
+    }
+
+    /// See the module documentation: ACPI power button, then reset instead of power off.
+    pub async fn soft_reboot(&self) -> Result<(), LaunchError> {
+        self.ensure_alive("cannot reboot")?;
+        self.lock().intent = Intent::SoftReboot;
+        self.qmp
+            .system_powerdown()
+            .await
+            .map_err(|e| self.qmp_err(e))
+    }
+
+    pub async fn set_balloon(&self, bytes: u64) -> Result<(), LaunchError> {
+        self.ensure_alive("cannot set the balloon")?;
+        self.qmp.balloon(bytes).await.map_err(|e| self.qmp_err(e))
+    }
+
+    /// vCPU times (from the vCPU threads' /proc stat), balloon and guest memory, block I/O.
+    pub async fn stats(&self) -> Result<serde_json::Value, LaunchError> {
+        self.ensure_alive("no stats")?;
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mut vcpus = Vec::new();
+        for c in self
+            .qmp
+            .query_cpus_fast()
+            .await
+            .map_err(|e| self.qmp_err(e))?
+        {
+            let stat = std::fs::read_to_string(format!(
+                "/proc/{}/task/{}/stat",
+                self.qemu_pid, c.thread_id
+            ))
+            .unwrap_or_default();
+            // Fields after the ")" of the command name: state is field 3, utime 14, stime 15.
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            vcpus.push(serde_json::json!({
+                "cpu": c.cpu_index,
+                "threadId": c.thread_id,
+                "userSeconds": ticks(11) / tick,
+                "systemSeconds": ticks(12) / tick,
+            }));
+        }
+        let balloon = self.qmp.query_balloon().await.ok();
+        let guest: Option<crate::qmp::GuestStats> = if self.spec.balloon.is_some() {
+            self.qmp
+                .qom_get("/machine/peripheral/balloon0", "guest-stats")
+                .await
+                .ok()
+        } else {
+            None
+        };
+        let block = self.qmp.query_blockstats().await.unwrap_or_default();
+        Ok(serde_json::json!({
+            "vcpus": vcpus,
+            "memory": {
+                "guestBytes": self.spec.memory.bytes,
+                "balloonActualBytes": balloon.map(|b| b.actual),
+                "guestStats": guest.map(|g| g.stats),
+            },
+            "block": block,
+            "net": serde_json::Value::Null,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn exit_statuses_are_described() {
+        assert_eq!(
+            describe_exit(&std::process::ExitStatus::from_raw(9)),
+            "killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(
+            describe_exit(&std::process::ExitStatus::from_raw(1 << 8)),
+            "exit status 1"
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! End-to-end: real QEMU (always TCG here), the demo guest from `guest/build.sh`.
+//!
+//! The guest is built once per target dir into `$CARGO_TARGET_TMPDIR/guest` (or
+//! `$KUBEVIRT_RS_GUEST_DIR`), under a file lock so parallel tests build it once. Without QEMU
+//! or the guest, every test here says so on stderr and passes without running.
+
+use kubevirt_launcher::launcher::{LaunchError, Options, Phase, Vm};
+use kubevirt_launcher::machine::parse_vmi;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn guest() -> Option<&'static Path> {
+    static GUEST: OnceLock<Option<PathBuf>> = OnceLock::new();
+    GUEST
+        .get_or_init(|| {
+            if Command::new("qemu-system-x86_64")
+                .arg("--version")
+                .output()
+                .is_err()
+            {
+                eprintln!(
+                    "SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+                );
+                return None;
+            }
+            let out = std::env::var_os("KUBEVIRT_RS_GUEST_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest"));
+            std::fs::create_dir_all(&out).ok()?;
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guest/build.sh");
+            // flock(1) serialises builds between test binaries running at the same time.
+            let lock = out.join(".build.lock");
+            let status = Command::new("flock")
+                .arg(&lock)
+                .arg(&script)
+                .arg(&out)
+                .status();
+            match status {
+                Ok(s) if s.success() => Some(out),
+                other => {
+                    eprintln!("SKIP: guest/build.sh {} failed: {other:?}", out.display());
+                    None
+                }
+            }
+        })
+        .as_deref()
+}
+
+/// The guest's recommended kernel command line, without its fixed TSC hints (the launcher adds
+/// the host's own for microvm).
+fn cmdline(guest: &Path, profile: &str) -> String {
+    let text = std::fs::read_to_string(guest.join("cmdline")).unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{profile}=")))
+        .unwrap();
+    line.split_whitespace()
+        .filter(|w| !w.starts_with("tsc_early_khz=") && !w.starts_with("lpj="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn kernel_boot_vmi(name: &str, machine: &str, args: &str, user_data: &str) -> String {
+    let ud: String = user_data
+        .lines()
+        .map(|l| format!("        {l}\n"))
+        .collect();
+    format!(
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: {name}, namespace: e2e}}
+spec:
+  terminationGracePeriodSeconds: 30
+  domain:
+    machine: {{type: {machine}}}
+    memory: {{guest: 256Mi}}
+    firmware:
+      kernelBoot:
+        kernelArgs: {args}
+        container: {{image: registry.local/demo-guest:latest, kernelPath: /boot/vmlinuz, initrdPath: /boot/initrd.img}}
+    devices:
+      autoattachGraphicsDevice: false
+      disks:
+      - name: cloudinit
+        disk: {{bus: virtio}}
+      interfaces:
+      - {{name: default, masquerade: {{}}}}
+  networks:
+  - {{name: default, pod: {{}}}}
+  volumes:
+  - name: cloudinit
+    cloudInitNoCloud:
+      userData: |
+{ud}"#
+    )
+}
+
+fn opts(dir: &Path, guest: &Path) -> Options {
+    let mut o = Options::new(dir);
+    o.image_store = Some(guest.join("oci"));
+    o
+}
+
+async fn start(yaml: &str, o: &Options) -> Arc<Vm> {
+    let vmi = parse_vmi(yaml).unwrap();
+    let (tx, _) = tokio::sync::broadcast::channel(64);
+    Vm::start(&vmi, o, tx)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"))
+}
+
+/// Wait until serial.log contains `needle`; panics with the log on timeout.
+async fn wait_serial(dir: &Path, needle: &str, within: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
+        if log.contains(needle) {
+            return t.elapsed();
+        }
+        if t.elapsed() > within {
+            let qemu = std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
+            panic!("{needle:?} not on the serial console after {within:?}\n--- serial.log\n{log}\n--- qemu.log\n{qemu}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn read_state(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap_or_default())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The CLI path: `launcher run --detach` with kernelBoot (q35) and cloud-init NoCloud; the
+/// user-data output reaches serial.log and `launcher console`; the `shutdown` RPC presses the
+/// ACPI power button, the guest powers itself off, and the launcher reports GuestShutdown.
+#[test]
+fn kernel_boot_with_cloud_init_runs_user_data_and_acpi_shutdown_ends_in_succeeded() {
+    let Some(guest) = guest() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vmi");
+    let vmi = tmp.path().join("vmi.yaml");
+    std::fs::write(
+        &vmi,
+        kernel_boot_vmi(
+            "kernelboot",
+            "q35",
+            &cmdline(guest, "q35"),
+            "#!/bin/sh\necho \"user-data: hello from $(hostname)\"",
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_kubevirt-launcher");
+    let out = Command::new(bin)
+        .args(["run", "--detach", "-f"])
+        .arg(&vmi)
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--image-store")
+        .arg(guest.join("oci"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("state: Running (Started"), "{stdout}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(wait_serial(
+        &dir,
+        "user-data: hello from kernelboot",
+        BOOT_TIMEOUT,
+    ));
+
+    // The RPC state: accelerator, pids, console socket; the guest IP from the console.
+    rt.block_on(wait_serial(&dir, "eth0: ", BOOT_TIMEOUT));
+    let st = kubevirt_launcher::rpc::call(&dir, "state", serde_json::json!({})).unwrap();
+    assert_eq!(st["phase"], "Running");
+    assert_eq!(st["accelerator"], "tcg");
+    assert_eq!(st["guestIp"], "10.0.2.2");
+    assert!(st["qemuPid"].as_u64().unwrap() > 0);
+
+    // `launcher console` with a pipe: what we type runs in the guest shell.
+    let mut console = Command::new(bin)
+        .args(["console", "--timeout", "5", "--dir"])
+        .arg(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = console.stdin.take().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        stdin.write_all(b"\necho console-$((6*7))\n").unwrap();
+    }
+    let out = console.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("console-42"));
+
+    let r = kubevirt_launcher::rpc::call(
+        &dir,
+        "shutdown",
+        serde_json::json!({"gracePeriodSeconds": 60}),
+    );
+    assert!(r.is_ok(), "{r:?}");
+    let t = Instant::now();
+    loop {
+        let s = read_state(&dir);
+        if s["phase"] == "Succeeded" || s["phase"] == "Failed" {
+            assert_eq!(s["phase"], "Succeeded", "{s}");
+            assert_eq!(s["reason"], "GuestShutdown", "{s}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no final state: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(dir.join("serial.log")).unwrap();
+    assert!(log.contains("power button, powering off"), "{log}");
+}
+
+/// A containerDisk from the OCI layout on virtio boots through SeaBIOS and syslinux; the base
+/// image stays read-only and untouched under a qcow2 overlay.
+#[tokio::test]
+async fn container_disk_on_virtio_boots_with_bios() {
+    let Some(guest) = guest() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: containerdisk, namespace: e2e}
+spec:
+  domain:
+    memory: {guest: 256Mi}
+    devices:
+      disks:
+      - {name: root, bootOrder: 1, disk: {bus: virtio}}
+      interfaces: [{name: default, masquerade: {}}]
+  networks: [{name: default, pod: {}}]
+  volumes:
+  - {name: root, containerDisk: {image: registry.local/demo-guest:latest}}
+"#;
+    let vm = start(yaml, &opts(tmp.path(), guest)).await;
+    wait_serial(tmp.path(), "kubevirt-rs demo guest: booted", BOOT_TIMEOUT).await;
+    let base = tmp.path().join("container-disks/root/disk.qcow2");
+    assert!(std::fs::metadata(&base).unwrap().permissions().readonly());
+    let stats = vm.stats().await.unwrap();
+    assert!(
+        stats["vcpus"][0]["userSeconds"].as_f64().unwrap() > 0.0,
+        "{stats}"
+    );
+    assert!(
+        stats["block"].as_array().is_some_and(|b| !b.is_empty()),
+        "{stats}"
+    );
+    vm.stop().await.unwrap();
+    let s = vm.wait().await;
+    assert_eq!((s.phase, s.reason.as_str()), (Phase::Succeeded, "Stopped"));
+    assert!(
+        !tmp.path().join("disks/root.qcow2").exists(),
+        "the overlay lives as long as the VMI"
+    );
+}
+
+/// A persistentVolumeClaim (a qcow2 file) on the default sata bus boots.
+#[tokio::test]
+async fn sata_disk_boots() {
+    let Some(guest) = guest() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let pvc = tmp.path().join("pvc.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(guest.join("disk.qcow2"))
+        .arg(&pvc)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let yaml = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: sata, namespace: e2e}
+spec:
+  domain:
+    memory: {guest: 256Mi}
+    devices:
+      autoattachPodInterface: false
+      disks: [{name: root, bootOrder: 1}]
+  volumes:
+  - {name: root, persistentVolumeClaim: {claimName: root}}
+"#;
+    let mut o = opts(tmp.path(), guest);
+    o.pvc_paths.insert("root".into(), pvc);
+    let vm = start(yaml, &o).await;
+    assert!(std::fs::read_to_string(tmp.path().join("qemu.cmdline"))
+        .unwrap()
+        .contains("ide-hd"));
+    wait_serial(tmp.path(), "kubevirt-rs demo guest: booted", BOOT_TIMEOUT).await;
+    vm.stop().await.unwrap();
+    vm.wait().await;
+}
+
+/// microvm boots the kernelBoot image to the banner; pausing stops the guest clock (no ticks
+/// while paused, and the guest's uptime advances less than the wall clock).
+#[tokio::test]
+async fn microvm_boots_and_pause_stops_the_guest_clock() {
+    let Some(guest) = guest() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = kernel_boot_vmi(
+        "micro",
+        "microvm",
+        &cmdline(guest, "microvm"),
+        "#!/bin/sh\nwhile true; do echo \"tick $(cut -d' ' -f1 /proc/uptime)\"; sleep 1; done &",
+    );
+    let vm = start(&yaml, &opts(tmp.path(), guest)).await;
+    assert_eq!(vm.state().phase, Phase::Running);
+    let banner = wait_serial(tmp.path(), "kubevirt-rs demo guest: booted", BOOT_TIMEOUT).await;
+    eprintln!("microvm: banner after {banner:?}");
+    wait_serial(tmp.path(), "tick ", BOOT_TIMEOUT).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let ticks = |dir: &Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("serial.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("tick ")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .collect()
+    };
+    vm.pause().await.unwrap();
+    assert_eq!(vm.state().phase, Phase::Paused);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = ticks(tmp.path());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = ticks(tmp.path());
+    assert_eq!(before.len(), during.len(), "ticks while paused: {during:?}");
+    vm.unpause().await.unwrap();
+    assert_eq!(vm.state().phase, Phase::Running);
+    let t = Instant::now();
+    while ticks(tmp.path()).len() < during.len() + 2 && t.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = ticks(tmp.path());
+    let last_before = *during.last().unwrap();
+    let first_after = after[during.len()];
+    // 3.3 s of wall clock passed paused; the guest saw about one tick interval.
+    assert!(
+        first_after - last_before < 2.5,
+        "guest uptime jumped {} s across a 3.3 s pause: {after:?}",
+        first_after - last_before
+    );
+    vm.stop().await.unwrap();
+    vm.wait().await;
+}
+
+/// QEMU killed with SIGKILL (no SHUTDOWN event) is a crash: phase Failed, reason Crashed,
+/// and the message names the signal.
+#[tokio::test]
+async fn sigkill_of_qemu_is_reported_as_a_crash() {
+    let Some(guest) = guest() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = kernel_boot_vmi(
+        "crash",
+        "microvm",
+        &cmdline(guest, "microvm"),
+        "#!/bin/sh\ntrue",
+    );
+    let vm = start(&yaml, &opts(tmp.path(), guest)).await;
+    let mut events = vm.subscribe();
+    wait_serial(tmp.path(), "kubevirt-rs demo guest: booted", BOOT_TIMEOUT).await;
+    unsafe { libc::kill(vm.qemu_pid as i32, libc::SIGKILL) };
+    let s = tokio::time::timeout(Duration::from_secs(10), vm.wait())
+        .await
+        .unwrap();
+    assert_eq!(s.phase, Phase::Failed);
+    assert_eq!(s.reason, "Crashed");
+    assert!(s.message.contains("SIGKILL"), "{}", s.message);
+    let ev = events.recv().await.unwrap();
+    assert_eq!((ev.phase, ev.reason.as_str()), (Phase::Failed, "Crashed"));
+    assert_eq!(read_state(tmp.path())["phase"], "Failed");
+}
+
+/// microvm + e1000 is refused before anything starts, naming the field.
+#[tokio::test]
+async fn a_spec_the_backend_cannot_honour_fails_before_qemu_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = kernel_boot_vmi("bad", "microvm", "console=ttyS0", "#!/bin/sh\ntrue")
+        .replace("masquerade: {}}", "masquerade: {}, model: e1000}");
+    let vmi = parse_vmi(&yaml).unwrap();
+    let (tx, _) = tokio::sync::broadcast::channel(4);
+    let err = match Vm::start(&vmi, &Options::new(tmp.path()), tx).await {
+        Err(e) => e,
+        Ok(_) => panic!("started"),
+    };
+    assert!(matches!(err, LaunchError::Spec(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("spec.domain.devices.interfaces[0].model: microvm supports only virtio"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("qemu.log").exists(),
+        "QEMU must not have been started"
+    );
+}
+
+/// A missing disk file: QEMU refuses it, and the error carries QEMU's own stderr. A missing
+/// QEMU binary says which binary.
+#[tokio::test]
+async fn missing_image_and_missing_qemu_carry_the_reason() {
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: qemu-system-x86_64 is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: missing, namespace: e2e}
+spec:
+  domain:
+    memory: {guest: 64Mi}
+    devices:
+      disks: [{name: root, disk: {bus: virtio}}]
+  volumes:
+  - {name: root, hostDisk: {path: /nonexistent/disk.img, type: Disk}}
+"#;
+    let vmi = parse_vmi(yaml).unwrap();
+    let (tx, _) = tokio::sync::broadcast::channel(4);
+    let err = match Vm::start(&vmi, &Options::new(tmp.path()), tx.clone()).await {
+        Err(e) => e,
+        Ok(_) => panic!("started"),
+    };
+    let text = err.to_string();
+    assert!(matches!(err, LaunchError::QemuExited { .. }), "{text}");
+    assert!(text.contains("/nonexistent/disk.img"), "{text}");
+    assert!(text.contains("No such file or directory"), "{text}");
+
+    let mut o = Options::new(tmp.path());
+    o.qemu_binary = "/nonexistent/qemu-system-x86_64".into();
+    let vmi = parse_vmi(&yaml.replace("/nonexistent/disk.img", "/dev/null")).unwrap();
+    let err = match Vm::start(&vmi, &o, tx).await {
+        Err(e) => e,
+        Ok(_) => panic!("started"),
+    };
+    assert!(
+        err.to_string()
+            .contains("cannot run /nonexistent/qemu-system-x86_64"),
+        "{err}"
+    );
+}

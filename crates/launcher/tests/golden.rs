@@ -1,0 +1,113 @@
+//! Golden tests of the QEMU renderer: each `golden/NAME.yaml` VMI renders to `golden/NAME.args`
+//! (one argument per line, then `# key: value` lines for what is not an argument).
+//! `UPDATE_GOLDEN=1 cargo test -p kubevirt-launcher --test golden` rewrites the expected files.
+
+use kubevirt_launcher::accel::Accelerator;
+use kubevirt_launcher::machine::{parse_vmi, Environment, HostPorts, MachineSpec};
+use kubevirt_launcher::qemu;
+use std::path::{Path, PathBuf};
+
+fn env() -> Environment {
+    let mut env = Environment::fixed(Path::new("/run/kubevirt-rs/vmi"), Accelerator::Tcg);
+    env.host_ports = HostPorts::Base(20000);
+    env.pvc_paths.insert(
+        "root-pvc".into(),
+        "/var/lib/kubevirt-rs/pvc/root-pvc/disk.img".into(),
+    );
+    env.data_volume_paths.insert(
+        "root-dv".into(),
+        "/var/lib/kubevirt-rs/pvc/root-dv/disk.img".into(),
+    );
+    env.bridges
+        .insert("storage-net".into(), "br-storage".into());
+    env
+}
+
+fn render(yaml: &Path) -> String {
+    let text = std::fs::read_to_string(yaml).unwrap();
+    let vmi = parse_vmi(&text).unwrap();
+    let spec =
+        MachineSpec::from_vmi(&vmi, &env()).unwrap_or_else(|e| panic!("{}: {e}", yaml.display()));
+    let mut out = qemu::render(&spec).join("\n");
+    out.push_str(&format!(
+        "\n# startPaused: {}\n# terminationGracePeriodSeconds: {}\n",
+        spec.start_paused, spec.termination_grace_period_seconds
+    ));
+    out
+}
+
+#[test]
+fn every_golden_vmi_renders_to_its_argv() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut yamls: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    yamls.sort();
+    assert!(yamls.len() >= 15);
+    let mut failures = Vec::new();
+    for y in &yamls {
+        let got = render(y);
+        let expected_path = y.with_extension("args");
+        if update {
+            std::fs::write(&expected_path, &got).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != got {
+            failures.push(format!(
+                "{}: rendered argv differs (UPDATE_GOLDEN=1 to accept)\n--- expected\n{expected}\n--- got\n{got}",
+                y.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn start_strategy_paused_keeps_the_machine_paused() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    assert!(render(&dir.join("start-paused.yaml")).contains("# startPaused: true"));
+    assert!(render(&dir.join("sata-disk.yaml")).contains("# startPaused: false"));
+}
+
+#[test]
+fn specs_the_backend_cannot_honour_name_the_field() {
+    let cases = [
+        (
+            "machine: {type: microvm}\n    firmware: {kernelBoot: {container: {image: x, kernelPath: /k}}}\n    devices:\n      interfaces: [{name: default, masquerade: {}, model: e1000}]",
+            "spec.domain.devices.interfaces[0].model: microvm supports only virtio",
+        ),
+        (
+            "machine: {type: microvm}",
+            "spec.domain.firmware.kernelBoot: microvm has no firmware to boot a disk: set firmware.kernelBoot",
+        ),
+        (
+            "devices:\n      disks: [{name: d, disk: {bus: usb}}]",
+            "spec.domain.devices.disks[0].disk.bus: bus usb is not supported by the QEMU backend: use virtio, sata or scsi",
+        ),
+        (
+            "devices:\n      disks: [{name: d, disk: {readonly: true}}]",
+            "spec.domain.devices.disks[0].disk.readonly: sata hard-disks do not support read-only (QEMU's ide-hd refuses a read-only node): use bus virtio",
+        ),
+        (
+            "machine: {type: pc-i440fx-2.0}",
+            "spec.domain.machine.type: machine type pc-i440fx-2.0 is not supported: use q35 or microvm",
+        ),
+    ];
+    for (domain, want) in cases {
+        let yaml = format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: x}}\nspec:\n  domain:\n    memory: {{guest: 64Mi}}\n    {domain}\n  networks: [{{name: default, pod: {{}}}}]\n{}",
+            if domain.contains("disks") {
+                "  volumes: [{name: d, emptyDisk: {capacity: 1Gi}}]\n"
+            } else {
+                ""
+            }
+        );
+        let vmi = parse_vmi(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        let err = MachineSpec::from_vmi(&vmi, &env()).unwrap_err();
+        assert_eq!(err.to_string(), want);
+    }
+}
