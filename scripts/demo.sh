@@ -24,7 +24,8 @@ cleanup() {
   kill "$server" 2>/dev/null || true
 }
 trap cleanup EXIT
-for _ in $(seq 1 100); do [ -s "$work/server/kubeconfig" ] && break; sleep 0.2; done
+for _ in $(seq 1 300); do [ -s "$work/server/kubeconfig" ] && break; sleep 0.2; done
+[ -s "$work/server/kubeconfig" ] || { echo "demo: the server did not start:"; cat "$work/server.log"; exit 1; }
 export KUBECONFIG="$work/server/kubeconfig"
 kubectl apply -f examples/vm-demo.yaml
 kubectl get vm demo

@@ -5,17 +5,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 
 /// All CRDs, with KubeVirt's quirks applied: VirtualMachineInstance has no `/status`
 /// subresource in KubeVirt (its status is written through the main endpoint), so neither do we.
+///
+/// Generated on each call (it takes a moment); callers that need them often keep the result.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    all().to_vec()
-}
-
-/// The CRDs, generated once per process (schema generation is not cheap).
-pub fn all() -> &'static [CustomResourceDefinition] {
-    static CRDS: std::sync::OnceLock<Vec<CustomResourceDefinition>> = std::sync::OnceLock::new();
-    CRDS.get_or_init(generate)
-}
-
-fn generate() -> Vec<CustomResourceDefinition> {
     kinds()
         .iter()
         .filter_map(|k| k.crd.map(|f| (k, f())))

@@ -184,9 +184,10 @@ fn hash_of(v: &Value) -> String {
 }
 
 /// Every OpenAPI v3 document, keyed by the path after `/openapi/v3/` (`""` is the index).
-pub fn openapi_all(reg: &Registry) -> std::collections::HashMap<String, Value> {
+pub fn openapi_all(reg: &Registry) -> std::collections::HashMap<String, bytes::Bytes> {
+    let bytes = |v: &Value| bytes::Bytes::from(serde_json::to_vec(v).unwrap_or_default());
     let mut out = std::collections::HashMap::new();
-    out.insert(String::new(), openapi_index(reg));
+    out.insert(String::new(), bytes(&openapi_index(reg)));
     let mut gvs: Vec<(String, String)> = vec![(String::new(), "v1".into())];
     gvs.extend(reg.groups());
     for (g, v) in gvs {
@@ -196,7 +197,7 @@ pub fn openapi_all(reg: &Registry) -> std::collections::HashMap<String, Value> {
             } else {
                 format!("apis/{g}/{v}")
             };
-            out.insert(path, doc);
+            out.insert(path, bytes(&doc));
         }
     }
     out
@@ -241,10 +242,12 @@ pub fn openapi_doc(reg: &Registry, group: &str, version: &str) -> Option<Value> 
     for r in &defs {
         let name = schema_name(r);
         let gvk = json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
-        let mut s = r.schema.clone();
+        let mut s: Value = serde_json::from_slice(&r.schema_json).unwrap_or(Value::Null);
         s["x-kubernetes-group-version-kind"] = gvk.clone();
-        for (k, v) in &r.components {
-            schemas.entry(k.clone()).or_insert_with(|| v.clone());
+        let components: Map<String, Value> =
+            serde_json::from_slice(&r.components_json).unwrap_or_default();
+        for (k, v) in components {
+            schemas.entry(k).or_insert(v);
         }
         schemas.insert(name.clone(), s);
         let list_name = format!("{name}List");

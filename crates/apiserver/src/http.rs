@@ -447,7 +447,7 @@ async fn dispatch(
                 let key = rest.join("/");
                 return docs
                     .get(&key)
-                    .map(|v| json_response(StatusCode::OK, v))
+                    .map(|v| bytes_response(StatusCode::OK, v.clone()))
                     .ok_or_else(|| ApiError::new(404, "NotFound", "not found"));
             }
             ["openapi", ..] => {

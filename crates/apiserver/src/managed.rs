@@ -11,94 +11,162 @@ use std::collections::BTreeSet;
 
 pub type FieldSet = BTreeSet<String>;
 
-/// Walks a schema alongside an object, following `$ref`s into the components.
-#[derive(Clone, Copy)]
+/// How the lists of one kind merge, read once from its OpenAPI schema: for each list (by
+/// field path, `[]` for list items: `spec.template.spec.volumes`), its
+/// `x-kubernetes-list-map-keys` or whether it is a set. Keeping this instead of the schema
+/// itself keeps the server's memory small.
+#[derive(Clone, Debug, Default)]
+pub struct ListIndex {
+    maps: std::collections::HashMap<String, Vec<String>>,
+    sets: std::collections::HashSet<String>,
+}
+
+impl ListIndex {
+    pub fn build(root: &Value, components: &Map<String, Value>) -> ListIndex {
+        let mut idx = ListIndex::default();
+        idx.walk(root, components, String::new(), &mut Vec::new());
+        idx
+    }
+
+    /// `refs`: the `$ref`s followed to get here; a recursive schema (a CRD's JSONSchemaProps)
+    /// stops at its second visit instead of unfolding forever.
+    fn walk<'a>(
+        &mut self,
+        node: &'a Value,
+        components: &'a Map<String, Value>,
+        path: String,
+        refs: &mut Vec<&'a str>,
+    ) {
+        if refs.len() > 32 || path.len() > 512 {
+            return;
+        }
+        let mut node = node;
+        let mut followed = 0;
+        for _ in 0..8 {
+            if let Some(r) = node.get("$ref").and_then(Value::as_str) {
+                let name = r.rsplit('/').next().unwrap_or(r);
+                if refs.contains(&name) {
+                    refs.truncate(refs.len() - followed);
+                    return;
+                }
+                match components.get(name) {
+                    Some(n) => {
+                        refs.push(name);
+                        followed += 1;
+                        node = n;
+                    }
+                    None => {
+                        refs.truncate(refs.len() - followed);
+                        return;
+                    }
+                }
+            } else if let Some(first) = node
+                .get("allOf")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+            {
+                node = first;
+            } else {
+                break;
+            }
+        }
+        match node.get("x-kubernetes-list-type").and_then(Value::as_str) {
+            Some("map") => {
+                if let Some(keys) = node
+                    .get("x-kubernetes-list-map-keys")
+                    .and_then(Value::as_array)
+                {
+                    self.maps.insert(
+                        path.clone(),
+                        keys.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect(),
+                    );
+                }
+            }
+            Some("set") => {
+                self.sets.insert(path.clone());
+            }
+            _ => {}
+        }
+        if let Some(props) = node.get("properties").and_then(Value::as_object) {
+            for (k, v) in props {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                self.walk(v, components, p, refs);
+            }
+        }
+        if let Some(items) = node.get("items") {
+            self.walk(items, components, format!("{path}[]"), refs);
+        }
+        if let Some(ap) = node.get("additionalProperties").filter(|a| a.is_object()) {
+            self.walk(ap, components, format!("{path}{{}}"), refs);
+        }
+        refs.truncate(refs.len() - followed);
+    }
+}
+
+/// A position in an object, to look up how the list there merges.
+#[derive(Clone)]
 pub struct Schema<'a> {
-    node: Option<&'a Value>,
-    components: &'a Map<String, Value>,
+    index: &'a ListIndex,
+    path: String,
 }
 
 impl<'a> Schema<'a> {
-    pub fn new(root: &'a Value, components: &'a Map<String, Value>) -> Self {
+    pub fn new(index: &'a ListIndex) -> Self {
         Schema {
-            node: Some(root),
-            components,
+            index,
+            path: String::new(),
         }
     }
 
-    fn resolve(self) -> Self {
-        let mut node = self.node;
-        for _ in 0..8 {
-            let Some(r) = node.and_then(|n| n.get("$ref")).and_then(Value::as_str) else {
-                break;
-            };
-            node = r
-                .rsplit('/')
-                .next()
-                .and_then(|name| self.components.get(name));
-        }
-        // schemars may wrap a ref in allOf.
-        if let Some(Value::Array(all)) = node.and_then(|n| n.get("allOf")) {
-            if let Some(first) = all.first() {
-                return Schema {
-                    node: Some(first),
-                    components: self.components,
-                }
-                .resolve();
-            }
-        }
+    fn child(&self, field: &str) -> Self {
+        // Map values (labels, resource quantities) share one schema: `{}`.
+        let candidate = if self.path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{}.{field}", self.path)
+        };
+        let path = if self
+            .index
+            .maps
+            .keys()
+            .chain(self.index.sets.iter())
+            .any(|k| k.starts_with(&candidate))
+        {
+            candidate
+        } else {
+            format!("{}{{}}", self.path)
+        };
         Schema {
-            node,
-            components: self.components,
+            index: self.index,
+            path,
         }
     }
 
-    fn child(self, field: &str) -> Self {
-        let s = self.resolve();
+    fn items(&self) -> Self {
         Schema {
-            node: s.node.and_then(|n| {
-                n.get("properties")
-                    .and_then(|p| p.get(field))
-                    .or_else(|| n.get("additionalProperties").filter(|a| a.is_object()))
-            }),
-            components: self.components,
+            index: self.index,
+            path: format!("{}[]", self.path),
         }
     }
 
-    fn items(self) -> Self {
-        let s = self.resolve();
-        Schema {
-            node: s.node.and_then(|n| n.get("items")),
-            components: self.components,
-        }
+    fn list_keys(&self) -> Option<Vec<String>> {
+        self.index.maps.get(&self.path).cloned()
     }
 
-    fn list_keys(self) -> Option<Vec<String>> {
-        let n = self.resolve().node?;
-        if n.get("x-kubernetes-list-type").and_then(Value::as_str) != Some("map") {
-            return None;
-        }
-        n.get("x-kubernetes-list-map-keys")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-    }
-
-    fn is_set(self) -> bool {
-        self.resolve()
-            .node
-            .and_then(|n| n.get("x-kubernetes-list-type"))
-            .and_then(Value::as_str)
-            == Some("set")
+    fn is_set(&self) -> bool {
+        self.index.sets.contains(&self.path)
     }
 }
 
 /// How the elements of a list are identified, if they are.
-fn list_keys(schema: Schema, items: &[Value]) -> Option<Vec<String>> {
+fn list_keys(schema: &Schema, items: &[Value]) -> Option<Vec<String>> {
     if let Some(k) = schema.list_keys() {
         return Some(k);
     }
@@ -120,7 +188,7 @@ fn key_of(item: &Value, keys: &[String]) -> String {
 }
 
 /// The set of fields an object sets (leaves, plus a `.` marker for each keyed list element).
-pub fn fields_of(v: &Value, schema: Schema) -> FieldSet {
+pub fn fields_of(v: &Value, schema: &Schema) -> FieldSet {
     let mut out = FieldSet::new();
     walk(v, schema, "", &mut out);
     out
@@ -134,7 +202,7 @@ fn join(prefix: &str, seg: &str) -> String {
     }
 }
 
-fn walk(v: &Value, schema: Schema, prefix: &str, out: &mut FieldSet) {
+fn walk(v: &Value, schema: &Schema, prefix: &str, out: &mut FieldSet) {
     match v {
         Value::Object(m) if !m.is_empty() || prefix.is_empty() => {
             for (k, child) in m {
@@ -150,7 +218,7 @@ fn walk(v: &Value, schema: Schema, prefix: &str, out: &mut FieldSet) {
                     continue;
                 }
                 let p = join(prefix, &format!("f:{k}"));
-                walk(child, schema.child(k), &p, out);
+                walk(child, &schema.child(k), &p, out);
             }
         }
         Value::Array(items) => match list_keys(schema, items) {
@@ -158,7 +226,7 @@ fn walk(v: &Value, schema: Schema, prefix: &str, out: &mut FieldSet) {
                 for item in items {
                     let p = join(prefix, &key_of(item, &keys));
                     out.insert(join(&p, "."));
-                    walk(item, schema.items(), &p, out);
+                    walk(item, &schema.items(), &p, out);
                 }
             }
             _ if schema.is_set() => {
@@ -280,7 +348,7 @@ pub fn remove_at(v: &mut Value, path: &str) {
 
 /// Merges an applied configuration into the live object: maps merge, keyed lists merge by key,
 /// everything else is replaced.
-pub fn apply_merge(live: &mut Value, applied: &Value, schema: Schema) {
+pub fn apply_merge(live: &mut Value, applied: &Value, schema: &Schema) {
     match (live, applied) {
         (Value::Object(l), Value::Object(a)) => {
             for (k, av) in a {
@@ -288,7 +356,7 @@ pub fn apply_merge(live: &mut Value, applied: &Value, schema: Schema) {
                     continue;
                 }
                 match l.get_mut(k) {
-                    Some(lv) => apply_merge(lv, av, schema.child(k)),
+                    Some(lv) => apply_merge(lv, av, &schema.child(k)),
                     None => {
                         l.insert(k.clone(), av.clone());
                     }
@@ -300,7 +368,7 @@ pub fn apply_merge(live: &mut Value, applied: &Value, schema: Schema) {
                 for item in a {
                     let id = key_of(item, &keys);
                     match l.iter_mut().find(|x| key_of(x, &keys) == id) {
-                        Some(existing) => apply_merge(existing, item, schema.items()),
+                        Some(existing) => apply_merge(existing, item, &schema.items()),
                         None => l.push(item.clone()),
                     }
                 }
@@ -382,7 +450,7 @@ pub fn record_update(
     new: &mut Value,
     manager: &str,
     subresource: Option<&str>,
-    schema: Schema,
+    schema: &Schema,
     now: &str,
     api_version: &str,
 ) {
@@ -433,7 +501,7 @@ pub fn apply(
     applied: &Value,
     manager: &str,
     force: bool,
-    schema: Schema,
+    schema: &Schema,
     now: &str,
     api_version: &str,
 ) -> Result<Value, Vec<Conflict>> {
@@ -495,16 +563,16 @@ pub fn apply(
 mod tests {
     use super::*;
 
-    fn schema() -> (Value, Map<String, Value>) {
-        (json!({"type": "object"}), Map::new())
+    fn index() -> ListIndex {
+        ListIndex::build(&json!({"type": "object"}), &Map::new())
     }
 
     #[test]
     fn fields_of_keys_named_lists_and_round_trips_fields_v1() {
-        let (s, c) = schema();
+        let idx = index();
         let v = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "a", "labels": {"l": "1"}},
                        "spec": {"disks": [{"name": "root", "bus": "virtio"}], "args": ["a", "b"]}});
-        let f = fields_of(&v, Schema::new(&s, &c));
+        let f = fields_of(&v, &Schema::new(&idx));
         assert!(
             f.contains(r#"f:spec/f:disks/k:{"name":"root"}/f:bus"#),
             "{f:?}"
@@ -519,8 +587,8 @@ mod tests {
 
     #[test]
     fn reapplying_without_a_field_removes_it_and_conflicts_are_reported() {
-        let (s, c) = schema();
-        let sc = Schema::new(&s, &c);
+        let idx = index();
+        let sc = &Schema::new(&idx);
         let live = json!({"metadata": {"name": "a"}, "spec": {}});
         let v1 = apply(
             &live,
@@ -574,8 +642,8 @@ mod tests {
 
     #[test]
     fn updates_take_ownership_of_what_they_change() {
-        let (s, c) = schema();
-        let sc = Schema::new(&s, &c);
+        let idx = index();
+        let sc = &Schema::new(&idx);
         let old = apply(
             &json!({"metadata": {}}),
             &json!({"metadata": {}, "spec": {"x": 1}}),

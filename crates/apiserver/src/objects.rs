@@ -161,8 +161,8 @@ impl ApiServer {
         )
     }
 
-    fn schema<'a>(def: &'a ResourceDef) -> Schema<'a> {
-        Schema::new(&def.schema, &def.components)
+    fn schema(def: &ResourceDef) -> Schema<'_> {
+        Schema::new(&def.lists)
     }
 
     pub fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> ApiResult<Arc<Stored>> {
@@ -357,7 +357,7 @@ impl ApiServer {
             &mut obj,
             q.get("fieldManager").unwrap_or("unknown"),
             None,
-            Self::schema(def),
+            &Self::schema(def),
             &now(),
             &def.api_version(),
         );
@@ -473,7 +473,7 @@ impl ApiServer {
                 &mut obj,
                 manager,
                 subresource,
-                Self::schema(def),
+                &Self::schema(def),
                 &now(),
                 &def.api_version(),
             ),
@@ -673,7 +673,7 @@ impl ApiServer {
                 if let Ok(written) = &mut w {
                     // Creation by apply: the manager owns what it applied.
                     let mut obj = written.object.clone();
-                    let set = managed::fields_of(&applied, Self::schema(def));
+                    let set = managed::fields_of(&applied, &Self::schema(def));
                     managed::write_entries(
                         &mut obj,
                         &[managed::Entry {
@@ -707,7 +707,7 @@ impl ApiServer {
                 return w;
             };
             let live = old.value();
-            let new = managed::apply(&live, &applied, manager, force, Self::schema(def), &now(), &def.api_version())
+            let new = managed::apply(&live, &applied, manager, force, &Self::schema(def), &now(), &def.api_version())
                 .map_err(|conflicts| {
                     let causes: Vec<Value> = conflicts
                         .iter()
@@ -746,7 +746,27 @@ impl ApiServer {
         Err(ApiError::conflict(&def.plural, &def.group, name))
     }
 
+    /// Deletes an object. A client precondition (uid, resourceVersion) that fails is a 409; a
+    /// write that raced this one is retried against the new version, as kube-apiserver does.
     pub async fn delete(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        options: &Value,
+        q: &Query,
+    ) -> ApiResult<Value> {
+        let conditional = options["preconditions"].is_object();
+        let mut attempt = 0;
+        loop {
+            match self.delete_once(def, ns, name, options, q).await {
+                Err(e) if e.reason == "Conflict" && !conditional && attempt < 16 => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn delete_once(
         &self,
         def: &ResourceDef,
         ns: &str,

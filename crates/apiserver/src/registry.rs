@@ -29,11 +29,14 @@ pub struct ResourceDef {
     pub custom: bool,
     pub columns: Vec<Column>,
     pub kind_info: &'static KindInfo,
-    /// OpenAPI v3 schema of the whole object (served under /openapi/v3, read by SSA for
-    /// list-map keys).
-    pub schema: Value,
-    /// Named schemas this kind's schema refers to (`#/components/schemas/...`).
-    pub components: serde_json::Map<String, Value>,
+    /// OpenAPI v3 schema of the whole object, serialized (parsed only to build /openapi/v3).
+    pub schema_json: bytes::Bytes,
+    /// Named schemas the schema refers to (`#/components/schemas/...`), serialized.
+    pub components_json: bytes::Bytes,
+    /// How this kind's lists merge, for server-side apply.
+    pub lists: crate::managed::ListIndex,
+    /// The CRD, serialized, for the kinds that are custom resources in a cluster.
+    pub crd_json: Option<bytes::Bytes>,
 }
 
 impl ResourceDef {
@@ -57,8 +60,8 @@ impl ResourceDef {
 
 pub struct Registry {
     pub resources: Vec<ResourceDef>,
-    /// OpenAPI documents by group-version path, built on first use.
-    pub openapi: std::sync::OnceLock<std::collections::HashMap<String, Value>>,
+    /// OpenAPI documents by group-version path, serialized, built on first use.
+    pub openapi: std::sync::OnceLock<std::collections::HashMap<String, bytes::Bytes>>,
 }
 
 fn col(name: &str, ty: &str, path: &str, priority: i32) -> Column {
@@ -153,15 +156,13 @@ fn core_schema<T: JsonSchema>() -> (Value, serde_json::Map<String, Value>) {
     (root, defs)
 }
 
-fn schema_for(kind: &KindInfo) -> (Value, serde_json::Map<String, Value>) {
+fn schema_for(
+    kind: &KindInfo,
+    crd: Option<&k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
+) -> (Value, serde_json::Map<String, Value>) {
     use k8s_openapi::api::{coordination, core::v1 as core, events};
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as ext;
-    if let Some(crd) = kind.crd {
-        let crd = kubevirt_api::crd::all()
-            .iter()
-            .find(|c| c.spec.names.kind == kind.kind)
-            .cloned()
-            .unwrap_or_else(crd);
+    if let Some(crd) = crd {
         let mut s = crd.spec.versions[0]
             .schema
             .as_ref()
@@ -200,13 +201,20 @@ fn schema_for(kind: &KindInfo) -> (Value, serde_json::Map<String, Value>) {
 
 impl Registry {
     pub fn new() -> Registry {
-        let crds = kubevirt_api::crd::all();
+        let crds = kubevirt_api::crd::crds();
         let mut resources = Vec::new();
         for k in kinds() {
             let crd = crds
                 .iter()
                 .find(|c| c.spec.names.kind == k.kind && c.spec.group == k.group);
-            let (schema, components) = schema_for(k);
+            let (schema, components) = schema_for(k, crd);
+            let lists = crate::managed::ListIndex::build(&schema, &components);
+            let schema_json = bytes::Bytes::from(serde_json::to_vec(&schema).unwrap_or_default());
+            let components_json =
+                bytes::Bytes::from(serde_json::to_vec(&components).unwrap_or_default());
+            let crd_json = crd
+                .and_then(|c| serde_json::to_vec(c).ok())
+                .map(bytes::Bytes::from);
             let def = match crd {
                 Some(c) => {
                     let v = &c.spec.versions[0];
@@ -239,8 +247,10 @@ impl Registry {
                             })
                             .collect(),
                         kind_info: k,
-                        schema,
-                        components,
+                        schema_json,
+                        components_json,
+                        lists,
+                        crd_json,
                     }
                 }
                 None => ResourceDef {
@@ -264,8 +274,10 @@ impl Registry {
                     custom: false,
                     columns: core_columns(k.kind),
                     kind_info: k,
-                    schema,
-                    components,
+                    schema_json,
+                    components_json,
+                    lists,
+                    crd_json,
                 },
             };
             resources.push(def);

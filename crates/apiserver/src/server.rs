@@ -139,10 +139,14 @@ async fn bootstrap(api: &ApiServer) -> Result<()> {
         .registry
         .find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         .context("CRDs not registered")?;
-    for crd in kubevirt_api::crd::all() {
-        let name = crd.metadata.name.clone().unwrap_or_default();
+    for def in &api.registry.resources {
+        let Some(json) = &def.crd_json else { continue };
+        let v: serde_json::Value = serde_json::from_slice(json)?;
+        let name = v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if api.store.get(&ApiServer::key(crd_def, "", &name)).is_none() {
-            let v = serde_json::to_value(crd)?;
             api.create(crd_def, "", v, &q)
                 .await
                 .map_err(|e| anyhow::anyhow!("creating CRD {name}: {e}"))?;

@@ -1,2 +1,250 @@
-//! virt-controller: VM → VMI (runStrategy), VMI → node placement, migrations, DataVolumes,
-//! snapshots, written as `kube::runtime` reconcilers. Filled by the control-loop issue.
+//! virt-controller: KubeVirt's cluster-wide control loops, written as `kube::runtime`
+//! reconcilers.
+//!
+//! - [`vm`][]: VirtualMachine → VirtualMachineInstance, following `runStrategy`,
+//!   `status.stateChangeRequests` and the crash-loop backoff; writes the VM's status.
+//! - [`vmi`][]: VMI placement (single node: onto [`Config::node_name`]) and the VMI finalizer;
+//!   renders the cluster-mode launcher Pod.
+//! - [`replicaset`][]: VirtualMachineInstanceReplicaSet.
+//! - [`instancetype`][]: instancetype/preference expansion (pure).
+//!
+//! Every reconciler is level-based: it reads the whole object and what it owns, converges one
+//! step, and relies on the watch (or `Action::requeue`) to take the next one.
+
+pub mod instancetype;
+pub mod replicaset;
+pub mod vm;
+pub mod vmi;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{watcher, Controller};
+use kube::{Client, Resource};
+use kubevirt_api::defaults::DefaultsConfig;
+use kubevirt_api::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// KubeVirt's `kubevirt.io/nodeName` label, set on a VMI when it is placed.
+pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
+
+/// The crash-loop backoff of VMs whose VMIs fail before reaching Running.
+///
+/// KubeVirt (`calculateStartBackoffTime`, pkg/virt-controller/watch/vm/vm.go):
+/// `delay = interval × n²`, plus up to half of it as jitter, capped at `max`, where
+/// `interval = max(max/30, 10 s)`. [`Backoff::kubevirt`] gives those numbers; tests shorten
+/// `base`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The interval multiplied by n² (KubeVirt: 10 s).
+    pub base: Duration,
+    /// The cap (KubeVirt: `defaultMaxCrashLoopBackoffDelaySeconds` = 300 s).
+    pub max: Duration,
+    /// Add KubeVirt's jitter (`rand.Intn(delay/2 + 1)`); off makes delays exact for tests.
+    pub jitter: bool,
+}
+
+impl Backoff {
+    pub fn kubevirt() -> Self {
+        Backoff {
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+            jitter: true,
+        }
+    }
+
+    /// The delay before the next start after `fail_count` consecutive start failures.
+    pub fn delay(&self, fail_count: u32) -> Duration {
+        let n = u64::from(fail_count.max(1));
+        let mut delay = self
+            .base
+            .saturating_mul(u32::try_from(n * n).unwrap_or(u32::MAX));
+        if self.jitter {
+            let half_ms = u64::try_from(delay.as_millis() / 2).unwrap_or(u64::MAX);
+            delay += Duration::from_millis(rand::random_range(0..=half_ms));
+        }
+        delay.min(self.max)
+    }
+}
+
+/// What the controllers need to know about the installation.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Single-node mode: the node every VMI is placed on.
+    pub node_name: String,
+    /// Cluster defaults applied to VMIs the controller creates (the API server applies the
+    /// same on admission).
+    pub defaults: DefaultsConfig,
+    pub crash_loop: Backoff,
+    /// How often a VM with nothing pending is looked at again anyway.
+    pub resync: Duration,
+}
+
+impl Config {
+    /// The single-node configuration: everything runs on `node_name`, KubeVirt's numbers.
+    pub fn single_node(node_name: impl Into<String>) -> Self {
+        Config {
+            node_name: node_name.into(),
+            defaults: DefaultsConfig::default(),
+            crash_loop: Backoff::kubevirt(),
+            resync: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Shared by every reconcile call.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub config: Config,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "virt-controller".into(),
+                instance: None,
+            },
+        );
+        Context {
+            client,
+            recorder,
+            config,
+        }
+    }
+
+    /// Publishes an event about `obj`; a failure to record is logged, never fatal.
+    pub(crate) async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "recording an event failed");
+        }
+    }
+}
+
+/// Errors of one reconcile; the controller retries them (see each `error_policy`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request to the API server failed (conflicts included: the retry re-reads).
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object lacks a field every stored object has (namespace, uid...).
+    #[error("the object has no {0}")]
+    MissingField(&'static str),
+    /// A status or patch could not be encoded.
+    #[error("encoding a patch: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The VM names an instancetype or preference that could not be read.
+    #[error("{kind} {name:?} could not be read: {source}")]
+    Instancetype {
+        kind: String,
+        name: String,
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// How soon a failed reconcile is retried: conflicts at once, the rest a little later.
+    pub(crate) fn retry_after(&self) -> Duration {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => Duration::from_millis(200),
+            _ => Duration::from_secs(2),
+        }
+    }
+}
+
+/// Runs every controller until the returned future is dropped (or a watch stream ends).
+pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
+    let ctx = Arc::new(Context::new(client.clone(), config));
+    let vms: Api<VirtualMachine> = Api::all(client.clone());
+    let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
+    let rss: Api<VirtualMachineInstanceReplicaSet> = Api::all(client.clone());
+
+    let vm_ctl = Controller::new(vms, watcher::Config::default())
+        .owns(vmis.clone(), watcher::Config::default())
+        .run(vm::reconcile, vm::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "vm controller");
+            }
+        });
+    let vmi_ctl = Controller::new(vmis.clone(), watcher::Config::default())
+        .run(vmi::reconcile, vmi::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "vmi controller");
+            }
+        });
+    let rs_ctl = Controller::new(rss, watcher::Config::default())
+        .owns(vmis, watcher::Config::default())
+        .run(replicaset::reconcile, replicaset::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "replicaset controller");
+            }
+        });
+    futures::join!(vm_ctl, vmi_ctl, rs_ctl);
+    Ok(())
+}
+
+/// Shared helpers over VMIs.
+pub(crate) mod phase {
+    use kubevirt_api::VirtualMachineInstance;
+
+    pub const PENDING: &str = "Pending";
+    pub const SCHEDULING: &str = "Scheduling";
+    pub const SCHEDULED: &str = "Scheduled";
+    pub const RUNNING: &str = "Running";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const FAILED: &str = "Failed";
+
+    pub fn of(vmi: &VirtualMachineInstance) -> &str {
+        vmi.status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("")
+    }
+
+    pub fn is_final(vmi: &VirtualMachineInstance) -> bool {
+        matches!(of(vmi), SUCCEEDED | FAILED)
+    }
+
+    /// Whether the VMI ever reached Running: its phase now, or a recorded transition.
+    pub fn ever_ran(vmi: &VirtualMachineInstance) -> bool {
+        of(vmi) == RUNNING
+            || vmi
+                .status
+                .as_ref()
+                .and_then(|s| s.phase_transition_timestamps.as_ref())
+                .is_some_and(|ts| ts.iter().any(|t| t.phase.as_deref() == Some(RUNNING)))
+    }
+
+    pub fn condition<'a>(
+        vmi: &'a VirtualMachineInstance,
+        type_: &str,
+    ) -> Option<&'a kubevirt_api::VirtualMachineInstanceCondition> {
+        vmi.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.r#type == type_))
+    }
+
+    pub fn condition_is(vmi: &VirtualMachineInstance, type_: &str, status: &str) -> bool {
+        condition(vmi, type_).is_some_and(|c| c.status == status)
+    }
+}

@@ -1,0 +1,685 @@
+//! The VirtualMachine controller: one VMI per VM, started and stopped as `runStrategy` and
+//! `status.stateChangeRequests` say, with KubeVirt's crash-loop backoff, and the VM's status
+//! (`printableStatus`, conditions, `startFailure`...) written through `/status`.
+//!
+//! Source of the rules: KubeVirt `pkg/virt-controller/watch/vm/vm.go` (`syncRunStrategy`,
+//! `setPrintableStatus`, `syncStartFailureStatus`); summarised in
+//! `notes/kubevirt-api-facts.md` §4.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use kubevirt_api::{
+    VirtualMachine, VirtualMachineCondition, VirtualMachineInstance, VirtualMachineSpec,
+    VirtualMachineStartFailure, VirtualMachineStateChangeRequest, VirtualMachineStatus,
+};
+use serde_json::json;
+
+use crate::phase;
+use crate::{instancetype, Context, Error};
+
+/// KubeVirt's label on a VMI created from a VM (`virtv1.VirtualMachineLabel`).
+pub const VM_NAME_LABEL: &str = "vm.kubevirt.io/name";
+/// The VM generation a VMI was created from (`kubevirt.io/vm-generation`).
+pub const VM_GENERATION_ANNOTATION: &str = "kubevirt.io/vm-generation";
+
+/// `spec.runStrategy`, or the deprecated `spec.running` mapped onto it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStrategy {
+    Always,
+    RerunOnFailure,
+    Manual,
+    Halted,
+    Once,
+}
+
+impl RunStrategy {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "Always" => RunStrategy::Always,
+            "RerunOnFailure" => RunStrategy::RerunOnFailure,
+            "Manual" => RunStrategy::Manual,
+            "Halted" => RunStrategy::Halted,
+            "Once" => RunStrategy::Once,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStrategy::Always => "Always",
+            RunStrategy::RerunOnFailure => "RerunOnFailure",
+            RunStrategy::Manual => "Manual",
+            RunStrategy::Halted => "Halted",
+            RunStrategy::Once => "Once",
+        }
+    }
+
+    /// The strategies a start failure counts for (others clear `startFailure`).
+    fn backs_off(self) -> bool {
+        matches!(
+            self,
+            RunStrategy::Always | RunStrategy::RerunOnFailure | RunStrategy::Once
+        )
+    }
+}
+
+/// KubeVirt's `vm.RunStrategy()`: `runStrategy` if set, else `running: true` → Always, and
+/// `running: false` or nothing → Halted. An unknown value (validation refuses it) is Halted.
+pub fn run_strategy(spec: &VirtualMachineSpec) -> RunStrategy {
+    match spec.run_strategy.as_deref() {
+        Some(s) if !s.is_empty() => RunStrategy::parse(s).unwrap_or(RunStrategy::Halted),
+        _ if spec.running == Some(true) => RunStrategy::Always,
+        _ => RunStrategy::Halted,
+    }
+}
+
+/// One step towards what the VM asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Nothing,
+    Create,
+    /// Create, but not before the crash-loop backoff has passed.
+    CreateAfter(Duration),
+    /// Delete the VMI; `restart` adds a Start request (RerunOnFailure after a failure).
+    Delete {
+        restart: bool,
+    },
+}
+
+const START: &str = "Start";
+const STOP: &str = "Stop";
+
+fn first_request(vm_status: &VirtualMachineStatus) -> Option<&VirtualMachineStateChangeRequest> {
+    vm_status
+        .state_change_requests
+        .as_ref()
+        .and_then(|r| r.first())
+}
+
+fn has_start_request(st: &VirtualMachineStatus) -> bool {
+    first_request(st).is_some_and(|r| r.action == START)
+}
+
+/// A Stop request for this VMI: the first request is Stop with no uid or the VMI's uid.
+fn has_stop_request_for(st: &VirtualMachineStatus, vmi: &VirtualMachineInstance) -> bool {
+    first_request(st).is_some_and(|r| {
+        r.action == STOP && (r.uid.is_none() || r.uid.as_deref() == vmi.metadata.uid.as_deref())
+    })
+}
+
+/// KubeVirt's `syncRunStrategy` as a pure function of the VM's status (requests, last
+/// observed runStrategy, start failure), the VMI and the time.
+pub fn decide(
+    strategy: RunStrategy,
+    status: &VirtualMachineStatus,
+    vmi: Option<&VirtualMachineInstance>,
+    now: Timestamp,
+) -> Decision {
+    let create = || match retry_after(status) {
+        Some(at) if at > now => {
+            Decision::CreateAfter(Duration::try_from(at.duration_since(now)).unwrap_or_default())
+        }
+        _ => Decision::Create,
+    };
+    let live = vmi.filter(|v| v.metadata.deletion_timestamp.is_none());
+    let stop_for = |v: &VirtualMachineInstance| has_stop_request_for(status, v);
+    // The strategy the last sync saw: a switch into RerunOnFailure starts the VM.
+    let switched = status.run_strategy.as_deref() != Some(strategy.as_str());
+    let stop_pending = first_request(status).is_some_and(|r| r.action == STOP);
+    match strategy {
+        RunStrategy::Halted => match live {
+            Some(_) => Decision::Delete { restart: false },
+            None => Decision::Nothing,
+        },
+        RunStrategy::Always => match vmi {
+            Some(v) => match live {
+                Some(_) if phase::is_final(v) || stop_for(v) => Decision::Delete { restart: false },
+                _ => Decision::Nothing,
+            },
+            None if stop_pending => Decision::Nothing,
+            None => create(),
+        },
+        RunStrategy::RerunOnFailure => match vmi {
+            Some(v) => match live {
+                Some(_) if stop_for(v) => Decision::Delete { restart: false },
+                Some(_) if phase::of(v) == phase::FAILED => Decision::Delete { restart: true },
+                Some(_) if phase::of(v) == phase::SUCCEEDED => Decision::Delete { restart: false },
+                _ => Decision::Nothing,
+            },
+            None if stop_pending => Decision::Nothing,
+            None if has_start_request(status) || switched => create(),
+            None => Decision::Nothing,
+        },
+        RunStrategy::Manual => match vmi {
+            Some(v) => match live {
+                Some(_) if stop_for(v) => Decision::Delete { restart: false },
+                _ => Decision::Nothing,
+            },
+            None if has_start_request(status) => Decision::Create,
+            None => Decision::Nothing,
+        },
+        RunStrategy::Once => match vmi {
+            Some(_) => Decision::Nothing,
+            None if stop_pending => Decision::Nothing,
+            None => create(),
+        },
+    }
+}
+
+fn retry_after(status: &VirtualMachineStatus) -> Option<Timestamp> {
+    let sf = status.start_failure.as_ref()?;
+    if sf.consecutive_fail_count.unwrap_or(0) <= 0 {
+        return None;
+    }
+    sf.retry_after_timestamp.as_ref().map(|t| t.0)
+}
+
+/// KubeVirt's `syncStartFailureStatus`: a VMI that failed without ever running counts once
+/// (keyed by its uid), a running VMI clears the count, and strategies that never restart
+/// carry no count.
+pub fn sync_start_failure(
+    status: &mut VirtualMachineStatus,
+    strategy: RunStrategy,
+    vmi: Option<&VirtualMachineInstance>,
+    now: Timestamp,
+    backoff: &crate::Backoff,
+) {
+    if !strategy.backs_off() {
+        status.start_failure = None;
+        return;
+    }
+    let Some(vmi) = vmi else { return };
+    if phase::of(vmi) == phase::RUNNING {
+        status.start_failure = None;
+        return;
+    }
+    if phase::of(vmi) != phase::FAILED || phase::ever_ran(vmi) {
+        return;
+    }
+    let uid = vmi.metadata.uid.clone();
+    let prev = status.start_failure.clone().unwrap_or_default();
+    if prev.last_failed_vmiuid.is_some() && prev.last_failed_vmiuid == uid {
+        return;
+    }
+    let count = prev.consecutive_fail_count.unwrap_or(0).max(0) + 1;
+    let delay = backoff.delay(u32::try_from(count).unwrap_or(u32::MAX));
+    let retry = now
+        .checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO))
+        .unwrap_or(now);
+    status.start_failure = Some(VirtualMachineStartFailure {
+        consecutive_fail_count: Some(count),
+        last_failed_vmiuid: uid,
+        retry_after_timestamp: Some(Time(retry)),
+    });
+}
+
+/// What `printableStatus` is computed from.
+pub struct PrintableInputs<'a> {
+    pub vm_deleting: bool,
+    pub vmi: Option<&'a VirtualMachineInstance>,
+    /// The controller is about to create a VMI (or just did and has not seen it yet).
+    pub create_expected: bool,
+    /// The controller asked for the VMI's deletion.
+    pub delete_expected: bool,
+    pub start_failures: i32,
+    pub strategy: RunStrategy,
+}
+
+/// KubeVirt's `setPrintableStatus` precedence (facts §4). DataVolume/PVC rows are not
+/// evaluated yet (no CDI controller); every row that only reads the VMI is.
+pub fn printable_status(i: &PrintableInputs) -> &'static str {
+    let vmi = i.vmi;
+    let final_ = vmi.is_some_and(phase::is_final);
+    let synchronized_false = |reason: &str| {
+        vmi.and_then(|v| phase::condition(v, "Synchronized"))
+            .is_some_and(|c| c.status == "False" && c.reason.as_deref() == Some(reason))
+    };
+    if i.vm_deleting {
+        return "Terminating";
+    }
+    if let Some(v) = vmi {
+        if !final_ && (v.metadata.deletion_timestamp.is_some() || i.delete_expected) {
+            return "Stopping";
+        }
+        let migrating = v
+            .status
+            .as_ref()
+            .and_then(|s| s.migration_state.as_ref())
+            .is_some_and(|m| m.start_timestamp.is_some() && m.end_timestamp.is_none());
+        if migrating {
+            return "Migrating";
+        }
+        if phase::of(v) == phase::RUNNING {
+            return if phase::condition_is(v, "Paused", "True") {
+                "Paused"
+            } else {
+                "Running"
+            };
+        }
+    }
+    if synchronized_false("FailedPvcNotFound") {
+        return "ErrorPvcNotFound";
+    }
+    let unschedulable = vmi
+        .and_then(|v| phase::condition(v, "PodScheduled"))
+        .is_some_and(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
+    if unschedulable {
+        return "ErrorUnschedulable";
+    }
+    if synchronized_false("ErrImagePull") {
+        return "ErrImagePull";
+    }
+    if synchronized_false("ImagePullBackOff") {
+        return "ImagePullBackOff";
+    }
+    let starting = match vmi {
+        None => i.create_expected,
+        Some(v) => matches!(
+            phase::of(v),
+            "" | phase::PENDING | phase::SCHEDULING | phase::SCHEDULED
+        ),
+    };
+    if starting {
+        return "Starting";
+    }
+    if (vmi.is_none() || final_)
+        && !i.create_expected
+        && i.start_failures > 0
+        && i.strategy.backs_off()
+    {
+        return "CrashLoopBackOff";
+    }
+    if final_ || (vmi.is_none() && !i.create_expected) {
+        return "Stopped";
+    }
+    "Unknown"
+}
+
+/// Removes the requests that are done: a Stop once its VMI is gone, a Start once a VMI runs
+/// (or cannot: Halted).
+pub fn trim_requests(
+    requests: &mut Vec<VirtualMachineStateChangeRequest>,
+    vmi: Option<&VirtualMachineInstance>,
+    strategy: RunStrategy,
+) {
+    loop {
+        let done = match requests.first() {
+            Some(r) if r.action == STOP => match vmi {
+                None => true,
+                Some(v) => r.uid.is_some() && r.uid.as_deref() != v.metadata.uid.as_deref(),
+            },
+            Some(r) if r.action == START => {
+                strategy == RunStrategy::Halted
+                    || vmi.is_some_and(|v| {
+                        v.metadata.deletion_timestamp.is_none() && !phase::is_final(v)
+                    })
+            }
+            Some(_) => true, // unknown actions are dropped, as KubeVirt does not know them either
+            None => false,
+        };
+        if !done {
+            return;
+        }
+        requests.remove(0);
+    }
+}
+
+/// The VMI a VM asks for: the template's metadata and spec, owned by the VM, with KubeVirt's
+/// VM label, a stable firmware UUID, instancetype/preference expanded, then defaulted.
+pub fn vmi_for(
+    vm: &VirtualMachine,
+    it: Option<&kubevirt_api::VirtualMachineInstancetypeSpec>,
+    pref: Option<&kubevirt_api::VirtualMachinePreferenceSpec>,
+    defaults: &kubevirt_api::defaults::DefaultsConfig,
+) -> Result<VirtualMachineInstance, Error> {
+    let name = vm
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let mut owner = vm
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingField("metadata.uid"))?;
+    owner.block_owner_deletion = Some(true);
+    let tmpl = vm.spec.template.metadata.clone().unwrap_or_default();
+    let mut labels = tmpl.labels.unwrap_or_default();
+    labels.insert(VM_NAME_LABEL.into(), name.clone());
+    let mut annotations: BTreeMap<String, String> = instancetype::annotations(it, pref);
+    annotations.extend(tmpl.annotations.unwrap_or_default());
+    if let Some(g) = vm.metadata.generation {
+        annotations.insert(VM_GENERATION_ANNOTATION.into(), g.to_string());
+    }
+    let mut spec = vm.spec.template.spec.clone().unwrap_or_default();
+    let fw = spec.domain.firmware.get_or_insert_with(Default::default);
+    if fw.uuid.as_deref().unwrap_or("").is_empty() {
+        fw.uuid = Some(kubevirt_api::defaults::firmware_uuid(&name));
+    }
+    if let Some(p) = pref {
+        instancetype::apply_preference(&mut spec, p);
+    }
+    if let Some(i) = it {
+        instancetype::apply_instancetype(&mut spec, i, pref);
+    }
+    let mut vmi = VirtualMachineInstance {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: vm.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    };
+    kubevirt_api::defaults::default_vmi(&mut vmi, defaults);
+    Ok(vmi)
+}
+
+fn controlled_by(vmi: &VirtualMachineInstance, vm: &VirtualMachine) -> bool {
+    vmi.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == vm.metadata.uid.as_ref())
+}
+
+fn set_condition(
+    conds: &mut Vec<VirtualMachineCondition>,
+    type_: &str,
+    status: &str,
+    reason: Option<String>,
+    message: Option<String>,
+    now: Timestamp,
+) {
+    let old = conds.iter().position(|c| c.r#type == type_);
+    let last_transition = match old.map(|i| &conds[i]) {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Some(Time(now)),
+    };
+    let cond = VirtualMachineCondition {
+        r#type: type_.into(),
+        status: status.into(),
+        reason,
+        message,
+        last_transition_time: last_transition,
+        last_probe_time: None,
+    };
+    match old {
+        Some(i) => conds[i] = cond,
+        None => conds.push(cond),
+    }
+}
+
+/// The VM's status conditions from its VMI: Ready (copied from the VMI's), Paused, Failure.
+fn sync_conditions(
+    conds: &mut Vec<VirtualMachineCondition>,
+    vmi: Option<&VirtualMachineInstance>,
+    failure: Option<(&str, String)>,
+    now: Timestamp,
+) {
+    match vmi {
+        None => set_condition(
+            conds,
+            "Ready",
+            "False",
+            Some("VMINotExists".into()),
+            Some("VMI does not exist".into()),
+            now,
+        ),
+        Some(v) => match phase::condition(v, "Ready") {
+            Some(c) if !phase::is_final(v) => set_condition(
+                conds,
+                "Ready",
+                &c.status,
+                c.reason.clone(),
+                c.message.clone(),
+                now,
+            ),
+            _ => set_condition(
+                conds,
+                "Ready",
+                "False",
+                Some("VMIConditionMissing".into()),
+                Some("VMI is missing the Ready condition".into()),
+                now,
+            ),
+        },
+    }
+    match vmi.and_then(|v| phase::condition(v, "Paused")) {
+        Some(c) if c.status == "True" => set_condition(
+            conds,
+            "Paused",
+            "True",
+            c.reason.clone(),
+            c.message.clone(),
+            now,
+        ),
+        _ => conds.retain(|c| c.r#type != "Paused"),
+    }
+    match failure {
+        Some((reason, msg)) => set_condition(
+            conds,
+            "Failure",
+            "True",
+            Some(reason.into()),
+            Some(msg),
+            now,
+        ),
+        None if vmi.is_some_and(|v| !phase::is_final(v)) => conds.retain(|c| c.r#type != "Failure"),
+        None => {}
+    }
+}
+
+/// Reconciles one VirtualMachine.
+pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = vm
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = vm.name_any();
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
+
+    let mut vmi = vmis.get_opt(&name).await?;
+    if let Some(v) = &vmi {
+        if !controlled_by(v, &vm) {
+            // A VMI of the same name that this VM does not own: never touch it.
+            tracing::warn!(%ns, %name, "a VMI with the VM's name is not controlled by it");
+            return Ok(Action::requeue(ctx.config.resync));
+        }
+    }
+    let strategy = run_strategy(&vm.spec);
+    let now = Timestamp::now();
+    let old_status = vm.status.clone().unwrap_or_default();
+    let mut status = old_status.clone();
+    sync_start_failure(
+        &mut status,
+        strategy,
+        vmi.as_ref(),
+        now,
+        &ctx.config.crash_loop,
+    );
+
+    let mut create_expected = false;
+    let mut delete_expected = false;
+    let mut failure: Option<(&str, String)> = None;
+    let mut requeue = ctx.config.resync;
+
+    let decision = if vm.metadata.deletion_timestamp.is_some() {
+        match &vmi {
+            Some(v) if v.metadata.deletion_timestamp.is_none() => {
+                Decision::Delete { restart: false }
+            }
+            _ => Decision::Nothing,
+        }
+    } else {
+        decide(strategy, &status, vmi.as_ref(), now)
+    };
+    match decision {
+        Decision::Nothing => {}
+        Decision::CreateAfter(d) => requeue = requeue.min(d + Duration::from_millis(50)),
+        Decision::Create => {
+            let made = match instancetype::fetch(&ctx.client, &vm, &ns).await {
+                Ok((it, pref)) => vmi_for(&vm, it.as_ref(), pref.as_ref(), &ctx.config.defaults),
+                Err(e) => Err(e),
+            };
+            let created = match made {
+                Ok(new) => vmis
+                    .create(&PostParams::default(), &new)
+                    .await
+                    .map_err(Error::from),
+                Err(e) => Err(e),
+            };
+            match created {
+                Ok(v) => {
+                    ctx.event(
+                        vm.as_ref(),
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        format!("Started the virtual machine by creating the new virtual machine instance {name}"),
+                    )
+                    .await;
+                    vmi = Some(v);
+                }
+                Err(e) => {
+                    let msg = format!("Error creating virtual machine instance: {e}");
+                    ctx.event(vm.as_ref(), EventType::Warning, "FailedCreate", msg.clone())
+                        .await;
+                    failure = Some(("FailedCreate", msg));
+                    create_expected = true;
+                    requeue = Duration::from_secs(5);
+                }
+            }
+        }
+        Decision::Delete { restart } => {
+            if let Some(v) = &vmi {
+                let uid = v.metadata.uid.clone();
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: uid.clone(),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                match vmis.delete(&name, &dp).await {
+                    Ok(_) => {
+                        ctx.event(
+                            vm.as_ref(),
+                            EventType::Normal,
+                            "SuccessfulDelete",
+                            format!(
+                                "Stopped the virtual machine by deleting the virtual machine instance {}",
+                                uid.unwrap_or_default()
+                            ),
+                        )
+                        .await;
+                        delete_expected = true;
+                        if restart {
+                            status
+                                .state_change_requests
+                                .get_or_insert_with(Vec::new)
+                                .push(VirtualMachineStateChangeRequest {
+                                    action: START.into(),
+                                    data: None,
+                                    uid: None,
+                                });
+                        }
+                        vmi = vmis.get_opt(&name).await?;
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 404 => vmi = None,
+                    Err(e) => {
+                        let msg = format!("Error deleting virtual machine instance: {e}");
+                        ctx.event(vm.as_ref(), EventType::Warning, "FailedDelete", msg.clone())
+                            .await;
+                        failure = Some(("FailedDelete", msg));
+                        requeue = Duration::from_secs(5);
+                    }
+                }
+            }
+        }
+    }
+
+    // Status, from what exists now.
+    let mut requests = status.state_change_requests.take().unwrap_or_default();
+    trim_requests(&mut requests, vmi.as_ref(), strategy);
+    status.state_change_requests = (!requests.is_empty()).then_some(requests);
+    let printable = printable_status(&PrintableInputs {
+        vm_deleting: vm.metadata.deletion_timestamp.is_some(),
+        vmi: vmi.as_ref(),
+        create_expected,
+        delete_expected,
+        start_failures: status
+            .start_failure
+            .as_ref()
+            .and_then(|s| s.consecutive_fail_count)
+            .unwrap_or(0),
+        strategy,
+    });
+    status.printable_status = Some(printable.into());
+    status.created = Some(vmi.is_some());
+    status.ready = Some(
+        vmi.as_ref()
+            .is_some_and(|v| !phase::is_final(v) && phase::condition_is(v, "Ready", "True")),
+    );
+    status.run_strategy = Some(strategy.as_str().into());
+    status.desired_generation = vm.metadata.generation;
+    status.observed_generation = vmi
+        .as_ref()
+        .and_then(|v| v.annotations().get(VM_GENERATION_ANNOTATION))
+        .and_then(|g| g.parse().ok())
+        .or(vm.metadata.generation);
+    let mut conds = status.conditions.take().unwrap_or_default();
+    sync_conditions(&mut conds, vmi.as_ref(), failure, now);
+    status.conditions = Some(conds);
+
+    if status != old_status {
+        write_status(&vms, &vm, &old_status, &status).await?;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// A merge patch on `/status` carrying the resourceVersion as a precondition, so a request a
+/// client added meanwhile is never lost (the conflict retries with the new VM). Fields that
+/// went away are sent as `null`.
+async fn write_status(
+    vms: &Api<VirtualMachine>,
+    vm: &VirtualMachine,
+    old: &VirtualMachineStatus,
+    new: &VirtualMachineStatus,
+) -> Result<(), Error> {
+    let mut body = serde_json::to_value(new)?;
+    if let (Some(obj), serde_json::Value::Object(prev)) =
+        (body.as_object_mut(), serde_json::to_value(old)?)
+    {
+        for k in prev.keys() {
+            obj.entry(k.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    let patch = json!({
+        "metadata": {"resourceVersion": vm.metadata.resource_version},
+        "status": body,
+    });
+    vms.patch_status(
+        &vm.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn error_policy(vm: Arc<VirtualMachine>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::debug!(vm = %vm.name_any(), error = %err, "reconcile failed");
+    Action::requeue(err.retry_after())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,413 @@
+//! VMI placement and the VMI finalizer; the cluster-mode launcher Pod.
+//!
+//! Single node: a new VMI (phase empty or Pending) is placed on [`crate::Config::node_name`]:
+//! `status.nodeName`, the `kubevirt.io/nodeName` label, phase `Scheduled` (the Scheduling and
+//! Scheduled transitions are both recorded: there is no Pod to wait for), `Ready=False`, and
+//! KubeVirt's `foregroundDeleteVirtualMachine` finalizer. From there the handler on that node
+//! owns the phase.
+//!
+//! Deletion contract (KubeVirt's): a deleted VMI keeps its finalizer until it is final; the
+//! handler stops the launcher and sets Succeeded/Failed, then this controller removes the
+//! finalizer. A VMI that never reached a node (phase "", Pending, Scheduling) is released at
+//! once.
+//!
+//! VMIs have no `/status` subresource (as in KubeVirt), so writes go to the main endpoint as
+//! merge patches carrying `metadata.resourceVersion`: a conflict re-reads and retries.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, Pod, PodSpec, ResourceRequirements, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use kubevirt_api::quantity::Quantity;
+use kubevirt_api::{VirtualMachineInstance, VirtualMachineInstancePhaseTransitionTimestamp};
+use serde_json::json;
+
+use crate::{phase, Context, Error, NODE_NAME_LABEL};
+
+/// KubeVirt's `VirtualMachineInstanceFinalizer`.
+pub const VMI_FINALIZER: &str = "foregroundDeleteVirtualMachine";
+
+fn transitions(
+    vmi: &VirtualMachineInstance,
+) -> Vec<VirtualMachineInstancePhaseTransitionTimestamp> {
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.phase_transition_timestamps.clone())
+        .unwrap_or_default()
+}
+
+fn transition(phase: &str, now: Timestamp) -> VirtualMachineInstancePhaseTransitionTimestamp {
+    VirtualMachineInstancePhaseTransitionTimestamp {
+        phase: Some(phase.into()),
+        phase_transition_timestamp: Some(Time(now)),
+    }
+}
+
+/// Reconciles one VMI: placement, the transition record, and the finalizer.
+pub async fn reconcile(
+    vmi: Arc<VirtualMachineInstance>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let ns = vmi
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = vmi.name_any();
+    let p = phase::of(&vmi);
+    let now = Timestamp::now();
+    let rv = vmi.metadata.resource_version.clone();
+    let finalizers = vmi.finalizers().to_vec();
+
+    if vmi.metadata.deletion_timestamp.is_some() {
+        let released =
+            phase::is_final(&vmi) || matches!(p, "" | phase::PENDING | phase::SCHEDULING);
+        if released && finalizers.iter().any(|f| f == VMI_FINALIZER) {
+            let keep: Vec<&String> = finalizers.iter().filter(|f| *f != VMI_FINALIZER).collect();
+            let patch = json!({"metadata": {"resourceVersion": rv, "finalizers": keep}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        return Ok(Action::await_change());
+    }
+
+    if matches!(p, "" | phase::PENDING) {
+        let node = &ctx.config.node_name;
+        let mut fins = finalizers.clone();
+        if !fins.iter().any(|f| f == VMI_FINALIZER) {
+            fins.push(VMI_FINALIZER.into());
+        }
+        let mut ts = transitions(&vmi);
+        if p.is_empty() {
+            ts.push(transition(phase::PENDING, now));
+        }
+        ts.push(transition(phase::SCHEDULING, now));
+        ts.push(transition(phase::SCHEDULED, now));
+        let mut conds = vmi
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        if !conds.iter().any(|c| c.r#type == "Ready") {
+            conds.push(kubevirt_api::VirtualMachineInstanceCondition {
+                r#type: "Ready".into(),
+                status: "False".into(),
+                reason: Some("GuestNotRunning".into()),
+                message: Some("Guest VM is not reported as running".into()),
+                last_transition_time: Some(Time(now)),
+                last_probe_time: None,
+            });
+        }
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": rv,
+                "labels": {NODE_NAME_LABEL: node},
+                "finalizers": fins,
+            },
+            "status": {
+                "phase": phase::SCHEDULED,
+                "nodeName": node,
+                "phaseTransitionTimestamps": ts,
+                "conditions": conds,
+            }
+        });
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        tracing::info!(%ns, %name, %node, "VMI scheduled");
+        return Ok(Action::await_change());
+    }
+
+    // Every phase gets its transition recorded, even when its writer did not record it, so
+    // the VM controller can tell a start failure from a crash of a VMI that ran.
+    let mut ts = transitions(&vmi);
+    if !ts.iter().any(|t| t.phase.as_deref() == Some(p)) {
+        ts.push(transition(p, now));
+        let patch = json!({
+            "metadata": {"resourceVersion": rv},
+            "status": {"phaseTransitionTimestamps": ts}
+        });
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(vmi: Arc<VirtualMachineInstance>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::debug!(vmi = %vmi.name_any(), error = %err, "reconcile failed");
+    Action::requeue(err.retry_after())
+}
+
+const MI: i128 = 1024 * 1024;
+/// Our launcher's own RSS budget: measured 6.1 MiB VmRSS while a VM runs
+/// (crates/launcher/README.md), rounded up to the target it is held to.
+const LAUNCHER_OVERHEAD: i128 = 10 * MI;
+/// QEMU's own memory beyond guest RAM and page tables. KubeVirt budgets 30 Mi
+/// (`QemuOverhead`, pkg/virt-controller/services/renderresources.go) next to libvirt; we add
+/// 10 Mi for what libvirt would otherwise set up (QMP, chardevs, the firmware blobs).
+const QEMU_OVERHEAD: i128 = 40 * MI;
+/// Per vCPU (KubeVirt: "CPU table overhead", 8 Mi per vCPU): thread stacks and KVM state.
+const PER_VCPU_OVERHEAD: i128 = 8 * MI;
+/// Per I/O thread (KubeVirt: 8 Mi), counted when `ioThreadsPolicy` is set.
+const IOTHREAD_OVERHEAD: i128 = 8 * MI;
+/// Video RAM and the VNC server when a graphics device is attached (KubeVirt: 32 Mi).
+const VIDEO_OVERHEAD: i128 = 32 * MI;
+
+/// The guest's memory: `memory.guest`, else the memory request, else the limit.
+fn guest_memory(vmi: &VirtualMachineInstance) -> Option<Quantity> {
+    let d = &vmi.spec.domain;
+    let from = |q: Option<&K8sQuantity>| q.and_then(|q| Quantity::from_k8s(q).ok());
+    from(d.memory.as_ref().and_then(|m| m.guest.as_ref()))
+        .or_else(|| {
+            from(
+                d.resources
+                    .as_ref()
+                    .and_then(|r| r.requests.as_ref())
+                    .and_then(|r| r.get("memory")),
+            )
+        })
+        .or_else(|| {
+            from(
+                d.resources
+                    .as_ref()
+                    .and_then(|r| r.limits.as_ref())
+                    .and_then(|r| r.get("memory")),
+            )
+        })
+}
+
+fn vcpus(vmi: &VirtualMachineInstance) -> i128 {
+    let cpu = vmi.spec.domain.cpu.as_ref();
+    let n = |v: Option<i64>| i128::from(v.filter(|v| *v > 0).unwrap_or(1));
+    n(cpu.and_then(|c| c.sockets)) * n(cpu.and_then(|c| c.cores)) * n(cpu.and_then(|c| c.threads))
+}
+
+/// The memory a launcher Pod needs beyond the guest's RAM. Based on KubeVirt's
+/// `GetMemoryOverhead` (pkg/virt-controller/services/renderresources.go), with its process
+/// terms replaced by ours: no virt-launcher-monitor (25 Mi), virtlogd (25 Mi) or virtqemud
+/// (40 Mi), and our launcher at 10 Mi instead of virt-launcher's 100 Mi.
+///
+/// ```text
+/// overhead = guest/512                 page tables (KubeVirt: one bit per 512 B of RAM)
+///          + 10 Mi                     launcher process
+///          + 40 Mi                     QEMU itself
+///          + 8 Mi × vCPUs              sockets × cores × threads
+///          + 8 Mi                      if ioThreadsPolicy is set
+///          + 32 Mi                     if a graphics device is attached (the default)
+/// ```
+/// A 1-vCPU, 64 Mi guest without graphics needs 58 Mi + 128 Ki.
+pub fn launcher_memory_overhead(vmi: &VirtualMachineInstance) -> K8sQuantity {
+    let guest = guest_memory(vmi).map(|q| q.value()).unwrap_or(0);
+    let mut total =
+        guest / 512 + LAUNCHER_OVERHEAD + QEMU_OVERHEAD + PER_VCPU_OVERHEAD * vcpus(vmi);
+    if vmi.spec.domain.io_threads_policy.is_some() {
+        total += IOTHREAD_OVERHEAD;
+    }
+    if vmi.spec.domain.devices.autoattach_graphics_device != Some(false) {
+        total += VIDEO_OVERHEAD;
+    }
+    K8sQuantity(format_bytes(total))
+}
+
+/// Bytes as a Kubernetes quantity: `Mi` or `Ki` when exact, plain bytes otherwise.
+fn format_bytes(b: i128) -> String {
+    if b % MI == 0 {
+        format!("{}Mi", b / MI)
+    } else if b % 1024 == 0 {
+        format!("{}Ki", b / 1024)
+    } else {
+        b.to_string()
+    }
+}
+
+/// What a cluster-mode launcher Pod is built from besides the VMI.
+#[derive(Clone, Debug)]
+pub struct LauncherPodConfig {
+    /// The image holding `kubevirt-rs` (the launcher is one of its subcommands).
+    pub image: String,
+}
+
+/// The launcher Pod for a VMI in cluster mode, KubeVirt-style: `virt-launcher-<vmi>-` as
+/// generateName, KubeVirt's labels, memory request = guest + [`launcher_memory_overhead`].
+/// Single-node mode never creates it (the handler spawns the launcher directly).
+pub fn launcher_pod(vmi: &VirtualMachineInstance, cfg: &LauncherPodConfig) -> Pod {
+    let name = vmi.name_any();
+    let uid = vmi.metadata.uid.clone().unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = vmi.labels().clone();
+    labels.insert("kubevirt.io".into(), "virt-launcher".into());
+    labels.insert("kubevirt.io/created-by".into(), uid);
+    labels.insert("vm.kubevirt.io/name".into(), name.clone());
+    let annotations = BTreeMap::from([("kubevirt.io/domain".to_string(), name.clone())]);
+
+    let overhead = Quantity::from_k8s(&launcher_memory_overhead(vmi))
+        .map(|q| q.value())
+        .unwrap_or(0);
+    let guest = guest_memory(vmi).map(|q| q.value()).unwrap_or(0);
+    let res = vmi.spec.domain.resources.as_ref();
+    let mut requests = res.and_then(|r| r.requests.clone()).unwrap_or_default();
+    requests.insert("memory".into(), K8sQuantity(format_bytes(guest + overhead)));
+    let mut limits = res.and_then(|r| r.limits.clone()).unwrap_or_default();
+    if let Some(l) = limits
+        .get("memory")
+        .and_then(|q| Quantity::from_k8s(q).ok())
+    {
+        limits.insert(
+            "memory".into(),
+            K8sQuantity(format_bytes(l.value() + overhead)),
+        );
+    }
+    let grace = vmi
+        .spec
+        .termination_grace_period_seconds
+        .unwrap_or(kubevirt_api::defaults::DEFAULT_GRACE_PERIOD_SECONDS);
+    let mut node_selector = vmi.spec.node_selector.clone().unwrap_or_default();
+    node_selector.insert("kubevirt.io/schedulable".into(), "true".into());
+
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("virt-launcher-{name}-")),
+            namespace: vmi.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: vmi.controller_owner_ref(&()).map(|mut o| {
+                o.block_owner_deletion = Some(true);
+                vec![o]
+            }),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            // KubeVirt gives the Pod 15 s more than the guest to shut down.
+            termination_grace_period_seconds: Some(grace + 15),
+            node_selector: Some(node_selector),
+            scheduler_name: vmi.spec.scheduler_name.clone(),
+            hostname: vmi.spec.hostname.clone().or_else(|| Some(name.clone())),
+            subdomain: vmi.spec.subdomain.clone(),
+            containers: vec![Container {
+                name: "compute".into(),
+                image: Some(cfg.image.clone()),
+                command: Some(vec![
+                    "kubevirt-rs".into(),
+                    "launcher".into(),
+                    "run".into(),
+                    "-f".into(),
+                    "/var/run/kubevirt-private/vmi.json".into(),
+                    "--dir".into(),
+                    "/var/run/kubevirt/vmi".into(),
+                ]),
+                resources: Some(ResourceRequirements {
+                    requests: Some(requests),
+                    limits: (!limits.is_empty()).then_some(limits),
+                    ..Default::default()
+                }),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "private".into(),
+                    mount_path: "/var/run/kubevirt-private".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "private".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vmi(v: serde_json::Value) -> VirtualMachineInstance {
+        serde_json::from_value(v).expect("vmi")
+    }
+
+    #[test]
+    fn overhead_formula() {
+        let small = vmi(json!({"metadata": {"name": "a"}, "spec": {"domain": {
+            "devices": {"autoattachGraphicsDevice": false}, "memory": {"guest": "64Mi"}}}}));
+        // 64Mi/512 = 128Ki; 10 + 40 + 8 Mi.
+        assert_eq!(
+            launcher_memory_overhead(&small).0,
+            format!("{}Ki", 58 * 1024 + 128)
+        );
+
+        let big = vmi(json!({"metadata": {"name": "b"}, "spec": {"domain": {
+            "devices": {}, "memory": {"guest": "2Gi"},
+            "cpu": {"sockets": 2, "cores": 2, "threads": 1},
+            "ioThreadsPolicy": "shared"}}}));
+        // 4Mi page tables + 10 + 40 + 4×8 + 8 (iothread) + 32 (video).
+        assert_eq!(launcher_memory_overhead(&big).0, "126Mi");
+
+        let from_request = vmi(json!({"metadata": {"name": "c"}, "spec": {"domain": {
+            "devices": {}, "resources": {"requests": {"memory": "1Gi"}}}}}));
+        assert_eq!(launcher_memory_overhead(&from_request).0, "92Mi");
+    }
+
+    #[test]
+    fn launcher_pod_is_rendered_kubevirt_style() {
+        let v = vmi(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "demo", "namespace": "ns", "uid": "u-1", "labels": {"app": "x"}},
+            "spec": {"domain": {"devices": {"autoattachGraphicsDevice": false},
+                                "memory": {"guest": "128Mi"},
+                                "resources": {"requests": {"cpu": "500m"}, "limits": {"memory": "256Mi"}}},
+                     "nodeSelector": {"disk": "ssd"}, "terminationGracePeriodSeconds": 10}
+        }));
+        let pod = launcher_pod(
+            &v,
+            &LauncherPodConfig {
+                image: "kubevirt-rs:dev".into(),
+            },
+        );
+        assert_eq!(
+            pod.metadata.generate_name.as_deref(),
+            Some("virt-launcher-demo-")
+        );
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get("kubevirt.io").map(String::as_str),
+            Some("virt-launcher")
+        );
+        assert_eq!(
+            labels.get("kubevirt.io/created-by").map(String::as_str),
+            Some("u-1")
+        );
+        assert_eq!(labels.get("app").map(String::as_str), Some("x"));
+        let owner = &pod.metadata.owner_references.clone().unwrap_or_default()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("VirtualMachineInstance", "u-1", Some(true))
+        );
+        let spec = pod.spec.expect("spec");
+        assert_eq!(spec.termination_grace_period_seconds, Some(25));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let sel = spec.node_selector.unwrap_or_default();
+        assert_eq!(sel.get("disk").map(String::as_str), Some("ssd"));
+        assert_eq!(
+            sel.get("kubevirt.io/schedulable").map(String::as_str),
+            Some("true")
+        );
+        let c = &spec.containers[0];
+        assert_eq!(c.name, "compute");
+        let res = c.resources.clone().expect("resources");
+        let req = res.requests.unwrap_or_default();
+        // 128Mi + (256Ki page tables + 10 + 40 + 8 Mi).
+        assert_eq!(req.get("memory").map(|q| q.0.as_str()), Some("190720Ki"));
+        assert_eq!(req.get("cpu").map(|q| q.0.as_str()), Some("500m"));
+        let lim = res.limits.unwrap_or_default();
+        assert_eq!(lim.get("memory").map(|q| q.0.as_str()), Some("321792Ki"));
+    }
+}

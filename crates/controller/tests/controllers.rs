@@ -1,0 +1,662 @@
+//! The controllers against the real embedded API server, started in-process. No handler runs:
+//! the tests play it by writing VMI phases (and, where a test says so, a background task
+//! finishes deleted VMIs the way the handler does: phase Succeeded once the guest is down).
+
+use std::future::Future;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use kubevirt_api::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
+use kubevirt_controller::{Backoff, Config};
+use serde_json::json;
+
+const NODE: &str = "node01";
+
+struct Env {
+    _dir: tempfile::TempDir,
+    client: Client,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Env {
+    async fn start() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = kubevirt_apiserver::start(kubevirt_apiserver::Config {
+            data_dir: dir.path().join("data"),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+        })
+        .await
+        .expect("API server");
+        let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
+        let client = Client::try_from(cfg).expect("client");
+        let mut config = Config::single_node(NODE);
+        config.crash_loop = Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+            jitter: false,
+        };
+        let c = client.clone();
+        let ctl = tokio::spawn(async move {
+            if let Err(e) = kubevirt_controller::run(c, config).await {
+                eprintln!("controller stopped: {e}");
+            }
+        });
+        Env {
+            _dir: dir,
+            client,
+            tasks: vec![ctl],
+        }
+    }
+
+    /// Plays the handler's part of deletion: a deleted VMI that is not final becomes Succeeded.
+    fn finish_deletions(&mut self) {
+        let vmis = self.vmis();
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                if let Ok(list) = vmis.list(&ListParams::default()).await {
+                    for v in list.items {
+                        let p = phase_of(&v);
+                        if v.metadata.deletion_timestamp.is_some()
+                            && p != "Succeeded"
+                            && p != "Failed"
+                        {
+                            let _ = vmis
+                                .patch(
+                                    &v.name_any(),
+                                    &PatchParams::default(),
+                                    &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+                                )
+                                .await;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+
+    fn vms(&self) -> Api<VirtualMachine> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    fn vmis(&self) -> Api<VirtualMachineInstance> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    async fn create_vm(&self, name: &str, strategy: &str) -> VirtualMachine {
+        let vm: VirtualMachine = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": name},
+            "spec": {"runStrategy": strategy, "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"domain": {"devices": {}, "memory": {"guest": "64Mi"}}}}}
+        }))
+        .expect("vm");
+        self.vms()
+            .create(&PostParams::default(), &vm)
+            .await
+            .expect("create vm")
+    }
+
+    async fn set_strategy(&self, name: &str, strategy: &str) {
+        self.vms()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"runStrategy": strategy}})),
+            )
+            .await
+            .expect("patch runStrategy");
+    }
+
+    /// Writes a VMI phase as the handler would, recording the transition; `Running` also
+    /// makes it Ready.
+    async fn set_phase(&self, name: &str, phase: &str) {
+        let vmis = self.vmis();
+        let v = vmis.get(name).await.expect("vmi");
+        let mut ts = v
+            .status
+            .as_ref()
+            .and_then(|s| s.phase_transition_timestamps.clone())
+            .unwrap_or_default();
+        ts.push(
+            kubevirt_api::VirtualMachineInstancePhaseTransitionTimestamp {
+                phase: Some(phase.into()),
+                phase_transition_timestamp: None,
+            },
+        );
+        let ready = if phase == "Running" { "True" } else { "False" };
+        let patch = json!({"status": {"phase": phase, "phaseTransitionTimestamps": ts,
+            "conditions": [{"type": "Ready", "status": ready}]}});
+        vmis.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .expect("set phase");
+    }
+
+    async fn printable(&self, name: &str) -> String {
+        self.vms()
+            .get(name)
+            .await
+            .ok()
+            .and_then(|v| v.status)
+            .and_then(|s| s.printable_status)
+            .unwrap_or_default()
+    }
+
+    async fn wait_printable(&self, name: &str, want: &str) {
+        let ok = wait(|| async { (self.printable(name).await == want).then_some(()) }).await;
+        let last = self.printable(name).await;
+        assert!(
+            ok.is_some(),
+            "VM {name}: printableStatus stayed {last:?}, wanted {want:?}"
+        );
+    }
+
+    /// The start-failure count persists, unlike the CrashLoopBackOff status, which a loaded
+    /// machine can skip past between two polls when the backoff is short.
+    async fn wait_fail_count(&self, name: &str, n: i32) {
+        let ok = wait(|| async {
+            let v = self.vms().get(name).await.ok()?;
+            let c = v.status?.start_failure?.consecutive_fail_count?;
+            (c >= n).then_some(())
+        })
+        .await;
+        assert!(
+            ok.is_some(),
+            "VM {name}: startFailure.consecutiveFailCount never reached {n}"
+        );
+    }
+
+    async fn wait_vmi(&self, name: &str, not_uid: Option<&str>) -> VirtualMachineInstance {
+        wait(|| async {
+            let v = self.vmis().get_opt(name).await.ok().flatten()?;
+            (v.metadata.uid.as_deref() != not_uid && v.metadata.deletion_timestamp.is_none())
+                .then_some(v)
+        })
+        .await
+        .unwrap_or_else(|| panic!("no (new) VMI {name}"))
+    }
+
+    async fn wait_scheduled(&self, name: &str) -> VirtualMachineInstance {
+        wait(|| async {
+            let v = self.vmis().get_opt(name).await.ok().flatten()?;
+            (phase_of(&v) == "Scheduled").then_some(v)
+        })
+        .await
+        .unwrap_or_else(|| panic!("VMI {name} was not scheduled"))
+    }
+
+    async fn wait_vmi_gone(&self, name: &str) {
+        let gone = wait(|| async {
+            self.vmis()
+                .get_opt(name)
+                .await
+                .ok()
+                .and_then(|v| v.is_none().then_some(()))
+        })
+        .await;
+        assert!(gone.is_some(), "VMI {name} is still there");
+    }
+}
+
+fn phase_of(v: &VirtualMachineInstance) -> String {
+    v.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+/// Polls `f` every 50 ms for up to 20 s.
+async fn wait<T, F, Fut>(mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    for _ in 0..400 {
+        if let Some(t) = f().await {
+            return Some(t);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn always_starts_the_vmi_reports_running_and_restarts_it() {
+    let mut env = Env::start().await;
+    env.finish_deletions();
+    let vm = env.create_vm("demo", "Always").await;
+    let vmi = env.wait_vmi("demo", None).await;
+    let owner = &vmi.owner_references()[0];
+    assert_eq!(owner.kind, "VirtualMachine");
+    assert_eq!(Some(&owner.uid), vm.metadata.uid.as_ref());
+    assert_eq!(
+        (owner.controller, owner.block_owner_deletion),
+        (Some(true), Some(true))
+    );
+    assert_eq!(vmi.labels().get("app").map(String::as_str), Some("demo"));
+    assert_eq!(
+        vmi.labels().get("vm.kubevirt.io/name").map(String::as_str),
+        Some("demo")
+    );
+    assert_eq!(
+        vmi.spec
+            .domain
+            .firmware
+            .as_ref()
+            .and_then(|f| f.uuid.clone()),
+        Some(kubevirt_api::defaults::firmware_uuid("demo"))
+    );
+    assert_eq!(
+        vmi.spec
+            .domain
+            .machine
+            .as_ref()
+            .and_then(|m| m.r#type.as_deref()),
+        Some("q35")
+    );
+    env.wait_printable("demo", "Starting").await;
+
+    env.wait_scheduled("demo").await;
+    env.set_phase("demo", "Running").await;
+    env.wait_printable("demo", "Running").await;
+    let st = env
+        .vms()
+        .get("demo")
+        .await
+        .expect("vm")
+        .status
+        .expect("status");
+    assert_eq!((st.ready, st.created), (Some(true), Some(true)));
+    let ready = st
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.r#type == "Ready")
+        .expect("Ready");
+    assert_eq!(ready.status, "True");
+    assert_eq!(st.observed_generation, st.desired_generation);
+
+    // The guest shut down: Always starts a new VMI.
+    env.set_phase("demo", "Succeeded").await;
+    let again = env.wait_vmi("demo", vmi.metadata.uid.as_deref()).await;
+    assert_ne!(again.metadata.uid, vmi.metadata.uid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vmis_are_placed_on_the_node() {
+    let env = Env::start().await;
+    let vmi: VirtualMachineInstance = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "placed"},
+        "spec": {"domain": {"devices": {}, "memory": {"guest": "64Mi"}}}
+    }))
+    .expect("vmi");
+    env.vmis()
+        .create(&PostParams::default(), &vmi)
+        .await
+        .expect("create");
+    let v = env.wait_scheduled("placed").await;
+    let st = v.status.clone().expect("status");
+    assert_eq!(st.node_name.as_deref(), Some(NODE));
+    assert_eq!(
+        v.labels().get("kubevirt.io/nodeName").map(String::as_str),
+        Some(NODE)
+    );
+    let phases: Vec<String> = st
+        .phase_transition_timestamps
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| t.phase)
+        .collect();
+    assert_eq!(phases, ["Pending", "Scheduling", "Scheduled"]);
+    let ready = st
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.r#type == "Ready")
+        .expect("Ready");
+    assert_eq!(ready.status, "False");
+    assert!(v
+        .finalizers()
+        .iter()
+        .any(|f| f == "foregroundDeleteVirtualMachine"));
+
+    // Deleted while Scheduled, the finalizer holds it until the handler reports it final.
+    env.vmis()
+        .delete("placed", &DeleteParams::default())
+        .await
+        .expect("delete");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(env.vmis().get_opt("placed").await.expect("get").is_some());
+    env.set_phase("placed", "Succeeded").await;
+    env.wait_vmi_gone("placed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn halted_stays_off_and_switching_starts_and_stops() {
+    let env = Env::start().await;
+    env.create_vm("h", "Halted").await;
+    env.wait_printable("h", "Stopped").await;
+    assert!(env.vmis().get_opt("h").await.expect("get").is_none());
+
+    env.set_strategy("h", "Always").await;
+    env.wait_scheduled("h").await;
+    env.set_phase("h", "Running").await;
+    env.wait_printable("h", "Running").await;
+
+    env.set_strategy("h", "Halted").await;
+    // The VMI is deleted; it stays (finalizer) until the "handler" reports the guest down.
+    env.wait_printable("h", "Stopping").await;
+    env.set_phase("h", "Succeeded").await;
+    env.wait_vmi_gone("h").await;
+    env.wait_printable("h", "Stopped").await;
+    let st = env
+        .vms()
+        .get("h")
+        .await
+        .expect("vm")
+        .status
+        .expect("status");
+    assert_eq!((st.created, st.ready), (Some(false), Some(false)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_follows_start_and_stop_requests() {
+    let mut env = Env::start().await;
+    env.finish_deletions();
+    env.create_vm("m", "Manual").await;
+    env.wait_printable("m", "Stopped").await;
+    let request = |r: serde_json::Value| json!({"status": {"stateChangeRequests": [r]}});
+    env.vms()
+        .patch_status(
+            "m",
+            &PatchParams::default(),
+            &Patch::Merge(request(json!({"action": "Start"}))),
+        )
+        .await
+        .expect("start request");
+    let vmi = env.wait_vmi("m", None).await;
+    let cleared = wait(|| async {
+        let st = env.vms().get("m").await.ok()?.status?;
+        st.state_change_requests.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        cleared.is_some(),
+        "the Start request is removed once the VMI exists"
+    );
+
+    env.vms()
+        .patch_status(
+            "m",
+            &PatchParams::default(),
+            &Patch::Merge(request(json!({"action": "Stop", "uid": vmi.metadata.uid}))),
+        )
+        .await
+        .expect("stop request");
+    env.wait_vmi_gone("m").await;
+    env.wait_printable("m", "Stopped").await;
+    // A final VMI already reads Stopped; the request goes once the VMI itself is gone.
+    let cleared = wait(|| async {
+        let st = env.vms().get("m").await.ok()?.status?;
+        st.state_change_requests.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        cleared.is_some(),
+        "the Stop request is removed once the VMI is gone"
+    );
+    // Manual never restarts on its own.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(env.vmis().get_opt("m").await.expect("get").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rerun_on_failure_restarts_failures_only() {
+    let mut env = Env::start().await;
+    env.finish_deletions();
+    env.create_vm("r", "RerunOnFailure").await;
+    let first = env.wait_scheduled("r").await;
+    env.set_phase("r", "Running").await;
+    env.wait_printable("r", "Running").await;
+    env.set_phase("r", "Failed").await;
+    let second = env.wait_vmi("r", first.metadata.uid.as_deref()).await;
+    env.wait_scheduled("r").await;
+    env.set_phase("r", "Running").await;
+    env.set_phase("r", "Succeeded").await;
+    env.wait_vmi_gone("r").await;
+    env.wait_printable("r", "Stopped").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        env.vmis().get_opt("r").await.expect("get").is_none(),
+        "Succeeded is not restarted"
+    );
+    assert_ne!(second.metadata.uid, first.metadata.uid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn once_never_restarts() {
+    let mut env = Env::start().await;
+    env.finish_deletions();
+    env.create_vm("o", "Once").await;
+    let first = env.wait_scheduled("o").await;
+    env.set_phase("o", "Running").await;
+    env.wait_printable("o", "Running").await;
+    env.set_phase("o", "Failed").await;
+    env.wait_printable("o", "Stopped").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still = env.vmis().get("o").await.expect("the final VMI stays");
+    assert_eq!(still.metadata.uid, first.metadata.uid);
+    assert_eq!(phase_of(&still), "Failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_failures_back_off_and_reset_on_running() {
+    let mut env = Env::start().await;
+    env.finish_deletions();
+    env.create_vm("c", "Always").await;
+    let first = env.wait_scheduled("c").await;
+    env.set_phase("c", "Failed").await;
+    env.wait_fail_count("c", 1).await;
+    let sf = env
+        .vms()
+        .get("c")
+        .await
+        .expect("vm")
+        .status
+        .and_then(|s| s.start_failure)
+        .expect("startFailure");
+    assert_eq!(sf.consecutive_fail_count, Some(1));
+    assert_eq!(sf.last_failed_vmiuid, first.metadata.uid);
+    assert!(sf.retry_after_timestamp.is_some());
+
+    // base 1 s × 1² later, a new VMI.
+    let second = env.wait_vmi("c", first.metadata.uid.as_deref()).await;
+    env.wait_scheduled("c").await;
+    env.set_phase("c", "Failed").await;
+    env.wait_fail_count("c", 2).await;
+    env.wait_printable("c", "CrashLoopBackOff").await;
+    let sf = env
+        .vms()
+        .get("c")
+        .await
+        .expect("vm")
+        .status
+        .and_then(|s| s.start_failure)
+        .expect("startFailure");
+    assert_eq!(sf.consecutive_fail_count, Some(2));
+    assert_eq!(sf.last_failed_vmiuid, second.metadata.uid);
+    // 4 s this time: nothing before ~3 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The failed VMI may still be on its way out; what must not exist yet is a new one.
+    let current = env.vmis().get_opt("c").await.expect("get");
+    assert!(
+        current
+            .as_ref()
+            .is_none_or(|v| v.metadata.uid == second.metadata.uid),
+        "no new VMI while backing off"
+    );
+
+    env.wait_vmi("c", second.metadata.uid.as_deref()).await;
+    env.wait_scheduled("c").await;
+    env.set_phase("c", "Running").await;
+    env.wait_printable("c", "Running").await;
+    let sf = env
+        .vms()
+        .get("c")
+        .await
+        .expect("vm")
+        .status
+        .and_then(|s| s.start_failure);
+    assert!(sf.is_none(), "a VMI that runs resets the count");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_the_vm_deletes_its_vmi() {
+    let mut env = Env::start().await;
+    env.finish_deletions();
+    env.create_vm("d", "Always").await;
+    env.wait_scheduled("d").await;
+    // The embedded server answers an unconditional DELETE racing a status write with 409
+    // (kube-apiserver retries internally); retry like a client would.
+    let deleted =
+        wait(|| async { env.vms().delete("d", &DeleteParams::default()).await.ok() }).await;
+    assert!(deleted.is_some(), "delete the VM");
+    env.wait_vmi_gone("d").await;
+    let gone = wait(|| async {
+        env.vms()
+            .get_opt("d")
+            .await
+            .ok()
+            .and_then(|v| v.is_none().then_some(()))
+    })
+    .await;
+    assert!(gone.is_some(), "the VM goes too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicaset_keeps_n_vmis() {
+    let mut env = Env::start().await;
+    env.finish_deletions();
+    let rss: Api<VirtualMachineInstanceReplicaSet> = Api::namespaced(env.client.clone(), "default");
+    let rs: VirtualMachineInstanceReplicaSet = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceReplicaSet",
+        "metadata": {"name": "pool"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"rs": "pool"}},
+                 "template": {"metadata": {"labels": {"rs": "pool"}},
+                              "spec": {"domain": {"devices": {}, "memory": {"guest": "64Mi"}}}}}
+    }))
+    .expect("rs");
+    rss.create(&PostParams::default(), &rs)
+        .await
+        .expect("create rs");
+    let live = |n: usize| {
+        let vmis = env.vmis();
+        async move {
+            wait(|| async {
+                let l = vmis
+                    .list(&ListParams::default().labels("rs=pool"))
+                    .await
+                    .ok()?;
+                let live: Vec<_> = l
+                    .items
+                    .into_iter()
+                    .filter(|v| v.metadata.deletion_timestamp.is_none())
+                    .collect();
+                (live.len() == n).then_some(live)
+            })
+            .await
+        }
+    };
+    let three = live(3).await.expect("3 VMIs");
+    assert!(three.iter().all(|v| v.name_any().starts_with("pool-")));
+    assert!(three.iter().all(|v| v
+        .owner_references()
+        .iter()
+        .any(|o| o.kind == "VirtualMachineInstanceReplicaSet")));
+
+    rss.patch(
+        "pool",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .expect("scale down");
+    live(1).await.expect("1 VMI after scaling down");
+    let st = wait(|| async {
+        let s = rss.get("pool").await.ok()?.status?;
+        (s.replicas == Some(1)).then_some(s)
+    })
+    .await
+    .expect("status.replicas = 1");
+    assert_eq!(st.label_selector.as_deref(), Some("rs=pool"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instancetype_sizes_the_vmi_and_events_are_recorded() {
+    let env = Env::start().await;
+    let its: Api<kubevirt_api::VirtualMachineClusterInstancetype> = Api::all(env.client.clone());
+    let it: kubevirt_api::VirtualMachineClusterInstancetype = serde_json::from_value(json!({
+        "apiVersion": "instancetype.kubevirt.io/v1beta1", "kind": "VirtualMachineClusterInstancetype",
+        "metadata": {"name": "u1.small"},
+        "spec": {"cpu": {"guest": 2}, "memory": {"guest": "128Mi"}}
+    }))
+    .expect("instancetype");
+    its.create(&PostParams::default(), &it)
+        .await
+        .expect("create instancetype");
+    let vm: VirtualMachine = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": "sized"},
+        "spec": {"runStrategy": "Always", "instancetype": {"name": "u1.small"},
+                 "template": {"spec": {"domain": {"devices": {}}}}}
+    }))
+    .expect("vm");
+    env.vms()
+        .create(&PostParams::default(), &vm)
+        .await
+        .expect("create vm");
+    let vmi = env.wait_vmi("sized", None).await;
+    assert_eq!(
+        vmi.spec.domain.cpu.as_ref().and_then(|c| c.sockets),
+        Some(2)
+    );
+    assert_eq!(
+        vmi.spec
+            .domain
+            .memory
+            .as_ref()
+            .and_then(|m| m.guest.clone())
+            .map(|q| q.0),
+        Some("128Mi".to_string())
+    );
+
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), "default");
+    let found = wait(|| async {
+        let l = events.list(&ListParams::default()).await.ok()?;
+        l.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("SuccessfulCreate")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("sized")
+        })
+    })
+    .await
+    .expect("a SuccessfulCreate event");
+    assert!(found
+        .note
+        .unwrap_or_default()
+        .starts_with("Started the virtual machine by creating the new virtual machine instance"));
+}
