@@ -240,6 +240,8 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
 
+    // The server hands memory freed by the bursts back every 10 s; measure after that.
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let rss = rss_kib(pid, "VmRSS:");
     let hwm = rss_kib(pid, "VmHWM:");
     let _ = child.kill();

@@ -167,6 +167,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     bootstrap(&api).await?;
     tracing::debug!("bootstrapped");
     crate::gc::spawn(api.clone());
+    crate::gc::release_free_memory();
 
     let (ca_pem, cert_pem, key_pem) = tls_material(&cfg.data_dir)?;
     let token = admin_token(&cfg.data_dir)?;
