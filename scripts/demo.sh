@@ -16,7 +16,7 @@ echo "demo: building the demo guest into $work/guest"
 guest/build.sh "$work/guest" >/dev/null
 
 echo "demo: starting the single-node API server"
-"$bin" server --data-dir "$work/server" --listen 127.0.0.1:16443 >"$work/server.log" 2>&1 &
+"$bin" server --data-dir "$work/server" --listen 127.0.0.1:0 >"$work/server.log" 2>&1 &
 server=$!
 vmdir="$work/vmi-demo"
 cleanup() {
