@@ -452,3 +452,32 @@ fn requests_without_the_token_are_refused() {
         0o600
     );
 }
+
+/// `kubevirt-rs crds | kubectl apply --dry-run=client -f -` against a server that knows
+/// CustomResourceDefinitions: kubectl accepts every generated CRD.
+#[test]
+fn kubectl_accepts_the_generated_crds() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = Server::start();
+    let docs: Vec<String> = kubevirt_api::crd::crds()
+        .iter()
+        .map(|c| serde_yaml::to_string(c).expect("yaml"))
+        .collect();
+    let yaml = docs.join("---\n");
+    for mode in ["--dry-run=client", "--dry-run=server"] {
+        let out = s.kubectl_with("kubectl", &["apply", mode, "-f", "-"], Some(&yaml));
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.lines().count(), 15, "{stdout}");
+        assert!(
+            stdout.contains("virtualmachineinstances.kubevirt.io"),
+            "{stdout}"
+        );
+    }
+}
