@@ -1,2 +1,358 @@
-//! virt-handler: the per-node agent that starts and re-adopts launchers, maps their events to
-//! VMI status and labels the Node with what it can run. Filled by the control-loop issue.
+//! virt-handler for one node: starts a launcher for every VMI placed on this node, reports
+//! what the launcher sees as the VMI's status, stops launchers of deleted VMIs, and keeps the
+//! Node object (labels, heartbeat).
+//!
+//! Everything it needs is on disk (`<data>/vms/<namespace>/<name>/`: the launcher's sockets,
+//! `launcher.pid`, `state.json`) or in the API server, so a restarted handler adopts running
+//! launchers: nothing is kept in memory that a crash would lose. Launchers run in their own
+//! session (`launcher run --detach`) and outlive the handler.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use kubevirt_api::VirtualMachineInstance;
+use kubevirt_launcher::launcher::{Phase, State};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_name: String,
+    /// VM directories live under `<data_dir>/vms/<namespace>/<name>`.
+    pub data_dir: PathBuf,
+    /// The OCI image layout containerDisks are resolved from.
+    pub image_store: Option<PathBuf>,
+    /// The `kubevirt-rs` binary that runs `launcher run`.
+    pub launcher_bin: PathBuf,
+    /// KubeVirt's `useEmulation`.
+    pub allow_emulation: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+struct Context {
+    client: Client,
+    config: Config,
+}
+
+/// KubeVirt's label for the node a VMI runs on.
+pub const NODE_LABEL: &str = "kubevirt.io/nodeName";
+
+pub fn vmi_dir(config: &Config, namespace: &str, name: &str) -> PathBuf {
+    config.data_dir.join("vms").join(namespace).join(name)
+}
+
+/// The launcher's state: live over its socket, else the last one it wrote.
+fn launcher_state(dir: &Path) -> Option<State> {
+    if let Ok(v) = kubevirt_launcher::rpc::call(dir, "state", json!({})) {
+        if let Ok(s) = serde_json::from_value::<State>(v) {
+            return Some(s);
+        }
+    }
+    let text = std::fs::read_to_string(dir.join("state.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn condition(kind: &str, status: bool, reason: &str, message: &str) -> Value {
+    json!({"type": kind, "status": if status { "True" } else { "False" },
+           "reason": reason, "message": message, "lastProbeTime": null, "lastTransitionTime": now()})
+}
+
+/// The VMI status the launcher's state stands for.
+fn status_from(state: &State, current: &Value) -> Value {
+    let phase = match state.phase {
+        Phase::Pending | Phase::Starting => "Scheduled",
+        Phase::Running | Phase::Paused => "Running",
+        Phase::Succeeded => "Succeeded",
+        Phase::Failed => "Failed",
+    };
+    let mut conditions = vec![condition(
+        "Ready",
+        matches!(state.phase, Phase::Running),
+        if state.phase == Phase::Running {
+            ""
+        } else {
+            &state.reason
+        },
+        "",
+    )];
+    if state.phase == Phase::Paused {
+        conditions.push(condition(
+            "Paused",
+            true,
+            "PausedByUser",
+            "VMI was paused by user",
+        ));
+    }
+    if let Some(acc) = state.accelerator {
+        if acc.as_str() == "tcg" {
+            conditions.push(condition(
+                "SoftwareEmulation",
+                true,
+                "",
+                &format!(
+                    "Software emulation is enabled: {}",
+                    state.accelerator_reason
+                ),
+            ));
+        }
+    }
+    let mut transitions = current["phaseTransitionTimestamps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !transitions.iter().any(|t| t["phase"] == phase) {
+        transitions.push(json!({"phase": phase, "phaseTransitionTimestamp": now()}));
+    }
+    let mut status = json!({
+        "phase": phase,
+        "conditions": conditions,
+        "phaseTransitionTimestamps": transitions,
+        "guestOSInfo": {},
+        "launcherContainerImageVersion": format!("kubevirt-rs/{}", env!("CARGO_PKG_VERSION")),
+    });
+    if let Some(ip) = &state.guest_ip {
+        status["interfaces"] = json!([{"name": "default", "ipAddress": ip, "ipAddresses": [ip],
+                                       "interfaceName": "eth0", "infoSource": "domain, guest-agent"}]);
+    }
+    if state.phase.is_final() && !state.message.is_empty() {
+        status["reason"] = json!(state.reason);
+    }
+    status
+}
+
+async fn patch_status(
+    api: &Api<VirtualMachineInstance>,
+    name: &str,
+    status: Value,
+) -> Result<(), Error> {
+    // VMIs have no status subresource in KubeVirt: the status goes through the main endpoint.
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+fn spawn_launcher(config: &Config, dir: &Path, vmi: &VirtualMachineInstance) -> Result<(), Error> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let file = dir.join("vmi.json");
+    std::fs::write(&file, serde_json::to_vec(vmi).unwrap_or_default()).map_err(io(&file))?;
+    std::fs::write(dir.join(".spawned"), b"").map_err(io(dir))?;
+    let mut cmd = tokio::process::Command::new(&config.launcher_bin);
+    cmd.arg("launcher")
+        .arg("run")
+        .arg("-f")
+        .arg(&file)
+        .arg("--dir")
+        .arg(dir)
+        .arg(format!("--allow-emulation={}", config.allow_emulation))
+        .arg("--detach")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(store) = &config.image_store {
+        cmd.arg("--image-store").arg(store);
+    }
+    // The detaching parent waits until the VM runs (or fails); the launcher itself lives on in
+    // its own session, whatever happens to us.
+    let name = vmi.name_any();
+    tokio::spawn(async move {
+        match cmd.status().await {
+            Ok(s) if s.success() => tracing::info!(vmi = %name, "launcher started"),
+            Ok(s) => {
+                tracing::warn!(vmi = %name, status = %s, "launcher failed to start; see its launcher.log")
+            }
+            Err(e) => tracing::warn!(vmi = %name, error = %e, "cannot run the launcher"),
+        }
+    });
+    Ok(())
+}
+
+async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = vmi.namespace().unwrap_or_else(|| "default".into());
+    let name = vmi.name_any();
+    let api: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let dir = vmi_dir(&ctx.config, &ns, &name);
+    let current = serde_json::to_value(&vmi.status).unwrap_or(Value::Null);
+    let phase = current["phase"].as_str().unwrap_or("").to_string();
+    let state = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || launcher_state(&dir))
+            .await
+            .ok()
+            .flatten()
+    };
+
+    if vmi.metadata.deletion_timestamp.is_some() {
+        // Stop the VM, then report it final so the controller can release the VMI.
+        match &state {
+            Some(s) if !s.phase.is_final() => {
+                let grace = vmi.spec.termination_grace_period_seconds.unwrap_or(30);
+                let d = dir.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    kubevirt_launcher::rpc::call(
+                        &d,
+                        "shutdown",
+                        json!({"gracePeriodSeconds": grace}),
+                    )
+                })
+                .await;
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            Some(s) => patch_status(&api, &name, status_from(s, &current)).await?,
+            None if phase != "Succeeded" && phase != "Failed" => {
+                patch_status(&api, &name, json!({"phase": "Succeeded"})).await?
+            }
+            None => {}
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(Action::await_change());
+    }
+    if phase == "Succeeded" || phase == "Failed" {
+        return Ok(Action::await_change());
+    }
+    match state {
+        None if !dir.join(".spawned").exists() => {
+            if phase == "Scheduled"
+                || phase == "Scheduling"
+                || phase.is_empty()
+                    && vmi.status.as_ref().and_then(|s| s.node_name.as_deref())
+                        == Some(ctx.config.node_name.as_str())
+            {
+                spawn_launcher(&ctx.config, &dir, &vmi)?;
+            }
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        None => {
+            // Spawned, not answering yet; if it never does, the VMI failed to start.
+            let log = std::fs::read_to_string(dir.join("launcher.log")).unwrap_or_default();
+            if log.contains("error") {
+                let msg: String = log.lines().rev().take(3).collect::<Vec<_>>().join(" ");
+                patch_status(
+                    &api,
+                    &name,
+                    json!({"phase": "Failed", "reason": "FailedToStart",
+                    "conditions": [condition("Ready", false, "FailedToStart", &msg)]}),
+                )
+                .await?;
+                return Ok(Action::await_change());
+            }
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        Some(s) => {
+            let status = status_from(&s, &current);
+            let changed = ["phase", "interfaces", "conditions"]
+                .iter()
+                .any(|k| strip_times(&status[k]) != strip_times(&current[k]));
+            if changed {
+                patch_status(&api, &name, status).await?;
+            }
+            Ok(Action::requeue(Duration::from_secs(
+                if s.phase == Phase::Running { 5 } else { 1 },
+            )))
+        }
+    }
+}
+
+/// Conditions compared without their timestamps, so an unchanged state writes nothing.
+fn strip_times(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(a) = v.as_array_mut() {
+        for c in a {
+            if let Some(m) = c.as_object_mut() {
+                m.remove("lastTransitionTime");
+                m.remove("lastProbeTime");
+            }
+        }
+    }
+    v
+}
+
+fn error_policy(_vmi: Arc<VirtualMachineInstance>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "handler reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Registers the node (labels a scheduler reads, KubeVirt's names) and keeps its heartbeat.
+async fn node_heartbeat(client: Client, config: Config) {
+    let nodes: Api<Node> = Api::all(client);
+    let kvm = kubevirt_launcher::accel::choose(config.allow_emulation)
+        .map(|c| c.accelerator.as_str() == "kvm")
+        .unwrap_or(false);
+    loop {
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": config.node_name, "labels": {
+                "kubernetes.io/hostname": config.node_name,
+                "kubevirt.io/schedulable": "true",
+                "kubevirt.io/kvm": if kvm { "true" } else { "false" },
+                "kubevirt.io/emulation": if config.allow_emulation { "true" } else { "false" },
+            }, "annotations": {"kubevirt.io/heartbeat": now()}},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "virt-handler is running", "lastHeartbeatTime": now()}],
+                "nodeInfo": {"kubeletVersion": format!("kubevirt-rs-{}", env!("CARGO_PKG_VERSION")),
+                    "architecture": "amd64", "operatingSystem": "linux"}},
+        });
+        let applied = nodes
+            .patch(
+                &config.node_name,
+                &PatchParams::apply("virt-handler").force(),
+                &Patch::Apply(&node),
+            )
+            .await;
+        if let Err(e) = applied {
+            tracing::warn!(error = %e, "node heartbeat failed");
+            let _ = nodes
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(node).unwrap_or_default(),
+                )
+                .await;
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+}
+
+/// Runs the handler until the future is dropped.
+pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
+    tokio::spawn(node_heartbeat(client.clone(), config.clone()));
+    let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
+    let selector = format!("{NODE_LABEL}={}", config.node_name);
+    let ctx = Arc::new(Context { client, config });
+    Controller::new(vmis, watcher::Config::default().labels(&selector))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "handler controller event");
+            }
+        })
+        .await;
+    Ok(())
+}

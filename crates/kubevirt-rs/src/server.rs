@@ -1,6 +1,8 @@
-//! `kubevirt-rs server`: the single-node server.
+//! `kubevirt-rs server`: the single-node server. The embedded API server, virt-controller and
+//! virt-handler run in this process; launchers run in their own sessions and outlive it.
 
 use anyhow::{Context, Result};
+use kubevirt_api::defaults::DefaultBinding;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -9,9 +11,27 @@ pub struct ServerArgs {
     /// Where objects, certificates, the kubeconfig and VM files live.
     #[arg(long, default_value = "/var/lib/kubevirt-rs")]
     data_dir: PathBuf,
-    /// Address of the HTTPS API.
+    /// Address of the HTTPS API (port 0: any free port; the kubeconfig names it).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+    /// OCI image layout that containerDisk images are resolved from
+    /// (default: DATA_DIR/images).
+    #[arg(long)]
+    image_store: Option<PathBuf>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Run only the API server, no controller or handler.
+    #[arg(long)]
+    api_only: bool,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node01".into())
 }
 
 pub fn run(args: ServerArgs) -> Result<i32> {
@@ -25,18 +45,61 @@ pub fn run(args: ServerArgs) -> Result<i32> {
             listen: args.listen,
         })
         .await?;
+        // One machine, no pod network: VMs sit behind QEMU's user-mode NAT (KubeVirt's
+        // masquerade), so that is the default binding here.
+        running
+            .api
+            .admission
+            .write()
+            .defaults
+            .default_network_interface = DefaultBinding::Masquerade;
         eprintln!(
             "kubevirt-rs server: API on https://{}, kubeconfig {}",
             running.addr,
             running.kubeconfig.display()
         );
         eprintln!("  export KUBECONFIG={}", running.kubeconfig.display());
+        if !args.api_only {
+            let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig)?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+            let client = kube::Client::try_from(cfg)?;
+            let node = args.node_name.clone().unwrap_or_else(hostname);
+            let mut ctl = kubevirt_controller::Config::single_node(node.clone());
+            ctl.defaults.default_network_interface = DefaultBinding::Masquerade;
+            let controller = tokio::spawn(kubevirt_controller::run(client.clone(), ctl));
+            let handler = tokio::spawn(kubevirt_handler::run(
+                client,
+                kubevirt_handler::Config {
+                    node_name: node.clone(),
+                    data_dir: args.data_dir.clone(),
+                    image_store: Some(
+                        args.image_store
+                            .clone()
+                            .unwrap_or_else(|| args.data_dir.join("images")),
+                    ),
+                    launcher_bin: std::env::current_exe()?,
+                    allow_emulation: true,
+                },
+            ));
+            eprintln!("kubevirt-rs server: controller and handler running for node {node}");
+            tokio::spawn(async move {
+                if let Ok(Err(e)) = controller.await {
+                    tracing::error!(error = %e, "controller stopped");
+                }
+            });
+            tokio::spawn(async move {
+                if let Ok(Err(e)) = handler.await {
+                    tracing::error!(error = %e, "handler stopped");
+                }
+            });
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("kubevirt-rs server: stopping");
+        // Launchers are left running: a restarted server adopts them.
+        eprintln!("kubevirt-rs server: stopping (running VMs keep running)");
         Ok(0)
     })
 }
