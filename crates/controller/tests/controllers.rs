@@ -42,9 +42,11 @@ impl Env {
             .expect("config");
         let client = Client::try_from(cfg).expect("client");
         let mut config = Config::single_node(NODE);
+        // Short enough for tests, long enough that a loaded CI machine still sees the
+        // CrashLoopBackOff window of the second failure (2 s × 2² = 8 s).
         config.crash_loop = Backoff {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(10),
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(12),
             jitter: false,
         };
         let c = client.clone();
@@ -483,7 +485,7 @@ async fn start_failures_back_off_and_reset_on_running() {
     assert_eq!(sf.last_failed_vmiuid, first.metadata.uid);
     assert!(sf.retry_after_timestamp.is_some());
 
-    // base 1 s × 1² later, a new VMI.
+    // base 2 s × 1² later, a new VMI.
     let second = env.wait_vmi("c", first.metadata.uid.as_deref()).await;
     env.wait_scheduled("c").await;
     env.set_phase("c", "Failed").await;
@@ -499,7 +501,7 @@ async fn start_failures_back_off_and_reset_on_running() {
         .expect("startFailure");
     assert_eq!(sf.consecutive_fail_count, Some(2));
     assert_eq!(sf.last_failed_vmiuid, second.metadata.uid);
-    // 4 s this time: nothing before ~3 s.
+    // 8 s this time: nothing 2 s in.
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The failed VMI may still be on its way out; what must not exist yet is a new one.
     let current = env.vmis().get_opt("c").await.expect("get");
