@@ -166,12 +166,15 @@ impl Env {
         );
     }
 
+    async fn start_failure(&self, name: &str) -> Option<kubevirt_api::VirtualMachineStartFailure> {
+        self.vms().get(name).await.ok()?.status?.start_failure
+    }
+
     /// The start-failure count persists, unlike the CrashLoopBackOff status, which a loaded
     /// machine can skip past between two polls when the backoff is short.
     async fn wait_fail_count(&self, name: &str, n: i32) {
         let ok = wait(|| async {
-            let v = self.vms().get(name).await.ok()?;
-            let c = v.status?.start_failure?.consecutive_fail_count?;
+            let c = self.start_failure(name).await?.consecutive_fail_count?;
             (c >= n).then_some(())
         })
         .await;
@@ -473,14 +476,7 @@ async fn start_failures_back_off_and_reset_on_running() {
     let first = env.wait_scheduled("c").await;
     env.set_phase("c", "Failed").await;
     env.wait_fail_count("c", 1).await;
-    let sf = env
-        .vms()
-        .get("c")
-        .await
-        .expect("vm")
-        .status
-        .and_then(|s| s.start_failure)
-        .expect("startFailure");
+    let sf = env.start_failure("c").await.expect("startFailure");
     assert_eq!(sf.consecutive_fail_count, Some(1));
     assert_eq!(sf.last_failed_vmiuid, first.metadata.uid);
     assert!(sf.retry_after_timestamp.is_some());
@@ -491,14 +487,7 @@ async fn start_failures_back_off_and_reset_on_running() {
     env.set_phase("c", "Failed").await;
     env.wait_fail_count("c", 2).await;
     env.wait_printable("c", "CrashLoopBackOff").await;
-    let sf = env
-        .vms()
-        .get("c")
-        .await
-        .expect("vm")
-        .status
-        .and_then(|s| s.start_failure)
-        .expect("startFailure");
+    let sf = env.start_failure("c").await.expect("startFailure");
     assert_eq!(sf.consecutive_fail_count, Some(2));
     assert_eq!(sf.last_failed_vmiuid, second.metadata.uid);
     // 8 s this time: nothing 2 s in.
@@ -516,13 +505,7 @@ async fn start_failures_back_off_and_reset_on_running() {
     env.wait_scheduled("c").await;
     env.set_phase("c", "Running").await;
     env.wait_printable("c", "Running").await;
-    let sf = env
-        .vms()
-        .get("c")
-        .await
-        .expect("vm")
-        .status
-        .and_then(|s| s.start_failure);
+    let sf = env.start_failure("c").await;
     assert!(sf.is_none(), "a VMI that runs resets the count");
 }
 
