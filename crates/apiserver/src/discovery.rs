@@ -22,9 +22,23 @@ pub fn version() -> Value {
     })
 }
 
+/// A resource served by an aggregated API group: (resource[/subresource], kind, verbs).
+pub type AggregatedResource = (&'static str, &'static str, &'static [&'static str]);
+
+/// API groups served by a handler the control plane plugs in (KubeVirt's virt-api and CDI's
+/// cdi-apiserver are aggregated API servers in a cluster): (group, version, resources).
+pub const AGGREGATED: &[(&str, &str, &[AggregatedResource])] = &[
+    ("subresources.kubevirt.io", "v1", SUBRESOURCES),
+    ("upload.cdi.kubevirt.io", "v1beta1", UPLOAD),
+];
+
+/// CDI's upload API group: a token request authorises one upload to one PVC.
+pub const UPLOAD: &[AggregatedResource] =
+    &[("uploadtokenrequests", "UploadTokenRequest", &["create"])];
+
 /// The KubeVirt subresource API group (`subresources.kubevirt.io/v1`), as KubeVirt's virt-api
-/// registers it: (resource/subresource, kind, verbs).
-pub const SUBRESOURCES: &[(&str, &str, &[&str])] = &[
+/// registers it.
+pub const SUBRESOURCES: &[AggregatedResource] = &[
     (
         "virtualmachineinstances/console",
         "VirtualMachineInstance",
@@ -113,8 +127,11 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
     } else {
         format!("{group}/{version}")
     };
-    if group == "subresources.kubevirt.io" && version == "v1" {
-        let resources: Vec<Value> = SUBRESOURCES
+    if let Some((_, _, list)) = AGGREGATED
+        .iter()
+        .find(|(g, v, _)| *g == group && *v == version)
+    {
+        let resources: Vec<Value> = list
             .iter()
             .map(|(name, kind, verbs)| {
                 json!({"name": name, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs})
@@ -149,13 +166,15 @@ pub fn group_list(reg: &Registry) -> Value {
         .iter()
         .map(|(g, v)| group_entry(g, v))
         .collect();
-    groups.push(group_entry("subresources.kubevirt.io", "v1"));
+    for (g, v, _) in AGGREGATED {
+        groups.push(group_entry(g, v));
+    }
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn group(reg: &Registry, name: &str) -> Option<Value> {
-    if name == "subresources.kubevirt.io" {
-        let mut g = group_entry(name, "v1");
+    if let Some((group, version, _)) = AGGREGATED.iter().find(|(g, _, _)| *g == name) {
+        let mut g = group_entry(group, version);
         g["kind"] = json!("APIGroup");
         g["apiVersion"] = json!("v1");
         return Some(g);

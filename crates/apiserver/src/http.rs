@@ -22,10 +22,12 @@ use std::time::Duration;
 /// Largest request body accepted (kube-apiserver's limit is 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
-/// Handles requests under `/apis/subresources.kubevirt.io/v1/...` (filled by the control plane).
+/// Serves an aggregated API group (see [`discovery::AGGREGATED`]) or the CDI upload proxy;
+/// plugged in by the control plane.
 #[async_trait::async_trait]
 pub trait SubresourceHandler: Send + Sync {
-    /// `path`: the segments after `/apis/subresources.kubevirt.io/v1/`.
+    /// `path`: the segments after `/apis/<group>/<version>/` (for the upload proxy: the whole
+    /// path, e.g. `["v1beta1", "upload"]`).
     async fn handle(
         &self,
         method: Method,
@@ -40,7 +42,12 @@ pub struct AppState {
     pub api: Arc<ApiServer>,
     pub token: String,
     pub address: String,
-    pub subresources: parking_lot::RwLock<Option<Arc<dyn SubresourceHandler>>>,
+    /// Handlers of aggregated API groups, by group name.
+    pub aggregated:
+        parking_lot::RwLock<std::collections::HashMap<String, Arc<dyn SubresourceHandler>>>,
+    /// CDI's upload proxy (`/v1beta1/upload...`): authorised by its own upload token, not by
+    /// the API token.
+    pub upload_proxy: parking_lot::RwLock<Option<Arc<dyn SubresourceHandler>>>,
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
@@ -307,6 +314,27 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let path = parts.uri.path().to_string();
     let query = Query::parse(parts.uri.query());
     let headers = parts.headers;
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let [v @ ("v1beta1" | "v1alpha1"), rest @ ..] = segs.as_slice() {
+        if rest.first().is_some_and(|r| r.starts_with("upload")) {
+            let handler = state.upload_proxy.read().clone();
+            return match handler {
+                Some(h) => {
+                    let path = std::iter::once(*v)
+                        .chain(rest.iter().copied())
+                        .map(str::to_string)
+                        .collect();
+                    h.handle(method, path, query, headers, body).await
+                }
+                None => ApiError::new(503, "ServiceUnavailable", "the upload proxy is not running")
+                    .into_response(),
+            };
+        }
+    }
     let public = method == Method::GET
         && matches!(
             path.as_str(),
@@ -315,14 +343,12 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     if !public && !authorized(&headers, &state.token) {
         return ApiError::unauthorized().into_response();
     }
-    let segs: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    if let ["apis", "subresources.kubevirt.io", "v1", rest @ ..] = segs.as_slice() {
-        if !rest.is_empty() && !matches!(rest, ["version"] | ["healthz"]) {
-            let handler = state.subresources.read().clone();
+    if let ["apis", g, v, rest @ ..] = segs.as_slice() {
+        let aggregated = discovery::AGGREGATED
+            .iter()
+            .any(|(ag, av, _)| ag == g && av == v);
+        if aggregated && !rest.is_empty() && !matches!(rest, ["version"] | ["healthz"]) {
+            let handler = state.aggregated.read().get(*g).cloned();
             return match handler {
                 Some(h) => {
                     h.handle(
@@ -337,7 +363,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
                 None => ApiError::new(
                     503,
                     "ServiceUnavailable",
-                    "the subresource API is not running",
+                    format!("the {g} API is not running"),
                 )
                 .into_response(),
             };

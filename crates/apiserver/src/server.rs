@@ -31,8 +31,20 @@ pub struct Running {
 }
 
 impl Running {
+    /// Serve `subresources.kubevirt.io/v1` (virt-api's subresources) with `h`.
     pub fn set_subresource_handler(&self, h: Arc<dyn SubresourceHandler>) {
-        *self.state.subresources.write() = Some(h);
+        self.set_group_handler("subresources.kubevirt.io", h);
+    }
+
+    /// Serve one of the aggregated groups in [`crate::discovery::AGGREGATED`] with `h`.
+    pub fn set_group_handler(&self, group: &str, h: Arc<dyn SubresourceHandler>) {
+        self.state.aggregated.write().insert(group.to_string(), h);
+    }
+
+    /// Serve CDI's upload proxy paths (`/v1beta1/upload`, `/v1beta1/upload-async`, ...) with
+    /// `h`; these requests carry an upload token instead of the API token.
+    pub fn set_upload_proxy(&self, h: Arc<dyn SubresourceHandler>) {
+        *self.state.upload_proxy.write() = Some(h);
     }
 }
 
@@ -206,7 +218,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
         api: api.clone(),
         token: token.clone(),
         address: addr.to_string(),
-        subresources: parking_lot::RwLock::new(None),
+        aggregated: Default::default(),
+        upload_proxy: Default::default(),
     });
     let app = axum::Router::new()
         .fallback(handle)
