@@ -16,37 +16,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 fn guest() -> Option<&'static Path> {
     static GUEST: OnceLock<Option<PathBuf>> = OnceLock::new();
     GUEST
-        .get_or_init(|| {
-            if Command::new("qemu-system-x86_64")
-                .arg("--version")
-                .output()
-                .is_err()
-            {
-                eprintln!(
-                    "SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-                );
-                return None;
-            }
-            let out = std::env::var_os("KUBEVIRT_RS_GUEST_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest"));
-            std::fs::create_dir_all(&out).ok()?;
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guest/build.sh");
-            // flock(1) serialises builds between test binaries running at the same time.
-            let lock = out.join(".build.lock");
-            let status = Command::new("flock")
-                .arg(&lock)
-                .arg(&script)
-                .arg(&out)
-                .status();
-            match status {
-                Ok(s) if s.success() => Some(out),
-                other => {
-                    eprintln!("SKIP: guest/build.sh {} failed: {other:?}", out.display());
-                    None
-                }
-            }
-        })
+        .get_or_init(|| kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")))
         .as_deref()
 }
 

@@ -1,0 +1,1 @@
+//! CDI control plane.

@@ -1,0 +1,216 @@
+//! Helpers for the end-to-end tests of several crates: building the demo guest once per target
+//! dir, running `kubevirt-rs server` as a child process, and driving it with unmodified
+//! `kubectl`. Test-only; not part of the product.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// True when `cmd args` runs; otherwise prints a loud SKIP line naming what is missing.
+pub fn have(cmd: &str, args: &[&str], install_hint: &str) -> bool {
+    if Command::new(cmd).args(args).output().is_ok() {
+        return true;
+    }
+    eprintln!("SKIP: {cmd} is not installed ({install_hint})");
+    false
+}
+
+/// True when QEMU can be run (loud SKIP otherwise).
+pub fn have_qemu() -> bool {
+    have(
+        "qemu-system-x86_64",
+        &["--version"],
+        "apt-get install qemu-system-x86",
+    )
+}
+
+/// True when kubectl can be run (loud SKIP otherwise).
+pub fn have_kubectl() -> bool {
+    have("kubectl", &["version", "--client"], "see scripts/deps.sh")
+}
+
+/// The demo guest (`guest/build.sh`), built once into `target_tmpdir/guest` (or
+/// `$KUBEVIRT_RS_GUEST_DIR`) under a file lock, so test binaries running at the same time
+/// build it once. `None` (after a loud SKIP line) when QEMU is missing or the build fails.
+///
+/// Call with `env!("CARGO_TARGET_TMPDIR")`.
+pub fn guest(target_tmpdir: &str) -> Option<PathBuf> {
+    if !have_qemu() {
+        return None;
+    }
+    let out = std::env::var_os("KUBEVIRT_RS_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(target_tmpdir).join("guest"));
+    std::fs::create_dir_all(&out).ok()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/build.sh");
+    let status = Command::new("flock")
+        .arg(out.join(".build.lock"))
+        .arg(&script)
+        .arg(&out)
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(out),
+        other => {
+            eprintln!("SKIP: guest/build.sh {} failed: {other:?}", out.display());
+            None
+        }
+    }
+}
+
+/// Polls `f` every 250 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `kubevirt-rs server` as a child process, with its own data dir. Dropping it kills the
+/// server and every launcher it started (launchers outlive the server by design).
+pub struct Server {
+    pub bin: PathBuf,
+    pub data: PathBuf,
+    pub images: PathBuf,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// A server (not yet started) keeping its state in `data`, resolving containerDisks from
+    /// the OCI layout `images`. `bin` is `env!("CARGO_BIN_EXE_kubevirt-rs")`.
+    pub fn new(
+        bin: impl Into<PathBuf>,
+        data: impl Into<PathBuf>,
+        images: impl Into<PathBuf>,
+    ) -> Self {
+        Server {
+            bin: bin.into(),
+            data: data.into(),
+            images: images.into(),
+            extra_args: Vec::new(),
+            child: None,
+        }
+    }
+
+    /// Starts it and waits until it serves (its first stderr line names the address).
+    pub fn start(&mut self) {
+        let _ = std::fs::remove_file(self.kubeconfig());
+        let mut child = Command::new(&self.bin)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--listen", "127.0.0.1:0", "--node-name", "node01"])
+            .arg("--image-store")
+            .arg(&self.images)
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kubevirt-rs server");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("server banner");
+        assert!(line.contains("API on"), "server did not start: {line}");
+        // Keep draining (and echo, so a failing test shows the server's log).
+        std::thread::spawn(move || {
+            for l in reader.lines().map_while(Result::ok) {
+                eprintln!("[server] {l}");
+            }
+        });
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data.join("kubeconfig")
+    }
+
+    /// Runs kubectl against this server; stdout followed by stderr.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        run_output(
+            Command::new("kubectl")
+                .args(args)
+                .env("KUBECONFIG", self.kubeconfig()),
+        )
+    }
+
+    /// `kubectl get KIND NAME -o jsonpath=PATH`.
+    pub fn jsonpath(&self, kind: &str, name: &str, path: &str) -> String {
+        self.kubectl(&["get", kind, name, "-o", &format!("jsonpath={path}")])
+    }
+
+    /// A command run with this server's kubeconfig in the environment.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("KUBECONFIG", self.kubeconfig());
+        c
+    }
+
+    /// The directory the handler keeps a VMI's launcher files in.
+    pub fn vmi_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.data.join("vms").join(namespace).join(name)
+    }
+
+    /// The QEMU pid the VMI's launcher reports, if it has one.
+    pub fn qemu_pid(&self, namespace: &str, name: &str) -> Option<u32> {
+        let s = std::fs::read_to_string(self.vmi_dir(namespace, name).join("state.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+        v["qemuPid"].as_u64().and_then(|p| u32::try_from(p).ok())
+    }
+
+    /// The launcher's pid for a VMI, if it has one.
+    pub fn launcher_pid(&self, namespace: &str, name: &str) -> Option<u32> {
+        std::fs::read_to_string(self.vmi_dir(namespace, name).join("launcher.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+/// stdout followed by stderr of a command (empty if it could not run).
+pub fn run_output(cmd: &mut Command) -> String {
+    match cmd.output() {
+        Ok(out) => {
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr)
+        }
+        Err(e) => format!("could not run {cmd:?}: {e}"),
+    }
+}
+
+/// True while a process exists.
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        let vms = self.data.join("vms");
+        for pid in std::fs::read_dir(&vms)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten())
+            .filter_map(|d| std::fs::read_to_string(d.path().join("launcher.pid")).ok())
+        {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
