@@ -36,6 +36,14 @@ pub trait SubresourceHandler: Send + Sync {
         headers: HeaderMap,
         body: Body,
     ) -> Response;
+
+    /// The whole request, for handlers that need more than the body (a websocket upgrade
+    /// needs the connection's upgrade handle). By default: [`Self::handle`].
+    async fn handle_request(&self, path: Vec<String>, query: Query, req: Request) -> Response {
+        let (parts, body) = req.into_parts();
+        self.handle(parts.method, path, query, parts.headers, body)
+            .await
+    }
 }
 
 pub struct AppState {
@@ -313,7 +321,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();
     let query = Query::parse(parts.uri.query());
-    let headers = parts.headers;
+    let headers = parts.headers.clone();
     let segs: Vec<&str> = path
         .trim_matches('/')
         .split('/')
@@ -351,14 +359,9 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
             let handler = state.aggregated.read().get(*g).cloned();
             return match handler {
                 Some(h) => {
-                    h.handle(
-                        method,
-                        rest.iter().map(|s| s.to_string()).collect(),
-                        query,
-                        headers,
-                        body,
-                    )
-                    .await
+                    let path = rest.iter().map(|s| s.to_string()).collect();
+                    h.handle_request(path, query, Request::from_parts(parts, body))
+                        .await
                 }
                 None => ApiError::new(
                     503,

@@ -528,7 +528,21 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         Decision::CreateAfter(d) => requeue = requeue.min(d + Duration::from_millis(50)),
         Decision::Create => {
             let made = match instancetype::fetch(&ctx.client, &vm, &ns).await {
-                Ok((it, pref)) => vmi_for(&vm, it.as_ref(), pref.as_ref(), &ctx.config.defaults),
+                Ok((it, pref)) => vmi_for(&vm, it.as_ref(), pref.as_ref(), &ctx.config.defaults)
+                    .map(|mut new| {
+                        // `virtctl start --paused`: a Start request with `paused: "true"`.
+                        if first_request(&status).is_some_and(|r| {
+                            r.action == START
+                                && r.data
+                                    .as_ref()
+                                    .and_then(|d| d.get("paused"))
+                                    .map(String::as_str)
+                                    == Some("true")
+                        }) {
+                            new.spec.start_strategy = Some("Paused".into());
+                        }
+                        new
+                    }),
                 Err(e) => Err(e),
             };
             let created = match made {

@@ -63,6 +63,10 @@ pub fn run(args: ServerArgs) -> Result<i32> {
             let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig)?;
             let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
             let client = kube::Client::try_from(cfg)?;
+            running.set_subresource_handler(kubevirt_virtapi::VirtApi::new(
+                client.clone(),
+                args.data_dir.join("vms"),
+            ));
             let node = args.node_name.clone().unwrap_or_else(hostname);
             let mut ctl = kubevirt_controller::Config::single_node(node.clone());
             ctl.defaults.default_network_interface = DefaultBinding::Masquerade;

@@ -1,1 +1,868 @@
-//! virt-api subresources.
+//! virt-api's subresources (`/apis/subresources.kubevirt.io/v1/...`), with KubeVirt's rules,
+//! status codes and messages:
+//!
+//! - VirtualMachine `start`, `stop`, `restart`: they change `spec.runStrategy` or add
+//!   `status.stateChangeRequests`, exactly as KubeVirt's virt-api does; virt-controller acts
+//!   on them. `migrate` answers 501: a single node has nowhere to migrate to.
+//! - VirtualMachineInstance `pause`, `unpause`, `softreboot`, `reset`: a call to the VMI's
+//!   launcher (its `launcher.sock` RPC).
+//! - `console` and `vnc`: websockets (subprotocol `plain.kubevirt.io`, raw bytes in binary
+//!   frames) joined to the launcher's `console.sock` and QEMU's `vnc.sock`.
+//! - `guestosinfo`: KubeVirt's answer for a VMI without a guest agent.
+//!
+//! In KubeVirt, virt-api reaches the launcher through virt-handler on the VMI's node. The
+//! single-node server runs this next to the handler, so it calls the launcher's socket in the
+//! VMI's directory (`<data>/vms/<namespace>/<name>/`) itself.
+
+// Errors here are finished HTTP responses, built once per request: their size does not matter.
+#![allow(clippy::result_large_err)]
+
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use kube::api::Api;
+use kube::Client;
+use kubevirt_api::{VirtualMachine, VirtualMachineInstance};
+use kubevirt_apiserver::{Query, SubresourceHandler};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// The websocket subprotocol KubeVirt's console and VNC streams use.
+pub const PLAIN_PROTOCOL: &str = "plain.kubevirt.io";
+
+/// Largest options body accepted (`StartOptions` and friends are a few bytes).
+const MAX_OPTIONS: usize = 64 * 1024;
+
+/// KubeVirt's messages (pkg/virt-api/rest).
+const VM_NOT_RUNNING: &str = "VM is not running";
+const VMI_NOT_RUNNING: &str = "VMI is not running";
+const VMI_NOT_PAUSED: &str = "VMI is not paused";
+
+/// The subresource API of one node's VMs.
+pub struct VirtApi {
+    client: Client,
+    vms_dir: PathBuf,
+}
+
+/// A finished response, good or bad; `?` on a `Result<_, Response>` returns the error as is.
+type Reply<T = Response> = Result<T, Response>;
+
+/// A Kubernetes `Status` reply.
+fn status(code: u16, reason: &str, message: String, details: Option<(&str, &str)>) -> Response {
+    let mut v = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code,
+    });
+    if let Some((kind, name)) = details {
+        v["details"] = json!({"name": name, "group": "kubevirt.io", "kind": kind});
+    }
+    json_reply(
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &v,
+    )
+}
+
+fn json_reply(code: StatusCode, v: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// `errors.NewConflict(v1.Resource(kind), name, err)`.
+fn conflict(kind: &str, name: &str, msg: impl std::fmt::Display) -> Response {
+    status(
+        409,
+        "Conflict",
+        format!("Operation cannot be fulfilled on {kind}.kubevirt.io \"{name}\": {msg}"),
+        Some((kind, name)),
+    )
+}
+
+fn not_found(kind: &str, name: &str) -> Response {
+    status(
+        404,
+        "NotFound",
+        format!("{kind}.kubevirt.io \"{name}\" not found"),
+        Some((kind, name)),
+    )
+}
+
+fn bad_request(msg: impl Into<String>) -> Response {
+    status(400, "BadRequest", msg.into(), None)
+}
+
+fn internal(msg: impl std::fmt::Display) -> Response {
+    status(
+        500,
+        "InternalError",
+        format!("Internal error occurred: {msg}"),
+        None,
+    )
+}
+
+/// An API error passed on with its own code and message; anything else is internal.
+fn from_kube(e: kube::Error) -> Response {
+    match e {
+        kube::Error::Api(s) => status(s.code, &s.reason, s.message.clone(), None),
+        e => internal(e),
+    }
+}
+
+fn accepted() -> Response {
+    StatusCode::ACCEPTED.into_response()
+}
+
+fn ok() -> Response {
+    StatusCode::OK.into_response()
+}
+
+/// `spec.runStrategy`, or what the deprecated `spec.running` means.
+fn run_strategy(vm: &VirtualMachine) -> String {
+    match (&vm.spec.run_strategy, vm.spec.running) {
+        (Some(s), _) => s.clone(),
+        (None, Some(true)) => "Always".into(),
+        _ => "Halted".into(),
+    }
+}
+
+fn vmi_phase(vmi: &VirtualMachineInstance) -> &str {
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+fn is_final(vmi: &VirtualMachineInstance) -> bool {
+    matches!(vmi_phase(vmi), "Succeeded" | "Failed")
+}
+
+fn has_condition(vmi: &VirtualMachineInstance, kind: &str, want_true: bool) -> bool {
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.r#type == kind && (!want_true || c.status == "True"))
+        })
+}
+
+/// `dryRun: ["All"]` in an options body.
+fn dry_run(body: &Value) -> bool {
+    body["dryRun"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|v| v == "All"))
+}
+
+/// KubeVirt's `getChangeRequestJson`: a JSON patch of the VM's status adding state change
+/// requests, guarded by a test of the current ones so concurrent requests cannot both win.
+pub fn change_request_patch(vm_status: &Value, changes: &[Value]) -> Result<Value, String> {
+    let mut ops = Vec::new();
+    let empty = match vm_status {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        _ => false,
+    };
+    let current = &vm_status["stateChangeRequests"];
+    if empty {
+        ops.push(
+            json!({"op": "add", "path": "/status", "value": {"stateChangeRequests": changes}}),
+        );
+    } else {
+        ops.push(json!({"op": "test", "path": "/status/stateChangeRequests", "value": current}));
+        let none = current.as_array().is_none_or(|a| a.is_empty());
+        let only_stop = changes.len() == 1 && changes[0]["action"] == "Stop";
+        if none {
+            ops.push(json!({"op": "add", "path": "/status/stateChangeRequests", "value": changes}));
+        } else if only_stop {
+            ops.push(
+                json!({"op": "replace", "path": "/status/stateChangeRequests", "value": changes}),
+            );
+        } else {
+            return Err("unable to complete request: stop/start already underway".into());
+        }
+    }
+    if !vm_status["startFailure"].is_null() {
+        ops.push(json!({"op": "remove", "path": "/status/startFailure"}));
+    }
+    Ok(Value::Array(ops))
+}
+
+/// KubeVirt's `getRunningPatch`: `runStrategy` Always/Halted (or `running` true/false when the
+/// VM still uses the deprecated field), guarded by a test of the current value.
+pub fn running_patch(vm: &VirtualMachine, running: bool) -> Value {
+    match &vm.spec.run_strategy {
+        Some(current) => json!([
+            {"op": "test", "path": "/spec/runStrategy", "value": current},
+            {"op": "replace", "path": "/spec/runStrategy", "value": if running { "Always" } else { "Halted" }},
+        ]),
+        None => json!([
+            {"op": "test", "path": "/spec/running", "value": vm.spec.running},
+            {"op": "replace", "path": "/spec/running", "value": running},
+        ]),
+    }
+}
+
+fn start_request(paused: bool) -> Value {
+    if paused {
+        json!({"action": "Start", "data": {"paused": "true"}})
+    } else {
+        json!({"action": "Start"})
+    }
+}
+
+fn stop_request(vmi: &VirtualMachineInstance) -> Value {
+    json!({"action": "Stop", "uid": vmi.metadata.uid})
+}
+
+impl VirtApi {
+    /// `vms_dir`: where the handler keeps VMI directories (`<data>/vms`).
+    pub fn new(client: Client, vms_dir: PathBuf) -> Arc<Self> {
+        Arc::new(VirtApi { client, vms_dir })
+    }
+
+    fn vmi_dir(&self, ns: &str, name: &str) -> PathBuf {
+        self.vms_dir.join(ns).join(name)
+    }
+
+    async fn get_vm(&self, ns: &str, name: &str) -> Reply<VirtualMachine> {
+        let api: Api<VirtualMachine> = Api::namespaced(self.client.clone(), ns);
+        match api.get_opt(name).await {
+            Ok(Some(vm)) => Ok(vm),
+            Ok(None) => Err(not_found("virtualmachine", name)),
+            Err(e) => Err(from_kube(e)),
+        }
+    }
+
+    async fn get_vmi_opt(&self, ns: &str, name: &str) -> Reply<Option<VirtualMachineInstance>> {
+        let api: Api<VirtualMachineInstance> = Api::namespaced(self.client.clone(), ns);
+        api.get_opt(name).await.map_err(internal)
+    }
+
+    async fn get_vmi(&self, ns: &str, name: &str) -> Reply<VirtualMachineInstance> {
+        self.get_vmi_opt(ns, name)
+            .await?
+            .ok_or_else(|| not_found("virtualmachineinstance", name))
+    }
+
+    /// A JSON patch of `path` (relative to the API root). A failed `test` is a conflict.
+    async fn json_patch(
+        &self,
+        kind: &str,
+        name: &str,
+        path: String,
+        ops: &Value,
+        dry_run: bool,
+    ) -> Reply<()> {
+        let url = if dry_run {
+            format!("{path}?dryRun=All")
+        } else {
+            path
+        };
+        let req = http::Request::patch(url)
+            .header(header::CONTENT_TYPE, "application/json-patch+json")
+            .body(serde_json::to_vec(ops).map_err(internal)?)
+            .map_err(internal)?;
+        match self.client.request::<Value>(req).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
+                Err(conflict(kind, name, s.message))
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn patch_vm_status(&self, vm: &VirtualMachine, ops: &Value, dry_run: bool) -> Reply<()> {
+        let ns = vm.metadata.namespace.as_deref().unwrap_or("default");
+        let name = vm.metadata.name.as_deref().unwrap_or("");
+        self.json_patch(
+            "virtualmachine",
+            name,
+            format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}/status"),
+            ops,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn patch_vm(&self, vm: &VirtualMachine, ops: &Value, dry_run: bool) -> Reply<()> {
+        let ns = vm.metadata.namespace.as_deref().unwrap_or("default");
+        let name = vm.metadata.name.as_deref().unwrap_or("");
+        self.json_patch(
+            "virtualmachine",
+            name,
+            format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}"),
+            ops,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn add_requests(&self, vm: &VirtualMachine, changes: &[Value], dry: bool) -> Reply<()> {
+        let st = serde_json::to_value(&vm.status).unwrap_or(Value::Null);
+        let ops = change_request_patch(&st, changes).map_err(internal)?;
+        self.patch_vm_status(vm, &ops, dry).await
+    }
+
+    /// `PUT .../virtualmachines/NAME/start` (StartOptions: `paused`, `dryRun`).
+    async fn start(&self, ns: &str, name: &str, body: &Value) -> Reply {
+        let vm = self.get_vm(ns, name).await?;
+        let vmi = self.get_vmi_opt(ns, name).await?;
+        if let Some(v) = &vmi {
+            if !is_final(v) && !matches!(vmi_phase(v), "" | "Unknown") {
+                return Err(conflict("virtualmachine", name, "VM is already running"));
+            }
+        }
+        let paused = body["paused"].as_bool().unwrap_or(false);
+        let dry = dry_run(body);
+        let strategy = run_strategy(&vm);
+        match strategy.as_str() {
+            "Halted" => {
+                let template_paused = vm
+                    .spec
+                    .template
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.start_strategy.as_deref())
+                    == Some("Paused");
+                if paused && !template_paused {
+                    // The request carries "start paused" to the VMI virt-controller creates.
+                    self.add_requests(&vm, &[start_request(true)], dry).await?;
+                }
+                self.patch_vm(&vm, &running_patch(&vm, true), dry).await?;
+            }
+            "RerunOnFailure" | "Manual" => {
+                let phase = vmi.as_ref().map(vmi_phase).unwrap_or("");
+                if strategy == "RerunOnFailure" && phase == "Failed" {
+                    return Err(conflict(
+                        "virtualmachine",
+                        name,
+                        "RerunOnFailure does not support starting VM from failed state",
+                    ));
+                }
+                let restart = match &vmi {
+                    Some(_) if strategy == "RerunOnFailure" => phase == "Succeeded",
+                    Some(v) => is_final(v),
+                    None => false,
+                };
+                let changes = match (&vmi, restart) {
+                    (Some(v), true) => vec![stop_request(v), start_request(paused)],
+                    _ => vec![start_request(paused)],
+                };
+                self.add_requests(&vm, &changes, dry).await?;
+            }
+            other => {
+                return Err(conflict(
+                    "virtualmachine",
+                    name,
+                    format!("{other} does not support manual start requests"),
+                ))
+            }
+        }
+        Ok(accepted())
+    }
+
+    /// `PUT .../virtualmachines/NAME/stop` (StopOptions: `gracePeriod`, `dryRun`).
+    async fn stop(&self, ns: &str, name: &str, body: &Value) -> Reply {
+        let vm = self.get_vm(ns, name).await?;
+        let strategy = run_strategy(&vm);
+        let vmi = self.get_vmi_opt(ns, name).await?;
+        let dry = dry_run(body);
+        let grace = match &body["gracePeriod"] {
+            Value::Null => None,
+            g => Some(
+                g.as_i64()
+                    .ok_or_else(|| bad_request("gracePeriod must be an integer"))?,
+            ),
+        };
+        let running = vmi.as_ref().filter(|v| !is_final(v));
+        let old_grace = running.and_then(|v| v.spec.termination_grace_period_seconds);
+        if let (Some(v), Some(g)) = (running, grace) {
+            // A shorter grace period for this stop: the VMI's own field, which the handler
+            // honours when it shuts the guest down.
+            let ops = json!([
+                {"op": "test", "path": "/spec/terminationGracePeriodSeconds", "value": old_grace},
+                {"op": "replace", "path": "/spec/terminationGracePeriodSeconds", "value": g},
+            ]);
+            let vname = v.metadata.name.as_deref().unwrap_or(name);
+            self.json_patch(
+                "virtualmachineinstance",
+                vname,
+                format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{vname}"),
+                &ops,
+                dry,
+            )
+            .await?;
+        }
+        match strategy.as_str() {
+            "Halted" => {
+                let Some(v) = running else {
+                    return Err(conflict("virtualmachine", name, VM_NOT_RUNNING));
+                };
+                let shorter = match (grace, old_grace) {
+                    (None, _) => false,
+                    (Some(g), Some(old)) => g < old,
+                    (Some(_), None) => true,
+                };
+                if !shorter {
+                    return Err(conflict(
+                        "virtualmachine",
+                        name,
+                        "Halted only supports manual stop requests with a shorter graceperiod",
+                    ));
+                }
+                self.add_requests(&vm, &[stop_request(v)], dry).await?;
+            }
+            "RerunOnFailure" | "Manual" => {
+                let Some(v) = running else {
+                    return Err(conflict("virtualmachine", name, VM_NOT_RUNNING));
+                };
+                self.add_requests(&vm, &[stop_request(v)], dry).await?;
+            }
+            _ => self.patch_vm(&vm, &running_patch(&vm, false), dry).await?,
+        }
+        if grace == Some(0) && !dry {
+            // `--force --grace-period=0`: no wait for the guest.
+            if let Some(v) = running {
+                let vname = v.metadata.name.clone().unwrap_or_default();
+                let _ = self.launcher_call(ns, &vname, "stop", json!({})).await;
+            }
+        }
+        Ok(accepted())
+    }
+
+    /// `PUT .../virtualmachines/NAME/restart` (RestartOptions: `gracePeriodSeconds`, `dryRun`).
+    async fn restart(&self, ns: &str, name: &str, body: &Value) -> Reply {
+        let grace = body["gracePeriodSeconds"].as_i64();
+        match grace {
+            Some(g) if g > 0 => {
+                return Err(bad_request(
+                    "For force restart, only gracePeriod=0 is supported for now",
+                ))
+            }
+            Some(g) if g < 0 => {
+                return Err(bad_request("gracePeriod has to be greater or equal to 0"))
+            }
+            _ => {}
+        }
+        let vm = self.get_vm(ns, name).await?;
+        let strategy = run_strategy(&vm);
+        if strategy == "Halted" || strategy == "Once" {
+            return Err(conflict(
+                "virtualmachine",
+                name,
+                format!("RunStategy {strategy} does not support manual restart requests"),
+            ));
+        }
+        let Some(vmi) = self.get_vmi_opt(ns, name).await? else {
+            return Err(conflict(
+                "virtualmachine",
+                name,
+                "VM is not running: Halted",
+            ));
+        };
+        let dry = dry_run(body);
+        self.add_requests(&vm, &[stop_request(&vmi), start_request(false)], dry)
+            .await?;
+        if grace == Some(0) && !dry {
+            let _ = self.launcher_call(ns, name, "stop", json!({})).await;
+        }
+        Ok(accepted())
+    }
+
+    /// `PUT .../virtualmachines/NAME/migrate`.
+    async fn migrate(&self, ns: &str, name: &str) -> Reply {
+        self.get_vm(ns, name).await?;
+        let vmi = self.get_vmi(ns, name).await?;
+        if vmi_phase(&vmi) != "Running" {
+            return Err(conflict("virtualmachine", name, VM_NOT_RUNNING));
+        }
+        Err(status(
+            501,
+            "NotImplemented",
+            "live migration is not implemented in kubevirt-rs yet (a single-node server has no \
+             other node to migrate to)"
+                .into(),
+            Some(("virtualmachine", name)),
+        ))
+    }
+
+    /// One call to the VMI's launcher, off the async threads (the client is blocking).
+    async fn launcher_call(
+        &self,
+        ns: &str,
+        name: &str,
+        method: &str,
+        params: Value,
+    ) -> Reply<Value> {
+        let dir = self.vmi_dir(ns, name);
+        let m = method.to_string();
+        tokio::task::spawn_blocking(move || kubevirt_launcher::rpc::call(&dir, &m, params))
+            .await
+            .map_err(internal)?
+            .map_err(|e| internal(format!("{method} failed: {e}")))
+    }
+
+    /// pause / unpause / softreboot / reset: validate like KubeVirt, then ask the launcher.
+    async fn vmi_action(&self, ns: &str, name: &str, action: &str, body: &Value) -> Reply {
+        let vmi = self.get_vmi(ns, name).await?;
+        let phase = vmi_phase(&vmi);
+        let running = phase == "Running";
+        let paused = has_condition(&vmi, "Paused", true);
+        const KIND: &str = "virtualmachineinstance";
+        let method = match action {
+            "pause" => {
+                if !running {
+                    return Err(conflict(KIND, name, VM_NOT_RUNNING));
+                }
+                if vmi.spec.liveness_probe.is_some() {
+                    return Err(status(
+                        403,
+                        "Forbidden",
+                        format!("{KIND}.kubevirt.io \"{name}\" is forbidden: Pausing VMIs with LivenessProbe is currently not supported"),
+                        Some((KIND, name)),
+                    ));
+                }
+                if has_condition(&vmi, "Paused", false) {
+                    return Err(conflict(KIND, name, "VMI is already paused"));
+                }
+                "pause"
+            }
+            "unpause" => {
+                if !running {
+                    return Err(conflict(KIND, name, VMI_NOT_RUNNING));
+                }
+                if !has_condition(&vmi, "Paused", false) {
+                    return Err(conflict(KIND, name, VMI_NOT_PAUSED));
+                }
+                "unpause"
+            }
+            "softreboot" => {
+                if !running {
+                    return Err(conflict(KIND, name, VM_NOT_RUNNING));
+                }
+                if paused {
+                    return Err(conflict(KIND, name, "VMI is paused"));
+                }
+                let acpi_off = vmi
+                    .spec
+                    .domain
+                    .features
+                    .as_ref()
+                    .and_then(|f| f.acpi.as_ref())
+                    .and_then(|a| a.enabled)
+                    == Some(false);
+                if acpi_off && !has_condition(&vmi, "AgentConnected", false) {
+                    return Err(conflict(
+                        KIND,
+                        name,
+                        "VMI neither have the agent connected nor the ACPI feature enabled",
+                    ));
+                }
+                "softReboot"
+            }
+            "reset" => {
+                if !running {
+                    return Err(internal(format!(
+                        "Failed to reset non-running VMI with phase {phase}: {VMI_NOT_RUNNING}"
+                    )));
+                }
+                "reset"
+            }
+            _ => return Err(not_found_path()),
+        };
+        if dry_run(body) {
+            return Ok(ok());
+        }
+        self.launcher_call(ns, name, method, json!({})).await?;
+        Ok(ok())
+    }
+
+    /// `GET .../virtualmachineinstances/NAME/guestosinfo`.
+    async fn guest_os_info(&self, ns: &str, name: &str) -> Reply {
+        let vmi = self.get_vmi(ns, name).await?;
+        if vmi_phase(&vmi) != "Running" {
+            return Err(conflict("virtualmachineinstance", name, VMI_NOT_RUNNING));
+        }
+        if !has_condition(&vmi, "AgentConnected", true) {
+            return Err(conflict(
+                "virtualmachineinstance",
+                name,
+                "VMI does not have guest agent connected",
+            ));
+        }
+        let info = vmi
+            .status
+            .as_ref()
+            .and_then(|s| s.guest_os_info.as_ref())
+            .map(|g| serde_json::to_value(g).unwrap_or_default())
+            .unwrap_or_default();
+        Ok(json_reply(StatusCode::OK, &json!({"guestOSInfo": info})))
+    }
+
+    /// `GET .../console` and `.../vnc`: checks, then the websocket upgrade.
+    async fn stream(&self, ns: &str, name: &str, which: &str, req: Request) -> Reply {
+        let vmi = self.get_vmi(ns, name).await?;
+        let devices = &vmi.spec.domain.devices;
+        let (enabled, missing, sock) = if which == "console" {
+            (
+                devices.autoattach_serial_console != Some(false),
+                "No serial consoles are present.",
+                "console.sock",
+            )
+        } else {
+            (
+                devices.autoattach_graphics_device != Some(false),
+                "No graphics devices are present.",
+                "vnc.sock",
+            )
+        };
+        if !enabled {
+            return Err(bad_request(missing));
+        }
+        if vmi_phase(&vmi) != "Running" {
+            return Err(conflict("virtualmachineinstance", name, VMI_NOT_RUNNING));
+        }
+        let path = self.vmi_dir(ns, name).join(sock);
+        if !path.exists() {
+            return Err(bad_request(missing));
+        }
+        let (mut parts, _body) = req.into_parts();
+        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|e| {
+                bad_request(format!(
+                    "{which} is a websocket: connect with a websocket client (virtctl {which}): {e}"
+                ))
+            })?;
+        let label = format!("{ns}/{name} {which}");
+        Ok(ws
+            .protocols([PLAIN_PROTOCOL])
+            .on_upgrade(move |socket| pump(socket, path, label)))
+    }
+
+    async fn route(&self, path: &[String], req: Request) -> Reply {
+        let method = req.method().clone();
+        let segs: Vec<&str> = path.iter().map(String::as_str).collect();
+        let (ns, resource, name, action) = match segs.as_slice() {
+            ["namespaces", ns, resource, name, action] => (*ns, *resource, *name, *action),
+            _ => return Err(not_found_path()),
+        };
+        let want = |m: Method| -> Reply<()> {
+            if method == m {
+                Ok(())
+            } else {
+                Err(status(
+                    405,
+                    "MethodNotAllowed",
+                    format!(
+                        "the server does not allow method {method} on {resource}/{action}: use {m}"
+                    ),
+                    None,
+                ))
+            }
+        };
+        match (resource, action) {
+            ("virtualmachines", "start" | "stop" | "restart" | "migrate")
+            | ("virtualmachineinstances", "pause" | "unpause" | "softreboot" | "reset") => {
+                want(Method::PUT)?;
+                let body = options(req.into_body()).await?;
+                tracing::info!(
+                    namespace = ns,
+                    name,
+                    resource,
+                    action,
+                    "subresource request"
+                );
+                match (resource, action) {
+                    ("virtualmachines", "start") => self.start(ns, name, &body).await,
+                    ("virtualmachines", "stop") => self.stop(ns, name, &body).await,
+                    ("virtualmachines", "restart") => self.restart(ns, name, &body).await,
+                    ("virtualmachines", _) => self.migrate(ns, name).await,
+                    _ => self.vmi_action(ns, name, action, &body).await,
+                }
+            }
+            ("virtualmachineinstances", "console" | "vnc") => {
+                want(Method::GET)?;
+                self.stream(ns, name, action, req).await
+            }
+            ("virtualmachineinstances", "guestosinfo") => {
+                want(Method::GET)?;
+                self.guest_os_info(ns, name).await
+            }
+            _ => Err(not_found_path()),
+        }
+    }
+}
+
+fn not_found_path() -> Response {
+    status(
+        404,
+        "NotFound",
+        "the server could not find the requested resource".into(),
+        None,
+    )
+}
+
+/// An options body (`StartOptions`, `StopOptions`, ...): empty means defaults.
+async fn options(body: Body) -> Reply<Value> {
+    let bytes = axum::body::to_bytes(body, MAX_OPTIONS)
+        .await
+        .map_err(|e| bad_request(format!("reading the request body: {e}")))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| bad_request(format!("the request body is not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(bad_request("the request body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+/// Joins a websocket to a unix socket until either side closes.
+async fn pump(ws: WebSocket, path: PathBuf, label: String) {
+    let sock = match UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(stream = %label, error = %e, path = %path.display(), "cannot reach the VMI's socket");
+            let mut ws = ws;
+            let _ = ws.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    tracing::info!(stream = %label, "stream opened");
+    let (mut rd, mut wr) = sock.into_split();
+    let (mut tx, mut rx) = ws.split();
+    let inbound = async {
+        while let Some(Ok(msg)) = rx.next().await {
+            let data: &[u8] = match &msg {
+                Message::Binary(b) => b,
+                Message::Text(t) => t.as_bytes(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if wr.write_all(data).await.is_err() {
+                break;
+            }
+        }
+    };
+    let outbound = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let frame = Message::Binary(buf[..n].to_vec().into());
+                    if tx.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Message::Close(None)).await;
+    };
+    tokio::select! {
+        _ = inbound => {}
+        _ = outbound => {}
+    }
+    tracing::info!(stream = %label, "stream closed");
+}
+
+#[async_trait::async_trait]
+impl SubresourceHandler for VirtApi {
+    async fn handle(
+        &self,
+        method: Method,
+        path: Vec<String>,
+        _query: Query,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Response {
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.headers_mut() = headers;
+        self.route(&path, req).await.unwrap_or_else(|e| e)
+    }
+
+    async fn handle_request(&self, path: Vec<String>, _query: Query, req: Request) -> Response {
+        self.route(&path, req).await.unwrap_or_else(|e| e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_request_adds_the_status() {
+        let p = change_request_patch(&Value::Null, &[json!({"action": "Start"})]).unwrap();
+        assert_eq!(
+            p,
+            json!([{"op": "add", "path": "/status", "value": {"stateChangeRequests": [{"action": "Start"}]}}])
+        );
+    }
+
+    #[test]
+    fn requests_are_guarded_by_a_test_of_the_current_ones() {
+        let st =
+            json!({"printableStatus": "Running", "startFailure": {"retryAfterTimestamp": "x"}});
+        let p = change_request_patch(&st, &[json!({"action": "Stop", "uid": "u"})]).unwrap();
+        assert_eq!(
+            p[0],
+            json!({"op": "test", "path": "/status/stateChangeRequests", "value": null})
+        );
+        assert_eq!(p[1]["op"], "add");
+        assert_eq!(
+            p[2],
+            json!({"op": "remove", "path": "/status/startFailure"})
+        );
+    }
+
+    #[test]
+    fn a_stop_replaces_pending_requests_but_a_start_does_not() {
+        let st = json!({"stateChangeRequests": [{"action": "Start"}]});
+        let p = change_request_patch(&st, &[json!({"action": "Stop"})]).unwrap();
+        assert_eq!(p[1]["op"], "replace");
+        let e = change_request_patch(&st, &[json!({"action": "Start"})]).unwrap_err();
+        assert_eq!(e, "unable to complete request: stop/start already underway");
+    }
+
+    #[test]
+    fn running_patch_uses_the_field_the_vm_uses() {
+        let mut vm: VirtualMachine = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": "a"}, "spec": {"running": true, "template": {"spec": {"domain": {"devices": {}}}}}
+        }))
+        .unwrap();
+        assert_eq!(
+            running_patch(&vm, false)[1],
+            json!({"op": "replace", "path": "/spec/running", "value": false})
+        );
+        vm.spec.running = None;
+        vm.spec.run_strategy = Some("Manual".into());
+        assert_eq!(
+            running_patch(&vm, true),
+            json!([{"op": "test", "path": "/spec/runStrategy", "value": "Manual"},
+                   {"op": "replace", "path": "/spec/runStrategy", "value": "Always"}])
+        );
+    }
+
+    #[test]
+    fn conflicts_read_like_kubernetes_status_errors() {
+        let r = conflict(
+            "virtualmachine",
+            "demo",
+            "Always does not support manual start requests",
+        );
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+    }
+}
