@@ -32,13 +32,22 @@ pub const MICROVM: &str = "microvm";
 pub struct ValidationConfig {
     /// `network.permitBridgeInterfaceOnPodNetwork` (KubeVirt default: true).
     pub permit_bridge_on_pod_network: bool,
+    /// `developerConfiguration.featureGates` (KubeVirt default: none).
+    pub feature_gates: Vec<String>,
 }
 
 impl Default for ValidationConfig {
     fn default() -> Self {
         ValidationConfig {
             permit_bridge_on_pod_network: true,
+            feature_gates: Vec::new(),
         }
+    }
+}
+
+impl ValidationConfig {
+    pub fn gate(&self, name: &str) -> bool {
+        self.feature_gates.iter().any(|g| g == name)
     }
 }
 
@@ -433,6 +442,12 @@ pub fn validate_vmi_spec(
             errs.push(FieldError::invalid(
                 vp.clone(),
                 format!("{vp} must have exactly one source type set"),
+            ));
+        }
+        if v.host_disk.is_some() && !cfg.gate("HostDisk") {
+            errs.push(FieldError::invalid(
+                vp.clone(),
+                "HostDisk feature gate is not enabled",
             ));
         }
         if let Some(dv) = &v.data_volume {

@@ -529,3 +529,19 @@ fn all_problems_are_reported_at_once() {
     let errs = errors(&v);
     assert!(errs.len() >= 4, "{errs:#?}");
 }
+
+#[test]
+fn host_disks_need_the_host_disk_feature_gate() {
+    let mut v = vmi();
+    *at(&mut v, "/spec/volumes/0") = json!({"name": "root",
+        "hostDisk": {"path": "/var/data/disk.img", "type": "DiskOrCreate", "capacity": "1Gi"}});
+    rejects(
+        &v,
+        "spec.volumes[0]",
+        "HostDisk feature gate is not enabled",
+    );
+    let mut gated = AdmitOptions::default();
+    gated.validation.feature_gates = vec!["HostDisk".into()];
+    let errs = admit(&v, &gated).err().unwrap_or_default();
+    assert!(errs.is_empty(), "with the gate on: {errs:#?}");
+}

@@ -7,10 +7,13 @@
 //! launchers: nothing is kept in memory that a crash would lose. Launchers run in their own
 //! session (`launcher run --detach`) and outlive the handler.
 
+pub mod volumes;
+
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use kubevirt_api::VirtualMachineInstance;
@@ -29,8 +32,16 @@ pub struct Config {
     pub image_store: Option<PathBuf>,
     /// The `kubevirt-rs` binary that runs `launcher run`.
     pub launcher_bin: PathBuf,
-    /// KubeVirt's `useEmulation`.
-    pub allow_emulation: bool,
+    /// KubeVirt's `developerConfiguration.useEmulation`; shared with the configuration
+    /// watcher, so a change to the `KubeVirt` resource applies to the next VMI started.
+    pub allow_emulation: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Config {
+    pub fn emulation(&self) -> bool {
+        self.allow_emulation
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +58,7 @@ pub enum Error {
 struct Context {
     client: Client,
     config: Config,
+    followers: Arc<Followers>,
 }
 
 /// KubeVirt's label for the node a VMI runs on.
@@ -56,7 +68,9 @@ pub fn vmi_dir(config: &Config, namespace: &str, name: &str) -> PathBuf {
     config.data_dir.join("vms").join(namespace).join(name)
 }
 
-/// The launcher's state: live over its socket, else the last one it wrote.
+/// The launcher's state: live over its socket, else the last one it wrote. A launcher that
+/// is gone while its last state says the VM runs died with it (QEMU dies with its launcher):
+/// that is reported as Failed, reason `LauncherExited`.
 fn launcher_state(dir: &Path) -> Option<State> {
     if let Ok(v) = kubevirt_launcher::rpc::call(dir, "state", json!({})) {
         if let Ok(s) = serde_json::from_value::<State>(v) {
@@ -64,7 +78,79 @@ fn launcher_state(dir: &Path) -> Option<State> {
         }
     }
     let text = std::fs::read_to_string(dir.join("state.json")).ok()?;
-    serde_json::from_str(&text).ok()
+    let mut s: State = serde_json::from_str(&text).ok()?;
+    if !s.phase.is_final() && !process_alive(s.launcher_pid) {
+        s.message = format!(
+            "the launcher (pid {}) exited while the VM was {:?}; its QEMU went with it",
+            s.launcher_pid, s.phase
+        );
+        s.phase = Phase::Failed;
+        s.reason = "LauncherExited".into();
+    }
+    Some(s)
+}
+
+/// True while `pid` exists and is not a zombie.
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Follows a launcher's event stream (`subscribe` on its socket) and asks for a reconcile of
+/// its VMI on every event and when the stream ends (the launcher exited). This is what makes
+/// status changes reach the API within milliseconds instead of at the next poll.
+struct Followers {
+    active: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<VirtualMachineInstance>>,
+}
+
+impl Followers {
+    fn follow(self: &Arc<Self>, dir: &Path, vmi: &VirtualMachineInstance) {
+        {
+            let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            if !active.insert(dir.to_path_buf()) {
+                return;
+            }
+        }
+        let this = self.clone();
+        let dir = dir.to_path_buf();
+        let obj = ObjectRef::from_obj(vmi);
+        tokio::spawn(async move {
+            if let Err(e) = this.stream(&dir, &obj).await {
+                tracing::debug!(dir = %dir.display(), error = %e, "launcher event stream ended");
+            }
+            this.active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&dir);
+            let _ = this.trigger.unbounded_send(obj);
+        });
+    }
+
+    async fn stream(
+        &self,
+        dir: &Path,
+        obj: &ObjectRef<VirtualMachineInstance>,
+    ) -> std::io::Result<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let sock = tokio::net::UnixStream::connect(dir.join("launcher.sock")).await?;
+        let (rd, mut wr) = sock.into_split();
+        let req = json!({"v": kubevirt_launcher::rpc::VERSION, "id": 1, "method": "subscribe"});
+        wr.write_all(format!("{req}\n").as_bytes()).await?;
+        let mut lines = tokio::io::BufReader::new(rd).lines();
+        while lines.next_line().await?.is_some() {
+            if self.trigger.unbounded_send(obj.clone()).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn now() -> String {
@@ -156,7 +242,12 @@ async fn patch_status(
     Ok(())
 }
 
-fn spawn_launcher(config: &Config, dir: &Path, vmi: &VirtualMachineInstance) -> Result<(), Error> {
+fn spawn_launcher(
+    config: &Config,
+    dir: &Path,
+    vmi: &VirtualMachineInstance,
+    volume_args: &[String],
+) -> Result<(), Error> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| Error::Io { path, source }
@@ -172,7 +263,7 @@ fn spawn_launcher(config: &Config, dir: &Path, vmi: &VirtualMachineInstance) -> 
         .arg(&file)
         .arg("--dir")
         .arg(dir)
-        .arg(format!("--allow-emulation={}", config.allow_emulation))
+        .arg(format!("--allow-emulation={}", config.emulation()))
         .arg("--detach")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -180,6 +271,7 @@ fn spawn_launcher(config: &Config, dir: &Path, vmi: &VirtualMachineInstance) -> 
     if let Some(store) = &config.image_store {
         cmd.arg("--image-store").arg(store);
     }
+    cmd.args(volume_args);
     // The detaching parent waits until the VM runs (or fails); the launcher itself lives on in
     // its own session, whatever happens to us.
     let name = vmi.name_any();
@@ -246,7 +338,16 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                     && vmi.status.as_ref().and_then(|s| s.node_name.as_deref())
                         == Some(ctx.config.node_name.as_str())
             {
-                spawn_launcher(&ctx.config, &dir, &vmi)?;
+                // PVC/DataVolume volumes must be usable first; until then the VMI waits.
+                match volumes::resolve(&ctx.client, &vmi).await? {
+                    volumes::Resolved::Ready(args) => {
+                        spawn_launcher(&ctx.config, &dir, &vmi, &args)?
+                    }
+                    volumes::Resolved::Wait(why) => {
+                        tracing::info!(vmi = %name, %why, "waiting for volumes");
+                        return Ok(Action::requeue(Duration::from_secs(2)));
+                    }
+                }
             }
             Ok(Action::requeue(Duration::from_secs(1)))
         }
@@ -267,6 +368,9 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             Ok(Action::requeue(Duration::from_secs(1)))
         }
         Some(s) => {
+            if !s.phase.is_final() {
+                ctx.followers.follow(&dir, &vmi);
+            }
             let status = status_from(&s, &current);
             let changed = ["phase", "interfaces", "conditions"]
                 .iter()
@@ -274,11 +378,30 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             if changed {
                 patch_status(&api, &name, status).await?;
             }
-            Ok(Action::requeue(Duration::from_secs(
-                if s.phase == Phase::Running { 5 } else { 1 },
-            )))
+            // Phase changes arrive as launcher events; the guest's IP (read from its console)
+            // does not, so it is polled for until known.
+            let settled = match s.phase {
+                Phase::Running => s.guest_ip.is_some() || !wants_ip(&vmi),
+                Phase::Paused => true,
+                _ => false,
+            };
+            Ok(Action::requeue(Duration::from_secs(if settled {
+                60
+            } else {
+                1
+            })))
         }
     }
+}
+
+/// True when the VMI has an interface whose address the guest reports (any but none).
+fn wants_ip(vmi: &VirtualMachineInstance) -> bool {
+    vmi.spec
+        .domain
+        .devices
+        .interfaces
+        .as_ref()
+        .is_some_and(|i| !i.is_empty())
 }
 
 /// Conditions compared without their timestamps, so an unchanged state writes nothing.
@@ -303,17 +426,18 @@ fn error_policy(_vmi: Arc<VirtualMachineInstance>, err: &Error, _ctx: Arc<Contex
 /// Registers the node (labels a scheduler reads, KubeVirt's names) and keeps its heartbeat.
 async fn node_heartbeat(client: Client, config: Config) {
     let nodes: Api<Node> = Api::all(client);
-    let kvm = kubevirt_launcher::accel::choose(config.allow_emulation)
-        .map(|c| c.accelerator.as_str() == "kvm")
-        .unwrap_or(false);
     loop {
+        let emulation = config.emulation();
+        let kvm = kubevirt_launcher::accel::choose(emulation)
+            .map(|c| c.accelerator.as_str() == "kvm")
+            .unwrap_or(false);
         let node = json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": config.node_name, "labels": {
                 "kubernetes.io/hostname": config.node_name,
                 "kubevirt.io/schedulable": "true",
                 "kubevirt.io/kvm": if kvm { "true" } else { "false" },
-                "kubevirt.io/emulation": if config.allow_emulation { "true" } else { "false" },
+                "kubevirt.io/emulation": if emulation { "true" } else { "false" },
             }, "annotations": {"kubevirt.io/heartbeat": now()}},
             "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                 "message": "virt-handler is running", "lastHeartbeatTime": now()}],
@@ -345,8 +469,18 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     tokio::spawn(node_heartbeat(client.clone(), config.clone()));
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
     let selector = format!("{NODE_LABEL}={}", config.node_name);
-    let ctx = Arc::new(Context { client, config });
+    let (trigger, triggered) = futures::channel::mpsc::unbounded();
+    let followers = Arc::new(Followers {
+        active: Default::default(),
+        trigger,
+    });
+    let ctx = Arc::new(Context {
+        client,
+        config,
+        followers,
+    });
     Controller::new(vmis, watcher::Config::default().labels(&selector))
+        .reconcile_on(triggered)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {

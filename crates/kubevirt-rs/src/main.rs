@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::io::Write;
 
+mod cluster_config;
 mod server;
 mod validate;
 

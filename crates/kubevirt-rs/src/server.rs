@@ -1,10 +1,13 @@
 //! `kubevirt-rs server`: the single-node server. The embedded API server, virt-controller and
 //! virt-handler run in this process; launchers run in their own sessions and outlive it.
 
+use crate::cluster_config;
 use anyhow::{Context, Result};
 use kubevirt_api::defaults::DefaultBinding;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
@@ -67,9 +70,22 @@ pub fn run(args: ServerArgs) -> Result<i32> {
                 client.clone(),
                 args.data_dir.join("vms"),
             ));
+            // The cluster configuration: kubevirt/kubevirt, created with single-node defaults
+            // at first start, then followed.
+            let emulation = Arc::new(AtomicBool::new(true));
+            let spec = cluster_config::ensure(&client)
+                .await
+                .context("creating the KubeVirt resource kubevirt/kubevirt")?;
+            let effective = cluster_config::effective(&spec);
+            cluster_config::apply(&effective, &mut running.api.admission.write(), &emulation);
+            tokio::spawn(cluster_config::watch(
+                client.clone(),
+                running.api.clone(),
+                emulation.clone(),
+            ));
             let node = args.node_name.clone().unwrap_or_else(hostname);
             let mut ctl = kubevirt_controller::Config::single_node(node.clone());
-            ctl.defaults.default_network_interface = DefaultBinding::Masquerade;
+            ctl.defaults.default_network_interface = effective.default_binding;
             let controller = tokio::spawn(kubevirt_controller::run(client.clone(), ctl));
             let handler = tokio::spawn(kubevirt_handler::run(
                 client,
@@ -82,7 +98,7 @@ pub fn run(args: ServerArgs) -> Result<i32> {
                             .unwrap_or_else(|| args.data_dir.join("images")),
                     ),
                     launcher_bin: std::env::current_exe()?,
-                    allow_emulation: true,
+                    allow_emulation: emulation,
                 },
             ));
             eprintln!("kubevirt-rs server: controller and handler running for node {node}");

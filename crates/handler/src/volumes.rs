@@ -1,0 +1,175 @@
+//! A VMI's `persistentVolumeClaim` and `dataVolume` volumes → the files the launcher opens
+//! (`--pvc CLAIM=PATH`, `--data-volume NAME=PATH`).
+//!
+//! PVC → its bound PersistentVolume → `spec.local.path` (the local-path provisioner's
+//! directory or file): for `volumeMode: Filesystem` the disk is `disk.img` in that directory
+//! (KubeVirt's convention), for `Block` the path itself. A volume that is not usable yet (claim
+//! missing or unbound, DataVolume not `Succeeded`) makes the VMI wait, as virt-handler does:
+//! it is not a failure.
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+use kubevirt_api::{DataVolume, VirtualMachineInstance};
+
+/// What the launcher needs, or why the VMI must wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// Launcher arguments (`--pvc`, `--data-volume`).
+    Ready(Vec<String>),
+    /// A volume is not ready; the message says which and why.
+    Wait(String),
+}
+
+/// CDI's default filesystem overhead: a disk.img created for a bare Filesystem claim leaves
+/// this fraction free, as KubeVirt's `disk.img` sizing does.
+const FILESYSTEM_OVERHEAD: f64 = 0.055;
+
+enum Claim {
+    Path(PathBuf),
+    Wait(String),
+}
+
+async fn claim_path(client: &Client, ns: &str, claim: &str, from_dv: bool) -> kube::Result<Claim> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let Some(pvc) = pvcs.get_opt(claim).await? else {
+        return Ok(Claim::Wait(format!(
+            "PersistentVolumeClaim {ns}/{claim} does not exist"
+        )));
+    };
+    let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let pv_name = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .filter(|n| !n.is_empty());
+    let (true, Some(pv_name)) = (bound, pv_name) else {
+        return Ok(Claim::Wait(format!(
+            "PersistentVolumeClaim {ns}/{claim} is not bound yet"
+        )));
+    };
+    // A claim a DataVolume fills is usable only once the DataVolume succeeded.
+    if !from_dv {
+        if let Some(o) = pvc
+            .owner_references()
+            .iter()
+            .find(|o| o.kind == "DataVolume")
+        {
+            if let Some(w) = dv_not_ready(client, ns, &o.name).await? {
+                return Ok(Claim::Wait(w));
+            }
+        }
+    }
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let Some(pv) = pvs.get_opt(&pv_name).await? else {
+        return Ok(Claim::Wait(format!(
+            "PersistentVolume {pv_name} of claim {ns}/{claim} does not exist"
+        )));
+    };
+    let Some(path) = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.local.as_ref())
+        .map(|l| PathBuf::from(&l.path))
+    else {
+        return Ok(Claim::Wait(format!(
+            "PersistentVolume {pv_name} has no spec.local.path: only local volumes can be used on this node"
+        )));
+    };
+    let block = pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block");
+    if block {
+        return Ok(Claim::Path(path));
+    }
+    let disk = path.join("disk.img");
+    if !disk.exists() && !from_dv {
+        // A bare Filesystem claim: KubeVirt creates a sparse disk.img filling it.
+        let capacity = pvc
+            .status
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get("storage"))
+            .and_then(|q| kubevirt_api::quantity::Quantity::from_k8s(q).ok())
+            .and_then(|q| u64::try_from(q.value()).ok())
+            .unwrap_or(0);
+        let size = ((capacity as f64 * (1.0 - FILESYSTEM_OVERHEAD)) as u64) / (1 << 20) * (1 << 20);
+        let d = disk.clone();
+        let created = tokio::task::spawn_blocking(move || {
+            let f = std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(&d)?;
+            f.set_len(size)
+        })
+        .await;
+        match created {
+            Ok(Ok(())) => {
+                tracing::info!(path = %disk.display(), size, "created disk.img for a bare claim")
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Ok(Err(e)) => {
+                return Ok(Claim::Wait(format!(
+                    "cannot create {}: {e}",
+                    disk.display()
+                )))
+            }
+            Err(e) => {
+                return Ok(Claim::Wait(format!(
+                    "cannot create {}: {e}",
+                    disk.display()
+                )))
+            }
+        }
+    }
+    Ok(Claim::Path(disk))
+}
+
+async fn dv_not_ready(client: &Client, ns: &str, name: &str) -> kube::Result<Option<String>> {
+    let dvs: Api<DataVolume> = Api::namespaced(client.clone(), ns);
+    let Some(dv) = dvs.get_opt(name).await? else {
+        return Ok(Some(format!("DataVolume {ns}/{name} does not exist")));
+    };
+    let phase = dv
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    Ok((phase != "Succeeded")
+        .then(|| format!("DataVolume {ns}/{name} is not ready (phase {phase:?})")))
+}
+
+/// Resolves every PVC and DataVolume volume of `vmi`.
+pub async fn resolve(client: &Client, vmi: &VirtualMachineInstance) -> kube::Result<Resolved> {
+    let ns = vmi.namespace().unwrap_or_else(|| "default".into());
+    let mut args = Vec::new();
+    for vol in vmi.spec.volumes.iter().flatten() {
+        if let Some(p) = &vol.persistent_volume_claim {
+            match claim_path(client, &ns, &p.claim_name, false).await? {
+                Claim::Path(path) => {
+                    args.push("--pvc".to_string());
+                    args.push(format!("{}={}", p.claim_name, path.display()));
+                }
+                Claim::Wait(w) => return Ok(Resolved::Wait(w)),
+            }
+        } else if let Some(d) = &vol.data_volume {
+            if let Some(w) = dv_not_ready(client, &ns, &d.name).await? {
+                return Ok(Resolved::Wait(w));
+            }
+            let dvs: Api<DataVolume> = Api::namespaced(client.clone(), &ns);
+            let claim = dvs
+                .get_opt(&d.name)
+                .await?
+                .and_then(|dv| dv.status.and_then(|s| s.claim_name))
+                .unwrap_or_else(|| d.name.clone());
+            match claim_path(client, &ns, &claim, true).await? {
+                Claim::Path(path) => {
+                    args.push("--data-volume".to_string());
+                    args.push(format!("{}={}", d.name, path.display()));
+                }
+                Claim::Wait(w) => return Ok(Resolved::Wait(w)),
+            }
+        }
+    }
+    Ok(Resolved::Ready(args))
+}
