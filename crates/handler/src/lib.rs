@@ -247,6 +247,7 @@ fn spawn_launcher(
     dir: &Path,
     vmi: &VirtualMachineInstance,
     volume_args: &[String],
+    followers: &Arc<Followers>,
 ) -> Result<(), Error> {
     let io = |path: &Path| {
         let path = path.display().to_string();
@@ -270,13 +271,19 @@ fn spawn_launcher(
         .stderr(std::process::Stdio::null());
     if let Some(store) = &config.image_store {
         cmd.arg("--image-store").arg(store);
+        cmd.arg("--image-cache")
+            .arg(config.data_dir.join("image-cache"));
     }
     cmd.args(volume_args);
     // The detaching parent waits until the VM runs (or fails); the launcher itself lives on in
     // its own session, whatever happens to us.
     let name = vmi.name_any();
+    let (followers, obj) = (followers.clone(), ObjectRef::from_obj(vmi));
     tokio::spawn(async move {
-        match cmd.status().await {
+        let status = cmd.status().await;
+        // Look again now, not at the next requeue.
+        let _ = followers.trigger.unbounded_send(obj);
+        match status {
             Ok(s) if s.success() => tracing::info!(vmi = %name, "launcher started"),
             Ok(s) => {
                 tracing::warn!(vmi = %name, status = %s, "launcher failed to start; see its launcher.log")
@@ -341,7 +348,7 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 // PVC/DataVolume volumes must be usable first; until then the VMI waits.
                 match volumes::resolve(&ctx.client, &vmi).await? {
                     volumes::Resolved::Ready(args) => {
-                        spawn_launcher(&ctx.config, &dir, &vmi, &args)?
+                        spawn_launcher(&ctx.config, &dir, &vmi, &args, &ctx.followers)?
                     }
                     volumes::Resolved::Wait(why) => {
                         tracing::info!(vmi = %name, %why, "waiting for volumes");
@@ -368,6 +375,7 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             Ok(Action::requeue(Duration::from_secs(1)))
         }
         Some(s) => {
+            tracing::debug!(vmi = %name, phase = ?s.phase, reason = %s.reason, "launcher state");
             if !s.phase.is_final() {
                 ctx.followers.follow(&dir, &vmi);
             }

@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Host ports for masquerade `ports`: `ephemeral` (default), `same`, or `base:N`.
     #[arg(long, default_value = "ephemeral")]
     host_ports: String,
+    /// Extract each containerDisk image's base once into this directory and share it between
+    /// VMIs (default: into DIR, per VMI).
+    #[arg(long)]
+    image_cache: Option<PathBuf>,
     /// persistentVolumeClaim file: CLAIM=PATH (repeatable).
     #[arg(long = "pvc", value_name = "CLAIM=PATH")]
     pvcs: Vec<String>,
@@ -119,6 +123,7 @@ fn run_vmi(a: RunArgs) -> Result<i32> {
     }
     let mut opts = Options::new(&dir);
     opts.image_store = a.image_store.clone();
+    opts.image_cache = a.image_cache.clone();
     opts.allow_emulation = a.allow_emulation;
     opts.qemu_binary = a.qemu.clone();
     opts.pvc_paths = pairs(&a.pvcs, "pvc")?;

@@ -139,6 +139,8 @@ pub enum LaunchError {
 pub struct Options {
     pub dir: PathBuf,
     pub image_store: Option<PathBuf>,
+    /// Where containerDisk bases are extracted once and shared between VMIs.
+    pub image_cache: Option<PathBuf>,
     pub allow_emulation: bool,
     pub qemu_binary: String,
     pub host_ports: HostPorts,
@@ -151,6 +153,7 @@ impl Options {
         Options {
             dir: dir.to_path_buf(),
             image_store: None,
+            image_cache: None,
             allow_emulation: true,
             qemu_binary: qemu::QEMU_BINARY.into(),
             host_ports: HostPorts::Ephemeral,
@@ -258,7 +261,11 @@ impl Vm {
         env.pvc_paths = opts.pvc_paths.clone();
         env.data_volume_paths = opts.data_volume_paths.clone();
         let spec = MachineSpec::from_vmi(vmi, &env)?;
-        volumes::prepare(&spec, opts.image_store.as_deref())?;
+        volumes::prepare(
+            &spec,
+            opts.image_store.as_deref(),
+            opts.image_cache.as_deref(),
+        )?;
         for s in ["qmp.sock", "serial.sock", "vnc.sock"] {
             let _ = std::fs::remove_file(dir.join(s));
         }

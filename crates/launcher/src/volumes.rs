@@ -268,6 +268,24 @@ impl OciStore {
         Ok(found)
     }
 
+    /// A stable key for "file `path` of `image` as this store holds it": changes when any
+    /// layer changes (layer blobs are named by digest). FNV-1a over the layer digests.
+    pub fn cache_key(&self, image: &str, path: Option<&str>) -> Result<String, VolumeError> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |b: &[u8]| {
+            for x in b {
+                h ^= u64::from(*x);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for l in self.layers(image)? {
+            feed(l.blob.to_string_lossy().as_bytes());
+            feed(b"\0");
+        }
+        feed(path.unwrap_or("disk/*").as_bytes());
+        Ok(format!("{h:016x}"))
+    }
+
     /// Whether `image` has the regular file `path`.
     pub fn has_file(&self, image: &str, path: &str) -> bool {
         let Ok(layers) = self.layers(image) else {
@@ -334,7 +352,15 @@ fn run(cmd: &mut Command) -> Result<(), VolumeError> {
 
 /// Create every file and device the spec needs. Idempotent for bases (extracted once);
 /// overlays and empty disks are made fresh, as KubeVirt's are ephemeral.
-pub fn prepare(spec: &MachineSpec, image_store: Option<&Path>) -> Result<(), VolumeError> {
+///
+/// With `image_cache`, a containerDisk's read-only base is extracted once per image into
+/// `image_cache/<key>/` and shared by every VMI of that image (each still gets its own
+/// overlay); without it, into the VMI's own directory.
+pub fn prepare(
+    spec: &MachineSpec,
+    image_store: Option<&Path>,
+    image_cache: Option<&Path>,
+) -> Result<(), VolumeError> {
     let disks_dir = spec.dir.join("disks");
     fs::create_dir_all(&disks_dir).map_err(io(&disks_dir))?;
     let store = |image: &str| -> Result<OciStore, VolumeError> {
@@ -368,6 +394,10 @@ pub fn prepare(spec: &MachineSpec, image_store: Option<&Path>) -> Result<(), Vol
                 path,
                 base_dir,
             } => {
+                let base_dir = match image_cache {
+                    Some(cache) => cache.join(store(image)?.cache_key(image, path.as_deref())?),
+                    None => base_dir.clone(),
+                };
                 let marker = base_dir.join(".base");
                 let base = match fs::read_to_string(&marker) {
                     Ok(name) if base_dir.join(name.trim()).is_file() => base_dir.join(name.trim()),
@@ -376,7 +406,9 @@ pub fn prepare(spec: &MachineSpec, image_store: Option<&Path>) -> Result<(), Vol
                         let want_path = path
                             .as_deref()
                             .map(|p| p.trim_start_matches('/').to_string());
-                        let tmp = base_dir.join("base.extract");
+                        // Unique per process: launchers of the same image may extract at once;
+                        // the renames below make the last one win with identical content.
+                        let tmp = base_dir.join(format!("base.extract.{}", std::process::id()));
                         let found = store.extract(
                             image,
                             &|p: &str| match &want_path {
@@ -394,7 +426,9 @@ pub fn prepare(spec: &MachineSpec, image_store: Option<&Path>) -> Result<(), Vol
                         let mut perm = fs::metadata(&base).map_err(io(&base))?.permissions();
                         perm.set_readonly(true);
                         fs::set_permissions(&base, perm).map_err(io(&base))?;
-                        fs::write(&marker, &file).map_err(io(&marker))?;
+                        let marker_tmp = marker.with_extension(std::process::id().to_string());
+                        fs::write(&marker_tmp, &file).map_err(io(&marker_tmp))?;
+                        fs::rename(&marker_tmp, &marker).map_err(io(&marker))?;
                         base
                     }
                 };
