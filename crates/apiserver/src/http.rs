@@ -387,6 +387,13 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     resp
 }
 
+/// events.k8s.io Events are also kept as core/v1 Events (see [`crate::events`]).
+async fn mirror_event(api: &ApiServer, def: &ResourceDef, q: &Query, w: &Written) {
+    if def.group == "events.k8s.io" && !q.dry_run() {
+        crate::events::mirror(api, &w.object).await;
+    }
+}
+
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
     let Some(v) = headers
         .get(header::AUTHORIZATION)
@@ -554,11 +561,13 @@ async fn dispatch(
             };
             let body = decode_body(headers, &read_body(body).await?)?;
             let w = api.create(def, &ns, body, q).await?;
+            mirror_event(api, def, q, &w).await;
             Ok(written(w, StatusCode::CREATED, as_, def))
         }
         (Method::PUT, Some(name)) => {
             let body = decode_body(headers, &read_body(body).await?)?;
             let w = api.update(def, &ns, name, body, q, sub).await?;
+            mirror_event(api, def, q, &w).await;
             Ok(written(w, StatusCode::OK, as_, def))
         }
         (Method::PATCH, Some(name)) => {
@@ -571,6 +580,7 @@ async fn dispatch(
             })?;
             let bytes = read_body(body).await?;
             let w = api.patch(def, &ns, name, ty, &bytes, q, sub).await?;
+            mirror_event(api, def, q, &w).await;
             let code = if w.created {
                 StatusCode::CREATED
             } else {
@@ -675,8 +685,11 @@ fn watch(
 ) -> ApiResult<Response> {
     let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
         .map_err(ApiError::bad_request)?;
-    let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
-        .map_err(ApiError::bad_request)?;
+    let fields = FieldSelector::parse_with(
+        q.get("fieldSelector").unwrap_or(""),
+        crate::selector::selectable_fields(&def.group, &def.plural),
+    )
+    .map_err(ApiError::bad_request)?;
     let prefix = Key::prefix(
         &def.group,
         &def.plural,
@@ -734,9 +747,8 @@ fn watch(
                 let mut last_rv = start.rv;
                 for e in &start.initial {
                     let shown = if since.is_none() {
-                        (labels.matches(&e.object.labels)
-                            && fields.matches(e.object.key.namespace(), e.object.key.name()))
-                        .then_some(EventType::Added)
+                        (labels.matches(&e.object.labels) && fields.matches_stored(&e.object))
+                            .then_some(EventType::Added)
                     } else {
                         filter_event(e.kind, &e.object, e.prev_labels.as_ref(), &labels, &fields)
                     };

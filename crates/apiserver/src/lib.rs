@@ -8,6 +8,7 @@
 
 pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod gc;
 pub mod http;
 pub mod jsonpath;

@@ -885,8 +885,11 @@ impl ApiServer {
     pub fn list(&self, def: &ResourceDef, ns: Option<&str>, q: &Query) -> ApiResult<ListResult> {
         let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
             .map_err(ApiError::bad_request)?;
-        let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
-            .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse_with(
+            q.get("fieldSelector").unwrap_or(""),
+            crate::selector::selectable_fields(&def.group, &def.plural),
+        )
+        .map_err(ApiError::bad_request)?;
         let prefix = Key::prefix(
             &def.group,
             &def.plural,
@@ -912,7 +915,7 @@ impl ApiServer {
                     continue;
                 }
             }
-            if !labels.matches(&o.labels) || !fields.matches(o.key.namespace(), o.key.name()) {
+            if !labels.matches(&o.labels) || !fields.matches_stored(&o) {
                 continue;
             }
             if limit > 0 && items.len() == limit {
@@ -993,7 +996,7 @@ pub fn filter_event(
     labels: &LabelSelector,
     fields: &FieldSelector,
 ) -> Option<EventType> {
-    if !fields.matches(obj.key.namespace(), obj.key.name()) {
+    if !fields.matches_stored(obj) {
         return None;
     }
     if labels.is_empty() {

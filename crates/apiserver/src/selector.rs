@@ -128,12 +128,48 @@ impl LabelSelector {
     }
 }
 
+/// The fields besides `metadata.name`/`metadata.namespace` a resource can be selected by, as
+/// kube-apiserver offers them.
+pub fn selectable_fields(group: &str, plural: &str) -> &'static [&'static str] {
+    match (group, plural) {
+        ("", "events") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("events.k8s.io", "events") => &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "reason",
+            "reportingController",
+            "type",
+        ],
+        _ => &[],
+    }
+}
+
 /// Field selectors support `metadata.name` and `metadata.namespace` with `=`, `==`, `!=`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
     pub fn parse(s: &str) -> Result<FieldSelector, String> {
+        Self::parse_with(s, &[])
+    }
+
+    /// Also accepts the resource's own selectable fields (core Events: `involvedObject.name`,
+    /// `reason`, ... — what `kubectl describe` asks for).
+    pub fn parse_with(s: &str, extra: &[&str]) -> Result<FieldSelector, String> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (field, neg, value) = if let Some((f, v)) = part.split_once("!=") {
@@ -146,9 +182,13 @@ impl FieldSelector {
                 ));
             };
             let field = field.trim();
-            if field != "metadata.name" && field != "metadata.namespace" {
+            if field != "metadata.name" && field != "metadata.namespace" && !extra.contains(&field)
+            {
+                let mut supported = vec!["metadata.name", "metadata.namespace"];
+                supported.extend(extra);
                 return Err(format!(
-                    "field label not supported: {field} (supported: metadata.name, metadata.namespace)"
+                    "field label not supported: {field} (supported: {})",
+                    supported.join(", ")
                 ));
             }
             out.push((field.to_string(), neg, value.trim().to_string()));
@@ -165,6 +205,50 @@ impl FieldSelector {
             };
             (actual == v) != *neg
         })
+    }
+
+    /// Matches a stored object; fields other than name and namespace are read from its JSON.
+    pub fn matches_stored(&self, o: &crate::store::Stored) -> bool {
+        if !self.matches_meta(o.key.namespace(), o.key.name()) {
+            return false;
+        }
+        let other: Vec<_> = self
+            .0
+            .iter()
+            .filter(|(f, _, _)| !f.starts_with("metadata."))
+            .collect();
+        if other.is_empty() {
+            return true;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.json) else {
+            return false;
+        };
+        other.iter().all(|(f, neg, want)| {
+            let actual = f
+                .split('.')
+                .try_fold(&v, |cur, k| cur.get(k))
+                .map(|x| match x {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => String::new(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_default();
+            (actual == *want) != *neg
+        })
+    }
+
+    fn matches_meta(&self, namespace: &str, name: &str) -> bool {
+        self.0
+            .iter()
+            .filter(|(f, _, _)| f.starts_with("metadata."))
+            .all(|(f, neg, v)| {
+                let actual = if f == "metadata.name" {
+                    name
+                } else {
+                    namespace
+                };
+                (actual == v) != *neg
+            })
     }
 
     /// The one name this selector pins, if any (lets a watch skip other objects cheaply).

@@ -13,9 +13,10 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use kubevirt_api::VirtualMachineInstance;
 use kubevirt_launcher::launcher::{Phase, State};
 use serde_json::{json, Value};
@@ -59,6 +60,28 @@ struct Context {
     client: Client,
     config: Config,
     followers: Arc<Followers>,
+    recorder: Recorder,
+}
+
+impl Context {
+    async fn event(
+        &self,
+        vmi: &VirtualMachineInstance,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &vmi.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "recording an event failed");
+        }
+    }
 }
 
 /// KubeVirt's label for the node a VMI runs on.
@@ -314,6 +337,17 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
         match &state {
             Some(s) if !s.phase.is_final() => {
                 let grace = vmi.spec.termination_grace_period_seconds.unwrap_or(30);
+                let signaled = dir.join(".shutdown-signaled");
+                if !signaled.exists() {
+                    let _ = std::fs::write(&signaled, b"");
+                    ctx.event(
+                        &vmi,
+                        EventType::Normal,
+                        "ShuttingDown",
+                        format!("Signaled Graceful Shutdown (grace period {grace} s)"),
+                    )
+                    .await;
+                }
                 let d = dir.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     kubevirt_launcher::rpc::call(
@@ -384,7 +418,10 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 .iter()
                 .any(|k| strip_times(&status[k]) != strip_times(&current[k]));
             if changed {
-                patch_status(&api, &name, status).await?;
+                patch_status(&api, &name, status.clone()).await?;
+                for (type_, reason, note) in transition_events(&current, &status, &s) {
+                    ctx.event(&vmi, type_, reason, note).await;
+                }
             }
             // Phase changes arrive as launcher events; the guest's IP (read from its console)
             // does not, so it is polled for until known.
@@ -400,6 +437,62 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             })))
         }
     }
+}
+
+/// The events virt-handler records when a VMI's reported status changes (KubeVirt's reasons).
+fn transition_events(
+    old: &Value,
+    new: &Value,
+    s: &State,
+) -> Vec<(EventType, &'static str, String)> {
+    let paused = |v: &Value| {
+        v["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Paused" && c["status"] == "True")
+        })
+    };
+    let mut out = Vec::new();
+    let (was, is) = (
+        old["phase"].as_str().unwrap_or(""),
+        new["phase"].as_str().unwrap_or(""),
+    );
+    if was != is {
+        match is {
+            "Running" => out.push((
+                EventType::Normal,
+                "Started",
+                "VirtualMachineInstance started.".to_string(),
+            )),
+            "Succeeded" => out.push((
+                EventType::Normal,
+                "Stopped",
+                format!("The VirtualMachineInstance was shut down ({}).", s.reason),
+            )),
+            "Failed" => out.push((
+                EventType::Warning,
+                "Stopped",
+                format!(
+                    "The VirtualMachineInstance crashed: {}: {}",
+                    s.reason, s.message
+                ),
+            )),
+            _ => {}
+        }
+    }
+    match (paused(old), paused(new)) {
+        (false, true) => out.push((
+            EventType::Normal,
+            "Paused",
+            "The VirtualMachineInstance was paused.".to_string(),
+        )),
+        (true, false) if is == "Running" => out.push((
+            EventType::Normal,
+            "Resumed",
+            "The VirtualMachineInstance was resumed.".to_string(),
+        )),
+        _ => {}
+    }
+    out
 }
 
 /// True when the VMI has an interface whose address the guest reports (any but none).
@@ -482,10 +575,18 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         active: Default::default(),
         trigger,
     });
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "virt-handler".into(),
+            instance: Some(config.node_name.clone()),
+        },
+    );
     let ctx = Arc::new(Context {
         client,
         config,
         followers,
+        recorder,
     });
     Controller::new(vmis, watcher::Config::default().labels(&selector))
         .reconcile_on(triggered)
