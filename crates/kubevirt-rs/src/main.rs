@@ -29,9 +29,29 @@ enum Command {
     Launcher(kubevirt_launcher::cli::LauncherArgs),
     /// Run the single-node server: an embedded Kubernetes API server with KubeVirt's resources.
     Server(server::ServerArgs),
+    /// KubeVirt's user CLI (also run when this binary is invoked as `virtctl`).
+    #[command(disable_help_flag = true)]
+    Virtctl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() {
+    // Multi-call: `virtctl ...` (a link named virtctl) or `kubevirt-rs virtctl ...`.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = argv
+        .first()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if invoked_as == "virtctl" {
+        std::process::exit(kubevirt_virtctl::main_from(argv));
+    }
+    if argv.get(1).is_some_and(|a| a == "virtctl") {
+        std::process::exit(kubevirt_virtctl::main_from(argv.into_iter().skip(1)));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KUBEVIRT_RS_LOG")
@@ -61,6 +81,10 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Validate(args) => validate::run(args),
         Command::Launcher(args) => kubevirt_launcher::cli::run(args),
         Command::Server(args) => server::run(args),
+        // Dispatched before parsing, in main; listed so `--help` shows it.
+        Command::Virtctl { args } => Ok(kubevirt_virtctl::main_from(
+            std::iter::once(std::ffi::OsString::from("virtctl")).chain(args),
+        )),
         Command::Crds => {
             let mut out = std::io::stdout().lock();
             for (i, crd) in kubevirt_api::crd::crds().iter().enumerate() {
