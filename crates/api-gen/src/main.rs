@@ -326,13 +326,21 @@ const RENAMES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Fields CDI has that KubeVirt's vendored copy of CDI's API lacks, but CDI's own examples use
-/// (manifests/example/import-kubevirt-datavolume-skip-tls.yaml).
-const EXTRA_PROPERTIES: &[(&str, &str, &str)] = &[(
-    "v1beta1.DataVolumeSourceHTTP",
-    "insecureSkipVerify",
-    r#"{"type": "boolean", "description": "InsecureSkipVerify skips TLS verification of the HTTP server's certificate. Use only for testing."}"#,
-)];
+/// Fields CDI has that KubeVirt's vendored copy of CDI's API lacks: `insecureSkipVerify`, used
+/// by CDI's own examples (manifests/example/import-kubevirt-datavolume-skip-tls.yaml), and
+/// `checksum` of newer CDI releases.
+const EXTRA_PROPERTIES: &[(&str, &str, &str)] = &[
+    (
+        "v1beta1.DataVolumeSourceHTTP",
+        "insecureSkipVerify",
+        r#"{"type": "boolean", "description": "InsecureSkipVerify skips TLS verification of the HTTP server's certificate. Use only for testing."}"#,
+    ),
+    (
+        "v1beta1.DataVolumeSourceHTTP",
+        "checksum",
+        r#"{"type": "string", "description": "Checksum is the expected checksum of the file, \"algorithm:hash\" (md5, sha1, sha256, sha512); the import fails if the downloaded content does not match."}"#,
+    ),
+];
 
 /// Swagger definitions for Kubernetes' own types map onto `k8s-openapi`.
 fn k8s_type(def: &str) -> Option<String> {

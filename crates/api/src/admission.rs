@@ -145,6 +145,7 @@ pub fn kinds() -> &'static [KindInfo] {
             custom!(DataVolume, defaults::default_dv, |dv, _| {
                 validation::validate_dv(dv)
             }),
+            custom!(CDIConfig, no_default, no_validate),
             custom!(VirtualMachineSnapshot, no_default, no_validate),
             custom!(VirtualMachineSnapshotContent, no_default, no_validate),
             custom!(VirtualMachineRestore, no_default, no_validate),

@@ -56,3 +56,85 @@ pub struct DataVolumeCondition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
+
+/// `spec` of CDI's cluster-wide `CDIConfig` (`cdi.kubevirt.io/v1beta1`, one object named
+/// `config`), the fields of CDI's `CDIConfigSpec` a single node uses.
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema, kube::CustomResource,
+)]
+#[kube(
+    group = "cdi.kubevirt.io",
+    version = "v1beta1",
+    kind = "CDIConfig",
+    plural = "cdiconfigs",
+    status = "CDIConfigStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "CDIConfig (cdi.kubevirt.io/v1beta1): CDI's cluster-wide configuration, object `config`."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CDIConfigSpec {
+    /// Overrides the upload proxy URL reported in `status.uploadProxyURL`.
+    #[serde(
+        rename = "uploadProxyURLOverride",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub upload_proxy_url_override: Option<String>,
+    /// Registries (`host:port`) reached over plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_registries: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch_space_storage_class: Option<String>,
+    /// Fraction of a Filesystem volume reserved for the filesystem (CDI's default 0.055).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem_overhead: Option<FilesystemOverhead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preallocation: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_gates: Option<Vec<String>>,
+    #[serde(
+        rename = "dataVolumeTTLSeconds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_volume_ttl_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_verbosity: Option<i32>,
+}
+
+/// CDI's `FilesystemOverhead`: a global fraction and per-StorageClass ones, as decimal strings
+/// (`"0.055"`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FilesystemOverhead {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// `status` of `CDIConfig`: what CDI resolved from the spec and the installation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CDIConfigStatus {
+    /// Where `virtctl image-upload` sends data.
+    #[serde(
+        rename = "uploadProxyURL",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub upload_proxy_url: Option<String>,
+    #[serde(
+        rename = "uploadProxyCAConfigMap",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub upload_proxy_ca_config_map: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch_space_storage_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem_overhead: Option<FilesystemOverhead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preallocation: Option<bool>,
+}

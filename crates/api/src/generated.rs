@@ -4343,6 +4343,9 @@ pub struct DataVolumeSourceHTTP {
     /// CertConfigMap is a configmap reference, containing a Certificate Authority(CA) public key, and a base64 encoded pem certificate
     #[serde(rename = "certConfigMap", default, skip_serializing_if = "Option::is_none")]
     pub cert_config_map: Option<String>,
+    /// Checksum is the expected checksum of the file, "algorithm:hash" (md5, sha1, sha256, sha512); the import fails if the downloaded content does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
     /// ExtraHeaders is a list of strings containing extra headers to include with HTTP transfer requests
     #[serde(rename = "extraHeaders", default, skip_serializing_if = "Option::is_none")]
     pub extra_headers: Option<Vec<String>>,

@@ -20,4 +20,5 @@ pub mod quantity;
 pub mod validation;
 
 pub use admission::{admit, AdmitOptions, Admitted, FieldValidation, KindInfo};
+pub use cdi::CDIConfig;
 pub use field::{CauseType, FieldError};

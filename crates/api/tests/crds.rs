@@ -58,6 +58,7 @@ fn names_and_short_names_match_kubevirt() {
             "Cluster",
         ),
         ("MigrationPolicy", "migrationpolicies", &[], "Cluster"),
+        ("CDIConfig", "cdiconfigs", &[], "Cluster"),
     ];
     for (kind, plural, short, scope) in expect {
         let c = crd(kind);
@@ -73,7 +74,7 @@ fn names_and_short_names_match_kubevirt() {
             Some(format!("{plural}.{}", c.spec.group).as_str())
         );
     }
-    assert_eq!(crds().len(), 15);
+    assert_eq!(crds().len(), 16);
 }
 
 #[test]

@@ -484,7 +484,7 @@ fn kubectl_accepts_the_generated_crds() {
             String::from_utf8_lossy(&out.stderr)
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(stdout.lines().count(), 15, "{stdout}");
+        assert_eq!(stdout.lines().count(), docs.len(), "{stdout}");
         assert!(
             stdout.contains("virtualmachineinstances.kubevirt.io"),
             "{stdout}"

@@ -523,6 +523,20 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     } else {
         decide(strategy, &status, vmi.as_ref(), now)
     };
+    // dataVolumeTemplates: create the DataVolumes; a VMI is created only once they are ready.
+    let volumes = if vm.metadata.deletion_timestamp.is_none() {
+        sync_data_volumes(&ctx, &vm, &ns).await?
+    } else {
+        VolumesState::default()
+    };
+    let set_to_start = matches!(decision, Decision::Create | Decision::CreateAfter(_));
+    let decision = match decision {
+        Decision::Create if !volumes.ready() => {
+            requeue = Duration::from_secs(1);
+            Decision::Nothing
+        }
+        d => d,
+    };
     match decision {
         Decision::Nothing => {}
         Decision::CreateAfter(d) => requeue = requeue.min(d + Duration::from_millis(50)),
@@ -637,6 +651,10 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
             .unwrap_or(0),
         strategy,
     });
+    let printable = match volumes.printable(set_to_start) {
+        Some(p) if vmi.is_none() && vm.metadata.deletion_timestamp.is_none() => p,
+        _ => printable,
+    };
     status.printable_status = Some(printable.into());
     status.created = Some(vmi.is_some());
     status.ready = Some(
@@ -652,12 +670,184 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         .or(vm.metadata.generation);
     let mut conds = status.conditions.take().unwrap_or_default();
     sync_conditions(&mut conds, vmi.as_ref(), failure, now);
+    if volumes.data_volumes > 0 {
+        let (st, reason, msg) = if volumes.not_ready.is_empty() {
+            (
+                "True",
+                "AllDVsReady",
+                "All of the VMI's DVs are bound and ready".to_string(),
+            )
+        } else {
+            (
+                "False",
+                "NotAllDVsReady",
+                format!(
+                    "Not all of the VMI's DVs are ready: {}",
+                    volumes.not_ready.join(", ")
+                ),
+            )
+        };
+        set_condition(
+            &mut conds,
+            "DataVolumesReady",
+            st,
+            Some(reason.into()),
+            Some(msg),
+            now,
+        );
+    }
     status.conditions = Some(conds);
 
     if status != old_status {
         write_status(&vms, &vm, &old_status, &status).await?;
     }
     Ok(Action::requeue(requeue))
+}
+
+/// The DataVolumes and claims a VM's template uses, as `setPrintableStatus` and the
+/// `DataVolumesReady` condition see them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VolumesState {
+    /// How many DataVolumes the template references.
+    pub data_volumes: usize,
+    /// DataVolumes not `Succeeded` (name and phase).
+    pub not_ready: Vec<String>,
+    /// A DataVolume is `Failed` (KubeVirt's `HasDataVolumeErrors`).
+    pub error: bool,
+    /// A DataVolume is still being populated (`HasDataVolumeProvisioning`).
+    pub provisioning: bool,
+    /// A `persistentVolumeClaim` volume's claim is missing or not bound.
+    pub unbound_claim: bool,
+}
+
+impl VolumesState {
+    /// Whether the VMI may be created. An unbound claim does not hold it back (KubeVirt
+    /// creates the VMI; its launcher waits for the volume).
+    pub fn ready(&self) -> bool {
+        self.not_ready.is_empty()
+    }
+
+    /// KubeVirt's rows 7, 9 and 10 of `setPrintableStatus` (DataVolumeError, Provisioning,
+    /// WaitingForVolumeBinding).
+    pub fn printable(&self, set_to_start: bool) -> Option<&'static str> {
+        if self.error {
+            Some("DataVolumeError")
+        } else if self.provisioning {
+            Some("Provisioning")
+        } else if set_to_start && (self.unbound_claim || !self.not_ready.is_empty()) {
+            Some("WaitingForVolumeBinding")
+        } else {
+            None
+        }
+    }
+}
+
+/// Creates the DataVolumes of `spec.dataVolumeTemplates` that do not exist (owned by the VM,
+/// as KubeVirt does) and reports the state of every DataVolume and claim the template uses.
+async fn sync_data_volumes(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    ns: &str,
+) -> Result<VolumesState, Error> {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use kubevirt_api::DataVolume;
+    let dvs: Api<DataVolume> = Api::namespaced(ctx.client.clone(), ns);
+    for t in vm.spec.data_volume_templates.iter().flatten() {
+        let meta = t.metadata.clone().unwrap_or_default();
+        let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        if dvs.get_opt(&name).await?.is_some() {
+            continue;
+        }
+        let mut owner = vm
+            .controller_owner_ref(&())
+            .ok_or(Error::MissingField("metadata.uid"))?;
+        owner.block_owner_deletion = Some(true);
+        let dv = DataVolume {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.to_string()),
+                labels: meta.labels,
+                annotations: meta.annotations,
+                owner_references: Some(vec![owner]),
+                ..Default::default()
+            },
+            spec: t.spec.clone(),
+            status: None,
+        };
+        match dvs.create(&PostParams::default(), &dv).await {
+            Ok(_) => {
+                ctx.event(
+                    vm,
+                    EventType::Normal,
+                    "SuccessfulDataVolumeCreate",
+                    format!("Created DataVolume {name}"),
+                )
+                .await
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                ctx.event(
+                    vm,
+                    EventType::Warning,
+                    "FailedDataVolumeCreate",
+                    format!("Error creating DataVolume {name}: {e}"),
+                )
+                .await;
+                return Err(e.into());
+            }
+        }
+    }
+    let mut st = VolumesState::default();
+    let volumes = vm
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    for v in &volumes {
+        if let Some(d) = &v.data_volume {
+            st.data_volumes += 1;
+            let phase = dvs
+                .get_opt(&d.name)
+                .await?
+                .and_then(|dv| dv.status)
+                .and_then(|s| s.phase)
+                .unwrap_or_default();
+            match phase.as_str() {
+                "Succeeded" => {}
+                "Failed" => {
+                    st.error = true;
+                    st.not_ready.push(format!("{} (Failed)", d.name));
+                }
+                "WaitForFirstConsumer" | "PendingPopulation" => {
+                    st.not_ready.push(format!("{} ({phase})", d.name))
+                }
+                _ => {
+                    st.provisioning = true;
+                    st.not_ready.push(if phase.is_empty() {
+                        d.name.clone()
+                    } else {
+                        format!("{} ({phase})", d.name)
+                    });
+                }
+            }
+        } else if let Some(p) = &v.persistent_volume_claim {
+            let bound = pvcs
+                .get_opt(&p.claim_name)
+                .await?
+                .and_then(|c| c.status)
+                .and_then(|s| s.phase)
+                .is_some_and(|ph| ph == "Bound");
+            if !bound {
+                st.unbound_claim = true;
+            }
+        }
+    }
+    Ok(st)
 }
 
 /// A merge patch on `/status` carrying the resourceVersion as a precondition, so a request a

@@ -645,3 +645,83 @@ async fn instancetype_sizes_the_vmi_and_events_are_recorded() {
         .unwrap_or_default()
         .starts_with("Started the virtual machine by creating the new virtual machine instance"));
 }
+
+/// dataVolumeTemplates: the VM creates its DataVolume (owned by it) and holds the VMI back
+/// until the DataVolume succeeded: `Provisioning` and `DataVolumesReady=False` meanwhile,
+/// `DataVolumeError` when it failed. No CDI runs here: the test writes the DataVolume's phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_volume_templates_are_created_and_awaited() {
+    use kubevirt_api::DataVolume;
+    let env = Env::start().await;
+    let vm: VirtualMachine = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": "withdv"},
+        "spec": {"runStrategy": "Always",
+            "dataVolumeTemplates": [{"metadata": {"name": "withdv-root", "labels": {"x": "y"}},
+                "spec": {"source": {"http": {"url": "http://example.invalid/disk.img"}},
+                         "storage": {"resources": {"requests": {"storage": "1Gi"}}}}}],
+            "template": {"spec": {"domain": {"devices": {"disks": [{"name": "root", "disk": {}}]},
+                                             "memory": {"guest": "64Mi"}},
+                                  "volumes": [{"name": "root", "dataVolume": {"name": "withdv-root"}}]}}}
+    }))
+    .expect("vm");
+    let vm = env
+        .vms()
+        .create(&PostParams::default(), &vm)
+        .await
+        .expect("create vm");
+    let dvs: Api<DataVolume> = Api::namespaced(env.client.clone(), "default");
+    let dv = wait(|| async { dvs.get_opt("withdv-root").await.ok().flatten() })
+        .await
+        .expect("the VM creates its DataVolume");
+    let owner = &dv.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(
+        (owner.kind.as_str(), Some(&owner.uid)),
+        ("VirtualMachine", vm.metadata.uid.as_ref())
+    );
+    assert_eq!(dv.metadata.labels.as_ref().expect("labels")["x"], "y");
+
+    let set_dv_phase = |phase: &'static str| {
+        let dvs = dvs.clone();
+        async move {
+            dvs.patch_status(
+                "withdv-root",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": phase}})),
+            )
+            .await
+            .expect("DataVolume status");
+        }
+    };
+    let dv_cond = |vm: &VirtualMachine| {
+        vm.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.r#type == "DataVolumesReady"))
+            .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+    };
+    set_dv_phase("ImportInProgress").await;
+    env.wait_printable("withdv", "Provisioning").await;
+    let got = env.vms().get("withdv").await.expect("vm");
+    assert_eq!(
+        dv_cond(&got),
+        Some(("False".to_string(), "NotAllDVsReady".to_string()))
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        env.vmis().get_opt("withdv").await.expect("get").is_none(),
+        "a VMI was created before its DataVolume was ready"
+    );
+
+    set_dv_phase("Failed").await;
+    env.wait_printable("withdv", "DataVolumeError").await;
+
+    set_dv_phase("Succeeded").await;
+    env.wait_vmi("withdv", None).await;
+    let ok = wait(|| async {
+        let vm = env.vms().get("withdv").await.ok()?;
+        (dv_cond(&vm)? == ("True".to_string(), "AllDVsReady".to_string())).then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "DataVolumesReady never became True");
+}

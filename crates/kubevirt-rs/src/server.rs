@@ -84,6 +84,26 @@ pub fn run(args: ServerArgs) -> Result<i32> {
                 emulation.clone(),
             ));
             let node = args.node_name.clone().unwrap_or_else(hostname);
+            // CDI: local-path provisioner, DataVolume controller, upload token + upload proxy.
+            let cdi = kubevirt_cdi_controller::Context::new(
+                client.clone(),
+                kubevirt_cdi_controller::Config::single_node(node.clone(), args.data_dir.clone()),
+            );
+            running.set_group_handler(
+                "upload.cdi.kubevirt.io",
+                Arc::new(kubevirt_cdi_controller::upload::TokenHandler(cdi.clone())),
+            );
+            running.set_upload_proxy(Arc::new(kubevirt_cdi_controller::upload::UploadProxy(
+                cdi.clone(),
+            )));
+            let proxy_url = match running.addr {
+                a if a.ip().is_unspecified() => format!("https://127.0.0.1:{}", a.port()),
+                a => format!("https://{a}"),
+            };
+            kubevirt_cdi_controller::ensure_cdi_config(&client, &proxy_url)
+                .await
+                .context("creating CDIConfig config")?;
+            tokio::spawn(kubevirt_cdi_controller::run(cdi));
             let mut ctl = kubevirt_controller::Config::single_node(node.clone());
             ctl.defaults.default_network_interface = effective.default_binding;
             let controller = tokio::spawn(kubevirt_controller::run(client.clone(), ctl));

@@ -1,0 +1,330 @@
+//! The local-path provisioner: dynamic provisioning for the claims on this one node (of class
+//! `local-path`, of no class, or of any other class: there is only one kind of storage here).
+//!
+//! A Pending claim gets `DATA_DIR/volumes/pvc-<claim uid>`: a directory for `volumeMode:
+//! Filesystem` (KubeVirt and CDI put the image in `disk.img` inside it) or a sparse raw file of
+//! the requested size for `Block`. A PersistentVolume named `pvc-<claim uid>` (as
+//! external-provisioner names them) records the path in `spec.local.path`, pins it to this node
+//! and is bound to the claim (`claimRef` + the claim's `spec.volumeName`, both `Bound`). When
+//! the claim is gone the `Delete` reclaim policy applies: the data is removed, then the
+//! PersistentVolume.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::ResourceExt;
+use kubevirt_api::quantity::Quantity;
+use serde_json::json;
+
+use crate::{Context, Error, PROVISIONER_NAME, STORAGE_CLASS};
+
+/// `pv.kubernetes.io/provisioned-by`, as external-provisioner annotates its volumes.
+pub const ANN_PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+
+const ANN_UPLOAD_TARGET: &str = crate::datavolume::ann::UPLOAD_TARGET;
+const ANN_POD_READY: &str = crate::datavolume::ann::POD_READY;
+const ANN_POD_PHASE: &str = crate::datavolume::ann::POD_PHASE;
+
+/// The PersistentVolume name for a claim uid.
+pub fn pv_name(claim_uid: &str) -> String {
+    format!("pvc-{claim_uid}")
+}
+
+/// Whether the claim's volume mode is Block (else Filesystem).
+pub fn is_block(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.spec
+        .as_ref()
+        .and_then(|s| s.volume_mode.as_deref())
+        .is_some_and(|m| m == "Block")
+}
+
+/// `spec.resources.requests.storage` in bytes.
+pub fn requested_bytes(pvc: &PersistentVolumeClaim) -> Result<u64, String> {
+    let q = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .ok_or("spec.resources.requests.storage is required: set the size of the volume")?;
+    let v = Quantity::from_k8s(q)
+        .map_err(|e| format!("spec.resources.requests.storage {:?}: {e}", q.0))?
+        .value();
+    u64::try_from(v)
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("spec.resources.requests.storage {:?} must be positive", q.0))
+}
+
+/// Every claim is ours except one that opts out of dynamic provisioning
+/// (`storageClassName: ""`, which binds only to a pre-made volume). There is one node and one
+/// kind of storage, so a class named in a manifest written for another cluster
+/// (`standard`, `rook-ceph-block`, ...) is served by this provisioner too, rather than leaving
+/// the claim Pending forever.
+fn ours(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.as_deref())
+        != Some("")
+}
+
+/// Where the volume of `pv_name` lives.
+pub fn volume_path(ctx: &Context, pv_name: &str, block: bool) -> PathBuf {
+    let dir = ctx.config.volumes_dir();
+    if block {
+        dir.join(format!("{pv_name}.raw"))
+    } else {
+        dir.join(pv_name)
+    }
+}
+
+fn create_volume(path: &std::path::Path, block: bool, size: u64) -> Result<(), Error> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
+    }
+    if block {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(Error::io(path))?;
+        f.set_len(size).map_err(Error::io(path))?;
+    } else {
+        std::fs::create_dir_all(path).map_err(Error::io(path))?;
+    }
+    Ok(())
+}
+
+async fn reconcile_pvc(
+    pvc: Arc<PersistentVolumeClaim>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    if pvc.metadata.deletion_timestamp.is_some() || !ours(&pvc) {
+        return Ok(Action::await_change());
+    }
+    let phase = pvc.status.as_ref().and_then(|s| s.phase.as_deref());
+    let volume_name = pvc.spec.as_ref().and_then(|s| s.volume_name.clone());
+    if phase == Some("Bound") || volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+        return Ok(Action::await_change());
+    }
+    let ns = pvc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = pvc.name_any();
+    let uid = pvc.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let size = match requested_bytes(&pvc) {
+        Ok(s) => s,
+        Err(msg) => {
+            ctx.event(
+                pvc.as_ref(),
+                EventType::Warning,
+                "ProvisioningFailed",
+                msg.clone(),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+    let block = is_block(&pvc);
+    let pv = pv_name(&uid);
+    let path = volume_path(&ctx, &pv, block);
+    {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || create_volume(&path, block, size))
+            .await
+            .map_err(|e| Error::Spec(format!("volume creation task: {e}")))??;
+    }
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let access_modes = spec
+        .access_modes
+        .clone()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| vec!["ReadWriteOnce".into()]);
+    let pv_obj = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv, "annotations": {ANN_PROVISIONED_BY: PROVISIONER_NAME},
+                     "labels": {"kubevirt-rs.io/provisioner": "local-path"}},
+        "spec": {
+            "capacity": {"storage": size.to_string()},
+            "accessModes": access_modes,
+            "persistentVolumeReclaimPolicy": "Delete",
+            "storageClassName": spec.storage_class_name.clone().unwrap_or_else(|| STORAGE_CLASS.into()),
+            "volumeMode": if block { "Block" } else { "Filesystem" },
+            "local": {"path": path.display().to_string()},
+            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                         "namespace": ns, "name": name, "uid": uid},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [ctx.config.node_name]}
+            ]}]}},
+        },
+    });
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    match pvs
+        .create(&PostParams::default(), &serde_json::from_value(pv_obj)?)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    pvs.patch_status(
+        &pv,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Bound"}})),
+    )
+    .await?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut annotations = json!({
+        "pv.kubernetes.io/bind-completed": "yes",
+        "pv.kubernetes.io/bound-by-controller": "yes",
+        "volume.kubernetes.io/storage-provisioner": PROVISIONER_NAME,
+        "volume.beta.kubernetes.io/storage-provisioner": PROVISIONER_NAME,
+    });
+    // A bare claim annotated for upload (`virtctl image-upload pvc`) is ready for the upload
+    // proxy once bound; DataVolume claims are handled by the DataVolume controller.
+    let upload_target = pvc.annotations().contains_key(ANN_UPLOAD_TARGET)
+        && !pvc
+            .owner_references()
+            .iter()
+            .any(|o| o.kind == "DataVolume");
+    if upload_target {
+        annotations[ANN_POD_READY] = json!("true");
+        annotations[ANN_POD_PHASE] = json!("Running");
+    }
+    let mut spec_patch = json!({"volumeName": pv});
+    if spec.storage_class_name.is_none() {
+        spec_patch["storageClassName"] = json!(STORAGE_CLASS);
+    }
+    pvcs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({
+            "metadata": {"annotations": annotations},
+            "spec": spec_patch,
+        })),
+    )
+    .await?;
+    pvcs.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "phase": "Bound",
+            "accessModes": access_modes,
+            "capacity": {"storage": size.to_string()},
+        }})),
+    )
+    .await?;
+    ctx.event(
+        pvc.as_ref(),
+        EventType::Normal,
+        "ProvisioningSucceeded",
+        format!("Successfully provisioned volume {pv}"),
+    )
+    .await;
+    tracing::info!(%ns, pvc = %name, %pv, path = %path.display(), size, "provisioned");
+    Ok(Action::await_change())
+}
+
+/// Reclaims our PersistentVolumes whose claim is gone (reclaim policy Delete).
+async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if pv.annotations().get(ANN_PROVISIONED_BY).map(String::as_str) != Some(PROVISIONER_NAME) {
+        return Ok(Action::await_change());
+    }
+    let spec = pv.spec.clone().unwrap_or_default();
+    let Some(claim) = spec.claim_ref.clone() else {
+        return Ok(Action::await_change());
+    };
+    let ns = claim.namespace.clone().unwrap_or_default();
+    let name = claim.name.clone().unwrap_or_default();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let live = pvcs
+        .get_opt(&name)
+        .await?
+        .filter(|c| c.metadata.uid == claim.uid);
+    if live.is_some() {
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+    if spec.persistent_volume_reclaim_policy.as_deref() != Some("Delete") {
+        let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+        pvs.patch_status(
+            &pv.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Released"}})),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+    // The claim's import (if any) must not keep writing into a deleted volume.
+    if let Some(uid) = &claim.uid {
+        crate::datavolume::cancel_for_claim(&ctx, uid);
+    }
+    if let Some(path) = spec.local.as_ref().map(|l| PathBuf::from(&l.path)) {
+        // Only ever delete below our volumes directory.
+        if path.starts_with(ctx.config.volumes_dir()) {
+            let p = path.clone();
+            let removed = tokio::task::spawn_blocking(move || {
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                }
+            })
+            .await
+            .map_err(|e| Error::Spec(format!("volume removal task: {e}")))?;
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Io { path, source: e }),
+            }
+        }
+    }
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    match pvs.delete(&pv.name_any(), &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(pv = %pv.name_any(), claim = %format!("{ns}/{name}"), "reclaimed");
+    Ok(Action::await_change())
+}
+
+fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "provisioner reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Runs the provisioner (claims) and the reclaimer (volumes) until the future is dropped.
+pub async fn run(ctx: Arc<Context>) {
+    let pvcs: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let claims = Controller::new(pvcs.clone(), watcher::Config::default())
+        .run(reconcile_pvc, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "provisioner");
+            }
+        });
+    let volumes = Controller::new(pvs, watcher::Config::default())
+        .watches(pvcs, watcher::Config::default(), |pvc| {
+            pvc.metadata
+                .uid
+                .as_deref()
+                .map(|uid| ObjectRef::new(&pv_name(uid)))
+        })
+        .run(reconcile_pv, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reclaimer");
+            }
+        });
+    futures::join!(claims, volumes);
+}

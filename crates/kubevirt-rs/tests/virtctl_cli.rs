@@ -1,0 +1,548 @@
+//! virtctl against the real `kubevirt-rs server`, run as a user runs it: through a link named
+//! `virtctl` to the multi-call binary (so the argv[0] dispatch is what is tested), with the
+//! server's kubeconfig in `KUBECONFIG`, next to unmodified kubectl.
+//!
+//! User stories: `virtctl create vm | kubectl apply -f -` is accepted; `virtctl version` shows
+//! both sides; KubeVirt's refusals reach the user with KubeVirt's words; `virtctl console`
+//! from a pipe shows the guest booting and runs a command in it; `virtctl vnc --proxy-only`
+//! gives a local port that speaks RFB. (VM lifecycle through start/stop/pause is proven by
+//! the virt-api e2e tests.)
+
+use kubevirt_testsupport::{have_kubectl, wait_for, Server};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A directory with `virtctl` -> the kubevirt-rs binary.
+fn virtctl_link(dir: &Path) -> PathBuf {
+    let link = dir.join("virtctl");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kubevirt-rs"), &link).expect("symlink");
+    link
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(s: &Server, virtctl: &Path, args: &[&str]) -> Out {
+    let out = s
+        .command(virtctl)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run virtctl");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `virtctl ARGS | kubectl apply -f -`.
+fn create_and_apply(s: &Server, virtctl: &Path, args: &[&str]) -> String {
+    let out = run(s, virtctl, args);
+    assert_eq!(out.code, 0, "virtctl {args:?}: {}", out.stderr);
+    let mut kubectl = Command::new("kubectl")
+        .args(["apply", "-f", "-"])
+        .env("KUBECONFIG", s.kubeconfig())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    kubectl
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(out.stdout.as_bytes())
+        .expect("write manifest");
+    let res = kubectl.wait_with_output().expect("kubectl apply");
+    String::from_utf8_lossy(&res.stdout).into_owned() + &String::from_utf8_lossy(&res.stderr)
+}
+
+#[test]
+fn virtctl_commands_reach_the_server_and_report_its_refusals() {
+    if !have_kubectl() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let images = dir.path().join("no-images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    let mut s = Server::new(
+        env!("CARGO_BIN_EXE_kubevirt-rs"),
+        dir.path().join("data"),
+        &images,
+    );
+    s.start();
+    let virtctl = virtctl_link(dir.path());
+
+    // version: the client line, and the server's answer to subresources.kubevirt.io/v1/version.
+    let v = run(&s, &virtctl, &["version"]);
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    let lines: Vec<&str> = v.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", v.stdout);
+    assert!(
+        lines[0].starts_with("Client Version: version.Info{GitVersion:\"v"),
+        "{}",
+        v.stdout
+    );
+    assert!(
+        lines[1].starts_with("Server Version: version.Info{GitVersion:\"v1."),
+        "{}",
+        v.stdout
+    );
+    assert!(lines[1].contains("kubevirt-rs"), "{}", v.stdout);
+    // The same through `kubevirt-rs virtctl`.
+    let again = run(
+        &s,
+        Path::new(env!("CARGO_BIN_EXE_kubevirt-rs")),
+        &["virtctl", "version"],
+    );
+    assert_eq!(again.stdout, v.stdout, "{}", again.stderr);
+
+    // create vm | kubectl apply -f -
+    let applied = create_and_apply(
+        &s,
+        &virtctl,
+        &[
+            "create",
+            "vm",
+            "--name",
+            "cli-vm",
+            "--volume-containerdisk",
+            "src:example.org/not-here:latest",
+            "--user",
+            "cloud-user",
+            "--ssh-key",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey me@host",
+        ],
+    );
+    assert!(
+        applied.contains("virtualmachine.kubevirt.io/cli-vm created"),
+        "{applied}"
+    );
+    assert_eq!(
+        s.jsonpath("vm", "cli-vm", "{.spec.template.spec.volumes[1].name}"),
+        "cloudinitdisk"
+    );
+
+    // KubeVirt's refusals of a manual start on runStrategy Always, with KubeVirt's words: while
+    // its VMI is active, "VM is already running"; once the VMI failed (its image does not
+    // exist), the runStrategy's own refusal.
+    let already = "Error starting VirtualMachine Operation cannot be fulfilled on virtualmachine.kubevirt.io \"cli-vm\": VM is already running";
+    let refused = "Error starting VirtualMachine Operation cannot be fulfilled on virtualmachine.kubevirt.io \"cli-vm\": Always does not support manual start requests";
+    let mut answers = Vec::new();
+    let got_refusal = wait_for(Duration::from_secs(90), || {
+        let start = run(&s, &virtctl, &["start", "cli-vm"]);
+        assert_eq!(start.code, 1, "{}{}", start.stdout, start.stderr);
+        let msg = start.stderr.trim().to_string();
+        assert!(msg == already || msg == refused, "{msg}");
+        answers.push(msg.clone());
+        msg == refused
+    });
+    assert!(got_refusal, "{answers:?}");
+
+    // Missing objects: the API's NotFound message, a non-zero exit.
+    let stop = run(&s, &virtctl, &["stop", "nope"]);
+    assert_eq!(stop.code, 1);
+    assert!(
+        stop.stderr.starts_with("error stopping VirtualMachine ")
+            && stop.stderr.contains("\"nope\" not found"),
+        "{}",
+        stop.stderr
+    );
+    let pause = run(&s, &virtctl, &["pause", "vm", "nope"]);
+    assert_eq!(pause.code, 1);
+    assert!(
+        pause
+            .stderr
+            .starts_with("Error getting VirtualMachine nope: ")
+            && pause.stderr.contains("not found"),
+        "{}",
+        pause.stderr
+    );
+    let t0 = Instant::now();
+    let console = run(&s, &virtctl, &["console", "nope", "--timeout", "1"]);
+    assert_eq!(console.code, 1);
+    assert!(
+        console.stderr.contains("Can't connect to websocket (404)"),
+        "{}",
+        console.stderr
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "a missing VMI is not waited for"
+    );
+    let vnc = run(&s, &virtctl, &["vnc", "--proxy-only", "nope"]);
+    assert_eq!(vnc.code, 1);
+    assert!(
+        vnc.stderr.starts_with("Can't access VMI nope: "),
+        "{}",
+        vnc.stderr
+    );
+    // -n is honoured: the VM exists in `default` only.
+    let other_ns = run(&s, &virtctl, &["-n", "kube-public", "start", "cli-vm"]);
+    assert_eq!(other_ns.code, 1);
+    assert!(other_ns.stderr.contains("not found"), "{}", other_ns.stderr);
+}
+
+/// Collects a child's stdout on a thread.
+fn collect(child: &mut Child) -> Arc<Mutex<Vec<u8>>> {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().expect("stdout");
+    let sink = buf.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("lock").extend_from_slice(&chunk[..n]);
+        }
+    });
+    buf
+}
+
+fn text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
+    String::from_utf8_lossy(&buf.lock().expect("lock")).into_owned()
+}
+
+#[test]
+fn console_from_a_pipe_and_vnc_proxy_reach_the_demo_guest() {
+    if !have_kubectl() {
+        return;
+    }
+    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Server::new(
+        env!("CARGO_BIN_EXE_kubevirt-rs"),
+        dir.path().join("data"),
+        guest.join("oci"),
+    );
+    s.start();
+    let virtctl = virtctl_link(dir.path());
+
+    // The VM from `virtctl create vm`, booted for real.
+    // base64 of: #!/bin/sh \n echo "hello from cloud-init on $(hostname)"
+    let user_data = "IyEvYmluL3NoCmVjaG8gImhlbGxvIGZyb20gY2xvdWQtaW5pdCBvbiAkKGhvc3RuYW1lKSIK";
+    let applied = create_and_apply(
+        &s,
+        &virtctl,
+        &[
+            "create",
+            "vm",
+            "--name",
+            "demo",
+            "--memory",
+            "256Mi",
+            "--termination-grace-period",
+            "0",
+            "--volume-containerdisk",
+            "src:kubevirt-rs/demo-guest:latest,name:rootdisk",
+            "--cloud-init-user-data",
+            user_data,
+        ],
+    );
+    assert!(
+        applied.contains("virtualmachine.kubevirt.io/demo created"),
+        "{applied}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(60), || !s
+            .kubectl(&["get", "vmi", "-o", "name"])
+            .trim()
+            .is_empty()),
+        "no VMI: {}",
+        s.kubectl(&["get", "vm", "demo", "-o", "yaml"])
+    );
+
+    // The console is opened while the VMI may still be starting: virtctl waits for it.
+    let mut console = s
+        .command(&virtctl)
+        .args(["console", "demo", "--timeout", "3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("virtctl console");
+    let out = collect(&mut console);
+    let booted = wait_for(Duration::from_secs(240), || {
+        text(&out).contains("hello from cloud-init on demo")
+    });
+    if !booted {
+        let _ = console.kill();
+        let mut err = String::new();
+        if let Some(mut e) = console.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        panic!(
+            "the console never showed the cloud-init line.\nconsole: {}\nstderr: {err}\nvmi: {}",
+            text(&out),
+            s.kubectl(&["get", "vmi", "demo", "-o", "yaml"])
+        );
+    }
+    let mut stdin = console.stdin.take().expect("stdin");
+    let answered = wait_for(Duration::from_secs(60), || {
+        let _ = stdin.write_all(b"echo virtctl-says-$((6*7))\n");
+        std::thread::sleep(Duration::from_secs(2));
+        text(&out).contains("virtctl-says-42")
+    });
+    assert!(answered, "the guest shell did not answer: {}", text(&out));
+    // End of stdin: virtctl exits once the console is quiet.
+    drop(stdin);
+    assert!(
+        wait_for(Duration::from_secs(30), || matches!(
+            console.try_wait(),
+            Ok(Some(_))
+        )),
+        "virtctl console did not exit after stdin ended"
+    );
+    let status = console.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    let mut err = String::new();
+    if let Some(mut e) = console.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(
+        err.contains("Successfully connected to demo console. The escape sequence is ^]"),
+        "{err}"
+    );
+
+    // Interactive, on a terminal (a pty from script(1)): raw mode, Ctrl+] leaves, and the
+    // terminal is back in cooked mode afterwards (stty runs on the same pty after virtctl).
+    if kubevirt_testsupport::have("script", &["--version"], "apt-get install util-linux") {
+        let cmd = format!("{} console demo; stty -a", virtctl.display());
+        let mut tty = s
+            .command("script")
+            .args(["-qfec", &cmd, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("script");
+        let out = collect(&mut tty);
+        let mut keys = tty.stdin.take().expect("stdin");
+        assert!(
+            wait_for(Duration::from_secs(30), || text(&out)
+                .contains("The escape sequence is ^]")),
+            "{}",
+            text(&out)
+        );
+        let answered = wait_for(Duration::from_secs(60), || {
+            let _ = keys.write_all(b"echo pty-$((2*21))\r");
+            std::thread::sleep(Duration::from_secs(2));
+            text(&out).contains("pty-42")
+        });
+        assert!(answered, "no answer through the pty: {}", text(&out));
+        keys.write_all(&[0x1d]).expect("Ctrl+]");
+        assert!(
+            wait_for(Duration::from_secs(20), || matches!(
+                tty.try_wait(),
+                Ok(Some(_))
+            )),
+            "Ctrl+] did not leave the console: {}",
+            text(&out)
+        );
+        let after = text(&out);
+        let stty = after.rsplit("pty-42").next().unwrap_or("");
+        assert!(
+            stty.contains(" icanon") && stty.contains(" echo ") && !stty.contains("-icanon"),
+            "the terminal was not restored: {stty}"
+        );
+        drop(keys);
+    }
+
+    // vnc --proxy-only: {"port":N} on stdout, and the port speaks RFB.
+    let mut vnc = s
+        .command(&virtctl)
+        .args(["vnc", "--proxy-only", "demo"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("virtctl vnc");
+    let mut line = String::new();
+    BufReader::new(vnc.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("port line");
+    let port: serde_json::Value = serde_json::from_str(line.trim()).expect("{\"port\":N}");
+    let port = port["port"].as_u64().expect("port") as u16;
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut hello = [0u8; 12];
+    tcp.read_exact(&mut hello).expect("RFB greeting");
+    assert_eq!(&hello, b"RFB 003.008\n");
+    // A second client gets its own stream.
+    let mut tcp2 = std::net::TcpStream::connect(("127.0.0.1", port)).expect("second client");
+    tcp2.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut hello2 = [0u8; 12];
+    let second = tcp2.read_exact(&mut hello2).map(|_| hello2);
+    let _ = vnc.kill();
+    let _ = vnc.wait();
+    drop(tcp);
+    assert_eq!(
+        second.ok().as_ref().map(|h| &h[..]),
+        Some(&b"RFB 003.008\n"[..]),
+        "a second VNC client gets the greeting too"
+    );
+}
+
+/// Needs the CDI DataVolume controller, PVC provisioner and upload proxy in `kubevirt-rs
+/// server` (crates/cdi-controller); no QEMU.
+#[test]
+fn image_upload_fills_a_datavolume_and_a_pvc() {
+    if !have_kubectl() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let images = dir.path().join("no-images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    let mut s = Server::new(
+        env!("CARGO_BIN_EXE_kubevirt-rs"),
+        dir.path().join("data"),
+        &images,
+    );
+    s.start();
+    let virtctl = virtctl_link(dir.path());
+    // A raw image with recognisable content, larger than one upload chunk.
+    let image = dir.path().join("disk.raw");
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&image, &data).expect("image");
+    let image = image.to_str().expect("utf8");
+
+    let dv = run(
+        &s,
+        &virtctl,
+        &[
+            "image-upload",
+            "dv",
+            "up-dv",
+            "--size=8Mi",
+            "--image-path",
+            image,
+        ],
+    );
+    assert_eq!(dv.code, 0, "{}{}", dv.stdout, dv.stderr);
+    assert!(
+        dv.stdout.contains("DataVolume default/up-dv created"),
+        "{}",
+        dv.stdout
+    );
+    assert!(
+        dv.stdout
+            .contains(&format!("Uploading {image} completed successfully")),
+        "{}",
+        dv.stdout
+    );
+    assert_eq!(s.jsonpath("dv", "up-dv", "{.status.phase}"), "Succeeded");
+    let pv_dir = s.kubectl(&[
+        "get",
+        "pv",
+        "-o",
+        "jsonpath={.items[?(@.spec.claimRef.name==\"up-dv\")].spec.local.path}",
+    ]);
+    let stored =
+        std::fs::read(Path::new(pv_dir.trim()).join("disk.img")).expect("the volume's disk.img");
+    assert_eq!(
+        &stored[..data.len()],
+        &data[..],
+        "the volume holds the uploaded bytes"
+    );
+
+    let pvc = run(
+        &s,
+        &virtctl,
+        &[
+            "image-upload",
+            "pvc",
+            "up-pvc",
+            "--size=8Mi",
+            "--image-path",
+            image,
+            "--async",
+        ],
+    );
+    assert_eq!(pvc.code, 0, "{}{}", pvc.stdout, pvc.stderr);
+    assert!(
+        pvc.stdout
+            .contains("PersistentVolumeClaim default/up-pvc created"),
+        "{}",
+        pvc.stdout
+    );
+
+    // KubeVirt's refusals.
+    let again = run(
+        &s,
+        &virtctl,
+        &[
+            "image-upload",
+            "dv",
+            "up-dv",
+            "--size=8Mi",
+            "--image-path",
+            image,
+        ],
+    );
+    assert_eq!(again.code, 1);
+    assert_eq!(
+        again.stderr.trim(),
+        "PVC up-dv already successfully imported/cloned/updated"
+    );
+    let missing = run(
+        &s,
+        &virtctl,
+        &[
+            "image-upload",
+            "dv",
+            "nope",
+            "--no-create",
+            "--image-path",
+            image,
+        ],
+    );
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("\"nope\" not found"),
+        "{}",
+        missing.stderr
+    );
+    let no_size = run(
+        &s,
+        &virtctl,
+        &["image-upload", "dv", "new", "--image-path", image],
+    );
+    assert_eq!(no_size.code, 1);
+    assert!(
+        no_size.stderr.contains("the size must be specified"),
+        "{}",
+        no_size.stderr
+    );
+    let no_file = run(
+        &s,
+        &virtctl,
+        &[
+            "image-upload",
+            "dv",
+            "new",
+            "--size=1Mi",
+            "--image-path",
+            "/nonexistent.img",
+        ],
+    );
+    assert_eq!(no_file.code, 1);
+    assert!(
+        no_file
+            .stderr
+            .starts_with("failed to open image file /nonexistent.img"),
+        "{}",
+        no_file.stderr
+    );
+}
