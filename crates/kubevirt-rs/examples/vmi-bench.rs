@@ -197,7 +197,26 @@ fn main() -> Result<()> {
                         running.entry(name).or_insert(at.duration_since(*c));
                     }
                 }
-                _ => bail!("only {} of {n} VMIs reached Running", running.len()),
+                _ => {
+                    for i in 0..n {
+                        let name = format!("bench-{i:03}");
+                        if running.contains_key(&name) {
+                            continue;
+                        }
+                        let v = api.get_opt(&name).await.ok().flatten();
+                        let st = v.and_then(|v| v.status).unwrap_or_default();
+                        let log = std::fs::read_to_string(
+                            vms.join("default").join(&name).join("launcher.log"),
+                        )
+                        .unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                        eprintln!(
+                            "{name}: phase {:?} reason {:?}; launcher.log: {tail:?}",
+                            st.phase, st.reason
+                        );
+                    }
+                    bail!("only {} of {n} VMIs reached Running", running.len())
+                }
             }
         }
         let total = start.elapsed();

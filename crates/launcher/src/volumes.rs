@@ -408,7 +408,8 @@ pub fn prepare(
                             .map(|p| p.trim_start_matches('/').to_string());
                         // Unique per process: launchers of the same image may extract at once;
                         // the renames below make the last one win with identical content.
-                        let tmp = base_dir.join(format!("base.extract.{}", std::process::id()));
+                        // (`extract` writes `<tmp stem>.part` first: the pid is in the stem.)
+                        let tmp = base_dir.join(format!("base-{}.extract", std::process::id()));
                         let found = store.extract(
                             image,
                             &|p: &str| match &want_path {
