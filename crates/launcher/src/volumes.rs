@@ -447,48 +447,40 @@ pub fn prepare(
         Firmware::Kernel(k) => {
             if let Some(image) = &k.image {
                 let store = store(image)?;
-                let kp = k.kernel_path.trim_start_matches('/').to_string();
-                // Prefer an uncompressed PVH vmlinux beside a vmlinuz (see KernelBoot::prefer_vmlinux).
-                let vmlinux = Path::new(&kp)
-                    .file_name()
-                    .and_then(|f| f.to_str())
-                    .filter(|f| f.starts_with("vmlinuz"))
-                    .map(|f| {
-                        let parent = Path::new(&kp)
-                            .parent()
-                            .map(|p| p.to_string_lossy().to_string())
-                            .unwrap_or_default();
-                        let name = f.replacen("vmlinuz", "vmlinux", 1);
-                        if parent.is_empty() {
-                            name
-                        } else {
-                            format!("{parent}/{name}")
+                match image_cache {
+                    None => extract_kernel(&store, image, k, &k.kernel, k.initrd.as_deref())?,
+                    Some(cache) => {
+                        // Extracted once per image into the cache (a per-process directory
+                        // renamed into place), then hard-linked: QEMU only reads these files.
+                        let what = format!(
+                            "kernel {} {:?} {}",
+                            k.kernel_path, k.initrd_path, k.prefer_vmlinux
+                        );
+                        let dir = cache.join(store.cache_key(image, Some(&what))?);
+                        let files = dir.join("kernel");
+                        if !files.join(".done").exists() {
+                            let tmp = dir.join(format!("kernel-{}.tmp", std::process::id()));
+                            let _ = fs::remove_dir_all(&tmp);
+                            fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+                            let initrd = k.initrd.as_ref().map(|_| tmp.join("initrd"));
+                            extract_kernel(
+                                &store,
+                                image,
+                                k,
+                                &tmp.join("kernel"),
+                                initrd.as_deref(),
+                            )?;
+                            fs::write(tmp.join(".done"), b"").map_err(io(&tmp))?;
+                            if fs::rename(&tmp, &files).is_err() {
+                                // Another launcher finished first; its copy is the same.
+                                let _ = fs::remove_dir_all(&tmp);
+                            }
                         }
-                    });
-                // One pass: the kernel, its vmlinux sibling (if preferred) and the initrd.
-                let alt = k.kernel.with_extension("vmlinux");
-                let mut wanted = vec![(kp.clone(), k.kernel.clone())];
-                if let (Some(v), true) = (&vmlinux, k.prefer_vmlinux) {
-                    wanted.push((v.clone(), alt.clone()));
-                }
-                let ip = k
-                    .initrd_path
-                    .as_ref()
-                    .map(|p| p.trim_start_matches('/').to_string());
-                if let (Some(ip), Some(dest)) = (&ip, &k.initrd) {
-                    wanted.push((ip.clone(), dest.clone()));
-                }
-                let found = store.extract_many(image, &wanted)?;
-                for (path, _) in &wanted {
-                    if !found.contains(path) && Some(path) != vmlinux.as_ref() {
-                        return Err(VolumeError::Image {
-                            image: image.clone(),
-                            reason: format!("no file /{path} in the image"),
-                        });
+                        link_or_copy(&files.join("kernel"), &k.kernel)?;
+                        if let Some(i) = &k.initrd {
+                            link_or_copy(&files.join("initrd"), i)?;
+                        }
                     }
-                }
-                if vmlinux.as_ref().is_some_and(|v| found.contains(v)) {
-                    fs::rename(&alt, &k.kernel).map_err(io(&k.kernel))?;
                 }
             }
         }
@@ -509,6 +501,72 @@ pub fn prepare(
             run(Command::new("ip").args(["tuntap", "add", "dev", tap, "mode", "tap"]))?;
             run(Command::new("ip").args(["link", "set", tap, "master", bridge, "up"]))?;
         }
+    }
+    Ok(())
+}
+
+/// kernelBoot.container: the kernel (its `vmlinux` sibling when preferred) and the initrd
+/// of `image`, in one pass over the layers, to `kernel` and `initrd`.
+fn extract_kernel(
+    store: &OciStore,
+    image: &str,
+    k: &crate::machine::KernelBoot,
+    kernel: &Path,
+    initrd: Option<&Path>,
+) -> Result<(), VolumeError> {
+    let kp = k.kernel_path.trim_start_matches('/').to_string();
+    // Prefer an uncompressed PVH vmlinux beside a vmlinuz (see KernelBoot::prefer_vmlinux).
+    let vmlinux = Path::new(&kp)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .filter(|f| f.starts_with("vmlinuz"))
+        .map(|f| {
+            let parent = Path::new(&kp)
+                .parent()
+                .map(|p| p.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let name = f.replacen("vmlinuz", "vmlinux", 1);
+            if parent.is_empty() {
+                name
+            } else {
+                format!("{parent}/{name}")
+            }
+        });
+    let alt = kernel.with_extension("vmlinux");
+    let mut wanted = vec![(kp.clone(), kernel.to_path_buf())];
+    if let (Some(v), true) = (&vmlinux, k.prefer_vmlinux) {
+        wanted.push((v.clone(), alt.clone()));
+    }
+    let ip = k
+        .initrd_path
+        .as_ref()
+        .map(|p| p.trim_start_matches('/').to_string());
+    if let (Some(ip), Some(dest)) = (&ip, initrd) {
+        wanted.push((ip.clone(), dest.to_path_buf()));
+    }
+    let found = store.extract_many(image, &wanted)?;
+    for (path, _) in &wanted {
+        if !found.contains(path) && Some(path) != vmlinux.as_ref() {
+            return Err(VolumeError::Image {
+                image: image.to_string(),
+                reason: format!("no file /{path} in the image"),
+            });
+        }
+    }
+    if vmlinux.as_ref().is_some_and(|v| found.contains(v)) {
+        fs::rename(&alt, kernel).map_err(io(kernel))?;
+    }
+    Ok(())
+}
+
+/// `dest` becomes a hard link to `src` (a copy across filesystems).
+fn link_or_copy(src: &Path, dest: &Path) -> Result<(), VolumeError> {
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let _ = fs::remove_file(dest);
+    if fs::hard_link(src, dest).is_err() {
+        fs::copy(src, dest).map_err(io(src))?;
     }
     Ok(())
 }

@@ -59,6 +59,8 @@ async fn one(guest: &Path, machine: &str, dir: &Path) -> anyhow::Result<(f64, f6
     let _ = std::fs::remove_dir_all(dir);
     let mut o = Options::new(dir);
     o.image_store = Some(guest.join("oci"));
+    // As the handler runs launchers: images extracted once, shared (the first run fills it).
+    o.image_cache = dir.parent().map(|p| p.join("image-cache"));
     let v = parse_vmi(&vmi(guest, machine))?;
     let (tx, _) = tokio::sync::broadcast::channel(16);
     let t0 = Instant::now();
