@@ -6,12 +6,14 @@
 //! - [`vmi`][]: VMI placement (single node: onto [`Config::node_name`]) and the VMI finalizer;
 //!   renders the cluster-mode launcher Pod.
 //! - [`replicaset`][]: VirtualMachineInstanceReplicaSet.
+//! - [`pool`][]: VirtualMachinePool (VMs named `<pool>-<index>`).
 //! - [`instancetype`][]: instancetype/preference expansion (pure).
 //!
 //! Every reconciler is level-based: it reads the whole object and what it owns, converges one
 //! step, and relies on the watch (or `Action::requeue`) to take the next one.
 
 pub mod instancetype;
+pub mod pool;
 pub mod replicaset;
 pub mod vm;
 pub mod vmi;
@@ -192,13 +194,25 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         });
     let rs_ctl = Controller::new(rss, watcher::Config::default())
         .owns(vmis, watcher::Config::default())
-        .run(replicaset::reconcile, replicaset::error_policy, ctx)
+        .run(replicaset::reconcile, replicaset::error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "replicaset controller");
             }
         });
-    futures::join!(vm_ctl, vmi_ctl, rs_ctl);
+    let pools: Api<kubevirt_api::VirtualMachinePool> = Api::all(client.clone());
+    let pool_ctl = Controller::new(pools, watcher::Config::default())
+        .owns(
+            Api::<VirtualMachine>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .run(pool::reconcile, pool::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "pool controller");
+            }
+        });
+    futures::join!(vm_ctl, vmi_ctl, rs_ctl, pool_ctl);
     Ok(())
 }
 

@@ -725,3 +725,82 @@ async fn data_volume_templates_are_created_and_awaited() {
     .await;
     assert!(ok.is_some(), "DataVolumesReady never became True");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pool_keeps_n_indexed_vms() {
+    let env = Env::start().await;
+    let pools: Api<kubevirt_api::VirtualMachinePool> =
+        Api::namespaced(env.client.clone(), "default");
+    let pool: kubevirt_api::VirtualMachinePool = serde_json::from_value(json!({
+        "apiVersion": "pool.kubevirt.io/v1beta1", "kind": "VirtualMachinePool",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"pool": "web"}},
+                 "virtualMachineTemplate": {
+                     "metadata": {"labels": {"pool": "web"}},
+                     "spec": {"runStrategy": "Halted", "template": {"spec": {
+                         "domain": {"devices": {}, "memory": {"guest": "64Mi"}}}}}}}
+    }))
+    .expect("pool");
+    pools
+        .create(&PostParams::default(), &pool)
+        .await
+        .expect("create pool");
+    let names = |n: usize| {
+        let vms = env.vms();
+        async move {
+            wait(|| async {
+                let l = vms
+                    .list(&ListParams::default().labels("pool=web"))
+                    .await
+                    .ok()?;
+                let mut names: Vec<String> = l
+                    .items
+                    .iter()
+                    .filter(|v| v.metadata.deletion_timestamp.is_none())
+                    .map(|v| v.name_any())
+                    .collect();
+                names.sort();
+                (names.len() == n).then_some(names)
+            })
+            .await
+        }
+    };
+    assert_eq!(names(3).await.expect("3 VMs"), ["web-0", "web-1", "web-2"]);
+    let vm = env.vms().get("web-1").await.expect("web-1");
+    assert!(vm
+        .owner_references()
+        .iter()
+        .any(|o| o.kind == "VirtualMachinePool" && o.controller == Some(true)));
+
+    // A deleted member is replaced under its own index; scale-down removes the highest.
+    env.vms()
+        .delete("web-1", &DeleteParams::default())
+        .await
+        .expect("delete web-1");
+    assert!(
+        wait(|| async {
+            let v = env.vms().get("web-1").await.ok()?;
+            (v.metadata.uid != vm.metadata.uid && v.metadata.deletion_timestamp.is_none())
+                .then_some(())
+        })
+        .await
+        .is_some(),
+        "web-1 was not replaced"
+    );
+    pools
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .expect("scale down");
+    assert_eq!(names(1).await.expect("1 VM"), ["web-0"]);
+    let st = wait(|| async {
+        let s = pools.get("web").await.ok()?.status?;
+        (s.replicas == Some(1)).then_some(s)
+    })
+    .await
+    .expect("status.replicas = 1");
+    assert_eq!(st.label_selector.as_deref(), Some("pool=web"));
+}

@@ -20,6 +20,11 @@ pub struct ValidateArgs {
     /// What to do with fields the schema does not have, like kubectl's --validate.
     #[arg(long = "validate", default_value = "strict", value_parser = ["strict", "warn", "ignore"])]
     field_validation: String,
+    /// Feature gates to validate against (KubeVirt's `developerConfiguration.featureGates`);
+    /// the default is what a fresh `kubevirt-rs server` enables. `--feature-gates=` validates
+    /// as a KubeVirt cluster with no gates.
+    #[arg(long, value_delimiter = ',', default_value = "HostDisk")]
+    feature_gates: Vec<String>,
 }
 
 /// One YAML/JSON document with where it came from.
@@ -111,7 +116,7 @@ pub fn run(args: ValidateArgs) -> Result<i32> {
             );
         }
     }
-    let opts = AdmitOptions {
+    let mut opts = AdmitOptions {
         field_validation: match args.field_validation.as_str() {
             "warn" => FieldValidation::Warn,
             "ignore" => FieldValidation::Ignore,
@@ -119,6 +124,12 @@ pub fn run(args: ValidateArgs) -> Result<i32> {
         },
         ..Default::default()
     };
+    opts.validation.feature_gates = args
+        .feature_gates
+        .iter()
+        .filter(|g| !g.is_empty())
+        .cloned()
+        .collect();
     let mut invalid = 0;
     let mut printed = 0;
     let mut out = std::io::stdout().lock();
