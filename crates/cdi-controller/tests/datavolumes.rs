@@ -542,66 +542,6 @@ async fn bad_inputs_fail_with_the_cause_and_transient_errors_retry() {
     );
 }
 
-/// The registry's `docker-registry` binary, or None after a loud SKIP.
-struct Registry {
-    child: std::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_registry() -> Option<Registry> {
-    const BIN: &str = "/usr/bin/docker-registry";
-    if !Path::new(BIN).exists() {
-        eprintln!("\n!!!!! SKIPPED: {BIN} is missing (apt-get install docker-registry) !!!!!\n");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let cfg = dir.path().join("config.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(BIN)
-        .arg("serve")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start docker-registry");
-    let reg = Registry {
-        child,
-        addr,
-        _dir: dir,
-    };
-    let c = reqwest::Client::new();
-    for _ in 0..100 {
-        if let Ok(r) = c.get(format!("http://{}/v2/", reg.addr)).send().await {
-            if r.status().is_success() {
-                return Some(reg);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("docker-registry did not come up on {}", reg.addr);
-}
-
 fn sha256(b: &[u8]) -> String {
     let out = Command::new("sha256sum")
         .stdin(std::process::Stdio::piped())
@@ -708,7 +648,7 @@ async fn registry_and_oci_archive_imports() {
                "storage": storage("100Mi")}),
     )
     .await;
-    let registry = start_registry().await;
+    let registry = kubevirt_testsupport::docker_registry();
     if let Some(reg) = &registry {
         push_guest(&reg.addr, &guest.join("oci")).await;
         // Plain-HTTP registries are listed in CDIConfig, as with CDI.

@@ -7,8 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
 
 use common::*;
 use kubevirt_cdi::{
@@ -18,65 +16,6 @@ use kubevirt_cdi::{
 use sha2::Digest;
 
 const VOLUME: u64 = 128 * MIB;
-const REGISTRY: &str = "/usr/bin/docker-registry";
-
-struct Registry {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_registry() -> Option<Registry> {
-    if !Path::new(REGISTRY).exists() {
-        eprintln!(
-            "\n!!!!! SKIPPED: {REGISTRY} is missing (apt-get install docker-registry); \
-             the registry import tests did not run !!!!!\n"
-        );
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = closed_port();
-    let addr = format!("127.0.0.1:{port}");
-    let cfg = dir.path().join("config.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(REGISTRY)
-        .arg("serve")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start docker-registry");
-    let reg = Registry {
-        child,
-        addr,
-        _dir: dir,
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..100 {
-        if let Ok(r) = client.get(format!("http://{}/v2/", reg.addr)).send().await {
-            if r.status().is_success() {
-                return Some(reg);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("docker-registry did not come up on {}", reg.addr);
-}
-
 fn digest(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
 }
@@ -238,7 +177,7 @@ fn registry_source(url: String) -> Source {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_imports_by_tag_digest_index_and_gzip_layer() {
-    let Some(reg) = start_registry().await else {
+    let Some(reg) = kubevirt_testsupport::docker_registry() else {
         return;
     };
     let pushed = push_guest(&reg.addr).await;

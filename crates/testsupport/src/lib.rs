@@ -214,3 +214,91 @@ impl Drop for Server {
         }
     }
 }
+
+/// A real registry (Debian's `docker-registry`) serving on a free loopback port, with its
+/// storage in a temporary directory; killed on drop.
+pub struct DockerRegistry {
+    child: Child,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    _dir: TempDir,
+}
+
+impl Drop for DockerRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const REGISTRY: &str = "/usr/bin/docker-registry";
+
+/// Starts a registry and waits until `GET /v2/` answers 200. `None`, after a loud SKIP line,
+/// when the package is not installed.
+pub fn docker_registry() -> Option<DockerRegistry> {
+    if !Path::new(REGISTRY).exists() {
+        eprintln!(
+            "\n!!!!! SKIPPED: {REGISTRY} is missing (apt-get install docker-registry); \
+             the registry import tests did not run !!!!!\n"
+        );
+        return None;
+    }
+    let dir = TempDir::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = dir.0.join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.0.join("data").display()
+        ),
+    )
+    .expect("write the registry config");
+    let child = Command::new(REGISTRY)
+        .arg("serve")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start docker-registry");
+    let reg = DockerRegistry {
+        child,
+        addr,
+        _dir: dir,
+    };
+    let ready = wait_for(Duration::from_secs(10), || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(&reg.addr) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
+    });
+    assert!(ready, "docker-registry did not come up on {}", reg.addr);
+    Some(reg)
+}
+
+/// A directory removed on drop (this crate has no dependencies to spare).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("kubevirt-rs-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create a temporary directory");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
