@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use kubevirt_api::CDIConfig;
 use serde_json::json;
@@ -163,16 +163,14 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let ev = Event {
+        kubevirt_controller::publish_event(
+            &self.recorder,
+            &obj.object_ref(&()),
             type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "recording an event failed");
-        }
+            reason,
+            note,
+        )
+        .await;
     }
 
     /// The cluster's `CDIConfig` (`None` when it does not exist or cannot be read).

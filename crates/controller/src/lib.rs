@@ -126,16 +126,29 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "recording an event failed");
-        }
+        publish_event(&self.recorder, &obj.object_ref(&()), type_, reason, note).await;
+    }
+}
+
+/// Records an event about `obj` (the action is the reason, as KubeVirt's are); a failure to
+/// record is logged, never fatal. Shared by virt-controller, virt-handler and the CDI
+/// controllers.
+pub async fn publish_event(
+    recorder: &Recorder,
+    obj: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, obj).await {
+        tracing::warn!(error = %e, reason, "recording an event failed");
     }
 }
 

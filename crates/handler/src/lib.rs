@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -71,16 +71,14 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let ev = Event {
+        kubevirt_controller::publish_event(
+            &self.recorder,
+            &vmi.object_ref(&()),
             type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &vmi.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "recording an event failed");
-        }
+            reason,
+            note,
+        )
+        .await;
     }
 }
 
