@@ -16,7 +16,9 @@ pub mod cdi;
 pub mod crd;
 pub mod defaults;
 pub mod field;
+pub mod names;
 pub mod quantity;
+pub mod status;
 pub mod validation;
 
 pub use admission::{admit, AdmitOptions, Admitted, FieldValidation, KindInfo};

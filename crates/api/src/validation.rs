@@ -7,6 +7,7 @@
 //! our own (the microvm profile) say what to change.
 
 use crate::field::{FieldError, Path};
+use crate::names;
 use crate::quantity::Quantity;
 use crate::{
     DataVolume, DataVolumeSpec, Disk, VirtualMachine, VirtualMachineInstance,
@@ -348,6 +349,33 @@ pub fn validate_vmi_spec(
         } else {
             seen_disks.insert(&d.name, i);
         }
+        // The disk name becomes a QEMU id and, through its volume, a file name.
+        if let Some(form) = names::dns1123_label(&d.name) {
+            errs.push(FieldError::invalid(
+                dp.child("name"),
+                format!("{dp}.name {:?} is not a valid disk name: {form}", d.name),
+            ));
+        }
+        if let Some(serial) = d.serial.as_deref() {
+            if !serial.is_empty() && !names::serial_chars_ok(serial) {
+                errs.push(FieldError::invalid(
+                    dp.child("serial"),
+                    format!(
+                        "{dp} must be made up of the following characters {}, if specified",
+                        names::SERIAL_CHARS
+                    ),
+                ));
+            }
+            if serial.chars().count() > names::SERIAL_MAX {
+                errs.push(FieldError::invalid(
+                    dp.child("serial"),
+                    format!(
+                        "{dp} must be less than or equal to {} in length, if specified",
+                        names::SERIAL_MAX
+                    ),
+                ));
+            }
+        }
         if d.cdrom.is_none() && !volume_names.contains(d.name.as_str()) {
             errs.push(FieldError::invalid(
                 dp.child("name"),
@@ -416,6 +444,21 @@ pub fn validate_vmi_spec(
             ));
         } else {
             seen_volumes.insert(&v.name, i);
+        }
+        // Volume names become file names in the VMI directory (overlays, cloud-init images).
+        if let Some(form) = names::dns1123_label(&v.name) {
+            errs.push(FieldError::invalid(
+                vp.child("name"),
+                format!("{vp}.name {:?} is not a valid volume name: {form}", v.name),
+            ));
+        }
+        if let Some(hd) = &v.host_disk {
+            if let Some(problem) = names::absolute_clean_path(&hd.path) {
+                errs.push(FieldError::invalid(
+                    vp.child("hostDisk").child("path"),
+                    format!("{vp}.hostDisk.path {:?} {problem}", hd.path),
+                ));
+            }
         }
         let sources = [
             v.cloud_init_config_drive.is_some(),
@@ -526,6 +569,7 @@ pub fn validate_vmi_spec(
 
     validate_resources(spec, &domain, errs);
     validate_firmware(spec, &domain, machine, errs);
+    validate_cpu_names(spec, &domain, errs);
     validate_network(spec, root, cfg, machine, boot_orders, errs);
 }
 
@@ -656,6 +700,27 @@ fn validate_firmware(
     errs: &mut Vec<FieldError>,
 ) {
     let fw = spec.domain.firmware.as_ref();
+    if let Some(serial) = fw.and_then(|f| f.serial.as_deref()) {
+        let sp = domain.child("firmware").child("serial");
+        if serial.chars().count() > names::SERIAL_MAX {
+            errs.push(FieldError::invalid(
+                sp.clone(),
+                format!(
+                    "{sp} must be less than or equal to {} in length, if specified",
+                    names::SERIAL_MAX
+                ),
+            ));
+        }
+        if !names::serial_chars_ok(serial) {
+            errs.push(FieldError::invalid(
+                sp.clone(),
+                format!(
+                    "{sp} must be made up of the following characters {}, if specified",
+                    names::SERIAL_CHARS
+                ),
+            ));
+        }
+    }
     let bl = fw.and_then(|f| f.bootloader.as_ref());
     let efi = bl.and_then(|b| b.efi.as_ref());
     if efi.is_some() && bl.is_some_and(|b| b.bios.is_some()) {
@@ -690,6 +755,45 @@ fn validate_firmware(
             errs.push(FieldError::required(
                 domain.child("firmware").child("kernelBoot"),
                 "machine type microvm has no firmware to boot a disk: set firmware.kernelBoot with a kernel (and initrd)",
+            ));
+        }
+    }
+}
+
+/// CPU model and feature names become parts of QEMU's `-cpu` option: only names of the form
+/// QEMU uses pass (our rule; KubeVirt leaves this to libvirt).
+fn validate_cpu_names(
+    spec: &VirtualMachineInstanceSpec,
+    domain: &Path,
+    errs: &mut Vec<FieldError>,
+) {
+    let Some(cpu) = spec.domain.cpu.as_ref() else {
+        return;
+    };
+    let cp = domain.child("cpu");
+    if let Some(model) = cpu.model.as_deref().filter(|m| !m.is_empty()) {
+        if let Some(form) = names::cpu_name(model) {
+            errs.push(FieldError::invalid(
+                cp.child("model"),
+                format!("{cp}.model {model:?} is not a CPU model name: use {form}"),
+            ));
+        }
+    }
+    for (i, f) in cpu
+        .features
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        if let Some(form) = names::cpu_name(&f.name) {
+            let fp = cp.child("features").index(i);
+            errs.push(FieldError::invalid(
+                fp.child("name"),
+                format!(
+                    "{fp}.name {:?} is not a CPU feature name: use {form}",
+                    f.name
+                ),
             ));
         }
     }
@@ -742,6 +846,9 @@ fn validate_network(
                 "should have only one network type",
             )),
         }
+        if let Some(form) = names::interface_name(&n.name) {
+            errs.push(FieldError::invalid(np.child("name"), form));
+        }
         if n.pod.is_some() {
             pod_networks += 1;
         }
@@ -770,6 +877,22 @@ fn validate_network(
                 ip.child("name"),
                 "Only one interface can be connected to one specific network",
             ));
+        }
+        if let Some(form) = names::interface_name(&iface.name) {
+            errs.push(FieldError::invalid(ip.child("name"), form));
+        }
+        if let Some(mac) = iface.mac_address.as_deref().filter(|m| !m.is_empty()) {
+            match names::parse_mac(mac) {
+                None => errs.push(FieldError::invalid(
+                    ip.child("macAddress"),
+                    format!("interface {ip}.name has malformed MAC address ({mac})."),
+                )),
+                Some(octets) if octets.len() > 6 => errs.push(FieldError::invalid(
+                    ip.child("macAddress"),
+                    format!("interface {ip}.name has MAC address ({mac}) that is too long."),
+                )),
+                Some(_) => {}
+            }
         }
         let net = networks.iter().find(|n| n.name == iface.name);
         match net {

@@ -545,3 +545,142 @@ fn host_disks_need_the_host_disk_feature_gate() {
     let errs = admit(&v, &gated).err().unwrap_or_default();
     assert!(errs.is_empty(), "with the gate on: {errs:#?}");
 }
+
+/// Issue 10: a name that would reach QEMU's option parser or a file name is refused at the
+/// door, with KubeVirt's message where KubeVirt has a rule, else naming the allowed form.
+#[test]
+fn names_that_would_reach_qemu_or_a_path_are_refused() {
+    let hostile = "x,romfile=/etc/shadow";
+    // Interface and network names: KubeVirt's own rule and message.
+    let mut v = vmi();
+    at(&mut v, "/spec/domain/devices/interfaces/0/name").clone_from(&json!(hostile));
+    at(&mut v, "/spec/networks/0/name").clone_from(&json!(hostile));
+    rejects(
+        &v,
+        "spec.domain.devices.interfaces[0].name",
+        "Network interface name can only contain alphabetical characters, numbers, dashes (-) or underscores (_)",
+    );
+    rejects(
+        &v,
+        "spec.networks[0].name",
+        "Network interface name can only contain",
+    );
+    let mut v = vmi();
+    at(&mut v, "/spec/domain/devices/interfaces/0/name").clone_from(&json!("Pod_net-1"));
+    at(&mut v, "/spec/networks/0/name").clone_from(&json!("Pod_net-1"));
+    assert!(errors(&v).is_empty(), "{:#?}", errors(&v));
+
+    // Disk and volume names become files and QEMU ids: DNS-1123 labels.
+    for bad in ["../x", "a/b", hostile, "Root", ""] {
+        let mut v = vmi();
+        at(&mut v, "/spec/domain/devices/disks/0/name").clone_from(&json!(bad));
+        at(&mut v, "/spec/volumes/0/name").clone_from(&json!(bad));
+        rejects(
+            &v,
+            "spec.domain.devices.disks[0].name",
+            "is not a valid disk name: a lowercase RFC 1123 label must consist of",
+        );
+        rejects(
+            &v,
+            "spec.volumes[0].name",
+            "is not a valid volume name: a lowercase RFC 1123 label",
+        );
+    }
+    let mut v = vmi();
+    let long = "d".repeat(64);
+    at(&mut v, "/spec/domain/devices/disks/0/name").clone_from(&json!(long));
+    at(&mut v, "/spec/volumes/0/name").clone_from(&json!(long));
+    rejects(
+        &v,
+        "spec.volumes[0].name",
+        "must be no more than 63 characters",
+    );
+}
+
+#[test]
+fn mac_addresses_are_parsed_as_kubevirt_parses_them() {
+    for (mac, msg) in [
+        (
+            "de:ad:00:00:be:af,romfile=/etc/shadow",
+            "has malformed MAC address",
+        ),
+        ("de:ad:00:00:be", "has malformed MAC address"),
+        (
+            "00:00:00:00:fe:80:00:00",
+            "has MAC address (00:00:00:00:fe:80:00:00) that is too long.",
+        ),
+    ] {
+        let mut v = vmi();
+        at(&mut v, "/spec/domain/devices/interfaces/0")
+            .as_object_mut()
+            .expect("object")
+            .insert("macAddress".into(), json!(mac));
+        rejects(
+            &v,
+            "spec.domain.devices.interfaces[0].macAddress",
+            &format!("interface spec.domain.devices.interfaces[0].name {msg}"),
+        );
+    }
+    for mac in ["de:ad:00:00:be:af", "DE-AD-00-00-BE-AF", "dead.0000.beaf"] {
+        let mut v = vmi();
+        at(&mut v, "/spec/domain/devices/interfaces/0")
+            .as_object_mut()
+            .expect("object")
+            .insert("macAddress".into(), json!(mac));
+        assert!(errors(&v).is_empty(), "{mac}: {:#?}", errors(&v));
+    }
+}
+
+#[test]
+fn cpu_names_serials_and_host_disk_paths_have_a_safe_form() {
+    let mut v = vmi();
+    at(&mut v, "/spec/domain")
+        .as_object_mut()
+        .expect("object")
+        .insert(
+            "cpu".into(),
+            json!({"model": "qemu64,+x", "features": [{"name": "pcid,romfile=/etc/shadow"}, {"name": "tsc-deadline"}]}),
+        );
+    rejects(&v, "spec.domain.cpu.model", "is not a CPU model name");
+    rejects(
+        &v,
+        "spec.domain.cpu.features[0].name",
+        "is not a CPU feature name: use letters, digits",
+    );
+    assert_eq!(errors(&v).len(), 2, "{:#?}", errors(&v));
+
+    let mut v = vmi();
+    at(&mut v, "/spec/domain/devices/disks/0")
+        .as_object_mut()
+        .expect("object")
+        .insert("serial".into(), json!("abc,romfile=/x"));
+    rejects(
+        &v,
+        "spec.domain.devices.disks[0].serial",
+        "spec.domain.devices.disks[0] must be made up of the following characters [A-Za-z0-9_.+-], if specified",
+    );
+    let mut v = vmi();
+    at(&mut v, "/spec/domain")
+        .as_object_mut()
+        .expect("object")
+        .insert("firmware".into(), json!({"serial": "s".repeat(257)}));
+    rejects(
+        &v,
+        "spec.domain.firmware.serial",
+        "spec.domain.firmware.serial must be less than or equal to 256 in length, if specified",
+    );
+
+    let mut gated = AdmitOptions::default();
+    gated.validation.feature_gates = vec!["HostDisk".into()];
+    for bad in ["disk.img", "/var/data/../../etc/shadow", "/var//data/a.img"] {
+        let mut v = vmi();
+        *at(&mut v, "/spec/volumes/0") = json!({"name": "root",
+            "hostDisk": {"path": bad, "type": "Disk"}});
+        let errs = admit(&v, &gated).err().unwrap_or_default();
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "spec.volumes[0].hostDisk.path"),
+            "{bad}: {errs:#?}"
+        );
+    }
+}

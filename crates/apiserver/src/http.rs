@@ -4,6 +4,7 @@
 use crate::discovery;
 use crate::error::{ApiError, ApiResult};
 use crate::jsonpath;
+use crate::limits::Format;
 use crate::objects::{filter_event, ApiServer, ListResult, Query, Written};
 use crate::patch::PatchType;
 use crate::registry::ResourceDef;
@@ -110,7 +111,9 @@ fn negotiate(headers: &HeaderMap) -> As {
     As::Object
 }
 
-fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+/// Decodes a request body by its content type, within the limits of [`crate::limits`]
+/// (nesting depth checked before parsing; large bodies parsed off the async workers).
+async fn decode_body(headers: &HeaderMap, body: Bytes) -> ApiResult<Value> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -118,19 +121,20 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     if body.is_empty() {
         return Ok(Value::Null);
     }
-    if ct.starts_with("application/yaml") || ct.starts_with("application/apply-patch+yaml") {
-        serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
-    } else if ct.starts_with("application/vnd.kubernetes.protobuf") {
-        crate::proto::decode(body).map_err(ApiError::unsupported_media_type)
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "Object 'Kind' is missing in '{}': {e}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            ))
-        })
-    }
+    let format =
+        if ct.starts_with("application/yaml") || ct.starts_with("application/apply-patch+yaml") {
+            Format::Yaml
+        } else if ct.starts_with("application/vnd.kubernetes.protobuf") {
+            let v = crate::proto::decode(&body).map_err(ApiError::unsupported_media_type)?;
+            crate::limits::check_object(&v).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            return Ok(v);
+        } else {
+            Format::Json
+        };
+    let head = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    crate::limits::decode(body, format)
+        .await
+        .map_err(|e| e.into_api(|| format!("Object 'Kind' is missing in '{head}': ")))
 }
 
 fn partial_metadata(v: &Value) -> Value {
@@ -559,13 +563,13 @@ async fn dispatch(
             } else {
                 String::new()
             };
-            let body = decode_body(headers, &read_body(body).await?)?;
+            let body = decode_body(headers, read_body(body).await?).await?;
             let w = api.create(def, &ns, body, q).await?;
             mirror_event(api, def, q, &w).await;
             Ok(written(w, StatusCode::CREATED, as_, def))
         }
         (Method::PUT, Some(name)) => {
-            let body = decode_body(headers, &read_body(body).await?)?;
+            let body = decode_body(headers, read_body(body).await?).await?;
             let w = api.update(def, &ns, name, body, q, sub).await?;
             mirror_event(api, def, q, &w).await;
             Ok(written(w, StatusCode::OK, as_, def))
@@ -589,7 +593,7 @@ async fn dispatch(
             Ok(written(w, code, as_, def))
         }
         (Method::DELETE, Some(name)) => {
-            let options = decode_body(headers, &read_body(body).await?)?;
+            let options = decode_body(headers, read_body(body).await?).await?;
             let v = api.delete(def, &ns, name, &options, q).await?;
             Ok(json_response(StatusCode::OK, &v))
         }

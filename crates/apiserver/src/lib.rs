@@ -12,6 +12,7 @@ pub mod events;
 pub mod gc;
 pub mod http;
 pub mod jsonpath;
+pub mod limits;
 pub mod managed;
 pub mod objects;
 pub mod patch;
@@ -22,5 +23,6 @@ pub mod server;
 pub mod store;
 
 pub use http::SubresourceHandler;
+pub use limits::Limits;
 pub use objects::{ApiServer, Query};
 pub use server::{start, Config, Running};

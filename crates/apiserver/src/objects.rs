@@ -86,8 +86,31 @@ fn store_err(def: &ResourceDef, name: &str, e: StoreError) -> ApiError {
         StoreError::AlreadyExists => ApiError::already_exists(&def.plural, &def.group, name),
         StoreError::NotFound => ApiError::not_found(&def.plural, &def.group, name),
         StoreError::Conflict => ApiError::conflict(&def.plural, &def.group, name),
+        StoreError::Invalid(e) => limit_error(def, name, &e),
         other => ApiError::internal(other.to_string()),
     }
+}
+
+/// 422 Invalid for an object over a limit of [`crate::limits`].
+fn limit_error(def: &ResourceDef, name: &str, e: &crate::limits::LimitError) -> ApiError {
+    let prefix = if def.group.is_empty() {
+        format!("{} \"{name}\" is invalid: ", def.kind)
+    } else {
+        format!("{}.{} \"{name}\" is invalid: ", def.kind, def.group)
+    };
+    ApiError::invalid(
+        &def.kind,
+        &def.group,
+        name,
+        &prefix,
+        &[kubevirt_api::FieldError::invalid("", e.to_string())],
+    )
+}
+
+/// The limits every object must satisfy to be stored, checked on the object as it would be
+/// written (so also for dry runs).
+fn check_limits(def: &ResourceDef, name: &str, obj: &Value) -> ApiResult<()> {
+    crate::limits::check_object(obj).map_err(|e| limit_error(def, name, &e))
 }
 
 /// DNS-1123 subdomain, as most kinds' names must be.
@@ -361,6 +384,7 @@ impl ApiServer {
             &now(),
             &def.api_version(),
         );
+        check_limits(def, &name, &obj)?;
         if q.dry_run() {
             return Ok(Written {
                 object: obj,
@@ -455,11 +479,9 @@ impl ApiServer {
             }
         }
         // Once deleting, finalizers can only be removed.
-        let (mut obj, warnings) = if subresource == Some("status") {
-            (new, Vec::new())
-        } else {
-            self.admit(def, new, q)?
-        };
+        // A status write is admitted like any other write: the same decoding, unknown-field
+        // handling and validation of the whole object.
+        let (mut obj, warnings) = self.admit(def, new, q)?;
         if def.custom
             && generation_relevant(&obj, def.status_subresource)
                 != generation_relevant(&old_v, def.status_subresource)
@@ -479,6 +501,7 @@ impl ApiServer {
             ),
             ManagerOp::Applied => {}
         }
+        check_limits(def, name, &obj)?;
         if same_object(&obj, &old_v) {
             return Ok(Written {
                 object: old_v,
@@ -588,12 +611,13 @@ impl ApiServer {
                 "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
             ));
         }
-        let patch: Value = match ty {
-            PatchType::Apply => serde_yaml::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
-            _ => serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
+        let format = match ty {
+            PatchType::Apply => crate::limits::Format::Yaml,
+            _ => crate::limits::Format::Json,
         };
+        let patch = crate::limits::decode(Bytes::copy_from_slice(body), format)
+            .await
+            .map_err(|e| e.into_api(|| "error decoding patch: ".to_string()))?;
         if ty == PatchType::Apply {
             return self.apply(def, ns, name, patch, q, subresource).await;
         }

@@ -73,7 +73,26 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
     }
     let p: json_patch::Patch = serde_json::from_value(Value::Array(kept))
         .map_err(|e| format!("invalid JSON patch: {e}"))?;
-    json_patch::patch(target, &p).map_err(|e| e.to_string())
+    if !p
+        .0
+        .iter()
+        .any(|op| matches!(op, json_patch::PatchOperation::Copy(_)))
+    {
+        return json_patch::patch(target, &p).map_err(|e| e.to_string());
+    }
+    // `copy` can double the document with each operation: apply one operation at a time and
+    // stop as soon as the document passes the object limits. (The caller patches a copy, so
+    // an error leaves nothing half-applied.)
+    for op in p.0 {
+        let copy = matches!(op, json_patch::PatchOperation::Copy(_));
+        json_patch::patch(target, &json_patch::Patch(vec![op])).map_err(|e| e.to_string())?;
+        if copy {
+            crate::limits::check_object(target).map_err(|e| e.to_string())?;
+            crate::limits::check_size(target, crate::limits::MAX_OBJECT_BYTES)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 /// Merge keys of the lists strategic merge patch merges element-wise in the kinds we serve;
@@ -232,6 +251,19 @@ mod tests {
         );
         assert!(err.is_err());
         assert!(json_patch(&mut t, &json!({"op": "add"})).is_err());
+    }
+
+    #[test]
+    fn json_patch_copies_stop_at_the_object_limits() {
+        let mut t = json!({"a": "x".repeat(100_000)});
+        let ops: Vec<Value> = (0..40)
+            .map(|i| json!({"op": "copy", "from": "", "path": format!("/c{i}")}))
+            .collect();
+        let err = json_patch(&mut t, &Value::Array(ops)).unwrap_err();
+        assert!(err.contains("bytes"), "{err}");
+        let mut t = json!({"a": {"b": 1}});
+        json_patch(&mut t, &json!([{"op": "copy", "from": "/a", "path": "/c"}])).unwrap();
+        assert_eq!(t["c"], json!({"b": 1}));
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! token and kubeconfig, the built-in namespaces and CRDs, and the HTTPS listener.
 
 use crate::http::{handle, AppState, SubresourceHandler};
+use crate::limits::Limits;
 use crate::objects::{ApiServer, Query};
-use crate::store::Store;
+use crate::store::{Store, StoreFile, WindowLimits};
 use anyhow::{Context, Result};
 use base64::Engine;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -18,6 +19,118 @@ use tokio::net::TcpListener;
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Start with an empty store even though the data directory already has other content
+    /// (a missing or empty `store.redb` there is otherwise refused: it usually means the
+    /// objects were lost, and starting empty would hide that).
+    pub init: bool,
+    /// Connection and watch-window limits.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// A server on `listen` with its data in `data_dir`, default limits, no `--init`.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            listen,
+            init: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the data directory {dir} already has content ({found}) but its object store {store} is {state}: \
+         the objects may have been lost. Restore store.redb, or pass --init to start with an empty store"
+    )]
+    StoreMissing {
+        dir: String,
+        store: String,
+        found: String,
+        state: &'static str,
+    },
+}
+
+/// File descriptors kept free of client connections, for the store, VM files and sockets.
+const RESERVED_FDS: u64 = 256;
+
+/// Raises the soft open-file limit towards `max_connections` plus a reserve (as Go servers
+/// do), and returns how many connections can be served without running out of descriptors.
+fn connection_capacity(max_connections: usize) -> usize {
+    let want = max_connections as u64 + RESERVED_FDS;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return max_connections;
+        }
+        if lim.rlim_cur < want && lim.rlim_cur != libc::RLIM_INFINITY {
+            let raised = libc::rlimit {
+                rlim_cur: want.min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            if raised.rlim_cur > lim.rlim_cur && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0
+            {
+                lim.rlim_cur = raised.rlim_cur;
+            }
+        }
+        lim.rlim_cur
+    };
+    if soft == libc::RLIM_INFINITY || soft >= want {
+        return max_connections;
+    }
+    let fit = soft.saturating_sub(RESERVED_FDS).max(16) as usize;
+    tracing::warn!(
+        max_connections,
+        open_files_limit = soft,
+        serving = fit,
+        "the open-file limit is too low for max_connections: serving fewer connections at once"
+    );
+    fit.min(max_connections)
+}
+
+/// Refuses a data directory whose store is missing or empty while the directory has other
+/// content; a missing or empty directory is a first start.
+fn check_data_dir(dir: &Path, init: bool) -> Result<()> {
+    let store = dir.join("store.redb");
+    let state = Store::probe(&store).context("inspecting the object store")?;
+    let state = match state {
+        StoreFile::Present => return Ok(()),
+        StoreFile::Missing => "missing",
+        StoreFile::Empty => "empty",
+    };
+    let mut others: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            // The store itself, and the default image store a user may fill before the
+            // first start, say nothing about lost objects.
+            .filter(|n| n != "store.redb" && n != "images")
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    if others.is_empty() {
+        return Ok(());
+    }
+    if init {
+        tracing::warn!(dir = %dir.display(), state, "--init: starting with an empty object store");
+        return Ok(());
+    }
+    others.sort();
+    others.truncate(5);
+    Err(StartError::StoreMissing {
+        dir: dir.display().to_string(),
+        store: store.display().to_string(),
+        found: others.join(", "),
+        state,
+    }
+    .into())
 }
 
 /// A running server.
@@ -168,12 +281,19 @@ async fn bootstrap(api: &ApiServer) -> Result<()> {
 }
 
 pub async fn start(cfg: Config) -> Result<Running> {
+    check_data_dir(&cfg.data_dir, cfg.init)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
     tracing::debug!("opening store");
-    let store =
-        Store::open(&cfg.data_dir.join("store.redb")).context("opening the object store")?;
+    let store = Store::open_with(
+        &cfg.data_dir.join("store.redb"),
+        WindowLimits {
+            events: cfg.limits.watch_window_events,
+            bytes: cfg.limits.watch_window_bytes,
+        },
+    )
+    .context("opening the object store")?;
     let api = Arc::new(ApiServer::new(store));
     tracing::debug!("store open");
     bootstrap(&api).await?;
@@ -224,7 +344,11 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let app = axum::Router::new()
         .fallback(handle)
         .with_state(state.clone());
+    let limits = cfg.limits.clone();
+    let max_connections = connection_capacity(limits.max_connections);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     tokio::spawn(async move {
+        let (mut refused, mut last_warn) = (0u64, None);
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(x) => x,
@@ -234,17 +358,37 @@ pub async fn start(cfg: Config) -> Result<Running> {
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(tcp);
+                refused += 1;
+                // Once per 10 s at most: a flood must not flood the log too.
+                if last_warn.is_none_or(|t: std::time::Instant| t.elapsed().as_secs() >= 10) {
+                    tracing::warn!(%peer, max = max_connections, refused, "too many connections: closing new ones");
+                    last_warn = Some(std::time::Instant::now());
+                    refused = 0;
+                }
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let app = app.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                };
+                let _slot = slot;
+                let tls =
+                    match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp))
+                        .await
+                    {
+                        Ok(Ok(t)) => t,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let app = app.clone();
@@ -254,8 +398,13 @@ pub async fn start(cfg: Config) -> Result<Running> {
                         }
                     },
                 );
-                if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .http1_only()
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout);
+                if let Err(e) = builder
                     .serve_connection_with_upgrades(TokioIo::new(tls), service)
                     .await
                 {

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use parking_lot::RwLock;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -17,9 +17,37 @@ use tokio::sync::{broadcast, oneshot};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Objects that did not parse when the store was loaded, kept aside under their key.
+pub const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 
-/// How many past events a watch can resume from.
+/// How many past events a watch can resume from (by default; see [`WindowLimits`]).
 pub const EVENT_WINDOW: usize = 100_000;
+
+/// How much history the watch event window keeps: at most `events` events and at most
+/// `bytes` bytes of their objects' JSON (and keys); the oldest go first.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowLimits {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl Default for WindowLimits {
+    fn default() -> Self {
+        WindowLimits {
+            events: EVENT_WINDOW,
+            bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a data directory's store file holds, before it is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreFile {
+    Missing,
+    /// 0 bytes, or a database without our tables.
+    Empty,
+    Present,
+}
 
 /// Where an object lives: `<group>/<resource>/<namespace>/<name>` (namespace empty for
 /// cluster-scoped objects). The string form orders objects so that one resource, or one
@@ -75,9 +103,18 @@ pub struct Stored {
 }
 
 impl Stored {
-    fn from_json(key: Key, rv: u64, json: Bytes) -> Result<Stored, StoreError> {
+    /// An object as loaded from the database: its JSON must parse, as an object within the
+    /// depth limit serde_json reads back.
+    fn load(key: Key, json: Bytes, store_rv: u64) -> Result<Stored, StoreError> {
         let v: Value =
             serde_json::from_slice(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if !v.is_object() {
+            return Err(StoreError::Corrupt("not a JSON object".into()));
+        }
+        let rv = v["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(store_rv);
         Ok(Self::with_meta(key, rv, json, &v))
     }
 
@@ -154,6 +191,8 @@ pub enum StoreError {
     Storage(String),
     #[error("stored object is corrupt: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Invalid(#[from] crate::limits::LimitError),
     #[error("the store is shutting down")]
     Closed,
 }
@@ -187,8 +226,16 @@ struct State {
     /// Last committed revision.
     rv: u64,
     events: VecDeque<Arc<Event>>,
+    /// Bytes of the events in `events`, as [`event_bytes`] counts them.
+    events_bytes: usize,
     /// Every event with a revision above this one is in `events`.
     window_start: u64,
+    window: WindowLimits,
+}
+
+/// What one event costs the window: its object's JSON and key.
+fn event_bytes(e: &Event) -> usize {
+    e.object.json.len() + e.object.key.0.len()
 }
 
 pub struct Store {
@@ -206,11 +253,38 @@ pub struct WatchStart {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `path`, loading every object into memory.
+    /// Whether `path` holds a store with data, without creating or changing it.
+    pub fn probe(path: &Path) -> Result<StoreFile, StoreError> {
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StoreFile::Missing),
+            Err(e) => return Err(storage(e)),
+            Ok(m) if m.len() == 0 => return Ok(StoreFile::Empty),
+            Ok(_) => {}
+        }
+        let db = Database::open(path).map_err(storage)?;
+        let read = db.begin_read().map_err(storage)?;
+        let mut tables = read.list_tables().map_err(storage)?;
+        Ok(if tables.any(|t| t.name() == "objects") {
+            StoreFile::Present
+        } else {
+            StoreFile::Empty
+        })
+    }
+
+    /// Opens (or creates) the store in `path`, loading every object into memory, with the
+    /// default watch window.
     pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
+        Self::open_with(path, WindowLimits::default())
+    }
+
+    /// Opens (or creates) the store in `path`, loading every object into memory. An object
+    /// that does not parse is moved to the `quarantine` table (and logged as an error) instead
+    /// of failing the start.
+    pub fn open_with(path: &Path, window: WindowLimits) -> Result<Arc<Store>, StoreError> {
         let db = Database::create(path).map_err(|e| StoreError::Storage(e.to_string()))?;
         let mut objects = BTreeMap::new();
         let mut rv = 0;
+        let mut bad: Vec<(String, Vec<u8>)> = Vec::new();
         {
             let txn = db.begin_write().map_err(storage)?;
             txn.open_table(OBJECTS).map_err(storage)?;
@@ -226,16 +300,37 @@ impl Store {
                 let (k, v) = row.map_err(storage)?;
                 let key = Key(k.value().to_string());
                 let json = Bytes::copy_from_slice(v.value());
-                let obj_rv = serde_json::from_slice::<Value>(&json)
-                    .ok()
-                    .and_then(|o| {
-                        o["metadata"]["resourceVersion"]
-                            .as_str()
-                            .and_then(|s| s.parse().ok())
-                    })
-                    .unwrap_or(rv);
-                objects.insert(key.clone(), Arc::new(Stored::from_json(key, obj_rv, json)?));
+                match Stored::load(key.clone(), json, rv) {
+                    Ok(s) => {
+                        objects.insert(key, Arc::new(s));
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            key = key.as_str(),
+                            error = %e,
+                            "stored object does not parse: moving it to the quarantine table"
+                        );
+                        bad.push((key.0, v.value().to_vec()));
+                    }
+                }
             }
+        }
+        if !bad.is_empty() {
+            let txn = db.begin_write().map_err(storage)?;
+            {
+                let mut q = txn.open_table(QUARANTINE).map_err(storage)?;
+                let mut o = txn.open_table(OBJECTS).map_err(storage)?;
+                for (k, v) in &bad {
+                    q.insert(k.as_str(), v.as_slice()).map_err(storage)?;
+                    o.remove(k.as_str()).map_err(storage)?;
+                }
+            }
+            txn.commit().map_err(storage)?;
+            tracing::error!(
+                count = bad.len(),
+                keys = ?bad.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+                "quarantined stored objects that do not parse; the server starts without them"
+            );
         }
         let (events, _) = broadcast::channel(65_536);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -244,7 +339,9 @@ impl Store {
                 objects,
                 rv,
                 events: VecDeque::new(),
+                events_bytes: 0,
                 window_start: rv,
+                window,
             }),
             writer: tx,
             events,
@@ -255,6 +352,12 @@ impl Store {
             .spawn(move || writer_loop(db, rx, weak))
             .map_err(|e| StoreError::Storage(e.to_string()))?;
         Ok(store)
+    }
+
+    /// The watch event window now: its events, their bytes, and the revision it starts after.
+    pub fn window_usage(&self) -> (usize, usize, u64) {
+        let st = self.state.read();
+        (st.events.len(), st.events_bytes, st.window_start)
     }
 
     pub fn revision(&self) -> u64 {
@@ -296,6 +399,9 @@ impl Store {
         change: Change,
         pre: Precondition,
     ) -> Result<Arc<Stored>, StoreError> {
+        if let Change::Put(v) = &change {
+            crate::limits::check_object(v)?;
+        }
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(WriteOp {
@@ -407,6 +513,13 @@ fn commit_batch(db: &Database, store: &Store, batch: Vec<WriteOp>) {
             let event = match op.change {
                 Change::Put(v) => {
                     let (json, v) = encode(v, rv);
+                    if json.len() > crate::limits::MAX_OBJECT_BYTES {
+                        rv -= 1;
+                        let _ = op.reply.send(Err(StoreError::Invalid(
+                            crate::limits::LimitError::TooLarge(json.len()),
+                        )));
+                        continue;
+                    }
                     let obj = Arc::new(Stored::with_meta(op.key.clone(), rv, json, &v));
                     overlay.insert(op.key, Some(obj.clone()));
                     Event {
@@ -482,11 +595,14 @@ fn commit_batch(db: &Database, store: &Store, batch: Vec<WriteOp>) {
                 st.objects.insert(e.object.key.clone(), e.object.clone());
             }
         }
+        st.events_bytes += event_bytes(&e);
         st.events.push_back(e.clone());
-        while st.events.len() > EVENT_WINDOW {
-            if let Some(old) = st.events.pop_front() {
-                st.window_start = old.object.rv;
-            }
+        while st.events.len() > st.window.events || st.events_bytes > st.window.bytes {
+            let Some(old) = st.events.pop_front() else {
+                break;
+            };
+            st.events_bytes -= event_bytes(&old);
+            st.window_start = old.object.rv;
         }
         let _ = store.events.send(e.clone());
         let reply = std::mem::replace(&mut s.reply, oneshot::channel().0);

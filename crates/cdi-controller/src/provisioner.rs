@@ -268,9 +268,24 @@ async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Ac
         crate::datavolume::cancel_for_claim(&ctx, uid);
     }
     if let Some(path) = spec.local.as_ref().map(|l| PathBuf::from(&l.path)) {
-        // Only ever delete below our volumes directory.
-        if path.starts_with(ctx.config.volumes_dir()) {
-            let p = path.clone();
+        // Only ever delete one of our volumes: a direct child of our volumes directory, proven
+        // after resolving links and refusing '..' (a PersistentVolume is user input).
+        let root = ctx.config.volumes_dir();
+        let ours = kubevirt_runtime::host_path::beneath(&root, &path).and_then(|real| {
+            let real_root = kubevirt_runtime::host_path::resolve(&root)?;
+            if real.parent() == Some(real_root.as_path()) {
+                Ok(real)
+            } else {
+                Err(kubevirt_runtime::host_path::HostPathError::NotAllowed {
+                    path: path.clone(),
+                    roots: real_root.display().to_string(),
+                })
+            }
+        });
+        if let Err(e) = &ours {
+            tracing::warn!(pv = %pv.name_any(), error = %e, "not deleting a path that is not one of our volumes");
+        }
+        if let Ok(p) = ours {
             let removed = tokio::task::spawn_blocking(move || {
                 if p.is_dir() {
                     std::fs::remove_dir_all(&p)

@@ -41,10 +41,10 @@ impl Drop for Env {
 impl Env {
     async fn start() -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
-        let running = kubevirt_apiserver::start(kubevirt_apiserver::Config {
-            data_dir: dir.path().join("api"),
-            listen: "127.0.0.1:0".parse().expect("addr"),
-        })
+        let running = kubevirt_apiserver::start(kubevirt_apiserver::Config::new(
+            dir.path().join("api"),
+            "127.0.0.1:0".parse().expect("addr"),
+        ))
         .await
         .expect("API server");
         let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig).expect("kubeconfig");

@@ -23,13 +23,12 @@ use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{watcher, Controller};
 use kube::{Client, Resource};
-use kubevirt_api::defaults::DefaultsConfig;
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// KubeVirt's `kubevirt.io/nodeName` label, set on a VMI when it is placed.
-pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
+pub use kubevirt_api::status::label::NODE_NAME as NODE_NAME_LABEL;
 
 /// The crash-loop backoff of VMs whose VMIs fail before reaching Running.
 ///
@@ -75,9 +74,9 @@ impl Backoff {
 pub struct Config {
     /// Single-node mode: the node every VMI is placed on.
     pub node_name: String,
-    /// Cluster defaults applied to VMIs the controller creates (the API server applies the
-    /// same on admission).
-    pub defaults: DefaultsConfig,
+    /// The cluster configuration, followed live: the defaults of VMIs the controller creates
+    /// are those admission applies at that moment.
+    pub cluster: kubevirt_runtime::cluster::ClusterConfigRx,
     pub crash_loop: Backoff,
     /// How often a VM with nothing pending is looked at again anyway.
     pub resync: Duration,
@@ -88,7 +87,7 @@ impl Config {
     pub fn single_node(node_name: impl Into<String>) -> Self {
         Config {
             node_name: node_name.into(),
-            defaults: DefaultsConfig::default(),
+            cluster: kubevirt_runtime::cluster::ClusterConfig::default().fixed(),
             crash_loop: Backoff::kubevirt(),
             resync: Duration::from_secs(300),
         }
@@ -229,49 +228,35 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Shared helpers over VMIs.
+/// Shared helpers over VMIs, on top of `kubevirt_api::status`.
 pub(crate) mod phase {
+    use kubevirt_api::status::VmiPhase;
     use kubevirt_api::VirtualMachineInstance;
 
-    pub const PENDING: &str = "Pending";
-    pub const SCHEDULING: &str = "Scheduling";
-    pub const SCHEDULED: &str = "Scheduled";
-    pub const RUNNING: &str = "Running";
-    pub const SUCCEEDED: &str = "Succeeded";
-    pub const FAILED: &str = "Failed";
+    pub use kubevirt_api::status::{vmi_condition as condition, vmi_condition_true};
 
-    pub fn of(vmi: &VirtualMachineInstance) -> &str {
-        vmi.status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .unwrap_or("")
+    pub fn of(vmi: &VirtualMachineInstance) -> Option<VmiPhase> {
+        VmiPhase::of(vmi)
+    }
+
+    pub fn is(vmi: &VirtualMachineInstance, p: VmiPhase) -> bool {
+        of(vmi) == Some(p)
     }
 
     pub fn is_final(vmi: &VirtualMachineInstance) -> bool {
-        matches!(of(vmi), SUCCEEDED | FAILED)
+        of(vmi).is_some_and(VmiPhase::is_final)
     }
 
     /// Whether the VMI ever reached Running: its phase now, or a recorded transition.
     pub fn ever_ran(vmi: &VirtualMachineInstance) -> bool {
-        of(vmi) == RUNNING
+        is(vmi, VmiPhase::Running)
             || vmi
                 .status
                 .as_ref()
                 .and_then(|s| s.phase_transition_timestamps.as_ref())
-                .is_some_and(|ts| ts.iter().any(|t| t.phase.as_deref() == Some(RUNNING)))
-    }
-
-    pub fn condition<'a>(
-        vmi: &'a VirtualMachineInstance,
-        type_: &str,
-    ) -> Option<&'a kubevirt_api::VirtualMachineInstanceCondition> {
-        vmi.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.r#type == type_))
-    }
-
-    pub fn condition_is(vmi: &VirtualMachineInstance, type_: &str, status: &str) -> bool {
-        condition(vmi, type_).is_some_and(|c| c.status == status)
+                .is_some_and(|ts| {
+                    ts.iter()
+                        .any(|t| t.phase.as_deref() == Some(VmiPhase::Running.as_str()))
+                })
     }
 }

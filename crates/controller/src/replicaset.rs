@@ -15,6 +15,7 @@ use kubevirt_api::{VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
 use serde_json::json;
 
 use crate::{phase, Context, Error};
+use kubevirt_api::status::{condition, VmiPhase};
 
 /// A label selector as the `labelSelector` query string (and `status.labelSelector`).
 pub fn selector_string(sel: &LabelSelector) -> String {
@@ -41,7 +42,7 @@ pub fn selector_string(sel: &LabelSelector) -> String {
 pub fn pick_for_deletion(vmis: &[VirtualMachineInstance], want: usize) -> Vec<String> {
     let mut sorted: Vec<&VirtualMachineInstance> = vmis.iter().collect();
     sorted.sort_by_key(|v| {
-        let running = phase::of(v) == phase::RUNNING;
+        let running = phase::is(v, VmiPhase::Running);
         let created = v.metadata.creation_timestamp.as_ref().map(|t| t.0);
         (running, std::cmp::Reverse(created), v.name_any())
     });
@@ -141,7 +142,7 @@ pub async fn reconcile(
 
     let ready = live
         .iter()
-        .filter(|v| phase::condition_is(v, "Ready", "True"))
+        .filter(|v| phase::vmi_condition_true(v, condition::READY))
         .count();
     let status = json!({
         "replicas": count,

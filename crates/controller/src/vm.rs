@@ -24,61 +24,26 @@ use serde_json::json;
 
 use crate::phase;
 use crate::{instancetype, Context, Error};
+use kubevirt_api::status::{condition, VmiPhase};
 
-/// KubeVirt's label on a VMI created from a VM (`virtv1.VirtualMachineLabel`).
-pub const VM_NAME_LABEL: &str = "vm.kubevirt.io/name";
 /// The VM generation a VMI was created from (`kubevirt.io/vm-generation`).
-pub const VM_GENERATION_ANNOTATION: &str = "kubevirt.io/vm-generation";
+pub use kubevirt_api::status::label::VM_GENERATION as VM_GENERATION_ANNOTATION;
+/// KubeVirt's label on a VMI created from a VM (`virtv1.VirtualMachineLabel`).
+pub use kubevirt_api::status::label::VM_NAME as VM_NAME_LABEL;
 
-/// `spec.runStrategy`, or the deprecated `spec.running` mapped onto it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunStrategy {
-    Always,
-    RerunOnFailure,
-    Manual,
-    Halted,
-    Once,
+pub use kubevirt_api::status::RunStrategy;
+
+/// The strategies a start failure counts for (others clear `startFailure`).
+fn backs_off(strategy: RunStrategy) -> bool {
+    matches!(
+        strategy,
+        RunStrategy::Always | RunStrategy::RerunOnFailure | RunStrategy::Once
+    )
 }
 
-impl RunStrategy {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "Always" => RunStrategy::Always,
-            "RerunOnFailure" => RunStrategy::RerunOnFailure,
-            "Manual" => RunStrategy::Manual,
-            "Halted" => RunStrategy::Halted,
-            "Once" => RunStrategy::Once,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStrategy::Always => "Always",
-            RunStrategy::RerunOnFailure => "RerunOnFailure",
-            RunStrategy::Manual => "Manual",
-            RunStrategy::Halted => "Halted",
-            RunStrategy::Once => "Once",
-        }
-    }
-
-    /// The strategies a start failure counts for (others clear `startFailure`).
-    fn backs_off(self) -> bool {
-        matches!(
-            self,
-            RunStrategy::Always | RunStrategy::RerunOnFailure | RunStrategy::Once
-        )
-    }
-}
-
-/// KubeVirt's `vm.RunStrategy()`: `runStrategy` if set, else `running: true` → Always, and
-/// `running: false` or nothing → Halted. An unknown value (validation refuses it) is Halted.
+/// KubeVirt's `vm.RunStrategy()` ([`RunStrategy::of`]).
 pub fn run_strategy(spec: &VirtualMachineSpec) -> RunStrategy {
-    match spec.run_strategy.as_deref() {
-        Some(s) if !s.is_empty() => RunStrategy::parse(s).unwrap_or(RunStrategy::Halted),
-        _ if spec.running == Some(true) => RunStrategy::Always,
-        _ => RunStrategy::Halted,
-    }
+    RunStrategy::of(spec)
 }
 
 /// One step towards what the VM asks for.
@@ -150,8 +115,8 @@ pub fn decide(
         RunStrategy::RerunOnFailure => match vmi {
             Some(v) => match live {
                 Some(_) if stop_for(v) => Decision::Delete { restart: false },
-                Some(_) if phase::of(v) == phase::FAILED => Decision::Delete { restart: true },
-                Some(_) if phase::of(v) == phase::SUCCEEDED => Decision::Delete { restart: false },
+                Some(_) if phase::is(v, VmiPhase::Failed) => Decision::Delete { restart: true },
+                Some(_) if phase::is(v, VmiPhase::Succeeded) => Decision::Delete { restart: false },
                 _ => Decision::Nothing,
             },
             None if stop_pending => Decision::Nothing,
@@ -192,16 +157,16 @@ pub fn sync_start_failure(
     now: Timestamp,
     backoff: &crate::Backoff,
 ) {
-    if !strategy.backs_off() {
+    if !backs_off(strategy) {
         status.start_failure = None;
         return;
     }
     let Some(vmi) = vmi else { return };
-    if phase::of(vmi) == phase::RUNNING {
+    if phase::is(vmi, VmiPhase::Running) {
         status.start_failure = None;
         return;
     }
-    if phase::of(vmi) != phase::FAILED || phase::ever_ran(vmi) {
+    if !phase::is(vmi, VmiPhase::Failed) || phase::ever_ran(vmi) {
         return;
     }
     let uid = vmi.metadata.uid.clone();
@@ -257,8 +222,8 @@ pub fn printable_status(i: &PrintableInputs) -> &'static str {
         if migrating {
             return "Migrating";
         }
-        if phase::of(v) == phase::RUNNING {
-            return if phase::condition_is(v, "Paused", "True") {
+        if phase::is(v, VmiPhase::Running) {
+            return if phase::vmi_condition_true(v, condition::PAUSED) {
                 "Paused"
             } else {
                 "Running"
@@ -284,7 +249,7 @@ pub fn printable_status(i: &PrintableInputs) -> &'static str {
         None => i.create_expected,
         Some(v) => matches!(
             phase::of(v),
-            "" | phase::PENDING | phase::SCHEDULING | phase::SCHEDULED
+            None | Some(VmiPhase::Pending | VmiPhase::Scheduling | VmiPhase::Scheduled)
         ),
     };
     if starting {
@@ -293,7 +258,7 @@ pub fn printable_status(i: &PrintableInputs) -> &'static str {
     if (vmi.is_none() || final_)
         && !i.create_expected
         && i.start_failures > 0
-        && i.strategy.backs_off()
+        && backs_off(i.strategy)
     {
         return "CrashLoopBackOff";
     }
@@ -433,7 +398,7 @@ fn sync_conditions(
             Some("VMI does not exist".into()),
             now,
         ),
-        Some(v) => match phase::condition(v, "Ready") {
+        Some(v) => match phase::condition(v, condition::READY) {
             Some(c) if !phase::is_final(v) => set_condition(
                 conds,
                 "Ready",
@@ -452,7 +417,7 @@ fn sync_conditions(
             ),
         },
     }
-    match vmi.and_then(|v| phase::condition(v, "Paused")) {
+    match vmi.and_then(|v| phase::condition(v, condition::PAUSED)) {
         Some(c) if c.status == "True" => set_condition(
             conds,
             "Paused",
@@ -542,21 +507,26 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         Decision::CreateAfter(d) => requeue = requeue.min(d + Duration::from_millis(50)),
         Decision::Create => {
             let made = match instancetype::fetch(&ctx.client, &vm, &ns).await {
-                Ok((it, pref)) => vmi_for(&vm, it.as_ref(), pref.as_ref(), &ctx.config.defaults)
-                    .map(|mut new| {
-                        // `virtctl start --paused`: a Start request with `paused: "true"`.
-                        if first_request(&status).is_some_and(|r| {
-                            r.action == START
-                                && r.data
-                                    .as_ref()
-                                    .and_then(|d| d.get("paused"))
-                                    .map(String::as_str)
-                                    == Some("true")
-                        }) {
-                            new.spec.start_strategy = Some("Paused".into());
-                        }
-                        new
-                    }),
+                Ok((it, pref)) => vmi_for(
+                    &vm,
+                    it.as_ref(),
+                    pref.as_ref(),
+                    &ctx.config.cluster.borrow().defaults(),
+                )
+                .map(|mut new| {
+                    // `virtctl start --paused`: a Start request with `paused: "true"`.
+                    if first_request(&status).is_some_and(|r| {
+                        r.action == START
+                            && r.data
+                                .as_ref()
+                                .and_then(|d| d.get("paused"))
+                                .map(String::as_str)
+                                == Some("true")
+                    }) {
+                        new.spec.start_strategy = Some("Paused".into());
+                    }
+                    new
+                }),
                 Err(e) => Err(e),
             };
             let created = match made {
@@ -657,10 +627,10 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     };
     status.printable_status = Some(printable.into());
     status.created = Some(vmi.is_some());
-    status.ready = Some(
-        vmi.as_ref()
-            .is_some_and(|v| !phase::is_final(v) && phase::condition_is(v, "Ready", "True")),
-    );
+    status.ready =
+        Some(vmi.as_ref().is_some_and(|v| {
+            !phase::is_final(v) && phase::vmi_condition_true(v, condition::READY)
+        }));
     status.run_strategy = Some(strategy.as_str().into());
     status.desired_generation = vm.metadata.generation;
     status.observed_generation = vmi

@@ -31,6 +31,7 @@ use kubevirt_api::{VirtualMachineInstance, VirtualMachineInstancePhaseTransition
 use serde_json::json;
 
 use crate::{phase, Context, Error, NODE_NAME_LABEL};
+use kubevirt_api::status::{condition, VmiPhase};
 
 /// KubeVirt's `VirtualMachineInstanceFinalizer`.
 pub const VMI_FINALIZER: &str = "foregroundDeleteVirtualMachine";
@@ -44,7 +45,7 @@ fn transitions(
         .unwrap_or_default()
 }
 
-fn transition(phase: &str, now: Timestamp) -> VirtualMachineInstancePhaseTransitionTimestamp {
+fn transition(phase: VmiPhase, now: Timestamp) -> VirtualMachineInstancePhaseTransitionTimestamp {
     VirtualMachineInstancePhaseTransitionTimestamp {
         phase: Some(phase.into()),
         phase_transition_timestamp: Some(Time(now)),
@@ -69,8 +70,8 @@ pub async fn reconcile(
     let finalizers = vmi.finalizers().to_vec();
 
     if vmi.metadata.deletion_timestamp.is_some() {
-        let released =
-            phase::is_final(&vmi) || matches!(p, "" | phase::PENDING | phase::SCHEDULING);
+        let released = phase::is_final(&vmi)
+            || matches!(p, None | Some(VmiPhase::Pending | VmiPhase::Scheduling));
         if released && finalizers.iter().any(|f| f == VMI_FINALIZER) {
             let keep: Vec<&String> = finalizers.iter().filter(|f| *f != VMI_FINALIZER).collect();
             let patch = json!({"metadata": {"resourceVersion": rv, "finalizers": keep}});
@@ -80,26 +81,26 @@ pub async fn reconcile(
         return Ok(Action::await_change());
     }
 
-    if matches!(p, "" | phase::PENDING) {
+    if matches!(p, None | Some(VmiPhase::Pending)) {
         let node = &ctx.config.node_name;
         let mut fins = finalizers.clone();
         if !fins.iter().any(|f| f == VMI_FINALIZER) {
             fins.push(VMI_FINALIZER.into());
         }
         let mut ts = transitions(&vmi);
-        if p.is_empty() {
-            ts.push(transition(phase::PENDING, now));
+        if p.is_none() {
+            ts.push(transition(VmiPhase::Pending, now));
         }
-        ts.push(transition(phase::SCHEDULING, now));
-        ts.push(transition(phase::SCHEDULED, now));
+        ts.push(transition(VmiPhase::Scheduling, now));
+        ts.push(transition(VmiPhase::Scheduled, now));
         let mut conds = vmi
             .status
             .as_ref()
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
-        if !conds.iter().any(|c| c.r#type == "Ready") {
+        if !conds.iter().any(|c| c.r#type == condition::READY) {
             conds.push(kubevirt_api::VirtualMachineInstanceCondition {
-                r#type: "Ready".into(),
+                r#type: condition::READY.into(),
                 status: "False".into(),
                 reason: Some("GuestNotRunning".into()),
                 message: Some("Guest VM is not reported as running".into()),
@@ -114,7 +115,7 @@ pub async fn reconcile(
                 "finalizers": fins,
             },
             "status": {
-                "phase": phase::SCHEDULED,
+                "phase": VmiPhase::Scheduled.as_str(),
                 "nodeName": node,
                 "phaseTransitionTimestamps": ts,
                 "conditions": conds,
@@ -128,8 +129,11 @@ pub async fn reconcile(
 
     // Every phase gets its transition recorded, even when its writer did not record it, so
     // the VM controller can tell a start failure from a crash of a VMI that ran.
+    let Some(p) = p else {
+        return Ok(Action::await_change());
+    };
     let mut ts = transitions(&vmi);
-    if !ts.iter().any(|t| t.phase.as_deref() == Some(p)) {
+    if !ts.iter().any(|t| t.phase.as_deref() == Some(p.as_str())) {
         ts.push(transition(p, now));
         let patch = json!({
             "metadata": {"resourceVersion": rv},

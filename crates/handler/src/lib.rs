@@ -7,6 +7,7 @@
 //! launchers: nothing is kept in memory that a crash would lose. Launchers run in their own
 //! session (`launcher run --detach`) and outlive the handler.
 
+pub mod status;
 pub mod volumes;
 
 use futures::StreamExt;
@@ -17,8 +18,9 @@ use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use kubevirt_api::status::{reason, VmiPhase};
 use kubevirt_api::VirtualMachineInstance;
-use kubevirt_launcher::launcher::{Phase, State};
+use kubevirt_launcher::api::{LauncherClient, Phase, Request, State, VmiDir, VmiDirError};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,15 +35,17 @@ pub struct Config {
     pub image_store: Option<PathBuf>,
     /// The `kubevirt-rs` binary that runs `launcher run`.
     pub launcher_bin: PathBuf,
-    /// KubeVirt's `developerConfiguration.useEmulation`; shared with the configuration
-    /// watcher, so a change to the `KubeVirt` resource applies to the next VMI started.
-    pub allow_emulation: Arc<std::sync::atomic::AtomicBool>,
+    /// The cluster configuration, followed live: `useEmulation` applies to the next VMI
+    /// started.
+    pub cluster: kubevirt_runtime::cluster::ClusterConfigRx,
+    /// Where PersistentVolume `local.path`s and hostDisk paths may point
+    /// (`--host-path-root`; docs/security.md).
+    pub host_paths: kubevirt_runtime::host_path::HostPathPolicy,
 }
 
 impl Config {
     pub fn emulation(&self) -> bool {
-        self.allow_emulation
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.cluster.borrow().use_emulation
     }
 }
 
@@ -85,28 +89,40 @@ impl Context {
 /// KubeVirt's label for the node a VMI runs on.
 pub const NODE_LABEL: &str = "kubevirt.io/nodeName";
 
-pub fn vmi_dir(config: &Config, namespace: &str, name: &str) -> PathBuf {
-    config.data_dir.join("vms").join(namespace).join(name)
+/// The VMI's directory, `<data_dir>/vms/<namespace>/<name>` ([`VmiDir`] checks both names and
+/// that its sockets' paths fit).
+pub fn vmi_dir(config: &Config, namespace: &str, name: &str) -> Result<VmiDir, VmiDirError> {
+    VmiDir::new(&config.data_dir, namespace, name)
 }
 
 /// The launcher's state: live over its socket, else the last one it wrote. A launcher that
 /// is gone while its last state says the VM runs died with it (QEMU dies with its launcher):
 /// that is reported as Failed, reason `LauncherExited`.
-fn launcher_state(dir: &Path) -> Option<State> {
-    if let Ok(v) = kubevirt_launcher::rpc::call(dir, "state", json!({})) {
-        if let Ok(s) = serde_json::from_value::<State>(v) {
-            return Some(s);
+async fn launcher_state(dir: &VmiDir) -> Option<State> {
+    let live = async {
+        let mut c = LauncherClient::connect(dir)
+            .await?
+            .with_timeout(Duration::from_secs(10));
+        c.call(Request::State).await
+    };
+    match live.await {
+        Ok(r) => {
+            if let Some(s) = r.into_state() {
+                return Some(s);
+            }
+        }
+        Err(e) => {
+            tracing::trace!(dir = %dir.path().display(), error = %e, "launcher not answering")
         }
     }
-    let text = std::fs::read_to_string(dir.join("state.json")).ok()?;
-    let mut s: State = serde_json::from_str(&text).ok()?;
+    let mut s = dir.read_state().ok()?;
     if !s.phase.is_final() && !process_alive(s.launcher_pid) {
         s.message = format!(
             "the launcher (pid {}) exited while the VM was {:?}; its QEMU went with it",
             s.launcher_pid, s.phase
         );
         s.phase = Phase::Failed;
-        s.reason = "LauncherExited".into();
+        s.reason = reason::LAUNCHER_EXITED.into();
     }
     Some(s)
 }
@@ -127,24 +143,24 @@ fn process_alive(pid: u32) -> bool {
 /// its VMI on every event and when the stream ends (the launcher exited). This is what makes
 /// status changes reach the API within milliseconds instead of at the next poll.
 struct Followers {
-    active: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    active: std::sync::Mutex<std::collections::HashSet<VmiDir>>,
     trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<VirtualMachineInstance>>,
 }
 
 impl Followers {
-    fn follow(self: &Arc<Self>, dir: &Path, vmi: &VirtualMachineInstance) {
+    fn follow(self: &Arc<Self>, dir: &VmiDir, vmi: &VirtualMachineInstance) {
         {
             let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-            if !active.insert(dir.to_path_buf()) {
+            if !active.insert(dir.clone()) {
                 return;
             }
         }
         let this = self.clone();
-        let dir = dir.to_path_buf();
+        let dir = dir.clone();
         let obj = ObjectRef::from_obj(vmi);
         tokio::spawn(async move {
             if let Err(e) = this.stream(&dir, &obj).await {
-                tracing::debug!(dir = %dir.display(), error = %e, "launcher event stream ended");
+                tracing::debug!(dir = %dir.path().display(), error = %e, "launcher event stream ended");
             }
             this.active
                 .lock()
@@ -156,16 +172,17 @@ impl Followers {
 
     async fn stream(
         &self,
-        dir: &Path,
+        dir: &VmiDir,
         obj: &ObjectRef<VirtualMachineInstance>,
-    ) -> std::io::Result<()> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let sock = tokio::net::UnixStream::connect(dir.join("launcher.sock")).await?;
-        let (rd, mut wr) = sock.into_split();
-        let req = json!({"v": kubevirt_launcher::rpc::VERSION, "id": 1, "method": "subscribe"});
-        wr.write_all(format!("{req}\n").as_bytes()).await?;
-        let mut lines = tokio::io::BufReader::new(rd).lines();
-        while lines.next_line().await?.is_some() {
+    ) -> Result<(), kubevirt_launcher::api::ClientError> {
+        let mut events = LauncherClient::connect(dir).await?.subscribe().await?;
+        // A change between the reconcile that started following and the subscription shows
+        // in the subscription's first state: look again once.
+        if self.trigger.unbounded_send(obj.clone()).is_err() {
+            return Ok(());
+        }
+        while let Some(ev) = events.next().await {
+            ev?;
             if self.trigger.unbounded_send(obj.clone()).is_err() {
                 break;
             }
@@ -178,74 +195,6 @@ fn now() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
-}
-
-fn condition(kind: &str, status: bool, reason: &str, message: &str) -> Value {
-    json!({"type": kind, "status": if status { "True" } else { "False" },
-           "reason": reason, "message": message, "lastProbeTime": null, "lastTransitionTime": now()})
-}
-
-/// The VMI status the launcher's state stands for.
-fn status_from(state: &State, current: &Value) -> Value {
-    let phase = match state.phase {
-        Phase::Pending | Phase::Starting => "Scheduled",
-        Phase::Running | Phase::Paused => "Running",
-        Phase::Succeeded => "Succeeded",
-        Phase::Failed => "Failed",
-    };
-    let mut conditions = vec![condition(
-        "Ready",
-        matches!(state.phase, Phase::Running),
-        if state.phase == Phase::Running {
-            ""
-        } else {
-            &state.reason
-        },
-        "",
-    )];
-    if state.phase == Phase::Paused {
-        conditions.push(condition(
-            "Paused",
-            true,
-            "PausedByUser",
-            "VMI was paused by user",
-        ));
-    }
-    if let Some(acc) = state.accelerator {
-        if acc.as_str() == "tcg" {
-            conditions.push(condition(
-                "SoftwareEmulation",
-                true,
-                "",
-                &format!(
-                    "Software emulation is enabled: {}",
-                    state.accelerator_reason
-                ),
-            ));
-        }
-    }
-    let mut transitions = current["phaseTransitionTimestamps"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if !transitions.iter().any(|t| t["phase"] == phase) {
-        transitions.push(json!({"phase": phase, "phaseTransitionTimestamp": now()}));
-    }
-    let mut status = json!({
-        "phase": phase,
-        "conditions": conditions,
-        "phaseTransitionTimestamps": transitions,
-        "guestOSInfo": {},
-        "launcherContainerImageVersion": format!("kubevirt-rs/{}", env!("CARGO_PKG_VERSION")),
-    });
-    if let Some(ip) = &state.guest_ip {
-        status["interfaces"] = json!([{"name": "default", "ipAddress": ip, "ipAddresses": [ip],
-                                       "interfaceName": "eth0", "infoSource": "domain, guest-agent"}]);
-    }
-    if state.phase.is_final() && !state.message.is_empty() {
-        status["reason"] = json!(state.reason);
-    }
-    status
 }
 
 async fn patch_status(
@@ -265,7 +214,7 @@ async fn patch_status(
 
 fn spawn_launcher(
     config: &Config,
-    dir: &Path,
+    dir: &VmiDir,
     vmi: &VirtualMachineInstance,
     volume_args: &[String],
     followers: &Arc<Followers>,
@@ -274,17 +223,18 @@ fn spawn_launcher(
         let path = path.display().to_string();
         move |source| Error::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let file = dir.join("vmi.json");
+    std::fs::create_dir_all(dir.path()).map_err(io(dir.path()))?;
+    let file = dir.vmi_file();
     std::fs::write(&file, serde_json::to_vec(vmi).unwrap_or_default()).map_err(io(&file))?;
-    std::fs::write(dir.join(".spawned"), b"").map_err(io(dir))?;
+    let spawned = dir.spawned_marker();
+    std::fs::write(&spawned, b"").map_err(io(&spawned))?;
     let mut cmd = tokio::process::Command::new(&config.launcher_bin);
     cmd.arg("launcher")
         .arg("run")
         .arg("-f")
         .arg(&file)
         .arg("--dir")
-        .arg(dir)
+        .arg(dir.path())
         .arg(format!("--allow-emulation={}", config.emulation()))
         .arg("--detach")
         .stdin(std::process::Stdio::null())
@@ -300,17 +250,40 @@ fn spawn_launcher(
     // its own session, whatever happens to us.
     let name = vmi.name_any();
     let (followers, obj) = (followers.clone(), ObjectRef::from_obj(vmi));
+    let (dir, vmi_key) = (
+        dir.clone(),
+        format!("{}/{name}", vmi.namespace().unwrap_or_default()),
+    );
     tokio::spawn(async move {
-        let status = cmd.status().await;
+        let failure = match cmd.status().await {
+            Ok(s) if s.success() => {
+                tracing::info!(vmi = %name, "launcher started");
+                None
+            }
+            Ok(s) => Some(format!("the launcher exited ({s}) before the VM ran")),
+            Err(e) => Some(format!("cannot run the launcher: {e}")),
+        };
+        // A launcher that failed before it could report a final state of its own: record
+        // the failure where the handler reads launcher states, so the VMI reports it.
+        if let Some(why) = failure {
+            let reported = dir.read_state().is_ok_and(|s| s.phase.is_final());
+            if !reported {
+                let last = std::fs::read_to_string(dir.launcher_log())
+                    .ok()
+                    .and_then(|l| l.lines().last().map(str::to_string))
+                    .unwrap_or_default();
+                let mut st = State::pending(&vmi_key);
+                st.phase = Phase::Failed;
+                st.reason = reason::FAILED_TO_START.into();
+                st.message = format!("{why}: {last}");
+                if let Err(e) = dir.write_state(&st) {
+                    tracing::warn!(vmi = %name, error = %e, "cannot record the launcher's failure");
+                }
+            }
+            tracing::warn!(vmi = %name, %why, "launcher failed to start; see its launcher.log");
+        }
         // Look again now, not at the next requeue.
         let _ = followers.trigger.unbounded_send(obj);
-        match status {
-            Ok(s) if s.success() => tracing::info!(vmi = %name, "launcher started"),
-            Ok(s) => {
-                tracing::warn!(vmi = %name, status = %s, "launcher failed to start; see its launcher.log")
-            }
-            Err(e) => tracing::warn!(vmi = %name, error = %e, "cannot run the launcher"),
-        }
     });
     Ok(())
 }
@@ -319,23 +292,31 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
     let ns = vmi.namespace().unwrap_or_else(|| "default".into());
     let name = vmi.name_any();
     let api: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
-    let dir = vmi_dir(&ctx.config, &ns, &name);
-    let current = serde_json::to_value(&vmi.status).unwrap_or(Value::Null);
-    let phase = current["phase"].as_str().unwrap_or("").to_string();
-    let state = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || launcher_state(&dir))
-            .await
-            .ok()
-            .flatten()
+    let dir = match vmi_dir(&ctx.config, &ns, &name) {
+        Ok(d) => d,
+        Err(e) => {
+            // Nothing of this VMI can live on disk: an invalid name, or a directory whose
+            // sockets would not fit a socket address. Say so instead of failing later.
+            tracing::warn!(vmi = %name, namespace = %ns, error = %e, "no VMI directory");
+            if !VmiPhase::of(&vmi).is_some_and(VmiPhase::is_final) {
+                let current = serde_json::to_value(&vmi.status).unwrap_or(Value::Null);
+                let failed = status::failed_to_start(&current, &e.to_string(), &now());
+                patch_status(&api, &name, failed).await?;
+            }
+            return Ok(Action::await_change());
+        }
     };
+    let current = serde_json::to_value(&vmi.status).unwrap_or(Value::Null);
+    let phase = VmiPhase::of(&vmi);
+    let is_final = phase.is_some_and(VmiPhase::is_final);
+    let state = launcher_state(&dir).await;
 
     if vmi.metadata.deletion_timestamp.is_some() {
         // Stop the VM, then report it final so the controller can release the VMI.
         match &state {
             Some(s) if !s.phase.is_final() => {
                 let grace = vmi.spec.termination_grace_period_seconds.unwrap_or(30);
-                let signaled = dir.join(".shutdown-signaled");
+                let signaled = dir.shutdown_marker();
                 if !signaled.exists() {
                     let _ = std::fs::write(&signaled, b"");
                     ctx.event(
@@ -346,39 +327,38 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                     )
                     .await;
                 }
-                let d = dir.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    kubevirt_launcher::rpc::call(
-                        &d,
-                        "shutdown",
-                        json!({"gracePeriodSeconds": grace}),
-                    )
-                })
-                .await;
+                let shutdown = Request::Shutdown {
+                    grace_period_seconds: Some(u64::try_from(grace).unwrap_or(0)),
+                };
+                let asked = async { LauncherClient::connect(&dir).await?.call(shutdown).await };
+                if let Err(e) = asked.await {
+                    tracing::debug!(vmi = %name, error = %e, "shutdown not delivered");
+                }
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
-            Some(s) => patch_status(&api, &name, status_from(s, &current)).await?,
-            None if phase != "Succeeded" && phase != "Failed" => {
-                patch_status(&api, &name, json!({"phase": "Succeeded"})).await?
+            Some(s) => {
+                patch_status(&api, &name, status::from_launcher(s, &current, &now())).await?
+            }
+            None if !is_final => {
+                patch_status(&api, &name, json!({"phase": VmiPhase::Succeeded.as_str()})).await?
             }
             None => {}
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(dir.path());
         return Ok(Action::await_change());
     }
-    if phase == "Succeeded" || phase == "Failed" {
+    if is_final {
         return Ok(Action::await_change());
     }
     match state {
-        None if !dir.join(".spawned").exists() => {
-            if phase == "Scheduled"
-                || phase == "Scheduling"
-                || phase.is_empty()
+        None if !dir.spawned_marker().exists() => {
+            if matches!(phase, Some(VmiPhase::Scheduled | VmiPhase::Scheduling))
+                || phase.is_none()
                     && vmi.status.as_ref().and_then(|s| s.node_name.as_deref())
                         == Some(ctx.config.node_name.as_str())
             {
                 // PVC/DataVolume volumes must be usable first; until then the VMI waits.
-                match volumes::resolve(&ctx.client, &vmi).await? {
+                match volumes::resolve(&ctx.client, &vmi, &ctx.config.host_paths).await? {
                     volumes::Resolved::Ready(args) => {
                         spawn_launcher(&ctx.config, &dir, &vmi, &args, &ctx.followers)?
                     }
@@ -386,38 +366,28 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                         tracing::info!(vmi = %name, %why, "waiting for volumes");
                         return Ok(Action::requeue(Duration::from_secs(2)));
                     }
+                    volumes::Resolved::Refused(why) => {
+                        tracing::warn!(vmi = %name, %why, "refusing a volume's host path");
+                        let failed = status::failed_to_start(&current, &why, &now());
+                        patch_status(&api, &name, failed).await?;
+                        return Ok(Action::await_change());
+                    }
                 }
             }
             Ok(Action::requeue(Duration::from_secs(1)))
         }
-        None => {
-            // Spawned, not answering yet; if it never does, the VMI failed to start.
-            let log = std::fs::read_to_string(dir.join("launcher.log")).unwrap_or_default();
-            if log.contains("error") {
-                let msg: String = log.lines().rev().take(3).collect::<Vec<_>>().join(" ");
-                patch_status(
-                    &api,
-                    &name,
-                    json!({"phase": "Failed", "reason": "FailedToStart",
-                    "conditions": [condition("Ready", false, "FailedToStart", &msg)]}),
-                )
-                .await?;
-                return Ok(Action::await_change());
-            }
-            Ok(Action::requeue(Duration::from_secs(1)))
-        }
+        // Spawned, not answering yet. A launcher that cannot start writes a Failed state
+        // (and so does the handler when the launcher process fails before it could).
+        None => Ok(Action::requeue(Duration::from_secs(1))),
         Some(s) => {
             tracing::debug!(vmi = %name, phase = ?s.phase, reason = %s.reason, "launcher state");
             if !s.phase.is_final() {
                 ctx.followers.follow(&dir, &vmi);
             }
-            let status = status_from(&s, &current);
-            let changed = ["phase", "interfaces", "conditions"]
-                .iter()
-                .any(|k| strip_times(&status[k]) != strip_times(&current[k]));
-            if changed {
+            let status = status::from_launcher(&s, &current, &now());
+            if status::changed(&current, &status) {
                 patch_status(&api, &name, status.clone()).await?;
-                for (type_, reason, note) in transition_events(&current, &status, &s) {
+                for (type_, reason, note) in status::transition_events(&current, &status, &s) {
                     ctx.event(&vmi, type_, reason, note).await;
                 }
             }
@@ -437,62 +407,6 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
     }
 }
 
-/// The events virt-handler records when a VMI's reported status changes (KubeVirt's reasons).
-fn transition_events(
-    old: &Value,
-    new: &Value,
-    s: &State,
-) -> Vec<(EventType, &'static str, String)> {
-    let paused = |v: &Value| {
-        v["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Paused" && c["status"] == "True")
-        })
-    };
-    let mut out = Vec::new();
-    let (was, is) = (
-        old["phase"].as_str().unwrap_or(""),
-        new["phase"].as_str().unwrap_or(""),
-    );
-    if was != is {
-        match is {
-            "Running" => out.push((
-                EventType::Normal,
-                "Started",
-                "VirtualMachineInstance started.".to_string(),
-            )),
-            "Succeeded" => out.push((
-                EventType::Normal,
-                "Stopped",
-                format!("The VirtualMachineInstance was shut down ({}).", s.reason),
-            )),
-            "Failed" => out.push((
-                EventType::Warning,
-                "Stopped",
-                format!(
-                    "The VirtualMachineInstance crashed: {}: {}",
-                    s.reason, s.message
-                ),
-            )),
-            _ => {}
-        }
-    }
-    match (paused(old), paused(new)) {
-        (false, true) => out.push((
-            EventType::Normal,
-            "Paused",
-            "The VirtualMachineInstance was paused.".to_string(),
-        )),
-        (true, false) if is == "Running" => out.push((
-            EventType::Normal,
-            "Resumed",
-            "The VirtualMachineInstance was resumed.".to_string(),
-        )),
-        _ => {}
-    }
-    out
-}
-
 /// True when the VMI has an interface whose address the guest reports (any but none).
 fn wants_ip(vmi: &VirtualMachineInstance) -> bool {
     vmi.spec
@@ -501,20 +415,6 @@ fn wants_ip(vmi: &VirtualMachineInstance) -> bool {
         .interfaces
         .as_ref()
         .is_some_and(|i| !i.is_empty())
-}
-
-/// Conditions compared without their timestamps, so an unchanged state writes nothing.
-fn strip_times(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(a) = v.as_array_mut() {
-        for c in a {
-            if let Some(m) = c.as_object_mut() {
-                m.remove("lastTransitionTime");
-                m.remove("lastProbeTime");
-            }
-        }
-    }
-    v
 }
 
 fn error_policy(_vmi: Arc<VirtualMachineInstance>, err: &Error, _ctx: Arc<Context>) -> Action {

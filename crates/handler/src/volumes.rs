@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use kubevirt_api::{DataVolume, VirtualMachineInstance};
+use kubevirt_runtime::host_path::HostPathPolicy;
 
 /// What the launcher needs, or why the VMI must wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +22,9 @@ pub enum Resolved {
     Ready(Vec<String>),
     /// A volume is not ready; the message says which and why.
     Wait(String),
+    /// A volume points at a host path this node does not allow (`--host-path-root`); the
+    /// message says which volume, which path and how to allow it. The VMI fails to start.
+    Refused(String),
 }
 
 /// CDI's default filesystem overhead: a disk.img created for a bare Filesystem claim leaves
@@ -30,9 +34,16 @@ const FILESYSTEM_OVERHEAD: f64 = 0.055;
 enum Claim {
     Path(PathBuf),
     Wait(String),
+    Refused(String),
 }
 
-async fn claim_path(client: &Client, ns: &str, claim: &str, from_dv: bool) -> kube::Result<Claim> {
+async fn claim_path(
+    client: &Client,
+    policy: &HostPathPolicy,
+    ns: &str,
+    claim: &str,
+    from_dv: bool,
+) -> kube::Result<Claim> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let Some(pvc) = pvcs.get_opt(claim).await? else {
         return Ok(Claim::Wait(format!(
@@ -68,15 +79,20 @@ async fn claim_path(client: &Client, ns: &str, claim: &str, from_dv: bool) -> ku
             "PersistentVolume {pv_name} of claim {ns}/{claim} does not exist"
         )));
     };
-    let Some(path) = pv
-        .spec
-        .as_ref()
-        .and_then(|s| s.local.as_ref())
-        .map(|l| PathBuf::from(&l.path))
-    else {
+    let Some(local) = pv.spec.as_ref().and_then(|s| s.local.as_ref()) else {
         return Ok(Claim::Wait(format!(
             "PersistentVolume {pv_name} has no spec.local.path: only local volumes can be used on this node"
         )));
+    };
+    // A PersistentVolume is user input: its path must resolve beneath the provisioner's
+    // volumes or an administrator's root, never anywhere else on the host.
+    let path = match policy.persistent_volume(&local.path) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(Claim::Refused(format!(
+                "PersistentVolume {pv_name} (claim {ns}/{claim}) spec.local.path: {e}"
+            )))
+        }
     };
     let block = pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block");
     if block {
@@ -139,18 +155,29 @@ async fn dv_not_ready(client: &Client, ns: &str, name: &str) -> kube::Result<Opt
         .then(|| format!("DataVolume {ns}/{name} is not ready (phase {phase:?})")))
 }
 
-/// Resolves every PVC and DataVolume volume of `vmi`.
-pub async fn resolve(client: &Client, vmi: &VirtualMachineInstance) -> kube::Result<Resolved> {
+/// Resolves every PVC and DataVolume volume of `vmi`, and checks its hostDisk paths.
+pub async fn resolve(
+    client: &Client,
+    vmi: &VirtualMachineInstance,
+    policy: &HostPathPolicy,
+) -> kube::Result<Resolved> {
     let ns = vmi.namespace().unwrap_or_else(|| "default".into());
     let mut args = Vec::new();
-    for vol in vmi.spec.volumes.iter().flatten() {
-        if let Some(p) = &vol.persistent_volume_claim {
-            match claim_path(client, &ns, &p.claim_name, false).await? {
+    for (i, vol) in vmi.spec.volumes.iter().flatten().enumerate() {
+        if let Some(hd) = &vol.host_disk {
+            if let Err(e) = policy.host_disk(&hd.path) {
+                return Ok(Resolved::Refused(format!(
+                    "spec.volumes[{i}].hostDisk.path: {e}"
+                )));
+            }
+        } else if let Some(p) = &vol.persistent_volume_claim {
+            match claim_path(client, policy, &ns, &p.claim_name, false).await? {
                 Claim::Path(path) => {
                     args.push("--pvc".to_string());
                     args.push(format!("{}={}", p.claim_name, path.display()));
                 }
                 Claim::Wait(w) => return Ok(Resolved::Wait(w)),
+                Claim::Refused(w) => return Ok(Resolved::Refused(w)),
             }
         } else if let Some(d) = &vol.data_volume {
             if let Some(w) = dv_not_ready(client, &ns, &d.name).await? {
@@ -162,12 +189,13 @@ pub async fn resolve(client: &Client, vmi: &VirtualMachineInstance) -> kube::Res
                 .await?
                 .and_then(|dv| dv.status.and_then(|s| s.claim_name))
                 .unwrap_or_else(|| d.name.clone());
-            match claim_path(client, &ns, &claim, true).await? {
+            match claim_path(client, policy, &ns, &claim, true).await? {
                 Claim::Path(path) => {
                     args.push("--data-volume".to_string());
                     args.push(format!("{}={}", d.name, path.display()));
                 }
                 Claim::Wait(w) => return Ok(Resolved::Wait(w)),
+                Claim::Refused(w) => return Ok(Resolved::Refused(w)),
             }
         }
     }

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
 use kubevirt_api::VirtualMachineInstance;
+use kubevirt_launcher::api::VmiDir;
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -74,32 +75,18 @@ fn vmi(name: &str) -> VirtualMachineInstance {
     serde_json::from_value(v).unwrap_or_default()
 }
 
-fn pids_in(vms: &Path, file: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for ns in std::fs::read_dir(vms).into_iter().flatten().flatten() {
-        for d in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-            if let Ok(s) = std::fs::read_to_string(d.path().join(file)) {
-                if let Ok(p) = s.trim().parse() {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    out
+fn launcher_pids(data: &Path) -> Vec<u32> {
+    VmiDir::all(data)
+        .iter()
+        .filter_map(VmiDir::launcher_pid)
+        .collect()
 }
 
-fn qemu_pids(vms: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    for ns in std::fs::read_dir(vms).into_iter().flatten().flatten() {
-        for d in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-            let state = std::fs::read_to_string(d.path().join("state.json")).unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
-            if let Some(p) = v["qemuPid"].as_u64() {
-                out.push(p as u32);
-            }
-        }
-    }
-    out
+fn qemu_pids(data: &Path) -> Vec<u32> {
+    VmiDir::all(data)
+        .iter()
+        .filter_map(|d| d.read_state().ok()?.qemu_pid)
+        .collect()
 }
 
 fn main() -> Result<()> {
@@ -152,7 +139,6 @@ fn main() -> Result<()> {
     reader.read_line(&mut line)?;
     std::thread::spawn(move || for _ in reader.lines() {});
     let server_pid = server.id();
-    let vms = data.join("vms");
 
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
@@ -205,10 +191,10 @@ fn main() -> Result<()> {
                         }
                         let v = api.get_opt(&name).await.ok().flatten();
                         let st = v.and_then(|v| v.status).unwrap_or_default();
-                        let log = std::fs::read_to_string(
-                            vms.join("default").join(&name).join("launcher.log"),
-                        )
-                        .unwrap_or_default();
+                        let log = VmiDir::new(&data, "default", &name)
+                            .ok()
+                            .and_then(|d| std::fs::read_to_string(d.launcher_log()).ok())
+                            .unwrap_or_default();
                         let tail: Vec<&str> = log.lines().rev().take(3).collect();
                         eprintln!(
                             "{name}: phase {:?} reason {:?}; launcher.log: {tail:?}",
@@ -222,8 +208,8 @@ fn main() -> Result<()> {
         let total = start.elapsed();
         tokio::time::sleep(Duration::from_secs(2)).await;
 
-        let launchers = pids_in(&vms, "launcher.pid");
-        let qemus = qemu_pids(&vms);
+        let launchers = launcher_pids(&data);
+        let qemus = qemu_pids(&data);
         let l_pss: u64 = launchers.iter().map(|p| pss(*p)).sum();
         let l_rss: u64 = launchers.iter().map(|p| rss(*p)).sum();
         let q_rss: u64 = qemus.iter().map(|p| rss(*p)).sum();
@@ -290,7 +276,7 @@ fn main() -> Result<()> {
     });
     let _ = server.kill();
     let _ = server.wait();
-    for p in pids_in(&vms, "launcher.pid") {
+    for p in launcher_pids(&data) {
         let _ = Command::new("kill").arg(p.to_string()).status();
     }
     result

@@ -1,7 +1,7 @@
 //! The cluster configuration, KubeVirt's way: the `KubeVirt` resource `kubevirt/kubevirt`.
 //!
 //! The single-node server creates it at first start with defaults that suit one machine
-//! (emulation allowed, masquerade networking, the HostDisk gate on) and then watches it: a
+//! (emulation allowed, masquerade networking, and, as KubeVirt, no feature gates) and then watches it: a
 //! `kubectl patch` or `kubectl edit` takes effect at once, without a restart.
 //!
 //! What each field does here:
@@ -16,12 +16,11 @@
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::Client;
-use kubevirt_api::admission::AdmitOptions;
-use kubevirt_api::defaults::DefaultBinding;
 use kubevirt_api::KubeVirt;
+use kubevirt_runtime::cluster::ClusterConfig;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::sync::watch;
 
 pub const NAMESPACE: &str = "kubevirt";
 pub const NAME: &str = "kubevirt";
@@ -37,7 +36,7 @@ pub fn single_node_default() -> Value {
             "configuration": {
                 "developerConfiguration": {
                     "useEmulation": true,
-                    "featureGates": ["HostDisk"]
+                    "featureGates": []
                 },
                 "network": {"defaultNetworkInterface": "masquerade"},
                 "evictionStrategy": "None"
@@ -48,54 +47,15 @@ pub fn single_node_default() -> Value {
     })
 }
 
-/// The parts of `spec.configuration` that this process acts on.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Effective {
-    pub use_emulation: bool,
-    pub feature_gates: Vec<String>,
-    pub default_binding: DefaultBinding,
-    pub permit_bridge_on_pod_network: bool,
-    pub machine_type: Option<String>,
-}
-
-/// Reads the configuration; KubeVirt's defaults for what is absent.
-pub fn effective(spec: &Value) -> Effective {
-    let c = &spec["configuration"];
-    let dev = &c["developerConfiguration"];
-    let gates = dev["featureGates"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|g| g.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let binding = match c["network"]["defaultNetworkInterface"].as_str() {
-        Some("masquerade") => DefaultBinding::Masquerade,
-        _ => DefaultBinding::Bridge,
-    };
-    let machine_type = c["architectureConfiguration"]["amd64"]["machineType"]
-        .as_str()
-        .or(c["machineType"].as_str())
-        .map(String::from);
-    Effective {
-        use_emulation: dev["useEmulation"].as_bool().unwrap_or(false),
-        feature_gates: gates,
-        default_binding: binding,
-        permit_bridge_on_pod_network: c["network"]["permitBridgeInterfaceOnPodNetwork"]
-            .as_bool()
-            .unwrap_or(true),
-        machine_type,
-    }
-}
-
-/// Applies a configuration to admission and to the handler's emulation switch.
-pub fn apply(e: &Effective, admission: &mut AdmitOptions, emulation: &AtomicBool) {
-    admission.defaults.default_network_interface = e.default_binding;
-    admission.defaults.machine_type = e.machine_type.clone();
-    admission.validation.feature_gates = e.feature_gates.clone();
-    admission.validation.permit_bridge_on_pod_network = e.permit_bridge_on_pod_network;
-    emulation.store(e.use_emulation, Ordering::Relaxed);
+/// Publishes a configuration: admission follows it at once, and every other part reads it
+/// from the channel when it next decides.
+pub fn publish(
+    c: &ClusterConfig,
+    admission: &kubevirt_apiserver::ApiServer,
+    tx: &watch::Sender<ClusterConfig>,
+) {
+    c.apply_to(&mut admission.admission.write());
+    tx.send_replace(c.clone());
 }
 
 /// Creates `kubevirt/kubevirt` unless it exists; returns its spec.
@@ -144,12 +104,12 @@ pub async fn ensure(client: &Client) -> anyhow::Result<Value> {
 pub async fn watch(
     client: Client,
     admission: Arc<kubevirt_apiserver::ApiServer>,
-    emulation: Arc<AtomicBool>,
+    tx: watch::Sender<ClusterConfig>,
 ) {
     use futures::StreamExt;
     let api: Api<KubeVirt> = Api::namespaced(client, NAMESPACE);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
-    let mut last: Option<Effective> = None;
+    let mut last: Option<ClusterConfig> = None;
     let mut stream = std::pin::pin!(watcher(api, cfg));
     while let Some(ev) = stream.next().await {
         let kv = match ev {
@@ -161,11 +121,11 @@ pub async fn watch(
             }
         };
         let spec = serde_json::to_value(&kv.spec).unwrap_or(Value::Null);
-        let e = effective(&spec);
+        let e = ClusterConfig::from_spec(&spec);
         if last.as_ref() == Some(&e) {
             continue;
         }
-        apply(&e, &mut admission.admission.write(), &emulation);
+        publish(&e, &admission, &tx);
         tracing::info!(
             use_emulation = e.use_emulation,
             feature_gates = ?e.feature_gates,
@@ -180,25 +140,14 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kubevirt_api::defaults::DefaultBinding;
 
     #[test]
-    fn the_single_node_default_allows_emulation_masquerade_and_host_disks() {
-        let e = effective(&single_node_default()["spec"]);
+    fn the_single_node_default_allows_emulation_and_masquerade_and_no_feature_gate() {
+        let e = ClusterConfig::from_spec(&single_node_default()["spec"]);
         assert!(e.use_emulation);
-        assert_eq!(e.feature_gates, vec!["HostDisk".to_string()]);
+        // As KubeVirt's default configuration: no gates, so no hostDisk volumes.
+        assert!(e.feature_gates.is_empty(), "{:?}", e.feature_gates);
         assert_eq!(e.default_binding, DefaultBinding::Masquerade);
-    }
-
-    #[test]
-    fn absent_fields_mean_kubevirts_defaults() {
-        let e = effective(&json!({}));
-        assert!(!e.use_emulation);
-        assert!(e.feature_gates.is_empty());
-        assert_eq!(e.default_binding, DefaultBinding::Bridge);
-        assert!(e.permit_bridge_on_pod_network);
-        let mut opts = AdmitOptions::default();
-        let flag = AtomicBool::new(true);
-        apply(&e, &mut opts, &flag);
-        assert!(!flag.load(Ordering::Relaxed));
     }
 }

@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use kubevirt_api::defaults::DefaultBinding;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
@@ -27,6 +26,14 @@ pub struct ServerArgs {
     /// Run only the API server, no controller or handler.
     #[arg(long)]
     api_only: bool,
+    /// A host directory that PersistentVolume `local.path`s and hostDisk paths may point
+    /// beneath (repeatable). Without one, VMs reach only the provisioner's own volumes.
+    #[arg(long = "host-path-root", value_name = "DIR")]
+    host_path_roots: Vec<PathBuf>,
+    /// Start with an empty object store although the data directory already has content
+    /// (a missing or empty store.redb there is refused otherwise).
+    #[arg(long)]
+    init: bool,
 }
 
 fn hostname() -> String {
@@ -46,6 +53,8 @@ pub fn run(args: ServerArgs) -> Result<i32> {
         let running = kubevirt_apiserver::start(kubevirt_apiserver::Config {
             data_dir: args.data_dir.clone(),
             listen: args.listen,
+            init: args.init,
+            limits: kubevirt_apiserver::Limits::default(),
         })
         .await?;
         // One machine, no pod network: VMs sit behind QEMU's user-mode NAT (KubeVirt's
@@ -68,27 +77,32 @@ pub fn run(args: ServerArgs) -> Result<i32> {
             let client = kube::Client::try_from(cfg)?;
             running.set_subresource_handler(kubevirt_virtapi::VirtApi::new(
                 client.clone(),
-                args.data_dir.join("vms"),
+                args.data_dir.clone(),
             ));
             // The cluster configuration: kubevirt/kubevirt, created with single-node defaults
-            // at first start, then followed.
-            let emulation = Arc::new(AtomicBool::new(true));
+            // at first start, then followed; every part reads it from one channel.
             let spec = cluster_config::ensure(&client)
                 .await
                 .context("creating the KubeVirt resource kubevirt/kubevirt")?;
-            let effective = cluster_config::effective(&spec);
-            cluster_config::apply(&effective, &mut running.api.admission.write(), &emulation);
+            let initial = kubevirt_runtime::cluster::ClusterConfig::from_spec(&spec);
+            let (cluster_tx, cluster) = tokio::sync::watch::channel(initial.clone());
+            cluster_config::publish(&initial, &running.api, &cluster_tx);
             tokio::spawn(cluster_config::watch(
                 client.clone(),
                 running.api.clone(),
-                emulation.clone(),
+                cluster_tx,
             ));
             let node = args.node_name.clone().unwrap_or_else(hostname);
+            let cdi_config =
+                kubevirt_cdi_controller::Config::single_node(node.clone(), args.data_dir.clone());
+            let host_paths = kubevirt_runtime::host_path::HostPathPolicy::new(
+                &args.host_path_roots,
+                &args.data_dir,
+                &cdi_config.volumes_dir(),
+            )
+            .context("--host-path-root")?;
             // CDI: local-path provisioner, DataVolume controller, upload token + upload proxy.
-            let cdi = kubevirt_cdi_controller::Context::new(
-                client.clone(),
-                kubevirt_cdi_controller::Config::single_node(node.clone(), args.data_dir.clone()),
-            );
+            let cdi = kubevirt_cdi_controller::Context::new(client.clone(), cdi_config);
             running.set_group_handler(
                 "upload.cdi.kubevirt.io",
                 Arc::new(kubevirt_cdi_controller::upload::TokenHandler(cdi.clone())),
@@ -105,7 +119,7 @@ pub fn run(args: ServerArgs) -> Result<i32> {
                 .context("creating CDIConfig config")?;
             tokio::spawn(kubevirt_cdi_controller::run(cdi));
             let mut ctl = kubevirt_controller::Config::single_node(node.clone());
-            ctl.defaults.default_network_interface = effective.default_binding;
+            ctl.cluster = cluster.clone();
             let controller = tokio::spawn(kubevirt_controller::run(client.clone(), ctl));
             let handler = tokio::spawn(kubevirt_handler::run(
                 client,
@@ -118,7 +132,8 @@ pub fn run(args: ServerArgs) -> Result<i32> {
                             .unwrap_or_else(|| args.data_dir.join("images")),
                     ),
                     launcher_bin: std::env::current_exe()?,
-                    allow_emulation: emulation,
+                    cluster,
+                    host_paths,
                 },
             ));
             eprintln!("kubevirt-rs server: controller and handler running for node {node}");

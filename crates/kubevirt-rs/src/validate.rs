@@ -23,7 +23,7 @@ pub struct ValidateArgs {
     /// Feature gates to validate against (KubeVirt's `developerConfiguration.featureGates`);
     /// the default is what a fresh `kubevirt-rs server` enables. `--feature-gates=` validates
     /// as a KubeVirt cluster with no gates.
-    #[arg(long, value_delimiter = ',', default_value = "HostDisk")]
+    #[arg(long, value_delimiter = ',')]
     feature_gates: Vec<String>,
 }
 

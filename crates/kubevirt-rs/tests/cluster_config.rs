@@ -55,24 +55,29 @@ fn feature_gates_and_the_default_binding_follow_kubectl_patch() {
         "{}",
         s.kubectl(&["get", "kubevirt", "-A", "-o", "yaml"])
     );
-    let gates = s.kubectl(&[
-        "get",
-        "kubevirt",
-        "-n",
-        "kubevirt",
-        "kubevirt",
-        "-o",
-        "jsonpath={.spec.configuration.developerConfiguration.featureGates}",
-    ]);
-    assert!(gates.contains("HostDisk"), "{gates}");
+    // A fresh server has KubeVirt's default configuration: no feature gates, so a hostDisk
+    // volume is refused with KubeVirt's message.
+    let gates = |s: &Server| {
+        s.kubectl(&[
+            "get",
+            "kubevirt",
+            "-n",
+            "kubevirt",
+            "kubevirt",
+            "-o",
+            "jsonpath={.spec.configuration.developerConfiguration.featureGates}",
+        ])
+    };
+    assert!(!gates(&s).contains("HostDisk"), "{}", gates(&s));
     let out = s.kubectl(&["create", "--dry-run=server", "-f", f]);
     assert!(
-        out.contains("created (server dry run)"),
-        "HostDisk on: {out}"
+        out.contains("spec.volumes[0]: HostDisk feature gate is not enabled"),
+        "HostDisk off by default: {out}"
     );
 
-    // Gate off: refused with KubeVirt's message, at once.
-    let patch = r#"{"spec":{"configuration":{"developerConfiguration":{"featureGates":[]}}}}"#;
+    // Gate on: admitted at once.
+    let patch =
+        r#"{"spec":{"configuration":{"developerConfiguration":{"featureGates":["HostDisk"]}}}}"#;
     let out = s.kubectl(&[
         "patch", "kubevirt", "kubevirt", "-n", "kubevirt", "--type", "merge", "-p", patch,
     ]);
@@ -80,9 +85,7 @@ fn feature_gates_and_the_default_binding_follow_kubectl_patch() {
     assert!(
         wait_for(Duration::from_secs(10), || s
             .kubectl(&["create", "--dry-run=server", "-f", f])
-            .contains(
-                "spec.volumes[0]: HostDisk feature gate is not enabled"
-            )),
+            .contains("created (server dry run)")),
         "the gate change did not reach admission: {}",
         s.kubectl(&["create", "--dry-run=server", "-f", f])
     );
@@ -113,6 +116,22 @@ fn feature_gates_and_the_default_binding_follow_kubectl_patch() {
         "{}",
         binding()
     );
+    // ...and so does virt-controller: the VMI it creates for a VM gets the new default, not
+    // the one the controller started with (it reads the same configuration channel).
+    let vm = r#"{"apiVersion":"kubevirt.io/v1","kind":"VirtualMachine","metadata":{"name":"netvm"},
+        "spec":{"runStrategy":"Always","template":{"spec":{"domain":{"devices":{},
+        "resources":{"requests":{"memory":"64Mi"}}}}}}}"#;
+    let vm_file = dir.path().join("netvm.json");
+    std::fs::write(&vm_file, vm).expect("write");
+    let out = s.kubectl(&["create", "-f", vm_file.to_str().expect("utf8")]);
+    assert!(out.contains("created"), "{out}");
+    let vmi_binding = || s.jsonpath("vmi", "netvm", "{.spec.domain.devices.interfaces[0]}");
+    assert!(
+        wait_for(Duration::from_secs(20), || vmi_binding().contains("bridge")),
+        "the controller did not follow the configuration: {}",
+        vmi_binding()
+    );
+    s.kubectl(&["delete", "vm", "netvm", "--wait=false"]);
 
     // A restart keeps the edited configuration (it is an object like any other).
     s.kill9();
@@ -120,7 +139,9 @@ fn feature_gates_and_the_default_binding_follow_kubectl_patch() {
     assert!(
         wait_for(Duration::from_secs(20), || s
             .kubectl(&["create", "--dry-run=server", "-f", f])
-            .contains("HostDisk feature gate is not enabled")),
-        "the configuration did not survive a restart"
+            .contains("created (server dry run)")),
+        "the configuration did not survive a restart: {}",
+        s.kubectl(&["create", "--dry-run=server", "-f", f])
     );
+    assert!(gates(&s).contains("HostDisk"), "{}", gates(&s));
 }

@@ -151,8 +151,7 @@ spec:
         running,
         "VMI never ran: {}\n{}",
         s.kubectl(&["get", "vm,vmi", "fromdv", "-o", "yaml"]),
-        std::fs::read_to_string(s.vmi_dir("default", "fromdv").join("launcher.log"))
-            .unwrap_or_default()
+        std::fs::read_to_string(s.vmi_dir("default", "fromdv").launcher_log()).unwrap_or_default()
     );
     assert_eq!(
         s.jsonpath(
@@ -162,7 +161,7 @@ spec:
         ),
         "True"
     );
-    let serial = s.vmi_dir("default", "fromdv").join("serial.log");
+    let serial = s.vmi_dir("default", "fromdv").serial_log();
     let booted = wait_for(Duration::from_secs(120), || {
         std::fs::read_to_string(&serial).is_ok_and(|l| {
             l.contains("kubevirt-rs demo guest: booted")

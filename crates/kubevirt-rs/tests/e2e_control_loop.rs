@@ -48,7 +48,7 @@ fn apply_a_vm_it_runs_survives_a_server_crash_and_delete_stops_it() {
     assert!(wait_for(Duration::from_secs(30), || s
         .kubectl(&["get", "vm", "demo"])
         .contains("Running")));
-    let serial = s.data.join("vms/default/demo/serial.log");
+    let serial = s.vmi_dir("default", "demo").serial_log();
     assert!(
         wait_for(Duration::from_secs(60), || std::fs::read_to_string(&serial)
             .is_ok_and(|l| l.contains("hello from cloud-init on demo"))),

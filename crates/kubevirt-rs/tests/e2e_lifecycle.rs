@@ -130,7 +130,7 @@ spec:
     }
 
     fn serial(&self, name: &str) -> String {
-        std::fs::read_to_string(self.server.vmi_dir("default", name).join("serial.log"))
+        std::fs::read_to_string(self.server.vmi_dir("default", name).serial_log())
             .unwrap_or_default()
     }
 }

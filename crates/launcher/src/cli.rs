@@ -1,12 +1,13 @@
 //! `kubevirt-rs launcher ...`: run one VMI without a control plane (like
 //! `firecracker --config-file`), attach to its console, print its state.
 
+use crate::api::{call_blocking, Request, VmiDir};
 use crate::launcher::{Options, Phase, StateEvent};
 use crate::machine::{parse_vmi, HostPorts};
-use crate::rpc::{self, Launcher};
+use crate::rpc::Launcher;
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
@@ -59,6 +60,12 @@ pub struct RunArgs {
     /// The QEMU binary.
     #[arg(long, default_value = crate::qemu::QEMU_BINARY)]
     qemu: String,
+    /// QEMU's user id (KubeVirt's qemu user by default); 0 keeps QEMU as root.
+    #[arg(long, default_value_t = crate::confine::QemuUser::KUBEVIRT.uid)]
+    qemu_uid: u32,
+    /// QEMU's group id (the group of /dev/kvm is added as a supplementary group).
+    #[arg(long, default_value_t = crate::confine::QemuUser::KUBEVIRT.gid)]
+    qemu_gid: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -81,17 +88,15 @@ pub fn run(args: LauncherArgs) -> Result<i32> {
         LauncherCommand::Run(a) => run_vmi(a),
         LauncherCommand::Console(a) => console(a),
         LauncherCommand::State(a) => {
-            let v = match rpc::call(&a.dir, "state", serde_json::json!({})) {
-                Ok(v) => v,
-                Err(e) => {
-                    let path = a.dir.join("state.json");
-                    let text = std::fs::read_to_string(&path).with_context(|| {
-                        format!("launcher not reachable ({e}) and no {}", path.display())
-                    })?;
-                    serde_json::from_str(&text)?
-                }
+            let dir = VmiDir::from_path(&a.dir)?;
+            let state = match call_blocking(&dir, Request::State).map(|r| r.into_state()) {
+                Ok(Some(s)) => s,
+                Ok(None) => bail!("the launcher answered `state` without a state"),
+                Err(e) => dir
+                    .read_state()
+                    .with_context(|| format!("launcher not reachable ({e})"))?,
             };
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            println!("{}", serde_json::to_string_pretty(&state)?);
             Ok(0)
         }
     }
@@ -117,15 +122,27 @@ fn describe(ev: &StateEvent, accel: &str) -> String {
 
 fn run_vmi(a: RunArgs) -> Result<i32> {
     let dir = std::path::absolute(&a.dir)?;
+    let vmi_dir = VmiDir::from_path(&dir)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if a.detach {
-        return detach(&dir);
+        return detach(&vmi_dir);
     }
     let mut opts = Options::new(&dir);
     opts.image_store = a.image_store.clone();
     opts.image_cache = a.image_cache.clone();
     opts.allow_emulation = a.allow_emulation;
     opts.qemu_binary = a.qemu.clone();
+    // u32::MAX is "no change" to chown/setuid: refuse it rather than confine nobody.
+    if a.qemu_uid == u32::MAX || a.qemu_gid == u32::MAX {
+        bail!(
+            "--qemu-uid/--qemu-gid: {} is not a user or group id",
+            u32::MAX
+        );
+    }
+    opts.qemu_user = crate::confine::QemuUser {
+        uid: a.qemu_uid,
+        gid: if a.qemu_uid == 0 { 0 } else { a.qemu_gid },
+    };
     opts.pvc_paths = pairs(&a.pvcs, "pvc")?;
     opts.data_volume_paths = pairs(&a.data_volumes, "data-volume")?;
     opts.host_ports = match a.host_ports.as_str() {
@@ -232,15 +249,15 @@ fn run_vmi(a: RunArgs) -> Result<i32> {
 
 /// Re-run this command in its own session (it survives whoever started it), output to
 /// DIR/launcher.log, and return once the VM runs (or failed).
-fn detach(dir: &Path) -> Result<i32> {
+fn detach(dir: &VmiDir) -> Result<i32> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()?;
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--detach")
         .collect();
-    let log = std::fs::File::create(dir.join("launcher.log"))?;
-    let _ = std::fs::remove_file(dir.join("state.json"));
+    let log = std::fs::File::create(dir.launcher_log())?;
+    let _ = std::fs::remove_file(dir.state_file());
     let mut cmd = std::process::Command::new(exe);
     cmd.args(&args)
         .stdin(std::process::Stdio::null())
@@ -256,28 +273,26 @@ fn detach(dir: &Path) -> Result<i32> {
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(text) = std::fs::read_to_string(dir.join("state.json")) {
-            if let Ok(s) = serde_json::from_str::<crate::launcher::State>(&text) {
-                if !matches!(s.phase, Phase::Pending | Phase::Starting) {
-                    println!("launcher: pid {pid}, dir {}", dir.display());
-                    println!(
-                        "state: {:?} ({}{})",
-                        s.phase,
-                        s.reason,
-                        if s.message.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {}", s.message)
-                        }
-                    );
-                    return Ok(if s.phase == Phase::Failed { 1 } else { 0 });
-                }
+        if let Ok(s) = dir.read_state() {
+            if !matches!(s.phase, Phase::Pending | Phase::Starting) {
+                println!("launcher: pid {pid}, dir {}", dir.path().display());
+                println!(
+                    "state: {:?} ({}{})",
+                    s.phase,
+                    s.reason,
+                    if s.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", s.message)
+                    }
+                );
+                return Ok(if s.phase == Phase::Failed { 1 } else { 0 });
             }
         }
         if let Ok(Some(st)) = child.try_wait() {
             bail!(
                 "the launcher exited ({st}); see {}",
-                dir.join("launcher.log").display()
+                dir.launcher_log().display()
             );
         }
         if Instant::now() > deadline {
@@ -313,7 +328,7 @@ impl Drop for RawMode {
 }
 
 fn console(a: ConsoleArgs) -> Result<i32> {
-    let path = a.dir.join("console.sock");
+    let path = VmiDir::from_path(&a.dir)?.console_socket();
     let sock = std::os::unix::net::UnixStream::connect(&path)
         .with_context(|| format!("connecting to {}", path.display()))?;
     let tty = unsafe { libc::isatty(0) } == 1;

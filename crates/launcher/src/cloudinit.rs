@@ -70,9 +70,14 @@ impl CloudInitData {
         }
     }
 
-    pub fn write_iso(&self, path: &Path) -> std::io::Result<()> {
+    /// The ISO9660 image.
+    pub fn iso(&self) -> Vec<u8> {
         let (label, files) = self.files();
-        let image = iso9660(label, &files);
+        iso9660(label, &files)
+    }
+
+    pub fn write_iso(&self, path: &Path) -> std::io::Result<()> {
+        let image = self.iso();
         let tmp = path.with_extension("iso.tmp");
         std::fs::File::create(&tmp)?.write_all(&image)?;
         std::fs::rename(tmp, path)

@@ -11,6 +11,7 @@
 //! `i8042.nokbd`, so ctrl-alt-del would not reach it) and no guest agent.
 
 use crate::accel::{self, AccelChoice};
+use crate::confine::QemuUser;
 use crate::console::Console;
 use crate::machine::{Environment, HostPorts, MachineSpec, NetBackend, PortForward, SpecError};
 use crate::qemu;
@@ -83,15 +84,8 @@ impl State {
     }
 }
 
-/// A state change, as streamed to `subscribe`rs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StateEvent {
-    pub event: String,
-    pub phase: Phase,
-    pub reason: String,
-    pub message: String,
-    pub timestamp: f64,
-}
+/// A state change, as streamed to `subscribe`rs ([`crate::api::Event::StateChanged`]).
+pub use crate::api::StateChange as StateEvent;
 
 pub fn now() -> f64 {
     std::time::SystemTime::now()
@@ -108,6 +102,8 @@ pub enum LaunchError {
     Spec(#[from] SpecError),
     #[error("preparing volumes: {0}")]
     Volume(#[from] VolumeError),
+    #[error("rendering QEMU's arguments: {0}")]
+    Render(#[from] qemu::RenderError),
     #[error("cannot run {binary}: {source}")]
     Spawn {
         binary: String,
@@ -146,6 +142,8 @@ pub struct Options {
     pub host_ports: HostPorts,
     pub pvc_paths: BTreeMap<String, PathBuf>,
     pub data_volume_paths: BTreeMap<String, PathBuf>,
+    /// Who QEMU runs as (default KubeVirt's qemu 107:107; uid 0 keeps root). See `confine.rs`.
+    pub qemu_user: QemuUser,
 }
 
 impl Options {
@@ -159,6 +157,7 @@ impl Options {
             host_ports: HostPorts::Ephemeral,
             pvc_paths: BTreeMap::new(),
             data_volume_paths: BTreeMap::new(),
+            qemu_user: QemuUser::default(),
         }
     }
 }
@@ -217,14 +216,10 @@ fn describe_exit(status: &std::process::ExitStatus) -> String {
     }
 }
 
-/// Write `state.json` atomically.
+/// Write `state.json` atomically ([`crate::api::VmiDir::write_state`]).
 pub fn write_state(dir: &Path, state: &State) {
-    let path = dir.join("state.json");
-    let tmp = dir.join("state.json.tmp");
-    if let Ok(text) = serde_json::to_vec_pretty(state) {
-        if std::fs::write(&tmp, text).is_ok() {
-            let _ = std::fs::rename(tmp, path);
-        }
+    if let Err(e) = crate::api::VmiDir::unchecked(dir).write_state(state) {
+        tracing::warn!(error = %e, "cannot record the state");
     }
 }
 
@@ -261,15 +256,18 @@ impl Vm {
         env.pvc_paths = opts.pvc_paths.clone();
         env.data_volume_paths = opts.data_volume_paths.clone();
         let spec = MachineSpec::from_vmi(vmi, &env)?;
+        if spec.accelerator == accel::Accelerator::Kvm {
+            opts.qemu_user.check_kvm().map_err(VolumeError::from)?;
+        }
+        // Rendered before anything is created: a spec QEMU's argv cannot carry fails cleanly.
+        let argv = qemu::render(&spec)?;
+        // Also removes old sockets and gives QEMU's user what it opens.
         volumes::prepare(
             &spec,
             opts.image_store.as_deref(),
             opts.image_cache.as_deref(),
+            opts.qemu_user,
         )?;
-        for s in ["qmp.sock", "serial.sock", "vnc.sock"] {
-            let _ = std::fs::remove_file(dir.join(s));
-        }
-        let argv = qemu::render(&spec);
         let log_path = dir.join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(|source| LaunchError::Io {
             path: log_path.clone(),
@@ -292,13 +290,13 @@ impl Vm {
             // Its own process group: a terminal's Ctrl+C (or `timeout`) reaches the launcher,
             // which shuts the guest down gracefully, not QEMU directly.
             .process_group(0);
-        // QEMU must not outlive its launcher (KubeVirt: they share a pod).
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        // QEMU's user (no capabilities unless root) and PR_SET_PDEATHSIG: confine.rs.
+        opts.qemu_user.apply(&mut cmd);
+        tracing::debug!(
+            uid = opts.qemu_user.uid,
+            gid = opts.qemu_user.gid,
+            "starting QEMU"
+        );
         let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
             binary: opts.qemu_binary.clone(),
             source,
@@ -338,6 +336,15 @@ impl Vm {
                 return Err(err);
             }
         };
+        if spec.vnc {
+            // virt-api connects to DIR/vnc.sock: a hard link to QEMU's socket, made while the
+            // guest has not run yet (-S), in a directory QEMU's user cannot write.
+            let (from, to) = (spec.qemu_vnc_socket(), spec.vnc_socket());
+            let _ = std::fs::remove_file(&to);
+            if let Err(e) = std::fs::hard_link(&from, &to) {
+                tracing::warn!("VNC socket {} -> {}: {e}", from.display(), to.display());
+            }
+        }
         let console = if spec.serial_console {
             match Console::start(
                 &spec.serial_socket(),
@@ -475,7 +482,6 @@ impl Vm {
         let s = self.state();
         write_state(&self.dir, &s);
         let _ = self.events.send(StateEvent {
-            event: "StateChanged".into(),
             phase: s.phase,
             reason: s.reason.clone(),
             message: s.message.clone(),

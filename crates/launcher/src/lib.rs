@@ -4,18 +4,27 @@
 //!
 //! Where things are decided:
 //! - a VMI field → machine property: `machine.rs` (`MachineSpec::from_vmi`);
-//! - a machine property → QEMU argument: `qemu.rs`;
+//! - a machine property → QEMU argument: `qemu.rs` (one module per device family under
+//!   `qemu/`, every option string through `qemu/opts.rs`);
+//! - a spec name → a file of the VMI directory: `paths.rs`;
+//! - who QEMU runs as (uid/gid, sandbox): `confine.rs`;
 //! - KVM or TCG: `accel.rs`;
 //! - a phase transition (Starting/Running/Paused/Succeeded/Failed): `launcher.rs` (`Phase`,
 //!   `Vm::on_event`/`Vm::on_exit`);
-//! - the handler-facing RPC and console sockets: `rpc.rs`, `console.rs`.
+//! - the per-VMI directory's layout and the `launcher.sock` protocol (the contract with
+//!   virt-handler, virt-api and the CLIs): [`api`] (`VmiDir`, `Request`/`Response`/`Event`,
+//!   `LauncherClient`);
+//! - serving that RPC and the console socket: `rpc.rs`, `console.rs`.
 
 pub mod accel;
+pub mod api;
 pub mod cli;
 pub mod cloudinit;
+pub mod confine;
 pub mod console;
 pub mod launcher;
 pub mod machine;
+pub mod paths;
 pub mod qemu;
 pub mod qmp;
 pub mod rpc;

@@ -255,8 +255,11 @@ impl DiskFormat {
 /// Where a disk's file comes from, i.e. what `volumes::prepare` has to do before QEMU opens it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum DiskSource {
-    /// An existing file (persistentVolumeClaim, dataVolume, hostDisk `Disk`).
+    /// An existing file the handler resolved (persistentVolumeClaim, dataVolume).
     File,
+    /// hostDisk `Disk`: an existing file at a path the spec chose (opened without following
+    /// symlinks anywhere on the path before it is given to QEMU's user).
+    HostDisk,
     /// hostDisk `DiskOrCreate`: a sparse raw file of `capacity` bytes if it does not exist.
     HostDiskOrCreate { capacity: u64 },
     /// containerDisk: the first file under `/disk/` (or `path`) of `image` is extracted to
@@ -378,12 +381,24 @@ pub struct MachineSpec {
 }
 
 impl MachineSpec {
+    /// The one directory QEMU may write (it creates its sockets there): owned by QEMU's
+    /// user, so an unprivileged QEMU cannot touch anything else of the VMI directory.
+    pub fn sockets_dir(&self) -> PathBuf {
+        self.dir.join("sockets")
+    }
     pub fn qmp_socket(&self) -> PathBuf {
-        self.dir.join("qmp.sock")
+        self.sockets_dir().join("qmp.sock")
     }
     pub fn serial_socket(&self) -> PathBuf {
-        self.dir.join("serial.sock")
+        self.sockets_dir().join("serial.sock")
     }
+    /// Where QEMU creates its VNC socket.
+    pub fn qemu_vnc_socket(&self) -> PathBuf {
+        self.sockets_dir().join("vnc.sock")
+    }
+    /// `DIR/vnc.sock`, what virt-api connects to: a hard link to [`Self::qemu_vnc_socket`]
+    /// made by the launcher before the guest runs, in the directory QEMU cannot write, so a
+    /// compromised QEMU cannot swap it for a link to another socket.
     pub fn vnc_socket(&self) -> PathBuf {
         self.dir.join("vnc.sock")
     }
@@ -439,6 +454,32 @@ pub fn detect_format(path: &Path) -> DiskFormat {
     }
 }
 
+mod cpu;
+mod devices;
+mod disks;
+mod firmware;
+mod nics;
+
+/// `from_vmi` of a VMI whose `spec:` is `spec` (YAML, indented by two), on a TCG host with
+/// `/d` as its directory: for the unit tests of the parts.
+#[cfg(test)]
+fn convert(spec: &str) -> Result<MachineSpec, SpecError> {
+    let yaml = format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: t, namespace: ns}}\nspec:\n{spec}"
+    );
+    let env = Environment::fixed(Path::new("/d"), Accelerator::Tcg);
+    MachineSpec::from_vmi(&parse_vmi(&yaml).expect("test YAML"), &env)
+}
+
+/// What every part of the conversion reads: the defaulted VMI, the host, the profile.
+struct Ctx<'a> {
+    vmi: &'a VirtualMachineInstance,
+    env: &'a Environment,
+    name: &'a str,
+    namespace: &'a str,
+    microvm: bool,
+}
+
 impl MachineSpec {
     /// The one conversion from a VMI to a machine. The VMI is defaulted first (KubeVirt's
     /// `SetDefaultVirtualMachineInstance`), so a VMI straight from a user's file works.
@@ -456,7 +497,6 @@ impl MachineSpec {
             .unwrap_or_else(|| "default".into());
         let spec = &vmi.spec;
         let domain = &spec.domain;
-        let dev = &domain.devices;
 
         // Machine profile.
         let machine_type = domain
@@ -476,596 +516,26 @@ impl MachineSpec {
         };
         let microvm = profile == Profile::Microvm;
 
-        // CPU.
-        let cpu = domain.cpu.clone().unwrap_or_default();
-        let requested_model = cpu.model.clone().unwrap_or_else(|| "host-model".into());
-        let model = match (requested_model.as_str(), env.accelerator) {
-            ("host-model" | "host-passthrough", Accelerator::Kvm) => "host".to_string(),
-            // Under TCG there is no host CPU to copy: `max` enables everything TCG emulates.
-            ("host-model" | "host-passthrough", Accelerator::Tcg) => "max".to_string(),
-            (m, _) => {
-                if let Some(known) = &env.qemu_cpu_models {
-                    if !known.contains(m) && m != "max" {
-                        return Err(SpecError::new(
-                            "spec.domain.cpu.model",
-                            format!("CPU model {m} is not known to QEMU"),
-                        ));
-                    }
-                }
-                m.to_string()
-            }
+        let ctx = Ctx {
+            vmi: &vmi,
+            env,
+            name: &name,
+            namespace: &namespace,
+            microvm,
         };
-        if microvm && env.accelerator == Accelerator::Tcg && model != "max" {
-            return Err(SpecError::new(
-                "spec.domain.cpu.model",
-                format!("machine type microvm under emulation needs CPU model max (the kernel hangs calibrating the TSC otherwise), not {model}"),
-            ));
-        }
-        let mut features = Vec::new();
-        for (i, f) in cpu.features.iter().flatten().enumerate() {
-            let sign = match f.policy.as_deref().unwrap_or("require") {
-                "require" | "force" | "optional" => '+',
-                "disable" | "forbid" => '-',
-                p => {
-                    return Err(SpecError::new(
-                        format!("spec.domain.cpu.features[{i}].policy"),
-                        format!("unknown policy {p}"),
-                    ))
-                }
-            };
-            features.push(format!("{sign}{}", f.name));
-        }
-        let cpu = CpuSpec {
-            sockets: positive(cpu.sockets, "spec.domain.cpu.sockets")?,
-            cores: positive(cpu.cores, "spec.domain.cpu.cores")?,
-            threads: positive(cpu.threads, "spec.domain.cpu.threads")?,
-            model,
-            features,
-        };
-
-        // Memory.
-        let mem = domain.memory.clone().unwrap_or_default();
-        let bytes = match &mem.guest {
-            Some(q) => bytes_of(q, "spec.domain.memory.guest")?,
-            None => {
-                return Err(SpecError::new(
-                    "spec.domain.memory.guest",
-                    "no memory requested: set spec.domain.memory.guest or spec.domain.resources.requests.memory",
-                ))
-            }
-        };
-        if bytes < 16 << 20 {
-            return Err(SpecError::new(
-                "spec.domain.memory.guest",
-                "at least 16Mi of guest memory is needed",
-            ));
-        }
-        let hugepages = match mem.hugepages.as_ref().and_then(|h| h.page_size.clone()) {
-            None => None,
-            Some(ps) => {
-                let field = "spec.domain.memory.hugepages.pageSize";
-                let page_size = Quantity::parse(&ps)
-                    .map_err(|e| SpecError::new(field, format!("{ps}: {e}")))?
-                    .value() as u64;
-                let mount = match page_size {
-                    0x20_0000 => PathBuf::from("/dev/hugepages"),
-                    0x4000_0000 => PathBuf::from("/dev/hugepages1G"),
-                    _ => {
-                        return Err(SpecError::new(
-                            field,
-                            format!("{ps}: only 2Mi and 1Gi pages exist on x86_64"),
-                        ))
-                    }
-                };
-                if bytes % page_size != 0 {
-                    return Err(SpecError::new(
-                        "spec.domain.memory.guest",
-                        format!("guest memory ({bytes} bytes) is not a multiple of the hugepage size {ps}"),
-                    ));
-                }
-                Some(Hugepages { page_size, mount })
-            }
-        };
-        let memory = MemorySpec { bytes, hugepages };
-
-        // Volumes by name, then disks.
-        let volumes: BTreeMap<&str, (usize, &kubevirt_api::Volume)> = spec
-            .volumes
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, v)| (v.name.as_str(), (i, v)))
-            .collect();
-        let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
-        let mut disks = Vec::new();
-        for (i, d) in dev.disks.iter().flatten().enumerate() {
-            let dp = format!("spec.domain.devices.disks[{i}]");
-            let Some(&(vi, vol)) = volumes.get(d.name.as_str()) else {
-                return Err(SpecError::new(
-                    format!("{dp}.name"),
-                    format!("disk {} has no volume of the same name", d.name),
-                ));
-            };
-            let vp = format!("spec.volumes[{vi}]");
-            let (device, bus, readonly, bus_field) = if let Some(t) = &d.disk {
-                (
-                    DiskDevice::Disk,
-                    t.bus.clone(),
-                    t.readonly.unwrap_or(false),
-                    format!("{dp}.disk.bus"),
-                )
-            } else if let Some(t) = &d.cdrom {
-                (
-                    DiskDevice::Cdrom,
-                    t.bus.clone(),
-                    t.readonly.unwrap_or(true),
-                    format!("{dp}.cdrom.bus"),
-                )
-            } else if let Some(t) = &d.lun {
-                (
-                    DiskDevice::Lun,
-                    t.bus.clone(),
-                    t.readonly.unwrap_or(false),
-                    format!("{dp}.lun.bus"),
-                )
-            } else {
-                (DiskDevice::Disk, None, false, format!("{dp}.disk.bus"))
-            };
-            let bus = match bus.as_deref().unwrap_or("sata") {
-                "virtio" => Bus::Virtio,
-                "sata" => Bus::Sata,
-                "scsi" => Bus::Scsi,
-                b => {
-                    return Err(SpecError::new(
-                        bus_field,
-                        format!(
-                        "bus {b} is not supported by the QEMU backend: use virtio, sata or scsi"
-                    ),
-                    ))
-                }
-            };
-            if microvm {
-                if device == DiskDevice::Cdrom {
-                    return Err(SpecError::new(
-                        format!("{dp}.cdrom"),
-                        "microvm has no cdrom device: use a disk with bus virtio",
-                    ));
-                }
-                if bus != Bus::Virtio {
-                    return Err(SpecError::new(bus_field, "microvm supports only virtio"));
-                }
-            }
-            if device == DiskDevice::Cdrom && bus == Bus::Virtio {
-                return Err(SpecError::new(
-                    bus_field,
-                    "Bus type virtio is invalid for CD-ROM device",
-                ));
-            }
-            if device != DiskDevice::Cdrom && bus == Bus::Sata && readonly {
-                return Err(SpecError::new(
-                    format!("{dp}.disk.readonly"),
-                    "sata hard-disks do not support read-only (QEMU's ide-hd refuses a read-only node): use bus virtio",
-                ));
-            }
-            let cache = match d.cache.as_deref() {
-                None | Some("") => None,
-                Some(c @ ("none" | "writethrough" | "writeback")) => Some(c.to_string()),
-                Some(c) => {
-                    return Err(SpecError::new(
-                        format!("{dp}.cache"),
-                        format!("unknown cache mode {c}: use none, writethrough or writeback"),
-                    ))
-                }
-            };
-            let io = match d.io.as_deref() {
-                None | Some("") => None,
-                Some(m @ ("native" | "threads")) => Some(m.to_string()),
-                Some(m) => {
-                    return Err(SpecError::new(
-                        format!("{dp}.io"),
-                        format!("unknown io mode {m}: use native or threads"),
-                    ))
-                }
-            };
-            if io.as_deref() == Some("native") && cache.as_deref() != Some("none") {
-                return Err(SpecError::new(
-                    format!("{dp}.io"),
-                    "io native needs cache none (O_DIRECT)",
-                ));
-            }
-            let boot_order = match d.boot_order {
-                None => None,
-                Some(n) if n > 0 => Some(n as u32),
-                Some(n) => {
-                    return Err(SpecError::new(
-                        format!("{dp}.bootOrder"),
-                        format!("{n} must be 1 or more"),
-                    ))
-                }
-            };
-            let disk_dir = env.dir.join("disks");
-            let (path, format, source) = if let Some(cd) = &vol.container_disk {
-                (
-                    disk_dir.join(format!("{}.qcow2", d.name)),
-                    DiskFormat::Qcow2,
-                    DiskSource::ContainerDisk {
-                        image: cd.image.clone(),
-                        path: cd.path.clone(),
-                        base_dir: env.dir.join("container-disks").join(&d.name),
-                    },
-                )
-            } else if let Some(hd) = &vol.host_disk {
-                let path = PathBuf::from(&hd.path);
-                match hd.r#type.as_str() {
-                    "Disk" => (path.clone(), detect_format(&path), DiskSource::File),
-                    "DiskOrCreate" => {
-                        let capacity = match &hd.capacity {
-                            Some(q) => bytes_of(q, &format!("{vp}.hostDisk.capacity"))?,
-                            None => {
-                                return Err(SpecError::new(
-                                    format!("{vp}.hostDisk.capacity"),
-                                    "DiskOrCreate needs a capacity",
-                                ))
-                            }
-                        };
-                        // KubeVirt's hostDisk is always a raw disk.img.
-                        (
-                            path,
-                            DiskFormat::Raw,
-                            DiskSource::HostDiskOrCreate { capacity },
-                        )
-                    }
-                    t => {
-                        return Err(SpecError::new(
-                            format!("{vp}.hostDisk.type"),
-                            format!("unknown type {t}: use Disk or DiskOrCreate"),
-                        ))
-                    }
-                }
-            } else if let Some(pvc) = &vol.persistent_volume_claim {
-                let Some(path) = env.pvc_paths.get(&pvc.claim_name) else {
-                    return Err(SpecError::new(
-                        format!("{vp}.persistentVolumeClaim.claimName"),
-                        format!(
-                            "PersistentVolumeClaim {} is not available on this node",
-                            pvc.claim_name
-                        ),
-                    ));
-                };
-                (path.clone(), detect_format(path), DiskSource::File)
-            } else if let Some(dv) = &vol.data_volume {
-                let Some(path) = env.data_volume_paths.get(&dv.name) else {
-                    return Err(SpecError::new(
-                        format!("{vp}.dataVolume.name"),
-                        format!("DataVolume {} is not available on this node", dv.name),
-                    ));
-                };
-                (path.clone(), detect_format(path), DiskSource::File)
-            } else if let Some(ed) = &vol.empty_disk {
-                let capacity = bytes_of(&ed.capacity, &format!("{vp}.emptyDisk.capacity"))?;
-                (
-                    disk_dir.join(format!("{}.qcow2", d.name)),
-                    DiskFormat::Qcow2,
-                    DiskSource::EmptyDisk { capacity },
-                )
-            } else if vol.cloud_init_no_cloud.is_some() || vol.cloud_init_config_drive.is_some() {
-                let data =
-                    crate::cloudinit::from_volume(vol, &vp, &vmi, &namespace, &hostname, env)?;
-                (
-                    disk_dir.join(format!("{}.iso", d.name)),
-                    DiskFormat::Raw,
-                    DiskSource::CloudInit(data),
-                )
-            } else {
-                return Err(SpecError::new(
-                    vp,
-                    format!("volume {} has a source the launcher does not support (containerDisk, hostDisk, persistentVolumeClaim, dataVolume, emptyDisk, cloudInitNoCloud, cloudInitConfigDrive)", vol.name),
-                ));
-            };
-            disks.push(DiskSpec {
-                name: d.name.clone(),
-                device,
-                bus,
-                boot_order,
-                cache,
-                io,
-                readonly,
-                format,
-                path,
-                serial: d.serial.clone(),
-                source,
-            });
-        }
-        if disks.iter().filter(|d| d.bus == Bus::Sata).count() > 6 {
-            return Err(SpecError::new(
-                "spec.domain.devices.disks",
-                "q35 has 6 SATA ports: use virtio or scsi for more disks",
-            ));
-        }
-
-        // Firmware.
-        let fw = domain.firmware.clone().unwrap_or_default();
-        let efi = fw.bootloader.as_ref().and_then(|b| b.efi.clone());
-        let firmware = if let Some(kb) = &fw.kernel_boot {
-            let kp = "spec.domain.firmware.kernelBoot";
-            let Some(c) = &kb.container else {
-                return Err(SpecError::new(
-                    format!("{kp}.container"),
-                    "kernelBoot needs a container with the kernel",
-                ));
-            };
-            let Some(kernel_path) = c.kernel_path.clone().filter(|p| !p.is_empty()) else {
-                return Err(SpecError::new(
-                    format!("{kp}.container.kernelPath"),
-                    "the kernel's path in the image is required",
-                ));
-            };
-            let initrd_path = c.initrd_path.clone().filter(|p| !p.is_empty());
-            let mut cmdline = kb.kernel_args.clone().unwrap_or_default();
-            if microvm && env.accelerator == Accelerator::Tcg && !cmdline.contains("tsc_early_khz=")
-            {
-                // microvm has no PIT/HPET calibration source that works under TCG: without these
-                // hints the kernel hangs after "Marking TSC unstable" (docs/ENVIRONMENT.md).
-                let khz = env.host_tsc_khz;
-                cmdline = format!("{cmdline} tsc_early_khz={khz} lpj={}", khz * 2)
-                    .trim()
-                    .to_string();
-            }
-            let kdir = env.dir.join("kernel-boot");
-            Firmware::Kernel(KernelBoot {
-                kernel: kdir.join("kernel"),
-                initrd: initrd_path.as_ref().map(|_| kdir.join("initrd")),
-                cmdline,
-                image: Some(c.image.clone()),
-                kernel_path,
-                initrd_path,
-                prefer_vmlinux: efi.is_none(),
-            })
-        } else if microvm {
-            return Err(SpecError::new(
-                "spec.domain.firmware.kernelBoot",
-                "microvm has no firmware to boot a disk: set firmware.kernelBoot",
-            ));
-        } else if let Some(efi) = &efi {
-            let secure_boot = efi.secure_boot.unwrap_or(true);
-            let (code, vars) = if secure_boot {
-                ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")
-            } else {
-                ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")
-            };
-            Firmware::Efi {
-                code: env.ovmf_dir.join(code),
-                vars_template: env.ovmf_dir.join(vars),
-                vars: env.dir.join("OVMF_VARS.fd"),
-                secure_boot,
-            }
-        } else {
-            Firmware::Bios
-        };
-        if microvm && efi.is_some() {
-            return Err(SpecError::new(
-                "spec.domain.firmware.bootloader.efi",
-                "microvm has no EFI firmware",
-            ));
-        }
-        let acpi = domain
-            .features
-            .as_ref()
-            .and_then(|f| f.acpi.as_ref())
-            .is_none_or(|a| a.enabled != Some(false));
-        if matches!(
-            firmware,
-            Firmware::Efi {
-                secure_boot: true,
-                ..
-            }
-        ) {
-            let smm_off = domain
-                .features
-                .as_ref()
-                .and_then(|f| f.smm.as_ref())
-                .is_some_and(|s| s.enabled == Some(false));
-            if smm_off {
-                return Err(SpecError::new(
-                    "spec.domain.features.smm",
-                    "EFI SecureBoot requires SMM, which is disabled",
-                ));
-            }
-        }
-
-        // Interfaces.
-        let networks: BTreeMap<&str, &kubevirt_api::Network> = spec
-            .networks
-            .iter()
-            .flatten()
-            .map(|n| (n.name.as_str(), n))
-            .collect();
-        let mut nics = Vec::new();
-        let mut next_port = 0u16;
-        let tap_seed = format!("{namespace}/{name}");
-        for (i, iface) in dev.interfaces.iter().flatten().enumerate() {
-            let ip = format!("spec.domain.devices.interfaces[{i}]");
-            let model = match iface.model.as_deref().unwrap_or("virtio") {
-                "virtio" => NicModel::Virtio,
-                "e1000" => NicModel::E1000,
-                "e1000e" => NicModel::E1000e,
-                "rtl8139" => NicModel::Rtl8139,
-                m => {
-                    return Err(SpecError::new(
-                        format!("{ip}.model"),
-                        format!("model {m} is not supported: use virtio, e1000, e1000e or rtl8139"),
-                    ))
-                }
-            };
-            if microvm && model != NicModel::Virtio {
-                return Err(SpecError::new(
-                    format!("{ip}.model"),
-                    "microvm supports only virtio",
-                ));
-            }
-            let Some(net) = networks.get(iface.name.as_str()) else {
-                return Err(SpecError::new(
-                    format!("{ip}.name"),
-                    format!("interface {} has no network of the same name", iface.name),
-                ));
-            };
-            let backend = if iface.masquerade.is_some() {
-                if net.pod.is_none() {
-                    return Err(SpecError::new(
-                        format!("{ip}.masquerade"),
-                        "masquerade is only allowed on the pod network",
-                    ));
-                }
-                let mut forwards = Vec::new();
-                for (j, p) in iface.ports.iter().flatten().enumerate() {
-                    let pp = format!("{ip}.ports[{j}]");
-                    let guest_port =
-                        u16::try_from(p.port)
-                            .ok()
-                            .filter(|p| *p > 0)
-                            .ok_or_else(|| {
-                                SpecError::new(
-                                    format!("{pp}.port"),
-                                    format!("{} is not a port", p.port),
-                                )
-                            })?;
-                    let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-                        "TCP" | "tcp" => "tcp",
-                        "UDP" | "udp" => "udp",
-                        x => {
-                            return Err(SpecError::new(
-                                format!("{pp}.protocol"),
-                                format!("{x}: use TCP or UDP"),
-                            ))
-                        }
-                    };
-                    let host_port = match env.host_ports {
-                        HostPorts::Same => guest_port,
-                        HostPorts::Base(b) => b
-                            .checked_add(next_port)
-                            .ok_or_else(|| SpecError::new(pp.clone(), "host port out of range"))?,
-                        HostPorts::Ephemeral => free_port(&env.host_port_address, protocol)
-                            .map_err(|e| {
-                                SpecError::new(pp.clone(), format!("no free host port: {e}"))
-                            })?,
-                    };
-                    next_port += 1;
-                    forwards.push(PortForward {
-                        name: p.name.clone(),
-                        protocol: protocol.into(),
-                        host_address: env.host_port_address.clone(),
-                        host_port,
-                        guest_port,
-                    });
-                }
-                NetBackend::Masquerade {
-                    network: MASQUERADE_NETWORK.into(),
-                    gateway: MASQUERADE_GATEWAY.into(),
-                    guest: MASQUERADE_GUEST.into(),
-                    forwards,
-                }
-            } else if iface.bridge.is_some() {
-                let bridge = match &net.multus {
-                    Some(m) => env.bridges.get(&m.network_name).cloned().ok_or_else(|| {
-                        SpecError::new(
-                            format!("{ip}.bridge"),
-                            format!(
-                                "network {} has no Linux bridge on this node",
-                                m.network_name
-                            ),
-                        )
-                    })?,
-                    None => env.pod_bridge.clone(),
-                };
-                NetBackend::Bridge {
-                    tap: tap_name(&tap_seed, i),
-                    bridge,
-                }
-            } else {
-                return Err(SpecError::new(
-                    ip,
-                    "only masquerade and bridge bindings are supported",
-                ));
-            };
-            let boot_order = iface.boot_order.filter(|n| *n > 0).map(|n| n as u32);
-            nics.push(NicSpec {
-                name: iface.name.clone(),
-                model,
-                mac: iface.mac_address.clone().filter(|m| !m.is_empty()),
-                boot_order,
-                backend,
-            });
-        }
-
-        // Other devices.
-        let serial_console = dev.autoattach_serial_console != Some(false);
-        let vnc = match dev.autoattach_graphics_device {
-            Some(true) if microvm => {
-                return Err(SpecError::new(
-                    "spec.domain.devices.autoattachGraphicsDevice",
-                    "microvm has no graphics device",
-                ))
-            }
-            None if microvm => false,
-            v => v != Some(false),
-        };
-        let mut tablet = false;
-        for (i, input) in dev.inputs.iter().flatten().enumerate() {
-            if microvm {
-                return Err(SpecError::new(
-                    format!("spec.domain.devices.inputs[{i}]"),
-                    "microvm has no USB",
-                ));
-            }
-            if input.r#type != "tablet" || input.bus.as_deref().unwrap_or("usb") != "usb" {
-                return Err(SpecError::new(
-                    format!("spec.domain.devices.inputs[{i}]"),
-                    "only a usb tablet is supported",
-                ));
-            }
-            tablet = true;
-        }
-        let rng = dev.rng.is_some();
-        let balloon =
-            (dev.autoattach_mem_balloon != Some(false)).then_some(BALLOON_STATS_PERIOD_SECONDS);
-        let watchdog = match &dev.watchdog {
-            None => None,
-            Some(w) => {
-                let Some(esb) = &w.i6300esb else {
-                    return Err(SpecError::new(
-                        "spec.domain.devices.watchdog",
-                        "only the i6300esb watchdog exists on x86_64",
-                    ));
-                };
-                if microvm {
-                    return Err(SpecError::new(
-                        "spec.domain.devices.watchdog.i6300esb",
-                        "microvm has no PCI bus for an i6300esb",
-                    ));
-                }
-                Some(match esb.action.as_deref().unwrap_or("reset") {
-                    "reset" => WatchdogAction::Reset,
-                    "poweroff" => WatchdogAction::Poweroff,
-                    "shutdown" => WatchdogAction::Shutdown,
-                    a => {
-                        return Err(SpecError::new(
-                            "spec.domain.devices.watchdog.i6300esb.action",
-                            format!("{a}: use reset, poweroff or shutdown"),
-                        ))
-                    }
-                })
-            }
-        };
-        let start_paused = match spec.start_strategy.as_deref() {
-            None | Some("") => false,
-            Some("Paused") => true,
-            Some(s) => {
-                return Err(SpecError::new(
-                    "spec.startStrategy",
-                    format!("{s}: only Paused is supported"),
-                ))
-            }
-        };
+        let (cpu, memory) = cpu::cpu_and_memory(&ctx)?;
+        let disks = disks::disks(&ctx)?;
+        let (firmware, acpi, uuid, smbios_serial) = firmware::firmware(&ctx)?;
+        let nics = nics::nics(&ctx)?;
+        let devices::Devices {
+            serial_console,
+            vnc,
+            tablet,
+            rng,
+            balloon,
+            watchdog,
+            start_paused,
+        } = devices::devices(&ctx)?;
 
         Ok(MachineSpec {
             vmi: format!("{namespace}/{name}"),
@@ -1075,8 +545,8 @@ impl MachineSpec {
             cpu,
             memory,
             firmware,
-            uuid: fw.uuid.clone(),
-            smbios_serial: fw.serial.clone(),
+            uuid,
+            smbios_serial,
             acpi,
             disks,
             nics,
@@ -1094,6 +564,19 @@ impl MachineSpec {
             dir: env.dir.clone(),
         })
     }
+}
+
+/// A spec name that becomes a QEMU id or a file name must be a DNS-1123 label.
+fn label(name: &str, field: String) -> Result<(), SpecError> {
+    crate::paths::dns1123_label(name)
+        .map(|_| ())
+        .map_err(|e| SpecError::new(field, e.to_string()))
+}
+
+/// `dir/component` for a file named after disk `dp` (see `paths::beneath`).
+fn in_dir(dir: &Path, component: &str, dp: &str) -> Result<PathBuf, SpecError> {
+    crate::paths::beneath(dir, component)
+        .map_err(|e| SpecError::new(format!("{dp}.name"), e.to_string()))
 }
 
 /// A tap name of at most 15 characters (IFNAMSIZ), stable for a VMI and interface index.
@@ -1194,6 +677,104 @@ spec:
             MachineSpec::from_vmi(&vmi(&y3), &env).unwrap().cpu.model,
             "Skylake-Client"
         );
+    }
+
+    /// Security issue 10: names that would leave the VMI directory or inject QEMU options,
+    /// fed straight to `from_vmi` (no admission), fail with the field named, and nothing is
+    /// created anywhere.
+    #[test]
+    fn traversal_and_injection_names_are_refused_with_their_field() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("vmi");
+        std::fs::create_dir(&dir).unwrap();
+        let env = Environment::fixed(&dir, Accelerator::Tcg);
+        let with_disk = |name: &str, source: &str| {
+            BASE.replace("model: e1000", "model: virtio").replace(
+                "      interfaces:",
+                &format!(
+                    "      disks: [{{name: {name:?}, disk: {{bus: virtio}}}}]\n      interfaces:"
+                ),
+            ) + &format!("  volumes: [{{name: {name:?}, {source}}}]\n")
+        };
+        for name in ["../x", "a/b", "..", "x,romfile=/etc/shadow", "A"] {
+            for source in [
+                "containerDisk: {image: demo:latest}",
+                "emptyDisk: {capacity: 1Gi}",
+                "cloudInitNoCloud: {userData: x}",
+            ] {
+                let err = MachineSpec::from_vmi(&vmi(&with_disk(name, source)), &env).unwrap_err();
+                assert_eq!(err.field, "spec.volumes[0].name", "{name} {source}: {err}");
+                assert!(err.message.contains("DNS-1123"), "{err}");
+            }
+        }
+        let y = BASE.replace("model: e1000", "model: virtio").replace(
+            "{name: default, masquerade",
+            "{name: \"x,romfile=/etc/shadow\", masquerade",
+        );
+        let err = MachineSpec::from_vmi(&vmi(&y), &env).unwrap_err();
+        assert_eq!(err.field, "spec.domain.devices.interfaces[0].name");
+        let y = BASE.replace(
+            "model: e1000",
+            "model: virtio, macAddress: \"02:00:00:00:00:01,romfile=/x\"",
+        );
+        let err = MachineSpec::from_vmi(&vmi(&y), &env).unwrap_err();
+        assert_eq!(err.field, "spec.domain.devices.interfaces[0].macAddress");
+        let y = BASE.replace("model: e1000", "model: virtio").replace(
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi}\n    cpu: {model: max, features: [{name: \"pcid,romfile=/x\"}]}",
+        );
+        let err = MachineSpec::from_vmi(&vmi(&y), &env).unwrap_err();
+        assert_eq!(err.field, "spec.domain.cpu.features[0].name");
+        let y = with_disk("d", "hostDisk: {path: /var/../etc/shadow, type: Disk}");
+        let err = MachineSpec::from_vmi(&vmi(&y), &env).unwrap_err();
+        assert_eq!(err.field, "spec.volumes[0].hostDisk.path");
+        let y = with_disk("d", "hostDisk: {path: /etc/shadow, type: Disk}");
+        let err = MachineSpec::from_vmi(&vmi(&y), &env).unwrap_err();
+        assert_eq!(err.field, "spec.volumes[0].hostDisk.path");
+        // Nothing was created, inside or outside the VMI directory.
+        let mut left: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["vmi"]);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
+    /// A MachineSpec built by hand (not through `from_vmi`) with a traversal in a disk path:
+    /// `volumes::prepare` refuses it and creates nothing outside the VMI directory.
+    #[test]
+    fn prepare_refuses_disk_files_outside_the_vmi_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("vmi");
+        std::fs::create_dir(&dir).unwrap();
+        let env = Environment::fixed(&dir, Accelerator::Tcg);
+        let y = BASE.replace("model: e1000", "model: virtio").replace(
+            "      interfaces:",
+            "      disks: [{name: ci, disk: {bus: virtio}}]\n      interfaces:",
+        ) + "  volumes: [{name: ci, cloudInitNoCloud: {userData: x}}]\n";
+        let mut spec = MachineSpec::from_vmi(&vmi(&y), &env).unwrap();
+        spec.firmware = Firmware::Bios;
+        spec.disks[0].path = dir.join("disks/../../escaped.iso");
+        let err =
+            crate::volumes::prepare(&spec, None, None, crate::confine::QemuUser::ROOT).unwrap_err();
+        assert!(err.to_string().contains("not beneath"), "{err}");
+        assert!(!t.path().join("escaped.iso").exists());
+        // A symlink planted as the disks directory is not followed either.
+        std::fs::remove_dir_all(dir.join("disks")).unwrap();
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("disks")).unwrap();
+        spec.disks[0].path = dir.join("disks/ci.iso");
+        assert!(
+            crate::volumes::prepare(&spec, None, None, crate::confine::QemuUser::ROOT).is_err()
+        );
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        // And the same spec with a real directory works.
+        std::fs::remove_file(dir.join("disks")).unwrap();
+        crate::volumes::prepare(&spec, None, None, crate::confine::QemuUser::ROOT).unwrap();
+        assert!(dir.join("disks/ci.iso").is_file());
     }
 
     #[test]

@@ -1,67 +1,47 @@
-//! The handler-facing interface: a versioned RPC on `DIR/launcher.sock`.
-//!
-//! Newline-delimited JSON. Request `{"v":1,"id":N,"method":"...","params":{...}}`, reply
-//! `{"id":N,"result":...}` or `{"id":N,"error":{"code":"...","message":"..."}}`. Methods:
-//! `sync` {vmi} (start it if not started), `pause`, `unpause`, `shutdown` {gracePeriodSeconds},
-//! `stop`, `reset`, `softReboot`, `setBalloon` {bytes}, `state`, `stats`, `subscribe` (the
-//! connection then streams `{"event":"StateChanged","phase":...,"reason":...,"timestamp":...}`).
+//! The server side of `DIR/launcher.sock`. The protocol (requests, replies, events, error
+//! codes) and the directory's file names are [`crate::api`]'s; this module maps requests to
+//! [`Vm`] operations.
 //!
 //! The launcher also keeps `DIR/launcher.pid` and `DIR/state.json`, so a restarted handler
 //! finds it again and knows the last state even after it has exited.
 
-use crate::launcher::{write_state, LaunchError, Options, Phase, State, StateEvent, Vm};
+use crate::api::{
+    decode_request, read_line, ErrorCode, Event, ReplyFrame, Request, Response, RpcError, VmiDir,
+    VmiDirError,
+};
+use crate::launcher::{LaunchError, Options, Phase, State, StateEvent, Vm};
 use kubevirt_api::VirtualMachineInstance;
-use serde_json::{json, Value};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
-
-pub const VERSION: u64 = 1;
 
 /// One launcher: at most one VMI, started by `sync`.
 pub struct Launcher {
     pub opts: Options,
+    dir: VmiDir,
     vm: tokio::sync::Mutex<Option<Arc<Vm>>>,
     events: broadcast::Sender<StateEvent>,
     /// The state while there is no VM (pending, or failed to start).
     idle_state: Mutex<State>,
 }
 
-#[derive(Debug)]
-struct RpcError {
-    code: &'static str,
-    message: String,
-}
-
-impl From<LaunchError> for RpcError {
-    fn from(e: LaunchError) -> Self {
-        let code = match &e {
-            LaunchError::Spec(_) => "InvalidSpec",
-            LaunchError::WrongPhase(..) => "WrongPhase",
-            LaunchError::Accel(_) => "NoAccelerator",
-            _ => "Failed",
-        };
-        RpcError {
-            code,
-            message: e.to_string(),
-        }
-    }
-}
-
-fn bad(message: impl Into<String>) -> RpcError {
-    RpcError {
-        code: "BadRequest",
-        message: message.into(),
-    }
+fn rpc_error(e: LaunchError) -> RpcError {
+    let code = match &e {
+        LaunchError::Spec(_) => ErrorCode::InvalidSpec,
+        LaunchError::WrongPhase(..) => ErrorCode::WrongPhase,
+        LaunchError::Accel(_) => ErrorCode::NoAccelerator,
+        _ => ErrorCode::Failed,
+    };
+    RpcError::new(code, e.to_string())
 }
 
 impl Launcher {
     pub fn new(opts: Options) -> Arc<Launcher> {
         let (events, _) = broadcast::channel(256);
         Arc::new(Launcher {
+            dir: VmiDir::unchecked(&opts.dir),
             opts,
             vm: tokio::sync::Mutex::new(None),
             events,
@@ -124,9 +104,10 @@ impl Launcher {
             s.timestamp = crate::launcher::now();
             s.clone()
         };
-        write_state(&self.opts.dir, &s);
+        if let Err(e) = self.dir.write_state(&s) {
+            tracing::warn!(error = %e, "cannot record the state");
+        }
         let _ = self.events.send(StateEvent {
-            event: "StateChanged".into(),
             phase,
             reason: reason.into(),
             message: message.into(),
@@ -135,20 +116,24 @@ impl Launcher {
     }
 
     /// Bind `DIR/launcher.sock`, write `DIR/launcher.pid`, and serve until the process ends.
+    /// A directory whose socket paths do not fit a socket address is refused here, by name.
     pub fn listen(self: &Arc<Self>) -> std::io::Result<()> {
-        let dir = &self.opts.dir;
-        std::fs::create_dir_all(dir)?;
-        let sock = dir.join("launcher.sock");
+        let dir = VmiDir::from_path(&self.opts.dir).map_err(|e| match e {
+            VmiDirError::Io { source, .. } | VmiDirError::Absolute { source, .. } => source,
+            e => std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
+        std::fs::create_dir_all(dir.path())?;
+        let sock = dir.launcher_socket();
         let _ = std::fs::remove_file(&sock);
         let listener = UnixListener::bind(&sock)?;
-        std::fs::write(
-            dir.join("launcher.pid"),
-            format!("{}\n", std::process::id()),
-        )?;
-        write_state(
-            dir,
-            &self.idle_state.lock().unwrap_or_else(|e| e.into_inner()),
-        );
+        dir.write_launcher_pid(std::process::id())
+            .map_err(std::io::Error::other)?;
+        let idle = self
+            .idle_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        dir.write_state(&idle).map_err(std::io::Error::other)?;
         let me = self.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -161,36 +146,32 @@ impl Launcher {
 
     async fn serve_conn(&self, stream: UnixStream) {
         let (rd, mut wr) = stream.into_split();
-        let mut lines = BufReader::new(rd).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut rd = BufReader::new(rd);
+        let mut buf = Vec::new();
+        loop {
+            match read_line(&mut rd, &mut buf).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "launcher.sock: dropping a connection");
+                    return;
+                }
+            }
+            let line = String::from_utf8_lossy(&buf);
             if line.trim().is_empty() {
                 continue;
             }
-            let (id, reply, subscribe) = match serde_json::from_str::<Value>(&line) {
-                Err(e) => (Value::Null, Err(bad(format!("not JSON: {e}"))), false),
-                Ok(req) => {
-                    let id = req.get("id").cloned().unwrap_or(Value::Null);
-                    let method = req["method"].as_str().unwrap_or("").to_string();
-                    let v = req.get("v").and_then(Value::as_u64).unwrap_or(0);
-                    if v != VERSION {
-                        let e = RpcError {
-                            code: "UnsupportedVersion",
-                            message: format!("protocol version {v} is not supported; this launcher speaks v{VERSION}"),
-                        };
-                        (id, Err(e), false)
-                    } else {
-                        let params = req.get("params").cloned().unwrap_or(Value::Null);
-                        let r = self.call(&method, &params).await;
-                        (id, r, method == "subscribe")
-                    }
-                }
+            let (id, request) = decode_request(&line);
+            let subscribe = matches!(request, Ok(Request::Subscribe));
+            let outcome = match request {
+                Ok(r) => self.call(r).await,
+                Err(e) => Err(e),
             };
-            let ok = reply.is_ok();
-            let msg = match reply {
-                Ok(result) => json!({ "id": id, "result": result }),
-                Err(e) => json!({ "id": id, "error": { "code": e.code, "message": e.message } }),
-            };
-            if write_line(&mut wr, &msg).await.is_err() {
+            let ok = outcome.is_ok();
+            if write_line(&mut wr, &ReplyFrame { id, outcome })
+                .await
+                .is_err()
+            {
                 return;
             }
             if subscribe && ok {
@@ -198,7 +179,7 @@ impl Launcher {
                 loop {
                     match rx.recv().await {
                         Ok(ev) => {
-                            if write_line(&mut wr, &json!(ev)).await.is_err() {
+                            if write_line(&mut wr, &Event::StateChanged(ev)).await.is_err() {
                                 return;
                             }
                         }
@@ -210,110 +191,113 @@ impl Launcher {
         }
     }
 
-    async fn call(&self, method: &str, params: &Value) -> Result<Value, RpcError> {
+    async fn call(&self, request: Request) -> Result<Response, RpcError> {
         let vm = || async {
-            self.vm().await.ok_or(RpcError {
-                code: "NotStarted",
-                message: "no VMI has been started (sync first)".into(),
-            })
+            self.vm().await.ok_or(RpcError::new(
+                ErrorCode::NotStarted,
+                "no VMI has been started (sync first)",
+            ))
         };
-        let done = Ok(json!({}));
-        match method {
-            "sync" => {
-                let vmi_v = params.get("vmi").unwrap_or(params);
-                let vmi: VirtualMachineInstance = serde_json::from_value(vmi_v.clone())
-                    .map_err(|e| bad(format!("params.vmi is not a VirtualMachineInstance: {e}")))?;
-                let s = self.sync(&vmi).await?;
-                Ok(json!(s))
+        let done = |r: Result<(), LaunchError>| r.map(|()| Response::Done).map_err(rpc_error);
+        match request {
+            Request::Sync { vmi } => {
+                let s = self.sync(&vmi).await.map_err(rpc_error)?;
+                Ok(Response::State(Box::new(s)))
             }
-            "state" => Ok(json!(self.state().await)),
-            "pause" => vm().await?.pause().await.map_err(Into::into).and(done),
-            "unpause" => vm().await?.unpause().await.map_err(Into::into).and(done),
-            "shutdown" => {
+            Request::State => Ok(Response::State(Box::new(self.state().await))),
+            Request::Pause => done(vm().await?.pause().await),
+            Request::Unpause => done(vm().await?.unpause().await),
+            Request::Shutdown {
+                grace_period_seconds,
+            } => {
                 let vm = vm().await?;
-                let grace = params
-                    .get("gracePeriodSeconds")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(vm.spec.termination_grace_period_seconds);
-                vm.shutdown(Duration::from_secs(grace))
-                    .await
-                    .map_err(Into::into)
-                    .and(done)
+                let grace =
+                    grace_period_seconds.unwrap_or(vm.spec.termination_grace_period_seconds);
+                done(vm.shutdown(Duration::from_secs(grace)).await)
             }
-            "stop" => vm().await?.stop().await.map_err(Into::into).and(done),
-            "reset" => vm().await?.reset().await.map_err(Into::into).and(done),
-            "softReboot" => vm()
+            Request::Stop => done(vm().await?.stop().await),
+            Request::Reset => done(vm().await?.reset().await),
+            Request::SoftReboot => done(vm().await?.soft_reboot().await),
+            Request::SetBalloon { bytes } => done(vm().await?.set_balloon(bytes).await),
+            Request::Stats => vm()
                 .await?
-                .soft_reboot()
+                .stats()
                 .await
-                .map_err(Into::into)
-                .and(done),
-            "setBalloon" => {
-                let bytes = params
-                    .get("bytes")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| bad("params.bytes (an integer) is required"))?;
-                vm().await?
-                    .set_balloon(bytes)
-                    .await
-                    .map_err(Into::into)
-                    .and(done)
-            }
-            "stats" => vm().await?.stats().await.map_err(Into::into),
-            "subscribe" => Ok(json!({ "subscribed": true, "state": self.state().await })),
-            m => Err(RpcError {
-                code: "UnknownMethod",
-                message: format!("unknown method {m:?}"),
+                .map(Response::Stats)
+                .map_err(rpc_error),
+            Request::Subscribe => Ok(Response::Subscribed {
+                state: Box::new(self.state().await),
             }),
         }
     }
 }
 
-async fn write_line(w: &mut tokio::net::unix::OwnedWriteHalf, v: &Value) -> std::io::Result<()> {
-    let mut s = v.to_string();
-    s.push('\n');
-    w.write_all(s.as_bytes()).await
+async fn write_line(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    v: &impl serde::Serialize,
+) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    w.write_all(&bytes).await
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("launcher replied {code}: {message}")]
-    Remote { code: String, message: String },
-    #[error("bad reply from the launcher: {0}")]
-    Protocol(String),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{LauncherClient, VmiDir};
+    use tokio::io::AsyncBufReadExt;
 
-/// A blocking one-shot call to a launcher (for CLIs and tests).
-pub fn call(dir: &Path, method: &str, params: Value) -> Result<Value, ClientError> {
-    use std::io::{BufRead, Write};
-    let path = dir.join("launcher.sock");
-    let ioe = |source| ClientError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(ioe)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(ioe)?;
-    let req = json!({ "v": VERSION, "id": 1, "method": method, "params": params });
-    s.write_all(format!("{req}\n").as_bytes()).map_err(ioe)?;
-    let mut line = String::new();
-    std::io::BufReader::new(&s)
-        .read_line(&mut line)
-        .map_err(ioe)?;
-    let v: Value =
-        serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("{e}: {line:?}")))?;
-    if let Some(e) = v.get("error") {
-        return Err(ClientError::Remote {
-            code: e["code"].as_str().unwrap_or("").into(),
-            message: e["message"].as_str().unwrap_or("").into(),
-        });
+    /// The server against the client, without a VM: what a launcher waiting for `sync` says.
+    #[tokio::test]
+    async fn a_launcher_without_a_vm_answers_state_and_refuses_operations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = VmiDir::new(tmp.path(), "default", "demo").unwrap();
+        let launcher = Launcher::new(Options::new(dir.path()));
+        launcher.listen().unwrap();
+        assert_eq!(dir.launcher_pid(), Some(std::process::id()));
+        assert_eq!(dir.read_state().unwrap().phase, Phase::Pending);
+
+        let mut c = LauncherClient::connect(&dir).await.unwrap();
+        let st = c.call(Request::State).await.unwrap().into_state().unwrap();
+        assert_eq!(
+            (st.phase, st.reason.as_str()),
+            (Phase::Pending, "WaitingForSync")
+        );
+        let e = c.call(Request::Pause).await.unwrap_err();
+        assert_eq!(e.code(), Some(&ErrorCode::NotStarted));
+
+        // Today's literal lines, written by hand: a wrong version and an unknown method.
+        let s = UnixStream::connect(dir.launcher_socket()).await.unwrap();
+        let (rd, mut wr) = s.into_split();
+        let mut lines = BufReader::new(rd).lines();
+        wr.write_all(b"{\"v\":2,\"id\":7,\"method\":\"state\"}\n{\"v\":1,\"id\":8,\"method\":\"nope\",\"params\":{}}\n")
+            .await
+            .unwrap();
+        let a: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(a["id"], 7);
+        assert_eq!(a["error"]["code"], "UnsupportedVersion");
+        let b: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(
+            b,
+            serde_json::json!({"id": 8, "error": {"code": "UnknownMethod", "message": "unknown method \"nope\""}})
+        );
+
+        // A subscriber gets the state, then every change.
+        let mut sub = LauncherClient::connect(&dir)
+            .await
+            .unwrap()
+            .subscribe()
+            .await
+            .unwrap();
+        assert_eq!(sub.state().phase, Phase::Pending);
+        launcher.set_idle(Phase::Failed, "FailedToStart", "boom", "default/demo");
+        let Event::StateChanged(ev) = sub.next().await.unwrap().unwrap();
+        assert_eq!(
+            (ev.phase, ev.reason.as_str()),
+            (Phase::Failed, "FailedToStart")
+        );
+        assert_eq!(dir.read_state().unwrap().message, "boom");
     }
-    v.get("result")
-        .cloned()
-        .ok_or_else(|| ClientError::Protocol(format!("no result: {line}")))
 }

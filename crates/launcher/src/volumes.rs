@@ -12,7 +12,9 @@
 //! Files that must already exist (PVC, DataVolume, hostDisk `Disk`) are not checked here: QEMU
 //! reports a missing one in its own words, and the launcher attaches QEMU's stderr.
 
+use crate::confine::{self, ConfineError, QemuUser};
 use crate::machine::{detect_format, DiskSource, Firmware, MachineSpec, NetBackend};
+use crate::paths::{self, PathError};
 use serde_json::Value;
 use std::fs;
 use std::io::Read;
@@ -34,6 +36,10 @@ pub enum VolumeError {
     Command { command: String, stderr: String },
     #[error("disk {disk}: {message}")]
     Disk { disk: String, message: String },
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error(transparent)]
+    Confine(#[from] ConfineError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
@@ -356,13 +362,31 @@ fn run(cmd: &mut Command) -> Result<(), VolumeError> {
 /// With `image_cache`, a containerDisk's read-only base is extracted once per image into
 /// `image_cache/<key>/` and shared by every VMI of that image (each still gets its own
 /// overlay); without it, into the VMI's own directory.
+///
+/// Files named after the spec are created beneath the VMI directory only (`paths.rs`), and
+/// everything QEMU opens is given to (or made readable by) `user` (`confine.rs`).
 pub fn prepare(
     spec: &MachineSpec,
     image_store: Option<&Path>,
     image_cache: Option<&Path>,
+    user: QemuUser,
 ) -> Result<(), VolumeError> {
-    let disks_dir = spec.dir.join("disks");
-    fs::create_dir_all(&disks_dir).map_err(io(&disks_dir))?;
+    let root = &spec.dir;
+    user.ensure_reachable(root)?;
+    paths::dir_beneath(root, &spec.dir.join("disks"), true)?;
+    // QEMU's sockets: the one directory it may write. Old sockets go with the old directory
+    // contents (QEMU refuses to bind over an existing socket file).
+    let sockets = spec.sockets_dir();
+    let sockets_fd = paths::dir_beneath(root, &sockets, true)?;
+    for s in ["qmp.sock", "serial.sock", "vnc.sock"] {
+        paths::remove_beneath(root, &sockets.join(s))?;
+    }
+    paths::remove_beneath(root, &spec.vnc_socket())?;
+    let sockets_dir = fs::File::from(sockets_fd);
+    user.give(&sockets_dir, &sockets)?;
+    sockets_dir
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(io(&sockets))?;
     let store = |image: &str| -> Result<OciStore, VolumeError> {
         match image_store {
             Some(d) => OciStore::open(d),
@@ -371,33 +395,68 @@ pub fn prepare(
     };
     for d in &spec.disks {
         match &d.source {
-            DiskSource::File => {}
+            DiskSource::File | DiskSource::HostDisk => {
+                // PVC/DataVolume files come from the handler; a hostDisk `Disk` path from the
+                // spec: no symlink anywhere on it. The image file is given to QEMU, never its
+                // directory. A missing file is left to QEMU to report.
+                let f = if d.source == DiskSource::HostDisk {
+                    paths::open_absolute_nofollow(&d.path)
+                } else {
+                    open_nofollow(&d.path)
+                };
+                match f {
+                    Ok(f) => user.give(&f, &d.path)?,
+                    Err(PathError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
             DiskSource::HostDiskOrCreate { capacity } => {
-                if !d.path.exists() {
-                    if let Some(parent) = d.path.parent() {
-                        fs::create_dir_all(parent).map_err(io(parent))?;
+                // Created only if missing (never replaced), without following symlinks.
+                match paths::create_new_absolute(&d.path, 0o660)? {
+                    Some(f) => {
+                        f.set_len(*capacity).map_err(io(&d.path))?;
+                        user.give(&f, &d.path)?;
                     }
-                    let f = fs::File::create(&d.path).map_err(io(&d.path))?;
-                    f.set_len(*capacity).map_err(io(&d.path))?;
+                    None => user.give(&paths::open_absolute_nofollow(&d.path)?, &d.path)?,
                 }
             }
             DiskSource::EmptyDisk { capacity } => {
-                let _ = fs::remove_file(&d.path);
+                // Created exclusively beneath DIR first; qemu-img then writes the same file
+                // (DIR/disks is not writable by QEMU's user, so nothing can swap it).
+                let f = paths::create_file_beneath(root, &d.path, 0o660)?;
+                user.give(&f, &d.path)?;
                 run(Command::new("qemu-img")
                     .args(["create", "-q", "-f", "qcow2"])
                     .arg(&d.path)
                     .arg(capacity.to_string()))?;
             }
-            DiskSource::CloudInit(data) => data.write_iso(&d.path).map_err(io(&d.path))?,
+            DiskSource::CloudInit(data) => {
+                let mut f = paths::create_file_beneath(root, &d.path, 0o640)?;
+                use std::io::Write;
+                f.write_all(&data.iso()).map_err(io(&d.path))?;
+                user.give(&f, &d.path)?;
+            }
             DiskSource::ContainerDisk {
                 image,
                 path,
                 base_dir,
             } => {
                 let base_dir = match image_cache {
-                    Some(cache) => cache.join(store(image)?.cache_key(image, path.as_deref())?),
-                    None => base_dir.clone(),
+                    Some(cache) => {
+                        let dir = cache.join(store(image)?.cache_key(image, path.as_deref())?);
+                        fs::create_dir_all(&dir).map_err(io(&dir))?;
+                        dir
+                    }
+                    None => {
+                        // DIR/container-disks/<disk>: beneath DIR, no symlinks on the way.
+                        paths::dir_beneath(root, base_dir, true)?;
+                        base_dir.clone()
+                    }
                 };
+                // Read-only bases are shared with QEMU's user by mode, not by owner.
+                confine::world_searchable(&base_dir)?;
+                user.check_ancestors(&base_dir)?;
                 let marker = base_dir.join(".base");
                 let base = match fs::read_to_string(&marker) {
                     Ok(name) if base_dir.join(name.trim()).is_file() => base_dir.join(name.trim()),
@@ -424,9 +483,7 @@ pub fn prepare(
                             .unwrap_or_else(|| "disk.img".into());
                         let base = base_dir.join(&file);
                         fs::rename(&tmp, &base).map_err(io(&base))?;
-                        let mut perm = fs::metadata(&base).map_err(io(&base))?.permissions();
-                        perm.set_readonly(true);
-                        fs::set_permissions(&base, perm).map_err(io(&base))?;
+                        confine::world_readable(&base)?;
                         let marker_tmp = marker.with_extension(std::process::id().to_string());
                         fs::write(&marker_tmp, &file).map_err(io(&marker_tmp))?;
                         fs::rename(&marker_tmp, &marker).map_err(io(&marker))?;
@@ -434,7 +491,8 @@ pub fn prepare(
                     }
                 };
                 let fmt = detect_format(&base);
-                let _ = fs::remove_file(&d.path);
+                let f = paths::create_file_beneath(root, &d.path, 0o660)?;
+                user.give(&f, &d.path)?;
                 run(Command::new("qemu-img")
                     .args(["create", "-q", "-f", "qcow2", "-b"])
                     .arg(&base)
@@ -482,6 +540,11 @@ pub fn prepare(
                         }
                     }
                 }
+                // QEMU only reads them: readable by mode (a cache hard link shares the inode).
+                confine::world_readable(&k.kernel)?;
+                if let Some(i) = &k.initrd {
+                    confine::world_readable(i)?;
+                }
             }
         }
         Firmware::Efi {
@@ -490,15 +553,31 @@ pub fn prepare(
             ..
         } => {
             if !vars.exists() {
-                fs::copy(vars_template, vars).map_err(io(vars_template))?;
+                let template = fs::read(vars_template).map_err(io(vars_template))?;
+                let mut f = paths::create_file_beneath(root, vars, 0o600)?;
+                use std::io::Write;
+                f.write_all(&template).map_err(io(vars))?;
             }
+            // QEMU writes the variable store.
+            user.give(&open_nofollow(vars)?, vars)?;
         }
         Firmware::Bios => {}
     }
     for n in &spec.nics {
         if let NetBackend::Bridge { tap, bridge } = &n.backend {
             let _ = Command::new("ip").args(["link", "del", tap]).output();
-            run(Command::new("ip").args(["tuntap", "add", "dev", tap, "mode", "tap"]))?;
+            let mut add = Command::new("ip");
+            add.args(["tuntap", "add", "dev", tap, "mode", "tap"]);
+            if !user.is_root() {
+                // A persistent tap owned by QEMU's user: it can attach without CAP_NET_ADMIN.
+                add.args([
+                    "user",
+                    &user.uid.to_string(),
+                    "group",
+                    &user.gid.to_string(),
+                ]);
+            }
+            run(&mut add)?;
             run(Command::new("ip").args(["link", "set", tap, "master", bridge, "up"]))?;
         }
     }
@@ -571,14 +650,30 @@ fn link_or_copy(src: &Path, dest: &Path) -> Result<(), VolumeError> {
     Ok(())
 }
 
+/// Open an existing file without following a symlink in its last component.
+fn open_nofollow(path: &Path) -> Result<fs::File, PathError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|source| PathError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// Remove what lives only as long as the VMI: emptyDisks, containerDisk overlays, taps.
+/// Only files beneath the VMI directory are removed.
 pub fn cleanup(spec: &MachineSpec) {
     for d in &spec.disks {
         if matches!(
             d.source,
             DiskSource::EmptyDisk { .. } | DiskSource::ContainerDisk { .. }
         ) {
-            let _ = fs::remove_file(&d.path);
+            if let Err(e) = paths::remove_beneath(&spec.dir, &d.path) {
+                tracing::warn!("cleanup of disk {}: {e}", d.name);
+            }
         }
     }
     for n in &spec.nics {

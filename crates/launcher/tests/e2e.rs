@@ -4,6 +4,7 @@
 //! `$KUBEVIRT_RS_GUEST_DIR`), under a file lock so parallel tests build it once. Without QEMU
 //! or the guest, every test here says so on stderr and passes without running.
 
+use kubevirt_launcher::api::{call_blocking, Request, VmiDir};
 use kubevirt_launcher::launcher::{LaunchError, Options, Phase, Vm};
 use kubevirt_launcher::machine::parse_vmi;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,15 @@ spec:
     )
 }
 
+/// A temporary directory QEMU's unprivileged user (107) can search: tempfile makes them 0700,
+/// and the launcher refuses a VMI directory QEMU could not reach.
+fn tmpdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    t
+}
+
 fn opts(dir: &Path, guest: &Path) -> Options {
     let mut o = Options::new(dir);
     o.image_store = Some(guest.join("oci"));
@@ -85,14 +95,15 @@ async fn start(yaml: &str, o: &Options) -> Arc<Vm> {
 
 /// Wait until serial.log contains `needle`; panics with the log on timeout.
 async fn wait_serial(dir: &Path, needle: &str, within: Duration) -> Duration {
+    let dir = VmiDir::from_path(dir).expect("a VMI directory");
     let t = Instant::now();
     loop {
-        let log = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(dir.serial_log()).unwrap_or_default();
         if log.contains(needle) {
             return t.elapsed();
         }
         if t.elapsed() > within {
-            let qemu = std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
+            let qemu = std::fs::read_to_string(dir.qemu_log()).unwrap_or_default();
             panic!("{needle:?} not on the serial console after {within:?}\n--- serial.log\n{log}\n--- qemu.log\n{qemu}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -100,7 +111,10 @@ async fn wait_serial(dir: &Path, needle: &str, within: Duration) -> Duration {
 }
 
 fn read_state(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap_or_default())
+    VmiDir::from_path(dir)
+        .ok()
+        .and_then(|d| d.read_state().ok())
+        .and_then(|s| serde_json::to_value(s).ok())
         .unwrap_or(serde_json::Value::Null)
 }
 
@@ -110,7 +124,7 @@ fn read_state(dir: &Path) -> serde_json::Value {
 #[test]
 fn kernel_boot_with_cloud_init_runs_user_data_and_acpi_shutdown_ends_in_succeeded() {
     let Some(guest) = guest() else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let dir = tmp.path().join("vmi");
     let vmi = tmp.path().join("vmi.yaml");
     std::fs::write(
@@ -152,7 +166,11 @@ fn kernel_boot_with_cloud_init_runs_user_data_and_acpi_shutdown_ends_in_succeede
 
     // The RPC state: accelerator, pids, console socket; the guest IP from the console.
     rt.block_on(wait_serial(&dir, "eth0: ", BOOT_TIMEOUT));
-    let st = kubevirt_launcher::rpc::call(&dir, "state", serde_json::json!({})).unwrap();
+    let vmi_dir = VmiDir::from_path(&dir).unwrap();
+    let st = call_blocking(&vmi_dir, Request::State)
+        .unwrap()
+        .into_state();
+    let st = serde_json::to_value(st.unwrap()).unwrap();
     assert_eq!(st["phase"], "Running");
     assert_eq!(st["accelerator"], "tcg");
     assert_eq!(st["guestIp"], "10.0.2.2");
@@ -175,10 +193,11 @@ fn kernel_boot_with_cloud_init_runs_user_data_and_acpi_shutdown_ends_in_succeede
     let out = console.wait_with_output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("console-42"));
 
-    let r = kubevirt_launcher::rpc::call(
-        &dir,
-        "shutdown",
-        serde_json::json!({"gracePeriodSeconds": 60}),
+    let r = call_blocking(
+        &vmi_dir,
+        Request::Shutdown {
+            grace_period_seconds: Some(60),
+        },
     );
     assert!(r.is_ok(), "{r:?}");
     let t = Instant::now();
@@ -192,7 +211,7 @@ fn kernel_boot_with_cloud_init_runs_user_data_and_acpi_shutdown_ends_in_succeede
         assert!(t.elapsed() < Duration::from_secs(60), "no final state: {s}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let log = std::fs::read_to_string(dir.join("serial.log")).unwrap();
+    let log = std::fs::read_to_string(vmi_dir.serial_log()).unwrap();
     assert!(log.contains("power button, powering off"), "{log}");
 }
 
@@ -201,7 +220,7 @@ fn kernel_boot_with_cloud_init_runs_user_data_and_acpi_shutdown_ends_in_succeede
 #[tokio::test]
 async fn container_disk_on_virtio_boots_with_bios() {
     let Some(guest) = guest() else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let yaml = r#"
 apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -221,6 +240,12 @@ spec:
     wait_serial(tmp.path(), "kubevirt-rs demo guest: booted", BOOT_TIMEOUT).await;
     let base = tmp.path().join("container-disks/root/disk.qcow2");
     assert!(std::fs::metadata(&base).unwrap().permissions().readonly());
+    // virt-api's DIR/vnc.sock reaches QEMU's VNC server (a hard link into sockets/).
+    let vnc_socket = VmiDir::from_path(tmp.path()).unwrap().vnc_socket();
+    let mut vnc = std::os::unix::net::UnixStream::connect(vnc_socket).unwrap();
+    let mut banner = [0u8; 4];
+    std::io::Read::read_exact(&mut vnc, &mut banner).unwrap();
+    assert_eq!(&banner, b"RFB ");
     let stats = vm.stats().await.unwrap();
     assert!(
         stats["vcpus"][0]["userSeconds"].as_f64().unwrap() > 0.0,
@@ -243,7 +268,7 @@ spec:
 #[tokio::test]
 async fn sata_disk_boots() {
     let Some(guest) = guest() else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let pvc = tmp.path().join("pvc.qcow2");
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
@@ -281,7 +306,7 @@ spec:
 #[tokio::test]
 async fn microvm_boots_and_pause_stops_the_guest_clock() {
     let Some(guest) = guest() else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let yaml = kernel_boot_vmi(
         "micro",
         "microvm",
@@ -296,7 +321,9 @@ async fn microvm_boots_and_pause_stops_the_guest_clock() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let ticks = |dir: &Path| -> Vec<f64> {
-        std::fs::read_to_string(dir.join("serial.log"))
+        VmiDir::from_path(dir)
+            .ok()
+            .and_then(|d| std::fs::read_to_string(d.serial_log()).ok())
             .unwrap_or_default()
             .lines()
             .filter_map(|l| {
@@ -337,7 +364,7 @@ async fn microvm_boots_and_pause_stops_the_guest_clock() {
 #[tokio::test]
 async fn sigkill_of_qemu_is_reported_as_a_crash() {
     let Some(guest) = guest() else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let yaml = kernel_boot_vmi(
         "crash",
         "microvm",
@@ -359,10 +386,64 @@ async fn sigkill_of_qemu_is_reported_as_a_crash() {
     assert_eq!(read_state(tmp.path())["phase"], "Failed");
 }
 
+/// Security issue 10: QEMU runs as KubeVirt's qemu user (107:107) with no capabilities,
+/// under its seccomp sandbox, and the guest still boots (sockets, ISO, kernel reachable).
+#[tokio::test]
+async fn qemu_runs_unprivileged_and_sandboxed() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIP: qemu_runs_unprivileged_and_sandboxed needs root (it switches QEMU's user)"
+        );
+        return;
+    }
+    let Some(guest) = guest() else {
+        eprintln!("SKIP: qemu_runs_unprivileged_and_sandboxed needs QEMU and the demo guest");
+        return;
+    };
+    let tmp = tmpdir();
+    let yaml = kernel_boot_vmi(
+        "confined",
+        "microvm",
+        &cmdline(guest, "microvm"),
+        "#!/bin/sh\ntrue",
+    );
+    let vm = start(&yaml, &opts(tmp.path(), guest)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.qemu_pid)).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Uid"), "107 107 107 107", "{status}");
+    assert_eq!(field("Gid"), "107 107 107 107", "{status}");
+    assert_eq!(field("CapEff"), "0000000000000000", "{status}");
+    assert_eq!(field("CapPrm"), "0000000000000000", "{status}");
+    assert_eq!(field("Seccomp"), "2", "{status}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", vm.qemu_pid)).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    assert!(
+        args.contains(&&b"-sandbox"[..]),
+        "{:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    // QEMU could open what it needs: the guest boots and the console works.
+    wait_serial(tmp.path(), "kubevirt-rs demo guest: booted", BOOT_TIMEOUT).await;
+    use std::os::unix::fs::MetadataExt;
+    let sockets = std::fs::metadata(tmp.path().join("sockets")).unwrap();
+    assert_eq!((sockets.uid(), sockets.mode() & 0o777), (107, 0o700));
+    let vmi_dir = std::fs::metadata(tmp.path()).unwrap();
+    assert_eq!(vmi_dir.uid(), 0, "the VMI directory stays root's");
+    vm.stop().await.unwrap();
+    let s = vm.wait().await;
+    assert_eq!((s.phase, s.reason.as_str()), (Phase::Succeeded, "Stopped"));
+}
+
 /// microvm + e1000 is refused before anything starts, naming the field.
 #[tokio::test]
 async fn a_spec_the_backend_cannot_honour_fails_before_qemu_starts() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let yaml = kernel_boot_vmi("bad", "microvm", "console=ttyS0", "#!/bin/sh\ntrue")
         .replace("masquerade: {}}", "masquerade: {}, model: e1000}");
     let vmi = parse_vmi(&yaml).unwrap();
@@ -395,7 +476,7 @@ async fn missing_image_and_missing_qemu_carry_the_reason() {
         eprintln!("SKIP: qemu-system-x86_64 is not installed");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let yaml = r#"
 apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -421,7 +502,10 @@ spec:
 
     let mut o = Options::new(tmp.path());
     o.qemu_binary = "/nonexistent/qemu-system-x86_64".into();
-    let vmi = parse_vmi(&yaml.replace("/nonexistent/disk.img", "/dev/null")).unwrap();
+    // An existing image (a character device such as /dev/null is never given to QEMU's user).
+    let img = tmp.path().join("disk.img");
+    std::fs::write(&img, [0u8; 512]).unwrap();
+    let vmi = parse_vmi(&yaml.replace("/nonexistent/disk.img", img.to_str().unwrap())).unwrap();
     let err = match Vm::start(&vmi, &o, tx).await {
         Err(e) => e,
         Ok(_) => panic!("started"),

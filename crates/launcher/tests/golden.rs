@@ -28,7 +28,9 @@ fn render(yaml: &Path) -> String {
     let vmi = parse_vmi(&text).unwrap();
     let spec =
         MachineSpec::from_vmi(&vmi, &env()).unwrap_or_else(|e| panic!("{}: {e}", yaml.display()));
-    let mut out = qemu::render(&spec).join("\n");
+    let mut out = qemu::render(&spec)
+        .unwrap_or_else(|e| panic!("{}: {e}", yaml.display()))
+        .join("\n");
     out.push_str(&format!(
         "\n# startPaused: {}\n# terminationGracePeriodSeconds: {}\n",
         spec.start_paused, spec.termination_grace_period_seconds

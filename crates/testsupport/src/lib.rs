@@ -2,6 +2,7 @@
 //! dir, running `kubevirt-rs server` as a child process, and driving it with unmodified
 //! `kubectl`. Test-only; not part of the product.
 
+use kubevirt_launcher::api::VmiDir;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -161,25 +162,21 @@ impl Server {
         c
     }
 
-    /// The directory the handler keeps a VMI's launcher files in.
-    pub fn vmi_dir(&self, namespace: &str, name: &str) -> PathBuf {
-        self.data.join("vms").join(namespace).join(name)
+    /// The directory the handler keeps a VMI's launcher files in (`serial_log()`,
+    /// `launcher_log()`, ...). Panics on a name Kubernetes would refuse.
+    pub fn vmi_dir(&self, namespace: &str, name: &str) -> VmiDir {
+        VmiDir::new(&self.data, namespace, name)
+            .unwrap_or_else(|e| panic!("VMI directory of {namespace}/{name}: {e}"))
     }
 
     /// The QEMU pid the VMI's launcher reports, if it has one.
     pub fn qemu_pid(&self, namespace: &str, name: &str) -> Option<u32> {
-        let s = std::fs::read_to_string(self.vmi_dir(namespace, name).join("state.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&s).ok()?;
-        v["qemuPid"].as_u64().and_then(|p| u32::try_from(p).ok())
+        self.vmi_dir(namespace, name).read_state().ok()?.qemu_pid
     }
 
     /// The launcher's pid for a VMI, if it has one.
     pub fn launcher_pid(&self, namespace: &str, name: &str) -> Option<u32> {
-        std::fs::read_to_string(self.vmi_dir(namespace, name).join("launcher.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        self.vmi_dir(namespace, name).launcher_pid()
     }
 }
 
@@ -202,15 +199,11 @@ pub fn alive(pid: u32) -> bool {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
-        let vms = self.data.join("vms");
-        for pid in std::fs::read_dir(&vms)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten())
-            .filter_map(|d| std::fs::read_to_string(d.path().join("launcher.pid")).ok())
+        for pid in VmiDir::all(&self.data)
+            .iter()
+            .filter_map(VmiDir::launcher_pid)
         {
-            let _ = Command::new("kill").arg(pid.trim()).status();
+            let _ = Command::new("kill").arg(pid.to_string()).status();
         }
     }
 }

@@ -25,8 +25,10 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use kube::api::Api;
 use kube::Client;
+use kubevirt_api::status::{condition, RunStrategy, VmiPhase};
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance};
 use kubevirt_apiserver::{Query, SubresourceHandler};
+use kubevirt_launcher::api::{self as launcher, LauncherClient, VmiDir, VmiDirError};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,7 +49,7 @@ const VMI_NOT_PAUSED: &str = "VMI is not paused";
 /// The subresource API of one node's VMs.
 pub struct VirtApi {
     client: Client,
-    vms_dir: PathBuf,
+    data_dir: PathBuf,
 }
 
 /// A finished response, good or bad; `?` on a `Result<_, Response>` returns the error as is.
@@ -125,24 +127,16 @@ fn ok() -> Response {
     StatusCode::OK.into_response()
 }
 
-/// `spec.runStrategy`, or what the deprecated `spec.running` means.
-fn run_strategy(vm: &VirtualMachine) -> String {
-    match (&vm.spec.run_strategy, vm.spec.running) {
-        (Some(s), _) => s.clone(),
-        (None, Some(true)) => "Always".into(),
-        _ => "Halted".into(),
-    }
-}
-
-fn vmi_phase(vmi: &VirtualMachineInstance) -> &str {
-    vmi.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
+fn vmi_phase(vmi: &VirtualMachineInstance) -> Option<VmiPhase> {
+    VmiPhase::of(vmi)
 }
 
 fn is_final(vmi: &VirtualMachineInstance) -> bool {
-    matches!(vmi_phase(vmi), "Succeeded" | "Failed")
+    vmi_phase(vmi).is_some_and(VmiPhase::is_final)
+}
+
+fn is_running(vmi: &VirtualMachineInstance) -> bool {
+    vmi_phase(vmi) == Some(VmiPhase::Running)
 }
 
 fn has_condition(vmi: &VirtualMachineInstance, kind: &str, want_true: bool) -> bool {
@@ -202,7 +196,7 @@ pub fn running_patch(vm: &VirtualMachine, running: bool) -> Value {
     match &vm.spec.run_strategy {
         Some(current) => json!([
             {"op": "test", "path": "/spec/runStrategy", "value": current},
-            {"op": "replace", "path": "/spec/runStrategy", "value": if running { "Always" } else { "Halted" }},
+            {"op": "replace", "path": "/spec/runStrategy", "value": if running { RunStrategy::Always } else { RunStrategy::Halted }.as_str()},
         ]),
         None => json!([
             {"op": "test", "path": "/spec/running", "value": vm.spec.running},
@@ -224,13 +218,19 @@ fn stop_request(vmi: &VirtualMachineInstance) -> Value {
 }
 
 impl VirtApi {
-    /// `vms_dir`: where the handler keeps VMI directories (`<data>/vms`).
-    pub fn new(client: Client, vms_dir: PathBuf) -> Arc<Self> {
-        Arc::new(VirtApi { client, vms_dir })
+    /// `data_dir`: the node's data directory, where the handler keeps VMI directories
+    /// ([`VmiDir`]).
+    pub fn new(client: Client, data_dir: PathBuf) -> Arc<Self> {
+        Arc::new(VirtApi { client, data_dir })
     }
 
-    fn vmi_dir(&self, ns: &str, name: &str) -> PathBuf {
-        self.vms_dir.join(ns).join(name)
+    /// The VMI's directory; names from the URL that are not Kubernetes names are refused here,
+    /// before they come near a path.
+    fn vmi_dir(&self, ns: &str, name: &str) -> Reply<VmiDir> {
+        VmiDir::new(&self.data_dir, ns, name).map_err(|e| match e {
+            VmiDirError::Namespace { .. } | VmiDirError::Name { .. } => bad_request(e.to_string()),
+            e => internal(e),
+        })
     }
 
     async fn get_vm(&self, ns: &str, name: &str) -> Reply<VirtualMachine> {
@@ -317,15 +317,15 @@ impl VirtApi {
         let vm = self.get_vm(ns, name).await?;
         let vmi = self.get_vmi_opt(ns, name).await?;
         if let Some(v) = &vmi {
-            if !is_final(v) && !matches!(vmi_phase(v), "" | "Unknown") {
+            if !is_final(v) && !matches!(vmi_phase(v), None | Some(VmiPhase::Unknown)) {
                 return Err(conflict("virtualmachine", name, "VM is already running"));
             }
         }
         let paused = body["paused"].as_bool().unwrap_or(false);
         let dry = dry_run(body);
-        let strategy = run_strategy(&vm);
-        match strategy.as_str() {
-            "Halted" => {
+        let strategy = RunStrategy::of(&vm.spec);
+        match strategy {
+            RunStrategy::Halted => {
                 let template_paused = vm
                     .spec
                     .template
@@ -339,9 +339,9 @@ impl VirtApi {
                 }
                 self.patch_vm(&vm, &running_patch(&vm, true), dry).await?;
             }
-            "RerunOnFailure" | "Manual" => {
-                let phase = vmi.as_ref().map(vmi_phase).unwrap_or("");
-                if strategy == "RerunOnFailure" && phase == "Failed" {
+            RunStrategy::RerunOnFailure | RunStrategy::Manual => {
+                let phase = vmi.as_ref().and_then(vmi_phase);
+                if strategy == RunStrategy::RerunOnFailure && phase == Some(VmiPhase::Failed) {
                     return Err(conflict(
                         "virtualmachine",
                         name,
@@ -349,7 +349,9 @@ impl VirtApi {
                     ));
                 }
                 let restart = match &vmi {
-                    Some(_) if strategy == "RerunOnFailure" => phase == "Succeeded",
+                    Some(_) if strategy == RunStrategy::RerunOnFailure => {
+                        phase == Some(VmiPhase::Succeeded)
+                    }
                     Some(v) => is_final(v),
                     None => false,
                 };
@@ -359,7 +361,7 @@ impl VirtApi {
                 };
                 self.add_requests(&vm, &changes, dry).await?;
             }
-            other => {
+            other @ (RunStrategy::Always | RunStrategy::Once) => {
                 return Err(conflict(
                     "virtualmachine",
                     name,
@@ -373,7 +375,7 @@ impl VirtApi {
     /// `PUT .../virtualmachines/NAME/stop` (StopOptions: `gracePeriod`, `dryRun`).
     async fn stop(&self, ns: &str, name: &str, body: &Value) -> Reply {
         let vm = self.get_vm(ns, name).await?;
-        let strategy = run_strategy(&vm);
+        let strategy = RunStrategy::of(&vm.spec);
         let vmi = self.get_vmi_opt(ns, name).await?;
         let dry = dry_run(body);
         let grace = match &body["gracePeriod"] {
@@ -402,8 +404,8 @@ impl VirtApi {
             )
             .await?;
         }
-        match strategy.as_str() {
-            "Halted" => {
+        match strategy {
+            RunStrategy::Halted => {
                 let Some(v) = running else {
                     return Err(conflict("virtualmachine", name, VM_NOT_RUNNING));
                 };
@@ -421,7 +423,7 @@ impl VirtApi {
                 }
                 self.add_requests(&vm, &[stop_request(v)], dry).await?;
             }
-            "RerunOnFailure" | "Manual" => {
+            RunStrategy::RerunOnFailure | RunStrategy::Manual => {
                 let Some(v) = running else {
                     return Err(conflict("virtualmachine", name, VM_NOT_RUNNING));
                 };
@@ -433,7 +435,9 @@ impl VirtApi {
             // `--force --grace-period=0`: no wait for the guest.
             if let Some(v) = running {
                 let vname = v.metadata.name.clone().unwrap_or_default();
-                let _ = self.launcher_call(ns, &vname, "stop", json!({})).await;
+                let _ = self
+                    .launcher_call(ns, &vname, launcher::Request::Stop)
+                    .await;
             }
         }
         Ok(accepted())
@@ -454,8 +458,8 @@ impl VirtApi {
             _ => {}
         }
         let vm = self.get_vm(ns, name).await?;
-        let strategy = run_strategy(&vm);
-        if strategy == "Halted" || strategy == "Once" {
+        let strategy = RunStrategy::of(&vm.spec);
+        if matches!(strategy, RunStrategy::Halted | RunStrategy::Once) {
             return Err(conflict(
                 "virtualmachine",
                 name,
@@ -473,7 +477,7 @@ impl VirtApi {
         self.add_requests(&vm, &[stop_request(&vmi), start_request(false)], dry)
             .await?;
         if grace == Some(0) && !dry {
-            let _ = self.launcher_call(ns, name, "stop", json!({})).await;
+            let _ = self.launcher_call(ns, name, launcher::Request::Stop).await;
         }
         Ok(accepted())
     }
@@ -482,7 +486,7 @@ impl VirtApi {
     async fn migrate(&self, ns: &str, name: &str) -> Reply {
         self.get_vm(ns, name).await?;
         let vmi = self.get_vmi(ns, name).await?;
-        if vmi_phase(&vmi) != "Running" {
+        if !is_running(&vmi) {
             return Err(conflict("virtualmachine", name, VM_NOT_RUNNING));
         }
         Err(status(
@@ -495,30 +499,23 @@ impl VirtApi {
         ))
     }
 
-    /// One call to the VMI's launcher, off the async threads (the client is blocking).
-    async fn launcher_call(
-        &self,
-        ns: &str,
-        name: &str,
-        method: &str,
-        params: Value,
-    ) -> Reply<Value> {
-        let dir = self.vmi_dir(ns, name);
-        let m = method.to_string();
-        tokio::task::spawn_blocking(move || kubevirt_launcher::rpc::call(&dir, &m, params))
-            .await
-            .map_err(internal)?
+    /// One call to the VMI's launcher.
+    async fn launcher_call(&self, ns: &str, name: &str, request: launcher::Request) -> Reply<()> {
+        let dir = self.vmi_dir(ns, name)?;
+        let method = request.method();
+        let r = async { LauncherClient::connect(&dir).await?.call(request).await };
+        r.await
+            .map(|_| ())
             .map_err(|e| internal(format!("{method} failed: {e}")))
     }
 
     /// pause / unpause / softreboot / reset: validate like KubeVirt, then ask the launcher.
     async fn vmi_action(&self, ns: &str, name: &str, action: &str, body: &Value) -> Reply {
         let vmi = self.get_vmi(ns, name).await?;
-        let phase = vmi_phase(&vmi);
-        let running = phase == "Running";
-        let paused = has_condition(&vmi, "Paused", true);
+        let running = is_running(&vmi);
+        let paused = has_condition(&vmi, condition::PAUSED, true);
         const KIND: &str = "virtualmachineinstance";
-        let method = match action {
+        let request = match action {
             "pause" => {
                 if !running {
                     return Err(conflict(KIND, name, VM_NOT_RUNNING));
@@ -531,19 +528,19 @@ impl VirtApi {
                         Some((KIND, name)),
                     ));
                 }
-                if has_condition(&vmi, "Paused", false) {
+                if has_condition(&vmi, condition::PAUSED, false) {
                     return Err(conflict(KIND, name, "VMI is already paused"));
                 }
-                "pause"
+                launcher::Request::Pause
             }
             "unpause" => {
                 if !running {
                     return Err(conflict(KIND, name, VMI_NOT_RUNNING));
                 }
-                if !has_condition(&vmi, "Paused", false) {
+                if !has_condition(&vmi, condition::PAUSED, false) {
                     return Err(conflict(KIND, name, VMI_NOT_PAUSED));
                 }
-                "unpause"
+                launcher::Request::Unpause
             }
             "softreboot" => {
                 if !running {
@@ -567,29 +564,30 @@ impl VirtApi {
                         "VMI neither have the agent connected nor the ACPI feature enabled",
                     ));
                 }
-                "softReboot"
+                launcher::Request::SoftReboot
             }
             "reset" => {
                 if !running {
                     return Err(internal(format!(
-                        "Failed to reset non-running VMI with phase {phase}: {VMI_NOT_RUNNING}"
+                        "Failed to reset non-running VMI with phase {}: {VMI_NOT_RUNNING}",
+                        vmi_phase(&vmi).map(VmiPhase::as_str).unwrap_or("")
                     )));
                 }
-                "reset"
+                launcher::Request::Reset
             }
             _ => return Err(not_found_path()),
         };
         if dry_run(body) {
             return Ok(ok());
         }
-        self.launcher_call(ns, name, method, json!({})).await?;
+        self.launcher_call(ns, name, request).await?;
         Ok(ok())
     }
 
     /// `GET .../virtualmachineinstances/NAME/guestosinfo`.
     async fn guest_os_info(&self, ns: &str, name: &str) -> Reply {
         let vmi = self.get_vmi(ns, name).await?;
-        if vmi_phase(&vmi) != "Running" {
+        if !is_running(&vmi) {
             return Err(conflict("virtualmachineinstance", name, VMI_NOT_RUNNING));
         }
         if !has_condition(&vmi, "AgentConnected", true) {
@@ -612,26 +610,26 @@ impl VirtApi {
     async fn stream(&self, ns: &str, name: &str, which: &str, req: Request) -> Reply {
         let vmi = self.get_vmi(ns, name).await?;
         let devices = &vmi.spec.domain.devices;
-        let (enabled, missing, sock) = if which == "console" {
+        let (enabled, missing, socket): (_, _, fn(&VmiDir) -> PathBuf) = if which == "console" {
             (
                 devices.autoattach_serial_console != Some(false),
                 "No serial consoles are present.",
-                "console.sock",
+                VmiDir::console_socket,
             )
         } else {
             (
                 devices.autoattach_graphics_device != Some(false),
                 "No graphics devices are present.",
-                "vnc.sock",
+                VmiDir::vnc_socket,
             )
         };
         if !enabled {
             return Err(bad_request(missing));
         }
-        if vmi_phase(&vmi) != "Running" {
+        if !is_running(&vmi) {
             return Err(conflict("virtualmachineinstance", name, VMI_NOT_RUNNING));
         }
-        let path = self.vmi_dir(ns, name).join(sock);
+        let path = socket(&self.vmi_dir(ns, name)?);
         if !path.exists() {
             return Err(bad_request(missing));
         }

@@ -15,8 +15,13 @@ async fn main() {
         .init();
     let mut data_dir = PathBuf::from("/var/lib/kubevirt-rs");
     let mut listen: SocketAddr = ([127, 0, 0, 1], 6443).into();
+    let mut init = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--init" {
+            init = true;
+            continue;
+        }
         match (a.as_str(), args.next()) {
             ("--data-dir", Some(v)) => data_dir = v.into(),
             ("--listen", Some(v)) => match v.parse() {
@@ -27,12 +32,18 @@ async fn main() {
                 }
             },
             _ => {
-                eprintln!("usage: kubevirt-apiserver [--data-dir DIR] [--listen ADDR:PORT]");
+                eprintln!(
+                    "usage: kubevirt-apiserver [--data-dir DIR] [--listen ADDR:PORT] [--init]"
+                );
                 std::process::exit(2);
             }
         }
     }
-    match kubevirt_apiserver::start(kubevirt_apiserver::Config { data_dir, listen }).await {
+    let cfg = kubevirt_apiserver::Config {
+        init,
+        ..kubevirt_apiserver::Config::new(data_dir, listen)
+    };
+    match kubevirt_apiserver::start(cfg).await {
         Ok(r) => {
             println!(
                 "listening on https://{} kubeconfig {}",

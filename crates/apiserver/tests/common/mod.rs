@@ -33,13 +33,22 @@ impl Server {
     }
 
     pub fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn(&[], Stdio::inherit()) {
+            panic!("server did not start: {e}");
+        }
+    }
+
+    /// Starts the server with `extra` arguments and its log (stderr) going to `log`; `Err`
+    /// with the first line of stdout when it exits instead of listening.
+    pub fn try_spawn(&mut self, extra: &[&str], log: Stdio) -> Result<(), String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kubevirt-apiserver"))
             .arg("--data-dir")
             .arg(self.dir.path())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
+            .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("spawn kubevirt-apiserver");
         let stdout = child.stdout.take().expect("stdout");
@@ -47,11 +56,13 @@ impl Server {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read banner");
-        assert!(
-            line.starts_with("listening on"),
-            "server did not start: {line:?}"
-        );
+        if !line.starts_with("listening on") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(line);
+        }
         self.child = Some(child);
+        Ok(())
     }
 
     /// SIGKILL, as a crash would.

@@ -9,6 +9,7 @@
 //! `cont` done), → first serial byte, → boot banner. Then the RSS of a `kubevirt-launcher run`
 //! process (the launcher, not QEMU) while its VM runs.
 
+use kubevirt_launcher::api::VmiDir;
 use kubevirt_launcher::launcher::{Options, Vm};
 use kubevirt_launcher::machine::parse_vmi;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn one(guest: &Path, machine: &str, dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
     let _ = std::fs::remove_dir_all(dir);
+    let vmi_dir = VmiDir::from_path(dir)?;
     let mut o = Options::new(dir);
     o.image_store = Some(guest.join("oci"));
     // As the handler runs launchers: images extracted once, shared (the first run fills it).
@@ -77,7 +79,7 @@ async fn one(guest: &Path, machine: &str, dir: &Path) -> anyhow::Result<(f64, f6
             break t0.elapsed();
         }
         // The console may have printed the banner before we subscribed.
-        if std::fs::read(dir.join("serial.log"))
+        if std::fs::read(vmi_dir.serial_log())
             .is_ok_and(|l| l.windows(BANNER.len()).any(|w| w == BANNER))
         {
             break t0.elapsed();
@@ -117,11 +119,12 @@ fn launcher_rss(guest: &Path, work: &Path) -> anyhow::Result<String> {
     std::fs::create_dir_all(&dir)?;
     let yaml = dir.join("vmi.yaml");
     std::fs::write(&yaml, vmi(guest, "microvm"))?;
+    let vmi_dir = VmiDir::from_path(dir.join("vmi"))?;
     let mut child = std::process::Command::new(&bin)
         .args(["run", "-f"])
         .arg(&yaml)
         .arg("--dir")
-        .arg(dir.join("vmi"))
+        .arg(vmi_dir.path())
         .arg("--image-store")
         .arg(guest.join("oci"))
         .stdout(std::process::Stdio::null())
@@ -129,7 +132,7 @@ fn launcher_rss(guest: &Path, work: &Path) -> anyhow::Result<String> {
     let t = Instant::now();
     let mut rss = String::from("n/a");
     while t.elapsed() < Duration::from_secs(60) {
-        let log = std::fs::read(dir.join("vmi/serial.log")).unwrap_or_default();
+        let log = std::fs::read(vmi_dir.serial_log()).unwrap_or_default();
         if log.windows(BANNER.len()).any(|w| w == BANNER) {
             std::thread::sleep(Duration::from_secs(2));
             let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;

@@ -1,0 +1,202 @@
+//! KubeVirt's status vocabulary as types with one owner: VMI phases, run strategies, condition
+//! types, reasons, and the label and annotation keys the components agree on. Every crate
+//! reads and writes these through this module, never as string literals of its own.
+
+use crate::{VirtualMachineInstance, VirtualMachineInstanceCondition};
+use std::fmt;
+
+/// `status.phase` of a VirtualMachineInstance (KubeVirt's `VirtualMachineInstancePhase`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VmiPhase {
+    Pending,
+    Scheduling,
+    Scheduled,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl VmiPhase {
+    pub const ALL: [VmiPhase; 7] = [
+        VmiPhase::Pending,
+        VmiPhase::Scheduling,
+        VmiPhase::Scheduled,
+        VmiPhase::Running,
+        VmiPhase::Succeeded,
+        VmiPhase::Failed,
+        VmiPhase::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmiPhase::Pending => "Pending",
+            VmiPhase::Scheduling => "Scheduling",
+            VmiPhase::Scheduled => "Scheduled",
+            VmiPhase::Running => "Running",
+            VmiPhase::Succeeded => "Succeeded",
+            VmiPhase::Failed => "Failed",
+            VmiPhase::Unknown => "Unknown",
+        }
+    }
+
+    /// The phase a `status.phase` string names; `None` for the empty (unset) phase or a
+    /// string KubeVirt does not define.
+    pub fn parse(s: &str) -> Option<VmiPhase> {
+        VmiPhase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Succeeded and Failed are final: a VMI never leaves them.
+    pub fn is_final(self) -> bool {
+        matches!(self, VmiPhase::Succeeded | VmiPhase::Failed)
+    }
+
+    /// The phase of `vmi`, `None` while unset.
+    pub fn of(vmi: &VirtualMachineInstance) -> Option<VmiPhase> {
+        vmi.status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .and_then(VmiPhase::parse)
+    }
+}
+
+impl fmt::Display for VmiPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<VmiPhase> for String {
+    fn from(p: VmiPhase) -> String {
+        p.as_str().to_string()
+    }
+}
+
+/// `spec.runStrategy` of a VirtualMachine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunStrategy {
+    Always,
+    Halted,
+    Manual,
+    RerunOnFailure,
+    Once,
+}
+
+impl RunStrategy {
+    pub const ALL: [RunStrategy; 5] = [
+        RunStrategy::Always,
+        RunStrategy::Halted,
+        RunStrategy::Manual,
+        RunStrategy::RerunOnFailure,
+        RunStrategy::Once,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStrategy::Always => "Always",
+            RunStrategy::Halted => "Halted",
+            RunStrategy::Manual => "Manual",
+            RunStrategy::RerunOnFailure => "RerunOnFailure",
+            RunStrategy::Once => "Once",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStrategy> {
+        RunStrategy::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// KubeVirt's `vm.RunStrategy()`: `runStrategy` if set, else `running: true` → Always,
+    /// and `running: false` or nothing → Halted. An unknown value (validation refuses it) is
+    /// Halted.
+    pub fn of(spec: &crate::VirtualMachineSpec) -> RunStrategy {
+        match spec.run_strategy.as_deref() {
+            Some(s) if !s.is_empty() => RunStrategy::parse(s).unwrap_or(RunStrategy::Halted),
+            _ if spec.running == Some(true) => RunStrategy::Always,
+            _ => RunStrategy::Halted,
+        }
+    }
+}
+
+impl fmt::Display for RunStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// VMI condition types (KubeVirt's `VirtualMachineInstanceConditionType`) we set or read.
+pub mod condition {
+    pub const READY: &str = "Ready";
+    pub const PAUSED: &str = "Paused";
+    pub const SOFTWARE_EMULATION: &str = "SoftwareEmulation";
+    pub const AGENT_CONNECTED: &str = "AgentConnected";
+    pub const LIVE_MIGRATABLE: &str = "LiveMigratable";
+    pub const DATA_VOLUMES_READY: &str = "DataVolumesReady";
+}
+
+/// Condition and status reasons (KubeVirt's where it has one).
+pub mod reason {
+    /// The launcher could not start the VMI (also KubeVirt's `FailedCreate`-style reason on
+    /// the VMI's Ready condition).
+    pub const FAILED_TO_START: &str = "FailedToStart";
+    /// The launcher process is gone while the VMI was running.
+    pub const LAUNCHER_EXITED: &str = "LauncherExited";
+    /// Paused through the `pause` subresource.
+    pub const PAUSED_BY_USER: &str = "PausedByUser";
+}
+
+/// Label and annotation keys.
+pub mod label {
+    /// The node a VMI is placed on.
+    pub const NODE_NAME: &str = "kubevirt.io/nodeName";
+    /// The uid of the VM that created a VMI.
+    pub const CREATED_BY: &str = "kubevirt.io/created-by";
+    /// The name of the VM a VMI belongs to.
+    pub const VM_NAME: &str = "vm.kubevirt.io/name";
+    /// Annotation: the VM generation a VMI was created from.
+    pub const VM_GENERATION: &str = "kubevirt.io/vm-generation";
+    /// Node label: the node accepts VMIs.
+    pub const SCHEDULABLE: &str = "kubevirt.io/schedulable";
+}
+
+/// The condition of `type_` on `vmi`, if set.
+pub fn vmi_condition<'a>(
+    vmi: &'a VirtualMachineInstance,
+    type_: &str,
+) -> Option<&'a VirtualMachineInstanceCondition> {
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.r#type == type_))
+}
+
+/// Whether `vmi`'s condition `type_` has status `True`.
+pub fn vmi_condition_true(vmi: &VirtualMachineInstance, type_: &str) -> bool {
+    vmi_condition(vmi, type_).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_round_trip_and_unset_is_none() {
+        for p in VmiPhase::ALL {
+            assert_eq!(VmiPhase::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(VmiPhase::parse(""), None);
+        assert_eq!(VmiPhase::parse("running"), None);
+        assert!(VmiPhase::Failed.is_final() && VmiPhase::Succeeded.is_final());
+        assert!(!VmiPhase::Running.is_final());
+    }
+
+    #[test]
+    fn run_strategies_round_trip() {
+        for r in RunStrategy::ALL {
+            assert_eq!(RunStrategy::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(
+            RunStrategy::ALL.map(RunStrategy::as_str),
+            *crate::validation::RUN_STRATEGIES
+        );
+    }
+}

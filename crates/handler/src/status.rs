@@ -1,0 +1,308 @@
+//! The VMI status virt-handler reports, as pure functions of the launcher's state and the
+//! VMI's current status: which phase, which conditions, which transition timestamps and which
+//! events. No I/O here, so every mapping is unit-tested; `lib.rs` only writes the result.
+
+use kube::runtime::events::EventType;
+use kubevirt_api::status::{condition, reason, VmiPhase};
+use kubevirt_launcher::api::{Phase, State};
+use serde_json::{json, Value};
+
+/// The VMI phase a launcher phase stands for.
+pub fn vmi_phase(p: Phase) -> VmiPhase {
+    match p {
+        Phase::Pending | Phase::Starting => VmiPhase::Scheduled,
+        Phase::Running | Phase::Paused => VmiPhase::Running,
+        Phase::Succeeded => VmiPhase::Succeeded,
+        Phase::Failed => VmiPhase::Failed,
+    }
+}
+
+/// The phase in a status JSON, `None` while unset (or not one of KubeVirt's).
+pub fn phase_of(status: &Value) -> Option<VmiPhase> {
+    status["phase"].as_str().and_then(VmiPhase::parse)
+}
+
+fn timestamp(now: &str) -> Value {
+    Value::String(now.to_string())
+}
+
+/// A condition; `lastTransitionTime` is kept from `current` when the condition's status did
+/// not change (Kubernetes' convention), else it is `now`.
+pub fn condition(
+    current: &Value,
+    kind: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: &str,
+) -> Value {
+    let status_s = if status { "True" } else { "False" };
+    let since = current["conditions"]
+        .as_array()
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c["type"] == kind && c["status"] == status_s)
+        })
+        .and_then(|c| c.get("lastTransitionTime").cloned())
+        .filter(|t| !t.is_null())
+        .unwrap_or_else(|| timestamp(now));
+    json!({"type": kind, "status": status_s, "reason": reason, "message": message,
+           "lastProbeTime": null, "lastTransitionTime": since})
+}
+
+/// The status of a VMI that could not be started: phase Failed, reason `FailedToStart`, the
+/// Ready condition saying why.
+pub fn failed_to_start(current: &Value, message: &str, now: &str) -> Value {
+    json!({
+        "phase": VmiPhase::Failed.as_str(),
+        "reason": reason::FAILED_TO_START,
+        "conditions": [condition(current, condition::READY, false, reason::FAILED_TO_START, message, now)],
+    })
+}
+
+/// The VMI status the launcher's state stands for.
+pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
+    let phase = vmi_phase(state.phase);
+    let running = state.phase == Phase::Running;
+    let mut conditions = vec![condition(
+        current,
+        condition::READY,
+        running,
+        if running { "" } else { &state.reason },
+        "",
+        now,
+    )];
+    if state.phase == Phase::Paused {
+        conditions.push(condition(
+            current,
+            condition::PAUSED,
+            true,
+            reason::PAUSED_BY_USER,
+            "VMI was paused by user",
+            now,
+        ));
+    }
+    if let Some(acc) = state.accelerator {
+        if acc.as_str() == "tcg" {
+            conditions.push(condition(
+                current,
+                condition::SOFTWARE_EMULATION,
+                true,
+                "",
+                &format!(
+                    "Software emulation is enabled: {}",
+                    state.accelerator_reason
+                ),
+                now,
+            ));
+        }
+    }
+    let mut transitions = current["phaseTransitionTimestamps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !transitions.iter().any(|t| t["phase"] == phase.as_str()) {
+        transitions.push(json!({"phase": phase.as_str(), "phaseTransitionTimestamp": now}));
+    }
+    let mut status = json!({
+        "phase": phase.as_str(),
+        "conditions": conditions,
+        "phaseTransitionTimestamps": transitions,
+        "guestOSInfo": {},
+        "launcherContainerImageVersion": format!("kubevirt-rs/{}", env!("CARGO_PKG_VERSION")),
+    });
+    if let Some(ip) = &state.guest_ip {
+        status["interfaces"] = json!([{"name": "default", "ipAddress": ip, "ipAddresses": [ip],
+                                       "interfaceName": "eth0", "infoSource": "domain, guest-agent"}]);
+    }
+    if state.phase.is_final() && !state.message.is_empty() {
+        status["reason"] = json!(state.reason);
+    }
+    status
+}
+
+/// Whether `new` differs from `current` in what a user sees (phase, interfaces, conditions),
+/// ignoring the conditions' timestamps: an unchanged state writes nothing.
+pub fn changed(current: &Value, new: &Value) -> bool {
+    ["phase", "interfaces", "conditions"]
+        .iter()
+        .any(|k| strip_times(&new[k]) != strip_times(&current[k]))
+}
+
+fn strip_times(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(a) = v.as_array_mut() {
+        for c in a {
+            if let Some(m) = c.as_object_mut() {
+                m.remove("lastTransitionTime");
+                m.remove("lastProbeTime");
+            }
+        }
+    }
+    v
+}
+
+/// The events virt-handler records when a VMI's reported status changes (KubeVirt's reasons).
+pub fn transition_events(
+    old: &Value,
+    new: &Value,
+    s: &State,
+) -> Vec<(EventType, &'static str, String)> {
+    let paused = |v: &Value| {
+        v["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == condition::PAUSED && c["status"] == "True")
+        })
+    };
+    let mut out = Vec::new();
+    let (was, is) = (phase_of(old), phase_of(new));
+    if was != is {
+        match is {
+            Some(VmiPhase::Running) => out.push((
+                EventType::Normal,
+                "Started",
+                "VirtualMachineInstance started.".to_string(),
+            )),
+            Some(VmiPhase::Succeeded) => out.push((
+                EventType::Normal,
+                "Stopped",
+                format!("The VirtualMachineInstance was shut down ({}).", s.reason),
+            )),
+            Some(VmiPhase::Failed) => out.push((
+                EventType::Warning,
+                "Stopped",
+                format!(
+                    "The VirtualMachineInstance crashed: {}: {}",
+                    s.reason, s.message
+                ),
+            )),
+            _ => {}
+        }
+    }
+    match (paused(old), paused(new)) {
+        (false, true) => out.push((
+            EventType::Normal,
+            "Paused",
+            "The VirtualMachineInstance was paused.".to_string(),
+        )),
+        (true, false) if is == Some(VmiPhase::Running) => out.push((
+            EventType::Normal,
+            "Resumed",
+            "The VirtualMachineInstance was resumed.".to_string(),
+        )),
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubevirt_launcher::accel::Accelerator;
+
+    const T0: &str = "2026-01-01T00:00:00Z";
+    const T1: &str = "2026-01-01T00:01:00Z";
+
+    fn state(phase: Phase, reason: &str) -> State {
+        let mut s = State::pending("default/vm");
+        s.phase = phase;
+        s.reason = reason.into();
+        s
+    }
+
+    fn cond<'a>(status: &'a Value, kind: &str) -> Option<&'a Value> {
+        status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+    }
+
+    #[test]
+    fn launcher_phases_map_to_kubevirts() {
+        assert_eq!(vmi_phase(Phase::Pending), VmiPhase::Scheduled);
+        assert_eq!(vmi_phase(Phase::Starting), VmiPhase::Scheduled);
+        assert_eq!(vmi_phase(Phase::Paused), VmiPhase::Running);
+        assert_eq!(vmi_phase(Phase::Failed), VmiPhase::Failed);
+    }
+
+    #[test]
+    fn running_is_ready_paused_is_not_and_tcg_is_reported() {
+        let mut s = state(Phase::Running, "Started");
+        s.accelerator = Some(Accelerator::Tcg);
+        s.accelerator_reason = "no usable KVM".into();
+        s.guest_ip = Some("10.0.2.2".into());
+        let st = from_launcher(&s, &Value::Null, T0);
+        assert_eq!(st["phase"], "Running");
+        assert_eq!(cond(&st, "Ready").expect("Ready")["status"], "True");
+        assert!(
+            cond(&st, "SoftwareEmulation").expect("emulation")["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no usable KVM"))
+        );
+        assert_eq!(st["interfaces"][0]["ipAddress"], "10.0.2.2");
+
+        let p = from_launcher(&state(Phase::Paused, "PausedByUser"), &st, T1);
+        assert_eq!(p["phase"], "Running");
+        assert_eq!(cond(&p, "Ready").expect("Ready")["status"], "False");
+        assert_eq!(
+            cond(&p, "Paused").expect("Paused")["reason"],
+            "PausedByUser"
+        );
+    }
+
+    #[test]
+    fn a_transition_time_moves_only_when_the_status_changes() {
+        let s = state(Phase::Running, "Started");
+        let first = from_launcher(&s, &Value::Null, T0);
+        let again = from_launcher(&s, &first, T1);
+        assert_eq!(
+            cond(&again, "Ready").expect("Ready")["lastTransitionTime"],
+            T0
+        );
+        assert!(!changed(&first, &again));
+        let stopped = from_launcher(&state(Phase::Succeeded, "GuestShutdown"), &again, T1);
+        assert_eq!(
+            cond(&stopped, "Ready").expect("Ready")["lastTransitionTime"],
+            T1
+        );
+        assert!(changed(&again, &stopped));
+        // Each phase's first transition is recorded once.
+        let ts = stopped["phaseTransitionTimestamps"]
+            .as_array()
+            .expect("transitions");
+        assert_eq!(
+            ts.iter().map(|t| t["phase"].clone()).collect::<Vec<_>>(),
+            vec![json!("Running"), json!("Succeeded")]
+        );
+    }
+
+    #[test]
+    fn failed_to_start_names_the_reason_on_ready() {
+        let st = failed_to_start(&Value::Null, "spec.volumes[0]: refused", T0);
+        assert_eq!(phase_of(&st), Some(VmiPhase::Failed));
+        assert_eq!(st["reason"], "FailedToStart");
+        let ready = cond(&st, "Ready").expect("Ready");
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["message"], "spec.volumes[0]: refused");
+    }
+
+    #[test]
+    fn events_follow_phase_and_pause_changes() {
+        let running = from_launcher(&state(Phase::Running, "Started"), &Value::Null, T0);
+        let s = state(Phase::Running, "Started");
+        let ev = transition_events(&json!({"phase": "Scheduled"}), &running, &s);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].1, "Started");
+        let paused = from_launcher(&state(Phase::Paused, "PausedByUser"), &running, T1);
+        let ev = transition_events(&running, &paused, &s);
+        assert_eq!(ev.iter().map(|e| e.1).collect::<Vec<_>>(), vec!["Paused"]);
+        let ev = transition_events(&paused, &running, &s);
+        assert_eq!(ev.iter().map(|e| e.1).collect::<Vec<_>>(), vec!["Resumed"]);
+        let mut crashed = state(Phase::Failed, "Crashed");
+        crashed.message = "signal 9".into();
+        let failed = from_launcher(&crashed, &running, T1);
+        let ev = transition_events(&running, &failed, &crashed);
+        assert!(matches!(ev[0].0, EventType::Warning));
+        assert!(ev[0].2.contains("Crashed: signal 9"));
+        assert_eq!(failed["reason"], "Crashed");
+    }
+}

@@ -1,0 +1,431 @@
+//! The per-VMI directory, `<data>/vms/<namespace>/<name>/`: every file and socket name in it.
+
+use crate::launcher::State;
+use kubevirt_api::names;
+use std::path::{Component, Path, PathBuf};
+
+/// The size of `sockaddr_un.sun_path` on Linux; a socket path needs one byte less (the NUL).
+pub const SUN_PATH_MAX: usize = 108;
+
+/// Where VMI directories live under a node's data directory.
+const VMS: &str = "vms";
+
+const LAUNCHER_SOCKET: &str = "launcher.sock";
+const CONSOLE_SOCKET: &str = "console.sock";
+const VNC_SOCKET: &str = "vnc.sock";
+/// The one directory QEMU may write; it creates its sockets there.
+const SOCKETS_DIR: &str = "sockets";
+const QMP_SOCKET: &str = "qmp.sock";
+const SERIAL_SOCKET: &str = "serial.sock";
+/// Every socket of the directory, relative to it (each checked against [`SUN_PATH_MAX`]).
+const SOCKETS: [&[&str]; 6] = [
+    &[LAUNCHER_SOCKET],
+    &[CONSOLE_SOCKET],
+    &[VNC_SOCKET],
+    &[SOCKETS_DIR, QMP_SOCKET],
+    &[SOCKETS_DIR, SERIAL_SOCKET],
+    &[SOCKETS_DIR, VNC_SOCKET],
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmiDirError {
+    /// Not a DNS-1123 label (Kubernetes' rule for namespaces; `problem` in its words).
+    #[error("invalid namespace {value:?}: {problem}")]
+    Namespace { value: String, problem: String },
+    /// Not a DNS-1123 subdomain (Kubernetes' rule for object names).
+    #[error("invalid name {value:?}: {problem}")]
+    Name { value: String, problem: String },
+    #[error("{}: would not be beneath {}", path.display(), root.display())]
+    OutsideRoot { path: PathBuf, root: PathBuf },
+    #[error(
+        "{}: a unix socket path may have at most {} bytes, this one has {len}; use a shorter \
+         data directory (or VMI name)",
+        path.display(), SUN_PATH_MAX - 1
+    )]
+    SocketPathTooLong { path: PathBuf, len: usize },
+    #[error("resolving {}: {source}", path.display())]
+    Absolute {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not a launcher state: {source}", path.display())]
+    BadState {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// One VMI's directory. Built from validated parts ([`VmiDir::new`]) or taken as given by an
+/// operator ([`VmiDir::from_path`], `launcher run --dir`); either way its socket paths fit a
+/// socket address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VmiDir {
+    path: PathBuf,
+}
+
+impl VmiDir {
+    /// `<data_dir>/vms/<namespace>/<name>` (made absolute, as the launcher binds it), after
+    /// checking the namespace (DNS-1123 label) and name (DNS-1123 subdomain), that the result
+    /// is exactly two components beneath `<data_dir>/vms`, and that its sockets' paths fit.
+    pub fn new(data_dir: &Path, namespace: &str, name: &str) -> Result<VmiDir, VmiDirError> {
+        // One owner for Kubernetes' name rules: kubevirt_api::names.
+        if let Some(problem) = names::dns1123_label(namespace) {
+            return Err(VmiDirError::Namespace {
+                value: namespace.to_string(),
+                problem,
+            });
+        }
+        if let Some(problem) = names::dns1123_subdomain(name) {
+            return Err(VmiDirError::Name {
+                value: name.to_string(),
+                problem,
+            });
+        }
+        let root = Self::root(data_dir)?;
+        let path = root.join(namespace).join(name);
+        let outside = || VmiDirError::OutsideRoot {
+            path: path.clone(),
+            root: root.clone(),
+        };
+        let rest = path.strip_prefix(&root).map_err(|_| outside())?;
+        let parts: Vec<Component<'_>> = rest.components().collect();
+        if parts
+            != [
+                Component::Normal(namespace.as_ref()),
+                Component::Normal(name.as_ref()),
+            ]
+        {
+            return Err(outside());
+        }
+        let dir = VmiDir { path };
+        dir.check_sockets()?;
+        Ok(dir)
+    }
+
+    /// A directory given as is (`launcher run --dir`), made absolute; only its socket paths
+    /// are checked.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<VmiDir, VmiDirError> {
+        let path = path.as_ref();
+        let path = std::path::absolute(path).map_err(|source| VmiDirError::Absolute {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let dir = VmiDir { path };
+        dir.check_sockets()?;
+        Ok(dir)
+    }
+
+    /// For the launcher's own bookkeeping on a directory it already checked.
+    pub(crate) fn unchecked(path: &Path) -> VmiDir {
+        VmiDir {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// `<data_dir>/vms`, absolute.
+    pub fn root(data_dir: &Path) -> Result<PathBuf, VmiDirError> {
+        let root = data_dir.join(VMS);
+        std::path::absolute(&root).map_err(|source| VmiDirError::Absolute { path: root, source })
+    }
+
+    /// The VMI directories that exist under `<data_dir>/vms` (entries that are not a valid
+    /// namespace/name pair are skipped).
+    pub fn all(data_dir: &Path) -> Vec<VmiDir> {
+        let Ok(root) = Self::root(data_dir) else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        for ns in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let Some(ns_name) = ns.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            for vm in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                if let Some(name) = vm.file_name().to_str() {
+                    if let Ok(d) = VmiDir::new(data_dir, &ns_name, name) {
+                        out.push(d);
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    fn check_sockets(&self) -> Result<(), VmiDirError> {
+        for parts in SOCKETS {
+            let path = parts.iter().fold(self.path.clone(), |p, s| p.join(s));
+            let len = path.as_os_str().len();
+            if len >= SUN_PATH_MAX {
+                return Err(VmiDirError::SocketPathTooLong { path, len });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The launcher's RPC socket.
+    pub fn launcher_socket(&self) -> PathBuf {
+        self.path.join(LAUNCHER_SOCKET)
+    }
+    /// The serial console, shared by many clients.
+    pub fn console_socket(&self) -> PathBuf {
+        self.path.join(CONSOLE_SOCKET)
+    }
+    /// QEMU's VNC server as virt-api reaches it (a hard link to [`Self::qemu_vnc_socket`] the
+    /// launcher makes in the directory QEMU cannot write).
+    pub fn vnc_socket(&self) -> PathBuf {
+        self.path.join(VNC_SOCKET)
+    }
+    /// `sockets/`: the one directory QEMU may write; it creates its sockets there.
+    pub fn sockets_dir(&self) -> PathBuf {
+        self.path.join(SOCKETS_DIR)
+    }
+    /// QEMU's monitor (QMP); only the launcher talks to it.
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.sockets_dir().join(QMP_SOCKET)
+    }
+    /// QEMU's serial port; only the launcher's console reads it.
+    pub fn serial_socket(&self) -> PathBuf {
+        self.sockets_dir().join(SERIAL_SOCKET)
+    }
+    /// Where QEMU creates its VNC socket.
+    pub fn qemu_vnc_socket(&self) -> PathBuf {
+        self.sockets_dir().join(VNC_SOCKET)
+    }
+    /// Everything the guest wrote to its serial console.
+    pub fn serial_log(&self) -> PathBuf {
+        self.path.join("serial.log")
+    }
+    /// A detached launcher's stdout and stderr.
+    pub fn launcher_log(&self) -> PathBuf {
+        self.path.join("launcher.log")
+    }
+    /// QEMU's stdout and stderr.
+    pub fn qemu_log(&self) -> PathBuf {
+        self.path.join("qemu.log")
+    }
+    /// The QEMU command line, for humans.
+    pub fn qemu_cmdline(&self) -> PathBuf {
+        self.path.join("qemu.cmdline")
+    }
+    /// The launcher's pid.
+    pub fn launcher_pid_file(&self) -> PathBuf {
+        self.path.join("launcher.pid")
+    }
+    /// The last [`State`], kept after the launcher exits.
+    pub fn state_file(&self) -> PathBuf {
+        self.path.join("state.json")
+    }
+    /// qcow2 overlays, emptyDisks, cloud-init ISOs.
+    pub fn disks_dir(&self) -> PathBuf {
+        self.path.join("disks")
+    }
+    /// Read-only containerDisk bases, one directory per disk.
+    pub fn container_disks_dir(&self) -> PathBuf {
+        self.path.join("container-disks")
+    }
+    /// kernelBoot's kernel and initrd.
+    pub fn kernel_boot_dir(&self) -> PathBuf {
+        self.path.join("kernel-boot")
+    }
+    /// The VMI's own UEFI variable store.
+    pub fn ovmf_vars(&self) -> PathBuf {
+        self.path.join("OVMF_VARS.fd")
+    }
+    /// The VMI as the handler gave it to `launcher run -f`.
+    pub fn vmi_file(&self) -> PathBuf {
+        self.path.join("vmi.json")
+    }
+    /// The handler's marker: a launcher was spawned for this VMI.
+    pub fn spawned_marker(&self) -> PathBuf {
+        self.path.join(".spawned")
+    }
+    /// The handler's marker: the graceful shutdown was signalled (and its event recorded).
+    pub fn shutdown_marker(&self) -> PathBuf {
+        self.path.join(".shutdown-signaled")
+    }
+
+    /// The last state the launcher wrote.
+    pub fn read_state(&self) -> Result<State, VmiDirError> {
+        let path = self.state_file();
+        let text = std::fs::read(&path).map_err(|source| VmiDirError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| VmiDirError::BadState { path, source })
+    }
+
+    /// Write `state.json` atomically (a temporary file renamed over it).
+    pub fn write_state(&self, state: &State) -> Result<(), VmiDirError> {
+        let path = self.state_file();
+        let tmp = self.path.join("state.json.tmp");
+        let text = serde_json::to_vec_pretty(state).map_err(|source| VmiDirError::BadState {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&tmp, text).map_err(|source| VmiDirError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, &path).map_err(|source| VmiDirError::Io { path, source })
+    }
+
+    /// The pid in `launcher.pid`, if there is one.
+    pub fn launcher_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.launcher_pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn write_launcher_pid(&self, pid: u32) -> Result<(), VmiDirError> {
+        let path = self.launcher_pid_file();
+        std::fs::write(&path, format!("{pid}\n")).map_err(|source| VmiDirError::Io { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> PathBuf {
+        PathBuf::from("/var/lib/kubevirt-rs")
+    }
+
+    #[test]
+    fn a_valid_pair_is_two_components_beneath_vms() {
+        let d = VmiDir::new(&data(), "default", "demo.v1-2").unwrap();
+        assert_eq!(
+            d.path(),
+            Path::new("/var/lib/kubevirt-rs/vms/default/demo.v1-2")
+        );
+        assert_eq!(
+            d.launcher_socket(),
+            Path::new("/var/lib/kubevirt-rs/vms/default/demo.v1-2/launcher.sock")
+        );
+        assert_eq!(d.state_file().file_name().unwrap(), "state.json");
+        assert!(d.path().starts_with(VmiDir::root(&data()).unwrap()));
+    }
+
+    #[test]
+    fn relative_data_dirs_are_made_absolute() {
+        let d = VmiDir::new(Path::new("data"), "default", "demo").unwrap();
+        assert!(d.path().is_absolute());
+        assert!(d.path().ends_with("data/vms/default/demo"));
+    }
+
+    #[test]
+    fn traversal_and_separators_are_refused() {
+        for (ns, name) in [
+            ("default", "../x"),
+            ("default", ".."),
+            ("default", "."),
+            ("default", "a/b"),
+            ("default", "/etc"),
+            ("default", "a\0b"),
+            ("default", ""),
+            ("..", "x"),
+            ("a/b", "x"),
+            ("", "x"),
+            ("a.b", "x"),
+            ("Default", "x"),
+            ("default", "Demo"),
+            ("default", "a..b"),
+            ("default", "-a"),
+            ("default", "a-"),
+            ("default", "a.-b"),
+        ] {
+            let e = VmiDir::new(&data(), ns, name).unwrap_err();
+            assert!(
+                matches!(e, VmiDirError::Namespace { .. } | VmiDirError::Name { .. }),
+                "{ns:?}/{name:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_problems_are_named_in_kubernetes_words() {
+        let e = |ns: &str, name: &str| VmiDir::new(&data(), ns, name).unwrap_err().to_string();
+        let msg = e(&"a".repeat(64), "x");
+        assert!(msg.starts_with("invalid namespace"), "{msg}");
+        assert!(msg.contains("must be no more than 63 characters"), "{msg}");
+        let msg = e("default", "a/b");
+        assert!(msg.starts_with("invalid name \"a/b\""), "{msg}");
+        assert!(msg.contains("RFC 1123 subdomain"), "{msg}");
+        assert!(e("default", &"a".repeat(254)).contains("no more than 253"));
+        assert!(e("a.b", "x").contains("RFC 1123 label"));
+    }
+
+    #[test]
+    fn the_longest_names_kubernetes_allows_are_accepted() {
+        let d = Path::new("/d");
+        assert!(VmiDir::new(d, &"a".repeat(63), "x").is_ok());
+        assert!(VmiDir::new(d, "0-0", "0-0.x").is_ok());
+    }
+
+    #[test]
+    fn a_socket_path_that_does_not_fit_sun_path_is_refused_up_front() {
+        // /d/vms/default/<name>/ is 16 + N bytes; the longest socket under it is
+        // sockets/serial.sock (19 bytes), launcher.sock the longest at its top (13).
+        let d = Path::new("/d");
+        let base = "/d/vms/default//".len();
+        let longest = "sockets/serial.sock".len();
+        let fits = "a".repeat(SUN_PATH_MAX - 1 - base - longest);
+        let dir = VmiDir::new(d, "default", &fits).unwrap();
+        assert_eq!(dir.serial_socket().as_os_str().len(), SUN_PATH_MAX - 1);
+        // One more byte: QEMU's serial socket would not fit; said now, not when QEMU starts.
+        let one_more = "a".repeat(fits.len() + 1);
+        match VmiDir::new(d, "default", &one_more).unwrap_err() {
+            VmiDirError::SocketPathTooLong { path, len } => {
+                assert_eq!(len, SUN_PATH_MAX);
+                assert_eq!(
+                    path,
+                    Path::new("/d/vms/default")
+                        .join(&one_more)
+                        .join("sockets/serial.sock")
+                );
+            }
+            e => panic!("{e}"),
+        }
+        // launcher.sock itself too long: it is the one named.
+        let long = "a".repeat(SUN_PATH_MAX - base - LAUNCHER_SOCKET.len());
+        match VmiDir::new(d, "default", &long).unwrap_err() {
+            VmiDirError::SocketPathTooLong { path, len } => {
+                assert_eq!(len, SUN_PATH_MAX);
+                assert!(path.ends_with("launcher.sock"), "{}", path.display());
+            }
+            e => panic!("{e}"),
+        }
+        let e = VmiDir::from_path(Path::new("/").join("x".repeat(100))).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a unix socket path may have at most 107 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn state_and_pid_files_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = VmiDir::new(tmp.path(), "default", "demo").unwrap();
+        assert!(d.read_state().is_err());
+        assert_eq!(d.launcher_pid(), None);
+        std::fs::create_dir_all(d.path()).unwrap();
+        let s = State::pending("default/demo");
+        d.write_state(&s).unwrap();
+        assert_eq!(d.read_state().unwrap(), s);
+        d.write_launcher_pid(1234).unwrap();
+        assert_eq!(d.launcher_pid(), Some(1234));
+        std::fs::create_dir_all(tmp.path().join("vms/default/Not_Valid")).unwrap();
+        assert_eq!(VmiDir::all(tmp.path()), vec![d]);
+    }
+}

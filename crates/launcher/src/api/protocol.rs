@@ -1,0 +1,795 @@
+//! The `launcher.sock` wire format: typed requests, replies, events and error codes.
+
+use crate::launcher::{Phase, State};
+use kubevirt_api::VirtualMachineInstance;
+use serde::de::Error as _;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
+
+/// The protocol version, `v` in every request.
+pub const VERSION: u64 = 1;
+
+/// The longest line either side reads (a `sync` carries a whole VMI, cloud-init data included).
+pub const MAX_LINE: usize = 16 << 20;
+
+/// A method name, as on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    Sync,
+    State,
+    Pause,
+    Unpause,
+    Shutdown,
+    Stop,
+    Reset,
+    SoftReboot,
+    SetBalloon,
+    Stats,
+    Subscribe,
+}
+
+impl Method {
+    pub const ALL: [Method; 11] = [
+        Method::Sync,
+        Method::State,
+        Method::Pause,
+        Method::Unpause,
+        Method::Shutdown,
+        Method::Stop,
+        Method::Reset,
+        Method::SoftReboot,
+        Method::SetBalloon,
+        Method::Stats,
+        Method::Subscribe,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Sync => "sync",
+            Method::State => "state",
+            Method::Pause => "pause",
+            Method::Unpause => "unpause",
+            Method::Shutdown => "shutdown",
+            Method::Stop => "stop",
+            Method::Reset => "reset",
+            Method::SoftReboot => "softReboot",
+            Method::SetBalloon => "setBalloon",
+            Method::Stats => "stats",
+            Method::Subscribe => "subscribe",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One call to the launcher. Serialized as `{"method":...,"params":{...}}` (the envelope,
+/// [`RequestFrame`], adds `v` and `id`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    /// Start this VMI unless one is started; replies with the [`State`].
+    Sync {
+        vmi: Box<VirtualMachineInstance>,
+    },
+    /// The current [`State`].
+    State,
+    Pause,
+    Unpause,
+    /// ACPI power button, then a hard stop after the grace period (default: the VMI's
+    /// `terminationGracePeriodSeconds`).
+    Shutdown {
+        grace_period_seconds: Option<u64>,
+    },
+    /// Hard stop.
+    Stop,
+    Reset,
+    SoftReboot,
+    /// The balloon's target size.
+    SetBalloon {
+        bytes: u64,
+    },
+    /// vCPU times, memory and block statistics.
+    Stats,
+    /// Reply with the state, then stream [`Event`]s on this connection.
+    Subscribe,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SyncParams {
+    vmi: Box<VirtualMachineInstance>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ShutdownParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    grace_period_seconds: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BalloonParams {
+    bytes: u64,
+}
+
+impl Request {
+    pub fn method(&self) -> Method {
+        match self {
+            Request::Sync { .. } => Method::Sync,
+            Request::State => Method::State,
+            Request::Pause => Method::Pause,
+            Request::Unpause => Method::Unpause,
+            Request::Shutdown { .. } => Method::Shutdown,
+            Request::Stop => Method::Stop,
+            Request::Reset => Method::Reset,
+            Request::SoftReboot => Method::SoftReboot,
+            Request::SetBalloon { .. } => Method::SetBalloon,
+            Request::Stats => Method::Stats,
+            Request::Subscribe => Method::Subscribe,
+        }
+    }
+
+    /// `params` on the wire (`{}` for methods without parameters).
+    pub fn params(&self) -> Value {
+        let v = match self {
+            Request::Sync { vmi } => serde_json::to_value(SyncParams { vmi: vmi.clone() }),
+            Request::Shutdown {
+                grace_period_seconds,
+            } => serde_json::to_value(ShutdownParams {
+                grace_period_seconds: *grace_period_seconds,
+            }),
+            Request::SetBalloon { bytes } => serde_json::to_value(BalloonParams { bytes: *bytes }),
+            _ => return json!({}),
+        };
+        v.unwrap_or_else(|_| json!({}))
+    }
+
+    /// A request from its method name and `params` (absent = `null`). Methods without
+    /// parameters ignore them.
+    pub fn from_parts(method: &str, params: Value) -> Result<Request, RpcError> {
+        let m = Method::parse(method).ok_or_else(|| {
+            RpcError::new(
+                ErrorCode::UnknownMethod,
+                format!("unknown method {method:?}"),
+            )
+        })?;
+        let params = match params {
+            Value::Null => json!({}),
+            p => p,
+        };
+        Ok(match m {
+            Method::Sync => {
+                // `{"vmi": VMI}`; a bare VMI as params is accepted too.
+                let vmi = match params.get("vmi") {
+                    Some(v) => serde_json::from_value(v.clone()),
+                    None => serde_json::from_value(params),
+                }
+                .map_err(|e| {
+                    RpcError::bad_request(format!(
+                        "params.vmi is not a VirtualMachineInstance: {e}"
+                    ))
+                })?;
+                Request::Sync { vmi: Box::new(vmi) }
+            }
+            Method::State => Request::State,
+            Method::Pause => Request::Pause,
+            Method::Unpause => Request::Unpause,
+            Method::Shutdown => {
+                let p: ShutdownParams = serde_json::from_value(params).map_err(|e| {
+                    RpcError::bad_request(format!(
+                        "params.gracePeriodSeconds must be a non-negative integer: {e}"
+                    ))
+                })?;
+                Request::Shutdown {
+                    grace_period_seconds: p.grace_period_seconds,
+                }
+            }
+            Method::Stop => Request::Stop,
+            Method::Reset => Request::Reset,
+            Method::SoftReboot => Request::SoftReboot,
+            Method::SetBalloon => {
+                let p: BalloonParams = serde_json::from_value(params).map_err(|e| {
+                    RpcError::bad_request(format!("params.bytes (an integer) is required: {e}"))
+                })?;
+                Request::SetBalloon { bytes: p.bytes }
+            }
+            Method::Stats => Request::Stats,
+            Method::Subscribe => Request::Subscribe,
+        })
+    }
+}
+
+impl Serialize for Request {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("method", self.method().as_str())?;
+        m.serialize_entry("params", &self.params())?;
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            method: String,
+            #[serde(default)]
+            params: Value,
+        }
+        let raw = Raw::deserialize(d)?;
+        Request::from_parts(&raw.method, raw.params).map_err(D::Error::custom)
+    }
+}
+
+/// A request on the wire: `{"v":1,"id":N,"method":...,"params":...}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub v: u64,
+    pub id: u64,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+impl RequestFrame {
+    pub fn new(id: u64, request: Request) -> RequestFrame {
+        RequestFrame {
+            v: VERSION,
+            id,
+            request,
+        }
+    }
+}
+
+/// What the server makes of one line: the id to answer with (whatever the client sent,
+/// `null` if nothing usable) and the request or the error to reply with.
+pub(crate) fn decode_request(line: &str) -> (Value, Result<Request, RpcError>) {
+    let req: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                Value::Null,
+                Err(RpcError::bad_request(format!("not JSON: {e}"))),
+            )
+        }
+    };
+    let id = req.get("id").cloned().unwrap_or(Value::Null);
+    let v = req.get("v").and_then(Value::as_u64).unwrap_or(0);
+    if v != VERSION {
+        let e = RpcError::new(
+            ErrorCode::UnsupportedVersion,
+            format!("protocol version {v} is not supported; this launcher speaks v{VERSION}"),
+        );
+        return (id, Err(e));
+    }
+    let method = req.get("method").and_then(Value::as_str).unwrap_or("");
+    let params = req.get("params").cloned().unwrap_or(Value::Null);
+    (id, Request::from_parts(method, params))
+}
+
+/// A successful reply's `result`; which variant depends on the method asked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    /// `sync`, `state`: the state.
+    State(Box<State>),
+    /// `pause`, `unpause`, `shutdown`, `stop`, `reset`, `softReboot`, `setBalloon`: `{}`.
+    Done,
+    /// `stats`: `{"vcpus":[...],"memory":{...},"block":[...],"net":null}` as QEMU reports them.
+    Stats(Value),
+    /// `subscribe`: `{"subscribed":true,"state":...}`; events follow on the connection.
+    Subscribed { state: Box<State> },
+}
+
+impl Response {
+    /// Decode a `result` for a request of `method`.
+    pub fn decode(method: Method, result: Value) -> Result<Response, serde_json::Error> {
+        Ok(match method {
+            Method::Sync | Method::State => Response::State(serde_json::from_value(result)?),
+            Method::Stats => Response::Stats(result),
+            Method::Subscribe => {
+                #[derive(Deserialize)]
+                struct Sub {
+                    state: Box<State>,
+                }
+                let s: Sub = serde_json::from_value(result)?;
+                Response::Subscribed { state: s.state }
+            }
+            Method::Pause
+            | Method::Unpause
+            | Method::Shutdown
+            | Method::Stop
+            | Method::Reset
+            | Method::SoftReboot
+            | Method::SetBalloon => Response::Done,
+        })
+    }
+
+    /// The state carried by `State` and `Subscribed`.
+    pub fn into_state(self) -> Option<State> {
+        match self {
+            Response::State(s) | Response::Subscribed { state: s } => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for Response {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Response::State(st) => st.serialize(s),
+            Response::Done => s.serialize_map(Some(0))?.end(),
+            Response::Stats(v) => v.serialize(s),
+            Response::Subscribed { state } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("subscribed", &true)?;
+                m.serialize_entry("state", state)?;
+                m.end()
+            }
+        }
+    }
+}
+
+/// A reply on the wire: `{"id":N,"result":...}` or `{"id":N,"error":{...}}`. The id is
+/// echoed as the client sent it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplyFrame {
+    pub id: Value,
+    pub outcome: Result<Response, RpcError>,
+}
+
+impl Serialize for ReplyFrame {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("id", &self.id)?;
+        match &self.outcome {
+            Ok(r) => m.serialize_entry("result", r)?,
+            Err(e) => m.serialize_entry("error", e)?,
+        }
+        m.end()
+    }
+}
+
+impl ReplyFrame {
+    /// Decode a reply line to a request of `method`.
+    pub fn decode(line: &str, method: Method) -> Result<ReplyFrame, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            id: Value,
+            result: Option<Value>,
+            error: Option<RpcError>,
+        }
+        let raw: Raw = serde_json::from_str(line)?;
+        let outcome = match (raw.error, raw.result) {
+            (Some(e), _) => Err(e),
+            (None, Some(r)) => Ok(Response::decode(method, r)?),
+            (None, None) => {
+                return Err(serde_json::Error::custom(
+                    "a reply has neither result nor error",
+                ))
+            }
+        };
+        Ok(ReplyFrame {
+            id: raw.id,
+            outcome,
+        })
+    }
+}
+
+/// What goes wrong in a call, as the launcher reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Not JSON, a missing or mistyped parameter.
+    BadRequest,
+    /// `v` is not [`VERSION`].
+    UnsupportedVersion,
+    UnknownMethod,
+    /// No VMI has been started (`sync` first).
+    NotStarted,
+    /// The VMI cannot run on this backend.
+    InvalidSpec,
+    /// The VM's phase does not allow the request (e.g. it has ended).
+    WrongPhase,
+    /// Neither KVM nor (allowed) emulation.
+    NoAccelerator,
+    /// Anything else (QEMU, I/O).
+    Failed,
+    /// A code this client does not know (a newer launcher).
+    Other(String),
+}
+
+impl ErrorCode {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::BadRequest => "BadRequest",
+            ErrorCode::UnsupportedVersion => "UnsupportedVersion",
+            ErrorCode::UnknownMethod => "UnknownMethod",
+            ErrorCode::NotStarted => "NotStarted",
+            ErrorCode::InvalidSpec => "InvalidSpec",
+            ErrorCode::WrongPhase => "WrongPhase",
+            ErrorCode::NoAccelerator => "NoAccelerator",
+            ErrorCode::Failed => "Failed",
+            ErrorCode::Other(s) => s,
+        }
+    }
+
+    pub fn parse(s: &str) -> ErrorCode {
+        [
+            ErrorCode::BadRequest,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::UnknownMethod,
+            ErrorCode::NotStarted,
+            ErrorCode::InvalidSpec,
+            ErrorCode::WrongPhase,
+            ErrorCode::NoAccelerator,
+            ErrorCode::Failed,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+        .unwrap_or_else(|| ErrorCode::Other(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(ErrorCode::parse(&s))
+    }
+}
+
+/// An error reply: `{"code":"...","message":"..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct RpcError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> RpcError {
+        RpcError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> RpcError {
+        RpcError::new(ErrorCode::BadRequest, message)
+    }
+}
+
+/// A phase change, as broadcast inside the launcher and streamed to subscribers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub phase: Phase,
+    pub reason: String,
+    pub message: String,
+    pub timestamp: f64,
+}
+
+/// What a subscribed connection streams: `{"event":"StateChanged",...}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event")]
+pub enum Event {
+    StateChanged(StateChange),
+}
+
+/// Read one line of at most [`MAX_LINE`] bytes into `buf` (cleared first). `Ok(false)` at the
+/// end of the stream.
+pub(crate) async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    buf.clear();
+    let n = (&mut *r)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', buf)
+        .await?;
+    if buf.len() > MAX_LINE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a line longer than {MAX_LINE} bytes"),
+        ));
+    }
+    Ok(n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        let mut s = State::pending("default/demo");
+        s.launcher_pid = 42;
+        s.timestamp = 1.5;
+        s
+    }
+
+    /// Each request as today's clients write it (the literal bytes), decoded and re-encoded.
+    #[test]
+    fn requests_round_trip_against_the_literal_protocol() {
+        let cases: Vec<(&str, Request)> = vec![
+            (
+                r#"{"v":1,"id":1,"method":"state","params":{}}"#,
+                Request::State,
+            ),
+            (
+                r#"{"v":1,"id":2,"method":"pause","params":{}}"#,
+                Request::Pause,
+            ),
+            (
+                r#"{"v":1,"id":3,"method":"unpause","params":{}}"#,
+                Request::Unpause,
+            ),
+            (
+                r#"{"v":1,"id":4,"method":"shutdown","params":{"gracePeriodSeconds":60}}"#,
+                Request::Shutdown {
+                    grace_period_seconds: Some(60),
+                },
+            ),
+            (
+                r#"{"v":1,"id":5,"method":"shutdown","params":{}}"#,
+                Request::Shutdown {
+                    grace_period_seconds: None,
+                },
+            ),
+            (
+                r#"{"v":1,"id":6,"method":"stop","params":{}}"#,
+                Request::Stop,
+            ),
+            (
+                r#"{"v":1,"id":7,"method":"reset","params":{}}"#,
+                Request::Reset,
+            ),
+            (
+                r#"{"v":1,"id":8,"method":"softReboot","params":{}}"#,
+                Request::SoftReboot,
+            ),
+            (
+                r#"{"v":1,"id":9,"method":"setBalloon","params":{"bytes":1048576}}"#,
+                Request::SetBalloon { bytes: 1 << 20 },
+            ),
+            (
+                r#"{"v":1,"id":10,"method":"stats","params":{}}"#,
+                Request::Stats,
+            ),
+            (
+                r#"{"v":1,"id":11,"method":"subscribe","params":{}}"#,
+                Request::Subscribe,
+            ),
+        ];
+        for (line, want) in cases {
+            let frame: RequestFrame = serde_json::from_str(line).unwrap();
+            assert_eq!(frame.request, want, "{line}");
+            assert_eq!(frame.v, 1);
+            let (_, decoded) = decode_request(line);
+            assert_eq!(decoded.as_ref(), Ok(&want), "{line}");
+            let back = serde_json::to_value(&frame).unwrap();
+            let literal: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(back, literal, "{line}");
+        }
+    }
+
+    #[test]
+    fn sync_carries_the_vmi_and_accepts_a_bare_one() {
+        let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                         "metadata": {"name": "demo", "namespace": "default"},
+                         "spec": {"domain": {"devices": {}}}});
+        let line = json!({"v": 1, "id": 7, "method": "sync", "params": {"vmi": vmi}}).to_string();
+        let (id, req) = decode_request(&line);
+        assert_eq!(id, json!(7));
+        let Ok(Request::Sync { vmi: got }) = req else {
+            panic!("{req:?}")
+        };
+        assert_eq!(got.metadata.name.as_deref(), Some("demo"));
+        let frame = RequestFrame::new(7, Request::Sync { vmi: got.clone() });
+        let back = serde_json::to_value(&frame).unwrap();
+        assert_eq!(back["params"]["vmi"]["metadata"]["name"], "demo");
+        assert_eq!(back["method"], "sync");
+        let bare = json!({"v": 1, "id": 8, "method": "sync", "params": vmi}).to_string();
+        assert!(matches!(decode_request(&bare).1, Ok(Request::Sync { .. })));
+    }
+
+    #[test]
+    fn subscribe_without_params_is_accepted() {
+        // The handler's subscribe line before issue 10 had no params.
+        let (id, req) = decode_request(r#"{"v":1,"id":1,"method":"subscribe"}"#);
+        assert_eq!((id, req), (json!(1), Ok(Request::Subscribe)));
+    }
+
+    #[test]
+    fn bad_requests_get_the_codes_they_got_before() {
+        let (id, r) = decode_request("nope");
+        assert_eq!(id, Value::Null);
+        assert_eq!(r.unwrap_err().code, ErrorCode::BadRequest);
+        let (id, r) = decode_request(r#"{"v":2,"id":3,"method":"state"}"#);
+        assert_eq!(id, json!(3));
+        let e = r.unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnsupportedVersion);
+        assert_eq!(
+            e.message,
+            "protocol version 2 is not supported; this launcher speaks v1"
+        );
+        let (_, r) = decode_request(r#"{"id":3,"method":"state"}"#);
+        assert_eq!(r.unwrap_err().code, ErrorCode::UnsupportedVersion);
+        let (_, r) = decode_request(r#"{"v":1,"id":3,"method":"explode"}"#);
+        assert_eq!(
+            r.unwrap_err(),
+            RpcError::new(ErrorCode::UnknownMethod, "unknown method \"explode\"")
+        );
+        let (_, r) = decode_request(r#"{"v":1,"id":3,"method":"setBalloon","params":{}}"#);
+        assert_eq!(r.unwrap_err().code, ErrorCode::BadRequest);
+        let (_, r) = decode_request(r#"{"v":1,"id":3,"method":"sync","params":{"vmi":1}}"#);
+        let e = r.unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e
+            .message
+            .starts_with("params.vmi is not a VirtualMachineInstance"));
+    }
+
+    #[test]
+    fn replies_round_trip_against_the_literal_protocol() {
+        let st = serde_json::to_value(state()).unwrap();
+        let cases: Vec<(Method, Value, ReplyFrame)> = vec![
+            (
+                Method::Pause,
+                json!({"id": 2, "result": {}}),
+                ReplyFrame {
+                    id: json!(2),
+                    outcome: Ok(Response::Done),
+                },
+            ),
+            (
+                Method::State,
+                json!({"id": 1, "result": st}),
+                ReplyFrame {
+                    id: json!(1),
+                    outcome: Ok(Response::State(Box::new(state()))),
+                },
+            ),
+            (
+                Method::Subscribe,
+                json!({"id": 1, "result": {"subscribed": true, "state": st}}),
+                ReplyFrame {
+                    id: json!(1),
+                    outcome: Ok(Response::Subscribed {
+                        state: Box::new(state()),
+                    }),
+                },
+            ),
+            (
+                Method::Stats,
+                json!({"id": 4, "result": {"vcpus": [], "net": null}}),
+                ReplyFrame {
+                    id: json!(4),
+                    outcome: Ok(Response::Stats(json!({"vcpus": [], "net": null}))),
+                },
+            ),
+            (
+                Method::Pause,
+                json!({"id": 5, "error": {"code": "NotStarted",
+                       "message": "no VMI has been started (sync first)"}}),
+                ReplyFrame {
+                    id: json!(5),
+                    outcome: Err(RpcError::new(
+                        ErrorCode::NotStarted,
+                        "no VMI has been started (sync first)",
+                    )),
+                },
+            ),
+            (
+                Method::Stop,
+                json!({"id": 6, "error": {"code": "SomethingNew", "message": "m"}}),
+                ReplyFrame {
+                    id: json!(6),
+                    outcome: Err(RpcError::new(ErrorCode::Other("SomethingNew".into()), "m")),
+                },
+            ),
+        ];
+        for (method, literal, want) in cases {
+            let got = ReplyFrame::decode(&literal.to_string(), method).unwrap();
+            assert_eq!(got, want, "{literal}");
+            assert_eq!(serde_json::to_value(&got).unwrap(), literal);
+        }
+        assert!(ReplyFrame::decode(r#"{"id":1}"#, Method::State).is_err());
+    }
+
+    #[test]
+    fn state_json_keeps_its_field_names() {
+        let v = serde_json::to_value(state()).unwrap();
+        for k in [
+            "phase",
+            "reason",
+            "message",
+            "vmi",
+            "accelerator",
+            "acceleratorReason",
+            "qemuPid",
+            "launcherPid",
+            "guestIp",
+            "vncSocket",
+            "consoleSocket",
+            "ports",
+            "timestamp",
+        ] {
+            assert!(v.get(k).is_some(), "{k} missing from {v}");
+        }
+        assert_eq!(v["phase"], "Pending");
+    }
+
+    #[test]
+    fn every_error_code_round_trips() {
+        for code in [
+            "BadRequest",
+            "UnsupportedVersion",
+            "UnknownMethod",
+            "NotStarted",
+            "InvalidSpec",
+            "WrongPhase",
+            "NoAccelerator",
+            "Failed",
+        ] {
+            let c: ErrorCode = serde_json::from_value(json!(code)).unwrap();
+            assert!(!matches!(c, ErrorCode::Other(_)), "{code}");
+            assert_eq!(serde_json::to_value(&c).unwrap(), json!(code));
+        }
+    }
+
+    #[test]
+    fn events_round_trip_against_the_literal_protocol() {
+        let line = r#"{"event":"StateChanged","phase":"Paused","reason":"PausedByUser","message":"paused on request","timestamp":1700000000.25}"#;
+        let ev: Event = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            ev,
+            Event::StateChanged(StateChange {
+                phase: Phase::Paused,
+                reason: "PausedByUser".into(),
+                message: "paused on request".into(),
+                timestamp: 1_700_000_000.25,
+            })
+        );
+        assert_eq!(serde_json::to_string(&ev).unwrap(), line);
+    }
+
+    #[test]
+    fn method_names_are_unique_and_parse_back() {
+        for m in Method::ALL {
+            assert_eq!(Method::parse(m.as_str()), Some(m));
+        }
+        assert_eq!(Method::parse("Pause"), None);
+    }
+
+    #[tokio::test]
+    async fn overlong_lines_are_refused() {
+        let mut big = vec![b'x'; MAX_LINE + 10];
+        big.push(b'\n');
+        let mut r = tokio::io::BufReader::new(&big[..]);
+        let mut buf = Vec::new();
+        assert!(read_line(&mut r, &mut buf).await.is_err());
+        let mut r = tokio::io::BufReader::new(&b"a\nb"[..]);
+        assert!(read_line(&mut r, &mut buf).await.unwrap());
+        assert_eq!(buf, b"a\n");
+        assert!(read_line(&mut r, &mut buf).await.unwrap());
+        assert_eq!(buf, b"b");
+        assert!(!read_line(&mut r, &mut buf).await.unwrap());
+    }
+}

@@ -1,0 +1,168 @@
+//! Machine type, accelerator, CPU, topology, memory and identity (`-name`, `-uuid`, `-smbios`).
+
+use super::opts::{self, Opts, OptsError};
+use crate::machine::{Firmware, MachineSpec, Profile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    #[error("-name: {0}")]
+    Name(#[source] OptsError),
+    #[error("-machine: {0}")]
+    Machine(#[source] OptsError),
+    #[error("-cpu: {0}")]
+    Cpu(#[source] OptsError),
+    #[error("-object memory-backend-file: {0}")]
+    Memory(#[source] OptsError),
+    #[error("-uuid: {0:?} is not a UUID")]
+    Uuid(String),
+    #[error("-smbios: {0}")]
+    Smbios(#[source] OptsError),
+}
+
+/// `-name` … `-smbios`, in the order QEMU's users expect to read them.
+pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), CpuError> {
+    let microvm = spec.profile == Profile::Microvm;
+    let name = spec.vmi.replace('/', "_");
+    push(
+        a,
+        "-name",
+        Opts::keyed()
+            .set("guest", &name)
+            .set("debug-threads", "on")
+            .build()
+            .map_err(CpuError::Name)?,
+    );
+
+    let mut machine = match spec.profile {
+        Profile::Q35 => Opts::new("q35"),
+        // The ISA devices are what the kernel needs to boot and print under TCG
+        // (docs/ENVIRONMENT.md); acpi=on is how the kernel finds the virtio-mmio devices and the
+        // power button (GED).
+        Profile::Microvm => Opts::new("microvm")
+            .set("rtc", "on")
+            .set("pit", "on")
+            .set("pic", "on")
+            .set("isa-serial", "on"),
+    };
+    if microvm {
+        machine = machine.set("acpi", if spec.acpi { "on" } else { "off" });
+    } else if !spec.acpi {
+        machine = machine.set("acpi", "off");
+    }
+    let secure_boot = matches!(
+        spec.firmware,
+        Firmware::Efi {
+            secure_boot: true,
+            ..
+        }
+    );
+    let machine = machine
+        .set_if(secure_boot, "smm", "on")
+        .set_if(spec.memory.hugepages.is_some(), "memory-backend", "mem0")
+        .build()
+        .map_err(CpuError::Machine)?;
+    push(a, "-machine", machine);
+    push(a, "-accel", spec.accelerator.as_str().to_string());
+
+    let mut features = Vec::with_capacity(spec.cpu.features.len());
+    for f in &spec.cpu.features {
+        // CpuSpec keeps `+name` / `-name`; a feature without a sign is refused by opts::cpu.
+        let mut c = f.chars();
+        let sign = c.next().unwrap_or(' ');
+        features.push((sign, c.as_str()));
+    }
+    push(
+        a,
+        "-cpu",
+        opts::cpu(&spec.cpu.model, &features).map_err(CpuError::Cpu)?,
+    );
+    push(
+        a,
+        "-smp",
+        format!(
+            "{},sockets={},cores={},threads={}",
+            spec.cpu.vcpus(),
+            spec.cpu.sockets,
+            spec.cpu.cores,
+            spec.cpu.threads
+        ),
+    );
+    let mib = spec.memory.bytes.div_ceil(1 << 20);
+    push(a, "-m", format!("{mib}M"));
+    if let Some(h) = &spec.memory.hugepages {
+        push(
+            a,
+            "-object",
+            Opts::new("memory-backend-file")
+                .set("id", "mem0")
+                .set("size", format!("{mib}M"))
+                .set_path("mem-path", &h.mount)
+                .set("share", "on")
+                .set("prealloc", "on")
+                .build()
+                .map_err(CpuError::Memory)?,
+        );
+    }
+    if let Some(u) = &spec.uuid {
+        // `-uuid` is not an option string, but only a UUID may reach it.
+        uuid::Uuid::parse_str(u).map_err(|_| CpuError::Uuid(u.clone()))?;
+        push(a, "-uuid", u.clone());
+    }
+    if let Some(s) = &spec.smbios_serial {
+        push(
+            a,
+            "-smbios",
+            Opts::keyed()
+                .set("type", "1")
+                .set("serial", s)
+                .build()
+                .map_err(CpuError::Smbios)?,
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn push(a: &mut Vec<String>, flag: &str, value: String) {
+    a.push(flag.to_string());
+    a.push(value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_spec;
+    use super::*;
+
+    #[test]
+    fn a_feature_with_a_comma_is_refused() {
+        let mut s = test_spec();
+        s.cpu.features = vec!["+pcid,romfile=/etc/shadow".into()];
+        let e = render(&s, &mut vec![]).unwrap_err();
+        assert!(matches!(e, CpuError::Cpu(_)), "{e}");
+    }
+
+    #[test]
+    fn a_model_with_a_comma_is_refused() {
+        let mut s = test_spec();
+        s.cpu.model = "max,+vmx".into();
+        assert!(matches!(
+            render(&s, &mut vec![]).unwrap_err(),
+            CpuError::Cpu(_)
+        ));
+    }
+
+    #[test]
+    fn smbios_serial_and_name_are_escaped_and_uuid_checked() {
+        let mut s = test_spec();
+        s.smbios_serial = Some("a,b".into());
+        s.vmi = "ns/x,y".into();
+        let mut a = vec![];
+        render(&s, &mut a).unwrap();
+        assert!(a.contains(&"type=1,serial=a,,b".to_string()), "{a:?}");
+        assert!(a.contains(&"guest=ns_x,,y,debug-threads=on".to_string()));
+        s.uuid = Some("not-a-uuid,x".into());
+        assert!(matches!(
+            render(&s, &mut vec![]).unwrap_err(),
+            CpuError::Uuid(_)
+        ));
+    }
+}

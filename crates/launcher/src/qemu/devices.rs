@@ -1,0 +1,219 @@
+//! Control and other devices: QMP, sandbox, serial console, VGA+VNC, USB tablet, RNG, balloon,
+//! watchdog.
+
+use super::cpu::push;
+use super::opts::{Opts, OptsError};
+use crate::machine::{MachineSpec, Profile, WatchdogAction};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("QMP socket: {0}")]
+    Qmp(#[source] OptsError),
+    #[error("serial console: {0}")]
+    Serial(#[source] OptsError),
+    #[error("VNC: {0}")]
+    Vnc(#[source] OptsError),
+    #[error("{device}: {source}")]
+    Other {
+        device: &'static str,
+        #[source]
+        source: OptsError,
+    },
+}
+
+/// QEMU's seccomp sandbox: no obsolete system calls, no setuid/setgid/capability changes, no
+/// fork/exec (QEMU never needs them with `script=no` taps), no scheduler/affinity/rlimit
+/// changes. QEMU's own "system call not allowed" is a SIGSYS kill.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The fixed process options, then the QMP monitor (a chardev with explicit keys, so the
+/// socket path is a plain escaped value).
+pub fn render_control(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DeviceError> {
+    a.extend(
+        [
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-S",
+            "-no-shutdown",
+            "-msg",
+            "timestamp=on",
+            "-sandbox",
+            SANDBOX,
+        ]
+        .map(String::from),
+    );
+    push(
+        a,
+        "-chardev",
+        Opts::new("socket")
+            .set("id", "qmp")
+            .set_path("path", &spec.qmp_socket())
+            .set("server", "on")
+            .set("wait", "off")
+            .build()
+            .map_err(DeviceError::Qmp)?,
+    );
+    push(
+        a,
+        "-mon",
+        Opts::keyed()
+            .set("chardev", "qmp")
+            .set("mode", "control")
+            .build()
+            .map_err(DeviceError::Qmp)?,
+    );
+    Ok(())
+}
+
+/// Serial console, graphics and input.
+pub fn render_console(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DeviceError> {
+    if spec.serial_console {
+        push(
+            a,
+            "-chardev",
+            Opts::new("socket")
+                .set("id", "serial0")
+                .set_path("path", &spec.serial_socket())
+                .set("server", "on")
+                .set("wait", "off")
+                .build()
+                .map_err(DeviceError::Serial)?,
+        );
+        push(a, "-serial", "chardev:serial0".into());
+    }
+    if spec.vnc {
+        push(
+            a,
+            "-device",
+            fixed(Opts::new("VGA").set("id", "video0"), "VGA")?,
+        );
+        // `vnc=` is the implied key of -vnc; the value after `unix:` is the socket path.
+        let sock = spec.qemu_vnc_socket();
+        let Some(path) = sock.to_str() else {
+            return Err(DeviceError::Vnc(OptsError::NotUtf8 {
+                key: "vnc".into(),
+                path: sock.to_string_lossy().into(),
+            }));
+        };
+        push(
+            a,
+            "-vnc",
+            Opts::keyed()
+                .set("vnc", format!("unix:{path}"))
+                .build()
+                .map_err(DeviceError::Vnc)?,
+        );
+    }
+    if spec.tablet {
+        push(
+            a,
+            "-device",
+            fixed(Opts::new("qemu-xhci").set("id", "usb0"), "USB controller")?,
+        );
+        push(
+            a,
+            "-device",
+            fixed(
+                Opts::new("usb-tablet")
+                    .set("id", "input0")
+                    .set("bus", "usb0.0"),
+                "USB tablet",
+            )?,
+        );
+    }
+    Ok(())
+}
+
+/// RNG, balloon, watchdog.
+pub fn render_other(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DeviceError> {
+    let virtio_suffix = if spec.profile == Profile::Microvm {
+        "device"
+    } else {
+        "pci"
+    };
+    if spec.rng {
+        push(
+            a,
+            "-object",
+            fixed(
+                Opts::new("rng-random")
+                    .set("id", "rng0")
+                    .set("filename", "/dev/urandom"),
+                "rng",
+            )?,
+        );
+        push(
+            a,
+            "-device",
+            fixed(
+                Opts::new(&format!("virtio-rng-{virtio_suffix}"))
+                    .set("rng", "rng0")
+                    .set("id", "rng"),
+                "rng",
+            )?,
+        );
+    }
+    if spec.balloon.is_some() {
+        push(
+            a,
+            "-device",
+            fixed(
+                Opts::new(&format!("virtio-balloon-{virtio_suffix}")).set("id", "balloon0"),
+                "balloon",
+            )?,
+        );
+    }
+    if let Some(w) = spec.watchdog {
+        push(
+            a,
+            "-device",
+            fixed(Opts::new("i6300esb").set("id", "watchdog0"), "watchdog")?,
+        );
+        // KubeVirt's "shutdown" is a graceful ACPI shutdown, "poweroff" the immediate one.
+        let action = match w {
+            WatchdogAction::Reset => "reset",
+            WatchdogAction::Poweroff => "poweroff",
+            WatchdogAction::Shutdown => "shutdown",
+        };
+        push(a, "-watchdog-action", action.into());
+    }
+    Ok(())
+}
+
+fn fixed(o: Opts, device: &'static str) -> Result<String, DeviceError> {
+    o.build()
+        .map_err(|source| DeviceError::Other { device, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_spec;
+    use super::*;
+
+    #[test]
+    fn qmp_is_a_chardev_with_an_escaped_path_and_the_sandbox_is_on() {
+        let mut s = test_spec();
+        s.dir = "/run/a,b".into();
+        let mut a = vec![];
+        render_control(&s, &mut a).unwrap();
+        let i = a.iter().position(|x| x == "-sandbox").unwrap();
+        assert_eq!(a[i + 1], SANDBOX);
+        assert!(a.contains(
+            &"socket,id=qmp,path=/run/a,,b/sockets/qmp.sock,server=on,wait=off".to_string()
+        ));
+        assert!(a.contains(&"chardev=qmp,mode=control".to_string()));
+    }
+
+    #[test]
+    fn vnc_path_is_a_keyed_value() {
+        let mut s = test_spec();
+        s.vnc = true;
+        s.serial_console = false;
+        s.dir = "/run/x=y,z".into();
+        let mut a = vec![];
+        render_console(&s, &mut a).unwrap();
+        assert_eq!(a[3], "vnc=unix:/run/x=y,,z/sockets/vnc.sock");
+    }
+}

@@ -1,0 +1,132 @@
+//! Disks: one `-drive if=none` (the backend) and one `-device` (the frontend) per disk.
+
+use super::cpu::push;
+use super::opts::{Opts, OptsError};
+use crate::machine::{Bus, DiskDevice, DiskSpec, MachineSpec, Profile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("disk {disk:?}: {source}")]
+    Option {
+        disk: String,
+        #[source]
+        source: OptsError,
+    },
+    #[error("virtio-scsi controller: {0}")]
+    Controller(#[source] OptsError),
+}
+
+pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DiskError> {
+    let virtio_suffix = if spec.profile == Profile::Microvm {
+        "device"
+    } else {
+        "pci"
+    };
+    if spec.disks.iter().any(|d| d.bus == Bus::Scsi) {
+        push(
+            a,
+            "-device",
+            Opts::new("virtio-scsi-pci")
+                .set("id", "scsi0")
+                .build()
+                .map_err(DiskError::Controller)?,
+        );
+    }
+    let mut sata_port = 0;
+    for d in &spec.disks {
+        let err = |source| DiskError::Option {
+            disk: d.name.clone(),
+            source,
+        };
+        let drive_id = format!("drive-{}", d.name);
+        push(a, "-drive", drive(d, &drive_id).build().map_err(err)?);
+        let mut next_sata = || {
+            sata_port += 1;
+            Some(format!("ide.{}", sata_port - 1))
+        };
+        let (kind, bus) = match (d.bus, d.device) {
+            (Bus::Virtio, _) => (format!("virtio-blk-{virtio_suffix}"), None),
+            (Bus::Sata, DiskDevice::Cdrom) => ("ide-cd".into(), next_sata()),
+            (Bus::Sata, _) => ("ide-hd".into(), next_sata()),
+            (Bus::Scsi, DiskDevice::Cdrom) => ("scsi-cd".into(), Some("scsi0.0".into())),
+            (Bus::Scsi, _) => ("scsi-hd".into(), Some("scsi0.0".into())),
+        };
+        let dev = Opts::new(&kind)
+            .set("drive", &drive_id)
+            .set_opt("bus", bus)
+            .set("id", format!("ua-{}", d.name))
+            .set_opt("bootindex", d.boot_order.map(|b| b.to_string()))
+            .set_opt("serial", d.serial.as_deref());
+        push(a, "-device", dev.build().map_err(err)?);
+    }
+    Ok(())
+}
+
+fn drive(d: &DiskSpec, id: &str) -> Opts {
+    Opts::keyed()
+        .set("if", "none")
+        .set("id", id)
+        .set_path("file", &d.path)
+        .set("format", d.format.as_str())
+        .set_if(d.device == DiskDevice::Cdrom, "media", "cdrom")
+        .set_if(d.readonly, "readonly", "on")
+        .set_opt("cache", d.cache.as_deref())
+        .set_opt("aio", d.io.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_spec;
+    use super::*;
+    use crate::machine::{DiskFormat, DiskSource};
+
+    fn disk(name: &str) -> DiskSpec {
+        DiskSpec {
+            name: name.into(),
+            device: DiskDevice::Disk,
+            bus: Bus::Sata,
+            boot_order: Some(1),
+            cache: None,
+            io: None,
+            readonly: false,
+            format: DiskFormat::Raw,
+            path: "/d/disks/a,b.img".into(),
+            serial: Some("s,romfile=/etc/shadow".into()),
+            source: DiskSource::File,
+        }
+    }
+
+    #[test]
+    fn sata_disk_renders_drive_then_device() {
+        let mut s = test_spec();
+        s.disks = vec![disk("root")];
+        let mut a = vec![];
+        render(&s, &mut a).unwrap();
+        assert_eq!(
+            a,
+            [
+                "-drive",
+                "if=none,id=drive-root,file=/d/disks/a,,b.img,format=raw",
+                "-device",
+                "ide-hd,drive=drive-root,bus=ide.0,id=ua-root,bootindex=1,serial=s,,romfile=/etc/shadow"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_disk_name_that_is_no_qemu_id_is_refused() {
+        let mut s = test_spec();
+        s.disks = vec![disk("x,file=/etc/shadow")];
+        let e = render(&s, &mut vec![]).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                DiskError::Option {
+                    source: OptsError::BadId { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}

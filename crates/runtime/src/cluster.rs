@@ -1,0 +1,139 @@
+//! The cluster configuration every component reads: the parts of the `KubeVirt` resource
+//! (`kubevirt/kubevirt`, `spec.configuration`) that kubevirt-rs acts on, parsed once, and
+//! handed to each part as a [`tokio::sync::watch`] channel. Whoever follows the resource sends
+//! a new value; admission, virt-controller and virt-handler read the current one whenever they
+//! decide, so a `kubectl patch kubevirt` reaches all of them without a restart.
+
+use kubevirt_api::admission::AdmitOptions;
+use kubevirt_api::defaults::{DefaultBinding, DefaultsConfig};
+use serde_json::Value;
+use tokio::sync::watch;
+
+/// What this process acts on from `spec.configuration`; KubeVirt's defaults for what is
+/// absent (`ClusterConfig::default()` is an empty configuration).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterConfig {
+    /// `developerConfiguration.useEmulation`: launchers may fall back to TCG.
+    pub use_emulation: bool,
+    /// `developerConfiguration.featureGates`.
+    pub feature_gates: Vec<String>,
+    /// `network.defaultNetworkInterface` (KubeVirt's default: bridge).
+    pub default_binding: DefaultBinding,
+    /// `network.permitBridgeInterfaceOnPodNetwork` (default true).
+    pub permit_bridge_on_pod_network: bool,
+    /// `architectureConfiguration.amd64.machineType`, else `machineType`.
+    pub machine_type: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig::from_spec(&Value::Null)
+    }
+}
+
+/// The receiving end every component holds.
+pub type ClusterConfigRx = watch::Receiver<ClusterConfig>;
+
+impl ClusterConfig {
+    /// Reads a `KubeVirt` resource's `spec`.
+    pub fn from_spec(spec: &Value) -> ClusterConfig {
+        let c = &spec["configuration"];
+        let dev = &c["developerConfiguration"];
+        let gates = dev["featureGates"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|g| g.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let binding = match c["network"]["defaultNetworkInterface"].as_str() {
+            Some("masquerade") => DefaultBinding::Masquerade,
+            _ => DefaultBinding::Bridge,
+        };
+        let machine_type = c["architectureConfiguration"]["amd64"]["machineType"]
+            .as_str()
+            .or(c["machineType"].as_str())
+            .map(String::from);
+        ClusterConfig {
+            use_emulation: dev["useEmulation"].as_bool().unwrap_or(false),
+            feature_gates: gates,
+            default_binding: binding,
+            permit_bridge_on_pod_network: c["network"]["permitBridgeInterfaceOnPodNetwork"]
+                .as_bool()
+                .unwrap_or(true),
+            machine_type,
+        }
+    }
+
+    /// The defaults a VMI gets under this configuration.
+    pub fn defaults(&self) -> DefaultsConfig {
+        DefaultsConfig {
+            default_network_interface: self.default_binding,
+            machine_type: self.machine_type.clone(),
+            ..DefaultsConfig::default()
+        }
+    }
+
+    /// Makes admission follow this configuration.
+    pub fn apply_to(&self, admission: &mut AdmitOptions) {
+        admission.defaults = self.defaults();
+        admission.validation.feature_gates = self.feature_gates.clone();
+        admission.validation.permit_bridge_on_pod_network = self.permit_bridge_on_pod_network;
+    }
+
+    /// A channel that never changes, for a component run on its own (tests, tools). Its
+    /// sender is gone, so `borrow()` reads this value forever and `changed()` says so.
+    pub fn fixed(self) -> ClusterConfigRx {
+        watch::channel(self).1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn absent_fields_mean_kubevirts_defaults() {
+        let c = ClusterConfig::default();
+        assert!(!c.use_emulation);
+        assert!(c.feature_gates.is_empty());
+        assert_eq!(c.default_binding, DefaultBinding::Bridge);
+        assert!(c.permit_bridge_on_pod_network);
+        assert_eq!(c.machine_type, None);
+    }
+
+    #[test]
+    fn fields_are_read_and_reach_admission() {
+        let c = ClusterConfig::from_spec(&json!({"configuration": {
+            "developerConfiguration": {"useEmulation": true, "featureGates": ["HostDisk"]},
+            "network": {"defaultNetworkInterface": "masquerade",
+                        "permitBridgeInterfaceOnPodNetwork": false},
+            "architectureConfiguration": {"amd64": {"machineType": "q35"}}}}));
+        assert!(c.use_emulation);
+        assert_eq!(c.default_binding, DefaultBinding::Masquerade);
+        let mut a = AdmitOptions::default();
+        c.apply_to(&mut a);
+        assert_eq!(a.validation.feature_gates, vec!["HostDisk".to_string()]);
+        assert!(!a.validation.permit_bridge_on_pod_network);
+        assert_eq!(a.defaults.machine_type.as_deref(), Some("q35"));
+        assert_eq!(
+            a.defaults.default_network_interface,
+            DefaultBinding::Masquerade
+        );
+    }
+
+    #[test]
+    fn a_receiver_sees_each_new_value() {
+        let (tx, rx) = watch::channel(ClusterConfig::default());
+        let mut c = ClusterConfig::default();
+        c.default_binding = DefaultBinding::Masquerade;
+        tx.send_replace(c);
+        assert_eq!(rx.borrow().default_binding, DefaultBinding::Masquerade);
+        assert_eq!(
+            ClusterConfig::default().fixed().borrow().default_binding,
+            DefaultBinding::Bridge
+        );
+    }
+}
