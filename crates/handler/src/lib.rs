@@ -41,6 +41,8 @@ pub struct Config {
     /// Where PersistentVolume `local.path`s and hostDisk paths may point
     /// (`--host-path-root`; docs/security.md).
     pub host_paths: kubevirt_runtime::host_path::HostPathPolicy,
+    /// The user QEMU runs as (`launcher run --qemu-uid/--qemu-gid`).
+    pub qemu_user: kubevirt_launcher::confine::QemuUser,
 }
 
 impl Config {
@@ -236,6 +238,8 @@ fn spawn_launcher(
         .arg("--dir")
         .arg(dir.path())
         .arg(format!("--allow-emulation={}", config.emulation()))
+        .arg(format!("--qemu-uid={}", config.qemu_user.uid))
+        .arg(format!("--qemu-gid={}", config.qemu_user.gid))
         .arg("--detach")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

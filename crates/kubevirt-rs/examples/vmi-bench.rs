@@ -123,6 +123,11 @@ fn main() -> Result<()> {
         );
     }
     let dir = tempfile::tempdir()?;
+    // QEMU's unprivileged user passes through it to the VMI directories.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )?;
     let data = dir.path().join("data");
     let mut server = Command::new(&bin)
         .arg("server")

@@ -30,6 +30,13 @@ pub struct ServerArgs {
     /// beneath (repeatable). Without one, VMs reach only the provisioner's own volumes.
     #[arg(long = "host-path-root", value_name = "DIR")]
     host_path_roots: Vec<PathBuf>,
+    /// The user QEMU runs as (KubeVirt's `qemu`, 107); 0 keeps QEMU as root, for hosts whose
+    /// /dev/kvm or hugepages only root may open.
+    #[arg(long, default_value_t = kubevirt_launcher::confine::QemuUser::KUBEVIRT.uid)]
+    qemu_uid: u32,
+    /// QEMU's group (107).
+    #[arg(long, default_value_t = kubevirt_launcher::confine::QemuUser::KUBEVIRT.gid)]
+    qemu_gid: u32,
     /// Start with an empty object store although the data directory already has content
     /// (a missing or empty store.redb there is refused otherwise).
     #[arg(long)]
@@ -72,6 +79,15 @@ pub fn run(args: ServerArgs) -> Result<i32> {
         );
         eprintln!("  export KUBECONFIG={}", running.kubeconfig.display());
         if !args.api_only {
+            // The data directory is 0700; QEMU's user must be able to pass through it to its
+            // VMI directory (search only: it cannot list or read what is not its own).
+            let qemu_user = kubevirt_launcher::confine::QemuUser {
+                uid: args.qemu_uid,
+                gid: args.qemu_gid,
+            };
+            qemu_user
+                .ensure_reachable(&args.data_dir)
+                .context("QEMU's user must reach the data directory (see --qemu-uid)")?;
             let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig)?;
             let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
             let client = kube::Client::try_from(cfg)?;
@@ -133,6 +149,7 @@ pub fn run(args: ServerArgs) -> Result<i32> {
                     ),
                     launcher_bin: std::env::current_exe()?,
                     cluster,
+                    qemu_user,
                     host_paths,
                 },
             ));

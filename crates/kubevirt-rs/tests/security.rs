@@ -416,6 +416,9 @@ spec:
     resources:
       requests:
         memory: 128Mi
+  networks:
+  - name: default
+    pod: {}
   volumes:
   - name: rootdisk
     containerDisk:

@@ -106,6 +106,13 @@ impl QemuUser {
     /// Every ancestor of `dir` (and `dir`) must be searchable by QEMU's user, or QEMU fails
     /// later with a bare "Permission denied". `dir` itself is given group search permission.
     pub fn ensure_reachable(&self, dir: &Path) -> Result<(), ConfineError> {
+        self.let_search(dir)?;
+        self.check_ancestors(dir)
+    }
+
+    /// Lets QEMU's group search `dir` (not list it, not write it) unless everyone may: for
+    /// a VMI directory, and for the server's data directory, which is otherwise 0700.
+    pub fn let_search(&self, dir: &Path) -> Result<(), ConfineError> {
         if self.is_root() {
             return Ok(());
         }
@@ -115,7 +122,6 @@ impl QemuUser {
         };
         let meta = std::fs::metadata(dir).map_err(io(dir))?;
         if meta.mode() & 0o001 == 0 && !(meta.gid() == self.gid && meta.mode() & 0o010 != 0) {
-            // The VMI directory: QEMU's group may search it (not list it, not write it).
             let f = File::open(dir).map_err(io(dir))?;
             rustix::fs::fchown(&f, None, Some(rustix::fs::Gid::from_raw(self.gid))).map_err(
                 |e| ConfineError::Chown {
@@ -129,7 +135,7 @@ impl QemuUser {
             f.set_permissions(std::fs::Permissions::from_mode(mode))
                 .map_err(io(dir))?;
         }
-        self.check_ancestors(dir)
+        Ok(())
     }
 
     /// Every ancestor of `path` must be searchable by QEMU's user (e.g. a containerDisk base

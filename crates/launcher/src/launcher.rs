@@ -11,6 +11,7 @@
 //! `i8042.nokbd`, so ctrl-alt-del would not reach it) and no guest agent.
 
 use crate::accel::{self, AccelChoice};
+use crate::api::VmiDir;
 use crate::confine::QemuUser;
 use crate::console::Console;
 use crate::machine::{Environment, HostPorts, MachineSpec, NetBackend, PortForward, SpecError};
@@ -218,7 +219,7 @@ fn describe_exit(status: &std::process::ExitStatus) -> String {
 
 /// Write `state.json` atomically ([`crate::api::VmiDir::write_state`]).
 pub fn write_state(dir: &Path, state: &State) {
-    if let Err(e) = crate::api::VmiDir::unchecked(dir).write_state(state) {
+    if let Err(e) = VmiDir::unchecked(dir).write_state(state) {
         tracing::warn!(error = %e, "cannot record the state");
     }
 }
@@ -268,7 +269,7 @@ impl Vm {
             opts.image_cache.as_deref(),
             opts.qemu_user,
         )?;
-        let log_path = dir.join("qemu.log");
+        let log_path = VmiDir::unchecked(dir).qemu_log();
         let log = std::fs::File::create(&log_path).map_err(|source| LaunchError::Io {
             path: log_path.clone(),
             source,
@@ -278,7 +279,7 @@ impl Vm {
             source,
         })?;
         let _ = std::fs::write(
-            dir.join("qemu.cmdline"),
+            VmiDir::unchecked(dir).qemu_cmdline(),
             format!("{} {}\n", opts.qemu_binary, argv.join(" ")),
         );
         let mut cmd = tokio::process::Command::new(&opts.qemu_binary);
@@ -348,8 +349,8 @@ impl Vm {
         let console = if spec.serial_console {
             match Console::start(
                 &spec.serial_socket(),
-                &dir.join("console.sock"),
-                &dir.join("serial.log"),
+                &VmiDir::unchecked(dir).console_socket(),
+                &VmiDir::unchecked(dir).serial_log(),
             )
             .await
             {
@@ -393,7 +394,9 @@ impl Vm {
             launcher_pid: std::process::id(),
             guest_ip: None,
             vnc_socket: spec.vnc.then(|| spec.vnc_socket()),
-            console_socket: spec.serial_console.then(|| dir.join("console.sock")),
+            console_socket: spec
+                .serial_console
+                .then(|| VmiDir::unchecked(dir).console_socket()),
             ports,
             timestamp: now(),
         };
@@ -450,8 +453,8 @@ impl Vm {
             if let Err(e) = vm.qmp.cont().await {
                 return Err(LaunchError::Qmp {
                     source: e,
-                    log: dir.join("qemu.log"),
-                    stderr: tail(&dir.join("qemu.log"), 4000),
+                    log: VmiDir::unchecked(dir).qemu_log(),
+                    stderr: tail(&VmiDir::unchecked(dir).qemu_log(), 4000),
                 });
             }
             vm.set_phase(
@@ -592,7 +595,7 @@ impl Vm {
             let i = self.lock();
             (i.shutdown.clone(), i.intent, i.panicked)
         };
-        let log = self.dir.join("qemu.log");
+        let log = VmiDir::unchecked(&self.dir).qemu_log();
         let (phase, reason, message) = match (shutdown, panicked) {
             (_, true) => (
                 Phase::Failed,
@@ -655,7 +658,7 @@ impl Vm {
     }
 
     fn qmp_err(&self, e: QmpError) -> LaunchError {
-        let log = self.dir.join("qemu.log");
+        let log = VmiDir::unchecked(&self.dir).qemu_log();
         LaunchError::Qmp {
             source: e,
             stderr: tail(&log, 2000),

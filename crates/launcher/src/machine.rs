@@ -381,26 +381,28 @@ pub struct MachineSpec {
 }
 
 impl MachineSpec {
+    /// The VMI directory's layout; its file names have one owner, `api::VmiDir`.
+    pub fn vmi_dir(&self) -> crate::api::VmiDir {
+        crate::api::VmiDir::unchecked(&self.dir)
+    }
     /// The one directory QEMU may write (it creates its sockets there): owned by QEMU's
     /// user, so an unprivileged QEMU cannot touch anything else of the VMI directory.
     pub fn sockets_dir(&self) -> PathBuf {
-        self.dir.join("sockets")
+        self.vmi_dir().sockets_dir()
     }
     pub fn qmp_socket(&self) -> PathBuf {
-        self.sockets_dir().join("qmp.sock")
+        self.vmi_dir().qmp_socket()
     }
     pub fn serial_socket(&self) -> PathBuf {
-        self.sockets_dir().join("serial.sock")
+        self.vmi_dir().serial_socket()
     }
     /// Where QEMU creates its VNC socket.
     pub fn qemu_vnc_socket(&self) -> PathBuf {
-        self.sockets_dir().join("vnc.sock")
+        self.vmi_dir().qemu_vnc_socket()
     }
-    /// `DIR/vnc.sock`, what virt-api connects to: a hard link to [`Self::qemu_vnc_socket`]
-    /// made by the launcher before the guest runs, in the directory QEMU cannot write, so a
-    /// compromised QEMU cannot swap it for a link to another socket.
+    /// `DIR/vnc.sock`, what virt-api connects to: a hard link to [`Self::qemu_vnc_socket`].
     pub fn vnc_socket(&self) -> PathBuf {
-        self.dir.join("vnc.sock")
+        self.vmi_dir().vnc_socket()
     }
 }
 

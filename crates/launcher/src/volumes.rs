@@ -373,13 +373,17 @@ pub fn prepare(
 ) -> Result<(), VolumeError> {
     let root = &spec.dir;
     user.ensure_reachable(root)?;
-    paths::dir_beneath(root, &spec.dir.join("disks"), true)?;
+    paths::dir_beneath(root, &spec.vmi_dir().disks_dir(), true)?;
     // QEMU's sockets: the one directory it may write. Old sockets go with the old directory
     // contents (QEMU refuses to bind over an existing socket file).
     let sockets = spec.sockets_dir();
     let sockets_fd = paths::dir_beneath(root, &sockets, true)?;
-    for s in ["qmp.sock", "serial.sock", "vnc.sock"] {
-        paths::remove_beneath(root, &sockets.join(s))?;
+    for s in [
+        spec.qmp_socket(),
+        spec.serial_socket(),
+        spec.qemu_vnc_socket(),
+    ] {
+        paths::remove_beneath(root, &s)?;
     }
     paths::remove_beneath(root, &spec.vnc_socket())?;
     let sockets_dir = fs::File::from(sockets_fd);

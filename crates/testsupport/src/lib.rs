@@ -103,6 +103,12 @@ impl Server {
     /// Starts it and waits until it serves (its first stderr line names the address).
     pub fn start(&mut self) {
         let _ = std::fs::remove_file(self.kubeconfig());
+        // QEMU runs as an unprivileged user that must pass through the data directory's
+        // parent; a test's tempdir is 0700 (a real data directory sits in /var/lib).
+        if let Some(parent) = self.data.parent() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711));
+        }
         let mut child = Command::new(&self.bin)
             .arg("server")
             .arg("--data-dir")

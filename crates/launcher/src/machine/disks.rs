@@ -128,7 +128,7 @@ pub(super) fn disks(ctx: &Ctx) -> Result<Vec<DiskSpec>, SpecError> {
                 ))
             }
         };
-        let disk_dir = env.dir.join("disks");
+        let disk_dir = crate::api::VmiDir::unchecked(&env.dir).disks_dir();
         let (path, format, source) = if let Some(cd) = &vol.container_disk {
             (
                 in_dir(&disk_dir, &format!("{}.qcow2", d.name), &dp)?,
@@ -136,7 +136,11 @@ pub(super) fn disks(ctx: &Ctx) -> Result<Vec<DiskSpec>, SpecError> {
                 DiskSource::ContainerDisk {
                     image: cd.image.clone(),
                     path: cd.path.clone(),
-                    base_dir: in_dir(&env.dir.join("container-disks"), &d.name, &dp)?,
+                    base_dir: in_dir(
+                        &crate::api::VmiDir::unchecked(&env.dir).container_disks_dir(),
+                        &d.name,
+                        &dp,
+                    )?,
                 },
             )
         } else if let Some(hd) = &vol.host_disk {

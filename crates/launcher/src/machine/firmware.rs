@@ -35,7 +35,7 @@ pub(super) fn firmware(ctx: &Ctx) -> Result<FirmwareParts, SpecError> {
                 .trim()
                 .to_string();
         }
-        let kdir = env.dir.join("kernel-boot");
+        let kdir = crate::api::VmiDir::unchecked(&env.dir).kernel_boot_dir();
         Firmware::Kernel(KernelBoot {
             kernel: kdir.join("kernel"),
             initrd: initrd_path.as_ref().map(|_| kdir.join("initrd")),
@@ -60,7 +60,7 @@ pub(super) fn firmware(ctx: &Ctx) -> Result<FirmwareParts, SpecError> {
         Firmware::Efi {
             code: env.ovmf_dir.join(code),
             vars_template: env.ovmf_dir.join(vars),
-            vars: env.dir.join("OVMF_VARS.fd"),
+            vars: crate::api::VmiDir::unchecked(&env.dir).ovmf_vars(),
             secure_boot,
         }
     } else {

@@ -9,7 +9,9 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, SpecError> {
     let dev = &spec.domain.devices;
     // Interfaces.
     for (i, n) in spec.networks.iter().flatten().enumerate() {
-        label(&n.name, format!("spec.networks[{i}].name"))?;
+        if let Some(form) = kubevirt_api::names::interface_name(&n.name) {
+            return Err(SpecError::new(format!("spec.networks[{i}].name"), form));
+        }
     }
     let networks: BTreeMap<&str, &kubevirt_api::Network> = spec
         .networks
@@ -22,15 +24,19 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, SpecError> {
     let tap_seed = format!("{namespace}/{name}");
     for (i, iface) in dev.interfaces.iter().flatten().enumerate() {
         let ip = format!("spec.domain.devices.interfaces[{i}]");
-        label(&iface.name, format!("{ip}.name"))?;
-        if let Some(mac) = iface.mac_address.as_deref().filter(|m| !m.is_empty()) {
-            if !crate::qemu::nics::is_mac(mac) {
-                return Err(SpecError::new(
-                    format!("{ip}.macAddress"),
-                    format!("{mac:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
-                ));
-            }
+        // KubeVirt's interface name rule (also admission's): the name becomes a QEMU id.
+        if let Some(form) = kubevirt_api::names::interface_name(&iface.name) {
+            return Err(SpecError::new(format!("{ip}.name"), form));
         }
+        let mac = match iface.mac_address.as_deref().filter(|m| !m.is_empty()) {
+            None => None,
+            Some(m) => Some(crate::qemu::nics::normalise_mac(m).ok_or_else(|| {
+                SpecError::new(
+                    format!("{ip}.macAddress"),
+                    format!("{m:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+                )
+            })?),
+        };
         let model = match iface.model.as_deref().unwrap_or("virtio") {
             "virtio" => NicModel::Virtio,
             "e1000" => NicModel::E1000,
@@ -138,7 +144,7 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, SpecError> {
         nics.push(NicSpec {
             name: iface.name.clone(),
             model,
-            mac: iface.mac_address.clone().filter(|m| !m.is_empty()),
+            mac,
             boot_order,
             backend,
         });
@@ -158,5 +164,17 @@ mod tests {
         assert_eq!(e.field, "spec.domain.devices.interfaces[0].bridge");
         let e = convert("  domain:\n    memory: {guest: 64Mi}\n    devices: {interfaces: [{name: n, masquerade: {}}]}\n  networks: [{name: other, pod: {}}]\n").unwrap_err();
         assert_eq!(e.field, "spec.domain.devices.interfaces[0].name");
+    }
+
+    /// What admission accepts the launcher accepts too: KubeVirt's interface names (capitals,
+    /// `_`) and every MAC form Go's `net.ParseMAC` reads, given to QEMU in one form.
+    #[test]
+    fn kubevirt_names_and_mac_forms_pass_and_macs_are_normalised() {
+        let m = convert("  domain:\n    memory: {guest: 64Mi}\n    devices: {interfaces: [{name: Pod_net-1, masquerade: {}, macAddress: DE-AD-00-00-BE-AF}]}\n  networks: [{name: Pod_net-1, pod: {}}]\n").expect("accepted");
+        assert_eq!(m.nics[0].mac.as_deref(), Some("de:ad:00:00:be:af"));
+        let m = convert("  domain:\n    memory: {guest: 64Mi}\n    devices: {interfaces: [{name: n, masquerade: {}, macAddress: dead.0000.beaf}]}\n  networks: [{name: n, pod: {}}]\n").expect("accepted");
+        assert_eq!(m.nics[0].mac.as_deref(), Some("de:ad:00:00:be:af"));
+        let e = convert("  domain:\n    memory: {guest: 64Mi}\n    devices: {interfaces: [{name: n, masquerade: {}, macAddress: \"de:ad:00:00:be:af,romfile=/x\"}]}\n  networks: [{name: n, pod: {}}]\n").unwrap_err();
+        assert_eq!(e.field, "spec.domain.devices.interfaces[0].macAddress");
     }
 }

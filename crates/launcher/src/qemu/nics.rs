@@ -16,14 +16,23 @@ pub enum NicError {
     Mac { nic: String, mac: String },
 }
 
-/// `aa:bb:cc:dd:ee:ff` (also `-` separated, as KubeVirt accepts); anything else is refused
-/// rather than escaped: QEMU would refuse it later with a less helpful message.
+/// `aa:bb:cc:dd:ee:ff`, lower case: the one form QEMU is given (`MachineSpec::from_vmi`
+/// normalises what KubeVirt accepts into it); anything else is refused rather than escaped.
 pub fn is_mac(s: &str) -> bool {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    parts.len() == 6
-        && parts
+    s.len() == 17 && normalise_mac(s).as_deref() == Some(s)
+}
+
+/// A 6-octet MAC in any form KubeVirt accepts (Go's `net.ParseMAC`: `:`, `-` or `.`
+/// separated) as `aa:bb:cc:dd:ee:ff`; `None` for anything else.
+pub fn normalise_mac(s: &str) -> Option<String> {
+    let octets = kubevirt_api::names::parse_mac(s).filter(|o| o.len() == 6)?;
+    Some(
+        octets
             .iter()
-            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+            .map(|o| format!("{o:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
 }
 
 pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), NicError> {

@@ -71,10 +71,9 @@ fn is_kind(s: &str) -> bool {
 }
 
 /// `[A-Za-z0-9_.-]+`: what `-cpu` can carry as a model or feature name.
+/// The rule has one owner, `kubevirt_api::names`, which admission uses too.
 pub fn is_cpu_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|x| x.is_ascii_alphanumeric() || matches!(x, '-' | '.' | '_'))
+    kubevirt_api::names::cpu_name(s).is_none()
 }
 
 fn clean(key: &str, value: &str) -> Result<(), OptsError> {
