@@ -99,39 +99,19 @@ pub fn cpu_name(s: &str) -> Option<String> {
 /// A MAC address as Go's `net.ParseMAC` reads it (what KubeVirt uses): `xx:xx:…`, `xx-xx-…` or
 /// `xxxx.xxxx.xxxx`, of 6, 8 or 20 octets. Returns the octets.
 pub fn parse_mac(s: &str) -> Option<Vec<u8>> {
-    let hex = |p: &str| -> Option<Vec<u8>> {
-        if !p.len().is_multiple_of(2) || p.is_empty() {
+    // The separator decides the group width: two hex digits per `:`/`-` group, four per `.`.
+    let (sep, width) = [(':', 2), ('-', 2), ('.', 4)]
+        .into_iter()
+        .find(|(c, _)| s.contains(*c))?;
+    let mut octets = Vec::new();
+    for group in s.split(sep) {
+        if group.len() != width || !group.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        (0..p.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(p.get(i..i + 2)?, 16).ok())
-            .collect()
-    };
-    let octets: Vec<u8> = if s.contains(':') || s.contains('-') {
-        let sep = if s.contains(':') { ':' } else { '-' };
-        let parts: Vec<&str> = s.split(sep).collect();
-        if parts.iter().any(|p| p.len() != 2) {
-            return None;
+        for i in (0..width).step_by(2) {
+            octets.push(u8::from_str_radix(group.get(i..i + 2)?, 16).ok()?);
         }
-        parts
-            .iter()
-            .map(|p| hex(p))
-            .collect::<Option<Vec<_>>>()?
-            .concat()
-    } else if s.contains('.') {
-        let parts: Vec<&str> = s.split('.').collect();
-        if parts.iter().any(|p| p.len() != 4) {
-            return None;
-        }
-        parts
-            .iter()
-            .map(|p| hex(p))
-            .collect::<Option<Vec<_>>>()?
-            .concat()
-    } else {
-        return None;
-    };
+    }
     matches!(octets.len(), 6 | 8 | 20).then_some(octets)
 }
 
@@ -218,6 +198,7 @@ mod tests {
             "de:ad:00:00:be",
             "de:ad:00:00:be:af,romfile=/x",
             "de:ad:00:00:be:gg",
+            "de:ad:00:00:be:+f",
             "dead.0000.beaf.",
             "de:ad-00:00:be:af",
             "deadbeefcafe",

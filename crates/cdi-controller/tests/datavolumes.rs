@@ -516,10 +516,13 @@ async fn bad_inputs_fail_with_the_cause_and_transient_errors_retry() {
         );
         assert!(!dir.join("disk.img.importing").exists());
     }
-    // Transient: stays in progress, restartCount moves, the message names the cause.
+    // Transient: stays in progress, restartCount moves, the message names the cause. Each
+    // retry first reports the new attempt running (no message), then its error: sample a
+    // state after an error was reported, not the instant between.
     let dv = env
         .wait_dv("flaky", 60, |d| {
             d.status.as_ref().and_then(|s| s.restart_count).unwrap_or(0) >= 2
+                && !running_message(d).is_empty()
         })
         .await;
     assert_eq!(phase_of(&dv), "ImportInProgress");

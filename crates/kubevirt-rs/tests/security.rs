@@ -22,15 +22,20 @@ use std::time::Duration;
 
 const HOSTILE: &str = "x,romfile=/etc/shadow";
 
-fn server(dir: &Path, extra: &[String]) -> Server {
+/// A server in `dir`; containerDisks from `images` (the demo guest's), or none.
+fn server_with(dir: &Path, images: Option<&Path>, extra: &[String]) -> Server {
     let mut s = Server::new(
         env!("CARGO_BIN_EXE_kubevirt-rs"),
         dir.join("data"),
-        dir.join("images"),
+        images.map_or_else(|| dir.join("images"), Path::to_path_buf),
     );
     s.extra_args = extra.to_vec();
     s.start();
     s
+}
+
+fn server(dir: &Path, extra: &[String]) -> Server {
+    server_with(dir, None, extra)
 }
 
 fn apply(s: &Server, dir: &Path, file: &str, yaml: &str) -> String {
@@ -386,12 +391,7 @@ fn qemu_runs_unprivileged_under_seccomp() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Server::new(
-        env!("CARGO_BIN_EXE_kubevirt-rs"),
-        dir.path().join("data"),
-        guest.join("oci"),
-    );
-    s.start();
+    let mut s = server_with(dir.path(), Some(&guest.join("oci")), &[]);
     let out = apply(
         &s,
         dir.path(),

@@ -127,9 +127,10 @@ mod tests {
     #[test]
     fn a_receiver_sees_each_new_value() {
         let (tx, rx) = watch::channel(ClusterConfig::default());
-        let mut c = ClusterConfig::default();
-        c.default_binding = DefaultBinding::Masquerade;
-        tx.send_replace(c);
+        tx.send_replace(ClusterConfig {
+            default_binding: DefaultBinding::Masquerade,
+            ..ClusterConfig::default()
+        });
         assert_eq!(rx.borrow().default_binding, DefaultBinding::Masquerade);
         assert_eq!(
             ClusterConfig::default().fixed().borrow().default_binding,
