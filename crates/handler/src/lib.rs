@@ -20,7 +20,9 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use kubevirt_api::status::{reason, VmiPhase};
 use kubevirt_api::VirtualMachineInstance;
-use kubevirt_launcher::api::{LauncherClient, Phase, Request, State, VmiDir, VmiDirError};
+use kubevirt_launcher::api::{
+    LauncherClient, NodeVolumes, Phase, Request, State, VmiDir, VmiDirError,
+};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -218,7 +220,7 @@ fn spawn_launcher(
     config: &Config,
     dir: &VmiDir,
     vmi: &VirtualMachineInstance,
-    volume_args: &[String],
+    volumes: &NodeVolumes,
     followers: &Arc<Followers>,
 ) -> Result<(), Error> {
     let io = |path: &Path| {
@@ -228,6 +230,10 @@ fn spawn_launcher(
     std::fs::create_dir_all(dir.path()).map_err(io(dir.path()))?;
     let file = dir.vmi_file();
     std::fs::write(&file, serde_json::to_vec(vmi).unwrap_or_default()).map_err(io(&file))?;
+    dir.write_volumes(volumes).map_err(|e| Error::Io {
+        path: dir.volumes_file().display().to_string(),
+        source: std::io::Error::other(e),
+    })?;
     let spawned = dir.spawned_marker();
     std::fs::write(&spawned, b"").map_err(io(&spawned))?;
     let mut cmd = tokio::process::Command::new(&config.launcher_bin);
@@ -249,7 +255,6 @@ fn spawn_launcher(
         cmd.arg("--image-cache")
             .arg(config.data_dir.join("image-cache"));
     }
-    cmd.args(volume_args);
     // The detaching parent waits until the VM runs (or fails); the launcher itself lives on in
     // its own session, whatever happens to us.
     let name = vmi.name_any();
@@ -363,8 +368,8 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             {
                 // PVC/DataVolume volumes must be usable first; until then the VMI waits.
                 match volumes::resolve(&ctx.client, &vmi, &ctx.config.host_paths).await? {
-                    volumes::Resolved::Ready(args) => {
-                        spawn_launcher(&ctx.config, &dir, &vmi, &args, &ctx.followers)?
+                    volumes::Resolved::Ready(node) => {
+                        spawn_launcher(&ctx.config, &dir, &vmi, &node, &ctx.followers)?
                     }
                     volumes::Resolved::Wait(why) => {
                         tracing::info!(vmi = %name, %why, "waiting for volumes");

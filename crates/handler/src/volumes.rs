@@ -1,5 +1,5 @@
 //! A VMI's `persistentVolumeClaim` and `dataVolume` volumes → the files the launcher opens
-//! (`--pvc CLAIM=PATH`, `--data-volume NAME=PATH`).
+//! (`kubevirt_launcher::api::NodeVolumes`, handed over as `volumes.json` in the VMI directory).
 //!
 //! PVC → its bound PersistentVolume → `spec.local.path` (the local-path provisioner's
 //! directory or file): for `volumeMode: Filesystem` the disk is `disk.img` in that directory
@@ -13,13 +13,14 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use kubevirt_api::{DataVolume, VirtualMachineInstance};
+use kubevirt_launcher::api::NodeVolumes;
 use kubevirt_runtime::host_path::HostPathPolicy;
 
 /// What the launcher needs, or why the VMI must wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resolved {
-    /// Launcher arguments (`--pvc`, `--data-volume`).
-    Ready(Vec<String>),
+    /// The files the launcher opens.
+    Ready(NodeVolumes),
     /// A volume is not ready; the message says which and why.
     Wait(String),
     /// A volume points at a host path this node does not allow (`--host-path-root`); the
@@ -162,7 +163,7 @@ pub async fn resolve(
     policy: &HostPathPolicy,
 ) -> kube::Result<Resolved> {
     let ns = vmi.namespace().unwrap_or_else(|| "default".into());
-    let mut args = Vec::new();
+    let mut node = NodeVolumes::default();
     for (i, vol) in vmi.spec.volumes.iter().flatten().enumerate() {
         if let Some(hd) = &vol.host_disk {
             if let Err(e) = policy.host_disk(&hd.path) {
@@ -173,8 +174,8 @@ pub async fn resolve(
         } else if let Some(p) = &vol.persistent_volume_claim {
             match claim_path(client, policy, &ns, &p.claim_name, false).await? {
                 Claim::Path(path) => {
-                    args.push("--pvc".to_string());
-                    args.push(format!("{}={}", p.claim_name, path.display()));
+                    node.persistent_volume_claims
+                        .insert(p.claim_name.clone(), path);
                 }
                 Claim::Wait(w) => return Ok(Resolved::Wait(w)),
                 Claim::Refused(w) => return Ok(Resolved::Refused(w)),
@@ -191,13 +192,12 @@ pub async fn resolve(
                 .unwrap_or_else(|| d.name.clone());
             match claim_path(client, policy, &ns, &claim, true).await? {
                 Claim::Path(path) => {
-                    args.push("--data-volume".to_string());
-                    args.push(format!("{}={}", d.name, path.display()));
+                    node.data_volumes.insert(d.name.clone(), path);
                 }
                 Claim::Wait(w) => return Ok(Resolved::Wait(w)),
                 Claim::Refused(w) => return Ok(Resolved::Refused(w)),
             }
         }
     }
-    Ok(Resolved::Ready(args))
+    Ok(Resolved::Ready(node))
 }

@@ -143,8 +143,13 @@ fn run_vmi(a: RunArgs) -> Result<i32> {
         uid: a.qemu_uid,
         gid: if a.qemu_uid == 0 { 0 } else { a.qemu_gid },
     };
-    opts.pvc_paths = pairs(&a.pvcs, "pvc")?;
-    opts.data_volume_paths = pairs(&a.data_volumes, "data-volume")?;
+    // The handler's resolved volumes (volumes.json), then any given by hand on the command line.
+    let node = vmi_dir.read_volumes()?;
+    opts.pvc_paths = node.persistent_volume_claims;
+    opts.pvc_paths.extend(pairs(&a.pvcs, "pvc")?);
+    opts.data_volume_paths = node.data_volumes;
+    opts.data_volume_paths
+        .extend(pairs(&a.data_volumes, "data-volume")?);
     opts.host_ports = match a.host_ports.as_str() {
         "ephemeral" => HostPorts::Ephemeral,
         "same" => HostPorts::Same,

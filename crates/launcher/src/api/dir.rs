@@ -2,6 +2,7 @@
 
 use crate::launcher::State;
 use kubevirt_api::names;
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 /// The size of `sockaddr_un.sun_path` on Linux; a socket path needs one byte less (the NUL).
@@ -26,6 +27,20 @@ const SOCKETS: [&[&str]; 6] = [
     &[SOCKETS_DIR, SERIAL_SOCKET],
     &[SOCKETS_DIR, VNC_SOCKET],
 ];
+
+/// What the node resolved a VMI's volumes to: the files the launcher opens for its
+/// `persistentVolumeClaim` and `dataVolume` volumes. The handler hands these over as this type
+/// (`volumes.json`), not as command-line strings parsed back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeVolumes {
+    /// `claimName` → disk image file.
+    #[serde(default)]
+    pub persistent_volume_claims: BTreeMap<String, PathBuf>,
+    /// DataVolume name → disk image file.
+    #[serde(default)]
+    pub data_volumes: BTreeMap<String, PathBuf>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmiDirError {
@@ -244,6 +259,11 @@ impl VmiDir {
     pub fn vmi_file(&self) -> PathBuf {
         self.path.join("vmi.json")
     }
+    /// The node's volumes for this VMI ([`NodeVolumes`]), written by the handler before it
+    /// starts the launcher.
+    pub fn volumes_file(&self) -> PathBuf {
+        self.path.join("volumes.json")
+    }
     /// The handler's marker: a launcher was spawned for this VMI.
     pub fn spawned_marker(&self) -> PathBuf {
         self.path.join(".spawned")
@@ -251,6 +271,32 @@ impl VmiDir {
     /// The handler's marker: the graceful shutdown was signalled (and its event recorded).
     pub fn shutdown_marker(&self) -> PathBuf {
         self.path.join(".shutdown-signaled")
+    }
+
+    /// The volumes the handler resolved; none when it wrote no file (a launcher run by hand).
+    pub fn read_volumes(&self) -> Result<NodeVolumes, VmiDirError> {
+        let path = self.volumes_file();
+        match std::fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map_err(|source| VmiDirError::BadState { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeVolumes::default()),
+            Err(source) => Err(VmiDirError::Io { path, source }),
+        }
+    }
+
+    /// Write `volumes.json` atomically.
+    pub fn write_volumes(&self, v: &NodeVolumes) -> Result<(), VmiDirError> {
+        let path = self.volumes_file();
+        let tmp = self.path.join("volumes.json.tmp");
+        let text = serde_json::to_vec_pretty(v).map_err(|source| VmiDirError::BadState {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&tmp, text).map_err(|source| VmiDirError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, &path).map_err(|source| VmiDirError::Io { path, source })
     }
 
     /// The last state the launcher wrote.
@@ -411,6 +457,28 @@ mod tests {
                 .contains("a unix socket path may have at most 107 bytes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn node_volumes_round_trip_and_are_empty_when_absent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = VmiDir::new(tmp.path(), "default", "demo").unwrap();
+        std::fs::create_dir_all(d.path()).unwrap();
+        assert_eq!(d.read_volumes().unwrap(), NodeVolumes::default());
+        let mut v = NodeVolumes::default();
+        v.persistent_volume_claims
+            .insert("claim".into(), PathBuf::from("/v/pvc-1/disk.img"));
+        v.data_volumes
+            .insert("dv".into(), PathBuf::from("/v/pvc-2/disk.img"));
+        d.write_volumes(&v).unwrap();
+        assert_eq!(d.read_volumes().unwrap(), v);
+        let text = std::fs::read_to_string(d.volumes_file()).unwrap();
+        assert!(text.contains("\"persistentVolumeClaims\""), "{text}");
+        std::fs::write(d.volumes_file(), "{not json").unwrap();
+        assert!(matches!(
+            d.read_volumes(),
+            Err(VmiDirError::BadState { .. })
+        ));
     }
 
     #[test]
