@@ -28,6 +28,25 @@ const SOCKETS: [&[&str]; 6] = [
     &[SOCKETS_DIR, VNC_SOCKET],
 ];
 
+/// `path` as pretty JSON, through `path.tmp` renamed over it: a reader never sees half a file.
+fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<(), VmiDirError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let text = serde_json::to_vec_pretty(value).map_err(|source| VmiDirError::BadState {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::write(&tmp, text).map_err(|source| VmiDirError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| VmiDirError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// What the node resolved a VMI's volumes to: the files the launcher opens for its
 /// `persistentVolumeClaim` and `dataVolume` volumes. The handler hands these over as this type
 /// (`volumes.json`), not as command-line strings parsed back.
@@ -286,17 +305,7 @@ impl VmiDir {
 
     /// Write `volumes.json` atomically.
     pub fn write_volumes(&self, v: &NodeVolumes) -> Result<(), VmiDirError> {
-        let path = self.volumes_file();
-        let tmp = self.path.join("volumes.json.tmp");
-        let text = serde_json::to_vec_pretty(v).map_err(|source| VmiDirError::BadState {
-            path: path.clone(),
-            source,
-        })?;
-        std::fs::write(&tmp, text).map_err(|source| VmiDirError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        std::fs::rename(&tmp, &path).map_err(|source| VmiDirError::Io { path, source })
+        write_json_atomically(&self.volumes_file(), v)
     }
 
     /// The last state the launcher wrote.
@@ -311,17 +320,7 @@ impl VmiDir {
 
     /// Write `state.json` atomically (a temporary file renamed over it).
     pub fn write_state(&self, state: &State) -> Result<(), VmiDirError> {
-        let path = self.state_file();
-        let tmp = self.path.join("state.json.tmp");
-        let text = serde_json::to_vec_pretty(state).map_err(|source| VmiDirError::BadState {
-            path: path.clone(),
-            source,
-        })?;
-        std::fs::write(&tmp, text).map_err(|source| VmiDirError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        std::fs::rename(&tmp, &path).map_err(|source| VmiDirError::Io { path, source })
+        write_json_atomically(&self.state_file(), state)
     }
 
     /// The pid in `launcher.pid`, if there is one.
