@@ -44,7 +44,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             tls_handshake_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(30),
+            // Longer than a kube-rs client keeps an idle pooled connection (hyper-util: 90 s),
+            // so the client always closes first and never sends on a connection we close.
+            header_read_timeout: Duration::from_secs(120),
             max_connections: 4096,
             watch_window_bytes: 64 * 1024 * 1024,
             watch_window_events: crate::store::EVENT_WINDOW,
