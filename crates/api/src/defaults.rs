@@ -21,14 +21,18 @@ pub const FIRMWARE_UUID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x6a1a24a1_4061_4607_8bf4_a3963d0c5895);
 
 /// The binding the default pod interface gets (KubeVirt: `network.defaultNetworkInterface`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum DefaultBinding {
     Bridge,
     Masquerade,
 }
 
 /// The parts of the cluster configuration (the `KubeVirt` resource) that defaulting reads.
-#[derive(Clone, Debug)]
+/// Serialisable: virt-handler hands the current value to each launcher
+/// (`kubevirt_launcher::api::VmiDir::write_defaults`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DefaultsConfig {
     /// KubeVirt's out-of-the-box default is bridge; the single-node server configures masquerade.
     pub default_network_interface: DefaultBinding,

@@ -24,28 +24,9 @@ use std::time::Duration;
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// Serves an aggregated API group (see [`discovery::AGGREGATED`]) or the CDI upload proxy;
-/// plugged in by the control plane.
-#[async_trait::async_trait]
-pub trait SubresourceHandler: Send + Sync {
-    /// `path`: the segments after `/apis/<group>/<version>/` (for the upload proxy: the whole
-    /// path, e.g. `["v1beta1", "upload"]`).
-    async fn handle(
-        &self,
-        method: Method,
-        path: Vec<String>,
-        query: Query,
-        headers: HeaderMap,
-        body: Body,
-    ) -> Response;
-
-    /// The whole request, for handlers that need more than the body (a websocket upgrade
-    /// needs the connection's upgrade handle). By default: [`Self::handle`].
-    async fn handle_request(&self, path: Vec<String>, query: Query, req: Request) -> Response {
-        let (parts, body) = req.into_parts();
-        self.handle(parts.method, path, query, parts.headers, body)
-            .await
-    }
-}
+/// plugged in by the control plane. Defined in `kubevirt_runtime::subresource`, so that the
+/// handlers need not depend on the API server.
+pub use kubevirt_runtime::subresource::SubresourceHandler;
 
 pub struct AppState {
     pub api: Arc<ApiServer>,

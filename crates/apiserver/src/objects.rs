@@ -13,43 +13,21 @@ use kubevirt_api::admission::{AdmitOptions, FieldValidation};
 use kubevirt_api::CauseType;
 use parking_lot::RwLock;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Query parameters of a request, as given.
-#[derive(Clone, Debug, Default)]
-pub struct Query(pub HashMap<String, String>);
+/// Query parameters of a request, as given (defined in `kubevirt_runtime::subresource`, which
+/// the subresource handlers share).
+pub use kubevirt_runtime::subresource::Query;
 
-impl Query {
-    pub fn parse(q: Option<&str>) -> Query {
-        Query(
-            form_urlencoded::parse(q.unwrap_or("").as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        )
-    }
-
-    pub fn get(&self, k: &str) -> Option<&str> {
-        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
-    }
-
-    pub fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), Some("true") | Some("1"))
-    }
-
-    pub fn dry_run(&self) -> bool {
-        self.get("dryRun") == Some("All")
-    }
-
-    fn field_validation(&self) -> ApiResult<FieldValidation> {
-        match self.get("fieldValidation") {
-            None | Some("Warn") => Ok(FieldValidation::Warn),
-            Some("Strict") => Ok(FieldValidation::Strict),
-            Some("Ignore") => Ok(FieldValidation::Ignore),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "fieldValidation parameter unsupported: {other}"
-            ))),
-        }
+/// The `fieldValidation` parameter of a write.
+fn field_validation(q: &Query) -> ApiResult<FieldValidation> {
+    match q.get("fieldValidation") {
+        None | Some("Warn") => Ok(FieldValidation::Warn),
+        Some("Strict") => Ok(FieldValidation::Strict),
+        Some("Ignore") => Ok(FieldValidation::Ignore),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "fieldValidation parameter unsupported: {other}"
+        ))),
     }
 }
 
@@ -197,7 +175,7 @@ impl ApiServer {
     /// Decode, prune or refuse unknown fields, default and validate an object of our kinds.
     fn admit(&self, def: &ResourceDef, value: Value, q: &Query) -> ApiResult<(Value, Vec<String>)> {
         let mut opts = self.admission.read().clone();
-        opts.field_validation = q.field_validation()?;
+        opts.field_validation = field_validation(q)?;
         let name = value["metadata"]["name"]
             .as_str()
             .unwrap_or_default()

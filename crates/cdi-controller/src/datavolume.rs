@@ -313,14 +313,7 @@ pub(crate) async fn write_status(
     if let Some(r) = w.restart_count {
         st["restartCount"] = json!(r);
     }
-    match api
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": st })),
-        )
-        .await
-    {
+    match kubevirt_runtime::status::write_status(&api, name, &st).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(e) => Err(e),
@@ -829,13 +822,8 @@ async fn attempt(
                 }
                 continue;
             }
-            let r = api
-                .patch_status(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {"progress": p}})),
-                )
-                .await;
+            let r =
+                kubevirt_runtime::status::write_status(&api, name, json!({"progress": p})).await;
             match r {
                 Err(kube::Error::Api(s)) if s.code == 404 => return,
                 Err(e) => tracing::debug!(error = %e, "progress write failed"),
@@ -1067,17 +1055,5 @@ mod tests {
         assert!(dv_requested(&d)
             .unwrap_err()
             .contains("spec.pvc or spec.storage"));
-    }
-
-    #[test]
-    fn retry_backoff_doubles_to_the_cap() {
-        let b = crate::RetryBackoff {
-            base: Duration::from_secs(10),
-            max: Duration::from_secs(300),
-        };
-        assert_eq!(b.delay(1), Duration::from_secs(10));
-        assert_eq!(b.delay(2), Duration::from_secs(20));
-        assert_eq!(b.delay(4), Duration::from_secs(80));
-        assert_eq!(b.delay(100), Duration::from_secs(300));
     }
 }

@@ -24,10 +24,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::api::Api;
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource};
 use kubevirt_api::CDIConfig;
+use kubevirt_runtime::backoff::Backoff;
+use kubevirt_runtime::{events, status};
 use serde_json::json;
 
 /// CDI's default filesystem overhead (`CDIConfig` `filesystemOverhead.global`).
@@ -39,21 +41,6 @@ pub const PROVISIONER_NAME: &str = "kubevirt-rs.io/local-path";
 /// The name of CDI's one `CDIConfig`.
 pub const CDI_CONFIG_NAME: &str = "config";
 
-/// Retry delays of transient import errors: `base × 2^(n-1)`, capped at `max` (CDI's importer
-/// pods restart with the kubelet's crash-loop backoff: 10 s doubling up to 5 min).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RetryBackoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl RetryBackoff {
-    pub fn delay(&self, restarts: u32) -> Duration {
-        let exp = restarts.saturating_sub(1).min(16);
-        self.base.saturating_mul(1u32 << exp).min(self.max)
-    }
-}
-
 /// What the CDI controllers need to know about the node.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -64,7 +51,9 @@ pub struct Config {
     /// Used when `CDIConfig` does not set `filesystemOverhead.global`.
     pub filesystem_overhead: f64,
     pub import: kubevirt_cdi::ImportOptions,
-    pub retry: RetryBackoff,
+    /// Retry delays of transient import errors (CDI's importer pods restart with the
+    /// kubelet's crash-loop backoff: 10 s doubling up to 5 min).
+    pub retry: Backoff,
     /// How often `status.progress` is written at most.
     pub progress_interval: Duration,
     /// How long an upload token is valid (CDI: 5 minutes).
@@ -78,10 +67,7 @@ impl Config {
             data_dir: data_dir.into(),
             filesystem_overhead: DEFAULT_FILESYSTEM_OVERHEAD,
             import: kubevirt_cdi::ImportOptions::default(),
-            retry: RetryBackoff {
-                base: Duration::from_secs(10),
-                max: Duration::from_secs(300),
-            },
+            retry: Backoff::exponential(Duration::from_secs(10), Duration::from_secs(300)),
             progress_interval: Duration::from_secs(1),
             upload_token_ttl: Duration::from_secs(300),
         }
@@ -129,13 +115,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, config: Config) -> Arc<Self> {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "cdi-controller".into(),
-                instance: None,
-            },
-        );
+        let recorder = events::recorder(client.clone(), "cdi-controller");
         Arc::new(Context {
             client,
             config,
@@ -163,14 +143,7 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        kubevirt_controller::publish_event(
-            &self.recorder,
-            &obj.object_ref(&()),
-            type_,
-            reason,
-            note,
-        )
-        .await;
+        events::publish_event(&self.recorder, &obj.object_ref(&()), type_, reason, note).await;
     }
 
     /// The cluster's `CDIConfig` (`None` when it does not exist or cannot be read).
@@ -218,14 +191,14 @@ pub async fn ensure_cdi_config(client: &Client, upload_proxy_url: &str) -> Resul
         .filesystem_overhead
         .and_then(|o| o.global)
         .unwrap_or_else(|| DEFAULT_FILESYSTEM_OVERHEAD.to_string());
-    api.patch_status(
+    status::write_status(
+        &api,
         CDI_CONFIG_NAME,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {
+        json!({
             "uploadProxyURL": url,
             "filesystemOverhead": {"global": overhead},
             "preallocation": spec.preallocation.unwrap_or(false),
-        }})),
+        }),
     )
     .await?;
     Ok(())

@@ -22,6 +22,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::ResourceExt;
 use kubevirt_api::quantity::Quantity;
+use kubevirt_runtime::status;
 use serde_json::json;
 
 use crate::{Context, Error, PROVISIONER_NAME, STORAGE_CLASS};
@@ -176,12 +177,7 @@ async fn reconcile_pvc(
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
-    pvs.patch_status(
-        &pv,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Bound"}})),
-    )
-    .await?;
+    status::write_status(&pvs, &pv, json!({"phase": "Bound"})).await?;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let mut annotations = json!({
         "pv.kubernetes.io/bind-completed": "yes",
@@ -213,14 +209,14 @@ async fn reconcile_pvc(
         })),
     )
     .await?;
-    pvcs.patch_status(
+    status::write_status(
+        &pvcs,
         &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {
+        json!({
             "phase": "Bound",
             "accessModes": access_modes,
             "capacity": {"storage": size.to_string()},
-        }})),
+        }),
     )
     .await?;
     ctx.event(
@@ -255,12 +251,7 @@ async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Ac
     }
     if spec.persistent_volume_reclaim_policy.as_deref() != Some("Delete") {
         let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-        pvs.patch_status(
-            &pv.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Released"}})),
-        )
-        .await?;
+        status::write_status(&pvs, &pv.name_any(), json!({"phase": "Released"})).await?;
         return Ok(Action::await_change());
     }
     // The claim's import (if any) must not keep writing into a deleted volume.

@@ -31,8 +31,8 @@ use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use kubevirt_api::cdi::phase;
 use kubevirt_api::DataVolume;
-use kubevirt_apiserver::{Query, SubresourceHandler};
 use kubevirt_cdi::{ImportError, ImportOutcome, ProgressSink};
+use kubevirt_runtime::subresource::{Query, SubresourceHandler};
 use serde_json::{json, Value};
 
 use crate::datavolume::{ann, annotate_pvc, target_for, write_status, Running, StatusWrite};
@@ -421,13 +421,7 @@ async fn write_progress(
         if p == last || p == "N/A" {
             continue;
         }
-        let _ = api
-            .patch_status(
-                &dv,
-                &Default::default(),
-                &kube::api::Patch::Merge(json!({"status": {"progress": p}})),
-            )
-            .await;
+        let _ = kubevirt_runtime::status::write_status(&api, &dv, json!({"progress": p})).await;
         last = p;
     }
 }

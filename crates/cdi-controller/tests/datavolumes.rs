@@ -18,7 +18,8 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
 use kubevirt_api::DataVolume;
-use kubevirt_cdi_controller::{Config, Context, RetryBackoff};
+use kubevirt_cdi_controller::{Config, Context};
+use kubevirt_runtime::backoff::Backoff;
 use serde_json::{json, Value};
 
 const NODE: &str = "node01";
@@ -53,10 +54,7 @@ impl Env {
             .expect("config");
         let client = Client::try_from(cfg).expect("client");
         let mut config = Config::single_node(NODE, dir.path().join("data"));
-        config.retry = RetryBackoff {
-            base: Duration::from_millis(300),
-            max: Duration::from_secs(1),
-        };
+        config.retry = Backoff::exponential(Duration::from_millis(300), Duration::from_secs(1));
         config.progress_interval = Duration::from_millis(200);
         let ctx = Context::new(client.clone(), config);
         running.set_group_handler(

@@ -20,54 +20,17 @@ pub mod vmi;
 
 use futures::StreamExt;
 use kube::api::Api;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::{watcher, Controller};
 use kube::{Client, Resource};
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
+use kubevirt_runtime::backoff::Backoff;
+use kubevirt_runtime::events;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// KubeVirt's `kubevirt.io/nodeName` label, set on a VMI when it is placed.
 pub use kubevirt_api::status::label::NODE_NAME as NODE_NAME_LABEL;
-
-/// The crash-loop backoff of VMs whose VMIs fail before reaching Running.
-///
-/// KubeVirt (`calculateStartBackoffTime`, pkg/virt-controller/watch/vm/vm.go):
-/// `delay = interval × n²`, plus up to half of it as jitter, capped at `max`, where
-/// `interval = max(max/30, 10 s)`. [`Backoff::kubevirt`] gives those numbers; tests shorten
-/// `base`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    /// The interval multiplied by n² (KubeVirt: 10 s).
-    pub base: Duration,
-    /// The cap (KubeVirt: `defaultMaxCrashLoopBackoffDelaySeconds` = 300 s).
-    pub max: Duration,
-    /// Add KubeVirt's jitter (`rand.Intn(delay/2 + 1)`); off makes delays exact for tests.
-    pub jitter: bool,
-}
-
-impl Backoff {
-    pub fn kubevirt() -> Self {
-        Backoff {
-            base: Duration::from_secs(10),
-            max: Duration::from_secs(300),
-            jitter: true,
-        }
-    }
-
-    /// The delay before the next start after `fail_count` consecutive start failures.
-    pub fn delay(&self, fail_count: u32) -> Duration {
-        let n = u64::from(fail_count.max(1));
-        let mut delay = self
-            .base
-            .saturating_mul(u32::try_from(n * n).unwrap_or(u32::MAX));
-        if self.jitter {
-            let half_ms = u64::try_from(delay.as_millis() / 2).unwrap_or(u64::MAX);
-            delay += Duration::from_millis(rand::random_range(0..=half_ms));
-        }
-        delay.min(self.max)
-    }
-}
 
 /// What the controllers need to know about the installation.
 #[derive(Clone, Debug)]
@@ -77,6 +40,8 @@ pub struct Config {
     /// The cluster configuration, followed live: the defaults of VMIs the controller creates
     /// are those admission applies at that moment.
     pub cluster: kubevirt_runtime::cluster::ClusterConfigRx,
+    /// The crash-loop backoff of VMs whose VMIs fail before reaching Running (KubeVirt:
+    /// [`Backoff::kubevirt_crash_loop`]).
     pub crash_loop: Backoff,
     /// How often a VM with nothing pending is looked at again anyway.
     pub resync: Duration,
@@ -88,7 +53,7 @@ impl Config {
         Config {
             node_name: node_name.into(),
             cluster: kubevirt_runtime::cluster::ClusterConfig::default().fixed(),
-            crash_loop: Backoff::kubevirt(),
+            crash_loop: Backoff::kubevirt_crash_loop(),
             resync: Duration::from_secs(300),
         }
     }
@@ -103,13 +68,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, config: Config) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "virt-controller".into(),
-                instance: None,
-            },
-        );
+        let recorder = events::recorder(client.clone(), "virt-controller");
         Context {
             client,
             recorder,
@@ -125,29 +84,7 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        publish_event(&self.recorder, &obj.object_ref(&()), type_, reason, note).await;
-    }
-}
-
-/// Records an event about `obj` (the action is the reason, as KubeVirt's are); a failure to
-/// record is logged, never fatal. Shared by virt-controller, virt-handler and the CDI
-/// controllers.
-pub async fn publish_event(
-    recorder: &Recorder,
-    obj: &k8s_openapi::api::core::v1::ObjectReference,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&ev, obj).await {
-        tracing::warn!(error = %e, reason, "recording an event failed");
+        events::publish_event(&self.recorder, &obj.object_ref(&()), type_, reason, note).await;
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -150,13 +150,7 @@ pub async fn reconcile(pool: Arc<VirtualMachinePool>, ctx: Arc<Context>) -> Resu
             .any(|k| o.get(k) != status.get(k))
     });
     if changed {
-        pools
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": status})),
-            )
-            .await?;
+        kubevirt_runtime::status::write_status(&pools, &name, &status).await?;
     }
     // The pool's VMs are watched (`owns`): their changes bring us back here.
     Ok(Action::requeue(Duration::from_secs(300)))

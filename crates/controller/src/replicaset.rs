@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -156,12 +156,7 @@ pub async fn reconcile(
             || o.get("labelSelector") != status.get("labelSelector")
     });
     if changed {
-        rss.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await?;
+        kubevirt_runtime::status::write_status(&rss, &name, &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(300)))
 }

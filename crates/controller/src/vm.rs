@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -20,7 +20,6 @@ use kubevirt_api::{
     VirtualMachine, VirtualMachineCondition, VirtualMachineInstance, VirtualMachineSpec,
     VirtualMachineStartFailure, VirtualMachineStateChangeRequest, VirtualMachineStatus,
 };
-use serde_json::json;
 
 use crate::phase;
 use crate::{instancetype, Context, Error};
@@ -155,7 +154,7 @@ pub fn sync_start_failure(
     strategy: RunStrategy,
     vmi: Option<&VirtualMachineInstance>,
     now: Timestamp,
-    backoff: &crate::Backoff,
+    backoff: &kubevirt_runtime::backoff::Backoff,
 ) {
     if !backs_off(strategy) {
         status.start_failure = None;
@@ -506,6 +505,14 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         Decision::Nothing => {}
         Decision::CreateAfter(d) => requeue = requeue.min(d + Duration::from_millis(50)),
         Decision::Create => {
+            // The VM comes from the watch cache, which may not have seen this controller's own
+            // last status write yet (a start failure that set a backoff): deciding on that stale
+            // status would skip the backoff. Create only from the VM as it is stored now.
+            let stored = vms.get(&name).await?;
+            if stored.metadata.resource_version != vm.metadata.resource_version {
+                tracing::debug!(%ns, %name, "VM cache is behind; looking again before creating");
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            }
             let made = match instancetype::fetch(&ctx.client, &vm, &ns).await {
                 Ok((it, pref)) => vmi_for(
                     &vm,
@@ -837,14 +844,11 @@ async fn write_status(
             obj.entry(k.clone()).or_insert(serde_json::Value::Null);
         }
     }
-    let patch = json!({
-        "metadata": {"resourceVersion": vm.metadata.resource_version},
-        "status": body,
-    });
-    vms.patch_status(
+    kubevirt_runtime::status::write_status_at(
+        vms,
         &vm.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
+        vm.metadata.resource_version.as_deref(),
+        body,
     )
     .await?;
     Ok(())

@@ -8,7 +8,8 @@ use std::time::Duration;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
-use kubevirt_controller::{Backoff, Config};
+use kubevirt_controller::Config;
+use kubevirt_runtime::backoff::Backoff;
 use serde_json::json;
 
 const NODE: &str = "node01";
@@ -44,11 +45,7 @@ impl Env {
         let mut config = Config::single_node(NODE);
         // Short enough for tests, long enough that a loaded CI machine still sees the
         // CrashLoopBackOff window of the second failure (2 s × 2² = 8 s).
-        config.crash_loop = Backoff {
-            base: Duration::from_secs(2),
-            max: Duration::from_secs(12),
-            jitter: false,
-        };
+        config.crash_loop = Backoff::quadratic(Duration::from_secs(2), Duration::from_secs(12));
         let c = client.clone();
         let ctl = tokio::spawn(async move {
             if let Err(e) = kubevirt_controller::run(c, config).await {
@@ -368,14 +365,16 @@ async fn halted_stays_off_and_switching_starts_and_stops() {
     env.set_phase("h", "Succeeded").await;
     env.wait_vmi_gone("h").await;
     env.wait_printable("h", "Stopped").await;
-    let st = env
-        .vms()
-        .get("h")
-        .await
-        .expect("vm")
-        .status
-        .expect("status");
-    assert_eq!((st.created, st.ready), (Some(false), Some(false)));
+    // "Stopped" may be written while the finished VMI still exists (created: true); the next
+    // sync, with the VMI gone, says created: false.
+    let st = wait(|| async {
+        let st = env.vms().get("h").await.ok()?.status?;
+        (st.created == Some(false)).then_some(st)
+    })
+    .await
+    .expect("status.created becomes false once the VMI is gone");
+    assert_eq!(st.ready, Some(false));
+    assert_eq!(st.printable_status.as_deref(), Some("Stopped"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

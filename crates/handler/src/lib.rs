@@ -14,7 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -23,6 +23,7 @@ use kubevirt_api::VirtualMachineInstance;
 use kubevirt_launcher::api::{
     LauncherClient, NodeVolumes, Phase, Request, State, VmiDir, VmiDirError,
 };
+use kubevirt_runtime::events;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,14 +80,7 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        kubevirt_controller::publish_event(
-            &self.recorder,
-            &vmi.object_ref(&()),
-            type_,
-            reason,
-            note,
-        )
-        .await;
+        events::publish_event(&self.recorder, &vmi.object_ref(&()), type_, reason, note).await;
     }
 }
 
@@ -207,12 +201,7 @@ async fn patch_status(
     status: Value,
 ) -> Result<(), Error> {
     // VMIs have no status subresource in KubeVirt: the status goes through the main endpoint.
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
+    kubevirt_runtime::status::write_status_no_subresource(api, name, status).await?;
     Ok(())
 }
 
@@ -232,6 +221,13 @@ fn spawn_launcher(
     std::fs::write(&file, serde_json::to_vec(vmi).unwrap_or_default()).map_err(io(&file))?;
     dir.write_volumes(volumes).map_err(|e| Error::Io {
         path: dir.volumes_file().display().to_string(),
+        source: std::io::Error::other(e),
+    })?;
+    // The launcher defaults what admission left open with the cluster's current defaults,
+    // not its own.
+    let defaults = config.cluster.borrow().defaults();
+    dir.write_defaults(&defaults).map_err(|e| Error::Io {
+        path: dir.defaults_file().display().to_string(),
         source: std::io::Error::other(e),
     })?;
     let spawned = dir.spawned_marker();
@@ -482,13 +478,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         active: Default::default(),
         trigger,
     });
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "virt-handler".into(),
-            instance: Some(config.node_name.clone()),
-        },
-    );
+    let recorder = events::instance_recorder(client.clone(), "virt-handler", &config.node_name);
     let ctx = Arc::new(Context {
         client,
         config,

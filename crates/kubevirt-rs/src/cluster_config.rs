@@ -13,7 +13,7 @@
 //! - `evictionStrategy`, `migrations`, `permittedHostDevices`: accepted and kept, reported in
 //!   the log; a single node has no node to evict to or migrate to, and no device plugins.
 
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use kube::Client;
 use kubevirt_api::KubeVirt;
@@ -76,7 +76,7 @@ pub async fn ensure(client: &Client) -> anyhow::Result<Value> {
             }
         }
     };
-    let status = json!({"status": {
+    let status = json!({
         "phase": "Deployed",
         "observedKubeVirtVersion": env!("CARGO_PKG_VERSION"),
         "targetKubeVirtVersion": env!("CARGO_PKG_VERSION"),
@@ -89,11 +89,8 @@ pub async fn ensure(client: &Client) -> anyhow::Result<Value> {
             {"type": "Degraded", "status": "False", "reason": "AllComponentsReady",
              "message": "All components are ready."}
         ]
-    }});
-    if let Err(e) = api
-        .patch_status(NAME, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-    {
+    });
+    if let Err(e) = kubevirt_runtime::status::write_status(&api, NAME, &status).await {
         tracing::warn!(error = %e, "could not write the KubeVirt resource's status");
     }
     Ok(serde_json::to_value(&kv.spec)?)

@@ -371,6 +371,13 @@ spec:
 }
 
 /// `Uid:`/`Gid:`/`CapEff:`/`Seccomp:` lines of `/proc/PID/status`.
+fn nix_is_root() -> bool {
+    proc_status(std::process::id(), "Uid")
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|euid| euid == "0")
+}
+
 fn proc_status(pid: u32, key: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -482,6 +489,45 @@ spec:
         "{argv:?}"
     );
     assert!(!argv.iter().any(|a| a.contains("romfile=/")), "{argv:?}");
+    // The launcher (root) keeps only what it needs: neither it nor anything it executes can
+    // mount, load modules, trace, reboot or reach raw devices; it can still chown QEMU's files,
+    // switch QEMU's user and create tap devices.
+    if nix_is_root() {
+        let launcher = s.launcher_pid("default", "confined").expect("launcher pid");
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            let hex = proc_status(launcher, set);
+            let caps = u64::from_str_radix(&hex, 16).unwrap_or(u64::MAX);
+            for (bit, name) in [
+                (16, "CAP_SYS_MODULE"),
+                (17, "CAP_SYS_RAWIO"),
+                (19, "CAP_SYS_PTRACE"),
+                (21, "CAP_SYS_ADMIN"),
+                (22, "CAP_SYS_BOOT"),
+                (27, "CAP_MKNOD"),
+            ] {
+                assert_eq!(
+                    caps & (1 << bit),
+                    0,
+                    "the launcher's {set} {hex} has {name}"
+                );
+            }
+            for (bit, name) in [
+                (0, "CAP_CHOWN"),
+                (6, "CAP_SETGID"),
+                (7, "CAP_SETUID"),
+                (12, "CAP_NET_ADMIN"),
+            ] {
+                assert_ne!(
+                    caps & (1 << bit),
+                    0,
+                    "the launcher's {set} {hex} lacks {name}"
+                );
+            }
+        }
+        assert_eq!(proc_status(launcher, "CapInh"), "0000000000000000");
+    } else {
+        eprintln!("SKIP launcher capability checks: the tests do not run as root");
+    }
     let out = s.kubectl(&["delete", "vmi", "confined", "--wait=true", "--timeout=60s"]);
     assert!(out.contains("deleted"), "{out}");
     s.kill9();

@@ -127,6 +127,8 @@ fn run_vmi(a: RunArgs) -> Result<i32> {
     if a.detach {
         return detach(&vmi_dir);
     }
+    // Before anything else runs: the launcher keeps only the capabilities it needs.
+    crate::confine::drop_launcher_capabilities()?;
     let mut opts = Options::new(&dir);
     opts.image_store = a.image_store.clone();
     opts.image_cache = a.image_cache.clone();
@@ -144,6 +146,7 @@ fn run_vmi(a: RunArgs) -> Result<i32> {
         gid: if a.qemu_uid == 0 { 0 } else { a.qemu_gid },
     };
     // The handler's resolved volumes (volumes.json), then any given by hand on the command line.
+    opts.defaults = vmi_dir.read_defaults()?;
     let node = vmi_dir.read_volumes()?;
     opts.pvc_paths = node.persistent_volume_claims;
     opts.pvc_paths.extend(pairs(&a.pvcs, "pvc")?);

@@ -5,7 +5,7 @@
 //! The files follow KubeVirt's pkg/cloud-init: NoCloud has `meta-data`, `user-data` and
 //! `network-config`; ConfigDrive has `openstack/latest/{meta_data.json,user_data,network_data.json}`.
 
-use crate::machine::{Environment, SpecError};
+use crate::machine::{CloudInitError, Environment};
 use base64::Engine;
 use kubevirt_api::VirtualMachineInstance;
 use serde::Serialize;
@@ -88,7 +88,7 @@ fn decode(
     plain: &Option<String>,
     b64: &Option<String>,
     field: &str,
-) -> Result<Option<String>, SpecError> {
+) -> Result<Option<String>, CloudInitError> {
     if let Some(p) = plain.as_ref().filter(|s| !s.is_empty()) {
         return Ok(Some(p.clone()));
     }
@@ -97,14 +97,15 @@ fn decode(
         Some(b) => {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b.trim())
-                .map_err(|e| SpecError {
+                .map_err(|e| CloudInitError::Base64 {
                     field: format!("{field}Base64"),
-                    message: format!("not valid base64: {e}"),
+                    reason: e.to_string(),
                 })?;
-            String::from_utf8(bytes).map(Some).map_err(|_| SpecError {
-                field: format!("{field}Base64"),
-                message: "not UTF-8 text".into(),
-            })
+            String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| CloudInitError::NotUtf8 {
+                    field: format!("{field}Base64"),
+                })
         }
     }
 }
@@ -118,7 +119,7 @@ pub fn from_volume(
     namespace: &str,
     hostname: &str,
     env: &Environment,
-) -> Result<CloudInitData, SpecError> {
+) -> Result<CloudInitData, CloudInitError> {
     let name = vmi.metadata.name.clone().unwrap_or_default();
     // A new VMI (new uid) is a new instance to cloud-init; without a uid, KubeVirt's
     // name.namespace.
@@ -151,31 +152,24 @@ pub fn from_volume(
                 s.network_data_secret_ref.is_some(),
             )
         } else {
-            return Err(SpecError {
-                field: vp.into(),
-                message: "not a cloud-init volume".into(),
-            });
+            return Err(CloudInitError::NotCloudInit { field: vp.into() });
         };
     let fp = format!("{vp}.{kind}");
     let user_data = if ref_u {
         secret
             .and_then(|s| s.user_data.clone())
-            .ok_or_else(|| SpecError {
+            .ok_or_else(|| CloudInitError::UserDataSecret {
                 field: format!("{fp}.secretRef"),
-                message: "the user data Secret was not resolved for the launcher".into(),
             })?
     } else {
         decode(plain_u, b64_u, &format!("{fp}.userData"))?.unwrap_or_default()
     };
     let network_data = if ref_n {
-        Some(
-            secret
-                .and_then(|s| s.network_data.clone())
-                .ok_or_else(|| SpecError {
-                    field: format!("{fp}.networkDataSecretRef"),
-                    message: "the network data Secret was not resolved for the launcher".into(),
-                })?,
-        )
+        Some(secret.and_then(|s| s.network_data.clone()).ok_or_else(|| {
+            CloudInitError::NetworkDataSecret {
+                field: format!("{fp}.networkDataSecretRef"),
+            }
+        })?)
     } else {
         decode(plain_n, b64_n, &format!("{fp}.networkData"))?
     };

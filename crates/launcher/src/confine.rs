@@ -59,6 +59,8 @@ pub enum ConfineError {
         uid: u32,
         gid: u32,
     },
+    #[error("{what} the launcher's capabilities: {message}")]
+    Capabilities { what: String, message: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -227,6 +229,62 @@ impl QemuUser {
             });
         }
     }
+}
+
+/// The capabilities a launcher keeps (issue 10: "the launcher keeps only what it needs").
+///
+/// A launcher runs as root because it prepares files for and spawns QEMU; it never needs to
+/// mount, load modules, trace processes, reboot the host or touch raw devices. What it does:
+/// - `CHOWN`, `FOWNER`, `FSETID`: give QEMU's user the files it opens (chown/chmod files it
+///   did not create, e.g. a PVC image);
+/// - `DAC_OVERRIDE`, `DAC_READ_SEARCH`: open what QEMU's user owns (its QMP, serial and VNC
+///   sockets, overlays) and volume files whatever their mode;
+/// - `SETUID`, `SETGID`: switch the QEMU it spawns to QEMU's user;
+/// - `KILL`: signal that QEMU (another uid) when it must be stopped;
+/// - `NET_ADMIN`, `NET_BIND_SERVICE`: tap devices and bridges (`ip`, which inherits this set),
+///   and host ports of masquerade `ports`.
+pub const LAUNCHER_CAPABILITIES: &[caps::Capability] = &[
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_FSETID,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_DAC_READ_SEARCH,
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_KILL,
+    caps::Capability::CAP_NET_ADMIN,
+    caps::Capability::CAP_NET_BIND_SERVICE,
+];
+
+/// Reduce this process (the launcher) to [`LAUNCHER_CAPABILITIES`]: the bounding set first
+/// (so neither the launcher nor anything it executes, QEMU or `ip`, can regain a dropped
+/// capability), then the permitted, effective and inheritable sets. A process without
+/// `CAP_SETPCAP` (not root) has nothing to drop and is left alone.
+pub fn drop_launcher_capabilities() -> Result<(), ConfineError> {
+    use caps::{CapSet, Capability, CapsHashSet};
+    let err = |what: &str, e: caps::errors::CapsError| ConfineError::Capabilities {
+        what: what.to_string(),
+        message: e.to_string(),
+    };
+    let effective = caps::read(None, CapSet::Effective).map_err(|e| err("reading", e))?;
+    if !effective.contains(&Capability::CAP_SETPCAP) {
+        tracing::debug!("no CAP_SETPCAP: running with the capabilities we were given");
+        return Ok(());
+    }
+    let keep: CapsHashSet = LAUNCHER_CAPABILITIES.iter().copied().collect();
+    let bounding = caps::read(None, CapSet::Bounding).map_err(|e| err("reading", e))?;
+    for cap in bounding.difference(&keep) {
+        caps::drop(None, CapSet::Bounding, *cap)
+            .map_err(|e| err("dropping from the bounding set", e))?;
+    }
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| err("reading", e))?;
+    let kept: CapsHashSet = permitted.intersection(&keep).copied().collect();
+    caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
+        .map_err(|e| err("clearing the inheritable set", e))?;
+    caps::set(None, CapSet::Effective, &kept).map_err(|e| err("setting the effective set", e))?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(|e| err("setting the permitted set", e))?;
+    tracing::debug!(kept = kept.len(), "launcher capabilities reduced");
+    Ok(())
 }
 
 /// Make a read-only file (kernel, initrd, containerDisk base) readable by QEMU's user.

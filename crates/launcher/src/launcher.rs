@@ -145,6 +145,8 @@ pub struct Options {
     pub data_volume_paths: BTreeMap<String, PathBuf>,
     /// Who QEMU runs as (default KubeVirt's qemu 107:107; uid 0 keeps root). See `confine.rs`.
     pub qemu_user: QemuUser,
+    /// The cluster's defaults (virt-handler's `defaults.json`); `None`: the single-node ones.
+    pub defaults: Option<kubevirt_api::defaults::DefaultsConfig>,
 }
 
 impl Options {
@@ -159,6 +161,7 @@ impl Options {
             pvc_paths: BTreeMap::new(),
             data_volume_paths: BTreeMap::new(),
             qemu_user: QemuUser::default(),
+            defaults: None,
         }
     }
 }
@@ -224,6 +227,35 @@ pub fn write_state(dir: &Path, state: &State) {
     }
 }
 
+/// The machine a VMI becomes on this host with these options: the host's environment, the
+/// volumes and the cluster's defaults the handler handed over.
+pub fn machine_spec(
+    vmi: &VirtualMachineInstance,
+    opts: &Options,
+    accelerator: accel::Accelerator,
+) -> Result<MachineSpec, SpecError> {
+    let mut env = Environment::detect(&opts.dir, accelerator);
+    // Asking QEMU for its CPU models costs ~50 ms: only when the VMI names one.
+    let named_model = vmi
+        .spec
+        .domain
+        .cpu
+        .as_ref()
+        .and_then(|c| c.model.as_deref())
+        .is_some_and(|m| !matches!(m, "" | "host-model" | "host-passthrough"));
+    if named_model {
+        env.qemu_cpu_models = crate::machine::qemu_cpu_models(&opts.qemu_binary);
+    }
+    env.image_store = opts.image_store.clone();
+    env.host_ports = opts.host_ports.clone();
+    env.pvc_paths = opts.pvc_paths.clone();
+    env.data_volume_paths = opts.data_volume_paths.clone();
+    if let Some(defaults) = &opts.defaults {
+        env.defaults = defaults.clone();
+    }
+    MachineSpec::from_vmi(vmi, &env)
+}
+
 impl Vm {
     /// Start a VMI: choose the accelerator, build and check the machine, prepare volumes, run
     /// QEMU paused, attach QMP and the console, then continue it (unless startStrategy Paused).
@@ -240,23 +272,7 @@ impl Vm {
             source,
         })?;
         let choice: AccelChoice = accel::choose(opts.allow_emulation)?;
-        let mut env = Environment::detect(dir, choice.accelerator);
-        // Asking QEMU for its CPU models costs ~50 ms: only when the VMI names one.
-        let named_model = vmi
-            .spec
-            .domain
-            .cpu
-            .as_ref()
-            .and_then(|c| c.model.as_deref())
-            .is_some_and(|m| !matches!(m, "" | "host-model" | "host-passthrough"));
-        if named_model {
-            env.qemu_cpu_models = crate::machine::qemu_cpu_models(&opts.qemu_binary);
-        }
-        env.image_store = opts.image_store.clone();
-        env.host_ports = opts.host_ports.clone();
-        env.pvc_paths = opts.pvc_paths.clone();
-        env.data_volume_paths = opts.data_volume_paths.clone();
-        let spec = MachineSpec::from_vmi(vmi, &env)?;
+        let spec = machine_spec(vmi, opts, choice.accelerator)?;
         if spec.accelerator == accel::Accelerator::Kvm {
             opts.qemu_user.check_kvm().map_err(VolumeError::from)?;
         }
@@ -795,5 +811,33 @@ mod tests {
             describe_exit(&std::process::ExitStatus::from_raw(1 << 8)),
             "exit status 1"
         );
+    }
+
+    /// The cluster's defaults the handler hands over decide what admission left open (here:
+    /// the binding of the default pod interface), not the launcher's own single-node defaults.
+    #[test]
+    fn the_handlers_cluster_defaults_decide_the_default_binding() {
+        use kubevirt_api::defaults::{DefaultBinding, DefaultsConfig};
+        let vmi: VirtualMachineInstance = serde_yaml::from_str(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n\
+             metadata: {name: d, namespace: default}\n\
+             spec: {domain: {devices: {}, memory: {guest: 64Mi}}}\n",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = Options::new(dir.path());
+        let backend = |opts: &Options| {
+            let spec = machine_spec(&vmi, opts, accel::Accelerator::Tcg).unwrap();
+            assert_eq!(spec.nics.len(), 1, "{:?}", spec.nics);
+            spec.nics[0].backend.clone()
+        };
+        // A launcher run by hand: the single-node masquerade default.
+        assert!(matches!(backend(&opts), NetBackend::Masquerade { .. }));
+        // The cluster says bridge (KubeVirt's own default).
+        opts.defaults = Some(DefaultsConfig {
+            default_network_interface: DefaultBinding::Bridge,
+            ..DefaultsConfig::default()
+        });
+        assert!(matches!(backend(&opts), NetBackend::Bridge { .. }));
     }
 }

@@ -18,23 +18,78 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// A VMI field the backend cannot honour (or a value it cannot read), with its field path.
+/// Why `from_vmi` refused a VMI: the device family's own error, or a machine-wide field.
+///
+/// Every message starts with the KubeVirt field path it is about (`spec.domain.cpu.model: …`);
+/// [`SpecError::field`] gives that path alone.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct SpecError {
-    /// KubeVirt field path, e.g. `spec.domain.devices.interfaces[0].model`.
-    pub field: String,
-    pub message: String,
+pub enum SpecError {
+    #[error("spec.domain.machine.type: machine type {machine_type} is not supported: use q35 or microvm")]
+    MachineType { machine_type: String },
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(transparent)]
+    Firmware(#[from] FirmwareError),
+    #[error(transparent)]
+    Nic(#[from] NicError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
 impl SpecError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        SpecError {
-            field: field.into(),
-            message: message.into(),
+    /// The KubeVirt field path, e.g. `spec.domain.devices.interfaces[0].model`.
+    pub fn field(&self) -> &str {
+        match self {
+            SpecError::MachineType { .. } => "spec.domain.machine.type",
+            SpecError::Cpu(e) => e.field(),
+            SpecError::Disk(e) => e.field(),
+            SpecError::Firmware(e) => e.field(),
+            SpecError::Nic(e) => e.field(),
+            SpecError::Device(e) => e.field(),
+        }
+    }
+
+    /// What is wrong, without the field path.
+    pub fn message(&self) -> String {
+        let all = self.to_string();
+        match all
+            .strip_prefix(self.field())
+            .and_then(|m| m.strip_prefix(": "))
+        {
+            Some(m) => m.to_string(),
+            None => all,
         }
     }
 }
+
+/// A quantity (memory, capacity) that cannot be read as a byte count.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("{field}: {quantity}: {reason}")]
+    Invalid {
+        field: String,
+        quantity: String,
+        reason: String,
+    },
+    #[error("{field}: {quantity} is out of range")]
+    OutOfRange { field: String, quantity: String },
+}
+
+impl SizeError {
+    pub fn field(&self) -> &str {
+        match self {
+            SizeError::Invalid { field, .. } | SizeError::OutOfRange { field, .. } => field,
+        }
+    }
+}
+
+pub use cpu::CpuError;
+pub use devices::DeviceError;
+pub use disks::{CloudInitError, DiskError};
+pub use firmware::FirmwareError;
+pub use nics::NicError;
 
 /// How host ports for masquerade `ports` are chosen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +131,9 @@ pub struct Environment {
     /// Directory of the OVMF images (Debian `ovmf`).
     pub ovmf_dir: PathBuf,
     pub defaults: DefaultsConfig,
+    /// hugetlbfs mounts by page size in bytes (`/proc/mounts`); guest RAM on hugepages of a
+    /// size with no mount is refused.
+    pub hugetlbfs: BTreeMap<u64, PathBuf>,
 }
 
 /// Cloud-init data the handler resolved from Secrets.
@@ -103,6 +161,9 @@ impl Environment {
             .unwrap_or(2_000_000);
         Environment {
             host_tsc_khz,
+            hugetlbfs: std::fs::read_to_string("/proc/mounts")
+                .map(|m| hugetlbfs_mounts(&m))
+                .unwrap_or_default(),
             ..Environment::fixed(dir, accelerator)
         }
     }
@@ -127,8 +188,64 @@ impl Environment {
                 default_network_interface: kubevirt_api::defaults::DefaultBinding::Masquerade,
                 ..DefaultsConfig::default()
             },
+            hugetlbfs: BTreeMap::from([
+                (2 << 20, PathBuf::from("/dev/hugepages")),
+                (1 << 30, PathBuf::from("/dev/hugepages1G")),
+            ]),
         }
     }
+}
+
+/// hugetlbfs mounts in `/proc/mounts` text, by page size (`pagesize=2M`; the first mount of
+/// each size wins). Mount points are octal-escaped there (`\040` for a space).
+pub fn hugetlbfs_mounts(mounts: &str) -> BTreeMap<u64, PathBuf> {
+    let mut found = BTreeMap::new();
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 4 || f[2] != "hugetlbfs" {
+            continue;
+        }
+        let size = f[3]
+            .split(',')
+            .find_map(|o| o.strip_prefix("pagesize="))
+            .and_then(|v| {
+                let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit())?);
+                let n: u64 = n.parse().ok()?;
+                match unit {
+                    "K" => Some(n << 10),
+                    "M" => Some(n << 20),
+                    "G" => Some(n << 30),
+                    _ => None,
+                }
+            });
+        if let Some(size) = size {
+            found
+                .entry(size)
+                .or_insert_with(|| PathBuf::from(unescape_mount(f[1])));
+        }
+    }
+    found
+}
+
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        // `\ooo` with a first digit of at most 3 (larger does not fit a byte: kept as is).
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The CPU models `qemu -cpu help` lists (`None` if QEMU cannot be asked).
@@ -186,7 +303,11 @@ pub struct MemorySpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Hugepages {
     pub page_size: u64,
+    /// The hugetlbfs mount of that page size.
     pub mount: PathBuf,
+    /// This VMI's own directory beneath it (`kubevirt-rs/<namespace>/<name>`), QEMU's
+    /// `mem-path`: created by the launcher for QEMU's user, removed when the VMI ends.
+    pub dir: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -412,22 +533,18 @@ pub const BALLOON_STATS_PERIOD_SECONDS: u32 = 10;
 fn bytes_of(
     q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity,
     field: &str,
-) -> Result<u64, SpecError> {
+) -> Result<u64, SizeError> {
     let v = Quantity::from_k8s(q)
-        .map_err(|e| SpecError::new(field, format!("{}: {e}", q.0)))?
+        .map_err(|e| SizeError::Invalid {
+            field: field.into(),
+            quantity: q.0.clone(),
+            reason: e.to_string(),
+        })?
         .value();
-    u64::try_from(v).map_err(|_| SpecError::new(field, format!("{} is out of range", q.0)))
-}
-
-fn positive(v: Option<i64>, field: &str) -> Result<u32, SpecError> {
-    match v {
-        None | Some(0) => Ok(1),
-        Some(n) if n > 0 && n <= 512 => Ok(n as u32),
-        Some(n) => Err(SpecError::new(
-            field,
-            format!("{n} must be between 1 and 512"),
-        )),
-    }
+    u64::try_from(v).map_err(|_| SizeError::OutOfRange {
+        field: field.into(),
+        quantity: q.0.clone(),
+    })
 }
 
 /// A QEMU id made of the VMI name: KubeVirt names are DNS labels, so only `.` needs care.
@@ -510,10 +627,9 @@ impl MachineSpec {
             "microvm" => Profile::Microvm,
             t if t == "q35" || t.starts_with("pc-q35") => Profile::Q35,
             t => {
-                return Err(SpecError::new(
-                    "spec.domain.machine.type",
-                    format!("machine type {t} is not supported: use q35 or microvm"),
-                ))
+                return Err(SpecError::MachineType {
+                    machine_type: t.into(),
+                })
             }
         };
         let microvm = profile == Profile::Microvm;
@@ -568,19 +684,6 @@ impl MachineSpec {
     }
 }
 
-/// A spec name that becomes a QEMU id or a file name must be a DNS-1123 label.
-fn label(name: &str, field: String) -> Result<(), SpecError> {
-    crate::paths::dns1123_label(name)
-        .map(|_| ())
-        .map_err(|e| SpecError::new(field, e.to_string()))
-}
-
-/// `dir/component` for a file named after disk `dp` (see `paths::beneath`).
-fn in_dir(dir: &Path, component: &str, dp: &str) -> Result<PathBuf, SpecError> {
-    crate::paths::beneath(dir, component)
-        .map_err(|e| SpecError::new(format!("{dp}.name"), e.to_string()))
-}
-
 /// A tap name of at most 15 characters (IFNAMSIZ), stable for a VMI and interface index.
 fn tap_name(seed: &str, index: usize) -> String {
     // FNV-1a: stable across builds, unlike std's hasher.
@@ -608,6 +711,27 @@ pub fn parse_vmi(text: &str) -> Result<VirtualMachineInstance, serde_yaml::Error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hugetlbfs_mounts_are_read_by_page_size() {
+        let mounts = "proc /proc proc rw 0 0\n\
+            hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n\
+            none /mnt/huge\\040pages hugetlbfs rw,pagesize=1024M 0 0\n\
+            none /second hugetlbfs rw,pagesize=2M 0 0\n\
+            none /odd hugetlbfs rw,pagesize=xM 0 0\n\
+            tmpfs /tmp tmpfs rw,pagesize=2M 0 0\n\
+            short line\n";
+        let m = hugetlbfs_mounts(mounts);
+        assert_eq!(
+            m,
+            BTreeMap::from([
+                (2 << 20, PathBuf::from("/dev/hugepages")),
+                (1 << 30, PathBuf::from("/mnt/huge pages")),
+            ])
+        );
+        // A backslash that is not an octal escape byte is kept as it is.
+        assert_eq!(unescape_mount("/a\\777b\\04"), "/a\\777b\\04");
+    }
 
     fn vmi(yaml: &str) -> VirtualMachineInstance {
         parse_vmi(yaml).unwrap()
@@ -673,7 +797,7 @@ spec:
             "memory: {guest: 256Mi}\n    cpu: {model: Nehalem}",
         );
         let err = MachineSpec::from_vmi(&vmi(&y2), &env).unwrap_err();
-        assert_eq!(err.field, "spec.domain.cpu.model");
+        assert_eq!(err.field(), "spec.domain.cpu.model");
         let y3 = y2.replace("Nehalem", "Skylake-Client");
         assert_eq!(
             MachineSpec::from_vmi(&vmi(&y3), &env).unwrap().cpu.model,
@@ -705,8 +829,12 @@ spec:
                 "cloudInitNoCloud: {userData: x}",
             ] {
                 let err = MachineSpec::from_vmi(&vmi(&with_disk(name, source)), &env).unwrap_err();
-                assert_eq!(err.field, "spec.volumes[0].name", "{name} {source}: {err}");
-                assert!(err.message.contains("DNS-1123"), "{err}");
+                assert_eq!(
+                    err.field(),
+                    "spec.volumes[0].name",
+                    "{name} {source}: {err}"
+                );
+                assert!(err.message().contains("DNS-1123"), "{err}");
             }
         }
         let y = BASE.replace("model: e1000", "model: virtio").replace(
@@ -714,25 +842,25 @@ spec:
             "{name: \"x,romfile=/etc/shadow\", masquerade",
         );
         let err = MachineSpec::from_vmi(&vmi(&y), &env).unwrap_err();
-        assert_eq!(err.field, "spec.domain.devices.interfaces[0].name");
+        assert_eq!(err.field(), "spec.domain.devices.interfaces[0].name");
         let y = BASE.replace(
             "model: e1000",
             "model: virtio, macAddress: \"02:00:00:00:00:01,romfile=/x\"",
         );
         let err = MachineSpec::from_vmi(&vmi(&y), &env).unwrap_err();
-        assert_eq!(err.field, "spec.domain.devices.interfaces[0].macAddress");
+        assert_eq!(err.field(), "spec.domain.devices.interfaces[0].macAddress");
         let y = BASE.replace("model: e1000", "model: virtio").replace(
             "memory: {guest: 256Mi}",
             "memory: {guest: 256Mi}\n    cpu: {model: max, features: [{name: \"pcid,romfile=/x\"}]}",
         );
         let err = MachineSpec::from_vmi(&vmi(&y), &env).unwrap_err();
-        assert_eq!(err.field, "spec.domain.cpu.features[0].name");
+        assert_eq!(err.field(), "spec.domain.cpu.features[0].name");
         let y = with_disk("d", "hostDisk: {path: /var/../etc/shadow, type: Disk}");
         let err = MachineSpec::from_vmi(&vmi(&y), &env).unwrap_err();
-        assert_eq!(err.field, "spec.volumes[0].hostDisk.path");
+        assert_eq!(err.field(), "spec.volumes[0].hostDisk.path");
         let y = with_disk("d", "hostDisk: {path: /etc/shadow, type: Disk}");
         let err = MachineSpec::from_vmi(&vmi(&y), &env).unwrap_err();
-        assert_eq!(err.field, "spec.volumes[0].hostDisk.path");
+        assert_eq!(err.field(), "spec.volumes[0].hostDisk.path");
         // Nothing was created, inside or outside the VMI directory.
         let mut left: Vec<_> = std::fs::read_dir(t.path())
             .unwrap()
@@ -777,6 +905,37 @@ spec:
         std::fs::remove_file(dir.join("disks")).unwrap();
         crate::volumes::prepare(&spec, None, None, crate::confine::QemuUser::ROOT).unwrap();
         assert!(dir.join("disks/ci.iso").is_file());
+    }
+
+    #[test]
+    fn spec_error_wraps_the_family_error_and_keeps_field_and_message() {
+        let y = BASE.replace(
+            "machine: {type: microvm}",
+            "machine: {type: \"pc-i440fx-2.0,x=y\"}",
+        );
+        let env = Environment::fixed(Path::new("/d"), Accelerator::Tcg);
+        let err = MachineSpec::from_vmi(&vmi(&y), &env).unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::MachineType {
+                machine_type: "pc-i440fx-2.0,x=y".into()
+            }
+        );
+        assert_eq!(err.field(), "spec.domain.machine.type");
+        assert_eq!(
+            err.message(),
+            "machine type pc-i440fx-2.0,x=y is not supported: use q35 or microvm"
+        );
+        let err = MachineSpec::from_vmi(&vmi(BASE), &env).unwrap_err();
+        assert!(
+            matches!(&err, SpecError::Nic(NicError::MicrovmModel { field }) if field == "spec.domain.devices.interfaces[0].model"),
+            "{err:?}"
+        );
+        assert_eq!(err.field(), "spec.domain.devices.interfaces[0].model");
+        assert_eq!(err.message(), "microvm supports only virtio");
+        // Usable as a source error by callers (`LaunchError::Spec`).
+        let boxed: Box<dyn std::error::Error> = Box::new(err.clone());
+        assert_eq!(boxed.to_string(), err.to_string());
     }
 
     #[test]

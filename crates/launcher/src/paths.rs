@@ -196,6 +196,22 @@ pub fn remove_beneath(root: &Path, path: &Path) -> Result<(), PathError> {
     }
 }
 
+/// Remove the empty directory `dir` beneath `root` (gone already: fine).
+pub fn remove_dir_beneath(root: &Path, dir: &Path) -> Result<(), PathError> {
+    let (parent, name) = split_file(root, dir)?;
+    let parent = match dir_beneath(root, &parent, false) {
+        Ok(d) => d,
+        Err(PathError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    match rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
 /// An absolute path with only plain components (hostDisk paths come from the spec).
 pub fn check_normal_absolute(path: &Path) -> Result<(), PathError> {
     let mut comps = path.components();

@@ -391,6 +391,15 @@ pub fn prepare(
     sockets_dir
         .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .map_err(io(&sockets))?;
+    // Guest RAM on hugepages: QEMU's user gets its own directory in the hugetlbfs mount
+    // (the mount itself stays root's).
+    if let Some(h) = &spec.memory.hugepages {
+        let fd = paths::dir_beneath(&h.mount, &h.dir, true)?;
+        let dir = fs::File::from(fd);
+        user.give(&dir, &h.dir)?;
+        dir.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io(&h.dir))?;
+    }
     let store = |image: &str| -> Result<OciStore, VolumeError> {
         match image_store {
             Some(d) => OciStore::open(d),
@@ -683,6 +692,12 @@ pub fn cleanup(spec: &MachineSpec) {
     for n in &spec.nics {
         if let NetBackend::Bridge { tap, .. } = &n.backend {
             let _ = Command::new("ip").args(["link", "del", tap]).output();
+        }
+    }
+    if let Some(h) = &spec.memory.hugepages {
+        // QEMU unlinked its backing file at start; the pages are freed when it exits.
+        if let Err(e) = paths::remove_dir_beneath(&h.mount, &h.dir) {
+            tracing::warn!("cleanup of the hugepages directory: {e}");
         }
     }
 }

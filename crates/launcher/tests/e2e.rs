@@ -440,6 +440,126 @@ async fn qemu_runs_unprivileged_and_sandboxed() {
     assert_eq!((s.phase, s.reason.as_str()), (Phase::Succeeded, "Stopped"));
 }
 
+/// Guest RAM on 2 MiB hugepages with QEMU unprivileged: the launcher gives QEMU's user its own
+/// directory in the hugetlbfs mount, QEMU takes its pages from there, and both the pages and
+/// the directory are back when the VMI ends. The test reserves pages and mounts a hugetlbfs of
+/// its own (root only), and restores both.
+#[tokio::test]
+async fn hugepages_back_guest_ram_for_an_unprivileged_qemu() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: hugepages test needs root (it reserves hugepages and mounts hugetlbfs)");
+        return;
+    }
+    let Some(guest) = guest() else {
+        eprintln!("SKIP: hugepages test needs QEMU and the demo guest");
+        return;
+    };
+    const NR: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+    const PAGES: u64 = 64; // 128Mi of guest RAM
+    let free = || -> u64 {
+        std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    struct Restore {
+        nr: Option<String>,
+        mount: Option<PathBuf>,
+    }
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(m) = &self.mount {
+                let _ = Command::new("umount").arg(m).status();
+            }
+            if let Some(nr) = &self.nr {
+                let _ = std::fs::write(NR, nr);
+            }
+        }
+    }
+    let Ok(old) = std::fs::read_to_string(NR) else {
+        eprintln!("SKIP: hugepages test: no 2 MiB hugepages on this kernel ({NR})");
+        return;
+    };
+    let old_n: u64 = old.trim().parse().unwrap_or(0);
+    // Declared before `restore`, so dropped after it: unmounted before it is removed.
+    let mount_dir = tmpdir();
+    let mut restore = Restore {
+        nr: None,
+        mount: None,
+    };
+    if std::fs::write(NR, (old_n + PAGES + 8).to_string()).is_ok() {
+        restore.nr = Some(old.trim().to_string());
+    }
+    if free() < PAGES {
+        eprintln!(
+            "SKIP: hugepages test: the kernel gave only {} free 2 MiB pages",
+            free()
+        );
+        return;
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let hugetlbfs = kubevirt_launcher::machine::hugetlbfs_mounts(&mounts);
+    let mount = match hugetlbfs.get(&(2 << 20)) {
+        Some(m) => m.clone(),
+        None => {
+            let ok = Command::new("mount")
+                .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "none"])
+                .arg(mount_dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("SKIP: hugepages test: cannot mount hugetlbfs here");
+                return;
+            }
+            restore.mount = Some(mount_dir.path().to_path_buf());
+            mount_dir.path().to_path_buf()
+        }
+    };
+    let tmp = tmpdir();
+    let yaml = kernel_boot_vmi(
+        "huge",
+        "microvm",
+        &cmdline(guest, "microvm"),
+        "#!/bin/sh\ntrue",
+    )
+    .replace(
+        "memory: {guest: 256Mi}",
+        "memory: {guest: 128Mi, hugepages: {pageSize: 2Mi}}",
+    );
+    let before = free();
+    let vm = start(&yaml, &opts(tmp.path(), guest)).await;
+    let dir = mount.join("kubevirt-rs/e2e/huge");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (107, 0o700),
+        "{}",
+        dir.display()
+    );
+    assert_eq!(
+        vm.spec.memory.hugepages.as_ref().map(|h| h.dir.clone()),
+        Some(dir.clone())
+    );
+    // prealloc=on: every page of guest RAM is taken at start.
+    assert!(
+        before - free() >= PAGES,
+        "free 2 MiB pages went from {before} to {} only",
+        free()
+    );
+    wait_serial(tmp.path(), "kubevirt-rs demo guest: booted", BOOT_TIMEOUT).await;
+    vm.stop().await.unwrap();
+    let s = vm.wait().await;
+    assert_eq!((s.phase, s.reason.as_str()), (Phase::Succeeded, "Stopped"));
+    let t = Instant::now();
+    while free() < before && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(free(), before, "the guest's hugepages are given back");
+    assert!(!dir.exists(), "{} is removed", dir.display());
+    drop(restore);
+}
+
 /// microvm + e1000 is refused before anything starts, naming the field.
 #[tokio::test]
 async fn a_spec_the_backend_cannot_honour_fails_before_qemu_starts() {

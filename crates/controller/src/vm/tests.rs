@@ -1,5 +1,6 @@
 use super::*;
-use crate::Backoff;
+use kubevirt_runtime::backoff::Backoff;
+use serde_json::json;
 
 fn vmi(phase: &str, uid: &str) -> VirtualMachineInstance {
     serde_json::from_value(json!({"metadata": {"name": "v", "uid": uid},
@@ -129,27 +130,8 @@ fn printable_status_precedence() {
 }
 
 #[test]
-fn backoff_delays_follow_kubevirt() {
-    let b = Backoff {
-        jitter: false,
-        ..Backoff::kubevirt()
-    };
-    let secs: Vec<u64> = (1..=6).map(|n| b.delay(n).as_secs()).collect();
-    assert_eq!(secs, vec![10, 40, 90, 160, 250, 300]);
-    let j = Backoff::kubevirt();
-    for _ in 0..50 {
-        let d = j.delay(2).as_secs_f64();
-        assert!((40.0..=60.0).contains(&d), "{d}");
-        assert!(j.delay(10).as_secs() == 300);
-    }
-}
-
-#[test]
 fn start_failures_count_once_per_vmi_and_reset_on_running() {
-    let b = Backoff {
-        jitter: false,
-        ..Backoff::kubevirt()
-    };
+    let b = Backoff::kubevirt_crash_loop().with_jitter(false);
     let now = Timestamp::now();
     let mut st = VirtualMachineStatus::default();
     let f1 = vmi("Failed", "u1");

@@ -1,6 +1,7 @@
 //! The per-VMI directory, `<data>/vms/<namespace>/<name>/`: every file and socket name in it.
 
 use crate::launcher::State;
+use kubevirt_api::defaults::DefaultsConfig;
 use kubevirt_api::names;
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -283,6 +284,11 @@ impl VmiDir {
     pub fn volumes_file(&self) -> PathBuf {
         self.path.join("volumes.json")
     }
+    /// The cluster's defaults at the time the handler started the launcher
+    /// ([`DefaultsConfig`], from the `KubeVirt` resource), written by the handler.
+    pub fn defaults_file(&self) -> PathBuf {
+        self.path.join("defaults.json")
+    }
     /// The handler's marker: a launcher was spawned for this VMI.
     pub fn spawned_marker(&self) -> PathBuf {
         self.path.join(".spawned")
@@ -306,6 +312,24 @@ impl VmiDir {
     /// Write `volumes.json` atomically.
     pub fn write_volumes(&self, v: &NodeVolumes) -> Result<(), VmiDirError> {
         write_json_atomically(&self.volumes_file(), v)
+    }
+
+    /// The cluster's defaults the handler wrote; `None` when it wrote none (a launcher run by
+    /// hand keeps the single-node defaults).
+    pub fn read_defaults(&self) -> Result<Option<DefaultsConfig>, VmiDirError> {
+        let path = self.defaults_file();
+        match std::fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map(Some)
+                .map_err(|source| VmiDirError::BadState { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(VmiDirError::Io { path, source }),
+        }
+    }
+
+    /// Write `defaults.json` atomically.
+    pub fn write_defaults(&self, d: &DefaultsConfig) -> Result<(), VmiDirError> {
+        write_json_atomically(&self.defaults_file(), d)
     }
 
     /// The last state the launcher wrote.
@@ -344,6 +368,26 @@ mod tests {
 
     fn data() -> PathBuf {
         PathBuf::from("/var/lib/kubevirt-rs")
+    }
+
+    #[test]
+    fn cluster_defaults_round_trip_and_are_absent_for_a_launcher_run_by_hand() {
+        use kubevirt_api::defaults::DefaultBinding;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = VmiDir::new(tmp.path(), "default", "vm").unwrap();
+        std::fs::create_dir_all(d.path()).unwrap();
+        assert_eq!(d.read_defaults().unwrap(), None);
+        let defaults = DefaultsConfig {
+            default_network_interface: DefaultBinding::Masquerade,
+            machine_type: Some("q35".into()),
+            ..DefaultsConfig::default()
+        };
+        d.write_defaults(&defaults).unwrap();
+        assert_eq!(d.read_defaults().unwrap(), Some(defaults));
+        // A damaged file is an error naming it, not silently the launcher's own defaults.
+        std::fs::write(d.defaults_file(), b"{").unwrap();
+        let e = d.read_defaults().unwrap_err().to_string();
+        assert!(e.contains("defaults.json"), "{e}");
     }
 
     #[test]

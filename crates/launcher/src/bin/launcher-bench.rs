@@ -6,10 +6,14 @@
 //!
 //! For the demo guest (kernelBoot of the image's vmlinux, cloud-init NoCloud, one masquerade
 //! NIC), on q35 and microvm, median of RUNS (default 5): launcher start → QEMU running (QMP
-//! `cont` done), → first serial byte, → boot banner. Then the RSS of a `kubevirt-launcher run`
-//! process (the launcher, not QEMU) while its VM runs.
+//! `cont` done), → first serial byte, → boot banner. Then what confinement costs (security issue
+//! 10: at most 10 ms per VM): launcher start → running for microvm with QEMU as root against
+//! QEMU as the unprivileged qemu user, and bare QEMU start → QMP greeting with and without
+//! `-sandbox`. Last, the RSS of a `kubevirt-launcher run` process (the launcher, not QEMU)
+//! while its VM runs.
 
 use kubevirt_launcher::api::VmiDir;
+use kubevirt_launcher::confine::QemuUser;
 use kubevirt_launcher::launcher::{Options, Vm};
 use kubevirt_launcher::machine::parse_vmi;
 use std::path::{Path, PathBuf};
@@ -56,10 +60,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn one(guest: &Path, machine: &str, dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
+async fn one(
+    guest: &Path,
+    machine: &str,
+    dir: &Path,
+    user: QemuUser,
+) -> anyhow::Result<(f64, f64, f64)> {
     let _ = std::fs::remove_dir_all(dir);
     let vmi_dir = VmiDir::from_path(dir)?;
     let mut o = Options::new(dir);
+    o.qemu_user = user;
     o.image_store = Some(guest.join("oci"));
     // As the handler runs launchers: images extracted once, shared (the first run fills it).
     o.image_cache = dir.parent().map(|p| p.join("image-cache"));
@@ -104,6 +114,51 @@ async fn one(guest: &Path, machine: &str, dir: &Path) -> anyhow::Result<(f64, f6
         first.as_secs_f64(),
         banner.as_secs_f64(),
     ))
+}
+
+/// Bare QEMU (microvm, TCG, stopped) from exec to its QMP greeting, in ms.
+fn qemu_greeting(sandbox: bool) -> anyhow::Result<f64> {
+    use std::io::Read;
+    let mut cmd = std::process::Command::new(kubevirt_launcher::qemu::QEMU_BINARY);
+    cmd.args([
+        "-machine",
+        "microvm",
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-S",
+        "-qmp",
+        "stdio",
+    ]);
+    if sandbox {
+        cmd.args(["-sandbox", kubevirt_launcher::qemu::devices::SANDBOX]);
+    }
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut buf = [0u8; 256];
+    let mut seen = Vec::new();
+    while !seen.windows(6).any(|w| w == b"\"QMP\"") {
+        let n = out.read(&mut buf)?;
+        if n == 0 {
+            anyhow::bail!("QEMU exited before its QMP greeting");
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(ms)
 }
 
 fn launcher_rss(guest: &Path, work: &Path) -> anyhow::Result<String> {
@@ -163,8 +218,12 @@ fn main() -> anyhow::Result<()> {
     for machine in ["q35", "microvm"] {
         let mut r = (vec![], vec![], vec![]);
         for i in 0..runs {
-            let (a, b, c) =
-                rt.block_on(one(&guest, machine, &work.join(format!("{machine}-{i}"))))?;
+            let (a, b, c) = rt.block_on(one(
+                &guest,
+                machine,
+                &work.join(format!("{machine}-{i}")),
+                QemuUser::default(),
+            ))?;
             eprintln!("{machine} run {i}: running {a:.0} ms, first byte {b:.2} s, banner {c:.2} s");
             r.0.push(a);
             r.1.push(b);
@@ -176,6 +235,34 @@ fn main() -> anyhow::Result<()> {
             median(r.1),
             median(r.2)
         );
+    }
+    // What confinement costs, per VM.
+    println!("\n| confinement (microvm) | start → QEMU running (ms) |");
+    println!("|---|---|");
+    let root = unsafe { libc::geteuid() } == 0;
+    let users: &[(&str, QemuUser)] = if root {
+        &[
+            ("QEMU as root", QemuUser::ROOT),
+            ("QEMU as qemu (107)", QemuUser::KUBEVIRT),
+        ]
+    } else {
+        &[("QEMU as the current user", QemuUser::ROOT)]
+    };
+    for (label, user) in users {
+        let mut v = vec![];
+        for i in 0..runs {
+            let dir = work.join(format!("confine-{}-{i}", user.uid));
+            v.push(rt.block_on(one(&guest, "microvm", &dir, *user))?.0);
+        }
+        println!("| {label} | {:.0} |", median(v));
+    }
+    println!("\n| bare QEMU (microvm, -S) | exec → QMP greeting (ms) |");
+    println!("|---|---|");
+    for (label, sandbox) in [("without -sandbox", false), ("with -sandbox", true)] {
+        let v = (0..runs.max(5))
+            .map(|_| qemu_greeting(sandbox))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        println!("| {label} | {:.1} |", median(v));
     }
     println!(
         "\nlauncher VmRSS while a microvm runs: {}",

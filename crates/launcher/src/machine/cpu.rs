@@ -2,7 +2,74 @@
 
 use super::*;
 
-pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), SpecError> {
+/// A CPU or memory field the QEMU backend cannot honour.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CpuError {
+    #[error("spec.domain.cpu.model: {model:?} is not a CPU model name ([A-Za-z0-9_.-]+)")]
+    ModelName { model: String },
+    #[error("spec.domain.cpu.model: CPU model {model} is not known to QEMU")]
+    UnknownModel { model: String },
+    #[error("spec.domain.cpu.model: machine type microvm under emulation needs CPU model max (the kernel hangs calibrating the TSC otherwise), not {model}")]
+    MicrovmNeedsMax { model: String },
+    /// `field` is `spec.domain.cpu.features[i].policy`.
+    #[error("{field}: unknown policy {policy}")]
+    FeaturePolicy { field: String, policy: String },
+    /// `field` is `spec.domain.cpu.features[i].name`.
+    #[error("{field}: {name:?} is not a CPU feature name ([A-Za-z0-9_.-]+)")]
+    FeatureName { field: String, name: String },
+    /// `field` is `spec.domain.cpu.sockets`, `.cores` or `.threads`.
+    #[error("{field}: {count} must be between 1 and 512")]
+    Topology { field: &'static str, count: i64 },
+    #[error("spec.domain.memory.guest: no memory requested: set spec.domain.memory.guest or spec.domain.resources.requests.memory")]
+    NoMemory,
+    #[error(transparent)]
+    MemorySize(#[from] SizeError),
+    #[error("spec.domain.memory.guest: at least 16Mi of guest memory is needed")]
+    TooLittleMemory,
+    #[error("spec.domain.memory.hugepages.pageSize: {page_size}: {reason}")]
+    HugepageSize { page_size: String, reason: String },
+    #[error("spec.domain.memory.hugepages.pageSize: {page_size}: only 2Mi and 1Gi pages exist on x86_64")]
+    HugepageUnsupported { page_size: String },
+    #[error("spec.domain.memory.hugepages.pageSize: {page_size}: no hugetlbfs of this page size is mounted on this node (as root: mount -t hugetlbfs -o pagesize={option} none {mount}, and reserve pages in /sys/kernel/mm/hugepages)")]
+    NoHugetlbfs {
+        page_size: String,
+        mount: &'static str,
+        option: &'static str,
+    },
+    #[error("spec.domain.memory.guest: guest memory ({bytes} bytes) is not a multiple of the hugepage size {page_size}")]
+    NotHugepageMultiple { bytes: u64, page_size: String },
+}
+
+impl CpuError {
+    /// The KubeVirt field path the error is about.
+    pub fn field(&self) -> &str {
+        match self {
+            CpuError::ModelName { .. }
+            | CpuError::UnknownModel { .. }
+            | CpuError::MicrovmNeedsMax { .. } => "spec.domain.cpu.model",
+            CpuError::FeaturePolicy { field, .. } | CpuError::FeatureName { field, .. } => field,
+            CpuError::Topology { field, .. } => field,
+            CpuError::NoMemory
+            | CpuError::TooLittleMemory
+            | CpuError::NotHugepageMultiple { .. } => "spec.domain.memory.guest",
+            CpuError::MemorySize(e) => e.field(),
+            CpuError::HugepageSize { .. }
+            | CpuError::HugepageUnsupported { .. }
+            | CpuError::NoHugetlbfs { .. } => "spec.domain.memory.hugepages.pageSize",
+        }
+    }
+}
+
+/// A socket/core/thread count: unset or 0 is 1.
+fn positive(v: Option<i64>, field: &'static str) -> Result<u32, CpuError> {
+    match v {
+        None | Some(0) => Ok(1),
+        Some(n) if n > 0 && n <= 512 => Ok(n as u32),
+        Some(n) => Err(CpuError::Topology { field, count: n }),
+    }
+}
+
+pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), CpuError> {
     let domain = &ctx.vmi.spec.domain;
     let (env, microvm) = (ctx.env, ctx.microvm);
     // CPU.
@@ -14,27 +81,18 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), SpecErr
         ("host-model" | "host-passthrough", Accelerator::Tcg) => "max".to_string(),
         (m, _) => {
             if !crate::qemu::opts::is_cpu_name(m) {
-                return Err(SpecError::new(
-                    "spec.domain.cpu.model",
-                    format!("{m:?} is not a CPU model name ([A-Za-z0-9_.-]+)"),
-                ));
+                return Err(CpuError::ModelName { model: m.into() });
             }
             if let Some(known) = &env.qemu_cpu_models {
                 if !known.contains(m) && m != "max" {
-                    return Err(SpecError::new(
-                        "spec.domain.cpu.model",
-                        format!("CPU model {m} is not known to QEMU"),
-                    ));
+                    return Err(CpuError::UnknownModel { model: m.into() });
                 }
             }
             m.to_string()
         }
     };
     if microvm && env.accelerator == Accelerator::Tcg && model != "max" {
-        return Err(SpecError::new(
-            "spec.domain.cpu.model",
-            format!("machine type microvm under emulation needs CPU model max (the kernel hangs calibrating the TSC otherwise), not {model}"),
-        ));
+        return Err(CpuError::MicrovmNeedsMax { model });
     }
     let mut features = Vec::new();
     for (i, f) in cpu.features.iter().flatten().enumerate() {
@@ -42,17 +100,17 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), SpecErr
             "require" | "force" | "optional" => '+',
             "disable" | "forbid" => '-',
             p => {
-                return Err(SpecError::new(
-                    format!("spec.domain.cpu.features[{i}].policy"),
-                    format!("unknown policy {p}"),
-                ))
+                return Err(CpuError::FeaturePolicy {
+                    field: format!("spec.domain.cpu.features[{i}].policy"),
+                    policy: p.into(),
+                })
             }
         };
         if !crate::qemu::opts::is_cpu_name(&f.name) {
-            return Err(SpecError::new(
-                format!("spec.domain.cpu.features[{i}].name"),
-                format!("{:?} is not a CPU feature name ([A-Za-z0-9_.-]+)", f.name),
-            ));
+            return Err(CpuError::FeatureName {
+                field: format!("spec.domain.cpu.features[{i}].name"),
+                name: f.name.clone(),
+            });
         }
         features.push(format!("{sign}{}", f.name));
     }
@@ -68,45 +126,48 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), SpecErr
     let mem = domain.memory.clone().unwrap_or_default();
     let bytes = match &mem.guest {
         Some(q) => bytes_of(q, "spec.domain.memory.guest")?,
-        None => {
-            return Err(SpecError::new(
-                "spec.domain.memory.guest",
-                "no memory requested: set spec.domain.memory.guest or spec.domain.resources.requests.memory",
-            ))
-        }
+        None => return Err(CpuError::NoMemory),
     };
     if bytes < 16 << 20 {
-        return Err(SpecError::new(
-            "spec.domain.memory.guest",
-            "at least 16Mi of guest memory is needed",
-        ));
+        return Err(CpuError::TooLittleMemory);
     }
     let hugepages = match mem.hugepages.as_ref().and_then(|h| h.page_size.clone()) {
         None => None,
         Some(ps) => {
-            let field = "spec.domain.memory.hugepages.pageSize";
             let page_size = Quantity::parse(&ps)
-                .map_err(|e| SpecError::new(field, format!("{ps}: {e}")))?
+                .map_err(|e| CpuError::HugepageSize {
+                    page_size: ps.clone(),
+                    reason: e.to_string(),
+                })?
                 .value() as u64;
-            let mount = match page_size {
-                0x20_0000 => PathBuf::from("/dev/hugepages"),
-                0x4000_0000 => PathBuf::from("/dev/hugepages1G"),
-                _ => {
-                    return Err(SpecError::new(
-                        field,
-                        format!("{ps}: only 2Mi and 1Gi pages exist on x86_64"),
-                    ))
-                }
-            };
-            if bytes % page_size != 0 {
-                return Err(SpecError::new(
-                    "spec.domain.memory.guest",
-                    format!(
-                        "guest memory ({bytes} bytes) is not a multiple of the hugepage size {ps}"
-                    ),
-                ));
+            if !matches!(page_size, 0x20_0000 | 0x4000_0000) {
+                return Err(CpuError::HugepageUnsupported { page_size: ps });
             }
-            Some(Hugepages { page_size, mount })
+            let mount = ctx.env.hugetlbfs.get(&page_size).cloned().ok_or_else(|| {
+                CpuError::NoHugetlbfs {
+                    page_size: ps.clone(),
+                    mount: if page_size == 0x20_0000 {
+                        "/dev/hugepages"
+                    } else {
+                        "/dev/hugepages1G"
+                    },
+                    option: if page_size == 0x20_0000 { "2M" } else { "1G" },
+                }
+            })?;
+            if bytes % page_size != 0 {
+                return Err(CpuError::NotHugepageMultiple {
+                    bytes,
+                    page_size: ps,
+                });
+            }
+            // Namespace and name come from the API (validated there); whatever they hold,
+            // the launcher creates this directory only beneath `mount` (paths::dir_beneath).
+            let dir = mount.join("kubevirt-rs").join(ctx.namespace).join(ctx.name);
+            Some(Hugepages {
+                page_size,
+                mount,
+                dir,
+            })
         }
     };
     let memory = MemorySpec { bytes, hugepages };
@@ -115,19 +176,150 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), SpecErr
 
 #[cfg(test)]
 mod tests {
-    use super::super::convert;
+    use super::super::{convert, parse_vmi, SpecError};
+    use super::*;
+
+    /// The CPU/memory error of `spec` (indented by two), checking that it names its field.
+    fn cpu_err(spec: &str) -> CpuError {
+        match convert(spec) {
+            Err(SpecError::Cpu(e)) => {
+                assert!(
+                    e.to_string().starts_with(&format!("{}: ", e.field())),
+                    "{e}"
+                );
+                e
+            }
+            other => panic!("not a CPU error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_and_hostile_cpu_names_are_refused_with_their_field() {
+        let e = cpu_err("  domain:\n    memory: {guest: 64Mi}\n    cpu: {model: \"max,+vmx\"}\n");
+        assert!(matches!(e, CpuError::ModelName { ref model } if model == "max,+vmx"));
+        assert_eq!(
+            e.to_string(),
+            r#"spec.domain.cpu.model: "max,+vmx" is not a CPU model name ([A-Za-z0-9_.-]+)"#
+        );
+        for bad in ["../x", "a/b", "a=b", "a\\u0000b"] {
+            let e = cpu_err(&format!(
+                "  domain:\n    memory: {{guest: 64Mi}}\n    cpu: {{model: \"{bad}\"}}\n"
+            ));
+            assert!(matches!(e, CpuError::ModelName { .. }), "{bad}: {e}");
+        }
+        let e = cpu_err(
+            "  domain:\n    memory: {guest: 64Mi}\n    cpu: {model: max, features: [{name: pcid}, {name: \"a=b\\u0000\"}]}\n",
+        );
+        assert!(matches!(e, CpuError::FeatureName { .. }));
+        assert_eq!(
+            e.to_string(),
+            r#"spec.domain.cpu.features[1].name: "a=b\0" is not a CPU feature name ([A-Za-z0-9_.-]+)"#
+        );
+        // A named model QEMU does not list, when the list is known.
+        let yaml = "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: t}\nspec:\n  domain:\n    memory: {guest: 64Mi}\n    cpu: {model: Nehalem}\n";
+        let mut env = Environment::fixed(Path::new("/d"), Accelerator::Tcg);
+        env.qemu_cpu_models = Some(parse_cpu_models("x86 Skylake-Client  Intel\n"));
+        let e = MachineSpec::from_vmi(&parse_vmi(yaml).unwrap(), &env).unwrap_err();
+        assert_eq!(
+            e,
+            SpecError::Cpu(CpuError::UnknownModel {
+                model: "Nehalem".into()
+            })
+        );
+        assert_eq!(
+            e.to_string(),
+            "spec.domain.cpu.model: CPU model Nehalem is not known to QEMU"
+        );
+    }
+
+    #[test]
+    fn topology_and_memory_errors_say_what_is_wrong() {
+        let e = cpu_err("  domain:\n    memory: {guest: 64Mi}\n    cpu: {cores: 513}\n");
+        assert_eq!(
+            e,
+            CpuError::Topology {
+                field: "spec.domain.cpu.cores",
+                count: 513
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "spec.domain.cpu.cores: 513 must be between 1 and 512"
+        );
+        let e = cpu_err("  domain:\n    memory: {guest: 8Mi}\n");
+        assert_eq!(e, CpuError::TooLittleMemory);
+        assert_eq!(
+            e.to_string(),
+            "spec.domain.memory.guest: at least 16Mi of guest memory is needed"
+        );
+        let e = cpu_err("  domain:\n    memory: {guest: 64Mi, hugepages: {pageSize: 4Ki}}\n");
+        assert!(matches!(e, CpuError::HugepageUnsupported { .. }));
+        assert_eq!(
+            e.to_string(),
+            "spec.domain.memory.hugepages.pageSize: 4Ki: only 2Mi and 1Gi pages exist on x86_64"
+        );
+        let e = cpu_err("  domain:\n    memory: {guest: 65Mi, hugepages: {pageSize: 2Mi}}\n");
+        assert!(matches!(e, CpuError::NotHugepageMultiple { .. }));
+        assert_eq!(
+            e.to_string(),
+            "spec.domain.memory.guest: guest memory (68157440 bytes) is not a multiple of the hugepage size 2Mi"
+        );
+    }
+
+    /// QEMU's `mem-path` is the VMI's own directory in the mount of its page size; a node
+    /// without such a mount refuses the VMI and says how to make one.
+    #[test]
+    fn hugepages_use_a_per_vmi_directory_in_the_mount_of_their_size() {
+        let m =
+            convert("  domain:\n    memory: {guest: 2Gi, hugepages: {pageSize: 1Gi}}\n").unwrap();
+        let h = m.memory.hugepages.unwrap();
+        assert_eq!(h.page_size, 1 << 30);
+        assert_eq!(h.mount, std::path::Path::new("/dev/hugepages1G"));
+        assert_eq!(
+            h.dir,
+            std::path::Path::new("/dev/hugepages1G/kubevirt-rs/ns/t")
+        );
+
+        let vmi = parse_vmi(
+            "metadata: {name: t, namespace: ns}\n\
+             spec: {domain: {devices: {}, memory: {guest: 64Mi, hugepages: {pageSize: 2Mi}}}}\n",
+        )
+        .unwrap();
+        let mut env = super::super::Environment::fixed(
+            std::path::Path::new("/d"),
+            crate::accel::Accelerator::Tcg,
+        );
+        env.hugetlbfs.clear();
+        let e = match MachineSpec::from_vmi(&vmi, &env) {
+            Err(SpecError::Cpu(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            e.to_string(),
+            "spec.domain.memory.hugepages.pageSize: 2Mi: no hugetlbfs of this page size is \
+             mounted on this node (as root: mount -t hugetlbfs -o pagesize=2M none \
+             /dev/hugepages, and reserve pages in /sys/kernel/mm/hugepages)"
+        );
+    }
+
+    #[test]
+    fn microvm_under_tcg_needs_max() {
+        let e = cpu_err("  domain:\n    machine: {type: microvm}\n    memory: {guest: 64Mi}\n    cpu: {model: Skylake-Client}\n");
+        assert!(matches!(e, CpuError::MicrovmNeedsMax { .. }));
+        assert_eq!(e.field(), "spec.domain.cpu.model");
+    }
 
     #[test]
     fn feature_policies_and_hugepage_sizes_are_checked() {
         let e = convert("  domain:\n    memory: {guest: 64Mi}\n    cpu: {features: [{name: pcid, policy: maybe}]}\n").unwrap_err();
-        assert_eq!(e.field, "spec.domain.cpu.features[0].policy");
+        assert_eq!(e.field(), "spec.domain.cpu.features[0].policy");
         let s = convert("  domain:\n    memory: {guest: 64Mi}\n    cpu: {sockets: 2, features: [{name: pcid}, {name: vmx, policy: disable}]}\n").unwrap();
         assert_eq!(s.cpu.features, ["+pcid", "-vmx"]);
         assert_eq!(s.cpu.vcpus(), 2);
         let e = convert("  domain:\n    memory: {guest: 65Mi, hugepages: {pageSize: 2Mi}}\n")
             .unwrap_err();
-        assert_eq!(e.field, "spec.domain.memory.guest");
+        assert_eq!(e.field(), "spec.domain.memory.guest");
         let e = convert("  domain:\n    memory: {guest: 8Mi}\n").unwrap_err();
-        assert_eq!(e.field, "spec.domain.memory.guest");
+        assert_eq!(e.field(), "spec.domain.memory.guest");
     }
 }

@@ -2,7 +2,62 @@
 
 use super::*;
 
-pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, SpecError> {
+/// An interface or network field the QEMU backend cannot honour. Every variant carries the
+/// field path (`spec.domain.devices.interfaces[i]…` or `spec.networks[i].name`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NicError {
+    /// KubeVirt's interface name rule, for `spec.networks[i].name`.
+    #[error("{field}: {reason}")]
+    NetworkName { field: String, reason: String },
+    /// KubeVirt's interface name rule: the name becomes a QEMU id.
+    #[error("{field}: {reason}")]
+    InterfaceName { field: String, reason: String },
+    #[error("{field}: {mac:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")]
+    Mac { field: String, mac: String },
+    #[error("{field}: model {model} is not supported: use virtio, e1000, e1000e or rtl8139")]
+    Model { field: String, model: String },
+    #[error("{field}: microvm supports only virtio")]
+    MicrovmModel { field: String },
+    #[error("{field}: interface {interface} has no network of the same name")]
+    NoNetwork { field: String, interface: String },
+    #[error("{field}: masquerade is only allowed on the pod network")]
+    MasqueradeNotOnPod { field: String },
+    #[error("{field}: {port} is not a port")]
+    Port { field: String, port: i64 },
+    #[error("{field}: {protocol}: use TCP or UDP")]
+    Protocol { field: String, protocol: String },
+    #[error("{field}: host port out of range")]
+    HostPortOutOfRange { field: String },
+    #[error("{field}: no free host port: {reason}")]
+    NoFreeHostPort { field: String, reason: String },
+    #[error("{field}: network {network} has no Linux bridge on this node")]
+    NoBridge { field: String, network: String },
+    #[error("{field}: only masquerade and bridge bindings are supported")]
+    Binding { field: String },
+}
+
+impl NicError {
+    /// The KubeVirt field path the error is about.
+    pub fn field(&self) -> &str {
+        match self {
+            NicError::NetworkName { field, .. }
+            | NicError::InterfaceName { field, .. }
+            | NicError::Mac { field, .. }
+            | NicError::Model { field, .. }
+            | NicError::MicrovmModel { field }
+            | NicError::NoNetwork { field, .. }
+            | NicError::MasqueradeNotOnPod { field }
+            | NicError::Port { field, .. }
+            | NicError::Protocol { field, .. }
+            | NicError::HostPortOutOfRange { field }
+            | NicError::NoFreeHostPort { field, .. }
+            | NicError::NoBridge { field, .. }
+            | NicError::Binding { field } => field,
+        }
+    }
+}
+
+pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
     let (env, microvm) = (ctx.env, ctx.microvm);
     let (name, namespace) = (ctx.name, ctx.namespace);
     let spec = &ctx.vmi.spec;
@@ -10,7 +65,10 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, SpecError> {
     // Interfaces.
     for (i, n) in spec.networks.iter().flatten().enumerate() {
         if let Some(form) = kubevirt_api::names::interface_name(&n.name) {
-            return Err(SpecError::new(format!("spec.networks[{i}].name"), form));
+            return Err(NicError::NetworkName {
+                field: format!("spec.networks[{i}].name"),
+                reason: form,
+            });
         }
     }
     let networks: BTreeMap<&str, &kubevirt_api::Network> = spec
@@ -26,16 +84,19 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, SpecError> {
         let ip = format!("spec.domain.devices.interfaces[{i}]");
         // KubeVirt's interface name rule (also admission's): the name becomes a QEMU id.
         if let Some(form) = kubevirt_api::names::interface_name(&iface.name) {
-            return Err(SpecError::new(format!("{ip}.name"), form));
+            return Err(NicError::InterfaceName {
+                field: format!("{ip}.name"),
+                reason: form,
+            });
         }
         let mac = match iface.mac_address.as_deref().filter(|m| !m.is_empty()) {
             None => None,
-            Some(m) => Some(crate::qemu::nics::normalise_mac(m).ok_or_else(|| {
-                SpecError::new(
-                    format!("{ip}.macAddress"),
-                    format!("{m:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
-                )
-            })?),
+            Some(m) => Some(
+                crate::qemu::nics::normalise_mac(m).ok_or_else(|| NicError::Mac {
+                    field: format!("{ip}.macAddress"),
+                    mac: m.into(),
+                })?,
+            ),
         };
         let model = match iface.model.as_deref().unwrap_or("virtio") {
             "virtio" => NicModel::Virtio,
@@ -43,103 +104,94 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, SpecError> {
             "e1000e" => NicModel::E1000e,
             "rtl8139" => NicModel::Rtl8139,
             m => {
-                return Err(SpecError::new(
-                    format!("{ip}.model"),
-                    format!("model {m} is not supported: use virtio, e1000, e1000e or rtl8139"),
-                ))
+                return Err(NicError::Model {
+                    field: format!("{ip}.model"),
+                    model: m.into(),
+                })
             }
         };
         if microvm && model != NicModel::Virtio {
-            return Err(SpecError::new(
-                format!("{ip}.model"),
-                "microvm supports only virtio",
-            ));
+            return Err(NicError::MicrovmModel {
+                field: format!("{ip}.model"),
+            });
         }
         let Some(net) = networks.get(iface.name.as_str()) else {
-            return Err(SpecError::new(
-                format!("{ip}.name"),
-                format!("interface {} has no network of the same name", iface.name),
-            ));
+            return Err(NicError::NoNetwork {
+                field: format!("{ip}.name"),
+                interface: iface.name.clone(),
+            });
         };
-        let backend = if iface.masquerade.is_some() {
-            if net.pod.is_none() {
-                return Err(SpecError::new(
-                    format!("{ip}.masquerade"),
-                    "masquerade is only allowed on the pod network",
-                ));
-            }
-            let mut forwards = Vec::new();
-            for (j, p) in iface.ports.iter().flatten().enumerate() {
-                let pp = format!("{ip}.ports[{j}]");
-                let guest_port =
-                    u16::try_from(p.port)
-                        .ok()
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| {
-                            SpecError::new(
-                                format!("{pp}.port"),
-                                format!("{} is not a port", p.port),
-                            )
-                        })?;
-                let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-                    "TCP" | "tcp" => "tcp",
-                    "UDP" | "udp" => "udp",
-                    x => {
-                        return Err(SpecError::new(
-                            format!("{pp}.protocol"),
-                            format!("{x}: use TCP or UDP"),
-                        ))
-                    }
+        let backend =
+            if iface.masquerade.is_some() {
+                if net.pod.is_none() {
+                    return Err(NicError::MasqueradeNotOnPod {
+                        field: format!("{ip}.masquerade"),
+                    });
+                }
+                let mut forwards = Vec::new();
+                for (j, p) in iface.ports.iter().flatten().enumerate() {
+                    let pp = format!("{ip}.ports[{j}]");
+                    let guest_port =
+                        u16::try_from(p.port)
+                            .ok()
+                            .filter(|p| *p > 0)
+                            .ok_or_else(|| NicError::Port {
+                                field: format!("{pp}.port"),
+                                port: p.port.into(),
+                            })?;
+                    let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                        "TCP" | "tcp" => "tcp",
+                        "UDP" | "udp" => "udp",
+                        x => {
+                            return Err(NicError::Protocol {
+                                field: format!("{pp}.protocol"),
+                                protocol: x.into(),
+                            })
+                        }
+                    };
+                    let host_port = match env.host_ports {
+                        HostPorts::Same => guest_port,
+                        HostPorts::Base(b) => b
+                            .checked_add(next_port)
+                            .ok_or_else(|| NicError::HostPortOutOfRange { field: pp.clone() })?,
+                        HostPorts::Ephemeral => free_port(&env.host_port_address, protocol)
+                            .map_err(|e| NicError::NoFreeHostPort {
+                                field: pp.clone(),
+                                reason: e.to_string(),
+                            })?,
+                    };
+                    next_port += 1;
+                    forwards.push(PortForward {
+                        name: p.name.clone(),
+                        protocol: protocol.into(),
+                        host_address: env.host_port_address.clone(),
+                        host_port,
+                        guest_port,
+                    });
+                }
+                NetBackend::Masquerade {
+                    network: MASQUERADE_NETWORK.into(),
+                    gateway: MASQUERADE_GATEWAY.into(),
+                    guest: MASQUERADE_GUEST.into(),
+                    forwards,
+                }
+            } else if iface.bridge.is_some() {
+                let bridge = match &net.multus {
+                    Some(m) => env.bridges.get(&m.network_name).cloned().ok_or_else(|| {
+                        NicError::NoBridge {
+                            field: format!("{ip}.bridge"),
+                            network: m.network_name.clone(),
+                        }
+                    })?,
+                    None => env.pod_bridge.clone(),
                 };
-                let host_port = match env.host_ports {
-                    HostPorts::Same => guest_port,
-                    HostPorts::Base(b) => b
-                        .checked_add(next_port)
-                        .ok_or_else(|| SpecError::new(pp.clone(), "host port out of range"))?,
-                    HostPorts::Ephemeral => {
-                        free_port(&env.host_port_address, protocol).map_err(|e| {
-                            SpecError::new(pp.clone(), format!("no free host port: {e}"))
-                        })?
-                    }
-                };
-                next_port += 1;
-                forwards.push(PortForward {
-                    name: p.name.clone(),
-                    protocol: protocol.into(),
-                    host_address: env.host_port_address.clone(),
-                    host_port,
-                    guest_port,
-                });
-            }
-            NetBackend::Masquerade {
-                network: MASQUERADE_NETWORK.into(),
-                gateway: MASQUERADE_GATEWAY.into(),
-                guest: MASQUERADE_GUEST.into(),
-                forwards,
-            }
-        } else if iface.bridge.is_some() {
-            let bridge = match &net.multus {
-                Some(m) => env.bridges.get(&m.network_name).cloned().ok_or_else(|| {
-                    SpecError::new(
-                        format!("{ip}.bridge"),
-                        format!(
-                            "network {} has no Linux bridge on this node",
-                            m.network_name
-                        ),
-                    )
-                })?,
-                None => env.pod_bridge.clone(),
+                NetBackend::Bridge {
+                    tap: tap_name(&tap_seed, i),
+                    bridge,
+                }
+            } else {
+                return Err(NicError::Binding { field: ip });
             };
-            NetBackend::Bridge {
-                tap: tap_name(&tap_seed, i),
-                bridge,
-            }
-        } else {
-            return Err(SpecError::new(
-                ip,
-                "only masquerade and bridge bindings are supported",
-            ));
-        };
         let boot_order = iface.boot_order.filter(|n| *n > 0).map(|n| n as u32);
         nics.push(NicSpec {
             name: iface.name.clone(),
@@ -154,16 +206,119 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, SpecError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::convert;
+    use super::super::{convert, SpecError};
+    use super::*;
+
+    /// The NIC error of a VMI with `interfaces` and `networks` (flow YAML lists).
+    fn nic_err(interfaces: &str, networks: &str) -> NicError {
+        let spec = format!(
+            "  domain:\n    memory: {{guest: 64Mi}}\n    devices: {{interfaces: {interfaces}}}\n  networks: {networks}\n"
+        );
+        match convert(&spec) {
+            Err(SpecError::Nic(e)) => {
+                assert!(
+                    e.to_string().starts_with(&format!("{}: ", e.field())),
+                    "{e}"
+                );
+                e
+            }
+            other => panic!("not a NIC error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_and_hostile_macs_are_refused() {
+        for bad in [
+            "de:ad:00:00:be:af,romfile=/x",
+            "de:ad:00:00:be",
+            "de:ad:00:00:be:zz",
+            "de:ad:00:00:be:af\\u0000",
+        ] {
+            let e = nic_err(
+                &format!("[{{name: n, masquerade: {{}}, macAddress: \"{bad}\"}}]"),
+                "[{name: n, pod: {}}]",
+            );
+            assert!(matches!(e, NicError::Mac { .. }), "{bad}: {e}");
+            assert_eq!(e.field(), "spec.domain.devices.interfaces[0].macAddress");
+        }
+        let e = nic_err(
+            "[{name: n, masquerade: {}, macAddress: \"de:ad:00:00:be:af,romfile=/x\"}]",
+            "[{name: n, pod: {}}]",
+        );
+        assert_eq!(
+            e.to_string(),
+            r#"spec.domain.devices.interfaces[0].macAddress: "de:ad:00:00:be:af,romfile=/x" is not a MAC address (aa:bb:cc:dd:ee:ff)"#
+        );
+    }
+
+    #[test]
+    fn hostile_interface_and_network_names_are_refused() {
+        for bad in ["x,romfile=/etc/shadow", "a=b", "a/b", "..", "a\\u0000b"] {
+            let e = nic_err(
+                &format!("[{{name: \"{bad}\", masquerade: {{}}}}]"),
+                "[{name: n, pod: {}}]",
+            );
+            assert!(matches!(e, NicError::InterfaceName { .. }), "{bad}: {e}");
+            assert_eq!(e.field(), "spec.domain.devices.interfaces[0].name");
+            assert!(e.to_string().contains("Network interface name"), "{e}");
+            let e = nic_err(
+                "[{name: n, masquerade: {}}]",
+                &format!("[{{name: n, pod: {{}}}}, {{name: \"{bad}\", pod: {{}}}}]"),
+            );
+            assert!(matches!(e, NicError::NetworkName { .. }), "{bad}: {e}");
+            assert_eq!(e.field(), "spec.networks[1].name");
+        }
+    }
+
+    #[test]
+    fn models_ports_and_bindings_say_what_is_wrong() {
+        let e = nic_err(
+            "[{name: n, masquerade: {}, model: ne2k_pci}]",
+            "[{name: n, pod: {}}]",
+        );
+        assert_eq!(
+            e,
+            NicError::Model {
+                field: "spec.domain.devices.interfaces[0].model".into(),
+                model: "ne2k_pci".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "spec.domain.devices.interfaces[0].model: model ne2k_pci is not supported: use virtio, e1000, e1000e or rtl8139"
+        );
+        let e = nic_err(
+            "[{name: n, masquerade: {}, ports: [{port: 80}, {port: 70000}]}]",
+            "[{name: n, pod: {}}]",
+        );
+        assert_eq!(
+            e.to_string(),
+            "spec.domain.devices.interfaces[0].ports[1].port: 70000 is not a port"
+        );
+        let e = nic_err(
+            "[{name: n, masquerade: {}, ports: [{port: 80, protocol: SCTP}]}]",
+            "[{name: n, pod: {}}]",
+        );
+        assert!(matches!(e, NicError::Protocol { .. }));
+        assert_eq!(
+            e.to_string(),
+            "spec.domain.devices.interfaces[0].ports[0].protocol: SCTP: use TCP or UDP"
+        );
+        let e = nic_err("[{name: n, sriov: {}}]", "[{name: n, pod: {}}]");
+        assert_eq!(
+            e.to_string(),
+            "spec.domain.devices.interfaces[0]: only masquerade and bridge bindings are supported"
+        );
+    }
 
     #[test]
     fn bindings_and_networks_are_checked() {
         let e = convert("  domain:\n    memory: {guest: 64Mi}\n    devices: {interfaces: [{name: n, masquerade: {}}]}\n  networks: [{name: n, multus: {networkName: x}}]\n").unwrap_err();
-        assert_eq!(e.field, "spec.domain.devices.interfaces[0].masquerade");
+        assert_eq!(e.field(), "spec.domain.devices.interfaces[0].masquerade");
         let e = convert("  domain:\n    memory: {guest: 64Mi}\n    devices: {interfaces: [{name: n, bridge: {}}]}\n  networks: [{name: n, multus: {networkName: x}}]\n").unwrap_err();
-        assert_eq!(e.field, "spec.domain.devices.interfaces[0].bridge");
+        assert_eq!(e.field(), "spec.domain.devices.interfaces[0].bridge");
         let e = convert("  domain:\n    memory: {guest: 64Mi}\n    devices: {interfaces: [{name: n, masquerade: {}}]}\n  networks: [{name: other, pod: {}}]\n").unwrap_err();
-        assert_eq!(e.field, "spec.domain.devices.interfaces[0].name");
+        assert_eq!(e.field(), "spec.domain.devices.interfaces[0].name");
     }
 
     /// What admission accepts the launcher accepts too: KubeVirt's interface names (capitals,
@@ -175,6 +330,6 @@ mod tests {
         let m = convert("  domain:\n    memory: {guest: 64Mi}\n    devices: {interfaces: [{name: n, masquerade: {}, macAddress: dead.0000.beaf}]}\n  networks: [{name: n, pod: {}}]\n").expect("accepted");
         assert_eq!(m.nics[0].mac.as_deref(), Some("de:ad:00:00:be:af"));
         let e = convert("  domain:\n    memory: {guest: 64Mi}\n    devices: {interfaces: [{name: n, masquerade: {}, macAddress: \"de:ad:00:00:be:af,romfile=/x\"}]}\n  networks: [{name: n, pod: {}}]\n").unwrap_err();
-        assert_eq!(e.field, "spec.domain.devices.interfaces[0].macAddress");
+        assert_eq!(e.field(), "spec.domain.devices.interfaces[0].macAddress");
     }
 }

@@ -96,7 +96,7 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), CpuError> {
             Opts::new("memory-backend-file")
                 .set("id", "mem0")
                 .set("size", format!("{mib}M"))
-                .set_path("mem-path", &h.mount)
+                .set_path("mem-path", &h.dir)
                 .set("share", "on")
                 .set("prealloc", "on")
                 .build()
@@ -160,9 +160,19 @@ mod tests {
         assert!(a.contains(&"type=1,serial=a,,b".to_string()), "{a:?}");
         assert!(a.contains(&"guest=ns_x,,y,debug-threads=on".to_string()));
         s.uuid = Some("not-a-uuid,x".into());
-        assert!(matches!(
-            render(&s, &mut vec![]).unwrap_err(),
-            CpuError::Uuid(_)
-        ));
+        let e = render(&s, &mut vec![]).unwrap_err();
+        assert!(matches!(e, CpuError::Uuid(_)));
+        assert_eq!(e.to_string(), r#"-uuid: "not-a-uuid,x" is not a UUID"#);
+        s.uuid = None;
+        s.smbios_serial = Some("a\0b".into());
+        let e = render(&s, &mut vec![]).unwrap_err();
+        assert!(
+            matches!(e, CpuError::Smbios(OptsError::BadValue { .. })),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            r#"-smbios: serial="a\0b": NUL and line breaks cannot be passed to QEMU"#
+        );
     }
 }

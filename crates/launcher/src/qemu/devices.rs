@@ -207,6 +207,43 @@ mod tests {
     }
 
     #[test]
+    fn socket_paths_qemu_cannot_take_are_refused_with_the_device_named() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut s = test_spec();
+        s.dir = "/run/a\nb".into();
+        let e = render_control(&s, &mut vec![]).unwrap_err();
+        assert!(
+            matches!(&e, DeviceError::Qmp(OptsError::BadValue { key, .. }) if key == "path"),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            r#"QMP socket: path="/run/a\nb/sockets/qmp.sock": NUL and line breaks cannot be passed to QEMU"#
+        );
+        // The same failure through `qemu::render`, which names the family.
+        assert_eq!(
+            super::super::render(&s).unwrap_err().to_string(),
+            format!("devices: {e}")
+        );
+        s.dir = std::ffi::OsStr::from_bytes(b"/run/\xff").into();
+        s.serial_console = true;
+        let e = render_console(&s, &mut vec![]).unwrap_err();
+        assert!(
+            matches!(&e, DeviceError::Serial(OptsError::NotUtf8 { .. })),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("serial console: path: "), "{e}");
+        s.serial_console = false;
+        s.vnc = true;
+        let e = render_console(&s, &mut vec![]).unwrap_err();
+        assert!(
+            matches!(&e, DeviceError::Vnc(OptsError::NotUtf8 { .. })),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("VNC: vnc: path "), "{e}");
+    }
+
+    #[test]
     fn vnc_path_is_a_keyed_value() {
         let mut s = test_spec();
         s.vnc = true;

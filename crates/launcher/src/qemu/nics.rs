@@ -134,11 +134,17 @@ mod tests {
             ),
             "{e}"
         );
+        assert_eq!(
+            e.to_string(),
+            r#"interface "x,romfile=/etc/shadow": id="ua-x,romfile=/etc/shadow": not a QEMU id ([A-Za-z][A-Za-z0-9_.-]*)"#
+        );
         s.nics = vec![nic("x", Some("52:54:00:00:00:01,romfile=/etc/shadow"))];
-        assert!(matches!(
-            render(&s, &mut vec![]).unwrap_err(),
-            NicError::Mac { .. }
-        ));
+        let e = render(&s, &mut vec![]).unwrap_err();
+        assert!(matches!(e, NicError::Mac { .. }));
+        assert_eq!(
+            e.to_string(),
+            r#"interface "x": MAC address "52:54:00:00:00:01,romfile=/etc/shadow" is not six hex octets (aa:bb:cc:dd:ee:ff)"#
+        );
     }
 
     #[test]
