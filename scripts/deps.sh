@@ -25,6 +25,10 @@ done
 # syslinux's MBR and modules come from syslinux-common; OVMF for UEFI guests.
 [ -f /usr/lib/syslinux/mbr/mbr.bin ] || missing+=(syslinux-common)
 [ -f /usr/share/OVMF/OVMF_CODE.fd ] || [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)
+# The standard CNI plugins (bridge, host-local, portmap...) for VMI networks; iproute2 for
+# network namespaces and links.
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -7,6 +7,7 @@
 //! launchers: nothing is kept in memory that a crash would lose. Launchers run in their own
 //! session (`launcher run --detach`) and outlive the handler.
 
+pub mod cni;
 pub mod status;
 pub mod volumes;
 
