@@ -8,6 +8,7 @@
 //! session (`launcher run --detach`) and outlive the handler.
 
 pub mod cni;
+pub mod podnet;
 pub mod status;
 pub mod volumes;
 

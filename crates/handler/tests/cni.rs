@@ -191,3 +191,101 @@ async fn a_missing_plugin_is_named() {
     let e = cni.add(&net, &at).await.unwrap_err().to_string();
     assert!(e.contains("no-such-plugin") && e.contains("plugins"), "{e}");
 }
+
+/// The pod network of two VMIs: each namespace gets an address from the node's CIDR, the two
+/// exchange TCP data over the node bridge at those addresses, and a namespace whose VMI is
+/// gone is collected (CNI DEL, namespace removed, lease freed).
+#[tokio::test]
+async fn two_pod_networks_talk_and_stale_ones_are_collected() {
+    use kubevirt_handler::podnet::{NodeNetwork, PodNetwork};
+    if !ready("two_pod_networks_talk_and_stale_ones_are_collected") {
+        return;
+    }
+    if Command::new("busybox")
+        .arg("nc")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP two_pod_networks_talk_and_stale_ones_are_collected: busybox missing");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeNetwork {
+        cidr: "10.250.3.0/24".into(),
+        bridge: "kvrs-t3".into(),
+        ipam_dir: tmp.path().join("ipam"),
+    };
+    let pods = PodNetwork::new(node, Cni::new(tmp.path().join("cache"))).unwrap();
+    let a_uid = "00000000-0000-4000-8000-00000000000a";
+    let b_uid = "00000000-0000-4000-8000-00000000000b";
+    // Whatever happens, nothing stays behind.
+    struct Cleanup(Vec<String>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                let _ = ip(&["netns", "del", n]);
+            }
+            let _ = ip(&["link", "del", "kvrs-t3"]);
+        }
+    }
+    let _cleanup = Cleanup(vec![
+        PodNetwork::netns_name(a_uid).unwrap(),
+        PodNetwork::netns_name(b_uid).unwrap(),
+    ]);
+    let t0 = std::time::Instant::now();
+    let a = pods.setup(a_uid, "default", "a").await.expect("setup a");
+    eprintln!("pod network setup (netns + CNI ADD): {:?}", t0.elapsed());
+    let b = pods.setup(b_uid, "default", "b").await.expect("setup b");
+    assert!(a.ips[0].starts_with("10.250.3.") && b.ips[0].starts_with("10.250.3."));
+    assert_ne!(a.ips, b.ips);
+    // Setup again is a no-op that reports the same network.
+    assert_eq!(pods.setup(a_uid, "default", "a").await.unwrap(), a);
+
+    let a_ns = PodNetwork::netns_name(a_uid).unwrap();
+    let b_ns = PodNetwork::netns_name(b_uid).unwrap();
+    let server = Command::new("ip")
+        .args(["netns", "exec", &a_ns, "busybox", "nc", "-l", "-p", "5555"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sent = false;
+    for _ in 0..50 {
+        let st = Command::new("ip")
+            .args(["netns", "exec", &b_ns, "sh", "-c"])
+            .arg(format!(
+                "echo hello-from-b | busybox nc -w 2 {} 5555",
+                a.ips[0]
+            ))
+            .status()
+            .unwrap();
+        if st.success() {
+            sent = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(sent, "b could not connect to {}:5555", a.ips[0]);
+    let out = server.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello-from-b");
+
+    // b's VMI is gone: its network is collected, a's stays.
+    let live = std::collections::BTreeSet::from([a_uid.to_string()]);
+    let removed = pods.collect_garbage(&live).await;
+    assert!(removed.contains(&b_uid.to_string()), "{removed:?}");
+    assert!(!removed.contains(&a_uid.to_string()), "{removed:?}");
+    assert!(!Path::new("/run/netns").join(&b_ns).exists());
+    assert!(!tmp
+        .path()
+        .join("ipam/kubevirt-rs-pod-network")
+        .join(&b.ips[0])
+        .exists());
+    assert!(tmp
+        .path()
+        .join("ipam/kubevirt-rs-pod-network")
+        .join(&a.ips[0])
+        .exists());
+    pods.teardown(a_uid).await.expect("teardown a");
+    pods.teardown(a_uid).await.expect("teardown is idempotent");
+    assert!(!Path::new("/run/netns").join(&a_ns).exists());
+}

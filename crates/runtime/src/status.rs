@@ -39,6 +39,41 @@ impl<S: Serialize> Debug for StatusPatch<'_, S> {
     }
 }
 
+/// Where a status patch goes.
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Status,
+    Main,
+}
+
+/// The one place a status patch is sent.
+async fn send<K>(
+    api: &Api<K>,
+    name: &str,
+    endpoint: Endpoint,
+    metadata: Option<Precondition<'_>>,
+    status: impl Serialize,
+) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    tracing::debug!(
+        resource = api.resource_url(),
+        name,
+        resource_version = metadata.as_ref().and_then(|m| m.resource_version),
+        subresource = matches!(endpoint, Endpoint::Status),
+        "writing status"
+    );
+    let patch = Patch::Merge(StatusPatch { metadata, status });
+    match endpoint {
+        Endpoint::Status => {
+            api.patch_status(name, &PatchParams::default(), &patch)
+                .await
+        }
+        Endpoint::Main => api.patch(name, &PatchParams::default(), &patch).await,
+    }
+}
+
 /// Merge-patches `status` into `name`'s `/status` subresource; returns the object written.
 pub async fn write_status<K>(
     api: &Api<K>,
@@ -48,13 +83,7 @@ pub async fn write_status<K>(
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    tracing::debug!(resource = api.resource_url(), name, "writing status");
-    let patch = StatusPatch {
-        metadata: None,
-        status,
-    };
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
+    send(api, name, Endpoint::Status, None, status).await
 }
 
 /// As [`write_status`], with `resource_version` as a precondition in the same patch
@@ -69,18 +98,8 @@ pub async fn write_status_at<K>(
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    tracing::debug!(
-        resource = api.resource_url(),
-        name,
-        resource_version,
-        "writing status"
-    );
-    let patch = StatusPatch {
-        metadata: Some(Precondition { resource_version }),
-        status,
-    };
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
+    let pre = Precondition { resource_version };
+    send(api, name, Endpoint::Status, Some(pre), status).await
 }
 
 /// Merge-patches `{"status": status}` through the main endpoint, for kinds without a status
@@ -93,17 +112,7 @@ pub async fn write_status_no_subresource<K>(
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    tracing::debug!(
-        resource = api.resource_url(),
-        name,
-        "writing status (main endpoint)"
-    );
-    let patch = StatusPatch {
-        metadata: None,
-        status,
-    };
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
+    send(api, name, Endpoint::Main, None, status).await
 }
 
 #[cfg(test)]

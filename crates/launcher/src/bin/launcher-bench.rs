@@ -148,7 +148,8 @@ fn qemu_greeting(sandbox: bool) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let mut buf = [0u8; 256];
     let mut seen = Vec::new();
-    while !seen.windows(6).any(|w| w == b"\"QMP\"") {
+    const GREETING: &[u8] = b"{\"QMP\"";
+    while !seen.windows(GREETING.len()).any(|w| w == GREETING) {
         let n = out.read(&mut buf)?;
         if n == 0 {
             anyhow::bail!("QEMU exited before its QMP greeting");
