@@ -531,7 +531,10 @@ mod tests {
         assert!(d.read_state().is_err());
         assert_eq!(d.launcher_pid(), None);
         std::fs::create_dir_all(d.path()).unwrap();
-        let s = State::pending("default/demo");
+        let mut s = State::pending("default/demo");
+        // serde_json parses floats fast, not always to the nearest f64 (no `float_roundtrip`):
+        // a time of day is compared at a value JSON carries exactly.
+        s.timestamp = 1_795_965_296.5;
         d.write_state(&s).unwrap();
         assert_eq!(d.read_state().unwrap(), s);
         d.write_launcher_pid(1234).unwrap();
