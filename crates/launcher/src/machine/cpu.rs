@@ -266,6 +266,45 @@ mod tests {
         );
     }
 
+    /// A VMI name that is not a Kubernetes name (only possible outside the API, e.g.
+    /// `launcher run -f`) cannot place the hugepages directory outside the mount: the launcher
+    /// creates it with `paths::dir_beneath`, which refuses `..` and creates nothing.
+    #[test]
+    fn a_hostile_vmi_name_cannot_move_the_hugepages_directory_out_of_the_mount() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = tmp.path().join("hugepages");
+        std::fs::create_dir(&mount).unwrap();
+        let mut env = super::super::Environment::fixed(
+            std::path::Path::new("/d"),
+            crate::accel::Accelerator::Tcg,
+        );
+        env.hugetlbfs.insert(2 << 20, mount.clone());
+        for (ns, name) in [("ns", "../../../escaped"), ("..", "x"), ("ns", "a/../../b")] {
+            let vmi = parse_vmi(&format!(
+                "metadata: {{name: {name:?}, namespace: {ns:?}}}\n\
+                 spec: {{domain: {{devices: {{}}, memory: {{guest: 64Mi, hugepages: {{pageSize: 2Mi}}}}}}}}\n"
+            ))
+            .unwrap();
+            let h = MachineSpec::from_vmi(&vmi, &env)
+                .unwrap()
+                .memory
+                .hugepages
+                .unwrap();
+            assert!(
+                crate::paths::dir_beneath(&h.mount, &h.dir, true).is_err(),
+                "{}",
+                h.dir.display()
+            );
+        }
+        assert!(!tmp.path().join("escaped").exists());
+        assert!(!tmp.path().join("b").exists());
+        assert_eq!(
+            std::fs::read_dir(&mount).unwrap().count(),
+            0,
+            "nothing created"
+        );
+    }
+
     /// QEMU's `mem-path` is the VMI's own directory in the mount of its page size; a node
     /// without such a mount refuses the VMI and says how to make one.
     #[test]
