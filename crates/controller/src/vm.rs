@@ -501,18 +501,21 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         }
         d => d,
     };
+    // The VM comes from the watch cache, which may not have seen this controller's own last
+    // status write yet. Creating from a stale status would skip a backoff it set; deleting a
+    // failed VMI from a stale status loses the failure it counts (the status write then
+    // conflicts, and the VMI that proved the failure is gone). Act only on the VM as stored.
+    if matches!(decision, Decision::Create | Decision::Delete { .. }) {
+        let stored = vms.get(&name).await?;
+        if stored.metadata.resource_version != vm.metadata.resource_version {
+            tracing::debug!(%ns, %name, "VM cache is behind; looking again before acting");
+            return Ok(Action::requeue(Duration::from_millis(100)));
+        }
+    }
     match decision {
         Decision::Nothing => {}
         Decision::CreateAfter(d) => requeue = requeue.min(d + Duration::from_millis(50)),
         Decision::Create => {
-            // The VM comes from the watch cache, which may not have seen this controller's own
-            // last status write yet (a start failure that set a backoff): deciding on that stale
-            // status would skip the backoff. Create only from the VM as it is stored now.
-            let stored = vms.get(&name).await?;
-            if stored.metadata.resource_version != vm.metadata.resource_version {
-                tracing::debug!(%ns, %name, "VM cache is behind; looking again before creating");
-                return Ok(Action::requeue(Duration::from_millis(100)));
-            }
             let made = match instancetype::fetch(&ctx.client, &vm, &ns).await {
                 Ok((it, pref)) => vmi_for(
                     &vm,
