@@ -29,6 +29,8 @@ done
 # network namespaces and links.
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# nftables: the masquerade binding's NAT inside each VMI's network namespace.
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

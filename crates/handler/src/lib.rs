@@ -48,6 +48,34 @@ pub struct Config {
     pub host_paths: kubevirt_runtime::host_path::HostPathPolicy,
     /// The user QEMU runs as (`launcher run --qemu-uid/--qemu-gid`).
     pub qemu_user: kubevirt_launcher::confine::QemuUser,
+    /// The pod network every VMI of this node gets (a namespace + CNI `ADD`); `None` runs
+    /// VMs on user-mode networking (no root, or no CNI plugins: see [`pod_network`]).
+    pub pod_network: Option<Arc<podnet::PodNetwork>>,
+}
+
+/// The node's pod network, when this host can give VMIs one: root (namespaces, CNI), the CNI
+/// plugins the conflist names, `ip` and `nft`. Otherwise why not, for a loud warning.
+pub fn pod_network(
+    data_dir: &Path,
+    node: podnet::NodeNetwork,
+) -> Result<podnet::PodNetwork, String> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not running as root".into());
+    }
+    for tool in ["ip", "nft"] {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+        if !found {
+            return Err(format!("`{tool}` is not installed (scripts/deps.sh)"));
+        }
+    }
+    let cni = cni::Cni::new(data_dir.join("cni").join("cache"));
+    let net = podnet::PodNetwork::new(node, cni).map_err(|e| e.to_string())?;
+    for p in net.plugins() {
+        net.cni.find_plugin(&p).map_err(|e| e.to_string())?;
+    }
+    Ok(net)
 }
 
 impl Config {
@@ -212,6 +240,7 @@ fn spawn_launcher(
     dir: &VmiDir,
     vmi: &VirtualMachineInstance,
     volumes: &NodeVolumes,
+    network: Option<&kubevirt_launcher::api::PodNetworkInfo>,
     followers: &Arc<Followers>,
 ) -> Result<(), Error> {
     let io = |path: &Path| {
@@ -232,6 +261,16 @@ fn spawn_launcher(
         path: dir.defaults_file().display().to_string(),
         source: std::io::Error::other(e),
     })?;
+    let netns = match network {
+        Some(n) => {
+            dir.write_network(n).map_err(|e| Error::Io {
+                path: dir.network_file().display().to_string(),
+                source: std::io::Error::other(e),
+            })?;
+            Some(std::fs::File::open(&n.netns).map_err(io(&n.netns))?)
+        }
+        None => None,
+    };
     let spawned = dir.spawned_marker();
     std::fs::write(&spawned, b"").map_err(io(&spawned))?;
     let mut cmd = tokio::process::Command::new(&config.launcher_bin);
@@ -248,6 +287,21 @@ fn spawn_launcher(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
+    if let Some(ns) = netns {
+        use std::os::fd::AsRawFd;
+        // The launcher (and the QEMU it starts) lives in the VMI's network namespace, as
+        // KubeVirt's launcher lives in its Pod's.
+        // SAFETY: setns is async-signal-safe; the descriptor stays open until after the fork
+        // (the closure owns the file).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     if let Some(store) = &config.image_store {
         cmd.arg("--image-store").arg(store);
         cmd.arg("--image-cache")
@@ -343,18 +397,26 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 }
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
+            // The launcher is done. Its network goes before the final status is written: that
+            // status lets the controller release the VMI, after which no reconcile comes.
             Some(s) => {
+                release_network(&ctx, &vmi).await;
                 patch_status(&api, &name, status::from_launcher(s, &current, &now())).await?
             }
             None if !is_final => {
+                release_network(&ctx, &vmi).await;
                 patch_status(&api, &name, json!({"phase": VmiPhase::Succeeded.as_str()})).await?
             }
-            None => {}
+            None => release_network(&ctx, &vmi).await,
         }
         let _ = std::fs::remove_dir_all(dir.path());
         return Ok(Action::await_change());
     }
     if is_final {
+        // A final VMI's launcher is gone (KubeVirt: its Pod completed): so is its network.
+        if state.as_ref().is_none_or(|s| s.phase.is_final()) {
+            release_network(&ctx, &vmi).await;
+        }
         return Ok(Action::await_change());
     }
     match state {
@@ -367,7 +429,33 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 // PVC/DataVolume volumes must be usable first; until then the VMI waits.
                 match volumes::resolve(&ctx.client, &vmi, &ctx.config.host_paths).await? {
                     volumes::Resolved::Ready(node) => {
-                        spawn_launcher(&ctx.config, &dir, &vmi, &node, &ctx.followers)?
+                        let network = match &ctx.config.pod_network {
+                            Some(pods) => {
+                                let uid = vmi.uid().unwrap_or_default();
+                                match pods.setup(&uid, &ns, &name).await {
+                                    Ok(n) => Some(n.info()),
+                                    Err(e) => {
+                                        // The plugin's own message, as kubelet reports a
+                                        // failed sandbox; nothing half-configured is left.
+                                        let why = format!("setting up the pod network: {e}");
+                                        tracing::warn!(vmi = %name, %why);
+                                        let failed =
+                                            status::failed_to_start(&current, &why, &now());
+                                        patch_status(&api, &name, failed).await?;
+                                        return Ok(Action::await_change());
+                                    }
+                                }
+                            }
+                            None => None,
+                        };
+                        spawn_launcher(
+                            &ctx.config,
+                            &dir,
+                            &vmi,
+                            &node,
+                            network.as_ref(),
+                            &ctx.followers,
+                        )?
                     }
                     volumes::Resolved::Wait(why) => {
                         tracing::info!(vmi = %name, %why, "waiting for volumes");
@@ -388,7 +476,10 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
         None => Ok(Action::requeue(Duration::from_secs(1))),
         Some(s) => {
             tracing::debug!(vmi = %name, phase = ?s.phase, reason = %s.reason, "launcher state");
-            if !s.phase.is_final() {
+            if s.phase.is_final() {
+                // Before the final status: once the VMI is final it may be deleted at once.
+                release_network(&ctx, &vmi).await;
+            } else {
                 ctx.followers.follow(&dir, &vmi);
             }
             let status = status::from_launcher(&s, &current, &now());
@@ -398,13 +489,8 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                     ctx.event(&vmi, type_, reason, note).await;
                 }
             }
-            // Phase changes arrive as launcher events; the guest's IP (read from its console)
-            // does not, so it is polled for until known.
-            let settled = match s.phase {
-                Phase::Running => s.guest_ip.is_some() || !wants_ip(&vmi),
-                Phase::Paused => true,
-                _ => false,
-            };
+            // Phase changes arrive as launcher events; the rest is a safety net.
+            let settled = matches!(s.phase, Phase::Running | Phase::Paused);
             Ok(Action::requeue(Duration::from_secs(if settled {
                 60
             } else {
@@ -414,14 +500,20 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
     }
 }
 
-/// True when the VMI has an interface whose address the guest reports (any but none).
-fn wants_ip(vmi: &VirtualMachineInstance) -> bool {
-    vmi.spec
-        .domain
-        .devices
-        .interfaces
-        .as_ref()
-        .is_some_and(|i| !i.is_empty())
+/// Tears down the VMI's pod network (CNI `DEL`, its namespace) if it has one; idempotent.
+async fn release_network(ctx: &Context, vmi: &VirtualMachineInstance) {
+    let (Some(pods), Some(uid)) = (&ctx.config.pod_network, vmi.uid()) else {
+        return;
+    };
+    let Ok(ns) = podnet::PodNetwork::netns_name(&uid) else {
+        return;
+    };
+    if !Path::new(podnet::NETNS_DIR).join(ns).exists() {
+        return;
+    }
+    if let Err(e) = pods.teardown(&uid).await {
+        tracing::warn!(vmi = %vmi.name_any(), error = %e, "tearing down the pod network");
+    }
 }
 
 fn error_policy(_vmi: Arc<VirtualMachineInstance>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -475,6 +567,27 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     tokio::spawn(node_heartbeat(client.clone(), config.clone()));
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
     let selector = format!("{NODE_LABEL}={}", config.node_name);
+    if let Some(pods) = &config.pod_network {
+        // Pod networks of VMIs that went while no handler ran (deleted, or final).
+        match vmis
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+        {
+            Ok(list) => {
+                let live = list
+                    .items
+                    .iter()
+                    .filter(|v| !VmiPhase::of(v).is_some_and(VmiPhase::is_final))
+                    .filter_map(|v| v.uid())
+                    .collect();
+                let removed = pods.collect_garbage(&live).await;
+                if !removed.is_empty() {
+                    tracing::info!(count = removed.len(), "removed stale pod networks");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing VMIs for pod network cleanup"),
+        }
+    }
     let (trigger, triggered) = futures::channel::mpsc::unbounded();
     let followers = Arc::new(Followers {
         active: Default::default(),

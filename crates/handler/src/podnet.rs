@@ -43,11 +43,17 @@ impl NodeNetwork {
     pub const DEFAULT_CIDR: &'static str = "10.244.0.0/24";
     pub const DEFAULT_BRIDGE: &'static str = "kvrs0";
 
-    pub fn new(data_dir: &Path) -> NodeNetwork {
+    /// Where host-local keeps the leases of the default network. Host-wide, like the bridge
+    /// and the namespaces: every server on this machine that shares the bridge must draw from
+    /// the same leases (tests run several), and like them it is gone after a reboot.
+    pub const DEFAULT_IPAM_DIR: &'static str = "/run/kubevirt-rs/ipam";
+
+    /// The default pod network with the pod CIDR `cidr` (`--pod-cidr`).
+    pub fn new(cidr: &str) -> NodeNetwork {
         NodeNetwork {
-            cidr: Self::DEFAULT_CIDR.into(),
+            cidr: cidr.into(),
             bridge: Self::DEFAULT_BRIDGE.into(),
-            ipam_dir: data_dir.join("cni").join("ipam"),
+            ipam_dir: PathBuf::from(Self::DEFAULT_IPAM_DIR),
         }
     }
 
@@ -63,7 +69,10 @@ impl NodeNetwork {
                     "bridge": self.bridge,
                     "isGateway": true,
                     "ipMasq": true,
-                    "hairpinMode": true,
+                    // No hairpin: a bridge-bound guest's own frames would come back through
+                    // the pod interface and move its MAC away from its tap in the VMI's
+                    // bridge (there are no Services to reach oneself through).
+                    "hairpinMode": false,
                     "ipam": {
                         "type": "host-local",
                         "ranges": [[{"subnet": self.cidr}]],
@@ -89,6 +98,44 @@ pub struct PodNetworkStatus {
     pub result: CniResult,
 }
 
+impl PodNetworkStatus {
+    /// What the launcher is handed (`network.json`).
+    pub fn info(&self) -> kubevirt_launcher::api::PodNetworkInfo {
+        use kubevirt_launcher::api::PodAddress;
+        let on_pod_if = |ip: &&crate::cni::ResultIp| {
+            ip.interface
+                .and_then(|i| self.result.interfaces.get(i))
+                .is_none_or(|i| i.name == POD_IFNAME && !i.sandbox.is_empty())
+        };
+        let addresses = self
+            .result
+            .ips
+            .iter()
+            .filter(on_pod_if)
+            .filter_map(|ip| {
+                let (a, p) = ip.address.split_once('/')?;
+                Some(PodAddress {
+                    ip: a.parse().ok()?,
+                    prefix: p.parse().ok()?,
+                })
+            })
+            .collect();
+        let gateway = self
+            .result
+            .ips
+            .iter()
+            .filter(on_pod_if)
+            .find_map(|ip| ip.gateway.parse().ok());
+        kubevirt_launcher::api::PodNetworkInfo {
+            netns: self.netns.clone(),
+            interface: POD_IFNAME.into(),
+            addresses,
+            gateway,
+            mac: self.mac.clone(),
+        }
+    }
+}
+
 /// Sets up and tears down pod networks of VMIs on this node.
 #[derive(Clone, Debug)]
 pub struct PodNetwork {
@@ -97,7 +144,7 @@ pub struct PodNetwork {
     net: NetworkConfigList,
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
+fn ip_cmd(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -131,6 +178,24 @@ impl PodNetwork {
         Ok(PodNetwork { node, cni, net })
     }
 
+    /// The plugin types the node's configuration runs, in order.
+    pub fn plugins(&self) -> Vec<String> {
+        let mut types: Vec<String> = self
+            .net
+            .plugins
+            .iter()
+            .filter_map(|p| p.get("type").and_then(|t| t.as_str()).map(String::from))
+            .collect();
+        // IPAM plugins are named inside their plugin's configuration.
+        types.extend(self.net.plugins.iter().filter_map(|p| {
+            p.get("ipam")
+                .and_then(|i| i.get("type"))
+                .and_then(|t| t.as_str())
+                .map(String::from)
+        }));
+        types
+    }
+
     /// The namespace name of a VMI.
     pub fn netns_name(uid: &str) -> Result<String, PodNetworkError> {
         check_uid(uid)?;
@@ -162,7 +227,7 @@ impl PodNetwork {
         let at = Self::attachment(uid, namespace, name)?;
         let ns = Self::netns_name(uid)?;
         if !at.netns.exists() {
-            ip(&["netns", "add", &ns]).map_err(|message| PodNetworkError::Netns {
+            ip_cmd(&["netns", "add", &ns]).map_err(|message| PodNetworkError::Netns {
                 name: ns.clone(),
                 message,
             })?;
@@ -172,7 +237,7 @@ impl PodNetwork {
             None => match self.cni.add(&self.net, &at).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = ip(&["netns", "del", &ns]);
+                    let _ = ip_cmd(&["netns", "del", &ns]);
                     return Err(e.into());
                 }
             },
@@ -190,9 +255,19 @@ impl PodNetwork {
         // CNI_ARGS are not needed for DEL by the standard plugins.
         let at = Self::attachment(uid, "", "")?;
         let ns = Self::netns_name(uid)?;
+        if at.netns.exists() {
+            // The bridge binding moved the pod's address to the guest; the bridge plugin
+            // finds what to undo (its masquerade rules) by the addresses on the interface,
+            // so they go back first.
+            if let Some(cached) = self.cni.cached(&self.net, &at)? {
+                for ip in &cached.ips {
+                    let _ = ip_cmd(&["-n", &ns, "addr", "replace", &ip.address, "dev", POD_IFNAME]);
+                }
+            }
+        }
         self.cni.del(&self.net, &at).await?;
         if at.netns.exists() {
-            ip(&["netns", "del", &ns]).map_err(|message| PodNetworkError::Netns {
+            ip_cmd(&["netns", "del", &ns]).map_err(|message| PodNetworkError::Netns {
                 name: ns.clone(),
                 message,
             })?;
@@ -200,28 +275,68 @@ impl PodNetwork {
         Ok(())
     }
 
-    /// The VMI uids that have a namespace of ours on this node.
-    pub fn existing() -> Vec<String> {
-        std::fs::read_dir(NETNS_DIR)
+    /// The VMI uids this handler attached to the pod network (its CNI cache, which is per
+    /// data directory: other servers on the machine keep theirs), plus namespaces it created
+    /// whose `ADD` never finished.
+    pub fn attached(&self) -> Vec<String> {
+        let prefix = format!("{}-", self.net.name);
+        let suffix = format!("-{POD_IFNAME}");
+        let mut uids: Vec<String> = std::fs::read_dir(&self.cni.cache_dir)
             .map(|d| {
                 d.filter_map(Result::ok)
                     .filter_map(|e| {
                         e.file_name()
                             .to_str()
-                            .and_then(|n| n.strip_prefix(NETNS_PREFIX))
+                            .and_then(|n| n.strip_prefix(&prefix))
+                            .and_then(|n| n.strip_suffix(&suffix))
                             .filter(|uid| check_uid(uid).is_ok())
                             .map(String::from)
                     })
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        uids.sort();
+        uids
     }
 
-    /// Tears down every pod network of ours whose VMI is not in `live`; returns the uids it
-    /// removed. Errors are logged and the rest still collected.
+    /// Owners of host-local leases whose namespace is gone: a namespace exists before its `ADD` takes
+    /// a lease and goes only after `DEL` gave it back, so such a lease belongs to a server
+    /// that died (or a machine that rebooted) and nobody will give it back.
+    fn orphaned_leases(&self) -> Vec<String> {
+        let dir = self.node.ipam_dir.join(&self.net.name);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return vec![];
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                // Lease files are named by address; host-local's own files are not.
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+            })
+            .filter_map(|e| {
+                let text = std::fs::read_to_string(e.path()).ok()?;
+                let owner = text.lines().next()?.trim().to_string();
+                let ns = Self::netns_name(&owner).ok()?;
+                (!Path::new(NETNS_DIR).join(ns).exists()).then_some(owner)
+            })
+            .collect()
+    }
+
+    /// Tears down every pod network of ours whose VMI is not in `live`, and gives back
+    /// leases nobody holds; returns the uids it removed. Errors are logged and the rest still
+    /// collected.
     pub async fn collect_garbage(&self, live: &std::collections::BTreeSet<String>) -> Vec<String> {
+        for uid in self.orphaned_leases() {
+            // CNI DEL without a namespace: the IPAM plugin gives the address back.
+            tracing::info!(%uid, "giving back an orphaned pod address");
+            if let Err(e) = self.teardown(&uid).await {
+                tracing::warn!(%uid, error = %e, "giving back an orphaned pod address");
+            }
+        }
         let mut removed = Vec::new();
-        for uid in Self::existing() {
+        for uid in self.attached() {
             if live.contains(&uid) {
                 continue;
             }
@@ -251,7 +366,7 @@ mod tests {
 
     #[test]
     fn the_pod_network_is_bridge_host_local_and_portmap() {
-        let n = NodeNetwork::new(Path::new("/var/lib/kubevirt-rs"));
+        let n = NodeNetwork::new(NodeNetwork::DEFAULT_CIDR);
         let l = n.conflist().unwrap();
         let types: Vec<_> = l
             .plugins
@@ -263,9 +378,6 @@ mod tests {
             l.plugins[0]["ipam"]["ranges"][0][0]["subnet"],
             "10.244.0.0/24"
         );
-        assert_eq!(
-            l.plugins[0]["ipam"]["dataDir"],
-            "/var/lib/kubevirt-rs/cni/ipam"
-        );
+        assert_eq!(l.plugins[0]["ipam"]["dataDir"], "/run/kubevirt-rs/ipam");
     }
 }

@@ -111,9 +111,24 @@ pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
         "guestOSInfo": {},
         "launcherContainerImageVersion": format!("kubevirt-rs/{}", env!("CARGO_PKG_VERSION")),
     });
-    if let Some(ip) = &state.guest_ip {
-        status["interfaces"] = json!([{"name": "default", "ipAddress": ip, "ipAddresses": [ip],
-                                       "interfaceName": "eth0", "infoSource": "domain, guest-agent"}]);
+    if !state.interfaces.is_empty() {
+        status["interfaces"] = Value::Array(
+            state
+                .interfaces
+                .iter()
+                .map(|i| {
+                    let mut v = json!({"name": i.name, "infoSource": i.info_source});
+                    if let Some(mac) = &i.mac {
+                        v["mac"] = json!(mac);
+                    }
+                    if let Some(ip) = &i.ip_address {
+                        v["ipAddress"] = json!(ip);
+                        v["ipAddresses"] = json!(i.ip_addresses);
+                    }
+                    v
+                })
+                .collect(),
+        );
     }
     if state.phase.is_final() && !state.message.is_empty() {
         status["reason"] = json!(state.reason);
@@ -229,7 +244,13 @@ mod tests {
         let mut s = state(Phase::Running, "Started");
         s.accelerator = Some(Accelerator::Tcg);
         s.accelerator_reason = "no usable KVM".into();
-        s.guest_ip = Some("10.0.2.2".into());
+        s.interfaces = vec![kubevirt_launcher::api::GuestInterface {
+            name: "default".into(),
+            mac: Some("52:54:00:12:34:56".into()),
+            ip_address: Some("10.244.0.7".into()),
+            ip_addresses: vec!["10.244.0.7".into()],
+            info_source: "domain".into(),
+        }];
         let st = from_launcher(&s, &Value::Null, T0);
         assert_eq!(st["phase"], "Running");
         assert_eq!(cond(&st, "Ready").expect("Ready")["status"], "True");
@@ -238,7 +259,11 @@ mod tests {
                 .as_str()
                 .is_some_and(|m| m.contains("no usable KVM"))
         );
-        assert_eq!(st["interfaces"][0]["ipAddress"], "10.0.2.2");
+        assert_eq!(
+            st["interfaces"],
+            json!([{"name": "default", "mac": "52:54:00:12:34:56", "ipAddress": "10.244.0.7",
+                    "ipAddresses": ["10.244.0.7"], "infoSource": "domain"}])
+        );
 
         let p = from_launcher(&state(Phase::Paused, "PausedByUser"), &st, T1);
         assert_eq!(p["phase"], "Running");

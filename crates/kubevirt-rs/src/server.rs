@@ -37,10 +37,42 @@ pub struct ServerArgs {
     /// QEMU's group (107).
     #[arg(long, default_value_t = kubevirt_launcher::confine::QemuUser::KUBEVIRT.gid)]
     qemu_gid: u32,
+    /// The node's pod network: `auto` gives every VMI a network namespace on the node's
+    /// bridge through the standard CNI plugins when this host can (root, plugins, `ip`,
+    /// `nft`), else QEMU user networking; `user` always uses user networking.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "user"])]
+    pod_network: String,
+    /// The pod CIDR VMIs on this node take their addresses from (host-local IPAM).
+    #[arg(long, default_value = kubevirt_handler::podnet::NodeNetwork::DEFAULT_CIDR,
+          value_parser = parse_ipv4_cidr)]
+    pod_cidr: String,
     /// Start with an empty object store although the data directory already has content
     /// (a missing or empty store.redb there is refused otherwise).
     #[arg(long)]
     init: bool,
+}
+
+/// An IPv4 network in CIDR form with room for the gateway and pods (a prefix of at most 30).
+fn parse_ipv4_cidr(s: &str) -> Result<String, String> {
+    let (ip, prefix) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: use CIDR form, e.g. 10.244.0.0/24"))?;
+    let ip: std::net::Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (8..=30).contains(p))
+        .ok_or_else(|| format!("prefix /{prefix}: use /8 to /30"))?;
+    let mask = u32::MAX << (32 - prefix);
+    if u32::from(ip) & !mask != 0 {
+        return Err(format!(
+            "{s}: host bits are set; the network is {}/{prefix}",
+            std::net::Ipv4Addr::from(u32::from(ip) & mask)
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn hostname() -> String {
@@ -137,6 +169,20 @@ pub fn run(args: ServerArgs) -> Result<i32> {
             let mut ctl = kubevirt_controller::Config::single_node(node.clone());
             ctl.cluster = cluster.clone();
             let controller = tokio::spawn(kubevirt_controller::run(client.clone(), ctl));
+            let pod_network = match args.pod_network.as_str() {
+                "user" => None,
+                _ => match kubevirt_handler::pod_network(
+                    &args.data_dir,
+                    kubevirt_handler::podnet::NodeNetwork::new(&args.pod_cidr),
+                ) {
+                    Ok(n) => Some(Arc::new(n)),
+                    Err(why) => {
+                        tracing::warn!(%why, "no pod network on this node: VMs get QEMU user networking");
+                        eprintln!("kubevirt-rs server: no pod network ({why}); VMs get QEMU user networking");
+                        None
+                    }
+                },
+            };
             let handler = tokio::spawn(kubevirt_handler::run(
                 client,
                 kubevirt_handler::Config {
@@ -151,6 +197,7 @@ pub fn run(args: ServerArgs) -> Result<i32> {
                     cluster,
                     qemu_user,
                     host_paths,
+                    pod_network,
                 },
             ));
             eprintln!("kubevirt-rs server: controller and handler running for node {node}");
@@ -174,4 +221,24 @@ pub fn run(args: ServerArgs) -> Result<i32> {
         eprintln!("kubevirt-rs server: stopping (running VMs keep running)");
         Ok(0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pod_cidrs_must_be_ipv4_networks() {
+        assert_eq!(
+            super::parse_ipv4_cidr("10.244.0.0/24").as_deref(),
+            Ok("10.244.0.0/24")
+        );
+        for bad in [
+            "10.244.0.0",
+            "10.244.0.1/24",
+            "10.244.0.0/31",
+            "fd00::/64",
+            "x/24",
+        ] {
+            assert!(super::parse_ipv4_cidr(bad).is_err(), "{bad}");
+        }
+    }
 }

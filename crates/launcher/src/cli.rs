@@ -147,6 +147,7 @@ fn run_vmi(a: RunArgs) -> Result<i32> {
     };
     // The handler's resolved volumes (volumes.json), then any given by hand on the command line.
     opts.defaults = vmi_dir.read_defaults()?;
+    opts.pod_network = vmi_dir.read_network()?;
     let node = vmi_dir.read_volumes()?;
     opts.pvc_paths = node.persistent_volume_claims;
     opts.pvc_paths.extend(pairs(&a.pvcs, "pvc")?);

@@ -1,6 +1,8 @@
 //! The serial console: QEMU's serial chardev socket, fanned out to any number of clients on
 //! `DIR/console.sock` (both ways) and appended to `DIR/serial.log` (KubeVirt's
-//! logSerialConsole). Lines are scanned for what the launcher reports: the guest's `eth0: <ip>`.
+//! logSerialConsole). Nothing the guest prints is taken as a fact about it beyond when it first
+//! printed (the launcher benchmark's boot time): addresses come from the launcher's own
+//! network setup.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +14,6 @@ use tokio::sync::{broadcast, mpsc};
 /// What the serial output told us.
 #[derive(Clone, Debug, Default)]
 pub struct ConsoleFacts {
-    pub guest_ip: Option<String>,
     pub first_byte: Option<std::time::Instant>,
 }
 
@@ -43,7 +44,6 @@ impl Console {
         let f2 = facts.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
-            let mut line = Vec::new();
             loop {
                 let n = match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
@@ -51,20 +51,10 @@ impl Console {
                 };
                 let chunk = &buf[..n];
                 let _ = logf.write_all(chunk);
-                {
-                    let mut f = f2.lock().unwrap_or_else(|e| e.into_inner());
-                    f.first_byte.get_or_insert_with(std::time::Instant::now);
-                    for &b in chunk {
-                        if b == b'\n' {
-                            if let Some(ip) = guest_ip(&String::from_utf8_lossy(&line)) {
-                                f.guest_ip = Some(ip);
-                            }
-                            line.clear();
-                        } else if line.len() < 512 {
-                            line.push(b);
-                        }
-                    }
-                }
+                f2.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .first_byte
+                    .get_or_insert_with(std::time::Instant::now);
                 let _ = out.send(chunk.to_vec());
             }
         });
@@ -121,24 +111,5 @@ impl Console {
             }
         }
         reader.abort();
-    }
-}
-
-/// The demo guest prints `eth0: 10.0.2.15/24` on a DHCP lease.
-fn guest_ip(line: &str) -> Option<String> {
-    let rest = line.trim().strip_prefix("eth0: ")?;
-    let ip = rest.split('/').next()?.trim();
-    ip.parse::<std::net::IpAddr>().ok().map(|i| i.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn guest_ip_comes_from_the_eth0_line() {
-        assert_eq!(
-            super::guest_ip("eth0: 10.0.2.2/24\r").as_deref(),
-            Some("10.0.2.2")
-        );
-        assert_eq!(super::guest_ip("eth0: link up"), None);
     }
 }

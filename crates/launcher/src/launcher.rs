@@ -14,7 +14,9 @@ use crate::accel::{self, AccelChoice};
 use crate::api::VmiDir;
 use crate::confine::QemuUser;
 use crate::console::Console;
-use crate::machine::{Environment, HostPorts, MachineSpec, NetBackend, PortForward, SpecError};
+use crate::machine::{
+    Environment, HostPorts, MachineSpec, NetBackend, PortForward, SpecError, POD_BRIDGE,
+};
 use crate::qemu;
 use crate::qmp::{Event, Qmp, QmpError, QmpEvent};
 use crate::volumes::{self, VolumeError};
@@ -58,7 +60,9 @@ pub struct State {
     pub accelerator_reason: String,
     pub qemu_pid: Option<u32>,
     pub launcher_pid: u32,
-    pub guest_ip: Option<String>,
+    /// The guest's interfaces and their addresses (`status.interfaces`).
+    #[serde(default)]
+    pub interfaces: Vec<GuestInterface>,
     pub vnc_socket: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub ports: Vec<PortForward>,
@@ -76,13 +80,57 @@ impl State {
             accelerator_reason: String::new(),
             qemu_pid: None,
             launcher_pid: std::process::id(),
-            guest_ip: None,
+            interfaces: vec![],
             vnc_socket: None,
             console_socket: None,
             ports: vec![],
             timestamp: now(),
         }
     }
+}
+
+/// One guest interface as `status.interfaces[]` reports it (KubeVirt's
+/// `VirtualMachineInstanceNetworkInterface`): known from the launcher's own setup (the pod
+/// network's addresses, the addresses its DHCP hands out), never read off the console.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestInterface {
+    /// The interface's name in the VMI spec.
+    pub name: String,
+    pub mac: Option<String>,
+    pub ip_address: Option<String>,
+    pub ip_addresses: Vec<String>,
+    /// KubeVirt's `infoSource`: `domain` for what the launcher knows itself.
+    pub info_source: String,
+}
+
+/// The interfaces of a machine with the addresses the guest is given: the pod's address for
+/// the pod network's bindings (as KubeVirt reports masquerade and bridge), user networking's
+/// guest address without a pod network, none for a tap on a node bridge (only the guest
+/// knows it).
+pub fn guest_interfaces(
+    spec: &MachineSpec,
+    pod: Option<&crate::api::PodNetworkInfo>,
+) -> Vec<GuestInterface> {
+    spec.nics
+        .iter()
+        .map(|n| {
+            let ips: Vec<String> = match (&n.backend, pod) {
+                (NetBackend::Pod { .. }, Some(p)) => {
+                    p.addresses.iter().map(|a| a.ip.to_string()).collect()
+                }
+                (NetBackend::Masquerade { guest, .. }, _) => vec![guest.clone()],
+                _ => vec![],
+            };
+            GuestInterface {
+                name: n.name.clone(),
+                mac: n.mac.clone(),
+                ip_address: ips.first().cloned(),
+                ip_addresses: ips,
+                info_source: "domain".into(),
+            }
+        })
+        .collect()
 }
 
 /// A state change, as streamed to `subscribe`rs ([`crate::api::Event::StateChanged`]).
@@ -105,6 +153,10 @@ pub enum LaunchError {
     Volume(#[from] VolumeError),
     #[error("rendering QEMU's arguments: {0}")]
     Render(#[from] qemu::RenderError),
+    #[error("setting up the pod network: {0}")]
+    Network(#[from] crate::network::NetworkError),
+    #[error("the guest's DHCP server: {0}")]
+    Dhcp(#[from] crate::dhcp::DhcpError),
     #[error("cannot run {binary}: {source}")]
     Spawn {
         binary: String,
@@ -147,6 +199,8 @@ pub struct Options {
     pub qemu_user: QemuUser,
     /// The cluster's defaults (virt-handler's `defaults.json`); `None`: the single-node ones.
     pub defaults: Option<kubevirt_api::defaults::DefaultsConfig>,
+    /// The pod network virt-handler set up and started this launcher in (`network.json`).
+    pub pod_network: Option<crate::api::PodNetworkInfo>,
 }
 
 impl Options {
@@ -162,6 +216,7 @@ impl Options {
             data_volume_paths: BTreeMap::new(),
             qemu_user: QemuUser::default(),
             defaults: None,
+            pod_network: None,
         }
     }
 }
@@ -253,6 +308,7 @@ pub fn machine_spec(
     if let Some(defaults) = &opts.defaults {
         env.defaults = defaults.clone();
     }
+    env.pod_network = opts.pod_network.clone();
     MachineSpec::from_vmi(vmi, &env)
 }
 
@@ -309,6 +365,26 @@ impl Vm {
             .process_group(0);
         // QEMU's user (no capabilities unless root) and PR_SET_PDEATHSIG: confine.rs.
         opts.qemu_user.apply(&mut cmd);
+        // The pod network's taps, handed to QEMU as the descriptors its -netdev names, and
+        // the DHCP server that gives the guest its address.
+        let plumbed = match &opts.pod_network {
+            Some(pod) => Some(crate::network::plumb(&spec, pod)?),
+            None => None,
+        };
+        if let Some(p) = &plumbed {
+            p.pass_to(&mut cmd);
+            if let Some((server, leases)) = p.dhcp.clone() {
+                let server = crate::dhcp::DhcpServer::bind(POD_BRIDGE, server, leases)?;
+                tokio::spawn(async move {
+                    let served = server
+                        .serve(|l| tracing::info!(ip = %l.ip, "DHCP lease acknowledged"))
+                        .await;
+                    if let Err(e) = served {
+                        tracing::warn!(error = %e, "the DHCP server stopped");
+                    }
+                });
+            }
+        }
         tracing::debug!(
             uid = opts.qemu_user.uid,
             gid = opts.qemu_user.gid,
@@ -318,6 +394,8 @@ impl Vm {
             binary: opts.qemu_binary.clone(),
             source,
         })?;
+        // QEMU holds the taps now; ours close.
+        drop(plumbed);
         let qemu_pid = child.id().unwrap_or(0);
         let connected = Qmp::connect_retry(&spec.qmp_socket(), Duration::from_secs(20), || {
             matches!(child.try_wait(), Ok(None))
@@ -408,7 +486,7 @@ impl Vm {
             accelerator_reason: choice.reason.clone(),
             qemu_pid: Some(qemu_pid),
             launcher_pid: std::process::id(),
-            guest_ip: None,
+            interfaces: guest_interfaces(&spec, opts.pod_network.as_ref()),
             vnc_socket: spec.vnc.then(|| spec.vnc_socket()),
             console_socket: spec
                 .serial_console
@@ -487,14 +565,7 @@ impl Vm {
     }
 
     pub fn state(&self) -> State {
-        let mut s = self.lock().state.clone();
-        if let Some(c) = &self.console {
-            let f = c.facts.lock().unwrap_or_else(|e| e.into_inner());
-            if f.guest_ip.is_some() {
-                s.guest_ip = f.guest_ip.clone();
-            }
-        }
-        s
+        self.lock().state.clone()
     }
 
     fn publish(&self) {

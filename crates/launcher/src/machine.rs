@@ -134,6 +134,9 @@ pub struct Environment {
     /// hugetlbfs mounts by page size in bytes (`/proc/mounts`); guest RAM on hugepages of a
     /// size with no mount is refused.
     pub hugetlbfs: BTreeMap<u64, PathBuf>,
+    /// The pod network virt-handler set up (`network.json`); without one, masquerade is QEMU
+    /// user networking.
+    pub pod_network: Option<crate::api::PodNetworkInfo>,
 }
 
 /// Cloud-init data the handler resolved from Secrets.
@@ -192,6 +195,7 @@ impl Environment {
                 (2 << 20, PathBuf::from("/dev/hugepages")),
                 (1 << 30, PathBuf::from("/dev/hugepages1G")),
             ]),
+            pod_network: None,
         }
     }
 }
@@ -444,9 +448,46 @@ pub enum NetBackend {
         guest: String,
         forwards: Vec<PortForward>,
     },
-    /// A tap device the launcher creates and attaches to a Linux bridge.
+    /// A tap device the launcher creates and attaches to a Linux bridge of the node (a
+    /// `bridge` interface without a pod network).
     Bridge { tap: String, bridge: String },
+    /// A tap in the VMI's pod network namespace on the bridge [`POD_BRIDGE`], which the
+    /// launcher opens and hands to QEMU as file descriptor `fd` (QEMU's user cannot open
+    /// `/dev/net/tun`), bound as KubeVirt binds the pod interface.
+    Pod {
+        tap: String,
+        fd: i32,
+        binding: PodBinding,
+    },
 }
+
+/// How a guest NIC reaches the pod's interface (KubeVirt's bindings on the pod network).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum PodBinding {
+    /// The guest is [`MASQUERADE_GUEST`] behind [`MASQUERADE_GATEWAY`] on the bridge; traffic
+    /// out is masqueraded to the pod IP, and traffic to the pod IP is forwarded to the guest:
+    /// the listed ports, or everything when the interface lists none (KubeVirt's rule).
+    Masquerade { ports: Vec<PodPort> },
+    /// The pod's interface joins the bridge and the guest takes over the pod's IP (served by
+    /// DHCP from [`BRIDGE_DHCP_SERVER`]).
+    Bridge,
+}
+
+/// One `ports` entry of a masquerade interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PodPort {
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    pub port: u16,
+}
+
+/// The bridge between the pod's interface and the guest's tap, KubeVirt's `k6t-eth0`.
+pub const POD_BRIDGE: &str = "k6t-eth0";
+/// The address the launcher's DHCP server uses on [`POD_BRIDGE`] for the bridge binding
+/// (KubeVirt's fake link-local server address).
+pub const BRIDGE_DHCP_SERVER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 75, 10);
+/// The descriptor the first pod tap is given to QEMU as (the next ones follow).
+pub const TAP_FD_BASE: i32 = 3;
 
 /// KubeVirt's masquerade addresses (pkg/network: the VM gets 10.0.2.2 behind 10.0.2.1).
 pub const MASQUERADE_NETWORK: &str = "10.0.2.0/24";
@@ -684,15 +725,26 @@ impl MachineSpec {
     }
 }
 
-/// A tap name of at most 15 characters (IFNAMSIZ), stable for a VMI and interface index.
-fn tap_name(seed: &str, index: usize) -> String {
-    // FNV-1a: stable across builds, unlike std's hasher.
+/// FNV-1a: stable across builds, unlike std's hasher.
+fn fnv1a(seed: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in seed.bytes() {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
-    format!("tap{h:08x}n{index}")
+    h
+}
+
+/// A tap name of at most 15 characters (IFNAMSIZ), stable for a VMI and interface index.
+fn tap_name(seed: &str, index: usize) -> String {
+    format!("tap{:08x}n{index}", fnv1a(seed))
+}
+
+/// A MAC for a guest NIC that names none, stable for a VMI and interface (QEMU's `52:54:00`
+/// prefix, as libvirt generates them): the launcher's DHCP server must know it in advance.
+fn generated_mac(seed: &str, interface: &str) -> String {
+    let h = fnv1a(&format!("{seed}/{interface}")).to_be_bytes();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", h[1], h[2], h[3])
 }
 
 fn free_port(addr: &str, protocol: &str) -> std::io::Result<u16> {

@@ -62,6 +62,43 @@ pub struct NodeVolumes {
     pub data_volumes: BTreeMap<String, PathBuf>,
 }
 
+/// One address of the pod's interface, as its CNI result gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodAddress {
+    pub ip: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl std::fmt::Display for PodAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.ip, self.prefix)
+    }
+}
+
+/// The VMI's pod network as virt-handler set it up (its CNI result, reduced to what the
+/// launcher binds guest NICs to), handed over as `network.json`. The handler starts the
+/// launcher inside `netns`; `interface` is the pod's interface there (`eth0`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodNetworkInfo {
+    pub netns: PathBuf,
+    pub interface: String,
+    /// The first is the pod IP (`status.interfaces[].ipAddress`).
+    pub addresses: Vec<PodAddress>,
+    pub gateway: Option<std::net::IpAddr>,
+    pub mac: Option<String>,
+}
+
+impl PodNetworkInfo {
+    /// The pod's first IPv4 address.
+    pub fn ipv4(&self) -> Option<(std::net::Ipv4Addr, u8)> {
+        self.addresses.iter().find_map(|a| match a.ip {
+            std::net::IpAddr::V4(ip) if a.prefix <= 32 => Some((ip, a.prefix)),
+            _ => None,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VmiDirError {
     /// Not a DNS-1123 label (Kubernetes' rule for namespaces; `problem` in its words).
@@ -289,6 +326,11 @@ impl VmiDir {
     pub fn defaults_file(&self) -> PathBuf {
         self.path.join("defaults.json")
     }
+    /// The VMI's pod network ([`PodNetworkInfo`]), written by the handler after CNI `ADD`;
+    /// absent when the node runs VMs on user-mode networking.
+    pub fn network_file(&self) -> PathBuf {
+        self.path.join("network.json")
+    }
     /// The handler's marker: a launcher was spawned for this VMI.
     pub fn spawned_marker(&self) -> PathBuf {
         self.path.join(".spawned")
@@ -330,6 +372,23 @@ impl VmiDir {
     /// Write `defaults.json` atomically.
     pub fn write_defaults(&self, d: &DefaultsConfig) -> Result<(), VmiDirError> {
         write_json_atomically(&self.defaults_file(), d)
+    }
+
+    /// The pod network the handler set up; `None` without one (user-mode networking).
+    pub fn read_network(&self) -> Result<Option<PodNetworkInfo>, VmiDirError> {
+        let path = self.network_file();
+        match std::fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map(Some)
+                .map_err(|source| VmiDirError::BadState { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(VmiDirError::Io { path, source }),
+        }
+    }
+
+    /// Write `network.json` atomically.
+    pub fn write_network(&self, n: &PodNetworkInfo) -> Result<(), VmiDirError> {
+        write_json_atomically(&self.network_file(), n)
     }
 
     /// The last state the launcher wrote.

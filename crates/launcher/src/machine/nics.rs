@@ -34,6 +34,9 @@ pub enum NicError {
     NoBridge { field: String, network: String },
     #[error("{field}: only masquerade and bridge bindings are supported")]
     Binding { field: String },
+    /// KubeVirt: "more than one interface is connected to a pod network in ..."
+    #[error("{field}: more than one interface is connected to a pod network")]
+    SecondPodInterface { field: String },
 }
 
 impl NicError {
@@ -52,7 +55,8 @@ impl NicError {
             | NicError::HostPortOutOfRange { field }
             | NicError::NoFreeHostPort { field, .. }
             | NicError::NoBridge { field, .. }
-            | NicError::Binding { field } => field,
+            | NicError::Binding { field }
+            | NicError::SecondPodInterface { field } => field,
         }
     }
 }
@@ -79,6 +83,7 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
         .collect();
     let mut nics = Vec::new();
     let mut next_port = 0u16;
+    let mut pod_taps = 0;
     let tap_seed = format!("{namespace}/{name}");
     for (i, iface) in dev.interfaces.iter().flatten().enumerate() {
         let ip = format!("spec.domain.devices.interfaces[{i}]");
@@ -89,7 +94,7 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                 reason: form,
             });
         }
-        let mac = match iface.mac_address.as_deref().filter(|m| !m.is_empty()) {
+        let mut mac = match iface.mac_address.as_deref().filter(|m| !m.is_empty()) {
             None => None,
             Some(m) => Some(
                 crate::qemu::nics::normalise_mac(m).ok_or_else(|| NicError::Mac {
@@ -121,8 +126,46 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                 interface: iface.name.clone(),
             });
         };
+        let pod = env.pod_network.as_ref().filter(|_| net.pod.is_some());
         let backend =
-            if iface.masquerade.is_some() {
+            if let Some(pod) = pod {
+                let tap = format!("tap{i}");
+                let fd = TAP_FD_BASE + pod_taps;
+                pod_taps += 1;
+                if pod_taps > 1 {
+                    return Err(NicError::SecondPodInterface { field: ip });
+                }
+                if iface.masquerade.is_some() {
+                    let mut ports = Vec::new();
+                    for (j, p) in iface.ports.iter().flatten().enumerate() {
+                        let (protocol, port) = port_of(&format!("{ip}.ports[{j}]"), p)?;
+                        ports.push(PodPort {
+                            protocol: protocol.into(),
+                            port,
+                        });
+                    }
+                    NetBackend::Pod {
+                        tap,
+                        fd,
+                        binding: PodBinding::Masquerade { ports },
+                    }
+                } else if iface.bridge.is_some() {
+                    // KubeVirt gives the guest the pod interface's MAC (the pod's own changes).
+                    if mac.is_none() {
+                        mac = pod
+                            .mac
+                            .clone()
+                            .and_then(|m| crate::qemu::nics::normalise_mac(&m));
+                    }
+                    NetBackend::Pod {
+                        tap,
+                        fd,
+                        binding: PodBinding::Bridge,
+                    }
+                } else {
+                    return Err(NicError::Binding { field: ip });
+                }
+            } else if iface.masquerade.is_some() {
                 if net.pod.is_none() {
                     return Err(NicError::MasqueradeNotOnPod {
                         field: format!("{ip}.masquerade"),
@@ -131,24 +174,7 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                 let mut forwards = Vec::new();
                 for (j, p) in iface.ports.iter().flatten().enumerate() {
                     let pp = format!("{ip}.ports[{j}]");
-                    let guest_port =
-                        u16::try_from(p.port)
-                            .ok()
-                            .filter(|p| *p > 0)
-                            .ok_or_else(|| NicError::Port {
-                                field: format!("{pp}.port"),
-                                port: p.port.into(),
-                            })?;
-                    let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-                        "TCP" | "tcp" => "tcp",
-                        "UDP" | "udp" => "udp",
-                        x => {
-                            return Err(NicError::Protocol {
-                                field: format!("{pp}.protocol"),
-                                protocol: x.into(),
-                            })
-                        }
-                    };
+                    let (protocol, guest_port) = port_of(&pp, p)?;
                     let host_port = match env.host_ports {
                         HostPorts::Same => guest_port,
                         HostPorts::Base(b) => b
@@ -192,6 +218,10 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
             } else {
                 return Err(NicError::Binding { field: ip });
             };
+        if matches!(backend, NetBackend::Pod { .. }) && mac.is_none() {
+            // The launcher's DHCP server hands out addresses by MAC: it must know the guest's.
+            mac = Some(generated_mac(&tap_seed, &iface.name));
+        }
         let boot_order = iface.boot_order.filter(|n| *n > 0).map(|n| n as u32);
         nics.push(NicSpec {
             name: iface.name.clone(),
@@ -202,6 +232,28 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
         });
     }
     Ok(nics)
+}
+
+/// One `ports` entry: its protocol (`tcp`/`udp`) and port, or the field that is wrong.
+fn port_of(field: &str, p: &kubevirt_api::Port) -> Result<(&'static str, u16), NicError> {
+    let port = u16::try_from(p.port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| NicError::Port {
+            field: format!("{field}.port"),
+            port: p.port.into(),
+        })?;
+    let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+        "TCP" | "tcp" => "tcp",
+        "UDP" | "udp" => "udp",
+        x => {
+            return Err(NicError::Protocol {
+                field: format!("{field}.protocol"),
+                protocol: x.into(),
+            })
+        }
+    };
+    Ok((protocol, port))
 }
 
 #[cfg(test)]

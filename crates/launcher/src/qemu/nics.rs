@@ -1,4 +1,5 @@
-//! NICs: one `-netdev` (slirp for masquerade, a tap for bridge) and one `-device` per interface.
+//! NICs: one `-netdev` (a tap the launcher opened on the pod network; without one, slirp for
+//! masquerade and a named tap for bridge) and one `-device` per interface.
 
 use super::cpu::push;
 use super::opts::{Opts, OptsError};
@@ -72,6 +73,8 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), NicError> {
                 .set("ifname", tap)
                 .set("script", "no")
                 .set("downscript", "no"),
+            // The launcher opened the tap and passes it down as this descriptor.
+            NetBackend::Pod { fd, .. } => Opts::new("tap").set("id", &id).set("fd", fd.to_string()),
         };
         push(a, "-netdev", netdev.build().map_err(err)?);
         let model = match n.model {
@@ -144,6 +147,30 @@ mod tests {
         assert_eq!(
             e.to_string(),
             r#"interface "x": MAC address "52:54:00:00:00:01,romfile=/etc/shadow" is not six hex octets (aa:bb:cc:dd:ee:ff)"#
+        );
+    }
+
+    #[test]
+    fn a_pod_nic_is_the_descriptor_the_launcher_passes() {
+        let mut s = test_spec();
+        let mut n = nic("default", Some("52:54:00:00:00:01"));
+        n.model = NicModel::Virtio;
+        n.backend = NetBackend::Pod {
+            tap: "tap0".into(),
+            fd: 3,
+            binding: crate::machine::PodBinding::Masquerade { ports: vec![] },
+        };
+        s.nics = vec![n];
+        let mut a = vec![];
+        render(&s, &mut a).unwrap();
+        assert_eq!(
+            a,
+            [
+                "-netdev",
+                "tap,id=net0,fd=3",
+                "-device",
+                "virtio-net-pci,netdev=net0,id=ua-default,mac=52:54:00:00:00:01,romfile="
+            ]
         );
     }
 

@@ -1,0 +1,427 @@
+//! The guest's side of the pod network, inside the VMI's network namespace (virt-handler
+//! starts the launcher there after CNI `ADD`): what KubeVirt's virt-launcher does for its
+//! pod interface.
+//!
+//! - both bindings: a bridge [`POD_BRIDGE`] and a tap per guest NIC on it, opened here and
+//!   handed to QEMU as a descriptor (QEMU's user cannot open `/dev/net/tun`); the tap goes
+//!   away with the last process holding it, so a dead QEMU leaves none behind;
+//! - `masquerade`: the bridge is the guest's gateway [`MASQUERADE_GATEWAY`]; nftables
+//!   masquerades the guest's traffic out of the pod interface and forwards the pod IP's
+//!   traffic to [`MASQUERADE_GUEST`] (the interface's `ports`, or all when it lists none);
+//! - `bridge`: the pod interface joins the bridge with its address removed and a new MAC,
+//!   and the guest takes over the pod's address and MAC;
+//! - the leases the launcher's DHCP server ([`crate::dhcp`]) hands the guest.
+//!
+//! Nothing from the VMI spec reaches a command line here: names are ours (`k6t-eth0`,
+//! `tap<N>`), addresses are typed, ports are numbers.
+
+use crate::api::PodNetworkInfo;
+use crate::dhcp::Lease;
+use crate::machine::{
+    MachineSpec, NetBackend, PodBinding, BRIDGE_DHCP_SERVER, MASQUERADE_GATEWAY, MASQUERADE_GUEST,
+    POD_BRIDGE,
+};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("the pod network has no IPv4 address on {0}")]
+    NoPodAddress(String),
+    #[error("tap {tap}: {source}")]
+    Tap { tap: String, source: std::io::Error },
+    #[error("{what}: {message}")]
+    Command { what: &'static str, message: String },
+    #[error("interface {nic}: MAC address {mac:?} is not six octets")]
+    Mac { nic: String, mac: String },
+}
+
+/// What the guest's side of the pod network is once set up: the taps QEMU inherits and the
+/// leases to serve.
+pub struct Plumbed {
+    /// (the descriptor QEMU is told, the tap opened here at a high number).
+    taps: Vec<(i32, OwnedFd)>,
+    /// The server's address on [`POD_BRIDGE`] and the leases it hands out.
+    pub dhcp: Option<(Ipv4Addr, Vec<Lease>)>,
+}
+
+impl Plumbed {
+    /// Makes the spawned QEMU inherit each tap as the descriptor its `-netdev` names.
+    pub fn pass_to(&self, cmd: &mut tokio::process::Command) {
+        let pairs: Vec<(i32, i32)> = self
+            .taps
+            .iter()
+            .map(|(target, fd)| (*target, fd.as_raw_fd()))
+            .collect();
+        if pairs.is_empty() {
+            return;
+        }
+        // SAFETY: runs between fork and exec and calls only dup2, which is async-signal-safe;
+        // `pairs` was allocated before the fork. Sources are ≥ 64 and targets small, so no
+        // dup2 overwrites a source still to be copied; dup2 clears close-on-exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (target, fd) in &pairs {
+                    if libc::dup2(*fd, *target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Runs `ip -batch -` with `lines`: one process for the whole setup, failing at the first
+/// line that fails (its number is in the message).
+fn ip_batch(what: &'static str, lines: &[String]) -> Result<(), NetworkError> {
+    let fail = |message: String| NetworkError::Command { what, message };
+    let mut child = Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("ip: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(lines.join("\n").as_bytes())
+            .map_err(|e| fail(format!("ip: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("ip: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(fail(format!(
+            "ip: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn nft(ruleset: &str) -> Result<(), NetworkError> {
+    let fail = |message: String| NetworkError::Command {
+        what: "nftables",
+        message,
+    };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("nft: {e} (Debian package nftables)")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(ruleset.as_bytes())
+            .map_err(|e| fail(format!("nft: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("nft: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// Opens tap `name` (created by this open, gone with its last descriptor) and moves the
+/// descriptor to a number ≥ 64, out of the way of the ones QEMU is told.
+fn open_tap(name: &str) -> Result<OwnedFd, NetworkError> {
+    let err = |source| NetworkError::Tap {
+        tap: name.into(),
+        source,
+    };
+    // SAFETY: a plain open(2) of a constant path; the result is checked.
+    let raw = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a descriptor we just opened and own.
+    let tun = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= ifr.ifr_name.len() {
+        return Err(err(std::io::Error::other("name longer than IFNAMSIZ")));
+    }
+    for (d, s) in ifr.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+    // SAFETY: TUNSETIFF reads an ifreq, which `ifr` is, on a tun descriptor.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &ifr) } < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on a valid descriptor; the result is checked.
+    let high = unsafe { libc::fcntl(tun.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+    if high < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `high` is a descriptor we just created and own.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+}
+
+/// The MTU of `ifname` in this process's network namespace (sysfs shows the namespace of
+/// whoever mounted it, so ask the kernel through a socket of our own).
+fn mtu_of(ifname: &str) -> Option<u16> {
+    // SAFETY: plain socket(2); the result is checked and owned.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: `raw` is a descriptor we just opened.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    if ifname.len() >= ifr.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in ifr.ifr_name.iter_mut().zip(ifname.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU fills the ifreq it is given.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) } < 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFMTU set the mtu member of the union.
+    u16::try_from(unsafe { ifr.ifr_ifru.ifru_mtu }).ok()
+}
+
+fn mac_octets(nic: &str, mac: &str) -> Result<[u8; 6], NetworkError> {
+    let bad = || NetworkError::Mac {
+        nic: nic.into(),
+        mac: mac.into(),
+    };
+    let octets = kubevirt_api::names::parse_mac(mac).ok_or_else(bad)?;
+    <[u8; 6]>::try_from(octets.as_slice()).map_err(|_| bad())
+}
+
+/// The node's name servers and search domains for the guest (`/etc/resolv.conf`, as the
+/// pod's); loopback servers are left out, the guest cannot reach them.
+fn resolv_conf(text: &str) -> (Vec<Ipv4Addr>, Vec<String>) {
+    let (mut dns, mut search) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        match f.next() {
+            Some("nameserver") => {
+                if let Some(ip) = f.next().and_then(|a| a.parse::<Ipv4Addr>().ok()) {
+                    if !ip.is_loopback() && !ip.is_unspecified() {
+                        dns.push(ip);
+                    }
+                }
+            }
+            Some("search") => search = f.map(String::from).collect(),
+            _ => {}
+        }
+    }
+    (dns, search)
+}
+
+/// A MAC for the pod interface once the guest has taken its own (bridge binding): the
+/// guest's with the locally-administered bit flipped, so the two never collide.
+fn moved_mac(guest: [u8; 6]) -> String {
+    let mut m = guest;
+    m[0] = (m[0] ^ 0x02) & 0xfe;
+    m.iter()
+        .map(|o| format!("{o:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The masquerade ruleset: the guest's traffic leaves as the pod IP; the pod IP's traffic
+/// (the listed ports, or everything) goes to the guest, which sees it come from its gateway.
+pub fn masquerade_ruleset(pod_if: &str, ports: &[crate::machine::PodPort]) -> String {
+    let mut dnat = Vec::new();
+    if ports.is_empty() {
+        dnat.push(format!(
+            "iifname \"{pod_if}\" meta l4proto {{ tcp, udp }} dnat to {MASQUERADE_GUEST}"
+        ));
+    } else {
+        for proto in ["tcp", "udp"] {
+            let list: Vec<String> = ports
+                .iter()
+                .filter(|p| p.protocol == proto)
+                .map(|p| p.port.to_string())
+                .collect();
+            if !list.is_empty() {
+                dnat.push(format!(
+                    "iifname \"{pod_if}\" {proto} dport {{ {} }} dnat to {MASQUERADE_GUEST}",
+                    list.join(", ")
+                ));
+            }
+        }
+    }
+    format!(
+        "table ip kubevirt\n\
+         flush table ip kubevirt\n\
+         table ip kubevirt {{\n\
+         \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\t{}\n\t}}\n\
+         \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tip saddr {MASQUERADE_GUEST} oifname \"{pod_if}\" masquerade\n\
+         \t\toifname \"{POD_BRIDGE}\" ip daddr {MASQUERADE_GUEST} snat to {MASQUERADE_GATEWAY}\n\t}}\n\
+         }}\n",
+        dnat.join("\n\t\t")
+    )
+}
+
+/// Sets up the guest's side of the pod network for every pod NIC of `spec` (at most one:
+/// KubeVirt allows one interface on the pod network). Idempotent: a restarted launcher
+/// rebuilds the bridge and rules.
+pub fn plumb(spec: &MachineSpec, pod: &PodNetworkInfo) -> Result<Plumbed, NetworkError> {
+    let mut plumbed = Plumbed {
+        taps: Vec::new(),
+        dhcp: None,
+    };
+    let pod_if = pod.interface.as_str();
+    let mtu = mtu_of(pod_if).unwrap_or(1500);
+    let (dns, search) =
+        resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    let hostname = spec.vmi.rsplit('/').next().map(String::from);
+    for n in &spec.nics {
+        let NetBackend::Pod { tap, fd, binding } = &n.backend else {
+            continue;
+        };
+        let mac = n.mac.as_deref().ok_or_else(|| NetworkError::Mac {
+            nic: n.name.clone(),
+            mac: String::new(),
+        })?;
+        let guest_mac = mac_octets(&n.name, mac)?;
+        let (pod_ip, pod_prefix) = pod
+            .ipv4()
+            .ok_or_else(|| NetworkError::NoPodAddress(pod_if.into()))?;
+        // A launcher restarted in the same namespace starts from a clean bridge (there is
+        // none the first time: that failure is expected).
+        let _ = ip_batch("the old pod bridge", &[format!("link del {POD_BRIDGE}")]);
+        let mut lines = vec![format!("link add {POD_BRIDGE} type bridge")];
+        lines.push(format!("link set {POD_BRIDGE} mtu {mtu}"));
+        let lease = match binding {
+            PodBinding::Masquerade { .. } => {
+                lines.push(format!("addr add {MASQUERADE_GATEWAY}/24 dev {POD_BRIDGE}"));
+                Lease {
+                    mac: guest_mac,
+                    ip: MASQUERADE_GUEST
+                        .parse()
+                        .unwrap_or(Ipv4Addr::new(10, 0, 2, 2)),
+                    prefix: 24,
+                    gateway: MASQUERADE_GATEWAY.parse().ok(),
+                    routes: vec![],
+                    dns: dns.clone(),
+                    search: search.clone(),
+                    mtu: Some(mtu),
+                    hostname: hostname.clone(),
+                }
+            }
+            PodBinding::Bridge => {
+                lines.push(format!("link set {pod_if} down"));
+                lines.push(format!("addr flush dev {pod_if}"));
+                lines.push(format!(
+                    "link set {pod_if} address {}",
+                    moved_mac(guest_mac)
+                ));
+                lines.push(format!("link set {pod_if} master {POD_BRIDGE} up"));
+                lines.push(format!("addr add {BRIDGE_DHCP_SERVER}/32 dev {POD_BRIDGE}"));
+                Lease {
+                    mac: guest_mac,
+                    ip: pod_ip,
+                    prefix: pod_prefix,
+                    gateway: match pod.gateway {
+                        Some(std::net::IpAddr::V4(g)) => Some(g),
+                        _ => None,
+                    },
+                    routes: vec![],
+                    dns: dns.clone(),
+                    search: search.clone(),
+                    mtu: Some(mtu),
+                    hostname: hostname.clone(),
+                }
+            }
+        };
+        lines.push(format!("link set {POD_BRIDGE} up"));
+        let tap_fd = open_tap(tap)?;
+        lines.push(format!("link set {tap} mtu {mtu} master {POD_BRIDGE} up"));
+        ip_batch("the pod bridge", &lines)?;
+        if let PodBinding::Masquerade { ports } = binding {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1").map_err(|e| {
+                NetworkError::Command {
+                    what: "IP forwarding",
+                    message: e.to_string(),
+                }
+            })?;
+            nft(&masquerade_ruleset(pod_if, ports))?;
+        }
+        let server = match binding {
+            PodBinding::Masquerade { .. } => MASQUERADE_GATEWAY
+                .parse()
+                .unwrap_or(Ipv4Addr::new(10, 0, 2, 1)),
+            PodBinding::Bridge => BRIDGE_DHCP_SERVER,
+        };
+        plumbed.taps.push((*fd, tap_fd));
+        plumbed
+            .dhcp
+            .get_or_insert_with(|| (server, Vec::new()))
+            .1
+            .push(lease);
+    }
+    Ok(plumbed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::PodPort;
+
+    #[test]
+    fn masquerade_forwards_the_listed_ports_or_everything() {
+        let all = masquerade_ruleset("eth0", &[]);
+        assert!(
+            all.contains("iifname \"eth0\" meta l4proto { tcp, udp } dnat to 10.0.2.2"),
+            "{all}"
+        );
+        assert!(all.contains("ip saddr 10.0.2.2 oifname \"eth0\" masquerade"));
+        assert!(all.contains("oifname \"k6t-eth0\" ip daddr 10.0.2.2 snat to 10.0.2.1"));
+        let some = masquerade_ruleset(
+            "eth0",
+            &[
+                PodPort {
+                    protocol: "tcp".into(),
+                    port: 80,
+                },
+                PodPort {
+                    protocol: "tcp".into(),
+                    port: 22,
+                },
+                PodPort {
+                    protocol: "udp".into(),
+                    port: 53,
+                },
+            ],
+        );
+        assert!(
+            some.contains("tcp dport { 80, 22 } dnat to 10.0.2.2"),
+            "{some}"
+        );
+        assert!(some.contains("udp dport { 53 } dnat to 10.0.2.2"), "{some}");
+        assert!(!some.contains("l4proto"), "{some}");
+    }
+
+    #[test]
+    fn the_guest_gets_reachable_name_servers_and_the_pod_a_distinct_mac() {
+        let (dns, search) = resolv_conf(
+            "# generated\nnameserver 127.0.0.53\nnameserver 10.96.0.10\nnameserver fe80::1\n\
+             search default.svc.cluster.local svc.cluster.local\n",
+        );
+        assert_eq!(dns, [Ipv4Addr::new(10, 96, 0, 10)]);
+        assert_eq!(search, ["default.svc.cluster.local", "svc.cluster.local"]);
+        let m = moved_mac([0x52, 0x54, 0, 1, 2, 3]);
+        assert_eq!(m, "50:54:00:01:02:03");
+        assert_ne!(m, "52:54:00:01:02:03");
+    }
+}
