@@ -31,6 +31,8 @@ done
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # nftables: the masquerade binding's NAT inside each VMI's network namespace.
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
+# passt: the passtBinding's user-mode network stack in the VMI's namespace.
+command -v passt >/dev/null 2>&1 || missing+=(passt)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -894,6 +894,29 @@ fn validate_network(
                 Some(_) => {}
             }
         }
+        // KubeVirt's `validateDiscontinuedBindings`: the fields stay in the API, the bindings
+        // are gone (passt lives on as `passtBinding`).
+        for (set, field, message) in [
+            (
+                iface.slirp.is_some(),
+                "slirp",
+                "Slirp interface support has been discontinued since v1.3",
+            ),
+            (
+                iface.passt.is_some(),
+                "passt",
+                "Passt network binding has been discontinued since v1.3",
+            ),
+            (
+                iface.macvtap.is_some(),
+                "macvtap",
+                "Macvtap network binding has been discontinued since v1.3",
+            ),
+        ] {
+            if set {
+                errs.push(FieldError::invalid(ip.child(field), message));
+            }
+        }
         let net = networks.iter().find(|n| n.name == iface.name);
         match net {
             None => errs.push(FieldError::invalid(

@@ -388,6 +388,34 @@ fn masquerade_only_on_the_pod_network() {
     accepts(&v);
 }
 
+/// KubeVirt v1.3 removed these bindings; their fields stay in the API and are refused.
+#[test]
+fn discontinued_bindings_are_refused_with_kubevirts_messages() {
+    for (field, message) in [
+        (
+            "slirp",
+            "Slirp interface support has been discontinued since v1.3",
+        ),
+        (
+            "passt",
+            "Passt network binding has been discontinued since v1.3",
+        ),
+        (
+            "macvtap",
+            "Macvtap network binding has been discontinued since v1.3",
+        ),
+    ] {
+        let mut v = vmi();
+        at(&mut v, "/spec/domain/devices/interfaces/0")
+            .clone_from(&json!({"name": "default", field: {}}));
+        rejects(
+            &v,
+            &format!("spec.domain.devices.interfaces[0].{field}"),
+            message,
+        );
+    }
+}
+
 #[test]
 fn vm_run_strategy() {
     rejects(

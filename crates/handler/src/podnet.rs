@@ -87,6 +87,10 @@ impl NodeNetwork {
     }
 }
 
+/// How long a lease in an empty namespace must have existed before another server's
+/// namespace counts as abandoned ([`PodNetwork::collect_garbage`]).
+pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// What a VMI's pod network is once set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodNetworkStatus {
@@ -252,17 +256,29 @@ impl PodNetwork {
 
     /// CNI `DEL` and the namespace removed; nothing to do is no error.
     pub async fn teardown(&self, uid: &str) -> Result<(), PodNetworkError> {
+        let at = Self::attachment(uid, "", "")?;
+        let addresses: Vec<String> = self
+            .cni
+            .cached(&self.net, &at)?
+            .map(|r| r.ips.into_iter().map(|ip| ip.address).collect())
+            .unwrap_or_default();
+        self.teardown_restoring(uid, &addresses).await
+    }
+
+    /// [`Self::teardown`], first putting `addresses` (CIDR form) back on the pod interface:
+    /// the bridge binding moved the pod's address to the guest, and the bridge plugin finds
+    /// what to undo (its masquerade rules) by the addresses on the interface.
+    async fn teardown_restoring(
+        &self,
+        uid: &str,
+        addresses: &[String],
+    ) -> Result<(), PodNetworkError> {
         // CNI_ARGS are not needed for DEL by the standard plugins.
         let at = Self::attachment(uid, "", "")?;
         let ns = Self::netns_name(uid)?;
         if at.netns.exists() {
-            // The bridge binding moved the pod's address to the guest; the bridge plugin
-            // finds what to undo (its masquerade rules) by the addresses on the interface,
-            // so they go back first.
-            if let Some(cached) = self.cni.cached(&self.net, &at)? {
-                for ip in &cached.ips {
-                    let _ = ip_cmd(&["-n", &ns, "addr", "replace", &ip.address, "dev", POD_IFNAME]);
-                }
+            for a in addresses {
+                let _ = ip_cmd(&["-n", &ns, "addr", "replace", a, "dev", POD_IFNAME]);
             }
         }
         self.cni.del(&self.net, &at).await?;
@@ -299,14 +315,30 @@ impl PodNetwork {
         uids
     }
 
-    /// Owners of host-local leases whose namespace is gone: a namespace exists before its `ADD` takes
-    /// a lease and goes only after `DEL` gave it back, so such a lease belongs to a server
-    /// that died (or a machine that rebooted) and nobody will give it back.
-    fn orphaned_leases(&self) -> Vec<String> {
+    /// Owners of host-local leases that nobody will give back:
+    /// - the namespace is gone: a namespace exists before its `ADD` takes a lease and goes
+    ///   only after `DEL` gave it back, so the lease belongs to a server that died (or a
+    ///   machine that rebooted);
+    /// - the namespace is there, but no process is in it, the lease is older than
+    ///   [`ABANDONED_AFTER`], and it is not one of this handler's (those are decided by their
+    ///   VMI): a server that died with VMIs on it and whose data directory is gone (tests).
+    ///   A namespace is empty for a moment only, between `ADD` and its launcher's start and
+    ///   between a launcher's exit and the teardown.
+    fn abandoned(&self, ours: &[String]) -> Vec<(String, String)> {
+        use std::os::unix::fs::MetadataExt;
         let dir = self.node.ipam_dir.join(&self.net.name);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return vec![];
         };
+        // The network namespaces processes are in, by inode.
+        let in_use: std::collections::BTreeSet<u64> = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|p| std::fs::metadata(p.path().join("ns/net")).ok())
+                    .map(|m| m.ino())
+                    .collect()
+            })
+            .unwrap_or_default();
         entries
             .filter_map(Result::ok)
             .filter(|e| {
@@ -318,8 +350,21 @@ impl PodNetwork {
             .filter_map(|e| {
                 let text = std::fs::read_to_string(e.path()).ok()?;
                 let owner = text.lines().next()?.trim().to_string();
-                let ns = Self::netns_name(&owner).ok()?;
-                (!Path::new(NETNS_DIR).join(ns).exists()).then_some(owner)
+                // The lease's address, with the pod CIDR's prefix, to put back before DEL.
+                let prefix = self.node.cidr.split_once('/').map_or("32", |(_, p)| p);
+                let address = format!("{}/{prefix}", e.file_name().to_str()?);
+                let ns = Path::new(NETNS_DIR).join(Self::netns_name(&owner).ok()?);
+                let Ok(meta) = std::fs::metadata(&ns) else {
+                    return Some((owner, address));
+                };
+                let old = e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > ABANDONED_AFTER);
+                (old && !in_use.contains(&meta.ino()) && !ours.contains(&owner))
+                    .then_some((owner, address))
             })
             .collect()
     }
@@ -328,15 +373,16 @@ impl PodNetwork {
     /// leases nobody holds; returns the uids it removed. Errors are logged and the rest still
     /// collected.
     pub async fn collect_garbage(&self, live: &std::collections::BTreeSet<String>) -> Vec<String> {
-        for uid in self.orphaned_leases() {
-            // CNI DEL without a namespace: the IPAM plugin gives the address back.
-            tracing::info!(%uid, "giving back an orphaned pod address");
-            if let Err(e) = self.teardown(&uid).await {
-                tracing::warn!(%uid, error = %e, "giving back an orphaned pod address");
+        let ours = self.attached();
+        for (uid, address) in self.abandoned(&ours) {
+            // CNI DEL (without a namespace, the IPAM plugin still gives the address back).
+            tracing::info!(%uid, %address, "removing an abandoned pod network");
+            if let Err(e) = self.teardown_restoring(&uid, &[address]).await {
+                tracing::warn!(%uid, error = %e, "removing an abandoned pod network");
             }
         }
         let mut removed = Vec::new();
-        for uid in self.attached() {
+        for uid in ours {
             if live.contains(&uid) {
                 continue;
             }

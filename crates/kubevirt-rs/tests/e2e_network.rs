@@ -6,7 +6,8 @@
 //! User story: a masquerade VMI serves a port; a bridge VMI without cloud-init gets the pod's
 //! address (in its status and in the guest) and reaches the first VMI at the address in its
 //! status; the host reaches the declared port at `podIP:port` and not an undeclared one; a
-//! launcher killed with SIGKILL and a deleted VMI leave no namespace and no address behind.
+//! passt VMI serves its declared port at its pod address; a launcher killed with SIGKILL and
+//! deleted VMIs leave no namespace and no address behind.
 
 use kubevirt_testsupport::{have_kubectl, wait_for, Server};
 use std::io::Write;
@@ -34,6 +35,10 @@ fn pod_network_possible() -> bool {
         (
             "nft (nftables)",
             Command::new("nft").arg("-v").output().is_ok(),
+        ),
+        (
+            "passt",
+            Command::new("passt").arg("--version").output().is_ok(),
         ),
     ] {
         if !ok {
@@ -160,6 +165,8 @@ fn fetch(addr: &str) -> Option<String> {
     let addr: std::net::SocketAddr = addr.parse().ok()?;
     let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    // Nothing to send: say so, as `nc </dev/null` does (the guest's `nc -l` waits for it).
+    c.shutdown(std::net::Shutdown::Write).ok()?;
     let mut out = String::new();
     c.read_to_string(&mut out).ok()?;
     Some(out)
@@ -235,6 +242,38 @@ fn vmis_on_the_pod_network_reach_each_other_and_the_host_reaches_declared_ports(
         "port 9090 is not in the interface's ports"
     );
 
+    // passt (`passtBinding`): the guest takes the pod's address through passt, which
+    // forwards the declared port.
+    apply(
+        &s,
+        dir.path(),
+        "pst",
+        &vmi(
+            "pst",
+            "passtBinding",
+            "\n        ports:\n        - {port: 8080}",
+            Some("while :; do echo served-by-$(hostname) | busybox nc -l -p 8080; done &"),
+        ),
+    );
+    let pst_ip = running_ip(&s, "pst");
+    assert!(pst_ip.starts_with("10.244.0."), "{pst_ip}");
+    assert!(
+        wait_for(Duration::from_secs(120), || {
+            got = fetch(&format!("{pst_ip}:8080"));
+            got.as_deref().is_some_and(|g| g.contains("served-by-pst"))
+        }),
+        "host → {pst_ip}:8080 through passt: {got:?}\nlauncher.log:\n{}\nserial.log:\n{}",
+        std::fs::read_to_string(s.vmi_dir("default", "pst").launcher_log()).unwrap_or_default(),
+        std::fs::read_to_string(s.vmi_dir("default", "pst").serial_log()).unwrap_or_default()
+    );
+    on_console(
+        &s,
+        "pst",
+        "ip -4 addr show eth0",
+        &format!("inet {pst_ip}/"),
+        Duration::from_secs(60),
+    );
+
     // kill -9 of a launcher (QEMU dies with it): the VMI fails and its network goes.
     let srv_ns = netns_of(&s, "srv");
     assert!(Path::new(&srv_ns).exists(), "{srv_ns}");
@@ -259,7 +298,7 @@ fn vmis_on_the_pod_network_reach_each_other_and_the_host_reaches_declared_ports(
 
     // Deleting a VMI removes its network too.
     let cli_ns = netns_of(&s, "cli");
-    s.kubectl(&["delete", "vmi", "cli", "srv", "--wait=false"]);
+    s.kubectl(&["delete", "vmi", "cli", "srv", "pst", "--wait=false"]);
     assert!(
         wait_for(Duration::from_secs(90), || s
             .kubectl(&["get", "vmi", "-o", "name"])

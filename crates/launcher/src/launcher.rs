@@ -116,7 +116,7 @@ pub fn guest_interfaces(
         .iter()
         .map(|n| {
             let ips: Vec<String> = match (&n.backend, pod) {
-                (NetBackend::Pod { .. }, Some(p)) => {
+                (NetBackend::Pod { .. } | NetBackend::Passt { .. }, Some(p)) => {
                     p.addresses.iter().map(|a| a.ip.to_string()).collect()
                 }
                 (NetBackend::Masquerade { guest, .. }, _) => vec![guest.clone()],
@@ -371,6 +371,10 @@ impl Vm {
             Some(pod) => Some(crate::network::plumb(&spec, pod)?),
             None => None,
         };
+        let passt = match &opts.pod_network {
+            Some(pod) => crate::network::start_passt(&spec, &pod.interface, opts.qemu_user).await?,
+            None => None,
+        };
         if let Some(p) = &plumbed {
             p.pass_to(&mut cmd);
             if let Some((server, leases)) = p.dhcp.clone() {
@@ -396,6 +400,13 @@ impl Vm {
         })?;
         // QEMU holds the taps now; ours close.
         drop(plumbed);
+        if let Some(mut passt) = passt {
+            // passt serves this QEMU alone and leaves when it disconnects.
+            tokio::spawn(async move {
+                let status = passt.wait().await;
+                tracing::info!(?status, "passt exited");
+            });
+        }
         let qemu_pid = child.id().unwrap_or(0);
         let connected = Qmp::connect_retry(&spec.qmp_socket(), Duration::from_secs(20), || {
             matches!(child.try_wait(), Ok(None))

@@ -459,6 +459,13 @@ pub enum NetBackend {
         fd: i32,
         binding: PodBinding,
     },
+    /// KubeVirt's `passtBinding`: Debian's passt, in the pod's namespace, gives the guest the
+    /// pod's address and forwards the pod's ports (the listed ones, or all); QEMU reaches it
+    /// through a `stream` netdev on `socket`.
+    Passt {
+        socket: PathBuf,
+        ports: Vec<PodPort>,
+    },
 }
 
 /// How a guest NIC reaches the pod's interface (KubeVirt's bindings on the pod network).

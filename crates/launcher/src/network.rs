@@ -373,6 +373,92 @@ pub fn plumb(spec: &MachineSpec, pod: &PodNetworkInfo) -> Result<Plumbed, Networ
     Ok(plumbed)
 }
 
+/// passt's port specification for one protocol: the listed ports, everything when the
+/// interface lists none (as KubeVirt forwards), or `none` when only the other protocol is
+/// listed.
+fn passt_ports(ports: &[crate::machine::PodPort], protocol: &str) -> String {
+    if ports.is_empty() {
+        return "all".into();
+    }
+    let list: Vec<String> = ports
+        .iter()
+        .filter(|p| p.protocol == protocol)
+        .map(|p| p.port.to_string())
+        .collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(",")
+    }
+}
+
+/// Starts passt for a passt interface of `spec` (there is at most one): in this (the pod's)
+/// namespace, as QEMU's user, serving one client on the socket QEMU's netdev names, and gone
+/// when QEMU disconnects (or the launcher dies). Returns once the socket exists.
+pub async fn start_passt(
+    spec: &MachineSpec,
+    pod_if: &str,
+    user: crate::confine::QemuUser,
+) -> Result<Option<tokio::process::Child>, NetworkError> {
+    let Some((socket, ports)) = spec.nics.iter().find_map(|n| match &n.backend {
+        NetBackend::Passt { socket, ports } => Some((socket, ports)),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let fail = |message: String| NetworkError::Command {
+        what: "passt",
+        message,
+    };
+    let _ = std::fs::remove_file(socket);
+    let mut cmd = tokio::process::Command::new("passt");
+    cmd.args([
+        "--foreground",
+        "--one-off",
+        "--quiet",
+        "--interface",
+        pod_if,
+    ])
+    .arg("--socket")
+    .arg(socket)
+    .args(["--tcp-ports", &passt_ports(ports, "tcp")])
+    .args(["--udp-ports", &passt_ports(ports, "udp")])
+    .arg("--runas")
+    .arg(format!("{}:{}", user.uid, user.gid))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; passt must not outlive its launcher.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fail(format!("passt: {e} (Debian package passt)")))?;
+    for _ in 0..200 {
+        if socket.exists() {
+            return Ok(Some(child));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = e.read_to_string(&mut err).await;
+            }
+            return Err(fail(format!("exited ({status}): {}", err.trim())));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Err(fail(format!(
+        "{} did not appear within 2 s",
+        socket.display()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +496,18 @@ mod tests {
         );
         assert!(some.contains("udp dport { 53 } dnat to 10.0.2.2"), "{some}");
         assert!(!some.contains("l4proto"), "{some}");
+    }
+
+    #[test]
+    fn passt_forwards_the_listed_ports_or_everything() {
+        let p = |protocol: &str, port| PodPort {
+            protocol: protocol.into(),
+            port,
+        };
+        assert_eq!(passt_ports(&[], "tcp"), "all");
+        let ports = [p("tcp", 80), p("tcp", 443)];
+        assert_eq!(passt_ports(&ports, "tcp"), "80,443");
+        assert_eq!(passt_ports(&ports, "udp"), "none");
     }
 
     #[test]

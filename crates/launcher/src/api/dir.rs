@@ -19,14 +19,16 @@ const VNC_SOCKET: &str = "vnc.sock";
 const SOCKETS_DIR: &str = "sockets";
 const QMP_SOCKET: &str = "qmp.sock";
 const SERIAL_SOCKET: &str = "serial.sock";
+const PASST_SOCKET: &str = "passt.sock";
 /// Every socket of the directory, relative to it (each checked against [`SUN_PATH_MAX`]).
-const SOCKETS: [&[&str]; 6] = [
+const SOCKETS: [&[&str]; 7] = [
     &[LAUNCHER_SOCKET],
     &[CONSOLE_SOCKET],
     &[VNC_SOCKET],
     &[SOCKETS_DIR, QMP_SOCKET],
     &[SOCKETS_DIR, SERIAL_SOCKET],
     &[SOCKETS_DIR, VNC_SOCKET],
+    &[SOCKETS_DIR, PASST_SOCKET],
 ];
 
 /// `path` as pretty JSON, through `path.tmp` renamed over it: a reader never sees half a file.
@@ -267,6 +269,10 @@ impl VmiDir {
     /// QEMU's serial port; only the launcher's console reads it.
     pub fn serial_socket(&self) -> PathBuf {
         self.sockets_dir().join(SERIAL_SOCKET)
+    }
+    /// passt's socket, which QEMU's `stream` netdev connects to (the passt binding).
+    pub fn passt_socket(&self) -> PathBuf {
+        self.sockets_dir().join(PASST_SOCKET)
     }
     /// Where QEMU creates its VNC socket.
     pub fn qemu_vnc_socket(&self) -> PathBuf {

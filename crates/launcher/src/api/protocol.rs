@@ -725,7 +725,7 @@ mod tests {
             "acceleratorReason",
             "qemuPid",
             "launcherPid",
-            "guestIp",
+            "interfaces",
             "vncSocket",
             "consoleSocket",
             "ports",

@@ -34,6 +34,13 @@ pub enum NicError {
     NoBridge { field: String, network: String },
     #[error("{field}: only masquerade and bridge bindings are supported")]
     Binding { field: String },
+    #[error("{field}: the passt binding is only allowed on the pod network")]
+    PasstNotOnPod { field: String },
+    #[error(
+        "{field}: the passt binding needs this node's pod network, and the node runs VMs on \
+         user networking (see `kubevirt-rs server --pod-network`)"
+    )]
+    PasstWithoutPodNetwork { field: String },
     /// KubeVirt: "more than one interface is connected to a pod network in ..."
     #[error("{field}: more than one interface is connected to a pod network")]
     SecondPodInterface { field: String },
@@ -56,7 +63,9 @@ impl NicError {
             | NicError::NoFreeHostPort { field, .. }
             | NicError::NoBridge { field, .. }
             | NicError::Binding { field }
-            | NicError::SecondPodInterface { field } => field,
+            | NicError::SecondPodInterface { field }
+            | NicError::PasstNotOnPod { field }
+            | NicError::PasstWithoutPodNetwork { field } => field,
         }
     }
 }
@@ -128,7 +137,34 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
         };
         let pod = env.pod_network.as_ref().filter(|_| net.pod.is_some());
         let backend =
-            if let Some(pod) = pod {
+            if iface.passt_binding.is_some() {
+                if net.pod.is_none() {
+                    return Err(NicError::PasstNotOnPod {
+                        field: format!("{ip}.passtBinding"),
+                    });
+                }
+                if pod.is_none() {
+                    return Err(NicError::PasstWithoutPodNetwork {
+                        field: format!("{ip}.passtBinding"),
+                    });
+                }
+                pod_taps += 1;
+                if pod_taps > 1 {
+                    return Err(NicError::SecondPodInterface { field: ip });
+                }
+                let mut ports = Vec::new();
+                for (j, p) in iface.ports.iter().flatten().enumerate() {
+                    let (protocol, port) = port_of(&format!("{ip}.ports[{j}]"), p)?;
+                    ports.push(PodPort {
+                        protocol: protocol.into(),
+                        port,
+                    });
+                }
+                NetBackend::Passt {
+                    socket: crate::api::VmiDir::unchecked(&env.dir).passt_socket(),
+                    ports,
+                }
+            } else if let Some(pod) = pod {
                 let tap = format!("tap{i}");
                 let fd = TAP_FD_BASE + pod_taps;
                 pod_taps += 1;
@@ -218,7 +254,7 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
             } else {
                 return Err(NicError::Binding { field: ip });
             };
-        if matches!(backend, NetBackend::Pod { .. }) && mac.is_none() {
+        if matches!(backend, NetBackend::Pod { .. } | NetBackend::Passt { .. }) && mac.is_none() {
             // The launcher's DHCP server hands out addresses by MAC: it must know the guest's.
             mac = Some(generated_mac(&tap_seed, &iface.name));
         }

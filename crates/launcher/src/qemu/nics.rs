@@ -75,6 +75,11 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), NicError> {
                 .set("downscript", "no"),
             // The launcher opened the tap and passes it down as this descriptor.
             NetBackend::Pod { fd, .. } => Opts::new("tap").set("id", &id).set("fd", fd.to_string()),
+            NetBackend::Passt { socket, .. } => Opts::new("stream")
+                .set("id", &id)
+                .set("server", "off")
+                .set("addr.type", "unix")
+                .set("addr.path", socket.display().to_string()),
         };
         push(a, "-netdev", netdev.build().map_err(err)?);
         let model = match n.model {

@@ -8,7 +8,9 @@
 //! string of `render` is built here, and nowhere else:
 //!
 //! - every value is escaped (`,` → `,,`);
-//! - keys must be fixed identifiers (`[a-z][a-z0-9_-]*`; a `.` would be keyval nesting);
+//! - keys must be fixed identifiers (`[a-z][a-z0-9_-]*`), or dotted paths of them for QEMU's
+//!   keyval nesting (`addr.type`); keys are always written in our code, never taken from a
+//!   spec;
 //! - values of keys that name or reference a QEMU object (`id`, `netdev`, `drive`, `chardev`,
 //!   ...) must be well-formed QEMU ids (`[A-Za-z][A-Za-z0-9_.-]*`, QEMU's `id_wellformed`):
 //!   QEMU refuses others anyway, and refusing them here gives an error that says why;
@@ -23,7 +25,7 @@ use std::path::Path;
 /// Why an option string could not be built; the value is kept for the message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OptsError {
-    #[error("option key {0:?} is not a fixed identifier ([a-z][a-z0-9_-]*)")]
+    #[error("option key {0:?} is not a fixed identifier ([a-z][a-z0-9_-]*, dotted for nesting)")]
     BadKey(String),
     #[error("{0:?} is not a QEMU type name ([A-Za-z0-9][A-Za-z0-9_.-]*)")]
     BadKind(String),
@@ -58,10 +60,13 @@ pub fn is_qemu_id(s: &str) -> bool {
         && c.all(|x| x.is_ascii_alphanumeric() || matches!(x, '-' | '.' | '_'))
 }
 
+/// A fixed identifier, or a dotted path of them (QEMU's keyval nesting, as `addr.type`).
 fn is_key(s: &str) -> bool {
-    let mut c = s.chars();
-    c.next().is_some_and(|f| f.is_ascii_lowercase())
-        && c.all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || matches!(x, '-' | '_'))
+    s.split('.').all(|part| {
+        let mut c = part.chars();
+        c.next().is_some_and(|f| f.is_ascii_lowercase())
+            && c.all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || matches!(x, '-' | '_'))
+    })
 }
 
 fn is_kind(s: &str) -> bool {
@@ -283,9 +288,15 @@ mod tests {
 
     #[test]
     fn keys_kinds_and_values_are_checked() {
+        for bad in ["a,b", "a=b", "a..b", ".a", "a.", "A"] {
+            assert_eq!(
+                Opts::keyed().set(bad, "x").build().unwrap_err(),
+                OptsError::BadKey(bad.into())
+            );
+        }
         assert_eq!(
-            Opts::keyed().set("a.b", "x").build().unwrap_err(),
-            OptsError::BadKey("a.b".into())
+            Opts::keyed().set("addr.type", "unix").build().unwrap(),
+            "addr.type=unix"
         );
         assert_eq!(
             Opts::new("a,b").build().unwrap_err(),
