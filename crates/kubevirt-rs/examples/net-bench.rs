@@ -11,7 +11,7 @@
 //! ```text
 //! cargo build --release -p kubevirt-rs --bin kubevirt-rs --example net-bench
 //! guest/build.sh target/guest
-//! target/release/examples/net-bench [N=20] [--images target/guest/oci] [--mib 16]
+//! target/release/examples/net-bench [N=20] [--images target/guest/oci] [--mib 64]
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -87,7 +87,7 @@ async fn setup_bench(n: usize, tmp: &Path, rows: &mut Vec<Row>) -> Result<(Strin
         PodNetwork::netns_name(&uids[0])?,
         PodNetwork::netns_name(&uids[1])?,
     );
-    let reference = reference_bench(&a, &b, &ips[0]);
+    let reference = reference_bench(&a, &b, &ips[0], tmp);
     let mut teardown = Vec::new();
     for uid in &uids {
         let t = Instant::now();
@@ -119,24 +119,36 @@ async fn setup_bench(n: usize, tmp: &Path, rows: &mut Vec<Row>) -> Result<(Strin
     reference
 }
 
-/// TCP throughput and ping latency between namespaces `a` (at `a_ip`) and `b`.
-fn reference_bench(a: &str, b: &str, a_ip: &str) -> Result<(String, String)> {
-    let mib = 256;
-    let mut sink = netns_sh(a, "busybox nc -l -p 5001 >/dev/null")
-        .spawn()
-        .context("nc -l")?;
+/// What the receiving side runs for each connection (busybox `nc -e`): read everything.
+/// busybox's small `nc` ends a connection when its own stdin ends, so a plain
+/// `nc -l >/dev/null` started without a terminal would stop after the first read.
+const SINK_SCRIPT: &str = "#!/bin/sh\nexec cat >/dev/null\n";
+
+/// TCP throughput and ping latency between namespaces `a` (at `a_ip`) and `b`: the time
+/// from the first byte sent until the receiver has read the last.
+fn reference_bench(a: &str, b: &str, a_ip: &str, tmp: &Path) -> Result<(String, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mib = 1024;
+    let sink_script = tmp.join("sink");
+    std::fs::write(&sink_script, SINK_SCRIPT)?;
+    std::fs::set_permissions(&sink_script, std::fs::Permissions::from_mode(0o755))?;
+    let mut sink = netns_sh(
+        a,
+        &format!("busybox nc -l -p 5001 -e {}", sink_script.display()),
+    )
+    .spawn()
+    .context("nc -l")?;
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     let sent = netns_sh(
         b,
-        &format!("dd if=/dev/zero bs=1M count={mib} 2>/dev/null | busybox nc -w 5 {a_ip} 5001"),
+        &format!("dd if=/dev/zero bs=1M count={mib} 2>/dev/null | busybox nc {a_ip} 5001"),
     )
     .status()?;
+    let received = sink.wait()?;
     let secs = t.elapsed().as_secs_f64();
-    let _ = sink.kill();
-    let _ = sink.wait();
-    if !sent.success() {
-        bail!("the reference transfer failed");
+    if !sent.success() || !received.success() {
+        bail!("the reference transfer failed (sender {sent}, receiver {received})");
     }
     let ping = netns_sh(b, &format!("busybox ping -c 20 -i 0.05 {a_ip}")).output()?;
     let avg = ping_avg(&String::from_utf8_lossy(&ping.stdout)).unwrap_or(f64::NAN);
@@ -149,7 +161,6 @@ fn reference_bench(a: &str, b: &str, a_ip: &str) -> Result<(String, String)> {
 struct Server {
     child: std::process::Child,
     data: PathBuf,
-    bin: PathBuf,
 }
 
 impl Drop for Server {
@@ -205,27 +216,33 @@ impl Server {
         bail!("{name} never ran")
     }
 
-    /// Types `command` on the VMI's console; the output until `timeout`.
-    fn console(&self, vmi: &str, command: &str, timeout: u64) -> Result<String> {
-        let mut c = Command::new(&self.bin)
-            .args([
-                "launcher",
-                "console",
-                "--timeout",
-                &timeout.to_string(),
-                "--dir",
-            ])
-            .arg(self.data.join("vms/default").join(vmi))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        if let Some(mut stdin) = c.stdin.take() {
-            std::thread::sleep(Duration::from_millis(300));
-            stdin.write_all(format!("\n{command}\n").as_bytes())?;
+    /// Types `command` on the VMI's serial console (its `console.sock`) and returns what the
+    /// guest prints until `until` appears, or what it printed by `timeout`.
+    fn console(&self, vmi: &str, command: &str, until: &str, timeout: u64) -> Result<String> {
+        use std::io::Read;
+        let sock =
+            kubevirt_launcher::api::VmiDir::new(&self.data, "default", vmi)?.console_socket();
+        let mut c = std::os::unix::net::UnixStream::connect(&sock)
+            .with_context(|| format!("{}", sock.display()))?;
+        c.write_all(format!("\n{command}\n").as_bytes())?;
+        let deadline = Instant::now() + Duration::from_secs(timeout);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            c.set_read_timeout(Some(Duration::from_millis(200)))?;
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(e.into()),
+            }
+            if String::from_utf8_lossy(&out).contains(until) {
+                break;
+            }
         }
-        let out = c.wait_with_output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).replace('\r', ""))
+        Ok(String::from_utf8_lossy(&out).replace('\r', ""))
     }
 }
 
@@ -269,17 +286,19 @@ fn guest_bench(bin: &Path, images: &Path, tmp: &Path, mib: u32) -> Result<(Strin
         .stderr(Stdio::piped())
         .spawn()
         .context("starting the server")?;
+    let mut reader = BufReader::new(child.stderr.take().context("stderr")?);
     let mut banner = String::new();
-    BufReader::new(child.stderr.take().context("stderr")?).read_line(&mut banner)?;
-    let s = Server {
-        child,
-        data,
-        bin: bin.to_path_buf(),
-    };
+    reader.read_line(&mut banner)?;
+    // Keep draining: a server whose stderr is closed dies at its next log line.
+    std::thread::spawn(move || for _ in reader.lines().map_while(Result::ok) {});
+    let s = Server { child, data };
     s.apply(&vmi(
         "sink",
         "masquerade",
-        "while :; do busybox nc -l -p 5001 >/dev/null; done &",
+        &format!(
+            "printf '{}' >/sink; chmod +x /sink\n        while :; do busybox nc -l -p 5001 -e /sink; done &",
+            SINK_SCRIPT.replace('\n', "\\n")
+        ),
     ))?;
     s.apply(&vmi("source", "bridge", "true"))?;
     let sink_ip = s.running_ip("sink")?;
@@ -289,10 +308,11 @@ fn guest_bench(bin: &Path, images: &Path, tmp: &Path, mib: u32) -> Result<(Strin
     for _ in 0..60 {
         if s.console(
             "source",
-            &format!("echo x | busybox nc -w 2 {sink_ip} 5001 && echo SENT-OK"),
-            4,
+            &format!("echo x | busybox nc -w 2 {sink_ip} 5001 && echo SENT-$((1+1))"),
+            "SENT-2",
+            5,
         )?
-        .contains("SENT-OK\n")
+        .contains("SENT-2")
         {
             ok = true;
             break;
@@ -301,16 +321,24 @@ fn guest_bench(bin: &Path, images: &Path, tmp: &Path, mib: u32) -> Result<(Strin
     if !ok {
         bail!("the source guest never reached {sink_ip}:5001");
     }
+    // Timed in the sender: what it wrote past the receiver's socket buffer is small next to
+    // the transfer.
     let out = s.console(
         "source",
         &format!(
-            "time sh -c 'dd if=/dev/zero bs=64k count={} 2>/dev/null | busybox nc -w 5 {sink_ip} 5001'",
+            "time sh -c 'dd if=/dev/zero bs=64k count={} 2>/dev/null | busybox nc {sink_ip} 5001'",
             mib * 16
         ),
-        120,
+        "\nsys",
+        600,
     )?;
     let secs = busybox_real(&out).with_context(|| format!("no timing in:\n{out}"))?;
-    let ping = s.console("source", &format!("busybox ping -c 20 {sink_ip}"), 30)?;
+    let ping = s.console(
+        "source",
+        &format!("busybox ping -c 20 {sink_ip}"),
+        "round-trip",
+        60,
+    )?;
     let avg = ping_avg(&ping).unwrap_or(f64::NAN);
     s.kubectl(&[
         "delete",
@@ -333,7 +361,7 @@ fn guest_bench(bin: &Path, images: &Path, tmp: &Path, mib: u32) -> Result<(Strin
 async fn main() -> Result<()> {
     let mut n = 20usize;
     let mut images = PathBuf::from("target/guest/oci");
-    let mut mib = 16u32;
+    let mut mib = 64u32;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {

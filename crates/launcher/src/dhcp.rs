@@ -8,7 +8,7 @@
 //!   address, which is also the server identifier); the launcher NATs behind the pod IP.
 //! - `bridge` binding: the guest gets the pod's own IP/prefix/gateway/routes (the pod interface
 //!   gave its address up to the guest), and the server answers from a fake link-local address,
-//!   169.254.75.10 ([`BRIDGE_FAKE_SERVER_IP`]), put on the bridge only so replies have a source.
+//!   169.254.75.10 ([`crate::machine::BRIDGE_DHCP_SERVER`]), put on the bridge only so replies have a source.
 //!
 //! [`build_reply`] is the pure part (request bytes in, reply bytes out) and [`DhcpServer`] the
 //! socket part. Everything that arrives comes from the guest, which is untrusted: a request is
@@ -32,12 +32,6 @@ pub const CLIENT_PORT: u16 = 68;
 /// Lease time sent in OFFER/ACK: infinite (RFC 2131 §3.3), as KubeVirt. The address is fixed
 /// for the VMI's lifetime, so renewals would only be noise.
 pub const INFINITE_LEASE: u32 = u32::MAX;
-/// The address the `bridge` binding puts on `k6t-<iface>` to serve DHCP from (KubeVirt's).
-pub const BRIDGE_FAKE_SERVER_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
-/// `masquerade` binding: the guest's address (KubeVirt's default `10.0.2.0/24` network).
-pub const MASQUERADE_GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
-/// `masquerade` binding: the gateway, the bridge's address and the server identifier.
-pub const MASQUERADE_GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 
 /// Longest hostname (option 12) sent: the option's own limit; longer ones are dropped, not cut,
 /// since a cut name would be a different (wrong) name.
@@ -656,9 +650,9 @@ mod tests {
     fn lease() -> Lease {
         Lease {
             mac: MAC,
-            ip: MASQUERADE_GUEST_IP,
+            ip: crate::machine::MASQUERADE_GUEST,
             prefix: 24,
-            gateway: Some(MASQUERADE_GATEWAY_IP),
+            gateway: Some(crate::machine::MASQUERADE_GATEWAY),
             routes: vec![],
             dns: vec![Ipv4Addr::new(10, 96, 0, 10)],
             search: vec!["default.svc.cluster.local".into(), "cluster.local".into()],
@@ -705,7 +699,7 @@ mod tests {
         assert_eq!(msg.opcode(), Opcode::BootReply);
         assert_eq!(msg.xid(), 0x1234_5678);
         assert_eq!(msg.chaddr(), &MAC);
-        assert_eq!(msg.yiaddr(), MASQUERADE_GUEST_IP);
+        assert_eq!(msg.yiaddr(), crate::machine::MASQUERADE_GUEST);
         let o = msg.opts();
         assert_eq!(o.msg_type(), Some(MessageType::Offer));
         assert_eq!(
@@ -722,7 +716,9 @@ mod tests {
         );
         assert_eq!(
             o.get(OptionCode::Router),
-            Some(&DhcpOption::Router(vec![MASQUERADE_GATEWAY_IP]))
+            Some(&DhcpOption::Router(vec![
+                crate::machine::MASQUERADE_GATEWAY
+            ]))
         );
         assert_eq!(
             o.get(OptionCode::DomainNameServer),
@@ -756,7 +752,7 @@ mod tests {
                 &MAC,
                 MessageType::Request,
                 vec![
-                    DhcpOption::RequestedIpAddress(MASQUERADE_GUEST_IP),
+                    DhcpOption::RequestedIpAddress(crate::machine::MASQUERADE_GUEST),
                     DhcpOption::ServerIdentifier(SERVER),
                 ],
             ),
@@ -765,7 +761,7 @@ mod tests {
         assert_eq!(ack.kind, ReplyKind::Ack);
         let msg = decode(&ack);
         assert_eq!(msg.opts().msg_type(), Some(MessageType::Ack));
-        assert_eq!(msg.yiaddr(), MASQUERADE_GUEST_IP);
+        assert_eq!(msg.yiaddr(), crate::machine::MASQUERADE_GUEST);
 
         let nak = build_reply(
             SERVER,
@@ -797,7 +793,7 @@ mod tests {
         let leases = vec![lease()];
         let mut msg = Message::new_with_id(
             7,
-            MASQUERADE_GUEST_IP,
+            crate::machine::MASQUERADE_GUEST,
             Ipv4Addr::UNSPECIFIED,
             Ipv4Addr::UNSPECIFIED,
             Ipv4Addr::UNSPECIFIED,
@@ -809,7 +805,7 @@ mod tests {
         msg.encode(&mut Encoder::new(&mut buf)).expect("encode");
         let reply = build_reply(SERVER, &leases, &buf).expect("ack");
         assert_eq!(reply.kind, ReplyKind::Ack);
-        assert_eq!(decode(&reply).ciaddr(), MASQUERADE_GUEST_IP);
+        assert_eq!(decode(&reply).ciaddr(), crate::machine::MASQUERADE_GUEST);
     }
 
     #[test]
@@ -827,7 +823,7 @@ mod tests {
             &MAC,
             MessageType::Request,
             vec![
-                DhcpOption::RequestedIpAddress(MASQUERADE_GUEST_IP),
+                DhcpOption::RequestedIpAddress(crate::machine::MASQUERADE_GUEST),
                 DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 2, 254)),
             ],
         );

@@ -498,8 +498,10 @@ pub const TAP_FD_BASE: i32 = 3;
 
 /// KubeVirt's masquerade addresses (pkg/network: the VM gets 10.0.2.2 behind 10.0.2.1).
 pub const MASQUERADE_NETWORK: &str = "10.0.2.0/24";
-pub const MASQUERADE_GATEWAY: &str = "10.0.2.1";
-pub const MASQUERADE_GUEST: &str = "10.0.2.2";
+pub const MASQUERADE_GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 1);
+pub const MASQUERADE_GUEST: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 2);
+/// The prefix of [`MASQUERADE_NETWORK`].
+pub const MASQUERADE_PREFIX: u8 = 24;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NicSpec {

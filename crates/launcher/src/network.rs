@@ -19,7 +19,7 @@ use crate::api::PodNetworkInfo;
 use crate::dhcp::Lease;
 use crate::machine::{
     MachineSpec, NetBackend, PodBinding, BRIDGE_DHCP_SERVER, MASQUERADE_GATEWAY, MASQUERADE_GUEST,
-    POD_BRIDGE,
+    MASQUERADE_PREFIX, POD_BRIDGE,
 };
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -304,14 +304,14 @@ pub fn plumb(spec: &MachineSpec, pod: &PodNetworkInfo) -> Result<Plumbed, Networ
         lines.push(format!("link set {POD_BRIDGE} mtu {mtu}"));
         let lease = match binding {
             PodBinding::Masquerade { .. } => {
-                lines.push(format!("addr add {MASQUERADE_GATEWAY}/24 dev {POD_BRIDGE}"));
+                lines.push(format!(
+                    "addr add {MASQUERADE_GATEWAY}/{MASQUERADE_PREFIX} dev {POD_BRIDGE}"
+                ));
                 Lease {
                     mac: guest_mac,
-                    ip: MASQUERADE_GUEST
-                        .parse()
-                        .unwrap_or(Ipv4Addr::new(10, 0, 2, 2)),
-                    prefix: 24,
-                    gateway: MASQUERADE_GATEWAY.parse().ok(),
+                    ip: MASQUERADE_GUEST,
+                    prefix: MASQUERADE_PREFIX,
+                    gateway: Some(MASQUERADE_GATEWAY),
                     routes: vec![],
                     dns: dns.clone(),
                     search: search.clone(),
@@ -358,9 +358,7 @@ pub fn plumb(spec: &MachineSpec, pod: &PodNetworkInfo) -> Result<Plumbed, Networ
             nft(&masquerade_ruleset(pod_if, ports))?;
         }
         let server = match binding {
-            PodBinding::Masquerade { .. } => MASQUERADE_GATEWAY
-                .parse()
-                .unwrap_or(Ipv4Addr::new(10, 0, 2, 1)),
+            PodBinding::Masquerade { .. } => MASQUERADE_GATEWAY,
             PodBinding::Bridge => BRIDGE_DHCP_SERVER,
         };
         plumbed.taps.push((*fd, tap_fd));

@@ -233,8 +233,8 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                 }
                 NetBackend::Masquerade {
                     network: MASQUERADE_NETWORK.into(),
-                    gateway: MASQUERADE_GATEWAY.into(),
-                    guest: MASQUERADE_GUEST.into(),
+                    gateway: MASQUERADE_GATEWAY.to_string(),
+                    guest: MASQUERADE_GUEST.to_string(),
                     forwards,
                 }
             } else if iface.bridge.is_some() {
@@ -294,8 +294,9 @@ fn port_of(field: &str, p: &kubevirt_api::Port) -> Result<(&'static str, u16), N
 
 #[cfg(test)]
 mod tests {
-    use super::super::{convert, SpecError};
+    use super::super::{convert, parse_vmi, SpecError};
     use super::*;
+    use crate::accel::Accelerator;
 
     /// The NIC error of a VMI with `interfaces` and `networks` (flow YAML lists).
     fn nic_err(interfaces: &str, networks: &str) -> NicError {
@@ -407,6 +408,71 @@ mod tests {
         assert_eq!(e.field(), "spec.domain.devices.interfaces[0].bridge");
         let e = convert("  domain:\n    memory: {guest: 64Mi}\n    devices: {interfaces: [{name: n, masquerade: {}}]}\n  networks: [{name: other, pod: {}}]\n").unwrap_err();
         assert_eq!(e.field(), "spec.domain.devices.interfaces[0].name");
+    }
+
+    fn on_pod_network(interfaces: &str) -> Result<MachineSpec, SpecError> {
+        use crate::api::{PodAddress, PodNetworkInfo};
+        let yaml = format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: t, namespace: ns}}\n\
+             spec:\n  domain:\n    memory: {{guest: 64Mi}}\n    devices: {{interfaces: {interfaces}}}\n  networks: [{{name: n, pod: {{}}}}, {{name: m, pod: {{}}}}]\n"
+        );
+        let mut env = Environment::fixed(Path::new("/d"), Accelerator::Tcg);
+        env.pod_network = Some(PodNetworkInfo {
+            netns: "/run/netns/kvrs-x".into(),
+            interface: "eth0".into(),
+            addresses: vec![PodAddress {
+                ip: "10.244.0.9".parse().unwrap(),
+                prefix: 24,
+            }],
+            gateway: "10.244.0.1".parse().ok(),
+            mac: Some("0A:58:0A:F4:00:09".into()),
+        });
+        MachineSpec::from_vmi(&parse_vmi(&yaml).expect("test YAML"), &env)
+    }
+
+    /// On a pod network every binding is a tap (or passt) with a MAC the DHCP server knows:
+    /// the spec's, the pod's for bridge (as KubeVirt moves it), else a stable generated one.
+    #[test]
+    fn pod_network_bindings_get_taps_and_known_macs() {
+        let m = on_pod_network("[{name: n, masquerade: {}, ports: [{port: 80}]}]").unwrap();
+        match &m.nics[0].backend {
+            NetBackend::Pod { tap, fd, binding } => {
+                assert_eq!((tap.as_str(), *fd), ("tap0", TAP_FD_BASE));
+                assert_eq!(
+                    binding,
+                    &PodBinding::Masquerade {
+                        ports: vec![PodPort {
+                            protocol: "tcp".into(),
+                            port: 80
+                        }]
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let mac = m.nics[0].mac.clone().expect("a generated MAC");
+        assert!(mac.starts_with("52:54:00:"), "{mac}");
+        assert_eq!(
+            on_pod_network("[{name: n, masquerade: {}}]").unwrap().nics[0].mac,
+            Some(mac),
+            "stable for the VMI"
+        );
+        let m = on_pod_network("[{name: n, bridge: {}}]").unwrap();
+        assert_eq!(m.nics[0].mac.as_deref(), Some("0a:58:0a:f4:00:09"));
+        let m = on_pod_network("[{name: n, bridge: {}, macAddress: 02:00:00:00:00:01}]").unwrap();
+        assert_eq!(m.nics[0].mac.as_deref(), Some("02:00:00:00:00:01"));
+        let m = on_pod_network("[{name: n, passtBinding: {}}]").unwrap();
+        assert!(
+            matches!(&m.nics[0].backend, NetBackend::Passt { socket, .. } if socket.ends_with("sockets/passt.sock")),
+            "{:?}",
+            m.nics[0].backend
+        );
+        let e = on_pod_network("[{name: n, masquerade: {}}, {name: m, bridge: {}}]").unwrap_err();
+        assert_eq!(e.field(), "spec.domain.devices.interfaces[1]");
+        // Without a pod network passt cannot work, and says why.
+        let e = convert("  domain:\n    memory: {guest: 64Mi}\n    devices: {interfaces: [{name: n, passtBinding: {}}]}\n  networks: [{name: n, pod: {}}]\n").unwrap_err();
+        assert_eq!(e.field(), "spec.domain.devices.interfaces[0].passtBinding");
+        assert!(e.to_string().contains("--pod-network"), "{e}");
     }
 
     /// What admission accepts the launcher accepts too: KubeVirt's interface names (capitals,
