@@ -74,62 +74,48 @@ impl Plumbed {
     }
 }
 
-/// Runs `ip -batch -` with `lines`: one process for the whole setup, failing at the first
-/// line that fails (its number is in the message).
-fn ip_batch(what: &'static str, lines: &[String]) -> Result<(), NetworkError> {
+/// Runs `program args` with `input` on its stdin; its stderr is the error.
+fn run_with_input(
+    what: &'static str,
+    program: &str,
+    args: &[&str],
+    input: &str,
+) -> Result<(), NetworkError> {
     let fail = |message: String| NetworkError::Command { what, message };
-    let mut child = Command::new("ip")
-        .args(["-batch", "-"])
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(format!("ip: {e}")))?;
+        .map_err(|e| fail(format!("{program}: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(lines.join("\n").as_bytes())
-            .map_err(|e| fail(format!("ip: {e}")))?;
+            .write_all(input.as_bytes())
+            .map_err(|e| fail(format!("{program}: {e}")))?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| fail(format!("ip: {e}")))?;
+        .map_err(|e| fail(format!("{program}: {e}")))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(fail(format!(
-            "ip: {}",
+            "{program}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
 }
 
+/// `ip -batch -` with `lines`: one process for the whole setup, failing at the first line
+/// that fails (its number is in the message).
+fn ip_batch(what: &'static str, lines: &[String]) -> Result<(), NetworkError> {
+    run_with_input(what, "ip", &["-batch", "-"], &lines.join("\n"))
+}
+
+/// `nft -f -` with `ruleset` (Debian package nftables).
 fn nft(ruleset: &str) -> Result<(), NetworkError> {
-    let fail = |message: String| NetworkError::Command {
-        what: "nftables",
-        message,
-    };
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("nft: {e} (Debian package nftables)")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(ruleset.as_bytes())
-            .map_err(|e| fail(format!("nft: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| fail(format!("nft: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(fail(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
-    }
+    run_with_input("nftables", "nft", &["-f", "-"], ruleset)
 }
 
 /// Opens tap `name` (created by this open, gone with its last descriptor) and moves the

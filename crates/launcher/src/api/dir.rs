@@ -50,6 +50,19 @@ fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<(
     })
 }
 
+/// A JSON file the handler may have written; `None` when it wrote none.
+fn read_json_if_present<T: serde::de::DeserializeOwned>(
+    path: PathBuf,
+) -> Result<Option<T>, VmiDirError> {
+    match std::fs::read(&path) {
+        Ok(text) => serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|source| VmiDirError::BadState { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(VmiDirError::Io { path, source }),
+    }
+}
+
 /// What the node resolved a VMI's volumes to: the files the launcher opens for its
 /// `persistentVolumeClaim` and `dataVolume` volumes. The handler hands these over as this type
 /// (`volumes.json`), not as command-line strings parsed back.
@@ -365,14 +378,7 @@ impl VmiDir {
     /// The cluster's defaults the handler wrote; `None` when it wrote none (a launcher run by
     /// hand keeps the single-node defaults).
     pub fn read_defaults(&self) -> Result<Option<DefaultsConfig>, VmiDirError> {
-        let path = self.defaults_file();
-        match std::fs::read(&path) {
-            Ok(text) => serde_json::from_slice(&text)
-                .map(Some)
-                .map_err(|source| VmiDirError::BadState { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(VmiDirError::Io { path, source }),
-        }
+        read_json_if_present(self.defaults_file())
     }
 
     /// Write `defaults.json` atomically.
@@ -382,14 +388,7 @@ impl VmiDir {
 
     /// The pod network the handler set up; `None` without one (user-mode networking).
     pub fn read_network(&self) -> Result<Option<PodNetworkInfo>, VmiDirError> {
-        let path = self.network_file();
-        match std::fs::read(&path) {
-            Ok(text) => serde_json::from_slice(&text)
-                .map(Some)
-                .map_err(|source| VmiDirError::BadState { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(VmiDirError::Io { path, source }),
-        }
+        read_json_if_present(self.network_file())
     }
 
     /// Write `network.json` atomically.

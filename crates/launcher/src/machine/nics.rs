@@ -152,17 +152,9 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                 if pod_taps > 1 {
                     return Err(NicError::SecondPodInterface { field: ip });
                 }
-                let mut ports = Vec::new();
-                for (j, p) in iface.ports.iter().flatten().enumerate() {
-                    let (protocol, port) = port_of(&format!("{ip}.ports[{j}]"), p)?;
-                    ports.push(PodPort {
-                        protocol: protocol.into(),
-                        port,
-                    });
-                }
                 NetBackend::Passt {
                     socket: crate::api::VmiDir::unchecked(&env.dir).passt_socket(),
-                    ports,
+                    ports: pod_ports(&ip, iface)?,
                 }
             } else if let Some(pod) = pod {
                 let tap = format!("tap{i}");
@@ -172,18 +164,12 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                     return Err(NicError::SecondPodInterface { field: ip });
                 }
                 if iface.masquerade.is_some() {
-                    let mut ports = Vec::new();
-                    for (j, p) in iface.ports.iter().flatten().enumerate() {
-                        let (protocol, port) = port_of(&format!("{ip}.ports[{j}]"), p)?;
-                        ports.push(PodPort {
-                            protocol: protocol.into(),
-                            port,
-                        });
-                    }
                     NetBackend::Pod {
                         tap,
                         fd,
-                        binding: PodBinding::Masquerade { ports },
+                        binding: PodBinding::Masquerade {
+                            ports: pod_ports(&ip, iface)?,
+                        },
                     }
                 } else if iface.bridge.is_some() {
                     // KubeVirt gives the guest the pod interface's MAC (the pod's own changes).
@@ -268,6 +254,23 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
         });
     }
     Ok(nics)
+}
+
+/// An interface's `ports` as the pod network forwards them.
+fn pod_ports(ip: &str, iface: &kubevirt_api::Interface) -> Result<Vec<PodPort>, NicError> {
+    iface
+        .ports
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(j, p)| {
+            let (protocol, port) = port_of(&format!("{ip}.ports[{j}]"), p)?;
+            Ok(PodPort {
+                protocol: protocol.into(),
+                port,
+            })
+        })
+        .collect()
 }
 
 /// One `ports` entry: its protocol (`tcp`/`udp`) and port, or the field that is wrong.
