@@ -203,19 +203,23 @@ impl CniResult {
     /// The addresses (without prefix length) on the interface named `ifname` inside the
     /// sandbox, in the plugin's order.
     pub fn addresses_of(&self, ifname: &str) -> Vec<String> {
-        self.ips
-            .iter()
-            .filter(|ip| {
-                ip.interface
-                    .and_then(|i| self.interfaces.get(i))
-                    .is_none_or(|i| i.name == ifname && !i.sandbox.is_empty())
-            })
+        self.ips_on(ifname)
             .map(|ip| {
                 ip.address
                     .split_once('/')
                     .map_or(ip.address.clone(), |(a, _)| a.to_string())
             })
             .collect()
+    }
+
+    /// The result's addresses on the interface named `ifname` inside the sandbox (or on no
+    /// interface in particular).
+    pub fn ips_on<'a>(&'a self, ifname: &'a str) -> impl Iterator<Item = &'a ResultIp> + 'a {
+        self.ips.iter().filter(move |ip| {
+            ip.interface
+                .and_then(|i| self.interfaces.get(i))
+                .is_none_or(|i| i.name == ifname && !i.sandbox.is_empty())
+        })
     }
 
     /// The MAC address of `ifname` inside the sandbox, if the plugin reported it.

@@ -106,16 +106,9 @@ impl PodNetworkStatus {
     /// What the launcher is handed (`network.json`).
     pub fn info(&self) -> kubevirt_launcher::api::PodNetworkInfo {
         use kubevirt_launcher::api::PodAddress;
-        let on_pod_if = |ip: &&crate::cni::ResultIp| {
-            ip.interface
-                .and_then(|i| self.result.interfaces.get(i))
-                .is_none_or(|i| i.name == POD_IFNAME && !i.sandbox.is_empty())
-        };
         let addresses = self
             .result
-            .ips
-            .iter()
-            .filter(on_pod_if)
+            .ips_on(POD_IFNAME)
             .filter_map(|ip| {
                 let (a, p) = ip.address.split_once('/')?;
                 Some(PodAddress {
@@ -126,9 +119,7 @@ impl PodNetworkStatus {
             .collect();
         let gateway = self
             .result
-            .ips
-            .iter()
-            .filter(on_pod_if)
+            .ips_on(POD_IFNAME)
             .find_map(|ip| ip.gateway.parse().ok());
         kubevirt_launcher::api::PodNetworkInfo {
             netns: self.netns.clone(),

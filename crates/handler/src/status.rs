@@ -121,7 +121,7 @@ pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
                     if let Some(mac) = &i.mac {
                         v["mac"] = json!(mac);
                     }
-                    if let Some(ip) = &i.ip_address {
+                    if let Some(ip) = i.ip_addresses.first() {
                         v["ipAddress"] = json!(ip);
                         v["ipAddresses"] = json!(i.ip_addresses);
                     }
@@ -247,7 +247,6 @@ mod tests {
         s.interfaces = vec![kubevirt_launcher::api::GuestInterface {
             name: "default".into(),
             mac: Some("52:54:00:12:34:56".into()),
-            ip_address: Some("10.244.0.7".into()),
             ip_addresses: vec!["10.244.0.7".into()],
             info_source: "domain".into(),
         }];

@@ -98,7 +98,7 @@ pub struct GuestInterface {
     /// The interface's name in the VMI spec.
     pub name: String,
     pub mac: Option<String>,
-    pub ip_address: Option<String>,
+    /// The first is KubeVirt's `ipAddress`.
     pub ip_addresses: Vec<String>,
     /// KubeVirt's `infoSource`: `domain` for what the launcher knows itself.
     pub info_source: String,
@@ -125,7 +125,6 @@ pub fn guest_interfaces(
             GuestInterface {
                 name: n.name.clone(),
                 mac: n.mac.clone(),
-                ip_address: ips.first().cloned(),
                 ip_addresses: ips,
                 info_source: "domain".into(),
             }
@@ -367,7 +366,7 @@ impl Vm {
         opts.qemu_user.apply(&mut cmd);
         // The pod network's taps, handed to QEMU as the descriptors its -netdev names, and
         // the DHCP server that gives the guest its address.
-        let plumbed = match &opts.pod_network {
+        let mut plumbed = match &opts.pod_network {
             Some(pod) => Some(crate::network::plumb(&spec, pod)?),
             None => None,
         };
@@ -375,9 +374,9 @@ impl Vm {
             Some(pod) => crate::network::start_passt(&spec, &pod.interface, opts.qemu_user).await?,
             None => None,
         };
-        if let Some(p) = &plumbed {
+        if let Some(p) = &mut plumbed {
             p.pass_to(&mut cmd);
-            if let Some((server, leases)) = p.dhcp.clone() {
+            if let Some((server, leases)) = p.dhcp.take() {
                 let server = crate::dhcp::DhcpServer::bind(POD_BRIDGE, server, leases)?;
                 tokio::spawn(async move {
                     let served = server

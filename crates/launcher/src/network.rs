@@ -288,22 +288,18 @@ pub fn plumb(spec: &MachineSpec, pod: &PodNetworkInfo) -> Result<Plumbed, Networ
         let _ = ip_batch("the old pod bridge", &[format!("link del {POD_BRIDGE}")]);
         let mut lines = vec![format!("link add {POD_BRIDGE} type bridge")];
         lines.push(format!("link set {POD_BRIDGE} mtu {mtu}"));
-        let lease = match binding {
+        // What the guest is given, and where the DHCP server answers from.
+        let (ip, prefix, gateway, server) = match binding {
             PodBinding::Masquerade { .. } => {
                 lines.push(format!(
                     "addr add {MASQUERADE_GATEWAY}/{MASQUERADE_PREFIX} dev {POD_BRIDGE}"
                 ));
-                Lease {
-                    mac: guest_mac,
-                    ip: MASQUERADE_GUEST,
-                    prefix: MASQUERADE_PREFIX,
-                    gateway: Some(MASQUERADE_GATEWAY),
-                    routes: vec![],
-                    dns: dns.clone(),
-                    search: search.clone(),
-                    mtu: Some(mtu),
-                    hostname: hostname.clone(),
-                }
+                (
+                    MASQUERADE_GUEST,
+                    MASQUERADE_PREFIX,
+                    Some(MASQUERADE_GATEWAY),
+                    MASQUERADE_GATEWAY,
+                )
             }
             PodBinding::Bridge => {
                 lines.push(format!("link set {pod_if} down"));
@@ -314,21 +310,23 @@ pub fn plumb(spec: &MachineSpec, pod: &PodNetworkInfo) -> Result<Plumbed, Networ
                 ));
                 lines.push(format!("link set {pod_if} master {POD_BRIDGE} up"));
                 lines.push(format!("addr add {BRIDGE_DHCP_SERVER}/32 dev {POD_BRIDGE}"));
-                Lease {
-                    mac: guest_mac,
-                    ip: pod_ip,
-                    prefix: pod_prefix,
-                    gateway: match pod.gateway {
-                        Some(std::net::IpAddr::V4(g)) => Some(g),
-                        _ => None,
-                    },
-                    routes: vec![],
-                    dns: dns.clone(),
-                    search: search.clone(),
-                    mtu: Some(mtu),
-                    hostname: hostname.clone(),
-                }
+                let gateway = match pod.gateway {
+                    Some(std::net::IpAddr::V4(g)) => Some(g),
+                    _ => None,
+                };
+                (pod_ip, pod_prefix, gateway, BRIDGE_DHCP_SERVER)
             }
+        };
+        let lease = Lease {
+            mac: guest_mac,
+            ip,
+            prefix,
+            gateway,
+            routes: vec![],
+            dns: dns.clone(),
+            search: search.clone(),
+            mtu: Some(mtu),
+            hostname: hostname.clone(),
         };
         lines.push(format!("link set {POD_BRIDGE} up"));
         let tap_fd = open_tap(tap)?;
@@ -343,10 +341,6 @@ pub fn plumb(spec: &MachineSpec, pod: &PodNetworkInfo) -> Result<Plumbed, Networ
             })?;
             nft(&masquerade_ruleset(pod_if, ports))?;
         }
-        let server = match binding {
-            PodBinding::Masquerade { .. } => MASQUERADE_GATEWAY,
-            PodBinding::Bridge => BRIDGE_DHCP_SERVER,
-        };
         plumbed.taps.push((*fd, tap_fd));
         plumbed
             .dhcp

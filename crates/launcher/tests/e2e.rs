@@ -175,7 +175,7 @@ fn kernel_boot_with_cloud_init_runs_user_data_and_acpi_shutdown_ends_in_succeede
     let st = serde_json::to_value(st.unwrap()).unwrap();
     assert_eq!(st["phase"], "Running");
     assert_eq!(st["accelerator"], "tcg");
-    assert_eq!(st["interfaces"][0]["ipAddress"], "10.0.2.2", "{st}");
+    assert_eq!(st["interfaces"][0]["ipAddresses"][0], "10.0.2.2", "{st}");
     assert!(st["qemuPid"].as_u64().unwrap() > 0);
 
     // `launcher console` with a pipe: what we type runs in the guest shell.
