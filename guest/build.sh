@@ -58,12 +58,24 @@ for t in "${!TOOL_PKG[@]}"; do command -v "$t" >/dev/null || die "tool $t still 
 policy() { # print "PKG VERSION" candidates of the given packages, one apt-cache call
 	apt-cache policy "$@" 2>/dev/null | awk '/^[^ ]/{sub(/:$/,"");p=$0} /^ *Candidate:/{print p, $2}'
 }
-cand=$(policy linux-image-amd64 busybox-static)
+# QEMU guest agent (/usr/sbin/qemu-ga) and the packages holding the shared objects it links
+# (DT_NEEDED, recursively: libudev.so.1 libnuma.so.1 liburing.so.2 libglib-2.0.so.0
+# libgmodule-2.0.so.0 libm.so.6 libc.so.6, and glib's libpcre2-8.so.0). glib's other Depends
+# (libffi8, libmount1, libselinux1, zlib1g) are for gio/gobject, which qemu-ga does not link.
+# Only the shared objects really needed go into the initramfs; the build fails if one is missing.
+QGA_PKGS="qemu-guest-agent libc6 libglib2.0-0 libnuma1 libudev1 liburing2 libpcre2-8-0"
+cand=$(policy linux-image-amd64 busybox-static $QGA_PKGS)
 if ! echo "$cand" | grep -q '^linux-image-amd64 [0-9]'; then
 	say "apt lists missing: apt-get update"
 	apt-get update -q >&2 || die "apt-get update failed"
-	cand=$(policy linux-image-amd64 busybox-static)
+	cand=$(policy linux-image-amd64 busybox-static $QGA_PKGS)
 fi
+QGA_VERSIONS=
+for p in $QGA_PKGS; do
+	v=$(echo "$cand" | awk -v p="$p" '$1==p{print $2}')
+	[ -n "$v" ] && [ "$v" != "(none)" ] || die "$p not found in apt sources (needed for qemu-ga)"
+	QGA_VERSIONS+="${QGA_VERSIONS:+$'\n'}$p $v"
+done
 kver_meta=$(echo "$cand" | awk '$1=="linux-image-amd64"{print $2}')
 BB_VER=$(echo "$cand" | awk '$1=="busybox-static"{print $2}')
 [ -n "$kver_meta" ] && [ "$kver_meta" != "(none)" ] || die "linux-image-amd64 not found in apt sources"
@@ -84,7 +96,8 @@ $KPKG $KPKG_VER
 busybox-static $BB_VER
 syslinux $SYSLINUX_VER (host, disk bootloader)
 syslinux-common $SYSLINUX_COMMON_VER (host, mbr.bin)
-kernel-release $KVER"
+kernel-release $KVER
+$QGA_VERSIONS"
 
 # Stamp: package versions + this script + the guest rootfs overlay + cmdline file.
 STAMP=$( {
@@ -120,6 +133,11 @@ BBROOT=$(fetch busybox-static "$BB_VER")
 BUSYBOX=$BBROOT/bin/busybox
 [ -x "$BUSYBOX" ] || die "busybox binary not found in busybox-static"
 [ -f "$KROOT/boot/vmlinuz-$KVER" ] || die "vmlinuz-$KVER not found in $KPKG"
+QGA_ROOTS=()
+while read -r p v; do
+	[ -n "$p" ] || continue
+	QGA_ROOTS+=("$(fetch "$p" "$v")")
+done <<<"$QGA_VERSIONS"
 
 # ---------------------------------------------------------------- kernel
 say "kernel $KVER: vmlinuz + vmlinux"
@@ -150,7 +168,7 @@ say "initrd.img: busybox + modules"
 # Loaded before the boot banner (cheap, needed by everything else) and after it.
 BOOT_MODS="virtio_pci virtio_mmio virtio_blk virtio_net virtio_console button evdev"
 LATE_MODS="ahci sd_mod sr_mod virtio_scsi isofs vfat nls_cp437 nls_ascii nls_iso8859_1 nls_utf8
-	ext4 i6300esb virtio_balloon virtio_rng"
+	ext4 crc32c_generic i6300esb virtio_balloon virtio_rng"
 STAGE=$CACHE/initramfs
 rm -rf "$STAGE" && mkdir -p "$STAGE"
 (cd "$STAGE" && mkdir -p bin sbin usr/bin usr/sbin etc root proc sys dev run tmp mnt var/log "lib/modules/$KVER")
@@ -159,6 +177,85 @@ for a in $("$BUSYBOX" --list-full); do
 	[ -e "$STAGE/$a" ] || ln -s /bin/busybox "$STAGE/$a"
 done
 cp -a "$HERE/rootfs/." "$STAGE/"
+# QEMU guest agent: /usr/sbin/qemu-ga, the shared objects it needs (ELF DT_NEEDED, resolved
+# recursively across the extracted packages) in /lib/x86_64-linux-gnu, and its ELF interpreter.
+python3 - "$STAGE" usr/sbin/qemu-ga "${QGA_ROOTS[@]}" <<'PY'
+import os, shutil, struct, sys
+stage, prog, roots = sys.argv[1], sys.argv[2], sys.argv[3:]
+LIBDIRS = ('lib/x86_64-linux-gnu', 'usr/lib/x86_64-linux-gnu', 'lib64', 'usr/lib64', 'lib', 'usr/lib')
+DEST = 'lib/x86_64-linux-gnu'
+def die(msg):
+    sys.exit('guest: error: ' + msg)
+def resolve(root, rel):
+    """Path of root/rel with symlinks followed inside root (absolute targets are root-relative)."""
+    path = os.path.join(root, rel.lstrip('/'))
+    for _ in range(40):
+        if not os.path.islink(path):
+            return path if os.path.isfile(path) else None
+        t = os.readlink(path)
+        path = os.path.join(root, t.lstrip('/')) if t.startswith('/') else os.path.join(os.path.dirname(path), t)
+    return None
+def elf(path):
+    """(PT_INTERP or None, [DT_NEEDED]) of a 64-bit little-endian x86-64 ELF file."""
+    d = open(path, 'rb').read()
+    if d[:4] != b'\x7fELF' or d[4] != 2 or d[5] != 1 or struct.unpack_from('<H', d, 18)[0] != 62:
+        die('%s is not an x86-64 ELF file' % path)
+    phoff, = struct.unpack_from('<Q', d, 32)
+    phentsize, phnum = struct.unpack_from('<HH', d, 54)
+    loads, dyn, interp = [], None, None
+    for i in range(phnum):
+        typ, _, off, vaddr, _, filesz, _, _ = struct.unpack_from('<IIQQQQQQ', d, phoff + i * phentsize)
+        if typ == 1:
+            loads.append((vaddr, off, filesz))
+        elif typ == 2:
+            dyn = (off, filesz)
+        elif typ == 3:
+            interp = d[off:off + filesz].split(b'\0')[0].decode()
+    if dyn is None:
+        return interp, []
+    ents = [struct.unpack_from('<qQ', d, dyn[0] + 16 * i) for i in range(dyn[1] // 16)]
+    strtab = next((v for t, v in ents if t == 5), None)
+    for vaddr, off, filesz in loads:
+        if strtab is not None and vaddr <= strtab < vaddr + filesz:
+            strtab = strtab - vaddr + off
+            break
+    else:
+        die('%s: DT_STRTAB outside the loadable segments' % path)
+    name = lambda o: d[strtab + o:d.index(b'\0', strtab + o)].decode()
+    needed = []
+    for t, v in ents:
+        if t == 0:
+            break
+        if t == 1:
+            needed.append(name(v))
+    return interp, needed
+src = next((p for p in (resolve(r, prog) for r in roots) if p), None) or die('%s not found in the qemu-ga packages' % prog)
+os.makedirs(os.path.join(stage, os.path.dirname(prog)), exist_ok=True)
+shutil.copyfile(src, os.path.join(stage, prog)); os.chmod(os.path.join(stage, prog), 0o755)
+interp, needed = elf(src)
+os.makedirs(os.path.join(stage, DEST), exist_ok=True)
+done, todo, size = {}, [(n, prog) for n in needed], os.path.getsize(src)
+while todo:
+    n, by = todo.pop(0)
+    if n in done:
+        continue
+    lib = next((p for p in (resolve(r, os.path.join(l, n)) for r in roots for l in LIBDIRS) if p), None)
+    if lib is None:
+        die('%s (needed by %s) not found in the extracted packages: add its package to QGA_PKGS' % (n, by))
+    done[n] = lib
+    dst = os.path.join(stage, DEST, n)
+    shutil.copyfile(lib, dst); os.chmod(dst, 0o755 if os.access(lib, os.X_OK) else 0o644)
+    size += os.path.getsize(lib)
+    todo += [(m, n) for m in elf(lib)[1]]
+if interp:   # e.g. /lib64/ld-linux-x86-64.so.2: a link to the copy in DEST
+    base = os.path.basename(interp)
+    if base not in done:
+        die('ELF interpreter %s of %s is not among its DT_NEEDED libraries' % (interp, prog))
+    if os.path.dirname(interp).strip('/') != DEST:
+        os.makedirs(os.path.join(stage, os.path.dirname(interp).lstrip('/')), exist_ok=True)
+        os.symlink('/' + DEST + '/' + base, os.path.join(stage, interp.lstrip('/')))
+print('guest:   %s + %d libraries, %d KiB: %s' % (prog, len(done), size // 1024, ' '.join(sorted(done))), file=sys.stderr)
+PY
 # normalise modes (a git checkout applies the umask): dirs 0755, files 0755 if executable else 0644
 find "$STAGE" -type d -exec chmod 0755 {} +
 find "$STAGE" -type f \( -perm -u+x -exec chmod 0755 {} + -o -exec chmod 0644 {} + \)

@@ -33,6 +33,9 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 # passt: the passtBinding's user-mode network stack in the VMI's namespace.
 command -v passt >/dev/null 2>&1 || missing+=(passt)
+# qemu-ga: the guest agent client's tests run a real agent on the host. It lives in /usr/sbin,
+# which is not on every user's PATH, so the check uses the file.
+[ -x /usr/sbin/qemu-ga ] || missing+=(qemu-guest-agent)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -151,6 +151,9 @@ pub fn kinds() -> &'static [KindInfo] {
             custom!(VirtualMachineRestore, no_default, no_validate),
             custom!(MigrationPolicy, no_default, no_validate),
             custom!(VirtualMachinePool, no_default, no_validate),
+            custom!(NetworkAttachmentDefinition, no_default, |nad, _| {
+                crate::multus::validate_nad(nad)
+            }),
             core!(core::Namespace, "Namespace", "", "namespaces", false),
             core!(core::ConfigMap, "ConfigMap", "", "configmaps", true),
             core!(core::Secret, "Secret", "", "secrets", true),

@@ -131,6 +131,9 @@ pub mod condition {
     pub const AGENT_CONNECTED: &str = "AgentConnected";
     pub const LIVE_MIGRATABLE: &str = "LiveMigratable";
     pub const DATA_VOLUMES_READY: &str = "DataVolumesReady";
+    /// KubeVirt's `Synchronized`: False while what the VMI needs on the node cannot be made
+    /// (its launcher Pod), with the reason.
+    pub const SYNCHRONIZED: &str = "Synchronized";
 }
 
 /// Condition and status reasons (KubeVirt's where it has one).
@@ -142,6 +145,9 @@ pub mod reason {
     pub const LAUNCHER_EXITED: &str = "LauncherExited";
     /// Paused through the `pause` subresource.
     pub const PAUSED_BY_USER: &str = "PausedByUser";
+    /// KubeVirt's reason when the launcher Pod cannot be created (e.g. a missing
+    /// NetworkAttachmentDefinition).
+    pub const FAILED_CREATE: &str = "FailedCreate";
 }
 
 /// Label and annotation keys.

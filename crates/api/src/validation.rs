@@ -818,6 +818,7 @@ fn validate_network(
     let networks = spec.networks.as_deref().unwrap_or_default();
 
     let mut pod_networks = 0;
+    let mut multus_defaults = 0;
     let mut seen_nets: BTreeSet<&str> = BTreeSet::new();
     for (i, n) in networks.iter().enumerate() {
         let np = nets_p.index(i);
@@ -852,6 +853,17 @@ fn validate_network(
         if n.pod.is_some() {
             pod_networks += 1;
         }
+        if let Some(m) = &n.multus {
+            if m.network_name.is_empty() {
+                errs.push(FieldError::required(
+                    np.clone(),
+                    "CNI delegating plugin must have a networkName",
+                ));
+            }
+            if m.default == Some(true) {
+                multus_defaults += 1;
+            }
+        }
         if !interfaces.iter().any(|iface| iface.name == n.name) {
             errs.push(FieldError::required(
                 np.child("name"),
@@ -866,6 +878,18 @@ fn validate_network(
                 "more than one interface is connected to a pod network in {}",
                 root.child("interfaces")
             ),
+        ));
+    }
+    if multus_defaults > 1 {
+        errs.push(FieldError::invalid(
+            root.child("networks"),
+            "Multus CNI should only have one default network",
+        ));
+    }
+    if pod_networks > 0 && multus_defaults > 0 {
+        errs.push(FieldError::invalid(
+            root.child("networks"),
+            "Pod network cannot be defined when Multus default network is defined",
         ));
     }
 

@@ -59,6 +59,12 @@ fn names_and_short_names_match_kubevirt() {
         ),
         ("MigrationPolicy", "migrationpolicies", &[], "Cluster"),
         ("CDIConfig", "cdiconfigs", &[], "Cluster"),
+        (
+            "NetworkAttachmentDefinition",
+            "network-attachment-definitions",
+            &["net-attach-def"],
+            "Namespaced",
+        ),
     ];
     for (kind, plural, short, scope) in expect {
         let c = crd(kind);
@@ -74,7 +80,7 @@ fn names_and_short_names_match_kubevirt() {
             Some(format!("{plural}.{}", c.spec.group).as_str())
         );
     }
-    assert_eq!(crds().len(), 16);
+    assert_eq!(crds().len(), 17);
 }
 
 #[test]

@@ -388,6 +388,44 @@ fn masquerade_only_on_the_pod_network() {
     accepts(&v);
 }
 
+/// KubeVirt's Multus rules: a networkName, one default network, and not beside the pod
+/// network.
+#[test]
+fn multus_networks_follow_kubevirts_rules() {
+    let mut v = vmi();
+    at(&mut v, "/spec/domain/devices/interfaces").clone_from(&json!([
+        {"name": "default", "masquerade": {}},
+        {"name": "blue", "bridge": {}},
+        {"name": "red", "bridge": {}}
+    ]));
+    at(&mut v, "/spec/networks").clone_from(&json!([
+        {"name": "default", "pod": {}},
+        {"name": "blue", "multus": {"networkName": "ns/blue"}},
+        {"name": "red", "multus": {"networkName": "red"}}
+    ]));
+    accepts(&v);
+    at(&mut v, "/spec/networks/2/multus/networkName").clone_from(&json!(""));
+    rejects(
+        &v,
+        "spec.networks[2]",
+        "CNI delegating plugin must have a networkName",
+    );
+    at(&mut v, "/spec/networks/2/multus")
+        .clone_from(&json!({"networkName": "red", "default": true}));
+    rejects(
+        &v,
+        "spec.networks",
+        "Pod network cannot be defined when Multus default network is defined",
+    );
+    at(&mut v, "/spec/networks/1/multus")
+        .clone_from(&json!({"networkName": "ns/blue", "default": true}));
+    rejects(
+        &v,
+        "spec.networks",
+        "Multus CNI should only have one default network",
+    );
+}
+
 /// KubeVirt v1.3 removed these bindings; their fields stay in the API and are refused.
 #[test]
 fn discontinued_bindings_are_refused_with_kubevirts_messages() {

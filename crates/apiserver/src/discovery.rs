@@ -74,6 +74,16 @@ pub const SUBRESOURCES: &[AggregatedResource] = &[
         "VirtualMachineInstance",
         &["get"],
     ),
+    (
+        "virtualmachineinstances/userlist",
+        "VirtualMachineInstance",
+        &["get"],
+    ),
+    (
+        "virtualmachineinstances/filesystemlist",
+        "VirtualMachineInstance",
+        &["get"],
+    ),
     ("virtualmachines/start", "VirtualMachine", &["update"]),
     ("virtualmachines/stop", "VirtualMachine", &["update"]),
     ("virtualmachines/restart", "VirtualMachine", &["update"]),

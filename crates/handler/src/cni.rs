@@ -142,6 +142,15 @@ impl NetworkConfigList {
         })
     }
 
+    /// The list as a `.conflist` document.
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({
+            "cniVersion": self.cni_version,
+            "name": self.name,
+            "plugins": self.plugins,
+        })
+    }
+
     fn plugin_type(p: &Map<String, Value>) -> &str {
         p.get("type").and_then(Value::as_str).unwrap_or_default()
     }
@@ -238,6 +247,21 @@ struct CacheEntry {
     network: String,
     attachment: Attachment,
     result: CniResult,
+    /// The configuration list `ADD` ran (libcni caches it too): `DEL` needs it after its
+    /// source (a NetworkAttachmentDefinition) is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config: Option<Value>,
+}
+
+/// An attachment an earlier `ADD` left in the cache.
+#[derive(Clone, Debug)]
+pub struct Cached {
+    /// The network's name.
+    pub network: String,
+    /// The configuration list `ADD` ran, when the cache holds it.
+    pub config: Option<NetworkConfigList>,
+    pub attachment: Attachment,
+    pub result: CniResult,
 }
 
 /// Runs CNI plugins from `plugin_dirs`, caching results in `cache_dir`.
@@ -317,6 +341,28 @@ impl Cni {
         }
     }
 
+    /// Every attachment in the cache (of `container_id` when given), in no particular order.
+    /// Unreadable entries are skipped: they cannot be acted on.
+    pub fn cached_attachments(&self, container_id: Option<&str>) -> Vec<Cached> {
+        let Ok(dir) = std::fs::read_dir(&self.cache_dir) else {
+            return Vec::new();
+        };
+        dir.filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_none_or(|x| x != "tmp"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<CacheEntry>(&b).ok())
+            .filter(|e| container_id.is_none_or(|c| e.attachment.container_id == c))
+            .map(|e| Cached {
+                config: e
+                    .config
+                    .and_then(|c| NetworkConfigList::parse(&c.to_string()).ok()),
+                network: e.network,
+                attachment: e.attachment,
+                result: e.result,
+            })
+            .collect()
+    }
+
     /// `ADD`: every plugin in order; the result is cached. On failure, the plugins are asked to
     /// `DEL` what they may have done, and the plugin's error is returned.
     pub async fn add(
@@ -346,6 +392,7 @@ impl Cni {
             network: net.name.clone(),
             attachment: at.clone(),
             result: result.clone(),
+            config: Some(net.to_value()),
         };
         let tmp = cache.with_extension("tmp");
         let text = serde_json::to_vec(&entry).map_err(|e| CniError::Config(e.to_string()))?;

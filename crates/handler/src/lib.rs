@@ -8,6 +8,7 @@
 //! session (`launcher run --detach`) and outlive the handler.
 
 pub mod cni;
+pub mod multus;
 pub mod podnet;
 pub mod status;
 pub mod volumes;
@@ -432,7 +433,37 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                         let network = match &ctx.config.pod_network {
                             Some(pods) => {
                                 let uid = vmi.uid().unwrap_or_default();
-                                match pods.setup(&uid, &ns, &name).await {
+                                let networks = match multus::resolve(&ctx.client, &vmi, &pods.node)
+                                    .await?
+                                {
+                                    multus::Networks::Ready(n) => n,
+                                    multus::Networks::Missing(why) => {
+                                        // KubeVirt keeps the VMI waiting, and says why.
+                                        tracing::info!(vmi = %name, %why, "waiting for networks");
+                                        let waiting =
+                                            status::not_synchronized(&current, &why, &now());
+                                        if status::changed(&current, &waiting) {
+                                            patch_status(&api, &name, waiting).await?;
+                                            ctx.event(
+                                                &vmi,
+                                                EventType::Warning,
+                                                reason::FAILED_CREATE,
+                                                why,
+                                            )
+                                            .await;
+                                        }
+                                        return Ok(Action::requeue(Duration::from_secs(2)));
+                                    }
+                                    multus::Networks::Refused(why) => {
+                                        let why = format!("setting up the pod network: {why}");
+                                        tracing::warn!(vmi = %name, %why);
+                                        let failed =
+                                            status::failed_to_start(&current, &why, &now());
+                                        patch_status(&api, &name, failed).await?;
+                                        return Ok(Action::await_change());
+                                    }
+                                };
+                                match pods.setup(&uid, &ns, &name, &networks).await {
                                     Ok(n) => Some(n.info()),
                                     Err(e) => {
                                         // The plugin's own message, as kubelet reports a

@@ -17,7 +17,7 @@ pub const NETNS_DIR: &str = "/run/netns";
 /// The prefix of our namespaces' names (`kvrs-<vmi uid>`).
 pub const NETNS_PREFIX: &str = "kvrs-";
 /// The pod's interface inside its namespace (kubelet's default).
-pub const POD_IFNAME: &str = "eth0";
+pub const POD_IFNAME: &str = kubevirt_launcher::api::PodInterface::POD;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodNetworkError {
@@ -87,46 +87,117 @@ impl NodeNetwork {
     }
 }
 
+impl NodeNetwork {
+    /// A Multus network's CNI configuration (a NetworkAttachmentDefinition's `spec.config`) as
+    /// this node runs it: checked against what a network may ask of the node
+    /// ([`kubevirt_api::multus::check_config`], as at admission: the object may predate the
+    /// rule), not on the node's own bridge, and with host-local's leases in this node's
+    /// lease directory.
+    pub fn confine(&self, nad: &str, config: &str) -> Result<NetworkConfigList, CniError> {
+        let path = kubevirt_api::field::Path::root("spec").child("config");
+        let problems = kubevirt_api::multus::check_config(&path, config);
+        if !problems.is_empty() {
+            let why: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+            return Err(CniError::Config(format!("{nad}: {}", why.join("; "))));
+        }
+        let mut list = NetworkConfigList::parse(config)?;
+        for p in &mut list.plugins {
+            if p.get("bridge").and_then(|b| b.as_str()) == Some(self.bridge.as_str()) {
+                return Err(CniError::Config(format!(
+                    "{nad}: bridge {:?} is this node's pod network bridge; name another",
+                    self.bridge
+                )));
+            }
+            if let Some(ipam) = p.get_mut("ipam").and_then(|i| i.as_object_mut()) {
+                if ipam.get("type").and_then(|t| t.as_str()) == Some("host-local") {
+                    ipam.insert(
+                        "dataDir".into(),
+                        serde_json::Value::String(self.ipam_dir.display().to_string()),
+                    );
+                }
+            }
+        }
+        Ok(list)
+    }
+}
+
 /// How long a lease in an empty namespace must have existed before another server's
 /// namespace counts as abandoned ([`PodNetwork::collect_garbage`]).
 pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// One network of a VMI to attach in its namespace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attach {
+    /// The VMI network it serves (`spec.networks[].name`).
+    pub network: String,
+    /// Its pod interface: [`kubevirt_launcher::api::PodInterface::name_for`]'s name.
+    pub ifname: String,
+    /// A Multus network's CNI configuration ([`NodeNetwork::confine`]d); `None` for the
+    /// node's pod network.
+    pub config: Option<NetworkConfigList>,
+}
+
+/// One attached network and what CNI gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub network: String,
+    pub ifname: String,
+    pub result: CniResult,
+}
 
 /// What a VMI's pod network is once set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodNetworkStatus {
     /// The namespace's path, for the launcher to enter.
     pub netns: PathBuf,
-    /// The pod's addresses (the first is `status.podIP`).
-    pub ips: Vec<String>,
-    pub mac: Option<String>,
-    pub result: CniResult,
+    /// In the order attached (the pod network or a Multus default first).
+    pub attached: Vec<Attached>,
 }
 
 impl PodNetworkStatus {
+    /// The addresses (without prefix) of the pod interface `ifname`.
+    pub fn ips(&self, ifname: &str) -> Vec<String> {
+        self.attached
+            .iter()
+            .filter(|a| a.ifname == ifname)
+            .flat_map(|a| a.result.addresses_of(ifname))
+            .collect()
+    }
+
     /// What the launcher is handed (`network.json`).
     pub fn info(&self) -> kubevirt_launcher::api::PodNetworkInfo {
-        use kubevirt_launcher::api::PodAddress;
-        let addresses = self
-            .result
-            .ips_on(POD_IFNAME)
-            .filter_map(|ip| {
-                let (a, p) = ip.address.split_once('/')?;
-                Some(PodAddress {
-                    ip: a.parse().ok()?,
-                    prefix: p.parse().ok()?,
-                })
+        use kubevirt_launcher::api::{PodAddress, PodInterface};
+        let interfaces = self
+            .attached
+            .iter()
+            .map(|a| {
+                let on = |r: &'_ CniResult| {
+                    r.ips_on(&a.ifname)
+                        .map(|ip| (ip.address.clone(), ip.gateway.clone()))
+                        .collect::<Vec<_>>()
+                };
+                let ips = on(&a.result);
+                PodInterface {
+                    network: a.network.clone(),
+                    interface: a.ifname.clone(),
+                    addresses: ips
+                        .iter()
+                        .filter_map(|(ip, _)| {
+                            let (a, p) = ip.split_once('/')?;
+                            Some(PodAddress {
+                                ip: a.parse().ok()?,
+                                prefix: p.parse().ok()?,
+                            })
+                        })
+                        .collect(),
+                    gateway: ips.iter().find_map(|(_, g)| g.parse().ok()),
+                    mac: a.result.mac_of(&a.ifname).map(String::from),
+                }
             })
             .collect();
-        let gateway = self
-            .result
-            .ips_on(POD_IFNAME)
-            .find_map(|ip| ip.gateway.parse().ok());
         kubevirt_launcher::api::PodNetworkInfo {
             netns: self.netns.clone(),
-            interface: POD_IFNAME.into(),
-            addresses,
-            gateway,
-            mac: self.mac.clone(),
+            interfaces,
         }
     }
 }
@@ -197,12 +268,17 @@ impl PodNetwork {
         Ok(format!("{NETNS_PREFIX}{uid}"))
     }
 
-    fn attachment(uid: &str, namespace: &str, name: &str) -> Result<Attachment, PodNetworkError> {
+    fn attachment(
+        uid: &str,
+        namespace: &str,
+        name: &str,
+        ifname: &str,
+    ) -> Result<Attachment, PodNetworkError> {
         let ns = Self::netns_name(uid)?;
         Ok(Attachment {
             container_id: uid.to_string(),
             netns: Path::new(NETNS_DIR).join(ns),
-            ifname: POD_IFNAME.into(),
+            ifname: ifname.into(),
             args: vec![
                 ("K8S_POD_NAMESPACE".into(), namespace.into()),
                 ("K8S_POD_NAME".into(), name.into()),
@@ -211,69 +287,103 @@ impl PodNetwork {
         })
     }
 
-    /// Creates the VMI's namespace (if missing) and runs CNI `ADD` in it (unless an earlier
-    /// `ADD` is cached). A failure leaves neither namespace nor address behind.
+    /// The node's pod network as the one network of a VMI (its `eth0`).
+    pub fn default_attach(network: &str) -> Attach {
+        Attach {
+            network: network.into(),
+            ifname: POD_IFNAME.into(),
+            config: None,
+        }
+    }
+
+    /// Creates the VMI's namespace (if missing) and runs CNI `ADD` in it for each network
+    /// (unless an earlier `ADD` is cached). A failure leaves neither namespace nor address
+    /// behind: what was attached is deleted again.
     pub async fn setup(
         &self,
         uid: &str,
         namespace: &str,
         name: &str,
+        networks: &[Attach],
     ) -> Result<PodNetworkStatus, PodNetworkError> {
-        let at = Self::attachment(uid, namespace, name)?;
         let ns = Self::netns_name(uid)?;
-        if !at.netns.exists() {
+        let netns = Path::new(NETNS_DIR).join(&ns);
+        if !netns.exists() {
             ip_cmd(&["netns", "add", &ns]).map_err(|message| PodNetworkError::Netns {
                 name: ns.clone(),
                 message,
             })?;
         }
-        let result = match self.cni.cached(&self.net, &at)? {
-            Some(r) => r,
-            None => match self.cni.add(&self.net, &at).await {
-                Ok(r) => r,
+        let mut attached = Vec::new();
+        for n in networks {
+            let at = Self::attachment(uid, namespace, name, &n.ifname)?;
+            let net = n.config.as_ref().unwrap_or(&self.net);
+            let added = match self.cni.cached(net, &at) {
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => self.cni.add(net, &at).await,
+                Err(e) => Err(e),
+            };
+            match added {
+                Ok(result) => attached.push(Attached {
+                    network: n.network.clone(),
+                    ifname: n.ifname.clone(),
+                    result,
+                }),
                 Err(e) => {
+                    if let Err(undo) = self.teardown(uid).await {
+                        tracing::warn!(%uid, error = %undo, "undoing a failed pod network setup");
+                    }
                     let _ = ip_cmd(&["netns", "del", &ns]);
                     return Err(e.into());
                 }
-            },
-        };
-        Ok(PodNetworkStatus {
-            ips: result.addresses_of(POD_IFNAME),
-            mac: result.mac_of(POD_IFNAME).map(String::from),
-            netns: at.netns,
-            result,
-        })
-    }
-
-    /// CNI `DEL` and the namespace removed; nothing to do is no error.
-    pub async fn teardown(&self, uid: &str) -> Result<(), PodNetworkError> {
-        let at = Self::attachment(uid, "", "")?;
-        let addresses: Vec<String> = self
-            .cni
-            .cached(&self.net, &at)?
-            .map(|r| r.ips.into_iter().map(|ip| ip.address).collect())
-            .unwrap_or_default();
-        self.teardown_restoring(uid, &addresses).await
-    }
-
-    /// [`Self::teardown`], first putting `addresses` (CIDR form) back on the pod interface:
-    /// the bridge binding moved the pod's address to the guest, and the bridge plugin finds
-    /// what to undo (its masquerade rules) by the addresses on the interface.
-    async fn teardown_restoring(
-        &self,
-        uid: &str,
-        addresses: &[String],
-    ) -> Result<(), PodNetworkError> {
-        // CNI_ARGS are not needed for DEL by the standard plugins.
-        let at = Self::attachment(uid, "", "")?;
-        let ns = Self::netns_name(uid)?;
-        if at.netns.exists() {
-            for a in addresses {
-                let _ = ip_cmd(&["-n", &ns, "addr", "replace", a, "dev", POD_IFNAME]);
             }
         }
-        self.cni.del(&self.net, &at).await?;
-        if at.netns.exists() {
+        Ok(PodNetworkStatus { netns, attached })
+    }
+
+    /// CNI `DEL` of every network attached for the VMI (Multus networks from the
+    /// configuration cached at `ADD`, so a deleted NetworkAttachmentDefinition is no
+    /// obstacle), and the namespace removed; nothing to do is no error.
+    pub async fn teardown(&self, uid: &str) -> Result<(), PodNetworkError> {
+        let mut cached = self.cni.cached_attachments(Some(uid));
+        // Secondary networks first, the pod network's eth0 last (as they were added).
+        cached.sort_by_key(|c| c.attachment.ifname == POD_IFNAME);
+        let mut first_err = None;
+        let mut pod_network_done = false;
+        for c in cached {
+            let net = match c.config {
+                Some(n) => n,
+                None if c.network == self.net.name => self.net.clone(),
+                None => continue,
+            };
+            pod_network_done |= net.name == self.net.name && c.attachment.ifname == POD_IFNAME;
+            let addresses: Vec<String> = c
+                .result
+                .ips_on(&c.attachment.ifname)
+                .map(|ip| ip.address.clone())
+                .collect();
+            if let Err(e) = self
+                .del_restoring(uid, &net, &c.attachment.ifname, &addresses)
+                .await
+            {
+                first_err.get_or_insert(e);
+            }
+        }
+        if !pod_network_done {
+            // Idempotent: gives back what a half-done ADD of the pod network took.
+            if let Err(e) = self.del_restoring(uid, &self.net, POD_IFNAME, &[]).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        self.remove_netns(uid)
+    }
+
+    fn remove_netns(&self, uid: &str) -> Result<(), PodNetworkError> {
+        let ns = Self::netns_name(uid)?;
+        if Path::new(NETNS_DIR).join(&ns).exists() {
             ip_cmd(&["netns", "del", &ns]).map_err(|message| PodNetworkError::Netns {
                 name: ns.clone(),
                 message,
@@ -282,27 +392,40 @@ impl PodNetwork {
         Ok(())
     }
 
-    /// The VMI uids this handler attached to the pod network (its CNI cache, which is per
-    /// data directory: other servers on the machine keep theirs), plus namespaces it created
-    /// whose `ADD` never finished.
+    /// CNI `DEL` of one network, first putting `addresses` (CIDR form) back on its pod
+    /// interface: the bridge binding moved the pod's address to the guest, and the bridge
+    /// plugin finds what to undo (its masquerade rules) by the addresses on the interface.
+    async fn del_restoring(
+        &self,
+        uid: &str,
+        net: &NetworkConfigList,
+        ifname: &str,
+        addresses: &[String],
+    ) -> Result<(), PodNetworkError> {
+        // CNI_ARGS are not needed for DEL by the standard plugins.
+        let at = Self::attachment(uid, "", "", ifname)?;
+        let ns = Self::netns_name(uid)?;
+        if at.netns.exists() {
+            for a in addresses {
+                let _ = ip_cmd(&["-n", &ns, "addr", "replace", a, "dev", ifname]);
+            }
+        }
+        self.cni.del(net, &at).await?;
+        Ok(())
+    }
+
+    /// The VMI uids this handler attached networks for (its CNI cache, which is per data
+    /// directory: other servers on the machine keep theirs).
     pub fn attached(&self) -> Vec<String> {
-        let prefix = format!("{}-", self.net.name);
-        let suffix = format!("-{POD_IFNAME}");
-        let mut uids: Vec<String> = std::fs::read_dir(&self.cni.cache_dir)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_str()
-                            .and_then(|n| n.strip_prefix(&prefix))
-                            .and_then(|n| n.strip_suffix(&suffix))
-                            .filter(|uid| check_uid(uid).is_ok())
-                            .map(String::from)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut uids: Vec<String> = self
+            .cni
+            .cached_attachments(None)
+            .into_iter()
+            .map(|c| c.attachment.container_id)
+            .filter(|uid| check_uid(uid).is_ok())
+            .collect();
         uids.sort();
+        uids.dedup();
         uids
     }
 
@@ -368,7 +491,14 @@ impl PodNetwork {
         for (uid, address) in self.abandoned(&ours) {
             // CNI DEL (without a namespace, the IPAM plugin still gives the address back).
             tracing::info!(%uid, %address, "removing an abandoned pod network");
-            if let Err(e) = self.teardown_restoring(&uid, &[address]).await {
+            let removed = match self
+                .del_restoring(&uid, &self.net, POD_IFNAME, &[address])
+                .await
+            {
+                Ok(()) => self.remove_netns(&uid),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
                 tracing::warn!(%uid, error = %e, "removing an abandoned pod network");
             }
         }
@@ -398,6 +528,35 @@ mod tests {
         );
         for bad in ["", "../x", "a b", "x;rm", "g0", &"a".repeat(65)] {
             assert!(PodNetwork::netns_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn multus_configs_run_confined_to_the_node() {
+        let n = NodeNetwork::new(NodeNetwork::DEFAULT_CIDR);
+        let l = n
+            .confine(
+                "ns/blue",
+                r#"{"cniVersion":"0.3.1","name":"blue","type":"bridge","bridge":"br-blue","ipam":{"type":"host-local","subnet":"192.168.50.0/24"}}"#,
+            )
+            .unwrap();
+        assert_eq!(l.plugins[0]["ipam"]["dataDir"], "/run/kubevirt-rs/ipam");
+        for (config, says) in [
+            (
+                r#"{"name":"x","type":"bridge","bridge":"kvrs0"}"#,
+                "pod network bridge",
+            ),
+            (
+                r#"{"name":"x","type":"host-device","device":"eth0"}"#,
+                "not allowed",
+            ),
+            (
+                r#"{"name":"x","type":"bridge","ipam":{"type":"host-local","dataDir":"/etc"}}"#,
+                "dataDir",
+            ),
+        ] {
+            let e = n.confine("ns/x", config).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("ns/x"), "{config}: {e}");
         }
     }
 

@@ -60,6 +60,27 @@ pub fn failed_to_start(current: &Value, message: &str, now: &str) -> Value {
     })
 }
 
+/// The status of a VMI whose launcher cannot be made yet (KubeVirt: its Pod cannot be
+/// created): the phase stays, `Synchronized` is False with reason `FailedCreate` and why.
+pub fn not_synchronized(current: &Value, message: &str, now: &str) -> Value {
+    let mut conditions: Vec<Value> = current["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["type"] != condition::SYNCHRONIZED)
+        .cloned()
+        .collect();
+    conditions.push(condition(
+        current,
+        condition::SYNCHRONIZED,
+        false,
+        reason::FAILED_CREATE,
+        message,
+        now,
+    ));
+    json!({"phase": current["phase"], "conditions": conditions})
+}
+
 /// The VMI status the launcher's state stands for.
 pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
     let phase = vmi_phase(state.phase);
@@ -97,6 +118,17 @@ pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
             ));
         }
     }
+    // KubeVirt sets AgentConnected while the agent answers and drops it when it does not.
+    if state.guest_agent.is_some() {
+        conditions.push(condition(
+            current,
+            condition::AGENT_CONNECTED,
+            true,
+            "",
+            "",
+            now,
+        ));
+    }
     let mut transitions = current["phaseTransitionTimestamps"]
         .as_array()
         .cloned()
@@ -108,7 +140,7 @@ pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
         "phase": phase.as_str(),
         "conditions": conditions,
         "phaseTransitionTimestamps": transitions,
-        "guestOSInfo": {},
+        "guestOSInfo": guest_os_info(state, current),
         "launcherContainerImageVersion": format!("kubevirt-rs/{}", env!("CARGO_PKG_VERSION")),
     });
     if !state.interfaces.is_empty() {
@@ -120,6 +152,9 @@ pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
                     let mut v = json!({"name": i.name, "infoSource": i.info_source});
                     if let Some(mac) = &i.mac {
                         v["mac"] = json!(mac);
+                    }
+                    if let Some(n) = &i.interface_name {
+                        v["interfaceName"] = json!(n);
                     }
                     if let Some(ip) = i.ip_addresses.first() {
                         v["ipAddress"] = json!(ip);
@@ -136,10 +171,26 @@ pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
     status
 }
 
+/// `guestOSInfo` from the guest agent; keys it no longer reports are cleared (`null` in the
+/// merge patch), so a disconnected agent leaves `{}`.
+fn guest_os_info(state: &State, current: &Value) -> Value {
+    let mut os = state
+        .guest_agent
+        .as_ref()
+        .and_then(|a| serde_json::to_value(&a.os).ok())
+        .unwrap_or_else(|| json!({}));
+    if let (Some(cur), Some(new)) = (current["guestOSInfo"].as_object(), os.as_object_mut()) {
+        for k in cur.keys() {
+            new.entry(k.clone()).or_insert(Value::Null);
+        }
+    }
+    os
+}
+
 /// Whether `new` differs from `current` in what a user sees (phase, interfaces, conditions),
 /// ignoring the conditions' timestamps: an unchanged state writes nothing.
 pub fn changed(current: &Value, new: &Value) -> bool {
-    ["phase", "interfaces", "conditions"]
+    ["phase", "interfaces", "conditions", "guestOSInfo"]
         .iter()
         .any(|k| strip_times(&new[k]) != strip_times(&current[k]))
 }
@@ -249,6 +300,7 @@ mod tests {
             mac: Some("52:54:00:12:34:56".into()),
             ip_addresses: vec!["10.244.0.7".into()],
             info_source: "domain".into(),
+            interface_name: None,
         }];
         let st = from_launcher(&s, &Value::Null, T0);
         assert_eq!(st["phase"], "Running");
@@ -271,6 +323,45 @@ mod tests {
             cond(&p, "Paused").expect("Paused")["reason"],
             "PausedByUser"
         );
+    }
+
+    /// The guest agent's answers: AgentConnected, guestOSInfo and the guest's name for the
+    /// interface, dropped again when it stops answering.
+    #[test]
+    fn a_connected_guest_agent_is_reported_as_kubevirt_does() {
+        let mut s = state(Phase::Running, "Started");
+        s.interfaces = vec![kubevirt_launcher::api::GuestInterface {
+            name: "default".into(),
+            mac: Some("52:54:00:12:34:56".into()),
+            ip_addresses: vec!["10.244.0.7".into()],
+            info_source: "domain, guest-agent".into(),
+            interface_name: Some("eth0".into()),
+        }];
+        s.guest_agent = Some(kubevirt_launcher::agent::AgentStatus {
+            version: "7.2.22".into(),
+            os: kubevirt_api::VirtualMachineInstanceGuestOSInfo {
+                id: Some("kubevirt-rs-demo".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let st = from_launcher(&s, &Value::Null, T0);
+        assert_eq!(
+            cond(&st, "AgentConnected").expect("AgentConnected")["status"],
+            "True"
+        );
+        assert_eq!(st["guestOSInfo"], json!({"id": "kubevirt-rs-demo"}));
+        assert_eq!(st["interfaces"][0]["interfaceName"], "eth0");
+        assert_eq!(st["interfaces"][0]["infoSource"], "domain, guest-agent");
+        s.guest_agent = None;
+        let gone = from_launcher(&s, &st, T1);
+        assert!(cond(&gone, "AgentConnected").is_none());
+        assert_eq!(
+            gone["guestOSInfo"],
+            json!({"id": null}),
+            "cleared in the merge patch"
+        );
+        assert!(changed(&st, &gone));
     }
 
     #[test]

@@ -197,7 +197,7 @@ async fn a_missing_plugin_is_named() {
 /// gone is collected (CNI DEL, namespace removed, lease freed).
 #[tokio::test]
 async fn two_pod_networks_talk_and_stale_ones_are_collected() {
-    use kubevirt_handler::podnet::{NodeNetwork, PodNetwork};
+    use kubevirt_handler::podnet::{Attach, NodeNetwork, PodNetwork};
     if !ready("two_pod_networks_talk_and_stale_ones_are_collected") {
         return;
     }
@@ -227,47 +227,84 @@ async fn two_pod_networks_talk_and_stale_ones_are_collected() {
                 let _ = ip(&["netns", "del", n]);
             }
             let _ = ip(&["link", "del", "kvrs-t3"]);
+            let _ = ip(&["link", "del", "kvrs-t3b"]);
         }
     }
     let _cleanup = Cleanup(vec![
         PodNetwork::netns_name(a_uid).unwrap(),
         PodNetwork::netns_name(b_uid).unwrap(),
     ]);
+    // The pod network on eth0 and a Multus-style secondary network (its own bridge and
+    // range, confined as a NetworkAttachmentDefinition's configuration is) on net1.
+    let blue = pods
+        .node
+        .confine(
+            "default/blue",
+            r#"{"cniVersion":"0.3.1","name":"blue-t3","type":"bridge","bridge":"kvrs-t3b","ipam":{"type":"host-local","subnet":"10.250.4.0/24"}}"#,
+        )
+        .expect("a bridge NAD is allowed");
+    let networks = [
+        PodNetwork::default_attach("default"),
+        Attach {
+            network: "blue".into(),
+            ifname: "net1".into(),
+            config: Some(blue),
+        },
+    ];
     let t0 = std::time::Instant::now();
-    let a = pods.setup(a_uid, "default", "a").await.expect("setup a");
-    eprintln!("pod network setup (netns + CNI ADD): {:?}", t0.elapsed());
-    let b = pods.setup(b_uid, "default", "b").await.expect("setup b");
-    assert!(a.ips[0].starts_with("10.250.3.") && b.ips[0].starts_with("10.250.3."));
-    assert_ne!(a.ips, b.ips);
+    let a = pods
+        .setup(a_uid, "default", "a", &networks)
+        .await
+        .expect("setup a");
+    eprintln!("pod network setup (netns + 2 CNI ADD): {:?}", t0.elapsed());
+    let b = pods
+        .setup(b_uid, "default", "b", &networks)
+        .await
+        .expect("setup b");
+    let (a_ips, b_ips) = (a.ips("eth0"), b.ips("eth0"));
+    assert!(a_ips[0].starts_with("10.250.3.") && b_ips[0].starts_with("10.250.3."));
+    assert_ne!(a_ips, b_ips);
+    assert!(a.ips("net1")[0].starts_with("10.250.4."), "{a:?}");
+    let info = a.info();
+    assert_eq!(
+        info.interfaces
+            .iter()
+            .map(|i| (i.network.as_str(), i.interface.as_str()))
+            .collect::<Vec<_>>(),
+        [("default", "eth0"), ("blue", "net1")]
+    );
     // Setup again is a no-op that reports the same network.
-    assert_eq!(pods.setup(a_uid, "default", "a").await.unwrap(), a);
+    assert_eq!(
+        pods.setup(a_uid, "default", "a", &networks).await.unwrap(),
+        a
+    );
 
     let a_ns = PodNetwork::netns_name(a_uid).unwrap();
     let b_ns = PodNetwork::netns_name(b_uid).unwrap();
-    let server = Command::new("ip")
-        .args(["netns", "exec", &a_ns, "busybox", "nc", "-l", "-p", "5555"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut sent = false;
-    for _ in 0..50 {
-        let st = Command::new("ip")
-            .args(["netns", "exec", &b_ns, "sh", "-c"])
-            .arg(format!(
-                "echo hello-from-b | busybox nc -w 2 {} 5555",
-                a.ips[0]
-            ))
-            .status()
+    // b reaches a over both networks.
+    for to in [a_ips[0].clone(), a.ips("net1")[0].clone()] {
+        let server = Command::new("ip")
+            .args(["netns", "exec", &a_ns, "busybox", "nc", "-l", "-p", "5555"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        if st.success() {
-            sent = true;
-            break;
+        let mut sent = false;
+        for _ in 0..50 {
+            let st = Command::new("ip")
+                .args(["netns", "exec", &b_ns, "sh", "-c"])
+                .arg(format!("echo hello-from-b | busybox nc -w 2 {to} 5555"))
+                .status()
+                .unwrap();
+            if st.success() {
+                sent = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(sent, "b could not connect to {to}:5555");
+        let out = server.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello-from-b");
     }
-    assert!(sent, "b could not connect to {}:5555", a.ips[0]);
-    let out = server.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello-from-b");
 
     // b's VMI is gone: its network is collected, a's stays.
     let live = std::collections::BTreeSet::from([a_uid.to_string()]);
@@ -275,17 +312,56 @@ async fn two_pod_networks_talk_and_stale_ones_are_collected() {
     assert!(removed.contains(&b_uid.to_string()), "{removed:?}");
     assert!(!removed.contains(&a_uid.to_string()), "{removed:?}");
     assert!(!Path::new("/run/netns").join(&b_ns).exists());
-    assert!(!tmp
-        .path()
-        .join("ipam/kubevirt-rs-pod-network")
-        .join(&b.ips[0])
-        .exists());
-    assert!(tmp
-        .path()
-        .join("ipam/kubevirt-rs-pod-network")
-        .join(&a.ips[0])
-        .exists());
+    let lease = |net: &str, ip: &str| tmp.path().join("ipam").join(net).join(ip).exists();
+    assert!(!lease("kubevirt-rs-pod-network", &b_ips[0]));
+    assert!(
+        !lease("blue-t3", &b.ips("net1")[0]),
+        "the secondary lease went too"
+    );
+    assert!(lease("kubevirt-rs-pod-network", &a_ips[0]));
+    assert!(lease("blue-t3", &a.ips("net1")[0]));
     pods.teardown(a_uid).await.expect("teardown a");
     pods.teardown(a_uid).await.expect("teardown is idempotent");
     assert!(!Path::new("/run/netns").join(&a_ns).exists());
+    assert!(!lease("blue-t3", &a.ips("net1")[0]));
+
+    // A secondary network whose plugin fails: the plugin's message, and nothing left (the
+    // pod network attached before it is undone).
+    let broken = pods
+        .node
+        .confine(
+            "default/broken",
+            r#"{"cniVersion":"0.3.1","name":"broken-t3","type":"macvlan","master":"nosuchlink0","ipam":{"type":"host-local","subnet":"10.250.5.0/24"}}"#,
+        )
+        .unwrap();
+    let e = pods
+        .setup(
+            a_uid,
+            "default",
+            "a",
+            &[
+                PodNetwork::default_attach("default"),
+                Attach {
+                    network: "broken".into(),
+                    ifname: "net1".into(),
+                    config: Some(broken),
+                },
+            ],
+        )
+        .await
+        .expect_err("macvlan on a missing link fails")
+        .to_string();
+    // The plugin's own message (macvlan: "Link not found").
+    assert!(e.contains("CNI plugin macvlan failed (ADD)"), "{e}");
+    assert!(!Path::new("/run/netns").join(&a_ns).exists());
+    let left: Vec<_> = std::fs::read_dir(tmp.path().join("ipam/kubevirt-rs-pod-network"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| n
+            .to_str()
+            .is_some_and(|n| n.parse::<std::net::IpAddr>().is_err())),
+        "no pod network lease left: {left:?}"
+    );
+    assert!(pods.attached().is_empty(), "{:?}", pods.attached());
 }

@@ -76,11 +76,16 @@ async fn setup_bench(n: usize, tmp: &Path, rows: &mut Vec<Row>) -> Result<(Strin
     for (i, uid) in uids.iter().enumerate() {
         let t = Instant::now();
         let st = pods
-            .setup(uid, "bench", &format!("vmi-{i}"))
+            .setup(
+                uid,
+                "bench",
+                &format!("vmi-{i}"),
+                &[PodNetwork::default_attach("default")],
+            )
             .await
             .with_context(|| format!("setup {i}"))?;
         setup.push(t.elapsed());
-        ips.push(st.ips.first().cloned().unwrap_or_default());
+        ips.push(st.ips("eth0").first().cloned().unwrap_or_default());
     }
     // The physical reference on the first two namespaces.
     let (a, b) = (

@@ -7,7 +7,8 @@
 //! address (in its status and in the guest) and reaches the first VMI at the address in its
 //! status; the host reaches the declared port at `podIP:port` and not an undeclared one; a
 //! passt VMI serves its declared port at its pod address; a launcher killed with SIGKILL and
-//! deleted VMIs leave no namespace and no address behind.
+//! deleted VMIs leave no namespace and no address behind. Multus: a NetworkAttachmentDefinition
+//! gives two VMIs a secondary network with its own addresses, over which they talk.
 
 use kubevirt_testsupport::{have_kubectl, wait_for, Server};
 use std::io::Write;
@@ -308,5 +309,189 @@ fn vmis_on_the_pod_network_reach_each_other_and_the_host_reaches_declared_ports(
     );
     assert!(!Path::new(&cli_ns).exists(), "cli's namespace stayed");
     assert!(!leases.join(&cli_ip).exists(), "cli's lease stayed");
+    s.kill9();
+}
+
+/// Multus: a NetworkAttachmentDefinition (a bridge with host-local addresses) attaches a
+/// secondary NIC to two VMIs; each gets an address from the NAD's range, reported with
+/// `infoSource: domain, multus-status`, and the guests reach each other over it. A VMI whose
+/// NAD is missing waits with KubeVirt's message; a NAD that would reach the host is refused
+/// at admission.
+#[test]
+fn multus_secondary_networks_connect_guests_and_missing_ones_are_named() {
+    if !have_kubectl() || !pod_network_possible() {
+        return;
+    }
+    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    // The bridge plugin makes the NAD's bridge on the host; it goes at the end.
+    struct Bridge(&'static str);
+    impl Drop for Bridge {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", self.0]).status();
+        }
+    }
+    let _bridge = Bridge("kvrs-e2e-blue");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Server::new(
+        env!("CARGO_BIN_EXE_kubevirt-rs"),
+        dir.path().join("data"),
+        guest.join("oci"),
+    );
+    s.start();
+
+    // A NAD that names a host path is refused, with the key named.
+    let bad = dir.path().join("bad-nad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata: {name: bad}\n\
+         spec:\n  config: '{\"cniVersion\":\"0.3.1\",\"name\":\"bad\",\"type\":\"bridge\",\"ipam\":{\"type\":\"host-local\",\"subnet\":\"10.9.0.0/24\",\"dataDir\":\"/etc\"}}'\n",
+    )
+    .expect("write");
+    let out = s.kubectl(&["apply", "-f", bad.to_str().expect("utf8")]);
+    assert!(
+        out.contains("is invalid") && out.contains("spec.config") && out.contains("dataDir"),
+        "{out}"
+    );
+
+    let nad = "apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata:
+  name: blue
+spec:
+  config: '{\"cniVersion\":\"0.3.1\",\"name\":\"e2e-blue\",\"type\":\"bridge\",\"bridge\":\"kvrs-e2e-blue\",\"ipam\":{\"type\":\"host-local\",\"subnet\":\"10.251.7.0/24\"}}'
+";
+    apply(&s, dir.path(), "blue", nad);
+    assert!(s
+        .kubectl(&["get", "net-attach-def", "-o", "name"])
+        .contains("blue"));
+    let with_blue = |name: &str, network: &str, user_data: &str| {
+        format!(
+            "apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: {name}
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    devices:
+      disks:
+      - name: rootdisk
+        disk: {{bus: virtio}}
+      - name: cloudinit
+        disk: {{bus: virtio}}
+      interfaces:
+      - name: default
+        masquerade: {{}}
+      - name: blue
+        bridge: {{}}
+    resources:
+      requests:
+        memory: 128Mi
+  networks:
+  - name: default
+    pod: {{}}
+  - name: blue
+    multus:
+      networkName: {network}
+  volumes:
+  - name: rootdisk
+    containerDisk:
+      image: kubevirt-rs/demo-guest:latest
+  - name: cloudinit
+    cloudInitNoCloud:
+      userData: |
+        #!/bin/sh
+        {user_data}
+"
+        )
+    };
+    // A missing NAD: the VMI waits, and says which.
+    apply(&s, dir.path(), "lost", &with_blue("lost", "nosuch", "true"));
+    let mut cond = String::new();
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            cond = s.jsonpath(
+                "vmi",
+                "lost",
+                "{.status.conditions[?(@.type=='Synchronized')].message}",
+            );
+            cond.contains("failed to locate network attachment definition default/nosuch")
+        }),
+        "lost: {cond}\n{}",
+        s.kubectl(&["get", "vmi", "lost", "-o", "yaml"])
+    );
+    assert_ne!(s.jsonpath("vmi", "lost", "{.status.phase}"), "Running");
+    s.kubectl(&["delete", "vmi", "lost", "--wait=false"]);
+
+    apply(
+        &s,
+        dir.path(),
+        "ma",
+        &with_blue(
+            "ma",
+            "blue",
+            "while :; do echo over-blue-from-$(hostname) | busybox nc -l -p 7070; done &",
+        ),
+    );
+    apply(
+        &s,
+        dir.path(),
+        "mb",
+        &with_blue("mb", "default/blue", "true"),
+    );
+    let blue_ip = |name: &str| {
+        let mut got = String::new();
+        let ok = wait_for(Duration::from_secs(180), || {
+            got = s.jsonpath(
+                "vmi",
+                name,
+                "{.status.phase} {.status.interfaces[?(@.name=='blue')].ipAddress} {.status.interfaces[?(@.name=='blue')].infoSource}",
+            );
+            got.starts_with("Running 10.251.7.")
+        });
+        assert!(
+            ok,
+            "{name}: {got}\n{}",
+            s.kubectl(&["get", "vmi", name, "-o", "yaml"])
+        );
+        assert!(got.ends_with("domain, multus-status"), "{got}");
+        got.split(' ').nth(1).unwrap_or_default().to_string()
+    };
+    let (a, b) = (blue_ip("ma"), blue_ip("mb"));
+    assert_ne!(a, b);
+    // The guest holds the NAD's address on its second NIC, and reaches the other guest there.
+    on_console(
+        &s,
+        "mb",
+        "ip -4 addr show eth1",
+        &format!("inet {b}/24"),
+        Duration::from_secs(120),
+    );
+    on_console(
+        &s,
+        "mb",
+        &format!("busybox nc -w 3 {a} 7070 </dev/null"),
+        "over-blue-from-ma",
+        Duration::from_secs(120),
+    );
+    // Deleting them (and the NAD first: the cached configuration is what DEL runs) gives
+    // the secondary addresses back.
+    let leases = Path::new("/run/kubevirt-rs/ipam/e2e-blue");
+    assert!(leases.join(&a).exists(), "ma holds its blue lease");
+    s.kubectl(&["delete", "net-attach-def", "blue"]);
+    s.kubectl(&["delete", "vmi", "ma", "mb", "--wait=false"]);
+    assert!(
+        wait_for(Duration::from_secs(90), || s
+            .kubectl(&["get", "vmi", "-o", "name"])
+            .trim()
+            .is_empty()),
+        "the VMIs were not removed"
+    );
+    assert!(
+        !leases.join(&a).exists() && !leases.join(&b).exists(),
+        "a blue lease stayed behind"
+    );
     s.kill9();
 }

@@ -546,3 +546,149 @@ fn image_upload_fills_a_datavolume_and_a_pvc() {
         no_file.stderr
     );
 }
+
+/// The QEMU guest agent in the demo guest: once it answers, the VMI is `AgentConnected`, its
+/// `guestOSInfo` is the guest's os-release, its interface carries the guest's name for it,
+/// and `virtctl guestosinfo|userlist|fslist` show what the guest reports (a filesystem the
+/// guest mounted included). A VMI that is gone gives virtctl's error.
+#[test]
+fn guest_agent_reports_through_the_vmi_status_and_virtctl() {
+    if !have_kubectl() {
+        return;
+    }
+    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Server::new(
+        env!("CARGO_BIN_EXE_kubevirt-rs"),
+        dir.path().join("data"),
+        guest.join("oci"),
+    );
+    s.start();
+    let virtctl = virtctl_link(dir.path());
+    let manifest = dir.path().join("ga.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: ga
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    devices:
+      disks:
+      - name: rootdisk
+        disk: {bus: virtio}
+      - name: scratch
+        disk: {bus: virtio}
+      - name: cloudinit
+        disk: {bus: virtio}
+      interfaces:
+      - name: default
+        masquerade: {}
+    resources:
+      requests:
+        memory: 128Mi
+  networks:
+  - name: default
+    pod: {}
+  volumes:
+  - name: rootdisk
+    containerDisk:
+      image: kubevirt-rs/demo-guest:latest
+  - name: scratch
+    emptyDisk:
+      capacity: 16Mi
+  - name: cloudinit
+    cloudInitNoCloud:
+      userData: |
+        #!/bin/sh
+        mkdosfs /dev/vdb && mkdir -p /data && mount -t vfat /dev/vdb /data
+",
+    )
+    .expect("write manifest");
+    let out = s.kubectl(&["apply", "-f", manifest.to_str().expect("utf8")]);
+    assert!(out.contains("created"), "{out}");
+
+    let mut seen = String::new();
+    let connected = wait_for(Duration::from_secs(240), || {
+        seen = s.jsonpath(
+            "vmi",
+            "ga",
+            "{.status.phase} {.status.conditions[?(@.type=='AgentConnected')].status}",
+        );
+        seen == "Running True"
+    });
+    assert!(
+        connected,
+        "ga never had its agent connected: {seen}\n{}\nserial.log:\n{}",
+        s.kubectl(&["get", "vmi", "ga", "-o", "yaml"]),
+        std::fs::read_to_string(s.vmi_dir("default", "ga").serial_log()).unwrap_or_default()
+    );
+    assert_eq!(
+        s.jsonpath("vmi", "ga", "{.status.guestOSInfo.id}"),
+        "kubevirt-rs-demo"
+    );
+    assert_eq!(
+        s.jsonpath("vmi", "ga", "{.status.guestOSInfo.machine}"),
+        "x86_64"
+    );
+    assert_eq!(
+        s.jsonpath(
+            "vmi",
+            "ga",
+            "{.status.interfaces[0].interfaceName} {.status.interfaces[0].infoSource}"
+        ),
+        "eth0 domain, guest-agent"
+    );
+
+    let info = run(&s, &virtctl, &["guestosinfo", "ga"]);
+    assert_eq!(info.code, 0, "{}", info.stderr);
+    let info: serde_json::Value = serde_json::from_str(&info.stdout).expect("JSON");
+    assert_eq!(info["hostname"], "ga", "{info:#}");
+    assert_eq!(info["os"]["id"], "kubevirt-rs-demo");
+    assert!(
+        info["supportedCommands"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "guest-ping")),
+        "{info:#}"
+    );
+    // cloud-init mounts the scratch disk after boot: wait for the agent to see it.
+    let mut fs = serde_json::Value::Null;
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            let out = run(&s, &virtctl, &["fslist", "ga"]);
+            fs = serde_json::from_str(&out.stdout).unwrap_or_default();
+            fs["items"]
+                .as_array()
+                .is_some_and(|i| i.iter().any(|f| f["mountPoint"] == "/data"))
+        }),
+        "no /data in fslist: {fs:#}"
+    );
+    let data = fs["items"]
+        .as_array()
+        .and_then(|i| i.iter().find(|f| f["mountPoint"] == "/data"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        data["totalBytes"].as_u64().is_some_and(|b| b > 8 << 20),
+        "{data:#}"
+    );
+    let users = run(&s, &virtctl, &["userlist", "ga"]);
+    assert_eq!(users.code, 0, "{}", users.stderr);
+    let users: serde_json::Value = serde_json::from_str(&users.stdout).expect("JSON");
+    assert!(users["items"].is_array(), "{users:#}");
+
+    // Once the VMI is gone there is nothing to ask, and virtctl says what failed.
+    s.kubectl(&["delete", "vmi", "ga", "--wait=true", "--timeout=60s"]);
+    let gone = run(&s, &virtctl, &["guestosinfo", "ga"]);
+    assert_ne!(gone.code, 0);
+    assert!(
+        gone.stderr.contains("error getting guestosinfo"),
+        "{}",
+        gone.stderr
+    );
+    s.kill9();
+}

@@ -14,9 +14,7 @@ use crate::accel::{self, AccelChoice};
 use crate::api::VmiDir;
 use crate::confine::QemuUser;
 use crate::console::Console;
-use crate::machine::{
-    Environment, HostPorts, MachineSpec, NetBackend, PortForward, SpecError, POD_BRIDGE,
-};
+use crate::machine::{Environment, HostPorts, MachineSpec, NetBackend, PortForward, SpecError};
 use crate::qemu;
 use crate::qmp::{Event, Qmp, QmpError, QmpEvent};
 use crate::volumes::{self, VolumeError};
@@ -63,6 +61,9 @@ pub struct State {
     /// The guest's interfaces and their addresses (`status.interfaces`).
     #[serde(default)]
     pub interfaces: Vec<GuestInterface>,
+    /// The guest agent while it answers (`AgentConnected`); `None` when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_agent: Option<crate::agent::AgentStatus>,
     pub vnc_socket: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub ports: Vec<PortForward>,
@@ -81,6 +82,7 @@ impl State {
             qemu_pid: None,
             launcher_pid: std::process::id(),
             interfaces: vec![],
+            guest_agent: None,
             vnc_socket: None,
             console_socket: None,
             ports: vec![],
@@ -100,12 +102,61 @@ pub struct GuestInterface {
     pub mac: Option<String>,
     /// The first is KubeVirt's `ipAddress`.
     pub ip_addresses: Vec<String>,
-    /// KubeVirt's `infoSource`: `domain` for what the launcher knows itself.
+    /// KubeVirt's `infoSource`: `domain` for what the launcher knows itself, with
+    /// `guest-agent` and `multus-status` added where those told.
     pub info_source: String,
+    /// The interface's name inside the guest, as its agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_name: Option<String>,
 }
 
-/// The interfaces of a machine with the addresses the guest is given: the pod's address for
-/// the pod network's bindings (as KubeVirt reports masquerade and bridge), user networking's
+/// `status.interfaces` once the guest agent has spoken (KubeVirt's merge): an interface the
+/// launcher knows gets the guest's name for it (matched by MAC) and, if the launcher knows no
+/// address for it (a tap on a node bridge), the guest's; the guest's other interfaces with
+/// addresses follow, except loopback, as `infoSource: guest-agent`.
+pub fn merge_guest_agent(
+    domain: &[GuestInterface],
+    agent: Option<&crate::agent::AgentStatus>,
+) -> Vec<GuestInterface> {
+    let Some(agent) = agent else {
+        return domain.to_vec();
+    };
+    let same_mac = |a: &Option<String>, b: &Option<String>| matches!((a, b), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
+    let mut out: Vec<GuestInterface> = domain
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            if let Some(g) = agent.interfaces.iter().find(|g| same_mac(&g.mac, &d.mac)) {
+                d.interface_name = Some(g.name.clone());
+                if d.ip_addresses.is_empty() {
+                    d.ip_addresses = g.ip_addresses.clone();
+                }
+                d.info_source = match d.info_source.strip_prefix("domain") {
+                    Some(rest) => format!("domain, guest-agent{rest}"),
+                    None => format!("{}, guest-agent", d.info_source),
+                };
+            }
+            d
+        })
+        .collect();
+    for g in &agent.interfaces {
+        let known = domain.iter().any(|d| same_mac(&g.mac, &d.mac));
+        if !known && g.name != "lo" && !g.ip_addresses.is_empty() {
+            out.push(GuestInterface {
+                name: String::new(),
+                mac: g.mac.clone(),
+                ip_addresses: g.ip_addresses.clone(),
+                info_source: "guest-agent".into(),
+                interface_name: Some(g.name.clone()),
+            });
+        }
+    }
+    out
+}
+
+/// The interfaces of a machine with the addresses the guest is given: its pod interface's
+/// address for the pod network's bindings (as KubeVirt reports masquerade and bridge) and
+/// Multus networks' (their CNI result), user networking's
 /// guest address without a pod network, none for a tap on a node bridge (only the guest
 /// knows it).
 pub fn guest_interfaces(
@@ -115,18 +166,36 @@ pub fn guest_interfaces(
     spec.nics
         .iter()
         .map(|n| {
-            let ips: Vec<String> = match (&n.backend, pod) {
-                (NetBackend::Pod { .. } | NetBackend::Passt { .. }, Some(p)) => {
-                    p.addresses.iter().map(|a| a.ip.to_string()).collect()
-                }
-                (NetBackend::Masquerade { guest, .. }, _) => vec![guest.clone()],
+            let pod_if = match &n.backend {
+                NetBackend::Pod { interface, .. } => Some(interface.as_str()),
+                NetBackend::Passt { .. } => Some(crate::api::PodInterface::POD),
+                _ => None,
+            };
+            let ips: Vec<String> = match (&n.backend, pod_if, pod) {
+                (_, Some(name), Some(p)) => p
+                    .interfaces
+                    .iter()
+                    .filter(|i| i.interface == name)
+                    .flat_map(|i| &i.addresses)
+                    .map(|a| a.ip.to_string())
+                    .collect(),
+                (NetBackend::Masquerade { guest, .. }, _, _) => vec![guest.clone()],
                 _ => vec![],
             };
+            // KubeVirt adds `multus-status` where the addresses come from Multus' network
+            // status: here, the CNI result of a Multus network's attachment.
+            let multus = pod_if.is_some_and(|i| i != crate::api::PodInterface::POD);
             GuestInterface {
+                interface_name: None,
                 name: n.name.clone(),
                 mac: n.mac.clone(),
                 ip_addresses: ips,
-                info_source: "domain".into(),
+                info_source: if multus {
+                    "domain, multus-status"
+                } else {
+                    "domain"
+                }
+                .into(),
             }
         })
         .collect()
@@ -248,7 +317,16 @@ pub struct Vm {
     events: broadcast::Sender<StateEvent>,
     final_rx: watch::Receiver<bool>,
     dir: PathBuf,
+    /// The guest agent's channel, connected on first use; one command at a time.
+    agent: tokio::sync::Mutex<Option<crate::agent::Agent>>,
+    /// `status.interfaces` as the launcher knows them, before the guest agent's merge.
+    domain_interfaces: Vec<GuestInterface>,
 }
+
+/// How often the guest agent is asked while it does not answer (so `AgentConnected` comes
+/// soon after the guest starts it), and while it does.
+pub const AGENT_POLL_DISCONNECTED: Duration = Duration::from_secs(2);
+pub const AGENT_POLL_CONNECTED: Duration = Duration::from_secs(10);
 
 fn tail(path: &Path, max: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
@@ -371,16 +449,20 @@ impl Vm {
             None => None,
         };
         let passt = match &opts.pod_network {
-            Some(pod) => crate::network::start_passt(&spec, &pod.interface, opts.qemu_user).await?,
+            Some(_) => {
+                crate::network::start_passt(&spec, crate::api::PodInterface::POD, opts.qemu_user)
+                    .await?
+            }
             None => None,
         };
         if let Some(p) = &mut plumbed {
             p.pass_to(&mut cmd);
-            if let Some((server, leases)) = p.dhcp.take() {
-                let server = crate::dhcp::DhcpServer::bind(POD_BRIDGE, server, leases)?;
+            for plan in std::mem::take(&mut p.dhcp) {
+                let server = crate::dhcp::DhcpServer::bind(&plan.bridge, plan.server, plan.leases)?;
+                let bridge = plan.bridge;
                 tokio::spawn(async move {
                     let served = server
-                        .serve(|l| tracing::info!(ip = %l.ip, "DHCP lease acknowledged"))
+                        .serve(|l| tracing::info!(ip = %l.ip, %bridge, "DHCP lease acknowledged"))
                         .await;
                     if let Err(e) = served {
                         tracing::warn!(error = %e, "the DHCP server stopped");
@@ -487,6 +569,7 @@ impl Vm {
                 _ => vec![],
             })
             .collect();
+        let domain_interfaces = guest_interfaces(&spec, opts.pod_network.as_ref());
         let state = State {
             phase: Phase::Starting,
             reason: "Starting".into(),
@@ -496,7 +579,8 @@ impl Vm {
             accelerator_reason: choice.reason.clone(),
             qemu_pid: Some(qemu_pid),
             launcher_pid: std::process::id(),
-            interfaces: guest_interfaces(&spec, opts.pod_network.as_ref()),
+            interfaces: domain_interfaces.clone(),
+            guest_agent: None,
             vnc_socket: spec.vnc.then(|| spec.vnc_socket()),
             console_socket: spec
                 .serial_console
@@ -520,8 +604,11 @@ impl Vm {
             events,
             final_rx,
             dir: dir.clone(),
+            agent: tokio::sync::Mutex::new(None),
+            domain_interfaces,
         });
         vm.publish();
+        tokio::spawn(vm.clone().poll_guest_agent());
 
         // The monitor: QMP events and QEMU's exit, in order.
         let v = vm.clone();
@@ -731,6 +818,91 @@ impl Vm {
         volumes::cleanup(&self.spec);
     }
 
+    /// The guest agent's channel, connected if it is not.
+    async fn agent(
+        &self,
+    ) -> Result<tokio::sync::MappedMutexGuard<'_, crate::agent::Agent>, crate::agent::AgentError>
+    {
+        let mut guard = self.agent.lock().await;
+        if guard.is_none() {
+            *guard = Some(crate::agent::Agent::connect(&self.spec.guest_agent_socket()).await?);
+        }
+        tokio::sync::MutexGuard::try_map(guard, Option::as_mut).map_err(|_| {
+            crate::agent::AgentError::Protocol {
+                command: "connect".into(),
+                detail: "no guest agent channel".into(),
+            }
+        })
+    }
+
+    /// Polls the guest agent while the VM runs: `AgentConnected`, guest OS info and the
+    /// guest's addresses follow what it answers. A paused guest cannot answer; what it said
+    /// last stays.
+    async fn poll_guest_agent(self: Arc<Self>) {
+        let mut final_rx = self.final_rx.clone();
+        loop {
+            if *final_rx.borrow() {
+                return;
+            }
+            if self.state().phase == Phase::Running {
+                let status = match self.agent().await {
+                    Ok(mut a) => a.status().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &status {
+                    tracing::trace!(error = %e, "guest agent not answering");
+                }
+                self.set_guest_agent(status.ok());
+            }
+            let wait = if self.lock().state.guest_agent.is_some() {
+                AGENT_POLL_CONNECTED
+            } else {
+                AGENT_POLL_DISCONNECTED
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = final_rx.changed() => {}
+            }
+        }
+    }
+
+    fn set_guest_agent(&self, status: Option<crate::agent::AgentStatus>) {
+        {
+            let mut i = self.lock();
+            if i.state.phase.is_final() || i.state.guest_agent == status {
+                return;
+            }
+            if i.state.guest_agent.is_some() != status.is_some() {
+                tracing::info!(connected = status.is_some(), "guest agent");
+            }
+            i.state.interfaces = merge_guest_agent(&self.domain_interfaces, status.as_ref());
+            i.state.guest_agent = status;
+            i.state.timestamp = now();
+        }
+        self.publish();
+    }
+
+    /// The `guestosinfo` subresource, asked of the agent now.
+    pub async fn guest_info(
+        &self,
+    ) -> Result<kubevirt_api::guestagent::GuestAgentInfo, crate::agent::AgentError> {
+        self.agent().await?.guest_info().await
+    }
+
+    /// The `userlist` subresource.
+    pub async fn user_list(
+        &self,
+    ) -> Result<kubevirt_api::guestagent::GuestOSUserList, crate::agent::AgentError> {
+        self.agent().await?.user_list().await
+    }
+
+    /// The `filesystemlist` subresource.
+    pub async fn filesystem_list(
+        &self,
+    ) -> Result<kubevirt_api::guestagent::FileSystemList, crate::agent::AgentError> {
+        self.agent().await?.filesystem_list().await
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<StateEvent> {
         self.events.subscribe()
     }
@@ -879,6 +1051,60 @@ impl Vm {
 
 #[cfg(test)]
 mod tests {
+    /// KubeVirt's merge of the guest agent's interfaces: the guest's name for a known NIC
+    /// (by MAC, any case), its addresses only where the launcher knows none, its other
+    /// interfaces with addresses after them, loopback left out.
+    #[test]
+    fn guest_agent_interfaces_merge_as_kubevirt_reports_them() {
+        use crate::agent::{AgentStatus, GuestNic};
+        let domain = vec![
+            GuestInterface {
+                name: "default".into(),
+                mac: Some("52:54:00:aa:bb:cc".into()),
+                ip_addresses: vec!["10.244.0.5".into()],
+                info_source: "domain".into(),
+                interface_name: None,
+            },
+            GuestInterface {
+                name: "blue".into(),
+                mac: Some("52:54:00:dd:ee:ff".into()),
+                ip_addresses: vec![],
+                info_source: "domain, multus-status".into(),
+                interface_name: None,
+            },
+        ];
+        assert_eq!(merge_guest_agent(&domain, None), domain);
+        let nic = |name: &str, mac: Option<&str>, ips: &[&str]| GuestNic {
+            name: name.into(),
+            mac: mac.map(String::from),
+            ip_addresses: ips.iter().map(|s| s.to_string()).collect(),
+        };
+        let agent = AgentStatus {
+            interfaces: vec![
+                nic("lo", None, &["127.0.0.1"]),
+                nic("eth0", Some("52:54:00:AA:BB:CC"), &["10.0.2.2"]),
+                nic("eth1", Some("52:54:00:dd:ee:ff"), &["192.168.7.3"]),
+                nic("docker0", Some("02:42:00:00:00:01"), &["172.17.0.1"]),
+                nic("dummy0", Some("02:42:00:00:00:02"), &[]),
+            ],
+            ..Default::default()
+        };
+        let merged = merge_guest_agent(&domain, Some(&agent));
+        assert_eq!(merged.len(), 3);
+        assert_eq!(merged[0].interface_name.as_deref(), Some("eth0"));
+        assert_eq!(
+            merged[0].ip_addresses,
+            ["10.244.0.5"],
+            "the pod IP stays first"
+        );
+        assert_eq!(merged[0].info_source, "domain, guest-agent");
+        assert_eq!(merged[1].ip_addresses, ["192.168.7.3"]);
+        assert_eq!(merged[1].info_source, "domain, guest-agent, multus-status");
+        assert_eq!(merged[2].interface_name.as_deref(), Some("docker0"));
+        assert_eq!(merged[2].info_source, "guest-agent");
+        assert_eq!(merged[2].name, "");
+    }
+
     use super::*;
     use std::os::unix::process::ExitStatusExt;
 

@@ -17,6 +17,7 @@
 //! - serving that RPC and the console socket: `rpc.rs`, `console.rs`.
 
 pub mod accel;
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod cloudinit;

@@ -451,12 +451,14 @@ pub enum NetBackend {
     /// A tap device the launcher creates and attaches to a Linux bridge of the node (a
     /// `bridge` interface without a pod network).
     Bridge { tap: String, bridge: String },
-    /// A tap in the VMI's pod network namespace on the bridge [`POD_BRIDGE`], which the
-    /// launcher opens and hands to QEMU as file descriptor `fd` (QEMU's user cannot open
-    /// `/dev/net/tun`), bound as KubeVirt binds the pod interface.
+    /// A tap in the VMI's pod network namespace on the bridge [`pod_bridge`] of the pod
+    /// interface `interface` (`eth0`, or `netN` for a Multus network), which the launcher opens
+    /// and hands to QEMU as file descriptor `fd` (QEMU's user cannot open `/dev/net/tun`),
+    /// bound as KubeVirt binds a pod interface.
     Pod {
         tap: String,
         fd: i32,
+        interface: String,
         binding: PodBinding,
     },
     /// KubeVirt's `passtBinding`: Debian's passt, in the pod's namespace, gives the guest the
@@ -488,9 +490,12 @@ pub struct PodPort {
     pub port: u16,
 }
 
-/// The bridge between the pod's interface and the guest's tap, KubeVirt's `k6t-eth0`.
-pub const POD_BRIDGE: &str = "k6t-eth0";
-/// The address the launcher's DHCP server uses on [`POD_BRIDGE`] for the bridge binding
+/// The bridge between a pod interface and the guest's tap, as KubeVirt names it (`k6t-eth0`,
+/// `k6t-net1`); `interface` is one of [`crate::api::PodInterface::name_for`]'s names.
+pub fn pod_bridge(interface: &str) -> String {
+    format!("k6t-{interface}")
+}
+/// The address the launcher's DHCP server uses on a [`pod_bridge`] for the bridge binding
 /// (KubeVirt's fake link-local server address).
 pub const BRIDGE_DHCP_SERVER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 75, 10);
 /// The descriptor the first pod tap is given to QEMU as (the next ones follow).
@@ -566,6 +571,9 @@ impl MachineSpec {
     }
     pub fn serial_socket(&self) -> PathBuf {
         self.vmi_dir().serial_socket()
+    }
+    pub fn guest_agent_socket(&self) -> PathBuf {
+        self.vmi_dir().guest_agent_socket()
     }
     /// Where QEMU creates its VNC socket.
     pub fn qemu_vnc_socket(&self) -> PathBuf {

@@ -2,7 +2,8 @@
 //! starts the launcher there after CNI `ADD`): what KubeVirt's virt-launcher does for its
 //! pod interface.
 //!
-//! - both bindings: a bridge [`POD_BRIDGE`] and a tap per guest NIC on it, opened here and
+//! - both bindings: a bridge per pod interface ([`pod_bridge`]: `k6t-eth0`, `k6t-net1` for a
+//!   Multus network) and the guest NIC's tap on it, opened here and
 //!   handed to QEMU as a descriptor (QEMU's user cannot open `/dev/net/tun`); the tap goes
 //!   away with the last process holding it, so a dead QEMU leaves none behind;
 //! - `masquerade`: the bridge is the guest's gateway [`MASQUERADE_GATEWAY`]; nftables
@@ -18,8 +19,8 @@
 use crate::api::PodNetworkInfo;
 use crate::dhcp::Lease;
 use crate::machine::{
-    MachineSpec, NetBackend, PodBinding, BRIDGE_DHCP_SERVER, MASQUERADE_GATEWAY, MASQUERADE_GUEST,
-    MASQUERADE_PREFIX, POD_BRIDGE,
+    pod_bridge, MachineSpec, NetBackend, PodBinding, BRIDGE_DHCP_SERVER, MASQUERADE_GATEWAY,
+    MASQUERADE_GUEST, MASQUERADE_PREFIX,
 };
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -43,8 +44,17 @@ pub enum NetworkError {
 pub struct Plumbed {
     /// (the descriptor QEMU is told, the tap opened here at a high number).
     taps: Vec<(i32, OwnedFd)>,
-    /// The server's address on [`POD_BRIDGE`] and the leases it hands out.
-    pub dhcp: Option<(Ipv4Addr, Vec<Lease>)>,
+    /// A DHCP server per bridge whose guest NIC is given an address.
+    pub dhcp: Vec<DhcpPlan>,
+}
+
+/// Where a DHCP server answers and what it hands out.
+pub struct DhcpPlan {
+    /// The [`pod_bridge`] it listens on.
+    pub bridge: String,
+    /// Its address on that bridge.
+    pub server: Ipv4Addr,
+    pub leases: Vec<Lease>,
 }
 
 impl Plumbed {
@@ -225,6 +235,7 @@ fn moved_mac(guest: [u8; 6]) -> String {
 /// The masquerade ruleset: the guest's traffic leaves as the pod IP; the pod IP's traffic
 /// (the listed ports, or everything) goes to the guest, which sees it come from its gateway.
 pub fn masquerade_ruleset(pod_if: &str, ports: &[crate::machine::PodPort]) -> String {
+    let bridge = pod_bridge(pod_if);
     let mut dnat = Vec::new();
     if ports.is_empty() {
         dnat.push(format!(
@@ -252,85 +263,89 @@ pub fn masquerade_ruleset(pod_if: &str, ports: &[crate::machine::PodPort]) -> St
          \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\t{}\n\t}}\n\
          \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {MASQUERADE_GUEST} oifname \"{pod_if}\" masquerade\n\
-         \t\toifname \"{POD_BRIDGE}\" ip daddr {MASQUERADE_GUEST} snat to {MASQUERADE_GATEWAY}\n\t}}\n\
+         \t\toifname \"{bridge}\" ip daddr {MASQUERADE_GUEST} snat to {MASQUERADE_GATEWAY}\n\t}}\n\
          }}\n",
         dnat.join("\n\t\t")
     )
 }
 
-/// Sets up the guest's side of the pod network for every pod NIC of `spec` (at most one:
-/// KubeVirt allows one interface on the pod network). Idempotent: a restarted launcher
-/// rebuilds the bridge and rules.
+/// Sets up the guest's side of the pod network for every pod NIC of `spec`, each on its own
+/// pod interface (`eth0`, Multus' `netN`) and bridge [`pod_bridge`]. Idempotent: a restarted
+/// launcher rebuilds the bridges and rules.
 pub fn plumb(spec: &MachineSpec, pod: &PodNetworkInfo) -> Result<Plumbed, NetworkError> {
     let mut plumbed = Plumbed {
         taps: Vec::new(),
-        dhcp: None,
+        dhcp: Vec::new(),
     };
-    let pod_if = pod.interface.as_str();
-    let mtu = mtu_of(pod_if).unwrap_or(1500);
     let (dns, search) =
         resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
     let hostname = spec.vmi.rsplit('/').next().map(String::from);
     for n in &spec.nics {
-        let NetBackend::Pod { tap, fd, binding } = &n.backend else {
+        let NetBackend::Pod {
+            tap,
+            fd,
+            interface,
+            binding,
+        } = &n.backend
+        else {
             continue;
         };
+        let pod_if = pod
+            .interfaces
+            .iter()
+            .find(|i| &i.interface == interface)
+            .ok_or_else(|| NetworkError::NoPodAddress(interface.clone()))?;
+        let name = pod_if.interface.as_str();
+        let bridge = pod_bridge(name);
+        let mtu = mtu_of(name).unwrap_or(1500);
         let mac = n.mac.as_deref().ok_or_else(|| NetworkError::Mac {
             nic: n.name.clone(),
             mac: String::new(),
         })?;
         let guest_mac = mac_octets(&n.name, mac)?;
-        let (pod_ip, pod_prefix) = pod
-            .ipv4()
-            .ok_or_else(|| NetworkError::NoPodAddress(pod_if.into()))?;
         // A launcher restarted in the same namespace starts from a clean bridge (there is
         // none the first time: that failure is expected).
-        let _ = ip_batch("the old pod bridge", &[format!("link del {POD_BRIDGE}")]);
-        let mut lines = vec![format!("link add {POD_BRIDGE} type bridge")];
-        lines.push(format!("link set {POD_BRIDGE} mtu {mtu}"));
-        // What the guest is given, and where the DHCP server answers from.
-        let (ip, prefix, gateway, server) = match binding {
+        let _ = ip_batch("the old pod bridge", &[format!("link del {bridge}")]);
+        let mut lines = vec![format!("link add {bridge} type bridge")];
+        lines.push(format!("link set {bridge} mtu {mtu}"));
+        // What the guest is given (nothing when the network has no IPAM: the guest
+        // configures itself, as with KubeVirt), and where the DHCP server answers from.
+        let (lease, server) = match binding {
             PodBinding::Masquerade { .. } => {
                 lines.push(format!(
-                    "addr add {MASQUERADE_GATEWAY}/{MASQUERADE_PREFIX} dev {POD_BRIDGE}"
+                    "addr add {MASQUERADE_GATEWAY}/{MASQUERADE_PREFIX} dev {bridge}"
                 ));
                 (
-                    MASQUERADE_GUEST,
-                    MASQUERADE_PREFIX,
-                    Some(MASQUERADE_GATEWAY),
+                    Some((
+                        MASQUERADE_GUEST,
+                        MASQUERADE_PREFIX,
+                        Some(MASQUERADE_GATEWAY),
+                    )),
                     MASQUERADE_GATEWAY,
                 )
             }
             PodBinding::Bridge => {
-                lines.push(format!("link set {pod_if} down"));
-                lines.push(format!("addr flush dev {pod_if}"));
-                lines.push(format!(
-                    "link set {pod_if} address {}",
-                    moved_mac(guest_mac)
-                ));
-                lines.push(format!("link set {pod_if} master {POD_BRIDGE} up"));
-                lines.push(format!("addr add {BRIDGE_DHCP_SERVER}/32 dev {POD_BRIDGE}"));
-                let gateway = match pod.gateway {
+                lines.push(format!("link set {name} down"));
+                lines.push(format!("addr flush dev {name}"));
+                lines.push(format!("link set {name} address {}", moved_mac(guest_mac)));
+                lines.push(format!("link set {name} master {bridge} up"));
+                lines.push(format!("addr add {BRIDGE_DHCP_SERVER}/32 dev {bridge}"));
+                let gateway = match pod_if.gateway {
                     Some(std::net::IpAddr::V4(g)) => Some(g),
                     _ => None,
                 };
-                (pod_ip, pod_prefix, gateway, BRIDGE_DHCP_SERVER)
+                (
+                    pod_if.ipv4().map(|(ip, prefix)| (ip, prefix, gateway)),
+                    BRIDGE_DHCP_SERVER,
+                )
             }
         };
-        let lease = Lease {
-            mac: guest_mac,
-            ip,
-            prefix,
-            gateway,
-            routes: vec![],
-            dns: dns.clone(),
-            search: search.clone(),
-            mtu: Some(mtu),
-            hostname: hostname.clone(),
-        };
-        lines.push(format!("link set {POD_BRIDGE} up"));
+        if matches!(binding, PodBinding::Masquerade { .. }) && pod_if.ipv4().is_none() {
+            return Err(NetworkError::NoPodAddress(name.into()));
+        }
+        lines.push(format!("link set {bridge} up"));
         let tap_fd = open_tap(tap)?;
-        lines.push(format!("link set {tap} mtu {mtu} master {POD_BRIDGE} up"));
+        lines.push(format!("link set {tap} mtu {mtu} master {bridge} up"));
         ip_batch("the pod bridge", &lines)?;
         if let PodBinding::Masquerade { ports } = binding {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1").map_err(|e| {
@@ -339,14 +354,26 @@ pub fn plumb(spec: &MachineSpec, pod: &PodNetworkInfo) -> Result<Plumbed, Networ
                     message: e.to_string(),
                 }
             })?;
-            nft(&masquerade_ruleset(pod_if, ports))?;
+            nft(&masquerade_ruleset(name, ports))?;
         }
         plumbed.taps.push((*fd, tap_fd));
-        plumbed
-            .dhcp
-            .get_or_insert_with(|| (server, Vec::new()))
-            .1
-            .push(lease);
+        if let Some((ip, prefix, gateway)) = lease {
+            plumbed.dhcp.push(DhcpPlan {
+                bridge,
+                server,
+                leases: vec![Lease {
+                    mac: guest_mac,
+                    ip,
+                    prefix,
+                    gateway,
+                    routes: vec![],
+                    dns: dns.clone(),
+                    search: search.clone(),
+                    mtu: Some(mtu),
+                    hostname: hostname.clone(),
+                }],
+            });
+        }
     }
     Ok(plumbed)
 }

@@ -27,6 +27,16 @@ pub struct Launcher {
     idle_state: Mutex<State>,
 }
 
+/// A guest agent answer, as the subresource's JSON.
+fn agent<T: serde::Serialize>(
+    r: Result<T, crate::agent::AgentError>,
+) -> Result<Response, RpcError> {
+    let v = r.map_err(|e| RpcError::new(ErrorCode::Failed, format!("guest agent: {e}")))?;
+    serde_json::to_value(v)
+        .map(Response::GuestAgent)
+        .map_err(|e| RpcError::new(ErrorCode::Failed, e.to_string()))
+}
+
 fn rpc_error(e: LaunchError) -> RpcError {
     let code = match &e {
         LaunchError::Spec(_) => ErrorCode::InvalidSpec,
@@ -228,6 +238,9 @@ impl Launcher {
             Request::Subscribe => Ok(Response::Subscribed {
                 state: Box::new(self.state().await),
             }),
+            Request::GuestOsInfo => agent(vm().await?.guest_info().await),
+            Request::UserList => agent(vm().await?.user_list().await),
+            Request::FilesystemList => agent(vm().await?.filesystem_list().await),
         }
     }
 }

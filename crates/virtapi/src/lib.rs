@@ -8,7 +8,8 @@
 //!   launcher (its `launcher.sock` RPC).
 //! - `console` and `vnc`: websockets (subprotocol `plain.kubevirt.io`, raw bytes in binary
 //!   frames) joined to the launcher's `console.sock` and QEMU's `vnc.sock`.
-//! - `guestosinfo`: KubeVirt's answer for a VMI without a guest agent.
+//! - `guestosinfo`, `userlist`, `filesystemlist`: asked of the QEMU guest agent through the
+//!   launcher; KubeVirt's 409 when the VMI is not running or has no agent connected.
 //!
 //! In KubeVirt, virt-api reaches the launcher through virt-handler on the VMI's node. The
 //! single-node server runs this next to the handler, so it calls the launcher's socket in the
@@ -557,7 +558,7 @@ impl VirtApi {
                     .and_then(|f| f.acpi.as_ref())
                     .and_then(|a| a.enabled)
                     == Some(false);
-                if acpi_off && !has_condition(&vmi, "AgentConnected", false) {
+                if acpi_off && !has_condition(&vmi, condition::AGENT_CONNECTED, false) {
                     return Err(conflict(
                         KIND,
                         name,
@@ -584,26 +585,33 @@ impl VirtApi {
         Ok(ok())
     }
 
-    /// `GET .../virtualmachineinstances/NAME/guestosinfo`.
-    async fn guest_os_info(&self, ns: &str, name: &str) -> Reply {
+    /// `GET .../virtualmachineinstances/NAME/{guestosinfo,userlist,filesystemlist}`: asked of
+    /// the guest agent through the launcher, with KubeVirt's refusals when there is none.
+    async fn guest_agent(&self, ns: &str, name: &str, what: &str) -> Reply {
         let vmi = self.get_vmi(ns, name).await?;
         if !is_running(&vmi) {
             return Err(conflict("virtualmachineinstance", name, VMI_NOT_RUNNING));
         }
-        if !has_condition(&vmi, "AgentConnected", true) {
+        if !has_condition(&vmi, condition::AGENT_CONNECTED, true) {
             return Err(conflict(
                 "virtualmachineinstance",
                 name,
                 "VMI does not have guest agent connected",
             ));
         }
-        let info = vmi
-            .status
-            .as_ref()
-            .and_then(|s| s.guest_os_info.as_ref())
-            .map(|g| serde_json::to_value(g).unwrap_or_default())
-            .unwrap_or_default();
-        Ok(json_reply(StatusCode::OK, &json!({"guestOSInfo": info})))
+        let request = match what {
+            "guestosinfo" => launcher::Request::GuestOsInfo,
+            "userlist" => launcher::Request::UserList,
+            _ => launcher::Request::FilesystemList,
+        };
+        let dir = self.vmi_dir(ns, name)?;
+        let method = request.method();
+        let r = async { LauncherClient::connect(&dir).await?.call(request).await };
+        match r.await {
+            Ok(launcher::Response::GuestAgent(v)) => Ok(json_reply(StatusCode::OK, &v)),
+            Ok(_) => Err(internal(format!("{method}: unexpected reply"))),
+            Err(e) => Err(internal(format!("{method} failed: {e}"))),
+        }
     }
 
     /// `GET .../console` and `.../vnc`: checks, then the websocket upgrade.
@@ -692,9 +700,9 @@ impl VirtApi {
                 want(Method::GET)?;
                 self.stream(ns, name, action, req).await
             }
-            ("virtualmachineinstances", "guestosinfo") => {
+            ("virtualmachineinstances", "guestosinfo" | "userlist" | "filesystemlist") => {
                 want(Method::GET)?;
-                self.guest_os_info(ns, name).await
+                self.guest_agent(ns, name, action).await
             }
             _ => Err(not_found_path()),
         }

@@ -210,4 +210,15 @@ impl Conn {
         let path = subresource_path(&self.namespace, resource, name, sub);
         self.json(Method::PUT, &path, body).await.map(|_| ())
     }
+
+    /// `GET` of a subresource that answers JSON (`guestosinfo`, ...).
+    pub async fn get_subresource(
+        &self,
+        resource: &str,
+        name: &str,
+        sub: &str,
+    ) -> crate::Result<Value> {
+        let path = subresource_path(&self.namespace, resource, name, sub);
+        self.json(Method::GET, &path, None).await
+    }
 }

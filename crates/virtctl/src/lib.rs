@@ -78,6 +78,12 @@ pub enum Command {
     Version(lifecycle::VersionArgs),
     /// Upload a VM image to a DataVolume/PersistentVolumeClaim.
     ImageUpload(upload::ImageUploadArgs),
+    /// Return guest agent info about the operating system.
+    Guestosinfo(lifecycle::NameArg),
+    /// Return a list of active users from the guest agent.
+    Userlist(lifecycle::NameArg),
+    /// Return a list of file systems from the guest agent.
+    Fslist(lifecycle::NameArg),
 }
 
 /// Runs virtctl with `args` (`args[0]` is the program name) and returns the exit status:
@@ -133,6 +139,13 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Create(a) => create_vm::run(g, a),
         Command::Version(a) => lifecycle::version(g, a).await,
         Command::ImageUpload(a) => upload::run(g, a).await,
+        Command::Guestosinfo(a) => {
+            lifecycle::guest_agent(g, a, lifecycle::GuestQuery::OsInfo).await
+        }
+        Command::Userlist(a) => lifecycle::guest_agent(g, a, lifecycle::GuestQuery::Users).await,
+        Command::Fslist(a) => {
+            lifecycle::guest_agent(g, a, lifecycle::GuestQuery::Filesystems).await
+        }
     }
 }
 

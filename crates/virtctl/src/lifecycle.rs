@@ -251,6 +251,32 @@ pub async fn soft_reboot(g: &GlobalArgs, a: NameArg) -> crate::Result<i32> {
     Ok(0)
 }
 
+/// Which guest agent subresource: `guestosinfo`, `userlist`, `fslist` (`filesystemlist`).
+#[derive(Clone, Copy, Debug)]
+pub enum GuestQuery {
+    OsInfo,
+    Users,
+    Filesystems,
+}
+
+/// `virtctl guestosinfo|userlist|fslist VMI`: the guest agent's answer, as KubeVirt's virtctl
+/// prints it (indented JSON).
+pub async fn guest_agent(g: &GlobalArgs, a: NameArg, q: GuestQuery) -> crate::Result<i32> {
+    let (sub, what) = match q {
+        GuestQuery::OsInfo => ("guestosinfo", "guestosinfo"),
+        GuestQuery::Users => ("userlist", "userlist"),
+        GuestQuery::Filesystems => ("filesystemlist", "filesystem list"),
+    };
+    let c = connect(g, false).await?;
+    let v = c
+        .get_subresource("virtualmachineinstances", &a.name, sub)
+        .await
+        .map_err(|e| e.context(format!("error getting {what}: ")))?;
+    let text = serde_json::to_string_pretty(&v).map_err(|e| crate::Error::Failed(e.to_string()))?;
+    println!("{text}");
+    Ok(0)
+}
+
 /// Go's `GOARCH` name of this machine, as KubeVirt's `Platform` field shows it.
 fn go_arch() -> &'static str {
     match std::env::consts::ARCH {

@@ -20,8 +20,9 @@ const SOCKETS_DIR: &str = "sockets";
 const QMP_SOCKET: &str = "qmp.sock";
 const SERIAL_SOCKET: &str = "serial.sock";
 const PASST_SOCKET: &str = "passt.sock";
+const GUEST_AGENT_SOCKET: &str = "qga.sock";
 /// Every socket of the directory, relative to it (each checked against [`SUN_PATH_MAX`]).
-const SOCKETS: [&[&str]; 7] = [
+const SOCKETS: [&[&str]; 8] = [
     &[LAUNCHER_SOCKET],
     &[CONSOLE_SOCKET],
     &[VNC_SOCKET],
@@ -29,6 +30,7 @@ const SOCKETS: [&[&str]; 7] = [
     &[SOCKETS_DIR, SERIAL_SOCKET],
     &[SOCKETS_DIR, VNC_SOCKET],
     &[SOCKETS_DIR, PASST_SOCKET],
+    &[SOCKETS_DIR, GUEST_AGENT_SOCKET],
 ];
 
 /// `path` as pretty JSON, through `path.tmp` renamed over it: a reader never sees half a file.
@@ -90,27 +92,69 @@ impl std::fmt::Display for PodAddress {
     }
 }
 
-/// The VMI's pod network as virt-handler set it up (its CNI result, reduced to what the
+/// The VMI's pod network as virt-handler set it up (its CNI results, reduced to what the
 /// launcher binds guest NICs to), handed over as `network.json`. The handler starts the
-/// launcher inside `netns`; `interface` is the pod's interface there (`eth0`).
+/// launcher inside `netns`, where each of the VMI's networks has its pod interface: `eth0`
+/// for the pod network (or a Multus default network), `net1`, `net2`, ... for Multus
+/// secondary networks, as Multus names them.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodNetworkInfo {
     pub netns: PathBuf,
+    pub interfaces: Vec<PodInterface>,
+}
+
+/// One pod interface in the VMI's namespace and what CNI gave it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodInterface {
+    /// The VMI network it serves (`spec.networks[].name`).
+    pub network: String,
+    /// Its name in the namespace (`eth0`, `net1`): one of [`PodInterface::name_for`]'s.
     pub interface: String,
-    /// The first is the pod IP (`status.interfaces[].ipAddress`).
+    /// The first is the interface's IP (`status.interfaces[].ipAddress`).
     pub addresses: Vec<PodAddress>,
     pub gateway: Option<std::net::IpAddr>,
     pub mac: Option<String>,
 }
 
-impl PodNetworkInfo {
-    /// The pod's first IPv4 address.
+impl PodInterface {
+    /// The pod network's interface (kubelet's name for it).
+    pub const POD: &'static str = "eth0";
+
+    /// The name of the pod interface of a VMI's network: `eth0` for the default network,
+    /// `net<N>` for the N-th (from 1) Multus secondary network, as Multus names them. Only
+    /// these names are ever used, so they are safe in commands and file names.
+    pub fn name_for(secondary_index: Option<usize>) -> String {
+        match secondary_index {
+            None => Self::POD.to_string(),
+            Some(i) => format!("net{}", i + 1),
+        }
+    }
+
+    /// The interface's first IPv4 address.
     pub fn ipv4(&self) -> Option<(std::net::Ipv4Addr, u8)> {
         self.addresses.iter().find_map(|a| match a.ip {
             std::net::IpAddr::V4(ip) if a.prefix <= 32 => Some((ip, a.prefix)),
             _ => None,
         })
+    }
+
+    /// Whether `name` is one [`PodInterface::name_for`] gives (a `network.json` is read
+    /// back from disk: its names are checked before they reach a command).
+    pub fn is_our_name(name: &str) -> bool {
+        name == Self::POD
+            || name
+                .strip_prefix("net")
+                .and_then(|n| n.parse::<u16>().ok())
+                .is_some_and(|n| n >= 1 && format!("net{n}") == name)
+    }
+}
+
+impl PodNetworkInfo {
+    /// The pod interface serving the VMI network `network`.
+    pub fn interface_for(&self, network: &str) -> Option<&PodInterface> {
+        self.interfaces.iter().find(|i| i.network == network)
     }
 }
 
@@ -291,6 +335,11 @@ impl VmiDir {
     pub fn qemu_vnc_socket(&self) -> PathBuf {
         self.sockets_dir().join(VNC_SOCKET)
     }
+    /// The host side of the guest agent's virtio-serial channel (`org.qemu.guest_agent.0`);
+    /// only the launcher talks to it.
+    pub fn guest_agent_socket(&self) -> PathBuf {
+        self.sockets_dir().join(GUEST_AGENT_SOCKET)
+    }
     /// Everything the guest wrote to its serial console.
     pub fn serial_log(&self) -> PathBuf {
         self.path.join("serial.log")
@@ -387,8 +436,23 @@ impl VmiDir {
     }
 
     /// The pod network the handler set up; `None` without one (user-mode networking).
+    /// Its interface names are checked: they reach `ip` commands.
     pub fn read_network(&self) -> Result<Option<PodNetworkInfo>, VmiDirError> {
-        read_json_if_present(self.network_file())
+        let network: Option<PodNetworkInfo> = read_json_if_present(self.network_file())?;
+        if let Some(bad) = network
+            .iter()
+            .flat_map(|n| &n.interfaces)
+            .find(|i| !PodInterface::is_our_name(&i.interface))
+        {
+            return Err(VmiDirError::BadState {
+                path: self.network_file(),
+                source: serde::de::Error::custom(format!(
+                    "pod interface name {:?} is not eth0 or netN",
+                    bad.interface
+                )),
+            });
+        }
+        Ok(network)
     }
 
     /// Write `network.json` atomically.

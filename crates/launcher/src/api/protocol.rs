@@ -28,10 +28,13 @@ pub enum Method {
     SetBalloon,
     Stats,
     Subscribe,
+    GuestOsInfo,
+    UserList,
+    FilesystemList,
 }
 
 impl Method {
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 14] = [
         Method::Sync,
         Method::State,
         Method::Pause,
@@ -43,6 +46,9 @@ impl Method {
         Method::SetBalloon,
         Method::Stats,
         Method::Subscribe,
+        Method::GuestOsInfo,
+        Method::UserList,
+        Method::FilesystemList,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +64,9 @@ impl Method {
             Method::SetBalloon => "setBalloon",
             Method::Stats => "stats",
             Method::Subscribe => "subscribe",
+            Method::GuestOsInfo => "guestOsInfo",
+            Method::UserList => "userList",
+            Method::FilesystemList => "filesystemList",
         }
     }
 
@@ -101,6 +110,11 @@ pub enum Request {
     Stats,
     /// Reply with the state, then stream [`Event`]s on this connection.
     Subscribe,
+    /// Asked of the guest agent now: KubeVirt's `guestosinfo`, `userlist` and
+    /// `filesystemlist` answers ([`kubevirt_api::guestagent`]).
+    GuestOsInfo,
+    UserList,
+    FilesystemList,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -134,6 +148,9 @@ impl Request {
             Request::SetBalloon { .. } => Method::SetBalloon,
             Request::Stats => Method::Stats,
             Request::Subscribe => Method::Subscribe,
+            Request::GuestOsInfo => Method::GuestOsInfo,
+            Request::UserList => Method::UserList,
+            Request::FilesystemList => Method::FilesystemList,
         }
     }
 
@@ -203,6 +220,9 @@ impl Request {
             }
             Method::Stats => Request::Stats,
             Method::Subscribe => Request::Subscribe,
+            Method::GuestOsInfo => Request::GuestOsInfo,
+            Method::UserList => Request::UserList,
+            Method::FilesystemList => Request::FilesystemList,
         })
     }
 }
@@ -285,6 +305,8 @@ pub enum Response {
     Stats(Value),
     /// `subscribe`: `{"subscribed":true,"state":...}`; events follow on the connection.
     Subscribed { state: Box<State> },
+    /// `guestOsInfo`, `userList`, `filesystemList`: KubeVirt's subresource answer as JSON.
+    GuestAgent(Value),
 }
 
 impl Response {
@@ -293,6 +315,9 @@ impl Response {
         Ok(match method {
             Method::Sync | Method::State => Response::State(serde_json::from_value(result)?),
             Method::Stats => Response::Stats(result),
+            Method::GuestOsInfo | Method::UserList | Method::FilesystemList => {
+                Response::GuestAgent(result)
+            }
             Method::Subscribe => {
                 #[derive(Deserialize)]
                 struct Sub {
@@ -325,7 +350,7 @@ impl Serialize for Response {
         match self {
             Response::State(st) => st.serialize(s),
             Response::Done => s.serialize_map(Some(0))?.end(),
-            Response::Stats(v) => v.serialize(s),
+            Response::Stats(v) | Response::GuestAgent(v) => v.serialize(s),
             Response::Subscribed { state } => {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("subscribed", &true)?;

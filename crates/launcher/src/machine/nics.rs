@@ -44,6 +44,8 @@ pub enum NicError {
     /// KubeVirt: "more than one interface is connected to a pod network in ..."
     #[error("{field}: more than one interface is connected to a pod network")]
     SecondPodInterface { field: String },
+    #[error("{field}: network {network} was not attached by virt-handler (no pod interface)")]
+    NoPodInterface { field: String, network: String },
 }
 
 impl NicError {
@@ -64,6 +66,7 @@ impl NicError {
             | NicError::NoBridge { field, .. }
             | NicError::Binding { field }
             | NicError::SecondPodInterface { field }
+            | NicError::NoPodInterface { field, .. }
             | NicError::PasstNotOnPod { field }
             | NicError::PasstWithoutPodNetwork { field } => field,
         }
@@ -93,6 +96,7 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
     let mut nics = Vec::new();
     let mut next_port = 0u16;
     let mut pod_taps = 0;
+    let mut pod_network_nics = 0;
     let tap_seed = format!("{namespace}/{name}");
     for (i, iface) in dev.interfaces.iter().flatten().enumerate() {
         let ip = format!("spec.domain.devices.interfaces[{i}]");
@@ -135,7 +139,27 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                 interface: iface.name.clone(),
             });
         };
-        let pod = env.pod_network.as_ref().filter(|_| net.pod.is_some());
+        // KubeVirt allows one interface on the pod network.
+        if net.pod.is_some() {
+            pod_network_nics += 1;
+            if pod_network_nics > 1 {
+                return Err(NicError::SecondPodInterface { field: ip });
+            }
+        }
+        // With a pod network every VMI network has its pod interface in the namespace (the
+        // handler attached them all); without one, NICs use user networking or node bridges.
+        let pod = match &env.pod_network {
+            Some(p) => {
+                Some(
+                    p.interface_for(&net.name)
+                        .ok_or_else(|| NicError::NoPodInterface {
+                            field: format!("{ip}.name"),
+                            network: net.name.clone(),
+                        })?,
+                )
+            }
+            None => None,
+        };
         let backend =
             if iface.passt_binding.is_some() {
                 if net.pod.is_none() {
@@ -148,10 +172,6 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                         field: format!("{ip}.passtBinding"),
                     });
                 }
-                pod_taps += 1;
-                if pod_taps > 1 {
-                    return Err(NicError::SecondPodInterface { field: ip });
-                }
                 NetBackend::Passt {
                     socket: crate::api::VmiDir::unchecked(&env.dir).passt_socket(),
                     ports: pod_ports(&ip, iface)?,
@@ -160,13 +180,17 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                 let tap = format!("tap{i}");
                 let fd = TAP_FD_BASE + pod_taps;
                 pod_taps += 1;
-                if pod_taps > 1 {
-                    return Err(NicError::SecondPodInterface { field: ip });
-                }
+                let interface = pod.interface.clone();
                 if iface.masquerade.is_some() {
+                    if net.pod.is_none() {
+                        return Err(NicError::MasqueradeNotOnPod {
+                            field: format!("{ip}.masquerade"),
+                        });
+                    }
                     NetBackend::Pod {
                         tap,
                         fd,
+                        interface,
                         binding: PodBinding::Masquerade {
                             ports: pod_ports(&ip, iface)?,
                         },
@@ -182,6 +206,7 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                     NetBackend::Pod {
                         tap,
                         fd,
+                        interface,
                         binding: PodBinding::Bridge,
                     }
                 } else {
@@ -240,8 +265,9 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
             } else {
                 return Err(NicError::Binding { field: ip });
             };
-        if matches!(backend, NetBackend::Pod { .. } | NetBackend::Passt { .. }) && mac.is_none() {
-            // The launcher's DHCP server hands out addresses by MAC: it must know the guest's.
+        if mac.is_none() {
+            // Every NIC has a MAC the launcher knows: its DHCP server hands out addresses by
+            // MAC, and the guest agent's interfaces are matched to the VMI's by MAC.
             mac = Some(generated_mac(&tap_seed, &iface.name));
         }
         let boot_order = iface.boot_order.filter(|n| *n > 0).map(|n| n as u32);
@@ -414,23 +440,73 @@ mod tests {
     }
 
     fn on_pod_network(interfaces: &str) -> Result<MachineSpec, SpecError> {
-        use crate::api::{PodAddress, PodNetworkInfo};
+        on_networks(
+            interfaces,
+            "[{name: n, pod: {}}, {name: m, pod: {}}, {name: blue, multus: {networkName: ns/blue}}]",
+        )
+    }
+
+    fn on_networks(interfaces: &str, networks: &str) -> Result<MachineSpec, SpecError> {
+        use crate::api::{PodAddress, PodInterface, PodNetworkInfo};
         let yaml = format!(
             "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: t, namespace: ns}}\n\
-             spec:\n  domain:\n    memory: {{guest: 64Mi}}\n    devices: {{interfaces: {interfaces}}}\n  networks: [{{name: n, pod: {{}}}}, {{name: m, pod: {{}}}}]\n"
+             spec:\n  domain:\n    memory: {{guest: 64Mi}}\n    devices: {{interfaces: {interfaces}}}\n  networks: {networks}\n"
         );
         let mut env = Environment::fixed(Path::new("/d"), Accelerator::Tcg);
-        env.pod_network = Some(PodNetworkInfo {
-            netns: "/run/netns/kvrs-x".into(),
-            interface: "eth0".into(),
+        let pod_if = |network: &str, interface: &str, ip: &str, mac: &str| PodInterface {
+            network: network.into(),
+            interface: interface.into(),
             addresses: vec![PodAddress {
-                ip: "10.244.0.9".parse().unwrap(),
+                ip: ip.parse().unwrap(),
                 prefix: 24,
             }],
-            gateway: "10.244.0.1".parse().ok(),
-            mac: Some("0A:58:0A:F4:00:09".into()),
+            gateway: None,
+            mac: Some(mac.into()),
+        };
+        env.pod_network = Some(PodNetworkInfo {
+            netns: "/run/netns/kvrs-x".into(),
+            interfaces: vec![
+                pod_if("n", "eth0", "10.244.0.9", "0A:58:0A:F4:00:09"),
+                pod_if("blue", "net1", "192.168.7.3", "0A:58:C0:A8:07:03"),
+            ],
         });
         MachineSpec::from_vmi(&parse_vmi(&yaml).expect("test YAML"), &env)
+    }
+
+    /// A Multus network's NIC binds to its own pod interface (`net1`); only bridge is allowed
+    /// there, as in KubeVirt, and a network the handler did not attach is named.
+    #[test]
+    fn multus_networks_bind_their_own_pod_interface() {
+        let m = on_pod_network("[{name: n, masquerade: {}}, {name: blue, bridge: {}}]").unwrap();
+        match (&m.nics[0].backend, &m.nics[1].backend) {
+            (
+                NetBackend::Pod {
+                    interface: a,
+                    fd: fa,
+                    ..
+                },
+                NetBackend::Pod {
+                    interface: b,
+                    fd: fb,
+                    binding: PodBinding::Bridge,
+                    ..
+                },
+            ) => {
+                assert_eq!((a.as_str(), b.as_str()), ("eth0", "net1"));
+                assert_eq!((*fa, *fb), (TAP_FD_BASE, TAP_FD_BASE + 1));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.nics[1].mac.as_deref(), Some("0a:58:c0:a8:07:03"));
+        let e = on_pod_network("[{name: blue, masquerade: {}}]").unwrap_err();
+        assert_eq!(e.field(), "spec.domain.devices.interfaces[0].masquerade");
+        let e = on_networks(
+            "[{name: red, bridge: {}}]",
+            "[{name: red, multus: {networkName: red}}]",
+        )
+        .unwrap_err();
+        assert_eq!(e.field(), "spec.domain.devices.interfaces[0].name");
+        assert!(e.to_string().contains("network red"), "{e}");
     }
 
     /// On a pod network every binding is a tap (or passt) with a MAC the DHCP server knows:
@@ -439,8 +515,16 @@ mod tests {
     fn pod_network_bindings_get_taps_and_known_macs() {
         let m = on_pod_network("[{name: n, masquerade: {}, ports: [{port: 80}]}]").unwrap();
         match &m.nics[0].backend {
-            NetBackend::Pod { tap, fd, binding } => {
-                assert_eq!((tap.as_str(), *fd), ("tap0", TAP_FD_BASE));
+            NetBackend::Pod {
+                tap,
+                fd,
+                interface,
+                binding,
+            } => {
+                assert_eq!(
+                    (tap.as_str(), *fd, interface.as_str()),
+                    ("tap0", TAP_FD_BASE, "eth0")
+                );
                 assert_eq!(
                     binding,
                     &PodBinding::Masquerade {

@@ -126,7 +126,7 @@ pub fn render_console(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), Dev
     Ok(())
 }
 
-/// RNG, balloon, watchdog.
+/// RNG, the guest agent's channel, balloon, watchdog.
 pub fn render_other(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DeviceError> {
     let virtio_suffix = if spec.profile == Profile::Microvm {
         "device"
@@ -155,6 +155,41 @@ pub fn render_other(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), Devic
             )?,
         );
     }
+    // The guest agent's channel, which KubeVirt gives every VMI: a virtio-serial port named
+    // `org.qemu.guest_agent.0` on a unix socket only the launcher connects to.
+    push(
+        a,
+        "-chardev",
+        Opts::new("socket")
+            .set("id", "qga0")
+            .set_path("path", &spec.guest_agent_socket())
+            .set("server", "on")
+            .set("wait", "off")
+            .build()
+            .map_err(|source| DeviceError::Other {
+                device: "guest agent channel",
+                source,
+            })?,
+    );
+    push(
+        a,
+        "-device",
+        fixed(
+            Opts::new(&format!("virtio-serial-{virtio_suffix}")).set("id", "virtio-serial0"),
+            "virtio-serial",
+        )?,
+    );
+    push(
+        a,
+        "-device",
+        fixed(
+            Opts::new("virtserialport")
+                .set("bus", "virtio-serial0.0")
+                .set("chardev", "qga0")
+                .set("name", "org.qemu.guest_agent.0"),
+            "guest agent channel",
+        )?,
+    );
     if spec.balloon.is_some() {
         push(
             a,

@@ -163,6 +163,7 @@ mod tests {
         n.backend = NetBackend::Pod {
             tap: "tap0".into(),
             fd: 3,
+            interface: "eth0".into(),
             binding: crate::machine::PodBinding::Masquerade { ports: vec![] },
         };
         s.nics = vec![n];

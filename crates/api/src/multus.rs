@@ -1,0 +1,295 @@
+//! Multus' `NetworkAttachmentDefinition` (`k8s.cni.cncf.io/v1`): a CNI configuration, by name,
+//! that a VMI's `multus` network attaches (KubeVirt's secondary networks).
+//!
+//! The configuration is run as root on the node by virt-handler, so what it may ask for is
+//! limited to what cannot reach beyond the VMI's network namespace and the node's own
+//! interfaces ([`check_config`]), at admission and again before it runs:
+//! - plugin types from an allowlist of the standard plugins ([`PLUGINS`], [`IPAM_PLUGINS`]);
+//!   `host-device` (moves a host interface away), `dhcp` (needs a daemon), `tuning` (writes
+//!   sysctls) and any other binary are refused;
+//! - no host paths: IPAM's `dataDir` (the node chooses where leases live) and `resolvConf`
+//!   (would read any host file into the result) are refused;
+//! - no runtime keys a runtime passes itself (`runtimeConfig`, `prevResult`, `args`'s
+//!   `cni` arguments are allowed as Multus allows them).
+
+use crate::field::{FieldError, Path};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `spec` of a NetworkAttachmentDefinition: the CNI configuration as a JSON string (a single
+/// plugin's `.conf` or a `.conflist`).
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "k8s.cni.cncf.io",
+    version = "v1",
+    kind = "NetworkAttachmentDefinition",
+    plural = "network-attachment-definitions",
+    singular = "network-attachment-definition",
+    namespaced,
+    shortname = "net-attach-def",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "NetworkAttachmentDefinition (k8s.cni.cncf.io/v1): Multus' CNI configuration for a secondary network."
+)]
+pub struct NetworkAttachmentDefinitionSpec {
+    /// NetworkAttachmentDefinition config is a JSON-formatted CNI configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+}
+
+/// The main plugins a NetworkAttachmentDefinition may name.
+pub const PLUGINS: &[&str] = &[
+    "bridge",
+    "macvlan",
+    "ipvlan",
+    "ptp",
+    "vlan",
+    "bandwidth",
+    "portmap",
+    "firewall",
+    "sbr",
+];
+
+/// The IPAM plugins it may name.
+pub const IPAM_PLUGINS: &[&str] = &["host-local", "static"];
+
+/// Longest configuration accepted (Multus has no limit; ours keeps the node's work bounded).
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+
+/// A network name, plugin type or interface name: characters that may become part of a file
+/// name or a binary's name.
+fn plain(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Checks a NetworkAttachmentDefinition's `spec.config` (`field` is its path) against what
+/// the node will run; each problem names the key and what is allowed. An empty config is
+/// allowed, as Multus allows it (the network is then unusable and says so at attach time).
+pub fn check_config(field: &Path, config: &str) -> Vec<FieldError> {
+    let f = field.as_str();
+    if config.len() > MAX_CONFIG_BYTES {
+        return vec![FieldError::invalid(
+            f,
+            format!("the CNI configuration is longer than {MAX_CONFIG_BYTES} bytes"),
+        )];
+    }
+    let value: Value = match serde_json::from_str(config) {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![FieldError::invalid(
+                f,
+                format!("the CNI configuration is not JSON: {e}"),
+            )]
+        }
+    };
+    let Some(obj) = value.as_object() else {
+        return vec![FieldError::invalid(
+            f,
+            "the CNI configuration must be a JSON object",
+        )];
+    };
+    let mut errs = Vec::new();
+    match obj.get("name").and_then(Value::as_str) {
+        Some(n) if plain(n, 128) => {}
+        Some(n) => errs.push(FieldError::invalid(
+            f,
+            format!("CNI network name {n:?} must be 1-128 characters of [A-Za-z0-9_.-]"),
+        )),
+        None => errs.push(FieldError::required(
+            f,
+            "the CNI configuration needs a \"name\"",
+        )),
+    }
+    let plugins: Vec<&Value> = match obj.get("plugins") {
+        Some(Value::Array(list)) if !list.is_empty() => list.iter().collect(),
+        Some(_) => {
+            errs.push(FieldError::invalid(
+                f,
+                "\"plugins\" must be a non-empty list of plugin configurations",
+            ));
+            vec![]
+        }
+        None => vec![&value],
+    };
+    for (i, p) in plugins.iter().enumerate() {
+        let at = if obj.contains_key("plugins") {
+            format!("plugins[{i}]")
+        } else {
+            "the configuration".to_string()
+        };
+        let Some(p) = p.as_object() else {
+            errs.push(FieldError::invalid(f, format!("{at} must be an object")));
+            continue;
+        };
+        match p.get("type").and_then(Value::as_str) {
+            Some(t) if PLUGINS.contains(&t) => {}
+            Some(t) => errs.push(FieldError::not_supported(
+                f,
+                format!(
+                    "{at}: CNI plugin type {t:?} is not allowed on this node; use one of: {}",
+                    PLUGINS.join(", ")
+                ),
+            )),
+            None => errs.push(FieldError::required(f, format!("{at} needs a \"type\""))),
+        }
+        for key in ["runtimeConfig", "prevResult"] {
+            if p.contains_key(key) {
+                errs.push(FieldError::invalid(
+                    f,
+                    format!("{at}: {key:?} is set by the runtime, not by the configuration"),
+                ));
+            }
+        }
+        for key in ["bridge", "master"] {
+            if let Some(v) = p.get(key) {
+                if !v.as_str().is_some_and(|s| plain(s, 15)) {
+                    errs.push(FieldError::invalid(
+                        f,
+                        format!("{at}: {key:?} must be an interface name (1-15 characters of [A-Za-z0-9_.-])"),
+                    ));
+                }
+            }
+        }
+        if let Some(ipam) = p.get("ipam") {
+            let Some(ipam) = ipam.as_object() else {
+                errs.push(FieldError::invalid(
+                    f,
+                    format!("{at}: \"ipam\" must be an object"),
+                ));
+                continue;
+            };
+            match ipam.get("type").and_then(Value::as_str) {
+                Some(t) if IPAM_PLUGINS.contains(&t) => {}
+                // An empty ipam ({}) means none, as the plugins read it.
+                None if ipam.is_empty() => {}
+                Some(t) => errs.push(FieldError::not_supported(
+                    f,
+                    format!(
+                        "{at}: IPAM plugin type {t:?} is not allowed on this node; use one of: {}",
+                        IPAM_PLUGINS.join(", ")
+                    ),
+                )),
+                None => errs.push(FieldError::required(
+                    f,
+                    format!("{at}: \"ipam\" needs a \"type\""),
+                )),
+            }
+            for key in ["dataDir", "resolvConf"] {
+                if ipam.contains_key(key) {
+                    errs.push(FieldError::invalid(
+                        f,
+                        format!(
+                            "{at}: ipam {key:?} names a host path; remove it (the node keeps \
+                             leases in its own directory)"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    errs
+}
+
+/// Admission of a NetworkAttachmentDefinition: its configuration is checked.
+pub fn validate_nad(nad: &NetworkAttachmentDefinition) -> Vec<FieldError> {
+    match nad.spec.config.as_deref() {
+        Some(c) if !c.trim().is_empty() => check_config(&Path::root("spec").child("config"), c),
+        _ => Vec::new(),
+    }
+}
+
+/// A `multus.networkName` (`name` or `namespace/name`) resolved against the VMI's namespace.
+pub fn network_name(vmi_namespace: &str, network_name: &str) -> (String, String) {
+    match network_name.split_once('/') {
+        Some((ns, name)) => (ns.to_string(), name.to_string()),
+        None => (vmi_namespace.to_string(), network_name.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(config: &str) -> Vec<String> {
+        check_config(&Path::root("spec").child("config"), config)
+            .into_iter()
+            .map(|e| e.message)
+            .collect()
+    }
+
+    #[test]
+    fn standard_bridge_and_macvlan_configs_pass() {
+        assert!(errs(r#"{"cniVersion":"0.3.1","name":"blue","type":"bridge","bridge":"br-blue","ipam":{"type":"host-local","subnet":"192.168.50.0/24"}}"#).is_empty());
+        assert!(errs(r#"{"cniVersion":"1.0.0","name":"m","plugins":[{"type":"macvlan","master":"eth0","mode":"bridge","ipam":{"type":"static","addresses":[{"address":"10.1.1.2/24"}]}}]}"#).is_empty());
+        assert!(errs(r#"{"name":"l2","type":"bridge","bridge":"br1","ipam":{}}"#).is_empty());
+    }
+
+    #[test]
+    fn hostile_configs_are_refused_with_the_key_named() {
+        for (config, says) in [
+            ("not json", "not JSON"),
+            ("[]", "JSON object"),
+            (r#"{"type":"bridge"}"#, "\"name\""),
+            (r#"{"name":"../x","type":"bridge"}"#, "network name"),
+            (r#"{"name":"x","type":"../../bin/sh"}"#, "not allowed"),
+            (
+                r#"{"name":"x","type":"host-device","device":"eth0"}"#,
+                "not allowed",
+            ),
+            (
+                r#"{"name":"x","type":"tuning","sysctl":{"net.ipv4.ip_forward":"1"}}"#,
+                "not allowed",
+            ),
+            (
+                r#"{"name":"x","type":"bridge","ipam":{"type":"host-local","dataDir":"/etc"}}"#,
+                "dataDir",
+            ),
+            (
+                r#"{"name":"x","type":"bridge","ipam":{"type":"host-local","resolvConf":"/etc/shadow"}}"#,
+                "resolvConf",
+            ),
+            (
+                r#"{"name":"x","type":"bridge","ipam":{"type":"dhcp"}}"#,
+                "IPAM plugin type",
+            ),
+            (
+                r#"{"name":"x","type":"bridge","bridge":"a,b;rm -rf /"}"#,
+                "interface name",
+            ),
+            (
+                r#"{"name":"x","type":"macvlan","master":"averyveryverylongname"}"#,
+                "interface name",
+            ),
+            (
+                r#"{"name":"x","type":"bridge","runtimeConfig":{}}"#,
+                "runtimeConfig",
+            ),
+            (r#"{"name":"x","plugins":[]}"#, "non-empty"),
+            (r#"{"name":"x","plugins":[1]}"#, "must be an object"),
+        ] {
+            let e = errs(config);
+            assert!(e.iter().any(|m| m.contains(says)), "{config}: {e:?}");
+        }
+        let huge = format!(
+            r#"{{"name":"x","type":"bridge","pad":"{}"}}"#,
+            "a".repeat(70_000)
+        );
+        assert!(errs(&huge)[0].contains("longer than"));
+    }
+
+    #[test]
+    fn network_names_resolve_against_the_vmi_namespace() {
+        assert_eq!(network_name("ns", "blue"), ("ns".into(), "blue".into()));
+        assert_eq!(
+            network_name("ns", "other/blue"),
+            ("other".into(), "blue".into())
+        );
+    }
+}
