@@ -431,52 +431,32 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 match volumes::resolve(&ctx.client, &vmi, &ctx.config.host_paths).await? {
                     volumes::Resolved::Ready(node) => {
                         let network = match &ctx.config.pod_network {
-                            Some(pods) => {
-                                let uid = vmi.uid().unwrap_or_default();
-                                let networks = match multus::resolve(&ctx.client, &vmi, &pods.node)
-                                    .await?
-                                {
-                                    multus::Networks::Ready(n) => n,
-                                    multus::Networks::Missing(why) => {
-                                        // KubeVirt keeps the VMI waiting, and says why.
-                                        tracing::info!(vmi = %name, %why, "waiting for networks");
-                                        let waiting =
-                                            status::not_synchronized(&current, &why, &now());
-                                        if status::changed(&current, &waiting) {
-                                            patch_status(&api, &name, waiting).await?;
-                                            ctx.event(
-                                                &vmi,
-                                                EventType::Warning,
-                                                reason::FAILED_CREATE,
-                                                why,
-                                            )
-                                            .await;
-                                        }
-                                        return Ok(Action::requeue(Duration::from_secs(2)));
+                            Some(pods) => match attach_networks(&ctx, &vmi, pods).await? {
+                                Ok(info) => Some(info),
+                                Err(Blocked::Wait(why)) => {
+                                    // KubeVirt keeps the VMI waiting, and says why.
+                                    tracing::info!(vmi = %name, %why, "waiting for networks");
+                                    let waiting = status::not_synchronized(&current, &why, &now());
+                                    if status::changed(&current, &waiting) {
+                                        patch_status(&api, &name, waiting).await?;
+                                        ctx.event(
+                                            &vmi,
+                                            EventType::Warning,
+                                            reason::FAILED_CREATE,
+                                            why,
+                                        )
+                                        .await;
                                     }
-                                    multus::Networks::Refused(why) => {
-                                        let why = format!("setting up the pod network: {why}");
-                                        tracing::warn!(vmi = %name, %why);
-                                        let failed =
-                                            status::failed_to_start(&current, &why, &now());
-                                        patch_status(&api, &name, failed).await?;
-                                        return Ok(Action::await_change());
-                                    }
-                                };
-                                match pods.setup(&uid, &ns, &name, &networks).await {
-                                    Ok(n) => Some(n.info()),
-                                    Err(e) => {
-                                        // The plugin's own message, as kubelet reports a
-                                        // failed sandbox; nothing half-configured is left.
-                                        let why = format!("setting up the pod network: {e}");
-                                        tracing::warn!(vmi = %name, %why);
-                                        let failed =
-                                            status::failed_to_start(&current, &why, &now());
-                                        patch_status(&api, &name, failed).await?;
-                                        return Ok(Action::await_change());
-                                    }
+                                    return Ok(Action::requeue(Duration::from_secs(2)));
                                 }
-                            }
+                                Err(Blocked::Fail(why)) => {
+                                    let why = format!("setting up the pod network: {why}");
+                                    tracing::warn!(vmi = %name, %why);
+                                    let failed = status::failed_to_start(&current, &why, &now());
+                                    patch_status(&api, &name, failed).await?;
+                                    return Ok(Action::await_change());
+                                }
+                            },
                             None => None,
                         };
                         spawn_launcher(
@@ -529,6 +509,36 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             })))
         }
     }
+}
+
+/// Why a VMI's networks cannot be attached (yet).
+enum Blocked {
+    /// Something it names may still come (a NetworkAttachmentDefinition).
+    Wait(String),
+    /// A network this node will not run, or a plugin's own error (as kubelet reports a
+    /// failed sandbox); nothing half-configured is left.
+    Fail(String),
+}
+
+/// Attaches the VMI's networks in its namespace (the pod network, Multus networks) and says
+/// what the launcher gets.
+async fn attach_networks(
+    ctx: &Context,
+    vmi: &VirtualMachineInstance,
+    pods: &podnet::PodNetwork,
+) -> Result<Result<kubevirt_launcher::api::PodNetworkInfo, Blocked>, Error> {
+    let networks = match multus::resolve(&ctx.client, vmi, &pods.node).await? {
+        multus::Networks::Ready(n) => n,
+        multus::Networks::Missing(why) => return Ok(Err(Blocked::Wait(why))),
+        multus::Networks::Refused(why) => return Ok(Err(Blocked::Fail(why))),
+    };
+    let uid = vmi.uid().unwrap_or_default();
+    let ns = vmi.namespace().unwrap_or_else(|| "default".into());
+    Ok(pods
+        .setup(&uid, &ns, &vmi.name_any(), &networks)
+        .await
+        .map(|n| n.info())
+        .map_err(|e| Blocked::Fail(e.to_string())))
 }
 
 /// Tears down the VMI's pod network (CNI `DEL`, its namespace) if it has one; idempotent.

@@ -79,6 +79,24 @@ fn on_console(s: &Server, vmi: &str, command: &str, want: &str, timeout: Duratio
 }
 
 fn vmi(name: &str, binding: &str, extra_iface: &str, user_data: Option<&str>) -> String {
+    vmi_on(name, binding, extra_iface, user_data, None)
+}
+
+/// [`vmi`], with a second NIC (`blue`, bridge binding) on the Multus network `multus`.
+fn vmi_on(
+    name: &str,
+    binding: &str,
+    extra_iface: &str,
+    user_data: Option<&str>,
+    multus: Option<&str>,
+) -> String {
+    let (multus_iface, multus_net) = match multus {
+        Some(n) => (
+            "\n      - name: blue\n        bridge: {}".to_string(),
+            format!("\n  - name: blue\n    multus:\n      networkName: {n}"),
+        ),
+        None => (String::new(), String::new()),
+    };
     let (cloud_disk, cloud_volume) = match user_data {
         Some(script) => (
             "\n      - name: cloudinit\n        disk: {bus: virtio}".to_string(),
@@ -106,13 +124,13 @@ spec:
         disk: {{bus: virtio}}{cloud_disk}
       interfaces:
       - name: default
-        {binding}: {{}}{extra_iface}
+        {binding}: {{}}{extra_iface}{multus_iface}
     resources:
       requests:
         memory: 128Mi
   networks:
   - name: default
-    pod: {{}}
+    pod: {{}}{multus_net}
   volumes:
   - name: rootdisk
     containerDisk:
@@ -367,45 +385,7 @@ spec:
         .kubectl(&["get", "net-attach-def", "-o", "name"])
         .contains("blue"));
     let with_blue = |name: &str, network: &str, user_data: &str| {
-        format!(
-            "apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata:
-  name: {name}
-spec:
-  terminationGracePeriodSeconds: 0
-  domain:
-    devices:
-      disks:
-      - name: rootdisk
-        disk: {{bus: virtio}}
-      - name: cloudinit
-        disk: {{bus: virtio}}
-      interfaces:
-      - name: default
-        masquerade: {{}}
-      - name: blue
-        bridge: {{}}
-    resources:
-      requests:
-        memory: 128Mi
-  networks:
-  - name: default
-    pod: {{}}
-  - name: blue
-    multus:
-      networkName: {network}
-  volumes:
-  - name: rootdisk
-    containerDisk:
-      image: kubevirt-rs/demo-guest:latest
-  - name: cloudinit
-    cloudInitNoCloud:
-      userData: |
-        #!/bin/sh
-        {user_data}
-"
-        )
+        vmi_on(name, "masquerade", "", Some(user_data), Some(network))
     };
     // A missing NAD: the VMI waits, and says which.
     apply(&s, dir.path(), "lost", &with_blue("lost", "nosuch", "true"));

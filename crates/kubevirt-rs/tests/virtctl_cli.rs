@@ -550,7 +550,8 @@ fn image_upload_fills_a_datavolume_and_a_pvc() {
 /// The QEMU guest agent in the demo guest: once it answers, the VMI is `AgentConnected`, its
 /// `guestOSInfo` is the guest's os-release, its interface carries the guest's name for it,
 /// and `virtctl guestosinfo|userlist|fslist` show what the guest reports (a filesystem the
-/// guest mounted included). A VMI that is gone gives virtctl's error.
+/// guest mounted included). Without ACPI, `virtctl soft-reboot` reboots the guest through its
+/// agent. A VMI that is gone gives virtctl's error.
 #[test]
 fn guest_agent_reports_through_the_vmi_status_and_virtctl() {
     if !have_kubectl() {
@@ -577,6 +578,8 @@ metadata:
 spec:
   terminationGracePeriodSeconds: 0
   domain:
+    features:
+      acpi: {enabled: false}
     devices:
       disks:
       - name: rootdisk
@@ -680,6 +683,32 @@ spec:
     assert_eq!(users.code, 0, "{}", users.stderr);
     let users: serde_json::Value = serde_json::from_str(&users.stdout).expect("JSON");
     assert!(users["items"].is_array(), "{users:#}");
+
+    // Without ACPI, a soft reboot goes through the guest agent: the guest reboots (its boot
+    // banner twice in the serial log) and its agent answers again.
+    let rebooted = run(&s, &virtctl, &["soft-reboot", "ga"]);
+    assert_eq!(rebooted.code, 0, "{}", rebooted.stderr);
+    let serial = s.vmi_dir("default", "ga").serial_log();
+    let mut log = String::new();
+    assert!(
+        wait_for(Duration::from_secs(120), || {
+            log = std::fs::read_to_string(&serial).unwrap_or_default();
+            log.matches("kubevirt-rs demo guest: booted").count() >= 2
+        }),
+        "no second boot after the soft reboot:\n{log}"
+    );
+    assert!(log.contains("demo guest: reboot requested"), "{log}");
+    assert!(
+        wait_for(Duration::from_secs(120), || run(
+            &s,
+            &virtctl,
+            &["guestosinfo", "ga"]
+        )
+        .stdout
+        .contains("kubevirt-rs-demo")),
+        "the agent did not answer after the reboot"
+    );
+    assert_eq!(s.jsonpath("vmi", "ga", "{.status.phase}"), "Running");
 
     // Once the VMI is gone there is nothing to ask, and virtctl says what failed.
     s.kubectl(&["delete", "vmi", "ga", "--wait=true", "--timeout=60s"]);

@@ -733,11 +733,18 @@ fn timezone_text(t: &Timezone) -> String {
     format!("{}, {}", guest_opt(&t.zone).unwrap_or_default(), t.offset)
 }
 
+/// What the poll and `guestosinfo` both report.
+struct About {
+    info: AgentInfo,
+    os: kubevirt_api::VirtualMachineInstanceGuestOSInfo,
+    hostname: String,
+    timezone: String,
+}
+
 impl Agent {
-    /// One poll: is the agent there, and what it says about the guest. Fails (the agent is
-    /// not connected) when it does not answer.
-    pub async fn status(&mut self) -> Result<AgentStatus, AgentError> {
-        self.ping().await?;
+    /// The agent's own info, then the guest's OS, host name and timezone (each empty when the
+    /// guest does not say).
+    async fn about(&mut self) -> Result<About, AgentError> {
         let info = self.info().await?;
         let os = self
             .os_info()
@@ -754,6 +761,24 @@ impl Agent {
             .await
             .map(|t| timezone_text(&t))
             .unwrap_or_default();
+        Ok(About {
+            info,
+            os,
+            hostname,
+            timezone,
+        })
+    }
+
+    /// One poll: is the agent there, and what it says about the guest. Fails (the agent is
+    /// not connected) when it does not answer.
+    pub async fn status(&mut self) -> Result<AgentStatus, AgentError> {
+        self.ping().await?;
+        let About {
+            info,
+            os,
+            hostname,
+            timezone,
+        } = self.about().await?;
         let interfaces = self
             .network_interfaces()
             .await
@@ -778,22 +803,12 @@ impl Agent {
         &mut self,
     ) -> Result<kubevirt_api::guestagent::GuestAgentInfo, AgentError> {
         use kubevirt_api::guestagent::{FileSystemInfo, GuestAgentCommandInfo, GuestAgentInfo};
-        let info = self.info().await?;
-        let os = self
-            .os_info()
-            .await
-            .map(|o| os_info(&o))
-            .unwrap_or_default();
-        let hostname = self
-            .host_name()
-            .await
-            .map(|h| guest_string(&h))
-            .unwrap_or_default();
-        let timezone = self
-            .timezone()
-            .await
-            .map(|t| timezone_text(&t))
-            .unwrap_or_default();
+        let About {
+            info,
+            os,
+            hostname,
+            timezone,
+        } = self.about().await?;
         Ok(GuestAgentInfo {
             guest_agent_version: guest_string(&info.version),
             supported_commands: info

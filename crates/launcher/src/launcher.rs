@@ -225,6 +225,11 @@ pub enum LaunchError {
     Network(#[from] crate::network::NetworkError),
     #[error("the guest's DHCP server: {0}")]
     Dhcp(#[from] crate::dhcp::DhcpError),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    /// KubeVirt's words for a soft reboot that has no way to reach the guest.
+    #[error("VMI neither have the agent connected nor the ACPI feature enabled")]
+    NoSoftReboot,
     #[error("cannot run {binary}: {source}")]
     Spawn {
         binary: String,
@@ -985,8 +990,21 @@ impl Vm {
     }
 
     /// See the module documentation: ACPI power button, then reset instead of power off.
+    /// KubeVirt's soft reboot: the ACPI power button (the guest powers off, the launcher
+    /// resets and continues it), or, without ACPI, a reboot asked of the guest agent.
     pub async fn soft_reboot(&self) -> Result<(), LaunchError> {
         self.ensure_alive("cannot reboot")?;
+        if !self.spec.acpi {
+            if self.lock().state.guest_agent.is_none() {
+                return Err(LaunchError::NoSoftReboot);
+            }
+            return self
+                .agent()
+                .await?
+                .shutdown(crate::agent::ShutdownMode::Reboot)
+                .await
+                .map_err(LaunchError::from);
+        }
         self.lock().intent = Intent::SoftReboot;
         self.qmp
             .system_powerdown()
