@@ -52,6 +52,49 @@ pub const PLUGINS: &[&str] = &[
     "sbr",
 ];
 
+/// The SR-IOV network type. Its configuration is not run as a CNI plugin here: it names the
+/// virtual function to pass through (`deviceID`, a PCI address, as sriov-cni reads it when no
+/// device plugin hands one over), which the launcher gives the guest as a vfio-pci device.
+pub const SRIOV: &str = "sriov";
+
+/// A PCI address (`0000:81:10.2`: domain, bus, device ≤ 1f, function ≤ 7) in lower case, or
+/// `None`.
+pub fn pci_address(s: &str) -> Option<String> {
+    let (domain, rest) = s.split_once(':')?;
+    let (bus, rest) = rest.split_once(':')?;
+    let (device, function) = rest.split_once('.')?;
+    let hex = |t: &str, n: usize| t.len() == n && t.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = hex(domain, 4)
+        && hex(bus, 2)
+        && hex(device, 2)
+        && u8::from_str_radix(device, 16).is_ok_and(|d| d <= 0x1f)
+        && function.len() == 1
+        && function.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    ok.then(|| s.to_ascii_lowercase())
+}
+
+/// The virtual function an SR-IOV configuration names (`{"type": "sriov", "deviceID": ...}`,
+/// alone or as the first plugin of a list), when the configuration is one.
+pub fn sriov_device(config: &str) -> Option<Result<String, String>> {
+    let v: Value = serde_json::from_str(config).ok()?;
+    let p = match v.get("plugins").and_then(Value::as_array) {
+        Some(list) => list.first()?.clone(),
+        None => v,
+    };
+    if p.get("type").and_then(Value::as_str) != Some(SRIOV) {
+        return None;
+    }
+    Some(match p.get("deviceID").and_then(Value::as_str) {
+        Some(id) => pci_address(id)
+            .ok_or_else(|| format!("\"deviceID\" {id:?} is not a PCI address (0000:81:10.2)")),
+        None => Err(
+            "an sriov network needs \"deviceID\": the PCI address of the virtual function \
+             (there is no SR-IOV device plugin on this node)"
+                .into(),
+        ),
+    })
+}
+
 /// The IPAM plugins it may name.
 pub const IPAM_PLUGINS: &[&str] = &["host-local", "static"];
 
@@ -95,6 +138,12 @@ pub fn check_config(field: &Path, config: &str) -> Vec<FieldError> {
             "the CNI configuration must be a JSON object",
         )];
     };
+    if let Some(device) = sriov_device(config) {
+        return match device {
+            Ok(_) => Vec::new(),
+            Err(why) => vec![FieldError::invalid(f, why)],
+        };
+    }
     let mut errs = Vec::new();
     match obj.get("name").and_then(Value::as_str) {
         Some(n) if plain(n, 128) => {}
@@ -282,6 +331,39 @@ mod tests {
             "a".repeat(70_000)
         );
         assert!(errs(&huge)[0].contains("longer than"));
+    }
+
+    /// An SR-IOV network names its virtual function by PCI address; nothing else reaches the
+    /// host from it.
+    #[test]
+    fn sriov_networks_name_a_pci_address() {
+        let ok = r#"{"cniVersion":"0.3.1","name":"sriov-net","type":"sriov","deviceID":"0000:81:10.2","vlan":100}"#;
+        assert!(errs(ok).is_empty());
+        assert_eq!(sriov_device(ok), Some(Ok("0000:81:10.2".into())));
+        assert_eq!(sriov_device(r#"{"name":"b","type":"bridge"}"#), None);
+        for (config, says) in [
+            (r#"{"name":"s","type":"sriov"}"#, "needs \"deviceID\""),
+            (
+                r#"{"name":"s","type":"sriov","deviceID":"../../sys"}"#,
+                "not a PCI address",
+            ),
+            (
+                r#"{"name":"s","type":"sriov","deviceID":"0000:81:20.0"}"#,
+                "not a PCI address",
+            ),
+            (
+                r#"{"name":"s","type":"sriov","deviceID":"0000:81:10.8"}"#,
+                "not a PCI address",
+            ),
+            (
+                r#"{"name":"s","type":"sriov","deviceID":"0000:81:10.2,x=y"}"#,
+                "not a PCI address",
+            ),
+        ] {
+            let e = errs(config);
+            assert!(e.iter().any(|m| m.contains(says)), "{config}: {e:?}");
+        }
+        assert_eq!(pci_address("0000:AF:1F.7").as_deref(), Some("0000:af:1f.7"));
     }
 
     #[test]

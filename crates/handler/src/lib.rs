@@ -527,8 +527,8 @@ async fn attach_networks(
     vmi: &VirtualMachineInstance,
     pods: &podnet::PodNetwork,
 ) -> Result<Result<kubevirt_launcher::api::PodNetworkInfo, Blocked>, Error> {
-    let networks = match multus::resolve(&ctx.client, vmi, &pods.node).await? {
-        multus::Networks::Ready(n) => n,
+    let (networks, sriov) = match multus::resolve(&ctx.client, vmi, &pods.node).await? {
+        multus::Networks::Ready(n, sriov) => (n, sriov),
         multus::Networks::Missing(why) => return Ok(Err(Blocked::Wait(why))),
         multus::Networks::Refused(why) => return Ok(Err(Blocked::Fail(why))),
     };
@@ -537,7 +537,7 @@ async fn attach_networks(
     Ok(pods
         .setup(&uid, &ns, &vmi.name_any(), &networks)
         .await
-        .map(|n| n.info())
+        .map(|n| kubevirt_launcher::api::PodNetworkInfo { sriov, ..n.info() })
         .map_err(|e| Blocked::Fail(e.to_string())))
 }
 

@@ -2,18 +2,21 @@
 //! Multus network marked `default: true` in its place), then each Multus secondary network
 //! on `net1`, `net2`, ... in the order of `spec.networks`, as Multus attaches a launcher Pod's
 //! networks. A Multus network's configuration is its NetworkAttachmentDefinition's, checked
-//! and confined to the node ([`crate::podnet::NodeNetwork::confine`]).
+//! and confined to the node ([`crate::podnet::NodeNetwork::confine`]). An SR-IOV network
+//! (`"type": "sriov"`) is not attached: its virtual function (`deviceID`) is handed to the
+//! launcher, which passes it through to the guest.
 
 use crate::podnet::{Attach, NodeNetwork, PodNetwork};
 use kube::{Api, Client, ResourceExt};
 use kubevirt_api::multus::network_name;
 use kubevirt_api::{NetworkAttachmentDefinition, VirtualMachineInstance};
-use kubevirt_launcher::api::PodInterface;
+use kubevirt_launcher::api::{PodInterface, SriovDevice};
 
 /// What a VMI's networks need from the node.
 #[derive(Debug)]
 pub enum Networks {
-    Ready(Vec<Attach>),
+    /// CNI attachments in the VMI's namespace, and SR-IOV virtual functions to pass through.
+    Ready(Vec<Attach>, Vec<SriovDevice>),
     /// A NetworkAttachmentDefinition is not there (yet): KubeVirt's message, the VMI waits.
     Missing(String),
     /// A NetworkAttachmentDefinition this node will not run, and why.
@@ -29,6 +32,7 @@ pub async fn resolve(
     let vmi_ns = vmi.namespace().unwrap_or_else(|| "default".into());
     let networks = vmi.spec.networks.clone().unwrap_or_default();
     let mut attach = Vec::new();
+    let mut sriov = Vec::new();
     let mut secondary = 0;
     let mut has_default = false;
     for net in &networks {
@@ -62,6 +66,17 @@ pub async fn resolve(
                 "network attachment definition {nad} has no spec.config"
             )));
         };
+        if let Some(device) = kubevirt_api::multus::sriov_device(config) {
+            // Not a CNI attachment here: the virtual function is passed through.
+            match device {
+                Ok(pci_address) => sriov.push(SriovDevice {
+                    network: net.name.clone(),
+                    pci_address,
+                }),
+                Err(why) => return Ok(Networks::Refused(format!("{nad}: {why}"))),
+            }
+            continue;
+        }
         let config = match node.confine(&nad, config) {
             Ok(c) => c,
             Err(e) => return Ok(Networks::Refused(e.to_string())),
@@ -89,5 +104,5 @@ pub async fn resolve(
         // A launcher Pod always has the pod network, even for a VMI without NICs on it.
         attach.insert(0, PodNetwork::default_attach(""));
     }
-    Ok(Networks::Ready(attach))
+    Ok(Networks::Ready(attach, sriov))
 }

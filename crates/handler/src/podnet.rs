@@ -198,6 +198,7 @@ impl PodNetworkStatus {
         kubevirt_launcher::api::PodNetworkInfo {
             netns: self.netns.clone(),
             interfaces,
+            sriov: Vec::new(),
         }
     }
 }

@@ -334,7 +334,7 @@ fn vmis_on_the_pod_network_reach_each_other_and_the_host_reaches_declared_ports(
 /// secondary NIC to two VMIs; each gets an address from the NAD's range, reported with
 /// `infoSource: domain, multus-status`, and the guests reach each other over it. A VMI whose
 /// NAD is missing waits with KubeVirt's message; a NAD that would reach the host is refused
-/// at admission.
+/// at admission; an SR-IOV virtual function that is not on the node fails the VMI, named.
 #[test]
 fn multus_secondary_networks_connect_guests_and_missing_ones_are_named() {
     if !have_kubectl() || !pod_network_possible() {
@@ -404,6 +404,47 @@ spec:
     );
     assert_ne!(s.jsonpath("vmi", "lost", "{.status.phase}"), "Running");
     s.kubectl(&["delete", "vmi", "lost", "--wait=false"]);
+
+    // SR-IOV: the NAD names a virtual function; one that is not on this node fails the VMI
+    // at start with the device named (there is no SR-IOV hardware here; the rendering is
+    // covered by the launcher's golden argv test).
+    apply(
+        &s,
+        dir.path(),
+        "fast",
+        "apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata:
+  name: fast
+spec:
+  config: '{\"cniVersion\":\"0.3.1\",\"name\":\"fast\",\"type\":\"sriov\",\"deviceID\":\"0000:ff:1f.7\"}'
+",
+    );
+    apply(
+        &s,
+        dir.path(),
+        "vf",
+        &vmi_on("vf", "masquerade", "", None, Some("fast")).replace(
+            "      - name: blue\n        bridge: {}",
+            "      - name: blue\n        sriov: {}",
+        ),
+    );
+    let mut events = String::new();
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            events = s.kubectl(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=vf",
+            ]);
+            s.jsonpath("vmi", "vf", "{.status.phase}") == "Failed"
+                && events.contains("PCI device 0000:ff:1f.7 is not present on this node")
+        }),
+        "vf: {events}\n{}",
+        s.kubectl(&["get", "vmi", "vf", "-o", "yaml"])
+    );
+    s.kubectl(&["delete", "vmi", "vf", "--wait=false"]);
 
     apply(
         &s,

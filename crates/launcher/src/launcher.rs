@@ -449,6 +449,7 @@ impl Vm {
         opts.qemu_user.apply(&mut cmd);
         // The pod network's taps, handed to QEMU as the descriptors its -netdev names, and
         // the DHCP server that gives the guest its address.
+        crate::network::check_host_devices(&spec, Path::new(crate::network::PCI_DEVICES))?;
         let mut plumbed = match &opts.pod_network {
             Some(pod) => Some(crate::network::plumb(&spec, pod)?),
             None => None,

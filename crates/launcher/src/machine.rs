@@ -461,6 +461,10 @@ pub enum NetBackend {
         interface: String,
         binding: PodBinding,
     },
+    /// KubeVirt's `sriov` binding: an SR-IOV network's virtual function passed through to the
+    /// guest as a vfio-pci device (no netdev; the launcher checks at start that the device is
+    /// on this node and bound to vfio-pci).
+    Sriov { pci_address: String },
     /// KubeVirt's `passtBinding`: Debian's passt, in the pod's namespace, gives the guest the
     /// pod's address and forwards the pod's ports (the listed ones, or all); QEMU reaches it
     /// through a `stream` netdev on `socket`.

@@ -37,6 +37,55 @@ pub enum NetworkError {
     Command { what: &'static str, message: String },
     #[error("interface {nic}: MAC address {mac:?} is not six octets")]
     Mac { nic: String, mac: String },
+    #[error("SR-IOV interface {nic}: PCI device {pci} {problem}")]
+    HostDevice {
+        nic: String,
+        pci: String,
+        problem: String,
+    },
+}
+
+/// Where the kernel lists PCI devices.
+pub const PCI_DEVICES: &str = "/sys/bus/pci/devices";
+
+/// Every SR-IOV interface's virtual function must be on this node and bound to `vfio-pci`
+/// (binding a device to vfio-pci is how a node's admin offers it for passthrough; nothing
+/// else is handed to a guest). `devices` is [`PCI_DEVICES`].
+pub fn check_host_devices(
+    spec: &MachineSpec,
+    devices: &std::path::Path,
+) -> Result<(), NetworkError> {
+    for n in &spec.nics {
+        let NetBackend::Sriov { pci_address } = &n.backend else {
+            continue;
+        };
+        let fail = |problem: String| NetworkError::HostDevice {
+            nic: n.name.clone(),
+            pci: pci_address.clone(),
+            problem,
+        };
+        let dev = devices.join(pci_address);
+        if !dev.exists() {
+            return Err(fail("is not present on this node".into()));
+        }
+        let driver = std::fs::read_link(dev.join("driver"))
+            .ok()
+            .and_then(|d| d.file_name().map(|f| f.to_string_lossy().into_owned()));
+        match driver.as_deref() {
+            Some("vfio-pci") => {}
+            Some(other) => {
+                return Err(fail(format!(
+                    "is bound to {other}, not vfio-pci: bind it to vfio-pci to pass it through"
+                )))
+            }
+            None => {
+                return Err(fail(
+                    "has no driver: bind it to vfio-pci to pass it through".into(),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What the guest's side of the pod network is once set up: the taps QEMU inherits and the
@@ -468,6 +517,54 @@ pub async fn start_passt(
 mod tests {
     use super::*;
     use crate::machine::PodPort;
+
+    /// A fake `/sys/bus/pci/devices` (a tempdir): there is no SR-IOV hardware here, and what
+    /// is checked is only what the kernel lists there.
+    #[test]
+    fn sriov_functions_must_be_here_and_bound_to_vfio_pci() {
+        let sys = tempfile::tempdir().unwrap();
+        let dev = |pci: &str, driver: Option<&str>| {
+            let d = sys.path().join(pci);
+            std::fs::create_dir_all(&d).unwrap();
+            if let Some(drv) = driver {
+                std::os::unix::fs::symlink(
+                    format!("../../../bus/pci/drivers/{drv}"),
+                    d.join("driver"),
+                )
+                .unwrap();
+            }
+        };
+        dev("0000:81:10.2", Some("vfio-pci"));
+        dev("0000:81:10.3", Some("ixgbevf"));
+        dev("0000:81:10.4", None);
+        let spec_with = |pci: &str| {
+            let mut s = crate::qemu::test_spec();
+            s.nics = vec![crate::machine::NicSpec {
+                name: "sriov".into(),
+                model: crate::machine::NicModel::Virtio,
+                mac: None,
+                boot_order: None,
+                backend: NetBackend::Sriov {
+                    pci_address: pci.into(),
+                },
+            }];
+            s
+        };
+        assert!(check_host_devices(&spec_with("0000:81:10.2"), sys.path()).is_ok());
+        for (pci, says) in [
+            ("0000:81:10.3", "is bound to ixgbevf, not vfio-pci"),
+            ("0000:81:10.4", "has no driver"),
+            ("0000:81:10.5", "is not present on this node"),
+        ] {
+            let e = check_host_devices(&spec_with(pci), sys.path())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("SR-IOV interface sriov: PCI device {pci} {says}")),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn masquerade_forwards_the_listed_ports_or_everything() {

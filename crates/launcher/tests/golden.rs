@@ -26,8 +26,35 @@ fn env() -> Environment {
 fn render(yaml: &Path) -> String {
     let text = std::fs::read_to_string(yaml).unwrap();
     let vmi = parse_vmi(&text).unwrap();
+    let mut env = env();
+    if yaml
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("sriov"))
+    {
+        // As virt-handler hands it over: the pod network on eth0 and the SR-IOV network's
+        // virtual function (no hardware here: only the argv can be checked).
+        use kubevirt_launcher::api::{PodAddress, PodInterface, PodNetworkInfo, SriovDevice};
+        env.pod_network = Some(PodNetworkInfo {
+            netns: "/run/netns/kvrs-golden".into(),
+            interfaces: vec![PodInterface {
+                network: "default".into(),
+                interface: "eth0".into(),
+                addresses: vec![PodAddress {
+                    ip: "10.244.0.9".parse().unwrap(),
+                    prefix: 24,
+                }],
+                gateway: "10.244.0.1".parse().ok(),
+                mac: None,
+            }],
+            sriov: vec![SriovDevice {
+                network: "sriov-net".into(),
+                pci_address: "0000:81:10.2".into(),
+            }],
+        });
+    }
     let spec =
-        MachineSpec::from_vmi(&vmi, &env()).unwrap_or_else(|e| panic!("{}: {e}", yaml.display()));
+        MachineSpec::from_vmi(&vmi, &env).unwrap_or_else(|e| panic!("{}: {e}", yaml.display()));
     let mut out = qemu::render(&spec)
         .unwrap_or_else(|e| panic!("{}: {e}", yaml.display()))
         .join("\n");

@@ -102,6 +102,20 @@ impl std::fmt::Display for PodAddress {
 pub struct PodNetworkInfo {
     pub netns: PathBuf,
     pub interfaces: Vec<PodInterface>,
+    /// The virtual functions of SR-IOV networks (no pod interface: passed through to the
+    /// guest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sriov: Vec<SriovDevice>,
+}
+
+/// An SR-IOV network's virtual function, by PCI address (checked with
+/// [`kubevirt_api::multus::pci_address`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SriovDevice {
+    /// The VMI network (`spec.networks[].name`).
+    pub network: String,
+    pub pci_address: String,
 }
 
 /// One pod interface in the VMI's namespace and what CNI gave it.
@@ -152,6 +166,11 @@ impl PodInterface {
 }
 
 impl PodNetworkInfo {
+    /// The virtual function of the SR-IOV network `network`.
+    pub fn sriov_for(&self, network: &str) -> Option<&SriovDevice> {
+        self.sriov.iter().find(|d| d.network == network)
+    }
+
     /// The pod interface serving the VMI network `network`.
     pub fn interface_for(&self, network: &str) -> Option<&PodInterface> {
         self.interfaces.iter().find(|i| i.network == network)
@@ -439,18 +458,25 @@ impl VmiDir {
     /// Its interface names are checked: they reach `ip` commands.
     pub fn read_network(&self) -> Result<Option<PodNetworkInfo>, VmiDirError> {
         let network: Option<PodNetworkInfo> = read_json_if_present(self.network_file())?;
-        if let Some(bad) = network
+        let bad = |what: String| VmiDirError::BadState {
+            path: self.network_file(),
+            source: serde::de::Error::custom(what),
+        };
+        if let Some(i) = network
             .iter()
             .flat_map(|n| &n.interfaces)
             .find(|i| !PodInterface::is_our_name(&i.interface))
         {
-            return Err(VmiDirError::BadState {
-                path: self.network_file(),
-                source: serde::de::Error::custom(format!(
-                    "pod interface name {:?} is not eth0 or netN",
-                    bad.interface
-                )),
-            });
+            return Err(bad(format!(
+                "pod interface name {:?} is not eth0 or netN",
+                i.interface
+            )));
+        }
+        if let Some(d) = network.iter().flat_map(|n| &n.sriov).find(|d| {
+            kubevirt_api::multus::pci_address(&d.pci_address).as_deref()
+                != Some(d.pci_address.as_str())
+        }) {
+            return Err(bad(format!("{:?} is not a PCI address", d.pci_address)));
         }
         Ok(network)
     }

@@ -46,6 +46,13 @@ pub enum NicError {
     SecondPodInterface { field: String },
     #[error("{field}: network {network} was not attached by virt-handler (no pod interface)")]
     NoPodInterface { field: String, network: String },
+    #[error("{field}: SR-IOV interfaces need a Multus network")]
+    SriovNotOnMultus { field: String },
+    #[error(
+        "{field}: network {network} has no SR-IOV virtual function on this node (its \
+         NetworkAttachmentDefinition needs \"type\": \"sriov\" and a \"deviceID\")"
+    )]
+    NoSriovDevice { field: String, network: String },
 }
 
 impl NicError {
@@ -67,6 +74,8 @@ impl NicError {
             | NicError::Binding { field }
             | NicError::SecondPodInterface { field }
             | NicError::NoPodInterface { field, .. }
+            | NicError::SriovNotOnMultus { field }
+            | NicError::NoSriovDevice { field, .. }
             | NicError::PasstNotOnPod { field }
             | NicError::PasstWithoutPodNetwork { field } => field,
         }
@@ -139,6 +148,31 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                 interface: iface.name.clone(),
             });
         };
+        if iface.sriov.is_some() {
+            // SR-IOV: the network's virtual function, passed through (no pod interface).
+            let field = format!("{ip}.sriov");
+            if net.multus.is_none() {
+                return Err(NicError::SriovNotOnMultus { field });
+            }
+            let device = env
+                .pod_network
+                .as_ref()
+                .and_then(|p| p.sriov_for(&net.name))
+                .ok_or_else(|| NicError::NoSriovDevice {
+                    field,
+                    network: net.name.clone(),
+                })?;
+            nics.push(NicSpec {
+                name: iface.name.clone(),
+                model,
+                mac,
+                boot_order: iface.boot_order.filter(|n| *n > 0).map(|n| n as u32),
+                backend: NetBackend::Sriov {
+                    pci_address: device.pci_address.clone(),
+                },
+            });
+            continue;
+        }
         // KubeVirt allows one interface on the pod network.
         if net.pod.is_some() {
             pod_network_nics += 1;
@@ -425,8 +459,13 @@ mod tests {
         let e = nic_err("[{name: n, sriov: {}}]", "[{name: n, pod: {}}]");
         assert_eq!(
             e.to_string(),
-            "spec.domain.devices.interfaces[0]: only masquerade and bridge bindings are supported"
+            "spec.domain.devices.interfaces[0].sriov: SR-IOV interfaces need a Multus network"
         );
+        let e = nic_err(
+            "[{name: n, sriov: {}}]",
+            "[{name: n, multus: {networkName: sriov-net}}]",
+        );
+        assert!(matches!(e, NicError::NoSriovDevice { .. }), "{e}");
     }
 
     #[test]
@@ -469,6 +508,10 @@ mod tests {
                 pod_if("n", "eth0", "10.244.0.9", "0A:58:0A:F4:00:09"),
                 pod_if("blue", "net1", "192.168.7.3", "0A:58:C0:A8:07:03"),
             ],
+            sriov: vec![crate::api::SriovDevice {
+                network: "fast".into(),
+                pci_address: "0000:81:10.2".into(),
+            }],
         });
         MachineSpec::from_vmi(&parse_vmi(&yaml).expect("test YAML"), &env)
     }
@@ -498,6 +541,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(m.nics[1].mac.as_deref(), Some("0a:58:c0:a8:07:03"));
+        let m = on_networks(
+            "[{name: fast, sriov: {}}]",
+            "[{name: fast, multus: {networkName: ns/sriov-net}}]",
+        )
+        .unwrap();
+        assert_eq!(
+            m.nics[0].backend,
+            NetBackend::Sriov {
+                pci_address: "0000:81:10.2".into()
+            }
+        );
         let e = on_pod_network("[{name: blue, masquerade: {}}]").unwrap_err();
         assert_eq!(e.field(), "spec.domain.devices.interfaces[0].masquerade");
         let e = on_networks(

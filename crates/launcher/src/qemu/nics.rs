@@ -45,6 +45,15 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), NicError> {
             source,
         };
         let id = format!("net{i}");
+        if let NetBackend::Sriov { pci_address } = &n.backend {
+            // KubeVirt's hostdev for an SR-IOV interface: the VF itself, no netdev.
+            let dev = Opts::new("vfio-pci")
+                .set("host", pci_address)
+                .set("id", format!("ua-sriov-{}", n.name))
+                .set_opt("bootindex", n.boot_order.map(|b| b.to_string()));
+            push(a, "-device", dev.build().map_err(err)?);
+            continue;
+        }
         let netdev = match &n.backend {
             NetBackend::Masquerade {
                 network,
@@ -80,6 +89,7 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), NicError> {
                 .set("server", "off")
                 .set("addr.type", "unix")
                 .set("addr.path", socket.display().to_string()),
+            NetBackend::Sriov { .. } => continue,
         };
         push(a, "-netdev", netdev.build().map_err(err)?);
         let model = match n.model {
