@@ -254,12 +254,16 @@ pub fn validate_nad(nad: &NetworkAttachmentDefinition) -> Vec<FieldError> {
     }
 }
 
-/// A `multus.networkName` (`name` or `namespace/name`) resolved against the VMI's namespace.
-pub fn network_name(vmi_namespace: &str, network_name: &str) -> (String, String) {
-    match network_name.split_once('/') {
-        Some((ns, name)) => (ns.to_string(), name.to_string()),
-        None => (vmi_namespace.to_string(), network_name.to_string()),
-    }
+/// A `multus.networkName` (`name` or `namespace/name`) resolved against the VMI's namespace;
+/// `None` when no object can have that name (it becomes part of an API path: `a/../b` must
+/// never be requested).
+pub fn network_name(vmi_namespace: &str, network_name: &str) -> Option<(String, String)> {
+    let (ns, name) = network_name
+        .split_once('/')
+        .unwrap_or((vmi_namespace, network_name));
+    let valid = crate::names::dns1123_label(ns).is_none()
+        && crate::names::dns1123_subdomain(name).is_none();
+    valid.then(|| (ns.to_string(), name.to_string()))
 }
 
 #[cfg(test)]
@@ -368,10 +372,25 @@ mod tests {
 
     #[test]
     fn network_names_resolve_against_the_vmi_namespace() {
-        assert_eq!(network_name("ns", "blue"), ("ns".into(), "blue".into()));
+        assert_eq!(
+            network_name("ns", "blue"),
+            Some(("ns".into(), "blue".into()))
+        );
         assert_eq!(
             network_name("ns", "other/blue"),
-            ("other".into(), "blue".into())
+            Some(("other".into(), "blue".into()))
         );
+        for hostile in [
+            "a/../b",
+            "../secrets",
+            "ns/b/c",
+            "ns/",
+            "/b",
+            "NS/b",
+            "ns/b?x=1",
+            "",
+        ] {
+            assert_eq!(network_name("ns", hostile), None, "{hostile}");
+        }
     }
 }

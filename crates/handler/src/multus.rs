@@ -42,7 +42,14 @@ pub async fn resolve(
             continue;
         }
         let Some(m) = &net.multus else { continue };
-        let (ns, name) = network_name(&vmi_ns, &m.network_name);
+        // A name no object can have is as missing as one that does not exist, and is never
+        // requested.
+        let Some((ns, name)) = network_name(&vmi_ns, &m.network_name) else {
+            return Ok(Networks::Missing(format!(
+                "failed to locate network attachment definition {}",
+                m.network_name
+            )));
+        };
         let nad = format!("{ns}/{name}");
         let api: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), &ns);
         let found = match api.get_opt(&name).await {
