@@ -101,9 +101,10 @@ pub const IPAM_PLUGINS: &[&str] = &["host-local", "static"];
 /// Longest configuration accepted (Multus has no limit; ours keeps the node's work bounded).
 pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
-/// A network name, plugin type or interface name: characters that may become part of a file
-/// name or a binary's name.
-fn plain(s: &str, max: usize) -> bool {
+/// A CNI network name, plugin type or interface name: 1-`max` characters that may become
+/// part of a file name or a binary's name (not `.` or `..`). The node's CNI runtime checks
+/// its names with this too.
+pub fn plain(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s != "."

@@ -76,13 +76,7 @@ pub struct NetworkConfigList {
 /// The name of a network, a plugin type, a container id or an interface: what may become part
 /// of a file name or be looked up as a binary.
 fn plain(what: &str, s: &str, max: usize) -> Result<(), CniError> {
-    let ok = !s.is_empty()
-        && s.len() <= max
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+    if kubevirt_api::multus::plain(s, max) {
         Ok(())
     } else {
         Err(CniError::Config(format!(

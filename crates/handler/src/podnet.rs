@@ -171,26 +171,21 @@ impl PodNetworkStatus {
             .attached
             .iter()
             .map(|a| {
-                let on = |r: &'_ CniResult| {
-                    r.ips_on(&a.ifname)
-                        .map(|ip| (ip.address.clone(), ip.gateway.clone()))
-                        .collect::<Vec<_>>()
-                };
-                let ips = on(&a.result);
+                let ips: Vec<_> = a.result.ips_on(&a.ifname).collect();
                 PodInterface {
                     network: a.network.clone(),
                     interface: a.ifname.clone(),
                     addresses: ips
                         .iter()
-                        .filter_map(|(ip, _)| {
-                            let (a, p) = ip.split_once('/')?;
+                        .filter_map(|ip| {
+                            let (a, p) = ip.address.split_once('/')?;
                             Some(PodAddress {
                                 ip: a.parse().ok()?,
                                 prefix: p.parse().ok()?,
                             })
                         })
                         .collect(),
-                    gateway: ips.iter().find_map(|(_, g)| g.parse().ok()),
+                    gateway: ips.iter().find_map(|ip| ip.gateway.parse().ok()),
                     mac: a.result.mac_of(&a.ifname).map(String::from),
                 }
             })

@@ -501,12 +501,16 @@ impl VirtApi {
     }
 
     /// One call to the VMI's launcher.
-    async fn launcher_call(&self, ns: &str, name: &str, request: launcher::Request) -> Reply<()> {
+    async fn launcher_call(
+        &self,
+        ns: &str,
+        name: &str,
+        request: launcher::Request,
+    ) -> Reply<launcher::Response> {
         let dir = self.vmi_dir(ns, name)?;
         let method = request.method();
         let r = async { LauncherClient::connect(&dir).await?.call(request).await };
         r.await
-            .map(|_| ())
             .map_err(|e| internal(format!("{method} failed: {e}")))
     }
 
@@ -604,13 +608,10 @@ impl VirtApi {
             "userlist" => launcher::Request::UserList,
             _ => launcher::Request::FilesystemList,
         };
-        let dir = self.vmi_dir(ns, name)?;
         let method = request.method();
-        let r = async { LauncherClient::connect(&dir).await?.call(request).await };
-        match r.await {
-            Ok(launcher::Response::GuestAgent(v)) => Ok(json_reply(StatusCode::OK, &v)),
-            Ok(_) => Err(internal(format!("{method}: unexpected reply"))),
-            Err(e) => Err(internal(format!("{method} failed: {e}"))),
+        match self.launcher_call(ns, name, request).await? {
+            launcher::Response::GuestAgent(v) => Ok(json_reply(StatusCode::OK, &v)),
+            _ => Err(internal(format!("{method}: unexpected reply"))),
         }
     }
 

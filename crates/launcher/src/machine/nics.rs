@@ -148,6 +148,7 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                 interface: iface.name.clone(),
             });
         };
+        let boot_order = iface.boot_order.filter(|n| *n > 0).map(|n| n as u32);
         if iface.sriov.is_some() {
             // SR-IOV: the network's virtual function, passed through (no pod interface).
             let field = format!("{ip}.sriov");
@@ -166,7 +167,7 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                 name: iface.name.clone(),
                 model,
                 mac,
-                boot_order: iface.boot_order.filter(|n| *n > 0).map(|n| n as u32),
+                boot_order,
                 backend: NetBackend::Sriov {
                     pci_address: device.pci_address.clone(),
                 },
@@ -304,7 +305,6 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
             // MAC, and the guest agent's interfaces are matched to the VMI's by MAC.
             mac = Some(generated_mac(&tap_seed, &iface.name));
         }
-        let boot_order = iface.boot_order.filter(|n| *n > 0).map(|n| n as u32);
         nics.push(NicSpec {
             name: iface.name.clone(),
             model,
