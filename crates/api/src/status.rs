@@ -164,6 +164,23 @@ pub mod label {
     pub const SCHEDULABLE: &str = "kubevirt.io/schedulable";
 }
 
+/// Finalizers (`metadata.finalizers`) the components add, wait for or honour.
+pub mod finalizer {
+    /// KubeVirt's `VirtualMachineControllerFinalizer`: virt-controller's finalizer on every
+    /// VirtualMachine it reconciles. A deleted VM keeps it until its VMI is gone (or, with
+    /// orphan propagation, at once).
+    pub const VM_CONTROLLER: &str = "kubevirt.io/virtualMachineControllerFinalize";
+    /// KubeVirt's `VirtualMachineInstanceFinalizer`: a deleted VMI keeps it until the handler
+    /// reports it final (its QEMU gone).
+    pub const VMI: &str = "foregroundDeleteVirtualMachine";
+    /// Kubernetes' `metav1.FinalizerOrphanDependents`: the API server's mark of a deletion with
+    /// `propagationPolicy: Orphan` (`kubectl delete --cascade=orphan`).
+    pub const ORPHAN_DEPENDENTS: &str = "orphan";
+    /// Kubernetes' `metav1.FinalizerDeleteDependents`: a deletion with
+    /// `propagationPolicy: Foreground`.
+    pub const DELETE_DEPENDENTS: &str = "foregroundDeletion";
+}
+
 /// The condition of `type_` on `vmi`, if set.
 pub fn vmi_condition<'a>(
     vmi: &'a VirtualMachineInstance,

@@ -5,6 +5,14 @@
 //! Source of the rules: KubeVirt `pkg/virt-controller/watch/vm/vm.go` (`syncRunStrategy`,
 //! `setPrintableStatus`, `syncStartFailureStatus`); summarised in
 //! `notes/kubevirt-api-facts.md` §4.
+//!
+//! Deletion ordering (KubeVirt's `sync`): every VM that is not being deleted carries the
+//! [`VM_FINALIZER`]. A deleted VM has its VMI deleted and keeps the finalizer until that VMI
+//! is gone; the VMI in turn keeps its own finalizer until the handler reports its QEMU gone
+//! (see [`crate::vmi`]). So a client waiting for the VM to go (`kubectl delete vm`) returns
+//! only after the VMI and its QEMU are gone. A deletion with orphan propagation
+//! (`--cascade=orphan`) leaves the VMI running and releases the VM at once. KubeVirt never
+//! removes the finalizer from a VM that is not being deleted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +20,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -31,6 +39,10 @@ pub use kubevirt_api::status::label::VM_GENERATION as VM_GENERATION_ANNOTATION;
 pub use kubevirt_api::status::label::VM_NAME as VM_NAME_LABEL;
 
 pub use kubevirt_api::status::RunStrategy;
+
+use kubevirt_api::status::finalizer::ORPHAN_DEPENDENTS;
+/// KubeVirt's `VirtualMachineControllerFinalizer`, on every VM this controller reconciles.
+pub use kubevirt_api::status::finalizer::VM_CONTROLLER as VM_FINALIZER;
 
 /// The strategies a start failure counts for (others clear `startFailure`).
 fn backs_off(strategy: RunStrategy) -> bool {
@@ -77,6 +89,71 @@ fn has_stop_request_for(st: &VirtualMachineStatus, vmi: &VirtualMachineInstance)
     first_request(st).is_some_and(|r| {
         r.action == STOP && (r.uid.is_none() || r.uid.as_deref() == vmi.metadata.uid.as_deref())
     })
+}
+
+/// What to do with the VM's [`VM_FINALIZER`] (KubeVirt's `sync`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinalizerStep {
+    /// Leave the finalizers as they are.
+    Keep,
+    /// A VM that is not being deleted and lacks the finalizer gets it.
+    Add,
+    /// A deleted VM whose VMI is gone (or is orphaned) is released.
+    Remove,
+}
+
+fn has_finalizer(vm: &VirtualMachine, f: &str) -> bool {
+    vm.finalizers().iter().any(|x| x == f)
+}
+
+/// Whether the VM's deletion orphans its dependents (`propagationPolicy: Orphan`: the API
+/// server marks the VM with the `orphan` finalizer).
+pub fn orphans_dependents(vm: &VirtualMachine) -> bool {
+    has_finalizer(vm, ORPHAN_DEPENDENTS)
+}
+
+/// The finalizer step for `vm`, given the VMI it controls (`None`: no VMI, or one it does not
+/// control).
+pub fn finalizer_step(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> FinalizerStep {
+    let has = has_finalizer(vm, VM_FINALIZER);
+    if vm.metadata.deletion_timestamp.is_none() {
+        return if has {
+            FinalizerStep::Keep
+        } else {
+            FinalizerStep::Add
+        };
+    }
+    if has && (vmi.is_none() || orphans_dependents(vm)) {
+        FinalizerStep::Remove
+    } else {
+        FinalizerStep::Keep
+    }
+}
+
+/// The step a deleted VM takes towards its VMI: delete it unless it is already being deleted,
+/// or the deletion orphans it (KubeVirt's `stopVMI` from `sync`).
+pub fn decide_deleted(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Decision {
+    match vmi {
+        Some(v) if v.metadata.deletion_timestamp.is_none() && !orphans_dependents(vm) => {
+            Decision::Delete { restart: false }
+        }
+        _ => Decision::Nothing,
+    }
+}
+
+/// The merge patch that takes `step` on the VM's finalizers (`None` for [`FinalizerStep::Keep`]),
+/// guarded by the VM's resourceVersion (KubeVirt guards with a JSON-patch `test` of the old
+/// list): a finalizer someone else added meanwhile is never dropped, the conflict re-reads.
+pub fn finalizers_patch(vm: &VirtualMachine, step: FinalizerStep) -> Option<serde_json::Value> {
+    let mut fins = vm.finalizers().to_vec();
+    match step {
+        FinalizerStep::Keep => return None,
+        FinalizerStep::Add => fins.push(VM_FINALIZER.to_string()),
+        FinalizerStep::Remove => fins.retain(|f| f != VM_FINALIZER),
+    }
+    Some(serde_json::json!({
+        "metadata": {"resourceVersion": vm.metadata.resource_version, "finalizers": fins}
+    }))
 }
 
 /// KubeVirt's `syncRunStrategy` as a pure function of the VM's status (requests, last
@@ -442,7 +519,7 @@ fn sync_conditions(
 }
 
 /// Reconciles one VirtualMachine.
-pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = vm
         .metadata
         .namespace
@@ -453,11 +530,33 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
 
     let mut vmi = vmis.get_opt(&name).await?;
+    let deleting = vm.metadata.deletion_timestamp.is_some();
     if let Some(v) = &vmi {
         if !controlled_by(v, &vm) {
-            // A VMI of the same name that this VM does not own: never touch it.
-            tracing::warn!(%ns, %name, "a VMI with the VM's name is not controlled by it");
-            return Ok(Action::requeue(ctx.config.resync));
+            // A VMI of the same name that this VM does not own: never touch it. A deleted VM
+            // does not wait for it either (it may be the VMI an orphaning deletion released).
+            if !deleting {
+                tracing::warn!(%ns, %name, "a VMI with the VM's name is not controlled by it");
+                return Ok(Action::requeue(ctx.config.resync));
+            }
+            vmi = None;
+        }
+    }
+    let step = finalizer_step(&vm, vmi.as_ref());
+    if let Some(patch) = finalizers_patch(&vm, step) {
+        match vms
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(patched) if step == FinalizerStep::Add => vm = Arc::new(patched),
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 && step == FinalizerStep::Remove => {}
+            Err(e) => return Err(e.into()),
+        }
+        if step == FinalizerStep::Remove {
+            // Released: the VM goes once its other finalizers (the API server's) are done.
+            tracing::debug!(%ns, %name, "VM finalizer removed");
+            return Ok(Action::await_change());
         }
     }
     let strategy = run_strategy(&vm.spec);
@@ -477,18 +576,16 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     let mut failure: Option<(&str, String)> = None;
     let mut requeue = ctx.config.resync;
 
-    let decision = if vm.metadata.deletion_timestamp.is_some() {
-        match &vmi {
-            Some(v) if v.metadata.deletion_timestamp.is_none() => {
-                Decision::Delete { restart: false }
-            }
-            _ => Decision::Nothing,
-        }
+    let decision = if deleting {
+        // Waiting for the VMI to go: its removal triggers this VM through the watch; the
+        // short requeue is a fallback only.
+        requeue = requeue.min(Duration::from_secs(2));
+        decide_deleted(&vm, vmi.as_ref())
     } else {
         decide(strategy, &status, vmi.as_ref(), now)
     };
     // dataVolumeTemplates: create the DataVolumes; a VMI is created only once they are ready.
-    let volumes = if vm.metadata.deletion_timestamp.is_none() {
+    let volumes = if !deleting {
         sync_data_volumes(&ctx, &vm, &ns).await?
     } else {
         VolumesState::default()

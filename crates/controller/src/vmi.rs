@@ -34,7 +34,7 @@ use crate::{phase, Context, Error, NODE_NAME_LABEL};
 use kubevirt_api::status::{condition, VmiPhase};
 
 /// KubeVirt's `VirtualMachineInstanceFinalizer`.
-pub const VMI_FINALIZER: &str = "foregroundDeleteVirtualMachine";
+pub use kubevirt_api::status::finalizer::VMI as VMI_FINALIZER;
 
 fn transitions(
     vmi: &VirtualMachineInstance,

@@ -5,9 +5,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::{Client, ResourceExt};
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
+use kubevirt_controller::vm::VM_FINALIZER;
 use kubevirt_controller::Config;
 use kubevirt_runtime::backoff::Backoff;
 use serde_json::json;
@@ -334,7 +335,7 @@ async fn vmis_are_placed_on_the_node() {
     assert!(v
         .finalizers()
         .iter()
-        .any(|f| f == "foregroundDeleteVirtualMachine"));
+        .any(|f| f == kubevirt_controller::vmi::VMI_FINALIZER));
 
     // Deleted while Scheduled, the finalizer holds it until the handler reports it final.
     env.vmis()
@@ -509,16 +510,38 @@ async fn start_failures_back_off_and_reset_on_running() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn deleting_the_vm_deletes_its_vmi() {
+async fn deleting_the_vm_deletes_its_vmi_and_the_vm_goes_only_after_it() {
     let mut env = Env::start().await;
-    env.finish_deletions();
     env.create_vm("d", "Always").await;
     env.wait_scheduled("d").await;
+    let held = wait(|| async {
+        let vm = env.vms().get("d").await.ok()?;
+        vm.finalizers()
+            .iter()
+            .any(|f| f == VM_FINALIZER)
+            .then_some(())
+    })
+    .await;
+    assert!(held.is_some(), "the VM never got {VM_FINALIZER}");
     // The embedded server answers an unconditional DELETE racing a status write with 409
     // (kube-apiserver retries internally); retry like a client would.
     let deleted =
         wait(|| async { env.vms().delete("d", &DeleteParams::default()).await.ok() }).await;
     assert!(deleted.is_some(), "delete the VM");
+    // The VMI is deleted but held by its own finalizer (no "handler" yet): the VM waits.
+    let vmi_deleting = wait(|| async {
+        let v = env.vmis().get_opt("d").await.ok()??;
+        v.metadata.deletion_timestamp.is_some().then_some(())
+    })
+    .await;
+    assert!(vmi_deleting.is_some(), "the VMI was not deleted");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let vm = env.vms().get("d").await.expect("the VM waits for its VMI");
+    assert!(vm.metadata.deletion_timestamp.is_some());
+    assert!(vm.finalizers().iter().any(|f| f == VM_FINALIZER));
+    env.wait_printable("d", "Terminating").await;
+
+    env.finish_deletions();
     env.wait_vmi_gone("d").await;
     let gone = wait(|| async {
         env.vms()
@@ -529,6 +552,44 @@ async fn deleting_the_vm_deletes_its_vmi() {
     })
     .await;
     assert!(gone.is_some(), "the VM goes too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orphan_deletion_leaves_the_vmi_running() {
+    let env = Env::start().await;
+    env.create_vm("o", "Always").await;
+    let vmi = env.wait_scheduled("o").await;
+    env.set_phase("o", "Running").await;
+    env.wait_printable("o", "Running").await;
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Orphan),
+        ..Default::default()
+    };
+    let deleted = wait(|| async { env.vms().delete("o", &dp).await.ok() }).await;
+    assert!(deleted.is_some(), "delete the VM");
+    let gone = wait(|| async {
+        env.vms()
+            .get_opt("o")
+            .await
+            .ok()
+            .and_then(|v| v.is_none().then_some(()))
+    })
+    .await;
+    assert!(gone.is_some(), "the VM was not released");
+    // Give a wrong deletion time to happen, then check the VMI is untouched, unowned.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = env.vmis().get("o").await.expect("the VMI stays");
+    assert_eq!(v.metadata.uid, vmi.metadata.uid);
+    assert!(
+        v.metadata.deletion_timestamp.is_none(),
+        "the VMI was deleted"
+    );
+    assert!(
+        v.owner_references().is_empty(),
+        "{:?}",
+        v.owner_references()
+    );
+    assert_eq!(phase_of(&v), "Running");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,10 +6,13 @@
 //!   VM whose guest powers itself off is started again under runStrategy Always.
 //! - Faults: `kill -9` of one VM's QEMU, then of its launcher, then of the whole server: each
 //!   has its documented outcome (docs/lifecycle.md) and the other VM is never touched.
+//! - Deletion ordering: a VM carries KubeVirt's controller finalizer, so `kubectl delete vm`
+//!   (which waits by default) returns only once the VMI and its QEMU are gone.
 
+use kubevirt_api::status::finalizer;
 use kubevirt_testsupport::{alive, have_kubectl, run_output, wait_for, Server};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(180);
 
@@ -133,6 +136,21 @@ spec:
         std::fs::read_to_string(self.server.vmi_dir("default", name).serial_log())
             .unwrap_or_default()
     }
+}
+
+/// The processes whose command line names `needle` (a /proc scan: QEMU is given the VMI's
+/// QMP socket path).
+fn pids_mentioning(needle: &str) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
 }
 
 #[test]
@@ -276,4 +294,52 @@ fn kill9_of_qemu_launcher_or_server_has_its_documented_outcome_and_spares_the_ot
     // The bystander was never touched: same VMI, same QEMU, all along.
     assert_eq!(e.vmi_uid_phase("bystander").0, bystander_uid);
     assert!(alive(bystander));
+}
+
+#[test]
+fn kubectl_delete_vm_waits_until_the_vmi_and_its_qemu_are_gone() {
+    let Some(e) = env() else { return };
+    e.apply_vm("doomed", "Always", "echo doomed-ready");
+    e.wait_vm("doomed", "Running", BOOT);
+    let (uid, phase) = e.vmi_uid_phase("doomed");
+    assert_eq!(phase, "Running");
+    assert!(!uid.is_empty());
+    let fins = e.server.jsonpath("vm", "doomed", "{.metadata.finalizers}");
+    assert!(
+        fins.contains(finalizer::VM_CONTROLLER),
+        "the running VM lacks {}: {fins}",
+        finalizer::VM_CONTROLLER
+    );
+    let vmi_fins = e.server.jsonpath("vmi", "doomed", "{.metadata.finalizers}");
+    assert!(vmi_fins.contains(finalizer::VMI), "{vmi_fins}");
+    let pid = e.server.qemu_pid("default", "doomed").expect("QEMU pid");
+    let qmp = e.server.vmi_dir("default", "doomed").qmp_socket();
+    let qmp = qmp.to_str().expect("utf8");
+    assert!(alive(pid));
+    assert!(
+        pids_mentioning(qmp).contains(&pid),
+        "the /proc scan does not find QEMU {pid} by {qmp}"
+    );
+
+    // kubectl's default: --wait=true, background cascade.
+    let started = Instant::now();
+    let out = e.server.kubectl(&["delete", "vm", "doomed"]);
+    let took = started.elapsed();
+    eprintln!("kubectl delete vm took {took:?}: {out}");
+    assert!(out.contains("deleted"), "{out}");
+    // No waiting from here on: all of it must already be true when kubectl returns.
+    let vmi = e
+        .server
+        .kubectl(&["get", "vmi", "doomed", "--ignore-not-found", "-o", "name"]);
+    assert!(
+        vmi.trim().is_empty(),
+        "the VMI outlived kubectl delete: {vmi}"
+    );
+    assert!(!alive(pid), "QEMU {pid} outlived kubectl delete");
+    let left = pids_mentioning(qmp);
+    assert!(left.is_empty(), "QEMU of VMI {uid} still runs: {left:?}");
+    let vm = e
+        .server
+        .kubectl(&["get", "vm", "doomed", "--ignore-not-found", "-o", "name"]);
+    assert!(vm.trim().is_empty(), "{vm}");
 }

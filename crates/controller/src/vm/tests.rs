@@ -325,3 +325,93 @@ fn vmi_from_template() {
         "defaulted"
     );
 }
+
+fn vm_meta(meta: serde_json::Value) -> VirtualMachine {
+    let mut m = json!({"name": "v", "namespace": "ns", "uid": "vm-uid", "resourceVersion": "7"});
+    if let (Some(o), Some(extra)) = (m.as_object_mut(), meta.as_object()) {
+        o.extend(extra.clone());
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": m,
+        "spec": {"runStrategy": "Always", "template": {}}
+    }))
+    .expect("vm")
+}
+
+const DELETED: &str = "2024-01-01T00:00:00Z";
+
+#[test]
+fn the_finalizer_is_added_to_a_vm_that_is_not_being_deleted() {
+    assert_eq!(VM_FINALIZER, "kubevirt.io/virtualMachineControllerFinalize");
+    let fresh = vm_meta(json!({"finalizers": ["example.com/other"]}));
+    let running = vmi("Running", "a");
+    for v in [None, Some(&running)] {
+        assert_eq!(finalizer_step(&fresh, v), FinalizerStep::Add);
+    }
+    assert_eq!(
+        finalizers_patch(&fresh, FinalizerStep::Add),
+        Some(json!({"metadata": {"resourceVersion": "7",
+            "finalizers": ["example.com/other", VM_FINALIZER]}})),
+        "added next to the others, guarded by the resourceVersion"
+    );
+    // Never removed while the VM is not being deleted, whatever its VMI does.
+    let held = vm_meta(json!({"finalizers": [VM_FINALIZER]}));
+    for v in [None, Some(&running), Some(&vmi("Succeeded", "a"))] {
+        assert_eq!(finalizer_step(&held, v), FinalizerStep::Keep);
+    }
+    assert_eq!(finalizers_patch(&held, FinalizerStep::Keep), None);
+}
+
+#[test]
+fn a_deleted_vm_deletes_its_vmi_and_keeps_the_finalizer_while_the_vmi_exists() {
+    let vm = vm_meta(json!({"finalizers": [VM_FINALIZER], "deletionTimestamp": DELETED}));
+    let running = vmi("Running", "a");
+    assert_eq!(
+        decide_deleted(&vm, Some(&running)),
+        Decision::Delete { restart: false }
+    );
+    assert_eq!(finalizer_step(&vm, Some(&running)), FinalizerStep::Keep);
+    // Already being deleted (held by its own finalizer until QEMU is gone): wait.
+    let mut going = running.clone();
+    going.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    assert_eq!(decide_deleted(&vm, Some(&going)), Decision::Nothing);
+    assert_eq!(finalizer_step(&vm, Some(&going)), FinalizerStep::Keep);
+    // Foreground propagation deletes the VMI too.
+    let fg = vm_meta(json!({"finalizers": ["foregroundDeletion", VM_FINALIZER],
+        "deletionTimestamp": DELETED}));
+    assert_eq!(
+        decide_deleted(&fg, Some(&running)),
+        Decision::Delete { restart: false }
+    );
+    assert_eq!(finalizer_step(&fg, Some(&running)), FinalizerStep::Keep);
+}
+
+#[test]
+fn a_deleted_vm_whose_vmi_is_gone_is_released() {
+    let vm = vm_meta(json!({"finalizers": ["foregroundDeletion", VM_FINALIZER],
+        "deletionTimestamp": DELETED}));
+    assert_eq!(decide_deleted(&vm, None), Decision::Nothing);
+    assert_eq!(finalizer_step(&vm, None), FinalizerStep::Remove);
+    assert_eq!(
+        finalizers_patch(&vm, FinalizerStep::Remove),
+        Some(json!({"metadata": {"resourceVersion": "7", "finalizers": ["foregroundDeletion"]}})),
+        "only this controller's finalizer goes"
+    );
+    // Not ours (already removed, or a VM from before the finalizer): nothing to remove.
+    let bare = vm_meta(json!({"deletionTimestamp": DELETED, "finalizers": ["x"]}));
+    assert_eq!(finalizer_step(&bare, None), FinalizerStep::Keep);
+}
+
+#[test]
+fn orphan_propagation_leaves_the_vmi_and_releases_the_vm() {
+    let vm = vm_meta(json!({"finalizers": [VM_FINALIZER, "orphan"], "deletionTimestamp": DELETED}));
+    assert!(orphans_dependents(&vm));
+    let running = vmi("Running", "a");
+    assert_eq!(decide_deleted(&vm, Some(&running)), Decision::Nothing);
+    assert_eq!(finalizer_step(&vm, Some(&running)), FinalizerStep::Remove);
+    assert_eq!(finalizer_step(&vm, None), FinalizerStep::Remove);
+    assert_eq!(
+        finalizers_patch(&vm, FinalizerStep::Remove),
+        Some(json!({"metadata": {"resourceVersion": "7", "finalizers": ["orphan"]}}))
+    );
+}
