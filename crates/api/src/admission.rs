@@ -81,13 +81,16 @@ fn no_validate<K>(_: &K, _: &ValidationConfig) -> Vec<FieldError> {
 /// A built-in Kubernetes kind: decoded with k8s-openapi's type, no KubeVirt admission.
 macro_rules! core {
     ($ty:ty, $kind:expr, $group:expr, $plural:expr, $ns:expr) => {
+        core!($ty, $kind, $group, $plural, $ns, no_default, no_validate)
+    };
+    ($ty:ty, $kind:expr, $group:expr, $plural:expr, $ns:expr, $default:expr, $validate:expr) => {
         KindInfo {
             group: $group,
             version: "v1",
             kind: $kind,
             plural: $plural,
             namespaced: $ns,
-            admit: |v, o| admit_typed::<$ty>(v, o, no_default, no_validate),
+            admit: |v, o| admit_typed::<$ty>(v, o, $default, $validate),
             roundtrip: roundtrip::<$ty>,
             crd: None,
         }
@@ -118,6 +121,7 @@ macro_rules! custom {
 /// Every kind the project models: KubeVirt's and CDI's custom resources, then the core kinds
 /// our users touch.
 pub fn kinds() -> &'static [KindInfo] {
+    use crate::core_kinds;
     use k8s_openapi::api::coordination::v1 as coordination;
     use k8s_openapi::api::core::v1 as core;
     use k8s_openapi::api::events::v1 as events;
@@ -155,8 +159,24 @@ pub fn kinds() -> &'static [KindInfo] {
                 crate::multus::validate_nad(nad)
             }),
             core!(core::Namespace, "Namespace", "", "namespaces", false),
-            core!(core::ConfigMap, "ConfigMap", "", "configmaps", true),
-            core!(core::Secret, "Secret", "", "secrets", true),
+            core!(
+                core::ConfigMap,
+                "ConfigMap",
+                "",
+                "configmaps",
+                true,
+                no_default,
+                core_kinds::validate_configmap
+            ),
+            core!(
+                core::Secret,
+                "Secret",
+                "",
+                "secrets",
+                true,
+                core_kinds::default_secret,
+                core_kinds::validate_secret
+            ),
             core!(
                 core::PersistentVolumeClaim,
                 "PersistentVolumeClaim",
@@ -171,8 +191,33 @@ pub fn kinds() -> &'static [KindInfo] {
                 "persistentvolumes",
                 false
             ),
-            core!(core::Node, "Node", "", "nodes", false),
-            core!(core::Service, "Service", "", "services", true),
+            core!(
+                core::Node,
+                "Node",
+                "",
+                "nodes",
+                false,
+                core_kinds::default_node,
+                no_validate
+            ),
+            core!(
+                core::Service,
+                "Service",
+                "",
+                "services",
+                true,
+                core_kinds::default_service,
+                core_kinds::validate_service
+            ),
+            core!(
+                k8s_openapi::api::storage::v1::StorageClass,
+                "StorageClass",
+                "storage.k8s.io",
+                "storageclasses",
+                false,
+                core_kinds::default_storage_class,
+                core_kinds::validate_storage_class
+            ),
             core!(core::Event, "Event", "", "events", true),
             core!(events::Event, "Event", "events.k8s.io", "events", true),
             core!(

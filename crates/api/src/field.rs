@@ -17,6 +17,8 @@ pub enum CauseType {
     FieldValueTypeInvalid,
     /// A field the schema does not have (strict field validation).
     FieldValueUnknown,
+    FieldValueForbidden,
+    FieldValueTooLong,
 }
 
 impl CauseType {
@@ -28,6 +30,8 @@ impl CauseType {
             CauseType::FieldValueNotSupported => "FieldValueNotSupported",
             CauseType::FieldValueTypeInvalid => "FieldValueTypeInvalid",
             CauseType::FieldValueUnknown => "FieldValueUnknown",
+            CauseType::FieldValueForbidden => "FieldValueForbidden",
+            CauseType::FieldValueTooLong => "FieldValueTooLong",
         }
     }
 }

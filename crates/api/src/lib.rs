@@ -13,6 +13,7 @@ pub use generated::*;
 
 pub mod admission;
 pub mod cdi;
+pub mod core_kinds;
 pub mod crd;
 pub mod defaults;
 pub mod field;

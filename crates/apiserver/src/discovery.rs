@@ -155,7 +155,7 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
         .resources
         .iter()
         .filter(|r| r.group == group && r.version == version)
-        .flat_map(resource_entries)
+        .flat_map(|r| resource_entries(r))
         .collect();
     if resources.is_empty() {
         return None;
@@ -165,36 +165,43 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
     )
 }
 
-fn group_entry(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv], "preferredVersion": gv})
+fn group_entry(group: &str, versions: &[String]) -> Value {
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    let preferred = gvs.first().cloned().unwrap_or(Value::Null);
+    json!({"name": group, "versions": gvs, "preferredVersion": preferred})
 }
 
 pub fn group_list(reg: &Registry) -> Value {
     let mut groups: Vec<Value> = reg
-        .groups()
+        .group_versions()
         .iter()
-        .map(|(g, v)| group_entry(g, v))
+        .map(|(g, vs)| group_entry(g, vs))
         .collect();
     for (g, v, _) in AGGREGATED {
-        groups.push(group_entry(g, v));
+        groups.push(group_entry(g, &[v.to_string()]));
     }
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn group(reg: &Registry, name: &str) -> Option<Value> {
     if let Some((group, version, _)) = AGGREGATED.iter().find(|(g, _, _)| *g == name) {
-        let mut g = group_entry(group, version);
+        let mut g = group_entry(group, &[version.to_string()]);
         g["kind"] = json!("APIGroup");
         g["apiVersion"] = json!("v1");
         return Some(g);
     }
-    reg.groups().iter().find(|(g, _)| g == name).map(|(g, v)| {
-        let mut e = group_entry(g, v);
-        e["kind"] = json!("APIGroup");
-        e["apiVersion"] = json!("v1");
-        e
-    })
+    reg.group_versions()
+        .iter()
+        .find(|(g, _)| g == name)
+        .map(|(g, vs)| {
+            let mut e = group_entry(g, vs);
+            e["kind"] = json!("APIGroup");
+            e["apiVersion"] = json!("v1");
+            e
+        })
 }
 
 /// The schema name kubectl sees for a kind, e.g. `io.kubevirt.v1.VirtualMachine`.
@@ -262,6 +269,7 @@ pub fn openapi_doc(reg: &Registry, group: &str, version: &str) -> Option<Value> 
         .resources
         .iter()
         .filter(|r| r.group == group && r.version == version)
+        .map(|r| &**r)
         .collect();
     if defs.is_empty() {
         return None;

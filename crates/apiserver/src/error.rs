@@ -89,7 +89,7 @@ impl ApiError {
         let joined = errs
             .iter()
             .map(|e| {
-                if e.field.is_empty() || e.message.contains(&e.field) {
+                if e.field.is_empty() || e.message.starts_with(&e.field) {
                     e.message.clone()
                 } else {
                     format!("{}: {}", e.field, e.message)

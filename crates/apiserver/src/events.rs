@@ -50,7 +50,8 @@ pub fn to_core(ev: &Value) -> Value {
 
 /// Writes the core copy of `ev` (create, or replace the previous copy).
 pub async fn mirror(api: &ApiServer, ev: &Value) {
-    let Some(def) = api.registry.find("", "v1", "events") else {
+    let reg = api.registry();
+    let Some(def) = reg.find("", "v1", "events") else {
         return;
     };
     let ns = ev["metadata"]["namespace"].as_str().unwrap_or("default");

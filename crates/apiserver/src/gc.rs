@@ -47,14 +47,15 @@ pub fn spawn(api: Arc<ApiServer>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-fn def_of<'a>(api: &'a ApiServer, o: &Stored) -> Option<&'a crate::registry::ResourceDef> {
+fn def_of(api: &ApiServer, o: &Stored) -> Option<Arc<crate::registry::ResourceDef>> {
     let mut parts = o.key.as_str().splitn(3, '/');
     let group = parts.next()?;
     let plural = parts.next()?;
-    api.registry
+    api.registry()
         .resources
         .iter()
         .find(|r| r.group == group && r.plural == plural)
+        .cloned()
 }
 
 async fn delete(api: &ApiServer, o: &Stored, policy: &str) -> Result<(), String> {
@@ -63,7 +64,7 @@ async fn delete(api: &ApiServer, o: &Stored, policy: &str) -> Result<(), String>
     };
     match api
         .delete(
-            def,
+            &def,
             o.key.namespace(),
             o.key.name(),
             &json!({"propagationPolicy": policy}),
@@ -85,7 +86,7 @@ async fn patch_metadata(api: &ApiServer, o: &Stored, f: impl Fn(&mut Value)) -> 
     f(&mut v);
     match api
         .update(
-            def,
+            &def,
             o.key.namespace(),
             o.key.name(),
             v,
@@ -169,7 +170,8 @@ async fn terminate_namespace(
         .filter(|o| o.key.namespace() == name && !o.key.as_str().starts_with("/namespaces/"))
         .collect();
     if contents.is_empty() {
-        let Some(def) = api.registry.find("", "v1", "namespaces") else {
+        let reg = api.registry();
+        let Some(def) = reg.find("", "v1", "namespaces") else {
             return Ok(());
         };
         return match api

@@ -230,7 +230,7 @@ struct Target<'a> {
 }
 
 fn resolve<'a>(
-    api: &'a ApiServer,
+    reg: &'a crate::registry::Registry,
     group: &str,
     version: &str,
     segs: &[&str],
@@ -242,7 +242,7 @@ fn resolve<'a>(
             "the server could not find the requested resource",
         )
     };
-    let find = |plural: &str| api.registry.find(group, version, plural);
+    let find = |plural: &str| reg.find(group, version, plural);
     match segs {
         ["namespaces", ns, plural, rest @ ..]
             if group.is_empty()
@@ -417,7 +417,8 @@ async fn dispatch(
     body: Body,
 ) -> ApiResult<Response> {
     let api = &state.api;
-    let reg = &api.registry;
+    let registry = api.registry();
+    let reg = &*registry;
     if method == Method::GET {
         match segs {
             ["version"] | ["apis", "subresources.kubevirt.io", "v1", "version"] => {
@@ -492,7 +493,7 @@ async fn dispatch(
             ))
         }
     };
-    let t = resolve(api, group, version, rest)?;
+    let t = resolve(reg, group, version, rest)?;
     let def = t.def;
     let ns = t.namespace.clone().unwrap_or_default();
     let ns = if def.namespaced && ns.is_empty() && t.name.is_some() {
@@ -502,6 +503,7 @@ async fn dispatch(
     };
     if let Some(sub) = &t.subresource {
         let ok = (sub == "status" && def.status_subresource)
+            || (sub == "scale" && def.scale.is_some())
             || (def.kind == "Namespace" && sub == "finalize");
         if !ok {
             return Err(ApiError::new(
@@ -517,6 +519,9 @@ async fn dispatch(
         .map(|s| if s == "finalize" { "status" } else { s });
     let as_ = negotiate(headers);
     let include = q.get("includeObject").unwrap_or("Metadata").to_string();
+    if let (Some("scale"), Some(name), Some(paths)) = (sub, &t.name, &def.scale) {
+        return scale(api, def, paths, &ns, name, method.clone(), headers, body, q).await;
+    }
     match (method.clone(), &t.name) {
         (Method::GET, None) if q.flag("watch") => {
             watch(api.clone(), def, t.namespace.as_deref(), q, as_)
@@ -533,7 +538,7 @@ async fn dispatch(
                     &table(def, &[o.value()], &o.rv.to_string(), None, &include),
                 ),
                 As::PartialMetadata => json_response(StatusCode::OK, &partial_metadata(&o.value())),
-                As::Object => bytes_response(StatusCode::OK, o.json.clone()),
+                As::Object => bytes_response(StatusCode::OK, ApiServer::object_json(def, &o)),
             })
         }
         (Method::POST, None) => {
@@ -649,7 +654,7 @@ fn event_line(kind: &str, object: &[u8]) -> Bytes {
 
 fn render_event(def: &ResourceDef, kind: EventType, obj: &Stored, as_: As) -> Bytes {
     match as_ {
-        As::Object => event_line(kind.as_str(), &obj.json),
+        As::Object => event_line(kind.as_str(), &ApiServer::object_json(def, obj)),
         As::PartialMetadata => event_line(
             kind.as_str(),
             &serde_json::to_vec(&partial_metadata(&obj.value())).unwrap_or_default(),
@@ -670,11 +675,9 @@ fn watch(
 ) -> ApiResult<Response> {
     let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
         .map_err(ApiError::bad_request)?;
-    let fields = FieldSelector::parse_with(
-        q.get("fieldSelector").unwrap_or(""),
-        crate::selector::selectable_fields(&def.group, &def.plural),
-    )
-    .map_err(ApiError::bad_request)?;
+    let selectable: Vec<&str> = def.selectable.iter().map(String::as_str).collect();
+    let fields = FieldSelector::parse_with(q.get("fieldSelector").unwrap_or(""), &selectable)
+        .map_err(ApiError::bad_request)?;
     let prefix = Key::prefix(
         &def.group,
         &def.plural,
@@ -726,7 +729,8 @@ fn watch(
         }
         Ok(start) => {
             tokio::spawn(async move {
-                let Some(def) = api.registry.find(&def_key.0, &def_key.1, &def_key.2) else {
+                let reg = api.registry();
+                let Some(def) = reg.find(&def_key.0, &def_key.1, &def_key.2) else {
                     return;
                 };
                 let mut last_rv = start.rv;
@@ -792,4 +796,123 @@ fn stream_response(stream: futures::stream::BoxStream<'static, Bytes>) -> Respon
         .header(header::CACHE_CONTROL, "no-cache, private")
         .body(body)
         .unwrap_or_else(|_| ApiError::internal("building the watch response").into_response())
+}
+
+/// The `autoscaling/v1` Scale of a custom resource, read through its CRD's scale paths.
+fn scale_of(paths: &crate::registry::ScalePaths, v: &Value) -> Value {
+    let at = |p: &str| {
+        p.trim_start_matches('.')
+            .split('.')
+            .try_fold(v, |cur, k| cur.get(k))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let mut status = json!({"replicas": at(&paths.status_replicas).as_i64().unwrap_or(0)});
+    if let Some(sel) = paths.label_selector.as_deref().map(at) {
+        if sel.is_string() {
+            status["selector"] = sel;
+        }
+    }
+    let m = &v["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+                     "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
+        "spec": {"replicas": at(&paths.spec_replicas).as_i64().unwrap_or(0)},
+        "status": status,
+    })
+}
+
+/// `GET|PUT|PATCH .../{name}/scale` of a custom resource: the write sets the object's
+/// `specReplicasPath` and goes through the object's own admission.
+#[allow(clippy::too_many_arguments)]
+async fn scale(
+    api: &ApiServer,
+    def: &ResourceDef,
+    paths: &crate::registry::ScalePaths,
+    ns: &str,
+    name: &str,
+    method: Method,
+    headers: &HeaderMap,
+    body: Body,
+    q: &Query,
+) -> ApiResult<Response> {
+    let o = api.get(def, ns, name)?;
+    let current = scale_of(paths, &o.value());
+    let desired = match method {
+        Method::GET => return Ok(json_response(StatusCode::OK, &current)),
+        Method::PUT => decode_body(headers, read_body(body).await?).await?,
+        Method::PATCH => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let patch: Value = serde_json::from_slice(&read_body(body).await?)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let mut doc = current.clone();
+            match PatchType::from_content_type(ct) {
+                Some(PatchType::Merge) => crate::patch::merge(&mut doc, &patch),
+                Some(PatchType::Json) => crate::patch::json_patch(&mut doc, &patch)
+                    .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?,
+                _ => {
+                    return Err(ApiError::unsupported_media_type(format!(
+                        "the scale subresource accepts application/merge-patch+json and application/json-patch+json (got {ct:?})"
+                    )))
+                }
+            }
+            doc
+        }
+        m => {
+            return Err(ApiError::method_not_allowed(format!(
+                "{m} is not supported on the scale subresource"
+            )))
+        }
+    };
+    let replicas = desired["spec"]["replicas"]
+        .as_i64()
+        .filter(|r| *r >= 0 && *r <= i32::MAX as i64);
+    let Some(replicas) = replicas else {
+        return Err(ApiError::invalid(
+            "Scale",
+            "autoscaling",
+            name,
+            &format!("Scale.autoscaling \"{name}\" is invalid: "),
+            &[kubevirt_api::FieldError::invalid(
+                "spec.replicas",
+                format!(
+                    "Invalid value: {}: must be a non-negative 32-bit integer",
+                    desired["spec"]["replicas"]
+                ),
+            )],
+        ));
+    };
+    if let Some(rv) = desired["metadata"]["resourceVersion"].as_str() {
+        if rv.parse::<u64>().ok() != Some(o.rv) {
+            return Err(ApiError::conflict(&def.plural, &def.group, name));
+        }
+    }
+    let mut obj = o.value();
+    let mut cur = &mut obj;
+    let segs: Vec<&str> = paths
+        .spec_replicas
+        .trim_start_matches('.')
+        .split('.')
+        .collect();
+    for (i, seg) in segs.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        if i + 1 == segs.len() {
+            cur[*seg] = json!(replicas);
+            break;
+        }
+        cur = &mut cur[*seg];
+    }
+    obj["metadata"]["resourceVersion"] = json!(o.rv.to_string());
+    let w = api.update(def, ns, name, obj, q, None).await?;
+    Ok(with_warnings(
+        json_response(StatusCode::OK, &scale_of(paths, &w.object)),
+        &w.warnings,
+    ))
 }

@@ -6,6 +6,7 @@
 //! semantics) → [`http`] (REST paths, content types, watch streams, auth) → [`server`] (TLS,
 //! kubeconfig, bootstrap). [`gc`] runs the server's own controllers.
 
+pub mod crd;
 pub mod discovery;
 pub mod error;
 pub mod events;
@@ -20,7 +21,9 @@ pub mod proto;
 pub mod registry;
 pub mod selector;
 pub mod server;
+pub mod services;
 pub mod store;
+pub mod structural;
 
 pub use http::SubresourceHandler;
 pub use limits::Limits;

@@ -47,9 +47,16 @@ pub struct ListResult {
 
 pub struct ApiServer {
     pub store: Arc<Store>,
-    pub registry: Registry,
+    /// What is served: the built-in kinds and the user's CRDs, swapped as CRDs change.
+    registry: RwLock<Arc<Registry>>,
     /// Defaulting/validation settings, from the `KubeVirt` resource.
     pub admission: RwLock<AdmitOptions>,
+    /// Held by Service writes while they allocate addresses from the other Services.
+    service_writes: tokio::sync::Mutex<()>,
+}
+
+fn is_service(def: &ResourceDef) -> bool {
+    def.group.is_empty() && def.plural == "services"
 }
 
 pub fn now() -> String {
@@ -148,8 +155,81 @@ impl ApiServer {
     pub fn new(store: Arc<Store>) -> ApiServer {
         ApiServer {
             store,
-            registry: Registry::new(),
+            registry: RwLock::new(Arc::new(Registry::new())),
             admission: RwLock::new(AdmitOptions::default()),
+            service_writes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The resources served now (a snapshot: a CRD write swaps in a new registry).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().clone()
+    }
+
+    /// Serves the stored user CRDs: a new registry with their resources, and the objects of
+    /// a CRD that is no longer stored are deleted (kube-apiserver's CRD cleanup).
+    pub async fn refresh_crds(&self) {
+        let base = self.registry();
+        let (stored, _) =
+            self.store
+                .list(&Key::prefix(crate::crd::GROUP, crate::crd::PLURAL, None));
+        let builtin = |g: &str, p: &str| {
+            base.find_any_version(g, p)
+                .is_some_and(|d| matches!(d.admission, crate::registry::Admission::Builtin(_)))
+        };
+        let served: Vec<crate::crd::ServedCrd> = stored
+            .iter()
+            .map(|o| o.value())
+            .filter(|v| {
+                !builtin(
+                    v["spec"]["group"].as_str().unwrap_or(""),
+                    v["spec"]["names"]["plural"].as_str().unwrap_or(""),
+                )
+            })
+            .filter_map(|v| crate::crd::served(&v))
+            .collect();
+        // Resources whose CRD is gone (not merely unserved while its names conflict).
+        let kept: Vec<(String, String)> = stored
+            .iter()
+            .map(|o| o.value())
+            .map(|v| {
+                (
+                    v["spec"]["group"].as_str().unwrap_or("").to_string(),
+                    v["spec"]["names"]["plural"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            })
+            .collect();
+        let gone: Vec<(String, String)> = base
+            .resources
+            .iter()
+            .filter(|r| matches!(r.admission, crate::registry::Admission::Schema(_)))
+            .map(|r| (r.group.clone(), r.plural.clone()))
+            .filter(|gp| !kept.contains(gp))
+            .collect();
+        let next = Arc::new(base.with_crds(&served));
+        *self.registry.write() = next;
+        for (group, plural) in gone {
+            let (objects, _) = self.store.list(&Key::prefix(&group, &plural, None));
+            tracing::info!(%group, %plural, objects = objects.len(), "CRD deleted: deleting its objects");
+            for o in objects {
+                if let Err(e) = self
+                    .store
+                    .write(o.key.clone(), Change::Delete, Precondition::Exists)
+                    .await
+                {
+                    tracing::warn!(key = ?o.key, error = %e, "deleting an object of a deleted CRD");
+                }
+            }
+        }
+    }
+
+    /// After a write of a CRD: serve what changed.
+    async fn crd_written(&self, def: &ResourceDef) {
+        if def.group == crate::crd::GROUP && def.plural == crate::crd::PLURAL {
+            self.refresh_crds().await;
         }
     }
 
@@ -173,14 +253,64 @@ impl ApiServer {
     }
 
     /// Decode, prune or refuse unknown fields, default and validate an object of our kinds.
-    fn admit(&self, def: &ResourceDef, value: Value, q: &Query) -> ApiResult<(Value, Vec<String>)> {
+    fn admit(
+        &self,
+        def: &ResourceDef,
+        value: Value,
+        old: Option<&Value>,
+        q: &Query,
+    ) -> ApiResult<(Value, Vec<String>)> {
         let mut opts = self.admission.read().clone();
         opts.field_validation = field_validation(q)?;
         let name = value["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        match def.kind_info.admit(&value, &opts) {
+        let prefix = if def.group.is_empty() {
+            format!("{} \"{name}\" is invalid: ", def.kind)
+        } else {
+            format!("{}.{} \"{name}\" is invalid: ", def.kind, def.group)
+        };
+        let kind_info = match &def.admission {
+            crate::registry::Admission::Builtin(k) => *k,
+            crate::registry::Admission::Schema(schema) => {
+                let mut value = value;
+                let outcome = schema.admit(&mut value, old);
+                if !outcome.errors.is_empty() {
+                    return Err(ApiError::invalid(
+                        &def.kind,
+                        &def.group,
+                        &name,
+                        &prefix,
+                        &outcome.errors,
+                    ));
+                }
+                let unknown: Vec<String> = outcome
+                    .pruned
+                    .iter()
+                    .map(|p| format!("unknown field \"{}\"", p.trim_start_matches('.')))
+                    .collect();
+                return match opts.field_validation {
+                    FieldValidation::Strict if !unknown.is_empty() => Err(ApiError::bad_request(
+                        format!("strict decoding error: {}", unknown.join(", ")),
+                    )),
+                    FieldValidation::Warn => Ok((value, unknown)),
+                    _ => Ok((value, Vec::new())),
+                };
+            }
+        };
+        let is_crd = def.group == crate::crd::GROUP && def.plural == crate::crd::PLURAL;
+        match kind_info.admit(&value, &opts) {
+            Ok(mut a) if is_crd => {
+                let errs = crate::crd::check(&a.value, old);
+                if !errs.is_empty() {
+                    return Err(ApiError::invalid(
+                        &def.kind, &def.group, &name, &prefix, &errs,
+                    ));
+                }
+                crate::crd::set_status(&mut a.value, old, &self.registry());
+                Ok((a.value, a.warnings))
+            }
             Ok(a) => Ok((a.value, a.warnings)),
             Err(errs) => {
                 if errs
@@ -225,11 +355,6 @@ impl ApiServer {
                     }
                     return Err(e);
                 }
-                let prefix = if def.group.is_empty() {
-                    format!("{} \"{name}\" is invalid: ", def.kind)
-                } else {
-                    format!("{}.{} \"{name}\" is invalid: ", def.kind, def.group)
-                };
                 Err(ApiError::invalid(
                     &def.kind, &def.group, &name, &prefix, &errs,
                 ))
@@ -241,8 +366,8 @@ impl ApiServer {
         if !def.namespaced {
             return Ok(());
         }
-        let ns_def = self
-            .registry
+        let reg = self.registry();
+        let ns_def = reg
             .find("", "v1", "namespaces")
             .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
         match self.store.get(&Self::key(ns_def, "", ns)) {
@@ -352,7 +477,14 @@ impl ApiServer {
             body["status"] = json!({"phase": "Active"});
             body["spec"]["finalizers"] = json!(["kubernetes"]);
         }
-        let (mut obj, warnings) = self.admit(def, body, q)?;
+        let _service = match is_service(def) {
+            true => Some(self.service_writes.lock().await),
+            false => None,
+        };
+        let (mut obj, warnings) = self.admit(def, body, None, q)?;
+        if is_service(def) {
+            crate::services::allocate(&self.store, &mut obj, None)?;
+        }
         managed::record_update(
             None,
             &mut obj,
@@ -379,6 +511,7 @@ impl ApiServer {
             )
             .await
             .map_err(|e| store_err(def, &name, e))?;
+        self.crd_written(def).await;
         Ok(Written {
             object: stored.value(),
             warnings,
@@ -459,7 +592,14 @@ impl ApiServer {
         // Once deleting, finalizers can only be removed.
         // A status write is admitted like any other write: the same decoding, unknown-field
         // handling and validation of the whole object.
-        let (mut obj, warnings) = self.admit(def, new, q)?;
+        let _service = match is_service(def) {
+            true => Some(self.service_writes.lock().await),
+            false => None,
+        };
+        let (mut obj, warnings) = self.admit(def, new, Some(&old_v), q)?;
+        if is_service(def) {
+            crate::services::allocate(&self.store, &mut obj, Some(&old_v))?;
+        }
         if def.custom
             && generation_relevant(&obj, def.status_subresource)
                 != generation_relevant(&old_v, def.status_subresource)
@@ -514,6 +654,7 @@ impl ApiServer {
                 .write(key, Change::Delete, Precondition::Exists)
                 .await
                 .map_err(|e| store_err(def, name, e))?;
+            self.crd_written(def).await;
             return Ok(Written {
                 object: gone.value(),
                 warnings,
@@ -525,6 +666,7 @@ impl ApiServer {
             .write(key, Change::Put(obj), Precondition::Revision(old.rv))
             .await
             .map_err(|e| store_err(def, name, e))?;
+        self.crd_written(def).await;
         Ok(Written {
             object: stored.value(),
             warnings,
@@ -837,6 +979,7 @@ impl ApiServer {
                 )
                 .await
                 .map_err(|e| store_err(def, name, e))?;
+            self.crd_written(def).await;
             return Ok(stored.value());
         }
         let gone = self
@@ -848,6 +991,7 @@ impl ApiServer {
             )
             .await
             .map_err(|e| store_err(def, name, e))?;
+        self.crd_written(def).await;
         Ok(gone.value())
     }
 
@@ -887,11 +1031,9 @@ impl ApiServer {
     pub fn list(&self, def: &ResourceDef, ns: Option<&str>, q: &Query) -> ApiResult<ListResult> {
         let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
             .map_err(ApiError::bad_request)?;
-        let fields = FieldSelector::parse_with(
-            q.get("fieldSelector").unwrap_or(""),
-            crate::selector::selectable_fields(&def.group, &def.plural),
-        )
-        .map_err(ApiError::bad_request)?;
+        let selectable: Vec<&str> = def.selectable.iter().map(String::as_str).collect();
+        let fields = FieldSelector::parse_with(q.get("fieldSelector").unwrap_or(""), &selectable)
+            .map_err(ApiError::bad_request)?;
         let prefix = Key::prefix(
             &def.group,
             &def.plural,
@@ -939,6 +1081,21 @@ impl ApiServer {
         })
     }
 
+    /// An object's JSON as `def`'s version shows it: the stored bytes, or for a CRD with
+    /// several served versions, the object under this version's `apiVersion` (conversion
+    /// strategy `None`).
+    pub fn object_json(def: &ResourceDef, o: &Stored) -> Bytes {
+        if !def.multi_version {
+            return o.json.clone();
+        }
+        let mut v = o.value();
+        if v["apiVersion"].as_str() == Some(def.api_version().as_str()) {
+            return o.json.clone();
+        }
+        v["apiVersion"] = json!(def.api_version());
+        Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    }
+
     /// A list response body, assembled from the stored JSON without re-encoding each object.
     pub fn list_body(def: &ResourceDef, list: &ListResult) -> Bytes {
         let mut out =
@@ -961,7 +1118,7 @@ impl ApiServer {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(&o.json);
+            out.extend_from_slice(&Self::object_json(def, o));
         }
         out.extend_from_slice(b"]}");
         Bytes::from(out)

@@ -141,6 +141,107 @@ fn object_meta(b: &[u8]) -> Result<Value, String> {
     Ok(Value::Object(m))
 }
 
+/// `k8s.io.apimachinery.pkg.util.intstr.IntOrString`: type (0 int, 1 string), intVal, strVal.
+fn int_or_string(b: &[u8]) -> Result<Value, String> {
+    let (mut ty, mut int, mut s) = (0, 0i64, String::new());
+    for (n, f) in fields(b)? {
+        match (n, f) {
+            (1, Field::Varint(v)) => ty = v,
+            (2, Field::Varint(v)) => int = v as i32 as i64,
+            (3, Field::Bytes(d)) => s = string(d)?,
+            _ => {}
+        }
+    }
+    Ok(if ty == 1 { json!(s) } else { json!(int) })
+}
+
+fn service_port(b: &[u8]) -> Result<Value, String> {
+    let mut p = Map::new();
+    for (n, f) in fields(b)? {
+        match (n, f) {
+            (1, Field::Bytes(d)) if !d.is_empty() => {
+                p.insert("name".into(), json!(string(d)?));
+            }
+            (2, Field::Bytes(d)) if !d.is_empty() => {
+                p.insert("protocol".into(), json!(string(d)?));
+            }
+            (3, Field::Varint(v)) => {
+                p.insert("port".into(), json!(v as i32));
+            }
+            (4, Field::Bytes(d)) => {
+                p.insert("targetPort".into(), int_or_string(d)?);
+            }
+            (5, Field::Varint(v)) if v != 0 => {
+                p.insert("nodePort".into(), json!(v as i32));
+            }
+            (6, Field::Bytes(d)) if !d.is_empty() => {
+                p.insert("appProtocol".into(), json!(string(d)?));
+            }
+            _ => {}
+        }
+    }
+    Ok(Value::Object(p))
+}
+
+/// `ServiceSpec`: the fields `kubectl create service` and typed clients set.
+fn service_spec(b: &[u8]) -> Result<Value, String> {
+    let mut spec = Map::new();
+    let mut ports = Vec::new();
+    let mut selector = Map::new();
+    let mut lists: [(&str, Vec<Value>); 3] = [
+        ("externalIPs", vec![]),
+        ("clusterIPs", vec![]),
+        ("ipFamilies", vec![]),
+    ];
+    for (n, f) in fields(b)? {
+        let key = match n {
+            3 => "clusterIP",
+            4 => "type",
+            7 => "sessionAffinity",
+            8 => "loadBalancerIP",
+            10 => "externalName",
+            11 => "externalTrafficPolicy",
+            17 => "ipFamilyPolicy",
+            21 => "loadBalancerClass",
+            22 => "internalTrafficPolicy",
+            _ => "",
+        };
+        match (n, f) {
+            (1, Field::Bytes(d)) => ports.push(service_port(d)?),
+            (2, Field::Bytes(d)) => {
+                let (k, v) = map_entry(d, false)?;
+                selector.insert(k, v);
+            }
+            (5, Field::Bytes(d)) => lists[0].1.push(json!(string(d)?)),
+            (18, Field::Bytes(d)) => lists[1].1.push(json!(string(d)?)),
+            (19, Field::Bytes(d)) => lists[2].1.push(json!(string(d)?)),
+            (13, Field::Varint(v)) => {
+                spec.insert("publishNotReadyAddresses".into(), json!(v != 0));
+            }
+            (20, Field::Varint(v)) => {
+                spec.insert("allocateLoadBalancerNodePorts".into(), json!(v != 0));
+            }
+            // Go's protobuf writes unset strings as "": they stay unset.
+            (_, Field::Bytes(d)) if !key.is_empty() && !d.is_empty() => {
+                spec.insert(key.into(), json!(string(d)?));
+            }
+            _ => {}
+        }
+    }
+    if !ports.is_empty() {
+        spec.insert("ports".into(), Value::Array(ports));
+    }
+    if !selector.is_empty() {
+        spec.insert("selector".into(), Value::Object(selector));
+    }
+    for (k, v) in lists {
+        if !v.is_empty() {
+            spec.insert(k.into(), Value::Array(v));
+        }
+    }
+    Ok(Value::Object(spec))
+}
+
 fn decode_kind(kind: &str, raw: &[u8]) -> Result<Value, String> {
     let mut obj = json!({"apiVersion": "v1", "kind": kind});
     let mut maps: [Map<String, Value>; 3] = Default::default();
@@ -163,6 +264,7 @@ fn decode_kind(kind: &str, raw: &[u8]) -> Result<Value, String> {
                 maps[0].insert(k, v);
             }
             ("Secret", 3, Field::Bytes(d)) => obj["type"] = json!(string(d)?),
+            ("Service", 2, Field::Bytes(d)) => obj["spec"] = service_spec(d)?,
             ("Secret", 4, Field::Bytes(d)) => {
                 let (k, v) = map_entry(d, false)?;
                 maps[2].insert(k, v);
@@ -183,7 +285,8 @@ fn decode_kind(kind: &str, raw: &[u8]) -> Result<Value, String> {
     Ok(obj)
 }
 
-/// Decodes a `k8s\0`-prefixed protobuf body of a Namespace, ConfigMap or Secret into JSON.
+/// Decodes a `k8s\0`-prefixed protobuf body of a Namespace, ConfigMap, Secret or Service
+/// into JSON.
 pub fn decode(body: &[u8]) -> Result<Value, String> {
     let env = body
         .strip_prefix(b"k8s\0")
@@ -204,9 +307,9 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
         }
     }
     match kind.as_str() {
-        "Namespace" | "ConfigMap" | "Secret" => decode_kind(&kind, raw),
+        "Namespace" | "ConfigMap" | "Secret" | "Service" => decode_kind(&kind, raw),
         other => Err(format!(
-            "protobuf bodies are accepted for Namespace, ConfigMap and Secret only (got {other:?}); send JSON"
+            "protobuf bodies are accepted for Namespace, ConfigMap, Secret and Service only (got {other:?}); send JSON"
         )),
     }
 }

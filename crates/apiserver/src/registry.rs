@@ -14,6 +14,22 @@ pub struct Column {
     pub description: String,
 }
 
+/// How a kind's writes are admitted.
+pub enum Admission {
+    /// One of the kinds the project knows: typed decoding, defaults and validation.
+    Builtin(&'static KindInfo),
+    /// A user's CRD: its structural schema (pruning, defaults, validation, CEL rules).
+    Schema(std::sync::Arc<crate::structural::StructuralSchema>),
+}
+
+/// JSON paths (`.spec.replicas`) of a CRD's `scale` subresource.
+#[derive(Clone, Debug)]
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    pub label_selector: Option<String>,
+}
+
 pub struct ResourceDef {
     pub group: String,
     pub version: String,
@@ -28,7 +44,15 @@ pub struct ResourceDef {
     /// refused with 415, PUT requires a resourceVersion.
     pub custom: bool,
     pub columns: Vec<Column>,
-    pub kind_info: &'static KindInfo,
+    /// How writes are decoded, defaulted and validated.
+    pub admission: Admission,
+    /// Fields besides `metadata.name`/`metadata.namespace` that field selectors accept.
+    pub selectable: Vec<String>,
+    /// The `scale` subresource of a user CRD.
+    pub scale: Option<ScalePaths>,
+    /// Objects may be stored under another served version of the same CRD: responses
+    /// rewrite `apiVersion` (conversion strategy `None`).
+    pub multi_version: bool,
     /// OpenAPI v3 schema of the whole object, serialized (parsed only to build /openapi/v3).
     pub schema_json: bytes::Bytes,
     /// Named schemas the schema refers to (`#/components/schemas/...`), serialized.
@@ -59,7 +83,8 @@ impl ResourceDef {
 }
 
 pub struct Registry {
-    pub resources: Vec<ResourceDef>,
+    /// The built-in kinds first, then the served versions of the user's CRDs.
+    pub resources: Vec<std::sync::Arc<ResourceDef>>,
     /// OpenAPI documents by group-version path, serialized, built on first use.
     pub openapi: std::sync::OnceLock<std::collections::HashMap<String, bytes::Bytes>>,
 }
@@ -119,8 +144,20 @@ fn core_columns(kind: &str) -> Vec<Column> {
         "Service" => vec![
             col("Type", "string", ".spec.type", 0),
             col("Cluster-IP", "string", ".spec.clusterIP", 0),
+            col("Ports", "string", ".spec.ports[*].port", 0),
         ],
         "Lease" => vec![col("Holder", "string", ".spec.holderIdentity", 0)],
+        "StorageClass" => vec![
+            col("Provisioner", "string", ".provisioner", 0),
+            col("ReclaimPolicy", "string", ".reclaimPolicy", 0),
+            col("VolumeBindingMode", "string", ".volumeBindingMode", 0),
+            col(
+                "AllowVolumeExpansion",
+                "boolean",
+                ".allowVolumeExpansion",
+                0,
+            ),
+        ],
         _ => Vec::new(),
     }
 }
@@ -134,6 +171,7 @@ fn core_short_names(kind: &str) -> Vec<String> {
         "Node" => &["no"],
         "Event" => &["ev"],
         "Service" => &["svc"],
+        "StorageClass" => &["sc"],
         "CustomResourceDefinition" => &["crd", "crds"],
         _ => &[],
     };
@@ -156,6 +194,23 @@ fn core_schema<T: JsonSchema>() -> (Value, serde_json::Map<String, Value>) {
     (root, defs)
 }
 
+/// The OpenAPI schema of a CRD version's objects: its `openAPIV3Schema`, with `metadata`
+/// as a reference to ObjectMeta (so `kubectl explain x.metadata` shows it).
+pub fn crd_openapi_schema(schema: &Value) -> (Value, serde_json::Map<String, Value>) {
+    let mut s = schema.clone();
+    let (meta, mut defs) =
+        core_schema::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+    defs.insert(
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".into(),
+        meta,
+    );
+    if s.is_object() {
+        s["properties"]["metadata"] =
+            json!({"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"});
+    }
+    (s, defs)
+}
+
 fn schema_for(
     kind: &KindInfo,
     crd: Option<&k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
@@ -163,22 +218,13 @@ fn schema_for(
     use k8s_openapi::api::{coordination, core::v1 as core, events};
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as ext;
     if let Some(crd) = crd {
-        let mut s = crd.spec.versions[0]
+        let s = crd.spec.versions[0]
             .schema
             .as_ref()
             .and_then(|s| s.open_api_v3_schema.as_ref())
             .and_then(|s| serde_json::to_value(s).ok())
             .unwrap_or(Value::Null);
-        // metadata as a reference, so `kubectl explain vm.metadata` shows ObjectMeta.
-        let (meta, mut defs) =
-            core_schema::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
-        defs.insert(
-            "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".into(),
-            meta,
-        );
-        s["properties"]["metadata"] =
-            json!({"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"});
-        return (s, defs);
+        return crd_openapi_schema(&s);
     }
     match (kind.group, kind.kind) {
         ("", "Namespace") => core_schema::<core::Namespace>(),
@@ -188,6 +234,9 @@ fn schema_for(
         ("", "PersistentVolume") => core_schema::<core::PersistentVolume>(),
         ("", "Node") => core_schema::<core::Node>(),
         ("", "Service") => core_schema::<core::Service>(),
+        ("storage.k8s.io", "StorageClass") => {
+            core_schema::<k8s_openapi::api::storage::v1::StorageClass>()
+        }
         ("", "Event") => core_schema::<core::Event>(),
         ("events.k8s.io", "Event") => core_schema::<events::v1::Event>(),
         ("coordination.k8s.io", "Lease") => core_schema::<coordination::v1::Lease>(),
@@ -246,7 +295,10 @@ impl Registry {
                                 description: c.description.clone().unwrap_or_default(),
                             })
                             .collect(),
-                        kind_info: k,
+                        admission: Admission::Builtin(k),
+                        selectable: Vec::new(),
+                        scale: None,
+                        multi_version: false,
                         schema_json,
                         components_json,
                         lists,
@@ -273,14 +325,38 @@ impl Registry {
                     ),
                     custom: false,
                     columns: core_columns(k.kind),
-                    kind_info: k,
+                    admission: Admission::Builtin(k),
+                    selectable: crate::selector::selectable_fields(k.group, k.plural)
+                        .iter()
+                        .map(|f| f.to_string())
+                        .collect(),
+                    scale: None,
+                    multi_version: false,
                     schema_json,
                     components_json,
                     lists,
                     crd_json,
                 },
             };
-            resources.push(def);
+            resources.push(std::sync::Arc::new(def));
+        }
+        Registry {
+            resources,
+            openapi: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The built-in kinds and the served versions of `crds` (user CRDs as stored; those of
+    /// built-in kinds, and those whose names are not accepted, are skipped).
+    pub fn with_crds(&self, crds: &[crate::crd::ServedCrd]) -> Registry {
+        let mut resources: Vec<_> = self
+            .resources
+            .iter()
+            .filter(|r| matches!(r.admission, Admission::Builtin(_)))
+            .cloned()
+            .collect();
+        for c in crds {
+            resources.extend(c.defs.iter().cloned());
         }
         Registry {
             resources,
@@ -292,12 +368,22 @@ impl Registry {
         self.resources
             .iter()
             .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .map(|r| &**r)
+    }
+
+    /// A resource by group and plural, in any served version.
+    pub fn find_any_version(&self, group: &str, plural: &str) -> Option<&ResourceDef> {
+        self.resources
+            .iter()
+            .find(|r| r.group == group && r.plural == plural)
+            .map(|r| &**r)
     }
 
     pub fn find_kind(&self, api_version: &str, kind: &str) -> Option<&ResourceDef> {
         self.resources
             .iter()
             .find(|r| r.kind == kind && r.api_version() == api_version)
+            .map(|r| &**r)
     }
 
     /// Group names in the order discovery lists them (core first, then ours).
@@ -313,6 +399,59 @@ impl Registry {
         }
         out
     }
+}
+
+impl Registry {
+    /// Each group with its versions, the preferred one first.
+    pub fn group_versions(&self) -> Vec<(String, Vec<String>)> {
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for (g, v) in self.groups() {
+            match out.iter_mut().find(|(og, _)| *og == g) {
+                Some((_, vs)) => vs.push(v),
+                None => out.push((g, vec![v])),
+            }
+        }
+        for (_, vs) in &mut out {
+            vs.sort_by(|a, b| version_order(a, b));
+        }
+        out
+    }
+}
+
+/// kube-apiserver's version priority: GA before beta before alpha, higher numbers first,
+/// then versions that do not look like Kubernetes versions, alphabetically.
+pub fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn key(v: &str) -> (u8, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>, String) {
+        let parse = || -> Option<(u8, u64, u64)> {
+            let rest = v.strip_prefix('v')?;
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let major: u64 = rest[..digits].parse().ok()?;
+            let tail = &rest[digits..];
+            if tail.is_empty() {
+                return Some((0, major, 0));
+            }
+            let (tier, n) = if let Some(n) = tail.strip_prefix("beta") {
+                (1, n)
+            } else if let Some(n) = tail.strip_prefix("alpha") {
+                (2, n)
+            } else {
+                return None;
+            };
+            Some((tier, major, n.parse().ok()?))
+        };
+        match parse() {
+            Some((tier, major, minor)) => (
+                tier,
+                std::cmp::Reverse(major),
+                std::cmp::Reverse(minor),
+                String::new(),
+            ),
+            None => (3, std::cmp::Reverse(0), std::cmp::Reverse(0), v.to_string()),
+        }
+    }
+    key(a).cmp(&key(b))
 }
 
 impl Default for Registry {

@@ -246,11 +246,12 @@ pub fn kubeconfig_yaml(server: &str, ca_pem: &str, token: &str) -> String {
     )
 }
 
-/// Objects every server has: the namespaces and our CRDs (so `kubectl get crds` works).
-async fn bootstrap(api: &ApiServer) -> Result<()> {
+/// Objects every server has: the namespaces, the `kubernetes` Service, the default
+/// StorageClass and our CRDs (so `kubectl get crds` works).
+async fn bootstrap(api: &ApiServer, port: u16) -> Result<()> {
     let q = Query::default();
-    let ns_def = api
-        .registry
+    let reg = api.registry();
+    let ns_def = reg
         .find("", "v1", "namespaces")
         .context("namespaces not registered")?;
     for ns in ["default", "kube-system", "kube-public", "kubevirt"] {
@@ -260,11 +261,48 @@ async fn bootstrap(api: &ApiServer) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("creating namespace {ns}: {e}"))?;
         }
     }
-    let crd_def = api
-        .registry
+    let svc_def = reg
+        .find("", "v1", "services")
+        .context("services not registered")?;
+    if api
+        .store
+        .get(&ApiServer::key(svc_def, "default", "kubernetes"))
+        .is_none()
+    {
+        let svc = json!({
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": crate::services::KUBERNETES_SERVICE_IP.to_string(),
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+        });
+        api.create(svc_def, "default", svc, &q)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the kubernetes Service: {e}"))?;
+    }
+    let sc_def = reg
+        .find("storage.k8s.io", "v1", "storageclasses")
+        .context("storage classes not registered")?;
+    let (classes, _) = api.store.list(&crate::store::Key::prefix(
+        "storage.k8s.io",
+        "storageclasses",
+        None,
+    ));
+    if classes.is_empty() {
+        // The first start: the one class of this node's local-path volumes, the default.
+        let sc = json!({
+            "metadata": {"name": kubevirt_api::core_kinds::LOCAL_PATH_CLASS,
+                         "annotations": {kubevirt_api::core_kinds::DEFAULT_CLASS_ANNOTATION: "true"}},
+            "provisioner": kubevirt_api::core_kinds::LOCAL_PATH_PROVISIONER,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "Immediate",
+        });
+        api.create(sc_def, "", sc, &q)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the default StorageClass: {e}"))?;
+    }
+    let crd_def = reg
         .find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         .context("CRDs not registered")?;
-    for def in &api.registry.resources {
+    for def in &reg.resources {
         let Some(json) = &def.crd_json else { continue };
         let v: serde_json::Value = serde_json::from_slice(json)?;
         let name = v["metadata"]["name"]
@@ -296,7 +334,14 @@ pub async fn start(cfg: Config) -> Result<Running> {
     .context("opening the object store")?;
     let api = Arc::new(ApiServer::new(store));
     tracing::debug!("store open");
-    bootstrap(&api).await?;
+    // The `kubernetes` Service points at the port we serve (kube-apiserver's 6443 when the
+    // port is chosen at bind time).
+    let port = match cfg.listen.port() {
+        0 => 6443,
+        p => p,
+    };
+    bootstrap(&api, port).await?;
+    api.refresh_crds().await;
     tracing::debug!("bootstrapped");
     crate::gc::spawn(api.clone());
     crate::gc::release_free_memory();

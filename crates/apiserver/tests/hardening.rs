@@ -131,8 +131,9 @@ async fn deep_bodies_are_refused_at_once_and_healthz_stays_responsive() {
     }
     eprintln!("slowest /healthz while deep bodies were in flight: {worst:?}");
 
-    // A large body of ordinary depth still works, in YAML and JSON.
-    let big = "x".repeat(1 << 20);
+    // A large body of ordinary depth still works, in YAML and JSON (just under
+    // kube-apiserver's 1 MiB limit on a ConfigMap's data).
+    let big = "x".repeat((1 << 20) - 64);
     let yaml = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big\ndata:\n  a: \"{big}\"\n  b: |\n    [[[[{{{{\n"
     );
@@ -581,7 +582,8 @@ async fn the_watch_window_is_bounded_in_bytes() {
     let big = |i: usize| -> ConfigMap {
         serde_json::from_value(json!({
             "metadata": {"name": "big"},
-            "data": {"a": format!("{i}{}", "x".repeat(1 << 20))}
+            // Just under kube-apiserver's 1 MiB limit on a ConfigMap's data.
+            "data": {"a": format!("{i}{}", "x".repeat((1 << 20) - 512))}
         }))
         .expect("cm")
     };

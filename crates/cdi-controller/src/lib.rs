@@ -35,9 +35,9 @@ use serde_json::json;
 /// CDI's default filesystem overhead (`CDIConfig` `filesystemOverhead.global`).
 pub const DEFAULT_FILESYSTEM_OVERHEAD: f64 = 0.055;
 /// The StorageClass name our volumes carry.
-pub const STORAGE_CLASS: &str = "local-path";
+pub const STORAGE_CLASS: &str = kubevirt_api::core_kinds::LOCAL_PATH_CLASS;
 /// Our provisioner's name (`pv.kubernetes.io/provisioned-by`).
-pub const PROVISIONER_NAME: &str = "kubevirt-rs.io/local-path";
+pub const PROVISIONER_NAME: &str = kubevirt_api::core_kinds::LOCAL_PATH_PROVISIONER;
 /// The name of CDI's one `CDIConfig`.
 pub const CDI_CONFIG_NAME: &str = "config";
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -77,6 +78,46 @@ fn ours(pvc: &PersistentVolumeClaim) -> bool {
         != Some("")
 }
 
+/// How a claim is provisioned: its class and that class's reclaim policy.
+struct Class {
+    name: String,
+    reclaim_policy: String,
+}
+
+/// The StorageClass a claim of ours is provisioned with: the class it names, or the default
+/// class (`storageclass.kubernetes.io/is-default-class`), or `local-path`. `None` when the
+/// claim names a class of another provisioner: that claim is left to it, as in a cluster.
+async fn class_of(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<Option<Class>, Error> {
+    let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+    let named = pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone());
+    let class = match &named {
+        Some(n) => classes.get_opt(n).await?,
+        None => classes
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|c| {
+                c.annotations()
+                    .get(kubevirt_api::core_kinds::DEFAULT_CLASS_ANNOTATION)
+                    .is_some_and(|v| v == "true")
+            }),
+    };
+    Ok(match class {
+        Some(c) if c.provisioner != PROVISIONER_NAME => None,
+        Some(c) => Some(Class {
+            name: c.name_any(),
+            reclaim_policy: c.reclaim_policy.unwrap_or_else(|| "Delete".into()),
+        }),
+        // A class named in a manifest written for another cluster, which this one does not
+        // have: served from local-path storage (see `ours`).
+        None => Some(Class {
+            name: named.unwrap_or_else(|| STORAGE_CLASS.into()),
+            reclaim_policy: "Delete".into(),
+        }),
+    })
+}
+
 /// Where the volume of `pv_name` lives.
 pub fn volume_path(ctx: &Context, pv_name: &str, block: bool) -> PathBuf {
     let dir = ctx.config.volumes_dir();
@@ -122,6 +163,9 @@ async fn reconcile_pvc(
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = pvc.name_any();
     let uid = pvc.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let Some(class) = class_of(&ctx, &pvc).await? else {
+        return Ok(Action::await_change());
+    };
     let size = match requested_bytes(&pvc) {
         Ok(s) => s,
         Err(msg) => {
@@ -157,8 +201,8 @@ async fn reconcile_pvc(
         "spec": {
             "capacity": {"storage": size.to_string()},
             "accessModes": access_modes,
-            "persistentVolumeReclaimPolicy": "Delete",
-            "storageClassName": spec.storage_class_name.clone().unwrap_or_else(|| STORAGE_CLASS.into()),
+            "persistentVolumeReclaimPolicy": class.reclaim_policy,
+            "storageClassName": class.name,
             "volumeMode": if block { "Block" } else { "Filesystem" },
             "local": {"path": path.display().to_string()},
             "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
@@ -198,7 +242,7 @@ async fn reconcile_pvc(
     }
     let mut spec_patch = json!({"volumeName": pv});
     if spec.storage_class_name.is_none() {
-        spec_patch["storageClassName"] = json!(STORAGE_CLASS);
+        spec_patch["storageClassName"] = json!(class.name);
     }
     pvcs.patch(
         &name,

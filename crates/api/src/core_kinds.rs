@@ -1,0 +1,446 @@
+//! kube-apiserver's defaulting and validation for the core kinds we serve: what a client of a
+//! real cluster finds on objects it reads back (a Secret's `type: Opaque`, a Node's `spec`, a
+//! Service's type, ports and policies) and the names it may not use (ConfigMap and Secret
+//! keys become file names when a volume projects them, so `../x` is refused here).
+//!
+//! Address allocation (a Service's `clusterIP`, `nodePort`) needs the other Services and is
+//! done by the API server (`kubevirt_apiserver::services`).
+
+use crate::defaults::DefaultsConfig;
+use crate::validation::ValidationConfig;
+use crate::FieldError;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeSpec, Secret, Service};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// kube-apiserver's limit on the total size of a Secret's or ConfigMap's data.
+pub const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+const KEY_FORM: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
+
+/// `Some(problem)` unless `k` may be a ConfigMap or Secret key (and so a file name).
+pub fn config_key(k: &str) -> Option<String> {
+    if k.is_empty() {
+        return Some(KEY_FORM.into());
+    }
+    if k.len() > 253 {
+        return Some("must be no more than 253 characters".into());
+    }
+    if !k
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    {
+        return Some(KEY_FORM.into());
+    }
+    match k {
+        "." => Some("must not be '.'".into()),
+        ".." => Some("must not be '..'".into()),
+        _ if k.starts_with("..") => Some("must not start with '..'".into()),
+        _ => None,
+    }
+}
+
+fn check_keys<'a>(field: &str, keys: impl Iterator<Item = &'a String>, errs: &mut Vec<FieldError>) {
+    for k in keys {
+        if let Some(why) = config_key(k) {
+            errs.push(FieldError::invalid(
+                format!("{field}[{k}]"),
+                format!("Invalid value: {k:?}: {why}"),
+            ));
+        }
+    }
+}
+
+pub fn default_secret(s: &mut Secret, _: &DefaultsConfig) {
+    if s.type_.as_deref().is_none_or(str::is_empty) {
+        s.type_ = Some("Opaque".into());
+    }
+}
+
+/// Keys, total size, and the keys each well-known Secret type requires.
+pub fn validate_secret(s: &Secret, _: &ValidationConfig) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let data = s.data.as_ref();
+    let string_data = s.string_data.as_ref();
+    check_keys("data", data.into_iter().flat_map(|d| d.keys()), &mut errs);
+    check_keys(
+        "stringData",
+        string_data.into_iter().flat_map(|d| d.keys()),
+        &mut errs,
+    );
+    let size: usize = data
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.0.len())
+        .chain(
+            string_data
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.len()),
+        )
+        .sum();
+    if size > MAX_DATA_BYTES {
+        errs.push(FieldError::new(
+            crate::CauseType::FieldValueTooLong,
+            "data",
+            format!("Too long: may not be more than {MAX_DATA_BYTES} bytes"),
+        ));
+    }
+    let has = |k: &str| {
+        data.is_some_and(|d| d.contains_key(k)) || string_data.is_some_and(|d| d.contains_key(k))
+    };
+    let required: &[&str] = match s.type_.as_deref().unwrap_or("Opaque") {
+        "kubernetes.io/dockerconfigjson" => &[".dockerconfigjson"],
+        "kubernetes.io/dockercfg" => &[".dockercfg"],
+        "kubernetes.io/tls" => &["tls.crt", "tls.key"],
+        "kubernetes.io/ssh-auth" => &["ssh-privatekey"],
+        _ => &[],
+    };
+    for k in required {
+        if !has(k) {
+            errs.push(FieldError::required(format!("data[{k}]"), "Required value"));
+        }
+    }
+    if s.type_.as_deref() == Some("kubernetes.io/service-account-token")
+        && s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("kubernetes.io/service-account.name"))
+            .is_none_or(String::is_empty)
+    {
+        errs.push(FieldError::required(
+            "metadata.annotations[kubernetes.io/service-account.name]",
+            "Required value",
+        ));
+    }
+    errs
+}
+
+pub fn validate_configmap(c: &ConfigMap, _: &ValidationConfig) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    check_keys("data", c.data.iter().flat_map(|d| d.keys()), &mut errs);
+    check_keys(
+        "binaryData",
+        c.binary_data.iter().flat_map(|d| d.keys()),
+        &mut errs,
+    );
+    if let (Some(d), Some(b)) = (&c.data, &c.binary_data) {
+        for k in d.keys().filter(|k| b.contains_key(*k)) {
+            errs.push(FieldError::invalid(
+                format!("data[{k}]"),
+                format!("Invalid value: {k:?}: duplicate of key present in binaryData"),
+            ));
+        }
+    }
+    let size: usize = c
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.len())
+        .chain(
+            c.binary_data
+                .iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.0.len()),
+        )
+        .sum();
+    if size > MAX_DATA_BYTES {
+        errs.push(FieldError::new(
+            crate::CauseType::FieldValueTooLong,
+            "",
+            format!("Too long: must have at most {MAX_DATA_BYTES} bytes"),
+        ));
+    }
+    errs
+}
+
+/// A Node always has a `spec` (kube-apiserver serializes the empty struct).
+pub fn default_node(n: &mut Node, _: &DefaultsConfig) {
+    if n.spec.is_none() {
+        n.spec = Some(NodeSpec::default());
+    }
+}
+
+/// kube-apiserver's Service defaults (`pkg/apis/core/v1/defaults.go`), except the addresses.
+pub fn default_service(s: &mut Service, _: &DefaultsConfig) {
+    let spec = s.spec.get_or_insert_with(Default::default);
+    // An empty string is unset (typed clients send Go's zero values).
+    for f in [
+        &mut spec.type_,
+        &mut spec.session_affinity,
+        &mut spec.internal_traffic_policy,
+        &mut spec.external_traffic_policy,
+    ] {
+        if f.as_deref() == Some("") {
+            *f = None;
+        }
+    }
+    let ty = spec.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
+    if ty == "ExternalName" {
+        return;
+    }
+    spec.session_affinity.get_or_insert_with(|| "None".into());
+    spec.internal_traffic_policy
+        .get_or_insert_with(|| "Cluster".into());
+    if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+        spec.external_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
+    }
+    if ty == "LoadBalancer" {
+        spec.allocate_load_balancer_node_ports.get_or_insert(true);
+    }
+    for p in spec.ports.iter_mut().flatten() {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+        if p.target_port.is_none() {
+            p.target_port = Some(IntOrString::Int(p.port));
+        }
+    }
+}
+
+pub fn validate_service(s: &Service, _: &ValidationConfig) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let Some(spec) = &s.spec else {
+        return errs;
+    };
+    let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if !matches!(
+        ty,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
+        errs.push(FieldError::not_supported(
+            "spec.type",
+            format!("Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+        ));
+        return errs;
+    }
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    if ty == "ExternalName" {
+        if spec.external_name.as_deref().is_none_or(str::is_empty) {
+            errs.push(FieldError::required("spec.externalName", "Required value"));
+        }
+        return errs;
+    }
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    if ports.is_empty() && !headless {
+        errs.push(FieldError::required("spec.ports", "Required value"));
+    }
+    if headless && ty != "ClusterIP" {
+        errs.push(FieldError::invalid(
+            "spec.clusterIPs[0]",
+            format!("Invalid value: \"None\": may only be set to 'None' for ClusterIP services"),
+        ));
+    }
+    if let Some(ip) = spec.cluster_ip.as_deref() {
+        if !ip.is_empty() && !headless && ip.parse::<std::net::IpAddr>().is_err() {
+            errs.push(FieldError::invalid(
+                "spec.clusterIPs[0]",
+                format!("Invalid value: {ip:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"),
+            ));
+        }
+    }
+    let mut names = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let base = format!("spec.ports[{i}]");
+        match p.name.as_deref() {
+            None | Some("") if ports.len() > 1 => errs.push(FieldError::required(
+                format!("{base}.name"),
+                "Required value",
+            )),
+            Some(n) if !n.is_empty() => {
+                if let Some(why) = crate::names::dns1123_label(n) {
+                    errs.push(FieldError::invalid(
+                        format!("{base}.name"),
+                        format!("Invalid value: {n:?}: {why}"),
+                    ));
+                }
+                if names.contains(&n) {
+                    errs.push(FieldError::duplicate(
+                        format!("{base}.name"),
+                        format!("Duplicate value: {n:?}"),
+                    ));
+                }
+                names.push(n);
+            }
+            _ => {}
+        }
+        if !(1..=65535).contains(&p.port) {
+            errs.push(FieldError::invalid(
+                format!("{base}.port"),
+                format!(
+                    "Invalid value: {}: must be between 1 and 65535, inclusive",
+                    p.port
+                ),
+            ));
+        }
+        let proto = p.protocol.as_deref().unwrap_or("TCP");
+        if !matches!(proto, "TCP" | "UDP" | "SCTP") {
+            errs.push(FieldError::not_supported(
+                format!("{base}.protocol"),
+                format!(
+                    "Unsupported value: {proto:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""
+                ),
+            ));
+        }
+        if let Some(np) = p.node_port {
+            if ty == "ClusterIP" && np != 0 {
+                errs.push(FieldError::new(
+                    crate::CauseType::FieldValueForbidden,
+                    format!("{base}.nodePort"),
+                    "Forbidden: may not be used when `type` is 'ClusterIP'",
+                ));
+            } else if !(0..=65535).contains(&np) {
+                errs.push(FieldError::invalid(
+                    format!("{base}.nodePort"),
+                    format!("Invalid value: {np}: must be between 1 and 65535, inclusive"),
+                ));
+            }
+        }
+        match &p.target_port {
+            Some(IntOrString::Int(t)) if !(1..=65535).contains(t) => {
+                errs.push(FieldError::invalid(
+                    format!("{base}.targetPort"),
+                    format!("Invalid value: {t}: must be between 1 and 65535, inclusive"),
+                ))
+            }
+            Some(IntOrString::String(n)) if crate::names::dns1123_label(n).is_some() || n.len() > 15 => {
+                errs.push(FieldError::invalid(
+                    format!("{base}.targetPort"),
+                    format!("Invalid value: {n:?}: must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-), at most 15 characters"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    errs
+}
+
+/// The StorageClass of this node's local-path volumes, created at first start as the
+/// default class.
+pub const LOCAL_PATH_CLASS: &str = "local-path";
+/// The provisioner of our local-path volumes, as a StorageClass names it.
+pub const LOCAL_PATH_PROVISIONER: &str = "kubevirt-rs.io/local-path";
+/// The annotation that marks the default StorageClass.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
+
+pub fn default_storage_class(c: &mut StorageClass, _: &DefaultsConfig) {
+    c.reclaim_policy.get_or_insert_with(|| "Delete".into());
+    c.volume_binding_mode
+        .get_or_insert_with(|| "Immediate".into());
+}
+
+pub fn validate_storage_class(c: &StorageClass, _: &ValidationConfig) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if c.provisioner.is_empty() {
+        errs.push(FieldError::required("provisioner", "Required value"));
+    } else if crate::names::dns1123_subdomain(&c.provisioner.replace('/', ".")).is_some()
+        && !c.provisioner.contains('/')
+    {
+        errs.push(FieldError::invalid(
+            "provisioner",
+            format!(
+                "Invalid value: {:?}: must be a qualified name",
+                c.provisioner
+            ),
+        ));
+    }
+    if let Some(p) = c.reclaim_policy.as_deref() {
+        if !matches!(p, "Delete" | "Retain") {
+            errs.push(FieldError::not_supported(
+                "reclaimPolicy",
+                format!("Unsupported value: {p:?}: supported values: \"Delete\", \"Retain\""),
+            ));
+        }
+    }
+    if let Some(m) = c.volume_binding_mode.as_deref() {
+        if !matches!(m, "Immediate" | "WaitForFirstConsumer") {
+            errs.push(FieldError::not_supported(
+                "volumeBindingMode",
+                format!("Unsupported value: {m:?}: supported values: \"Immediate\", \"WaitForFirstConsumer\""),
+            ));
+        }
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn secret(v: serde_json::Value) -> Secret {
+        serde_json::from_value(v).expect("secret")
+    }
+
+    #[test]
+    fn a_secret_defaults_to_opaque_and_refuses_path_like_keys() {
+        let mut s = secret(json!({"metadata": {"name": "s"}, "stringData": {"a": "b"}}));
+        default_secret(&mut s, &DefaultsConfig::default());
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+        for bad in ["../etc", "..", ".", "a/b", "", "..x"] {
+            let s = secret(json!({"metadata": {"name": "s"}, "stringData": {bad: "x"}}));
+            let errs = validate_secret(&s, &ValidationConfig::default());
+            assert_eq!(errs.len(), 1, "{bad:?}: {errs:?}");
+            assert_eq!(errs[0].field, format!("stringData[{bad}]"));
+        }
+        let ok = secret(
+            json!({"metadata": {"name": "s"}, "stringData": {".dotfile": "x", "a-b_c.d": "y"}}),
+        );
+        assert!(validate_secret(&ok, &ValidationConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn typed_secrets_need_their_keys() {
+        let s = secret(
+            json!({"metadata": {"name": "s"}, "type": "kubernetes.io/tls", "stringData": {"tls.crt": "x"}}),
+        );
+        let errs = validate_secret(&s, &ValidationConfig::default());
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "data[tls.key]");
+        let big = "x".repeat(MAX_DATA_BYTES + 1);
+        let s = secret(json!({"metadata": {"name": "s"}, "stringData": {"k": big}}));
+        assert!(validate_secret(&s, &ValidationConfig::default())[0]
+            .message
+            .starts_with("Too long"));
+    }
+
+    #[test]
+    fn a_service_gets_kube_apiservers_defaults_and_port_checks() {
+        let mut s: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"type": "NodePort", "ports": [{"port": 80}]}
+        }))
+        .expect("service");
+        default_service(&mut s, &DefaultsConfig::default());
+        let spec = s.spec.as_ref().expect("spec");
+        assert_eq!(spec.session_affinity.as_deref(), Some("None"));
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Cluster"));
+        let p = &spec.ports.as_ref().expect("ports")[0];
+        assert_eq!(p.protocol.as_deref(), Some("TCP"));
+        assert_eq!(p.target_port, Some(IntOrString::Int(80)));
+        let bad: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"ports": [{"port": 0, "nodePort": 31000}, {"port": 80, "protocol": "ICMP"}]}
+        }))
+        .expect("service");
+        let fields: Vec<String> = validate_service(&bad, &ValidationConfig::default())
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        for want in [
+            "spec.ports[0].name",
+            "spec.ports[0].port",
+            "spec.ports[0].nodePort",
+            "spec.ports[1].name",
+            "spec.ports[1].protocol",
+        ] {
+            assert!(fields.iter().any(|f| f == want), "{want} not in {fields:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_always_has_a_spec() {
+        let mut n: Node = serde_json::from_value(json!({"metadata": {"name": "n"}})).expect("node");
+        default_node(&mut n, &DefaultsConfig::default());
+        assert_eq!(serde_json::to_value(&n).expect("json")["spec"], json!({}));
+    }
+}

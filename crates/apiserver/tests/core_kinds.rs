@@ -1,0 +1,204 @@
+//! Core kinds get what kube-apiserver always gives them, driven by the real kubectl:
+//! Services get cluster IPs and node ports (and `kubectl create service`, which sends
+//! protobuf, works), Secrets default to `Opaque` and refuse keys that are not file names,
+//! Nodes have a `spec`, and a default StorageClass exists.
+
+mod common;
+use common::*;
+use serde_json::Value;
+
+fn json(s: &Server, args: &[&str]) -> Value {
+    let mut a = vec!["get"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&s.ok(&a)).expect("json")
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn services_get_addresses_and_ports() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = Server::start();
+    let k = json(&s, &["svc", "kubernetes", "-n", "default"]);
+    assert_eq!(k["spec"]["clusterIP"], "10.96.0.1");
+
+    s.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let web = json(&s, &["svc", "web"]);
+    let ip: std::net::Ipv4Addr = web["spec"]["clusterIP"]
+        .as_str()
+        .and_then(|i| i.parse().ok())
+        .expect("clusterIP");
+    assert!(
+        ip.octets()[0] == 10
+            && (96..112).contains(&ip.octets()[1])
+            && ip.to_string() != "10.96.0.1",
+        "{ip}"
+    );
+    assert_eq!(web["spec"]["clusterIPs"][0], web["spec"]["clusterIP"]);
+    assert_eq!(web["spec"]["type"], "ClusterIP");
+    assert_eq!(web["spec"]["sessionAffinity"], "None");
+    assert_eq!(web["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(web["spec"]["ports"][0]["protocol"], "TCP");
+    assert_eq!(web["spec"]["selector"]["app"], "web");
+
+    // Node ports: the one asked for, or the first free one; never twice.
+    s.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "np1",
+        "--tcp=80:8080",
+        "--node-port=30080",
+    ]);
+    assert_eq!(
+        json(&s, &["svc", "np1"])["spec"]["ports"][0]["nodePort"],
+        30080
+    );
+    let out = s.kubectl(&[
+        "create",
+        "service",
+        "nodeport",
+        "np2",
+        "--tcp=80:8080",
+        "--node-port=30080",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    s.ok(&["create", "service", "nodeport", "np3", "--tcp=443"]);
+    let np3 = json(&s, &["svc", "np3"]);
+    assert_eq!(np3["spec"]["ports"][0]["nodePort"], 30000);
+    assert_eq!(np3["spec"]["externalTrafficPolicy"], "Cluster");
+    let out = s.kubectl(&[
+        "create",
+        "service",
+        "nodeport",
+        "np4",
+        "--tcp=80",
+        "--node-port=80",
+    ]);
+    assert!(
+        stderr(&out).contains("not in the valid range"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Addresses are kept across updates and cannot be changed.
+    s.ok(&["label", "svc", "web", "tier=front"]);
+    assert_eq!(
+        json(&s, &["svc", "web"])["spec"]["clusterIP"],
+        ip.to_string()
+    );
+    let out = s.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"clusterIP":"10.96.9.9","clusterIPs":["10.96.9.9"]}}"#,
+    ]);
+    assert!(
+        stderr(&out).contains("may not change once set"),
+        "{}",
+        stderr(&out)
+    );
+    // A requested address that is taken, or outside the range, is refused.
+    for (addr, want) in [
+        (ip.to_string(), "provided IP is already allocated"),
+        ("192.168.1.1".to_string(), "is not in the valid range"),
+    ] {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: fixed}}\nspec:\n  clusterIP: {addr}\n  ports: [{{port: 80}}]\n"
+        );
+        let out = s.kubectl_with("kubectl", &["apply", "-f", "-"], Some(&manifest));
+        assert!(stderr(&out).contains(want), "{addr}: {}", stderr(&out));
+    }
+    s.ok(&["delete", "svc", "web"]);
+    // A freed address can be asked for again.
+    let manifest = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: fixed}}\nspec:\n  clusterIP: {ip}\n  ports: [{{port: 80}}]\n"
+    );
+    let out = s.kubectl_with("kubectl", &["apply", "-f", "-"], Some(&manifest));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn secrets_nodes_and_storage_classes_get_kube_defaults() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = Server::start();
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=user=admin",
+    ]);
+    assert_eq!(json(&s, &["secret", "creds"])["type"], "Opaque");
+    for key in ["../escape", "a/b", ".."] {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: bad}}\nstringData: {{\"{key}\": x}}\n"
+        );
+        let out = s.kubectl_with("kubectl", &["apply", "-f", "-"], Some(&manifest));
+        assert!(!out.status.success(), "{key} accepted");
+        assert!(
+            stderr(&out).contains(&format!("stringData[{key}]")),
+            "{key}: {}",
+            stderr(&out)
+        );
+    }
+    let out = s.kubectl_with(
+        "kubectl",
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Secret\nmetadata: {name: tls}\ntype: kubernetes.io/tls\nstringData: {tls.crt: x}\n"),
+    );
+    assert!(
+        stderr(&out).contains("data[tls.key]: Required value"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = s.kubectl_with(
+        "kubectl",
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Node\nmetadata: {name: extra-node}\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        json(&s, &["node", "extra-node"])["spec"],
+        serde_json::json!({})
+    );
+
+    let sc = json(&s, &["storageclass", "local-path"]);
+    assert_eq!(
+        sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"],
+        "true"
+    );
+    assert_eq!(sc["provisioner"], "kubevirt-rs.io/local-path");
+    let table = s.ok(&["get", "sc"]);
+    assert!(
+        table.contains("PROVISIONER") && table.contains("local-path"),
+        "{table}"
+    );
+    let out = s.kubectl_with(
+        "kubectl",
+        &["apply", "-f", "-"],
+        Some("apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: keep}\nprovisioner: kubevirt-rs.io/local-path\nreclaimPolicy: Recycle\n"),
+    );
+    assert!(
+        stderr(&out).contains("reclaimPolicy: Unsupported value: \"Recycle\""),
+        "{}",
+        stderr(&out)
+    );
+}
