@@ -125,6 +125,7 @@ pub fn kinds() -> &'static [KindInfo] {
     use k8s_openapi::api::coordination::v1 as coordination;
     use k8s_openapi::api::core::v1 as core;
     use k8s_openapi::api::events::v1 as events;
+    use k8s_openapi::api::rbac::v1 as rbac;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
     static KINDS: std::sync::OnceLock<Vec<KindInfo>> = std::sync::OnceLock::new();
     KINDS.get_or_init(|| {
@@ -226,6 +227,49 @@ pub fn kinds() -> &'static [KindInfo] {
                 "coordination.k8s.io",
                 "leases",
                 true
+            ),
+            core!(
+                core::ServiceAccount,
+                "ServiceAccount",
+                "",
+                "serviceaccounts",
+                true
+            ),
+            core!(
+                rbac::Role,
+                "Role",
+                "rbac.authorization.k8s.io",
+                "roles",
+                true,
+                no_default,
+                core_kinds::validate_role
+            ),
+            core!(
+                rbac::ClusterRole,
+                "ClusterRole",
+                "rbac.authorization.k8s.io",
+                "clusterroles",
+                false,
+                no_default,
+                core_kinds::validate_cluster_role
+            ),
+            core!(
+                rbac::RoleBinding,
+                "RoleBinding",
+                "rbac.authorization.k8s.io",
+                "rolebindings",
+                true,
+                no_default,
+                core_kinds::validate_role_binding
+            ),
+            core!(
+                rbac::ClusterRoleBinding,
+                "ClusterRoleBinding",
+                "rbac.authorization.k8s.io",
+                "clusterrolebindings",
+                false,
+                no_default,
+                core_kinds::validate_cluster_role_binding
             ),
             core!(
                 apiextensions::CustomResourceDefinition,

@@ -10,6 +10,9 @@ use crate::defaults::DefaultsConfig;
 use crate::validation::ValidationConfig;
 use crate::FieldError;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeSpec, Secret, Service};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -227,7 +230,7 @@ pub fn validate_service(s: &Service, _: &ValidationConfig) -> Vec<FieldError> {
     if headless && ty != "ClusterIP" {
         errs.push(FieldError::invalid(
             "spec.clusterIPs[0]",
-            format!("Invalid value: \"None\": may only be set to 'None' for ClusterIP services"),
+            "Invalid value: \"None\": may only be set to 'None' for ClusterIP services",
         ));
     }
     if let Some(ip) = spec.cluster_ip.as_deref() {
@@ -360,6 +363,130 @@ pub fn validate_storage_class(c: &StorageClass, _: &ValidationConfig) -> Vec<Fie
         }
     }
     errs
+}
+
+fn validate_rules(rules: Option<&Vec<PolicyRule>>, errs: &mut Vec<FieldError>) {
+    for (i, r) in rules.into_iter().flatten().enumerate() {
+        if r.verbs.is_empty() {
+            errs.push(FieldError::required(
+                format!("rules[{i}].verbs"),
+                "Required value: verbs must contain at least one value",
+            ));
+        }
+        let non_resource = r.non_resource_urls.as_ref().is_some_and(|u| !u.is_empty());
+        let resources = r.resources.as_ref().is_some_and(|u| !u.is_empty());
+        if non_resource && resources {
+            errs.push(FieldError::invalid(
+                format!("rules[{i}].nonResourceURLs"),
+                "Invalid value: rules cannot apply to both regular resources and non-resource URLs",
+            ));
+        }
+        if !non_resource && r.api_groups.as_ref().is_none_or(Vec::is_empty) {
+            errs.push(FieldError::required(
+                format!("rules[{i}].apiGroups"),
+                "Required value: resource rules must supply at least one api group",
+            ));
+        }
+    }
+}
+
+pub fn validate_role(r: &Role, _: &ValidationConfig) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    validate_rules(r.rules.as_ref(), &mut errs);
+    if r.rules
+        .iter()
+        .flatten()
+        .any(|r| r.non_resource_urls.as_ref().is_some_and(|u| !u.is_empty()))
+    {
+        errs.push(FieldError::invalid(
+            "rules",
+            "Invalid value: namespaced rules cannot apply to non-resource URLs",
+        ));
+    }
+    errs
+}
+
+pub fn validate_cluster_role(r: &ClusterRole, _: &ValidationConfig) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    validate_rules(r.rules.as_ref(), &mut errs);
+    errs
+}
+
+fn validate_binding(
+    role_ref: &RoleRef,
+    subjects: Option<&Vec<Subject>>,
+    namespaced: bool,
+) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let kinds: &[&str] = if namespaced {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
+    if !kinds.contains(&role_ref.kind.as_str()) {
+        errs.push(FieldError::not_supported(
+            "roleRef.kind",
+            format!(
+                "Unsupported value: {:?}: supported values: {}",
+                role_ref.kind,
+                kinds
+                    .iter()
+                    .map(|k| format!("{k:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    if role_ref.api_group != "rbac.authorization.k8s.io" {
+        errs.push(FieldError::not_supported(
+            "roleRef.apiGroup",
+            format!(
+                "Unsupported value: {:?}: supported values: \"rbac.authorization.k8s.io\"",
+                role_ref.api_group
+            ),
+        ));
+    }
+    if role_ref.name.is_empty() {
+        errs.push(FieldError::required("roleRef.name", "Required value"));
+    }
+    for (i, s) in subjects.into_iter().flatten().enumerate() {
+        match s.kind.as_str() {
+            "User" | "Group" => {}
+            "ServiceAccount" => {
+                if let Some(why) = crate::names::dns1123_subdomain(&s.name) {
+                    errs.push(FieldError::invalid(
+                        format!("subjects[{i}].name"),
+                        format!("Invalid value: {:?}: {why}", s.name),
+                    ));
+                }
+                if !namespaced && s.namespace.as_deref().is_none_or(str::is_empty) {
+                    errs.push(FieldError::required(format!("subjects[{i}].namespace"), "Required value"));
+                }
+            }
+            other => errs.push(FieldError::not_supported(
+                format!("subjects[{i}].kind"),
+                format!("Unsupported value: {other:?}: supported values: \"Group\", \"ServiceAccount\", \"User\""),
+            )),
+        }
+        if s.name.is_empty() {
+            errs.push(FieldError::required(
+                format!("subjects[{i}].name"),
+                "Required value",
+            ));
+        }
+    }
+    errs
+}
+
+pub fn validate_role_binding(b: &RoleBinding, _: &ValidationConfig) -> Vec<FieldError> {
+    validate_binding(&b.role_ref, b.subjects.as_ref(), true)
+}
+
+pub fn validate_cluster_role_binding(
+    b: &ClusterRoleBinding,
+    _: &ValidationConfig,
+) -> Vec<FieldError> {
+    validate_binding(&b.role_ref, b.subjects.as_ref(), false)
 }
 
 #[cfg(test)]

@@ -32,6 +32,26 @@ pub const AGGREGATED: &[(&str, &str, &[AggregatedResource])] = &[
     ("upload.cdi.kubevirt.io", "v1beta1", UPLOAD),
 ];
 
+/// Create-only, cluster-scoped resources the server answers itself without storing them
+/// (see `http::review`): the access reviews `kubectl auth can-i` sends.
+pub const REVIEWS: &[(&str, &str, &[AggregatedResource])] = &[(
+    "authorization.k8s.io",
+    "v1",
+    &[
+        (
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            &["create"],
+        ),
+        (
+            "selfsubjectrulesreviews",
+            "SelfSubjectRulesReview",
+            &["create"],
+        ),
+        ("subjectaccessreviews", "SubjectAccessReview", &["create"]),
+    ],
+)];
+
 /// CDI's upload API group: a token request authorises one upload to one PVC.
 pub const UPLOAD: &[AggregatedResource] =
     &[("uploadtokenrequests", "UploadTokenRequest", &["create"])];
@@ -111,6 +131,13 @@ fn resource_entries(r: &ResourceDef) -> Vec<Value> {
         "shortNames": r.short_names,
         "categories": r.categories,
     })];
+    if r.group.is_empty() && r.plural == "serviceaccounts" {
+        out.push(json!({
+            "name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+            "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest",
+            "verbs": ["create"],
+        }));
+    }
     if r.status_subresource {
         out.push(json!({
             "name": format!("{}/status", r.plural),
@@ -139,12 +166,14 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
     };
     if let Some((_, _, list)) = AGGREGATED
         .iter()
+        .chain(REVIEWS)
         .find(|(g, v, _)| *g == group && *v == version)
     {
+        let namespaced = !REVIEWS.iter().any(|(g, _, _)| *g == group);
         let resources: Vec<Value> = list
             .iter()
             .map(|(name, kind, verbs)| {
-                json!({"name": name, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs})
+                json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": verbs})
             })
             .collect();
         return Some(
@@ -180,14 +209,18 @@ pub fn group_list(reg: &Registry) -> Value {
         .iter()
         .map(|(g, vs)| group_entry(g, vs))
         .collect();
-    for (g, v, _) in AGGREGATED {
+    for (g, v, _) in AGGREGATED.iter().chain(REVIEWS) {
         groups.push(group_entry(g, &[v.to_string()]));
     }
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn group(reg: &Registry, name: &str) -> Option<Value> {
-    if let Some((group, version, _)) = AGGREGATED.iter().find(|(g, _, _)| *g == name) {
+    if let Some((group, version, _)) = AGGREGATED
+        .iter()
+        .chain(REVIEWS)
+        .find(|(g, _, _)| *g == name)
+    {
         let mut g = group_entry(group, &[version.to_string()]);
         g["kind"] = json!("APIGroup");
         g["apiVersion"] = json!("v1");

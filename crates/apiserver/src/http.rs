@@ -30,7 +30,10 @@ pub use kubevirt_runtime::subresource::SubresourceHandler;
 
 pub struct AppState {
     pub api: Arc<ApiServer>,
-    pub token: String,
+    /// Who a bearer token stands for.
+    pub auth: Arc<crate::auth::Authenticator>,
+    /// The audit log of writes (`audit.log` in the data directory).
+    pub audit: Option<crate::audit::AuditLog>,
     pub address: String,
     /// Handlers of aggregated API groups, by group name.
     pub aggregated:
@@ -333,10 +336,56 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
             path.as_str(),
             "/version" | "/healthz" | "/livez" | "/readyz"
         );
-    if !public && !authorized(&headers, &state.token) {
+    let Some(user) = (if public {
+        Some(crate::auth::User {
+            name: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
+        })
+    } else {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|t| state.auth.authenticate(t.trim(), &state.api))
+    }) else {
         return ApiError::unauthorized().into_response();
+    };
+    let attrs = crate::rbac::Attributes::of(&method, &path, &segs, &query);
+    let mutating = !matches!(method, Method::GET | Method::HEAD);
+    let resp = if public || state.api.allows(&user, &attrs) {
+        serve(&state, &user, &method, &segs, query, headers, parts, body).await
+    } else {
+        attrs.forbidden(&user).into_response()
+    };
+    if mutating {
+        if let Some(a) = &state.audit {
+            a.record(&user, &attrs, resp.status().as_u16());
+        }
     }
-    if let ["apis", g, v, rest @ ..] = segs.as_slice() {
+    tracing::debug!(%method, %path, user = %user.name, status = resp.status().as_u16(), "request");
+    resp
+}
+
+/// Serves an authenticated, authorized request.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    state: &Arc<AppState>,
+    user: &crate::auth::User,
+    method: &Method,
+    segs: &[&str],
+    query: Query,
+    headers: HeaderMap,
+    parts: http::request::Parts,
+    body: Body,
+) -> Response {
+    let method = method.clone();
+    if let Some(kind) = review_kind(segs) {
+        return review(state, user, kind, &method, segs, &headers, body)
+            .await
+            .unwrap_or_else(|e| e.into_response());
+    }
+    if let ["apis", g, v, rest @ ..] = segs {
         let aggregated = discovery::AGGREGATED
             .iter()
             .any(|(ag, av, _)| ag == g && av == v);
@@ -358,7 +407,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         }
     }
     let started = std::time::Instant::now();
-    let mut resp = match dispatch(&state, &method, &segs, &query, &headers, body).await {
+    let mut resp = match dispatch(state, &method, segs, &query, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -368,8 +417,153 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    tracing::trace!(
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "dispatched"
+    );
     resp
+}
+
+/// Which create-only resource a path names: the access reviews (`kubectl auth can-i`) and
+/// TokenRequest (`kubectl create token`), answered from the caller's identity and the RBAC
+/// policy rather than stored.
+fn review_kind(segs: &[&str]) -> Option<&'static str> {
+    match segs {
+        ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] => {
+            Some("SelfSubjectAccessReview")
+        }
+        ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"] => {
+            Some("SubjectAccessReview")
+        }
+        ["apis", "authorization.k8s.io", "v1", "selfsubjectrulesreviews"] => {
+            Some("SelfSubjectRulesReview")
+        }
+        ["api", "v1", "namespaces", _, "serviceaccounts", _, "token"] => Some("TokenRequest"),
+        _ => None,
+    }
+}
+
+async fn review(
+    state: &AppState,
+    user: &crate::auth::User,
+    kind: &str,
+    method: &Method,
+    segs: &[&str],
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    if method != Method::POST {
+        return Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on {kind}; use POST"
+        )));
+    }
+    let mut obj = decode_body(headers, read_body(body).await?).await?;
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the body must be a {kind} object"
+        )));
+    }
+    let api = &state.api;
+    match kind {
+        "SelfSubjectAccessReview" | "SubjectAccessReview" => {
+            let spec = &obj["spec"];
+            let subject = if kind == "SubjectAccessReview" {
+                crate::auth::User {
+                    name: spec["user"].as_str().unwrap_or("").to_string(),
+                    uid: spec["uid"].as_str().unwrap_or("").to_string(),
+                    groups: spec["groups"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|g| g.as_str().map(str::to_string))
+                        .collect(),
+                }
+            } else {
+                user.clone()
+            };
+            if spec["resourceAttributes"].is_null() && spec["nonResourceAttributes"].is_null() {
+                return Err(ApiError::invalid(
+                    kind,
+                    "authorization.k8s.io",
+                    "",
+                    &format!("{kind}.authorization.k8s.io \"\" is invalid: "),
+                    &[kubevirt_api::FieldError::invalid(
+                        "spec.resourceAttributes",
+                        "Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                    )],
+                ));
+            }
+            let attrs = crate::rbac::review_attributes(spec);
+            let allowed = api.allows(&subject, &attrs);
+            obj["apiVersion"] = json!("authorization.k8s.io/v1");
+            obj["kind"] = json!(kind);
+            obj["status"] = if allowed {
+                json!({"allowed": true, "reason": "allowed by RBAC"})
+            } else {
+                json!({"allowed": false})
+            };
+            Ok(json_response(StatusCode::CREATED, &obj))
+        }
+        "SelfSubjectRulesReview" => {
+            let ns = obj["spec"]["namespace"].as_str().unwrap_or("").to_string();
+            let (resource, non_resource) = api.rules_for(user, &ns);
+            obj["apiVersion"] = json!("authorization.k8s.io/v1");
+            obj["kind"] = json!(kind);
+            obj["status"] = json!({"resourceRules": resource, "nonResourceRules": non_resource, "incomplete": false});
+            Ok(json_response(StatusCode::CREATED, &obj))
+        }
+        _ => {
+            let (ns, name) = match segs {
+                [_, _, _, ns, _, name, _] => (*ns, *name),
+                _ => return Err(ApiError::bad_request("malformed TokenRequest path")),
+            };
+            let sa = api
+                .store
+                .get(&crate::store::Key::new("", "serviceaccounts", ns, name))
+                .ok_or_else(|| ApiError::not_found("serviceaccounts", "", name))?;
+            let uid = sa.value()["metadata"]["uid"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let audiences: Vec<String> = obj["spec"]["audiences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            let seconds = obj["spec"]["expirationSeconds"]
+                .as_i64()
+                .unwrap_or(crate::auth::DEFAULT_TOKEN_SECONDS);
+            if seconds < 600 {
+                return Err(ApiError::invalid(
+                    "TokenRequest",
+                    "authentication.k8s.io",
+                    name,
+                    &format!("TokenRequest.authentication.k8s.io \"{name}\" is invalid: "),
+                    &[kubevirt_api::FieldError::invalid(
+                        "spec.expirationSeconds",
+                        format!("Invalid value: {seconds}: may not specify a duration less than 10 minutes"),
+                    )],
+                ));
+            }
+            let (token, exp) = state.auth.issue(ns, name, &uid, &audiences, seconds);
+            let expires = k8s_openapi::jiff::Timestamp::from_second(exp)
+                .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_default();
+            obj["apiVersion"] = json!("authentication.k8s.io/v1");
+            obj["kind"] = json!("TokenRequest");
+            obj["metadata"] =
+                json!({"name": name, "namespace": ns, "creationTimestamp": crate::objects::now()});
+            obj["spec"]["expirationSeconds"] = json!(seconds.min(crate::auth::MAX_TOKEN_SECONDS));
+            obj["spec"]["audiences"] = json!(if audiences.is_empty() {
+                vec![crate::auth::ISSUER.to_string()]
+            } else {
+                audiences
+            });
+            obj["status"] = json!({"token": token, "expirationTimestamp": expires});
+            Ok(json_response(StatusCode::CREATED, &obj))
+        }
+    }
 }
 
 /// events.k8s.io Events are also kept as core/v1 Events (see [`crate::events`]).
@@ -377,25 +571,6 @@ async fn mirror_event(api: &ApiServer, def: &ResourceDef, q: &Query, w: &Written
     if def.group == "events.k8s.io" && !q.dry_run() {
         crate::events::mirror(api, &w.object).await;
     }
-}
-
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(given) = v.strip_prefix("Bearer ") else {
-        return false;
-    };
-    // Constant-time comparison.
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
 
 async fn read_body(body: Body) -> ApiResult<Bytes> {

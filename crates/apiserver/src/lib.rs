@@ -6,6 +6,8 @@
 //! semantics) → [`http`] (REST paths, content types, watch streams, auth) → [`server`] (TLS,
 //! kubeconfig, bootstrap). [`gc`] runs the server's own controllers.
 
+pub mod audit;
+pub mod auth;
 pub mod crd;
 pub mod discovery;
 pub mod error;
@@ -18,12 +20,14 @@ pub mod managed;
 pub mod objects;
 pub mod patch;
 pub mod proto;
+pub mod rbac;
 pub mod registry;
 pub mod selector;
 pub mod server;
 pub mod services;
 pub mod store;
 pub mod structural;
+pub mod users;
 
 pub use http::SubresourceHandler;
 pub use limits::Limits;

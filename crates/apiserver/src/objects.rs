@@ -53,6 +53,8 @@ pub struct ApiServer {
     pub admission: RwLock<AdmitOptions>,
     /// Held by Service writes while they allocate addresses from the other Services.
     service_writes: tokio::sync::Mutex<()>,
+    /// The RBAC policy, reloaded after a write of an RBAC object.
+    rbac: crate::rbac::PolicyCache,
 }
 
 fn is_service(def: &ResourceDef) -> bool {
@@ -108,6 +110,21 @@ fn valid_name(n: &str) -> bool {
         && n.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
+/// kube-apiserver's path segment name rule (RBAC objects), narrowed to printable ASCII:
+/// never `.` or `..`, never `/` or `%`, at most 253 characters.
+fn path_segment_problem(n: &str) -> Option<String> {
+    match n {
+        "." | ".." => Some(format!("may not be '{n}'")),
+        _ if n.contains('/') => Some("may not contain '/'".into()),
+        _ if n.contains('%') => Some("may not contain '%'".into()),
+        _ if n.len() > 253 => Some("must be no more than 253 characters".into()),
+        _ if !n.bytes().all(|b| b.is_ascii_graphic()) => {
+            Some("must consist of printable ASCII characters other than space".into())
+        }
+        _ => None,
+    }
+}
+
 fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -158,6 +175,7 @@ impl ApiServer {
             registry: RwLock::new(Arc::new(Registry::new())),
             admission: RwLock::new(AdmitOptions::default()),
             service_writes: tokio::sync::Mutex::new(()),
+            rbac: Default::default(),
         }
     }
 
@@ -226,11 +244,32 @@ impl ApiServer {
         }
     }
 
-    /// After a write of a CRD: serve what changed.
+    /// After a write: serve what a CRD change changed; reload RBAC after an RBAC change.
     async fn crd_written(&self, def: &ResourceDef) {
         if def.group == crate::crd::GROUP && def.plural == crate::crd::PLURAL {
             self.refresh_crds().await;
         }
+        if def.group == crate::rbac::GROUP {
+            self.rbac.invalidate();
+        }
+    }
+
+    /// Whether `user` may do what `a` describes (members of `system:masters` may do
+    /// anything, as in kube-apiserver).
+    pub fn allows(&self, user: &crate::auth::User, a: &crate::rbac::Attributes) -> bool {
+        user.groups.iter().any(|g| g == crate::auth::MASTERS)
+            || self.rbac.get(&self.store).allows(user, a)
+    }
+
+    /// The rules that apply to `user` in `namespace` (SelfSubjectRulesReview).
+    pub fn rules_for(&self, user: &crate::auth::User, namespace: &str) -> (Vec<Value>, Vec<Value>) {
+        if user.groups.iter().any(|g| g == crate::auth::MASTERS) {
+            return (
+                vec![json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]})],
+                vec![json!({"verbs": ["*"], "nonResourceURLs": ["*"]})],
+            );
+        }
+        self.rbac.get(&self.store).rules_for(user, namespace)
     }
 
     pub fn key(def: &ResourceDef, ns: &str, name: &str) -> Key {
@@ -432,7 +471,13 @@ impl ApiServer {
                 }
             }
         }
-        if !valid_name(&name) {
+        let name_problem = if def.group == crate::rbac::GROUP {
+            // RBAC objects take path-segment names (`system:basic-user`).
+            path_segment_problem(&name)
+        } else {
+            (!valid_name(&name)).then(|| "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character".to_string())
+        };
+        if let Some(why) = name_problem {
             return Err(ApiError::invalid(
                 &def.kind,
                 &def.group,
@@ -440,7 +485,7 @@ impl ApiServer {
                 &format!("{} \"{name}\" is invalid: ", def.kind),
                 &[kubevirt_api::FieldError::invalid(
                     "metadata.name",
-                    format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+                    format!("Invalid value: {name:?}: {why}"),
                 )],
             ));
         }

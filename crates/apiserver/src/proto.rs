@@ -242,6 +242,172 @@ fn service_spec(b: &[u8]) -> Result<Value, String> {
     Ok(Value::Object(spec))
 }
 
+/// How one protobuf field maps to JSON, for the kinds decoded by table ([`decode_table`]).
+enum Ty {
+    Str,
+    RepStr,
+    Int,
+    Bool,
+    Msg(&'static [F]),
+    RepMsg(&'static [F]),
+    /// ObjectMeta.
+    Meta,
+}
+
+/// (field number, JSON name, type).
+type F = (u64, &'static str, Ty);
+
+const RESOURCE_ATTRIBUTES: &[F] = &[
+    (1, "namespace", Ty::Str),
+    (2, "verb", Ty::Str),
+    (3, "group", Ty::Str),
+    (4, "version", Ty::Str),
+    (5, "resource", Ty::Str),
+    (6, "subresource", Ty::Str),
+    (7, "name", Ty::Str),
+];
+const NON_RESOURCE_ATTRIBUTES: &[F] = &[(1, "path", Ty::Str), (2, "verb", Ty::Str)];
+const ACCESS_REVIEW_SPEC: &[F] = &[
+    (1, "resourceAttributes", Ty::Msg(RESOURCE_ATTRIBUTES)),
+    (2, "nonResourceAttributes", Ty::Msg(NON_RESOURCE_ATTRIBUTES)),
+    (3, "user", Ty::Str),
+    (4, "groups", Ty::RepStr),
+    (6, "uid", Ty::Str),
+];
+const RULES_REVIEW_SPEC: &[F] = &[(1, "namespace", Ty::Str)];
+const TOKEN_REQUEST_SPEC: &[F] = &[
+    (1, "audiences", Ty::RepStr),
+    (4, "expirationSeconds", Ty::Int),
+];
+const POLICY_RULE: &[F] = &[
+    (1, "verbs", Ty::RepStr),
+    (2, "apiGroups", Ty::RepStr),
+    (3, "resources", Ty::RepStr),
+    (4, "resourceNames", Ty::RepStr),
+    (5, "nonResourceURLs", Ty::RepStr),
+];
+const SUBJECT: &[F] = &[
+    (1, "kind", Ty::Str),
+    (2, "apiGroup", Ty::Str),
+    (3, "name", Ty::Str),
+    (4, "namespace", Ty::Str),
+];
+const ROLE_REF: &[F] = &[
+    (1, "apiGroup", Ty::Str),
+    (2, "kind", Ty::Str),
+    (3, "name", Ty::Str),
+];
+
+/// The kinds decoded by table: (kind, fields of the object).
+const TABLES: &[(&str, &[F])] = &[
+    (
+        "SelfSubjectAccessReview",
+        &[
+            (1, "metadata", Ty::Meta),
+            (2, "spec", Ty::Msg(ACCESS_REVIEW_SPEC)),
+        ],
+    ),
+    (
+        "SubjectAccessReview",
+        &[
+            (1, "metadata", Ty::Meta),
+            (2, "spec", Ty::Msg(ACCESS_REVIEW_SPEC)),
+        ],
+    ),
+    (
+        "SelfSubjectRulesReview",
+        &[
+            (1, "metadata", Ty::Meta),
+            (2, "spec", Ty::Msg(RULES_REVIEW_SPEC)),
+        ],
+    ),
+    (
+        "TokenRequest",
+        &[
+            (1, "metadata", Ty::Meta),
+            (2, "spec", Ty::Msg(TOKEN_REQUEST_SPEC)),
+        ],
+    ),
+    (
+        "ServiceAccount",
+        &[
+            (1, "metadata", Ty::Meta),
+            (4, "automountServiceAccountToken", Ty::Bool),
+        ],
+    ),
+    (
+        "Role",
+        &[
+            (1, "metadata", Ty::Meta),
+            (2, "rules", Ty::RepMsg(POLICY_RULE)),
+        ],
+    ),
+    (
+        "ClusterRole",
+        &[
+            (1, "metadata", Ty::Meta),
+            (2, "rules", Ty::RepMsg(POLICY_RULE)),
+        ],
+    ),
+    (
+        "RoleBinding",
+        &[
+            (1, "metadata", Ty::Meta),
+            (2, "subjects", Ty::RepMsg(SUBJECT)),
+            (3, "roleRef", Ty::Msg(ROLE_REF)),
+        ],
+    ),
+    (
+        "ClusterRoleBinding",
+        &[
+            (1, "metadata", Ty::Meta),
+            (2, "subjects", Ty::RepMsg(SUBJECT)),
+            (3, "roleRef", Ty::Msg(ROLE_REF)),
+        ],
+    ),
+];
+
+/// Decodes a message by its table. Go writes unset strings as "": those stay unset.
+fn decode_table(b: &[u8], table: &[F]) -> Result<Value, String> {
+    let mut out = Map::new();
+    for (n, f) in fields(b)? {
+        let Some((_, name, ty)) = table.iter().find(|(num, _, _)| *num == n) else {
+            continue;
+        };
+        let name = name.to_string();
+        match (ty, f) {
+            (Ty::Str, Field::Bytes(d)) if !d.is_empty() => {
+                out.insert(name, json!(string(d)?));
+            }
+            (Ty::RepStr, Field::Bytes(d)) => {
+                if let Value::Array(a) = out.entry(name).or_insert_with(|| json!([])) {
+                    a.push(json!(string(d)?));
+                }
+            }
+            (Ty::Int, Field::Varint(v)) => {
+                out.insert(name, json!(v as i64));
+            }
+            (Ty::Bool, Field::Varint(v)) => {
+                out.insert(name, json!(v != 0));
+            }
+            (Ty::Msg(t), Field::Bytes(d)) => {
+                out.insert(name, decode_table(d, t)?);
+            }
+            (Ty::RepMsg(t), Field::Bytes(d)) => {
+                let v = decode_table(d, t)?;
+                if let Value::Array(a) = out.entry(name).or_insert_with(|| json!([])) {
+                    a.push(v);
+                }
+            }
+            (Ty::Meta, Field::Bytes(d)) => {
+                out.insert(name, object_meta(d)?);
+            }
+            _ => {}
+        }
+    }
+    Ok(Value::Object(out))
+}
+
 fn decode_kind(kind: &str, raw: &[u8]) -> Result<Value, String> {
     let mut obj = json!({"apiVersion": "v1", "kind": kind});
     let mut maps: [Map<String, Value>; 3] = Default::default();
@@ -292,13 +458,16 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
         .strip_prefix(b"k8s\0")
         .ok_or("protobuf body without the k8s magic prefix")?;
     let mut kind = String::new();
+    let mut api_version = String::new();
     let mut raw: &[u8] = &[];
     for (n, f) in fields(env)? {
         match (n, f) {
             (1, Field::Bytes(tm)) => {
                 for (tn, tf) in fields(tm)? {
-                    if let (2, Field::Bytes(k)) = (tn, tf) {
-                        kind = string(k)?;
+                    match (tn, tf) {
+                        (1, Field::Bytes(v)) => api_version = string(v)?,
+                        (2, Field::Bytes(k)) => kind = string(k)?,
+                        _ => {}
                     }
                 }
             }
@@ -306,10 +475,16 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             _ => {}
         }
     }
+    if let Some((_, table)) = TABLES.iter().find(|(k, _)| *k == kind) {
+        let mut obj = decode_table(raw, table)?;
+        obj["apiVersion"] = json!(api_version);
+        obj["kind"] = json!(kind);
+        return Ok(obj);
+    }
     match kind.as_str() {
         "Namespace" | "ConfigMap" | "Secret" | "Service" => decode_kind(&kind, raw),
         other => Err(format!(
-            "protobuf bodies are accepted for Namespace, ConfigMap, Secret and Service only (got {other:?}); send JSON"
+            "protobuf bodies are not accepted for {other:?}; send JSON (protobuf is decoded for Namespace, ConfigMap, Secret, Service, ServiceAccount, RBAC objects, access reviews and TokenRequest)"
         )),
     }
 }

@@ -147,6 +147,16 @@ fn core_columns(kind: &str) -> Vec<Column> {
             col("Ports", "string", ".spec.ports[*].port", 0),
         ],
         "Lease" => vec![col("Holder", "string", ".spec.holderIdentity", 0)],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            col("Role", "string", ".roleRef.name", 0),
+            col("Users", "string", ".subjects[?(@.kind==\"User\")].name", 1),
+            col(
+                "Groups",
+                "string",
+                ".subjects[?(@.kind==\"Group\")].name",
+                1,
+            ),
+        ],
         "StorageClass" => vec![
             col("Provisioner", "string", ".provisioner", 0),
             col("ReclaimPolicy", "string", ".reclaimPolicy", 0),
@@ -172,6 +182,7 @@ fn core_short_names(kind: &str) -> Vec<String> {
         "Event" => &["ev"],
         "Service" => &["svc"],
         "StorageClass" => &["sc"],
+        "ServiceAccount" => &["sa"],
         "CustomResourceDefinition" => &["crd", "crds"],
         _ => &[],
     };
@@ -234,6 +245,17 @@ fn schema_for(
         ("", "PersistentVolume") => core_schema::<core::PersistentVolume>(),
         ("", "Node") => core_schema::<core::Node>(),
         ("", "Service") => core_schema::<core::Service>(),
+        ("", "ServiceAccount") => core_schema::<core::ServiceAccount>(),
+        ("rbac.authorization.k8s.io", "Role") => core_schema::<k8s_openapi::api::rbac::v1::Role>(),
+        ("rbac.authorization.k8s.io", "ClusterRole") => {
+            core_schema::<k8s_openapi::api::rbac::v1::ClusterRole>()
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding") => {
+            core_schema::<k8s_openapi::api::rbac::v1::RoleBinding>()
+        }
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            core_schema::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>()
+        }
         ("storage.k8s.io", "StorageClass") => {
             core_schema::<k8s_openapi::api::storage::v1::StorageClass>()
         }

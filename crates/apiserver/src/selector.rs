@@ -116,6 +116,46 @@ impl LabelSelector {
         self.0.is_empty()
     }
 
+    /// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`).
+    pub fn from_json(v: &serde_json::Value) -> Result<LabelSelector, String> {
+        let mut reqs = Vec::new();
+        for (k, val) in v["matchLabels"].as_object().into_iter().flatten() {
+            let val = val.as_str().unwrap_or_default();
+            if !valid_key(k) || !valid_value(val) {
+                return Err(format!("invalid matchLabels entry {k:?}: {val:?}"));
+            }
+            reqs.push(Req::Eq(k.clone(), val.to_string()));
+        }
+        for e in v["matchExpressions"].as_array().into_iter().flatten() {
+            let k = e["key"].as_str().unwrap_or_default().to_string();
+            let vals: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect();
+            reqs.push(match e["operator"].as_str().unwrap_or_default() {
+                "In" => Req::In(k, vals),
+                "NotIn" => Req::NotIn(k, vals),
+                "Exists" => Req::Exists(k),
+                "DoesNotExist" => Req::NotExists(k),
+                other => return Err(format!("invalid operator {other:?}")),
+            });
+        }
+        Ok(LabelSelector(reqs))
+    }
+
+    /// Matches a `metadata.labels` JSON object (absent: no labels).
+    pub fn matches_value(&self, labels: &serde_json::Value) -> bool {
+        let map: BTreeMap<String, String> = labels
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+            .collect();
+        self.matches(&map)
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| match r {
             Req::Eq(k, v) => labels.get(k) == Some(v),

@@ -161,7 +161,7 @@ impl Running {
     }
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
@@ -299,6 +299,29 @@ async fn bootstrap(api: &ApiServer, port: u16) -> Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("creating the default StorageClass: {e}"))?;
     }
+    // The default RBAC policy; existing objects (perhaps edited by the admin) are kept.
+    for (plural, objects) in [
+        ("clusterroles", crate::rbac::default_cluster_roles()),
+        (
+            "clusterrolebindings",
+            crate::rbac::default_cluster_role_bindings(),
+        ),
+    ] {
+        let def = reg
+            .find(crate::rbac::GROUP, "v1", plural)
+            .with_context(|| format!("{plural} not registered"))?;
+        for o in objects {
+            let name = o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if api.store.get(&ApiServer::key(def, "", &name)).is_none() {
+                api.create(def, "", o, &q)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("creating {plural} {name}: {e}"))?;
+            }
+        }
+    }
     let crd_def = reg
         .find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         .context("CRDs not registered")?;
@@ -379,9 +402,14 @@ pub async fn start(cfg: Config) -> Result<Running> {
         kubeconfig_yaml(&server_url, &ca_pem, &token).as_bytes(),
     )?;
 
+    let auth = Arc::new(crate::auth::Authenticator::load(&cfg.data_dir, &token)?);
+    let audit = crate::audit::AuditLog::open(&cfg.data_dir)
+        .map_err(|e| tracing::warn!(error = %e, "the audit log cannot be opened; writes are not audited"))
+        .ok();
     let state = Arc::new(AppState {
         api: api.clone(),
-        token: token.clone(),
+        auth,
+        audit,
         address: addr.to_string(),
         aggregated: Default::default(),
         upload_proxy: Default::default(),

@@ -29,11 +29,34 @@ enum Command {
     Launcher(kubevirt_launcher::cli::LauncherArgs),
     /// Run the single-node server: an embedded Kubernetes API server with KubeVirt's resources.
     Server(server::ServerArgs),
+    /// Manage the single-node server's users.
+    #[command(subcommand)]
+    User(UserCommand),
     /// KubeVirt's user CLI (also run when this binary is invoked as `virtctl`).
     #[command(disable_help_flag = true)]
     Virtctl {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Add a user with their own token, bound to a role in one namespace, and write their
+    /// kubeconfig to DATA_DIR/users/NAME.kubeconfig (the server must be running).
+    Add {
+        /// The user name (letters, digits and - _ . : @).
+        name: String,
+        /// The namespace the role applies in.
+        #[arg(long, short = 'n')]
+        namespace: String,
+        /// admin, edit or view (Kubernetes' aggregated roles, which include KubeVirt's
+        /// kubevirt.io:admin|edit|view).
+        #[arg(long, default_value = "edit")]
+        role: String,
+        /// The server's data directory.
+        #[arg(long, default_value = "/var/lib/kubevirt-rs")]
+        data_dir: std::path::PathBuf,
     },
 }
 
@@ -81,6 +104,24 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Validate(args) => validate::run(args),
         Command::Launcher(args) => kubevirt_launcher::cli::run(args),
         Command::Server(args) => server::run(args),
+        Command::User(UserCommand::Add {
+            name,
+            namespace,
+            role,
+            data_dir,
+        }) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let path = rt.block_on(kubevirt_apiserver::users::add(
+                &data_dir, &name, &namespace, &role,
+            ))?;
+            println!(
+                "user {name} may {role} in namespace {namespace}; kubeconfig: {}",
+                path.display()
+            );
+            Ok(0)
+        }
         // Dispatched before parsing, in main; listed so `--help` shows it.
         Command::Virtctl { args } => Ok(kubevirt_virtctl::main_from(
             std::iter::once(std::ffi::OsString::from("virtctl")).chain(args),
