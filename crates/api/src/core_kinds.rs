@@ -227,7 +227,7 @@ pub fn validate_service(s: &Service, _: &ValidationConfig) -> Vec<FieldError> {
     if headless && ty != "ClusterIP" {
         errs.push(FieldError::invalid(
             "spec.clusterIPs[0]",
-            format!("Invalid value: \"None\": may only be set to 'None' for ClusterIP services"),
+            "Invalid value: \"None\": may only be set to 'None' for ClusterIP services".to_string(),
         ));
     }
     if let Some(ip) = spec.cluster_ip.as_deref() {
