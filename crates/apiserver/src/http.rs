@@ -647,13 +647,11 @@ async fn dispatch(
                     .map(|v| bytes_response(StatusCode::OK, v.clone()))
                     .ok_or_else(|| ApiError::new(404, "NotFound", "not found"));
             }
-            ["openapi", ..] => {
-                return Err(ApiError::new(
-                    404,
-                    "NotFound",
-                    "OpenAPI v2 is not served; use /openapi/v3",
-                ))
+            ["openapi", "v2"] => {
+                let served = reg.openapi_v2.get_or_init(|| crate::openapi_v2::build(reg));
+                return Ok(crate::openapi_v2::respond(served, headers));
             }
+            ["openapi", ..] => return Err(ApiError::new(404, "NotFound", "not found")),
             _ => {}
         }
     }

@@ -18,6 +18,7 @@ pub mod jsonpath;
 pub mod limits;
 pub mod managed;
 pub mod objects;
+pub mod openapi_v2;
 pub mod patch;
 pub mod proto;
 pub mod rbac;

@@ -87,6 +87,8 @@ pub struct Registry {
     pub resources: Vec<std::sync::Arc<ResourceDef>>,
     /// OpenAPI documents by group-version path, serialized, built on first use.
     pub openapi: std::sync::OnceLock<std::collections::HashMap<String, bytes::Bytes>>,
+    /// The OpenAPI v2 document (JSON and protobuf), built on first use.
+    pub openapi_v2: std::sync::OnceLock<crate::openapi_v2::Served>,
 }
 
 fn col(name: &str, ty: &str, path: &str, priority: i32) -> Column {
@@ -190,7 +192,7 @@ fn core_short_names(kind: &str) -> Vec<String> {
 }
 
 /// The OpenAPI v3 schema of a k8s-openapi type, with its referenced definitions.
-fn core_schema<T: JsonSchema>() -> (Value, serde_json::Map<String, Value>) {
+pub(crate) fn core_schema<T: JsonSchema>() -> (Value, serde_json::Map<String, Value>) {
     let settings = schemars::generate::SchemaSettings::openapi3();
     let mut generator = settings.into_generator();
     let root = generator.root_schema_for::<T>();
@@ -365,6 +367,7 @@ impl Registry {
         Registry {
             resources,
             openapi: std::sync::OnceLock::new(),
+            openapi_v2: std::sync::OnceLock::new(),
         }
     }
 
@@ -383,6 +386,7 @@ impl Registry {
         Registry {
             resources,
             openapi: std::sync::OnceLock::new(),
+            openapi_v2: std::sync::OnceLock::new(),
         }
     }
 
