@@ -351,6 +351,10 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     }) else {
         return ApiError::unauthorized().into_response();
     };
+    let user = match impersonate(&state, user, &headers) {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
     let attrs = crate::rbac::Attributes::of(&method, &path, &segs, &query);
     let mutating = !matches!(method, Method::GET | Method::HEAD);
     let resp = if public || state.api.allows(&user, &attrs) {
@@ -365,6 +369,53 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     }
     tracing::debug!(%method, %path, user = %user.name, status = resp.status().as_u16(), "request");
     resp
+}
+
+/// `Impersonate-User` / `Impersonate-Group` (`kubectl --as`, `--as-group`): the request
+/// acts as that user if the caller may `impersonate` the user and each group, as in
+/// kube-apiserver.
+fn impersonate(
+    state: &AppState,
+    caller: crate::auth::User,
+    headers: &HeaderMap,
+) -> ApiResult<crate::auth::User> {
+    let Some(name) = headers
+        .get("Impersonate-User")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(caller);
+    };
+    let groups: Vec<String> = headers
+        .get_all("Impersonate-Group")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    let check = |resource: &str, name: &str| {
+        let a = crate::rbac::Attributes {
+            verb: "impersonate".into(),
+            resource_request: true,
+            resource: resource.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        if state.api.allows(&caller, &a) {
+            Ok(())
+        } else {
+            Err(a.forbidden(&caller))
+        }
+    };
+    check("users", name)?;
+    for g in &groups {
+        check("groups", g)?;
+    }
+    let mut all = groups;
+    all.push(crate::auth::AUTHENTICATED.into());
+    Ok(crate::auth::User {
+        name: name.to_string(),
+        uid: String::new(),
+        groups: all,
+    })
 }
 
 /// Serves an authenticated, authorized request.

@@ -487,7 +487,11 @@ fn every_kubectl_from_1_27_to_1_33_works() {
             &run(&["get", "--raw", "/openapi/v2"], None),
         );
         assert!(out.contains("\"swagger\":\"2.0\""), "{bin}");
-        // `auth can-i` goes here (added with the authorization work).
+        // Access reviews (sent as protobuf): the admin may, an unknown user may not.
+        let out = expect_ok(&bin, "auth can-i", &run(&["auth", "can-i", "create", "vm"], None));
+        assert_eq!(out.trim(), "yes", "{bin}");
+        let out = run(&["auth", "can-i", "list", "nodes", "--as=nobody"], None);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "{bin}");
 
         if minor == 27 {
             // A CRD created now is in the v2 document at once, and kubectl 1.27 explains it

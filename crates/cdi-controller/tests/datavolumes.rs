@@ -960,3 +960,85 @@ async fn an_interrupted_import_is_resumed_by_a_new_controller() {
     env.wait_phase("slow", "Succeeded", 120).await;
     assert_same_disk(&dir.join("disk.img"), &files.join("ref.raw"), 100 * MIB);
 }
+
+/// A claim's StorageClass is honoured: a class of ours sets the volume's class and reclaim
+/// policy, a claim without a class gets the default class, and a class of another
+/// provisioner is left to it (the claim stays Pending), as in a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storage_classes_chosen_by_name_are_honoured() {
+    let env = Env::start().await;
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(env.client.clone());
+    let default = classes.get("local-path").await.expect("the default class exists");
+    assert_eq!(
+        default
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("storageclass.kubernetes.io/is-default-class")
+            .map(String::as_str),
+        Some("true")
+    );
+    for (name, provisioner, reclaim) in [
+        ("keep", kubevirt_cdi_controller::PROVISIONER_NAME, "Retain"),
+        ("nfs", "example.com/nfs", "Delete"),
+    ] {
+        let sc = serde_json::from_value(json!({
+            "metadata": {"name": name}, "provisioner": provisioner, "reclaimPolicy": reclaim,
+        }))
+        .expect("class");
+        classes
+            .create(&PostParams::default(), &sc)
+            .await
+            .expect("create class");
+    }
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), "default");
+    for (name, class) in [("kept", Some("keep")), ("foreign", Some("nfs")), ("plain", None)] {
+        let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}});
+        if let Some(c) = class {
+            spec["storageClassName"] = json!(c);
+        }
+        let pvc = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))
+            .expect("claim");
+        pvcs.create(&PostParams::default(), &pvc)
+            .await
+            .expect("create claim");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let bound = |p: &Option<PersistentVolumeClaim>| {
+        p.as_ref()
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.volume_name.as_deref())
+            .is_some_and(|v| !v.is_empty())
+    };
+    while !(bound(&env.pvc("kept").await) && bound(&env.pvc("plain").await)) {
+        assert!(tokio::time::Instant::now() < deadline, "claims not bound");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept = env.pv_of("kept").await.spec.expect("spec");
+    assert_eq!(kept.storage_class_name.as_deref(), Some("keep"));
+    assert_eq!(kept.persistent_volume_reclaim_policy.as_deref(), Some("Retain"));
+    let plain_claim = env.pvc("plain").await.expect("claim");
+    assert_eq!(
+        plain_claim.spec.and_then(|s| s.storage_class_name).as_deref(),
+        Some("local-path")
+    );
+    assert_eq!(
+        env.pv_of("plain").await.spec.expect("spec").storage_class_name.as_deref(),
+        Some("local-path")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !bound(&env.pvc("foreign").await),
+        "a claim of another provisioner's class was provisioned here"
+    );
+    // Retain: the volume and its data outlive the claim.
+    let pv_name = env.pv_of("kept").await.metadata.name.expect("name");
+    let path = env.volume_path("kept").await;
+    pvcs.delete("kept", &DeleteParams::default())
+        .await
+        .expect("delete claim");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pvs: Api<PersistentVolume> = Api::all(env.client.clone());
+    assert!(pvs.get_opt(&pv_name).await.expect("get PV").is_some());
+    assert!(path.exists(), "a Retain volume's data was deleted");
+}
