@@ -151,6 +151,7 @@ pub fn kinds() -> &'static [KindInfo] {
                 validation::validate_dv(dv)
             }),
             custom!(CDIConfig, no_default, no_validate),
+            custom!(StorageProfile, no_default, no_validate),
             custom!(VirtualMachineSnapshot, no_default, no_validate),
             custom!(VirtualMachineSnapshotContent, no_default, no_validate),
             custom!(VirtualMachineRestore, no_default, no_validate),

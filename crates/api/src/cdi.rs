@@ -114,6 +114,56 @@ pub struct FilesystemOverhead {
     pub storage_class: Option<std::collections::BTreeMap<String, String>>,
 }
 
+/// `spec` of CDI's `StorageProfile` (`cdi.kubevirt.io/v1beta1`, cluster-scoped, one per
+/// StorageClass, named after it): the user's overrides of what CDI found out about the class.
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema, kube::CustomResource,
+)]
+#[kube(
+    group = "cdi.kubevirt.io",
+    version = "v1beta1",
+    kind = "StorageProfile",
+    plural = "storageprofiles",
+    status = "StorageProfileStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "StorageProfile (cdi.kubevirt.io/v1beta1): how CDI provisions volumes of one StorageClass."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageProfileSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_property_sets: Option<Vec<ClaimPropertySet>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_strategy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_import_cron_source_format: Option<String>,
+}
+
+/// Access modes and volume mode a claim of the class can have.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimPropertySet {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_modes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mode: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageProfileStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_property_sets: Option<Vec<ClaimPropertySet>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_strategy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_import_cron_source_format: Option<String>,
+}
+
 /// `status` of `CDIConfig`: what CDI resolved from the spec and the installation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -25,6 +25,6 @@ pub mod status;
 pub mod validation;
 
 pub use admission::{admit, AdmitOptions, Admitted, FieldValidation, KindInfo};
-pub use cdi::CDIConfig;
+pub use cdi::{CDIConfig, StorageProfile};
 pub use field::{CauseType, FieldError};
 pub use multus::NetworkAttachmentDefinition;

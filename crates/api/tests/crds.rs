@@ -80,7 +80,7 @@ fn names_and_short_names_match_kubevirt() {
             Some(format!("{plural}.{}", c.spec.group).as_str())
         );
     }
-    assert_eq!(crds().len(), 17);
+    assert_eq!(crds().len(), 18);
 }
 
 #[test]

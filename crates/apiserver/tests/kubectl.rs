@@ -488,7 +488,11 @@ fn every_kubectl_from_1_27_to_1_33_works() {
         );
         assert!(out.contains("\"swagger\":\"2.0\""), "{bin}");
         // Access reviews (sent as protobuf): the admin may, an unknown user may not.
-        let out = expect_ok(&bin, "auth can-i", &run(&["auth", "can-i", "create", "vm"], None));
+        let out = expect_ok(
+            &bin,
+            "auth can-i",
+            &run(&["auth", "can-i", "create", "vm"], None),
+        );
         assert_eq!(out.trim(), "yes", "{bin}");
         let out = run(&["auth", "can-i", "list", "nodes", "--as=nobody"], None);
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "{bin}");

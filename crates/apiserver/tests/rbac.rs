@@ -177,11 +177,25 @@ fn a_namespaced_user_is_confined_to_their_namespace() {
     assert_eq!(s.ok(&["auth", "can-i", "*", "*"]).trim(), "yes");
     // The admin may act as alice (`--as`); alice may not act as anyone.
     let o = s.kubectl(&["auth", "can-i", "list", "vms", "-n", "b", "--as=alice"]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "no", "{}", out(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "no",
+        "{}",
+        out(&o)
+    );
     let o = s.kubectl(&["get", "vms", "-n", "a", "--as=alice", "-o", "name"]);
     assert_eq!(out(&o).trim(), "virtualmachine.kubevirt.io/testvm");
-    let o = kubectl_as(&s, &alice, &["get", "nodes", "--as=admin", "--as-group=system:masters"], None);
-    assert!(out(&o).contains("cannot impersonate resource \"users\""), "{}", out(&o));
+    let o = kubectl_as(
+        &s,
+        &alice,
+        &["get", "nodes", "--as=admin", "--as-group=system:masters"],
+        None,
+    );
+    assert!(
+        out(&o).contains("cannot impersonate resource \"users\""),
+        "{}",
+        out(&o)
+    );
     let list = out(&kubectl_as(
         &s,
         &alice,

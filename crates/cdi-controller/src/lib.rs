@@ -17,6 +17,7 @@
 
 pub mod datavolume;
 pub mod provisioner;
+pub mod storageprofile;
 pub mod upload;
 
 use std::collections::HashMap;
@@ -209,6 +210,7 @@ pub async fn ensure_cdi_config(client: &Client, upload_proxy_url: &str) -> Resul
 pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     let prov = provisioner::run(ctx.clone());
     let dvs = datavolume::run(ctx.clone());
-    futures::join!(prov, dvs);
+    let profiles = storageprofile::run(ctx.clone());
+    futures::join!(prov, dvs, profiles);
     Ok(())
 }

@@ -968,7 +968,10 @@ async fn an_interrupted_import_is_resumed_by_a_new_controller() {
 async fn storage_classes_chosen_by_name_are_honoured() {
     let env = Env::start().await;
     let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(env.client.clone());
-    let default = classes.get("local-path").await.expect("the default class exists");
+    let default = classes
+        .get("local-path")
+        .await
+        .expect("the default class exists");
     assert_eq!(
         default
             .metadata
@@ -992,7 +995,11 @@ async fn storage_classes_chosen_by_name_are_honoured() {
             .expect("create class");
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), "default");
-    for (name, class) in [("kept", Some("keep")), ("foreign", Some("nfs")), ("plain", None)] {
+    for (name, class) in [
+        ("kept", Some("keep")),
+        ("foreign", Some("nfs")),
+        ("plain", None),
+    ] {
         let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}});
         if let Some(c) = class {
             spec["storageClassName"] = json!(c);
@@ -1016,14 +1023,25 @@ async fn storage_classes_chosen_by_name_are_honoured() {
     }
     let kept = env.pv_of("kept").await.spec.expect("spec");
     assert_eq!(kept.storage_class_name.as_deref(), Some("keep"));
-    assert_eq!(kept.persistent_volume_reclaim_policy.as_deref(), Some("Retain"));
+    assert_eq!(
+        kept.persistent_volume_reclaim_policy.as_deref(),
+        Some("Retain")
+    );
     let plain_claim = env.pvc("plain").await.expect("claim");
     assert_eq!(
-        plain_claim.spec.and_then(|s| s.storage_class_name).as_deref(),
+        plain_claim
+            .spec
+            .and_then(|s| s.storage_class_name)
+            .as_deref(),
         Some("local-path")
     );
     assert_eq!(
-        env.pv_of("plain").await.spec.expect("spec").storage_class_name.as_deref(),
+        env.pv_of("plain")
+            .await
+            .spec
+            .expect("spec")
+            .storage_class_name
+            .as_deref(),
         Some("local-path")
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1031,6 +1049,37 @@ async fn storage_classes_chosen_by_name_are_honoured() {
         !bound(&env.pvc("foreign").await),
         "a claim of another provisioner's class was provisioned here"
     );
+    // CDI's StorageProfiles: ours say how volumes are made; another provisioner's say nothing.
+    let profiles: Api<kubevirt_api::StorageProfile> = Api::all(env.client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (keep, nfs) = loop {
+        let keep = profiles.get_opt("keep").await.expect("get profile");
+        let nfs = profiles.get_opt("nfs").await.expect("get profile");
+        let ready = |p: &Option<kubevirt_api::StorageProfile>| {
+            p.as_ref()
+                .and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.provisioner.is_some())
+        };
+        if ready(&keep) && ready(&nfs) {
+            break (keep.expect("keep"), nfs.expect("nfs"));
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "storage profiles not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let sets = keep
+        .status
+        .and_then(|s| s.claim_property_sets)
+        .unwrap_or_default();
+    assert!(
+        sets.iter()
+            .any(|s| s.volume_mode.as_deref() == Some("Block")),
+        "{sets:?}"
+    );
+    assert!(nfs.status.and_then(|s| s.claim_property_sets).is_none());
+
     // Retain: the volume and its data outlive the claim.
     let pv_name = env.pv_of("kept").await.metadata.name.expect("name");
     let path = env.volume_path("kept").await;
