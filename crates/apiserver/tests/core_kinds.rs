@@ -14,10 +14,6 @@ fn json(s: &Server, args: &[&str]) -> Value {
     serde_json::from_str(&s.ok(&a)).expect("json")
 }
 
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn services_get_addresses_and_ports() {
     if !kubectl_available() {

@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 const VM: &str = r#"
 apiVersion: kubevirt.io/v1
@@ -24,29 +24,7 @@ spec:
 "#;
 
 fn kubectl_as(s: &Server, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", s.dir.path())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("stdin");
-    }
-    child.wait_with_output().expect("kubectl output")
+    s.kubectl_as("kubectl", kubeconfig, args, stdin)
 }
 
 fn out(o: &Output) -> String {

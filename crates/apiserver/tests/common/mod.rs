@@ -86,9 +86,20 @@ impl Server {
     }
 
     pub fn kubectl_with(&self, bin: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        self.kubectl_as(bin, &self.kubeconfig(), args, stdin)
+    }
+
+    /// Runs `bin` with another user's kubeconfig.
+    pub fn kubectl_as(
+        &self,
+        bin: &str,
+        kubeconfig: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Output {
         let mut cmd = Command::new(bin);
         cmd.args(args)
-            .env("KUBECONFIG", self.kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("HOME", self.dir.path())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -138,6 +149,11 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A command's stderr, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 pub fn kubectl_available() -> bool {
