@@ -7,7 +7,10 @@
 //!
 //! It starts the release `kubevirt-apiserver` as its own process and measures, through kube-rs:
 //! create throughput (64 concurrent clients), GET latency, LIST of every VMI, watch delivery
-//! latency to 100 concurrent watchers, and the server's RSS with every VMI stored.
+//! latency to 100 concurrent watchers, and the server's RSS with every VMI stored. Then, if
+//! `etcd` is installed (Debian: `apt-get install etcd-server`; or set `ETCD=/path/to/etcd`),
+//! it starts etcd on loopback and measures raw puts of values the size of a stored VMI with
+//! the same concurrency, and prints both in one table.
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -58,6 +61,127 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Concurrent clients for the write-throughput measurement, for both systems.
+const CLIENTS: usize = 64;
+
+struct EtcdResult {
+    version: String,
+    secs: f64,
+    p50: Duration,
+    p99: Duration,
+    seq_p50: Duration,
+    seq_p99: Duration,
+}
+
+/// Starts `etcd` (from `$ETCD`, else `PATH`; Debian: `apt-get install etcd-server`) on loopback
+/// in a temporary directory and measures puts through its JSON gRPC gateway
+/// (`POST /v3/kv/put`, base64 key and value): `n` puts of `value_len`-byte values from
+/// [`CLIENTS`] concurrent clients, then 200 sequential puts 5 ms apart.
+async fn etcd_bench(n: usize, value_len: usize) -> anyhow::Result<EtcdResult> {
+    use base64::Engine as _;
+    let bin = std::env::var("ETCD").unwrap_or_else(|_| "etcd".into());
+    let version = Command::new(&bin).arg("--version").output().map_err(|e| {
+        anyhow::anyhow!("cannot run `{bin}`: {e}; install it with `apt-get install etcd-server`")
+    })?;
+    let version = String::from_utf8_lossy(&version.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().last())
+        .map(|v| format!("etcd {v}"))
+        .unwrap_or_else(|| "etcd".into());
+    let dir = tempfile::tempdir()?;
+    let free_port = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (cport, pport) = (free_port()?, free_port()?);
+    let curl = format!("http://127.0.0.1:{cport}");
+    let purl = format!("http://127.0.0.1:{pport}");
+    let mut child = Command::new(&bin)
+        .args([
+            "--name",
+            "bench",
+            "--data-dir",
+            dir.path().join("etcd").to_str().unwrap_or("etcd"),
+            "--listen-client-urls",
+            &curl,
+            "--advertise-client-urls",
+            &curl,
+            "--listen-peer-urls",
+            &purl,
+            "--initial-advertise-peer-urls",
+            &purl,
+            "--initial-cluster",
+            &format!("bench={purl}"),
+            "--logger",
+            "zap",
+            "--log-level",
+            "error",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = async {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(CLIENTS)
+            .build()?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let value = b64.encode(vec![b'x'; value_len]);
+        let put = |key: String| {
+            let http = http.clone();
+            let body = json!({"key": b64.encode(key), "value": value});
+            let url = format!("{curl}/v3/kv/put");
+            async move {
+                let t0 = Instant::now();
+                let r = http.post(url).json(&body).send().await?;
+                anyhow::ensure!(r.status().is_success(), "etcd put: {}", r.status());
+                r.bytes().await?;
+                Ok::<Duration, anyhow::Error>(t0.elapsed())
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while put("/bench/ready".into()).await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "etcd did not start within 20 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let t = Instant::now();
+        let mut lat = futures::stream::iter(0..n)
+            .map(|i| {
+                put(format!(
+                    "/registry/kubevirt.io/virtualmachineinstances/default/vmi-{i:05}"
+                ))
+            })
+            .buffer_unordered(CLIENTS)
+            .try_collect::<Vec<Duration>>()
+            .await?;
+        let secs = t.elapsed().as_secs_f64();
+        let mut seq = Vec::new();
+        for i in 0..200 {
+            seq.push(
+                put(format!(
+                    "/registry/kubevirt.io/virtualmachineinstances/default/vmi-{:05}",
+                    i % n
+                ))
+                .await?,
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok::<_, anyhow::Error>(EtcdResult {
+            version,
+            secs,
+            p50: percentile(&mut lat, 0.5),
+            p99: percentile(&mut lat, 0.99),
+            seq_p50: percentile(&mut seq, 0.5),
+            seq_p99: percentile(&mut seq, 0.99),
+        })
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args()
@@ -100,21 +224,38 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_from(cfg)?;
     let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
 
-    // Create throughput.
+    // Create throughput, and each create's latency (request → durable ack).
+    let create_lat: Arc<parking_lot::Mutex<Vec<Duration>>> = Default::default();
     let t = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
             let api = api.clone();
+            let create_lat = create_lat.clone();
             async move {
-                api.create(&PostParams::default(), &vmi(&format!("vmi-{i:05}")))
+                let t0 = Instant::now();
+                let r = api
+                    .create(&PostParams::default(), &vmi(&format!("vmi-{i:05}")))
                     .await
-                    .map(|_| ())
+                    .map(|_| ());
+                create_lat.lock().push(t0.elapsed());
+                r
             }
         })
-        .buffer_unordered(64)
+        .buffer_unordered(CLIENTS)
         .try_collect::<Vec<()>>()
         .await?;
     let create_secs = t.elapsed().as_secs_f64();
+    let mut create_lat = create_lat.lock().clone();
+    // The size of one stored VMI as the server returns it: etcd gets values of this size.
+    let value_len = client
+        .request_text(
+            http::Request::get(
+                "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances/vmi-00000",
+            )
+            .body(Vec::new())?,
+        )
+        .await?
+        .len();
 
     // GET latency.
     let mut gets = Vec::new();
@@ -247,34 +388,92 @@ async fn main() -> anyhow::Result<()> {
     let _ = child.kill();
     let _ = child.wait();
 
-    println!("| measurement | value | target |");
-    println!("|---|---|---|");
-    println!("| create {n} VMIs, 64 concurrent clients | {:.0} creates/s ({create_secs:.2} s) | 2,000/s |", n as f64 / create_secs);
+    // etcd, on the same machine after our server has stopped, with the same load.
+    let etcd = match etcd_bench(n, value_len).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            println!("etcd: skipped ({e:#})");
+            None
+        }
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (e_ver, e_rate, e_p50, e_p99, e_seq50, e_seq99) = match &etcd {
+        Some(r) => (
+            r.version.clone(),
+            format!("{:.0} puts/s ({:.2} s)", n as f64 / r.secs, r.secs),
+            format!("{:.2} ms", ms(r.p50)),
+            format!("{:.2} ms", ms(r.p99)),
+            format!("{:.2} ms", ms(r.seq_p50)),
+            format!("{:.2} ms", ms(r.seq_p99)),
+        ),
+        None => (
+            "etcd (skipped)".to_string(),
+            "—".into(),
+            "—".into(),
+            "—".into(),
+            "—".into(),
+            "—".into(),
+        ),
+    };
+
+    let (c50, c99) = (
+        percentile(&mut create_lat, 0.5),
+        percentile(&mut create_lat, 0.99),
+    );
+    let (a50, a99) = (percentile(&mut acks, 0.5), percentile(&mut acks, 0.99));
+    println!("| measurement | kubevirt-apiserver | {e_ver} | target |");
+    println!("|---|---|---|---|");
     println!(
-        "| GET p50 / p99 | {:.2} ms / {:.2} ms | |",
-        percentile(&mut gets, 0.5).as_secs_f64() * 1e3,
-        percentile(&mut gets, 0.99).as_secs_f64() * 1e3
+        "| {n} writes, {CLIENTS} concurrent clients: throughput (creates of VMIs / raw puts of {value_len}-byte values) | {:.0} creates/s ({create_secs:.2} s) | {e_rate} | ≥ etcd |",
+        n as f64 / create_secs
     );
     println!(
-        "| LIST {listed} VMIs (median of 5) | {:.0} ms | |",
-        percentile(&mut lists, 0.5).as_secs_f64() * 1e3
+        "| the same writes' latency (request → durable ack): p50 | {:.2} ms | {e_p50} | |",
+        ms(c50)
     );
     println!(
-        "| watch delivery, 100 watchers x {updates} updates: p50 / p99 ({} deliveries) | {:.2} ms / {:.2} ms | p99 < 5 ms |",
+        "| the same writes' latency: p99 | {:.2} ms | {e_p99} | ≤ etcd |",
+        ms(c99)
+    );
+    println!(
+        "| {updates} sequential writes, 5 ms apart (label patches / puts), 100 watchers attached to ours: p50 | {:.2} ms | {e_seq50} | |",
+        ms(a50)
+    );
+    println!(
+        "| the same sequential writes: p99 | {:.2} ms | {e_seq99} | ≤ etcd |",
+        ms(a99)
+    );
+    println!(
+        "| GET p50 / p99 | {:.2} ms / {:.2} ms | | |",
+        ms(percentile(&mut gets, 0.5)),
+        ms(percentile(&mut gets, 0.99))
+    );
+    println!(
+        "| LIST {listed} VMIs (median of 5) | {:.0} ms | | |",
+        ms(percentile(&mut lists, 0.5))
+    );
+    println!(
+        "| watch delivery, 100 watchers x {updates} updates (request start → receipt): p50 / p99 ({} deliveries) | {:.2} ms / {:.2} ms | | p99 < 5 ms |",
         watch_lat.len(),
-        percentile(&mut watch_lat, 0.5).as_secs_f64() * 1e3,
-        percentile(&mut watch_lat, 0.99).as_secs_f64() * 1e3
+        ms(percentile(&mut watch_lat, 0.5)),
+        ms(percentile(&mut watch_lat, 0.99))
     );
     println!(
-        "| watch fan-out (first watcher → each of the 100): p50 / p99 | {:.2} ms / {:.2} ms | |",
-        percentile(&mut fanout, 0.5).as_secs_f64() * 1e3,
-        percentile(&mut fanout, 0.99).as_secs_f64() * 1e3
+        "| watch fan-out (first watcher → each of the 100): p50 / p99 | {:.2} ms / {:.2} ms | | |",
+        ms(percentile(&mut fanout, 0.5)),
+        ms(percentile(&mut fanout, 0.99))
     );
     println!(
-        "| the same updates' write latency (request → durable ack): p50 / p99 | {:.2} ms / {:.2} ms | |",
-        percentile(&mut acks, 0.5).as_secs_f64() * 1e3,
-        percentile(&mut acks, 0.99).as_secs_f64() * 1e3
+        "| server RSS idle / with {n} VMIs (peak) | {:.1} MiB / {:.1} MiB ({:.1} MiB) | | < 100 MiB |",
+        idle_rss as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
     );
-    println!("| server RSS idle / with {n} VMIs (peak) | {:.1} MiB / {:.1} MiB ({:.1} MiB) | < 100 MiB |", idle_rss as f64 / 1024.0, rss as f64 / 1024.0, hwm as f64 / 1024.0);
+    println!(
+        "load average after the run: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     Ok(())
 }

@@ -100,6 +100,10 @@ pub struct Stored {
     pub labels: BTreeMap<String, String>,
     /// `metadata.ownerReferences[*].uid`.
     pub owners: Vec<String>,
+    /// Whether `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// `metadata.finalizers`.
+    pub finalizers: Vec<String>,
 }
 
 impl Stored {
@@ -136,6 +140,14 @@ impl Stored {
                     .collect()
             })
             .unwrap_or_default();
+        let finalizers = meta["finalizers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
         Stored {
             key,
             rv,
@@ -143,6 +155,8 @@ impl Stored {
             uid: meta["uid"].as_str().unwrap_or_default().to_string(),
             labels,
             owners,
+            deleting: meta["deletionTimestamp"].is_string(),
+            finalizers,
         }
     }
 
@@ -554,6 +568,7 @@ fn commit_batch(db: &Database, store: &Store, batch: Vec<WriteOp>) {
     if staged.is_empty() {
         return;
     }
+    let t_commit = std::time::Instant::now();
     let persisted = (|| -> Result<(), StoreError> {
         let txn = db.begin_write().map_err(storage)?;
         {
@@ -576,6 +591,7 @@ fn commit_batch(db: &Database, store: &Store, batch: Vec<WriteOp>) {
         }
         txn.commit().map_err(storage)
     })();
+    let commit_time = t_commit.elapsed();
     if let Err(e) = persisted {
         tracing::error!(error = %e, "store commit failed");
         for s in staged {
@@ -610,7 +626,13 @@ fn commit_batch(db: &Database, store: &Store, batch: Vec<WriteOp>) {
     }
     st.rv = rv;
     drop(st);
-    tracing::trace!(rv, "committed batch");
+    tracing::debug!(
+        rv,
+        writes = staged.len(),
+        commit_us = commit_time.as_micros() as u64,
+        total_us = t_commit.elapsed().as_micros() as u64,
+        "committed batch"
+    );
 }
 
 #[cfg(test)]
@@ -674,6 +696,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(c.rv, 4, "revisions keep increasing after a restart");
+    }
+
+    #[test]
+    fn garbage_collection_metadata_is_parsed_at_write_time() {
+        let v = json!({"metadata": {"name": "a", "uid": "u1",
+            "deletionTimestamp": "2026-01-01T00:00:00Z",
+            "finalizers": ["orphan", "example.com/x"],
+            "ownerReferences": [{"uid": "u0"}]}});
+        let s = Stored::with_meta(
+            Key::new("", "configmaps", "default", "a"),
+            1,
+            Bytes::new(),
+            &v,
+        );
+        assert!(s.deleting);
+        assert_eq!(s.finalizers, ["orphan", "example.com/x"]);
+        assert_eq!(s.owners, ["u0"]);
+        let s = Stored::with_meta(
+            Key::new("", "configmaps", "default", "b"),
+            1,
+            Bytes::new(),
+            &obj("b"),
+        );
+        assert!(!s.deleting && s.finalizers.is_empty());
     }
 
     #[tokio::test]
