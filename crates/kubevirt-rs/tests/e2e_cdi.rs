@@ -62,12 +62,7 @@ fn vm_with_a_datavolume_template_imports_its_disk_and_boots_from_it() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Server::new(
-        env!("CARGO_BIN_EXE_kubevirt-rs"),
-        dir.path().join("data"),
-        guest.join("oci"),
-    );
-    s.start();
+    let s = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
     let manifest = format!(
         r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachine

@@ -18,12 +18,7 @@ fn apply_a_vm_it_runs_survives_a_server_crash_and_delete_stops_it() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Server::new(
-        env!("CARGO_BIN_EXE_kubevirt-rs"),
-        dir.path().join("data"),
-        guest.join("oci"),
-    );
-    s.start();
+    let mut s = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/vm-demo.yaml");
     let out = s.kubectl(&["apply", "-f", manifest.to_str().expect("utf8")]);
     assert!(

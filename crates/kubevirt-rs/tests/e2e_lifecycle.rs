@@ -30,12 +30,7 @@ fn env() -> Option<Env> {
     let dir = tempfile::tempdir().expect("tempdir");
     let virtctl = dir.path().join("virtctl");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kubevirt-rs"), &virtctl).expect("link");
-    let mut server = Server::new(
-        env!("CARGO_BIN_EXE_kubevirt-rs"),
-        dir.path().join("data"),
-        guest.join("oci"),
-    );
-    server.start();
+    let server = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
     Some(Env {
         server,
         virtctl,

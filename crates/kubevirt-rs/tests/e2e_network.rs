@@ -200,12 +200,7 @@ fn vmis_on_the_pod_network_reach_each_other_and_the_host_reaches_declared_ports(
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Server::new(
-        env!("CARGO_BIN_EXE_kubevirt-rs"),
-        dir.path().join("data"),
-        guest.join("oci"),
-    );
-    s.start();
+    let mut s = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
 
     // A masquerade VMI that declares port 8080 and also listens on 9090.
     let serve = "while :; do echo served-by-$(hostname) | busybox nc -l -p 8080; done &\n\
@@ -352,12 +347,7 @@ fn multus_secondary_networks_connect_guests_and_missing_ones_are_named() {
     }
     let _bridge = Bridge("kvrs-e2e-blue");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Server::new(
-        env!("CARGO_BIN_EXE_kubevirt-rs"),
-        dir.path().join("data"),
-        guest.join("oci"),
-    );
-    s.start();
+    let mut s = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
 
     // A NAD that names a host path is refused, with the key named.
     let bad = dir.path().join("bad-nad.yaml");

@@ -220,12 +220,7 @@ fn console_from_a_pipe_and_vnc_proxy_reach_the_demo_guest() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Server::new(
-        env!("CARGO_BIN_EXE_kubevirt-rs"),
-        dir.path().join("data"),
-        guest.join("oci"),
-    );
-    s.start();
+    let s = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
     let virtctl = virtctl_link(dir.path());
 
     // The VM from `virtctl create vm`, booted for real.
@@ -561,12 +556,7 @@ fn guest_agent_reports_through_the_vmi_status_and_virtctl() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Server::new(
-        env!("CARGO_BIN_EXE_kubevirt-rs"),
-        dir.path().join("data"),
-        guest.join("oci"),
-    );
-    s.start();
+    let mut s = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
     let virtctl = virtctl_link(dir.path());
     let manifest = dir.path().join("ga.yaml");
     std::fs::write(

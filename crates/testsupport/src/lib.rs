@@ -100,6 +100,14 @@ impl Server {
         }
     }
 
+    /// A started server keeping its state in `dir/data` and resolving containerDisks from the
+    /// demo guest's OCI layout (`guest/oci`): what most end-to-end tests begin with.
+    pub fn started_with_guest(bin: impl Into<PathBuf>, dir: &Path, guest: &Path) -> Self {
+        let mut s = Server::new(bin, dir.join("data"), guest.join("oci"));
+        s.start();
+        s
+    }
+
     /// Starts it and waits until it serves (its first stderr line names the address).
     pub fn start(&mut self) {
         let _ = std::fs::remove_file(self.kubeconfig());
