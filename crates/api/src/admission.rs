@@ -220,6 +220,13 @@ pub fn kinds() -> &'static [KindInfo] {
                 core_kinds::default_storage_class,
                 core_kinds::validate_storage_class
             ),
+            core!(
+                k8s_openapi::api::apps::v1::ControllerRevision,
+                "ControllerRevision",
+                "apps",
+                "controllerrevisions",
+                true
+            ),
             core!(core::Event, "Event", "", "events", true),
             core!(events::Event, "Event", "events.k8s.io", "events", true),
             core!(

@@ -584,6 +584,13 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
     } else {
         decide(strategy, &status, vmi.as_ref(), now)
     };
+    // Copies of the instancetype and preference, taken once: the VM keeps its size when they
+    // change. A failure here shows up when the VMI is made (fetch reads the same objects).
+    if !deleting {
+        if let Err(e) = instancetype::sync_revisions(&ctx.client, &vm, &ns, &mut status).await {
+            tracing::warn!(%ns, %name, error = %e, "cannot store the instancetype/preference revision");
+        }
+    }
     // dataVolumeTemplates: create the DataVolumes; a VMI is created only once they are ready.
     let volumes = if !deleting {
         sync_data_volumes(&ctx, &vm, &ns).await?
@@ -613,7 +620,7 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
         Decision::Nothing => {}
         Decision::CreateAfter(d) => requeue = requeue.min(d + Duration::from_millis(50)),
         Decision::Create => {
-            let made = match instancetype::fetch(&ctx.client, &vm, &ns).await {
+            let made = match instancetype::fetch(&ctx.client, &vm, &status, &ns).await {
                 Ok((it, pref)) => vmi_for(
                     &vm,
                     it.as_ref(),
