@@ -10,6 +10,7 @@
 pub mod cni;
 pub mod multus;
 pub mod podnet;
+pub mod secrets;
 pub mod status;
 pub mod volumes;
 
@@ -429,7 +430,33 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             {
                 // PVC/DataVolume volumes must be usable first; until then the VMI waits.
                 match volumes::resolve(&ctx.client, &vmi, &ctx.config.host_paths).await? {
-                    volumes::Resolved::Ready(node) => {
+                    volumes::Resolved::Ready(mut node) => {
+                        // Cloud-init and access credential Secrets (KubeVirt mounts them into
+                        // the pod: until each exists, the VMI waits).
+                        match secrets::resolve(&ctx.client, &vmi).await? {
+                            secrets::Secrets::Ready(resolved) => node.cloud_init = resolved,
+                            secrets::Secrets::Wait(why) => {
+                                tracing::info!(vmi = %name, %why, "waiting for Secrets");
+                                let waiting = status::not_synchronized_because(
+                                    &current,
+                                    secrets::FAILED_MOUNT,
+                                    &why,
+                                    &now(),
+                                );
+                                if status::changed(&current, &waiting) {
+                                    patch_status(&api, &name, waiting).await?;
+                                    ctx.event(&vmi, EventType::Warning, secrets::FAILED_MOUNT, why)
+                                        .await;
+                                }
+                                return Ok(Action::requeue(Duration::from_secs(2)));
+                            }
+                            secrets::Secrets::Refused(why) => {
+                                tracing::warn!(vmi = %name, %why, "refusing a Secret");
+                                let failed = status::failed_to_start(&current, &why, &now());
+                                patch_status(&api, &name, failed).await?;
+                                return Ok(Action::await_change());
+                            }
+                        }
                         let network = match &ctx.config.pod_network {
                             Some(pods) => match attach_networks(&ctx, &vmi, pods).await? {
                                 Ok(info) => Some(info),

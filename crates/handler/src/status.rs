@@ -63,6 +63,12 @@ pub fn failed_to_start(current: &Value, message: &str, now: &str) -> Value {
 /// The status of a VMI whose launcher cannot be made yet (KubeVirt: its Pod cannot be
 /// created): the phase stays, `Synchronized` is False with reason `FailedCreate` and why.
 pub fn not_synchronized(current: &Value, message: &str, now: &str) -> Value {
+    not_synchronized_because(current, reason::FAILED_CREATE, message, now)
+}
+
+/// [`not_synchronized`] with another reason (`FailedMount`: a Secret the launcher needs is
+/// missing, as kubelet reports a Secret volume it cannot mount).
+pub fn not_synchronized_because(current: &Value, why: &str, message: &str, now: &str) -> Value {
     let mut conditions: Vec<Value> = current["conditions"]
         .as_array()
         .into_iter()
@@ -74,7 +80,7 @@ pub fn not_synchronized(current: &Value, message: &str, now: &str) -> Value {
         current,
         condition::SYNCHRONIZED,
         false,
-        reason::FAILED_CREATE,
+        why,
         message,
         now,
     ));

@@ -268,6 +268,8 @@ pub struct Options {
     pub host_ports: HostPorts,
     pub pvc_paths: BTreeMap<String, PathBuf>,
     pub data_volume_paths: BTreeMap<String, PathBuf>,
+    /// Cloud-init data the handler resolved from Secrets, by volume name (`volumes.json`).
+    pub cloud_init_secrets: BTreeMap<String, crate::machine::ResolvedCloudInit>,
     /// Who QEMU runs as (default KubeVirt's qemu 107:107; uid 0 keeps root). See `confine.rs`.
     pub qemu_user: QemuUser,
     /// The cluster's defaults (virt-handler's `defaults.json`); `None`: the single-node ones.
@@ -287,6 +289,7 @@ impl Options {
             host_ports: HostPorts::Ephemeral,
             pvc_paths: BTreeMap::new(),
             data_volume_paths: BTreeMap::new(),
+            cloud_init_secrets: BTreeMap::new(),
             qemu_user: QemuUser::default(),
             defaults: None,
             pod_network: None,
@@ -387,6 +390,7 @@ pub fn machine_spec(
     env.host_ports = opts.host_ports.clone();
     env.pvc_paths = opts.pvc_paths.clone();
     env.data_volume_paths = opts.data_volume_paths.clone();
+    env.cloud_init_secrets = opts.cloud_init_secrets.clone();
     if let Some(defaults) = &opts.defaults {
         env.defaults = defaults.clone();
     }

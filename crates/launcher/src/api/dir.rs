@@ -35,6 +35,19 @@ const SOCKETS: [&[&str]; 8] = [
 
 /// `path` as pretty JSON, through `path.tmp` renamed over it: a reader never sees half a file.
 fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<(), VmiDirError> {
+    write_json_atomically_mode(path, value, 0o644)
+}
+
+/// [`write_json_atomically`] with the file's permission bits (`0o600` for Secret data): the
+/// temporary file is created with them, so the data is never readable by others, not even
+/// briefly.
+fn write_json_atomically_mode(
+    path: &Path,
+    value: &impl serde::Serialize,
+    mode: u32,
+) -> Result<(), VmiDirError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -42,10 +55,17 @@ fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<(
         path: path.to_path_buf(),
         source,
     })?;
-    std::fs::write(&tmp, text).map_err(|source| VmiDirError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&text))
+        .map_err(|source| VmiDirError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
     std::fs::rename(&tmp, path).map_err(|source| VmiDirError::Io {
         path: path.to_path_buf(),
         source,
@@ -77,6 +97,11 @@ pub struct NodeVolumes {
     /// DataVolume name → disk image file.
     #[serde(default)]
     pub data_volumes: BTreeMap<String, PathBuf>,
+    /// Cloud-init volume name → its data resolved from Secrets (`secretRef`,
+    /// `networkDataSecretRef`, `accessCredentials` SSH keys). The file holds Secret data: it is
+    /// written readable by its owner only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cloud_init: BTreeMap<String, crate::machine::ResolvedCloudInit>,
 }
 
 /// One address of the pod's interface, as its CNI result gave it.
@@ -438,9 +463,9 @@ impl VmiDir {
         }
     }
 
-    /// Write `volumes.json` atomically.
+    /// Write `volumes.json` atomically, readable by its owner only (it may hold Secret data).
     pub fn write_volumes(&self, v: &NodeVolumes) -> Result<(), VmiDirError> {
-        write_json_atomically(&self.volumes_file(), v)
+        write_json_atomically_mode(&self.volumes_file(), v, 0o600)
     }
 
     /// The cluster's defaults the handler wrote; `None` when it wrote none (a launcher run by
