@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use kubevirt_api::VirtualMachineInstance;
+use kubevirt_launcher::api::AgentCredentials;
 use kubevirt_launcher::machine::ResolvedCloudInit;
 
 /// kubelet's event reason for a volume it cannot mount.
@@ -248,17 +249,106 @@ pub fn resolve_from(vmi: &VirtualMachineInstance, secrets: &BTreeMap<String, Sec
     Secrets::Ready(out)
 }
 
-/// Fetches the Secrets `vmi` refers to from its own namespace (a reference can name no other
-/// namespace) and resolves them.
-pub async fn resolve(client: &Client, vmi: &VirtualMachineInstance) -> kube::Result<Secrets> {
-    let uses = secret_uses(vmi);
-    if uses.is_empty() {
-        return Ok(Secrets::Ready(BTreeMap::new()));
+/// Whether `vmi` has access credentials the guest agent propagates.
+pub fn has_agent_credentials(vmi: &VirtualMachineInstance) -> bool {
+    vmi.spec.access_credentials.iter().flatten().any(|ac| {
+        ac.ssh_public_key
+            .as_ref()
+            .is_some_and(|k| k.propagation_method.qemu_guest_agent.is_some())
+            || ac
+                .user_password
+                .as_ref()
+                .is_some_and(|p| p.propagation_method.qemu_guest_agent.is_some())
+    })
+}
+
+/// A user name the guest agent may be given: POSIX's portable user name characters (the agent
+/// hands it to `chpasswd` as `user:password`, so no `:` or newline may get through).
+fn guest_user_ok(u: &str) -> bool {
+    !u.is_empty()
+        && u.len() <= 32
+        && !u.starts_with('-')
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The credentials the guest agent propagates, as KubeVirt's access credential manager reads
+/// them: `sshPublicKey` Secrets give each of their `qemuGuestAgent.users` every line of every
+/// value (trimmed, non-empty; Secrets in spec order); `userPassword` Secrets map each key (a
+/// user name) to its trimmed value. Values a guest must not get (a user name that is no user
+/// name, a password with a line break) are left out, with a warning.
+pub fn agent_credentials(
+    vmi: &VirtualMachineInstance,
+    secrets: &BTreeMap<String, Secret>,
+) -> AgentCredentials {
+    let mut out = AgentCredentials::default();
+    for ac in vmi.spec.access_credentials.iter().flatten() {
+        if let Some(k) = &ac.ssh_public_key {
+            let (Some(agent), Some(src)) =
+                (&k.propagation_method.qemu_guest_agent, &k.source.secret)
+            else {
+                continue;
+            };
+            let keys: Vec<String> = secrets
+                .get(&src.secret_name)
+                .map(data_of)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(name, _)| !name.starts_with(".."))
+                .flat_map(|(_, v)| {
+                    String::from_utf8_lossy(&v)
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for user in &agent.users {
+                if !guest_user_ok(user) {
+                    tracing::warn!(%user, "accessCredentials: not a user name the guest agent is given");
+                    continue;
+                }
+                out.authorized_keys
+                    .entry(user.clone())
+                    .or_default()
+                    .extend(keys.iter().cloned());
+            }
+        } else if let Some(p) = &ac.user_password {
+            let (Some(_), Some(src)) = (&p.propagation_method.qemu_guest_agent, &p.source.secret)
+            else {
+                continue;
+            };
+            for (user, v) in secrets
+                .get(&src.secret_name)
+                .map(data_of)
+                .unwrap_or_default()
+            {
+                let password = String::from_utf8_lossy(&v).trim().to_string();
+                if password.is_empty() || user.starts_with("..") {
+                    continue;
+                }
+                if !guest_user_ok(&user) || password.contains(['\n', '\r', '\0']) {
+                    tracing::warn!(%user, secret = %src.secret_name, "accessCredentials: user name or password the guest agent is not given");
+                    continue;
+                }
+                out.passwords.insert(user, password);
+            }
+        }
     }
+    out
+}
+
+/// The Secrets `vmi` refers to that exist, from its own namespace (a reference can name no
+/// other namespace; a name that is no Secret name is never looked up).
+pub async fn fetch(
+    client: &Client,
+    vmi: &VirtualMachineInstance,
+) -> kube::Result<BTreeMap<String, Secret>> {
     let ns = vmi.namespace().unwrap_or_else(|| "default".into());
     let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut found = BTreeMap::new();
-    for u in &uses {
+    for u in &secret_uses(vmi) {
         // A name that is no Secret name never reaches a URL ("../x" would be a path).
         if kubevirt_api::names::dns1123_subdomain(&u.name).is_some() || found.contains_key(&u.name)
         {
@@ -268,7 +358,20 @@ pub async fn resolve(client: &Client, vmi: &VirtualMachineInstance) -> kube::Res
             found.insert(u.name.clone(), s);
         }
     }
-    Ok(resolve_from(vmi, &found))
+    Ok(found)
+}
+
+/// Fetches the Secrets `vmi` refers to and resolves them; also gives what the guest agent
+/// propagates.
+pub async fn resolve(
+    client: &Client,
+    vmi: &VirtualMachineInstance,
+) -> kube::Result<(Secrets, AgentCredentials)> {
+    if secret_uses(vmi).is_empty() {
+        return Ok((Secrets::Ready(BTreeMap::new()), AgentCredentials::default()));
+    }
+    let found = fetch(client, vmi).await?;
+    Ok((resolve_from(vmi, &found), agent_credentials(vmi, &found)))
 }
 
 #[cfg(test)]
@@ -413,6 +516,48 @@ mod tests {
             resolve_from(&v, &have),
             Secrets::Refused(r#"Secret "big" key "userdata" is not UTF-8 text"#.into())
         );
+    }
+
+    #[test]
+    fn agent_credentials_follow_kubevirts_access_credential_manager() {
+        let v = vmi(serde_json::json!({
+            "domain": {"devices": {}},
+            "accessCredentials": [
+                {"sshPublicKey": {"source": {"secret": {"secretName": "k1"}},
+                    "propagationMethod": {"qemuGuestAgent": {"users": ["demo", "root", "x:y\nz"]}}}},
+                {"sshPublicKey": {"source": {"secret": {"secretName": "k2"}},
+                    "propagationMethod": {"qemuGuestAgent": {"users": ["demo"]}}}},
+                {"userPassword": {"source": {"secret": {"secretName": "pw"}},
+                    "propagationMethod": {"qemuGuestAgent": {}}}},
+            ],
+        }));
+        assert!(has_agent_credentials(&v));
+        let have = BTreeMap::from([
+            secret("k1", &[("a", b"ssh-rsa A1\n\n  ssh-rsa A2  \n")]),
+            secret("k2", &[("b", b"ssh-ed25519 B")]),
+            secret(
+                "pw",
+                &[
+                    ("demo", b" s3cret\n"),
+                    ("root", b"two\nlines"),
+                    ("empty", b""),
+                ],
+            ),
+        ]);
+        let c = agent_credentials(&v, &have);
+        assert_eq!(
+            c.authorized_keys["demo"],
+            ["ssh-rsa A1", "ssh-rsa A2", "ssh-ed25519 B"]
+        );
+        assert_eq!(c.authorized_keys["root"], ["ssh-rsa A1", "ssh-rsa A2"]);
+        // A user name that would be a second chpasswd line, and a password with a line break,
+        // never reach the guest.
+        assert_eq!(c.authorized_keys.len(), 2);
+        assert_eq!(
+            c.passwords,
+            BTreeMap::from([("demo".to_string(), "s3cret".to_string())])
+        );
+        assert!(!has_agent_credentials(&nocloud_vmi()));
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! - Once the Secrets exist it boots: the user data script from the Secret runs (its marker on
 //!   the console), and the `noCloud`-propagated keys are in the guest's
 //!   /root/.ssh/authorized_keys (the script prints the file).
+//! - `qemuGuestAgent` propagation: the agent writes the user `demo`'s authorized_keys
+//!   (`guest-ssh-add-authorized-keys`) and sets its password (`guest-set-user-password`);
+//!   `AccessCredentialsSynchronized` turns True; a changed Secret replaces the keys in the
+//!   running guest. A guest-side loop prints the file and checks the password hash.
 //! - A Secret of the same name in another namespace is never used: that VM keeps waiting.
 
 use kubevirt_testsupport::{have_kubectl, wait_for, Server};
@@ -44,6 +48,19 @@ spec:
               secretName: {keys_secret}
           propagationMethod:
             noCloud: {{}}
+      - sshPublicKey:
+          source:
+            secret:
+              secretName: ci-agent-keys
+          propagationMethod:
+            qemuGuestAgent:
+              users: [demo]
+      - userPassword:
+          source:
+            secret:
+              secretName: ci-password
+          propagationMethod:
+            qemuGuestAgent: {{}}
       volumes:
       - name: rootdisk
         containerDisk:
@@ -138,7 +155,23 @@ fn a_vm_waits_for_its_cloud_init_secret_then_boots_with_its_user_data_and_ssh_ke
     let script = s.data.join("userdata.sh");
     std::fs::write(
         &script,
-        "#!/bin/sh\necho secret-user-data-ran\nsed 's/^/AK: /' /root/.ssh/authorized_keys\necho ak-end\n",
+        concat!(
+            "#!/bin/sh\n",
+            "echo secret-user-data-ran\n",
+            "sed 's/^/AK: /' /root/.ssh/authorized_keys\n",
+            "echo ak-end\n",
+            // What the guest agent does, as it happens.
+            "(last=; pw=; while :; do\n",
+            "  c=$(tr '\\n' '|' </home/demo/.ssh/authorized_keys 2>/dev/null)\n",
+            "  [ \"$c\" != \"$last\" ] && echo \"QGA-AK: $c\" && last=$c\n",
+            "  h=$(awk -F: '$1==\"demo\"{print $2}' /etc/shadow 2>/dev/null)\n",
+            "  s=$(echo \"$h\" | cut -d'$' -f3)\n",
+            "  if [ -n \"$s\" ] && [ \"$(printf %s 'pa55 w:rd' | mkpasswd -m sha512 -P 0 -S \"$s\")\" = \"$h\" ]; then\n",
+            "    [ -z \"$pw\" ] && echo QGA-PW: match && pw=1\n",
+            "  fi\n",
+            "  sleep 1\n",
+            "done) &\n",
+        ),
     )
     .expect("write script");
     let out = s.kubectl(&[
@@ -169,6 +202,16 @@ fn a_vm_waits_for_its_cloud_init_secret_then_boots_with_its_user_data_and_ssh_ke
         "--from-literal=key2=ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQKEY2 bob@example",
     ]);
     assert!(out.contains("created"), "{out}");
+    for args in [
+        [
+            "ci-agent-keys",
+            "--from-literal=a=ssh-ed25519 AGENTKEY1 first@example",
+        ],
+        ["ci-password", "--from-literal=demo=pa55 w:rd"],
+    ] {
+        let out = s.kubectl(&["create", "secret", "generic", args[0], args[1]]);
+        assert!(out.contains("created"), "{out}");
+    }
 
     let serial = || std::fs::read_to_string(s.vmi_dir("default", "secretvm").serial_log());
     assert!(
@@ -200,6 +243,60 @@ fn a_vm_waits_for_its_cloud_init_secret_then_boots_with_its_user_data_and_ssh_ke
         ) == "Running"),
         "{}",
         s.kubectl(&["get", "vmi", "secretvm", "-o", "yaml"])
+    );
+
+    // The guest agent's part: keys for `demo`, its password, the condition. The guest loop
+    // prints the whole file on one line (`|` between lines).
+    let has_line = |want: &str| {
+        serial().is_ok_and(|c| c.lines().any(|l| l.trim_end_matches(['\r', '|']) == want))
+    };
+    assert!(
+        wait_for(BOOT, || has_line(
+            "QGA-AK: ssh-ed25519 AGENTKEY1 first@example"
+        ) && has_line("QGA-PW: match")),
+        "the guest agent never set the keys and password: {:?}\n{}",
+        serial(),
+        s.kubectl(&["get", "vmi", "secretvm", "-o", "yaml"])
+    );
+    let cond = || {
+        s.jsonpath(
+            "vmi",
+            "secretvm",
+            r#"{.status.conditions[?(@.type=="AccessCredentialsSynchronized")].status}"#,
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || cond() == "True"),
+        "{}",
+        s.kubectl(&["get", "vmi", "secretvm", "-o", "yaml"])
+    );
+    // A changed Secret replaces the keys in the running guest (the old key is gone).
+    let out = s.kubectl(&[
+        "patch",
+        "secret",
+        "ci-agent-keys",
+        "--type=merge",
+        "-p",
+        // base64 of "ssh-ed25519 AGENTKEY2 second@example"
+        r#"{"data":{"a":"c3NoLWVkMjU1MTkgQUdFTlRLRVkyIHNlY29uZEBleGFtcGxl"}}"#,
+    ]);
+    assert!(out.contains("patched"), "{out}");
+    assert!(
+        wait_for(Duration::from_secs(90), || has_line(
+            "QGA-AK: ssh-ed25519 AGENTKEY2 second@example"
+        )),
+        "the changed Secret never reached the guest: {:?}",
+        serial()
+    );
+    let events = s.kubectl(&[
+        "get",
+        "events",
+        "-o",
+        r#"jsonpath={range .items[*]}{.reason}: {.message}{"\n"}{end}"#,
+    ]);
+    assert!(
+        events.contains("AccessCredentialsSyncSuccess: Access credentials sync successful."),
+        "{events}"
     );
 
     // The VM whose Secrets exist only in another namespace is still waiting for them.

@@ -104,6 +104,29 @@ pub struct NodeVolumes {
     pub cloud_init: BTreeMap<String, crate::machine::ResolvedCloudInit>,
 }
 
+/// `spec.accessCredentials` propagated by the guest agent (`qemuGuestAgent`), resolved from
+/// their Secrets by the handler and handed over as `access-credentials.json` (owner-only). The
+/// handler rewrites it when a Secret changes; the launcher applies what it holds whenever it
+/// differs from what the guest last got, as KubeVirt's access credential manager does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCredentials {
+    /// Guest user → the whole authorized_keys wanted (`guest-ssh-add-authorized-keys` with
+    /// `reset`), from `sshPublicKey` Secrets whose `qemuGuestAgent.users` name the user.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub authorized_keys: BTreeMap<String, Vec<String>>,
+    /// Guest user → password (`guest-set-user-password`), from `userPassword` Secrets: each
+    /// key is a user name, its value the password.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub passwords: BTreeMap<String, String>,
+}
+
+impl AgentCredentials {
+    pub fn is_empty(&self) -> bool {
+        self.authorized_keys.is_empty() && self.passwords.is_empty()
+    }
+}
+
 /// One address of the pod's interface, as its CNI result gave it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodAddress {
@@ -443,6 +466,10 @@ impl VmiDir {
     pub fn network_file(&self) -> PathBuf {
         self.path.join("network.json")
     }
+    /// The guest agent's access credentials ([`AgentCredentials`]), written by the handler.
+    pub fn access_credentials_file(&self) -> PathBuf {
+        self.path.join("access-credentials.json")
+    }
     /// The handler's marker: a launcher was spawned for this VMI.
     pub fn spawned_marker(&self) -> PathBuf {
         self.path.join(".spawned")
@@ -466,6 +493,16 @@ impl VmiDir {
     /// Write `volumes.json` atomically, readable by its owner only (it may hold Secret data).
     pub fn write_volumes(&self, v: &NodeVolumes) -> Result<(), VmiDirError> {
         write_json_atomically_mode(&self.volumes_file(), v, 0o600)
+    }
+
+    /// The guest agent's access credentials; `None` when the handler wrote none.
+    pub fn read_access_credentials(&self) -> Result<Option<AgentCredentials>, VmiDirError> {
+        read_json_if_present(self.access_credentials_file())
+    }
+
+    /// Write `access-credentials.json` atomically, readable by its owner only.
+    pub fn write_access_credentials(&self, c: &AgentCredentials) -> Result<(), VmiDirError> {
+        write_json_atomically_mode(&self.access_credentials_file(), c, 0o600)
     }
 
     /// The cluster's defaults the handler wrote; `None` when it wrote none (a launcher run by
