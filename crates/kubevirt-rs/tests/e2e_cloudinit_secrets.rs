@@ -12,7 +12,8 @@
 //!   (`guest-ssh-add-authorized-keys`) and sets its password (`guest-set-user-password`);
 //!   `AccessCredentialsSynchronized` turns True; a changed Secret replaces the keys in the
 //!   running guest. A guest-side loop prints the file and checks the password hash.
-//! - A Secret of the same name in another namespace is never used: that VM keeps waiting.
+//! - A Secret of the same name in another namespace is never used: that VM keeps waiting. A
+//!   `secretRef` name like `../other/x` is never looked up: that VMI fails to start.
 
 use kubevirt_testsupport::{have_kubectl, wait_for, Server};
 use std::time::Duration;
@@ -125,6 +126,32 @@ fn a_vm_waits_for_its_cloud_init_secret_then_boots_with_its_user_data_and_ssh_ke
     let out = apply(
         "cross.yaml",
         &vm_manifest("crossvm", "default", "ci-other", "ci-other-keys"),
+    );
+    assert!(out.contains("created"), "{out}");
+
+    // A hostile name: as a URL path it would reach the Secret in `other`. It is never looked
+    // up; the VMI fails to start, saying which field.
+    let out = apply(
+        "hostile.yaml",
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: hostile
+spec:
+  domain:
+    devices:
+      disks:
+      - name: cloudinit
+        disk: {bus: virtio}
+    resources:
+      requests:
+        memory: 128Mi
+  volumes:
+  - name: cloudinit
+    cloudInitNoCloud:
+      secretRef:
+        name: ../other/ci-other
+"#,
     );
     assert!(out.contains("created"), "{out}");
 
@@ -298,6 +325,20 @@ fn a_vm_waits_for_its_cloud_init_secret_then_boots_with_its_user_data_and_ssh_ke
         events.contains("AccessCredentialsSyncSuccess: Access credentials sync successful."),
         "{events}"
     );
+
+    let hostile = s.jsonpath(
+        "vmi",
+        "hostile",
+        r#"{.status.phase} {.status.conditions[?(@.type=="Ready")].message}"#,
+    );
+    assert!(
+        hostile.starts_with("Failed ")
+            && hostile.contains(
+                r#"spec.volumes[0].cloudInitNoCloud.secretRef.name: "../other/ci-other" is not a valid Secret name"#
+            ),
+        "{hostile}"
+    );
+    assert!(!s.vmi_dir("default", "hostile").serial_log().exists());
 
     // The VM whose Secrets exist only in another namespace is still waiting for them.
     let cross = sync_message(&s, "default", "crossvm");
