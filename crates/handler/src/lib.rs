@@ -563,8 +563,12 @@ async fn refresh_agent_credentials(ctx: &Context, vmi: &VirtualMachineInstance, 
             return;
         }
     };
-    let uses = secrets::secret_uses(vmi);
-    if uses.iter().any(|u| !found.contains_key(&u.name)) {
+    // While one of its Secrets is missing, the guest keeps what it got last.
+    let missing = secrets::secret_uses(vmi)
+        .into_iter()
+        .filter(|u| u.field.starts_with("spec.accessCredentials"))
+        .any(|u| !found.contains_key(&u.name));
+    if missing {
         return;
     }
     let wanted = secrets::agent_credentials(vmi, &found);

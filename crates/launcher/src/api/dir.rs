@@ -741,6 +741,40 @@ mod tests {
     }
 
     #[test]
+    fn secret_data_files_are_owner_only_and_round_trip() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = VmiDir::new(tmp.path(), "default", "demo").unwrap();
+        std::fs::create_dir_all(d.path()).unwrap();
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let mut v = NodeVolumes::default();
+        v.cloud_init.insert(
+            "cloudinit".into(),
+            crate::machine::ResolvedCloudInit {
+                user_data: Some("#!/bin/sh\necho secret\n".into()),
+                network_data: None,
+                public_keys: vec!["ssh-ed25519 K".into()],
+            },
+        );
+        d.write_volumes(&v).unwrap();
+        assert_eq!(d.read_volumes().unwrap(), v);
+        assert_eq!(mode(d.volumes_file()), 0o600);
+        assert_eq!(d.read_access_credentials().unwrap(), None);
+        let mut c = AgentCredentials::default();
+        c.passwords.insert("demo".into(), "pw".into());
+        c.authorized_keys
+            .insert("demo".into(), vec!["ssh-rsa A".into()]);
+        d.write_access_credentials(&c).unwrap();
+        assert_eq!(d.read_access_credentials().unwrap(), Some(c));
+        assert_eq!(mode(d.access_credentials_file()), 0o600);
+        // A rewrite (a Secret changed) keeps the mode; no temporary file is left.
+        d.write_access_credentials(&AgentCredentials::default())
+            .unwrap();
+        assert_eq!(mode(d.access_credentials_file()), 0o600);
+        assert!(!d.path().join("access-credentials.json.tmp").exists());
+    }
+
+    #[test]
     fn state_and_pid_files_round_trip() {
         let tmp = tempfile::tempdir().unwrap();
         let d = VmiDir::new(tmp.path(), "default", "demo").unwrap();
