@@ -10,6 +10,7 @@
 pub mod cni;
 pub mod multus;
 pub mod podnet;
+pub mod secrets;
 pub mod status;
 pub mod volumes;
 
@@ -24,7 +25,7 @@ use kube::{Client, Resource, ResourceExt};
 use kubevirt_api::status::{reason, VmiPhase};
 use kubevirt_api::VirtualMachineInstance;
 use kubevirt_launcher::api::{
-    LauncherClient, NodeVolumes, Phase, Request, State, VmiDir, VmiDirError,
+    AgentCredentials, LauncherClient, NodeVolumes, Phase, Request, State, VmiDir, VmiDirError,
 };
 use kubevirt_runtime::events;
 use serde_json::{json, Value};
@@ -241,6 +242,7 @@ fn spawn_launcher(
     dir: &VmiDir,
     vmi: &VirtualMachineInstance,
     volumes: &NodeVolumes,
+    credentials: &AgentCredentials,
     network: Option<&kubevirt_launcher::api::PodNetworkInfo>,
     followers: &Arc<Followers>,
 ) -> Result<(), Error> {
@@ -255,6 +257,13 @@ fn spawn_launcher(
         path: dir.volumes_file().display().to_string(),
         source: std::io::Error::other(e),
     })?;
+    if !credentials.is_empty() {
+        dir.write_access_credentials(credentials)
+            .map_err(|e| Error::Io {
+                path: dir.access_credentials_file().display().to_string(),
+                source: std::io::Error::other(e),
+            })?;
+    }
     // The launcher defaults what admission left open with the cluster's current defaults,
     // not its own.
     let defaults = config.cluster.borrow().defaults();
@@ -429,7 +438,35 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             {
                 // PVC/DataVolume volumes must be usable first; until then the VMI waits.
                 match volumes::resolve(&ctx.client, &vmi, &ctx.config.host_paths).await? {
-                    volumes::Resolved::Ready(node) => {
+                    volumes::Resolved::Ready(mut node) => {
+                        // Cloud-init and access credential Secrets (KubeVirt mounts them into
+                        // the pod: until each exists, the VMI waits).
+                        let (resolved, agent_credentials) =
+                            secrets::resolve(&ctx.client, &vmi).await?;
+                        match resolved {
+                            secrets::Secrets::Ready(resolved) => node.cloud_init = resolved,
+                            secrets::Secrets::Wait(why) => {
+                                tracing::info!(vmi = %name, %why, "waiting for Secrets");
+                                let waiting = status::not_synchronized_because(
+                                    &current,
+                                    secrets::FAILED_MOUNT,
+                                    &why,
+                                    &now(),
+                                );
+                                if status::changed(&current, &waiting) {
+                                    patch_status(&api, &name, waiting).await?;
+                                    ctx.event(&vmi, EventType::Warning, secrets::FAILED_MOUNT, why)
+                                        .await;
+                                }
+                                return Ok(Action::requeue(Duration::from_secs(2)));
+                            }
+                            secrets::Secrets::Refused(why) => {
+                                tracing::warn!(vmi = %name, %why, "refusing a Secret");
+                                let failed = status::failed_to_start(&current, &why, &now());
+                                patch_status(&api, &name, failed).await?;
+                                return Ok(Action::await_change());
+                            }
+                        }
                         let network = match &ctx.config.pod_network {
                             Some(pods) => match attach_networks(&ctx, &vmi, pods).await? {
                                 Ok(info) => Some(info),
@@ -464,6 +501,7 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                             &dir,
                             &vmi,
                             &node,
+                            &agent_credentials,
                             network.as_ref(),
                             &ctx.followers,
                         )?
@@ -492,6 +530,9 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 release_network(&ctx, &vmi).await;
             } else {
                 ctx.followers.follow(&dir, &vmi);
+                if secrets::has_agent_credentials(&vmi) {
+                    refresh_agent_credentials(&ctx, &vmi, &dir).await;
+                }
             }
             let status = status::from_launcher(&s, &current, &now());
             if status::changed(&current, &status) {
@@ -508,6 +549,41 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 1
             })))
         }
+    }
+}
+
+/// Rewrites the VMI's `access-credentials.json` when its Secrets changed; the launcher applies
+/// it through the guest agent at its next poll (KubeVirt's access credential manager follows
+/// the mounted Secrets the same way). A Secret that went away leaves the last credentials.
+async fn refresh_agent_credentials(ctx: &Context, vmi: &VirtualMachineInstance, dir: &VmiDir) {
+    let found = match secrets::fetch(&ctx.client, vmi).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(vmi = %vmi.name_any(), error = %e, "reading access credential Secrets");
+            return;
+        }
+    };
+    // While one of its Secrets is missing, the guest keeps what it got last.
+    let missing = secrets::secret_uses(vmi)
+        .into_iter()
+        .filter(|u| u.field.starts_with("spec.accessCredentials"))
+        .any(|u| !found.contains_key(&u.name));
+    if missing {
+        return;
+    }
+    let wanted = secrets::agent_credentials(vmi, &found);
+    if dir
+        .read_access_credentials()
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        == wanted
+    {
+        return;
+    }
+    tracing::info!(vmi = %vmi.name_any(), "access credential Secrets changed");
+    if let Err(e) = dir.write_access_credentials(&wanted) {
+        tracing::warn!(vmi = %vmi.name_any(), error = %e, "cannot hand over the access credentials");
     }
 }
 
@@ -641,7 +717,23 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         followers,
         recorder,
     });
-    Controller::new(vmis, watcher::Config::default().labels(&selector))
+    let controller = Controller::new(vmis, watcher::Config::default().labels(&selector));
+    // A Secret a VMI of this node names (cloud-init, access credentials) came or changed:
+    // look at that VMI now (a waiting one starts, a running one gets its new credentials).
+    let store = controller.store();
+    let secrets_api: Api<k8s_openapi::api::core::v1::Secret> = Api::all(ctx.client.clone());
+    controller
+        .watches(secrets_api, watcher::Config::default(), move |secret| {
+            let ns = secret.namespace();
+            let name = secret.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|v| v.namespace() == ns)
+                .filter(|v| secrets::secret_uses(v).iter().any(|u| u.name == name))
+                .map(|v| ObjectRef::from_obj(v.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .reconcile_on(triggered)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {

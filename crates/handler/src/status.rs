@@ -63,6 +63,12 @@ pub fn failed_to_start(current: &Value, message: &str, now: &str) -> Value {
 /// The status of a VMI whose launcher cannot be made yet (KubeVirt: its Pod cannot be
 /// created): the phase stays, `Synchronized` is False with reason `FailedCreate` and why.
 pub fn not_synchronized(current: &Value, message: &str, now: &str) -> Value {
+    not_synchronized_because(current, reason::FAILED_CREATE, message, now)
+}
+
+/// [`not_synchronized`] with another reason (`FailedMount`: a Secret the launcher needs is
+/// missing, as kubelet reports a Secret volume it cannot mount).
+pub fn not_synchronized_because(current: &Value, why: &str, message: &str, now: &str) -> Value {
     let mut conditions: Vec<Value> = current["conditions"]
         .as_array()
         .into_iter()
@@ -74,12 +80,15 @@ pub fn not_synchronized(current: &Value, message: &str, now: &str) -> Value {
         current,
         condition::SYNCHRONIZED,
         false,
-        reason::FAILED_CREATE,
+        why,
         message,
         now,
     ));
     json!({"phase": current["phase"], "conditions": conditions})
 }
+
+/// KubeVirt's condition type for access credentials propagated by the guest agent.
+pub const ACCESS_CREDENTIALS_SYNCHRONIZED: &str = "AccessCredentialsSynchronized";
 
 /// The VMI status the launcher's state stands for.
 pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
@@ -126,6 +135,18 @@ pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
             true,
             "",
             "",
+            now,
+        ));
+    }
+    // KubeVirt's AccessCredentialsSynchronized: how applying the guest agent's access
+    // credentials went (no reason; the message says what failed).
+    if let Some(ac) = &state.access_credentials {
+        conditions.push(condition(
+            current,
+            ACCESS_CREDENTIALS_SYNCHRONIZED,
+            ac.succeeded,
+            "",
+            &ac.message,
             now,
         ));
     }
@@ -245,6 +266,38 @@ pub fn transition_events(
             _ => {}
         }
     }
+    // KubeVirt's events for a changed AccessCredentialsSynchronized condition.
+    let ac = |v: &Value| {
+        v["conditions"].as_array().and_then(|cs| {
+            cs.iter()
+                .find(|c| c["type"] == ACCESS_CREDENTIALS_SYNCHRONIZED)
+                .map(|c| {
+                    (
+                        c["status"] == "True",
+                        c["message"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+        })
+    };
+    if let Some((ok, message)) = ac(new).filter(|n| ac(old).as_ref() != Some(n)) {
+        out.push(if ok {
+            (
+                EventType::Normal,
+                "AccessCredentialsSyncSuccess",
+                if message.is_empty() {
+                    "Access credentials sync successful.".to_string()
+                } else {
+                    format!("Access credentials sync successful: {message}")
+                },
+            )
+        } else {
+            (
+                EventType::Warning,
+                "AccessCredentialsSyncFailed",
+                format!("Access credentials sync failed: {message}"),
+            )
+        });
+    }
     match (paused(old), paused(new)) {
         (false, true) => out.push((
             EventType::Normal,
@@ -280,6 +333,42 @@ mod tests {
         status["conditions"]
             .as_array()
             .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+    }
+
+    #[test]
+    fn access_credentials_outcome_is_kubevirts_condition_and_events() {
+        let mut s = state(Phase::Running, "Started");
+        let before = from_launcher(&s, &json!({}), T0);
+        assert!(cond(&before, ACCESS_CREDENTIALS_SYNCHRONIZED).is_none());
+        s.access_credentials = Some(kubevirt_launcher::launcher::AccessCredentialsStatus {
+            succeeded: false,
+            message: "Guest agent is offline".into(),
+        });
+        let failed = from_launcher(&s, &before, T1);
+        let c = cond(&failed, ACCESS_CREDENTIALS_SYNCHRONIZED).expect("condition");
+        assert_eq!(c["status"], "False");
+        assert_eq!(c["message"], "Guest agent is offline");
+        let ev = transition_events(&before, &failed, &s);
+        assert!(ev
+            .iter()
+            .any(|(_, r, m)| *r == "AccessCredentialsSyncFailed"
+                && m == "Access credentials sync failed: Guest agent is offline"));
+        s.access_credentials = Some(Default::default());
+        s.access_credentials.as_mut().unwrap().succeeded = true;
+        let ok = from_launcher(&s, &failed, T1);
+        assert_eq!(
+            cond(&ok, ACCESS_CREDENTIALS_SYNCHRONIZED).unwrap()["status"],
+            "True"
+        );
+        let ev = transition_events(&failed, &ok, &s);
+        assert!(ev
+            .iter()
+            .any(|(_, r, m)| *r == "AccessCredentialsSyncSuccess"
+                && m == "Access credentials sync successful."));
+        // Unchanged: no event again.
+        assert!(transition_events(&ok, &ok, &s)
+            .iter()
+            .all(|(_, r, _)| !r.starts_with("AccessCredentials")));
     }
 
     #[test]

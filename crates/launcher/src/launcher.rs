@@ -64,6 +64,10 @@ pub struct State {
     /// The guest agent while it answers (`AgentConnected`); `None` when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_agent: Option<crate::agent::AgentStatus>,
+    /// How the last application of `access-credentials.json` through the guest agent went
+    /// (KubeVirt's `AccessCredentialsSynchronized`); `None` when there is nothing to apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_credentials: Option<AccessCredentialsStatus>,
     pub vnc_socket: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub ports: Vec<PortForward>,
@@ -83,12 +87,22 @@ impl State {
             launcher_pid: std::process::id(),
             interfaces: vec![],
             guest_agent: None,
+            access_credentials: None,
             vnc_socket: None,
             console_socket: None,
             ports: vec![],
             timestamp: now(),
         }
     }
+}
+
+/// The outcome of applying the guest agent's access credentials, in KubeVirt's words.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessCredentialsStatus {
+    pub succeeded: bool,
+    /// Empty on success; else which user and what the agent said.
+    pub message: String,
 }
 
 /// One guest interface as `status.interfaces[]` reports it (KubeVirt's
@@ -268,6 +282,8 @@ pub struct Options {
     pub host_ports: HostPorts,
     pub pvc_paths: BTreeMap<String, PathBuf>,
     pub data_volume_paths: BTreeMap<String, PathBuf>,
+    /// Cloud-init data the handler resolved from Secrets, by volume name (`volumes.json`).
+    pub cloud_init_secrets: BTreeMap<String, crate::machine::ResolvedCloudInit>,
     /// Who QEMU runs as (default KubeVirt's qemu 107:107; uid 0 keeps root). See `confine.rs`.
     pub qemu_user: QemuUser,
     /// The cluster's defaults (virt-handler's `defaults.json`); `None`: the single-node ones.
@@ -287,6 +303,7 @@ impl Options {
             host_ports: HostPorts::Ephemeral,
             pvc_paths: BTreeMap::new(),
             data_volume_paths: BTreeMap::new(),
+            cloud_init_secrets: BTreeMap::new(),
             qemu_user: QemuUser::default(),
             defaults: None,
             pod_network: None,
@@ -324,6 +341,9 @@ pub struct Vm {
     dir: PathBuf,
     /// The guest agent's channel, connected on first use; one command at a time.
     agent: tokio::sync::Mutex<Option<crate::agent::Agent>>,
+    /// The access credentials the guest last got (`None`: none yet, or the last try failed,
+    /// or the agent went away since).
+    applied_credentials: tokio::sync::Mutex<Option<crate::api::AgentCredentials>>,
     /// `status.interfaces` as the launcher knows them, before the guest agent's merge.
     domain_interfaces: Vec<GuestInterface>,
 }
@@ -387,6 +407,7 @@ pub fn machine_spec(
     env.host_ports = opts.host_ports.clone();
     env.pvc_paths = opts.pvc_paths.clone();
     env.data_volume_paths = opts.data_volume_paths.clone();
+    env.cloud_init_secrets = opts.cloud_init_secrets.clone();
     if let Some(defaults) = &opts.defaults {
         env.defaults = defaults.clone();
     }
@@ -587,6 +608,7 @@ impl Vm {
             launcher_pid: std::process::id(),
             interfaces: domain_interfaces.clone(),
             guest_agent: None,
+            access_credentials: None,
             vnc_socket: spec.vnc.then(|| spec.vnc_socket()),
             console_socket: spec
                 .serial_console
@@ -611,6 +633,7 @@ impl Vm {
             final_rx,
             dir: dir.clone(),
             agent: tokio::sync::Mutex::new(None),
+            applied_credentials: tokio::sync::Mutex::new(None),
             domain_interfaces,
         });
         vm.publish();
@@ -858,7 +881,9 @@ impl Vm {
                 if let Err(e) = &status {
                     tracing::trace!(error = %e, "guest agent not answering");
                 }
+                let up = status.is_ok();
                 self.set_guest_agent(status.ok());
+                self.sync_access_credentials(up).await;
             }
             let wait = if self.lock().state.guest_agent.is_some() {
                 AGENT_POLL_CONNECTED
@@ -870,6 +895,77 @@ impl Vm {
                 _ = final_rx.changed() => {}
             }
         }
+    }
+
+    /// Applies `access-credentials.json` through the guest agent when it differs from what the
+    /// guest last got (the handler rewrites it when a Secret changes; a guest agent that went
+    /// away gets it again), and reports the outcome as KubeVirt's access credential manager
+    /// does.
+    async fn sync_access_credentials(&self, agent_up: bool) {
+        let wanted = match VmiDir::unchecked(&self.dir).read_access_credentials() {
+            Ok(Some(c)) if !c.is_empty() => c,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the access credentials");
+                return;
+            }
+        };
+        let mut applied = self.applied_credentials.lock().await;
+        if !agent_up {
+            *applied = None;
+            self.set_access_credentials(AccessCredentialsStatus {
+                succeeded: false,
+                message: "Guest agent is offline".into(),
+            });
+            return;
+        }
+        if applied.as_ref() == Some(&wanted) {
+            return;
+        }
+        let mut errors = Vec::new();
+        match self.agent().await {
+            Err(_) => errors.push("Guest agent is offline".to_string()),
+            Ok(mut agent) => {
+                for (user, keys) in &wanted.authorized_keys {
+                    if let Err(e) = agent.set_authorized_keys(user, keys).await {
+                        errors.push(format!(
+                            "Error encountered writing ssh pub key access credentials for user [{user}]: {e}"
+                        ));
+                    }
+                }
+                for (user, password) in &wanted.passwords {
+                    if let Err(e) = agent.set_user_password(user, password).await {
+                        errors.push(format!(
+                            "Error encountered setting password for user [{user}]: {e}"
+                        ));
+                    }
+                }
+            }
+        }
+        let ok = errors.is_empty();
+        tracing::info!(
+            users = wanted.authorized_keys.len() + wanted.passwords.len(),
+            ok,
+            "access credentials applied through the guest agent"
+        );
+        // A failure is retried at the next poll.
+        *applied = ok.then_some(wanted);
+        self.set_access_credentials(AccessCredentialsStatus {
+            succeeded: ok,
+            message: errors.join("; "),
+        });
+    }
+
+    fn set_access_credentials(&self, status: AccessCredentialsStatus) {
+        {
+            let mut i = self.lock();
+            if i.state.phase.is_final() || i.state.access_credentials.as_ref() == Some(&status) {
+                return;
+            }
+            i.state.access_credentials = Some(status);
+            i.state.timestamp = now();
+        }
+        self.publish();
     }
 
     fn set_guest_agent(&self, status: Option<crate::agent::AgentStatus>) {

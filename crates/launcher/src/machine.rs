@@ -139,11 +139,22 @@ pub struct Environment {
     pub pod_network: Option<crate::api::PodNetworkInfo>,
 }
 
-/// Cloud-init data the handler resolved from Secrets.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the handler resolved from Secrets for one cloudInitNoCloud/cloudInitConfigDrive volume
+/// (handed over in `volumes.json`, [`crate::api::NodeVolumes::cloud_init`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ResolvedCloudInit {
+    /// The `secretRef` Secret's `userdata` (else `userData`) key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
+    /// The `networkDataSecretRef` Secret's `networkdata` (else `networkData`) key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_data: Option<String>,
+    /// `spec.accessCredentials` SSH public keys propagated by this volume's kind (`noCloud` or
+    /// `configDrive`): every non-empty value of each Secret, Secrets in spec order, keys of one
+    /// Secret by name, as KubeVirt numbers them (`"0"`, `"1"`, ...) in the meta-data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<String>,
 }
 
 impl Environment {

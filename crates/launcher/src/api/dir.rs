@@ -35,6 +35,19 @@ const SOCKETS: [&[&str]; 8] = [
 
 /// `path` as pretty JSON, through `path.tmp` renamed over it: a reader never sees half a file.
 fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<(), VmiDirError> {
+    write_json_atomically_mode(path, value, 0o644)
+}
+
+/// [`write_json_atomically`] with the file's permission bits (`0o600` for Secret data): the
+/// temporary file is created with them, so the data is never readable by others, not even
+/// briefly.
+fn write_json_atomically_mode(
+    path: &Path,
+    value: &impl serde::Serialize,
+    mode: u32,
+) -> Result<(), VmiDirError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -42,10 +55,17 @@ fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<(
         path: path.to_path_buf(),
         source,
     })?;
-    std::fs::write(&tmp, text).map_err(|source| VmiDirError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&text))
+        .map_err(|source| VmiDirError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
     std::fs::rename(&tmp, path).map_err(|source| VmiDirError::Io {
         path: path.to_path_buf(),
         source,
@@ -77,6 +97,34 @@ pub struct NodeVolumes {
     /// DataVolume name → disk image file.
     #[serde(default)]
     pub data_volumes: BTreeMap<String, PathBuf>,
+    /// Cloud-init volume name → its data resolved from Secrets (`secretRef`,
+    /// `networkDataSecretRef`, `accessCredentials` SSH keys). The file holds Secret data: it is
+    /// written readable by its owner only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cloud_init: BTreeMap<String, crate::machine::ResolvedCloudInit>,
+}
+
+/// `spec.accessCredentials` propagated by the guest agent (`qemuGuestAgent`), resolved from
+/// their Secrets by the handler and handed over as `access-credentials.json` (owner-only). The
+/// handler rewrites it when a Secret changes; the launcher applies what it holds whenever it
+/// differs from what the guest last got, as KubeVirt's access credential manager does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCredentials {
+    /// Guest user → the whole authorized_keys wanted (`guest-ssh-add-authorized-keys` with
+    /// `reset`), from `sshPublicKey` Secrets whose `qemuGuestAgent.users` name the user.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub authorized_keys: BTreeMap<String, Vec<String>>,
+    /// Guest user → password (`guest-set-user-password`), from `userPassword` Secrets: each
+    /// key is a user name, its value the password.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub passwords: BTreeMap<String, String>,
+}
+
+impl AgentCredentials {
+    pub fn is_empty(&self) -> bool {
+        self.authorized_keys.is_empty() && self.passwords.is_empty()
+    }
 }
 
 /// One address of the pod's interface, as its CNI result gave it.
@@ -418,6 +466,10 @@ impl VmiDir {
     pub fn network_file(&self) -> PathBuf {
         self.path.join("network.json")
     }
+    /// The guest agent's access credentials ([`AgentCredentials`]), written by the handler.
+    pub fn access_credentials_file(&self) -> PathBuf {
+        self.path.join("access-credentials.json")
+    }
     /// The handler's marker: a launcher was spawned for this VMI.
     pub fn spawned_marker(&self) -> PathBuf {
         self.path.join(".spawned")
@@ -438,9 +490,19 @@ impl VmiDir {
         }
     }
 
-    /// Write `volumes.json` atomically.
+    /// Write `volumes.json` atomically, readable by its owner only (it may hold Secret data).
     pub fn write_volumes(&self, v: &NodeVolumes) -> Result<(), VmiDirError> {
-        write_json_atomically(&self.volumes_file(), v)
+        write_json_atomically_mode(&self.volumes_file(), v, 0o600)
+    }
+
+    /// The guest agent's access credentials; `None` when the handler wrote none.
+    pub fn read_access_credentials(&self) -> Result<Option<AgentCredentials>, VmiDirError> {
+        read_json_if_present(self.access_credentials_file())
+    }
+
+    /// Write `access-credentials.json` atomically, readable by its owner only.
+    pub fn write_access_credentials(&self, c: &AgentCredentials) -> Result<(), VmiDirError> {
+        write_json_atomically_mode(&self.access_credentials_file(), c, 0o600)
     }
 
     /// The cluster's defaults the handler wrote; `None` when it wrote none (a launcher run by
@@ -676,6 +738,40 @@ mod tests {
             d.read_volumes(),
             Err(VmiDirError::BadState { .. })
         ));
+    }
+
+    #[test]
+    fn secret_data_files_are_owner_only_and_round_trip() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = VmiDir::new(tmp.path(), "default", "demo").unwrap();
+        std::fs::create_dir_all(d.path()).unwrap();
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let mut v = NodeVolumes::default();
+        v.cloud_init.insert(
+            "cloudinit".into(),
+            crate::machine::ResolvedCloudInit {
+                user_data: Some("#!/bin/sh\necho secret\n".into()),
+                network_data: None,
+                public_keys: vec!["ssh-ed25519 K".into()],
+            },
+        );
+        d.write_volumes(&v).unwrap();
+        assert_eq!(d.read_volumes().unwrap(), v);
+        assert_eq!(mode(d.volumes_file()), 0o600);
+        assert_eq!(d.read_access_credentials().unwrap(), None);
+        let mut c = AgentCredentials::default();
+        c.passwords.insert("demo".into(), "pw".into());
+        c.authorized_keys
+            .insert("demo".into(), vec!["ssh-rsa A".into()]);
+        d.write_access_credentials(&c).unwrap();
+        assert_eq!(d.read_access_credentials().unwrap(), Some(c));
+        assert_eq!(mode(d.access_credentials_file()), 0o600);
+        // A rewrite (a Secret changed) keeps the mode; no temporary file is left.
+        d.write_access_credentials(&AgentCredentials::default())
+            .unwrap();
+        assert_eq!(mode(d.access_credentials_file()), 0o600);
+        assert!(!d.path().join("access-credentials.json.tmp").exists());
     }
 
     #[test]

@@ -20,8 +20,8 @@ mod protocol;
 pub use crate::launcher::{GuestInterface, Phase, State};
 pub use client::{call_blocking, ClientError, LauncherClient, Subscription};
 pub use dir::{
-    NodeVolumes, PodAddress, PodInterface, PodNetworkInfo, SriovDevice, VmiDir, VmiDirError,
-    SUN_PATH_MAX,
+    AgentCredentials, NodeVolumes, PodAddress, PodInterface, PodNetworkInfo, SriovDevice, VmiDir,
+    VmiDirError, SUN_PATH_MAX,
 };
 pub(crate) use protocol::{decode_request, read_line};
 pub use protocol::{
