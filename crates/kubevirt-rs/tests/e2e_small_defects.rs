@@ -207,6 +207,22 @@ fn the_longest_names_run_and_ready_keeps_its_transition_time() {
 #[test]
 fn a_crash_looping_vm_leaves_nothing_on_disk_and_a_restart_sweeps_orphans() {
     let Some(mut e) = env() else { return };
+    // Names Kubernetes refuses are refused at admission, in its words, and never reach the
+    // node (they would have no directory there).
+    for (bad, why) in [
+        ("a..b", "a lowercase RFC 1123 subdomain must consist of"),
+        ("a.-b", "a lowercase RFC 1123 subdomain must consist of"),
+        (&*"a".repeat(254), "must be no more than 253 characters"),
+    ] {
+        let out = e.apply(
+            "bad.yaml",
+            &vm_manifest("default", bad, "kubevirt-rs/demo-guest:latest", "true"),
+        );
+        assert!(
+            out.contains("metadata.name: Invalid value") && out.contains(why),
+            "{bad}: {out}"
+        );
+    }
     // The launcher accepts the spec and fails on every start: its image tag is not in the
     // store.
     let out = e.apply(
