@@ -378,7 +378,7 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
     if let Some(old) = dir.owner().filter(|o| Some(&o.uid) != vmi.uid().as_ref()) {
         tracing::info!(vmi = %name, namespace = %ns, old_uid = %old.uid, "removing an earlier VMI's directory");
         release_network_of(&ctx, &old.uid).await;
-        if let Err(e) = cleanup::remove(&ctx.config.data_dir, &dir) {
+        if let Err(e) = remove_dir(&ctx, &dir).await {
             tracing::warn!(vmi = %name, error = %e, "cannot remove an earlier VMI's directory");
         }
     }
@@ -424,7 +424,7 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             }
             None => release_network(&ctx, &vmi).await,
         }
-        if let Err(e) = cleanup::remove(&ctx.config.data_dir, &dir) {
+        if let Err(e) = remove_dir(&ctx, &dir).await {
             tracing::warn!(vmi = %name, error = %e, "cannot remove the deleted VMI's directory");
         }
         return Ok(Action::await_change());
@@ -580,6 +580,18 @@ async fn release_network_of(ctx: &Context, uid: &str) {
     }
 }
 
+/// [`cleanup::remove`] off the async runtime (it may wait for killed processes to go).
+async fn remove_dir(ctx: &Context, dir: &VmiDir) -> Result<(), cleanup::CleanupError> {
+    let (data, d) = (ctx.config.data_dir.clone(), dir.clone());
+    match tokio::task::spawn_blocking(move || cleanup::remove(&data, &d)).await {
+        Ok(r) => r,
+        Err(e) => Err(cleanup::CleanupError::Io {
+            path: dir.path().to_path_buf(),
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
 /// How long a directory without a (matching) `vmi.json` is left alone: the handler writes
 /// `vmi.json` right after making the directory.
 const UNCLAIMED_GRACE: Duration = Duration::from_secs(60);
@@ -643,7 +655,7 @@ async fn sweep(ctx: &Context) -> usize {
             vmi = ?owner.as_ref().map(|o| format!("{}/{} ({})", o.namespace, o.name, o.uid)),
             "removing the directory of a VMI that no longer exists"
         );
-        match cleanup::remove(&ctx.config.data_dir, &dir) {
+        match remove_dir(ctx, &dir).await {
             Ok(()) => removed += 1,
             Err(e) => tracing::warn!(error = %e, "sweep"),
         }
