@@ -100,16 +100,6 @@ fn check_limits(def: &ResourceDef, name: &str, obj: &Value) -> ApiResult<()> {
     crate::limits::check_object(obj).map_err(|e| limit_error(def, name, &e))
 }
 
-/// DNS-1123 subdomain, as most kinds' names must be.
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 253
-        && n.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && n.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && n.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
 /// kube-apiserver's path segment name rule (RBAC objects), narrowed to printable ASCII:
 /// never `.` or `..`, never `/` or `%`, at most 253 characters.
 fn path_segment_problem(n: &str) -> Option<String> {
@@ -475,7 +465,9 @@ impl ApiServer {
             // RBAC objects take path-segment names (`system:basic-user`).
             path_segment_problem(&name)
         } else {
-            (!valid_name(&name)).then(|| "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character".to_string())
+            // Kubernetes' rule and words, from the one owner of name rules: every dot-separated
+            // part a label (`a..b` and `a.-b` are refused), at most 253 characters.
+            kubevirt_api::names::dns1123_subdomain(&name)
         };
         if let Some(why) = name_problem {
             return Err(ApiError::invalid(

@@ -28,6 +28,7 @@ use kubevirt_api::{
     VirtualMachine, VirtualMachineCondition, VirtualMachineInstance, VirtualMachineSpec,
     VirtualMachineStartFailure, VirtualMachineStateChangeRequest, VirtualMachineStatus,
 };
+use kubevirt_runtime::status::{transition_time, Previous};
 
 use crate::phase;
 use crate::{instancetype, Context, Error};
@@ -431,6 +432,8 @@ fn controlled_by(vmi: &VirtualMachineInstance, vm: &VirtualMachine) -> bool {
         .any(|o| o.controller == Some(true) && Some(&o.uid) == vm.metadata.uid.as_ref())
 }
 
+/// Sets the condition `type_`; its `lastTransitionTime` changes only with its status
+/// ([`transition_time`]).
 fn set_condition(
     conds: &mut Vec<VirtualMachineCondition>,
     type_: &str,
@@ -440,10 +443,12 @@ fn set_condition(
     now: Timestamp,
 ) {
     let old = conds.iter().position(|c| c.r#type == type_);
-    let last_transition = match old.map(|i| &conds[i]) {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Some(Time(now)),
-    };
+    let previous = conds.iter().map(|c| Previous {
+        type_: &c.r#type,
+        status: &c.status,
+        since: c.last_transition_time.clone(),
+    });
+    let last_transition = Some(transition_time(previous, type_, status, Time(now)));
     let cond = VirtualMachineCondition {
         r#type: type_.into(),
         status: status.into(),

@@ -2,11 +2,12 @@
 //! what the launcher sees as the VMI's status, stops launchers of deleted VMIs, and keeps the
 //! Node object (labels, heartbeat).
 //!
-//! Everything it needs is on disk (`<data>/vms/<namespace>/<name>/`: the launcher's sockets,
+//! Everything it needs is on disk (`<data>/vms/<key>/`, [`VmiDir`]: the launcher's sockets,
 //! `launcher.pid`, `state.json`) or in the API server, so a restarted handler adopts running
 //! launchers: nothing is kept in memory that a crash would lose. Launchers run in their own
 //! session (`launcher run --detach`) and outlive the handler.
 
+pub mod cleanup;
 pub mod cni;
 pub mod multus;
 pub mod podnet;
@@ -36,7 +37,7 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub node_name: String,
-    /// VM directories live under `<data_dir>/vms/<namespace>/<name>`.
+    /// VM directories live under `<data_dir>/vms/<key>` ([`VmiDir`]).
     pub data_dir: PathBuf,
     /// The OCI image layout containerDisks are resolved from.
     pub image_store: Option<PathBuf>,
@@ -102,6 +103,9 @@ struct Context {
     config: Config,
     followers: Arc<Followers>,
     recorder: Recorder,
+    /// Reconciles hold it shared; the sweep holds it exclusively while it decides a directory
+    /// is an orphan and removes it, so no launcher is spawned into a directory being removed.
+    dirs: tokio::sync::RwLock<()>,
 }
 
 impl Context {
@@ -119,8 +123,8 @@ impl Context {
 /// KubeVirt's label for the node a VMI runs on.
 pub const NODE_LABEL: &str = "kubevirt.io/nodeName";
 
-/// The VMI's directory, `<data_dir>/vms/<namespace>/<name>` ([`VmiDir`] checks both names and
-/// that its sockets' paths fit).
+/// The VMI's directory, `<data_dir>/vms/<key>` ([`VmiDir`] checks both names and that its
+/// sockets' paths fit).
 pub fn vmi_dir(config: &Config, namespace: &str, name: &str) -> Result<VmiDir, VmiDirError> {
     VmiDir::new(&config.data_dir, namespace, name)
 }
@@ -158,7 +162,7 @@ async fn launcher_state(dir: &VmiDir) -> Option<State> {
 }
 
 /// True while `pid` exists and is not a zombie.
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the field after the parenthesised command name.
         Ok(stat) => stat
@@ -377,6 +381,16 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             return Ok(Action::await_change());
         }
     };
+    let _dirs = ctx.dirs.read().await;
+    // The directory of an earlier VMI of the same name (a crash-looping VM gets a new VMI per
+    // start): its state is not this VMI's, and nothing of it may stay.
+    if let Some(old) = dir.owner().filter(|o| Some(&o.uid) != vmi.uid().as_ref()) {
+        tracing::info!(vmi = %name, namespace = %ns, old_uid = %old.uid, "removing an earlier VMI's directory");
+        release_network_of(&ctx, &old.uid).await;
+        if let Err(e) = remove_dir(&ctx, &dir).await {
+            tracing::warn!(vmi = %name, error = %e, "cannot remove an earlier VMI's directory");
+        }
+    }
     let current = serde_json::to_value(&vmi.status).unwrap_or(Value::Null);
     let phase = VmiPhase::of(&vmi);
     let is_final = phase.is_some_and(VmiPhase::is_final);
@@ -419,7 +433,9 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             }
             None => release_network(&ctx, &vmi).await,
         }
-        let _ = std::fs::remove_dir_all(dir.path());
+        if let Err(e) = remove_dir(&ctx, &dir).await {
+            tracing::warn!(vmi = %name, error = %e, "cannot remove the deleted VMI's directory");
+        }
         return Ok(Action::await_change());
     }
     if is_final {
@@ -619,18 +635,108 @@ async fn attach_networks(
 
 /// Tears down the VMI's pod network (CNI `DEL`, its namespace) if it has one; idempotent.
 async fn release_network(ctx: &Context, vmi: &VirtualMachineInstance) {
-    let (Some(pods), Some(uid)) = (&ctx.config.pod_network, vmi.uid()) else {
+    if let Some(uid) = vmi.uid() {
+        release_network_of(ctx, &uid).await;
+    }
+}
+
+/// [`release_network`] of the VMI with `uid`, which may no longer exist.
+async fn release_network_of(ctx: &Context, uid: &str) {
+    let Some(pods) = &ctx.config.pod_network else {
         return;
     };
-    let Ok(ns) = podnet::PodNetwork::netns_name(&uid) else {
+    let Ok(ns) = podnet::PodNetwork::netns_name(uid) else {
         return;
     };
     if !Path::new(podnet::NETNS_DIR).join(ns).exists() {
         return;
     }
-    if let Err(e) = pods.teardown(&uid).await {
-        tracing::warn!(vmi = %vmi.name_any(), error = %e, "tearing down the pod network");
+    if let Err(e) = pods.teardown(uid).await {
+        tracing::warn!(%uid, error = %e, "tearing down the pod network");
     }
+}
+
+/// [`cleanup::remove`] off the async runtime (it may wait for killed processes to go).
+async fn remove_dir(ctx: &Context, dir: &VmiDir) -> Result<(), cleanup::CleanupError> {
+    let (data, d) = (ctx.config.data_dir.clone(), dir.clone());
+    match tokio::task::spawn_blocking(move || cleanup::remove(&data, &d)).await {
+        Ok(r) => r,
+        Err(e) => Err(cleanup::CleanupError::Io {
+            path: dir.path().to_path_buf(),
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
+/// How long a directory without a (matching) `vmi.json` is left alone: the handler writes
+/// `vmi.json` right after making the directory.
+const UNCLAIMED_GRACE: Duration = Duration::from_secs(60);
+/// How often orphan VMI directories are looked for while the handler runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Removes the VMI directories (and what still runs from them) whose VMI no longer exists:
+/// deleted while no handler ran, or deleted so fast (a final VMI released at once) that no
+/// reconcile saw its deletion. Returns how many were removed.
+async fn sweep(ctx: &Context) -> usize {
+    let dirs = VmiDir::all(&ctx.config.data_dir);
+    if dirs.is_empty() {
+        return 0;
+    }
+    let all: Api<VirtualMachineInstance> = Api::all(ctx.client.clone());
+    let live: std::collections::HashSet<(String, String)> =
+        match all.list(&kube::api::ListParams::default()).await {
+            Ok(l) => l
+                .items
+                .iter()
+                .map(|v| (v.namespace().unwrap_or_default(), v.name_any()))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing VMIs for the directory sweep");
+                return 0;
+            }
+        };
+    let mut removed = 0;
+    for dir in dirs {
+        let owner = cleanup::owner(&dir);
+        match &owner {
+            Some(o) if live.contains(&(o.namespace.clone(), o.name.clone())) => continue,
+            None if !cleanup::unclaimed_long_enough(
+                &dir,
+                std::time::SystemTime::now(),
+                UNCLAIMED_GRACE,
+            ) =>
+            {
+                continue
+            }
+            _ => {}
+        }
+        // Decided and removed under the exclusive lock, after looking once more: a VMI of
+        // that name created since the list keeps its directory.
+        let _dirs = ctx.dirs.write().await;
+        if let Some(o) = &owner {
+            let api: Api<VirtualMachineInstance> =
+                Api::namespaced(ctx.client.clone(), &o.namespace);
+            match api.get_opt(&o.name).await {
+                Ok(None) => {}
+                Ok(Some(_)) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "sweep: looking up a VMI");
+                    continue;
+                }
+            }
+            release_network_of(ctx, &o.uid).await;
+        }
+        tracing::info!(
+            dir = %dir.path().display(),
+            vmi = ?owner.as_ref().map(|o| format!("{}/{} ({})", o.namespace, o.name, o.uid)),
+            "removing the directory of a VMI that no longer exists"
+        );
+        match remove_dir(ctx, &dir).await {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(error = %e, "sweep"),
+        }
+    }
+    removed
 }
 
 fn error_policy(_vmi: Arc<VirtualMachineInstance>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -716,6 +822,22 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         config,
         followers,
         recorder,
+        dirs: Default::default(),
+    });
+    // Directories of VMIs that went while no handler ran, then the same as a safety net.
+    let removed = sweep(&ctx).await;
+    if removed > 0 {
+        tracing::info!(
+            count = removed,
+            "removed the directories of VMIs that no longer exist"
+        );
+    }
+    let sweeper = ctx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            sweep(&sweeper).await;
+        }
     });
     let controller = Controller::new(vmis, watcher::Config::default().labels(&selector));
     // A Secret a VMI of this node names (cloud-init, access credentials) came or changed:

@@ -22,12 +22,9 @@ pub fn phase_of(status: &Value) -> Option<VmiPhase> {
     status["phase"].as_str().and_then(VmiPhase::parse)
 }
 
-fn timestamp(now: &str) -> Value {
-    Value::String(now.to_string())
-}
-
 /// A condition; `lastTransitionTime` is kept from `current` when the condition's status did
-/// not change (Kubernetes' convention), else it is `now`.
+/// not change (Kubernetes' convention), else it is `now`: the one rule, in
+/// [`kubevirt_runtime::status::condition`].
 pub fn condition(
     current: &Value,
     kind: &str,
@@ -36,18 +33,7 @@ pub fn condition(
     message: &str,
     now: &str,
 ) -> Value {
-    let status_s = if status { "True" } else { "False" };
-    let since = current["conditions"]
-        .as_array()
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c["type"] == kind && c["status"] == status_s)
-        })
-        .and_then(|c| c.get("lastTransitionTime").cloned())
-        .filter(|t| !t.is_null())
-        .unwrap_or_else(|| timestamp(now));
-    json!({"type": kind, "status": status_s, "reason": reason, "message": message,
-           "lastProbeTime": null, "lastTransitionTime": since})
+    kubevirt_runtime::status::condition(current, kind, status, reason, message, now)
 }
 
 /// The status of a VMI that could not be started: phase Failed, reason `FailedToStart`, the
