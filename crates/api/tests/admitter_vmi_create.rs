@@ -1301,3 +1301,65 @@ fn boot_order_and_serials() {
         ),
     ]);
 }
+
+#[test]
+fn dra_gpus_and_host_devices() {
+    run(&[
+        case!(
+            "DRA GPU with its claim (GPUsWithDRA is Beta)",
+            |v| {
+                set(v, "/spec/domain/devices/gpus", json!([{"name": "g", "claimName": "c", "requestName": "r"}]));
+                set(v, "/spec/resourceClaims", json!([{"name": "c", "resourceClaimTemplateName": "tmpl"}]));
+            },
+            Accept
+        ),
+        case!(
+            "GPU without deviceName or claim",
+            |v| set(v, "/spec/domain/devices/gpus", json!([{"name": "g"}])),
+            Reject("spec.domain.devices.gpus", "vmi.spec.domain.devices.gpus contains GPUs without deviceName or claimRequest")
+        ),
+        case!(
+            "GPU with deviceName and claim",
+            |v| set(v, "/spec/domain/devices/gpus", json!([{"name": "g", "deviceName": "nvidia/a", "claimName": "c", "requestName": "r"}])),
+            Reject("spec.domain.devices.gpus", "vmi.spec.domain.devices.gpus contains GPUs with both deviceName and claimRequest")
+        ),
+        case!(
+            "DRA GPU with its gate disabled",
+            cfg = |c| c.disabled_feature_gates = vec!["GPUsWithDRA".into()],
+            |v| {
+                set(v, "/spec/domain/devices/gpus", json!([{"name": "g", "claimName": "c", "requestName": "r"}]));
+                set(v, "/spec/resourceClaims", json!([{"name": "c", "resourceClaimTemplateName": "tmpl"}]));
+            },
+            Reject("spec.domain.devices.gpus", "vmi.spec.domain.devices.gpus contains DRA enabled GPUs but feature gate is not enabled")
+        ),
+        case!(
+            "DRA GPU whose claim is missing from resourceClaims",
+            |v| set(v, "/spec/domain/devices/gpus", json!([{"name": "g", "claimName": "c", "requestName": "r"}])),
+            Reject("spec.resourceClaims", "vmi.spec.resourceClaims must specify all claims used in vmi.spec.domain.devices.gpus and vmi.spec.domain.devices.hostDevices")
+        ),
+        case!(
+            "same claim/request on a GPU and a host device",
+            |v| {
+                set(v, "/spec/domain/devices/gpus", json!([{"name": "g", "claimName": "c", "requestName": "r"}]));
+                set(v, "/spec/domain/devices/hostDevices", json!([{"name": "h", "claimName": "c", "requestName": "r"}]));
+                set(v, "/spec/resourceClaims", json!([{"name": "c", "resourceClaimName": "claim"}]));
+            },
+            Reject("spec.domain.devices.hostDevices[0]", "duplicate claimName/requestName pair \"c/r\" between GPUs[0] and HostDevices[0]")
+        ),
+        case!(
+            "resource claim with both sources",
+            |v| set(v, "/spec/resourceClaims", json!([{"name": "c", "resourceClaimName": "a", "resourceClaimTemplateName": "b"}])),
+            Reject("spec.resourceClaims[0]", "at most one of resourceClaimName or resourceClaimTemplateName may be specified")
+        ),
+        case!(
+            "resource claim without a source",
+            |v| set(v, "/spec/resourceClaims", json!([{"name": "c"}])),
+            Reject("spec.resourceClaims[0]", "must specify one of: resourceClaimName, resourceClaimTemplateName")
+        ),
+        case!(
+            "duplicate resource claim names",
+            |v| set(v, "/spec/resourceClaims", json!([{"name": "c", "resourceClaimName": "a"}, {"name": "c", "resourceClaimName": "b"}])),
+            Reject("spec.resourceClaims[1].name", "duplicate resourceClaims name \"c\"")
+        ),
+    ]);
+}

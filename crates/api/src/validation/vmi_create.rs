@@ -8,6 +8,7 @@ use crate::field::{CauseType, FieldError, Path};
 use crate::names;
 use crate::quantity::Quantity;
 use crate::{VirtualMachineInstance, VirtualMachineInstanceSpec};
+use std::collections::BTreeMap;
 
 /// KubeVirt's `hooks.HookSidecarListAnnotationName`.
 pub const SIDECAR_ANNOTATION: &str = "hooks.kubevirt.io/hookSidecars";
@@ -238,6 +239,7 @@ pub(super) fn validate_spec(
             ));
         }
     }
+    validate_dra(spec, root, cfg, errs);
     validate_launch_security(spec, root, cfg, errs);
     validate_hyperv(spec, root, errs);
     validate_arch(spec, root, errs);
@@ -1022,5 +1024,201 @@ fn validate_arch(spec: &VirtualMachineInstanceSpec, root: &Path, errs: &mut Vec<
             root.child("architecture"),
             format!("unsupported architecture: {arch}"),
         )),
+    }
+}
+
+/// A GPU or host device as the DRA admitter sees it: index, deviceName, claim and request.
+type DraDevice<'a> = (usize, &'a str, Option<(&'a str, &'a str)>);
+
+/// pkg/dra/admitter `validateCreationDRA`: resource claims, DRA vs device-plugin GPUs and host
+/// devices, and claim/request pairs used once across GPUs, host devices and networks.
+fn validate_dra(
+    spec: &VirtualMachineInstanceSpec,
+    root: &Path,
+    cfg: &ValidationConfig,
+    errs: &mut Vec<FieldError>,
+) {
+    let rcp = root.child("resourceClaims");
+    let mut claim_names = std::collections::BTreeSet::new();
+    for (i, rc) in spec.resource_claims.iter().flatten().enumerate() {
+        let p = rcp.index(i);
+        let np = p.child("name");
+        if rc.name.is_empty() {
+            errs.push(FieldError::required(
+                np.clone(),
+                format!("{np} is a required field"),
+            ));
+        } else if !claim_names.insert(rc.name.as_str()) {
+            errs.push(FieldError::duplicate(
+                np.clone(),
+                format!("duplicate resourceClaims name {:?}", rc.name),
+            ));
+        } else if let Some(e) = names::dns1123_label(&rc.name) {
+            errs.push(FieldError::invalid(
+                np.clone(),
+                format!("{np} does not conform to the kubernetes DNS_LABEL rules: {e}"),
+            ));
+        }
+        match (&rc.resource_claim_name, &rc.resource_claim_template_name) {
+            (Some(_), Some(_)) => errs.push(FieldError::invalid(
+                p.clone(),
+                "at most one of resourceClaimName or resourceClaimTemplateName may be specified",
+            )),
+            (None, None) => errs.push(FieldError::invalid(
+                p.clone(),
+                "must specify one of: resourceClaimName, resourceClaimTemplateName",
+            )),
+            _ => {}
+        }
+        for (field, v) in [
+            ("resourceClaimName", &rc.resource_claim_name),
+            (
+                "resourceClaimTemplateName",
+                &rc.resource_claim_template_name,
+            ),
+        ] {
+            if let Some(e) = v.as_deref().and_then(names::dns1123_subdomain) {
+                errs.push(FieldError::invalid(p.child(field), e));
+            }
+        }
+    }
+    let devices = &spec.domain.devices;
+    let claim =
+        |c: &'_ Option<String>, r: &'_ Option<String>| -> bool { c.is_some() || r.is_some() };
+    let gpus: Vec<DraDevice> = devices
+        .gpus
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, g)| {
+            (
+                i,
+                g.device_name.as_deref().unwrap_or(""),
+                claim(&g.claim_name, &g.request_name).then(|| {
+                    (
+                        g.claim_name.as_deref().unwrap_or(""),
+                        g.request_name.as_deref().unwrap_or(""),
+                    )
+                }),
+            )
+        })
+        .collect();
+    let host_devices: Vec<DraDevice> = devices
+        .host_devices
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, h)| {
+            (
+                i,
+                h.device_name.as_deref().unwrap_or(""),
+                claim(&h.claim_name, &h.request_name).then(|| {
+                    (
+                        h.claim_name.as_deref().unwrap_or(""),
+                        h.request_name.as_deref().unwrap_or(""),
+                    )
+                }),
+            )
+        })
+        .collect();
+    let dev_p = root.child("domain").child("devices");
+    let mut used_claims = std::collections::BTreeSet::new();
+    let mut owners: BTreeMap<String, (&str, usize)> = BTreeMap::new();
+    for (field, kind, gate, reject_mixed, devs) in [
+        ("gpus", "GPU", "GPUsWithDRA", true, &gpus),
+        (
+            "hostDevices",
+            "HostDevice",
+            "HostDevicesWithDRA",
+            false,
+            &host_devices,
+        ),
+    ] {
+        let fp = dev_p.child(field);
+        let is_dra = |d: &DraDevice| d.1.is_empty() && d.2.is_some();
+        let (dra, plain): (Vec<&DraDevice>, Vec<&DraDevice>) = devs.iter().partition(|d| is_dra(d));
+        if reject_mixed && !dra.is_empty() && !plain.is_empty() {
+            errs.push(FieldError::invalid(
+                fp.clone(),
+                format!("vmi.spec.domain.devices.{field} contains both DRA and non-DRA {kind}s; each {kind} must be either DRA or non-DRA"),
+            ));
+            continue;
+        }
+        for d in &plain {
+            if d.1.is_empty() {
+                errs.push(FieldError::required(
+                    fp.clone(),
+                    format!("vmi.spec.domain.devices.{field} contains {kind}s without deviceName or claimRequest; each {kind} must specify either a deviceName or a claimRequest"),
+                ));
+            } else if d.2.is_some() {
+                errs.push(FieldError::invalid(
+                    fp.clone(),
+                    format!("vmi.spec.domain.devices.{field} contains {kind}s with both deviceName and claimRequest"),
+                ));
+            }
+        }
+        if !dra.is_empty() && !cfg.gate(gate) {
+            errs.push(FieldError::invalid(
+                fp.clone(),
+                format!("vmi.spec.domain.devices.{field} contains DRA enabled {kind}s but feature gate is not enabled"),
+            ));
+            continue;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (idx, _, cr) in dra {
+            let (c, r) = cr.unwrap_or(("", ""));
+            let dp = fp.index(*idx);
+            if c.is_empty() {
+                errs.push(FieldError::required(
+                    dp.child("claimName"),
+                    format!("claimName is required for DRA {kind}"),
+                ));
+            }
+            if r.is_empty() {
+                errs.push(FieldError::required(
+                    dp.child("requestName"),
+                    format!("requestName is required for DRA {kind}"),
+                ));
+            }
+            if c.is_empty() || r.is_empty() {
+                continue;
+            }
+            used_claims.insert(c);
+            let key = format!("{c}/{r}");
+            if !seen.insert(key.clone()) {
+                errs.push(FieldError::duplicate(
+                    dp,
+                    format!("duplicate claimName/requestName pair {key:?}"),
+                ));
+            } else if let Some((other, oi)) = owners.get(&key) {
+                let label = if field == "gpus" {
+                    "GPUs"
+                } else {
+                    "HostDevices"
+                };
+                errs.push(FieldError::duplicate(
+                    dp,
+                    format!("duplicate claimName/requestName pair {key:?} between {other}[{oi}] and {label}[{idx}]"),
+                ));
+            } else {
+                owners.insert(
+                    key,
+                    (
+                        if field == "gpus" {
+                            "GPUs"
+                        } else {
+                            "HostDevices"
+                        },
+                        *idx,
+                    ),
+                );
+            }
+        }
+    }
+    if !used_claims.iter().all(|c| claim_names.contains(c)) {
+        errs.push(FieldError::invalid(
+            rcp,
+            "vmi.spec.resourceClaims must specify all claims used in vmi.spec.domain.devices.gpus and vmi.spec.domain.devices.hostDevices",
+        ));
     }
 }
