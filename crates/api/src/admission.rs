@@ -138,7 +138,7 @@ pub fn kinds() -> &'static [KindInfo] {
             custom!(
                 VirtualMachine,
                 defaults::default_vm,
-                validation::validate_vm
+                crate::admitters::vm::validate_vm
             ),
             custom!(VirtualMachineInstanceMigration, no_default, no_validate),
             custom!(VirtualMachineInstanceReplicaSet, no_default, no_validate),

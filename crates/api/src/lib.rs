@@ -12,6 +12,7 @@ mod generated;
 pub use generated::*;
 
 pub mod admission;
+pub mod admitters;
 pub mod cdi;
 pub mod core_kinds;
 pub mod crd;
