@@ -25,7 +25,9 @@ pub mod quantity;
 pub mod status;
 pub mod validation;
 
-pub use admission::{admit, AdmitOptions, Admitted, FieldValidation, KindInfo};
+pub use admission::{
+    admit, AdmitOptions, Admitted, FieldValidation, KindInfo, Lookup, Operation, Request, UserInfo,
+};
 pub use cdi::{CDIConfig, StorageProfile};
 pub use field::{CauseType, FieldError};
 pub use multus::NetworkAttachmentDefinition;
