@@ -37,9 +37,10 @@ pub fn selector_matches(
         let has = labels.get(&r.key);
         ok &= match r.operator.as_str() {
             "In" | "NotIn" if values.is_empty() => {
-                return Err(format!(
+                return Err(
                     "values: Invalid value: []string(nil): for 'in', 'notin' operators, values set can't be empty"
-                ))
+                        .to_string(),
+                )
             }
             "In" => has.is_some_and(|v| values.contains(v)),
             "NotIn" => has.is_none_or(|v| !values.contains(v)),
