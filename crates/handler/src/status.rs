@@ -3,6 +3,7 @@
 //! events. No I/O here, so every mapping is unit-tested; `lib.rs` only writes the result.
 
 use kube::runtime::events::EventType;
+use kubevirt_api::quantity::Quantity;
 use kubevirt_api::status::{condition, reason, VmiPhase};
 use kubevirt_launcher::api::{Phase, State};
 use serde_json::{json, Value};
@@ -165,6 +166,18 @@ pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
                 .collect(),
         );
     }
+    if let Some(t) = &state.cpu_topology {
+        status["currentCPUTopology"] =
+            json!({"sockets": t.sockets, "cores": t.cores, "threads": t.threads});
+    }
+    if let Some(m) = &state.memory {
+        let q = |b: u64| Quantity::from_value(i128::from(b)).to_string();
+        status["memory"] = json!({
+            "guestAtBoot": q(m.guest_at_boot),
+            "guestCurrent": q(m.guest_current),
+            "guestRequested": q(m.guest_requested),
+        });
+    }
     if state.phase.is_final() && !state.message.is_empty() {
         status["reason"] = json!(state.reason);
     }
@@ -187,12 +200,52 @@ fn guest_os_info(state: &State, current: &Value) -> Value {
     os
 }
 
+/// What the VMI spec asks of a running machine that its launcher has not applied yet
+/// (LiveUpdate: the VM controller patched `spec.domain.cpu.sockets` or
+/// `spec.domain.memory.guest`): `(sockets, guest memory bytes)`, `None` for what is applied.
+pub fn resources_to_apply(
+    vmi: &kubevirt_api::VirtualMachineInstance,
+    state: &State,
+) -> Option<(Option<u32>, Option<u64>)> {
+    if !matches!(state.phase, Phase::Running | Phase::Paused) {
+        return None;
+    }
+    let domain = &vmi.spec.domain;
+    let sockets = match (
+        domain.cpu.as_ref().and_then(|c| c.sockets),
+        &state.cpu_topology,
+    ) {
+        (Some(want), Some(t)) if want > 0 && u32::try_from(want).ok() != Some(t.sockets) => {
+            u32::try_from(want).ok()
+        }
+        _ => None,
+    };
+    let memory = match (
+        domain.memory.as_ref().and_then(|m| m.guest.as_ref()),
+        &state.memory,
+    ) {
+        (Some(q), Some(m)) => Quantity::from_k8s(q)
+            .ok()
+            .and_then(|q| u64::try_from(q.value()).ok())
+            .filter(|b| *b != m.guest_requested),
+        _ => None,
+    };
+    (sockets.is_some() || memory.is_some()).then_some((sockets, memory))
+}
+
 /// Whether `new` differs from `current` in what a user sees (phase, interfaces, conditions),
 /// ignoring the conditions' timestamps: an unchanged state writes nothing.
 pub fn changed(current: &Value, new: &Value) -> bool {
-    ["phase", "interfaces", "conditions", "guestOSInfo"]
-        .iter()
-        .any(|k| strip_times(&new[k]) != strip_times(&current[k]))
+    [
+        "phase",
+        "interfaces",
+        "conditions",
+        "guestOSInfo",
+        "currentCPUTopology",
+        "memory",
+    ]
+    .iter()
+    .any(|k| strip_times(&new[k]) != strip_times(&current[k]))
 }
 
 fn strip_times(v: &Value) -> Value {

@@ -20,6 +20,12 @@ pub enum CpuError {
     /// `field` is `spec.domain.cpu.sockets`, `.cores` or `.threads`.
     #[error("{field}: {count} must be between 1 and 512")]
     Topology { field: &'static str, count: i64 },
+    #[error("spec.domain.cpu.maxSockets: {max_sockets} is less than spec.domain.cpu.sockets ({sockets}): raise maxSockets or leave it unset")]
+    MaxSockets { max_sockets: i64, sockets: u32 },
+    #[error("spec.domain.cpu.maxSockets: {max_sockets} sockets of {per_socket} vCPUs exceed 512 vCPUs: lower maxSockets")]
+    TooManyVcpus { max_sockets: u32, per_socket: u32 },
+    #[error("spec.domain.memory.maxGuest: {reason}")]
+    MaxGuest { reason: String },
     #[error("spec.domain.memory.guest: no memory requested: set spec.domain.memory.guest or spec.domain.resources.requests.memory")]
     NoMemory,
     #[error(transparent)]
@@ -49,6 +55,10 @@ impl CpuError {
             | CpuError::MicrovmNeedsMax { .. } => "spec.domain.cpu.model",
             CpuError::FeaturePolicy { field, .. } | CpuError::FeatureName { field, .. } => field,
             CpuError::Topology { field, .. } => field,
+            CpuError::MaxSockets { .. } | CpuError::TooManyVcpus { .. } => {
+                "spec.domain.cpu.maxSockets"
+            }
+            CpuError::MaxGuest { .. } => "spec.domain.memory.maxGuest",
             CpuError::NoMemory
             | CpuError::TooLittleMemory
             | CpuError::NotHugepageMultiple { .. } => "spec.domain.memory.guest",
@@ -114,10 +124,37 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), CpuErro
         }
         features.push(format!("{sign}{}", f.name));
     }
+    let sockets = positive(cpu.sockets, "spec.domain.cpu.sockets")?;
+    let cores = positive(cpu.cores, "spec.domain.cpu.cores")?;
+    let threads = positive(cpu.threads, "spec.domain.cpu.threads")?;
+    let max_sockets = match cpu.max_sockets {
+        // microvm has no ACPI CPU hotplug: the machine keeps its boot topology.
+        _ if microvm => sockets,
+        None | Some(0) => sockets,
+        Some(m) if m < i64::from(sockets) => {
+            return Err(CpuError::MaxSockets {
+                max_sockets: m,
+                sockets,
+            })
+        }
+        Some(m) => {
+            let per_socket = cores * threads;
+            match u32::try_from(m) {
+                Ok(m) if u64::from(m) * u64::from(per_socket) <= 512 => m,
+                _ => {
+                    return Err(CpuError::TooManyVcpus {
+                        max_sockets: u32::try_from(m).unwrap_or(u32::MAX),
+                        per_socket,
+                    })
+                }
+            }
+        }
+    };
     let cpu = CpuSpec {
-        sockets: positive(cpu.sockets, "spec.domain.cpu.sockets")?,
-        cores: positive(cpu.cores, "spec.domain.cpu.cores")?,
-        threads: positive(cpu.threads, "spec.domain.cpu.threads")?,
+        sockets,
+        max_sockets,
+        cores,
+        threads,
         model,
         features,
     };
@@ -170,8 +207,61 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), CpuErro
             })
         }
     };
-    let memory = MemorySpec { bytes, hugepages };
+    let hotplug = match &mem.max_guest {
+        Some(q) if !microvm && hugepages.is_none() => {
+            memory_hotplug(bytes, bytes_of(q, "spec.domain.memory.maxGuest")?)?
+        }
+        Some(_) => {
+            tracing::info!(
+                vmi = %ctx.name,
+                "spec.domain.memory.maxGuest ignored: no memory hotplug on microvm or hugepages"
+            );
+            None
+        }
+        None => None,
+    };
+    let memory = MemorySpec {
+        bytes,
+        hugepages,
+        hotplug,
+    };
     Ok((cpu, memory))
+}
+
+/// KubeVirt's memory hotplug block (`HotplugBlockAlignmentBytes`, 2 MiB).
+pub const HOTPLUG_BLOCK: u64 = 2 << 20;
+/// KubeVirt's `requiredMinGuestMemory`: memory hotplug needs at least 1 GiB at boot.
+pub const HOTPLUG_MIN_GUEST: u64 = 1 << 30;
+
+/// The virtio-mem device for `maxGuest`, KubeVirt's rules (`ValidateLiveUpdateMemory`) with
+/// its messages; `None` when `maxGuest` leaves nothing to plug.
+fn memory_hotplug(guest: u64, max_guest: u64) -> Result<Option<MemoryHotplug>, CpuError> {
+    let err = |reason: &str| CpuError::MaxGuest {
+        reason: reason.into(),
+    };
+    if max_guest < guest {
+        return Err(err(
+            "Guest memory is greater than the configured maxGuest memory",
+        ));
+    }
+    if max_guest == guest {
+        return Ok(None);
+    }
+    if guest % HOTPLUG_BLOCK != 0 {
+        return Err(err("Guest memory must be 2Mi aligned"));
+    }
+    if max_guest % HOTPLUG_BLOCK != 0 {
+        return Err(err("MaxGuest must be 2Mi aligned"));
+    }
+    if guest < HOTPLUG_MIN_GUEST {
+        return Err(err(
+            "Memory hotplug is only available for VMs with at least 1Gi of guest memory",
+        ));
+    }
+    Ok(Some(MemoryHotplug {
+        max_bytes: max_guest,
+        block_size: HOTPLUG_BLOCK,
+    }))
 }
 
 #[cfg(test)]
