@@ -616,21 +616,21 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
             let cluster = ctx.config.cluster.borrow().clone();
             let made = match instancetype::fetch(&ctx.client, &vm, &ns).await {
                 Ok((it, pref)) => vmi_for(&vm, it.as_ref(), pref.as_ref(), &cluster.defaults())
-                .map(|mut new| {
-                    live_update::prepare_vmi(&mut new, &vm, &cluster);
-                    // `virtctl start --paused`: a Start request with `paused: "true"`.
-                    if first_request(&status).is_some_and(|r| {
-                        r.action == START
-                            && r.data
-                                .as_ref()
-                                .and_then(|d| d.get("paused"))
-                                .map(String::as_str)
-                                == Some("true")
-                    }) {
-                        new.spec.start_strategy = Some("Paused".into());
-                    }
-                    new
-                }),
+                    .map(|mut new| {
+                        live_update::prepare_vmi(&mut new, &vm, &cluster);
+                        // `virtctl start --paused`: a Start request with `paused: "true"`.
+                        if first_request(&status).is_some_and(|r| {
+                            r.action == START
+                                && r.data
+                                    .as_ref()
+                                    .and_then(|d| d.get("paused"))
+                                    .map(String::as_str)
+                                    == Some("true")
+                        }) {
+                            new.spec.start_strategy = Some("Paused".into());
+                        }
+                        new
+                    }),
                 Err(e) => Err(e),
             };
             let created = match made {
@@ -712,9 +712,10 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
     // LiveUpdate: CPU sockets and guest memory follow the template; other changes wait for a
     // restart (the RestartRequired condition).
     let mut restart_required = None;
-    if let Some(v) = vmi.as_ref().filter(|v| {
-        !deleting && v.metadata.deletion_timestamp.is_none() && !phase::is_final(v)
-    }) {
+    if let Some(v) = vmi
+        .as_ref()
+        .filter(|v| !deleting && v.metadata.deletion_timestamp.is_none() && !phase::is_final(v))
+    {
         let raw = vm.spec.template.spec.clone().unwrap_or_default();
         let mut template = raw.clone();
         if vm.spec.instancetype.is_some() || vm.spec.preference.is_some() {

@@ -336,6 +336,53 @@ mod tests {
     }
 
     #[test]
+    fn topology_and_memory_reach_the_status_and_spec_changes_are_found() {
+        use kubevirt_launcher::launcher::{CpuTopology, MemoryState};
+        let mut s = state(Phase::Running, "Started");
+        s.cpu_topology = Some(CpuTopology {
+            sockets: 1,
+            cores: 2,
+            threads: 1,
+        });
+        s.memory = Some(MemoryState {
+            guest_at_boot: 1 << 30,
+            guest_requested: 2 << 30,
+            guest_current: 1536 << 20,
+        });
+        let st = from_launcher(&s, &Value::Null, T0);
+        assert_eq!(
+            st["currentCPUTopology"],
+            json!({"sockets": 1, "cores": 2, "threads": 1})
+        );
+        assert_eq!(
+            st["memory"],
+            json!({"guestAtBoot": "1Gi", "guestCurrent": "1536Mi", "guestRequested": "2Gi"})
+        );
+        let mut later = st.clone();
+        later["memory"]["guestCurrent"] = json!("2Gi");
+        assert!(changed(&st, &later), "memory progress is written");
+
+        let vmi: kubevirt_api::VirtualMachineInstance = serde_json::from_value(json!({
+            "metadata": {"name": "vm"},
+            "spec": {"domain": {"devices": {}, "cpu": {"sockets": 2, "cores": 2},
+                                "memory": {"guest": "2Gi"}}}}))
+        .unwrap();
+        // Memory is already requested; one socket is missing.
+        assert_eq!(resources_to_apply(&vmi, &s), Some((Some(2), None)));
+        s.cpu_topology = Some(CpuTopology {
+            sockets: 2,
+            cores: 2,
+            threads: 1,
+        });
+        assert_eq!(resources_to_apply(&vmi, &s), None);
+        // Only a running (or paused) machine is changed.
+        let mut starting = s.clone();
+        starting.phase = Phase::Starting;
+        starting.cpu_topology = None;
+        assert_eq!(resources_to_apply(&vmi, &starting), None);
+    }
+
+    #[test]
     fn launcher_phases_map_to_kubevirts() {
         assert_eq!(vmi_phase(Phase::Pending), VmiPhase::Scheduled);
         assert_eq!(vmi_phase(Phase::Starting), VmiPhase::Scheduled);

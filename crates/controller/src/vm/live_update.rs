@@ -119,7 +119,8 @@ pub fn setup_hotplug(spec: &mut VirtualMachineInstanceSpec, cfg: &ClusterConfig)
             let mut max = match cfg.live_update.max_cpu_sockets {
                 Some(m) => i64::from(m).max(sockets),
                 None => {
-                    let per_socket = cpu.cores.unwrap_or(1).max(1) * cpu.threads.unwrap_or(1).max(1);
+                    let per_socket =
+                        cpu.cores.unwrap_or(1).max(1) * cpu.threads.unwrap_or(1).max(1);
                     let max = sockets * ratio;
                     if max * per_socket > MAX_VCPUS {
                         (MAX_VCPUS / per_socket).max(sockets)
@@ -317,5 +318,215 @@ fn restart_only(message: String) -> Plan {
     Plan {
         patch: None,
         restart_required: Some(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubevirt_runtime::cluster::ClusterConfig;
+
+    /// A template spec: `cpu` and `memory` objects, plus other spec fields.
+    fn spec(domain: Value, other: Value) -> VirtualMachineInstanceSpec {
+        let mut v = json!({"domain": domain});
+        if let (Some(o), Some(extra)) = (v.as_object_mut(), other.as_object()) {
+            o.extend(extra.clone());
+        }
+        v["domain"]["devices"] = json!({});
+        serde_json::from_value(v).expect("spec")
+    }
+
+    fn domain(cpu: Value, memory: Value) -> VirtualMachineInstanceSpec {
+        spec(json!({"cpu": cpu, "memory": memory}), json!({}))
+    }
+
+    /// A running VMI started from `t` (defaulted as the controller creates it).
+    fn running(t: VirtualMachineInstanceSpec, cfg: &ClusterConfig) -> VirtualMachineInstance {
+        let mut vmi = VirtualMachineInstance {
+            metadata: Default::default(),
+            spec: t.clone(),
+            status: None,
+        };
+        let vm = VirtualMachine {
+            metadata: Default::default(),
+            spec: kubevirt_api::VirtualMachineSpec {
+                template: kubevirt_api::VirtualMachineInstanceTemplateSpec {
+                    spec: Some(t),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            status: None,
+        };
+        kubevirt_api::defaults::default_vmi(&mut vmi, &cfg.defaults());
+        prepare_vmi(&mut vmi, &vm, cfg);
+        vmi.metadata.resource_version = Some("7".into());
+        let guest = vmi
+            .spec
+            .domain
+            .memory
+            .as_ref()
+            .and_then(|m| m.guest.clone());
+        vmi.status = Some(kubevirt_api::VirtualMachineInstanceStatus {
+            memory: Some(kubevirt_api::MemoryStatus {
+                guest_at_boot: guest.clone(),
+                guest_current: guest.clone(),
+                guest_requested: guest,
+            }),
+            ..Default::default()
+        });
+        vmi
+    }
+
+    fn base() -> VirtualMachineInstanceSpec {
+        domain(json!({"sockets": 1, "cores": 2}), json!({"guest": "1Gi"}))
+    }
+
+    fn plan_for(vmi: &VirtualMachineInstance, t: &VirtualMachineInstanceSpec) -> Plan {
+        plan(t, t, vmi, RolloutStrategy::LiveUpdate)
+    }
+
+    #[test]
+    fn hotplug_room_follows_kubevirts_defaults() {
+        let cfg = ClusterConfig::default();
+        let vmi = running(base(), &cfg);
+        assert_eq!(vmi.spec.domain.cpu.as_ref().unwrap().max_sockets, Some(4));
+        let mem = vmi.spec.domain.memory.as_ref().unwrap();
+        assert_eq!(mem.max_guest.as_ref().unwrap().0, "4Gi");
+
+        // Below 1Gi there is no memory hotplug; CPU hotplug stays.
+        let small = running(domain(json!({}), json!({"guest": "512Mi"})), &cfg);
+        assert_eq!(small.spec.domain.memory.unwrap().max_guest, None);
+        assert_eq!(small.spec.domain.cpu.unwrap().max_sockets, Some(4));
+        // 512 vCPUs at most: 64 cores a socket allow 8 sockets, not 4 × 4.
+        let wide = running(
+            domain(json!({"sockets": 4, "cores": 64}), json!({"guest": "1Gi"})),
+            &cfg,
+        );
+        assert_eq!(wide.spec.domain.cpu.unwrap().max_sockets, Some(8));
+        // The cluster's limits win; microvm and Stage get nothing.
+        let mut limited = ClusterConfig::default();
+        limited.live_update.max_cpu_sockets = Some(3);
+        limited.live_update.max_guest = Some(3 << 30);
+        let v = running(base(), &limited);
+        assert_eq!(v.spec.domain.cpu.unwrap().max_sockets, Some(3));
+        assert_eq!(v.spec.domain.memory.unwrap().max_guest.unwrap().0, "3Gi");
+        let micro = spec(
+            json!({"machine": {"type": "microvm"}, "memory": {"guest": "1Gi"}}),
+            json!({}),
+        );
+        let v = running(micro, &cfg);
+        assert_eq!(v.spec.domain.cpu.unwrap().max_sockets, None);
+        assert_eq!(v.spec.domain.memory.unwrap().max_guest, None);
+        let stage = ClusterConfig {
+            vm_rollout_strategy: RolloutStrategy::Stage,
+            ..ClusterConfig::default()
+        };
+        let v = running(base(), &stage);
+        assert_eq!(v.spec.domain.cpu.unwrap().max_sockets, None);
+    }
+
+    #[test]
+    fn more_sockets_and_memory_patch_the_vmi_spec() {
+        let vmi = running(base(), &ClusterConfig::default());
+        let p = plan_for(
+            &vmi,
+            &domain(json!({"sockets": 3, "cores": 2}), json!({"guest": "2Gi"})),
+        );
+        assert_eq!(p.restart_required, None);
+        assert_eq!(
+            p.patch.unwrap(),
+            json!({"metadata": {"resourceVersion": "7"},
+                   "spec": {"domain": {"cpu": {"sockets": 3}, "memory": {"guest": "2Gi"}}}})
+        );
+        // Nothing changed: nothing to do.
+        assert_eq!(plan_for(&vmi, &base()), Plan::default());
+    }
+
+    #[test]
+    fn what_cannot_be_applied_live_requires_a_restart_with_kubevirts_message() {
+        let vmi = running(base(), &ClusterConfig::default());
+        let rr = |cpu: Value, mem: Value| {
+            plan_for(&vmi, &domain(cpu, mem))
+                .restart_required
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            rr(json!({"sockets": 5, "cores": 2}), json!({"guest": "1Gi"})),
+            msg::SOCKETS_ABOVE_MAX
+        );
+        let mut two = vmi.clone();
+        two.spec.domain.cpu.as_mut().unwrap().sockets = Some(2);
+        assert_eq!(
+            plan_for(&two, &base()).restart_required.as_deref(),
+            Some(msg::SOCKETS_REDUCED)
+        );
+        assert_eq!(
+            rr(json!({"sockets": 1, "cores": 2}), json!({"guest": "8Gi"})),
+            "memory hotplug not supported, Guest memory is greater than the configured maxGuest memory"
+        );
+        assert_eq!(
+            rr(
+                json!({"sockets": 1, "cores": 2}),
+                json!({"guest": "1025Mi"})
+            ),
+            "memory hotplug not supported, Guest memory must be 2Mi aligned"
+        );
+        // Below the boot memory (the VMI booted with 2Gi).
+        let mut grown = vmi.clone();
+        grown.spec.domain.memory.as_mut().unwrap().guest = Some(quantity(2 << 30));
+        if let Some(m) = grown.status.as_mut().and_then(|s| s.memory.as_mut()) {
+            m.guest_at_boot = Some(quantity(2 << 30));
+        }
+        assert_eq!(
+            plan_for(&grown, &base()).restart_required.as_deref(),
+            Some(msg::MEMORY_BELOW_BOOT)
+        );
+        // A VMI without hotplug room.
+        let small = running(
+            domain(json!({}), json!({"guest": "512Mi"})),
+            &ClusterConfig::default(),
+        );
+        assert_eq!(
+            plan_for(&small, &domain(json!({}), json!({"guest": "768Mi"})))
+                .restart_required
+                .as_deref(),
+            Some(msg::MEMORY_NOT_AVAILABLE)
+        );
+        // Any other field.
+        assert_eq!(
+            rr(
+                json!({"sockets": 2, "cores": 2, "model": "Nehalem"}),
+                json!({"guest": "1Gi"})
+            ),
+            msg::NON_LIVE_UPDATABLE
+        );
+        // Under Stage even sockets wait for a restart.
+        let t = domain(json!({"sockets": 2, "cores": 2}), json!({"guest": "1Gi"}));
+        let p = plan(&t, &t, &vmi, RolloutStrategy::Stage);
+        assert_eq!(p.restart_required.as_deref(), Some(msg::NON_LIVE_UPDATABLE));
+        assert_eq!(p.patch, None);
+        // Live-updatable scheduling fields need none.
+        let t = spec(
+            json!({"cpu": {"sockets": 1, "cores": 2}, "memory": {"guest": "1Gi"}}),
+            json!({"nodeSelector": {"disk": "ssd"}}),
+        );
+        assert_eq!(plan_for(&vmi, &t), Plan::default());
+    }
+
+    #[test]
+    fn microvm_cannot_hotplug_cpus() {
+        let micro = |cpu: Value| {
+            spec(
+                json!({"machine": {"type": "microvm"}, "cpu": cpu, "memory": {"guest": "1Gi"}}),
+                json!({}),
+            )
+        };
+        let mut vmi = running(micro(json!({"sockets": 1})), &ClusterConfig::default());
+        // Even with maxSockets set by hand.
+        vmi.spec.domain.cpu.as_mut().unwrap().max_sockets = Some(4);
+        let p = plan_for(&vmi, &micro(json!({"sockets": 2})));
+        assert_eq!(p.restart_required.as_deref(), Some(msg::MICROVM_CPU));
+        assert_eq!(p.patch, None);
     }
 }

@@ -640,6 +640,20 @@ mod tests {
                 r#"{"v":1,"id":11,"method":"subscribe","params":{}}"#,
                 Request::Subscribe,
             ),
+            (
+                r#"{"v":1,"id":12,"method":"setResources","params":{"sockets":2,"guestMemoryBytes":2147483648}}"#,
+                Request::SetResources {
+                    sockets: Some(2),
+                    guest_memory_bytes: Some(2 << 30),
+                },
+            ),
+            (
+                r#"{"v":1,"id":13,"method":"setResources","params":{"sockets":3}}"#,
+                Request::SetResources {
+                    sockets: Some(3),
+                    guest_memory_bytes: None,
+                },
+            ),
         ];
         for (line, want) in cases {
             let frame: RequestFrame = serde_json::from_str(line).unwrap();
@@ -671,6 +685,24 @@ mod tests {
         assert_eq!(back["method"], "sync");
         let bare = json!({"v": 1, "id": 8, "method": "sync", "params": vmi}).to_string();
         assert!(matches!(decode_request(&bare).1, Ok(Request::Sync { .. })));
+    }
+
+    /// Hostile numbers never reach QMP: negative, fractional or oversized values are a bad
+    /// request that names the parameters.
+    #[test]
+    fn set_resources_refuses_what_is_not_a_count() {
+        for params in [
+            r#"{"sockets":-1}"#,
+            r#"{"sockets":4294967296}"#,
+            r#"{"guestMemoryBytes":1.5}"#,
+            r#"{"guestMemoryBytes":"1Gi"}"#,
+        ] {
+            let line = format!(r#"{{"v":1,"id":1,"method":"setResources","params":{params}}}"#);
+            let (_, r) = decode_request(&line);
+            let e = r.expect_err(params);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{params}");
+            assert!(e.message.contains("params.sockets"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -451,4 +451,78 @@ mod tests {
         let e = convert("  domain:\n    memory: {guest: 8Mi}\n").unwrap_err();
         assert_eq!(e.field(), "spec.domain.memory.guest");
     }
+
+    #[test]
+    fn hotplug_room_becomes_maxcpus_and_a_virtio_mem_device() {
+        let s = convert(
+            "  domain:\n    memory: {guest: 1Gi, maxGuest: 4Gi}\n    cpu: {sockets: 1, cores: 2, maxSockets: 4}\n",
+        )
+        .unwrap();
+        assert_eq!((s.cpu.vcpus(), s.cpu.max_vcpus()), (2, 8));
+        assert_eq!(
+            s.memory.hotplug,
+            Some(MemoryHotplug {
+                max_bytes: 4 << 30,
+                block_size: 2 << 20
+            })
+        );
+        let argv = crate::qemu::render(&s).unwrap().join(" ");
+        assert!(
+            argv.contains("-smp 2,sockets=4,cores=2,threads=1,maxcpus=8"),
+            "{argv}"
+        );
+        assert!(argv.contains("-m 1024M,maxmem=4096M"), "{argv}");
+        assert!(
+            argv.contains("-object memory-backend-ram,id=mem-virtio-mem0,size=3221225472"),
+            "{argv}"
+        );
+        assert!(argv.ends_with("-device virtio-mem-pci,id=virtio-mem0,memdev=mem-virtio-mem0,block-size=2097152,requested-size=0"), "{argv}");
+
+        // microvm has no hotplug: the boot topology only, maxGuest ignored.
+        let m = convert(
+            "  domain:\n    machine: {type: microvm}\n    firmware: {kernelBoot: {container: {image: x, kernelPath: /k}}}\n    memory: {guest: 1Gi, maxGuest: 4Gi}\n    cpu: {model: max, sockets: 1, maxSockets: 4}\n",
+        )
+        .unwrap();
+        assert_eq!(m.cpu.max_sockets, 1);
+        assert_eq!(m.memory.hotplug, None);
+    }
+
+    /// Numbers a hostile user can put in maxSockets/maxGuest: refused with the field, never a
+    /// QEMU argument that overflows or wraps.
+    #[test]
+    fn hostile_hotplug_limits_are_refused_with_their_field() {
+        let e =
+            cpu_err("  domain:\n    memory: {guest: 64Mi}\n    cpu: {sockets: 2, maxSockets: 1}\n");
+        assert_eq!(
+            e.to_string(),
+            "spec.domain.cpu.maxSockets: 1 is less than spec.domain.cpu.sockets (2): raise maxSockets or leave it unset"
+        );
+        for huge in ["513", "4294967297", "9223372036854775807"] {
+            let e = cpu_err(&format!(
+                "  domain:\n    memory: {{guest: 64Mi}}\n    cpu: {{maxSockets: {huge}}}\n"
+            ));
+            assert!(matches!(e, CpuError::TooManyVcpus { .. }), "{huge}: {e}");
+            assert_eq!(e.field(), "spec.domain.cpu.maxSockets");
+        }
+        for (mem, msg) in [
+            (
+                "{guest: 2Gi, maxGuest: 1Gi}",
+                "Guest memory is greater than the configured maxGuest memory",
+            ),
+            (
+                "{guest: 1Gi, maxGuest: 3000000001}",
+                "MaxGuest must be 2Mi aligned",
+            ),
+            (
+                "{guest: 512Mi, maxGuest: 2Gi}",
+                "Memory hotplug is only available for VMs with at least 1Gi of guest memory",
+            ),
+        ] {
+            let e = cpu_err(&format!("  domain:\n    memory: {mem}\n"));
+            assert_eq!(e.to_string(), format!("spec.domain.memory.maxGuest: {msg}"));
+        }
+        // maxGuest equal to guest: nothing to plug, no device.
+        let s = convert("  domain:\n    memory: {guest: 1Gi, maxGuest: 1Gi}\n").unwrap();
+        assert_eq!(s.memory.hotplug, None);
+    }
 }
