@@ -372,6 +372,7 @@ mod tests {
                 guest_at_boot: guest.clone(),
                 guest_current: guest.clone(),
                 guest_requested: guest,
+                ..Default::default()
             }),
             ..Default::default()
         });
