@@ -1152,7 +1152,7 @@ impl Vm {
                 }
                 .into());
             }
-            if (want - boot) % h.block_size != 0 {
+            if !(want - boot).is_multiple_of(h.block_size) {
                 return Err(HotplugError::MemoryUnaligned {
                     want,
                     block: h.block_size,

@@ -88,10 +88,10 @@ pub fn validate_live_update_memory(
     if guest > max_guest {
         return Err("Guest memory is greater than the configured maxGuest memory".into());
     }
-    if guest % BLOCK != 0 {
+    if !guest.is_multiple_of(BLOCK) {
         return Err("Guest memory must be 2Mi aligned".into());
     }
-    if max_guest % BLOCK != 0 {
+    if !max_guest.is_multiple_of(BLOCK) {
         return Err("MaxGuest must be 2Mi aligned".into());
     }
     if spec.architecture.as_deref().unwrap_or("amd64") != "amd64" {

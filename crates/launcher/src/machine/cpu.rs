@@ -247,10 +247,10 @@ fn memory_hotplug(guest: u64, max_guest: u64) -> Result<Option<MemoryHotplug>, C
     if max_guest == guest {
         return Ok(None);
     }
-    if guest % HOTPLUG_BLOCK != 0 {
+    if !guest.is_multiple_of(HOTPLUG_BLOCK) {
         return Err(err("Guest memory must be 2Mi aligned"));
     }
-    if max_guest % HOTPLUG_BLOCK != 0 {
+    if !max_guest.is_multiple_of(HOTPLUG_BLOCK) {
         return Err(err("MaxGuest must be 2Mi aligned"));
     }
     if guest < HOTPLUG_MIN_GUEST {
