@@ -625,27 +625,24 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
         Decision::Nothing => {}
         Decision::CreateAfter(d) => requeue = requeue.min(d + Duration::from_millis(50)),
         Decision::Create => {
+            let cluster = ctx.config.cluster.borrow().clone();
             let made = match instancetype::fetch(&ctx.client, &vm, &status, &ns).await {
-                Ok((it, pref)) => vmi_for(
-                    &vm,
-                    it.as_ref(),
-                    pref.as_ref(),
-                    &ctx.config.cluster.borrow().defaults(),
-                )
-                .map(|mut new| {
-                    // `virtctl start --paused`: a Start request with `paused: "true"`.
-                    if first_request(&status).is_some_and(|r| {
-                        r.action == START
-                            && r.data
-                                .as_ref()
-                                .and_then(|d| d.get("paused"))
-                                .map(String::as_str)
-                                == Some("true")
-                    }) {
-                        new.spec.start_strategy = Some("Paused".into());
-                    }
-                    new
-                }),
+                Ok((it, pref)) => vmi_for(&vm, it.as_ref(), pref.as_ref(), &cluster.defaults())
+                    .map(|mut new| {
+                        live_update::prepare_vmi(&mut new, &vm, &cluster);
+                        // `virtctl start --paused`: a Start request with `paused: "true"`.
+                        if first_request(&status).is_some_and(|r| {
+                            r.action == START
+                                && r.data
+                                    .as_ref()
+                                    .and_then(|d| d.get("paused"))
+                                    .map(String::as_str)
+                                    == Some("true")
+                        }) {
+                            new.spec.start_strategy = Some("Paused".into());
+                        }
+                        new
+                    }),
                 Err(e) => Err(e),
             };
             let created = match made {
@@ -724,6 +721,49 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
         }
     }
 
+    // LiveUpdate: CPU sockets and guest memory follow the template; other changes wait for a
+    // restart (the RestartRequired condition).
+    let mut restart_required = None;
+    if let Some(v) = vmi
+        .as_ref()
+        .filter(|v| !deleting && v.metadata.deletion_timestamp.is_none() && !phase::is_final(v))
+    {
+        let raw = vm.spec.template.spec.clone().unwrap_or_default();
+        let mut template = raw.clone();
+        if vm.spec.instancetype.is_some() || vm.spec.preference.is_some() {
+            let (it, pref) = instancetype::fetch(&ctx.client, &vm, &status, &ns).await?;
+            if let Some(p) = &pref {
+                instancetype::apply_preference(&mut template, p);
+            }
+            if let Some(i) = &it {
+                instancetype::apply_instancetype(&mut template, i, pref.as_ref());
+            }
+        }
+        let strategy = ctx.config.cluster.borrow().vm_rollout_strategy;
+        let plan = live_update::plan(&template, &raw, v, strategy);
+        restart_required = plan.restart_required;
+        if let (Some(patch), true) = (plan.patch, phase::is(v, VmiPhase::Running)) {
+            match vmis
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(updated) => {
+                    tracing::info!(%ns, %name, patch = %patch["spec"], "live update of the VMI");
+                    vmi = Some(updated);
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    requeue = Duration::from_millis(200);
+                }
+                Err(e) => {
+                    let msg = format!("Error encountered while handling a live update: {e}");
+                    ctx.event(vm.as_ref(), EventType::Warning, "FailedUpdate", msg)
+                        .await;
+                    requeue = Duration::from_secs(5);
+                }
+            }
+        }
+    }
+
     // Status, from what exists now.
     let mut requests = status.state_change_requests.take().unwrap_or_default();
     trim_requests(&mut requests, vmi.as_ref(), strategy);
@@ -784,6 +824,17 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
             Some(msg),
             now,
         );
+    }
+    match restart_required {
+        Some(m) => set_condition(
+            &mut conds,
+            live_update::RESTART_REQUIRED,
+            "True",
+            None,
+            Some(m),
+            now,
+        ),
+        None => conds.retain(|c| c.r#type != live_update::RESTART_REQUIRED),
     }
     status.conditions = Some(conds);
 
@@ -970,6 +1021,8 @@ pub fn error_policy(vm: Arc<VirtualMachine>, err: &Error, _ctx: Arc<Context>) ->
     tracing::debug!(vm = %vm.name_any(), error = %err, "reconcile failed");
     Action::requeue(err.retry_after())
 }
+
+pub mod live_update;
 
 #[cfg(test)]
 mod tests;

@@ -550,6 +550,27 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                     refresh_agent_credentials(&ctx, &vmi, &dir).await;
                 }
             }
+            let mut s = s;
+            if let Some((sockets, guest)) = status::resources_to_apply(&vmi, &s) {
+                let req = Request::SetResources {
+                    sockets,
+                    guest_memory_bytes: guest,
+                };
+                let applied = async { LauncherClient::connect(&dir).await?.call(req).await };
+                match applied.await {
+                    Ok(r) => {
+                        tracing::info!(vmi = %name, ?sockets, ?guest, "CPU/memory hotplugged");
+                        if let Some(new) = r.into_state() {
+                            s = new;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(vmi = %name, error = %e, "CPU/memory hotplug failed");
+                        ctx.event(&vmi, EventType::Warning, "HotplugFailed", e.to_string())
+                            .await;
+                    }
+                }
+            }
             let status = status::from_launcher(&s, &current, &now());
             if status::changed(&current, &status) {
                 patch_status(&api, &name, status.clone()).await?;

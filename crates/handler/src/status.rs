@@ -3,6 +3,7 @@
 //! events. No I/O here, so every mapping is unit-tested; `lib.rs` only writes the result.
 
 use kube::runtime::events::EventType;
+use kubevirt_api::quantity::Quantity;
 use kubevirt_api::status::{condition, reason, VmiPhase};
 use kubevirt_launcher::api::{Phase, State};
 use serde_json::{json, Value};
@@ -172,6 +173,18 @@ pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
                 .collect(),
         );
     }
+    if let Some(t) = &state.cpu_topology {
+        status["currentCPUTopology"] =
+            json!({"sockets": t.sockets, "cores": t.cores, "threads": t.threads});
+    }
+    if let Some(m) = &state.memory {
+        let q = |b: u64| Quantity::from_value(i128::from(b)).to_string();
+        status["memory"] = json!({
+            "guestAtBoot": q(m.guest_at_boot),
+            "guestCurrent": q(m.guest_current),
+            "guestRequested": q(m.guest_requested),
+        });
+    }
     if state.phase.is_final() && !state.message.is_empty() {
         status["reason"] = json!(state.reason);
     }
@@ -194,12 +207,52 @@ fn guest_os_info(state: &State, current: &Value) -> Value {
     os
 }
 
+/// What the VMI spec asks of a running machine that its launcher has not applied yet
+/// (LiveUpdate: the VM controller patched `spec.domain.cpu.sockets` or
+/// `spec.domain.memory.guest`): `(sockets, guest memory bytes)`, `None` for what is applied.
+pub fn resources_to_apply(
+    vmi: &kubevirt_api::VirtualMachineInstance,
+    state: &State,
+) -> Option<(Option<u32>, Option<u64>)> {
+    if !matches!(state.phase, Phase::Running | Phase::Paused) {
+        return None;
+    }
+    let domain = &vmi.spec.domain;
+    let sockets = match (
+        domain.cpu.as_ref().and_then(|c| c.sockets),
+        &state.cpu_topology,
+    ) {
+        (Some(want), Some(t)) if want > 0 && u32::try_from(want).ok() != Some(t.sockets) => {
+            u32::try_from(want).ok()
+        }
+        _ => None,
+    };
+    let memory = match (
+        domain.memory.as_ref().and_then(|m| m.guest.as_ref()),
+        &state.memory,
+    ) {
+        (Some(q), Some(m)) => Quantity::from_k8s(q)
+            .ok()
+            .and_then(|q| u64::try_from(q.value()).ok())
+            .filter(|b| *b != m.guest_requested),
+        _ => None,
+    };
+    (sockets.is_some() || memory.is_some()).then_some((sockets, memory))
+}
+
 /// Whether `new` differs from `current` in what a user sees (phase, interfaces, conditions),
 /// ignoring the conditions' timestamps: an unchanged state writes nothing.
 pub fn changed(current: &Value, new: &Value) -> bool {
-    ["phase", "interfaces", "conditions", "guestOSInfo"]
-        .iter()
-        .any(|k| strip_times(&new[k]) != strip_times(&current[k]))
+    [
+        "phase",
+        "interfaces",
+        "conditions",
+        "guestOSInfo",
+        "currentCPUTopology",
+        "memory",
+    ]
+    .iter()
+    .any(|k| strip_times(&new[k]) != strip_times(&current[k]))
 }
 
 fn strip_times(v: &Value) -> Value {
@@ -355,6 +408,53 @@ mod tests {
         assert!(transition_events(&ok, &ok, &s)
             .iter()
             .all(|(_, r, _)| !r.starts_with("AccessCredentials")));
+    }
+
+    #[test]
+    fn topology_and_memory_reach_the_status_and_spec_changes_are_found() {
+        use kubevirt_launcher::launcher::{CpuTopology, MemoryState};
+        let mut s = state(Phase::Running, "Started");
+        s.cpu_topology = Some(CpuTopology {
+            sockets: 1,
+            cores: 2,
+            threads: 1,
+        });
+        s.memory = Some(MemoryState {
+            guest_at_boot: 1 << 30,
+            guest_requested: 2 << 30,
+            guest_current: 1536 << 20,
+        });
+        let st = from_launcher(&s, &Value::Null, T0);
+        assert_eq!(
+            st["currentCPUTopology"],
+            json!({"sockets": 1, "cores": 2, "threads": 1})
+        );
+        assert_eq!(
+            st["memory"],
+            json!({"guestAtBoot": "1Gi", "guestCurrent": "1536Mi", "guestRequested": "2Gi"})
+        );
+        let mut later = st.clone();
+        later["memory"]["guestCurrent"] = json!("2Gi");
+        assert!(changed(&st, &later), "memory progress is written");
+
+        let vmi: kubevirt_api::VirtualMachineInstance = serde_json::from_value(json!({
+            "metadata": {"name": "vm"},
+            "spec": {"domain": {"devices": {}, "cpu": {"sockets": 2, "cores": 2},
+                                "memory": {"guest": "2Gi"}}}}))
+        .unwrap();
+        // Memory is already requested; one socket is missing.
+        assert_eq!(resources_to_apply(&vmi, &s), Some((Some(2), None)));
+        s.cpu_topology = Some(CpuTopology {
+            sockets: 2,
+            cores: 2,
+            threads: 1,
+        });
+        assert_eq!(resources_to_apply(&vmi, &s), None);
+        // Only a running (or paused) machine is changed.
+        let mut starting = s.clone();
+        starting.phase = Phase::Starting;
+        starting.cpu_topology = None;
+        assert_eq!(resources_to_apply(&vmi, &starting), None);
     }
 
     #[test]

@@ -71,7 +71,53 @@ pub struct State {
     pub vnc_socket: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub ports: Vec<PortForward>,
+    /// The vCPU topology QEMU has now (`status.currentCPUTopology`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_topology: Option<CpuTopology>,
+    /// Guest memory at boot, asked for and plugged (`status.memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryState>,
     pub timestamp: f64,
+}
+
+/// Sockets × cores × threads, KubeVirt's `CPUTopology`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuTopology {
+    pub sockets: u32,
+    pub cores: u32,
+    pub threads: u32,
+}
+
+/// KubeVirt's `MemoryStatus`, in bytes: `guest_current` is what the guest has plugged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryState {
+    pub guest_at_boot: u64,
+    pub guest_requested: u64,
+    pub guest_current: u64,
+}
+
+/// Why a CPU or memory change cannot be applied to the running machine.
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    #[error(
+        "spec.domain.cpu.sockets: {want} sockets exceed maxSockets {max}: this needs a restart"
+    )]
+    TooManySockets { want: u32, max: u32 },
+    #[error(
+        "spec.domain.cpu.sockets: reducing the sockets from {current} to {want} needs a restart"
+    )]
+    FewerSockets { current: u32, want: u32 },
+    #[error(
+        "spec.domain.cpu.sockets: machine type microvm cannot hotplug CPUs: this needs a restart"
+    )]
+    NoCpuHotplug,
+    #[error("spec.domain.memory.guest: this VM has no memory hotplug (maxGuest unset, below 1Gi, microvm or hugepages): this needs a restart")]
+    NoMemoryHotplug,
+    #[error("spec.domain.memory.guest: {want} bytes is outside {boot}..={max} bytes (boot memory..maxGuest): this needs a restart")]
+    MemoryOutOfRange { want: u64, boot: u64, max: u64 },
+    #[error("spec.domain.memory.guest: {want} bytes is not a multiple of {block} bytes")]
+    MemoryUnaligned { want: u64, block: u64 },
 }
 
 impl State {
@@ -91,6 +137,8 @@ impl State {
             vnc_socket: None,
             console_socket: None,
             ports: vec![],
+            cpu_topology: None,
+            memory: None,
             timestamp: now(),
         }
     }
@@ -244,6 +292,8 @@ pub enum LaunchError {
     /// KubeVirt's words for a soft reboot that has no way to reach the guest.
     #[error("VMI neither have the agent connected nor the ACPI feature enabled")]
     NoSoftReboot,
+    #[error(transparent)]
+    Hotplug(#[from] HotplugError),
     #[error("cannot run {binary}: {source}")]
     Spawn {
         binary: String,
@@ -346,6 +396,8 @@ pub struct Vm {
     applied_credentials: tokio::sync::Mutex<Option<crate::api::AgentCredentials>>,
     /// `status.interfaces` as the launcher knows them, before the guest agent's merge.
     domain_interfaces: Vec<GuestInterface>,
+    /// One CPU/memory change at a time.
+    hotplug: tokio::sync::Mutex<()>,
 }
 
 /// How often the guest agent is asked while it does not answer (so `AgentConnected` comes
@@ -614,6 +666,16 @@ impl Vm {
                 .serial_console
                 .then(|| VmiDir::unchecked(dir).console_socket()),
             ports,
+            cpu_topology: Some(CpuTopology {
+                sockets: spec.cpu.sockets,
+                cores: spec.cpu.cores,
+                threads: spec.cpu.threads,
+            }),
+            memory: Some(MemoryState {
+                guest_at_boot: spec.memory.bytes,
+                guest_requested: spec.memory.bytes,
+                guest_current: spec.memory.bytes,
+            }),
             timestamp: now(),
         };
         let (final_tx, final_rx) = watch::channel(false);
@@ -635,6 +697,7 @@ impl Vm {
             agent: tokio::sync::Mutex::new(None),
             applied_credentials: tokio::sync::Mutex::new(None),
             domain_interfaces,
+            hotplug: tokio::sync::Mutex::new(()),
         });
         vm.publish();
         tokio::spawn(vm.clone().poll_guest_agent());
@@ -725,6 +788,10 @@ impl Vm {
     /// QMP events → phase. Called by the monitor task only.
     async fn on_event(&self, ev: &QmpEvent) {
         tracing::debug!("QMP event {} {}", ev.event, ev.data);
+        if ev.event == "MEMORY_DEVICE_SIZE_CHANGE" {
+            self.on_memory_size(&ev.data);
+            return;
+        }
         match ev.typed() {
             Event::Stop => {
                 let (ending, intent) = {
@@ -1107,6 +1174,132 @@ impl Vm {
             .system_powerdown()
             .await
             .map_err(|e| self.qmp_err(e))
+    }
+
+    /// Grows the running machine to `sockets` and `guest_bytes` of memory (either may be
+    /// `None`: unchanged), as KubeVirt's LiveUpdate does, in the same QEMU: the missing sockets'
+    /// vCPUs are `device_add`ed (ids `vcpu-s<socket>-c<core>-t<thread>`), the virtio-mem
+    /// device's `requested-size` is set. The guest plugs the memory in its own time; QEMU
+    /// reports each step (`MEMORY_DEVICE_SIZE_CHANGE`), which updates `memory.guestCurrent`.
+    pub async fn set_resources(
+        &self,
+        sockets: Option<u32>,
+        guest_bytes: Option<u64>,
+    ) -> Result<State, LaunchError> {
+        self.ensure_alive("cannot hotplug")?;
+        let _one = self.hotplug.lock().await;
+        let cpu = &self.spec.cpu;
+        let current = self.state().cpu_topology.map_or(cpu.sockets, |t| t.sockets);
+        if let Some(want) = sockets.filter(|w| *w != current) {
+            if want < current {
+                return Err(HotplugError::FewerSockets { current, want }.into());
+            }
+            if self.spec.profile == crate::machine::Profile::Microvm {
+                return Err(HotplugError::NoCpuHotplug.into());
+            }
+            if want > cpu.max_sockets {
+                return Err(HotplugError::TooManySockets {
+                    want,
+                    max: cpu.max_sockets,
+                }
+                .into());
+            }
+            let mut slots = self
+                .qmp
+                .query_hotpluggable_cpus()
+                .await
+                .map_err(|e| self.qmp_err(e))?;
+            slots.sort_by_key(|c| (c.props.socket_id, c.props.core_id, c.props.thread_id));
+            for slot in slots
+                .iter()
+                .filter(|c| c.qom_path.is_none() && c.props.socket_id.unwrap_or(0) < want)
+            {
+                self.qmp
+                    .add_cpu(&slot.r#type, &slot.props)
+                    .await
+                    .map_err(|e| self.qmp_err(e))?;
+            }
+            tracing::info!(vmi = %self.spec.vmi, from = current, to = want, "CPU sockets hotplugged");
+            {
+                let mut i = self.lock();
+                i.state.cpu_topology = Some(CpuTopology {
+                    sockets: want,
+                    cores: cpu.cores,
+                    threads: cpu.threads,
+                });
+                i.state.timestamp = now();
+            }
+            self.publish();
+        }
+        let requested = self
+            .state()
+            .memory
+            .map_or(self.spec.memory.bytes, |m| m.guest_requested);
+        if let Some(want) = guest_bytes.filter(|w| *w != requested) {
+            let boot = self.spec.memory.bytes;
+            let Some(h) = &self.spec.memory.hotplug else {
+                return Err(HotplugError::NoMemoryHotplug.into());
+            };
+            if want < boot || want > h.max_bytes {
+                return Err(HotplugError::MemoryOutOfRange {
+                    want,
+                    boot,
+                    max: h.max_bytes,
+                }
+                .into());
+            }
+            if !(want - boot).is_multiple_of(h.block_size) {
+                return Err(HotplugError::MemoryUnaligned {
+                    want,
+                    block: h.block_size,
+                }
+                .into());
+            }
+            let path = format!("/machine/peripheral/{}", crate::machine::VIRTIO_MEM_ID);
+            self.qmp
+                .qom_set(&path, "requested-size", serde_json::json!(want - boot))
+                .await
+                .map_err(|e| self.qmp_err(e))?;
+            let plugged: u64 = self
+                .qmp
+                .qom_get(&path, "size")
+                .await
+                .map_err(|e| self.qmp_err(e))?;
+            tracing::info!(vmi = %self.spec.vmi, bytes = want, plugged, "guest memory requested");
+            {
+                let mut i = self.lock();
+                i.state.memory = Some(MemoryState {
+                    guest_at_boot: boot,
+                    guest_requested: want,
+                    guest_current: boot + plugged,
+                });
+                i.state.timestamp = now();
+            }
+            self.publish();
+        }
+        Ok(self.state())
+    }
+
+    /// QEMU's `MEMORY_DEVICE_SIZE_CHANGE` of the virtio-mem device: what the guest has plugged.
+    fn on_memory_size(&self, data: &serde_json::Value) {
+        if data.get("id").and_then(|v| v.as_str()) != Some(crate::machine::VIRTIO_MEM_ID) {
+            return;
+        }
+        let Some(size) = data.get("size").and_then(|v| v.as_u64()) else {
+            return;
+        };
+        {
+            let mut i = self.lock();
+            let boot = self.spec.memory.bytes;
+            let m = i.state.memory.get_or_insert(MemoryState {
+                guest_at_boot: boot,
+                guest_requested: boot,
+                guest_current: boot,
+            });
+            m.guest_current = boot.saturating_add(size);
+            i.state.timestamp = now();
+        }
+        self.publish();
     }
 
     pub async fn set_balloon(&self, bytes: u64) -> Result<(), LaunchError> {

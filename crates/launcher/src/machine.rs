@@ -293,7 +293,11 @@ pub enum Profile {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CpuSpec {
+    /// Sockets at boot.
     pub sockets: u32,
+    /// Sockets the machine can grow to without a restart (`spec.domain.cpu.maxSockets`; equal
+    /// to `sockets` when nothing can be hotplugged, e.g. on microvm).
+    pub max_sockets: u32,
     pub cores: u32,
     pub threads: u32,
     /// The model the backend uses (already mapped for the accelerator): `host`, `max`, or a name.
@@ -306,14 +310,34 @@ impl CpuSpec {
     pub fn vcpus(&self) -> u32 {
         self.sockets * self.cores * self.threads
     }
+
+    /// vCPUs the machine can have (QEMU's `maxcpus`).
+    pub fn max_vcpus(&self) -> u32 {
+        self.max_sockets * self.cores * self.threads
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MemorySpec {
+    /// Guest memory at boot.
     pub bytes: u64,
     /// Page size in bytes when the guest RAM is backed by hugepages, with the mount to use.
     pub hugepages: Option<Hugepages>,
+    /// Memory that can be plugged in while the guest runs (a virtio-mem device), when
+    /// `spec.domain.memory.maxGuest` allows it.
+    pub hotplug: Option<MemoryHotplug>,
 }
+
+/// A virtio-mem device of `max_bytes - bytes`, plugged in `block_size` steps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemoryHotplug {
+    /// `spec.domain.memory.maxGuest`: boot memory plus the device's size.
+    pub max_bytes: u64,
+    pub block_size: u64,
+}
+
+/// The QOM id of the virtio-mem device (`/machine/peripheral/<id>`).
+pub const VIRTIO_MEM_ID: &str = "virtio-mem0";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Hugepages {

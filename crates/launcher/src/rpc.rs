@@ -39,7 +39,7 @@ fn agent<T: serde::Serialize>(
 
 fn rpc_error(e: LaunchError) -> RpcError {
     let code = match &e {
-        LaunchError::Spec(_) => ErrorCode::InvalidSpec,
+        LaunchError::Spec(_) | LaunchError::Hotplug(_) => ErrorCode::InvalidSpec,
         LaunchError::WrongPhase(..) => ErrorCode::WrongPhase,
         LaunchError::Accel(_) => ErrorCode::NoAccelerator,
         _ => ErrorCode::Failed,
@@ -241,6 +241,15 @@ impl Launcher {
             Request::GuestOsInfo => agent(vm().await?.guest_info().await),
             Request::UserList => agent(vm().await?.user_list().await),
             Request::FilesystemList => agent(vm().await?.filesystem_list().await),
+            Request::SetResources {
+                sockets,
+                guest_memory_bytes,
+            } => vm()
+                .await?
+                .set_resources(sockets, guest_memory_bytes)
+                .await
+                .map(|s| Response::State(Box::new(s)))
+                .map_err(rpc_error),
         }
     }
 }

@@ -31,10 +31,11 @@ pub enum Method {
     GuestOsInfo,
     UserList,
     FilesystemList,
+    SetResources,
 }
 
 impl Method {
-    pub const ALL: [Method; 14] = [
+    pub const ALL: [Method; 15] = [
         Method::Sync,
         Method::State,
         Method::Pause,
@@ -49,6 +50,7 @@ impl Method {
         Method::GuestOsInfo,
         Method::UserList,
         Method::FilesystemList,
+        Method::SetResources,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +69,7 @@ impl Method {
             Method::GuestOsInfo => "guestOsInfo",
             Method::UserList => "userList",
             Method::FilesystemList => "filesystemList",
+            Method::SetResources => "setResources",
         }
     }
 
@@ -115,6 +118,21 @@ pub enum Request {
     GuestOsInfo,
     UserList,
     FilesystemList,
+    /// LiveUpdate: grow the running machine to this many CPU sockets and this much guest
+    /// memory (`None`: unchanged); replies with the [`State`] (`cpuTopology`, `memory`).
+    SetResources {
+        sockets: Option<u32>,
+        guest_memory_bytes: Option<u64>,
+    },
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ResourcesParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sockets: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    guest_memory_bytes: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -151,6 +169,7 @@ impl Request {
             Request::GuestOsInfo => Method::GuestOsInfo,
             Request::UserList => Method::UserList,
             Request::FilesystemList => Method::FilesystemList,
+            Request::SetResources { .. } => Method::SetResources,
         }
     }
 
@@ -164,6 +183,13 @@ impl Request {
                 grace_period_seconds: *grace_period_seconds,
             }),
             Request::SetBalloon { bytes } => serde_json::to_value(BalloonParams { bytes: *bytes }),
+            Request::SetResources {
+                sockets,
+                guest_memory_bytes,
+            } => serde_json::to_value(ResourcesParams {
+                sockets: *sockets,
+                guest_memory_bytes: *guest_memory_bytes,
+            }),
             _ => return json!({}),
         };
         v.unwrap_or_else(|_| json!({}))
@@ -223,6 +249,17 @@ impl Request {
             Method::GuestOsInfo => Request::GuestOsInfo,
             Method::UserList => Request::UserList,
             Method::FilesystemList => Request::FilesystemList,
+            Method::SetResources => {
+                let p: ResourcesParams = serde_json::from_value(params).map_err(|e| {
+                    RpcError::bad_request(format!(
+                        "params.sockets and params.guestMemoryBytes must be non-negative integers: {e}"
+                    ))
+                })?;
+                Request::SetResources {
+                    sockets: p.sockets,
+                    guest_memory_bytes: p.guest_memory_bytes,
+                }
+            }
         })
     }
 }
@@ -313,7 +350,9 @@ impl Response {
     /// Decode a `result` for a request of `method`.
     pub fn decode(method: Method, result: Value) -> Result<Response, serde_json::Error> {
         Ok(match method {
-            Method::Sync | Method::State => Response::State(serde_json::from_value(result)?),
+            Method::Sync | Method::State | Method::SetResources => {
+                Response::State(serde_json::from_value(result)?)
+            }
             Method::Stats => Response::Stats(result),
             Method::GuestOsInfo | Method::UserList | Method::FilesystemList => {
                 Response::GuestAgent(result)
@@ -601,6 +640,20 @@ mod tests {
                 r#"{"v":1,"id":11,"method":"subscribe","params":{}}"#,
                 Request::Subscribe,
             ),
+            (
+                r#"{"v":1,"id":12,"method":"setResources","params":{"sockets":2,"guestMemoryBytes":2147483648}}"#,
+                Request::SetResources {
+                    sockets: Some(2),
+                    guest_memory_bytes: Some(2 << 30),
+                },
+            ),
+            (
+                r#"{"v":1,"id":13,"method":"setResources","params":{"sockets":3}}"#,
+                Request::SetResources {
+                    sockets: Some(3),
+                    guest_memory_bytes: None,
+                },
+            ),
         ];
         for (line, want) in cases {
             let frame: RequestFrame = serde_json::from_str(line).unwrap();
@@ -632,6 +685,24 @@ mod tests {
         assert_eq!(back["method"], "sync");
         let bare = json!({"v": 1, "id": 8, "method": "sync", "params": vmi}).to_string();
         assert!(matches!(decode_request(&bare).1, Ok(Request::Sync { .. })));
+    }
+
+    /// Hostile numbers never reach QMP: negative, fractional or oversized values are a bad
+    /// request that names the parameters.
+    #[test]
+    fn set_resources_refuses_what_is_not_a_count() {
+        for params in [
+            r#"{"sockets":-1}"#,
+            r#"{"sockets":4294967296}"#,
+            r#"{"guestMemoryBytes":1.5}"#,
+            r#"{"guestMemoryBytes":"1Gi"}"#,
+        ] {
+            let line = format!(r#"{{"v":1,"id":1,"method":"setResources","params":{params}}}"#);
+            let (_, r) = decode_request(&line);
+            let e = r.expect_err(params);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{params}");
+            assert!(e.message.contains("params.sockets"), "{}", e.message);
+        }
     }
 
     #[test]
