@@ -326,6 +326,8 @@ pub struct Vm {
     agent: tokio::sync::Mutex<Option<crate::agent::Agent>>,
     /// `status.interfaces` as the launcher knows them, before the guest agent's merge.
     domain_interfaces: Vec<GuestInterface>,
+    /// The hotpluggable volumes attached now (`hotplug.rs`); one change at a time.
+    pub(crate) hotplug: tokio::sync::Mutex<crate::hotplug::Plugged>,
 }
 
 /// How often the guest agent is asked while it does not answer (so `AgentConnected` comes
@@ -595,7 +597,9 @@ impl Vm {
             timestamp: now(),
         };
         let (final_tx, final_rx) = watch::channel(false);
+        let hotplug = tokio::sync::Mutex::new(crate::hotplug::Plugged::at_start(vmi, &spec));
         let vm = Arc::new(Vm {
+            hotplug,
             spec,
             qmp,
             console,
@@ -932,7 +936,7 @@ impl Vm {
         Ok(())
     }
 
-    fn qmp_err(&self, e: QmpError) -> LaunchError {
+    pub(crate) fn qmp_err(&self, e: QmpError) -> LaunchError {
         let log = VmiDir::unchecked(&self.dir).qemu_log();
         LaunchError::Qmp {
             source: e,
