@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 /// A volume request, decoded and checked.
 #[derive(Clone, Debug, PartialEq)]
 pub enum VolumeRequest {
-    Add(AddVolumeOptions),
+    Add(Box<AddVolumeOptions>),
     Remove(RemoveVolumeOptions),
 }
 
@@ -73,7 +73,7 @@ pub fn parse_add(body: &Value) -> Result<VolumeRequest, String> {
             )
         }
     }
-    Ok(VolumeRequest::Add(o))
+    Ok(VolumeRequest::Add(Box::new(o)))
 }
 
 /// `RemoveVolumeOptions` from a request body.
