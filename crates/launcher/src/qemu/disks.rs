@@ -169,6 +169,8 @@ mod tests {
         assert_eq!(
             a,
             [
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
                 "-drive",
                 "if=none,id=drive-root,file=/d/disks/a,,b.img,format=raw",
                 "-device",
