@@ -168,10 +168,10 @@ say "initrd.img: busybox + modules"
 # Loaded before the boot banner (cheap, needed by everything else) and after it.
 BOOT_MODS="virtio_pci virtio_mmio virtio_blk virtio_net virtio_console button evdev"
 LATE_MODS="ahci sd_mod sr_mod virtio_scsi isofs vfat nls_cp437 nls_ascii nls_iso8859_1 nls_utf8
-	ext4 crc32c_generic i6300esb virtio_balloon virtio_rng"
+	ext4 crc32c_generic i6300esb virtio_balloon virtio_rng virtio_mem"
 STAGE=$CACHE/initramfs
 rm -rf "$STAGE" && mkdir -p "$STAGE"
-(cd "$STAGE" && mkdir -p bin sbin usr/bin usr/sbin etc root proc sys dev run tmp mnt var/log "lib/modules/$KVER")
+(cd "$STAGE" && mkdir -p bin sbin usr/bin usr/sbin etc root home/demo proc sys dev run tmp mnt var/log "lib/modules/$KVER")
 cp "$BUSYBOX" "$STAGE/bin/busybox"
 for a in $("$BUSYBOX" --list-full); do
 	[ -e "$STAGE/$a" ] || ln -s /bin/busybox "$STAGE/$a"

@@ -22,7 +22,7 @@ cleanup() {
   kubectl delete vm demo --wait=false >/dev/null 2>&1 || true
   sleep 3
   kill "$server" 2>/dev/null || true
-  for p in "$work"/server/vms/*/*/launcher.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
+  for p in "$work"/server/vms/*/launcher.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
   true
 }
 trap cleanup EXIT
@@ -36,14 +36,17 @@ for _ in $(seq 1 240); do
   [ "$(kubectl get vmi demo -o jsonpath='{.status.phase}' 2>/dev/null)" = Running ] && break
   sleep 0.5
 done
-serial="$work/server/vms/default/demo/serial.log"
+# The VMI's directory is named by the first 128 bits of SHA-256("<namespace>/<name>")
+# (docs/architecture.md, "The VMI directory").
+vmidir="$work/server/vms/$(printf '%s' default/demo | sha256sum | cut -c1-32)"
+serial="$vmidir/serial.log"
 for _ in $(seq 1 120); do grep -q "hello from cloud-init" "$serial" 2>/dev/null && break; sleep 0.5; done
 kubectl get vm demo
 kubectl get vmi demo -o wide
 echo "demo: the guest's serial console:"
 grep -E "kubevirt-rs demo guest|cloud-init|hello from|eth0:" "$serial" | tr -d '\r'
 echo "demo: running a command on the console:"
-echo "uname -r" | "$bin" launcher console --dir "$work/server/vms/default/demo" --timeout 3 \
+echo "uname -r" | "$bin" launcher console --dir "$vmidir" --timeout 3 \
   | tr -d '\r' | grep -v '^$' | tail -3 || true
 grep -q "hello from cloud-init" "$serial"
 echo "demo: OK, the demo VM is running; deleting it"

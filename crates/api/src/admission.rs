@@ -2,6 +2,7 @@
 //! have, default it, validate it. The API server and `kubevirt-rs validate` both go through
 //! [`admit`], so an object that passes offline passes the server and vice versa.
 
+use crate::admitters;
 use crate::defaults::{self, DefaultsConfig};
 use crate::field::{CauseType, FieldError};
 use crate::validation::{self, ValidationConfig};
@@ -30,6 +31,88 @@ pub struct AdmitOptions {
     pub validation: ValidationConfig,
 }
 
+/// What a write does: KubeVirt's admitters check some rules only on create, others (which
+/// fields are immutable) only on update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Operation {
+    #[default]
+    Create,
+    Update,
+}
+
+/// The user a request comes from, as the API server authenticated it (Kubernetes
+/// `UserInfo`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserInfo {
+    pub username: String,
+    pub groups: Vec<String>,
+}
+
+/// The group whose members may do anything (kube-apiserver's superusers); our own
+/// controllers and handlers authenticate as its members.
+pub const MASTERS: &str = "system:masters";
+/// KubeVirt's own service accounts (namespace `kubevirt`), which its admitters trust to change
+/// what users may not (VMI specs for hotplug, migration priority).
+pub const KUBEVIRT_SERVICE_ACCOUNTS: &[&str] = &[
+    "system:serviceaccount:kubevirt:kubevirt-controller",
+    "system:serviceaccount:kubevirt:kubevirt-handler",
+    "system:serviceaccount:kubevirt:kubevirt-apiserver",
+    "system:serviceaccount:kubevirt:kubevirt-operator",
+];
+
+impl UserInfo {
+    /// Whether KubeVirt would treat this user as one of its own components: one of its service
+    /// accounts, or here also a member of `system:masters` (our in-process controllers and
+    /// handler, and the cluster admin).
+    pub fn is_kubevirt_component(&self) -> bool {
+        self.groups.iter().any(|g| g == MASTERS)
+            || KUBEVIRT_SERVICE_ACCOUNTS.contains(&self.username.as_str())
+    }
+}
+
+/// Read access to other stored objects, for the admitters that look them up (a migration's
+/// VMI, a restore's snapshot). Implemented by the API server over its store.
+pub trait Lookup: Sync {
+    /// The object `name` of `group`/`plural` in `namespace` ("" for cluster-scoped ones).
+    fn get(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<Value>;
+    /// Every object of `group`/`plural` in `namespace`.
+    fn list(&self, group: &str, plural: &str, namespace: &str) -> Vec<Value>;
+}
+
+/// One write as an admitter sees it (Kubernetes `AdmissionRequest`). The default is a create
+/// with no user and no store: offline validation (`kubevirt-rs validate`), which trusts its
+/// caller like an in-process component.
+#[derive(Clone, Copy, Default)]
+pub struct Request<'a> {
+    pub operation: Operation,
+    /// The stored object, on update.
+    pub old: Option<&'a Value>,
+    /// Who asks; `None` for the server's own writes and offline validation.
+    pub user: Option<&'a UserInfo>,
+    /// `Some("status")` for writes to `/status`.
+    pub subresource: Option<&'a str>,
+    pub lookup: Option<&'a dyn Lookup>,
+}
+
+impl Request<'_> {
+    /// Whether the request comes from a KubeVirt component (see
+    /// [`UserInfo::is_kubevirt_component`]); requests without a user are the server's own.
+    pub fn privileged(&self) -> bool {
+        self.user.is_none_or(UserInfo::is_kubevirt_component)
+    }
+
+    pub fn username(&self) -> &str {
+        self.user.map(|u| u.username.as_str()).unwrap_or("")
+    }
+
+    pub fn is_update(&self) -> bool {
+        self.operation == Operation::Update
+    }
+}
+
+/// Rules that need more than the object: the old object, the user, other objects.
+pub type RulesFn<K> = fn(&K, Option<&K>, &Request, &ValidationConfig) -> Vec<FieldError>;
+
 /// The object as it will be stored: typed fields only, defaults applied.
 #[derive(Clone, Debug)]
 pub struct Admitted {
@@ -38,7 +121,7 @@ pub struct Admitted {
     pub warnings: Vec<String>,
 }
 
-type AdmitFn = fn(&Value, &AdmitOptions) -> Result<Admitted, Vec<FieldError>>;
+type AdmitFn = fn(&Value, &Request, &AdmitOptions) -> Result<Admitted, Vec<FieldError>>;
 
 /// A kind the project knows: its REST names and how to admit it.
 pub struct KindInfo {
@@ -62,8 +145,19 @@ impl KindInfo {
         }
     }
 
+    /// Admit a create with no user: offline validation.
     pub fn admit(&self, value: &Value, opts: &AdmitOptions) -> Result<Admitted, Vec<FieldError>> {
-        (self.admit)(value, opts)
+        (self.admit)(value, &Request::default(), opts)
+    }
+
+    /// Admit one write as the API server sees it (operation, old object, user).
+    pub fn admit_request(
+        &self,
+        value: &Value,
+        req: &Request,
+        opts: &AdmitOptions,
+    ) -> Result<Admitted, Vec<FieldError>> {
+        (self.admit)(value, req, opts)
     }
 
     /// Decode into the kind's type and encode again, with no defaulting: what survives is
@@ -90,7 +184,7 @@ macro_rules! core {
             kind: $kind,
             plural: $plural,
             namespaced: $ns,
-            admit: |v, o| admit_typed::<$ty>(v, o, $default, $validate),
+            admit: |v, r, o| admit_typed::<$ty>(v, r, o, $default, $validate, None),
             roundtrip: roundtrip::<$ty>,
             crd: None,
         }
@@ -99,6 +193,9 @@ macro_rules! core {
 
 macro_rules! custom {
     ($ty:ident, $default:expr, $validate:expr) => {
+        custom!($ty, $default, $validate, None)
+    };
+    ($ty:ident, $default:expr, $validate:expr, $rules:expr) => {
         KindInfo {
             group: <crate::$ty as kube::Resource>::group(&())
                 .into_owned()
@@ -111,7 +208,7 @@ macro_rules! custom {
                 .into_owned()
                 .leak(),
             namespaced: <crate::$ty as CustomResourceExt>::crd().spec.scope == "Namespaced",
-            admit: |v, o| admit_typed::<crate::$ty>(v, o, $default, $validate),
+            admit: |v, r, o| admit_typed::<crate::$ty>(v, r, o, $default, $validate, $rules),
             roundtrip: roundtrip::<crate::$ty>,
             crd: Some(|| <crate::$ty as CustomResourceExt>::crd()),
         }
@@ -133,30 +230,77 @@ pub fn kinds() -> &'static [KindInfo] {
             custom!(
                 VirtualMachineInstance,
                 defaults::default_vmi,
-                validation::validate_vmi
+                validation::validate_vmi,
+                Some(admitters::vmi_update::rules)
             ),
             custom!(
                 VirtualMachine,
                 defaults::default_vm,
-                validation::validate_vm
+                admitters::vm::validate_vm,
+                Some(admitters::vm::rules)
             ),
-            custom!(VirtualMachineInstanceMigration, no_default, no_validate),
-            custom!(VirtualMachineInstanceReplicaSet, no_default, no_validate),
+            custom!(
+                VirtualMachineInstanceMigration,
+                no_default,
+                no_validate,
+                Some(admitters::migration::rules)
+            ),
+            custom!(
+                VirtualMachineInstanceReplicaSet,
+                no_default,
+                admitters::vmirs::validate
+            ),
             custom!(KubeVirt, no_default, no_validate),
-            custom!(VirtualMachineInstancetype, no_default, no_validate),
-            custom!(VirtualMachineClusterInstancetype, no_default, no_validate),
-            custom!(VirtualMachinePreference, no_default, no_validate),
-            custom!(VirtualMachineClusterPreference, no_default, no_validate),
+            custom!(
+                VirtualMachineInstancetype,
+                no_default,
+                admitters::instancetype::validate
+            ),
+            custom!(
+                VirtualMachineClusterInstancetype,
+                no_default,
+                admitters::instancetype::validate_cluster
+            ),
+            custom!(
+                VirtualMachinePreference,
+                no_default,
+                admitters::preference::validate
+            ),
+            custom!(
+                VirtualMachineClusterPreference,
+                no_default,
+                admitters::preference::validate_cluster
+            ),
             custom!(DataVolume, defaults::default_dv, |dv, _| {
                 validation::validate_dv(dv)
             }),
             custom!(CDIConfig, no_default, no_validate),
             custom!(StorageProfile, no_default, no_validate),
-            custom!(VirtualMachineSnapshot, no_default, no_validate),
+            custom!(
+                VirtualMachineSnapshot,
+                no_default,
+                no_validate,
+                Some(admitters::snapshot::rules)
+            ),
             custom!(VirtualMachineSnapshotContent, no_default, no_validate),
-            custom!(VirtualMachineRestore, no_default, no_validate),
-            custom!(MigrationPolicy, no_default, no_validate),
-            custom!(VirtualMachinePool, no_default, no_validate),
+            custom!(
+                VirtualMachineRestore,
+                no_default,
+                no_validate,
+                Some(admitters::restore::rules)
+            ),
+            custom!(
+                MigrationPolicy,
+                no_default,
+                no_validate,
+                Some(admitters::migration_policy::rules)
+            ),
+            custom!(
+                VirtualMachinePool,
+                no_default,
+                admitters::vmpool::validate,
+                Some(admitters::vmpool::rules)
+            ),
             custom!(NetworkAttachmentDefinition, no_default, |nad, _| {
                 crate::multus::validate_nad(nad)
             }),
@@ -219,6 +363,13 @@ pub fn kinds() -> &'static [KindInfo] {
                 false,
                 core_kinds::default_storage_class,
                 core_kinds::validate_storage_class
+            ),
+            core!(
+                k8s_openapi::api::apps::v1::ControllerRevision,
+                "ControllerRevision",
+                "apps",
+                "controllerrevisions",
+                true
             ),
             core!(core::Event, "Event", "", "events", true),
             core!(events::Event, "Event", "events.k8s.io", "events", true),
@@ -335,9 +486,11 @@ fn roundtrip<K: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, St
 
 fn admit_typed<K: DeserializeOwned + Serialize>(
     value: &Value,
+    req: &Request,
     opts: &AdmitOptions,
     default: fn(&mut K, &DefaultsConfig),
     validate: fn(&K, &ValidationConfig) -> Vec<FieldError>,
+    rules: Option<RulesFn<K>>,
 ) -> Result<Admitted, Vec<FieldError>> {
     let mut typed: K = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -378,7 +531,15 @@ fn admit_typed<K: DeserializeOwned + Serialize>(
         }
     }
     default(&mut typed, &opts.defaults);
-    let errs = validate(&typed, &opts.validation);
+    let mut errs = validate(&typed, &opts.validation);
+    if let Some(rules) = rules {
+        // The stored object was admitted (and defaulted) when it was written.
+        // One that no longer decodes (written by an older version) gives no old object.
+        let old: Option<K> = req
+            .old
+            .and_then(|o| serde_json::from_value::<K>(o.clone()).ok());
+        errs.extend(rules(&typed, old.as_ref(), req, &opts.validation));
+    }
     if !errs.is_empty() {
         return Err(errs);
     }

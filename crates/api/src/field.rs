@@ -19,6 +19,7 @@ pub enum CauseType {
     FieldValueUnknown,
     FieldValueForbidden,
     FieldValueTooLong,
+    FieldValueNotFound,
 }
 
 impl CauseType {
@@ -32,6 +33,7 @@ impl CauseType {
             CauseType::FieldValueUnknown => "FieldValueUnknown",
             CauseType::FieldValueForbidden => "FieldValueForbidden",
             CauseType::FieldValueTooLong => "FieldValueTooLong",
+            CauseType::FieldValueNotFound => "FieldValueNotFound",
         }
     }
 }

@@ -12,6 +12,7 @@ mod generated;
 pub use generated::*;
 
 pub mod admission;
+pub mod admitters;
 pub mod cdi;
 pub mod core_kinds;
 pub mod crd;
@@ -24,7 +25,9 @@ pub mod quantity;
 pub mod status;
 pub mod validation;
 
-pub use admission::{admit, AdmitOptions, Admitted, FieldValidation, KindInfo};
+pub use admission::{
+    admit, AdmitOptions, Admitted, FieldValidation, KindInfo, Lookup, Operation, Request, UserInfo,
+};
 pub use cdi::{CDIConfig, StorageProfile};
 pub use field::{CauseType, FieldError};
 pub use multus::NetworkAttachmentDefinition;

@@ -115,6 +115,21 @@ pub fn parse_mac(s: &str) -> Option<Vec<u8>> {
     matches!(octets.len(), 6 | 8 | 20).then_some(octets)
 }
 
+/// `true` when `s` is a PCI address of KubeVirt's form `dddd:bb:ss.f` (hex domain, bus and slot,
+/// function 0-7), the only form that may reach QEMU's `addr=`.
+pub fn pci_address_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+    b.len() == 12
+        && hex(0..4)
+        && b[4] == b':'
+        && hex(5..7)
+        && b[7] == b':'
+        && hex(8..10)
+        && b[10] == b'.'
+        && (b'0'..=b'7').contains(&b[11])
+}
+
 /// `Some(problem)` unless `p` is an absolute, normalised host path: starts with `/`, and has no
 /// empty, `.` or `..` component and no NUL. Whether it is beneath a root the administrator
 /// allows is a question for the node (`--host-path-root`), not for admission.

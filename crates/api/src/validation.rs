@@ -9,14 +9,10 @@
 use crate::field::{FieldError, Path};
 use crate::names;
 use crate::quantity::Quantity;
-use crate::{
-    DataVolume, DataVolumeSpec, Disk, VirtualMachine, VirtualMachineInstance,
-    VirtualMachineInstanceSpec,
-};
+use crate::{DataVolume, DataVolumeSpec, Disk, VirtualMachineInstance, VirtualMachineInstanceSpec};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// KubeVirt's `cloudInitUserMaxLen`.
-pub const CLOUD_INIT_MAX_LEN: usize = 2048;
+pub use storage::{std_base64_len, CLOUD_INIT_MAX_LEN};
 /// Disk buses KubeVirt accepts, in the order its message lists them.
 pub const DISK_BUSES: &[&str] = &["virtio", "scsi", "sata", "usb"];
 /// Interface models KubeVirt accepts.
@@ -28,6 +24,10 @@ pub const RUN_STRATEGIES: &[&str] = &["Always", "Halted", "Manual", "RerunOnFail
 /// Our lightweight machine profile (Firecracker-style QEMU microvm).
 pub const MICROVM: &str = "microvm";
 
+mod network;
+mod storage;
+mod vmi_create;
+
 /// Cluster settings validation depends on (from the `KubeVirt` resource).
 #[derive(Clone, Debug)]
 pub struct ValidationConfig {
@@ -35,6 +35,12 @@ pub struct ValidationConfig {
     pub permit_bridge_on_pod_network: bool,
     /// `developerConfiguration.featureGates` (KubeVirt default: none).
     pub feature_gates: Vec<String>,
+    /// `developerConfiguration.disabledFeatureGates`: turns off a Beta gate (KubeVirt default:
+    /// none).
+    pub disabled_feature_gates: Vec<String>,
+    /// `vmRolloutStrategy` is `LiveUpdate` (KubeVirt's default since v1.4). With `Stage`, guest
+    /// memory may not exceed the memory limit.
+    pub vm_rollout_live_update: bool,
 }
 
 impl Default for ValidationConfig {
@@ -42,95 +48,73 @@ impl Default for ValidationConfig {
         ValidationConfig {
             permit_bridge_on_pod_network: true,
             feature_gates: Vec::new(),
+            disabled_feature_gates: Vec::new(),
+            vm_rollout_live_update: true,
         }
     }
 }
 
+/// Maturity of a KubeVirt feature gate (pkg/virt-config/featuregate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateState {
+    /// Off unless listed in `featureGates`.
+    Alpha,
+    /// On unless listed in `disabledFeatureGates`.
+    Beta,
+    /// Always on.
+    Ga,
+}
+
+/// The v1.9 state of the gates admission consults; a gate not listed is Alpha.
+pub const GATES: &[(&str, GateState)] = &[
+    ("DeclarativeHotplugVolumes", GateState::Beta),
+    ("PasstBinding", GateState::Beta),
+    ("RebootPolicy", GateState::Beta),
+    ("GPUsWithDRA", GateState::Beta),
+    ("HostDevicesWithDRA", GateState::Beta),
+    ("WorkloadEncryptionSEV", GateState::Beta),
+    ("ImageVolume", GateState::Beta),
+    ("Snapshot", GateState::Beta),
+    ("NUMA", GateState::Ga),
+    ("GPU", GateState::Ga),
+    ("PersistentReservation", GateState::Ga),
+    ("PanicDevices", GateState::Ga),
+    ("VideoConfig", GateState::Ga),
+    ("EnableVirtioFsConfigVolumes", GateState::Ga),
+    ("ExpandDisks", GateState::Ga),
+    ("SecureExecution", GateState::Ga),
+    ("LiveMigration", GateState::Ga),
+    ("HotplugNICs", GateState::Ga),
+    ("VMLiveUpdateFeatures", GateState::Ga),
+];
+
 impl ValidationConfig {
+    /// KubeVirt's `featuregate.IsEnabled`: GA always, then an explicit enable, then an explicit
+    /// disable, then Beta gates are on by default.
     pub fn gate(&self, name: &str) -> bool {
-        self.feature_gates.iter().any(|g| g == name)
+        let state = GATES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| *s)
+            .unwrap_or(GateState::Alpha);
+        if state == GateState::Ga || self.feature_gates.iter().any(|g| g == name) {
+            return true;
+        }
+        if self.disabled_feature_gates.iter().any(|g| g == name) {
+            return false;
+        }
+        state == GateState::Beta
     }
 }
 
 pub fn validate_vmi(vmi: &VirtualMachineInstance, cfg: &ValidationConfig) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    validate_vmi_spec(&vmi.spec, &Path::root("spec"), cfg, &mut errs);
-    require_memory(&vmi.spec, &mut errs);
-    errs
-}
-
-pub fn validate_vm(vm: &VirtualMachine, cfg: &ValidationConfig) -> Vec<FieldError> {
-    let mut errs = Vec::new();
-    let spec = &vm.spec;
     let root = Path::root("spec");
-    match (spec.running, spec.run_strategy.as_deref()) {
-        (Some(_), Some(_)) => errs.push(FieldError::invalid(
-            root.child("running"),
-            "Running and RunStrategy are mutually exclusive. Note that Running is deprecated, please use RunStrategy instead",
-        )),
-        (None, None) => errs.push(FieldError::invalid(
-            root.child("running"),
-            "RunStrategy must be specified",
-        )),
-        (None, Some(rs)) if !RUN_STRATEGIES.contains(&rs) => errs.push(FieldError::invalid(
-            root.child("runStrategy"),
-            format!(
-                "Invalid RunStrategy ({rs}), must be one of: {}",
-                RUN_STRATEGIES.join(", ")
-            ),
-        )),
-        _ => {}
-    }
-    match spec.template.spec.as_ref() {
-        None => errs.push(FieldError::required(
-            root.child("template"),
-            "missing virtual machine template.",
-        )),
-        Some(tspec) => {
-            // The template is checked as the VMI it will become, defaults included, with the
-            // VM's paths; memory may come from an instancetype, so it is not required here.
-            let mut t = tspec.clone();
-            crate::defaults::default_vmi_spec(
-                &mut t,
-                vm.metadata.name.as_deref().unwrap_or(""),
-                &Default::default(),
-            );
-            validate_vmi_spec(&t, &root.child("template").child("spec"), cfg, &mut errs);
-        }
-    }
-    // Every dataVolumeTemplate must be used by a volume.
-    let used: BTreeSet<&str> = spec
-        .template
-        .spec
-        .iter()
-        .flat_map(|s| s.volumes.iter().flatten())
-        .filter_map(|v| {
-            v.data_volume.as_ref().map(|d| d.name.as_str()).or(v
-                .persistent_volume_claim
-                .as_ref()
-                .map(|p| p.claim_name.as_str()))
-        })
-        .collect();
-    for (i, dvt) in spec.data_volume_templates.iter().flatten().enumerate() {
-        let p = root.child("dataVolumeTemplate").index(i);
-        let name = dvt
-            .metadata
-            .as_ref()
-            .and_then(|m| m.name.as_deref())
-            .unwrap_or("");
-        if name.is_empty() {
-            errs.push(FieldError::required(
-                p.child("name"),
-                format!("'name' field must not be empty for DataVolumeTemplate entry {p}."),
-            ));
-        } else if !used.contains(name) {
-            errs.push(FieldError::required(
-                p.clone(),
-                format!("DataVolumeTemplate entry {p} must be referenced in the VMI template's 'volumes' list"),
-            ));
-        }
-        validate_dv_spec(&dvt.spec, &p.child("spec"), &mut errs);
-    }
+    validate_vmi_spec(&vmi.spec, &root, cfg, &mut errs);
+    // Only for VMIs (not VM templates), as in KubeVirt's VMI-create admitter.
+    storage::validate_volume_use(&vmi.spec, &root, &mut errs);
+    require_memory(&vmi.spec, &mut errs);
+    vmi_create::validate_metadata(vmi, cfg, &mut errs);
     errs
 }
 
@@ -146,7 +130,7 @@ pub fn validate_dv(dv: &DataVolume) -> Vec<FieldError> {
     errs
 }
 
-fn validate_dv_spec(spec: &DataVolumeSpec, p: &Path, errs: &mut Vec<FieldError>) {
+pub fn validate_dv_spec(spec: &DataVolumeSpec, p: &Path, errs: &mut Vec<FieldError>) {
     match (&spec.pvc, &spec.storage) {
         (Some(_), Some(_)) => errs.push(FieldError::invalid(
             p.child("storage"),
@@ -501,81 +485,21 @@ pub fn validate_vmi_spec(
                 ));
             }
         }
-        let cloud_init = [
-            v.cloud_init_no_cloud.as_ref().map(|c| {
-                (
-                    "cloudInitNoCloud",
-                    c.user_data.as_deref(),
-                    c.user_data_base64.as_deref(),
-                    c.secret_ref.is_some(),
-                    c.network_data.as_deref(),
-                    c.network_data_base64.as_deref(),
-                    c.network_data_secret_ref.is_some(),
-                )
-            }),
-            v.cloud_init_config_drive.as_ref().map(|c| {
-                (
-                    "cloudInitConfigDrive",
-                    c.user_data.as_deref(),
-                    c.user_data_base64.as_deref(),
-                    c.secret_ref.is_some(),
-                    c.network_data.as_deref(),
-                    c.network_data_base64.as_deref(),
-                    c.network_data_secret_ref.is_some(),
-                )
-            }),
-        ];
-        for (kind, ud, ud64, ud_secret, nd, nd64, nd_secret) in cloud_init.into_iter().flatten() {
-            let cp = vp.child(kind);
-            let user_sources = [ud.is_some(), ud64.is_some(), ud_secret]
-                .iter()
-                .filter(|b| **b)
-                .count();
-            let net_sources = [nd.is_some(), nd64.is_some(), nd_secret]
-                .iter()
-                .filter(|b| **b)
-                .count();
-            if user_sources > 1 {
-                errs.push(FieldError::invalid(
-                    cp.clone(),
-                    format!("{cp} must have only one userdatasource set."),
-                ));
-            }
-            if user_sources == 0 && net_sources == 0 {
-                errs.push(FieldError::invalid(
-                    cp.clone(),
-                    format!(
-                        "{cp} must have at least one userdatasource or one networkdatasource set."
-                    ),
-                ));
-            }
-            let len = |plain: Option<&str>, b64: Option<&str>| -> usize {
-                plain.map(str::len).unwrap_or(0) + b64.map(|b| b.trim().len() / 4 * 3).unwrap_or(0)
-            };
-            if len(ud, ud64) > CLOUD_INIT_MAX_LEN {
-                errs.push(FieldError::invalid(
-                    cp.clone(),
-                    format!("{cp} userdata exceeds {CLOUD_INIT_MAX_LEN} byte limit. Should use UserDataSecretRef for larger data."),
-                ));
-            }
-            if len(nd, nd64) > CLOUD_INIT_MAX_LEN {
-                errs.push(FieldError::invalid(
-                    cp.clone(),
-                    format!("{cp} networkdata exceeds {CLOUD_INIT_MAX_LEN} byte limit. Should use NetworkDataSecretRef for larger data."),
-                ));
-            }
-        }
     }
+    storage::validate_disks(spec, root, cfg, errs);
+    storage::validate_volumes(spec, root, cfg, errs);
 
-    validate_resources(spec, &domain, errs);
+    validate_resources(spec, &domain, cfg, errs);
     validate_firmware(spec, &domain, machine, errs);
     validate_cpu_names(spec, &domain, errs);
-    validate_network(spec, root, cfg, machine, boot_orders, errs);
+    network::validate_network(spec, root, cfg, machine, boot_orders, errs);
+    vmi_create::validate_spec(spec, root, cfg, errs);
 }
 
 fn validate_resources(
     spec: &VirtualMachineInstanceSpec,
     domain: &Path,
+    cfg: &ValidationConfig,
     errs: &mut Vec<FieldError>,
 ) {
     let res = spec.domain.resources.as_ref();
@@ -642,16 +566,20 @@ fn validate_resources(
         }
     }
     let memory = spec.domain.memory.as_ref();
+    // `validateGuestMemoryLimit`: only under the `Stage` rollout strategy; with the default
+    // `LiveUpdate` the limit may be below guest memory (memory hotplug raises it later).
     if let (Some(guest), Some((l, ls))) = (memory.and_then(|m| m.guest.as_ref()), &lim_mem) {
         let gp = domain.child("memory").child("guest");
         match Quantity::from_k8s(guest) {
-            Ok(g) if !l.is_zero() && g > *l => errs.push(FieldError::invalid(
-                gp.clone(),
-                format!(
+            Ok(g) if !cfg.vm_rollout_live_update && !l.is_zero() && g > *l => {
+                errs.push(FieldError::invalid(
+                    gp.clone(),
+                    format!(
                     "{gp} '{}' must be equal to or less than the memory limit {lim_mem_p} '{ls}'",
                     guest.0
                 ),
-            )),
+                ))
+            }
             Err(e) => errs.push(FieldError::invalid(
                 gp.clone(),
                 format!("{gp} '{}': {e}", guest.0),
@@ -663,16 +591,21 @@ fn validate_resources(
         .and_then(|m| m.hugepages.as_ref())
         .and_then(|h| h.page_size.as_deref())
     {
-        let hp = domain.child("hugepages").child("size");
+        let hp = domain.child("memory").child("hugepages").child("pageSize");
         match Quantity::parse(ps) {
             Err(e) => errs.push(FieldError::invalid(hp.clone(), format!("{hp} '{ps}': {e}"))),
             Ok(page) => {
-                // The memory the guest gets must be whole pages: the request, else guest memory.
-                let mem = req_mem.clone().or_else(|| {
-                    memory
-                        .and_then(|m| m.guest.as_ref())
-                        .and_then(|g| Quantity::from_k8s(g).ok().map(|q| (q, g.0.clone())))
-                });
+                // The memory the guest gets must be whole pages: the request, else guest
+                // memory, else the limit.
+                let mem = req_mem
+                    .clone()
+                    .filter(|(q, _)| !q.is_zero())
+                    .or_else(|| {
+                        memory
+                            .and_then(|m| m.guest.as_ref())
+                            .and_then(|g| Quantity::from_k8s(g).ok().map(|q| (q, g.0.clone())))
+                    })
+                    .or_else(|| lim_mem.clone());
                 if let Some((m, ms)) = mem {
                     if page.value() > 0 && m < page {
                         errs.push(FieldError::invalid(
@@ -737,7 +670,13 @@ fn validate_firmware(
             .as_ref()
             .and_then(|f| f.smm.as_ref())
             .is_some_and(|s| s.enabled.unwrap_or(true));
-        if secure_boot && !smm {
+        // TDX firmware keeps its Secure Boot keys in ROM and needs no SMM.
+        let tdx = spec
+            .domain
+            .launch_security
+            .as_ref()
+            .is_some_and(|l| l.tdx.is_some());
+        if secure_boot && !smm && !tdx {
             errs.push(FieldError::invalid(
                 domain.clone(),
                 format!("{domain} has EFI SecureBoot enabled. SecureBoot requires SMM, which is currently disabled."),
@@ -799,194 +738,13 @@ fn validate_cpu_names(
     }
 }
 
-fn validate_network(
-    spec: &VirtualMachineInstanceSpec,
-    root: &Path,
-    cfg: &ValidationConfig,
-    machine: &str,
-    boot_orders: &mut BTreeSet<i32>,
+/// Boot orders start at 1 and are unique across disks and interfaces (disks are seen first).
+pub(crate) fn check_boot_order(
+    bo: i32,
+    device: &Path,
+    seen: &mut BTreeSet<i32>,
     errs: &mut Vec<FieldError>,
 ) {
-    let ifaces_p = root.child("domain").child("devices").child("interfaces");
-    let nets_p = root.child("networks");
-    let interfaces = spec
-        .domain
-        .devices
-        .interfaces
-        .as_deref()
-        .unwrap_or_default();
-    let networks = spec.networks.as_deref().unwrap_or_default();
-
-    let mut pod_networks = 0;
-    let mut multus_defaults = 0;
-    let mut seen_nets: BTreeSet<&str> = BTreeSet::new();
-    for (i, n) in networks.iter().enumerate() {
-        let np = nets_p.index(i);
-        if !seen_nets.insert(&n.name) {
-            errs.push(FieldError::duplicate(
-                np.child("name"),
-                format!("Network with name \"{}\" already exists, every network must have a unique name", n.name),
-            ));
-        }
-        let kinds = [
-            n.pod.is_some(),
-            n.multus.is_some(),
-            n.resource_claim.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        match kinds {
-            0 => errs.push(FieldError::required(
-                np.clone(),
-                "should have a network type",
-            )),
-            1 => {}
-            _ => errs.push(FieldError::required(
-                np.clone(),
-                "should have only one network type",
-            )),
-        }
-        if let Some(form) = names::interface_name(&n.name) {
-            errs.push(FieldError::invalid(np.child("name"), form));
-        }
-        if n.pod.is_some() {
-            pod_networks += 1;
-        }
-        if let Some(m) = &n.multus {
-            if m.network_name.is_empty() {
-                errs.push(FieldError::required(
-                    np.clone(),
-                    "CNI delegating plugin must have a networkName",
-                ));
-            }
-            if m.default == Some(true) {
-                multus_defaults += 1;
-            }
-        }
-        if !interfaces.iter().any(|iface| iface.name == n.name) {
-            errs.push(FieldError::required(
-                np.child("name"),
-                format!("{np}.name '{}' not found.", n.name),
-            ));
-        }
-    }
-    if pod_networks > 1 {
-        errs.push(FieldError::duplicate(
-            root.child("interfaces"),
-            format!(
-                "more than one interface is connected to a pod network in {}",
-                root.child("interfaces")
-            ),
-        ));
-    }
-    if multus_defaults > 1 {
-        errs.push(FieldError::invalid(
-            root.child("networks"),
-            "Multus CNI should only have one default network",
-        ));
-    }
-    if pod_networks > 0 && multus_defaults > 0 {
-        errs.push(FieldError::invalid(
-            root.child("networks"),
-            "Pod network cannot be defined when Multus default network is defined",
-        ));
-    }
-
-    let mut seen_ifaces: BTreeSet<&str> = BTreeSet::new();
-    for (i, iface) in interfaces.iter().enumerate() {
-        let ip = ifaces_p.index(i);
-        if !seen_ifaces.insert(&iface.name) {
-            errs.push(FieldError::duplicate(
-                ip.child("name"),
-                "Only one interface can be connected to one specific network",
-            ));
-        }
-        if let Some(form) = names::interface_name(&iface.name) {
-            errs.push(FieldError::invalid(ip.child("name"), form));
-        }
-        if let Some(mac) = iface.mac_address.as_deref().filter(|m| !m.is_empty()) {
-            match names::parse_mac(mac) {
-                None => errs.push(FieldError::invalid(
-                    ip.child("macAddress"),
-                    format!("interface {ip}.name has malformed MAC address ({mac})."),
-                )),
-                Some(octets) if octets.len() > 6 => errs.push(FieldError::invalid(
-                    ip.child("macAddress"),
-                    format!("interface {ip}.name has MAC address ({mac}) that is too long."),
-                )),
-                Some(_) => {}
-            }
-        }
-        // KubeVirt's `validateDiscontinuedBindings`: the fields stay in the API, the bindings
-        // are gone (passt lives on as `passtBinding`).
-        for (set, field, message) in [
-            (
-                iface.slirp.is_some(),
-                "slirp",
-                "Slirp interface support has been discontinued since v1.3",
-            ),
-            (
-                iface.passt.is_some(),
-                "passt",
-                "Passt network binding has been discontinued since v1.3",
-            ),
-            (
-                iface.macvtap.is_some(),
-                "macvtap",
-                "Macvtap network binding has been discontinued since v1.3",
-            ),
-        ] {
-            if set {
-                errs.push(FieldError::invalid(ip.child(field), message));
-            }
-        }
-        let net = networks.iter().find(|n| n.name == iface.name);
-        match net {
-            None => errs.push(FieldError::invalid(
-                ip.child("name"),
-                format!("{ip}.name '{}' not found.", iface.name),
-            )),
-            Some(n) => {
-                if iface.masquerade.is_some() && n.pod.is_none() {
-                    errs.push(FieldError::invalid(
-                        ip.child("name"),
-                        "Masquerade interface only implemented with pod network",
-                    ));
-                }
-                if iface.bridge.is_some() && n.pod.is_some() && !cfg.permit_bridge_on_pod_network {
-                    errs.push(FieldError::invalid(
-                        ip.child("name"),
-                        "Bridge on pod network configuration is not enabled under kubevirt-config",
-                    ));
-                }
-            }
-        }
-        if let Some(model) = iface.model.as_deref() {
-            if !INTERFACE_MODELS.contains(&model) {
-                errs.push(FieldError::not_supported(
-                    ip.child("model"),
-                    format!("interface {ip}.name uses model {model} that is not supported."),
-                ));
-            }
-        }
-        if machine == MICROVM && iface.model.as_deref().unwrap_or("virtio") != "virtio" {
-            errs.push(FieldError::invalid(
-                ip.child("model"),
-                format!(
-                    "{ip} uses model {}: machine type microvm supports only model virtio",
-                    iface.model.as_deref().unwrap_or("")
-                ),
-            ));
-        }
-        if let Some(bo) = iface.boot_order {
-            check_boot_order(bo, &ip, boot_orders, errs);
-        }
-    }
-}
-
-/// Boot orders start at 1 and are unique across disks and interfaces (disks are seen first).
-fn check_boot_order(bo: i32, device: &Path, seen: &mut BTreeSet<i32>, errs: &mut Vec<FieldError>) {
     let bp = device.child("bootOrder");
     if bo < 1 {
         errs.push(FieldError::invalid(

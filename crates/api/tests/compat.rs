@@ -13,11 +13,13 @@ const REJECTED_BY_KUBEVIRT: &[(&str, &str)] = &[(
      neither pvc nor storage and answers 'Missing Data volume PVC or Storage' (write `storage: {}`)",
 )];
 
-/// The cluster KubeVirt's examples are written for: its CI enables the HostDisk gate that
-/// `vmi-host-disk.yaml` needs (without it KubeVirt refuses that file; see tests/validation.rs).
+/// The cluster KubeVirt's examples are written for: the Alpha gates its examples need, which
+/// KubeVirt refuses them without (see tests/validation.rs and tests/admitter_vmi_create.rs):
+/// HostDisk (`vmi-host-disk.yaml`), HostDevices (`vmi-usb.yaml`) and Sidecar (the
+/// `vmi-with-sidecar-hook*.yaml` annotations).
 fn examples_cluster() -> AdmitOptions {
     let mut opts = AdmitOptions::default();
-    opts.validation.feature_gates = vec!["HostDisk".into()];
+    opts.validation.feature_gates = vec!["HostDisk".into(), "HostDevices".into(), "Sidecar".into()];
     opts
 }
 

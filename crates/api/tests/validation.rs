@@ -248,16 +248,23 @@ fn memory_is_required() {
 
 #[test]
 fn guest_memory_above_the_limit() {
+    // KubeVirt's default rollout strategy (LiveUpdate) allows guest memory above the limit.
     let mut v = vmi();
     at(&mut v, "/spec/domain")["memory"] = json!({"guest": "512Mi"});
-    at(&mut v, "/spec/domain/resources")["limits"] = json!({"memory": "256Mi"});
-    rejects(
-        &v,
-        "spec.domain.memory.guest",
-        "spec.domain.memory.guest '512Mi' must be equal to or less than the memory limit spec.domain.resources.limits.memory '256Mi'",
-    );
-    at(&mut v, "/spec/domain/memory/guest").clone_from(&json!("256Mi"));
+    at(&mut v, "/spec/domain/resources")["limits"] = json!({"memory": "512Mi"});
+    at(&mut v, "/spec/domain/resources/requests/memory").clone_from(&json!("256Mi"));
     accepts(&v);
+    at(&mut v, "/spec/domain/resources/limits/memory").clone_from(&json!("256Mi"));
+    accepts(&v);
+    // With `vmRolloutStrategy: Stage` it may not.
+    let mut opts = AdmitOptions::default();
+    opts.validation.vm_rollout_live_update = false;
+    let errs = admit(&v, &opts).err().unwrap_or_default();
+    assert!(
+        errs.iter().any(|e| e.field == "spec.domain.memory.guest"
+            && e.message == "spec.domain.memory.guest '512Mi' must be equal to or less than the memory limit spec.domain.resources.limits.memory '256Mi'"),
+        "{errs:#?}"
+    );
 }
 
 #[test]
@@ -289,7 +296,7 @@ fn hugepage_size_mismatch() {
     rejects(
         &v,
         "spec.domain.resources.requests.memory",
-        "spec.domain.resources.requests.memory '128Mi' must be equal to or larger than page size spec.domain.hugepages.size '1Gi'",
+        "spec.domain.resources.requests.memory '128Mi' must be equal to or larger than page size spec.domain.memory.hugepages.pageSize '1Gi'",
     );
 
     let mut v = vmi();
@@ -673,7 +680,7 @@ fn mac_addresses_are_parsed_as_kubevirt_parses_them() {
         ("de:ad:00:00:be", "has malformed MAC address"),
         (
             "00:00:00:00:fe:80:00:00",
-            "has MAC address (00:00:00:00:fe:80:00:00) that is too long.",
+            "has too long MAC address (00:00:00:00:fe:80:00:00).",
         ),
     ] {
         let mut v = vmi();

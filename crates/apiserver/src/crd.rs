@@ -344,17 +344,15 @@ pub fn set_status(crd: &mut Value, old: Option<&Value>, reg: &Registry) {
                 .map(|_| ("PluralConflict", format!("{plural:?} is already in use")))
         });
     let now = crate::objects::now();
-    let prev = |t: &str| -> Option<Value> {
-        old.and_then(|o| o["status"]["conditions"].as_array())
-            .and_then(|cs| cs.iter().find(|c| c["type"] == t))
-            .cloned()
-    };
+    let old_status = old.map(|o| &o["status"]).unwrap_or(&Value::Null);
     let cond = |t: &str, ok: bool, reason: &str, message: &str| -> Value {
         let status = if ok { "True" } else { "False" };
-        let since = prev(t)
-            .filter(|c| c["status"] == status)
-            .and_then(|c| c["lastTransitionTime"].as_str().map(str::to_string))
-            .unwrap_or_else(|| now.clone());
+        let since = kubevirt_runtime::status::transition_time(
+            kubevirt_runtime::status::previous_json(old_status),
+            t,
+            status,
+            Value::String(now.clone()),
+        );
         json!({"type": t, "status": status, "lastTransitionTime": since, "reason": reason, "message": message})
     };
     let (accepted, established) = match &conflict {

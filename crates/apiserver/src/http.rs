@@ -358,7 +358,12 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let attrs = crate::rbac::Attributes::of(&method, &path, &segs, &query);
     let mutating = !matches!(method, Method::GET | Method::HEAD);
     let resp = if public || state.api.allows(&user, &attrs) {
-        serve(&state, &user, &method, &segs, query, headers, parts, body).await
+        crate::objects::REQUEST_USER
+            .scope(
+                user.clone(),
+                serve(&state, &user, &method, &segs, query, headers, parts, body),
+            )
+            .await
     } else {
         attrs.forbidden(&user).into_response()
     };

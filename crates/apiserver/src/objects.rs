@@ -19,6 +19,33 @@ use std::sync::Arc;
 /// the subresource handlers share).
 pub use kubevirt_runtime::subresource::Query;
 
+tokio::task_local! {
+    /// The authenticated user of the request being served (set by the HTTP layer around
+    /// each request), for the admitters that decide by user. Writes outside a request (the
+    /// server's own bootstrap objects) have none and are trusted.
+    pub static REQUEST_USER: crate::auth::User;
+}
+
+/// Admitters read other objects straight from the store.
+struct StoreLookup<'a>(&'a Store);
+
+impl kubevirt_api::admission::Lookup for StoreLookup<'_> {
+    fn get(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.0
+            .get(&Key::new(group, plural, namespace, name))
+            .map(|o| o.value())
+    }
+
+    fn list(&self, group: &str, plural: &str, namespace: &str) -> Vec<Value> {
+        self.0
+            .list(&Key::prefix(group, plural, Some(namespace)))
+            .0
+            .iter()
+            .map(|o| o.value())
+            .collect()
+    }
+}
+
 /// The `fieldValidation` parameter of a write.
 fn field_validation(q: &Query) -> ApiResult<FieldValidation> {
     match q.get("fieldValidation") {
@@ -98,16 +125,6 @@ fn limit_error(def: &ResourceDef, name: &str, e: &crate::limits::LimitError) -> 
 /// written (so also for dry runs).
 fn check_limits(def: &ResourceDef, name: &str, obj: &Value) -> ApiResult<()> {
     crate::limits::check_object(obj).map_err(|e| limit_error(def, name, &e))
-}
-
-/// DNS-1123 subdomain, as most kinds' names must be.
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 253
-        && n.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && n.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && n.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// kube-apiserver's path segment name rule (RBAC objects), narrowed to printable ASCII:
@@ -297,6 +314,7 @@ impl ApiServer {
         def: &ResourceDef,
         value: Value,
         old: Option<&Value>,
+        subresource: Option<&str>,
         q: &Query,
     ) -> ApiResult<(Value, Vec<String>)> {
         let mut opts = self.admission.read().clone();
@@ -339,7 +357,25 @@ impl ApiServer {
             }
         };
         let is_crd = def.group == crate::crd::GROUP && def.plural == crate::crd::PLURAL;
-        match kind_info.admit(&value, &opts) {
+        let user = REQUEST_USER
+            .try_with(|u| kubevirt_api::UserInfo {
+                username: u.name.clone(),
+                groups: u.groups.clone(),
+            })
+            .ok();
+        let lookup = StoreLookup(&self.store);
+        let req = kubevirt_api::Request {
+            operation: if old.is_some() {
+                kubevirt_api::Operation::Update
+            } else {
+                kubevirt_api::Operation::Create
+            },
+            old,
+            user: user.as_ref(),
+            subresource,
+            lookup: Some(&lookup),
+        };
+        match kind_info.admit_request(&value, &req, &opts) {
             Ok(mut a) if is_crd => {
                 let errs = crate::crd::check(&a.value, old);
                 if !errs.is_empty() {
@@ -475,7 +511,9 @@ impl ApiServer {
             // RBAC objects take path-segment names (`system:basic-user`).
             path_segment_problem(&name)
         } else {
-            (!valid_name(&name)).then(|| "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character".to_string())
+            // Kubernetes' rule and words, from the one owner of name rules: every dot-separated
+            // part a label (`a..b` and `a.-b` are refused), at most 253 characters.
+            kubevirt_api::names::dns1123_subdomain(&name)
         };
         if let Some(why) = name_problem {
             return Err(ApiError::invalid(
@@ -526,7 +564,7 @@ impl ApiServer {
             true => Some(self.service_writes.lock().await),
             false => None,
         };
-        let (mut obj, warnings) = self.admit(def, body, None, q)?;
+        let (mut obj, warnings) = self.admit(def, body, None, None, q)?;
         if is_service(def) {
             crate::services::allocate(&self.store, &mut obj, None)?;
         }
@@ -641,7 +679,7 @@ impl ApiServer {
             true => Some(self.service_writes.lock().await),
             false => None,
         };
-        let (mut obj, warnings) = self.admit(def, new, Some(&old_v), q)?;
+        let (mut obj, warnings) = self.admit(def, new, Some(&old_v), subresource, q)?;
         if is_service(def) {
             crate::services::allocate(&self.store, &mut obj, Some(&old_v))?;
         }

@@ -260,11 +260,13 @@ pub(crate) struct StatusWrite {
 fn conditions(old: &[DataVolumeCondition], w: &StatusWrite) -> Vec<DataVolumeCondition> {
     let t = now();
     let mk = |type_: &str, status: &str, reason: &str, message: String| {
-        let transition = old
-            .iter()
-            .find(|c| c.r#type == type_ && c.status == status)
-            .and_then(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| t.clone());
+        let previous = old.iter().map(|c| kubevirt_runtime::status::Previous {
+            type_: &c.r#type,
+            status: &c.status,
+            since: c.last_transition_time.clone(),
+        });
+        let transition =
+            kubevirt_runtime::status::transition_time(previous, type_, status, t.clone());
         DataVolumeCondition {
             r#type: type_.into(),
             status: status.into(),

@@ -107,6 +107,9 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
+    /// A stored instancetype/preference revision cannot be used.
+    #[error("{0}")]
+    Revision(String),
 }
 
 impl Error {

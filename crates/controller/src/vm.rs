@@ -28,6 +28,7 @@ use kubevirt_api::{
     VirtualMachine, VirtualMachineCondition, VirtualMachineInstance, VirtualMachineSpec,
     VirtualMachineStartFailure, VirtualMachineStateChangeRequest, VirtualMachineStatus,
 };
+use kubevirt_runtime::status::{transition_time, Previous};
 
 use crate::phase;
 use crate::{instancetype, Context, Error};
@@ -431,6 +432,8 @@ fn controlled_by(vmi: &VirtualMachineInstance, vm: &VirtualMachine) -> bool {
         .any(|o| o.controller == Some(true) && Some(&o.uid) == vm.metadata.uid.as_ref())
 }
 
+/// Sets the condition `type_`; its `lastTransitionTime` changes only with its status
+/// ([`transition_time`]).
 fn set_condition(
     conds: &mut Vec<VirtualMachineCondition>,
     type_: &str,
@@ -440,10 +443,12 @@ fn set_condition(
     now: Timestamp,
 ) {
     let old = conds.iter().position(|c| c.r#type == type_);
-    let last_transition = match old.map(|i| &conds[i]) {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Some(Time(now)),
-    };
+    let previous = conds.iter().map(|c| Previous {
+        type_: &c.r#type,
+        status: &c.status,
+        since: c.last_transition_time.clone(),
+    });
+    let last_transition = Some(transition_time(previous, type_, status, Time(now)));
     let cond = VirtualMachineCondition {
         r#type: type_.into(),
         status: status.into(),
@@ -584,6 +589,13 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
     } else {
         decide(strategy, &status, vmi.as_ref(), now)
     };
+    // Copies of the instancetype and preference, taken once: the VM keeps its size when they
+    // change. A failure here shows up when the VMI is made (fetch reads the same objects).
+    if !deleting {
+        if let Err(e) = instancetype::sync_revisions(&ctx.client, &vm, &ns, &mut status).await {
+            tracing::warn!(%ns, %name, error = %e, "cannot store the instancetype/preference revision");
+        }
+    }
     // dataVolumeTemplates: create the DataVolumes; a VMI is created only once they are ready.
     let volumes = if !deleting {
         sync_data_volumes(&ctx, &vm, &ns).await?
@@ -613,27 +625,24 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
         Decision::Nothing => {}
         Decision::CreateAfter(d) => requeue = requeue.min(d + Duration::from_millis(50)),
         Decision::Create => {
-            let made = match instancetype::fetch(&ctx.client, &vm, &ns).await {
-                Ok((it, pref)) => vmi_for(
-                    &vm,
-                    it.as_ref(),
-                    pref.as_ref(),
-                    &ctx.config.cluster.borrow().defaults(),
-                )
-                .map(|mut new| {
-                    // `virtctl start --paused`: a Start request with `paused: "true"`.
-                    if first_request(&status).is_some_and(|r| {
-                        r.action == START
-                            && r.data
-                                .as_ref()
-                                .and_then(|d| d.get("paused"))
-                                .map(String::as_str)
-                                == Some("true")
-                    }) {
-                        new.spec.start_strategy = Some("Paused".into());
-                    }
-                    new
-                }),
+            let cluster = ctx.config.cluster.borrow().clone();
+            let made = match instancetype::fetch(&ctx.client, &vm, &status, &ns).await {
+                Ok((it, pref)) => vmi_for(&vm, it.as_ref(), pref.as_ref(), &cluster.defaults())
+                    .map(|mut new| {
+                        live_update::prepare_vmi(&mut new, &vm, &cluster);
+                        // `virtctl start --paused`: a Start request with `paused: "true"`.
+                        if first_request(&status).is_some_and(|r| {
+                            r.action == START
+                                && r.data
+                                    .as_ref()
+                                    .and_then(|d| d.get("paused"))
+                                    .map(String::as_str)
+                                    == Some("true")
+                        }) {
+                            new.spec.start_strategy = Some("Paused".into());
+                        }
+                        new
+                    }),
                 Err(e) => Err(e),
             };
             let created = match made {
@@ -718,6 +727,49 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
         }
     }
 
+    // LiveUpdate: CPU sockets and guest memory follow the template; other changes wait for a
+    // restart (the RestartRequired condition).
+    let mut restart_required = None;
+    if let Some(v) = vmi
+        .as_ref()
+        .filter(|v| !deleting && v.metadata.deletion_timestamp.is_none() && !phase::is_final(v))
+    {
+        let raw = vm.spec.template.spec.clone().unwrap_or_default();
+        let mut template = raw.clone();
+        if vm.spec.instancetype.is_some() || vm.spec.preference.is_some() {
+            let (it, pref) = instancetype::fetch(&ctx.client, &vm, &status, &ns).await?;
+            if let Some(p) = &pref {
+                instancetype::apply_preference(&mut template, p);
+            }
+            if let Some(i) = &it {
+                instancetype::apply_instancetype(&mut template, i, pref.as_ref());
+            }
+        }
+        let strategy = ctx.config.cluster.borrow().vm_rollout_strategy;
+        let plan = live_update::plan(&template, &raw, v, strategy);
+        restart_required = plan.restart_required;
+        if let (Some(patch), true) = (plan.patch, phase::is(v, VmiPhase::Running)) {
+            match vmis
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(updated) => {
+                    tracing::info!(%ns, %name, patch = %patch["spec"], "live update of the VMI");
+                    vmi = Some(updated);
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    requeue = Duration::from_millis(200);
+                }
+                Err(e) => {
+                    let msg = format!("Error encountered while handling a live update: {e}");
+                    ctx.event(vm.as_ref(), EventType::Warning, "FailedUpdate", msg)
+                        .await;
+                    requeue = Duration::from_secs(5);
+                }
+            }
+        }
+    }
+
     // Status, from what exists now.
     let mut requests = status.state_change_requests.take().unwrap_or_default();
     trim_requests(&mut requests, vmi.as_ref(), strategy);
@@ -778,6 +830,17 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
             Some(msg),
             now,
         );
+    }
+    match restart_required {
+        Some(m) => set_condition(
+            &mut conds,
+            live_update::RESTART_REQUIRED,
+            "True",
+            None,
+            Some(m),
+            now,
+        ),
+        None => conds.retain(|c| c.r#type != live_update::RESTART_REQUIRED),
     }
     status.conditions = Some(conds);
 
@@ -999,6 +1062,7 @@ async fn sync_hotplug_volumes(
 }
 
 pub mod hotplug;
+pub mod live_update;
 
 #[cfg(test)]
 mod tests;

@@ -706,6 +706,152 @@ async fn instancetype_sizes_the_vmi_and_events_are_recorded() {
         .starts_with("Started the virtual machine by creating the new virtual machine instance"));
 }
 
+/// Revisions: the VM keeps a copy of its instancetype and preference in ControllerRevisions
+/// it owns, recorded in its status; editing the instancetype afterwards does not resize the
+/// VM (its next VMI still has the copied size), and pointing the VM at another instancetype
+/// takes a new copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instancetype_edited_after_the_vm_started_does_not_change_it() {
+    use k8s_openapi::api::apps::v1::ControllerRevision;
+    let mut env = Env::start().await;
+    env.finish_deletions();
+    let its: Api<kubevirt_api::VirtualMachineInstancetype> =
+        Api::namespaced(env.client.clone(), "default");
+    for (name, cpus) in [("small", 1), ("large", 3)] {
+        let it: kubevirt_api::VirtualMachineInstancetype = serde_json::from_value(json!({
+            "apiVersion": "instancetype.kubevirt.io/v1beta1", "kind": "VirtualMachineInstancetype",
+            "metadata": {"name": name, "labels": {"team": "a"}},
+            "spec": {"cpu": {"guest": cpus}, "memory": {"guest": "128Mi"}}
+        }))
+        .expect("instancetype");
+        its.create(&PostParams::default(), &it)
+            .await
+            .expect("create instancetype");
+    }
+    let prefs: Api<kubevirt_api::VirtualMachineClusterPreference> = Api::all(env.client.clone());
+    let pref: kubevirt_api::VirtualMachineClusterPreference = serde_json::from_value(json!({
+        "apiVersion": "instancetype.kubevirt.io/v1beta1", "kind": "VirtualMachineClusterPreference",
+        "metadata": {"name": "cores"},
+        "spec": {"cpu": {"preferredCPUTopology": "cores"}}
+    }))
+    .expect("preference");
+    prefs
+        .create(&PostParams::default(), &pref)
+        .await
+        .expect("create preference");
+    let vm: VirtualMachine = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": "pinned"},
+        "spec": {"runStrategy": "Always",
+                 "instancetype": {"name": "small", "kind": "VirtualMachineInstancetype"},
+                 "preference": {"name": "cores"},
+                 "template": {"spec": {"domain": {"devices": {}}}}}
+    }))
+    .expect("vm");
+    env.vms()
+        .create(&PostParams::default(), &vm)
+        .await
+        .expect("create vm");
+    let first = env.wait_vmi("pinned", None).await;
+    let cores = |v: &VirtualMachineInstance| v.spec.domain.cpu.as_ref().and_then(|c| c.cores);
+    assert_eq!(cores(&first), Some(1));
+
+    // The status names the copies, and the copies are KubeVirt's ControllerRevisions.
+    let status = wait(|| async {
+        let s = env.vms().get("pinned").await.ok()?.status?;
+        let it = s.instancetype_ref.clone()?.controller_revision_ref?.name?;
+        let pref = s.preference_ref.clone()?.controller_revision_ref?.name?;
+        Some((s, it, pref))
+    })
+    .await
+    .expect("status.instancetypeRef and preferenceRef with controllerRevisionRef");
+    let (status, it_rev, pref_rev) = status;
+    let it_ref = status.instancetype_ref.expect("instancetypeRef");
+    assert_eq!(it_ref.name.as_deref(), Some("small"));
+    assert_eq!(it_ref.kind.as_deref(), Some("VirtualMachineInstancetype"));
+    assert_eq!(
+        status.preference_ref.and_then(|r| r.kind),
+        Some("VirtualMachineClusterPreference".to_string())
+    );
+    let revs: Api<ControllerRevision> = Api::namespaced(env.client.clone(), "default");
+    let rev = revs
+        .get(&it_rev)
+        .await
+        .expect("the instancetype's ControllerRevision");
+    assert!(it_rev.starts_with("pinned-small-v1beta1-"), "{it_rev}");
+    let labels = rev.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("instancetype.kubevirt.io/object-name")
+            .map(String::as_str),
+        Some("small")
+    );
+    assert_eq!(
+        labels
+            .get("instancetype.kubevirt.io/object-kind")
+            .map(String::as_str),
+        Some("VirtualMachineInstancetype")
+    );
+    let data = rev.data.expect("data").0;
+    assert_eq!(data["spec"]["cpu"]["guest"], 1);
+    assert!(
+        data["metadata"].get("labels").is_none(),
+        "labels are not copied: {data}"
+    );
+    let owner = rev.metadata.owner_references.unwrap_or_default();
+    assert_eq!(
+        owner.first().map(|o| o.kind.as_str()),
+        Some("VirtualMachine")
+    );
+    revs.get(&pref_rev)
+        .await
+        .expect("the preference's ControllerRevision");
+
+    // Edit the instancetype, restart the VM: the new VMI is sized from the copy.
+    its.patch(
+        "small",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"cpu": {"guest": 4}}})),
+    )
+    .await
+    .expect("edit instancetype");
+    let first_uid = first.metadata.uid.clone().expect("uid");
+    env.vmis()
+        .delete("pinned", &DeleteParams::default())
+        .await
+        .expect("delete vmi");
+    let second = env.wait_vmi("pinned", Some(&first_uid)).await;
+    assert_eq!(
+        cores(&second),
+        Some(1),
+        "the edited instancetype must not resize the VM"
+    );
+
+    // Pointing the VM at another instancetype takes a new copy.
+    env.vms()
+        .patch(
+            "pinned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"instancetype": {"name": "large"}}})),
+        )
+        .await
+        .expect("switch instancetype");
+    let renamed = wait(|| async {
+        let s = env.vms().get("pinned").await.ok()?.status?;
+        let name = s.instancetype_ref?.controller_revision_ref?.name?;
+        name.starts_with("pinned-large-").then_some(name)
+    })
+    .await
+    .expect("a new revision for the new instancetype");
+    let second_uid = second.metadata.uid.clone().expect("uid");
+    env.vmis()
+        .delete("pinned", &DeleteParams::default())
+        .await
+        .expect("delete vmi");
+    let third = env.wait_vmi("pinned", Some(&second_uid)).await;
+    assert_eq!(cores(&third), Some(3), "sized from {renamed}");
+}
+
 /// dataVolumeTemplates: the VM creates its DataVolume (owned by it) and holds the VMI back
 /// until the DataVolume succeeded: `Provisioning` and `DataVolumesReady=False` meanwhile,
 /// `DataVolumeError` when it failed. No CDI runs here: the test writes the DataVolume's phase.

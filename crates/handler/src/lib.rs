@@ -2,15 +2,17 @@
 //! what the launcher sees as the VMI's status, stops launchers of deleted VMIs, and keeps the
 //! Node object (labels, heartbeat).
 //!
-//! Everything it needs is on disk (`<data>/vms/<namespace>/<name>/`: the launcher's sockets,
+//! Everything it needs is on disk (`<data>/vms/<key>/`, [`VmiDir`]: the launcher's sockets,
 //! `launcher.pid`, `state.json`) or in the API server, so a restarted handler adopts running
 //! launchers: nothing is kept in memory that a crash would lose. Launchers run in their own
 //! session (`launcher run --detach`) and outlive the handler.
 
+pub mod cleanup;
 pub mod cni;
 pub mod hotplug;
 pub mod multus;
 pub mod podnet;
+pub mod secrets;
 pub mod status;
 pub mod volumes;
 
@@ -25,7 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use kubevirt_api::status::{reason, VmiPhase};
 use kubevirt_api::VirtualMachineInstance;
 use kubevirt_launcher::api::{
-    LauncherClient, NodeVolumes, Phase, Request, State, VmiDir, VmiDirError,
+    AgentCredentials, LauncherClient, NodeVolumes, Phase, Request, State, VmiDir, VmiDirError,
 };
 use kubevirt_runtime::events;
 use serde_json::{json, Value};
@@ -36,7 +38,7 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub node_name: String,
-    /// VM directories live under `<data_dir>/vms/<namespace>/<name>`.
+    /// VM directories live under `<data_dir>/vms/<key>` ([`VmiDir`]).
     pub data_dir: PathBuf,
     /// The OCI image layout containerDisks are resolved from.
     pub image_store: Option<PathBuf>,
@@ -102,6 +104,9 @@ struct Context {
     config: Config,
     followers: Arc<Followers>,
     recorder: Recorder,
+    /// Reconciles hold it shared; the sweep holds it exclusively while it decides a directory
+    /// is an orphan and removes it, so no launcher is spawned into a directory being removed.
+    dirs: tokio::sync::RwLock<()>,
 }
 
 impl Context {
@@ -119,8 +124,8 @@ impl Context {
 /// KubeVirt's label for the node a VMI runs on.
 pub const NODE_LABEL: &str = "kubevirt.io/nodeName";
 
-/// The VMI's directory, `<data_dir>/vms/<namespace>/<name>` ([`VmiDir`] checks both names and
-/// that its sockets' paths fit).
+/// The VMI's directory, `<data_dir>/vms/<key>` ([`VmiDir`] checks both names and that its
+/// sockets' paths fit).
 pub fn vmi_dir(config: &Config, namespace: &str, name: &str) -> Result<VmiDir, VmiDirError> {
     VmiDir::new(&config.data_dir, namespace, name)
 }
@@ -158,7 +163,7 @@ async fn launcher_state(dir: &VmiDir) -> Option<State> {
 }
 
 /// True while `pid` exists and is not a zombie.
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the field after the parenthesised command name.
         Ok(stat) => stat
@@ -242,6 +247,7 @@ fn spawn_launcher(
     dir: &VmiDir,
     vmi: &VirtualMachineInstance,
     volumes: &NodeVolumes,
+    credentials: &AgentCredentials,
     network: Option<&kubevirt_launcher::api::PodNetworkInfo>,
     followers: &Arc<Followers>,
 ) -> Result<(), Error> {
@@ -256,6 +262,13 @@ fn spawn_launcher(
         path: dir.volumes_file().display().to_string(),
         source: std::io::Error::other(e),
     })?;
+    if !credentials.is_empty() {
+        dir.write_access_credentials(credentials)
+            .map_err(|e| Error::Io {
+                path: dir.access_credentials_file().display().to_string(),
+                source: std::io::Error::other(e),
+            })?;
+    }
     // The launcher defaults what admission left open with the cluster's current defaults,
     // not its own.
     let defaults = config.cluster.borrow().defaults();
@@ -369,6 +382,16 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             return Ok(Action::await_change());
         }
     };
+    let _dirs = ctx.dirs.read().await;
+    // The directory of an earlier VMI of the same name (a crash-looping VM gets a new VMI per
+    // start): its state is not this VMI's, and nothing of it may stay.
+    if let Some(old) = dir.owner().filter(|o| Some(&o.uid) != vmi.uid().as_ref()) {
+        tracing::info!(vmi = %name, namespace = %ns, old_uid = %old.uid, "removing an earlier VMI's directory");
+        release_network_of(&ctx, &old.uid).await;
+        if let Err(e) = remove_dir(&ctx, &dir).await {
+            tracing::warn!(vmi = %name, error = %e, "cannot remove an earlier VMI's directory");
+        }
+    }
     let current = serde_json::to_value(&vmi.status).unwrap_or(Value::Null);
     let phase = VmiPhase::of(&vmi);
     let is_final = phase.is_some_and(VmiPhase::is_final);
@@ -411,7 +434,9 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             }
             None => release_network(&ctx, &vmi).await,
         }
-        let _ = std::fs::remove_dir_all(dir.path());
+        if let Err(e) = remove_dir(&ctx, &dir).await {
+            tracing::warn!(vmi = %name, error = %e, "cannot remove the deleted VMI's directory");
+        }
         return Ok(Action::await_change());
     }
     if is_final {
@@ -430,7 +455,35 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             {
                 // PVC/DataVolume volumes must be usable first; until then the VMI waits.
                 match volumes::resolve(&ctx.client, &vmi, &ctx.config.host_paths).await? {
-                    volumes::Resolved::Ready(node) => {
+                    volumes::Resolved::Ready(mut node) => {
+                        // Cloud-init and access credential Secrets (KubeVirt mounts them into
+                        // the pod: until each exists, the VMI waits).
+                        let (resolved, agent_credentials) =
+                            secrets::resolve(&ctx.client, &vmi).await?;
+                        match resolved {
+                            secrets::Secrets::Ready(resolved) => node.cloud_init = resolved,
+                            secrets::Secrets::Wait(why) => {
+                                tracing::info!(vmi = %name, %why, "waiting for Secrets");
+                                let waiting = status::not_synchronized_because(
+                                    &current,
+                                    secrets::FAILED_MOUNT,
+                                    &why,
+                                    &now(),
+                                );
+                                if status::changed(&current, &waiting) {
+                                    patch_status(&api, &name, waiting).await?;
+                                    ctx.event(&vmi, EventType::Warning, secrets::FAILED_MOUNT, why)
+                                        .await;
+                                }
+                                return Ok(Action::requeue(Duration::from_secs(2)));
+                            }
+                            secrets::Secrets::Refused(why) => {
+                                tracing::warn!(vmi = %name, %why, "refusing a Secret");
+                                let failed = status::failed_to_start(&current, &why, &now());
+                                patch_status(&api, &name, failed).await?;
+                                return Ok(Action::await_change());
+                            }
+                        }
                         let network = match &ctx.config.pod_network {
                             Some(pods) => match attach_networks(&ctx, &vmi, pods).await? {
                                 Ok(info) => Some(info),
@@ -465,6 +518,7 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                             &dir,
                             &vmi,
                             &node,
+                            &agent_credentials,
                             network.as_ref(),
                             &ctx.followers,
                         )?
@@ -493,6 +547,30 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 release_network(&ctx, &vmi).await;
             } else {
                 ctx.followers.follow(&dir, &vmi);
+                if secrets::has_agent_credentials(&vmi) {
+                    refresh_agent_credentials(&ctx, &vmi, &dir).await;
+                }
+            }
+            let mut s = s;
+            if let Some((sockets, guest)) = status::resources_to_apply(&vmi, &s) {
+                let req = Request::SetResources {
+                    sockets,
+                    guest_memory_bytes: guest,
+                };
+                let applied = async { LauncherClient::connect(&dir).await?.call(req).await };
+                match applied.await {
+                    Ok(r) => {
+                        tracing::info!(vmi = %name, ?sockets, ?guest, "CPU/memory hotplugged");
+                        if let Some(new) = r.into_state() {
+                            s = new;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(vmi = %name, error = %e, "CPU/memory hotplug failed");
+                        ctx.event(&vmi, EventType::Warning, "HotplugFailed", e.to_string())
+                            .await;
+                    }
+                }
             }
             let mut status = status::from_launcher(&s, &current, &now());
             // Volume hotplug: only a running (or paused) guest takes or gives back a disk.
@@ -520,6 +598,41 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 1
             })))
         }
+    }
+}
+
+/// Rewrites the VMI's `access-credentials.json` when its Secrets changed; the launcher applies
+/// it through the guest agent at its next poll (KubeVirt's access credential manager follows
+/// the mounted Secrets the same way). A Secret that went away leaves the last credentials.
+async fn refresh_agent_credentials(ctx: &Context, vmi: &VirtualMachineInstance, dir: &VmiDir) {
+    let found = match secrets::fetch(&ctx.client, vmi).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(vmi = %vmi.name_any(), error = %e, "reading access credential Secrets");
+            return;
+        }
+    };
+    // While one of its Secrets is missing, the guest keeps what it got last.
+    let missing = secrets::secret_uses(vmi)
+        .into_iter()
+        .filter(|u| u.field.starts_with("spec.accessCredentials"))
+        .any(|u| !found.contains_key(&u.name));
+    if missing {
+        return;
+    }
+    let wanted = secrets::agent_credentials(vmi, &found);
+    if dir
+        .read_access_credentials()
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        == wanted
+    {
+        return;
+    }
+    tracing::info!(vmi = %vmi.name_any(), "access credential Secrets changed");
+    if let Err(e) = dir.write_access_credentials(&wanted) {
+        tracing::warn!(vmi = %vmi.name_any(), error = %e, "cannot hand over the access credentials");
     }
 }
 
@@ -555,18 +668,108 @@ async fn attach_networks(
 
 /// Tears down the VMI's pod network (CNI `DEL`, its namespace) if it has one; idempotent.
 async fn release_network(ctx: &Context, vmi: &VirtualMachineInstance) {
-    let (Some(pods), Some(uid)) = (&ctx.config.pod_network, vmi.uid()) else {
+    if let Some(uid) = vmi.uid() {
+        release_network_of(ctx, &uid).await;
+    }
+}
+
+/// [`release_network`] of the VMI with `uid`, which may no longer exist.
+async fn release_network_of(ctx: &Context, uid: &str) {
+    let Some(pods) = &ctx.config.pod_network else {
         return;
     };
-    let Ok(ns) = podnet::PodNetwork::netns_name(&uid) else {
+    let Ok(ns) = podnet::PodNetwork::netns_name(uid) else {
         return;
     };
     if !Path::new(podnet::NETNS_DIR).join(ns).exists() {
         return;
     }
-    if let Err(e) = pods.teardown(&uid).await {
-        tracing::warn!(vmi = %vmi.name_any(), error = %e, "tearing down the pod network");
+    if let Err(e) = pods.teardown(uid).await {
+        tracing::warn!(%uid, error = %e, "tearing down the pod network");
     }
+}
+
+/// [`cleanup::remove`] off the async runtime (it may wait for killed processes to go).
+async fn remove_dir(ctx: &Context, dir: &VmiDir) -> Result<(), cleanup::CleanupError> {
+    let (data, d) = (ctx.config.data_dir.clone(), dir.clone());
+    match tokio::task::spawn_blocking(move || cleanup::remove(&data, &d)).await {
+        Ok(r) => r,
+        Err(e) => Err(cleanup::CleanupError::Io {
+            path: dir.path().to_path_buf(),
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
+/// How long a directory without a (matching) `vmi.json` is left alone: the handler writes
+/// `vmi.json` right after making the directory.
+const UNCLAIMED_GRACE: Duration = Duration::from_secs(60);
+/// How often orphan VMI directories are looked for while the handler runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Removes the VMI directories (and what still runs from them) whose VMI no longer exists:
+/// deleted while no handler ran, or deleted so fast (a final VMI released at once) that no
+/// reconcile saw its deletion. Returns how many were removed.
+async fn sweep(ctx: &Context) -> usize {
+    let dirs = VmiDir::all(&ctx.config.data_dir);
+    if dirs.is_empty() {
+        return 0;
+    }
+    let all: Api<VirtualMachineInstance> = Api::all(ctx.client.clone());
+    let live: std::collections::HashSet<(String, String)> =
+        match all.list(&kube::api::ListParams::default()).await {
+            Ok(l) => l
+                .items
+                .iter()
+                .map(|v| (v.namespace().unwrap_or_default(), v.name_any()))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing VMIs for the directory sweep");
+                return 0;
+            }
+        };
+    let mut removed = 0;
+    for dir in dirs {
+        let owner = cleanup::owner(&dir);
+        match &owner {
+            Some(o) if live.contains(&(o.namespace.clone(), o.name.clone())) => continue,
+            None if !cleanup::unclaimed_long_enough(
+                &dir,
+                std::time::SystemTime::now(),
+                UNCLAIMED_GRACE,
+            ) =>
+            {
+                continue
+            }
+            _ => {}
+        }
+        // Decided and removed under the exclusive lock, after looking once more: a VMI of
+        // that name created since the list keeps its directory.
+        let _dirs = ctx.dirs.write().await;
+        if let Some(o) = &owner {
+            let api: Api<VirtualMachineInstance> =
+                Api::namespaced(ctx.client.clone(), &o.namespace);
+            match api.get_opt(&o.name).await {
+                Ok(None) => {}
+                Ok(Some(_)) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "sweep: looking up a VMI");
+                    continue;
+                }
+            }
+            release_network_of(ctx, &o.uid).await;
+        }
+        tracing::info!(
+            dir = %dir.path().display(),
+            vmi = ?owner.as_ref().map(|o| format!("{}/{} ({})", o.namespace, o.name, o.uid)),
+            "removing the directory of a VMI that no longer exists"
+        );
+        match remove_dir(ctx, &dir).await {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(error = %e, "sweep"),
+        }
+    }
+    removed
 }
 
 fn error_policy(_vmi: Arc<VirtualMachineInstance>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -652,8 +855,40 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         config,
         followers,
         recorder,
+        dirs: Default::default(),
     });
-    Controller::new(vmis, watcher::Config::default().labels(&selector))
+    // Directories of VMIs that went while no handler ran, then the same as a safety net.
+    let removed = sweep(&ctx).await;
+    if removed > 0 {
+        tracing::info!(
+            count = removed,
+            "removed the directories of VMIs that no longer exist"
+        );
+    }
+    let sweeper = ctx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            sweep(&sweeper).await;
+        }
+    });
+    let controller = Controller::new(vmis, watcher::Config::default().labels(&selector));
+    // A Secret a VMI of this node names (cloud-init, access credentials) came or changed:
+    // look at that VMI now (a waiting one starts, a running one gets its new credentials).
+    let store = controller.store();
+    let secrets_api: Api<k8s_openapi::api::core::v1::Secret> = Api::all(ctx.client.clone());
+    controller
+        .watches(secrets_api, watcher::Config::default(), move |secret| {
+            let ns = secret.namespace();
+            let name = secret.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|v| v.namespace() == ns)
+                .filter(|v| secrets::secret_uses(v).iter().any(|u| u.name == name))
+                .map(|v| ObjectRef::from_obj(v.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .reconcile_on(triggered)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {

@@ -3,6 +3,7 @@
 //! events. No I/O here, so every mapping is unit-tested; `lib.rs` only writes the result.
 
 use kube::runtime::events::EventType;
+use kubevirt_api::quantity::Quantity;
 use kubevirt_api::status::{condition, reason, VmiPhase};
 use kubevirt_launcher::api::{Phase, State};
 use serde_json::{json, Value};
@@ -22,12 +23,9 @@ pub fn phase_of(status: &Value) -> Option<VmiPhase> {
     status["phase"].as_str().and_then(VmiPhase::parse)
 }
 
-fn timestamp(now: &str) -> Value {
-    Value::String(now.to_string())
-}
-
 /// A condition; `lastTransitionTime` is kept from `current` when the condition's status did
-/// not change (Kubernetes' convention), else it is `now`.
+/// not change (Kubernetes' convention), else it is `now`: the one rule, in
+/// [`kubevirt_runtime::status::condition`].
 pub fn condition(
     current: &Value,
     kind: &str,
@@ -36,18 +34,7 @@ pub fn condition(
     message: &str,
     now: &str,
 ) -> Value {
-    let status_s = if status { "True" } else { "False" };
-    let since = current["conditions"]
-        .as_array()
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c["type"] == kind && c["status"] == status_s)
-        })
-        .and_then(|c| c.get("lastTransitionTime").cloned())
-        .filter(|t| !t.is_null())
-        .unwrap_or_else(|| timestamp(now));
-    json!({"type": kind, "status": status_s, "reason": reason, "message": message,
-           "lastProbeTime": null, "lastTransitionTime": since})
+    kubevirt_runtime::status::condition(current, kind, status, reason, message, now)
 }
 
 /// The status of a VMI that could not be started: phase Failed, reason `FailedToStart`, the
@@ -63,6 +50,12 @@ pub fn failed_to_start(current: &Value, message: &str, now: &str) -> Value {
 /// The status of a VMI whose launcher cannot be made yet (KubeVirt: its Pod cannot be
 /// created): the phase stays, `Synchronized` is False with reason `FailedCreate` and why.
 pub fn not_synchronized(current: &Value, message: &str, now: &str) -> Value {
+    not_synchronized_because(current, reason::FAILED_CREATE, message, now)
+}
+
+/// [`not_synchronized`] with another reason (`FailedMount`: a Secret the launcher needs is
+/// missing, as kubelet reports a Secret volume it cannot mount).
+pub fn not_synchronized_because(current: &Value, why: &str, message: &str, now: &str) -> Value {
     let mut conditions: Vec<Value> = current["conditions"]
         .as_array()
         .into_iter()
@@ -74,12 +67,15 @@ pub fn not_synchronized(current: &Value, message: &str, now: &str) -> Value {
         current,
         condition::SYNCHRONIZED,
         false,
-        reason::FAILED_CREATE,
+        why,
         message,
         now,
     ));
     json!({"phase": current["phase"], "conditions": conditions})
 }
+
+/// KubeVirt's condition type for access credentials propagated by the guest agent.
+pub const ACCESS_CREDENTIALS_SYNCHRONIZED: &str = "AccessCredentialsSynchronized";
 
 /// The VMI status the launcher's state stands for.
 pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
@@ -129,6 +125,18 @@ pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
             now,
         ));
     }
+    // KubeVirt's AccessCredentialsSynchronized: how applying the guest agent's access
+    // credentials went (no reason; the message says what failed).
+    if let Some(ac) = &state.access_credentials {
+        conditions.push(condition(
+            current,
+            ACCESS_CREDENTIALS_SYNCHRONIZED,
+            ac.succeeded,
+            "",
+            &ac.message,
+            now,
+        ));
+    }
     let mut transitions = current["phaseTransitionTimestamps"]
         .as_array()
         .cloned()
@@ -165,6 +173,18 @@ pub fn from_launcher(state: &State, current: &Value, now: &str) -> Value {
                 .collect(),
         );
     }
+    if let Some(t) = &state.cpu_topology {
+        status["currentCPUTopology"] =
+            json!({"sockets": t.sockets, "cores": t.cores, "threads": t.threads});
+    }
+    if let Some(m) = &state.memory {
+        let q = |b: u64| Quantity::from_value(i128::from(b)).to_string();
+        status["memory"] = json!({
+            "guestAtBoot": q(m.guest_at_boot),
+            "guestCurrent": q(m.guest_current),
+            "guestRequested": q(m.guest_requested),
+        });
+    }
     if state.phase.is_final() && !state.message.is_empty() {
         status["reason"] = json!(state.reason);
     }
@@ -187,14 +207,54 @@ fn guest_os_info(state: &State, current: &Value) -> Value {
     os
 }
 
+/// What the VMI spec asks of a running machine that its launcher has not applied yet
+/// (LiveUpdate: the VM controller patched `spec.domain.cpu.sockets` or
+/// `spec.domain.memory.guest`): `(sockets, guest memory bytes)`, `None` for what is applied.
+pub fn resources_to_apply(
+    vmi: &kubevirt_api::VirtualMachineInstance,
+    state: &State,
+) -> Option<(Option<u32>, Option<u64>)> {
+    if !matches!(state.phase, Phase::Running | Phase::Paused) {
+        return None;
+    }
+    let domain = &vmi.spec.domain;
+    let sockets = match (
+        domain.cpu.as_ref().and_then(|c| c.sockets),
+        &state.cpu_topology,
+    ) {
+        (Some(want), Some(t)) if want > 0 && u32::try_from(want).ok() != Some(t.sockets) => {
+            u32::try_from(want).ok()
+        }
+        _ => None,
+    };
+    let memory = match (
+        domain.memory.as_ref().and_then(|m| m.guest.as_ref()),
+        &state.memory,
+    ) {
+        (Some(q), Some(m)) => Quantity::from_k8s(q)
+            .ok()
+            .and_then(|q| u64::try_from(q.value()).ok())
+            .filter(|b| *b != m.guest_requested),
+        _ => None,
+    };
+    (sockets.is_some() || memory.is_some()).then_some((sockets, memory))
+}
+
 /// Whether `new` differs from `current` in what a user sees (phase, interfaces, conditions),
 /// ignoring the conditions' timestamps: an unchanged state writes nothing.
 pub fn changed(current: &Value, new: &Value) -> bool {
-    ["phase", "interfaces", "conditions", "guestOSInfo"]
-        .iter()
-        .any(|k| strip_times(&new[k]) != strip_times(&current[k]))
-        // Written only while hotplugged volumes exist (or just went): compared only then.
-        || (!new["volumeStatus"].is_null() && new["volumeStatus"] != current["volumeStatus"])
+    [
+        "phase",
+        "interfaces",
+        "conditions",
+        "guestOSInfo",
+        "currentCPUTopology",
+        "memory",
+    ]
+    .iter()
+    .any(|k| strip_times(&new[k]) != strip_times(&current[k]))
+    // Written only while hotplugged volumes exist (or just went): compared only then.
+    || (!new["volumeStatus"].is_null() && new["volumeStatus"] != current["volumeStatus"])
 }
 
 fn strip_times(v: &Value) -> Value {
@@ -247,6 +307,38 @@ pub fn transition_events(
             _ => {}
         }
     }
+    // KubeVirt's events for a changed AccessCredentialsSynchronized condition.
+    let ac = |v: &Value| {
+        v["conditions"].as_array().and_then(|cs| {
+            cs.iter()
+                .find(|c| c["type"] == ACCESS_CREDENTIALS_SYNCHRONIZED)
+                .map(|c| {
+                    (
+                        c["status"] == "True",
+                        c["message"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+        })
+    };
+    if let Some((ok, message)) = ac(new).filter(|n| ac(old).as_ref() != Some(n)) {
+        out.push(if ok {
+            (
+                EventType::Normal,
+                "AccessCredentialsSyncSuccess",
+                if message.is_empty() {
+                    "Access credentials sync successful.".to_string()
+                } else {
+                    format!("Access credentials sync successful: {message}")
+                },
+            )
+        } else {
+            (
+                EventType::Warning,
+                "AccessCredentialsSyncFailed",
+                format!("Access credentials sync failed: {message}"),
+            )
+        });
+    }
     match (paused(old), paused(new)) {
         (false, true) => out.push((
             EventType::Normal,
@@ -282,6 +374,89 @@ mod tests {
         status["conditions"]
             .as_array()
             .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+    }
+
+    #[test]
+    fn access_credentials_outcome_is_kubevirts_condition_and_events() {
+        let mut s = state(Phase::Running, "Started");
+        let before = from_launcher(&s, &json!({}), T0);
+        assert!(cond(&before, ACCESS_CREDENTIALS_SYNCHRONIZED).is_none());
+        s.access_credentials = Some(kubevirt_launcher::launcher::AccessCredentialsStatus {
+            succeeded: false,
+            message: "Guest agent is offline".into(),
+        });
+        let failed = from_launcher(&s, &before, T1);
+        let c = cond(&failed, ACCESS_CREDENTIALS_SYNCHRONIZED).expect("condition");
+        assert_eq!(c["status"], "False");
+        assert_eq!(c["message"], "Guest agent is offline");
+        let ev = transition_events(&before, &failed, &s);
+        assert!(ev
+            .iter()
+            .any(|(_, r, m)| *r == "AccessCredentialsSyncFailed"
+                && m == "Access credentials sync failed: Guest agent is offline"));
+        s.access_credentials = Some(Default::default());
+        s.access_credentials.as_mut().unwrap().succeeded = true;
+        let ok = from_launcher(&s, &failed, T1);
+        assert_eq!(
+            cond(&ok, ACCESS_CREDENTIALS_SYNCHRONIZED).unwrap()["status"],
+            "True"
+        );
+        let ev = transition_events(&failed, &ok, &s);
+        assert!(ev
+            .iter()
+            .any(|(_, r, m)| *r == "AccessCredentialsSyncSuccess"
+                && m == "Access credentials sync successful."));
+        // Unchanged: no event again.
+        assert!(transition_events(&ok, &ok, &s)
+            .iter()
+            .all(|(_, r, _)| !r.starts_with("AccessCredentials")));
+    }
+
+    #[test]
+    fn topology_and_memory_reach_the_status_and_spec_changes_are_found() {
+        use kubevirt_launcher::launcher::{CpuTopology, MemoryState};
+        let mut s = state(Phase::Running, "Started");
+        s.cpu_topology = Some(CpuTopology {
+            sockets: 1,
+            cores: 2,
+            threads: 1,
+        });
+        s.memory = Some(MemoryState {
+            guest_at_boot: 1 << 30,
+            guest_requested: 2 << 30,
+            guest_current: 1536 << 20,
+        });
+        let st = from_launcher(&s, &Value::Null, T0);
+        assert_eq!(
+            st["currentCPUTopology"],
+            json!({"sockets": 1, "cores": 2, "threads": 1})
+        );
+        assert_eq!(
+            st["memory"],
+            json!({"guestAtBoot": "1Gi", "guestCurrent": "1536Mi", "guestRequested": "2Gi"})
+        );
+        let mut later = st.clone();
+        later["memory"]["guestCurrent"] = json!("2Gi");
+        assert!(changed(&st, &later), "memory progress is written");
+
+        let vmi: kubevirt_api::VirtualMachineInstance = serde_json::from_value(json!({
+            "metadata": {"name": "vm"},
+            "spec": {"domain": {"devices": {}, "cpu": {"sockets": 2, "cores": 2},
+                                "memory": {"guest": "2Gi"}}}}))
+        .unwrap();
+        // Memory is already requested; one socket is missing.
+        assert_eq!(resources_to_apply(&vmi, &s), Some((Some(2), None)));
+        s.cpu_topology = Some(CpuTopology {
+            sockets: 2,
+            cores: 2,
+            threads: 1,
+        });
+        assert_eq!(resources_to_apply(&vmi, &s), None);
+        // Only a running (or paused) machine is changed.
+        let mut starting = s.clone();
+        starting.phase = Phase::Starting;
+        starting.cpu_topology = None;
+        assert_eq!(resources_to_apply(&vmi, &starting), None);
     }
 
     #[test]

@@ -245,6 +245,17 @@ spec:
         ),
         "Successfully attach hotplugged volume extra to VM"
     );
+    // A hotplugged volume is a live change: the VM does not ask for a restart.
+    assert_eq!(
+        s.jsonpath(
+            "vm",
+            "hot",
+            "{.status.conditions[?(@.type=='RestartRequired')].status}"
+        ),
+        "",
+        "{}",
+        s.kubectl(&["get", "vm", "hot", "-o", "yaml"])
+    );
     // The guest has a new SCSI disk whose serial is the volume's name.
     on_console(
         &s,

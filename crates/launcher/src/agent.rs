@@ -430,6 +430,40 @@ impl Agent {
         })
     }
 
+    /// `guest-ssh-add-authorized-keys` with `reset`: `keys` become the user's whole
+    /// authorized_keys (libvirt's `virDomainAuthorizedSSHKeysSet` with no flags, which
+    /// KubeVirt uses).
+    pub async fn set_authorized_keys(
+        &mut self,
+        user: &str,
+        keys: &[String],
+    ) -> Result<(), AgentError> {
+        let timeout = self.opts.command_timeout;
+        let args = serde_json::json!({"username": user, "keys": keys, "reset": true});
+        self.execute_value("guest-ssh-add-authorized-keys", Some(args), timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// `guest-set-user-password` with a clear-text password (sent base64-encoded, as the
+    /// command wants).
+    pub async fn set_user_password(
+        &mut self,
+        user: &str,
+        password: &str,
+    ) -> Result<(), AgentError> {
+        use base64::Engine;
+        let timeout = self.opts.command_timeout;
+        let args = serde_json::json!({
+            "username": user,
+            "password": base64::engine::general_purpose::STANDARD.encode(password),
+            "crypted": false,
+        });
+        self.execute_value("guest-set-user-password", Some(args), timeout)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn ping(&mut self) -> Result<(), AgentError> {
         let timeout = self.opts.command_timeout;
         self.execute_value("guest-ping", None, timeout)

@@ -152,6 +152,7 @@ fn run_vmi(a: RunArgs) -> Result<i32> {
     opts.pvc_paths = node.persistent_volume_claims;
     opts.pvc_paths.extend(pairs(&a.pvcs, "pvc")?);
     opts.data_volume_paths = node.data_volumes;
+    opts.cloud_init_secrets = node.cloud_init;
     opts.data_volume_paths
         .extend(pairs(&a.data_volumes, "data-volume")?);
     opts.host_ports = match a.host_ports.as_str() {

@@ -64,10 +64,60 @@ pub struct State {
     /// The guest agent while it answers (`AgentConnected`); `None` when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_agent: Option<crate::agent::AgentStatus>,
+    /// How the last application of `access-credentials.json` through the guest agent went
+    /// (KubeVirt's `AccessCredentialsSynchronized`); `None` when there is nothing to apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_credentials: Option<AccessCredentialsStatus>,
     pub vnc_socket: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub ports: Vec<PortForward>,
+    /// The vCPU topology QEMU has now (`status.currentCPUTopology`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_topology: Option<CpuTopology>,
+    /// Guest memory at boot, asked for and plugged (`status.memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryState>,
     pub timestamp: f64,
+}
+
+/// Sockets × cores × threads, KubeVirt's `CPUTopology`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuTopology {
+    pub sockets: u32,
+    pub cores: u32,
+    pub threads: u32,
+}
+
+/// KubeVirt's `MemoryStatus`, in bytes: `guest_current` is what the guest has plugged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryState {
+    pub guest_at_boot: u64,
+    pub guest_requested: u64,
+    pub guest_current: u64,
+}
+
+/// Why a CPU or memory change cannot be applied to the running machine.
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    #[error(
+        "spec.domain.cpu.sockets: {want} sockets exceed maxSockets {max}: this needs a restart"
+    )]
+    TooManySockets { want: u32, max: u32 },
+    #[error(
+        "spec.domain.cpu.sockets: reducing the sockets from {current} to {want} needs a restart"
+    )]
+    FewerSockets { current: u32, want: u32 },
+    #[error(
+        "spec.domain.cpu.sockets: machine type microvm cannot hotplug CPUs: this needs a restart"
+    )]
+    NoCpuHotplug,
+    #[error("spec.domain.memory.guest: this VM has no memory hotplug (maxGuest unset, below 1Gi, microvm or hugepages): this needs a restart")]
+    NoMemoryHotplug,
+    #[error("spec.domain.memory.guest: {want} bytes is outside {boot}..={max} bytes (boot memory..maxGuest): this needs a restart")]
+    MemoryOutOfRange { want: u64, boot: u64, max: u64 },
+    #[error("spec.domain.memory.guest: {want} bytes is not a multiple of {block} bytes")]
+    MemoryUnaligned { want: u64, block: u64 },
 }
 
 impl State {
@@ -83,12 +133,24 @@ impl State {
             launcher_pid: std::process::id(),
             interfaces: vec![],
             guest_agent: None,
+            access_credentials: None,
             vnc_socket: None,
             console_socket: None,
             ports: vec![],
+            cpu_topology: None,
+            memory: None,
             timestamp: now(),
         }
     }
+}
+
+/// The outcome of applying the guest agent's access credentials, in KubeVirt's words.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessCredentialsStatus {
+    pub succeeded: bool,
+    /// Empty on success; else which user and what the agent said.
+    pub message: String,
 }
 
 /// One guest interface as `status.interfaces[]` reports it (KubeVirt's
@@ -230,6 +292,8 @@ pub enum LaunchError {
     /// KubeVirt's words for a soft reboot that has no way to reach the guest.
     #[error("VMI neither have the agent connected nor the ACPI feature enabled")]
     NoSoftReboot,
+    #[error(transparent)]
+    Hotplug(#[from] HotplugError),
     #[error("cannot run {binary}: {source}")]
     Spawn {
         binary: String,
@@ -268,6 +332,8 @@ pub struct Options {
     pub host_ports: HostPorts,
     pub pvc_paths: BTreeMap<String, PathBuf>,
     pub data_volume_paths: BTreeMap<String, PathBuf>,
+    /// Cloud-init data the handler resolved from Secrets, by volume name (`volumes.json`).
+    pub cloud_init_secrets: BTreeMap<String, crate::machine::ResolvedCloudInit>,
     /// Who QEMU runs as (default KubeVirt's qemu 107:107; uid 0 keeps root). See `confine.rs`.
     pub qemu_user: QemuUser,
     /// The cluster's defaults (virt-handler's `defaults.json`); `None`: the single-node ones.
@@ -287,6 +353,7 @@ impl Options {
             host_ports: HostPorts::Ephemeral,
             pvc_paths: BTreeMap::new(),
             data_volume_paths: BTreeMap::new(),
+            cloud_init_secrets: BTreeMap::new(),
             qemu_user: QemuUser::default(),
             defaults: None,
             pod_network: None,
@@ -324,10 +391,15 @@ pub struct Vm {
     dir: PathBuf,
     /// The guest agent's channel, connected on first use; one command at a time.
     agent: tokio::sync::Mutex<Option<crate::agent::Agent>>,
+    /// The access credentials the guest last got (`None`: none yet, or the last try failed,
+    /// or the agent went away since).
+    applied_credentials: tokio::sync::Mutex<Option<crate::api::AgentCredentials>>,
     /// `status.interfaces` as the launcher knows them, before the guest agent's merge.
     domain_interfaces: Vec<GuestInterface>,
     /// The hotpluggable volumes attached now (`hotplug.rs`); one change at a time.
     pub(crate) hotplug: tokio::sync::Mutex<crate::hotplug::Plugged>,
+    /// One CPU/memory change at a time.
+    resources: tokio::sync::Mutex<()>,
 }
 
 /// How often the guest agent is asked while it does not answer (so `AgentConnected` comes
@@ -389,6 +461,7 @@ pub fn machine_spec(
     env.host_ports = opts.host_ports.clone();
     env.pvc_paths = opts.pvc_paths.clone();
     env.data_volume_paths = opts.data_volume_paths.clone();
+    env.cloud_init_secrets = opts.cloud_init_secrets.clone();
     if let Some(defaults) = &opts.defaults {
         env.defaults = defaults.clone();
     }
@@ -589,11 +662,22 @@ impl Vm {
             launcher_pid: std::process::id(),
             interfaces: domain_interfaces.clone(),
             guest_agent: None,
+            access_credentials: None,
             vnc_socket: spec.vnc.then(|| spec.vnc_socket()),
             console_socket: spec
                 .serial_console
                 .then(|| VmiDir::unchecked(dir).console_socket()),
             ports,
+            cpu_topology: Some(CpuTopology {
+                sockets: spec.cpu.sockets,
+                cores: spec.cpu.cores,
+                threads: spec.cpu.threads,
+            }),
+            memory: Some(MemoryState {
+                guest_at_boot: spec.memory.bytes,
+                guest_requested: spec.memory.bytes,
+                guest_current: spec.memory.bytes,
+            }),
             timestamp: now(),
         };
         let (final_tx, final_rx) = watch::channel(false);
@@ -615,7 +699,9 @@ impl Vm {
             final_rx,
             dir: dir.clone(),
             agent: tokio::sync::Mutex::new(None),
+            applied_credentials: tokio::sync::Mutex::new(None),
             domain_interfaces,
+            resources: tokio::sync::Mutex::new(()),
         });
         vm.publish();
         tokio::spawn(vm.clone().poll_guest_agent());
@@ -706,6 +792,10 @@ impl Vm {
     /// QMP events → phase. Called by the monitor task only.
     async fn on_event(&self, ev: &QmpEvent) {
         tracing::debug!("QMP event {} {}", ev.event, ev.data);
+        if ev.event == "MEMORY_DEVICE_SIZE_CHANGE" {
+            self.on_memory_size(&ev.data);
+            return;
+        }
         match ev.typed() {
             Event::Stop => {
                 let (ending, intent) = {
@@ -862,7 +952,9 @@ impl Vm {
                 if let Err(e) = &status {
                     tracing::trace!(error = %e, "guest agent not answering");
                 }
+                let up = status.is_ok();
                 self.set_guest_agent(status.ok());
+                self.sync_access_credentials(up).await;
             }
             let wait = if self.lock().state.guest_agent.is_some() {
                 AGENT_POLL_CONNECTED
@@ -874,6 +966,77 @@ impl Vm {
                 _ = final_rx.changed() => {}
             }
         }
+    }
+
+    /// Applies `access-credentials.json` through the guest agent when it differs from what the
+    /// guest last got (the handler rewrites it when a Secret changes; a guest agent that went
+    /// away gets it again), and reports the outcome as KubeVirt's access credential manager
+    /// does.
+    async fn sync_access_credentials(&self, agent_up: bool) {
+        let wanted = match VmiDir::unchecked(&self.dir).read_access_credentials() {
+            Ok(Some(c)) if !c.is_empty() => c,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the access credentials");
+                return;
+            }
+        };
+        let mut applied = self.applied_credentials.lock().await;
+        if !agent_up {
+            *applied = None;
+            self.set_access_credentials(AccessCredentialsStatus {
+                succeeded: false,
+                message: "Guest agent is offline".into(),
+            });
+            return;
+        }
+        if applied.as_ref() == Some(&wanted) {
+            return;
+        }
+        let mut errors = Vec::new();
+        match self.agent().await {
+            Err(_) => errors.push("Guest agent is offline".to_string()),
+            Ok(mut agent) => {
+                for (user, keys) in &wanted.authorized_keys {
+                    if let Err(e) = agent.set_authorized_keys(user, keys).await {
+                        errors.push(format!(
+                            "Error encountered writing ssh pub key access credentials for user [{user}]: {e}"
+                        ));
+                    }
+                }
+                for (user, password) in &wanted.passwords {
+                    if let Err(e) = agent.set_user_password(user, password).await {
+                        errors.push(format!(
+                            "Error encountered setting password for user [{user}]: {e}"
+                        ));
+                    }
+                }
+            }
+        }
+        let ok = errors.is_empty();
+        tracing::info!(
+            users = wanted.authorized_keys.len() + wanted.passwords.len(),
+            ok,
+            "access credentials applied through the guest agent"
+        );
+        // A failure is retried at the next poll.
+        *applied = ok.then_some(wanted);
+        self.set_access_credentials(AccessCredentialsStatus {
+            succeeded: ok,
+            message: errors.join("; "),
+        });
+    }
+
+    fn set_access_credentials(&self, status: AccessCredentialsStatus) {
+        {
+            let mut i = self.lock();
+            if i.state.phase.is_final() || i.state.access_credentials.as_ref() == Some(&status) {
+                return;
+            }
+            i.state.access_credentials = Some(status);
+            i.state.timestamp = now();
+        }
+        self.publish();
     }
 
     fn set_guest_agent(&self, status: Option<crate::agent::AgentStatus>) {
@@ -1015,6 +1178,132 @@ impl Vm {
             .system_powerdown()
             .await
             .map_err(|e| self.qmp_err(e))
+    }
+
+    /// Grows the running machine to `sockets` and `guest_bytes` of memory (either may be
+    /// `None`: unchanged), as KubeVirt's LiveUpdate does, in the same QEMU: the missing sockets'
+    /// vCPUs are `device_add`ed (ids `vcpu-s<socket>-c<core>-t<thread>`), the virtio-mem
+    /// device's `requested-size` is set. The guest plugs the memory in its own time; QEMU
+    /// reports each step (`MEMORY_DEVICE_SIZE_CHANGE`), which updates `memory.guestCurrent`.
+    pub async fn set_resources(
+        &self,
+        sockets: Option<u32>,
+        guest_bytes: Option<u64>,
+    ) -> Result<State, LaunchError> {
+        self.ensure_alive("cannot hotplug")?;
+        let _one = self.resources.lock().await;
+        let cpu = &self.spec.cpu;
+        let current = self.state().cpu_topology.map_or(cpu.sockets, |t| t.sockets);
+        if let Some(want) = sockets.filter(|w| *w != current) {
+            if want < current {
+                return Err(HotplugError::FewerSockets { current, want }.into());
+            }
+            if self.spec.profile == crate::machine::Profile::Microvm {
+                return Err(HotplugError::NoCpuHotplug.into());
+            }
+            if want > cpu.max_sockets {
+                return Err(HotplugError::TooManySockets {
+                    want,
+                    max: cpu.max_sockets,
+                }
+                .into());
+            }
+            let mut slots = self
+                .qmp
+                .query_hotpluggable_cpus()
+                .await
+                .map_err(|e| self.qmp_err(e))?;
+            slots.sort_by_key(|c| (c.props.socket_id, c.props.core_id, c.props.thread_id));
+            for slot in slots
+                .iter()
+                .filter(|c| c.qom_path.is_none() && c.props.socket_id.unwrap_or(0) < want)
+            {
+                self.qmp
+                    .add_cpu(&slot.r#type, &slot.props)
+                    .await
+                    .map_err(|e| self.qmp_err(e))?;
+            }
+            tracing::info!(vmi = %self.spec.vmi, from = current, to = want, "CPU sockets hotplugged");
+            {
+                let mut i = self.lock();
+                i.state.cpu_topology = Some(CpuTopology {
+                    sockets: want,
+                    cores: cpu.cores,
+                    threads: cpu.threads,
+                });
+                i.state.timestamp = now();
+            }
+            self.publish();
+        }
+        let requested = self
+            .state()
+            .memory
+            .map_or(self.spec.memory.bytes, |m| m.guest_requested);
+        if let Some(want) = guest_bytes.filter(|w| *w != requested) {
+            let boot = self.spec.memory.bytes;
+            let Some(h) = &self.spec.memory.hotplug else {
+                return Err(HotplugError::NoMemoryHotplug.into());
+            };
+            if want < boot || want > h.max_bytes {
+                return Err(HotplugError::MemoryOutOfRange {
+                    want,
+                    boot,
+                    max: h.max_bytes,
+                }
+                .into());
+            }
+            if !(want - boot).is_multiple_of(h.block_size) {
+                return Err(HotplugError::MemoryUnaligned {
+                    want,
+                    block: h.block_size,
+                }
+                .into());
+            }
+            let path = format!("/machine/peripheral/{}", crate::machine::VIRTIO_MEM_ID);
+            self.qmp
+                .qom_set(&path, "requested-size", serde_json::json!(want - boot))
+                .await
+                .map_err(|e| self.qmp_err(e))?;
+            let plugged: u64 = self
+                .qmp
+                .qom_get(&path, "size")
+                .await
+                .map_err(|e| self.qmp_err(e))?;
+            tracing::info!(vmi = %self.spec.vmi, bytes = want, plugged, "guest memory requested");
+            {
+                let mut i = self.lock();
+                i.state.memory = Some(MemoryState {
+                    guest_at_boot: boot,
+                    guest_requested: want,
+                    guest_current: boot + plugged,
+                });
+                i.state.timestamp = now();
+            }
+            self.publish();
+        }
+        Ok(self.state())
+    }
+
+    /// QEMU's `MEMORY_DEVICE_SIZE_CHANGE` of the virtio-mem device: what the guest has plugged.
+    fn on_memory_size(&self, data: &serde_json::Value) {
+        if data.get("id").and_then(|v| v.as_str()) != Some(crate::machine::VIRTIO_MEM_ID) {
+            return;
+        }
+        let Some(size) = data.get("size").and_then(|v| v.as_u64()) else {
+            return;
+        };
+        {
+            let mut i = self.lock();
+            let boot = self.spec.memory.bytes;
+            let m = i.state.memory.get_or_insert(MemoryState {
+                guest_at_boot: boot,
+                guest_requested: boot,
+                guest_current: boot,
+            });
+            m.guest_current = boot.saturating_add(size);
+            i.state.timestamp = now();
+        }
+        self.publish();
     }
 
     pub async fn set_balloon(&self, bytes: u64) -> Result<(), LaunchError> {

@@ -139,11 +139,22 @@ pub struct Environment {
     pub pod_network: Option<crate::api::PodNetworkInfo>,
 }
 
-/// Cloud-init data the handler resolved from Secrets.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the handler resolved from Secrets for one cloudInitNoCloud/cloudInitConfigDrive volume
+/// (handed over in `volumes.json`, [`crate::api::NodeVolumes::cloud_init`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ResolvedCloudInit {
+    /// The `secretRef` Secret's `userdata` (else `userData`) key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
+    /// The `networkDataSecretRef` Secret's `networkdata` (else `networkData`) key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_data: Option<String>,
+    /// `spec.accessCredentials` SSH public keys propagated by this volume's kind (`noCloud` or
+    /// `configDrive`): every non-empty value of each Secret, Secrets in spec order, keys of one
+    /// Secret by name, as KubeVirt numbers them (`"0"`, `"1"`, ...) in the meta-data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<String>,
 }
 
 impl Environment {
@@ -282,7 +293,11 @@ pub enum Profile {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CpuSpec {
+    /// Sockets at boot.
     pub sockets: u32,
+    /// Sockets the machine can grow to without a restart (`spec.domain.cpu.maxSockets`; equal
+    /// to `sockets` when nothing can be hotplugged, e.g. on microvm).
+    pub max_sockets: u32,
     pub cores: u32,
     pub threads: u32,
     /// The model the backend uses (already mapped for the accelerator): `host`, `max`, or a name.
@@ -295,14 +310,34 @@ impl CpuSpec {
     pub fn vcpus(&self) -> u32 {
         self.sockets * self.cores * self.threads
     }
+
+    /// vCPUs the machine can have (QEMU's `maxcpus`).
+    pub fn max_vcpus(&self) -> u32 {
+        self.max_sockets * self.cores * self.threads
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MemorySpec {
+    /// Guest memory at boot.
     pub bytes: u64,
     /// Page size in bytes when the guest RAM is backed by hugepages, with the mount to use.
     pub hugepages: Option<Hugepages>,
+    /// Memory that can be plugged in while the guest runs (a virtio-mem device), when
+    /// `spec.domain.memory.maxGuest` allows it.
+    pub hotplug: Option<MemoryHotplug>,
 }
+
+/// A virtio-mem device of `max_bytes - bytes`, plugged in `block_size` steps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemoryHotplug {
+    /// `spec.domain.memory.maxGuest`: boot memory plus the device's size.
+    pub max_bytes: u64,
+    pub block_size: u64,
+}
+
+/// The QOM id of the virtio-mem device (`/machine/peripheral/<id>`).
+pub const VIRTIO_MEM_ID: &str = "virtio-mem0";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Hugepages {

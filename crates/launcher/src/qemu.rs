@@ -44,6 +44,7 @@ pub fn render(spec: &MachineSpec) -> Result<Vec<String>, RenderError> {
     disks::render(spec, &mut a)?;
     nics::render(spec, &mut a)?;
     devices::render_other(spec, &mut a)?;
+    cpu::render_memory_hotplug(spec, &mut a)?;
     Ok(a)
 }
 
@@ -59,6 +60,7 @@ pub(crate) fn test_spec() -> MachineSpec {
         accelerator: Accelerator::Tcg,
         cpu: CpuSpec {
             sockets: 1,
+            max_sockets: 1,
             cores: 1,
             threads: 1,
             model: "max".into(),
@@ -67,6 +69,7 @@ pub(crate) fn test_spec() -> MachineSpec {
         memory: MemorySpec {
             bytes: 64 << 20,
             hugepages: None,
+            hotplug: None,
         },
         firmware: Firmware::Bios,
         uuid: None,

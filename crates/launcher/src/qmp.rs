@@ -146,6 +146,31 @@ pub struct CpuInfoFast {
     pub qom_path: String,
 }
 
+/// Where a vCPU goes (`query-hotpluggable-cpus` `props`, `device_add` arguments).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuProps {
+    #[serde(rename = "socket-id", default, skip_serializing_if = "Option::is_none")]
+    pub socket_id: Option<u32>,
+    #[serde(rename = "core-id", default, skip_serializing_if = "Option::is_none")]
+    pub core_id: Option<u32>,
+    #[serde(rename = "thread-id", default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<u32>,
+    #[serde(rename = "node-id", default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u32>,
+}
+
+/// One `query-hotpluggable-cpus` entry: a vCPU slot, plugged when it has a `qom-path`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotpluggableCpu {
+    /// The CPU device's QOM type, e.g. `max-x86_64-cpu`.
+    pub r#type: String,
+    #[serde(rename = "vcpus-count", default)]
+    pub vcpus_count: u32,
+    pub props: CpuProps,
+    #[serde(rename = "qom-path", default)]
+    pub qom_path: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockDeviceStats {
     #[serde(default)]
@@ -420,6 +445,26 @@ impl Qmp {
     }
     pub async fn query_cpus_fast(&self) -> Result<Vec<CpuInfoFast>, QmpError> {
         self.execute("query-cpus-fast", None).await
+    }
+    pub async fn query_hotpluggable_cpus(&self) -> Result<Vec<HotpluggableCpu>, QmpError> {
+        self.execute("query-hotpluggable-cpus", None).await
+    }
+    /// `device_add` of a vCPU into the slot `props` (QEMU's own type name and ids, as
+    /// `query-hotpluggable-cpus` listed them), with the id `vcpu-s<socket>-c<core>-t<thread>`.
+    pub async fn add_cpu(&self, driver: &str, props: &CpuProps) -> Result<(), QmpError> {
+        let id = format!(
+            "vcpu-s{}-c{}-t{}",
+            props.socket_id.unwrap_or(0),
+            props.core_id.unwrap_or(0),
+            props.thread_id.unwrap_or(0)
+        );
+        let mut args = serde_json::to_value(props)
+            .map_err(|e| QmpError::Protocol(format!("device_add: {e}")))?;
+        if let Some(o) = args.as_object_mut() {
+            o.insert("driver".into(), json!(driver));
+            o.insert("id".into(), json!(id));
+        }
+        self.unit("device_add", Some(args)).await
     }
     pub async fn human_monitor_command(&self, line: &str) -> Result<String, QmpError> {
         self.execute(

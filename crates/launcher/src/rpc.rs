@@ -39,7 +39,7 @@ fn agent<T: serde::Serialize>(
 
 fn rpc_error(e: LaunchError) -> RpcError {
     let code = match &e {
-        LaunchError::Spec(_) => ErrorCode::InvalidSpec,
+        LaunchError::Spec(_) | LaunchError::Hotplug(_) => ErrorCode::InvalidSpec,
         LaunchError::WrongPhase(..) => ErrorCode::WrongPhase,
         LaunchError::Accel(_) => ErrorCode::NoAccelerator,
         _ => ErrorCode::Failed,
@@ -245,6 +245,15 @@ impl Launcher {
                 let vm = vm().await?;
                 self.sync_volumes(&vm, &vmi, volumes).await
             }
+            Request::SetResources {
+                sockets,
+                guest_memory_bytes,
+            } => vm()
+                .await?
+                .set_resources(sockets, guest_memory_bytes)
+                .await
+                .map(|s| Response::State(Box::new(s)))
+                .map_err(rpc_error),
         }
     }
 

@@ -23,7 +23,35 @@ pub struct ClusterConfig {
     pub permit_bridge_on_pod_network: bool,
     /// `architectureConfiguration.amd64.machineType`, else `machineType`.
     pub machine_type: Option<String>,
+    /// `vmRolloutStrategy` (KubeVirt v1.9's default: LiveUpdate).
+    pub vm_rollout_strategy: RolloutStrategy,
+    /// `liveUpdateConfiguration`: how far a VM can grow without a restart.
+    pub live_update: LiveUpdateConfig,
 }
+
+/// How changes to a running VM's template reach its VMI (KubeVirt's `VMRolloutStrategy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutStrategy {
+    /// CPU sockets, guest memory, node selector, affinity and tolerations apply to the
+    /// running VMI; any other change sets the VM's RestartRequired condition.
+    LiveUpdate,
+    /// Every change waits for the next start (and sets RestartRequired).
+    Stage,
+}
+
+/// KubeVirt's `LiveUpdateConfiguration`, with its defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveUpdateConfig {
+    /// `maxHotplugRatio` (default 4): maxSockets = sockets × ratio, maxGuest = guest × ratio.
+    pub max_hotplug_ratio: u32,
+    /// `maxCpuSockets`: the cluster's maxSockets for VMs that set none.
+    pub max_cpu_sockets: Option<u32>,
+    /// `maxGuest` in bytes: the cluster's maxGuest for VMs that set none.
+    pub max_guest: Option<u64>,
+}
+
+/// KubeVirt's `DefaultMaxHotplugRatio`.
+pub const DEFAULT_MAX_HOTPLUG_RATIO: u32 = 4;
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -55,7 +83,30 @@ impl ClusterConfig {
             .as_str()
             .or(c["machineType"].as_str())
             .map(String::from);
+        let live = &c["liveUpdateConfiguration"];
+        let live_update = LiveUpdateConfig {
+            max_hotplug_ratio: live["maxHotplugRatio"]
+                .as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .filter(|r| *r > 0)
+                .unwrap_or(DEFAULT_MAX_HOTPLUG_RATIO),
+            max_cpu_sockets: live["maxCpuSockets"]
+                .as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .filter(|r| *r > 0),
+            max_guest: live["maxGuest"]
+                .as_str()
+                .and_then(|q| kubevirt_api::quantity::Quantity::parse(q).ok())
+                .and_then(|q| u64::try_from(q.value()).ok())
+                .filter(|b| *b > 0),
+        };
+        let vm_rollout_strategy = match c["vmRolloutStrategy"].as_str() {
+            Some("Stage") => RolloutStrategy::Stage,
+            _ => RolloutStrategy::LiveUpdate,
+        };
         ClusterConfig {
+            vm_rollout_strategy,
+            live_update,
             use_emulation: dev["useEmulation"].as_bool().unwrap_or(false),
             feature_gates: gates,
             default_binding: binding,
@@ -102,6 +153,29 @@ mod tests {
         assert_eq!(c.default_binding, DefaultBinding::Bridge);
         assert!(c.permit_bridge_on_pod_network);
         assert_eq!(c.machine_type, None);
+        // KubeVirt v1.9: LiveUpdate by default, maxHotplugRatio 4.
+        assert_eq!(c.vm_rollout_strategy, RolloutStrategy::LiveUpdate);
+        assert_eq!(c.live_update.max_hotplug_ratio, 4);
+        assert_eq!(c.live_update.max_cpu_sockets, None);
+        assert_eq!(c.live_update.max_guest, None);
+    }
+
+    #[test]
+    fn rollout_strategy_and_live_update_limits_are_read() {
+        let c = ClusterConfig::from_spec(&json!({"configuration": {
+            "vmRolloutStrategy": "Stage",
+            "liveUpdateConfiguration": {"maxHotplugRatio": 2, "maxCpuSockets": 8, "maxGuest": "8Gi"}}}));
+        assert_eq!(c.vm_rollout_strategy, RolloutStrategy::Stage);
+        assert_eq!(c.live_update.max_hotplug_ratio, 2);
+        assert_eq!(c.live_update.max_cpu_sockets, Some(8));
+        assert_eq!(c.live_update.max_guest, Some(8 << 30));
+        // Nonsense falls back to the defaults rather than disabling anything.
+        let c = ClusterConfig::from_spec(&json!({"configuration": {
+            "vmRolloutStrategy": "Sometimes",
+            "liveUpdateConfiguration": {"maxHotplugRatio": 0, "maxGuest": "lots"}}}));
+        assert_eq!(c.vm_rollout_strategy, RolloutStrategy::LiveUpdate);
+        assert_eq!(c.live_update.max_hotplug_ratio, 4);
+        assert_eq!(c.live_update.max_guest, None);
     }
 
     #[test]

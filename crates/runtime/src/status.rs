@@ -9,6 +9,13 @@
 //!
 //! The status is anything [`Serialize`]: a typed status struct or a `serde_json::Value`
 //! holding only the fields to change. An encoding failure is [`kube::Error::SerdeError`].
+//!
+//! Conditions follow one rule, Kubernetes': a condition's `lastTransitionTime` is when its
+//! `status` last changed, so it is kept from the previous condition of the same type while the
+//! status stays, whatever else (reason, message, other fields, other conditions) changes.
+//! [`transition_time`] is that rule, for every writer and every condition type (typed VMI, VM
+//! and DataVolume conditions, JSON ones); [`condition`] builds a KubeVirt condition as JSON with
+//! it.
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::Resource;
@@ -115,10 +122,121 @@ where
     send(api, name, Endpoint::Main, None, status).await
 }
 
+/// A previous condition, as [`transition_time`] sees it: its type, its status and when that
+/// status began.
+pub struct Previous<'a, T> {
+    pub type_: &'a str,
+    pub status: &'a str,
+    pub since: Option<T>,
+}
+
+/// The `lastTransitionTime` a condition of `type_` with `status` gets: the previous condition's
+/// of that type when its status is the same (and it has a time), else `now`.
+pub fn transition_time<'a, T>(
+    previous: impl IntoIterator<Item = Previous<'a, T>>,
+    type_: &str,
+    status: &str,
+    now: T,
+) -> T {
+    previous
+        .into_iter()
+        .find(|p| p.type_ == type_)
+        .filter(|p| p.status == status)
+        .and_then(|p| p.since)
+        .unwrap_or(now)
+}
+
+/// The conditions of a status in JSON (`status.conditions`), for [`transition_time`].
+pub fn previous_json(
+    status: &serde_json::Value,
+) -> impl Iterator<Item = Previous<'_, serde_json::Value>> {
+    status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| Previous {
+            type_: c["type"].as_str().unwrap_or(""),
+            status: c["status"].as_str().unwrap_or(""),
+            since: c
+                .get("lastTransitionTime")
+                .filter(|t| t.is_string())
+                .cloned(),
+        })
+}
+
+/// A KubeVirt condition as JSON (`type`, `status` "True"/"False", `reason`, `message`,
+/// `lastProbeTime: null`, `lastTransitionTime`), its transition time kept from `current`'s
+/// (a status in JSON) by [`transition_time`].
+pub fn condition(
+    current: &serde_json::Value,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: &str,
+) -> serde_json::Value {
+    let status = if status { "True" } else { "False" };
+    let since = transition_time(
+        previous_json(current),
+        type_,
+        status,
+        serde_json::Value::String(now.to_string()),
+    );
+    serde_json::json!({"type": type_, "status": status, "reason": reason, "message": message,
+           "lastProbeTime": null, "lastTransitionTime": since})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn transition_time_changes_only_with_the_status() {
+        let current = json!({"conditions": [
+            {"type": "Ready", "status": "True", "reason": "", "lastTransitionTime": "T1"},
+            {"type": "Paused", "status": "True", "lastTransitionTime": "T2"},
+            {"type": "Odd", "status": "True", "lastTransitionTime": null},
+        ]});
+        // Same status, other reason and message: kept.
+        let c = condition(&current, "Ready", true, "Why", "msg", "T9");
+        assert_eq!(c["lastTransitionTime"], "T1");
+        assert_eq!(
+            (c["reason"].as_str(), c["message"].as_str()),
+            (Some("Why"), Some("msg"))
+        );
+        // Status changed: now.
+        assert_eq!(
+            condition(&current, "Ready", false, "", "", "T9")["lastTransitionTime"],
+            "T9"
+        );
+        // New type, or a previous one without a time: now.
+        assert_eq!(
+            condition(&current, "AgentConnected", true, "", "", "T9")["lastTransitionTime"],
+            "T9"
+        );
+        assert_eq!(
+            condition(&current, "Odd", true, "", "", "T9")["lastTransitionTime"],
+            "T9"
+        );
+        assert_eq!(
+            condition(&json!(null), "Ready", true, "", "", "T9")["lastTransitionTime"],
+            "T9"
+        );
+        // Typed conditions: the same rule.
+        let prev = [Previous {
+            type_: "Ready",
+            status: "False",
+            since: Some(3),
+        }];
+        assert_eq!(transition_time(prev, "Ready", "False", 7), 3);
+        let prev = [Previous {
+            type_: "Ready",
+            status: "False",
+            since: Some(3),
+        }];
+        assert_eq!(transition_time(prev, "Ready", "True", 7), 7);
+    }
 
     #[test]
     fn patches_carry_status_and_the_precondition() {

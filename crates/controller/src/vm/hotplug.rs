@@ -7,13 +7,36 @@
 use kubevirt_api::{Disk, VirtualMachineInstanceSpec, Volume};
 use serde_json::{json, Value};
 
-fn is_hotpluggable(v: &Volume) -> bool {
+pub fn is_hotpluggable(v: &Volume) -> bool {
     v.persistent_volume_claim
         .as_ref()
         .is_some_and(|p| p.hotpluggable == Some(true))
         || v.data_volume
             .as_ref()
             .is_some_and(|d| d.hotpluggable == Some(true))
+}
+
+/// `spec` without its hotpluggable volumes and their disks: what stays fixed while they come
+/// and go on a running VM.
+pub fn without_hotplugged(spec: &VirtualMachineInstanceSpec) -> VirtualMachineInstanceSpec {
+    let mut s = spec.clone();
+    let hot: Vec<String> = s
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| is_hotpluggable(v))
+        .map(|v| v.name.clone())
+        .collect();
+    if hot.is_empty() {
+        return s;
+    }
+    if let Some(vols) = s.volumes.as_mut() {
+        vols.retain(|v| !hot.contains(&v.name));
+    }
+    if let Some(disks) = s.domain.devices.disks.as_mut() {
+        disks.retain(|d| !hot.contains(&d.name));
+    }
+    s
 }
 
 /// The VMI's new volume and disk lists when the template's hotpluggable volumes differ from

@@ -1,16 +1,28 @@
-//! The per-VMI directory, `<data>/vms/<namespace>/<name>/`: every file and socket name in it.
+//! The per-VMI directory, `<data>/vms/<key>/`: every file and socket name in it.
+//!
+//! `<key>` is 32 hex digits, the first 128 bits of SHA-256 over `<namespace>/<name>`, not the
+//! names themselves: a namespace may have 63 characters and a name 253, and the sockets in the
+//! directory (the launcher's RPC, the console, QMP, the guest agent...) must fit a unix socket
+//! address (`sun_path`, 108 bytes). With the key, the longest socket path is the data
+//! directory's length plus 57 bytes whatever the names, so any data directory of up to 50
+//! bytes works (a longer one fails every VMI with a message naming the socket and the fix).
+//! Who the directory belongs to is in its `vmi.json`. SHA-256 rather than a faster hash: a
+//! user who could pick a name whose key collides with another namespace's VMI would share its
+//! directory.
 
 use crate::launcher::State;
 use kubevirt_api::defaults::DefaultsConfig;
 use kubevirt_api::names;
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// The size of `sockaddr_un.sun_path` on Linux; a socket path needs one byte less (the NUL).
 pub const SUN_PATH_MAX: usize = 108;
 
 /// Where VMI directories live under a node's data directory.
 const VMS: &str = "vms";
+/// The bytes of SHA-256 a VMI directory's name keeps (hex: twice as many characters).
+const KEY_BYTES: usize = 16;
 
 const LAUNCHER_SOCKET: &str = "launcher.sock";
 const CONSOLE_SOCKET: &str = "console.sock";
@@ -35,6 +47,19 @@ const SOCKETS: [&[&str]; 8] = [
 
 /// `path` as pretty JSON, through `path.tmp` renamed over it: a reader never sees half a file.
 fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<(), VmiDirError> {
+    write_json_atomically_mode(path, value, 0o644)
+}
+
+/// [`write_json_atomically`] with the file's permission bits (`0o600` for Secret data): the
+/// temporary file is created with them, so the data is never readable by others, not even
+/// briefly.
+fn write_json_atomically_mode(
+    path: &Path,
+    value: &impl serde::Serialize,
+    mode: u32,
+) -> Result<(), VmiDirError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -42,10 +67,17 @@ fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<(
         path: path.to_path_buf(),
         source,
     })?;
-    std::fs::write(&tmp, text).map_err(|source| VmiDirError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&text))
+        .map_err(|source| VmiDirError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
     std::fs::rename(&tmp, path).map_err(|source| VmiDirError::Io {
         path: path.to_path_buf(),
         source,
@@ -77,6 +109,34 @@ pub struct NodeVolumes {
     /// DataVolume name → disk image file.
     #[serde(default)]
     pub data_volumes: BTreeMap<String, PathBuf>,
+    /// Cloud-init volume name → its data resolved from Secrets (`secretRef`,
+    /// `networkDataSecretRef`, `accessCredentials` SSH keys). The file holds Secret data: it is
+    /// written readable by its owner only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cloud_init: BTreeMap<String, crate::machine::ResolvedCloudInit>,
+}
+
+/// `spec.accessCredentials` propagated by the guest agent (`qemuGuestAgent`), resolved from
+/// their Secrets by the handler and handed over as `access-credentials.json` (owner-only). The
+/// handler rewrites it when a Secret changes; the launcher applies what it holds whenever it
+/// differs from what the guest last got, as KubeVirt's access credential manager does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCredentials {
+    /// Guest user → the whole authorized_keys wanted (`guest-ssh-add-authorized-keys` with
+    /// `reset`), from `sshPublicKey` Secrets whose `qemuGuestAgent.users` name the user.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub authorized_keys: BTreeMap<String, Vec<String>>,
+    /// Guest user → password (`guest-set-user-password`), from `userPassword` Secrets: each
+    /// key is a user name, its value the password.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub passwords: BTreeMap<String, String>,
+}
+
+impl AgentCredentials {
+    pub fn is_empty(&self) -> bool {
+        self.authorized_keys.is_empty() && self.passwords.is_empty()
+    }
 }
 
 /// One address of the pod's interface, as its CNI result gave it.
@@ -210,6 +270,14 @@ pub enum VmiDirError {
     },
 }
 
+/// Whose a VMI directory is, from its `vmi.json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmiOwner {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
 /// One VMI's directory. Built from validated parts ([`VmiDir::new`]) or taken as given by an
 /// operator ([`VmiDir::from_path`], `launcher run --dir`); either way its socket paths fit a
 /// socket address.
@@ -219,9 +287,9 @@ pub struct VmiDir {
 }
 
 impl VmiDir {
-    /// `<data_dir>/vms/<namespace>/<name>` (made absolute, as the launcher binds it), after
-    /// checking the namespace (DNS-1123 label) and name (DNS-1123 subdomain), that the result
-    /// is exactly two components beneath `<data_dir>/vms`, and that its sockets' paths fit.
+    /// `<data_dir>/vms/<key>` (made absolute, as the launcher binds it; [`VmiDir::key`]), after
+    /// checking the namespace (DNS-1123 label) and name (DNS-1123 subdomain), and that its
+    /// sockets' paths fit.
     pub fn new(data_dir: &Path, namespace: &str, name: &str) -> Result<VmiDir, VmiDirError> {
         // One owner for Kubernetes' name rules: kubevirt_api::names.
         if let Some(problem) = names::dns1123_label(namespace) {
@@ -237,20 +305,11 @@ impl VmiDir {
             });
         }
         let root = Self::root(data_dir)?;
-        let path = root.join(namespace).join(name);
-        let outside = || VmiDirError::OutsideRoot {
-            path: path.clone(),
-            root: root.clone(),
-        };
-        let rest = path.strip_prefix(&root).map_err(|_| outside())?;
-        let parts: Vec<Component<'_>> = rest.components().collect();
-        if parts
-            != [
-                Component::Normal(namespace.as_ref()),
-                Component::Normal(name.as_ref()),
-            ]
-        {
-            return Err(outside());
+        let key = Self::key(namespace, name);
+        let path = root.join(&key);
+        // The key is hex digits only: one plain component beneath the root, by construction.
+        if path.parent() != Some(root.as_path()) || !Self::is_key(&key) {
+            return Err(VmiDirError::OutsideRoot { path, root });
         }
         let dir = VmiDir { path };
         dir.check_sockets()?;
@@ -283,27 +342,54 @@ impl VmiDir {
         std::path::absolute(&root).map_err(|source| VmiDirError::Absolute { path: root, source })
     }
 
-    /// The VMI directories that exist under `<data_dir>/vms` (entries that are not a valid
-    /// namespace/name pair are skipped).
+    /// The directory name of a VMI: the first 128 bits of SHA-256 over `<namespace>/<name>`,
+    /// as 32 lowercase hex digits (neither part can contain `/`, so the pair is unambiguous).
+    pub fn key(namespace: &str, name: &str) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{namespace}/{name}").as_bytes());
+        digest[..KEY_BYTES]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Whether `s` is a directory name [`VmiDir::key`] gives.
+    pub fn is_key(s: &str) -> bool {
+        s.len() == 2 * KEY_BYTES && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    /// The VMI directories that exist under `<data_dir>/vms`: real directories (never a
+    /// symlink) named by a [`VmiDir::key`]; anything else there is skipped.
     pub fn all(data_dir: &Path) -> Vec<VmiDir> {
         let Ok(root) = Self::root(data_dir) else {
             return vec![];
         };
-        let mut out = Vec::new();
-        for ns in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            let Some(ns_name) = ns.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            for vm in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-                if let Some(name) = vm.file_name().to_str() {
-                    if let Ok(d) = VmiDir::new(data_dir, &ns_name, name) {
-                        out.push(d);
-                    }
-                }
-            }
-        }
+        let mut out: Vec<VmiDir> = std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(Self::is_key))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| VmiDir {
+                path: root.join(e.file_name()),
+            })
+            .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         out
+    }
+
+    /// The VMI the handler last started a launcher for here (`vmi.json`): its namespace, name
+    /// and uid; `None` when there is no readable one.
+    pub fn owner(&self) -> Option<VmiOwner> {
+        let text = std::fs::read(self.vmi_file()).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        let m = &v["metadata"];
+        let field = |k: &str| m[k].as_str().map(str::to_string);
+        Some(VmiOwner {
+            namespace: field("namespace")?,
+            name: field("name")?,
+            uid: field("uid").unwrap_or_default(),
+        })
     }
 
     fn check_sockets(&self) -> Result<(), VmiDirError> {
@@ -418,6 +504,10 @@ impl VmiDir {
     pub fn network_file(&self) -> PathBuf {
         self.path.join("network.json")
     }
+    /// The guest agent's access credentials ([`AgentCredentials`]), written by the handler.
+    pub fn access_credentials_file(&self) -> PathBuf {
+        self.path.join("access-credentials.json")
+    }
     /// The handler's marker: a launcher was spawned for this VMI.
     pub fn spawned_marker(&self) -> PathBuf {
         self.path.join(".spawned")
@@ -438,9 +528,19 @@ impl VmiDir {
         }
     }
 
-    /// Write `volumes.json` atomically.
+    /// Write `volumes.json` atomically, readable by its owner only (it may hold Secret data).
     pub fn write_volumes(&self, v: &NodeVolumes) -> Result<(), VmiDirError> {
-        write_json_atomically(&self.volumes_file(), v)
+        write_json_atomically_mode(&self.volumes_file(), v, 0o600)
+    }
+
+    /// The guest agent's access credentials; `None` when the handler wrote none.
+    pub fn read_access_credentials(&self) -> Result<Option<AgentCredentials>, VmiDirError> {
+        read_json_if_present(self.access_credentials_file())
+    }
+
+    /// Write `access-credentials.json` atomically, readable by its owner only.
+    pub fn write_access_credentials(&self, c: &AgentCredentials) -> Result<(), VmiDirError> {
+        write_json_atomically_mode(&self.access_credentials_file(), c, 0o600)
     }
 
     /// The cluster's defaults the handler wrote; `None` when it wrote none (a launcher run by
@@ -545,25 +645,34 @@ mod tests {
     }
 
     #[test]
-    fn a_valid_pair_is_two_components_beneath_vms() {
+    fn a_valid_pair_is_one_key_beneath_vms() {
         let d = VmiDir::new(&data(), "default", "demo.v1-2").unwrap();
-        assert_eq!(
-            d.path(),
-            Path::new("/var/lib/kubevirt-rs/vms/default/demo.v1-2")
-        );
-        assert_eq!(
-            d.launcher_socket(),
-            Path::new("/var/lib/kubevirt-rs/vms/default/demo.v1-2/launcher.sock")
-        );
+        let key = VmiDir::key("default", "demo.v1-2");
+        assert!(VmiDir::is_key(&key), "{key}");
+        assert_eq!(d.path(), Path::new("/var/lib/kubevirt-rs/vms").join(&key));
+        assert_eq!(d.launcher_socket(), d.path().join("launcher.sock"));
         assert_eq!(d.state_file().file_name().unwrap(), "state.json");
         assert!(d.path().starts_with(VmiDir::root(&data()).unwrap()));
+        // Stable (a restarted handler finds its launchers), and distinct per pair: the `/`
+        // keeps `a` + `b/c` apart from `a/b` + `c`.
+        assert_eq!(key, VmiDir::key("default", "demo.v1-2"));
+        assert_ne!(VmiDir::key("a", "bc"), VmiDir::key("ab", "c"));
+        assert_ne!(VmiDir::key("a", "b.c"), VmiDir::key("a.b", "c"));
+        // SHA-256("default/demo"), first 16 bytes: fixed, so a future change of the key is
+        // a decision, not an accident (it would orphan running launchers).
+        assert_eq!(
+            VmiDir::key("default", "demo"),
+            "02c8c86b636ca99e50790fccaf6d8050"
+        );
     }
 
     #[test]
     fn relative_data_dirs_are_made_absolute() {
         let d = VmiDir::new(Path::new("data"), "default", "demo").unwrap();
         assert!(d.path().is_absolute());
-        assert!(d.path().ends_with("data/vms/default/demo"));
+        assert!(d
+            .path()
+            .ends_with(Path::new("data/vms").join(VmiDir::key("default", "demo"))));
     }
 
     #[test]
@@ -609,42 +718,51 @@ mod tests {
     }
 
     #[test]
-    fn the_longest_names_kubernetes_allows_are_accepted() {
-        let d = Path::new("/d");
-        assert!(VmiDir::new(d, &"a".repeat(63), "x").is_ok());
-        assert!(VmiDir::new(d, "0-0", "0-0.x").is_ok());
+    fn the_longest_names_kubernetes_allows_are_accepted_and_their_sockets_fit() {
+        // A 63-character namespace and a 253-character name (Kubernetes' limits) under a
+        // typical data directory: every socket path is short, whatever the names.
+        let longest_name = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert_eq!(longest_name.len(), 253);
+        for (ns, name) in [
+            ("default", "x"),
+            (&*"n".repeat(63), &*"v".repeat(63)),
+            (&*"n".repeat(63), &*longest_name),
+            ("0-0", "0-0.x"),
+        ] {
+            let d = VmiDir::new(&data(), ns, name).unwrap();
+            for s in [
+                d.launcher_socket(),
+                d.console_socket(),
+                d.serial_socket(),
+                d.qmp_socket(),
+            ] {
+                assert!(s.as_os_str().len() < SUN_PATH_MAX, "{}", s.display());
+            }
+            assert_eq!(
+                d.serial_socket().as_os_str().len(),
+                "/var/lib/kubevirt-rs".len() + 57
+            );
+        }
     }
 
     #[test]
-    fn a_socket_path_that_does_not_fit_sun_path_is_refused_up_front() {
-        // /d/vms/default/<name>/ is 16 + N bytes; the longest socket under it is
-        // sockets/serial.sock (19 bytes), launcher.sock the longest at its top (13).
-        let d = Path::new("/d");
-        let base = "/d/vms/default//".len();
-        let longest = "sockets/serial.sock".len();
-        let fits = "a".repeat(SUN_PATH_MAX - 1 - base - longest);
-        let dir = VmiDir::new(d, "default", &fits).unwrap();
+    fn a_data_directory_too_long_for_socket_paths_is_refused_up_front() {
+        // <data>/vms/<32>/sockets/serial.sock is <data> + 57 bytes: 50 bytes of data
+        // directory is the most that fits.
+        let fits = PathBuf::from("/").join("d".repeat(49));
+        let dir = VmiDir::new(&fits, "default", "demo").unwrap();
         assert_eq!(dir.serial_socket().as_os_str().len(), SUN_PATH_MAX - 1);
-        // One more byte: QEMU's serial socket would not fit; said now, not when QEMU starts.
-        let one_more = "a".repeat(fits.len() + 1);
-        match VmiDir::new(d, "default", &one_more).unwrap_err() {
+        let one_more = PathBuf::from("/").join("d".repeat(50));
+        match VmiDir::new(&one_more, "default", "demo").unwrap_err() {
             VmiDirError::SocketPathTooLong { path, len } => {
                 assert_eq!(len, SUN_PATH_MAX);
-                assert_eq!(
-                    path,
-                    Path::new("/d/vms/default")
-                        .join(&one_more)
-                        .join("sockets/serial.sock")
-                );
-            }
-            e => panic!("{e}"),
-        }
-        // launcher.sock itself too long: it is the one named.
-        let long = "a".repeat(SUN_PATH_MAX - base - LAUNCHER_SOCKET.len());
-        match VmiDir::new(d, "default", &long).unwrap_err() {
-            VmiDirError::SocketPathTooLong { path, len } => {
-                assert_eq!(len, SUN_PATH_MAX);
-                assert!(path.ends_with("launcher.sock"), "{}", path.display());
+                assert!(path.ends_with("sockets/serial.sock"), "{}", path.display());
             }
             e => panic!("{e}"),
         }
@@ -653,6 +771,36 @@ mod tests {
             e.to_string()
                 .contains("a unix socket path may have at most 107 bytes"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn all_lists_key_directories_only_and_owner_reads_vmi_json() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = VmiDir::new(tmp.path(), "default", "demo").unwrap();
+        std::fs::create_dir_all(d.path()).unwrap();
+        let root = VmiDir::root(tmp.path()).unwrap();
+        // Not ours: a name that is no key, a file, and a symlink named like a key.
+        std::fs::create_dir_all(root.join("default/demo")).unwrap();
+        std::fs::write(root.join("0123456789abcdef0123456789abcdef"), b"").unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("fedcba9876543210fedcba9876543210"))
+            .unwrap();
+        assert_eq!(VmiDir::all(tmp.path()), vec![d.clone()]);
+        assert_eq!(d.owner(), None);
+        std::fs::write(
+            d.vmi_file(),
+            r#"{"metadata":{"namespace":"default","name":"demo","uid":"u-1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d.owner(),
+            Some(VmiOwner {
+                namespace: "default".into(),
+                name: "demo".into(),
+                uid: "u-1".into()
+            })
         );
     }
 
@@ -676,6 +824,40 @@ mod tests {
             d.read_volumes(),
             Err(VmiDirError::BadState { .. })
         ));
+    }
+
+    #[test]
+    fn secret_data_files_are_owner_only_and_round_trip() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = VmiDir::new(tmp.path(), "default", "demo").unwrap();
+        std::fs::create_dir_all(d.path()).unwrap();
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let mut v = NodeVolumes::default();
+        v.cloud_init.insert(
+            "cloudinit".into(),
+            crate::machine::ResolvedCloudInit {
+                user_data: Some("#!/bin/sh\necho secret\n".into()),
+                network_data: None,
+                public_keys: vec!["ssh-ed25519 K".into()],
+            },
+        );
+        d.write_volumes(&v).unwrap();
+        assert_eq!(d.read_volumes().unwrap(), v);
+        assert_eq!(mode(d.volumes_file()), 0o600);
+        assert_eq!(d.read_access_credentials().unwrap(), None);
+        let mut c = AgentCredentials::default();
+        c.passwords.insert("demo".into(), "pw".into());
+        c.authorized_keys
+            .insert("demo".into(), vec!["ssh-rsa A".into()]);
+        d.write_access_credentials(&c).unwrap();
+        assert_eq!(d.read_access_credentials().unwrap(), Some(c));
+        assert_eq!(mode(d.access_credentials_file()), 0o600);
+        // A rewrite (a Secret changed) keeps the mode; no temporary file is left.
+        d.write_access_credentials(&AgentCredentials::default())
+            .unwrap();
+        assert_eq!(mode(d.access_credentials_file()), 0o600);
+        assert!(!d.path().join("access-credentials.json.tmp").exists());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `launcher.sock` protocol. The launcher serves it (`rpc.rs`); virt-handler, virt-api,
 //! `kubevirt-rs launcher state|console` and the tests use it, never paths or JSON of their own.
 //!
-//! - [`VmiDir`]: every file and socket of `<data>/vms/<namespace>/<name>/`, built from a
+//! - [`VmiDir`]: every file and socket of `<data>/vms/<key>/` (keyed by a hash of namespace and name), built from a
 //!   validated namespace (DNS-1123 label) and name (DNS-1123 subdomain), proven to stay under
 //!   `<data>/vms`, and refused when a socket path would not fit a unix socket address.
 //! - [`Request`], [`Response`], [`Event`], [`RpcError`] / [`ErrorCode`]: the wire format,
@@ -20,8 +20,8 @@ mod protocol;
 pub use crate::launcher::{GuestInterface, Phase, State};
 pub use client::{call_blocking, ClientError, LauncherClient, Subscription};
 pub use dir::{
-    NodeVolumes, PodAddress, PodInterface, PodNetworkInfo, SriovDevice, VmiDir, VmiDirError,
-    SUN_PATH_MAX,
+    AgentCredentials, NodeVolumes, PodAddress, PodInterface, PodNetworkInfo, SriovDevice, VmiDir,
+    VmiDirError, VmiOwner, SUN_PATH_MAX,
 };
 pub(crate) use protocol::{decode_request, read_line};
 pub use protocol::{

@@ -32,6 +32,7 @@ pub enum Method {
     UserList,
     FilesystemList,
     SyncVolumes,
+    SetResources,
 }
 
 impl Method {
@@ -51,6 +52,7 @@ impl Method {
         Method::UserList,
         Method::FilesystemList,
         Method::SyncVolumes,
+        Method::SetResources,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +72,7 @@ impl Method {
             Method::UserList => "userList",
             Method::FilesystemList => "filesystemList",
             Method::SyncVolumes => "syncVolumes",
+            Method::SetResources => "setResources",
         }
     }
 
@@ -125,6 +128,12 @@ pub enum Request {
         vmi: Box<VirtualMachineInstance>,
         volumes: super::NodeVolumes,
     },
+    /// LiveUpdate: grow the running machine to this many CPU sockets and this much guest
+    /// memory (`None`: unchanged); replies with the [`State`] (`cpuTopology`, `memory`).
+    SetResources {
+        sockets: Option<u32>,
+        guest_memory_bytes: Option<u64>,
+    },
 }
 
 /// One hotplugged volume as the launcher sees it after a `syncVolumes`.
@@ -146,6 +155,15 @@ struct SyncVolumesParams {
     vmi: Box<VirtualMachineInstance>,
     #[serde(default)]
     volumes: super::NodeVolumes,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ResourcesParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sockets: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    guest_memory_bytes: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -183,6 +201,7 @@ impl Request {
             Request::UserList => Method::UserList,
             Request::FilesystemList => Method::FilesystemList,
             Request::SyncVolumes { .. } => Method::SyncVolumes,
+            Request::SetResources { .. } => Method::SetResources,
         }
     }
 
@@ -199,6 +218,13 @@ impl Request {
             Request::SyncVolumes { vmi, volumes } => serde_json::to_value(SyncVolumesParams {
                 vmi: vmi.clone(),
                 volumes: volumes.clone(),
+            }),
+            Request::SetResources {
+                sockets,
+                guest_memory_bytes,
+            } => serde_json::to_value(ResourcesParams {
+                sockets: *sockets,
+                guest_memory_bytes: *guest_memory_bytes,
             }),
             _ => return json!({}),
         };
@@ -268,6 +294,17 @@ impl Request {
                 Request::SyncVolumes {
                     vmi: p.vmi,
                     volumes: p.volumes,
+                }
+            }
+            Method::SetResources => {
+                let p: ResourcesParams = serde_json::from_value(params).map_err(|e| {
+                    RpcError::bad_request(format!(
+                        "params.sockets and params.guestMemoryBytes must be non-negative integers: {e}"
+                    ))
+                })?;
+                Request::SetResources {
+                    sockets: p.sockets,
+                    guest_memory_bytes: p.guest_memory_bytes,
                 }
             }
         })
@@ -367,7 +404,9 @@ impl Response {
     /// Decode a `result` for a request of `method`.
     pub fn decode(method: Method, result: Value) -> Result<Response, serde_json::Error> {
         Ok(match method {
-            Method::Sync | Method::State => Response::State(serde_json::from_value(result)?),
+            Method::Sync | Method::State | Method::SetResources => {
+                Response::State(serde_json::from_value(result)?)
+            }
             Method::Stats => Response::Stats(result),
             Method::SyncVolumes => {
                 Response::Volumes(serde_json::from_value::<VolumesReply>(result)?.volumes)
@@ -659,6 +698,20 @@ mod tests {
                 r#"{"v":1,"id":11,"method":"subscribe","params":{}}"#,
                 Request::Subscribe,
             ),
+            (
+                r#"{"v":1,"id":12,"method":"setResources","params":{"sockets":2,"guestMemoryBytes":2147483648}}"#,
+                Request::SetResources {
+                    sockets: Some(2),
+                    guest_memory_bytes: Some(2 << 30),
+                },
+            ),
+            (
+                r#"{"v":1,"id":13,"method":"setResources","params":{"sockets":3}}"#,
+                Request::SetResources {
+                    sockets: Some(3),
+                    guest_memory_bytes: None,
+                },
+            ),
         ];
         for (line, want) in cases {
             let frame: RequestFrame = serde_json::from_str(line).unwrap();
@@ -690,6 +743,24 @@ mod tests {
         assert_eq!(back["method"], "sync");
         let bare = json!({"v": 1, "id": 8, "method": "sync", "params": vmi}).to_string();
         assert!(matches!(decode_request(&bare).1, Ok(Request::Sync { .. })));
+    }
+
+    /// Hostile numbers never reach QMP: negative, fractional or oversized values are a bad
+    /// request that names the parameters.
+    #[test]
+    fn set_resources_refuses_what_is_not_a_count() {
+        for params in [
+            r#"{"sockets":-1}"#,
+            r#"{"sockets":4294967296}"#,
+            r#"{"guestMemoryBytes":1.5}"#,
+            r#"{"guestMemoryBytes":"1Gi"}"#,
+        ] {
+            let line = format!(r#"{{"v":1,"id":1,"method":"setResources","params":{params}}}"#);
+            let (_, r) = decode_request(&line);
+            let e = r.expect_err(params);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{params}");
+            assert!(e.message.contains("params.sockets"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -20,6 +20,12 @@ pub enum CpuError {
     /// `field` is `spec.domain.cpu.sockets`, `.cores` or `.threads`.
     #[error("{field}: {count} must be between 1 and 512")]
     Topology { field: &'static str, count: i64 },
+    #[error("spec.domain.cpu.maxSockets: {max_sockets} is less than spec.domain.cpu.sockets ({sockets}): raise maxSockets or leave it unset")]
+    MaxSockets { max_sockets: i64, sockets: u32 },
+    #[error("spec.domain.cpu.maxSockets: {max_sockets} sockets of {per_socket} vCPUs exceed 512 vCPUs: lower maxSockets")]
+    TooManyVcpus { max_sockets: u32, per_socket: u32 },
+    #[error("spec.domain.memory.maxGuest: {reason}")]
+    MaxGuest { reason: String },
     #[error("spec.domain.memory.guest: no memory requested: set spec.domain.memory.guest or spec.domain.resources.requests.memory")]
     NoMemory,
     #[error(transparent)]
@@ -49,6 +55,10 @@ impl CpuError {
             | CpuError::MicrovmNeedsMax { .. } => "spec.domain.cpu.model",
             CpuError::FeaturePolicy { field, .. } | CpuError::FeatureName { field, .. } => field,
             CpuError::Topology { field, .. } => field,
+            CpuError::MaxSockets { .. } | CpuError::TooManyVcpus { .. } => {
+                "spec.domain.cpu.maxSockets"
+            }
+            CpuError::MaxGuest { .. } => "spec.domain.memory.maxGuest",
             CpuError::NoMemory
             | CpuError::TooLittleMemory
             | CpuError::NotHugepageMultiple { .. } => "spec.domain.memory.guest",
@@ -114,10 +124,37 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), CpuErro
         }
         features.push(format!("{sign}{}", f.name));
     }
+    let sockets = positive(cpu.sockets, "spec.domain.cpu.sockets")?;
+    let cores = positive(cpu.cores, "spec.domain.cpu.cores")?;
+    let threads = positive(cpu.threads, "spec.domain.cpu.threads")?;
+    let max_sockets = match cpu.max_sockets {
+        // microvm has no ACPI CPU hotplug: the machine keeps its boot topology.
+        _ if microvm => sockets,
+        None | Some(0) => sockets,
+        Some(m) if m < i64::from(sockets) => {
+            return Err(CpuError::MaxSockets {
+                max_sockets: m,
+                sockets,
+            })
+        }
+        Some(m) => {
+            let per_socket = cores * threads;
+            match u32::try_from(m) {
+                Ok(m) if u64::from(m) * u64::from(per_socket) <= 512 => m,
+                _ => {
+                    return Err(CpuError::TooManyVcpus {
+                        max_sockets: u32::try_from(m).unwrap_or(u32::MAX),
+                        per_socket,
+                    })
+                }
+            }
+        }
+    };
     let cpu = CpuSpec {
-        sockets: positive(cpu.sockets, "spec.domain.cpu.sockets")?,
-        cores: positive(cpu.cores, "spec.domain.cpu.cores")?,
-        threads: positive(cpu.threads, "spec.domain.cpu.threads")?,
+        sockets,
+        max_sockets,
+        cores,
+        threads,
         model,
         features,
     };
@@ -170,8 +207,61 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), CpuErro
             })
         }
     };
-    let memory = MemorySpec { bytes, hugepages };
+    let hotplug = match &mem.max_guest {
+        Some(q) if !microvm && hugepages.is_none() => {
+            memory_hotplug(bytes, bytes_of(q, "spec.domain.memory.maxGuest")?)?
+        }
+        Some(_) => {
+            tracing::info!(
+                vmi = %ctx.name,
+                "spec.domain.memory.maxGuest ignored: no memory hotplug on microvm or hugepages"
+            );
+            None
+        }
+        None => None,
+    };
+    let memory = MemorySpec {
+        bytes,
+        hugepages,
+        hotplug,
+    };
     Ok((cpu, memory))
+}
+
+/// KubeVirt's memory hotplug block (`HotplugBlockAlignmentBytes`, 2 MiB).
+pub const HOTPLUG_BLOCK: u64 = 2 << 20;
+/// KubeVirt's `requiredMinGuestMemory`: memory hotplug needs at least 1 GiB at boot.
+pub const HOTPLUG_MIN_GUEST: u64 = 1 << 30;
+
+/// The virtio-mem device for `maxGuest`, KubeVirt's rules (`ValidateLiveUpdateMemory`) with
+/// its messages; `None` when `maxGuest` leaves nothing to plug.
+fn memory_hotplug(guest: u64, max_guest: u64) -> Result<Option<MemoryHotplug>, CpuError> {
+    let err = |reason: &str| CpuError::MaxGuest {
+        reason: reason.into(),
+    };
+    if max_guest < guest {
+        return Err(err(
+            "Guest memory is greater than the configured maxGuest memory",
+        ));
+    }
+    if max_guest == guest {
+        return Ok(None);
+    }
+    if !guest.is_multiple_of(HOTPLUG_BLOCK) {
+        return Err(err("Guest memory must be 2Mi aligned"));
+    }
+    if !max_guest.is_multiple_of(HOTPLUG_BLOCK) {
+        return Err(err("MaxGuest must be 2Mi aligned"));
+    }
+    if guest < HOTPLUG_MIN_GUEST {
+        return Err(err(
+            "Memory hotplug is only available for VMs with at least 1Gi of guest memory",
+        ));
+    }
+    Ok(Some(MemoryHotplug {
+        max_bytes: max_guest,
+        block_size: HOTPLUG_BLOCK,
+    }))
 }
 
 #[cfg(test)]
@@ -360,5 +450,79 @@ mod tests {
         assert_eq!(e.field(), "spec.domain.memory.guest");
         let e = convert("  domain:\n    memory: {guest: 8Mi}\n").unwrap_err();
         assert_eq!(e.field(), "spec.domain.memory.guest");
+    }
+
+    #[test]
+    fn hotplug_room_becomes_maxcpus_and_a_virtio_mem_device() {
+        let s = convert(
+            "  domain:\n    memory: {guest: 1Gi, maxGuest: 4Gi}\n    cpu: {sockets: 1, cores: 2, maxSockets: 4}\n",
+        )
+        .unwrap();
+        assert_eq!((s.cpu.vcpus(), s.cpu.max_vcpus()), (2, 8));
+        assert_eq!(
+            s.memory.hotplug,
+            Some(MemoryHotplug {
+                max_bytes: 4 << 30,
+                block_size: 2 << 20
+            })
+        );
+        let argv = crate::qemu::render(&s).unwrap().join(" ");
+        assert!(
+            argv.contains("-smp 2,sockets=4,cores=2,threads=1,maxcpus=8"),
+            "{argv}"
+        );
+        assert!(argv.contains("-m 1024M,maxmem=4096M"), "{argv}");
+        assert!(
+            argv.contains("-object memory-backend-ram,id=mem-virtio-mem0,size=3221225472"),
+            "{argv}"
+        );
+        assert!(argv.ends_with("-device virtio-mem-pci,id=virtio-mem0,memdev=mem-virtio-mem0,block-size=2097152,requested-size=0"), "{argv}");
+
+        // microvm has no hotplug: the boot topology only, maxGuest ignored.
+        let m = convert(
+            "  domain:\n    machine: {type: microvm}\n    firmware: {kernelBoot: {container: {image: x, kernelPath: /k}}}\n    memory: {guest: 1Gi, maxGuest: 4Gi}\n    cpu: {model: max, sockets: 1, maxSockets: 4}\n",
+        )
+        .unwrap();
+        assert_eq!(m.cpu.max_sockets, 1);
+        assert_eq!(m.memory.hotplug, None);
+    }
+
+    /// Numbers a hostile user can put in maxSockets/maxGuest: refused with the field, never a
+    /// QEMU argument that overflows or wraps.
+    #[test]
+    fn hostile_hotplug_limits_are_refused_with_their_field() {
+        let e =
+            cpu_err("  domain:\n    memory: {guest: 64Mi}\n    cpu: {sockets: 2, maxSockets: 1}\n");
+        assert_eq!(
+            e.to_string(),
+            "spec.domain.cpu.maxSockets: 1 is less than spec.domain.cpu.sockets (2): raise maxSockets or leave it unset"
+        );
+        for huge in ["513", "4294967297", "9223372036854775807"] {
+            let e = cpu_err(&format!(
+                "  domain:\n    memory: {{guest: 64Mi}}\n    cpu: {{maxSockets: {huge}}}\n"
+            ));
+            assert!(matches!(e, CpuError::TooManyVcpus { .. }), "{huge}: {e}");
+            assert_eq!(e.field(), "spec.domain.cpu.maxSockets");
+        }
+        for (mem, msg) in [
+            (
+                "{guest: 2Gi, maxGuest: 1Gi}",
+                "Guest memory is greater than the configured maxGuest memory",
+            ),
+            (
+                "{guest: 1Gi, maxGuest: 3000000001}",
+                "MaxGuest must be 2Mi aligned",
+            ),
+            (
+                "{guest: 512Mi, maxGuest: 2Gi}",
+                "Memory hotplug is only available for VMs with at least 1Gi of guest memory",
+            ),
+        ] {
+            let e = cpu_err(&format!("  domain:\n    memory: {mem}\n"));
+            assert_eq!(e.to_string(), format!("spec.domain.memory.maxGuest: {msg}"));
+        }
+        // maxGuest equal to guest: nothing to plug, no device.
+        let s = convert("  domain:\n    memory: {guest: 1Gi, maxGuest: 1Gi}\n").unwrap();
+        assert_eq!(s.memory.hotplug, None);
     }
 }

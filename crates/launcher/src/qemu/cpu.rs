@@ -11,7 +11,7 @@ pub enum CpuError {
     Machine(#[source] OptsError),
     #[error("-cpu: {0}")]
     Cpu(#[source] OptsError),
-    #[error("-object memory-backend-file: {0}")]
+    #[error("-object memory-backend / virtio-mem: {0}")]
     Memory(#[source] OptsError),
     #[error("-uuid: {0:?} is not a UUID")]
     Uuid(String),
@@ -76,19 +76,36 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), CpuError> {
         "-cpu",
         opts::cpu(&spec.cpu.model, &features).map_err(CpuError::Cpu)?,
     );
-    push(
-        a,
-        "-smp",
+    // With room for hotplug, QEMU's topology is the largest one (as libvirt's `<vcpu
+    // current=N>`): the sockets beyond the boot count are plugged with `device_add`.
+    let smp = if spec.cpu.max_sockets > spec.cpu.sockets {
+        format!(
+            "{},sockets={},cores={},threads={},maxcpus={}",
+            spec.cpu.vcpus(),
+            spec.cpu.max_sockets,
+            spec.cpu.cores,
+            spec.cpu.threads,
+            spec.cpu.max_vcpus()
+        )
+    } else {
         format!(
             "{},sockets={},cores={},threads={}",
             spec.cpu.vcpus(),
             spec.cpu.sockets,
             spec.cpu.cores,
             spec.cpu.threads
-        ),
-    );
+        )
+    };
+    push(a, "-smp", smp);
     let mib = spec.memory.bytes.div_ceil(1 << 20);
-    push(a, "-m", format!("{mib}M"));
+    match &spec.memory.hotplug {
+        Some(h) => push(
+            a,
+            "-m",
+            format!("{mib}M,maxmem={}M", h.max_bytes.div_ceil(1 << 20)),
+        ),
+        None => push(a, "-m", format!("{mib}M")),
+    }
     if let Some(h) = &spec.memory.hugepages {
         push(
             a,
@@ -119,6 +136,38 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), CpuError> {
                 .map_err(CpuError::Smbios)?,
         );
     }
+    Ok(())
+}
+
+/// The virtio-mem device (and its RAM backend) that memory hotplug grows into: rendered after
+/// every other device, so the PCI slots of the others do not move. Its `requested-size` starts
+/// at 0; the launcher raises it over QMP (`qom-set`).
+pub fn render_memory_hotplug(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), CpuError> {
+    let Some(h) = &spec.memory.hotplug else {
+        return Ok(());
+    };
+    let size = h.max_bytes.saturating_sub(spec.memory.bytes);
+    let backend = format!("mem-{}", crate::machine::VIRTIO_MEM_ID);
+    push(
+        a,
+        "-object",
+        Opts::new("memory-backend-ram")
+            .set("id", &backend)
+            .set("size", size.to_string())
+            .build()
+            .map_err(CpuError::Memory)?,
+    );
+    push(
+        a,
+        "-device",
+        Opts::new("virtio-mem-pci")
+            .set("id", crate::machine::VIRTIO_MEM_ID)
+            .set("memdev", &backend)
+            .set("block-size", h.block_size.to_string())
+            .set("requested-size", "0")
+            .build()
+            .map_err(CpuError::Memory)?,
+    );
     Ok(())
 }
 

@@ -1,0 +1,1365 @@
+//! The cases of KubeVirt v1.9's VMI-create admitter tests (vmi-create-admitter_test.go,
+//! pkg/network/admitter/*_test.go, pkg/storage/admitters/disks_test.go), ported as tables:
+//! each case edits a valid VMI and expects it accepted, or refused at a field with a message.
+//! The VMI goes through the same admission as `kubectl create` (decode, default, validate),
+//! under KubeVirt's default cluster configuration unless the case changes it.
+
+#[macro_use]
+mod admitter;
+
+use admitter::{push, run, set, stage, Accept, Case, Reject};
+use serde_json::{json, Value};
+
+#[test]
+fn the_base_vmi_is_accepted() {
+    run(&[case!("base", |_| {}, Accept)]);
+}
+
+#[test]
+fn volumes_and_container_disk_paths() {
+    run(&[
+        case!(
+            "container disk path /",
+            |v| set(v, "/spec/volumes/0/containerDisk/path", json!("/")),
+            Reject(
+                "spec.volumes[0].containerDisk",
+                "spec.volumes[0].containerDisk must not point to root"
+            )
+        ),
+        case!(
+            "container disk path relative",
+            |v| set(v, "/spec/volumes/0/containerDisk/path", json!("disk/a.img")),
+            Reject(
+                "spec.volumes[0].containerDisk",
+                "must be an absolute path to a file without relative components"
+            )
+        ),
+        case!(
+            "container disk path escaping (hostile)",
+            |v| set(
+                v,
+                "/spec/volumes/0/containerDisk/path",
+                json!("/disk/../../etc/shadow")
+            ),
+            Reject(
+                "spec.volumes[0].containerDisk",
+                "must be an absolute path to a file without relative components"
+            )
+        ),
+        case!(
+            "container disk path ok",
+            |v| set(v, "/spec/volumes/0/containerDisk/path", json!("/disk/a.img")),
+            Accept
+        ),
+        case!(
+            "container disk path with trailing slash ok",
+            |v| set(v, "/spec/volumes/0/containerDisk/path", json!("/disk/")),
+            Accept
+        ),
+        case!(
+            "utility volumes on creation",
+            |v| set(
+                v,
+                "/spec/utilityVolumes",
+                json!([{"name": "u", "claimName": "pvc"}])
+            ),
+            Reject(
+                "spec.utilityVolumes",
+                "cannot create VMI with utility volumes in spec, utility volumes can only be added via hotplug"
+            )
+        ),
+        case!(
+            "sysprep volume",
+            |v| push(
+                v,
+                "/spec/volumes",
+                json!({"name": "sysprep", "sysprep": {"configMap": {"name": "unattend"}}})
+            ),
+            Accept
+        ),
+        case!(
+            "two memory dump volumes",
+            |v| {
+                push(v, "/spec/volumes", json!({"name": "d1", "memoryDump": {"claimName": "a"}}));
+                push(v, "/spec/volumes", json!({"name": "d2", "memoryDump": {"claimName": "b"}}));
+            },
+            Reject("spec.volumes", "spec.volumes must have max one memory dump volume set")
+        ),
+        case!(
+            "two service account volumes",
+            |v| {
+                push(v, "/spec/volumes", json!({"name": "s1", "serviceAccount": {"serviceAccountName": "a"}}));
+                push(v, "/spec/volumes", json!({"name": "s2", "serviceAccount": {"serviceAccountName": "b"}}));
+            },
+            Reject("spec.volumes", "spec.volumes must have max one serviceAccount volume set")
+        ),
+        case!(
+            "configMap volume without name",
+            |v| push(v, "/spec/volumes", json!({"name": "cm", "configMap": {}})),
+            Reject(
+                "spec.volumes[2].configMap.name",
+                "spec.volumes[2].configMap.name is a required field"
+            )
+        ),
+        case!(
+            "secret volume without name",
+            |v| push(v, "/spec/volumes", json!({"name": "sec", "secret": {}})),
+            Reject(
+                "spec.volumes[2].secret.secretName",
+                "spec.volumes[2].secret.secretName is a required field"
+            )
+        ),
+        case!(
+            "serviceAccount volume without name",
+            |v| push(v, "/spec/volumes", json!({"name": "sa", "serviceAccount": {}})),
+            Reject(
+                "spec.volumes[2].serviceAccount.serviceAccountName",
+                "is a required field"
+            )
+        ),
+        case!(
+            "downwardMetrics volume without the gate",
+            |v| push(v, "/spec/volumes", json!({"name": "dm", "downwardMetrics": {}})),
+            Reject(
+                "spec.volumes[2]",
+                "downwardMetrics disks are not allowed: DownwardMetrics feature gate is not enabled."
+            )
+        ),
+        case!(
+            "one downwardMetrics volume with the gate",
+            cfg = |c| c.feature_gates = vec!["DownwardMetrics".into()],
+            |v| {
+                push(v, "/spec/volumes", json!({"name": "dm", "downwardMetrics": {}}));
+                push(v, "/spec/domain/devices/disks", json!({"name": "dm", "disk": {"bus": "virtio"}}));
+            },
+            Accept
+        ),
+        case!(
+            "two downwardMetrics volumes",
+            cfg = |c| c.feature_gates = vec!["DownwardMetrics".into()],
+            |v| {
+                push(v, "/spec/volumes", json!({"name": "dm1", "downwardMetrics": {}}));
+                push(v, "/spec/volumes", json!({"name": "dm2", "downwardMetrics": {}}));
+            },
+            Reject("spec.volumes", "spec.volumes must have max one downwardMetric volume set")
+        ),
+        case!(
+            "downwardMetrics volume on a sata disk",
+            cfg = |c| c.feature_gates = vec!["DownwardMetrics".into()],
+            |v| {
+                push(v, "/spec/volumes", json!({"name": "dm", "downwardMetrics": {}}));
+                push(v, "/spec/domain/devices/disks", json!({"name": "dm", "disk": {"bus": "sata"}}));
+            },
+            Reject(
+                "spec.domain.devices.disks[2].disk.bus",
+                "DownwardMetrics volume must be mapped to virtio bus, but spec.domain.devices.disks[2].disk.bus is set to sata"
+            )
+        ),
+        case!(
+            "downwardMetrics volume on a cdrom",
+            cfg = |c| c.feature_gates = vec!["DownwardMetrics".into()],
+            |v| {
+                push(v, "/spec/volumes", json!({"name": "dm", "downwardMetrics": {}}));
+                push(v, "/spec/domain/devices/disks", json!({"name": "dm", "cdrom": {"bus": "sata"}}));
+            },
+            Reject(
+                "spec.domain.devices.disks[2].disk",
+                "DownwardMetrics volume must be mapped to a disk, but disk is not set on spec.domain.devices.disks[2].disk."
+            )
+        ),
+        case!(
+            "hostDisk with an unknown type",
+            cfg = |c| c.feature_gates = vec!["HostDisk".into()],
+            |v| push(v, "/spec/volumes", json!({"name": "hd", "hostDisk": {"path": "/var/lib/d.img", "type": "Bogus"}})),
+            Reject(
+                "spec.volumes[2].hostDisk.type",
+                "spec.volumes[2].hostDisk.type has invalid value 'Bogus', allowed are 'Disk' or 'DiskOrCreate'"
+            )
+        ),
+        case!(
+            "hostDisk of type Disk with a capacity",
+            cfg = |c| c.feature_gates = vec!["HostDisk".into()],
+            |v| push(v, "/spec/volumes", json!({"name": "hd", "hostDisk": {"path": "/var/lib/d.img", "type": "Disk", "capacity": "1Gi"}})),
+            Reject(
+                "spec.volumes[2].hostDisk.capacity",
+                "spec.volumes[2].hostDisk.capacity is allowed to pass only with spec.volumes[2].hostDisk.type equal to 'DiskOrCreate'"
+            )
+        ),
+        case!(
+            "hostDisk without a path",
+            cfg = |c| c.feature_gates = vec!["HostDisk".into()],
+            |v| push(v, "/spec/volumes", json!({"name": "hd", "hostDisk": {"path": "", "type": "Disk"}})),
+            Reject(
+                "spec.volumes[2].hostDisk.path",
+                "spec.volumes[2].hostDisk.path is required for hostDisk volume"
+            )
+        ),
+        case!(
+            "containerPath volume with a filesystem",
+            |v| {
+                push(v, "/spec/volumes", json!({"name": "cp", "containerPath": {"path": "/data"}}));
+                set(v, "/spec/domain/devices/filesystems", json!([{"name": "cp", "virtiofs": {}}]));
+            },
+            Accept
+        ),
+        case!(
+            "containerPath volume on a disk",
+            |v| {
+                push(v, "/spec/volumes", json!({"name": "cp", "containerPath": {"path": "/data"}}));
+                push(v, "/spec/domain/devices/disks", json!({"name": "cp", "disk": {"bus": "virtio"}}));
+            },
+            Reject(
+                "spec.volumes[2]",
+                "ContainerPath volume 'cp' must be mapped to a filesystem, not a disk"
+            )
+        ),
+        case!(
+            "containerPath volume at a reserved path",
+            |v| {
+                push(v, "/spec/volumes", json!({"name": "cp", "containerPath": {"path": "/var/run/kubevirt/private"}}));
+                set(v, "/spec/domain/devices/filesystems", json!([{"name": "cp", "virtiofs": {}}]));
+            },
+            Reject(
+                "spec.volumes[2].containerPath.path",
+                "ContainerPath volume 'cp' uses reserved path prefix '/var/run/kubevirt'"
+            )
+        ),
+        case!(
+            "virtiofs on a PVC without the gate",
+            |v| {
+                push(v, "/spec/volumes", json!({"name": "fs", "persistentVolumeClaim": {"claimName": "c"}}));
+                set(v, "/spec/domain/devices/filesystems", json!([{"name": "fs", "virtiofs": {}}]));
+            },
+            Reject(
+                "spec.domain.devices.filesystems",
+                "virtiofs is not allowed: virtiofs feature gate is not enabled for PVC"
+            )
+        ),
+        case!(
+            "virtiofs on a configMap (GA)",
+            |v| {
+                push(v, "/spec/volumes", json!({"name": "fs", "configMap": {"name": "c"}}));
+                set(v, "/spec/domain/devices/filesystems", json!([{"name": "fs", "virtiofs": {}}]));
+            },
+            Accept
+        ),
+    ]);
+}
+
+#[test]
+fn cloud_init() {
+    run(&[
+        case!(
+            "invalid userDataBase64",
+            |v| set(
+                v,
+                "/spec/volumes/1/cloudInitNoCloud",
+                json!({"userDataBase64": "not base64!"})
+            ),
+            Reject(
+                "spec.volumes[1].cloudInitNoCloud.userDataBase64",
+                "spec.volumes[1].cloudInitNoCloud.userDataBase64 is not a valid base64 value."
+            )
+        ),
+        case!(
+            "invalid networkDataBase64",
+            |v| set(
+                v,
+                "/spec/volumes/1",
+                json!({"name": "cloudinit", "cloudInitConfigDrive": {"userData": "x", "networkDataBase64": "abc"}})
+            ),
+            Reject(
+                "spec.volumes[1].cloudInitConfigDrive.networkDataBase64",
+                "is not a valid base64 value."
+            )
+        ),
+        case!(
+            "valid userDataBase64",
+            |v| set(
+                v,
+                "/spec/volumes/1/cloudInitNoCloud",
+                json!({"userDataBase64": "IyEvYmluL3NoCmVjaG8gaGkK"})
+            ),
+            Accept
+        ),
+        case!(
+            "neither userData nor networkData",
+            |v| set(v, "/spec/volumes/1/cloudInitNoCloud", json!({})),
+            Reject(
+                "spec.volumes[1].cloudInitNoCloud",
+                "must have at least one userdatasource or one networkdatasource set."
+            )
+        ),
+        case!(
+            "networkData only",
+            |v| set(
+                v,
+                "/spec/volumes/1/cloudInitNoCloud",
+                json!({"networkData": "version: 2"})
+            ),
+            Accept
+        ),
+        case!(
+            "userData and networkData",
+            |v| set(
+                v,
+                "/spec/volumes/1/cloudInitNoCloud",
+                json!({"userData": "#cloud-config", "networkData": "version: 2"})
+            ),
+            Accept
+        ),
+        case!(
+            "two networkData sources",
+            |v| set(
+                v,
+                "/spec/volumes/1/cloudInitNoCloud",
+                json!({"networkData": "version: 2", "networkDataSecretRef": {"name": "nd"}})
+            ),
+            Reject(
+                "spec.volumes[1].cloudInitNoCloud",
+                "spec.volumes[1].cloudInitNoCloud must have only one networkdata source set."
+            )
+        ),
+        case!(
+            "base64 user data decoded above the limit",
+            |v| set(
+                v,
+                "/spec/volumes/1/cloudInitNoCloud",
+                json!({"userDataBase64": "QUFB".repeat(683)})
+            ),
+            Reject(
+                "spec.volumes[1].cloudInitNoCloud",
+                "userdata exceeds 2048 byte limit"
+            )
+        ),
+    ]);
+}
+
+#[test]
+fn metadata_annotations_need_their_gates() {
+    run(&[
+        case!(
+            "sidecar annotation without the gate",
+            |v| set(v, "/metadata/annotations", json!({"hooks.kubevirt.io/hookSidecars": "[{\"image\": \"x\"}]"})),
+            Reject(
+                "metadata.annotations",
+                "sidecar feature gate is not enabled in kubevirt-config, invalid entry metadata.annotations.hooks.kubevirt.io/hookSidecars"
+            )
+        ),
+        case!(
+            "sidecar annotation with the gate",
+            cfg = |c| c.feature_gates = vec!["Sidecar".into()],
+            |v| set(v, "/metadata/annotations", json!({"hooks.kubevirt.io/hookSidecars": "[{\"image\": \"x\"}]"})),
+            Accept
+        ),
+        case!(
+            "ignition annotation without the gate",
+            |v| set(v, "/metadata/annotations", json!({"kubevirt.io/ignitiondata": "{}"})),
+            Reject(
+                "metadata.annotations",
+                "ExperimentalIgnitionSupport feature gate is not enabled in kubevirt-config, invalid entry metadata.annotations.kubevirt.io/ignitiondata"
+            )
+        ),
+        case!(
+            "ignition annotation with the gate",
+            cfg = |c| c.feature_gates = vec!["ExperimentalIgnitionSupport".into()],
+            |v| set(v, "/metadata/annotations", json!({"kubevirt.io/ignitiondata": "{}"})),
+            Accept
+        ),
+    ]);
+}
+
+#[test]
+fn spec_names_machine_and_eviction() {
+    run(&[
+        case!("machine q35", |v| set(v, "/spec/domain/machine", json!({"type": "q35"})), Accept),
+        case!(
+            "machine pc-q35-rhel8.2.0",
+            |v| set(v, "/spec/domain/machine", json!({"type": "pc-q35-rhel8.2.0"})),
+            Accept
+        ),
+        case!(
+            "machine pc-i440fx",
+            |v| set(v, "/spec/domain/machine", json!({"type": "pc-i440fx"})),
+            Reject("spec.domain.machine.type", "spec.domain.machine.type is not supported: pc-i440fx")
+        ),
+        case!("hostname ok", |v| set(v, "/spec/hostname", json!("test")), Accept),
+        case!(
+            "hostname with dots",
+            |v| set(v, "/spec/hostname", json!("test.example")),
+            Reject("spec.hostname", "spec.hostname does not conform to the kubernetes DNS_LABEL rules : ")
+        ),
+        case!(
+            "hostname with shell characters (hostile)",
+            |v| set(v, "/spec/hostname", json!("a;reboot")),
+            Reject("spec.hostname", "does not conform to the kubernetes DNS_LABEL rules")
+        ),
+        case!("subdomain ok", |v| set(v, "/spec/subdomain", json!("testsubdomain")), Accept),
+        case!(
+            "subdomain with underscore",
+            |v| set(v, "/spec/subdomain", json!("bad_subdomain")),
+            Reject("spec.subdomain", "spec.subdomain does not conform to the kubernetes DNS_SUBDOMAIN rules : ")
+        ),
+        case!("serviceAccountName ok", |v| set(v, "/spec/serviceAccountName", json!("default")), Accept),
+        case!(
+            "serviceAccountName invalid",
+            |v| set(v, "/spec/serviceAccountName", json!("Invalid_Name")),
+            Reject("spec.serviceAccountName", "spec.serviceAccountName is not a valid service account name: ")
+        ),
+        case!(
+            "serviceAccountName matching the volume",
+            |v| {
+                set(v, "/spec/serviceAccountName", json!("default"));
+                push(v, "/spec/volumes", json!({"name": "sa", "serviceAccount": {"serviceAccountName": "default"}}));
+            },
+            Accept
+        ),
+        case!(
+            "serviceAccountName conflicting with the volume",
+            |v| {
+                set(v, "/spec/serviceAccountName", json!("default"));
+                push(v, "/spec/volumes", json!({"name": "sa", "serviceAccount": {"serviceAccountName": "other"}}));
+            },
+            Reject(
+                "spec.serviceAccountName",
+                "spec.serviceAccountName \"default\" and serviceAccount volume \"other\" must reference the same service account"
+            )
+        ),
+        case!("eviction LiveMigrate", |v| set(v, "/spec/evictionStrategy", json!("LiveMigrate")), Accept),
+        case!("eviction External", |v| set(v, "/spec/evictionStrategy", json!("External")), Accept),
+        case!(
+            "eviction unknown",
+            |v| set(v, "/spec/evictionStrategy", json!("fantasy")),
+            Reject("spec.evictionStrategy", "spec.evictionStrategy is set with an unrecognized option: fantasy")
+        ),
+        case!("start strategy Paused", |v| set(v, "/spec/startStrategy", json!("Paused")), Accept),
+        case!(
+            "start strategy unknown",
+            |v| set(v, "/spec/startStrategy", json!("Running")),
+            Reject("spec.startStrategy", "spec.startStrategy is set with an unrecognized option: Running")
+        ),
+        case!(
+            "start strategy Paused with a liveness probe",
+            |v| {
+                set(v, "/spec/startStrategy", json!("Paused"));
+                set(v, "/spec/livenessProbe", json!({"tcpSocket": {"port": 22}}));
+            },
+            Reject(
+                "spec.startStrategy",
+                "either spec.startStrategy or spec.livenessProbe should be provided.Pausing VMI with LivenessProbe is not supported"
+            )
+        ),
+    ]);
+}
+
+#[test]
+fn probes() {
+    run(&[
+        case!(
+            "probe without action",
+            |v| set(v, "/spec/readinessProbe", json!({"initialDelaySeconds": 1})),
+            Reject(
+                "spec.readinessProbe",
+                "either spec.readinessProbe.tcpSocket, spec.readinessProbe.exec or spec.readinessProbe.httpGet must be set if a spec.readinessProbe is specified"
+            )
+        ),
+        case!(
+            "probe with two actions",
+            |v| set(v, "/spec/livenessProbe", json!({"tcpSocket": {"port": 22}, "httpGet": {"port": 80}})),
+            Reject("spec.livenessProbe", "spec.livenessProbe must have exactly one probe type set")
+        ),
+        case!(
+            "readiness and liveness probes",
+            |v| {
+                set(v, "/spec/readinessProbe", json!({"httpGet": {"port": 80}}));
+                set(v, "/spec/livenessProbe", json!({"guestAgentPing": {}}));
+            },
+            Accept
+        ),
+        case!(
+            "network probe without a pod network",
+            |v| {
+                set(v, "/spec/networks", json!([]));
+                set(v, "/spec/domain/devices/interfaces", json!([]));
+                set(v, "/spec/domain/devices/autoattachPodInterface", json!(false));
+                set(v, "/spec/readinessProbe", json!({"tcpSocket": {"port": 22}}));
+            },
+            Reject(
+                "spec.readinessProbe.tcpSocket",
+                "spec.readinessProbe.tcpSocket is only allowed if the Pod Network is attached"
+            )
+        ),
+    ]);
+}
+
+#[test]
+fn resources_and_memory() {
+    run(&[
+        case!(
+            "negative cpu request",
+            |v| set(v, "/spec/domain/resources/requests/cpu", json!("-1")),
+            Reject("spec.domain.resources.requests.cpu", "spec.domain.resources.requests.cpu '-1': must be greater than or equal to 0.")
+        ),
+        case!(
+            "negative cpu limit",
+            |v| set(v, "/spec/domain/resources/limits", json!({"cpu": "-3"})),
+            Reject("spec.domain.resources.limits.cpu", "spec.domain.resources.limits.cpu '-3': must be greater than or equal to 0.")
+        ),
+        case!(
+            "cpu request above limit",
+            |v| {
+                set(v, "/spec/domain/resources/requests/cpu", json!("2"));
+                set(v, "/spec/domain/resources/limits", json!({"cpu": "1"}));
+            },
+            Reject("spec.domain.resources.requests.cpu", "spec.domain.resources.requests.cpu '2' is greater than spec.domain.resources.limits.cpu '1'")
+        ),
+        case!(
+            "cpu values right under Stage",
+            cfg = stage,
+            |v| {
+                set(v, "/spec/domain/resources/requests/cpu", json!("1"));
+                set(v, "/spec/domain/resources/limits", json!({"cpu": "2"}));
+            },
+            Accept
+        ),
+        case!(
+            "negative memory request",
+            |v| set(v, "/spec/domain/resources/requests/memory", json!("-64Mi")),
+            Reject("spec.domain.resources.requests.memory", "spec.domain.resources.requests.memory '-64Mi': must be greater than or equal to 0.")
+        ),
+        case!(
+            "tiny memory request",
+            |v| set(v, "/spec/domain/resources/requests/memory", json!("64")),
+            Reject("spec.domain.resources.requests.memory", "spec.domain.resources.requests.memory '64': must be greater than or equal to 1M.")
+        ),
+        case!(
+            "negative memory limit",
+            |v| set(v, "/spec/domain/resources/limits", json!({"memory": "-64Mi"})),
+            Reject("spec.domain.resources.limits.memory", "spec.domain.resources.limits.memory '-64Mi': must be greater than or equal to 0.")
+        ),
+        case!(
+            "memory request above limit",
+            |v| set(v, "/spec/domain/resources/limits", json!({"memory": "64Mi"})),
+            Reject("spec.domain.resources.requests.memory", "spec.domain.resources.requests.memory '128Mi' is greater than spec.domain.resources.limits.memory '64Mi'")
+        ),
+        case!(
+            "hugepages size unparsable",
+            |v| set(v, "/spec/domain/memory", json!({"hugepages": {"pageSize": "bogus"}})),
+            Reject("spec.domain.memory.hugepages.pageSize", "spec.domain.memory.hugepages.pageSize 'bogus': quantities must match")
+        ),
+        case!(
+            "hugepages larger than the request",
+            |v| set(v, "/spec/domain/memory", json!({"hugepages": {"pageSize": "1Gi"}})),
+            Reject("spec.domain.resources.requests.memory", "must be equal to or larger than page size spec.domain.memory.hugepages.pageSize '1Gi'")
+        ),
+        case!(
+            "hugepages larger than guest memory",
+            |v| {
+                set(v, "/spec/domain/resources", json!({}));
+                set(v, "/spec/domain/memory", json!({"guest": "64Mi", "hugepages": {"pageSize": "1Gi"}}));
+            },
+            Reject("spec.domain.resources.requests.memory", "must be equal to or larger than page size")
+        ),
+        case!(
+            "request not a multiple of the page size",
+            |v| {
+                set(v, "/spec/domain/resources/requests/memory", json!("129Mi"));
+                set(v, "/spec/domain/memory", json!({"hugepages": {"pageSize": "2Mi"}}));
+            },
+            Reject("spec.domain.resources.requests.memory", "is not a multiple of the page size spec.domain.memory.hugepages.pageSize '2Mi'")
+        ),
+        case!(
+            "memory and hugepages right",
+            |v| set(v, "/spec/domain/memory", json!({"hugepages": {"pageSize": "2Mi"}})),
+            Accept
+        ),
+        case!(
+            "guest memory and hugepages",
+            |v| set(v, "/spec/domain/memory", json!({"guest": "64Mi", "hugepages": {"pageSize": "2Mi"}})),
+            Accept
+        ),
+        case!(
+            "guest memory below the request under Stage",
+            cfg = stage,
+            |v| set(v, "/spec/domain/memory", json!({"guest": "64Mi"})),
+            Accept
+        ),
+        case!(
+            "guest memory above the limit (LiveUpdate, the default)",
+            |v| {
+                set(v, "/spec/domain/memory", json!({"guest": "512Mi"}));
+                set(v, "/spec/domain/resources/limits", json!({"memory": "256Mi"}));
+            },
+            Accept
+        ),
+        case!(
+            "guest memory above the limit under Stage",
+            cfg = stage,
+            |v| {
+                set(v, "/spec/domain/memory", json!({"guest": "512Mi"}));
+                set(v, "/spec/domain/resources/limits", json!({"memory": "256Mi"}));
+            },
+            Reject("spec.domain.memory.guest", "spec.domain.memory.guest '512Mi' must be equal to or less than the memory limit spec.domain.resources.limits.memory '256Mi'")
+        ),
+        case!(
+            "guest memory between request and limit",
+            cfg = stage,
+            |v| {
+                set(v, "/spec/domain/memory", json!({"guest": "192Mi"}));
+                set(v, "/spec/domain/resources/limits", json!({"memory": "256Mi"}));
+            },
+            Accept
+        ),
+        case!(
+            "guest memory without a limit",
+            cfg = stage,
+            |v| set(v, "/spec/domain/memory", json!({"guest": "1Gi"})),
+            Accept
+        ),
+        case!(
+            "no memory at all",
+            |v| set(v, "/spec/domain/resources", json!({})),
+            Reject("", "no memory requested, at least one of 'spec.domain.memory.guest'")
+        ),
+        case!(
+            "reservedOverhead without its gate",
+            |v| set(v, "/spec/domain/memory", json!({"reservedOverhead": {"addedOverhead": "10Mi"}})),
+            Reject("spec.domain.memory.reservedOverhead", "Reserved overhead memlock feature gate is not enabled in kubevirt-config")
+        ),
+    ]);
+}
+
+#[test]
+fn cpu_pinning_numa_realtime_and_features() {
+    run(&[
+        case!(
+            "NUMA passthrough without dedicated CPUs",
+            |v| {
+                set(v, "/spec/domain/cpu", json!({"numa": {"guestMappingPassthrough": {}}}));
+                set(v, "/spec/domain/memory", json!({"hugepages": {"pageSize": "2Mi"}}));
+            },
+            Reject(
+                "spec.domain.cpu.numa.guestMappingPassthrough",
+                "spec.domain.cpu.dedicatedCpuPlacement must be set to true when NUMA topology strategy is set in spec.domain.cpu.numa.guestMappingPassthrough"
+            )
+        ),
+        case!(
+            "NUMA passthrough without hugepages",
+            |v| set(v, "/spec/domain/cpu", json!({"dedicatedCpuPlacement": true, "numa": {"guestMappingPassthrough": {}}})),
+            Reject(
+                "spec.domain.cpu.numa.guestMappingPassthrough",
+                "spec.domain.memory.hugepages must be requested when NUMA topology strategy is set in spec.domain.cpu.numa.guestMappingPassthrough"
+            )
+        ),
+        case!(
+            "NUMA passthrough with dedicated CPUs and hugepages",
+            |v| {
+                set(v, "/spec/domain/cpu", json!({"dedicatedCpuPlacement": true, "numa": {"guestMappingPassthrough": {}}}));
+                set(v, "/spec/domain/memory", json!({"hugepages": {"pageSize": "2Mi"}}));
+            },
+            Accept
+        ),
+        case!(
+            "more than two threads",
+            |v| set(v, "/spec/domain/cpu", json!({"dedicatedCpuPlacement": true, "threads": 3})),
+            Reject(
+                "spec.domain.cpu.dedicatedCpuPlacement",
+                "Not more than two threads must be provided at spec.domain.cpu.threads (got 3) when DedicatedCPUPlacement is true"
+            )
+        ),
+        case!(
+            "isolateEmulatorThread without dedicated CPUs",
+            |v| set(v, "/spec/domain/cpu", json!({"isolateEmulatorThread": true})),
+            Reject(
+                "spec.domain.cpu.isolateEmulatorThread",
+                "IsolateEmulatorThread should be only set in combination with DedicatedCPUPlacement"
+            )
+        ),
+        case!(
+            "inconsistent cpu request and limit",
+            |v| {
+                set(v, "/spec/domain/cpu", json!({"dedicatedCpuPlacement": true}));
+                set(v, "/spec/domain/resources/requests/cpu", json!("2"));
+                set(v, "/spec/domain/resources/limits", json!({"cpu": "3"}));
+            },
+            Reject(
+                "spec.domain.cpu.dedicatedCpuPlacement",
+                "spec.domain.resources.requests.cpu or spec.domain.resources.limits.cpu must be equal when DedicatedCPUPlacement is true"
+            )
+        ),
+        case!(
+            "non-integer cpu limit",
+            |v| {
+                set(v, "/spec/domain/cpu", json!({"dedicatedCpuPlacement": true}));
+                set(v, "/spec/domain/resources/limits", json!({"cpu": "1500m"}));
+            },
+            Reject("spec.domain.resources.limits.cpu", "provided resources CPU limits must be an interger")
+        ),
+        case!(
+            "non-integer cpu request",
+            |v| {
+                set(v, "/spec/domain/cpu", json!({"dedicatedCpuPlacement": true}));
+                set(v, "/spec/domain/resources/requests/cpu", json!("1500m"));
+            },
+            Reject("spec.domain.resources.requests.cpu", "provided resources CPU requests must be an interger")
+        ),
+        case!(
+            "cpu overcommit with cores",
+            |v| {
+                set(v, "/spec/domain/cpu", json!({"dedicatedCpuPlacement": true, "cores": 2}));
+                set(v, "/spec/domain/resources/requests/cpu", json!("1"));
+            },
+            Reject(
+                "spec.domain.cpu.dedicatedCpuPlacement",
+                "spec.domain.resources.requests.cpu or spec.domain.resources.limits.cpu must not be provided at the same time with spec.domain.cpu.cores when DedicatedCPUPlacement is true"
+            )
+        ),
+        case!(
+            "inconsistent memory with dedicated CPUs",
+            |v| {
+                set(v, "/spec/domain/cpu", json!({"dedicatedCpuPlacement": true}));
+                set(v, "/spec/domain/resources/limits", json!({"memory": "256Mi"}));
+            },
+            Reject(
+                "spec.domain.resources.requests.memory",
+                "spec.domain.resources.requests.memory must be equal to spec.domain.resources.limits.memory"
+            )
+        ),
+        case!(
+            "realtime without dedicated CPUs",
+            |v| set(v, "/spec/domain/cpu", json!({"realtime": {}, "numa": {"guestMappingPassthrough": {}}})),
+            Reject(
+                "spec.domain.cpu.dedicatedCpuPlacement",
+                "spec.domain.cpu.dedicatedCpuPlacement must be set to true when spec.domain.cpu.realtime is used"
+            )
+        ),
+        case!(
+            "realtime without NUMA passthrough",
+            |v| set(v, "/spec/domain/cpu", json!({"realtime": {}, "dedicatedCpuPlacement": true})),
+            Reject(
+                "spec.domain.cpu.numa.guestMappingPassthrough",
+                "spec.domain.cpu.numa.guestMappingPassthrough must be defined when spec.domain.cpu.realtime is used"
+            )
+        ),
+        case!(
+            "cpu feature policies",
+            |v| set(v, "/spec/domain/cpu", json!({"features": [
+                {"name": "a", "policy": "force"}, {"name": "b", "policy": "require"},
+                {"name": "c", "policy": "optional"}, {"name": "d", "policy": "disable"},
+                {"name": "e", "policy": "forbid"}, {"name": "f"}]})),
+            Accept
+        ),
+        case!(
+            "unknown cpu feature policy",
+            |v| set(v, "/spec/domain/cpu", json!({"features": [{"name": "vmx", "policy": "bogus"}]})),
+            Reject("spec.domain.cpu.features[0].policy", "CPU feature vmx uses policy bogus that is not supported.")
+        ),
+        case!(
+            "sockets above maxSockets",
+            |v| set(v, "/spec/domain/cpu", json!({"sockets": 4, "maxSockets": 2})),
+            Reject("spec.domain.cpu.sockets", "Number of sockets in CPU topology is greater than the maximum sockets allowed")
+        ),
+        case!(
+            "sockets within maxSockets",
+            |v| set(v, "/spec/domain/cpu", json!({"sockets": 2, "maxSockets": 4})),
+            Accept
+        ),
+        case!(
+            "ioThreadsPolicy auto",
+            |v| set(v, "/spec/domain/ioThreadsPolicy", json!("auto")),
+            Accept
+        ),
+        case!(
+            "ioThreadsPolicy unknown",
+            |v| set(v, "/spec/domain/ioThreadsPolicy", json!("bogus")),
+            Reject("spec.domain.ioThreadsPolicy", "Invalid IOThreadsPolicy (bogus)")
+        ),
+        case!(
+            "supplementalPool without a count",
+            |v| set(v, "/spec/domain/ioThreadsPolicy", json!("supplementalPool")),
+            Reject("spec.domain.ioThreads.count", "the number of iothreads needs to be set and positive for the dedicated policy")
+        ),
+        case!(
+            "supplementalPool with a zero count",
+            |v| {
+                set(v, "/spec/domain/ioThreadsPolicy", json!("supplementalPool"));
+                set(v, "/spec/domain/ioThreads", json!({"supplementalPoolThreadCount": 0}));
+            },
+            Reject("spec.domain.ioThreads.count", "the number of iothreads needs to be set and positive for the dedicated policy")
+        ),
+    ]);
+}
+
+#[test]
+fn devices() {
+    run(&[
+        case!(
+            "tablet input",
+            |v| set(v, "/spec/domain/devices/inputs", json!([{"name": "t", "type": "tablet", "bus": "usb"}])),
+            Accept
+        ),
+        case!(
+            "input on ps2",
+            |v| set(v, "/spec/domain/devices/inputs", json!([{"name": "t", "type": "tablet", "bus": "ps2"}])),
+            Reject("spec.domain.devices.inputs[0].bus", "Input device can have only virtio or usb bus.")
+        ),
+        case!(
+            "keyboard input",
+            |v| set(v, "/spec/domain/devices/inputs", json!([{"name": "k", "type": "keyboard", "bus": "virtio"}])),
+            Reject("spec.domain.devices.inputs[0].type", "Input device can have only tablet type.")
+        ),
+        case!(
+            "sound ich9",
+            |v| set(v, "/spec/domain/devices/sound", json!({"name": "s", "model": "ich9"})),
+            Accept
+        ),
+        case!(
+            "sound model unknown",
+            |v| set(v, "/spec/domain/devices/sound", json!({"name": "s", "model": "sb16"})),
+            Reject("spec.Sound", "Sound device type is not supported. Options: 'ich9' or 'ac97'")
+        ),
+        case!(
+            "sound without a name",
+            |v| set(v, "/spec/domain/devices/sound", json!({"name": "", "model": "ac97"})),
+            Reject("spec.Sound", "Sound device requires a name field.")
+        ),
+        case!(
+            "host devices without the gate",
+            |v| set(v, "/spec/domain/devices/hostDevices", json!([{"name": "h", "deviceName": "example.com/dev"}])),
+            Reject("spec.HostDevices", "Host Devices feature gate is not enabled in kubevirt-config")
+        ),
+        case!(
+            "host devices with the gate",
+            cfg = |c| c.feature_gates = vec!["HostDevices".into()],
+            |v| set(v, "/spec/domain/devices/hostDevices", json!([{"name": "h", "deviceName": "example.com/dev"}])),
+            Accept
+        ),
+        case!(
+            "two vGPU displays with ramfb",
+            |v| set(v, "/spec/domain/devices/gpus", json!([
+                {"name": "g1", "deviceName": "nvidia/a", "virtualGPUOptions": {"display": {"enabled": true}}},
+                {"name": "g2", "deviceName": "nvidia/a", "virtualGPUOptions": {"display": {"enabled": true}}}])),
+            Reject("spec.GPUs", "configuring multiple displays with ramfb is not valid")
+        ),
+        case!(
+            "a GPU (the GPU gate is GA)",
+            |v| set(v, "/spec/domain/devices/gpus", json!([{"name": "g1", "deviceName": "nvidia/a"}])),
+            Accept
+        ),
+        case!(
+            "vsock without the gate",
+            |v| set(v, "/spec/domain/devices/autoattachVSOCK", json!(true)),
+            Reject("spec.domain.devices.autoattachVSOCK", "VSOCK feature gate is not enabled in kubevirt-config")
+        ),
+        case!(
+            "vsock with the gate",
+            cfg = |c| c.feature_gates = vec!["VSOCK".into()],
+            |v| set(v, "/spec/domain/devices/autoattachVSOCK", json!(true)),
+            Accept
+        ),
+        case!(
+            "downwardMetrics serial without the gate",
+            |v| set(v, "/spec/domain/devices/downwardMetrics", json!({})),
+            Reject("spec.domain.devices.downwardMetrics", "downwardMetrics virtio serial is not allowed: DownwardMetrics feature gate is not enabled")
+        ),
+        case!(
+            "downwardMetrics serial with the gate",
+            cfg = |c| c.feature_gates = vec!["DownwardMetrics".into()],
+            |v| set(v, "/spec/domain/devices/downwardMetrics", json!({})),
+            Accept
+        ),
+        case!(
+            "video virtio",
+            |v| set(v, "/spec/domain/devices/video", json!({"type": "virtio"})),
+            Accept
+        ),
+        case!(
+            "video with autoattachGraphicsDevice false",
+            |v| {
+                set(v, "/spec/domain/devices/video", json!({"type": "virtio"}));
+                set(v, "/spec/domain/devices/autoattachGraphicsDevice", json!(false));
+            },
+            Reject("spec.video", "Video configuration is not allowed when autoattachGraphicsDevice is set to false")
+        ),
+        case!(
+            "video model unknown on amd64",
+            |v| set(v, "/spec/domain/devices/video", json!({"type": "qxl"})),
+            Reject("spec.domain.devices.video.type", "video model 'qxl' is not supported on amd64 architecture")
+        ),
+        case!(
+            "watchdog i6300esb",
+            |v| set(v, "/spec/domain/devices/watchdog", json!({"name": "w", "i6300esb": {"action": "reset"}})),
+            Accept
+        ),
+        case!(
+            "watchdog diag288 on amd64",
+            |v| set(v, "/spec/domain/devices/watchdog", json!({"name": "w", "diag288": {"action": "reset"}})),
+            Reject("spec.domain.devices.watchdog", "amd64 only supports I6300ESB watchdog device")
+        ),
+        case!(
+            "panic device pvpanic",
+            |v| set(v, "/spec/domain/devices/panicDevices", json!([{"model": "pvpanic"}])),
+            Accept
+        ),
+        case!(
+            "panic device unknown",
+            |v| set(v, "/spec/domain/devices/panicDevices", json!([{"model": "bogus"}])),
+            Reject("spec.domain.devices.panicDevices[0].model", "invalid PanicDeviceModel(bogus)")
+        ),
+        case!(
+            "rebootPolicy (Beta gate, on by default)",
+            |v| set(v, "/spec/domain/rebootPolicy", json!("Terminate")),
+            Accept
+        ),
+        case!(
+            "rebootPolicy with the gate disabled",
+            cfg = |c| c.disabled_feature_gates = vec!["RebootPolicy".into()],
+            |v| set(v, "/spec/domain/rebootPolicy", json!("Terminate")),
+            Reject("spec.domain.rebootPolicy", "RebootPolicy is specified but the RebootPolicy feature gate is not enabled")
+        ),
+        case!(
+            "arm64 architecture",
+            |v| set(v, "/spec/architecture", json!("arm64")),
+            Reject("spec.architecture", "architecture arm64 is not supported by kubevirt-rs")
+        ),
+        case!(
+            "unknown architecture",
+            |v| set(v, "/spec/architecture", json!("riscv64")),
+            Reject("spec.architecture", "unsupported architecture: riscv64")
+        ),
+    ]);
+}
+
+#[test]
+fn firmware_acpi_kernel_boot_and_launch_security() {
+    run(&[
+        case!(
+            "EFI without secure boot and without SMM",
+            |v| set(v, "/spec/domain/firmware", json!({"bootloader": {"efi": {"secureBoot": false}}})),
+            Accept
+        ),
+        case!(
+            "EFI with SMM",
+            |v| {
+                set(v, "/spec/domain/firmware", json!({"bootloader": {"efi": {}}}));
+                set(v, "/spec/domain/features", json!({"smm": {}}));
+            },
+            Accept
+        ),
+        case!(
+            "EFI secure boot without SMM",
+            |v| {
+                set(v, "/spec/domain/firmware", json!({"bootloader": {"efi": {}}}));
+                set(v, "/spec/domain/features", json!({"smm": {"enabled": false}}));
+            },
+            Reject("spec.domain", "spec.domain has EFI SecureBoot enabled. SecureBoot requires SMM, which is currently disabled.")
+        ),
+        case!(
+            "ACPI without tables",
+            |v| set(v, "/spec/domain/firmware", json!({"acpi": {}})),
+            Reject("spec.acpi", "ACPI was set but no SLIC nor MSDM volume reference was set")
+        ),
+        case!(
+            "ACPI SLIC without a volume",
+            |v| set(v, "/spec/domain/firmware", json!({"acpi": {"slicNameRef": "slic"}})),
+            Reject("spec.acpi.slicNameRef", "spec.acpi does not have a matching Volume.")
+        ),
+        case!(
+            "ACPI MSDM on a container disk",
+            |v| set(v, "/spec/domain/firmware", json!({"acpi": {"msdmNameRef": "root"}})),
+            Reject("spec.acpi.msdmNameRef", "spec.acpi refers to Volume of unsupported type.")
+        ),
+        case!(
+            "ACPI SLIC from a secret",
+            |v| {
+                set(v, "/spec/domain/firmware", json!({"acpi": {"slicNameRef": "slic"}}));
+                push(v, "/spec/volumes", json!({"name": "slic", "secret": {"secretName": "s"}}));
+            },
+            Accept
+        ),
+        case!(
+            "kernel boot from a container",
+            |v| set(v, "/spec/domain/firmware", json!({"kernelBoot": {"kernelArgs": "console=ttyS0",
+                "container": {"image": "k", "kernelPath": "/boot/vmlinuz", "initrdPath": "/boot/initrd"}}})),
+            Accept
+        ),
+        case!(
+            "kernel args without a kernel",
+            |v| set(v, "/spec/domain/firmware", json!({"kernelBoot": {"kernelArgs": "console=ttyS0"}})),
+            Reject("spec.domain.firmware.kernelBoot.kernelArgs", "kernel arguments cannot be provided without an external kernel")
+        ),
+        case!(
+            "kernel boot container without an image",
+            |v| set(v, "/spec/domain/firmware", json!({"kernelBoot": {"container": {"image": "", "kernelPath": "/boot/vmlinuz"}}})),
+            Reject("spec.domain.firmware.kernelBoot.container.image", "spec.domain.firmware.kernelBoot.container must be defined with an image")
+        ),
+        case!(
+            "kernel boot container without paths",
+            |v| set(v, "/spec/domain/firmware", json!({"kernelBoot": {"container": {"image": "k"}}})),
+            Reject("spec.domain.firmware.kernelBoot.container", "must be defined with at least one of the following: kernelPath, initrdPath")
+        ),
+        case!(
+            "kernel path escaping the image (hostile)",
+            |v| set(v, "/spec/domain/firmware", json!({"kernelBoot": {"container": {"image": "k", "kernelPath": "/boot/../../etc/shadow"}}})),
+            Reject("spec.domain.firmware.kernelBoot.container.kernelPath", "must be an absolute path to a file without relative components")
+        ),
+        case!(
+            "SEV without UEFI",
+            |v| set(v, "/spec/domain/launchSecurity", json!({"sev": {}})),
+            Reject("spec.launchSecurity", "SEV requires OVMF (UEFI)")
+        ),
+        case!(
+            "SEV with secure boot",
+            |v| {
+                set(v, "/spec/domain/launchSecurity", json!({"sev": {}}));
+                set(v, "/spec/domain/firmware", json!({"bootloader": {"efi": {}}}));
+                set(v, "/spec/domain/features", json!({"smm": {}}));
+            },
+            Reject("spec.launchSecurity", "SEV does not work along with SecureBoot")
+        ),
+        case!(
+            "SEV and SNP together",
+            |v| set(v, "/spec/domain/launchSecurity", json!({"sev": {}, "snp": {}})),
+            Reject("spec.launchSecurity", "One and only one launchSecurity type can be set")
+        ),
+        case!(
+            "TDX without its gate",
+            |v| set(v, "/spec/domain/launchSecurity", json!({"tdx": {}})),
+            Reject("spec.launchSecurity", "WorkloadEncryptionTDX feature gate is not enabled in kubevirt-config")
+        ),
+        case!(
+            "SNP with persistent EFI",
+            |v| {
+                set(v, "/spec/domain/launchSecurity", json!({"snp": {}}));
+                set(v, "/spec/domain/firmware", json!({"bootloader": {"efi": {"secureBoot": false, "persistent": true}}}));
+            },
+            Reject("spec.launchSecurity", "SNP does not work along with Persistent EFI variables")
+        ),
+        case!(
+            "SEV attestation without Paused",
+            |v| {
+                set(v, "/spec/domain/launchSecurity", json!({"sev": {"attestation": {}}}));
+                set(v, "/spec/domain/firmware", json!({"bootloader": {"efi": {"secureBoot": false}}}));
+            },
+            Reject("spec.launchSecurity", "SEV attestation requires VMI StartStrategy 'Paused'")
+        ),
+        case!(
+            "SEV that KubeVirt accepts (no confidential computing here)",
+            |v| {
+                set(v, "/spec/domain/launchSecurity", json!({"sev": {}}));
+                set(v, "/spec/domain/firmware", json!({"bootloader": {"efi": {"secureBoot": false}}}));
+            },
+            Reject("spec.launchSecurity", "not supported by kubevirt-rs")
+        ),
+    ]);
+}
+
+#[test]
+fn access_credentials() {
+    fn ssh(method: Value) -> Value {
+        json!([{"sshPublicKey": {"source": {"secret": {"secretName": "keys"}}, "propagationMethod": method}}])
+    }
+    run(&[
+        case!(
+            "ssh key over noCloud",
+            |v| set(v, "/spec/accessCredentials", ssh(json!({"noCloud": {}}))),
+            Accept
+        ),
+        case!(
+            "ssh key over the guest agent",
+            |v| set(v, "/spec/accessCredentials", ssh(json!({"qemuGuestAgent": {"users": ["root"]}}))),
+            Accept
+        ),
+        case!(
+            "password over the guest agent",
+            |v| set(v, "/spec/accessCredentials", json!([{"userPassword": {"source": {"secret": {"secretName": "p"}}, "propagationMethod": {"qemuGuestAgent": {}}}}])),
+            Accept
+        ),
+        case!(
+            "ssh key over configDrive without a configDrive volume",
+            |v| set(v, "/spec/accessCredentials", ssh(json!({"configDrive": {}}))),
+            Reject(
+                "spec.accessCredentials[0].sshPublicKey.propagationMethod",
+                "spec.accessCredentials[0] requires a configDrive volume to exist when the configDrive propagationMethod is in use."
+            )
+        ),
+        case!(
+            "ssh key over noCloud without a noCloud volume",
+            |v| {
+                set(v, "/spec/volumes/1", json!({"name": "cloudinit", "cloudInitConfigDrive": {"userData": "x"}}));
+                set(v, "/spec/accessCredentials", ssh(json!({"noCloud": {}})));
+            },
+            Reject(
+                "spec.accessCredentials[0].sshPublicKey.propagationMethod",
+                "requires a noCloud volume to exist when the noCloud propagationMethod is in use."
+            )
+        ),
+        case!(
+            "ssh key without a source",
+            |v| set(v, "/spec/accessCredentials", json!([{"sshPublicKey": {"source": {}, "propagationMethod": {"noCloud": {}}}}])),
+            Reject("spec.accessCredentials[0].sshPublicKey.source", "spec.accessCredentials[0] must have exactly one source set")
+        ),
+        case!(
+            "ssh key over the guest agent without users",
+            |v| set(v, "/spec/accessCredentials", ssh(json!({"qemuGuestAgent": {"users": []}}))),
+            Reject(
+                "spec.accessCredentials[0].sshPublicKey.propagationMethod.qemuGuestAgent.users",
+                "spec.accessCredentials[0] requires at least one user to be present in the users list"
+            )
+        ),
+        case!(
+            "ssh key without a propagation method",
+            |v| set(v, "/spec/accessCredentials", ssh(json!({}))),
+            Reject("spec.accessCredentials[0].sshPublicKey.propagationMethod", "spec.accessCredentials[0] must have exactly one propagationMethod set")
+        ),
+        case!(
+            "password without a source",
+            |v| set(v, "/spec/accessCredentials", json!([{"userPassword": {"source": {}, "propagationMethod": {"qemuGuestAgent": {}}}}])),
+            Reject("spec.accessCredentials[0].userPassword.source", "must have exactly one source set")
+        ),
+        case!(
+            "password without a propagation method",
+            |v| set(v, "/spec/accessCredentials", json!([{"userPassword": {"source": {"secret": {"secretName": "p"}}, "propagationMethod": {}}}])),
+            Reject("spec.accessCredentials[0].userPassword.propagationMethod", "must have exactly one propagationMethod set")
+        ),
+        case!(
+            "no credential type",
+            |v| set(v, "/spec/accessCredentials", json!([{}])),
+            Reject("spec.accessCredentials[0]", "spec.accessCredentials[0] must have exactly one access credential type set")
+        ),
+    ]);
+}
+
+#[test]
+fn dns() {
+    run(&[
+        case!(
+            "dnsPolicy None with a nameserver",
+            |v| {
+                set(v, "/spec/dnsPolicy", json!("None"));
+                set(v, "/spec/dnsConfig", json!({"nameservers": ["1.2.3.4"], "searches": ["example.com"], "options": [{"name": "ndots", "value": "2"}]}));
+            },
+            Accept
+        ),
+        case!(
+            "dnsPolicy None without dnsConfig",
+            |v| set(v, "/spec/dnsPolicy", json!("None")),
+            Reject("spec.dnsConfig", "must provide `dnsConfig` when `dnsPolicy` is None")
+        ),
+        case!(
+            "dnsPolicy None without nameservers",
+            |v| {
+                set(v, "/spec/dnsPolicy", json!("None"));
+                set(v, "/spec/dnsConfig", json!({"searches": ["example.com"]}));
+            },
+            Reject("nameservers", "must provide at least one DNS nameserver when `dnsPolicy` is None")
+        ),
+        case!(
+            "unknown dnsPolicy",
+            |v| set(v, "/spec/dnsPolicy", json!("Bogus")),
+            Reject("spec.dnsPolicy", "DNSPolicy: Bogus is not supported, valid values: [ClusterFirstWithHostNet ClusterFirst Default None ]")
+        ),
+        case!(
+            "four nameservers",
+            |v| set(v, "/spec/dnsConfig", json!({"nameservers": ["1.1.1.1", "1.1.1.2", "1.1.1.3", "1.1.1.4"]})),
+            Reject("nameservers", "must not have more than 3 nameservers")
+        ),
+        case!(
+            "nameserver not an IP",
+            |v| set(v, "/spec/dnsConfig", json!({"nameservers": ["1.2.3.4.5"]})),
+            Reject("nameservers", "must be valid IP address: 1.2.3.4.5")
+        ),
+        case!(
+            "seven search domains",
+            |v| set(v, "/spec/dnsConfig", json!({"searches": ["a", "b", "c", "d", "e", "f", "g"]})),
+            Reject("searchDomains", "must not have more than 6 search paths")
+        ),
+        case!(
+            "search list too long",
+            |v| set(v, "/spec/dnsConfig", json!({"searches": ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(63), "e".repeat(10)]})),
+            Reject("searchDomains", "must not have more than 256 characters (including spaces) in the search list")
+        ),
+        case!(
+            "search domain invalid",
+            |v| set(v, "/spec/dnsConfig", json!({"searches": ["bad_domain"]})),
+            Reject("searchDomains", "a lowercase RFC 1123 subdomain")
+        ),
+        case!(
+            "option without a name",
+            |v| set(v, "/spec/dnsConfig", json!({"options": [{"value": "2"}]})),
+            Reject("options", "Option.Name must not be empty")
+        ),
+    ]);
+}
+
+#[test]
+fn hyperv() {
+    run(&[
+        case!("no hyperv", |v| set(v, "/spec/domain/features", json!({})), Accept),
+        case!("empty hyperv", |v| set(v, "/spec/domain/features", json!({"hyperv": {}})), Accept),
+        case!(
+            "hyperv features with their dependencies",
+            |v| set(v, "/spec/domain/features", json!({"hyperv": {"vpindex": {}, "synic": {}, "synictimer": {}, "vapic": {}, "evmcs": {}}})),
+            Accept
+        ),
+        case!(
+            "synic with vpindex disabled",
+            |v| set(v, "/spec/domain/features", json!({"hyperv": {"synic": {"enabled": true}, "vpindex": {"enabled": false}}})),
+            Reject("spec.domain.features.hyperv.synic", "'spec.domain.features.hyperv.synic' requires 'spec.domain.features.hyperv.vpindex', which was disabled.")
+        ),
+        case!(
+            "evmcs with vapic disabled",
+            |v| set(v, "/spec/domain/features", json!({"hyperv": {"evmcs": {"enabled": true}, "vapic": {"enabled": false}}})),
+            Reject("spec.domain.features.hyperv.evmcs", "requires 'spec.domain.features.hyperv.vapic', which was disabled.")
+        ),
+        case!(
+            "evmcs with vmx forbidden",
+            |v| {
+                set(v, "/spec/domain/features", json!({"hyperv": {"evmcs": {}}}));
+                set(v, "/spec/domain/cpu", json!({"features": [{"name": "vmx", "policy": "forbid"}]}));
+            },
+            Reject("spec.domain.cpu.features[0].policy", "vmx cpu feature has to be set to require policy")
+        ),
+        case!(
+            "hyperv with hyperv passthrough",
+            |v| set(v, "/spec/domain/features", json!({"hyperv": {"relaxed": {}}, "hypervPassthrough": {"enabled": true}})),
+            Reject("spec.domain.features.hyperv", "Cannot explicitly set hyperV features if HypervPassthrough is being used.")
+        ),
+        case!(
+            "hyperv passthrough alone",
+            |v| set(v, "/spec/domain/features", json!({"hypervPassthrough": {"enabled": true}})),
+            Accept
+        ),
+    ]);
+}
+
+#[test]
+fn boot_order_and_serials() {
+    run(&[
+        case!(
+            "boot order on an interface",
+            |v| set(v, "/spec/domain/devices/interfaces/0/bootOrder", json!(1)),
+            Accept
+        ),
+        case!(
+            "boot order 0 on an interface",
+            |v| set(v, "/spec/domain/devices/interfaces/0/bootOrder", json!(0)),
+            Reject("spec.domain.devices.interfaces[0].bootOrder", "spec.domain.devices.interfaces[0] must have a boot order > 0, if supplied")
+        ),
+        case!(
+            "different boot orders on disks and interfaces",
+            |v| {
+                set(v, "/spec/domain/devices/disks/0/bootOrder", json!(1));
+                set(v, "/spec/domain/devices/interfaces/0/bootOrder", json!(2));
+            },
+            Accept
+        ),
+        case!(
+            "same boot order on a disk and an interface",
+            |v| {
+                set(v, "/spec/domain/devices/disks/0/bootOrder", json!(1));
+                set(v, "/spec/domain/devices/interfaces/0/bootOrder", json!(1));
+            },
+            Reject("spec.domain.devices.interfaces[0].bootOrder", "Boot order for spec.domain.devices.interfaces[0].bootOrder already set for a different device.")
+        ),
+        case!(
+            "valid serial",
+            |v| set(v, "/spec/domain/devices/disks/0/serial", json!("sn-11223344")),
+            Accept
+        ),
+        case!(
+            "empty cdrom (DeclarativeHotplugVolumes is Beta)",
+            |v| push(v, "/spec/domain/devices/disks", json!({"name": "cd", "cdrom": {"bus": "sata"}})),
+            Accept
+        ),
+        case!(
+            "empty cdrom with DeclarativeHotplugVolumes disabled",
+            cfg = |c| c.disabled_feature_gates = vec!["DeclarativeHotplugVolumes".into()],
+            |v| push(v, "/spec/domain/devices/disks", json!({"name": "cd", "cdrom": {"bus": "sata"}})),
+            Reject("spec.domain.devices.disks[2].name", "DeclarativeHotplugVolumes feature gate not enabled, cannot define an empty CD-ROM disk")
+        ),
+        case!(
+            "LUN on a container disk",
+            |v| set(v, "/spec/domain/devices/disks/0", json!({"name": "root", "lun": {"bus": "scsi"}})),
+            Reject("spec.domain.devices.disks[0].lun", "spec.domain.devices.disks[0].lun can only be mapped to a DataVolume or PersistentVolumeClaim volume.")
+        ),
+        case!(
+            "LUN on a PVC, with persistent reservation (GA)",
+            |v| {
+                set(v, "/spec/domain/devices/disks/0", json!({"name": "root", "lun": {"bus": "scsi", "reservation": true}}));
+                set(v, "/spec/volumes/0", json!({"name": "root", "persistentVolumeClaim": {"claimName": "c"}}));
+            },
+            Accept
+        ),
+        case!(
+            "LUN on a DataVolume",
+            |v| {
+                set(v, "/spec/domain/devices/disks/0", json!({"name": "root", "lun": {}}));
+                set(v, "/spec/volumes/0", json!({"name": "root", "dataVolume": {"name": "dv"}}));
+            },
+            Accept
+        ),
+    ]);
+}
+
+#[test]
+fn dra_gpus_and_host_devices() {
+    run(&[
+        case!(
+            "DRA GPU with its claim (GPUsWithDRA is Beta)",
+            |v| {
+                set(v, "/spec/domain/devices/gpus", json!([{"name": "g", "claimName": "c", "requestName": "r"}]));
+                set(v, "/spec/resourceClaims", json!([{"name": "c", "resourceClaimTemplateName": "tmpl"}]));
+            },
+            Accept
+        ),
+        case!(
+            "GPU without deviceName or claim",
+            |v| set(v, "/spec/domain/devices/gpus", json!([{"name": "g"}])),
+            Reject("spec.domain.devices.gpus", "vmi.spec.domain.devices.gpus contains GPUs without deviceName or claimRequest")
+        ),
+        case!(
+            "GPU with deviceName and claim",
+            |v| set(v, "/spec/domain/devices/gpus", json!([{"name": "g", "deviceName": "nvidia/a", "claimName": "c", "requestName": "r"}])),
+            Reject("spec.domain.devices.gpus", "vmi.spec.domain.devices.gpus contains GPUs with both deviceName and claimRequest")
+        ),
+        case!(
+            "DRA GPU with its gate disabled",
+            cfg = |c| c.disabled_feature_gates = vec!["GPUsWithDRA".into()],
+            |v| {
+                set(v, "/spec/domain/devices/gpus", json!([{"name": "g", "claimName": "c", "requestName": "r"}]));
+                set(v, "/spec/resourceClaims", json!([{"name": "c", "resourceClaimTemplateName": "tmpl"}]));
+            },
+            Reject("spec.domain.devices.gpus", "vmi.spec.domain.devices.gpus contains DRA enabled GPUs but feature gate is not enabled")
+        ),
+        case!(
+            "DRA GPU whose claim is missing from resourceClaims",
+            |v| set(v, "/spec/domain/devices/gpus", json!([{"name": "g", "claimName": "c", "requestName": "r"}])),
+            Reject("spec.resourceClaims", "vmi.spec.resourceClaims must specify all claims used in vmi.spec.domain.devices.gpus and vmi.spec.domain.devices.hostDevices")
+        ),
+        case!(
+            "same claim/request on a GPU and a host device",
+            |v| {
+                set(v, "/spec/domain/devices/gpus", json!([{"name": "g", "claimName": "c", "requestName": "r"}]));
+                set(v, "/spec/domain/devices/hostDevices", json!([{"name": "h", "claimName": "c", "requestName": "r"}]));
+                set(v, "/spec/resourceClaims", json!([{"name": "c", "resourceClaimName": "claim"}]));
+            },
+            Reject("spec.domain.devices.hostDevices[0]", "duplicate claimName/requestName pair \"c/r\" between GPUs[0] and HostDevices[0]")
+        ),
+        case!(
+            "resource claim with both sources",
+            |v| set(v, "/spec/resourceClaims", json!([{"name": "c", "resourceClaimName": "a", "resourceClaimTemplateName": "b"}])),
+            Reject("spec.resourceClaims[0]", "at most one of resourceClaimName or resourceClaimTemplateName may be specified")
+        ),
+        case!(
+            "resource claim without a source",
+            |v| set(v, "/spec/resourceClaims", json!([{"name": "c"}])),
+            Reject("spec.resourceClaims[0]", "must specify one of: resourceClaimName, resourceClaimTemplateName")
+        ),
+        case!(
+            "duplicate resource claim names",
+            |v| set(v, "/spec/resourceClaims", json!([{"name": "c", "resourceClaimName": "a"}, {"name": "c", "resourceClaimName": "b"}])),
+            Reject("spec.resourceClaims[1].name", "duplicate resourceClaims name \"c\"")
+        ),
+    ]);
+}
