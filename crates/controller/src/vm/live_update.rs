@@ -174,7 +174,8 @@ pub fn prepare_vmi(vmi: &mut VirtualMachineInstance, vm: &VirtualMachine, cfg: &
 fn without_live_fields(spec: &VirtualMachineInstanceSpec, strategy: RolloutStrategy) -> Value {
     // Hotpluggable volumes come and go on a running VM whatever the rollout strategy
     // (declarative hotplug, `super::hotplug`).
-    let mut v = serde_json::to_value(super::hotplug::without_hotplugged(spec)).unwrap_or(Value::Null);
+    let mut v =
+        serde_json::to_value(super::hotplug::without_hotplugged(spec)).unwrap_or(Value::Null);
     if strategy != RolloutStrategy::LiveUpdate {
         return v;
     }

@@ -36,7 +36,7 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 15] = [
+    pub const ALL: [Method; 16] = [
         Method::Sync,
         Method::State,
         Method::Pause,
