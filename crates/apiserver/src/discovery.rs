@@ -108,6 +108,22 @@ pub const SUBRESOURCES: &[AggregatedResource] = &[
     ("virtualmachines/stop", "VirtualMachine", &["update"]),
     ("virtualmachines/restart", "VirtualMachine", &["update"]),
     ("virtualmachines/migrate", "VirtualMachine", &["update"]),
+    ("virtualmachines/addvolume", "VirtualMachine", &["update"]),
+    (
+        "virtualmachines/removevolume",
+        "VirtualMachine",
+        &["update"],
+    ),
+    (
+        "virtualmachineinstances/addvolume",
+        "VirtualMachineInstance",
+        &["update"],
+    ),
+    (
+        "virtualmachineinstances/removevolume",
+        "VirtualMachineInstance",
+        &["update"],
+    ),
 ];
 
 const VERBS: &[&str] = &[

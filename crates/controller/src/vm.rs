@@ -721,6 +721,12 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
         }
     }
 
+    if !deleting {
+        if let Some(v) = &vmi {
+            sync_hotplug_volumes(&vmis, &vm, v).await;
+        }
+    }
+
     // LiveUpdate: CPU sockets and guest memory follow the template; other changes wait for a
     // restart (the RestartRequired condition).
     let mut restart_required = None;
@@ -1022,6 +1028,40 @@ pub fn error_policy(vm: Arc<VirtualMachine>, err: &Error, _ctx: Arc<Context>) ->
     Action::requeue(err.retry_after())
 }
 
+/// Declarative hotplug: the running VMI follows the template's hotpluggable volumes
+/// ([`hotplug`]). A conflict (the VMI changed meanwhile) is retried at the next reconcile.
+async fn sync_hotplug_volumes(
+    vmis: &Api<VirtualMachineInstance>,
+    vm: &VirtualMachine,
+    vmi: &VirtualMachineInstance,
+) {
+    let running = matches!(
+        VmiPhase::of(vmi),
+        Some(VmiPhase::Running | VmiPhase::Scheduled)
+    );
+    let Some(template) = vm.spec.template.spec.as_ref() else {
+        return;
+    };
+    if !running || vmi.metadata.deletion_timestamp.is_some() {
+        return;
+    }
+    let Some((vols, disks)) = hotplug::sync(template, &vmi.spec) else {
+        return;
+    };
+    let body = hotplug::patch(vmi.metadata.resource_version.as_deref(), &vols, &disks);
+    let name = vmi.name_any();
+    match vmis
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(vmi = %name, volumes = vols.len(), "hotplug volumes synced to the VMI")
+        }
+        Err(e) => tracing::info!(vmi = %name, error = %e, "hotplug volumes not synced yet"),
+    }
+}
+
+pub mod hotplug;
 pub mod live_update;
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 pub mod cleanup;
 pub mod cni;
+pub mod hotplug;
 pub mod multus;
 pub mod podnet;
 pub mod secrets;
@@ -571,7 +572,18 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                     }
                 }
             }
-            let status = status::from_launcher(&s, &current, &now());
+            let mut status = status::from_launcher(&s, &current, &now());
+            // Volume hotplug: only a running (or paused) guest takes or gives back a disk.
+            let mut hotplug_pending = false;
+            if matches!(s.phase, Phase::Running | Phase::Paused) {
+                let synced =
+                    hotplug::sync(&ctx.client, &ctx.config.host_paths, &vmi, &dir, &current)
+                        .await?;
+                if let Some((volumes, pending)) = synced {
+                    status["volumeStatus"] = volumes;
+                    hotplug_pending = pending;
+                }
+            }
             if status::changed(&current, &status) {
                 patch_status(&api, &name, status.clone()).await?;
                 for (type_, reason, note) in status::transition_events(&current, &status, &s) {
@@ -579,7 +591,7 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 }
             }
             // Phase changes arrive as launcher events; the rest is a safety net.
-            let settled = matches!(s.phase, Phase::Running | Phase::Paused);
+            let settled = matches!(s.phase, Phase::Running | Phase::Paused) && !hotplug_pending;
             Ok(Action::requeue(Duration::from_secs(if settled {
                 60
             } else {

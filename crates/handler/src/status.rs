@@ -253,6 +253,8 @@ pub fn changed(current: &Value, new: &Value) -> bool {
     ]
     .iter()
     .any(|k| strip_times(&new[k]) != strip_times(&current[k]))
+    // Written only while hotplugged volumes exist (or just went): compared only then.
+    || (!new["volumeStatus"].is_null() && new["volumeStatus"] != current["volumeStatus"])
 }
 
 fn strip_times(v: &Value) -> Value {

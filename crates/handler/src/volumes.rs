@@ -201,3 +201,75 @@ pub async fn resolve(
     }
     Ok(Resolved::Ready(node))
 }
+
+/// A hotpluggable volume that cannot be attached yet: KubeVirt's volume status reason and
+/// message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotReady {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Resolves the VMI's volumes one by one, for a running VMI whose hotpluggable volumes may
+/// come and go: what resolves goes into the node volumes, a volume in `only` that does not
+/// is reported by name (the others are not asked again: they resolved at start).
+pub async fn resolve_each(
+    client: &Client,
+    vmi: &VirtualMachineInstance,
+    policy: &HostPathPolicy,
+    only: &std::collections::BTreeSet<String>,
+) -> kube::Result<(NodeVolumes, std::collections::BTreeMap<String, NotReady>)> {
+    let ns = vmi.namespace().unwrap_or_else(|| "default".into());
+    let mut node = NodeVolumes::default();
+    let mut not_ready = std::collections::BTreeMap::new();
+    for vol in vmi.spec.volumes.iter().flatten() {
+        let claim = if let Some(p) = &vol.persistent_volume_claim {
+            claim_path(client, policy, &ns, &p.claim_name, false).await?
+        } else if let Some(d) = &vol.data_volume {
+            match dv_not_ready(client, &ns, &d.name).await? {
+                Some(w) => Claim::Wait(w),
+                None => {
+                    let dvs: Api<DataVolume> = Api::namespaced(client.clone(), &ns);
+                    let claim = dvs
+                        .get_opt(&d.name)
+                        .await?
+                        .and_then(|dv| dv.status.and_then(|s| s.claim_name))
+                        .unwrap_or_else(|| d.name.clone());
+                    claim_path(client, policy, &ns, &claim, true).await?
+                }
+            }
+        } else {
+            continue;
+        };
+        match claim {
+            Claim::Path(path) => {
+                if let Some(p) = &vol.persistent_volume_claim {
+                    node.persistent_volume_claims
+                        .insert(p.claim_name.clone(), path);
+                } else if let Some(d) = &vol.data_volume {
+                    node.data_volumes.insert(d.name.clone(), path);
+                }
+            }
+            Claim::Wait(message) if only.contains(&vol.name) => {
+                not_ready.insert(
+                    vol.name.clone(),
+                    NotReady {
+                        reason: "PVCNotReady",
+                        message,
+                    },
+                );
+            }
+            Claim::Refused(message) if only.contains(&vol.name) => {
+                not_ready.insert(
+                    vol.name.clone(),
+                    NotReady {
+                        reason: "HostPathRefused",
+                        message,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok((node, not_ready))
+}

@@ -396,8 +396,10 @@ pub struct Vm {
     applied_credentials: tokio::sync::Mutex<Option<crate::api::AgentCredentials>>,
     /// `status.interfaces` as the launcher knows them, before the guest agent's merge.
     domain_interfaces: Vec<GuestInterface>,
+    /// The hotpluggable volumes attached now (`hotplug.rs`); one change at a time.
+    pub(crate) hotplug: tokio::sync::Mutex<crate::hotplug::Plugged>,
     /// One CPU/memory change at a time.
-    hotplug: tokio::sync::Mutex<()>,
+    resources: tokio::sync::Mutex<()>,
 }
 
 /// How often the guest agent is asked while it does not answer (so `AgentConnected` comes
@@ -679,7 +681,9 @@ impl Vm {
             timestamp: now(),
         };
         let (final_tx, final_rx) = watch::channel(false);
+        let hotplug = tokio::sync::Mutex::new(crate::hotplug::Plugged::at_start(vmi, &spec));
         let vm = Arc::new(Vm {
+            hotplug,
             spec,
             qmp,
             console,
@@ -697,7 +701,7 @@ impl Vm {
             agent: tokio::sync::Mutex::new(None),
             applied_credentials: tokio::sync::Mutex::new(None),
             domain_interfaces,
-            hotplug: tokio::sync::Mutex::new(()),
+            resources: tokio::sync::Mutex::new(()),
         });
         vm.publish();
         tokio::spawn(vm.clone().poll_guest_agent());
@@ -1095,7 +1099,7 @@ impl Vm {
         Ok(())
     }
 
-    fn qmp_err(&self, e: QmpError) -> LaunchError {
+    pub(crate) fn qmp_err(&self, e: QmpError) -> LaunchError {
         let log = VmiDir::unchecked(&self.dir).qemu_log();
         LaunchError::Qmp {
             source: e,
@@ -1187,7 +1191,7 @@ impl Vm {
         guest_bytes: Option<u64>,
     ) -> Result<State, LaunchError> {
         self.ensure_alive("cannot hotplug")?;
-        let _one = self.hotplug.lock().await;
+        let _one = self.resources.lock().await;
         let cpu = &self.spec.cpu;
         let current = self.state().cpu_topology.map_or(cpu.sockets, |t| t.sockets);
         if let Some(want) = sockets.filter(|w| *w != current) {

@@ -24,6 +24,7 @@ pub mod cloudinit;
 pub mod confine;
 pub mod console;
 pub mod dhcp;
+pub mod hotplug;
 pub mod launcher;
 pub mod machine;
 pub mod network;

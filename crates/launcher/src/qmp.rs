@@ -483,6 +483,61 @@ impl Qmp {
     }
 }
 
+/// Volume hotplug: a block node and its guest device added and removed at run time.
+impl Qmp {
+    /// `blockdev-add` of a node whose arguments [`crate::qemu::disks::hotplug_args`] built.
+    pub async fn blockdev_add(&self, node: Value) -> Result<(), QmpError> {
+        self.unit("blockdev-add", Some(node)).await
+    }
+
+    /// `blockdev-del` of a node no device uses any more.
+    pub async fn blockdev_del(&self, node_name: &str) -> Result<(), QmpError> {
+        self.unit("blockdev-del", Some(json!({ "node-name": node_name })))
+            .await
+    }
+
+    /// `device_add` (driver and properties in one object, as QMP takes them).
+    pub async fn device_add(&self, device: Value) -> Result<(), QmpError> {
+        self.unit("device_add", Some(device)).await
+    }
+
+    /// `device_del`, then the wait for QEMU's `DEVICE_DELETED` of that id: the unplug is
+    /// complete only then (a PCI device needs the guest's cooperation; a SCSI disk goes at
+    /// once). A device that is already gone (`DeviceNotFound`) counts as deleted.
+    pub async fn device_del(&self, id: &str, wait: Duration) -> Result<(), QmpError> {
+        let mut events = self.subscribe();
+        match self.unit("device_del", Some(json!({ "id": id }))).await {
+            Err(QmpError::Command { class, .. }) if class == "DeviceNotFound" => return Ok(()),
+            r => r?,
+        }
+        let deleted = async {
+            loop {
+                match events.recv().await {
+                    Ok(ev)
+                        if ev.event == "DEVICE_DELETED"
+                            && ev.data.get("device").and_then(Value::as_str) == Some(id) =>
+                    {
+                        return Ok(());
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(QmpError::Disconnected {
+                            command: "device_del".into(),
+                            reason: "event stream closed".into(),
+                        })
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(wait, deleted)
+            .await
+            .map_err(|_| QmpError::Timeout {
+                command: format!("device_del {id} (DEVICE_DELETED)"),
+                after: wait,
+            })?
+    }
+}
+
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     // A panic while holding this lock leaves plain data behind; keep going.
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -241,6 +241,10 @@ impl Launcher {
             Request::GuestOsInfo => agent(vm().await?.guest_info().await),
             Request::UserList => agent(vm().await?.user_list().await),
             Request::FilesystemList => agent(vm().await?.filesystem_list().await),
+            Request::SyncVolumes { vmi, volumes } => {
+                let vm = vm().await?;
+                self.sync_volumes(&vm, &vmi, volumes).await
+            }
             Request::SetResources {
                 sockets,
                 guest_memory_bytes,
@@ -251,6 +255,22 @@ impl Launcher {
                 .map(|s| Response::State(Box::new(s)))
                 .map_err(rpc_error),
         }
+    }
+
+    /// `syncVolumes`: the launcher's options with the volume files the handler resolved now.
+    async fn sync_volumes(
+        &self,
+        vm: &Vm,
+        vmi: &VirtualMachineInstance,
+        volumes: crate::api::NodeVolumes,
+    ) -> Result<Response, RpcError> {
+        let mut opts = self.opts.clone();
+        opts.pvc_paths = volumes.persistent_volume_claims;
+        opts.data_volume_paths = volumes.data_volumes;
+        crate::hotplug::sync(vm, vmi, &opts)
+            .await
+            .map(Response::Volumes)
+            .map_err(rpc_error)
     }
 }
 

@@ -676,6 +676,21 @@ fn open_nofollow(path: &Path) -> Result<fs::File, PathError> {
         })
 }
 
+/// A hotplugged disk's file (a persistentVolumeClaim or dataVolume the handler resolved
+/// beneath its volume root): opened without following a symlink and given to QEMU's user,
+/// as the files present at start are. It must exist: nothing is created for a hotplug.
+pub fn prepare_hotplug(d: &crate::machine::DiskSpec, user: QemuUser) -> Result<(), VolumeError> {
+    if d.source != DiskSource::File {
+        return Err(VolumeError::Disk {
+            disk: d.name.clone(),
+            message: "only persistentVolumeClaim and dataVolume volumes can be hotplugged".into(),
+        });
+    }
+    let f = open_nofollow(&d.path)?;
+    user.give(&f, &d.path)?;
+    Ok(())
+}
+
 /// Remove what lives only as long as the VMI: emptyDisks, containerDisk overlays, taps.
 /// Only files beneath the VMI directory are removed.
 pub fn cleanup(spec: &MachineSpec) {

@@ -10,6 +10,7 @@
 //!   frames) joined to the launcher's `console.sock` and QEMU's `vnc.sock`.
 //! - `guestosinfo`, `userlist`, `filesystemlist`: asked of the QEMU guest agent through the
 //!   launcher; KubeVirt's 409 when the VMI is not running or has no agent connected.
+//! - `addvolume`, `removevolume` (VM and VMI): volume hotplug, declaratively ([`volumes`]).
 //!
 //! In KubeVirt, virt-api reaches the launcher through virt-handler on the VMI's node. The
 //! single-node server runs this next to the handler, so it calls the launcher's socket in the
@@ -35,6 +36,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+pub mod volumes;
 
 /// The websocket subprotocol KubeVirt's console and VNC streams use.
 pub const PLAIN_PROTOCOL: &str = "plain.kubevirt.io";
@@ -656,6 +659,100 @@ impl VirtApi {
             .on_upgrade(move |socket| pump(socket, path, label)))
     }
 
+    /// The object at `path` as stored (raw JSON: a JSON patch's `test` must compare what the
+    /// server holds, not a re-encoding of it).
+    async fn get_raw(&self, kind: &str, name: &str, path: String) -> Reply<Value> {
+        let req = http::Request::get(path)
+            .body(Vec::new())
+            .map_err(internal)?;
+        match self.client.request::<Value>(req).await {
+            Ok(v) => Ok(v),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(not_found(kind, name)),
+            Err(e) => Err(from_kube(e)),
+        }
+    }
+
+    /// `PUT .../{virtualmachines,virtualmachineinstances}/NAME/{addvolume,removevolume}`.
+    async fn volume_request(
+        &self,
+        ns: &str,
+        name: &str,
+        resource: &str,
+        action: &str,
+        body: &Value,
+    ) -> Reply {
+        let req = if action == "addvolume" {
+            volumes::parse_add(body)
+        } else {
+            volumes::parse_remove(body)
+        }
+        .map_err(bad_request)?;
+        let dry = req.dry_run();
+        let (kind, path, prefix, spec) = if resource == "virtualmachines" {
+            let path = format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}");
+            let vm = self.get_raw("virtualmachine", name, path.clone()).await?;
+            let spec = vm["spec"]["template"]["spec"].clone();
+            ("virtualmachine", path, "/spec/template", spec)
+        } else {
+            let path =
+                format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}");
+            let raw = self
+                .get_raw("virtualmachineinstance", name, path.clone())
+                .await?;
+            let vmi: VirtualMachineInstance = serde_json::from_value(raw.clone())
+                .map_err(|e| internal(format!("decoding the VMI: {e}")))?;
+            // Without the deprecated HotplugVolumes gate, a VM's VMI changes through its VM.
+            if vmi
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.controller == Some(true) && o.kind == "VirtualMachine")
+            {
+                return Err(bad_request(format!("VMI {ns}/{name} is owned by a VM")));
+            }
+            if !is_running(&vmi) {
+                return Err(conflict("virtualmachineinstance", name, VMI_NOT_RUNNING));
+            }
+            ("virtualmachineinstance", path, "", raw["spec"].clone())
+        };
+        volumes::verify(&spec["volumes"], &req).map_err(|e| conflict(kind, name, e))?;
+        let ops = volumes::patch(prefix, &spec, &req).map_err(|e| conflict(kind, name, e))?;
+        tracing::info!(
+            namespace = ns,
+            name,
+            resource,
+            action,
+            volume = req.name(),
+            dry,
+            "volume request"
+        );
+        let url = if dry {
+            format!("{path}?dryRun=All")
+        } else {
+            path
+        };
+        let patch = http::Request::patch(url)
+            .header(header::CONTENT_TYPE, "application/json-patch+json")
+            .body(serde_json::to_vec(&ops).map_err(internal)?)
+            .map_err(internal)?;
+        match self.client.request::<Value>(patch).await {
+            Ok(_) => Ok(accepted()),
+            // Invalid (admission refused the new spec): the API server's own answer.
+            Err(kube::Error::Api(s)) if s.code == 422 => Err(status(
+                422,
+                &s.reason,
+                s.message.clone(),
+                Some((kind, name)),
+            )),
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(conflict(kind, name, s.message)),
+            Err(e) => Err(internal(format!(
+                "unable to patch {}: {e}",
+                if prefix.is_empty() { "vmi" } else { "vm" }
+            ))),
+        }
+    }
+
     async fn route(&self, path: &[String], req: Request) -> Reply {
         let method = req.method().clone();
         let segs: Vec<&str> = path.iter().map(String::as_str).collect();
@@ -696,6 +793,11 @@ impl VirtApi {
                     ("virtualmachines", _) => self.migrate(ns, name).await,
                     _ => self.vmi_action(ns, name, action, &body).await,
                 }
+            }
+            ("virtualmachines" | "virtualmachineinstances", "addvolume" | "removevolume") => {
+                want(Method::PUT)?;
+                let body = options(req.into_body()).await?;
+                self.volume_request(ns, name, resource, action, &body).await
             }
             ("virtualmachineinstances", "console" | "vnc") => {
                 want(Method::GET)?;

@@ -17,6 +17,7 @@ pub mod params;
 pub mod stream;
 pub mod upload;
 pub mod vnc;
+pub mod volume;
 
 pub use client::Error;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -84,6 +85,10 @@ pub enum Command {
     Userlist(lifecycle::NameArg),
     /// Return a list of file systems from the guest agent.
     Fslist(lifecycle::NameArg),
+    /// add a volume to a running VM
+    Addvolume(volume::AddVolumeArgs),
+    /// remove a volume from a running VM
+    Removevolume(volume::RemoveVolumeArgs),
 }
 
 /// Runs virtctl with `args` (`args[0]` is the program name) and returns the exit status:
@@ -146,6 +151,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Fslist(a) => {
             lifecycle::guest_agent(g, a, lifecycle::GuestQuery::Filesystems).await
         }
+        Command::Addvolume(a) => volume::add(g, a).await,
+        Command::Removevolume(a) => volume::remove(g, a).await,
     }
 }
 

@@ -172,7 +172,10 @@ pub fn prepare_vmi(vmi: &mut VirtualMachineInstance, vm: &VirtualMachine, cfg: &
 /// The template spec as JSON with the live-updatable fields taken out (and objects they
 /// leave empty dropped), for comparing two specs.
 fn without_live_fields(spec: &VirtualMachineInstanceSpec, strategy: RolloutStrategy) -> Value {
-    let mut v = serde_json::to_value(spec).unwrap_or(Value::Null);
+    // Hotpluggable volumes come and go on a running VM whatever the rollout strategy
+    // (declarative hotplug, `super::hotplug`).
+    let mut v =
+        serde_json::to_value(super::hotplug::without_hotplugged(spec)).unwrap_or(Value::Null);
     if strategy != RolloutStrategy::LiveUpdate {
         return v;
     }

@@ -25,6 +25,6 @@ pub use dir::{
 };
 pub(crate) use protocol::{decode_request, read_line};
 pub use protocol::{
-    ErrorCode, Event, Method, ReplyFrame, Request, RequestFrame, Response, RpcError, StateChange,
-    MAX_LINE, VERSION,
+    ErrorCode, Event, HotplugVolume, Method, ReplyFrame, Request, RequestFrame, Response, RpcError,
+    StateChange, MAX_LINE, VERSION,
 };

@@ -31,11 +31,12 @@ pub enum Method {
     GuestOsInfo,
     UserList,
     FilesystemList,
+    SyncVolumes,
     SetResources,
 }
 
 impl Method {
-    pub const ALL: [Method; 15] = [
+    pub const ALL: [Method; 16] = [
         Method::Sync,
         Method::State,
         Method::Pause,
@@ -50,6 +51,7 @@ impl Method {
         Method::GuestOsInfo,
         Method::UserList,
         Method::FilesystemList,
+        Method::SyncVolumes,
         Method::SetResources,
     ];
 
@@ -69,6 +71,7 @@ impl Method {
             Method::GuestOsInfo => "guestOsInfo",
             Method::UserList => "userList",
             Method::FilesystemList => "filesystemList",
+            Method::SyncVolumes => "syncVolumes",
             Method::SetResources => "setResources",
         }
     }
@@ -118,12 +121,40 @@ pub enum Request {
     GuestOsInfo,
     UserList,
     FilesystemList,
+    /// Volume hotplug: attach the VMI's hotpluggable volumes that are not attached yet (their
+    /// files in `volumes`, resolved by the handler), detach the attached ones the VMI no
+    /// longer has; replies with every hotplugged volume ([`Response::Volumes`]).
+    SyncVolumes {
+        vmi: Box<VirtualMachineInstance>,
+        volumes: super::NodeVolumes,
+    },
     /// LiveUpdate: grow the running machine to this many CPU sockets and this much guest
     /// memory (`None`: unchanged); replies with the [`State`] (`cpuTopology`, `memory`).
     SetResources {
         sockets: Option<u32>,
         guest_memory_bytes: Option<u64>,
     },
+}
+
+/// One hotplugged volume as the launcher sees it after a `syncVolumes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotplugVolume {
+    /// The volume (and disk) name.
+    pub name: String,
+    /// libvirt's target name KubeVirt reports (`sda`, `sdb`, ...).
+    pub target: String,
+    /// Attached to the guest.
+    pub attached: bool,
+    /// Why it is not attached, when it is not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SyncVolumesParams {
+    vmi: Box<VirtualMachineInstance>,
+    #[serde(default)]
+    volumes: super::NodeVolumes,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -169,6 +200,7 @@ impl Request {
             Request::GuestOsInfo => Method::GuestOsInfo,
             Request::UserList => Method::UserList,
             Request::FilesystemList => Method::FilesystemList,
+            Request::SyncVolumes { .. } => Method::SyncVolumes,
             Request::SetResources { .. } => Method::SetResources,
         }
     }
@@ -183,6 +215,10 @@ impl Request {
                 grace_period_seconds: *grace_period_seconds,
             }),
             Request::SetBalloon { bytes } => serde_json::to_value(BalloonParams { bytes: *bytes }),
+            Request::SyncVolumes { vmi, volumes } => serde_json::to_value(SyncVolumesParams {
+                vmi: vmi.clone(),
+                volumes: volumes.clone(),
+            }),
             Request::SetResources {
                 sockets,
                 guest_memory_bytes,
@@ -249,6 +285,17 @@ impl Request {
             Method::GuestOsInfo => Request::GuestOsInfo,
             Method::UserList => Request::UserList,
             Method::FilesystemList => Request::FilesystemList,
+            Method::SyncVolumes => {
+                let p: SyncVolumesParams = serde_json::from_value(params).map_err(|e| {
+                    RpcError::bad_request(format!(
+                        "params.vmi (a VirtualMachineInstance) and params.volumes are required: {e}"
+                    ))
+                })?;
+                Request::SyncVolumes {
+                    vmi: p.vmi,
+                    volumes: p.volumes,
+                }
+            }
             Method::SetResources => {
                 let p: ResourcesParams = serde_json::from_value(params).map_err(|e| {
                     RpcError::bad_request(format!(
@@ -344,6 +391,13 @@ pub enum Response {
     Subscribed { state: Box<State> },
     /// `guestOsInfo`, `userList`, `filesystemList`: KubeVirt's subresource answer as JSON.
     GuestAgent(Value),
+    /// `syncVolumes`: `{"volumes":[...]}`, every hotplugged volume.
+    Volumes(Vec<HotplugVolume>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct VolumesReply {
+    volumes: Vec<HotplugVolume>,
 }
 
 impl Response {
@@ -354,6 +408,9 @@ impl Response {
                 Response::State(serde_json::from_value(result)?)
             }
             Method::Stats => Response::Stats(result),
+            Method::SyncVolumes => {
+                Response::Volumes(serde_json::from_value::<VolumesReply>(result)?.volumes)
+            }
             Method::GuestOsInfo | Method::UserList | Method::FilesystemList => {
                 Response::GuestAgent(result)
             }
@@ -390,6 +447,7 @@ impl Serialize for Response {
             Response::State(st) => st.serialize(s),
             Response::Done => s.serialize_map(Some(0))?.end(),
             Response::Stats(v) | Response::GuestAgent(v) => v.serialize(s),
+            Response::Volumes(v) => VolumesReply { volumes: v.clone() }.serialize(s),
             Response::Subscribed { state } => {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("subscribed", &true)?;

@@ -14,6 +14,10 @@ pub enum DiskError {
     },
     #[error("virtio-scsi controller: {0}")]
     Controller(#[source] OptsError),
+    /// Hotplug goes to the SCSI controller: other buses need free PCI slots this machine
+    /// does not reserve.
+    #[error("disk {disk:?}: bus {bus} cannot be hotplugged by the QEMU backend: use bus scsi")]
+    HotplugBus { disk: String, bus: String },
 }
 
 pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DiskError> {
@@ -22,7 +26,8 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DiskError> 
     } else {
         "pci"
     };
-    if spec.disks.iter().any(|d| d.bus == Bus::Scsi) {
+    // KubeVirt always gives a q35 machine its SCSI controller: volumes are hotplugged there.
+    if spec.profile == Profile::Q35 || spec.disks.iter().any(|d| d.bus == Bus::Scsi) {
         push(
             a,
             "-device",
@@ -74,6 +79,65 @@ fn drive(d: &DiskSpec, id: &str) -> Opts {
         .set_opt("aio", d.io.as_deref())
 }
 
+/// The QMP arguments that hotplug disk `d`: a `blockdev-add` node (`drive-<name>`) and a
+/// `device_add` guest device (`ua-<name>`) on the SCSI controller every q35 machine has.
+///
+/// QMP takes JSON, so nothing is parsed on `,` here; the values still pass the option
+/// builder's checks first (ids well-formed, no NUL or line breaks, UTF-8 paths): what the
+/// argv of a cold-plugged disk refuses, a hotplugged one refuses too.
+pub fn hotplug_args(d: &DiskSpec) -> Result<(serde_json::Value, serde_json::Value), DiskError> {
+    use serde_json::json;
+    let err = |source| DiskError::Option {
+        disk: d.name.clone(),
+        source,
+    };
+    let node = format!("drive-{}", d.name);
+    let id = format!("ua-{}", d.name);
+    let kind = match (d.bus, d.device) {
+        (Bus::Scsi, DiskDevice::Cdrom) => "scsi-cd",
+        (Bus::Scsi, _) => "scsi-hd",
+        (bus, _) => {
+            return Err(DiskError::HotplugBus {
+                disk: d.name.clone(),
+                bus: format!("{bus:?}").to_lowercase(),
+            })
+        }
+    };
+    drive(d, &node).build().map_err(err)?;
+    Opts::new(kind)
+        .set("drive", &node)
+        .set("bus", "scsi0.0")
+        .set("id", &id)
+        .set_opt("serial", d.serial.as_deref())
+        .build()
+        .map_err(err)?;
+    let path = d.path.to_str().ok_or_else(|| {
+        err(OptsError::NotUtf8 {
+            key: "filename".into(),
+            path: d.path.to_string_lossy().into(),
+        })
+    })?;
+    let mut file = json!({"driver": "file", "filename": path});
+    if let Some(aio) = d.io.as_deref() {
+        file["aio"] = json!(aio);
+    }
+    let blockdev = json!({
+        "node-name": node,
+        "driver": d.format.as_str(),
+        "read-only": d.readonly,
+        "cache": {"direct": d.cache.as_deref() == Some("none"), "no-flush": false},
+        "file": file,
+    });
+    let mut device = json!({"driver": kind, "id": id, "drive": node, "bus": "scsi0.0"});
+    if let Some(serial) = d.serial.as_deref() {
+        device["serial"] = json!(serial);
+    }
+    if d.cache.as_deref() == Some("writethrough") {
+        device["write-cache"] = json!("off");
+    }
+    Ok((blockdev, device))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_spec;
@@ -105,6 +169,8 @@ mod tests {
         assert_eq!(
             a,
             [
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
                 "-drive",
                 "if=none,id=drive-root,file=/d/disks/a,,b.img,format=raw",
                 "-device",
