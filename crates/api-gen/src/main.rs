@@ -313,6 +313,40 @@ const ROOTS: &[Root] = &[
             ".status.labelSelector",
         )),
     },
+    Root {
+        kind: "VirtualMachineClone",
+        group: "clone.kubevirt.io",
+        version: "v1beta1",
+        plural: "virtualmachineclones",
+        spec_def: "v1beta1.VirtualMachineCloneSpec",
+        status: Some("VirtualMachineCloneStatus"),
+        namespaced: true,
+        short_names: &["vmclone", "vmclones"],
+        categories: &["all"],
+        columns: &[
+            ("Phase", "string", ".status.phase", 0),
+            ("SourceVirtualMachine", "string", ".spec.source.name", 0),
+            ("TargetVirtualMachine", "string", ".spec.target.name", 0),
+        ],
+        scale: None,
+    },
+    Root {
+        kind: "VirtualMachineExport",
+        group: "export.kubevirt.io",
+        version: "v1",
+        plural: "virtualmachineexports",
+        spec_def: "v1.VirtualMachineExportSpec",
+        status: Some("VirtualMachineExportStatus"),
+        namespaced: true,
+        short_names: &["vmexport", "vmexports"],
+        categories: &["all"],
+        columns: &[
+            ("SourceKind", "string", ".spec.source.kind", 0),
+            ("SourceName", "string", ".spec.source.name", 0),
+            ("Phase", "string", ".status.phase", 0),
+        ],
+        scale: None,
+    },
 ];
 
 /// Definitions whose short name collides with another one; the key keeps KubeVirt's name.

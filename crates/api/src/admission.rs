@@ -301,6 +301,18 @@ pub fn kinds() -> &'static [KindInfo] {
                 admitters::vmpool::validate,
                 Some(admitters::vmpool::rules)
             ),
+            custom!(
+                VirtualMachineClone,
+                no_default,
+                no_validate,
+                Some(admitters::clone::rules)
+            ),
+            custom!(
+                VirtualMachineExport,
+                no_default,
+                no_validate,
+                Some(admitters::export::rules)
+            ),
             custom!(NetworkAttachmentDefinition, no_default, |nad, _| {
                 crate::multus::validate_nad(nad)
             }),

@@ -391,6 +391,25 @@ pub struct ComponentConfig {
     pub replicas: Option<u8>,
 }
 
+/// Condition defines conditions
+///
+/// Generated from `v1.Condition`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Condition {
+    #[serde(rename = "lastProbeTime", default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    #[serde(rename = "lastTransitionTime", default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub r#type: String,
+}
+
 ///
 /// Generated from `v1.ConfidentialComputeConfiguration`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -3137,6 +3156,146 @@ pub struct VirtualMachineCondition {
     pub r#type: String,
 }
 
+/// VirtualMachineExportBackup contains the name and available endpoints for the exported backup
+///
+/// Generated from `v1.VirtualMachineExportBackup`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VirtualMachineExportBackup {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["endpoint"]))]
+    pub endpoints: Option<Vec<VirtualMachineExportBackupEndpoint>>,
+    /// Name is the name of the exported volume
+    #[serde(default)]
+    pub name: String,
+}
+
+/// VirtualMachineExportBackupEndpoint contains the endpoint type and URL to interact with a backup export
+///
+/// Generated from `v1.VirtualMachineExportBackupEndpoint`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VirtualMachineExportBackupEndpoint {
+    /// Endpoint is the endpoint of the backup export at the specified URL
+    #[serde(default)]
+    pub endpoint: String,
+    /// Url is the url that contains the volume in the format specified
+    #[serde(default)]
+    pub url: String,
+}
+
+/// VirtualMachineExportLink contains a list of volumes available for export, as well as the URLs to obtain these volumes
+///
+/// Generated from `v1.VirtualMachineExportLink`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VirtualMachineExportLink {
+    /// Backups is a list of available backups for the export
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub backups: Option<Vec<VirtualMachineExportBackup>>,
+    /// Cert is the public CA certificate base64 encoded
+    #[serde(default)]
+    pub cert: String,
+    /// Manifests is a list of available manifests for the export
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub manifests: Option<Vec<VirtualMachineExportManifest>>,
+    /// Volumes is a list of available volumes to export
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub volumes: Option<Vec<VirtualMachineExportVolume>>,
+}
+
+/// VirtualMachineExportLinks contains the links that point the exported VM resources
+///
+/// Generated from `v1.VirtualMachineExportLinks`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VirtualMachineExportLinks {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<VirtualMachineExportLink>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<VirtualMachineExportLink>,
+}
+
+/// VirtualMachineExportManifest contains the type and URL of the exported manifest
+///
+/// Generated from `v1.VirtualMachineExportManifest`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VirtualMachineExportManifest {
+    /// Type is the type of manifest returned
+    #[serde(default)]
+    pub r#type: String,
+    /// Url is the url of the endpoint that returns the manifest
+    #[serde(default)]
+    pub url: String,
+}
+
+/// VirtualMachineExportSpec is the spec for a VirtualMachineExport resource
+///
+/// Generated from `v1.VirtualMachineExportSpec`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(group = "export.kubevirt.io", version = "v1", kind = "VirtualMachineExport", plural = "virtualmachineexports", namespaced, status = "VirtualMachineExportStatus", derive = "PartialEq", derive = "Default", shortname = "vmexport", shortname = "vmexports", category = "all", printcolumn(name = "SourceKind", type_ = "string", json_path = ".spec.source.kind"), printcolumn(name = "SourceName", type_ = "string", json_path = ".spec.source.name"), printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"), doc = "VirtualMachineExport (export.kubevirt.io/v1), as served by kubevirt-rs.")]
+pub struct VirtualMachineExportSpec {
+    #[serde(default)]
+    pub source: k8s_openapi::api::core::v1::TypedLocalObjectReference,
+    /// TokenSecretRef is the name of the custom-defined secret that contains the token used by the export server pod
+    #[serde(rename = "tokenSecretRef", default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<String>,
+    /// ttlDuration limits the lifetime of an export If this field is set, after this duration has passed from counting from CreationTimestamp, the export is eligible to be automatically deleted. If this field is omitted, a reasonable default is applied.
+    #[serde(rename = "ttlDuration", default, skip_serializing_if = "Option::is_none")]
+    pub ttl_duration: Option<String>,
+}
+
+/// VirtualMachineExportStatus is the status for a VirtualMachineExport resource
+///
+/// Generated from `v1.VirtualMachineExportStatus`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VirtualMachineExportStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub conditions: Option<Vec<Condition>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<VirtualMachineExportLinks>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// ServiceName is the name of the service created associated with the Virtual Machine export. It will be used to create the internal URLs for downloading the images
+    #[serde(rename = "serviceName", default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// TokenSecretRef is the name of the secret that contains the token used by the export server pod
+    #[serde(rename = "tokenSecretRef", default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<String>,
+    /// The time at which the VM Export will be completely removed according to specified TTL Formula is CreationTimestamp + TTL
+    #[serde(rename = "ttlExpirationTime", default, skip_serializing_if = "Option::is_none")]
+    pub ttl_expiration_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// VirtualMachineName shows the name of the source virtual machine if the source is either a VirtualMachine or a VirtualMachineSnapshot. This is mainly to easily identify the source VirtualMachine in case of a VirtualMachineSnapshot
+    #[serde(rename = "virtualMachineName", default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine_name: Option<String>,
+}
+
+/// VirtualMachineExportVolume contains the name and available formats for the exported volume
+///
+/// Generated from `v1.VirtualMachineExportVolume`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VirtualMachineExportVolume {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["format"]))]
+    pub formats: Option<Vec<VirtualMachineExportVolumeFormat>>,
+    /// Name is the name of the exported volume
+    #[serde(default)]
+    pub name: String,
+}
+
+/// VirtualMachineExportVolumeFormat contains the format type and URL to get the volume in that format
+///
+/// Generated from `v1.VirtualMachineExportVolumeFormat`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VirtualMachineExportVolumeFormat {
+    /// Format is the format of the image at the specified URL
+    #[serde(default)]
+    pub format: String,
+    /// Url is the url that contains the volume in the format specified
+    #[serde(default)]
+    pub url: String,
+}
+
 /// VirtualMachineInstanceBackupStatus tracks the information of the executed backup
 ///
 /// Generated from `v1.VirtualMachineInstanceBackupStatus`.
@@ -4862,6 +5021,75 @@ pub struct SnapshotVirtualMachine {
     /// Status holds the current state of the controller and brief information about its associated VirtualMachineInstance
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<VirtualMachineStatus>,
+}
+
+///
+/// Generated from `v1beta1.VirtualMachineCloneSpec`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(group = "clone.kubevirt.io", version = "v1beta1", kind = "VirtualMachineClone", plural = "virtualmachineclones", namespaced, status = "VirtualMachineCloneStatus", derive = "PartialEq", derive = "Default", shortname = "vmclone", shortname = "vmclones", category = "all", printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"), printcolumn(name = "SourceVirtualMachine", type_ = "string", json_path = ".spec.source.name"), printcolumn(name = "TargetVirtualMachine", type_ = "string", json_path = ".spec.target.name"), doc = "VirtualMachineClone (clone.kubevirt.io/v1beta1), as served by kubevirt-rs.")]
+pub struct VirtualMachineCloneSpec {
+    /// Example use: "!some/key*". For a detailed description, please refer to https://kubevirt.io/user-guide/operations/clone_api/#label-annotation-filters.
+    #[serde(rename = "annotationFilters", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub annotation_filters: Option<Vec<String>>,
+    /// Example use: "!some/key*". For a detailed description, please refer to https://kubevirt.io/user-guide/operations/clone_api/#label-annotation-filters.
+    #[serde(rename = "labelFilters", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub label_filters: Option<Vec<String>>,
+    /// NewMacAddresses manually sets that target interfaces' mac addresses. The key is the interface name and the value is the new mac address. If this field is not specified, a new MAC address will be generated automatically, as for any interface that is not included in this map.
+    #[serde(rename = "newMacAddresses", default, skip_serializing_if = "Option::is_none")]
+    pub new_mac_addresses: Option<std::collections::BTreeMap<String, String>>,
+    /// NewSMBiosSerial manually sets that target's SMbios serial. If this field is not specified, a new serial will be generated automatically.
+    #[serde(rename = "newSMBiosSerial", default, skip_serializing_if = "Option::is_none")]
+    pub new_sm_bios_serial: Option<String>,
+    /// Patches holds JSON patches to apply to target. Patches should fit the target's Kind. Example: '{"op": "add", "path": "/spec/template/metadata/labels/example", "value": "new-label"}'
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub patches: Option<Vec<String>>,
+    /// Source is the object that would be cloned. Currently supported source types are: VirtualMachine of kubevirt.io API group, VirtualMachineSnapshot of snapshot.kubevirt.io API group
+    pub source: k8s_openapi::api::core::v1::TypedLocalObjectReference,
+    /// Target is the outcome of the cloning process. Currently supported source types are: - VirtualMachine of kubevirt.io API group - Empty (nil). If the target is not provided, the target type would default to VirtualMachine and a random name would be generated for the target. The target's name can be viewed by inspecting status "TargetName" field below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<k8s_openapi::api::core::v1::TypedLocalObjectReference>,
+    /// For a detailed description, please refer to https://kubevirt.io/user-guide/operations/clone_api/#label-annotation-filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<VirtualMachineCloneTemplateFilters>,
+    /// VolumeNamePolicy defines how to handle volume naming during the clone operation
+    #[serde(rename = "volumeNamePolicy", default, skip_serializing_if = "Option::is_none")]
+    pub volume_name_policy: Option<String>,
+}
+
+///
+/// Generated from `v1beta1.VirtualMachineCloneStatus`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VirtualMachineCloneStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub conditions: Option<Vec<SnapshotCondition>>,
+    #[serde(rename = "creationTime", default, skip_serializing_if = "Option::is_none")]
+    pub creation_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(rename = "restoreName", default, skip_serializing_if = "Option::is_none")]
+    pub restore_name: Option<String>,
+    #[serde(rename = "snapshotName", default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_name: Option<String>,
+    #[serde(rename = "targetName", default, skip_serializing_if = "Option::is_none")]
+    pub target_name: Option<String>,
+}
+
+///
+/// Generated from `v1beta1.VirtualMachineCloneTemplateFilters`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VirtualMachineCloneTemplateFilters {
+    /// Example use: "!some/key*". For a detailed description, please refer to https://kubevirt.io/user-guide/operations/clone_api/#label-annotation-filters.
+    #[serde(rename = "annotationFilters", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub annotation_filters: Option<Vec<String>>,
+    /// Example use: "!some/key*". For a detailed description, please refer to https://kubevirt.io/user-guide/operations/clone_api/#label-annotation-filters.
+    #[serde(rename = "labelFilters", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub label_filters: Option<Vec<String>>,
 }
 
 /// VirtualMachineInstancetypeSpec is a description of the VirtualMachineInstancetype or VirtualMachineClusterInstancetype.

@@ -1,10 +1,10 @@
 //! The cases of KubeVirt v1.9's network admitter tests (pkg/network/admitter/*_test.go), as
-//! tables over a valid VMI; see tests/admitter/mod.rs.
+//! tables over a valid VMI; see tests/admitters/mod.rs.
 
 #[macro_use]
-mod admitter;
+mod admitters;
 
-use admitter::{push, run, set, Accept, Case, Reject};
+use admitters::{push, run, set, Accept, Reject};
 use serde_json::json;
 
 #[test]

@@ -1,10 +1,10 @@
 //! The cases of KubeVirt v1.9's disk admitter tests (pkg/storage/admitters/disks_test.go), as
-//! tables over a valid VMI; see tests/admitter/mod.rs.
+//! tables over a valid VMI; see tests/admitters/mod.rs.
 
 #[macro_use]
-mod admitter;
+mod admitters;
 
-use admitter::{run, set, Accept, Case, Reject};
+use admitters::{run, set, Accept, Reject};
 use serde_json::json;
 
 #[test]

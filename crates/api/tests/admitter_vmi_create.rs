@@ -5,9 +5,9 @@
 //! under KubeVirt's default cluster configuration unless the case changes it.
 
 #[macro_use]
-mod admitter;
+mod admitters;
 
-use admitter::{push, run, set, stage, Accept, Case, Reject};
+use admitters::{push, run, set, stage, Accept, Reject};
 use serde_json::{json, Value};
 
 #[test]

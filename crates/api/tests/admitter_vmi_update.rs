@@ -77,3 +77,62 @@ fn vmi_update_table() {
         Case::new("creation is not an update", vmi()),
     ]);
 }
+
+/// vmi-create-admitter's restricted labels (`ValidateVirtualMachineInstanceMetadata`): only
+/// KubeVirt's components may create a VMI carrying a reserved `kubevirt.io/` label.
+#[test]
+fn vmi_create_reserved_labels_table() {
+    let labelled = |k: &str| with(vmi(), "metadata.labels", json!({"app": "x", k: "v"}));
+    const MSG: &str =
+        "creation of the following reserved kubevirt.io/ labels on a VMI object is prohibited";
+    let mut cases = vec![
+        Case::new("a user's VMI without reserved labels", vmi()),
+        Case::new(
+            "other kubevirt.io/ labels are the user's",
+            labelled("kubevirt.io/domain"),
+        ),
+        Case::new(
+            "a look-alike key is not reserved",
+            labelled("kubevirt.io/created-by-me"),
+        ),
+        Case::new(
+            "a hostile user's created-by, pointing at someone else's VM",
+            labelled("kubevirt.io/created-by"),
+        )
+        .refused("metadata.labels", MSG),
+        Case::new(
+            "a service account of another namespace is a plain user",
+            labelled("kubevirt.io/nodeName"),
+        )
+        .by(user("system:serviceaccount:evil:kubevirt-controller"))
+        .refused("metadata.labels", MSG),
+        Case::new(
+            "KubeVirt's controller service account",
+            labelled("kubevirt.io/created-by"),
+        )
+        .by(kubevirt_api::UserInfo {
+            username: "system:serviceaccount:kubevirt:kubevirt-controller".into(),
+            groups: vec![],
+        }),
+        Case::new(
+            "system:masters (our controller creates VMIs for VMs as admin)",
+            labelled("kubevirt.io/created-by"),
+        )
+        .by(admin()),
+        Case::new(
+            "the server's own writes (no user)",
+            labelled("kubevirt.io/created-by"),
+        )
+        .anonymous(),
+    ];
+    for k in [
+        "kubevirt.io/migrationJobUID",
+        "kubevirt.io/nodeName",
+        "kubevirt.io/migrationTargetNodeName",
+        "kubevirt.io/schedulable",
+        "kubevirt.io/install-strategy",
+    ] {
+        cases.push(Case::new("every reserved label", labelled(k)).refused("metadata.labels", MSG));
+    }
+    check(cases);
+}

@@ -58,6 +58,18 @@ fn names_and_short_names_match_kubevirt() {
             "Cluster",
         ),
         ("MigrationPolicy", "migrationpolicies", &[], "Cluster"),
+        (
+            "VirtualMachineClone",
+            "virtualmachineclones",
+            &["vmclone", "vmclones"],
+            "Namespaced",
+        ),
+        (
+            "VirtualMachineExport",
+            "virtualmachineexports",
+            &["vmexport", "vmexports"],
+            "Namespaced",
+        ),
         ("CDIConfig", "cdiconfigs", &[], "Cluster"),
         (
             "NetworkAttachmentDefinition",
@@ -80,7 +92,7 @@ fn names_and_short_names_match_kubevirt() {
             Some(format!("{plural}.{}", c.spec.group).as_str())
         );
     }
-    assert_eq!(crds().len(), 18);
+    assert_eq!(crds().len(), 20);
 }
 
 #[test]
@@ -120,6 +132,19 @@ fn printer_columns_match_kubevirt() {
     assert_eq!(vm, ["Age", "Status", "Ready"]);
     let dv: Vec<String> = cols("DataVolume").into_iter().map(|c| c.0).collect();
     assert_eq!(dv, ["Phase", "Progress", "Restarts", "Age"]);
+    let clone: Vec<String> = cols("VirtualMachineClone")
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(
+        clone,
+        ["Phase", "SourceVirtualMachine", "TargetVirtualMachine"]
+    );
+    let export: Vec<String> = cols("VirtualMachineExport")
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(export, ["SourceKind", "SourceName", "Phase"]);
 }
 
 /// The rules of a structural schema (Kubernetes `apiextensions` structural schema checks):

@@ -163,3 +163,91 @@ fn only_kubevirt_components_may_change_a_vmi_spec() {
         out(&o)
     );
 }
+
+/// VirtualMachineClone and VirtualMachineExport are served under KubeVirt's short names, and
+/// their admitters run behind the real server: a plain user's reserved VMI label is refused
+/// on create too, a bad clone filter and an export of an unknown kind get KubeVirt's messages.
+#[test]
+fn clone_export_and_reserved_labels_through_kubectl() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = Server::start();
+    s.ok(&["create", "namespace", "a"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let alice = rt
+        .block_on(kubevirt_apiserver::users::add(
+            s.dir.path(),
+            "alice",
+            "a",
+            "edit",
+        ))
+        .expect("user add");
+    let as_alice = |args: &[&str], stdin: &str| s.kubectl_as("kubectl", &alice, args, Some(stdin));
+
+    let labelled = VMI.replace(
+        "  namespace: a\n",
+        "  namespace: a\n  labels: {kubevirt.io/created-by: someone-elses-vm}\n",
+    );
+    let o = as_alice(&["create", "-f", "-"], &labelled);
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o).contains(
+            "creation of the following reserved kubevirt.io/ labels on a VMI object is prohibited"
+        ),
+        "{}",
+        out(&o)
+    );
+    // The admin (as our controller) may.
+    let o = s.kubectl_with("kubectl", &["create", "-f", "-"], Some(&labelled));
+    assert!(o.status.success(), "{}", out(&o));
+
+    let clone = r#"
+apiVersion: clone.kubevirt.io/v1beta1
+kind: VirtualMachineClone
+metadata: {name: c, namespace: a}
+spec:
+  source: {apiGroup: kubevirt.io, kind: VirtualMachine, name: vm}
+  target: {apiGroup: kubevirt.io, kind: VirtualMachine, name: vm2}
+  labelFilters: ["mykey/!something"]
+"#;
+    let o = as_alice(&["create", "-f", "-"], clone);
+    assert!(
+        out(&o).contains("cannot contain a negation character (!)"),
+        "{}",
+        out(&o)
+    );
+    let o = as_alice(
+        &["create", "-f", "-"],
+        &clone.replace("  labelFilters: [\"mykey/!something\"]\n", ""),
+    );
+    assert!(o.status.success(), "{}", out(&o));
+
+    let export = r#"
+apiVersion: export.kubevirt.io/v1
+kind: VirtualMachineExport
+metadata: {name: e, namespace: a}
+spec:
+  source: {apiGroup: "", kind: Pod, name: p}
+"#;
+    let o = as_alice(&["create", "-f", "-"], export);
+    assert!(out(&o).contains("invalid kind"), "{}", out(&o));
+    let o = as_alice(
+        &["create", "-f", "-"],
+        &export.replace(
+            "{apiGroup: \"\", kind: Pod, name: p}",
+            "{apiGroup: kubevirt.io, kind: VirtualMachine, name: vm}",
+        ),
+    );
+    assert!(o.status.success(), "{}", out(&o));
+
+    let got = s.ok(&["get", "vmclone,vmexport", "-n", "a", "-o", "name"]);
+    assert!(
+        got.contains("virtualmachineclone.clone.kubevirt.io/c"),
+        "{got}"
+    );
+    assert!(
+        got.contains("virtualmachineexport.export.kubevirt.io/e"),
+        "{got}"
+    );
+}

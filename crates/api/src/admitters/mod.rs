@@ -5,6 +5,8 @@
 //! KubeVirt error finds ours too. Each module's `rules` function is the part that needs the
 //! request (operation, old object, user, other objects); see [`crate::admission::Request`].
 
+pub mod clone;
+pub mod export;
 pub mod instancetype;
 pub mod migration;
 pub mod migration_policy;

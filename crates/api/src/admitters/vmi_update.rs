@@ -19,6 +19,10 @@ pub const RESTRICTED_VMI_LABELS: &[&str] = &[
 ];
 
 pub const SPEC_RESTRICTED: &str = "update of VMI object is restricted";
+/// KubeVirt's refusal when someone other than its components creates a VMI with one of
+/// [`RESTRICTED_VMI_LABELS`] (vmi-create-admitter's `ValidateVirtualMachineInstanceMetadata`).
+pub const LABELS_CREATE_RESTRICTED: &str =
+    "creation of the following reserved kubevirt.io/ labels on a VMI object is prohibited";
 pub const LABELS_RESTRICTED: &str =
     "modification of the following reserved kubevirt.io/ labels on a VMI object is prohibited";
 
@@ -38,6 +42,15 @@ pub fn rules(
     _cfg: &ValidationConfig,
 ) -> Vec<FieldError> {
     let Some(old) = old else {
+        // Creation: the reserved labels are KubeVirt's (its controller sets `created-by`, the
+        // handler `nodeName`); a user who sets them could pass a VMI off as another's.
+        if !req.privileged() && !restricted(new.metadata.labels.as_ref()).is_empty() {
+            return vec![FieldError::new(
+                CauseType::FieldValueNotSupported,
+                "metadata.labels",
+                LABELS_CREATE_RESTRICTED,
+            )];
+        }
         return Vec::new();
     };
     let mut errs = Vec::new();
