@@ -84,8 +84,12 @@ fn create_every_served_compat_example() {
             // HostDevices and Sidecar are Alpha): refused, as there.
             let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
             let gated = match file {
-                "vmi-host-disk.yaml" => Some("spec.volumes[0]: HostDisk feature gate is not enabled"),
-                "vmi-usb.yaml" => Some("Host Devices feature gate is not enabled in kubevirt-config"),
+                "vmi-host-disk.yaml" => {
+                    Some("spec.volumes[0]: HostDisk feature gate is not enabled")
+                }
+                "vmi-usb.yaml" => {
+                    Some("Host Devices feature gate is not enabled in kubevirt-config")
+                }
                 f if f.contains("with-sidecar-hook") => {
                     Some("sidecar feature gate is not enabled in kubevirt-config")
                 }
