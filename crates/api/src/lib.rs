@@ -31,3 +31,17 @@ pub use admission::{
 pub use cdi::{CDIConfig, StorageProfile};
 pub use field::{CauseType, FieldError};
 pub use multus::NetworkAttachmentDefinition;
+
+impl Volume {
+    /// KubeVirt's hotpluggable volume: a `persistentVolumeClaim` or `dataVolume` marked
+    /// `hotpluggable: true`. The one rule virt-api, the VM controller and the launcher share.
+    pub fn is_hotpluggable(&self) -> bool {
+        self.persistent_volume_claim
+            .as_ref()
+            .is_some_and(|p| p.hotpluggable == Some(true))
+            || self
+                .data_volume
+                .as_ref()
+                .is_some_and(|d| d.hotpluggable == Some(true))
+    }
+}

@@ -41,14 +41,7 @@ pub fn hotpluggable(vmi: &VirtualMachineInstance) -> BTreeSet<String> {
         .volumes
         .iter()
         .flatten()
-        .filter(|v| {
-            v.persistent_volume_claim
-                .as_ref()
-                .is_some_and(|p| p.hotpluggable == Some(true))
-                || v.data_volume
-                    .as_ref()
-                    .is_some_and(|d| d.hotpluggable == Some(true))
-        })
+        .filter(|v| v.is_hotpluggable())
         .map(|v| v.name.clone())
         .collect()
 }

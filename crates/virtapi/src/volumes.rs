@@ -100,8 +100,7 @@ fn source_name(v: &Value) -> Option<&str> {
 }
 
 fn hotpluggable(v: &Value) -> bool {
-    v["dataVolume"]["hotpluggable"] == json!(true)
-        || v["persistentVolumeClaim"]["hotpluggable"] == json!(true)
+    serde_json::from_value::<kubevirt_api::Volume>(v.clone()).is_ok_and(|v| v.is_hotpluggable())
 }
 
 /// KubeVirt's `verifyVolumeOption`, with its messages, against the volumes as stored.

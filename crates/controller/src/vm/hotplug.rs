@@ -7,15 +7,6 @@
 use kubevirt_api::{Disk, VirtualMachineInstanceSpec, Volume};
 use serde_json::{json, Value};
 
-pub fn is_hotpluggable(v: &Volume) -> bool {
-    v.persistent_volume_claim
-        .as_ref()
-        .is_some_and(|p| p.hotpluggable == Some(true))
-        || v.data_volume
-            .as_ref()
-            .is_some_and(|d| d.hotpluggable == Some(true))
-}
-
 /// `spec` without its hotpluggable volumes and their disks: what stays fixed while they come
 /// and go on a running VM.
 pub fn without_hotplugged(spec: &VirtualMachineInstanceSpec) -> VirtualMachineInstanceSpec {
@@ -24,7 +15,7 @@ pub fn without_hotplugged(spec: &VirtualMachineInstanceSpec) -> VirtualMachineIn
         .volumes
         .iter()
         .flatten()
-        .filter(|v| is_hotpluggable(v))
+        .filter(|v| v.is_hotpluggable())
         .map(|v| v.name.clone())
         .collect();
     if hot.is_empty() {
@@ -54,14 +45,14 @@ pub fn sync(
     let before = vols.len();
     let gone: Vec<String> = vols
         .iter()
-        .filter(|v| is_hotpluggable(v) && !t_vols.iter().any(|t| t.name == v.name))
+        .filter(|v| v.is_hotpluggable() && !t_vols.iter().any(|t| t.name == v.name))
         .map(|v| v.name.clone())
         .collect();
     vols.retain(|v| !gone.contains(&v.name));
     disks.retain(|d| !gone.contains(&d.name));
     changed |= vols.len() != before;
     // Added to the template: plugged.
-    for t in t_vols.iter().filter(|t| is_hotpluggable(t)) {
+    for t in t_vols.iter().filter(|t| t.is_hotpluggable()) {
         if vols.iter().any(|v| v.name == t.name) {
             continue;
         }
