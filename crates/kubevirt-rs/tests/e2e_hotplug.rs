@@ -9,7 +9,7 @@
 //! template, the VMI status and the guest. Hostile and wrong requests get KubeVirt's words.
 //! One guest boot.
 
-use kubevirt_testsupport::{have_kubectl, run_output, wait_for, Server};
+use kubevirt_testsupport::{have_kubectl, wait_for, Server};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -62,10 +62,8 @@ fn a_datavolume_is_hotplugged_into_a_running_vm_and_unplugged_again() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let virtctl_bin = dir.path().join("virtctl");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kubevirt-rs"), &virtctl_bin).expect("link");
     let s = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
-    let virtctl = |args: &[&str]| run_output(s.command(&virtctl_bin).args(args));
+    let virtctl = |args: &[&str]| s.virtctl(args);
 
     let manifest = r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachine

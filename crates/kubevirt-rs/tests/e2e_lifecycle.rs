@@ -10,15 +10,14 @@
 //!   (which waits by default) returns only once the VMI and its QEMU are gone.
 
 use kubevirt_api::status::finalizer;
-use kubevirt_testsupport::{alive, have_kubectl, run_output, wait_for, Server};
-use std::path::{Path, PathBuf};
+use kubevirt_testsupport::{alive, have_kubectl, wait_for, Server};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(180);
 
 struct Env {
     server: Server,
-    virtctl: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -28,19 +27,13 @@ fn env() -> Option<Env> {
     }
     let guest = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR"))?;
     let dir = tempfile::tempdir().expect("tempdir");
-    let virtctl = dir.path().join("virtctl");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kubevirt-rs"), &virtctl).expect("link");
     let server = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
-    Some(Env {
-        server,
-        virtctl,
-        _dir: dir,
-    })
+    Some(Env { server, _dir: dir })
 }
 
 impl Env {
     fn virtctl(&self, args: &[&str]) -> String {
-        run_output(self.server.command(&self.virtctl).args(args))
+        self.server.virtctl(args)
     }
 
     /// A VM of the demo guest; `user_data` is its cloud-init script.

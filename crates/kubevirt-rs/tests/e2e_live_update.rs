@@ -6,8 +6,7 @@
 //! Memory hotplug needs at least 1Gi of guest memory (KubeVirt's `requiredMinGuestMemory`), so
 //! the VM boots with 1Gi; under TCG QEMU only backs what the guest touches.
 
-use kubevirt_testsupport::{have_kubectl, run_output, wait_for, Server};
-use std::path::PathBuf;
+use kubevirt_testsupport::{have_kubectl, wait_for, Server};
 use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
@@ -15,7 +14,6 @@ const VM: &str = "grow";
 
 struct Env {
     server: Server,
-    virtctl: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -25,14 +23,8 @@ fn env() -> Option<Env> {
     }
     let guest = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR"))?;
     let dir = tempfile::tempdir().expect("tempdir");
-    let virtctl = dir.path().join("virtctl");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kubevirt-rs"), &virtctl).expect("link");
     let server = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
-    Some(Env {
-        server,
-        virtctl,
-        _dir: dir,
-    })
+    Some(Env { server, _dir: dir })
 }
 
 impl Env {
@@ -207,7 +199,7 @@ spec:
     );
 
     // A restart applies the template and clears the condition.
-    let out = run_output(e.server.command(&e.virtctl).args(["restart", VM]));
+    let out = e.server.virtctl(&["restart", VM]);
     assert!(!out.contains("rror"), "virtctl restart: {out}");
     assert!(
         wait_for(BOOT, || {

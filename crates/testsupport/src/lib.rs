@@ -176,6 +176,16 @@ impl Server {
         c
     }
 
+    /// Runs our `virtctl` (the multi-call binary through a link named `virtctl`, made beside
+    /// the data directory on first use) against this server; stdout followed by stderr.
+    pub fn virtctl(&self, args: &[&str]) -> String {
+        let link = self.data.parent().unwrap_or(&self.data).join("virtctl");
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(&self.bin, &link).expect("link virtctl");
+        }
+        run_output(self.command(&link).args(args))
+    }
+
     /// The directory the handler keeps a VMI's launcher files in (`serial_log()`,
     /// `launcher_log()`, ...). Panics on a name Kubernetes would refuse.
     pub fn vmi_dir(&self, namespace: &str, name: &str) -> VmiDir {
