@@ -26,7 +26,7 @@ pub const MICROVM: &str = "microvm";
 
 mod network;
 mod storage;
-mod vmi_create;
+pub(crate) mod vmi_create;
 
 /// Cluster settings validation depends on (from the `KubeVirt` resource).
 #[derive(Clone, Debug)]
@@ -114,7 +114,12 @@ pub fn validate_vmi(vmi: &VirtualMachineInstance, cfg: &ValidationConfig) -> Vec
     // Only for VMIs (not VM templates), as in KubeVirt's VMI-create admitter.
     storage::validate_volume_use(&vmi.spec, &root, &mut errs);
     require_memory(&vmi.spec, &mut errs);
-    vmi_create::validate_metadata(vmi, cfg, &mut errs);
+    vmi_create::validate_metadata(
+        vmi.metadata.annotations.as_ref(),
+        &Path::root("metadata"),
+        cfg,
+        &mut errs,
+    );
     errs
 }
 

@@ -60,6 +60,10 @@ fn vm_table() {
         Case::new("more sockets than maxSockets", with(vm(), "spec.template.spec.domain.cpu", json!({"sockets": 4, "maxSockets": 2})))
             .refused("spec.template.spec.domain.cpu.sockets", "Number of sockets in CPU topology is greater than the maximum sockets allowed"),
         Case::new("sockets within maxSockets", with(vm(), "spec.template.spec.domain.cpu", json!({"sockets": 2, "maxSockets": 4}))),
+        Case::new("a sidecar hook on the template needs the Sidecar gate", with(vm(), "spec.template.metadata", json!({"annotations": {"hooks.kubevirt.io/hookSidecars": "[{\"image\": \"x\"}]"}})))
+            .refused("spec.template.metadata.annotations", "sidecar feature gate is not enabled in kubevirt-config, invalid entry spec.template.metadata.annotations.hooks.kubevirt.io/hookSidecars"),
+        Case::new("a sidecar hook on the template with the gate", with(vm(), "spec.template.metadata", json!({"annotations": {"hooks.kubevirt.io/hookSidecars": "[{\"image\": \"x\"}]"}})))
+            .gates(&["Sidecar"]),
         Case::new("a data volume template in the VM's namespace", dvt(Some("default"))),
         Case::new("a data volume template without namespace", dvt(None)),
         Case::new("a data volume template in another namespace", dvt(Some("kube-system")))

@@ -59,6 +59,17 @@ pub fn validate_vm_spec(
         )),
         _ => {}
     }
+    // The template's annotations that need a feature gate (ValidateVirtualMachineInstanceMetadata
+    // at spec.template.metadata; its reserved-label rule is not applied to templates yet).
+    crate::validation::vmi_create::validate_metadata(
+        spec.template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref()),
+        &root.child("template").child("metadata"),
+        cfg,
+        errs,
+    );
     match spec.template.spec.as_ref() {
         None => errs.push(FieldError::required(
             root.child("template"),

@@ -15,28 +15,30 @@ pub const SIDECAR_ANNOTATION: &str = "hooks.kubevirt.io/hookSidecars";
 /// KubeVirt's `v1.IgnitionAnnotation`.
 pub const IGNITION_ANNOTATION: &str = "kubevirt.io/ignitiondata";
 
-/// `ValidateVirtualMachineInstanceMetadata`: annotations that need a feature gate.
-pub(super) fn validate_metadata(
-    vmi: &VirtualMachineInstance,
+/// `ValidateVirtualMachineInstanceMetadata`: annotations that need a feature gate, on a VMI's
+/// metadata (`field` = `metadata`) or a VM template's (`spec.template.metadata`).
+pub(crate) fn validate_metadata(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+    field: &Path,
     cfg: &ValidationConfig,
     errs: &mut Vec<FieldError>,
 ) {
-    let annotations = vmi.metadata.annotations.as_ref();
     let set = |key: &str| {
         annotations
             .and_then(|a| a.get(key))
             .is_some_and(|v| !v.is_empty())
     };
+    let at = field.child("annotations");
     if set(IGNITION_ANNOTATION) && !cfg.gate("ExperimentalIgnitionSupport") {
         errs.push(FieldError::invalid(
-            "metadata.annotations",
-            format!("ExperimentalIgnitionSupport feature gate is not enabled in kubevirt-config, invalid entry metadata.annotations.{IGNITION_ANNOTATION}"),
+            at.clone(),
+            format!("ExperimentalIgnitionSupport feature gate is not enabled in kubevirt-config, invalid entry {at}.{IGNITION_ANNOTATION}"),
         ));
     }
     if set(SIDECAR_ANNOTATION) && !cfg.gate("Sidecar") {
         errs.push(FieldError::invalid(
-            "metadata.annotations",
-            format!("sidecar feature gate is not enabled in kubevirt-config, invalid entry metadata.annotations.{SIDECAR_ANNOTATION}"),
+            at.clone(),
+            format!("sidecar feature gate is not enabled in kubevirt-config, invalid entry {at}.{SIDECAR_ANNOTATION}"),
         ));
     }
 }
