@@ -7,7 +7,7 @@ use super::ValidationConfig;
 use crate::field::{CauseType, FieldError, Path};
 use crate::names;
 use crate::quantity::Quantity;
-use crate::{VirtualMachineInstance, VirtualMachineInstanceSpec};
+use crate::VirtualMachineInstanceSpec;
 use std::collections::BTreeMap;
 
 /// KubeVirt's `hooks.HookSidecarListAnnotationName`.
