@@ -128,9 +128,14 @@ fn a_directory_of_kubevirt_examples_validates() {
         env!("CARGO_MANIFEST_DIR"),
         "/../api/tests/compat/kubevirt-examples"
     );
-    // KubeVirt's examples are written for its CI cluster, which enables the HostDisk gate.
+    // KubeVirt's examples are written for its CI cluster, which enables the gates they use.
     let out = bin()
-        .args(["validate", "--feature-gates=HostDisk", "-f", dir])
+        .args([
+            "validate",
+            "--feature-gates=HostDisk,Sidecar,HostDevices",
+            "-f",
+            dir,
+        ])
         .output()
         .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
