@@ -241,7 +241,7 @@ pub fn kinds() -> &'static [KindInfo] {
             ),
             custom!(
                 VirtualMachineInstanceMigration,
-                no_default,
+                defaults::default_migration,
                 no_validate,
                 Some(admitters::migration::rules)
             ),

@@ -184,6 +184,36 @@ fn virtctl_commands_reach_the_server_and_report_its_refusals() {
         "{}",
         vnc.stderr
     );
+    // migrate: a VM whose VMI is not running is refused with KubeVirt's conflict; a malformed
+    // node selector is a usage error; a missing migration cannot be cancelled.
+    let m = run(&s, &virtctl, &["migrate", "cli-vm"]);
+    assert_eq!(m.code, 1);
+    assert!(
+        m.stderr.starts_with("Error migrating VirtualMachine ")
+            && (m.stderr.contains("VM is not running")
+                || m.stderr
+                    .contains("virtualmachineinstance.kubevirt.io \"cli-vm\" not found")),
+        "{}",
+        m.stderr
+    );
+    let bad = run(
+        &s,
+        &virtctl,
+        &["migrate", "cli-vm", "--addedNodeSelector=zone"],
+    );
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("zone must be formatted as key=value"),
+        "{}",
+        bad.stderr
+    );
+    let hostile = run(&s, &virtctl, &["migrate-cancel", "x&watch=true"]);
+    assert_eq!(hostile.code, 1);
+    assert_eq!(
+        hostile.stderr.trim(),
+        "Found no migration to cancel for x&watch=true"
+    );
+
     // -n is honoured: the VM exists in `default` only.
     let other_ns = run(&s, &virtctl, &["-n", "kube-public", "start", "cli-vm"]);
     assert_eq!(other_ns.code, 1);
@@ -388,6 +418,63 @@ fn console_from_a_pipe_and_vnc_proxy_reach_the_demo_guest() {
         Some(&b"RFB 003.008\n"[..]),
         "a second VNC client gets the greeting too"
     );
+
+    // migrate: virt-api creates KubeVirt's VirtualMachineInstanceMigration for the running
+    // VMI, labelled with its name; migrate-cancel deletes the migration that has not finished.
+    let dry = run(&s, &virtctl, &["migrate", "demo", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(
+        dry.stdout,
+        "Dry Run execution\nVM demo was scheduled to migrate\n"
+    );
+    assert_eq!(s.kubectl(&["get", "vmim", "-o", "name"]).trim(), "");
+    let m = run(
+        &s,
+        &virtctl,
+        &["migrate", "demo", "--addedNodeSelector=zone=a,tier=gold"],
+    );
+    assert_eq!(m.code, 0, "{}", m.stderr);
+    assert_eq!(m.stdout, "VM demo was scheduled to migrate\n");
+    let name = s.kubectl(&[
+        "get",
+        "vmim",
+        "-l",
+        "kubevirt.io/vmi-name=demo",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        name.trim()
+            .starts_with("virtualmachineinstancemigration.kubevirt.io/kubevirt-migrate-vm-"),
+        "{name}"
+    );
+    let vmim = name
+        .trim()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        s.jsonpath(
+            "vmim",
+            &vmim,
+            "{.spec.vmiName} {.spec.addedNodeSelector.tier}"
+        ),
+        "demo gold"
+    );
+    let cancel = run(&s, &virtctl, &["migrate-cancel", "demo"]);
+    assert_eq!(cancel.code, 0, "{}", cancel.stderr);
+    assert_eq!(cancel.stdout, "VM demo was scheduled to migrate-cancel\n");
+    assert!(
+        wait_for(Duration::from_secs(30), || s
+            .kubectl(&["get", "vmim", "-o", "name"])
+            .trim()
+            .is_empty()),
+        "the cancelled migration is still there"
+    );
+    let none = run(&s, &virtctl, &["migrate-cancel", "demo"]);
+    assert_eq!(none.code, 1);
+    assert_eq!(none.stderr.trim(), "Found no migration to cancel for demo");
 }
 
 /// Needs the CDI DataVolume controller, PVC provisioner and upload proxy in `kubevirt-rs

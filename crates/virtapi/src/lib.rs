@@ -3,7 +3,7 @@
 //!
 //! - VirtualMachine `start`, `stop`, `restart`: they change `spec.runStrategy` or add
 //!   `status.stateChangeRequests`, exactly as KubeVirt's virt-api does; virt-controller acts
-//!   on them. `migrate` answers 501: a single node has nowhere to migrate to.
+//!   on them. `migrate` creates a VirtualMachineInstanceMigration, as KubeVirt's virt-api does.
 //! - VirtualMachineInstance `pause`, `unpause`, `softreboot`, `reset`: a call to the VMI's
 //!   launcher (its `launcher.sock` RPC).
 //! - `console` and `vnc`: websockets (subprotocol `plain.kubevirt.io`, raw bytes in binary
@@ -486,21 +486,57 @@ impl VirtApi {
         Ok(accepted())
     }
 
-    /// `PUT .../virtualmachines/NAME/migrate`.
-    async fn migrate(&self, ns: &str, name: &str) -> Reply {
+    /// `PUT .../virtualmachines/NAME/migrate` (`MigrateOptions`: `addedNodeSelector`, `dryRun`):
+    /// as KubeVirt, a VirtualMachineInstanceMigration `kubevirt-migrate-vm-*` for the VM's
+    /// running VMI; the migration controller does the rest.
+    async fn migrate(&self, ns: &str, name: &str, body: &Value) -> Reply {
+        let selector = match &body["addedNodeSelector"] {
+            Value::Null => None,
+            Value::Object(m) if m.values().all(Value::is_string) => Some(Value::Object(m.clone())),
+            _ => {
+                return Err(bad_request(
+                    "addedNodeSelector must be a map of label keys to string values",
+                ))
+            }
+        };
         self.get_vm(ns, name).await?;
         let vmi = self.get_vmi(ns, name).await?;
         if !is_running(&vmi) {
             return Err(conflict("virtualmachine", name, VM_NOT_RUNNING));
         }
-        Err(status(
-            501,
-            "NotImplemented",
-            "live migration is not implemented in kubevirt-rs yet (a single-node server has no \
-             other node to migrate to)"
-                .into(),
-            Some(("virtualmachine", name)),
-        ))
+        let mut spec = json!({ "vmiName": name });
+        if let Some(sel) = selector {
+            spec["addedNodeSelector"] = sel;
+        }
+        let migration = json!({
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachineInstanceMigration",
+            "metadata": { "generateName": "kubevirt-migrate-vm-", "namespace": ns },
+            "spec": spec,
+        });
+        let mut url =
+            format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstancemigrations");
+        if dry_run(body) {
+            url.push_str("?dryRun=All");
+        }
+        let req = http::Request::post(url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&migration).map_err(internal)?)
+            .map_err(internal)?;
+        match self.client.request::<Value>(req).await {
+            Ok(created) => {
+                tracing::info!(
+                    namespace = ns,
+                    name,
+                    migration = created["metadata"]["name"].as_str().unwrap_or_default(),
+                    "migration requested"
+                );
+                Ok(accepted())
+            }
+            // KubeVirt wraps any failure to create the migration as an internal error.
+            Err(kube::Error::Api(s)) => Err(internal(s.message)),
+            Err(e) => Err(internal(e)),
+        }
     }
 
     /// One call to the VMI's launcher.
@@ -790,7 +826,7 @@ impl VirtApi {
                     ("virtualmachines", "start") => self.start(ns, name, &body).await,
                     ("virtualmachines", "stop") => self.stop(ns, name, &body).await,
                     ("virtualmachines", "restart") => self.restart(ns, name, &body).await,
-                    ("virtualmachines", _) => self.migrate(ns, name).await,
+                    ("virtualmachines", _) => self.migrate(ns, name, &body).await,
                     _ => self.vmi_action(ns, name, action, &body).await,
                 }
             }

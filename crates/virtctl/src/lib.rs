@@ -13,6 +13,7 @@ pub mod client;
 pub mod console;
 pub mod create_vm;
 pub mod lifecycle;
+pub mod migrate;
 pub mod params;
 pub mod stream;
 pub mod upload;
@@ -89,6 +90,10 @@ pub enum Command {
     Addvolume(volume::AddVolumeArgs),
     /// remove a volume from a running VM
     Removevolume(volume::RemoveVolumeArgs),
+    /// Migrate a virtual machine.
+    Migrate(migrate::MigrateArgs),
+    /// Cancel migration of a virtual machine.
+    MigrateCancel(migrate::MigrateCancelArgs),
 }
 
 /// Runs virtctl with `args` (`args[0]` is the program name) and returns the exit status:
@@ -153,6 +158,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Addvolume(a) => volume::add(g, a).await,
         Command::Removevolume(a) => volume::remove(g, a).await,
+        Command::Migrate(a) => migrate::migrate(g, a).await,
+        Command::MigrateCancel(a) => migrate::migrate_cancel(g, a).await,
     }
 }
 
