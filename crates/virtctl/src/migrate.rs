@@ -21,7 +21,7 @@ pub struct MigrateArgs {
     /// --addedNodeSelector=key=value1,key2=value2: an additional node selector for this one
     /// migration attempt. It can only restrict constraints already set on the VM.
     #[arg(long = "addedNodeSelector", value_name = "KEY=VALUE,...", value_parser = parse_selector)]
-    pub added_node_selector: Option<Vec<(String, String)>>,
+    pub added_node_selector: Option<NodeSelector>,
     /// Perform a dry run: the server validates the request and changes nothing.
     #[arg(long, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
     pub dry_run: bool,
@@ -37,17 +37,22 @@ pub struct MigrateCancelArgs {
     pub dry_run: bool,
 }
 
+/// The pairs of `--addedNodeSelector`, in the order given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSelector(pub Vec<(String, String)>);
+
 /// `key=value,key2=value2`, as cobra's `StringToString` flag reads it: every pair needs a `=`.
-pub fn parse_selector(s: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse_selector(s: &str) -> Result<NodeSelector, String> {
     if s.is_empty() {
-        return Ok(Vec::new());
+        return Ok(NodeSelector(Vec::new()));
     }
     s.split(',')
         .map(|pair| match pair.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
             _ => Err(format!("{pair} must be formatted as key=value")),
         })
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(NodeSelector)
 }
 
 /// KubeVirt's `MigrateOptions`, encoded as Go encodes it (empty fields omitted).
@@ -56,8 +61,9 @@ pub fn migrate_options(a: &MigrateArgs) -> Value {
     if a.dry_run {
         o.insert("dryRun".into(), json!([DRY_RUN_ALL]));
     }
-    if let Some(sel) = a.added_node_selector.as_ref().filter(|s| !s.is_empty()) {
+    if let Some(sel) = a.added_node_selector.as_ref().filter(|s| !s.0.is_empty()) {
         let m: Map<String, Value> = sel
+            .0
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
@@ -154,12 +160,32 @@ mod tests {
     #[test]
     fn selectors_parse_as_cobra_reads_them() {
         assert_eq!(
-            parse_selector("a=1,b=x=y").unwrap(),
+            parse_selector("a=1,b=x=y").unwrap().0,
             vec![("a".into(), "1".into()), ("b".into(), "x=y".into())]
         );
-        assert_eq!(parse_selector("").unwrap(), vec![]);
+        assert_eq!(parse_selector("").unwrap().0, vec![]);
         assert!(parse_selector("novalue").is_err());
         assert!(parse_selector("=v").is_err());
+    }
+
+    #[test]
+    fn the_flags_parse_into_their_types() {
+        use clap::{CommandFactory, Parser};
+        crate::Cli::command().debug_assert();
+        let cli = crate::Cli::try_parse_from([
+            "virtctl",
+            "migrate",
+            "vm1",
+            "--addedNodeSelector=zone=a,tier=gold",
+        ])
+        .unwrap();
+        let crate::Command::Migrate(a) = cli.command else {
+            panic!("not migrate")
+        };
+        assert_eq!(
+            migrate_options(&a),
+            json!({"addedNodeSelector": {"zone": "a", "tier": "gold"}})
+        );
     }
 
     #[test]
@@ -180,7 +206,7 @@ mod tests {
         assert_eq!(migrate_options(&a), json!({}));
         let a = MigrateArgs {
             name: "vm".into(),
-            added_node_selector: Some(vec![("zone".into(), "a".into())]),
+            added_node_selector: Some(NodeSelector(vec![("zone".into(), "a".into())])),
             dry_run: true,
         };
         assert_eq!(
