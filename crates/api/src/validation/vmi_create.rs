@@ -44,8 +44,9 @@ pub(crate) fn validate_metadata(
 }
 
 /// KubeVirt's `featuregate.ValidateFeatureGates`: a discontinued gate still listed in
-/// `featureGates` whose API the spec uses (the `passt` and `macvtap` bindings). Run on
-/// creation by the VMI and VMI replica set admitters.
+/// `featureGates` whose API the spec uses (the `passt` and `macvtap` bindings). KubeVirt runs
+/// it on creation in the VMI and VMI replica set admitters (here the VMI's creation rules also
+/// run on updates).
 pub fn validate_feature_gates(
     spec: &VirtualMachineInstanceSpec,
     cfg: &ValidationConfig,
