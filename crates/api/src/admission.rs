@@ -248,7 +248,8 @@ pub fn kinds() -> &'static [KindInfo] {
             custom!(
                 VirtualMachineInstanceReplicaSet,
                 no_default,
-                admitters::vmirs::validate
+                admitters::vmirs::validate,
+                Some(admitters::vmirs::rules)
             ),
             custom!(KubeVirt, no_default, no_validate),
             custom!(

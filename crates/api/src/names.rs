@@ -153,6 +153,145 @@ pub fn absolute_clean_path(p: &str) -> Option<String> {
     None
 }
 
+// ---- Kubernetes' name and label checks, every problem at once ----
+//
+// `k8s.io/apimachinery/pkg/util/validation` reports each rule a value breaks (too long *and* of
+// the wrong form), where the checks above stop at the first. Kubernetes' pod validation, which
+// KubeVirt copies for `spec.affinity` and `spec.topologySpreadConstraints`, uses these.
+
+/// Kubernetes' `qualifiedNameFmt`.
+pub const QUALIFIED_NAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
+/// Kubernetes' `RegexError(qualifiedNameErrMsg, qualifiedNameFmt, "MyName", "my.name", "123-abc")`.
+pub const QUALIFIED_NAME_FORM: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+/// Kubernetes' label value rule (`labelValueErrMsg` with its regex and examples).
+pub const LABEL_VALUE_FORM: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
+/// Kubernetes' `qualifiedNameMaxLength` and `LabelValueMaxLength`.
+pub const QUALIFIED_NAME_MAX: usize = 63;
+
+fn max_len(n: usize) -> String {
+    format!("must be no more than {n} characters")
+}
+
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`.
+fn is_qualified_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(f), Some(l)) => {
+            f.is_ascii_alphanumeric()
+                && l.is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        }
+        _ => false,
+    }
+}
+
+/// Kubernetes' `IsDNS1123Label`: every problem, empty when `s` is a label.
+pub fn dns1123_label_problems(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s.len() > DNS1123_LABEL_MAX {
+        errs.push(max_len(DNS1123_LABEL_MAX));
+    }
+    if !is_label(s.as_bytes()) {
+        if is_subdomain(s) {
+            errs.push("must not contain dots".to_string());
+        } else {
+            errs.push(DNS1123_LABEL_FORM.to_string());
+        }
+    }
+    errs
+}
+
+fn is_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.split('.').all(|l| is_label(l.as_bytes()))
+}
+
+/// Kubernetes' `IsDNS1123Subdomain`: every problem, empty when `s` is a subdomain.
+pub fn dns1123_subdomain_problems(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s.len() > DNS1123_SUBDOMAIN_MAX {
+        errs.push(max_len(DNS1123_SUBDOMAIN_MAX));
+    }
+    if !is_subdomain(s) {
+        errs.push(DNS1123_SUBDOMAIN_FORM.to_string());
+    }
+    errs
+}
+
+/// Kubernetes' `IsQualifiedName` (label keys, topology keys): an optional DNS subdomain prefix
+/// and `/`, then a name of at most 63 characters. Every problem, empty when `s` is one.
+pub fn qualified_name_problems(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    let parts: Vec<&str> = s.splitn(3, '/').collect();
+    let name = match parts.as_slice() {
+        [name] => *name,
+        [prefix, name] => {
+            if prefix.is_empty() {
+                errs.push("prefix part must be non-empty".to_string());
+            } else {
+                errs.extend(
+                    dns1123_subdomain_problems(prefix)
+                        .into_iter()
+                        .map(|m| format!("prefix part {m}")),
+                );
+            }
+            *name
+        }
+        _ => {
+            errs.push(format!("a qualified name {QUALIFIED_NAME_FORM} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"));
+            return errs;
+        }
+    };
+    if name.is_empty() {
+        errs.push("name part must be non-empty".to_string());
+    } else if name.len() > QUALIFIED_NAME_MAX {
+        errs.push(format!("name part {}", max_len(QUALIFIED_NAME_MAX)));
+    }
+    if !is_qualified_part(name) {
+        errs.push(format!("name part {QUALIFIED_NAME_FORM}"));
+    }
+    errs
+}
+
+/// Kubernetes' `IsValidLabelValue`: empty, or a qualified name part of at most 63 characters.
+pub fn label_value_problems(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s.len() > QUALIFIED_NAME_MAX {
+        errs.push(max_len(QUALIFIED_NAME_MAX));
+    }
+    if !s.is_empty() && !is_qualified_part(s) {
+        errs.push(LABEL_VALUE_FORM.to_string());
+    }
+    errs
+}
+
+/// A string as Go's `%q` prints it (`strconv.Quote`), the form Kubernetes' field errors show a
+/// bad value in: `"a\"b"`, control characters as `\n`, `\x01`, `\u0085`.
+pub fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +383,54 @@ mod tests {
         for bad in ["rel/a", "/", "/a/../b", "/a//b", "/a/./b", "/a/"] {
             assert!(absolute_clean_path(bad).is_some(), "{bad}");
         }
+    }
+
+    #[test]
+    fn kubernetes_qualified_names_report_every_problem() {
+        for ok in [
+            "a",
+            "kubernetes.io/hostname",
+            "MyName",
+            "my.name",
+            "123-abc",
+            "a_b",
+        ] {
+            assert!(qualified_name_problems(ok).is_empty(), "{ok}");
+        }
+        assert_eq!(qualified_name_problems("").len(), 2);
+        assert_eq!(
+            qualified_name_problems("a/b/c"),
+            vec![format!("a qualified name {QUALIFIED_NAME_FORM} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')")]
+        );
+        assert_eq!(
+            qualified_name_problems("/x"),
+            vec!["prefix part must be non-empty".to_string()]
+        );
+        assert_eq!(
+            qualified_name_problems(&"a".repeat(64)),
+            vec!["name part must be no more than 63 characters".to_string()]
+        );
+        let both = qualified_name_problems(&format!("{}-", "a".repeat(64)));
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert_eq!(
+            qualified_name_problems("Example.com/x"),
+            vec![format!("prefix part {DNS1123_SUBDOMAIN_FORM}")]
+        );
+        assert!(label_value_problems("").is_empty());
+        assert_eq!(label_value_problems(&"a".repeat(64)).len(), 1);
+        assert_eq!(label_value_problems("-").len(), 1);
+        assert_eq!(
+            dns1123_label_problems("a.b"),
+            vec!["must not contain dots".to_string()]
+        );
+        assert_eq!(dns1123_subdomain_problems(&"A".repeat(254)).len(), 2);
+    }
+
+    #[test]
+    fn go_quoting() {
+        assert_eq!(
+            go_quote("a\"b\\c\n\u{1}\u{85}é"),
+            "\"a\\\"b\\\\c\\n\\x01\\u0085é\""
+        );
     }
 }

@@ -24,9 +24,11 @@ pub const RUN_STRATEGIES: &[&str] = &["Always", "Halted", "Manual", "RerunOnFail
 /// Our lightweight machine profile (Firecracker-style QEMU microvm).
 pub const MICROVM: &str = "microvm";
 
+mod affinity;
+pub(crate) mod grace_io;
 mod network;
 mod storage;
-pub(crate) mod vmi_create;
+pub mod vmi_create;
 
 /// Cluster settings validation depends on (from the `KubeVirt` resource).
 #[derive(Clone, Debug)]
@@ -41,6 +43,9 @@ pub struct ValidationConfig {
     /// `vmRolloutStrategy` is `LiveUpdate` (KubeVirt's default since v1.4). With `Stage`, guest
     /// memory may not exceed the memory limit.
     pub vm_rollout_live_update: bool,
+    /// `permittedHostDevices.pciHostDevices` (KubeVirt default: none); the NVIDIA Grace rules
+    /// look at their PCI selectors.
+    pub permitted_pci_host_devices: Vec<crate::PciHostDevice>,
 }
 
 impl Default for ValidationConfig {
@@ -50,6 +55,7 @@ impl Default for ValidationConfig {
             feature_gates: Vec::new(),
             disabled_feature_gates: Vec::new(),
             vm_rollout_live_update: true,
+            permitted_pci_host_devices: Vec::new(),
         }
     }
 }
@@ -110,6 +116,7 @@ impl ValidationConfig {
 pub fn validate_vmi(vmi: &VirtualMachineInstance, cfg: &ValidationConfig) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let root = Path::root("spec");
+    errs.extend(vmi_create::validate_feature_gates(&vmi.spec, cfg));
     validate_vmi_spec(&vmi.spec, &root, cfg, &mut errs);
     // Only for VMIs (not VM templates), as in KubeVirt's VMI-create admitter.
     storage::validate_volume_use(&vmi.spec, &root, &mut errs);
@@ -117,6 +124,13 @@ pub fn validate_vmi(vmi: &VirtualMachineInstance, cfg: &ValidationConfig) -> Vec
     vmi_create::validate_metadata(
         vmi.metadata.annotations.as_ref(),
         &Path::root("metadata"),
+        cfg,
+        &mut errs,
+    );
+    grace_io::validate_annotations(
+        &Path::root("metadata"),
+        &vmi.spec,
+        vmi.metadata.annotations.as_ref(),
         cfg,
         &mut errs,
     );

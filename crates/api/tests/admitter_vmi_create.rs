@@ -1363,3 +1363,942 @@ fn dra_gpus_and_host_devices() {
         ),
     ]);
 }
+
+// ---- spec.affinity and spec.topologySpreadConstraints (vmi-create-admitter_test.go "with
+// affinity checks", "with topologySpreadConstraints checks"; Kubernetes' validation_test.go
+// for the rules KubeVirt copies) ----
+
+/// KubeVirt's `name part` message for a string that is not a qualified name.
+const NAME_PART: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
+/// Admits [`admitters::base`] edited by `edit` and compares every cause, in order, with
+/// `want` (field, message), as KubeVirt's tests do.
+fn causes(name: &str, edit: fn(&mut Value), want: &[(&str, String)]) -> Option<String> {
+    let c = admitters::vmi_case("exact", admitters::default_cfg, edit, Accept);
+    let got: Vec<(String, String)> = match c.run() {
+        Ok(_) => Vec::new(),
+        Err(errs) => errs.into_iter().map(|e| (e.field, e.message)).collect(),
+    };
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(f, m)| (f.to_string(), m.clone()))
+        .collect();
+    (got != want).then(|| format!("{name}:\n  got  {got:?}\n  want {want:?}"))
+}
+
+/// A cause as KubeVirt words it: the field, then the field again in the message.
+fn cause(field: &'static str, body: &str) -> (&'static str, String) {
+    (field, format!("{field}: {body}"))
+}
+
+#[test]
+fn affinity_as_kubevirt_tests_it() {
+    const PA_KEY: &str =
+        "spec.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey";
+    const PA_VALUES: &str = "spec.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].labelSelector.matchExpressions[0].values";
+    const AA_KEY: &str =
+        "spec.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey";
+    const AA_VALUES: &str = "spec.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].labelSelector.matchExpressions[0].values";
+    let empty_key = |k: &'static str| {
+        vec![
+            cause(k, "Required value: can not be empty"),
+            cause(k, "Invalid value: \"\": name part must be non-empty"),
+            cause(k, &format!("Invalid value: \"\": {NAME_PART}")),
+        ]
+    };
+    let in_without_values = |k: &'static str| {
+        cause(
+            k,
+            "Required value: must be specified when `operator` is 'In' or 'NotIn'",
+        )
+    };
+    let mut failures = Vec::new();
+    let mut t = |name: &str, edit: fn(&mut Value), want: Vec<(&str, String)>| {
+        failures.extend(causes(name, edit, &want));
+    };
+    t("spec.affinity unset", |_| {}, vec![]);
+    t(
+        "(PodAffinity) both terms unset",
+        |v| set(v, "/spec/affinity", json!({"podAffinity": {}})),
+        vec![],
+    );
+    t(
+        "(PodAffinity) empty topologyKey",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchExpressions": [{"key": "key1", "operator": "Exists"}]}, "topologyKey": ""}]}}),
+            )
+        },
+        empty_key(PA_KEY),
+    );
+    t(
+        "(PodAffinity) an empty value (a valid label value) and an empty topologyKey",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchExpressions": [{"key": "key1", "operator": "In", "values": [""]}]}, "topologyKey": ""}]}}),
+            )
+        },
+        empty_key(PA_KEY),
+    );
+    t(
+        "(PodAffinity) In without values and an invalid topologyKey",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchExpressions": [{"key": "key1", "operator": "In"}]}, "topologyKey": "hostname=host1"}]}}),
+            )
+        },
+        vec![
+            in_without_values(PA_VALUES),
+            cause(
+                PA_KEY,
+                &format!("Invalid value: \"hostname=host1\": {NAME_PART}"),
+            ),
+        ],
+    );
+    t(
+        "(PodAffinity) In without values and an empty topologyKey",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchExpressions": [{"key": "key1", "operator": "In", "values": null}]}, "topologyKey": ""}]}}),
+            )
+        },
+        [vec![in_without_values(PA_VALUES)], empty_key(PA_KEY)].concat(),
+    );
+    t(
+        "(PodAffinity) weight 255",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 255, "podAffinityTerm": {"topologyKey": "test"}}]}}),
+            )
+        },
+        vec![cause(
+            "spec.podAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight",
+            "Invalid value: 255: must be in the range 1-100",
+        )],
+    );
+    t(
+        "(PodAntiAffinity) both terms unset",
+        |v| set(v, "/spec/affinity", json!({"podAntiAffinity": {}})),
+        vec![],
+    );
+    t(
+        "(PodAntiAffinity) empty topologyKey",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchExpressions": [{"key": "key1", "operator": "In", "values": [""]}]}, "topologyKey": ""}]}}),
+            )
+        },
+        empty_key(AA_KEY),
+    );
+    t(
+        "(PodAntiAffinity) a proper preferred term",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 86, "podAffinityTerm": {"labelSelector": {"matchExpressions": [{"key": "key1", "operator": "In", "values": ["a"]}]}, "topologyKey": "test"}}]}}),
+            )
+        },
+        vec![],
+    );
+    t(
+        "(PodAntiAffinity) In without values and an invalid topologyKey",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchExpressions": [{"key": "key1", "operator": "In"}]}, "topologyKey": "hostname=host1"}]}}),
+            )
+        },
+        vec![
+            in_without_values(AA_VALUES),
+            cause(
+                AA_KEY,
+                &format!("Invalid value: \"hostname=host1\": {NAME_PART}"),
+            ),
+        ],
+    );
+    t(
+        "(PodAntiAffinity) In without values and an empty topologyKey",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchExpressions": [{"key": "key1", "operator": "In"}]}, "topologyKey": ""}]}}),
+            )
+        },
+        [vec![in_without_values(AA_VALUES)], empty_key(AA_KEY)].concat(),
+    );
+    t(
+        "(NodeAffinity) both terms unset",
+        |v| set(v, "/spec/affinity", json!({"nodeAffinity": {}})),
+        vec![],
+    );
+    // KubeVirt's schema check refuses `nodeSelectorTerms: null` before this rule ("... must be
+    // of type array"); our decoder reads null as the empty list, which the rule refuses.
+    t(
+        "(NodeAffinity) nodeSelectorTerms null",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": null}}}),
+            )
+        },
+        vec![cause(
+            "spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms",
+            "Required value: must have at least one node selector term",
+        )],
+    );
+    t(
+        "(NodeAffinity) a term with neither expressions nor fields",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{}]}}}),
+            )
+        },
+        vec![],
+    );
+    t(
+        "(NodeAffinity) only matchExpressions",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "key1", "operator": "Exists"}]}]}}}),
+            )
+        },
+        vec![],
+    );
+    t(
+        "(NodeAffinity) a field selector key other than metadata.name",
+        |v| {
+            set(v, "/spec/affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchFields": [{"key": "key", "operator": "In", "values": ["value1"]}]}]}}}))
+        },
+        vec![cause(
+            "spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].key",
+            "Invalid value: \"key\": not a valid field selector key",
+        )],
+    );
+    t(
+        "(NodeAffinity) an empty node name in matchFields",
+        |v| {
+            set(v, "/spec/affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [""]}]}]}}}))
+        },
+        vec![cause(
+            "spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].values[0]",
+            "Invalid value: \"\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+        )],
+    );
+    t(
+        "(NodeAffinity) a proper preferred term",
+        |v| {
+            set(
+                v,
+                "/spec/affinity",
+                json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 20, "preference": {"matchExpressions": [{"key": "key1", "operator": "Exists"}]}}]}}),
+            )
+        },
+        vec![],
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn topology_spread_as_kubevirt_tests_it() {
+    let mut failures = Vec::new();
+    let mut t = |name: &str, edit: fn(&mut Value), want: Vec<(&str, String)>| {
+        failures.extend(causes(name, edit, &want));
+    };
+    t("unset", |_| {}, vec![]);
+    t(
+        "no labelSelector",
+        |v| {
+            set(
+                v,
+                "/spec/topologySpreadConstraints",
+                json!([
+                {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule"}]),
+            )
+        },
+        vec![],
+    );
+    t(
+        "a valid labelSelector",
+        |v| {
+            set(
+                v,
+                "/spec/topologySpreadConstraints",
+                json!([
+                {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+                 "labelSelector": {"matchExpressions": [{"key": "kubernetes.io/zone", "operator": "In", "values": ["zone1"]}]}}]),
+            )
+        },
+        vec![],
+    );
+    t(
+        "empty topologyKey",
+        |v| {
+            set(
+                v,
+                "/spec/topologySpreadConstraints",
+                json!([
+                {"maxSkew": 1, "topologyKey": "", "whenUnsatisfiable": "DoNotSchedule"}]),
+            )
+        },
+        vec![cause(
+            "spec.topologySpreadConstraints[0].topologyKey",
+            "Required value: can not be empty",
+        )],
+    );
+    t(
+        "invalid topologyKey",
+        |v| {
+            set(
+                v,
+                "/spec/topologySpreadConstraints",
+                json!([
+                {"maxSkew": 1, "topologyKey": "hostname=host1", "whenUnsatisfiable": "DoNotSchedule"}]),
+            )
+        },
+        vec![cause(
+            "spec.topologySpreadConstraints[0].topologyKey",
+            &format!("Invalid value: \"hostname=host1\": {NAME_PART}"),
+        )],
+    );
+    t(
+        "maxSkew -1",
+        |v| {
+            set(
+                v,
+                "/spec/topologySpreadConstraints",
+                json!([
+                {"maxSkew": -1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule"}]),
+            )
+        },
+        vec![cause(
+            "spec.topologySpreadConstraints[0].maxSkew",
+            "Invalid value: -1: must be greater than zero",
+        )],
+    );
+    t(
+        "In without values (KubeVirt reports it without the constraint's index)",
+        |v| {
+            set(
+                v,
+                "/spec/topologySpreadConstraints",
+                json!([
+                {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+                 "labelSelector": {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": null}]}}]),
+            )
+        },
+        vec![cause(
+            "spec.topologySpreadConstraints[0].labelSelector.matchExpressions[0].values",
+            "Required value: must be specified when `operator` is 'In' or 'NotIn'",
+        )],
+    );
+    // Kubernetes' TestValidateTopologySpreadConstraints cases for the rules KubeVirt copies.
+    t(
+        "maxSkew 0",
+        |v| {
+            set(
+                v,
+                "/spec/topologySpreadConstraints",
+                json!([
+                {"maxSkew": 0, "topologyKey": "k8s.io/zone", "whenUnsatisfiable": "DoNotSchedule"}]),
+            )
+        },
+        vec![cause(
+            "spec.topologySpreadConstraints[0].maxSkew",
+            "Invalid value: 0: must be greater than zero",
+        )],
+    );
+    t(
+        "invalid whenUnsatisfiable",
+        |v| {
+            set(
+                v,
+                "/spec/topologySpreadConstraints",
+                json!([
+                {"maxSkew": 1, "topologyKey": "k8s.io/zone", "whenUnsatisfiable": "N/A"}]),
+            )
+        },
+        vec![cause(
+            "spec.topologySpreadConstraints[0].whenUnsatisfiable",
+            "Unsupported value: \"N/A\": supported values: \"DoNotSchedule\", \"ScheduleAnyway\"",
+        )],
+    );
+    t(
+        "duplicate (topologyKey, whenUnsatisfiable)",
+        |v| {
+            set(
+                v,
+                "/spec/topologySpreadConstraints",
+                json!([
+                {"maxSkew": 1, "topologyKey": "k8s.io/zone", "whenUnsatisfiable": "DoNotSchedule"},
+                {"maxSkew": 2, "topologyKey": "k8s.io/zone", "whenUnsatisfiable": "DoNotSchedule"}]),
+            )
+        },
+        vec![cause(
+            "spec.topologySpreadConstraints[0].{topologyKey, whenUnsatisfiable}",
+            "Duplicate value: \"{k8s.io/zone, DoNotSchedule}\"",
+        )],
+    );
+    t(
+        "the same key with both actions",
+        |v| {
+            set(
+                v,
+                "/spec/topologySpreadConstraints",
+                json!([
+                {"maxSkew": 1, "topologyKey": "k8s.io/zone", "whenUnsatisfiable": "DoNotSchedule"},
+                {"maxSkew": 2, "topologyKey": "k8s.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}]),
+            )
+        },
+        vec![],
+    );
+    t(
+        "minDomains and matchLabelKeys are not checked by KubeVirt",
+        |v| {
+            set(
+                v,
+                "/spec/topologySpreadConstraints",
+                json!([
+                {"maxSkew": 1, "topologyKey": "k8s.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+                 "minDomains": -1, "matchLabelKeys": ["a/b/c"]}]),
+            )
+        },
+        vec![],
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Kubernetes' validation_test.go cases for the affinity rules, and hostile values.
+#[test]
+fn affinity_kubernetes_rules_and_hostile_values() {
+    run(&[
+        case!(
+            "node selector terms: empty list",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}})),
+            Reject("spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms",
+                   "spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms: Required value: must have at least one node selector term")
+        ),
+        case!(
+            "node selector: every valid operator",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "a", "operator": "In", "values": ["x", "y"]},
+                {"key": "b", "operator": "NotIn", "values": ["x"]},
+                {"key": "c", "operator": "Exists"},
+                {"key": "d", "operator": "DoesNotExist"},
+                {"key": "e", "operator": "Gt", "values": ["1"]},
+                {"key": "f", "operator": "Lt", "values": ["100"]}],
+                "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["node-1"]}]}]}}})),
+            Accept
+        ),
+        case!(
+            "node selector: Exists with values",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "a", "operator": "Exists", "values": ["x"]}]}]}}})),
+            Reject("spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values",
+                   "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'")
+        ),
+        case!(
+            "node selector: Gt with two values",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "a", "operator": "Gt", "values": ["1", "2"]}]}]}}})),
+            Reject("spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values",
+                   "Required value: must be specified single value when `operator` is 'Lt' or 'Gt'")
+        ),
+        case!(
+            "node selector: Lt without values",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "a", "operator": "Lt"}]}]}}})),
+            Reject("spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values",
+                   "must be specified single value when `operator` is 'Lt' or 'Gt'")
+        ),
+        case!(
+            "node selector: unknown operator",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "a", "operator": "Near", "values": ["x"]}]}]}}})),
+            Reject("spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator",
+                   "Invalid value: \"Near\": not a valid selector operator")
+        ),
+        case!(
+            "node selector: an invalid key in the second term",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "a", "operator": "Exists"}]},
+                {"matchExpressions": [{"key": "-a", "operator": "Exists"}]}]}}})),
+            Reject("spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[1].matchExpressions[0].key",
+                   "Invalid value: \"-a\": name part must consist of")
+        ),
+        case!(
+            "node field selector: two values",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["a", "b"]}]}]}}})),
+            Reject("spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].values",
+                   "Required value: must be only one value when `operator` is 'In' or 'NotIn' for node field selector")
+        ),
+        case!(
+            "node field selector: Exists",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "Exists"}]}]}}})),
+            Reject("spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].operator",
+                   "Invalid value: \"Exists\": not a valid selector operator")
+        ),
+        case!(
+            "preferred node term: weight 0",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 0, "preference": {}}]}})),
+            Reject("spec.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight",
+                   "Invalid value: 0: must be in the range 1-100")
+        ),
+        case!(
+            "preferred node term: weight 101 and a bad preference",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 101, "preference": {"matchExpressions": [{"key": "a", "operator": "In"}]}}]}})),
+            Reject("spec.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].preference.matchExpressions[0].values",
+                   "must be specified when `operator` is 'In' or 'NotIn'")
+        ),
+        case!(
+            "preferred node term: weights 1 and 100",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 1, "preference": {}}, {"weight": 100, "preference": {}}]}})),
+            Accept
+        ),
+        case!(
+            "pod affinity: an invalid namespace (KubeVirt's path has no index)",
+            |v| set(v, "/spec/affinity", json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "zone", "namespaces": ["ok", "Not_OK"]}]}})),
+            Reject("spec.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].namespace",
+                   "Invalid value: \"Not_OK\": a lowercase RFC 1123 label must consist of")
+        ),
+        case!(
+            "pod affinity: a namespace with dots",
+            |v| set(v, "/spec/affinity", json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "zone", "namespaces": ["a.b"]}]}})),
+            Reject("spec.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].namespace",
+                   "Invalid value: \"a.b\": must not contain dots")
+        ),
+        case!(
+            "pod affinity: a bad namespaceSelector",
+            |v| set(v, "/spec/affinity", json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "zone", "namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "DoesNotExist", "values": ["x"]}]}}]}})),
+            Reject("spec.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].namespaceSelector.matchExpressions[0].values",
+                   "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'")
+        ),
+        case!(
+            "pod affinity: an unknown label selector operator",
+            |v| set(v, "/spec/affinity", json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "zone", "labelSelector": {"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]}}]}})),
+            Reject("spec.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].labelSelector.matchExpressions[0].operator",
+                   "Invalid value: \"Gt\": not a valid selector operator")
+        ),
+        case!(
+            "pod affinity: an invalid matchLabels value",
+            |v| set(v, "/spec/affinity", json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "zone", "labelSelector": {"matchLabels": {"app": "a b"}}}]}})),
+            Reject("spec.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].labelSelector.matchLabels",
+                   "Invalid value: \"a b\": a valid label must be an empty string or consist of")
+        ),
+        case!(
+            "pod anti-affinity: preferred term weight -1",
+            |v| set(v, "/spec/affinity", json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": -1, "podAffinityTerm": {"topologyKey": "zone"}}]}})),
+            Reject("spec.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight",
+                   "Invalid value: -1: must be in the range 1-100")
+        ),
+        case!(
+            "pod anti-affinity: preferred term without topologyKey",
+            |v| set(v, "/spec/affinity", json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 1, "podAffinityTerm": {"topologyKey": ""}}]}})),
+            Reject("spec.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].podAffinityTerm.topologyKey",
+                   "Required value: can not be empty")
+        ),
+        case!(
+            "a prefixed topology key and label key",
+            |v| set(v, "/spec/affinity", json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"example.com/app": "web", "empty": ""}}}]}})),
+            Accept
+        ),
+        // Hostile values.
+        case!(
+            "hostile: a label key with '/' twice",
+            |v| set(v, "/spec/affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "a/b/c", "operator": "Exists"}]}]}}})),
+            Reject("spec.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key",
+                   "Invalid value: \"a/b/c\": a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')")
+        ),
+        case!(
+            "hostile: a topology key '../../etc'",
+            |v| set(v, "/spec/topologySpreadConstraints", json!([
+                {"maxSkew": 1, "topologyKey": "../../etc", "whenUnsatisfiable": "DoNotSchedule"}])),
+            Reject("spec.topologySpreadConstraints[0].topologyKey", "a qualified name must consist of")
+        ),
+        case!(
+            "hostile: an empty prefix",
+            |v| set(v, "/spec/topologySpreadConstraints", json!([
+                {"maxSkew": 1, "topologyKey": "/zone", "whenUnsatisfiable": "DoNotSchedule"}])),
+            Reject("spec.topologySpreadConstraints[0].topologyKey",
+                   "Invalid value: \"/zone\": prefix part must be non-empty")
+        ),
+        case!(
+            "hostile: a 64-character label key name",
+            |v| {
+                let key = "k".repeat(64);
+                set(v, "/spec/affinity", json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"topologyKey": key}]}}))
+            },
+            Reject("spec.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey",
+                   "name part must be no more than 63 characters")
+        ),
+        case!(
+            "a 63-character label key name and value",
+            |v| {
+                let key = "k".repeat(63);
+                set(v, "/spec/affinity", json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"topologyKey": key.clone(), "labelSelector": {"matchLabels": {key.clone(): key}}}]}}))
+            },
+            Accept
+        ),
+        case!(
+            "hostile: a 64-character label value",
+            |v| {
+                let value = "v".repeat(64);
+                set(v, "/spec/affinity", json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"topologyKey": "zone", "labelSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["ok", value]}]}}]}}))
+            },
+            Reject("spec.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].labelSelector.matchExpressions[0].values[1]",
+                   "must be no more than 63 characters")
+        ),
+        case!(
+            "hostile: a 254-character prefix",
+            |v| {
+                let key = format!("{}/x", "p".repeat(254));
+                set(v, "/spec/topologySpreadConstraints", json!([
+                    {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "DoNotSchedule"}]))
+            },
+            Reject("spec.topologySpreadConstraints[0].topologyKey",
+                   "prefix part must be no more than 253 characters")
+        ),
+        case!(
+            "hostile: control characters are quoted as Go quotes them",
+            |v| set(v, "/spec/topologySpreadConstraints", json!([
+                {"maxSkew": 1, "topologyKey": "a\n\"b", "whenUnsatisfiable": "<x>"}])),
+            Reject("spec.topologySpreadConstraints[0].whenUnsatisfiable",
+                   "Unsupported value: \"\\u003cx\\u003e\"")
+        ),
+        case!(
+            "hostile: a newline in a topology key",
+            |v| set(v, "/spec/topologySpreadConstraints", json!([
+                {"maxSkew": 1, "topologyKey": "a\n\"b", "whenUnsatisfiable": "DoNotSchedule"}])),
+            Reject("spec.topologySpreadConstraints[0].topologyKey",
+                   "Invalid value: \"a\\n\\\"b\": name part must consist of")
+        ),
+    ]);
+}
+
+/// Large lists: every item is checked, and the duplicate rule stays linear (KubeVirt compares
+/// every pair).
+#[test]
+fn affinity_huge_lists() {
+    let mut v = admitters::base();
+    let constraints: Vec<Value> = (0..20_000)
+        .map(|i| json!({"maxSkew": 1, "topologyKey": format!("k{}", i % 10_000), "whenUnsatisfiable": "DoNotSchedule"}))
+        .collect();
+    set(
+        &mut v,
+        "/spec/topologySpreadConstraints",
+        Value::Array(constraints),
+    );
+    let exprs: Vec<Value> = (0..20_000)
+        .map(|_| json!({"key": "a", "operator": "In"}))
+        .collect();
+    set(
+        &mut v,
+        "/spec/affinity",
+        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": exprs}]}}}),
+    );
+    let mut c = admitters::Case::new("huge", v);
+    c.user = None;
+    c.offline = true;
+    let errs = c.run().expect_err("refused");
+    let dups = errs
+        .iter()
+        .filter(|e| e.field.ends_with("{topologyKey, whenUnsatisfiable}"))
+        .count();
+    assert_eq!(dups, 10_000, "the first of each pair is the duplicate");
+    assert!(errs
+        .iter()
+        .any(|e| e.field == "spec.topologySpreadConstraints[0].{topologyKey, whenUnsatisfiable}"));
+    assert!(!errs.iter().any(
+        |e| e.field == "spec.topologySpreadConstraints[10000].{topologyKey, whenUnsatisfiable}"
+    ));
+    let values = errs
+        .iter()
+        .filter(|e| {
+            e.message
+                .contains("must be specified when `operator` is 'In' or 'NotIn'")
+        })
+        .count();
+    assert_eq!(values, 20_000);
+}
+
+// ---- NVIDIA Grace passthrough (grace_io_virtualization_test.go) ----
+
+const GRACE: &str = "nvidia.com/grace-gpu";
+
+fn permit(c: &mut kubevirt_api::validation::ValidationConfig, selector: &str, gates: &[&str]) {
+    c.permitted_pci_host_devices =
+        vec![
+            serde_json::from_value(json!({"pciVendorSelector": selector, "resourceName": GRACE}))
+                .expect("a PciHostDevice"),
+        ];
+    c.feature_gates = gates.iter().map(|g| g.to_string()).collect();
+}
+const ALL: &[&str] = &["GraceIOVirtualization", "PCINUMAAwareTopology", "IOMMUFD"];
+
+/// KubeVirt's `newGraceSpec`: arm64, machine `virt`, dedicated CPUs, a Grace GPU.
+fn grace_spec(v: &mut Value) {
+    set(v, "/spec/architecture", json!("arm64"));
+    set(v, "/spec/domain/machine", json!({"type": "virt"}));
+    set(
+        v,
+        "/spec/domain/cpu",
+        json!({"dedicatedCpuPlacement": true, "cores": 1}),
+    );
+    set(
+        v,
+        "/spec/domain/devices/gpus",
+        json!([{"name": "gpu1", "deviceName": GRACE}]),
+    );
+}
+
+/// The Grace causes of admitting the edited VMI under `cfg` (other rules, such as our refusal
+/// of arm64, are left out).
+fn grace_causes(
+    cfg: fn(&mut kubevirt_api::validation::ValidationConfig),
+    edit: fn(&mut Value),
+) -> Vec<(String, String)> {
+    let c = admitters::vmi_case("grace", cfg, edit, Accept);
+    c.run()
+        .err()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.message.contains("GraceIOVirtualization") || e.message.contains("pciVendorSelector")
+        })
+        .map(|e| (e.field, e.message))
+        .collect()
+}
+
+#[test]
+fn grace_io_virtualization() {
+    let only = |got: Vec<(String, String)>, field: &str, part: &str| {
+        assert!(
+            got.len() == 1 && got[0].0 == field && got[0].1.contains(part),
+            "want {field} {part:?}, got {got:?}"
+        );
+    };
+    assert_eq!(
+        grace_causes(|c| permit(c, "10DE:2342", ALL), grace_spec),
+        vec![],
+        "the static baseline"
+    );
+    assert_eq!(
+        grace_causes(
+            |c| permit(c, "10DE:2342", ALL),
+            |v| {
+                grace_spec(v);
+                set(v, "/spec/domain/machine/type", json!("virt-6.2"))
+            }
+        ),
+        vec![],
+        "a versioned virt machine type"
+    );
+    assert_eq!(
+        grace_causes(
+            |c| permit(c, "0x10de:0x2941", ALL),
+            |v| {
+                grace_spec(v);
+                set(v, "/spec/domain/devices/gpus", json!([]));
+                set(
+                    v,
+                    "/spec/domain/devices/hostDevices",
+                    json!([{"name": "hostdev1", "deviceName": GRACE}]),
+                );
+            }
+        ),
+        vec![],
+        "a Grace host device (selector in another case, with 0x)"
+    );
+    only(grace_causes(|c| permit(c, "10DE:2342", &["PCINUMAAwareTopology"]), grace_spec),
+        "spec.domain.devices.gpus[0].deviceName", "GraceIOVirtualization feature gate must be enabled for NVIDIA Grace GPU passthrough resource \"nvidia.com/grace-gpu\"");
+    only(
+        grace_causes(
+            |c| permit(c, "10DE:2342", &["GraceIOVirtualization", "IOMMUFD"]),
+            grace_spec,
+        ),
+        "spec.domain.devices",
+        "PCINUMAAwareTopology feature gate must be enabled when GraceIOVirtualization is used",
+    );
+    only(
+        grace_causes(
+            |c| permit(c, "10DE:2342", ALL),
+            |v| {
+                grace_spec(v);
+                set(v, "/spec/architecture", json!("amd64"))
+            },
+        ),
+        "spec.architecture",
+        "GraceIOVirtualization requires arm64 architecture",
+    );
+    only(
+        grace_causes(
+            |c| permit(c, "10DE:2342", ALL),
+            |v| {
+                grace_spec(v);
+                set(v, "/spec/domain/machine/type", json!("q35"))
+            },
+        ),
+        "spec.domain.machine.type",
+        "GraceIOVirtualization requires \"virt\" machine type",
+    );
+    only(
+        grace_causes(
+            |c| permit(c, "10DE:2342", ALL),
+            |v| {
+                grace_spec(v);
+                set(v, "/spec/domain/cpu/dedicatedCpuPlacement", json!(false))
+            },
+        ),
+        "spec.domain.cpu.dedicatedCpuPlacement",
+        "GraceIOVirtualization requires dedicated CPU placement",
+    );
+    only(
+        grace_causes(
+            |c| {
+                permit(
+                    c,
+                    "10DE:2342",
+                    &["GraceIOVirtualization", "PCINUMAAwareTopology"],
+                )
+            },
+            grace_spec,
+        ),
+        "spec.domain.devices",
+        "IOMMUFD feature gate must be enabled when GraceIOVirtualization is used",
+    );
+    only(
+        grace_causes(
+            |c| permit(c, "10DE:2342", ALL),
+            |v| {
+                grace_spec(v);
+                set(
+                    v,
+                    "/metadata/annotations",
+                    json!({"kubevirt.io/placePCIDevicesOnRootComplex": "true"}),
+                )
+            },
+        ),
+        "metadata.annotations[kubevirt.io/placePCIDevicesOnRootComplex]",
+        "GraceIOVirtualization is not compatible with placing PCI devices on the root complex",
+    );
+    only(
+        grace_causes(
+            |c| permit(c, "10DE:2342", ALL),
+            |v| {
+                grace_spec(v);
+                set(
+                    v,
+                    "/metadata/annotations",
+                    json!({"kubevirt.io/disablePCIHole64": "true"}),
+                )
+            },
+        ),
+        "metadata.annotations[kubevirt.io/disablePCIHole64]",
+        "GraceIOVirtualization requires the 64-bit PCI hole",
+    );
+    assert_eq!(
+        grace_causes(
+            |c| permit(c, "10DE:2342", ALL),
+            |v| {
+                grace_spec(v);
+                set(
+                    v,
+                    "/spec/domain/devices/gpus",
+                    json!([{"name": "gpu1", "claimName": "claim1", "requestName": "gpu"}]),
+                );
+            }
+        ),
+        vec![],
+        "DRA claim requests are not Grace PCI devices"
+    );
+    only(grace_causes(|c| permit(c, "10DE:*", ALL), grace_spec),
+        "spec.domain.devices.gpus[0].deviceName", "GraceIOVirtualization requires an exact pciVendorSelector for NVIDIA PCI host device resource \"nvidia.com/grace-gpu\"");
+    assert_eq!(
+        grace_causes(|c| permit(c, "10DE:2330", ALL), grace_spec),
+        vec![],
+        "a non-Grace NVIDIA selector"
+    );
+    assert_eq!(
+        grace_causes(|c| permit(c, "10DE:2342:1", ALL), grace_spec),
+        vec![],
+        "hostile: a malformed selector is no Grace one"
+    );
+    assert_eq!(
+        grace_causes(
+            |c| permit(c, "10DE:2342", &[]),
+            |v| {
+                set(
+                    v,
+                    "/metadata/annotations",
+                    json!({"kubevirt.io/placePCIDevicesOnRootComplex": "true"}),
+                );
+            }
+        ),
+        vec![],
+        "the annotations without a Grace device"
+    );
+    // "runs as part of the VMI spec validator": a minimal VMI with a Grace GPU, no gates.
+    only(
+        grace_causes(
+            |c| permit(c, "10DE:2342", &[]),
+            |v| {
+                set(
+                    v,
+                    "/spec/domain/devices/gpus",
+                    json!([{"name": "gpu1", "deviceName": GRACE}]),
+                )
+            },
+        ),
+        "spec.domain.devices.gpus[0].deviceName",
+        "GraceIOVirtualization feature gate must be enabled",
+    );
+}

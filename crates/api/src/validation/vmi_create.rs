@@ -43,6 +43,50 @@ pub(crate) fn validate_metadata(
     }
 }
 
+/// KubeVirt's `featuregate.ValidateFeatureGates`: a discontinued gate still listed in
+/// `featureGates` whose API the spec uses (the `passt` and `macvtap` bindings). KubeVirt runs
+/// it on creation in the VMI and VMI replica set admitters (here the VMI's creation rules also
+/// run on updates).
+pub fn validate_feature_gates(
+    spec: &VirtualMachineInstanceSpec,
+    cfg: &ValidationConfig,
+) -> Vec<FieldError> {
+    const DISCONTINUED: &[(&str, &str)] = &[
+        (
+            "Passt",
+            "Passt network binding is discontinued since v1.3. Please refer to Kubevirt user guide for alternatives.",
+        ),
+        (
+            "Macvtap",
+            "Macvtap network binding is discontinued since v1.3. Please refer to Kubevirt user guide for alternatives.",
+        ),
+    ];
+    let interfaces = spec
+        .domain
+        .devices
+        .interfaces
+        .as_deref()
+        .unwrap_or_default();
+    let mut errs = Vec::new();
+    for gate in &cfg.feature_gates {
+        let Some((_, message)) = DISCONTINUED.iter().find(|(g, _)| g == gate) else {
+            continue;
+        };
+        let used = interfaces.iter().any(|i| match gate.as_str() {
+            "Passt" => i.passt.is_some(),
+            _ => i.macvtap.is_some(),
+        });
+        if used {
+            errs.push(FieldError::new(
+                CauseType::FieldValueNotSupported,
+                "",
+                *message,
+            ));
+        }
+    }
+    errs
+}
+
 fn quantity(spec: &VirtualMachineInstanceSpec, which: &str, key: &str) -> Option<Quantity> {
     let res = spec.domain.resources.as_ref()?;
     let map = if which == "requests" {
@@ -98,6 +142,7 @@ pub(super) fn validate_spec(
     }
     validate_acpi(spec, root, errs);
     validate_cpu(spec, root, cfg, errs);
+    super::affinity::validate(spec, root, errs);
     // Start strategy.
     if let Some(ss) = spec.start_strategy.as_deref() {
         let p = root.child("startStrategy");
@@ -242,6 +287,7 @@ pub(super) fn validate_spec(
         }
     }
     validate_dra(spec, root, cfg, errs);
+    super::grace_io::validate_spec(spec, root, cfg, errs);
     validate_launch_security(spec, root, cfg, errs);
     validate_hyperv(spec, root, errs);
     validate_arch(spec, root, errs);
