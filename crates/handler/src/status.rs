@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 /// The VMI phase a launcher phase stands for.
 pub fn vmi_phase(p: Phase) -> VmiPhase {
     match p {
-        Phase::Pending | Phase::Starting => VmiPhase::Scheduled,
+        // A migration target's VMI runs at the source until the migration completes.
+        Phase::Pending | Phase::Starting | Phase::WaitingForMigration => VmiPhase::Scheduled,
         Phase::Running | Phase::Paused => VmiPhase::Running,
         Phase::Succeeded => VmiPhase::Succeeded,
         Phase::Failed => VmiPhase::Failed,

@@ -66,6 +66,10 @@ pub struct RunArgs {
     /// QEMU's group id (the group of /dev/kvm is added as a supplementary group).
     #[arg(long, default_value_t = crate::confine::QemuUser::KUBEVIRT.gid)]
     qemu_gid: u32,
+    /// Start as a live migration's target: the VMI's machine waits (`-incoming defer`, phase
+    /// WaitingForMigration) for `prepareMigrationTarget` and the source's `migrate`.
+    #[arg(long)]
+    migration_target: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,6 +138,7 @@ fn run_vmi(a: RunArgs) -> Result<i32> {
     opts.image_cache = a.image_cache.clone();
     opts.allow_emulation = a.allow_emulation;
     opts.qemu_binary = a.qemu.clone();
+    opts.migration_target = a.migration_target;
     // u32::MAX is "no change" to chown/setuid: refuse it rather than confine nobody.
     if a.qemu_uid == u32::MAX || a.qemu_gid == u32::MAX {
         bail!(

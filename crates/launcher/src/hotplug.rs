@@ -79,6 +79,12 @@ fn boot_targets(spec: &MachineSpec) -> BTreeMap<String, String> {
 
 impl Plugged {
     /// The hotpluggable volumes of the VMI a machine started with: attached from the start.
+    /// Whether a volume was attached at run time (a migration target, started from the
+    /// spec's start-time devices, would not have it).
+    pub fn any_hot_added(&self) -> bool {
+        self.disks.values().any(|d| d.blockdev)
+    }
+
     pub fn at_start(vmi: &VirtualMachineInstance, spec: &MachineSpec) -> Plugged {
         let hot = hotpluggable(vmi);
         let targets = boot_targets(spec);

@@ -31,6 +31,9 @@ pub enum Phase {
     /// The launcher waits for a VMI (`sync`).
     Pending,
     Starting,
+    /// A migration target: QEMU waits for the incoming migration (`-incoming defer`); the
+    /// guest runs elsewhere until it completes.
+    WaitingForMigration,
     Running,
     Paused,
     Succeeded,
@@ -77,6 +80,9 @@ pub struct State {
     /// Guest memory at boot, asked for and plugged (`status.memory`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryState>,
+    /// The last live migration, from this launcher's side (source or target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<crate::api::MigrationStatus>,
     pub timestamp: f64,
 }
 
@@ -139,6 +145,7 @@ impl State {
             ports: vec![],
             cpu_topology: None,
             memory: None,
+            migration: None,
             timestamp: now(),
         }
     }
@@ -318,6 +325,8 @@ pub enum LaunchError {
     },
     #[error("the VM is {0:?}: {1}")]
     WrongPhase(Phase, &'static str),
+    #[error(transparent)]
+    Migration(#[from] crate::migration::MigrationError),
 }
 
 /// How to run VMIs on this host (what `launcher run` flags and the handler decide).
@@ -340,6 +349,9 @@ pub struct Options {
     pub defaults: Option<kubevirt_api::defaults::DefaultsConfig>,
     /// The pod network virt-handler set up and started this launcher in (`network.json`).
     pub pod_network: Option<crate::api::PodNetworkInfo>,
+    /// Start QEMU as a live migration's target (`launcher run --migration-target`): the same
+    /// machine, waiting with `-incoming defer` for `prepareMigrationTarget`.
+    pub migration_target: bool,
 }
 
 impl Options {
@@ -357,6 +369,7 @@ impl Options {
             qemu_user: QemuUser::default(),
             defaults: None,
             pod_network: None,
+            migration_target: false,
         }
     }
 }
@@ -370,12 +383,20 @@ enum Intent {
     SoftReboot,
 }
 
-struct Inner {
-    state: State,
+pub(crate) struct Inner {
+    pub(crate) state: State,
     intent: Intent,
     /// The SHUTDOWN event, if one came (guest flag, reason).
     shutdown: Option<(bool, String)>,
     panicked: bool,
+    /// This QEMU was started with `-incoming defer`.
+    pub(crate) target: bool,
+    /// An outgoing migration runs (QEMU's own STOP at switch-over is not a pause).
+    pub(crate) migrating: bool,
+    /// The guest has moved to the target: QEMU's end is this VMI's success here.
+    pub(crate) migrated: bool,
+    /// Why the launcher cancelled the migration (KubeVirt's failure reason).
+    pub(crate) cancel_reason: Option<String>,
 }
 
 /// One running VMI.
@@ -400,6 +421,10 @@ pub struct Vm {
     pub(crate) hotplug: tokio::sync::Mutex<crate::hotplug::Plugged>,
     /// One CPU/memory change at a time.
     resources: tokio::sync::Mutex<()>,
+    /// One migration request at a time (`migration.rs`).
+    pub(crate) migration_lock: tokio::sync::Mutex<()>,
+    /// [`crate::api::Event::Migration`]s: progress and outcome of a migration.
+    pub(crate) migration_events: broadcast::Sender<crate::api::MigrationStatus>,
 }
 
 /// How often the guest agent is asked while it does not answer (so `AgentConnected` comes
@@ -490,7 +515,10 @@ impl Vm {
             opts.qemu_user.check_kvm().map_err(VolumeError::from)?;
         }
         // Rendered before anything is created: a spec QEMU's argv cannot carry fails cleanly.
-        let argv = qemu::render(&spec)?;
+        let mut argv = qemu::render(&spec)?;
+        if opts.migration_target {
+            qemu::as_migration_target(&mut argv);
+        }
         // Also removes old sockets and gives QEMU's user what it opens.
         volumes::prepare(
             &spec,
@@ -678,6 +706,9 @@ impl Vm {
                 guest_requested: spec.memory.bytes,
                 guest_current: spec.memory.bytes,
             }),
+            migration: opts.migration_target.then(|| {
+                crate::api::MigrationStatus::new(crate::api::MigrationRole::Target, None, now())
+            }),
             timestamp: now(),
         };
         let (final_tx, final_rx) = watch::channel(false);
@@ -694,6 +725,10 @@ impl Vm {
                 intent: Intent::None,
                 shutdown: None,
                 panicked: false,
+                target: opts.migration_target,
+                migrating: false,
+                migrated: false,
+                cancel_reason: None,
             }),
             events,
             final_rx,
@@ -702,6 +737,8 @@ impl Vm {
             applied_credentials: tokio::sync::Mutex::new(None),
             domain_interfaces,
             resources: tokio::sync::Mutex::new(()),
+            migration_lock: tokio::sync::Mutex::new(()),
+            migration_events: broadcast::channel(64).0,
         });
         vm.publish();
         tokio::spawn(vm.clone().poll_guest_agent());
@@ -730,7 +767,15 @@ impl Vm {
             }
         });
 
-        if vm.spec.start_paused {
+        if opts.migration_target {
+            // No `cont`: QEMU runs the guest itself once the incoming migration completes
+            // (the target has no -S), or keeps it paused if it was paused at the source.
+            vm.set_phase(
+                Phase::WaitingForMigration,
+                crate::api::migration::reason::WAITING_FOR_MIGRATION,
+                "QEMU waits for an incoming migration (prepareMigrationTarget)",
+            );
+        } else if vm.spec.start_paused {
             vm.set_phase(
                 Phase::Paused,
                 "StartStrategyPaused",
@@ -753,7 +798,7 @@ impl Vm {
         Ok(vm)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -761,7 +806,7 @@ impl Vm {
         self.lock().state.clone()
     }
 
-    fn publish(&self) {
+    pub(crate) fn publish(&self) {
         let s = self.state();
         write_state(&self.dir, &s);
         let _ = self.events.send(StateEvent {
@@ -772,7 +817,7 @@ impl Vm {
         });
     }
 
-    fn set_phase(&self, phase: Phase, reason: &str, message: &str) {
+    pub(crate) fn set_phase(&self, phase: Phase, reason: &str, message: &str) {
         {
             let mut i = self.lock();
             if i.state.phase.is_final() {
@@ -798,11 +843,13 @@ impl Vm {
         }
         match ev.typed() {
             Event::Stop => {
-                let (ending, intent) = {
+                let (ending, intent, migration) = {
                     let i = self.lock();
-                    (i.shutdown.is_some(), i.intent)
+                    let migration = i.migrating || i.state.phase == Phase::WaitingForMigration;
+                    (i.shutdown.is_some(), i.intent, migration)
                 };
-                if !ending && intent != Intent::SoftReboot {
+                // QEMU stops the vCPUs itself at a migration's switch-over.
+                if !ending && intent != Intent::SoftReboot && !migration {
                     let (reason, msg) = if intent == Intent::Pause {
                         ("PausedByUser", "paused on request")
                     } else {
@@ -862,6 +909,7 @@ impl Vm {
                 self.lock().panicked = true;
                 let _ = self.qmp.quit().await;
             }
+            Event::Migration { status } => self.on_migration_event(&status).await,
             Event::Watchdog { action } => {
                 tracing::info!("{}: watchdog fired, action {action}", self.spec.vmi);
             }
@@ -875,12 +923,50 @@ impl Vm {
             .as_ref()
             .map(describe_exit)
             .unwrap_or_else(|| "unknown exit".into());
-        let (shutdown, intent, panicked) = {
-            let i = self.lock();
-            (i.shutdown.clone(), i.intent, i.panicked)
+        let (shutdown, intent, panicked, migrated, target) = {
+            let mut i = self.lock();
+            let target = i.target && i.state.phase == Phase::WaitingForMigration;
+            if let Some(m) = i.state.migration.as_mut().filter(|m| m.in_progress()) {
+                m.failed = true;
+                m.end_timestamp = Some(now());
+                if m.failure_reason.is_empty() {
+                    m.failure_reason = format!("QEMU exited during the migration: {how}");
+                }
+            }
+            (i.shutdown.clone(), i.intent, i.panicked, i.migrated, target)
         };
         let log = VmiDir::unchecked(&self.dir).qemu_log();
+        let migrated_to = self
+            .state()
+            .migration
+            .and_then(|m| m.address)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let (phase, reason, message) = match (shutdown, panicked) {
+            _ if migrated => (
+                Phase::Succeeded,
+                crate::api::migration::reason::MIGRATED,
+                format!("the guest migrated to {migrated_to}"),
+            ),
+            (Some((_, r)), _)
+                if target
+                    && !(r == "host-qmp-quit"
+                        && matches!(intent, Intent::Stop | Intent::Shutdown)) =>
+            {
+                (
+                    Phase::Failed,
+                    crate::api::migration::reason::MIGRATION_FAILED,
+                    format!("the incoming migration did not complete; QEMU {how}"),
+                )
+            }
+            (None, _) if target => (
+                Phase::Failed,
+                crate::api::migration::reason::MIGRATION_FAILED,
+                format!(
+                    "the incoming migration did not complete; QEMU {how}; last stderr: {}",
+                    tail(&log, 1000)
+                ),
+            ),
             (_, true) => (
                 Phase::Failed,
                 "GuestPanicked",
@@ -1080,6 +1166,11 @@ impl Vm {
         self.events.subscribe()
     }
 
+    /// Migration progress and outcomes ([`crate::api::Event::Migration`]).
+    pub fn subscribe_migration(&self) -> broadcast::Receiver<crate::api::MigrationStatus> {
+        self.migration_events.subscribe()
+    }
+
     /// Wait until QEMU has exited and the final phase is set.
     pub async fn wait(&self) -> State {
         let mut rx = self.final_rx.clone();
@@ -1099,6 +1190,22 @@ impl Vm {
         Ok(())
     }
 
+    /// Alive, with the guest here (not a migration target still waiting) and no outgoing
+    /// migration that the operation would disturb.
+    fn ensure_guest(&self, what: &'static str) -> Result<(), LaunchError> {
+        let (p, migrating) = {
+            let i = self.lock();
+            (i.state.phase, i.migrating)
+        };
+        if p.is_final() || p == Phase::WaitingForMigration {
+            return Err(LaunchError::WrongPhase(p, what));
+        }
+        if migrating {
+            return Err(crate::migration::MigrationError::InProgress(what).into());
+        }
+        Ok(())
+    }
+
     pub(crate) fn qmp_err(&self, e: QmpError) -> LaunchError {
         let log = VmiDir::unchecked(&self.dir).qemu_log();
         LaunchError::Qmp {
@@ -1109,7 +1216,7 @@ impl Vm {
     }
 
     pub async fn pause(&self) -> Result<(), LaunchError> {
-        self.ensure_alive("cannot pause")?;
+        self.ensure_guest("cannot pause")?;
         self.lock().intent = Intent::Pause;
         self.qmp.stop().await.map_err(|e| self.qmp_err(e))?;
         self.set_phase(Phase::Paused, "PausedByUser", "paused on request");
@@ -1117,7 +1224,7 @@ impl Vm {
     }
 
     pub async fn unpause(&self) -> Result<(), LaunchError> {
-        self.ensure_alive("cannot unpause")?;
+        self.ensure_guest("cannot unpause")?;
         self.lock().intent = Intent::None;
         self.qmp.cont().await.map_err(|e| self.qmp_err(e))?;
         self.set_phase(Phase::Running, "Unpaused", "");
@@ -1127,6 +1234,10 @@ impl Vm {
     /// ACPI power button; if the guest is still running after `grace`, a hard stop.
     pub async fn shutdown(self: &Arc<Self>, grace: Duration) -> Result<(), LaunchError> {
         self.ensure_alive("cannot shut down")?;
+        if self.lock().state.phase == Phase::WaitingForMigration {
+            // No guest here yet to press a power button for.
+            return self.stop().await;
+        }
         self.lock().intent = Intent::Shutdown;
         self.qmp
             .system_powerdown()
@@ -1153,7 +1264,7 @@ impl Vm {
     }
 
     pub async fn reset(&self) -> Result<(), LaunchError> {
-        self.ensure_alive("cannot reset")?;
+        self.ensure_guest("cannot reset")?;
         self.qmp.system_reset().await.map_err(|e| self.qmp_err(e))
     }
 
@@ -1161,7 +1272,7 @@ impl Vm {
     /// KubeVirt's soft reboot: the ACPI power button (the guest powers off, the launcher
     /// resets and continues it), or, without ACPI, a reboot asked of the guest agent.
     pub async fn soft_reboot(&self) -> Result<(), LaunchError> {
-        self.ensure_alive("cannot reboot")?;
+        self.ensure_guest("cannot reboot")?;
         if !self.spec.acpi {
             if self.lock().state.guest_agent.is_none() {
                 return Err(LaunchError::NoSoftReboot);
@@ -1190,7 +1301,7 @@ impl Vm {
         sockets: Option<u32>,
         guest_bytes: Option<u64>,
     ) -> Result<State, LaunchError> {
-        self.ensure_alive("cannot hotplug")?;
+        self.ensure_guest("cannot hotplug")?;
         let _one = self.resources.lock().await;
         let cpu = &self.spec.cpu;
         let current = self.state().cpu_topology.map_or(cpu.sockets, |t| t.sockets);
@@ -1307,7 +1418,7 @@ impl Vm {
     }
 
     pub async fn set_balloon(&self, bytes: u64) -> Result<(), LaunchError> {
-        self.ensure_alive("cannot set the balloon")?;
+        self.ensure_guest("cannot set the balloon")?;
         self.qmp.balloon(bytes).await.map_err(|e| self.qmp_err(e))
     }
 

@@ -14,6 +14,8 @@
 //! - the per-VMI directory's layout and the `launcher.sock` protocol (the contract with
 //!   virt-handler, virt-api and the CLIs): [`api`] (`VmiDir`, `Request`/`Response`/`Event`,
 //!   `LauncherClient`);
+//! - live migration (target `-incoming defer`, source monitor, KubeVirt's timeouts):
+//!   `migration.rs`;
 //! - serving that RPC and the console socket: `rpc.rs`, `console.rs`.
 
 pub mod accel;
@@ -27,6 +29,7 @@ pub mod dhcp;
 pub mod hotplug;
 pub mod launcher;
 pub mod machine;
+pub mod migration;
 pub mod network;
 pub mod paths;
 pub mod qemu;

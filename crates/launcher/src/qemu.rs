@@ -48,6 +48,15 @@ pub fn render(spec: &MachineSpec) -> Result<Vec<String>, RenderError> {
     Ok(a)
 }
 
+/// A live migration's target: the same argv, waiting for `migrate-incoming` instead of
+/// starting paused. `-S` goes: with `-incoming` QEMU runs no vCPU before the migration
+/// completes, and without `-S` it then resumes the guest itself exactly when the source was
+/// running (a guest paused at the source stays paused), which the launcher reads back.
+pub fn as_migration_target(argv: &mut Vec<String>) {
+    argv.retain(|a| a != "-S");
+    argv.extend(["-incoming".to_string(), "defer".to_string()]);
+}
+
 /// A small q35 machine with nothing attached, for the family modules' unit tests.
 #[cfg(test)]
 pub(crate) fn test_spec() -> MachineSpec {
@@ -86,5 +95,27 @@ pub(crate) fn test_spec() -> MachineSpec {
         start_paused: false,
         termination_grace_period_seconds: 30,
         dir: "/d".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_migration_target_waits_for_the_incoming_migration_instead_of_starting_paused() {
+        let spec = test_spec();
+        let argv = render(&spec).unwrap();
+        assert!(argv.iter().any(|a| a == "-S"));
+        let mut target = argv.clone();
+        as_migration_target(&mut target);
+        assert!(!target.iter().any(|a| a == "-S"), "{target:?}");
+        assert_eq!(target[target.len() - 2..], ["-incoming", "defer"]);
+        // Everything else (the machine the guest state must fit) is the source's.
+        let without: Vec<&String> = argv.iter().filter(|a| *a != "-S").collect();
+        assert_eq!(
+            without,
+            target[..target.len() - 2].iter().collect::<Vec<_>>()
+        );
     }
 }

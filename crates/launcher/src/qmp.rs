@@ -483,6 +483,74 @@ impl Qmp {
     }
 }
 
+/// `query-migrate`'s RAM counters, in bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationRamStats {
+    #[serde(default)]
+    pub transferred: u64,
+    #[serde(default)]
+    pub remaining: u64,
+    #[serde(default)]
+    pub total: u64,
+}
+
+/// One listening address of an incoming migration (`socket-address`): QMP's
+/// `SocketAddress`, of which only `inet` is used here (`port` is a string in QMP).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationSocketAddress {
+    pub r#type: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub port: String,
+}
+
+/// `query-migrate`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationInfo {
+    /// none, setup, active, postcopy-active, completed, failed, cancelling, cancelled, ...;
+    /// absent before any migration.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub ram: Option<MigrationRamStats>,
+    #[serde(rename = "error-desc", default)]
+    pub error_desc: Option<String>,
+    #[serde(rename = "socket-address", default)]
+    pub socket_address: Vec<MigrationSocketAddress>,
+}
+
+/// Live migration (`migration.rs` builds the arguments).
+impl Qmp {
+    /// `migrate-set-capabilities` with `[{"capability":...,"state":...}]`.
+    pub async fn migrate_set_capabilities(&self, capabilities: Value) -> Result<(), QmpError> {
+        self.unit(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": capabilities })),
+        )
+        .await
+    }
+    pub async fn migrate_set_parameters(&self, parameters: Value) -> Result<(), QmpError> {
+        self.unit("migrate-set-parameters", Some(parameters)).await
+    }
+    pub async fn migrate(&self, uri: &str) -> Result<(), QmpError> {
+        self.unit("migrate", Some(json!({ "uri": uri }))).await
+    }
+    pub async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
+        self.unit("migrate-incoming", Some(json!({ "uri": uri })))
+            .await
+    }
+    pub async fn query_migrate(&self) -> Result<MigrationInfo, QmpError> {
+        self.execute("query-migrate", None).await
+    }
+    pub async fn migrate_cancel(&self) -> Result<(), QmpError> {
+        self.unit("migrate_cancel", None).await
+    }
+    pub async fn migrate_start_postcopy(&self) -> Result<(), QmpError> {
+        self.unit("migrate-start-postcopy", None).await
+    }
+}
+
 /// Volume hotplug: a block node and its guest device added and removed at run time.
 impl Qmp {
     /// `blockdev-add` of a node whose arguments [`crate::qemu::disks::hotplug_args`] built.

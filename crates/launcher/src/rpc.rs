@@ -10,6 +10,7 @@ use crate::api::{
     VmiDirError,
 };
 use crate::launcher::{LaunchError, Options, Phase, State, StateEvent, Vm};
+use crate::migration::MigrationError;
 use kubevirt_api::VirtualMachineInstance;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub struct Launcher {
     dir: VmiDir,
     vm: tokio::sync::Mutex<Option<Arc<Vm>>>,
     events: broadcast::Sender<StateEvent>,
+    /// The VM's migration events, forwarded (the VM comes and goes; subscribers stay).
+    migration_events: broadcast::Sender<crate::api::MigrationStatus>,
     /// The state while there is no VM (pending, or failed to start).
     idle_state: Mutex<State>,
 }
@@ -42,6 +45,11 @@ fn rpc_error(e: LaunchError) -> RpcError {
         LaunchError::Spec(_) | LaunchError::Hotplug(_) => ErrorCode::InvalidSpec,
         LaunchError::WrongPhase(..) => ErrorCode::WrongPhase,
         LaunchError::Accel(_) => ErrorCode::NoAccelerator,
+        LaunchError::Migration(m) => match m {
+            MigrationError::NoMigration | MigrationError::NeverMigrated => ErrorCode::NoMigration,
+            MigrationError::NoListenAddress(_) => ErrorCode::Failed,
+            _ => ErrorCode::WrongPhase,
+        },
         _ => ErrorCode::Failed,
     };
     RpcError::new(code, e.to_string())
@@ -50,7 +58,9 @@ fn rpc_error(e: LaunchError) -> RpcError {
 impl Launcher {
     pub fn new(opts: Options) -> Arc<Launcher> {
         let (events, _) = broadcast::channel(256);
+        let (migration_events, _) = broadcast::channel(256);
         Arc::new(Launcher {
+            migration_events,
             dir: VmiDir::unchecked(&opts.dir),
             opts,
             vm: tokio::sync::Mutex::new(None),
@@ -94,6 +104,19 @@ impl Launcher {
         match Vm::start(vmi, &self.opts, self.events.clone()).await {
             Ok(vm) => {
                 let s = vm.state();
+                let mut rx = vm.subscribe_migration();
+                let tx = self.migration_events.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(m) => {
+                                let _ = tx.send(m);
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                });
                 *slot = Some(vm);
                 Ok(s)
             }
@@ -186,10 +209,15 @@ impl Launcher {
             }
             if subscribe && ok {
                 let mut rx = self.events.subscribe();
+                let mut mrx = self.migration_events.subscribe();
                 loop {
-                    match rx.recv().await {
+                    let ev = tokio::select! {
+                        ev = rx.recv() => ev.map(Event::StateChanged),
+                        m = mrx.recv() => m.map(Event::Migration),
+                    };
+                    match ev {
                         Ok(ev) => {
-                            if write_line(&mut wr, &Event::StateChanged(ev)).await.is_err() {
+                            if write_line(&mut wr, &ev).await.is_err() {
                                 return;
                             }
                         }
@@ -254,6 +282,30 @@ impl Launcher {
                 .await
                 .map(|s| Response::State(Box::new(s)))
                 .map_err(rpc_error),
+            Request::PrepareMigrationTarget { listen, options } => vm()
+                .await?
+                .prepare_migration_target(listen, &options)
+                .await
+                .map(migration)
+                .map_err(rpc_error),
+            Request::Migrate { target, options } => vm()
+                .await?
+                .migrate(target, &options)
+                .await
+                .map(migration)
+                .map_err(rpc_error),
+            Request::CancelMigration => match self.vm().await {
+                Some(vm) => vm
+                    .cancel_migration()
+                    .await
+                    .map(migration)
+                    .map_err(rpc_error),
+                None => Err(rpc_error(MigrationError::NoMigration.into())),
+            },
+            Request::MigrationStatus => match self.vm().await {
+                Some(vm) => vm.migration_status().map(migration).map_err(rpc_error),
+                None => Err(rpc_error(MigrationError::NeverMigrated.into())),
+            },
         }
     }
 
@@ -272,6 +324,10 @@ impl Launcher {
             .map(Response::Volumes)
             .map_err(rpc_error)
     }
+}
+
+fn migration(m: crate::api::MigrationStatus) -> Response {
+    Response::Migration(Box::new(m))
 }
 
 async fn write_line(
@@ -335,7 +391,9 @@ mod tests {
             .unwrap();
         assert_eq!(sub.state().phase, Phase::Pending);
         launcher.set_idle(Phase::Failed, "FailedToStart", "boom", "default/demo");
-        let Event::StateChanged(ev) = sub.next().await.unwrap().unwrap();
+        let Some(Ok(Event::StateChanged(ev))) = sub.next().await else {
+            panic!("no state change")
+        };
         assert_eq!(
             (ev.phase, ev.reason.as_str()),
             (Phase::Failed, "FailedToStart")

@@ -638,3 +638,360 @@ spec:
         "{err}"
     );
 }
+
+/// The guest's uptimes printed as `tick <seconds>` on a VMI directory's serial console.
+fn ticks(dir: &Path) -> Vec<f64> {
+    VmiDir::from_path(dir)
+        .ok()
+        .and_then(|d| std::fs::read_to_string(d.serial_log()).ok())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("tick ")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// A launcher served on its own `launcher.sock` in `dir`, as virt-handler runs it, and a
+/// client to it.
+async fn launcher(
+    dir: &Path,
+    guest: &Path,
+    target: bool,
+) -> (
+    Arc<kubevirt_launcher::rpc::Launcher>,
+    kubevirt_launcher::api::LauncherClient,
+) {
+    let mut o = opts(dir, guest);
+    o.migration_target = target;
+    let l = kubevirt_launcher::rpc::Launcher::new(o);
+    l.listen().unwrap();
+    let c = kubevirt_launcher::api::LauncherClient::connect(&VmiDir::from_path(dir).unwrap())
+        .await
+        .unwrap();
+    (l, c)
+}
+
+async fn call(
+    c: &mut kubevirt_launcher::api::LauncherClient,
+    r: Request,
+) -> kubevirt_launcher::api::Response {
+    let what = format!("{:?}", r.method());
+    c.call(r).await.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+fn migration(r: kubevirt_launcher::api::Response) -> kubevirt_launcher::api::MigrationStatus {
+    match r {
+        kubevirt_launcher::api::Response::Migration(m) => *m,
+        r => panic!("not a migration status: {r:?}"),
+    }
+}
+
+/// Wait until `f` holds for the launcher's state, or panic with the state and its logs.
+async fn wait_state(
+    c: &mut kubevirt_launcher::api::LauncherClient,
+    dir: &Path,
+    within: Duration,
+    what: &str,
+    f: impl Fn(&kubevirt_launcher::api::State) -> bool,
+) -> kubevirt_launcher::api::State {
+    let t = Instant::now();
+    loop {
+        let s = call(c, Request::State).await.into_state().unwrap();
+        if f(&s) {
+            return s;
+        }
+        if t.elapsed() > within {
+            let d = VmiDir::from_path(dir).unwrap();
+            let qemu = std::fs::read_to_string(d.qemu_log()).unwrap_or_default();
+            panic!("{what}: not within {within:?}: {s:?}\n--- qemu.log\n{qemu}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>; its state is Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Issue 14: live migration between two launchers on one host, driven over their
+/// `launcher.sock` as the node agent drives it. A's guest boots and prints its uptime every
+/// second; a migration to target B1 is cancelled (A keeps running, B1's QEMU gives up); a
+/// migration to target B2 completes: A's QEMU ends (Succeeded, Migrated), B2 runs the same
+/// guest (its uptime goes on from where it was, and its console answers).
+#[tokio::test]
+async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at_the_source() {
+    use kubevirt_launcher::api::migration::{reason, MigrationOptions};
+    use kubevirt_launcher::api::{ErrorCode, MigrationRole};
+    let Some(guest) = guest() else {
+        eprintln!("SKIP: live migration test needs QEMU and the demo guest");
+        return;
+    };
+    const MIGRATION_TIMEOUT: Duration = Duration::from_secs(240);
+    let tmp = tmpdir();
+    let (a_dir, b1_dir, b2_dir) = (
+        tmp.path().join("a"),
+        tmp.path().join("b1"),
+        tmp.path().join("b2"),
+    );
+    let yaml = kernel_boot_vmi(
+        "migrating",
+        "q35",
+        &cmdline(guest, "q35"),
+        "#!/bin/sh\nwhile true; do echo \"tick $(cut -d' ' -f1 /proc/uptime)\"; sleep 1; done &",
+    );
+    let vmi = Box::new(parse_vmi(&yaml).unwrap());
+    let (_a, mut ca) = launcher(&a_dir, guest, false).await;
+    let s = call(&mut ca, Request::Sync { vmi: vmi.clone() })
+        .await
+        .into_state()
+        .unwrap();
+    assert_eq!(s.phase, Phase::Running, "{s:?}");
+    let a_qemu = s.qemu_pid.unwrap();
+    wait_serial(&a_dir, "tick ", BOOT_TIMEOUT).await;
+
+    // Nothing to cancel yet: a clear error, not a QMP one.
+    let e = ca.call(Request::CancelMigration).await.unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::NoMigration), "{e}");
+
+    // --- A → B1, cancelled.
+    let (_b1, mut cb1) = launcher(&b1_dir, guest, true).await;
+    let s = call(&mut cb1, Request::Sync { vmi: vmi.clone() })
+        .await
+        .into_state()
+        .unwrap();
+    assert_eq!(
+        (s.phase, s.reason.as_str()),
+        (Phase::WaitingForMigration, reason::WAITING_FOR_MIGRATION)
+    );
+    // A target's guest is not there yet: operations on it are refused.
+    let e = cb1.call(Request::Pause).await.unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::WrongPhase), "{e}");
+    let b1 = migration(
+        call(
+            &mut cb1,
+            Request::PrepareMigrationTarget {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                options: MigrationOptions::default(),
+            },
+        )
+        .await,
+    );
+    assert_eq!(b1.role, MigrationRole::Target);
+    let b1_addr = b1.address.expect("the target's listening address");
+    assert_ne!(b1_addr.port(), 0, "the real port is reported");
+    // Slow (1 MiB/s) so that it is still running when cancelled.
+    let slow = MigrationOptions {
+        bandwidth_per_migration: Some(1 << 20),
+        ..Default::default()
+    };
+    let m = migration(
+        call(
+            &mut ca,
+            Request::Migrate {
+                target: b1_addr,
+                options: slow.clone(),
+            },
+        )
+        .await,
+    );
+    assert_eq!((m.role, m.address), (MigrationRole::Source, Some(b1_addr)));
+    // A second migration while one runs is refused.
+    let e = ca
+        .call(Request::Migrate {
+            target: b1_addr,
+            options: slow,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::WrongPhase), "{e}");
+    let t = Instant::now();
+    loop {
+        let m = migration(call(&mut ca, Request::MigrationStatus).await);
+        if m.transferred_bytes > 0 {
+            assert!(m.in_progress(), "{m:?}");
+            break;
+        }
+        assert!(t.elapsed() < MIGRATION_TIMEOUT, "no data sent: {m:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ticks_before_cancel = ticks(&a_dir).len();
+    call(&mut ca, Request::CancelMigration).await;
+    let t = Instant::now();
+    let cancelled = loop {
+        let m = migration(call(&mut ca, Request::MigrationStatus).await);
+        if !m.in_progress() {
+            break m;
+        }
+        assert!(t.elapsed() < MIGRATION_TIMEOUT, "not cancelled: {m:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(cancelled.failed && !cancelled.completed, "{cancelled:?}");
+    assert_eq!(cancelled.failure_reason, "Live migration has been aborted");
+    assert_eq!(
+        cancelled.abort_status,
+        Some(kubevirt_launcher::api::migration::AbortStatus::Succeeded)
+    );
+    let s = call(&mut ca, Request::State).await.into_state().unwrap();
+    assert_eq!(s.phase, Phase::Running, "{s:?}");
+    assert!(alive(a_qemu), "A's QEMU must keep running after a cancel");
+    // The guest keeps running at the source.
+    let t = Instant::now();
+    while ticks(&a_dir).len() < ticks_before_cancel + 2 {
+        assert!(t.elapsed() < BOOT_TIMEOUT, "no tick at A after the cancel");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // B1's incoming migration failed: its QEMU ended.
+    let s = wait_state(&mut cb1, &b1_dir, MIGRATION_TIMEOUT, "B1 fails", |s| {
+        s.phase.is_final()
+    })
+    .await;
+    assert_eq!(
+        (s.phase, s.reason.as_str()),
+        (Phase::Failed, reason::MIGRATION_FAILED),
+        "{s:?}"
+    );
+
+    // --- A → B2, completed.
+    let (_b2, mut cb2) = launcher(&b2_dir, guest, true).await;
+    call(&mut cb2, Request::Sync { vmi: vmi.clone() }).await;
+    let b2 = migration(
+        call(
+            &mut cb2,
+            Request::PrepareMigrationTarget {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                options: MigrationOptions::default(),
+            },
+        )
+        .await,
+    );
+    let b2_addr = b2.address.unwrap();
+    // Listening once is enough.
+    let e = cb2
+        .call(Request::PrepareMigrationTarget {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            options: MigrationOptions::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::WrongPhase), "{e}");
+    let last_uptime_at_a = *ticks(&a_dir).last().unwrap();
+    let mut sub =
+        kubevirt_launcher::api::LauncherClient::connect(&VmiDir::from_path(&a_dir).unwrap())
+            .await
+            .unwrap()
+            .subscribe()
+            .await
+            .unwrap();
+    call(
+        &mut ca,
+        Request::Migrate {
+            target: b2_addr,
+            options: MigrationOptions::default(),
+        },
+    )
+    .await;
+    // The subscriber sees the migration's progress, then A's end.
+    let mut sent = 0;
+    let ended = tokio::time::timeout(MIGRATION_TIMEOUT, async {
+        while let Some(ev) = sub.next().await {
+            match ev.unwrap() {
+                kubevirt_launcher::api::Event::Migration(m) => {
+                    assert_eq!(m.address, Some(b2_addr));
+                    sent = sent.max(m.transferred_bytes);
+                }
+                kubevirt_launcher::api::Event::StateChanged(s) if s.phase.is_final() => return s,
+                _ => {}
+            }
+        }
+        panic!("A's launcher closed the event stream before A ended");
+    })
+    .await
+    .expect("A ends after the migration");
+    assert_eq!(
+        (ended.phase, ended.reason.as_str()),
+        (Phase::Succeeded, reason::MIGRATED),
+        "{ended:?}"
+    );
+    assert!(sent > 0, "migration events report the bytes sent");
+    let t = Instant::now();
+    while alive(a_qemu) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "A's QEMU is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = call(&mut ca, Request::State).await.into_state().unwrap();
+    assert!(s.message.contains(&b2_addr.to_string()), "{s:?}");
+    let m = s.migration.unwrap();
+    assert!(
+        m.completed && m.total_bytes > 0 && m.remaining_bytes == 0,
+        "{m:?}"
+    );
+
+    let s = wait_state(&mut cb2, &b2_dir, MIGRATION_TIMEOUT, "B2 runs", |s| {
+        s.phase != Phase::WaitingForMigration
+    })
+    .await;
+    assert_eq!(
+        (s.phase, s.reason.as_str()),
+        (Phase::Running, reason::MIGRATED),
+        "{s:?}"
+    );
+    assert!(s.migration.is_some_and(|m| m.completed), "B2's status");
+    // The same guest goes on at B2: its uptime continues from A's (a new boot would start
+    // again near 0).
+    let t = Instant::now();
+    let at_b2 = loop {
+        if let Some(u) = ticks(&b2_dir).last() {
+            break *u;
+        }
+        assert!(t.elapsed() < BOOT_TIMEOUT, "no tick on B2's console");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        at_b2 >= last_uptime_at_a,
+        "B2's guest uptime {at_b2} s is below A's last {last_uptime_at_a} s: not the same guest"
+    );
+    // B2's console answers (async: B2's console server runs on this test's runtime).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let path = VmiDir::from_path(&b2_dir).unwrap().console_socket();
+        let mut sock = tokio::net::UnixStream::connect(path).await.unwrap();
+        sock.write_all(b"\necho migrated-$((6*7))\n").await.unwrap();
+        let mut out = Vec::new();
+        let t = Instant::now();
+        while !String::from_utf8_lossy(&out).contains("migrated-42") {
+            assert!(
+                t.elapsed() < BOOT_TIMEOUT,
+                "B2's console did not answer: {}",
+                String::from_utf8_lossy(&out)
+            );
+            let mut buf = [0u8; 4096];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(500), sock.read(&mut buf)).await
+            {
+                out.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    call(&mut cb2, Request::Stop).await;
+    let s = wait_state(
+        &mut cb2,
+        &b2_dir,
+        Duration::from_secs(30),
+        "B2 stops",
+        |s| s.phase.is_final(),
+    )
+    .await;
+    assert_eq!(s.phase, Phase::Succeeded, "{s:?}");
+}

@@ -358,7 +358,9 @@ mod tests {
                 timestamp: 2.0,
             })
         );
-        let Event::StateChanged(last) = sub.next().await.unwrap().unwrap();
+        let Some(Ok(Event::StateChanged(last))) = sub.next().await else {
+            panic!("no state change")
+        };
         assert_eq!(last.phase, Phase::Succeeded);
     }
 

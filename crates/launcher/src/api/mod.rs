@@ -10,11 +10,14 @@
 //!   request `{"v":1,"id":N,"method":"...","params":{...}}`, reply `{"id":N,"result":...}` or
 //!   `{"id":N,"error":{"code":"...","message":"..."}}`, and after `subscribe` a stream of
 //!   `{"event":"StateChanged","phase":...,"reason":...,"message":...,"timestamp":...}`.
+//! - [`migration`]: what `migrate` / `prepareMigrationTarget` carry ([`MigrationOptions`],
+//!   KubeVirt's `MigrationConfiguration` names) and report ([`MigrationStatus`]).
 //! - [`LauncherClient`]: the async client (timeouts, typed errors), [`call_blocking`] for
 //!   CLIs and synchronous tests.
 
 mod client;
 mod dir;
+pub mod migration;
 mod protocol;
 
 pub use crate::launcher::{GuestInterface, Phase, State};
@@ -23,6 +26,7 @@ pub use dir::{
     AgentCredentials, NodeVolumes, PodAddress, PodInterface, PodNetworkInfo, SriovDevice, VmiDir,
     VmiDirError, VmiOwner, SUN_PATH_MAX,
 };
+pub use migration::{MigrationOptions, MigrationRole, MigrationStatus};
 pub(crate) use protocol::{decode_request, read_line};
 pub use protocol::{
     ErrorCode, Event, HotplugVolume, Method, ReplyFrame, Request, RequestFrame, Response, RpcError,

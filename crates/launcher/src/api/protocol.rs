@@ -1,11 +1,13 @@
 //! The `launcher.sock` wire format: typed requests, replies, events and error codes.
 
+use super::migration::{MigrationOptions, MigrationStatus};
 use crate::launcher::{Phase, State};
 use kubevirt_api::VirtualMachineInstance;
 use serde::de::Error as _;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 
 /// The protocol version, `v` in every request.
@@ -33,10 +35,14 @@ pub enum Method {
     FilesystemList,
     SyncVolumes,
     SetResources,
+    PrepareMigrationTarget,
+    Migrate,
+    CancelMigration,
+    MigrationStatus,
 }
 
 impl Method {
-    pub const ALL: [Method; 16] = [
+    pub const ALL: [Method; 20] = [
         Method::Sync,
         Method::State,
         Method::Pause,
@@ -53,6 +59,10 @@ impl Method {
         Method::FilesystemList,
         Method::SyncVolumes,
         Method::SetResources,
+        Method::PrepareMigrationTarget,
+        Method::Migrate,
+        Method::CancelMigration,
+        Method::MigrationStatus,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +83,10 @@ impl Method {
             Method::FilesystemList => "filesystemList",
             Method::SyncVolumes => "syncVolumes",
             Method::SetResources => "setResources",
+            Method::PrepareMigrationTarget => "prepareMigrationTarget",
+            Method::Migrate => "migrate",
+            Method::CancelMigration => "cancelMigration",
+            Method::MigrationStatus => "migrationStatus",
         }
     }
 
@@ -134,6 +148,27 @@ pub enum Request {
         sockets: Option<u32>,
         guest_memory_bytes: Option<u64>,
     },
+    /// A launcher run with `--migration-target` (its QEMU waits with `-incoming defer`):
+    /// listen for the incoming migration on `listen` (an address the node agent chose; port 0
+    /// lets QEMU pick one); replies with [`Response::Migration`], whose `address` is where it
+    /// listens.
+    PrepareMigrationTarget {
+        listen: SocketAddr,
+        options: MigrationOptions,
+    },
+    /// Live-migrate the running guest to a target launcher listening on `target`; replies
+    /// with [`Response::Migration`] once QEMU has started sending. Progress follows as
+    /// [`Event::Migration`]s; on success the source's QEMU ends (phase Succeeded, reason
+    /// `Migrated`).
+    Migrate {
+        target: SocketAddr,
+        options: MigrationOptions,
+    },
+    /// Cancel the migration in progress (QEMU's `migrate_cancel`); the guest keeps running
+    /// here. `NoMigration` when there is none.
+    CancelMigration,
+    /// The last migration's status; `NoMigration` when there was none.
+    MigrationStatus,
 }
 
 /// One hotplugged volume as the launcher sees it after a `syncVolumes`.
@@ -164,6 +199,55 @@ struct ResourcesParams {
     sockets: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     guest_memory_bytes: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrationParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+    #[serde(default)]
+    options: MigrationOptions,
+}
+
+/// `params.<field>` as an `IP:port` (IPv6 in brackets), never a name to resolve.
+fn socket_addr(field: &str, value: Option<&str>, port_zero: bool) -> Result<SocketAddr, RpcError> {
+    let v = value
+        .ok_or_else(|| RpcError::bad_request(format!("params.{field} (an IP:port) is required")))?;
+    let a: SocketAddr = v.parse().map_err(|_| {
+        RpcError::bad_request(format!(
+            "params.{field}: {v:?} is not an IP:port (e.g. 10.244.0.5:49152 or [fd00::5]:49152)"
+        ))
+    })?;
+    if let SocketAddr::V6(v6) = a {
+        if v6.scope_id() != 0 || v6.flowinfo() != 0 {
+            return Err(RpcError::bad_request(format!(
+                "params.{field}: {v:?}: no IPv6 scope or flow label"
+            )));
+        }
+    }
+    if a.ip().is_multicast() || matches!(a.ip(), std::net::IpAddr::V4(ip) if ip.is_broadcast()) {
+        return Err(RpcError::bad_request(format!(
+            "params.{field}: {a} is not a unicast address"
+        )));
+    }
+    if !port_zero && (a.port() == 0 || a.ip().is_unspecified()) {
+        return Err(RpcError::bad_request(format!(
+            "params.{field}: {a} is not an address to connect to"
+        )));
+    }
+    Ok(a)
+}
+
+fn migration_params(params: Value) -> Result<MigrationParams, RpcError> {
+    let p: MigrationParams = serde_json::from_value(params)
+        .map_err(|e| RpcError::bad_request(format!("params: {e}")))?;
+    p.options
+        .validate()
+        .map_err(|e| RpcError::bad_request(e.to_string()))?;
+    Ok(p)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -202,6 +286,10 @@ impl Request {
             Request::FilesystemList => Method::FilesystemList,
             Request::SyncVolumes { .. } => Method::SyncVolumes,
             Request::SetResources { .. } => Method::SetResources,
+            Request::PrepareMigrationTarget { .. } => Method::PrepareMigrationTarget,
+            Request::Migrate { .. } => Method::Migrate,
+            Request::CancelMigration => Method::CancelMigration,
+            Request::MigrationStatus => Method::MigrationStatus,
         }
     }
 
@@ -225,6 +313,18 @@ impl Request {
             } => serde_json::to_value(ResourcesParams {
                 sockets: *sockets,
                 guest_memory_bytes: *guest_memory_bytes,
+            }),
+            Request::PrepareMigrationTarget { listen, options } => {
+                serde_json::to_value(MigrationParams {
+                    listen: Some(listen.to_string()),
+                    target: None,
+                    options: options.clone(),
+                })
+            }
+            Request::Migrate { target, options } => serde_json::to_value(MigrationParams {
+                listen: None,
+                target: Some(target.to_string()),
+                options: options.clone(),
             }),
             _ => return json!({}),
         };
@@ -307,6 +407,32 @@ impl Request {
                     guest_memory_bytes: p.guest_memory_bytes,
                 }
             }
+            Method::PrepareMigrationTarget => {
+                let p = migration_params(params)?;
+                if p.target.is_some() {
+                    return Err(RpcError::bad_request(
+                        "params.target: a migration target takes params.listen",
+                    ));
+                }
+                Request::PrepareMigrationTarget {
+                    listen: socket_addr("listen", p.listen.as_deref(), true)?,
+                    options: p.options,
+                }
+            }
+            Method::Migrate => {
+                let p = migration_params(params)?;
+                if p.listen.is_some() {
+                    return Err(RpcError::bad_request(
+                        "params.listen: a migration source takes params.target",
+                    ));
+                }
+                Request::Migrate {
+                    target: socket_addr("target", p.target.as_deref(), false)?,
+                    options: p.options,
+                }
+            }
+            Method::CancelMigration => Request::CancelMigration,
+            Method::MigrationStatus => Request::MigrationStatus,
         })
     }
 }
@@ -393,6 +519,8 @@ pub enum Response {
     GuestAgent(Value),
     /// `syncVolumes`: `{"volumes":[...]}`, every hotplugged volume.
     Volumes(Vec<HotplugVolume>),
+    /// `prepareMigrationTarget`, `migrate`, `cancelMigration`, `migrationStatus`.
+    Migration(Box<MigrationStatus>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -408,6 +536,10 @@ impl Response {
                 Response::State(serde_json::from_value(result)?)
             }
             Method::Stats => Response::Stats(result),
+            Method::PrepareMigrationTarget
+            | Method::Migrate
+            | Method::CancelMigration
+            | Method::MigrationStatus => Response::Migration(serde_json::from_value(result)?),
             Method::SyncVolumes => {
                 Response::Volumes(serde_json::from_value::<VolumesReply>(result)?.volumes)
             }
@@ -448,6 +580,7 @@ impl Serialize for Response {
             Response::Done => s.serialize_map(Some(0))?.end(),
             Response::Stats(v) | Response::GuestAgent(v) => v.serialize(s),
             Response::Volumes(v) => VolumesReply { volumes: v.clone() }.serialize(s),
+            Response::Migration(m) => m.serialize(s),
             Response::Subscribed { state } => {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("subscribed", &true)?;
@@ -523,6 +656,8 @@ pub enum ErrorCode {
     NoAccelerator,
     /// Anything else (QEMU, I/O).
     Failed,
+    /// `cancelMigration` or `migrationStatus` with no migration to speak of.
+    NoMigration,
     /// A code this client does not know (a newer launcher).
     Other(String),
 }
@@ -538,6 +673,7 @@ impl ErrorCode {
             ErrorCode::WrongPhase => "WrongPhase",
             ErrorCode::NoAccelerator => "NoAccelerator",
             ErrorCode::Failed => "Failed",
+            ErrorCode::NoMigration => "NoMigration",
             ErrorCode::Other(s) => s,
         }
     }
@@ -552,6 +688,7 @@ impl ErrorCode {
             ErrorCode::WrongPhase,
             ErrorCode::NoAccelerator,
             ErrorCode::Failed,
+            ErrorCode::NoMigration,
         ]
         .into_iter()
         .find(|c| c.as_str() == s)
@@ -613,6 +750,9 @@ pub struct StateChange {
 #[serde(tag = "event")]
 pub enum Event {
     StateChanged(StateChange),
+    /// A migration's progress or outcome (`{"event":"Migration","role":...}`); clients that do
+    /// not know it skip it.
+    Migration(MigrationStatus),
 }
 
 /// Read one line of at most [`MAX_LINE`] bytes into `buf` (cleared first). `Ok(false)` at the
@@ -764,6 +904,126 @@ mod tests {
     }
 
     #[test]
+    fn migration_requests_round_trip_against_the_literal_protocol() {
+        use crate::api::migration::MigrationOptions;
+        let line = r#"{"v":1,"id":1,"method":"migrate","params":{"target":"127.0.0.1:49152","options":{"bandwidthPerMigration":"64Mi","allowPostCopy":true,"parallelMigrationThreads":2}}}"#;
+        let (_, r) = decode_request(line);
+        let want = Request::Migrate {
+            target: "127.0.0.1:49152".parse().unwrap(),
+            options: MigrationOptions {
+                bandwidth_per_migration: Some(64 << 20),
+                allow_post_copy: true,
+                parallel_migration_threads: Some(2),
+                ..Default::default()
+            },
+        };
+        assert_eq!(r, Ok(want.clone()));
+        let back = serde_json::to_value(RequestFrame::new(1, want)).unwrap();
+        assert_eq!(
+            back["params"],
+            json!({"target": "127.0.0.1:49152", "options": {"bandwidthPerMigration": "67108864",
+                   "allowAutoConverge": false, "allowPostCopy": true, "parallelMigrationThreads": 2}})
+        );
+        let (_, r) = decode_request(
+            r#"{"v":1,"id":2,"method":"prepareMigrationTarget","params":{"listen":"[::1]:0"}}"#,
+        );
+        assert_eq!(
+            r,
+            Ok(Request::PrepareMigrationTarget {
+                listen: "[::1]:0".parse().unwrap(),
+                options: MigrationOptions::default(),
+            })
+        );
+        for (m, want) in [
+            ("cancelMigration", Request::CancelMigration),
+            ("migrationStatus", Request::MigrationStatus),
+        ] {
+            let line = format!(r#"{{"v":1,"id":3,"method":"{m}"}}"#);
+            assert_eq!(decode_request(&line).1, Ok(want));
+        }
+        // The reply and the event carry the status as it is.
+        let st = crate::api::MigrationStatus::new(
+            crate::api::MigrationRole::Source,
+            Some("127.0.0.1:49152".parse().unwrap()),
+            1.0,
+        );
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["role"], "Source");
+        assert_eq!(v["address"], "127.0.0.1:49152");
+        let reply = ReplyFrame::decode(&json!({"id": 4, "result": v}).to_string(), Method::Migrate)
+            .unwrap();
+        assert_eq!(reply.outcome, Ok(Response::Migration(Box::new(st.clone()))));
+        let ev = serde_json::to_value(Event::Migration(st)).unwrap();
+        assert_eq!(ev["event"], "Migration");
+        assert_eq!(ev["qemuStatus"], "none");
+    }
+
+    /// The addresses reach QEMU's URI: only an IP and a port may, never a name, a path, an
+    /// option suffix or another transport.
+    #[test]
+    fn migration_addresses_must_be_an_ip_and_a_port() {
+        for (method, field, value) in [
+            ("migrate", "target", json!("example.com:4444")),
+            ("migrate", "target", json!("127.0.0.1")),
+            ("migrate", "target", json!("127.0.0.1:0")),
+            ("migrate", "target", json!("0.0.0.0:4444")),
+            ("migrate", "target", json!("224.0.0.1:4444")),
+            ("migrate", "target", json!("127.0.0.1:4444,server=on")),
+            ("migrate", "target", json!("tcp:127.0.0.1:4444")),
+            ("migrate", "target", json!("exec:sh -c reboot")),
+            ("migrate", "target", json!("unix:/run/x.sock")),
+            ("migrate", "target", json!("127.0.0.1:70000")),
+            ("migrate", "target", json!("[fe80::1%2]:4444")),
+            ("migrate", "target", json!(4444)),
+            ("migrate", "target", Value::Null),
+            (
+                "prepareMigrationTarget",
+                "listen",
+                json!("255.255.255.255:4444"),
+            ),
+            ("prepareMigrationTarget", "listen", json!("localhost:0")),
+            ("prepareMigrationTarget", "listen", json!("")),
+        ] {
+            let line =
+                json!({"v": 1, "id": 1, "method": method, "params": {field: value}}).to_string();
+            let e = decode_request(&line).1.expect_err(&line);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{line}");
+            assert!(e.message.starts_with("params"), "{line}: {}", e.message);
+        }
+        for (params, needle) in [
+            (
+                json!({"target": "127.0.0.1:1", "options": {"bandwidthPerMigration": "-1Mi"}}),
+                "negative",
+            ),
+            (
+                json!({"target": "127.0.0.1:1", "options": {"bandwidthPerMigration": -1}}),
+                "negative",
+            ),
+            (
+                json!({"target": "127.0.0.1:1", "options": {"parallelMigrationThreads": 0}}),
+                "parallelMigrationThreads",
+            ),
+            (
+                json!({"target": "127.0.0.1:1", "options": {"progressTimeout": -3}}),
+                "invalid value",
+            ),
+            (
+                json!({"target": "127.0.0.1:1", "listen": "127.0.0.1:2"}),
+                "params.listen",
+            ),
+            (
+                json!({"target": "127.0.0.1:1", "uri": "exec:true"}),
+                "unknown field",
+            ),
+        ] {
+            let line = json!({"v": 1, "id": 1, "method": "migrate", "params": params}).to_string();
+            let e = decode_request(&line).1.expect_err(&line);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{line}");
+            assert!(e.message.contains(needle), "{line}: {}", e.message);
+        }
+    }
+
+    #[test]
     fn subscribe_without_params_is_accepted() {
         // The handler's subscribe line before issue 10 had no params.
         let (id, req) = decode_request(r#"{"v":1,"id":1,"method":"subscribe"}"#);
@@ -901,6 +1161,7 @@ mod tests {
             "WrongPhase",
             "NoAccelerator",
             "Failed",
+            "NoMigration",
         ] {
             let c: ErrorCode = serde_json::from_value(json!(code)).unwrap();
             assert!(!matches!(c, ErrorCode::Other(_)), "{code}");
