@@ -113,6 +113,11 @@ impl Request<'_> {
 /// Rules that need more than the object: the old object, the user, other objects.
 pub type RulesFn<K> = fn(&K, Option<&K>, &Request, &ValidationConfig) -> Vec<FieldError>;
 
+/// The warnings an admitter returns with an accepted object (KubeVirt's
+/// `AdmissionResponse.Warnings`, e.g. a deprecated field); the API server sends each as a
+/// `Warning: 299` header.
+pub type WarnFn<K> = fn(&K, &ValidationConfig) -> Vec<String>;
+
 /// The object as it will be stored: typed fields only, defaults applied.
 #[derive(Clone, Debug)]
 pub struct Admitted {
@@ -184,7 +189,7 @@ macro_rules! core {
             kind: $kind,
             plural: $plural,
             namespaced: $ns,
-            admit: |v, r, o| admit_typed::<$ty>(v, r, o, $default, $validate, None),
+            admit: |v, r, o| admit_typed::<$ty>(v, r, o, $default, $validate, None, None),
             roundtrip: roundtrip::<$ty>,
             crd: None,
         }
@@ -196,6 +201,9 @@ macro_rules! custom {
         custom!($ty, $default, $validate, None)
     };
     ($ty:ident, $default:expr, $validate:expr, $rules:expr) => {
+        custom!($ty, $default, $validate, $rules, None)
+    };
+    ($ty:ident, $default:expr, $validate:expr, $rules:expr, $warn:expr) => {
         KindInfo {
             group: <crate::$ty as kube::Resource>::group(&())
                 .into_owned()
@@ -208,7 +216,7 @@ macro_rules! custom {
                 .into_owned()
                 .leak(),
             namespaced: <crate::$ty as CustomResourceExt>::crd().spec.scope == "Namespaced",
-            admit: |v, r, o| admit_typed::<crate::$ty>(v, r, o, $default, $validate, $rules),
+            admit: |v, r, o| admit_typed::<crate::$ty>(v, r, o, $default, $validate, $rules, $warn),
             roundtrip: roundtrip::<crate::$ty>,
             crd: Some(|| <crate::$ty as CustomResourceExt>::crd()),
         }
@@ -236,8 +244,9 @@ pub fn kinds() -> &'static [KindInfo] {
             custom!(
                 VirtualMachine,
                 defaults::default_vm,
-                admitters::vm::validate_vm,
-                Some(admitters::vm::rules)
+                no_validate,
+                Some(admitters::vm::rules),
+                Some(admitters::vm::warnings)
             ),
             custom!(
                 VirtualMachineInstanceMigration,
@@ -255,22 +264,30 @@ pub fn kinds() -> &'static [KindInfo] {
             custom!(
                 VirtualMachineInstancetype,
                 no_default,
-                admitters::instancetype::validate
+                admitters::instancetype::validate,
+                None,
+                Some(admitters::instancetype::warnings)
             ),
             custom!(
                 VirtualMachineClusterInstancetype,
                 no_default,
-                admitters::instancetype::validate_cluster
+                admitters::instancetype::validate_cluster,
+                None,
+                Some(admitters::instancetype::warnings_cluster)
             ),
             custom!(
                 VirtualMachinePreference,
                 no_default,
-                admitters::preference::validate
+                admitters::preference::validate,
+                None,
+                Some(admitters::preference::warnings)
             ),
             custom!(
                 VirtualMachineClusterPreference,
                 no_default,
-                admitters::preference::validate_cluster
+                admitters::preference::validate_cluster,
+                None,
+                Some(admitters::preference::warnings_cluster)
             ),
             custom!(DataVolume, defaults::default_dv, |dv, _| {
                 validation::validate_dv(dv)
@@ -504,6 +521,7 @@ fn admit_typed<K: DeserializeOwned + Serialize>(
     default: fn(&mut K, &DefaultsConfig),
     validate: fn(&K, &ValidationConfig) -> Vec<FieldError>,
     rules: Option<RulesFn<K>>,
+    warn: Option<WarnFn<K>>,
 ) -> Result<Admitted, Vec<FieldError>> {
     let mut typed: K = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -555,6 +573,9 @@ fn admit_typed<K: DeserializeOwned + Serialize>(
     }
     if !errs.is_empty() {
         return Err(errs);
+    }
+    if let Some(warn) = warn {
+        warnings.extend(warn(&typed, &opts.validation));
     }
     let value = serde_json::to_value(&typed).map_err(|e| {
         vec![FieldError::invalid(

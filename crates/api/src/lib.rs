@@ -19,6 +19,7 @@ pub mod crd;
 pub mod defaults;
 pub mod field;
 pub mod guestagent;
+pub mod instancetype;
 pub mod multus;
 pub mod names;
 pub mod quantity;

@@ -34,6 +34,12 @@ fn vmpool_table() {
         Case::new("the VM template's rules apply",
             with(ok(), "spec.virtualMachineTemplate.spec.runStrategy", json!("Sometimes")))
             .refused("spec.virtualMachineTemplate.spec.runStrategy", "Invalid RunStrategy (Sometimes)"),
+        Case::new("a reserved label on the VMI template",
+            with(ok(), "spec.virtualMachineTemplate.spec.template.metadata", json!({"labels": {"kubevirt.io/nodeName": "n"}})))
+            .refused("spec.virtualMachineTemplate.spec.template.metadata.labels", "creation of the following reserved kubevirt.io/ labels on a VMI object is prohibited"),
+        Case::new("a reserved label on the VMI template by the admin",
+            with(ok(), "spec.virtualMachineTemplate.spec.template.metadata", json!({"labels": {"kubevirt.io/nodeName": "n"}})))
+            .by(admin()),
         Case::new("with invalid maxUnavailable percentage", with(ok(), "spec.maxUnavailable", json!("150%")))
             .refused("spec.maxUnavailable", "maxUnavailable percentage value 150 must be between 1 and 100"),
         Case::new("with a maxUnavailable percentage without %", with(ok(), "spec.maxUnavailable", json!("50")))

@@ -251,3 +251,103 @@ spec:
         "{got}"
     );
 }
+
+const VM: &str = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: v
+  namespace: a
+spec:
+  running: false
+  template:
+    spec:
+      domain:
+        devices: {}
+"#;
+
+/// The VM admitter behind the real server: the VM's instancetype is looked up in the store and
+/// applied before validation (a template that sets what the instancetype provides is refused
+/// with KubeVirt's message), a plain user may not put KubeVirt's reserved labels on a VM's
+/// template, and KubeVirt's admission warnings reach kubectl as `Warning:` lines.
+#[test]
+fn vm_admission_instancetypes_template_labels_and_warnings_through_kubectl() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = Server::start();
+    s.ok(&["create", "namespace", "a"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let alice = rt
+        .block_on(kubevirt_apiserver::users::add(
+            s.dir.path(),
+            "alice",
+            "a",
+            "edit",
+        ))
+        .expect("user add");
+    let as_alice = |args: &[&str], stdin: &str| s.kubectl_as("kubectl", &alice, args, Some(stdin));
+
+    // An instancetype with launchSecurity is accepted with KubeVirt's deprecation warning.
+    let it = r#"
+apiVersion: instancetype.kubevirt.io/v1beta1
+kind: VirtualMachineClusterInstancetype
+metadata: {name: small}
+spec:
+  cpu: {guest: 2}
+  memory: {guest: 128Mi}
+  launchSecurity: {sev: {}}
+"#;
+    let o = s.kubectl_with("kubectl", &["create", "-f", "-"], Some(it));
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o).contains("Warning: launchSecurity is deprecated and will be removed in a future release. Use preference instead."),
+        "{}",
+        out(&o)
+    );
+
+    // The template's sockets conflict with the instancetype's vCPUs.
+    let sized = VM
+        .replace(
+            "  running: false\n",
+            "  running: false\n  instancetype: {name: small}\n",
+        )
+        .replace(
+            "        devices: {}\n",
+            "        devices: {}\n        cpu: {sockets: 2}\n",
+        );
+    let o = as_alice(&["create", "-f", "-"], &sized);
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o).contains(
+            "VM field(s) spec.template.spec.domain.cpu.sockets conflicts with selected instance type"
+        ),
+        "{}",
+        out(&o)
+    );
+
+    // A reserved label on the template.
+    let labelled = VM.replace(
+        "  template:\n",
+        "  template:\n    metadata: {labels: {kubevirt.io/nodeName: node01}}\n",
+    );
+    let o = as_alice(&["create", "-f", "-"], &labelled);
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o).contains(
+            "creation of the following reserved kubevirt.io/ labels on a VMI object is prohibited"
+        ),
+        "{}",
+        out(&o)
+    );
+
+    // `spec.running` is accepted, with KubeVirt's warning.
+    let o = as_alice(&["create", "-f", "-"], VM);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o)
+            .contains("Warning: spec.running is deprecated, please use spec.runStrategy instead."),
+        "{}",
+        out(&o)
+    );
+}

@@ -1,12 +1,7 @@
-//! Instancetype and preference expansion: what KubeVirt's `pkg/instancetype` applies to a VMI
-//! spec when a VM references a `VirtualMachine(Cluster)Instancetype` and/or
-//! `VirtualMachine(Cluster)Preference`.
-//!
-//! Covered: CPU guest count (placed by the preference's `preferredCPUTopology`), CPU model,
-//! dedicated CPU placement, guest memory and hugepages, node selector, scheduler name,
-//! annotations; preference disk/cdrom bus, interface model, termination grace period. The
-//! instancetype wins over the template (KubeVirt rejects a VM that sets both; the API server
-//! does that validation), a preference only fills what the template left empty.
+//! Instancetype and preference revisions and lookups for the VM controller: what KubeVirt's
+//! `pkg/instancetype/revision` and `find` do with a live API server. Applying them to a VMI
+//! spec is `kubevirt_api::instancetype::apply`, the same code admission validates a VM's
+//! template with, so what was admitted is what the VMI gets.
 //!
 //! Revisions, as KubeVirt's `pkg/instancetype/revision`: the first time the VM controller sees
 //! a VM's instancetype (preference), it stores a copy in an `apps/v1` ControllerRevision owned
@@ -20,223 +15,60 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, PostParams};
 use kube::{Client, Resource};
+use kubevirt_api::instancetype::{Matcher, Which};
+pub use kubevirt_api::instancetype::{
+    REVISION_GENERATION_LABEL, REVISION_KIND_LABEL, REVISION_NAME_LABEL, REVISION_UID_LABEL,
+    REVISION_VERSION_LABEL,
+};
 use kubevirt_api::{
     ControllerRevisionRef, InstancetypeStatusRef, VirtualMachine,
-    VirtualMachineClusterInstancetype, VirtualMachineClusterPreference, VirtualMachineInstanceSpec,
-    VirtualMachineInstancetype, VirtualMachineInstancetypeSpec, VirtualMachinePreference,
-    VirtualMachinePreferenceSpec, VirtualMachineStatus, CPU,
+    VirtualMachineClusterInstancetype, VirtualMachineClusterPreference, VirtualMachineInstancetype,
+    VirtualMachineInstancetypeSpec, VirtualMachinePreference, VirtualMachinePreferenceSpec,
+    VirtualMachineStatus,
 };
 use serde_json::Value;
 
 use crate::Error;
 
-/// Applies an instancetype's CPU and memory (and the rest listed above) to `spec`.
-pub fn apply_instancetype(
-    spec: &mut VirtualMachineInstanceSpec,
-    it: &VirtualMachineInstancetypeSpec,
-    pref: Option<&VirtualMachinePreferenceSpec>,
-) {
-    let topology = pref
-        .and_then(|p| p.cpu.as_ref())
-        .and_then(|c| c.preferred_cpu_topology.as_deref())
-        .unwrap_or("sockets");
-    let ratio = pref
-        .and_then(|p| p.prefer_spread_socket_to_core_ratio)
-        .filter(|r| *r > 0)
-        .unwrap_or(2);
-    let (sockets, cores, threads) = topology_for(it.cpu.guest.max(1), topology, ratio);
-    let cpu = spec.domain.cpu.get_or_insert_with(CPU::default);
-    cpu.sockets = Some(sockets);
-    cpu.cores = Some(cores);
-    cpu.threads = Some(threads);
-    if it.cpu.model.is_some() {
-        cpu.model.clone_from(&it.cpu.model);
-    }
-    if it.cpu.dedicated_cpu_placement.is_some() {
-        cpu.dedicated_cpu_placement = it.cpu.dedicated_cpu_placement;
-    }
-    if it.cpu.isolate_emulator_thread.is_some() {
-        cpu.isolate_emulator_thread = it.cpu.isolate_emulator_thread;
-    }
-    if it.cpu.max_sockets.is_some() {
-        cpu.max_sockets = it.cpu.max_sockets;
-    }
-
-    let memory = spec.domain.memory.get_or_insert_with(Default::default);
-    memory.guest = Some(it.memory.guest.clone());
-    if it.memory.hugepages.is_some() {
-        memory.hugepages.clone_from(&it.memory.hugepages);
-    }
-    if it.memory.max_guest.is_some() {
-        memory.max_guest.clone_from(&it.memory.max_guest);
-    }
-
-    if let Some(sel) = &it.node_selector {
-        spec.node_selector
-            .get_or_insert_with(Default::default)
-            .extend(sel.clone());
-    }
-    if it.scheduler_name.is_some() {
-        spec.scheduler_name.clone_from(&it.scheduler_name);
+fn read_error(m: &Matcher, source: kube::Error) -> Error {
+    Error::Instancetype {
+        kind: m.kind_name().to_ascii_lowercase(),
+        name: m.name.clone(),
+        source,
     }
 }
 
-/// `(sockets, cores, threads)` for `guest` vCPUs under a preferred topology. KubeVirt's
-/// values: `sockets` (default), `cores`, `threads`, `spread` (sockets × `ratio` cores when
-/// it divides), `any` (cores); the `prefer*` spellings are the deprecated v1alpha2 names.
-pub fn topology_for(guest: i64, topology: &str, ratio: i64) -> (i64, i64, i64) {
-    match topology {
-        "cores" | "preferCores" | "any" | "preferAny" => (1, guest, 1),
-        "threads" | "preferThreads" => (1, 1, guest),
-        "spread" | "preferSpread" if guest % ratio == 0 && guest >= ratio => {
-            (guest / ratio, ratio, 1)
-        }
-        _ => (guest, 1, 1),
-    }
-}
-
-/// Fills what the template left empty from a preference.
-pub fn apply_preference(
-    spec: &mut VirtualMachineInstanceSpec,
-    pref: &VirtualMachinePreferenceSpec,
-) {
-    if let Some(dev) = &pref.devices {
-        for disk in spec.domain.devices.disks.iter_mut().flatten() {
-            if let (Some(t), Some(bus)) = (disk.disk.as_mut(), &dev.preferred_disk_bus) {
-                t.bus.get_or_insert_with(|| bus.clone());
-            }
-            if let (Some(t), Some(bus)) = (disk.cdrom.as_mut(), &dev.preferred_cdrom_bus) {
-                t.bus.get_or_insert_with(|| bus.clone());
-            }
-        }
-        if let Some(model) = &dev.preferred_interface_model {
-            for iface in spec.domain.devices.interfaces.iter_mut().flatten() {
-                iface.model.get_or_insert_with(|| model.clone());
-            }
-        }
-        if spec.domain.devices.autoattach_graphics_device.is_none() {
-            spec.domain.devices.autoattach_graphics_device =
-                dev.preferred_autoattach_graphics_device;
-        }
-    }
-    if spec.termination_grace_period_seconds.is_none() {
-        spec.termination_grace_period_seconds = pref.preferred_termination_grace_period_seconds;
-    }
-}
-
-/// The annotations an instancetype/preference asks for on the VMI (instancetype wins).
-pub fn annotations(
-    it: Option<&VirtualMachineInstancetypeSpec>,
-    pref: Option<&VirtualMachinePreferenceSpec>,
-) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    if let Some(a) = pref.and_then(|p| p.annotations.as_ref()) {
-        out.extend(a.clone());
-    }
-    if let Some(a) = it.and_then(|i| i.annotations.as_ref()) {
-        out.extend(a.clone());
-    }
-    out
-}
-
-/// KubeVirt's labels on a revision: which object, at which generation, it copies.
-pub const REVISION_GENERATION_LABEL: &str = "instancetype.kubevirt.io/object-generation";
-pub const REVISION_KIND_LABEL: &str = "instancetype.kubevirt.io/object-kind";
-pub const REVISION_NAME_LABEL: &str = "instancetype.kubevirt.io/object-name";
-pub const REVISION_UID_LABEL: &str = "instancetype.kubevirt.io/object-uid";
-pub const REVISION_VERSION_LABEL: &str = "instancetype.kubevirt.io/object-version";
-
-/// Which of the two a matcher refers to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Which {
-    Instancetype,
-    Preference,
-}
-
-/// A matcher as both kinds of matcher have it: name, namespaced or cluster kind, revision name.
-struct Matcher {
-    which: Which,
-    name: String,
-    revision: Option<String>,
-    namespaced: bool,
-}
-
-impl Matcher {
-    fn of(vm: &VirtualMachine, which: Which) -> Option<Matcher> {
-        let (name, kind, revision) = match which {
-            Which::Instancetype => {
-                let m = vm.spec.instancetype.as_ref()?;
-                (m.name.clone(), m.kind.clone(), m.revision_name.clone())
-            }
-            Which::Preference => {
-                let m = vm.spec.preference.as_ref()?;
-                (m.name.clone(), m.kind.clone(), m.revision_name.clone())
-            }
+/// The object itself, as stored (apiVersion and kind set).
+async fn read(m: &Matcher, client: &Client, namespace: &str) -> Result<Value, Error> {
+    if let Some(kind) = &m.unknown_kind {
+        let which = match m.which {
+            Which::Instancetype => "InstancetypeMatcher",
+            Which::Preference => "PreferenceMatcher",
         };
-        let kind = kind.unwrap_or_default().to_ascii_lowercase();
-        let namespaced = match which {
-            Which::Instancetype => {
-                matches!(
-                    kind.as_str(),
-                    "virtualmachineinstancetype" | "virtualmachineinstancetypes"
-                )
-            }
-            Which::Preference => {
-                matches!(
-                    kind.as_str(),
-                    "virtualmachinepreference" | "virtualmachinepreferences"
-                )
-            }
-        };
-        Some(Matcher {
-            which,
-            name: name.unwrap_or_default(),
-            revision: revision.filter(|r| !r.is_empty()),
-            namespaced,
-        })
+        return Err(Error::Revision(format!(
+            "got unexpected kind in {which}: {kind}"
+        )));
     }
-
-    /// The kind as KubeVirt writes it in the status reference.
-    fn kind_name(&self) -> &'static str {
-        match (self.which, self.namespaced) {
-            (Which::Instancetype, true) => "VirtualMachineInstancetype",
-            (Which::Instancetype, false) => "VirtualMachineClusterInstancetype",
-            (Which::Preference, true) => "VirtualMachinePreference",
-            (Which::Preference, false) => "VirtualMachineClusterPreference",
+    let e = |source| read_error(m, source);
+    let value = match (m.which, m.namespaced) {
+        (Which::Instancetype, true) => {
+            let api: Api<VirtualMachineInstancetype> = Api::namespaced(client.clone(), namespace);
+            with_type(api.get(&m.name).await.map_err(e)?)?
         }
-    }
-
-    fn error(&self, source: kube::Error) -> Error {
-        Error::Instancetype {
-            kind: self.kind_name().to_ascii_lowercase(),
-            name: self.name.clone(),
-            source,
+        (Which::Instancetype, false) => {
+            let api: Api<VirtualMachineClusterInstancetype> = Api::all(client.clone());
+            with_type(api.get(&m.name).await.map_err(e)?)?
         }
-    }
-
-    /// The object itself, as stored (apiVersion and kind set).
-    async fn read(&self, client: &Client, namespace: &str) -> Result<Value, Error> {
-        let value = match (self.which, self.namespaced) {
-            (Which::Instancetype, true) => {
-                let api: Api<VirtualMachineInstancetype> =
-                    Api::namespaced(client.clone(), namespace);
-                with_type(api.get(&self.name).await.map_err(|e| self.error(e))?)?
-            }
-            (Which::Instancetype, false) => {
-                let api: Api<VirtualMachineClusterInstancetype> = Api::all(client.clone());
-                with_type(api.get(&self.name).await.map_err(|e| self.error(e))?)?
-            }
-            (Which::Preference, true) => {
-                let api: Api<VirtualMachinePreference> = Api::namespaced(client.clone(), namespace);
-                with_type(api.get(&self.name).await.map_err(|e| self.error(e))?)?
-            }
-            (Which::Preference, false) => {
-                let api: Api<VirtualMachineClusterPreference> = Api::all(client.clone());
-                with_type(api.get(&self.name).await.map_err(|e| self.error(e))?)?
-            }
-        };
-        Ok(value)
-    }
+        (Which::Preference, true) => {
+            let api: Api<VirtualMachinePreference> = Api::namespaced(client.clone(), namespace);
+            with_type(api.get(&m.name).await.map_err(e)?)?
+        }
+        (Which::Preference, false) => {
+            let api: Api<VirtualMachineClusterPreference> = Api::all(client.clone());
+            with_type(api.get(&m.name).await.map_err(e)?)?
+        }
+    };
+    Ok(value)
 }
 
 /// Where the status records the copy of an instancetype or a preference.
@@ -344,7 +176,7 @@ pub async fn sync_revisions(
             .unwrap_or_default()
             .is_empty()
         {
-            let object = m.read(client, namespace).await?;
+            let object = read(&m, client, namespace).await?;
             let stored = store_revision(client, namespace, revision_for(vm, object)?).await?;
             tracing::info!(
                 namespace,
@@ -416,12 +248,12 @@ pub async fn fetch(
         let object = match recorded {
             Some(rev) => {
                 let api: Api<ControllerRevision> = Api::namespaced(client.clone(), namespace);
-                let stored = api.get(&rev).await.map_err(|e| m.error(e))?;
+                let stored = api.get(&rev).await.map_err(|e| read_error(&m, e))?;
                 stored.data.map(|d| d.0).ok_or_else(|| {
                     Error::Revision(format!("ControllerRevision {rev} has no data"))
                 })?
             }
-            None => m.read(client, namespace).await?,
+            None => read(&m, client, namespace).await?,
         };
         let spec = object.get("spec").cloned().unwrap_or(Value::Null);
         match which {
@@ -430,84 +262,4 @@ pub async fn fetch(
         }
     }
     Ok((it, pref))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn it(guest: i64, mem: &str) -> VirtualMachineInstancetypeSpec {
-        serde_json::from_value(json!({"cpu": {"guest": guest}, "memory": {"guest": mem}}))
-            .expect("instancetype")
-    }
-
-    fn spec(v: serde_json::Value) -> VirtualMachineInstanceSpec {
-        serde_json::from_value(v).expect("spec")
-    }
-
-    #[test]
-    fn cpu_and_memory_come_from_the_instancetype() {
-        let mut s = spec(json!({"domain": {"devices": {}, "memory": {"guest": "64Mi"}}}));
-        apply_instancetype(&mut s, &it(4, "2Gi"), None);
-        let cpu = s.domain.cpu.expect("cpu");
-        assert_eq!(
-            (cpu.sockets, cpu.cores, cpu.threads),
-            (Some(4), Some(1), Some(1))
-        );
-        assert_eq!(
-            s.domain.memory.and_then(|m| m.guest).map(|q| q.0),
-            Some("2Gi".to_string())
-        );
-    }
-
-    #[test]
-    fn preferred_topology_places_the_vcpus() {
-        assert_eq!(topology_for(4, "sockets", 2), (4, 1, 1));
-        assert_eq!(topology_for(4, "preferSockets", 2), (4, 1, 1));
-        assert_eq!(topology_for(4, "cores", 2), (1, 4, 1));
-        assert_eq!(topology_for(4, "threads", 2), (1, 1, 4));
-        assert_eq!(topology_for(4, "spread", 2), (2, 2, 1));
-        assert_eq!(topology_for(3, "spread", 2), (3, 1, 1));
-        let pref: VirtualMachinePreferenceSpec =
-            serde_json::from_value(json!({"cpu": {"preferredCPUTopology": "cores"}}))
-                .expect("pref");
-        let mut s = spec(json!({"domain": {"devices": {}}}));
-        apply_instancetype(&mut s, &it(2, "1Gi"), Some(&pref));
-        let cpu = s.domain.cpu.expect("cpu");
-        assert_eq!((cpu.sockets, cpu.cores), (Some(1), Some(2)));
-    }
-
-    #[test]
-    fn preference_fills_only_what_is_empty() {
-        let pref: VirtualMachinePreferenceSpec = serde_json::from_value(json!({
-            "devices": {"preferredDiskBus": "virtio", "preferredInterfaceModel": "e1000e",
-                        "preferredCdromBus": "sata"},
-            "preferredTerminationGracePeriodSeconds": 5
-        }))
-        .expect("pref");
-        let mut s = spec(json!({"domain": {"devices": {
-            "disks": [{"name": "a", "disk": {}}, {"name": "b", "disk": {"bus": "sata"}},
-                      {"name": "c", "cdrom": {}}],
-            "interfaces": [{"name": "default", "masquerade": {}},
-                           {"name": "x", "bridge": {}, "model": "rtl8139"}]}}}));
-        apply_preference(&mut s, &pref);
-        let disks = s.domain.devices.disks.expect("disks");
-        assert_eq!(
-            disks[0].disk.as_ref().and_then(|d| d.bus.as_deref()),
-            Some("virtio")
-        );
-        assert_eq!(
-            disks[1].disk.as_ref().and_then(|d| d.bus.as_deref()),
-            Some("sata")
-        );
-        assert_eq!(
-            disks[2].cdrom.as_ref().and_then(|d| d.bus.as_deref()),
-            Some("sata")
-        );
-        let ifs = s.domain.devices.interfaces.expect("interfaces");
-        assert_eq!(ifs[0].model.as_deref(), Some("e1000e"));
-        assert_eq!(ifs[1].model.as_deref(), Some("rtl8139"));
-        assert_eq!(s.termination_grace_period_seconds, Some(5));
-    }
 }

@@ -110,6 +110,10 @@ pub enum Error {
     /// A stored instancetype/preference revision cannot be used.
     #[error("{0}")]
     Revision(String),
+    /// The VM's template sets what its instancetype provides (admission refuses such a VM; a
+    /// changed revision can still bring it about).
+    #[error(transparent)]
+    Conflicts(#[from] kubevirt_api::instancetype::Conflicts),
 }
 
 impl Error {

@@ -374,6 +374,13 @@ pub fn trim_requests(
     }
 }
 
+/// Where a VM's VMI spec lives, for the paths of instancetype conflicts.
+fn template_spec_path() -> kubevirt_api::field::Path {
+    kubevirt_api::field::Path::root("spec")
+        .child("template")
+        .child("spec")
+}
+
 /// The VMI a VM asks for: the template's metadata and spec, owned by the VM, with KubeVirt's
 /// VM label, a stable firmware UUID, instancetype/preference expanded, then defaulted.
 pub fn vmi_for(
@@ -394,21 +401,21 @@ pub fn vmi_for(
     let tmpl = vm.spec.template.metadata.clone().unwrap_or_default();
     let mut labels = tmpl.labels.unwrap_or_default();
     labels.insert(VM_NAME_LABEL.into(), name.clone());
-    let mut annotations: BTreeMap<String, String> = instancetype::annotations(it, pref);
-    annotations.extend(tmpl.annotations.unwrap_or_default());
+    let mut annotations: BTreeMap<String, String> = tmpl.annotations.unwrap_or_default();
+    let mut spec = vm.spec.template.spec.clone().unwrap_or_default();
+    kubevirt_api::instancetype::apply(
+        &template_spec_path(),
+        it,
+        pref,
+        &mut spec,
+        &mut annotations,
+    )?;
     if let Some(g) = vm.metadata.generation {
         annotations.insert(VM_GENERATION_ANNOTATION.into(), g.to_string());
     }
-    let mut spec = vm.spec.template.spec.clone().unwrap_or_default();
     let fw = spec.domain.firmware.get_or_insert_with(Default::default);
     if fw.uuid.as_deref().unwrap_or("").is_empty() {
         fw.uuid = Some(kubevirt_api::defaults::firmware_uuid(&name));
-    }
-    if let Some(p) = pref {
-        instancetype::apply_preference(&mut spec, p);
-    }
-    if let Some(i) = it {
-        instancetype::apply_instancetype(&mut spec, i, pref);
     }
     let mut vmi = VirtualMachineInstance {
         metadata: ObjectMeta {
@@ -738,12 +745,13 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
         let mut template = raw.clone();
         if vm.spec.instancetype.is_some() || vm.spec.preference.is_some() {
             let (it, pref) = instancetype::fetch(&ctx.client, &vm, &status, &ns).await?;
-            if let Some(p) = &pref {
-                instancetype::apply_preference(&mut template, p);
-            }
-            if let Some(i) = &it {
-                instancetype::apply_instancetype(&mut template, i, pref.as_ref());
-            }
+            kubevirt_api::instancetype::apply(
+                &template_spec_path(),
+                it.as_ref(),
+                pref.as_ref(),
+                &mut template,
+                &mut BTreeMap::new(),
+            )?;
         }
         let strategy = ctx.config.cluster.borrow().vm_rollout_strategy;
         let plan = live_update::plan(&template, &raw, v, strategy);

@@ -46,3 +46,27 @@ pub fn validate_cluster(
         Err(e) => vec![FieldError::invalid("spec", e.to_string())],
     }
 }
+
+/// KubeVirt's warning for an instancetype that sets `launchSecurity`.
+pub const LAUNCH_SECURITY_DEPRECATED: &str =
+    "launchSecurity is deprecated and will be removed in a future release. Use preference instead.";
+
+/// `checkForDeprecatedFields`.
+pub fn warnings(it: &VirtualMachineInstancetype, _cfg: &ValidationConfig) -> Vec<String> {
+    deprecated(it.spec.launch_security.is_some())
+}
+
+pub fn warnings_cluster(
+    it: &VirtualMachineClusterInstancetype,
+    _cfg: &ValidationConfig,
+) -> Vec<String> {
+    deprecated(it.spec.launch_security.is_some())
+}
+
+fn deprecated(launch_security: bool) -> Vec<String> {
+    if launch_security {
+        vec![LAUNCH_SECURITY_DEPRECATED.to_string()]
+    } else {
+        Vec::new()
+    }
+}

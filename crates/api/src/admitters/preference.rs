@@ -77,3 +77,39 @@ pub fn validate_cluster(
         Err(e) => vec![FieldError::invalid("spec", e.to_string())],
     }
 }
+
+/// KubeVirt's warning for a deprecated `prefer*` topology (`checkForDeprecatedPreferredCPUTopology`).
+pub fn deprecated_topology(spec: &VirtualMachinePreferenceSpec) -> Vec<String> {
+    let Some(t) = spec
+        .cpu
+        .as_ref()
+        .and_then(|c| c.preferred_cpu_topology.as_deref())
+    else {
+        return Vec::new();
+    };
+    let new = match t {
+        "preferSockets" => "sockets",
+        "preferCores" => "cores",
+        "preferThreads" => "threads",
+        "preferSpread" => "spread",
+        "preferAny" => "any",
+        _ => return Vec::new(),
+    };
+    vec![format!(
+        "PreferredCPUTopology {t} is deprecated for removal in a future release, please use {new} instead"
+    )]
+}
+
+pub fn warnings(p: &VirtualMachinePreference, _cfg: &ValidationConfig) -> Vec<String> {
+    deprecated_topology(&p.spec)
+}
+
+pub fn warnings_cluster(
+    p: &VirtualMachineClusterPreference,
+    _cfg: &ValidationConfig,
+) -> Vec<String> {
+    serde_json::to_value(&p.spec)
+        .and_then(serde_json::from_value::<VirtualMachinePreferenceSpec>)
+        .map(|s| deprecated_topology(&s))
+        .unwrap_or_default()
+}

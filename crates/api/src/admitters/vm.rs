@@ -1,9 +1,14 @@
 //! VirtualMachine admission: KubeVirt's vms-admitter.go (pkg/virt-api/webhooks/
 //! validating-webhook/admitters) plus the storage parts of it (pkg/storage/admitters/
-//! vm-storage-admitter.go, vm-storage-status.go, data-volume-template.go).
+//! vm-storage-admitter.go, vm-storage-status.go, data-volume-template.go) and the instancetype
+//! part (pkg/instancetype/webhooks/vm/admitter.go, through [`crate::instancetype`]).
+//!
+//! As in KubeVirt, the VM's instancetype and preference are applied to a copy of its template
+//! first, and the copy is what is validated; the stored VM keeps its template as written.
 
 use crate::admission::Request;
-use crate::field::{FieldError, Path};
+use crate::field::{CauseType, FieldError, Path};
+use crate::instancetype;
 use crate::validation::{validate_dv_spec, validate_vmi_spec, ValidationConfig, RUN_STRATEGIES};
 use crate::{VirtualMachine, VirtualMachineSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,16 +16,78 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The run strategy of a VM that waits for a decentralized migration (behind a gate).
 pub const WAIT_AS_RECEIVER: &str = "WaitAsReceiver";
 
-pub fn validate_vm(vm: &VirtualMachine, cfg: &ValidationConfig) -> Vec<FieldError> {
-    let mut errs = Vec::new();
-    validate_vm_spec(
-        &vm.spec,
+/// KubeVirt's warning for a VM that still uses `spec.running`.
+pub const RUNNING_DEPRECATED: &str =
+    "spec.running is deprecated, please use spec.runStrategy instead.";
+
+/// The warnings KubeVirt's VM admitter returns with an accepted VM.
+pub fn warnings(vm: &VirtualMachine, _cfg: &ValidationConfig) -> Vec<String> {
+    if vm.spec.running.is_some() {
+        vec![RUNNING_DEPRECATED.to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The template as it will be validated: the VM's instancetype and preference applied (when
+/// the request can look them up), or the conflicts and failed requirements that refuse the VM
+/// (KubeVirt's `ApplyToVM` and `Check`).
+fn applied_spec(vm: &VirtualMachine, req: &Request) -> Result<VirtualMachineSpec, Vec<FieldError>> {
+    let mut spec = vm.spec.clone();
+    // Offline validation has no objects to look up: it skips these checks.
+    let Some(lookup) = req.lookup else {
+        return Ok(spec);
+    };
+    // A VM without a template is refused for that by the spec's validation.
+    if spec.template.spec.is_none() {
+        return Ok(spec);
+    }
+    let (it, pref) = instancetype::find(vm, lookup);
+    if it.is_none() && pref.is_none() {
+        return Ok(spec);
+    }
+    if let Some(c) = instancetype::check_spread(it.as_ref(), pref.as_ref()) {
+        return Err(vec![c.to_field_error()]);
+    }
+    let meta = spec.template.metadata.get_or_insert_with(Default::default);
+    let mut annotations = meta.annotations.clone().unwrap_or_default();
+    let tspec = spec.template.spec.get_or_insert_with(Default::default);
+    let base = Path::root("spec").child("template").child("spec");
+    instancetype::apply(&base, it.as_ref(), pref.as_ref(), tspec, &mut annotations)
+        .map_err(|c| c.to_field_errors())?;
+    if !annotations.is_empty() {
+        meta.annotations = Some(annotations);
+    }
+    let mut defaulted = tspec.clone();
+    crate::defaults::default_vmi_spec(
+        &mut defaulted,
         vm.metadata.name.as_deref().unwrap_or(""),
-        &Path::root("spec"),
-        cfg,
-        &mut errs,
+        &Default::default(),
     );
-    errs
+    instancetype::check_requirements(it.as_ref(), pref.as_ref(), &defaulted)
+        .map_err(|(fields, msg)| vec![instancetype::requirements_error(&fields, &msg)])?;
+    Ok(spec)
+}
+
+/// The reserved-label half of `ValidateVirtualMachineInstanceMetadata` on a VM template:
+/// only KubeVirt's components may put KubeVirt's reserved labels on the VMIs it will become.
+pub fn template_labels(
+    labels: Option<&BTreeMap<String, String>>,
+    field: &Path,
+    privileged: bool,
+    errs: &mut Vec<FieldError>,
+) {
+    let reserved = labels
+        .into_iter()
+        .flatten()
+        .any(|(k, _)| super::vmi_update::RESTRICTED_VMI_LABELS.contains(&k.as_str()));
+    if reserved && !privileged {
+        errs.push(FieldError::new(
+            CauseType::FieldValueNotSupported,
+            field.child("labels"),
+            super::vmi_update::LABELS_CREATE_RESTRICTED,
+        ));
+    }
 }
 
 /// KubeVirt's `ValidateVirtualMachineSpec`, for a VM and for a pool's VM template.
@@ -60,7 +127,7 @@ pub fn validate_vm_spec(
         _ => {}
     }
     // The template's annotations that need a feature gate (ValidateVirtualMachineInstanceMetadata
-    // at spec.template.metadata; its reserved-label rule is not applied to templates yet).
+    // at spec.template.metadata; its reserved-label half needs the user: `template_labels`).
     crate::validation::vmi_create::validate_metadata(
         spec.template
             .metadata
@@ -70,19 +137,23 @@ pub fn validate_vm_spec(
         cfg,
         errs,
     );
-    match spec.template.spec.as_ref() {
-        None => errs.push(FieldError::required(
-            root.child("template"),
-            "missing virtual machine template.",
-        )),
+    let defaulted = match spec.template.spec.as_ref() {
+        None => {
+            errs.push(FieldError::required(
+                root.child("template"),
+                "missing virtual machine template.",
+            ));
+            None
+        }
         Some(tspec) => {
             // The template is checked as the VMI it will become, defaults included, with the
             // VM's paths; memory may come from an instancetype, so it is not required here.
             let mut t = tspec.clone();
             crate::defaults::default_vmi_spec(&mut t, name, &Default::default());
             validate_vmi_spec(&t, &root.child("template").child("spec"), cfg, errs);
+            Some(t)
         }
-    }
+    };
     // Every dataVolumeTemplate must be used by a volume.
     let used: BTreeSet<&str> = spec
         .template
@@ -116,10 +187,95 @@ pub fn validate_vm_spec(
         }
         validate_dv_spec(&dvt.spec, &p.child("spec"), errs);
     }
-    validate_live_update_cpu(spec, root, errs);
+    if cfg.vm_rollout_live_update {
+        validate_live_update_cpu(spec, root, errs);
+        if let Some(t) = &defaulted {
+            validate_live_update_memory(t, root, errs);
+        }
+    }
 }
 
-/// `validateLiveUpdateCPU` (the default rollout strategy, LiveUpdate).
+/// Memory hotplug's block size (QEMU's recommended virtio-mem block, 2Mi), and 1Gi with 1Gi
+/// hugepages (KubeVirt's pkg/liveupdate/memory).
+pub const HOTPLUG_BLOCK_ALIGNMENT: i128 = 2 << 20;
+pub const HOTPLUG_1G_HUGEPAGES_ALIGNMENT: i128 = 1 << 30;
+/// The least guest memory a VM with memory hotplug may have.
+pub const HOTPLUG_MIN_GUEST_MEMORY: i128 = 1 << 30;
+
+/// `ValidateLiveUpdateMemory`, for a template with `memory.maxGuest` under LiveUpdate; the
+/// error is reported at `spec.template.spec.domain.memory.guest`, as KubeVirt does.
+pub fn live_update_memory_error(t: &crate::VirtualMachineInstanceSpec) -> Option<String> {
+    use crate::quantity::Quantity;
+    let domain = &t.domain;
+    let memory = domain.memory.as_ref();
+    let max = memory.and_then(|m| m.max_guest.as_ref())?;
+    let cpu = domain.cpu.as_ref();
+    if cpu.is_some_and(|c| c.realtime.is_some()) {
+        return Some("Memory hotplug is not compatible with realtime VMs".into());
+    }
+    if cpu
+        .and_then(|c| c.numa.as_ref())
+        .is_some_and(|n| n.guest_mapping_passthrough.is_some())
+    {
+        return Some("Memory hotplug is not compatible with guest mapping passthrough".into());
+    }
+    if domain.launch_security.is_some() {
+        return Some("Memory hotplug is not compatible with encrypted VMs".into());
+    }
+    let align = if memory
+        .and_then(|m| m.hugepages.as_ref())
+        .is_some_and(|h| h.page_size.as_deref() == Some("1Gi"))
+    {
+        HOTPLUG_1G_HUGEPAGES_ALIGNMENT
+    } else {
+        HOTPLUG_BLOCK_ALIGNMENT
+    };
+    let Some(guest) = memory.and_then(|m| m.guest.as_ref()) else {
+        return Some("Guest memory must be configured when memory hotplug is enabled".into());
+    };
+    // Quantities that do not parse were refused by the template's own validation.
+    let (Ok(guest), Ok(max)) = (Quantity::from_k8s(guest), Quantity::from_k8s(max)) else {
+        return None;
+    };
+    let shown = Quantity::from_value(align);
+    if guest > max {
+        return Some("Guest memory is greater than the configured maxGuest memory".into());
+    }
+    if guest.value() % align != 0 {
+        return Some(format!("Guest memory must be {shown} aligned"));
+    }
+    if max.value() % align != 0 {
+        return Some(format!("MaxGuest must be {shown} aligned"));
+    }
+    if t.architecture.as_deref() != Some("amd64") {
+        return Some("Memory hotplug is only available for x86_64 VMs".into());
+    }
+    if guest.value() < HOTPLUG_MIN_GUEST_MEMORY {
+        return Some(
+            "Memory hotplug is only available for VMs with at least 1Gi of guest memory".into(),
+        );
+    }
+    None
+}
+
+fn validate_live_update_memory(
+    t: &crate::VirtualMachineInstanceSpec,
+    root: &Path,
+    errs: &mut Vec<FieldError>,
+) {
+    if let Some(m) = live_update_memory_error(t) {
+        errs.push(FieldError::invalid(
+            root.child("template")
+                .child("spec")
+                .child("domain")
+                .child("memory")
+                .child("guest"),
+            m,
+        ));
+    }
+}
+
+/// `validateLiveUpdateCPU`.
 fn validate_live_update_cpu(spec: &VirtualMachineSpec, root: &Path, errs: &mut Vec<FieldError>) {
     let cpu = spec
         .template
@@ -142,14 +298,15 @@ fn validate_live_update_cpu(spec: &VirtualMachineSpec, root: &Path, errs: &mut V
     }
 }
 
-/// The rules that need the request: data volume template namespaces, the spec while a
-/// snapshot or restore is in progress, and volume requests in the status (KubeVirt's
-/// storage admitter and `validateVolumeRequests`).
+/// Everything KubeVirt's VM admitter checks, in its order: the instancetype and preference,
+/// the template (as the VMI it will become), the data volume templates' namespaces, the spec
+/// while a snapshot or restore is in progress, and the volume requests in the status. A write
+/// to `/status` is checked only for its volume requests (`AdmitStatus`).
 pub fn rules(
     vm: &VirtualMachine,
     old: Option<&VirtualMachine>,
     req: &Request,
-    _cfg: &ValidationConfig,
+    cfg: &ValidationConfig,
 ) -> Vec<FieldError> {
     // A VM being deleted is let through, so it does not race its own deletion.
     if vm.metadata.deletion_timestamp.is_some() {
@@ -158,6 +315,30 @@ pub fn rules(
     let mut errs = Vec::new();
     let old = old.filter(|_| req.is_update());
     if req.subresource != Some("status") {
+        let spec = match applied_spec(vm, req) {
+            Ok(s) => s,
+            Err(e) => return e,
+        };
+        let root = Path::root("spec");
+        template_labels(
+            spec.template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.as_ref()),
+            &root.child("template").child("metadata"),
+            req.privileged(),
+            &mut errs,
+        );
+        validate_vm_spec(
+            &spec,
+            vm.metadata.name.as_deref().unwrap_or(""),
+            &root,
+            cfg,
+            &mut errs,
+        );
+        if !errs.is_empty() {
+            return errs;
+        }
         data_volume_template_namespace(vm, old, &mut errs);
         if !errs.is_empty() {
             return errs;
@@ -169,7 +350,7 @@ pub fn rules(
             return causes;
         }
     }
-    volume_requests(vm, &mut errs);
+    volume_requests(vm, req, cfg, &mut errs);
     errs
 }
 
@@ -253,70 +434,217 @@ fn run_strategy(vm: &VirtualMachine) -> Option<String> {
     }
 }
 
-/// `validateVolumeRequests`, the parts that need no running VMI: each request adds or
-/// removes, once per volume, and an added volume does not clash with the template's.
-fn volume_requests(vm: &VirtualMachine, errs: &mut Vec<FieldError>) {
-    let Some(reqs) = vm.status.as_ref().and_then(|s| s.volume_requests.as_ref()) else {
+/// `ValidateHotplugDiskConfiguration` (pkg/storage/admitters/storagehotplug.go): a hotplugged
+/// disk is a `disk` on the scsi or virtio bus or a `lun` on scsi, with IOThreads only on virtio.
+pub fn hotplug_disk(
+    disk: &crate::Disk,
+    name: &str,
+    prefix: &str,
+    field: &str,
+) -> Option<FieldError> {
+    let bus = disk
+        .disk
+        .as_ref()
+        .and_then(|d| d.bus.clone())
+        .or_else(|| disk.lun.as_ref().and_then(|l| l.bus.clone()))
+        .or_else(|| disk.cdrom.as_ref().and_then(|c| c.bus.clone()))
+        .unwrap_or_default();
+    let refuse = |m: String| Some(FieldError::invalid(field, m));
+    if disk.disk.is_some() {
+        if bus != "scsi" && bus != "virtio" {
+            return refuse(format!("{prefix} for disk [{name}] requires bus to be 'scsi' or 'virtio'. [{bus}] is not permitted."));
+        }
+    } else if disk.lun.is_some() {
+        if bus != "scsi" {
+            return refuse(format!(
+                "{prefix} for LUN [{name}] requires bus to be 'scsi'. [{bus}] is not permitted."
+            ));
+        }
+    } else {
+        return refuse(format!(
+            "{prefix} for [{name}] requires diskDevice of type 'disk' or 'lun' to be used."
+        ));
+    }
+    if disk.dedicated_io_thread == Some(true) && bus != "virtio" {
+        return refuse(format!(
+            "{prefix} for [{name}] requires virtio bus for IOThreads."
+        ));
+    }
+    if disk.boot_order.is_some_and(|o| o < 1) {
+        // KubeVirt's message and field, index included.
+        return Some(FieldError::invalid(
+            "spec.domain.devices.disks[1].bootOrder",
+            "spec.domain.devices.disks[1] must have a boot order > 0, if supplied",
+        ));
+    }
+    None
+}
+
+/// `ApplyVolumeRequestOnVMISpec`: the spec with one volume request carried out.
+pub fn apply_volume_request(
+    spec: &mut crate::VirtualMachineInstanceSpec,
+    r: &crate::VirtualMachineVolumeRequest,
+) {
+    if let Some(add) = &r.add_volume_options {
+        let volumes = spec.volumes.get_or_insert_with(Vec::new);
+        if volumes.iter().any(|v| v.name == add.name) {
+            return;
+        }
+        let mut v = crate::Volume {
+            name: add.name.clone(),
+            ..Default::default()
+        };
+        if let Some(pvc) = &add.volume_source.persistent_volume_claim {
+            let mut pvc = pvc.clone();
+            pvc.hotpluggable = Some(true);
+            v.persistent_volume_claim = Some(pvc);
+        } else if let Some(dv) = &add.volume_source.data_volume {
+            let mut dv = dv.clone();
+            dv.hotpluggable = Some(true);
+            v.data_volume = Some(dv);
+        }
+        volumes.push(v);
+        let mut disk = add.disk.clone();
+        disk.name = add.name.clone();
+        spec.domain
+            .devices
+            .disks
+            .get_or_insert_with(Vec::new)
+            .push(disk);
+    } else if let Some(rm) = &r.remove_volume_options {
+        if let Some(v) = spec.volumes.as_mut() {
+            v.retain(|v| v.name != rm.name);
+        }
+        if let Some(d) = spec.domain.devices.disks.as_mut() {
+            d.retain(|d| d.name != rm.name);
+        }
+    }
+}
+
+/// `IsMigrating`: a migration has started and not ended.
+fn is_migrating(vmi: &crate::VirtualMachineInstance) -> bool {
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.migration_state.as_ref())
+        .is_some_and(|m| m.start_timestamp.is_some() && m.end_timestamp.is_none())
+}
+
+/// `validateVolumeRequests`: each request adds or removes, once per volume; an added disk is
+/// one that can be hotplugged; an added volume does not clash with the template's or the
+/// running VMI's; the template and the running VMI with every request carried out are still
+/// valid; no requests while the VMI migrates. The running VMI is looked up when the VM is
+/// ready (and skipped offline).
+fn volume_requests(
+    vm: &VirtualMachine,
+    req: &Request,
+    cfg: &ValidationConfig,
+    errs: &mut Vec<FieldError>,
+) {
+    let Some(reqs) = vm
+        .status
+        .as_ref()
+        .and_then(|s| s.volume_requests.as_ref())
+        .filter(|r| !r.is_empty())
+    else {
         return;
     };
     let field = "Status.volumeRequests";
-    let template: BTreeMap<&str, &crate::Volume> = vm
-        .spec
-        .template
-        .spec
-        .iter()
-        .flat_map(|s| s.volumes.iter().flatten())
-        .map(|v| (v.name.as_str(), v))
-        .collect();
+    let ready = vm.status.as_ref().and_then(|s| s.ready) == Some(true);
+    let mut vmi: Option<crate::VirtualMachineInstance> = None;
+    if let (true, Some(lookup), Some(name)) = (ready, req.lookup, vm.metadata.name.as_deref()) {
+        let ns = vm.metadata.namespace.as_deref().unwrap_or("");
+        vmi = lookup
+            .get("kubevirt.io", "virtualmachineinstances", ns, name)
+            .and_then(|v| serde_json::from_value::<crate::VirtualMachineInstance>(v).ok())
+            // A VMI being deleted is not checked.
+            .filter(|v| v.metadata.deletion_timestamp.is_none());
+    }
+    let volumes =
+        |spec: Option<&crate::VirtualMachineInstanceSpec>| -> BTreeMap<String, crate::Volume> {
+            spec.into_iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .map(|v| (v.name.clone(), v.clone()))
+                .collect()
+        };
+    let template = volumes(vm.spec.template.spec.as_ref());
+    let running = volumes(vmi.as_ref().map(|v| &v.spec));
+    let mut new_spec = vm.spec.template.spec.clone().unwrap_or_default();
     let mut added = BTreeSet::new();
     let mut removed = BTreeSet::new();
+    let refuse = |errs: &mut Vec<FieldError>, m: String| errs.push(FieldError::invalid(field, m));
     for r in reqs {
         match (&r.add_volume_options, &r.remove_volume_options) {
             (Some(_), Some(_)) => {
-                errs.push(FieldError::invalid(field, "VolumeRequests require either addVolumeOptions or removeVolumeOptions to be set, not both"));
-                return;
+                return refuse(errs, "VolumeRequests require either addVolumeOptions or removeVolumeOptions to be set, not both".into());
             }
             (Some(add), None) => {
                 let name = add.name.as_str();
                 if !added.insert(name) {
-                    errs.push(FieldError::invalid(
-                        field,
+                    return refuse(
+                        errs,
                         format!("AddVolume request for [{name}] aleady exists"),
-                    ));
+                    );
+                }
+                if let Some(e) = hotplug_disk(&add.disk, name, "AddVolume request", field) {
+                    errs.push(e);
                     return;
                 }
-                if let Some(existing) = template.get(name) {
-                    let same = existing
-                        .persistent_volume_claim
-                        .as_ref()
-                        .map(|p| &p.claim_name)
-                        == add
-                            .volume_source
-                            .persistent_volume_claim
-                            .as_ref()
-                            .map(|p| &p.claim_name)
-                        && existing.data_volume.as_ref().map(|d| &d.name)
-                            == add.volume_source.data_volume.as_ref().map(|d| &d.name);
-                    if !same {
-                        errs.push(FieldError::invalid(field, format!("AddVolume request for [{name}] conflicts with an existing volume of the same name on the vmi template.")));
-                        return;
-                    }
+                let mut new = crate::Volume {
+                    name: name.to_string(),
+                    ..Default::default()
+                };
+                if add.volume_source.persistent_volume_claim.is_some() {
+                    new.persistent_volume_claim = add.volume_source.persistent_volume_claim.clone();
+                } else {
+                    new.data_volume = add.volume_source.data_volume.clone();
+                }
+                if template.get(name).is_some_and(|v| *v != new) {
+                    return refuse(errs, format!("AddVolume request for [{name}] conflicts with an existing volume of the same name on the vmi template."));
+                }
+                if running.get(name).is_some_and(|v| *v != new) {
+                    return refuse(errs, format!("AddVolume request for [{name}] conflicts with an existing volume of the same name on currently running vmi"));
                 }
             }
             (None, Some(rm)) => {
                 let name = rm.name.as_str();
                 if !removed.insert(name) {
-                    errs.push(FieldError::invalid(
-                        field,
+                    return refuse(
+                        errs,
                         format!("RemoveVolume request for [{name}] aleady exists"),
-                    ));
-                    return;
+                    );
                 }
             }
             (None, None) => {
-                errs.push(FieldError::invalid(field, "VolumeRequests require one of either addVolumeOptions or removeVolumeOptions to be set"));
-                return;
+                return refuse(errs, "VolumeRequests require one of either addVolumeOptions or removeVolumeOptions to be set".into());
             }
+        }
+        apply_volume_request(&mut new_spec, r);
+        if let Some(v) = vmi.as_mut() {
+            apply_volume_request(&mut v.spec, r);
+        }
+    }
+    // The template, and the running VMI, with every request carried out.
+    let at = Path::root("spec").child("template").child("spec");
+    let before = errs.len();
+    crate::defaults::default_vmi_spec(
+        &mut new_spec,
+        vm.metadata.name.as_deref().unwrap_or(""),
+        &Default::default(),
+    );
+    validate_vmi_spec(&new_spec, &at, cfg, errs);
+    if errs.len() > before {
+        return;
+    }
+    if let Some(v) = &vmi {
+        validate_vmi_spec(&v.spec, &at, cfg, errs);
+        if errs.len() > before {
+            return;
+        }
+        if is_migrating(v) {
+            errs.push(FieldError::not_supported(
+                "spec",
+                "Cannot handle volume requests while VMI migration is in progress",
+            ));
         }
     }
 }

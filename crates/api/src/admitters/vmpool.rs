@@ -98,6 +98,28 @@ pub fn rules(
     req: &Request,
     _cfg: &ValidationConfig,
 ) -> Vec<FieldError> {
+    // The reserved labels of the VM template's VMI template (`ValidateVirtualMachineSpec`).
+    let mut errs = Vec::new();
+    let labels = pool
+        .spec
+        .virtual_machine_template
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref());
+    super::vm::template_labels(
+        labels,
+        &Path::root("spec")
+            .child("virtualMachineTemplate")
+            .child("spec")
+            .child("template")
+            .child("metadata"),
+        req.privileged(),
+        &mut errs,
+    );
+    if !errs.is_empty() {
+        return errs;
+    }
     match old {
         Some(old) if req.is_update() && old.spec.selector != pool.spec.selector => {
             vec![FieldError::invalid(

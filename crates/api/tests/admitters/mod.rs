@@ -93,6 +93,11 @@ impl Case {
         self.store = objs;
         self
     }
+    /// Under a cluster configuration (e.g. [`stage`]).
+    pub fn configured(mut self, cfg: fn(&mut ValidationConfig)) -> Case {
+        cfg(&mut self.opts.validation);
+        self
+    }
     pub fn gates(mut self, gates: &[&str]) -> Case {
         self.opts.validation.feature_gates = gates.iter().map(|g| g.to_string()).collect();
         self
@@ -108,6 +113,17 @@ impl Case {
     }
 
     pub fn run(&self) -> Result<Value, Vec<FieldError>> {
+        self.admitted().map(|a| a.value)
+    }
+
+    /// Offline validation (`kubevirt-rs validate`): no lookups.
+    pub fn offline(mut self) -> Case {
+        self.offline = true;
+        self
+    }
+
+    /// The whole admission result (the stored object and the warnings).
+    pub fn admitted(&self) -> Result<kubevirt_api::Admitted, Vec<FieldError>> {
         let k = kind_of(
             self.obj["apiVersion"].as_str().unwrap_or(""),
             self.obj["kind"].as_str().unwrap_or(""),
@@ -126,7 +142,6 @@ impl Case {
             lookup: if self.offline { None } else { Some(&store) },
         };
         k.admit_request(&self.obj, &req, &self.opts)
-            .map(|a| a.value)
     }
 }
 

@@ -275,13 +275,16 @@ fn vmi_from_template() {
         "metadata": {"name": "demo", "namespace": "ns", "uid": "vm-uid", "generation": 3},
         "spec": {"runStrategy": "Always", "template": {
             "metadata": {"labels": {"app": "demo"}, "annotations": {"a": "b"}},
-            "spec": {"domain": {"devices": {}, "memory": {"guest": "64Mi"}}}}}
+            "spec": {"domain": {"devices": {}}}}}
     }))
     .expect("vm");
-    let it: kubevirt_api::VirtualMachineInstancetypeSpec =
-        serde_json::from_value(json!({"cpu": {"guest": 2}, "memory": {"guest": "1Gi"}}))
-            .expect("it");
+    let it: kubevirt_api::VirtualMachineInstancetypeSpec = serde_json::from_value(
+        json!({"cpu": {"guest": 2}, "memory": {"guest": "1Gi"}, "annotations": {"it": "x"}}),
+    )
+    .expect("it");
     let v = vmi_for(&vm, Some(&it), None, &Default::default()).expect("vmi");
+    assert_eq!(v.annotations().get("it").map(String::as_str), Some("x"));
+    assert_eq!(v.annotations().get("a").map(String::as_str), Some("b"));
     assert_eq!(v.metadata.name.as_deref(), Some("demo"));
     assert_eq!(v.labels().get("app").map(String::as_str), Some("demo"));
     assert_eq!(
@@ -323,6 +326,25 @@ fn vmi_from_template() {
             .and_then(|m| m.r#type.as_deref()),
         Some("q35"),
         "defaulted"
+    );
+}
+
+#[test]
+fn a_template_that_sets_what_its_instancetype_provides_makes_no_vmi() {
+    let vm: VirtualMachine = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": "demo", "namespace": "ns", "uid": "vm-uid"},
+        "spec": {"runStrategy": "Always", "template": {
+            "spec": {"domain": {"devices": {}, "memory": {"guest": "64Mi"}}}}}
+    }))
+    .expect("vm");
+    let it: kubevirt_api::VirtualMachineInstancetypeSpec =
+        serde_json::from_value(json!({"cpu": {"guest": 2}, "memory": {"guest": "1Gi"}}))
+            .expect("it");
+    let err = vmi_for(&vm, Some(&it), None, &Default::default()).expect_err("conflict");
+    assert_eq!(
+        err.to_string(),
+        "VM field(s) spec.template.spec.domain.memory.guest conflicts with selected instance type"
     );
 }
 
