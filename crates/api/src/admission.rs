@@ -189,7 +189,7 @@ macro_rules! core {
             kind: $kind,
             plural: $plural,
             namespaced: $ns,
-            admit: |v, r, o| admit_typed::<$ty>(v, r, o, $default, $validate, None, None),
+            admit: |v, r, o| admit_typed::<$ty>(v, r, o, $default, None, $validate, None, None),
             roundtrip: roundtrip::<$ty>,
             crd: None,
         }
@@ -204,6 +204,9 @@ macro_rules! custom {
         custom!($ty, $default, $validate, $rules, None)
     };
     ($ty:ident, $default:expr, $validate:expr, $rules:expr, $warn:expr) => {
+        custom!($ty, $default, None, $validate, $rules, $warn)
+    };
+    ($ty:ident, $default:expr, $on_create:expr, $validate:expr, $rules:expr, $warn:expr) => {
         KindInfo {
             group: <crate::$ty as kube::Resource>::group(&())
                 .into_owned()
@@ -216,7 +219,9 @@ macro_rules! custom {
                 .into_owned()
                 .leak(),
             namespaced: <crate::$ty as CustomResourceExt>::crd().spec.scope == "Namespaced",
-            admit: |v, r, o| admit_typed::<crate::$ty>(v, r, o, $default, $validate, $rules, $warn),
+            admit: |v, r, o| {
+                admit_typed::<crate::$ty>(v, r, o, $default, $on_create, $validate, $rules, $warn)
+            },
             roundtrip: roundtrip::<crate::$ty>,
             crd: Some(|| <crate::$ty as CustomResourceExt>::crd()),
         }
@@ -250,9 +255,11 @@ pub fn kinds() -> &'static [KindInfo] {
             ),
             custom!(
                 VirtualMachineInstanceMigration,
-                defaults::default_migration,
+                no_default,
+                Some(defaults::label_migration),
                 no_validate,
-                Some(admitters::migration::rules)
+                Some(admitters::migration::rules),
+                None
             ),
             custom!(
                 VirtualMachineInstanceReplicaSet,
@@ -519,6 +526,7 @@ fn admit_typed<K: DeserializeOwned + Serialize>(
     req: &Request,
     opts: &AdmitOptions,
     default: fn(&mut K, &DefaultsConfig),
+    on_create: Option<fn(&mut K)>,
     validate: fn(&K, &ValidationConfig) -> Vec<FieldError>,
     rules: Option<RulesFn<K>>,
     warn: Option<WarnFn<K>>,
@@ -562,6 +570,10 @@ fn admit_typed<K: DeserializeOwned + Serialize>(
         }
     }
     default(&mut typed, &opts.defaults);
+    // KubeVirt's mutators that run on create only (a create has no stored object).
+    if let (Some(mutate), None) = (on_create, req.old) {
+        mutate(&mut typed);
+    }
     let mut errs = validate(&typed, &opts.validation);
     if let Some(rules) = rules {
         // The stored object was admitted (and defaulted) when it was written.

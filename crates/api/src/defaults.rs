@@ -64,12 +64,13 @@ pub fn default_vmi(vmi: &mut VirtualMachineInstance, cfg: &DefaultsConfig) {
 /// A VM is defaulted lightly, as KubeVirt's VM mutator does: the template keeps what the user
 /// wrote (it is defaulted in full when the controller creates the VMI), but gets its machine
 /// type, architecture and a stable firmware UUID; instancetype/preference matchers get a kind.
-/// KubeVirt's migration-create mutator: every migration carries its VMI's name in the
+/// KubeVirt's migration-create mutator (on create only: the update admitter then keeps the label
+/// from changing while the migration runs): every migration carries its VMI's name in the
 /// `kubevirt.io/vmi-name` label, so `virtctl migrate-cancel` and the controllers find it by
 /// label. (KubeVirt also adds its `kubevirt.io/migrationJobFinalize` finalizer; here the
 /// migration controller adds it when it takes the migration, so a migration is never left
 /// undeletable by a server that runs no migration controller.)
-pub fn default_migration(m: &mut crate::VirtualMachineInstanceMigration, _: &DefaultsConfig) {
+pub fn label_migration(m: &mut crate::VirtualMachineInstanceMigration) {
     let vmi = m.spec.vmi_name.clone().unwrap_or_default();
     m.metadata
         .labels
