@@ -349,7 +349,8 @@ fn node_names_that_are_not_dns1123_subdomains_are_refused() {
                 .arg("node")
                 .arg("--kubeconfig")
                 .arg(&kubeconfig)
-                .args(["--node-name", bad])
+                // `=`: a name starting with `-` is still the flag's value.
+                .arg(format!("--node-name={bad}"))
                 .arg("--data-dir")
                 .arg(dir.path().join("d")),
         );

@@ -15,7 +15,7 @@
 //! In KubeVirt, virt-api reaches the launcher through virt-handler on the VMI's node. The
 //! server runs this next to its own node's handler, so it calls the launcher's socket in the
 //! VMI's directory (`<data>/vms/<key>/`, [`VmiDir`]) itself. A VMI on another node
-//! (`kubevirt-rs node`) is answered 503 naming its node ([`other_node_message`]): reaching it
+//! (`kubevirt-rs node`) is answered 409 naming its node ([`other_node_message`]): reaching it
 //! through that node's handler is not implemented yet.
 
 // Errors here are finished HTTP responses, built once per request: their size does not matter.
@@ -245,7 +245,7 @@ impl VirtApi {
     }
 
     /// The VMI's directory, if its launcher is on this node. A VMI on another node is refused
-    /// with 503 naming that node: in KubeVirt virt-api reaches it through that node's
+    /// with 409 naming that node (not 503: clients retry a 503, and this will not pass): in KubeVirt virt-api reaches it through that node's
     /// virt-handler, which is not implemented here yet; looking in this node's directory
     /// would find nothing, or another VMI's leftovers. Names that are not Kubernetes names
     /// are refused before they come near a path.
@@ -254,11 +254,10 @@ impl VirtApi {
         let name = vmi.metadata.name.as_deref().unwrap_or_default();
         let node = vmi.status.as_ref().and_then(|s| s.node_name.as_deref());
         if let Some(node) = node.filter(|n| *n != self.node_name) {
-            return Err(status(
-                503,
-                "ServiceUnavailable",
+            return Err(conflict(
+                "virtualmachineinstance",
+                name,
                 other_node_message(ns, name, node, &self.node_name),
-                Some(("virtualmachineinstance", name)),
             ));
         }
         VmiDir::new(&self.data_dir, ns, name).map_err(|e| match e {
