@@ -134,6 +134,9 @@ pub mod condition {
     /// KubeVirt's `Synchronized`: False while what the VMI needs on the node cannot be made
     /// (its launcher Pod), with the reason.
     pub const SYNCHRONIZED: &str = "Synchronized";
+    /// Kubernetes' Pod condition KubeVirt copies to the VMI while its launcher Pod waits for
+    /// a node: False with reason [`super::reason::UNSCHEDULABLE`] when no node takes it.
+    pub const POD_SCHEDULED: &str = "PodScheduled";
 }
 
 /// Condition and status reasons (KubeVirt's where it has one).
@@ -148,6 +151,10 @@ pub mod reason {
     /// KubeVirt's reason when the launcher Pod cannot be created (e.g. a missing
     /// NetworkAttachmentDefinition).
     pub const FAILED_CREATE: &str = "FailedCreate";
+    /// Kubernetes' `PodReasonUnschedulable`: no node takes the VMI (`PodScheduled=False`).
+    pub const UNSCHEDULABLE: &str = "Unschedulable";
+    /// KubeVirt's `NodeUnresponsiveReason`: the node's virt-handler stopped heartbeating.
+    pub const NODE_UNRESPONSIVE: &str = "NodeUnresponsive";
 }
 
 /// Label and annotation keys.
@@ -162,6 +169,14 @@ pub mod label {
     pub const VM_GENERATION: &str = "kubevirt.io/vm-generation";
     /// Node label: the node accepts VMIs.
     pub const SCHEDULABLE: &str = "kubevirt.io/schedulable";
+    /// Node annotation: virt-handler's last heartbeat (RFC 3339), KubeVirt's
+    /// `VirtHandlerHeartbeat`.
+    pub const HEARTBEAT: &str = "kubevirt.io/heartbeat";
+    /// Node label: Kubernetes' `kubernetes.io/hostname` (the node's name here).
+    pub const HOSTNAME: &str = "kubernetes.io/hostname";
+    /// Node labels: whether the node can run VMs with KVM, and whether it may emulate.
+    pub const KVM: &str = "kubevirt.io/kvm";
+    pub const EMULATION: &str = "kubevirt.io/emulation";
 }
 
 /// Finalizers (`metadata.finalizers`) the components add, wait for or honour.

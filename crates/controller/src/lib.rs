@@ -3,8 +3,11 @@
 //!
 //! - [`vm`][]: VirtualMachine → VirtualMachineInstance, following `runStrategy`,
 //!   `status.stateChangeRequests` and the crash-loop backoff; writes the VM's status.
-//! - [`vmi`][]: VMI placement (single node: onto [`Config::node_name`]) and the VMI finalizer;
+//! - [`vmi`][]: VMI placement (onto the Node [`scheduler`] chooses) and the VMI finalizer;
 //!   renders the cluster-mode launcher Pod.
+//! - [`scheduler`][]: the pure placement decision (kube-scheduler's filters, fewest VMIs).
+//! - [`node`][]: KubeVirt's node controller: a Node whose virt-handler stopped heartbeating
+//!   is marked `kubevirt.io/schedulable=false`.
 //! - [`replicaset`][]: VirtualMachineInstanceReplicaSet.
 //! - [`pool`][]: VirtualMachinePool (VMs named `<pool>-<index>`).
 //! - [`instancetype`][]: instancetype/preference expansion (pure).
@@ -13,8 +16,10 @@
 //! step, and relies on the watch (or `Action::requeue`) to take the next one.
 
 pub mod instancetype;
+pub mod node;
 pub mod pool;
 pub mod replicaset;
+pub mod scheduler;
 pub mod vm;
 pub mod vmi;
 
@@ -35,8 +40,6 @@ pub use kubevirt_api::status::label::NODE_NAME as NODE_NAME_LABEL;
 /// What the controllers need to know about the installation.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Single-node mode: the node every VMI is placed on.
-    pub node_name: String,
     /// The cluster configuration, followed live: the defaults of VMIs the controller creates
     /// are those admission applies at that moment.
     pub cluster: kubevirt_runtime::cluster::ClusterConfigRx,
@@ -45,17 +48,27 @@ pub struct Config {
     pub crash_loop: Backoff,
     /// How often a VM with nothing pending is looked at again anyway.
     pub resync: Duration,
+    /// A Node whose `kubevirt.io/heartbeat` is older than this is marked unschedulable
+    /// (KubeVirt's node controller: 5 minutes).
+    pub node_heartbeat_timeout: Duration,
 }
 
 impl Config {
-    /// The single-node configuration: everything runs on `node_name`, KubeVirt's numbers.
-    pub fn single_node(node_name: impl Into<String>) -> Self {
+    /// KubeVirt's numbers. VMIs go to whichever Node [`scheduler`] chooses; a single-node
+    /// server's own Node is the only one.
+    pub fn new() -> Self {
         Config {
-            node_name: node_name.into(),
             cluster: kubevirt_runtime::cluster::ClusterConfig::default().fixed(),
             crash_loop: Backoff::kubevirt_crash_loop(),
             resync: Duration::from_secs(300),
+            node_heartbeat_timeout: node::HEARTBEAT_TIMEOUT,
         }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::new()
     }
 }
 
@@ -141,7 +154,22 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "vm controller");
             }
         });
-    let vmi_ctl = Controller::new(vmis.clone(), watcher::Config::default())
+    let vmi_ctl = Controller::new(vmis.clone(), watcher::Config::default());
+    // A Node that comes, changes or goes may take (or refuse) the VMIs waiting for one.
+    let waiting = vmi_ctl.store();
+    let vmi_ctl = vmi_ctl
+        .watches(
+            Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()),
+            watcher::Config::default(),
+            move |_node| {
+                waiting
+                    .state()
+                    .into_iter()
+                    .filter(|v| vmi::awaits_node(v))
+                    .map(|v| kube::runtime::reflector::ObjectRef::from_obj(v.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .run(vmi::reconcile, vmi::error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
@@ -168,7 +196,13 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "pool controller");
             }
         });
-    futures::join!(vm_ctl, vmi_ctl, rs_ctl, pool_ctl);
+    futures::join!(
+        vm_ctl,
+        vmi_ctl,
+        rs_ctl,
+        pool_ctl,
+        node::monitor(ctx.clone())
+    );
     Ok(())
 }
 

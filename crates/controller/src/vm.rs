@@ -311,8 +311,11 @@ pub fn printable_status(i: &PrintableInputs) -> &'static str {
         return "ErrorPvcNotFound";
     }
     let unschedulable = vmi
-        .and_then(|v| phase::condition(v, "PodScheduled"))
-        .is_some_and(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
+        .and_then(|v| phase::condition(v, condition::POD_SCHEDULED))
+        .is_some_and(|c| {
+            c.status == "False"
+                && c.reason.as_deref() == Some(kubevirt_api::status::reason::UNSCHEDULABLE)
+        });
     if unschedulable {
         return "ErrorUnschedulable";
     }

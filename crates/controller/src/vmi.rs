@@ -1,10 +1,11 @@
 //! VMI placement and the VMI finalizer; the cluster-mode launcher Pod.
 //!
-//! Single node: a new VMI (phase empty or Pending) is placed on [`crate::Config::node_name`]:
+//! A new VMI (phase empty or Pending) is placed on the Node [`crate::scheduler::place`] chooses:
 //! `status.nodeName`, the `kubevirt.io/nodeName` label, phase `Scheduled` (the Scheduling and
 //! Scheduled transitions are both recorded: there is no Pod to wait for), `Ready=False`, and
 //! KubeVirt's `foregroundDeleteVirtualMachine` finalizer. From there the handler on that node
-//! owns the phase.
+//! owns the phase. A VMI no Node takes stays `Scheduling` with `PodScheduled=False`, reason
+//! `Unschedulable` and kube-scheduler's message, until a Node change lets it on one.
 //!
 //! Deletion contract (KubeVirt's): a deleted VMI keeps its finalizer until it is final; the
 //! handler stops the launcher and sets Succeeded/Failed, then this controller removes the
@@ -30,8 +31,34 @@ use kubevirt_api::quantity::Quantity;
 use kubevirt_api::{VirtualMachineInstance, VirtualMachineInstancePhaseTransitionTimestamp};
 use serde_json::json;
 
-use crate::{phase, Context, Error, NODE_NAME_LABEL};
-use kubevirt_api::status::{condition, VmiPhase};
+use crate::{phase, scheduler, Context, Error, NODE_NAME_LABEL};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::ListParams;
+use kube::runtime::events::EventType;
+use kubevirt_api::status::{condition, reason, VmiPhase};
+
+/// How often an unschedulable VMI is looked at again besides on Node changes.
+const UNSCHEDULABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The Nodes, and how many placed VMIs that are not final each one has (the scheduler's
+/// spread).
+async fn nodes_and_load(ctx: &Context) -> Result<(Vec<Node>, BTreeMap<String, usize>), Error> {
+    let nodes = Api::<Node>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let placed = Api::<VirtualMachineInstance>::all(ctx.client.clone())
+        .list(&ListParams::default().labels(NODE_NAME_LABEL))
+        .await?
+        .items;
+    let mut load = BTreeMap::new();
+    for v in placed.iter().filter(|v| !phase::is_final(v)) {
+        if let Some(n) = v.status.as_ref().and_then(|s| s.node_name.clone()) {
+            *load.entry(n).or_insert(0) += 1;
+        }
+    }
+    Ok((nodes, load))
+}
 
 /// KubeVirt's `VirtualMachineInstanceFinalizer`.
 pub use kubevirt_api::status::finalizer::VMI as VMI_FINALIZER;
@@ -50,6 +77,22 @@ fn transition(phase: VmiPhase, now: Timestamp) -> VirtualMachineInstancePhaseTra
         phase: Some(phase.into()),
         phase_transition_timestamp: Some(Time(now)),
     }
+}
+
+/// Whether the VMI waits for a node: new (phase empty or Pending), or Scheduling without one
+/// (no node took it yet). A deleted VMI waits for nothing.
+pub fn awaits_node(vmi: &VirtualMachineInstance) -> bool {
+    let placed = vmi
+        .status
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some();
+    vmi.metadata.deletion_timestamp.is_none()
+        && match phase::of(vmi) {
+            None | Some(VmiPhase::Pending) => true,
+            Some(VmiPhase::Scheduling) => !placed,
+            _ => false,
+        }
 }
 
 /// Reconciles one VMI: placement, the transition record, and the finalizer.
@@ -81,8 +124,8 @@ pub async fn reconcile(
         return Ok(Action::await_change());
     }
 
-    if matches!(p, None | Some(VmiPhase::Pending)) {
-        let node = &ctx.config.node_name;
+    if awaits_node(&vmi) {
+        let (nodes, load) = nodes_and_load(&ctx).await?;
         let mut fins = finalizers.clone();
         if !fins.iter().any(|f| f == VMI_FINALIZER) {
             fins.push(VMI_FINALIZER.into());
@@ -91,13 +134,66 @@ pub async fn reconcile(
         if p.is_none() {
             ts.push(transition(VmiPhase::Pending, now));
         }
-        ts.push(transition(VmiPhase::Scheduling, now));
-        ts.push(transition(VmiPhase::Scheduled, now));
+        if p != Some(VmiPhase::Scheduling) {
+            ts.push(transition(VmiPhase::Scheduling, now));
+        }
         let mut conds = vmi
             .status
             .as_ref()
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
+        let node = match scheduler::place(&vmi, &nodes, &load) {
+            Ok(node) => node.to_string(),
+            Err(why) => {
+                // kube-scheduler's verdict on the launcher Pod, as KubeVirt copies it to the
+                // VMI: phase Scheduling, PodScheduled=False/Unschedulable. A Node change (or
+                // the requeue) looks again.
+                let message = why.to_string();
+                let known = conds.iter().any(|c| {
+                    c.r#type == condition::POD_SCHEDULED
+                        && c.status == "False"
+                        && c.message.as_deref() == Some(message.as_str())
+                });
+                if !known || p != Some(VmiPhase::Scheduling) {
+                    // The condition's status does not change with its message.
+                    let since = conds
+                        .iter()
+                        .find(|c| c.r#type == condition::POD_SCHEDULED && c.status == "False")
+                        .and_then(|c| c.last_transition_time.clone())
+                        .unwrap_or(Time(now));
+                    conds.retain(|c| c.r#type != condition::POD_SCHEDULED);
+                    conds.push(kubevirt_api::VirtualMachineInstanceCondition {
+                        r#type: condition::POD_SCHEDULED.into(),
+                        status: "False".into(),
+                        reason: Some(reason::UNSCHEDULABLE.into()),
+                        message: Some(message.clone()),
+                        last_transition_time: Some(since),
+                        last_probe_time: None,
+                    });
+                    let patch = json!({
+                        "metadata": {"resourceVersion": rv, "finalizers": fins},
+                        "status": {
+                            "phase": VmiPhase::Scheduling.as_str(),
+                            "phaseTransitionTimestamps": ts,
+                            "conditions": conds,
+                        }
+                    });
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await?;
+                    tracing::info!(%ns, %name, %message, "VMI unschedulable");
+                    ctx.event(
+                        vmi.as_ref(),
+                        EventType::Warning,
+                        "FailedScheduling",
+                        message,
+                    )
+                    .await;
+                }
+                return Ok(Action::requeue(UNSCHEDULABLE_RETRY));
+            }
+        };
+        ts.push(transition(VmiPhase::Scheduled, now));
+        conds.retain(|c| c.r#type != condition::POD_SCHEDULED);
         if !conds.iter().any(|c| c.r#type == condition::READY) {
             conds.push(kubevirt_api::VirtualMachineInstanceCondition {
                 r#type: condition::READY.into(),

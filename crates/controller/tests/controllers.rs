@@ -31,6 +31,10 @@ impl Drop for Env {
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with(Config::new()).await
+    }
+
+    async fn start_with(mut config: Config) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let running = kubevirt_apiserver::start(kubevirt_apiserver::Config::new(
             dir.path().join("data"),
@@ -43,7 +47,26 @@ impl Env {
             .await
             .expect("config");
         let client = Client::try_from(cfg).expect("client");
-        let mut config = Config::single_node(NODE);
+        // The node every VMI goes to, as its handler registers it.
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+            "metadata": {"name": NODE, "labels": {
+                "kubernetes.io/hostname": NODE, "kubevirt.io/schedulable": "true"}},
+        }))
+        .expect("node");
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+        nodes
+            .patch_status(
+                NODE,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"conditions": [
+                    {"type": "Ready", "status": "True", "reason": "KubeletReady"}]}})),
+            )
+            .await
+            .expect("node status");
         // Short enough for tests, long enough that a loaded CI machine still sees the
         // CrashLoopBackOff window of the second failure (2 s × 2² = 8 s).
         config.crash_loop = Backoff::quadratic(Duration::from_secs(2), Duration::from_secs(12));
@@ -346,6 +369,143 @@ async fn vmis_are_placed_on_the_node() {
     assert!(env.vmis().get_opt("placed").await.expect("get").is_some());
     env.set_phase("placed", "Succeeded").await;
     env.wait_vmi_gone("placed").await;
+}
+
+fn node_api(env: &Env) -> Api<k8s_openapi::api::core::v1::Node> {
+    Api::all(env.client.clone())
+}
+
+/// A Node as `kubevirt-rs node` registers it: schedulable, Ready, heartbeat now.
+async fn add_node(env: &Env, name: &str, heartbeat: &str) {
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+        "metadata": {"name": name,
+            "labels": {"kubernetes.io/hostname": name, "kubevirt.io/schedulable": "true"},
+            "annotations": {"kubevirt.io/heartbeat": heartbeat}},
+    }))
+    .expect("node");
+    node_api(env)
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+    node_api(env)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [
+                {"type": "Ready", "status": "True", "reason": "KubeletReady"}]}})),
+        )
+        .await
+        .expect("node status");
+}
+
+fn pod_scheduled(v: &VirtualMachineInstance) -> Option<(String, String, String)> {
+    v.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.r#type == "PodScheduled")
+        .map(|c| {
+            (
+                c.status.clone(),
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vmi_no_node_takes_waits_unschedulable_until_one_does() {
+    let env = Env::start().await;
+    let vmi: VirtualMachineInstance = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "picky"},
+        "spec": {"domain": {"devices": {}, "memory": {"guest": "64Mi"}},
+                 "nodeSelector": {"kubernetes.io/hostname": "node02"}}
+    }))
+    .expect("vmi");
+    env.vmis()
+        .create(&PostParams::default(), &vmi)
+        .await
+        .expect("create");
+    let waiting = wait(|| async {
+        let v = env.vmis().get_opt("picky").await.ok().flatten()?;
+        pod_scheduled(&v).map(|c| (phase_of(&v), c))
+    })
+    .await
+    .expect("an Unschedulable condition");
+    assert_eq!(
+        waiting,
+        (
+            "Scheduling".to_string(),
+            (
+                "False".to_string(),
+                "Unschedulable".to_string(),
+                "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+                    .to_string()
+            )
+        )
+    );
+    // The node it asks for joins: the VMI goes there, and the condition goes.
+    add_node(&env, "node02", "2099-01-01T00:00:00Z").await;
+    let v = env.wait_scheduled("picky").await;
+    assert_eq!(
+        v.status.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("node02")
+    );
+    assert_eq!(pod_scheduled(&v), None);
+    // Spread: with node01 and node02 both free of other VMIs but node02 running one, a VMI
+    // without preferences goes to node01.
+    let free: VirtualMachineInstance = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "free"},
+        "spec": {"domain": {"devices": {}, "memory": {"guest": "64Mi"}}}
+    }))
+    .expect("vmi");
+    env.vmis()
+        .create(&PostParams::default(), &free)
+        .await
+        .expect("create");
+    let v = env.wait_scheduled("free").await;
+    assert_eq!(
+        v.status.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some(NODE)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_handler_went_silent_is_marked_unschedulable() {
+    let mut config = Config::new();
+    config.node_heartbeat_timeout = Duration::from_secs(2);
+    let env = Env::start_with(config).await;
+    // node01 never heartbeats (no annotation): not judged. node02's last heartbeat is old.
+    add_node(&env, "node02", "2020-01-01T00:00:00Z").await;
+    let marked = wait(|| async {
+        let n = node_api(&env).get("node02").await.ok()?;
+        (n.labels()
+            .get("kubevirt.io/schedulable")
+            .map(String::as_str)
+            == Some("false"))
+        .then_some(n)
+    })
+    .await
+    .expect("node02 marked unschedulable");
+    let ready = marked
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status);
+    assert_eq!(ready.as_deref(), Some("Unknown"));
+    let node01 = node_api(&env).get(NODE).await.expect("node01");
+    assert_eq!(
+        node01
+            .labels()
+            .get("kubevirt.io/schedulable")
+            .map(String::as_str),
+        Some("true")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

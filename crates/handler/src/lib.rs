@@ -55,6 +55,8 @@ pub struct Config {
     /// The pod network every VMI of this node gets (a namespace + CNI `ADD`); `None` runs
     /// VMs on user-mode networking (no root, or no CNI plugins: see [`pod_network`]).
     pub pod_network: Option<Arc<podnet::PodNetwork>>,
+    /// How often the Node's heartbeat is written ([`HEARTBEAT_INTERVAL`]).
+    pub heartbeat_interval: Duration,
 }
 
 /// The node's pod network, when this host can give VMIs one: root (namespaces, CNI), the CNI
@@ -777,45 +779,119 @@ fn error_policy(_vmi: Arc<VirtualMachineInstance>, err: &Error, _ctx: Arc<Contex
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Registers the node (labels a scheduler reads, KubeVirt's names) and keeps its heartbeat.
+/// KubeVirt's virt-handler heartbeat interval (`heartBeatInterval`, one minute); virt-controller
+/// marks a Node unschedulable when its heartbeat is five minutes old.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The Node's labels and annotations the handler owns, KubeVirt's names: the scheduler reads
+/// `kubevirt.io/schedulable`, virt-controller the heartbeat.
+fn node_metadata(config: &Config, schedulable: bool) -> Value {
+    use kubevirt_api::status::label;
+    let emulation = config.emulation();
+    let kvm = kubevirt_launcher::accel::choose(emulation)
+        .map(|c| c.accelerator.as_str() == "kvm")
+        .unwrap_or(false);
+    json!({
+        "labels": {
+            label::HOSTNAME: config.node_name,
+            label::SCHEDULABLE: schedulable.to_string(),
+            label::KVM: kvm.to_string(),
+            label::EMULATION: emulation.to_string(),
+        },
+        "annotations": {label::HEARTBEAT: now()},
+    })
+}
+
+/// The Node's `Ready` condition; its transition time kept while it stays True.
+fn ready_condition(current: Option<&Node>) -> Value {
+    let since = current
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(now);
+    json!({"type": "Ready", "status": "True", "reason": "KubeletReady",
+           "message": "virt-handler is posting ready status",
+           "lastHeartbeatTime": now(), "lastTransitionTime": since})
+}
+
+/// One heartbeat: the Node's labels and heartbeat annotation (creating the Node, as kubelet
+/// registers it, when it does not exist), then its `Ready` condition and node info.
+async fn heartbeat(nodes: &Api<Node>, config: &Config) -> Result<(), kube::Error> {
+    let name = &config.node_name;
+    let meta = json!({"metadata": node_metadata(config, true)});
+    let current = match nodes
+        .patch(name, &PatchParams::default(), &Patch::Merge(&meta))
+        .await
+    {
+        Ok(n) => n,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            let mut node =
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": meta["metadata"]});
+            node["metadata"]["name"] = json!(name);
+            let node: Node = serde_json::from_value(node).unwrap_or_default();
+            match nodes.create(&PostParams::default(), &node).await {
+                Ok(n) => {
+                    tracing::info!(node = %name, "registered the Node");
+                    n
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => nodes.get(name).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let status = json!({"status": {
+        "conditions": [ready_condition(Some(&current))],
+        "nodeInfo": {"kubeletVersion": format!("kubevirt-rs-{}", env!("CARGO_PKG_VERSION")),
+                     "architecture": go_arch(), "operatingSystem": "linux"},
+    }});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}
+
+/// The architecture as Kubernetes names it (Go's `GOARCH`).
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Registers the node and heartbeats every `config.heartbeat_interval`.
 async fn node_heartbeat(client: Client, config: Config) {
     let nodes: Api<Node> = Api::all(client);
     loop {
-        let emulation = config.emulation();
-        let kvm = kubevirt_launcher::accel::choose(emulation)
-            .map(|c| c.accelerator.as_str() == "kvm")
-            .unwrap_or(false);
-        let node = json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": config.node_name, "labels": {
-                "kubernetes.io/hostname": config.node_name,
-                "kubevirt.io/schedulable": "true",
-                "kubevirt.io/kvm": if kvm { "true" } else { "false" },
-                "kubevirt.io/emulation": if emulation { "true" } else { "false" },
-            }, "annotations": {"kubevirt.io/heartbeat": now()}},
-            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                "message": "virt-handler is running", "lastHeartbeatTime": now()}],
-                "nodeInfo": {"kubeletVersion": format!("kubevirt-rs-{}", env!("CARGO_PKG_VERSION")),
-                    "architecture": "amd64", "operatingSystem": "linux"}},
-        });
-        let applied = nodes
-            .patch(
-                &config.node_name,
-                &PatchParams::apply("virt-handler").force(),
-                &Patch::Apply(&node),
-            )
-            .await;
-        if let Err(e) = applied {
-            tracing::warn!(error = %e, "node heartbeat failed");
-            let _ = nodes
-                .create(
-                    &PostParams::default(),
-                    &serde_json::from_value(node).unwrap_or_default(),
-                )
-                .await;
+        if let Err(e) = heartbeat(&nodes, &config).await {
+            tracing::warn!(node = %config.node_name, error = %e, "node heartbeat failed");
         }
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        tokio::time::sleep(config.heartbeat_interval).await;
     }
+}
+
+/// Registers (or refreshes) the Node now, as the heartbeat loop of [`run`] does: the server
+/// calls it before its controller places anything, so its own node is there to take VMIs.
+pub async fn register_node(client: Client, config: &Config) -> Result<(), kube::Error> {
+    heartbeat(&Api::all(client), config).await
+}
+
+/// What KubeVirt's handler does when it stops: labels its Node `kubevirt.io/schedulable=false`
+/// (with a last heartbeat), so no VMI is placed on a node nobody serves.
+pub async fn mark_unschedulable(client: Client, config: &Config) -> Result<(), kube::Error> {
+    let nodes: Api<Node> = Api::all(client);
+    let meta = json!({"metadata": node_metadata(config, false)});
+    nodes
+        .patch(
+            &config.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(&meta),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Runs the handler until the future is dropped.

@@ -49,12 +49,15 @@ pub fn single_node_default() -> Value {
 
 /// Publishes a configuration: admission follows it at once, and every other part reads it
 /// from the channel when it next decides.
+/// `admission` is `None` in a node process (`kubevirt-rs node`), which serves no API.
 pub fn publish(
     c: &ClusterConfig,
-    admission: &kubevirt_apiserver::ApiServer,
+    admission: Option<&kubevirt_apiserver::ApiServer>,
     tx: &watch::Sender<ClusterConfig>,
 ) {
-    c.apply_to(&mut admission.admission.write());
+    if let Some(a) = admission {
+        c.apply_to(&mut a.admission.write());
+    }
     tx.send_replace(c.clone());
 }
 
@@ -96,11 +99,36 @@ pub async fn ensure(client: &Client) -> anyhow::Result<Value> {
     Ok(serde_json::to_value(&kv.spec)?)
 }
 
+/// The configuration of `kubevirt/kubevirt` once it exists: a node (`kubevirt-rs node`)
+/// follows the server's and never creates it.
+pub async fn wait_for(client: &Client) -> anyhow::Result<ClusterConfig> {
+    let api: Api<KubeVirt> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut said = false;
+    loop {
+        match api.get_opt(NAME).await {
+            Ok(Some(kv)) => {
+                let spec = serde_json::to_value(&kv.spec)?;
+                return Ok(ClusterConfig::from_spec(&spec));
+            }
+            Ok(None) if !said => {
+                eprintln!("kubevirt-rs node: waiting for the KubeVirt resource {NAMESPACE}/{NAME}");
+                said = true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("reading the KubeVirt resource {NAMESPACE}/{NAME}")))
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
 /// Follows `kubevirt/kubevirt` and applies every change. Deleting it keeps the last
 /// configuration (KubeVirt would uninstall itself; a single-node server keeps running).
 pub async fn watch(
     client: Client,
-    admission: Arc<kubevirt_apiserver::ApiServer>,
+    admission: Option<Arc<kubevirt_apiserver::ApiServer>>,
     tx: watch::Sender<ClusterConfig>,
 ) {
     use futures::StreamExt;
@@ -122,7 +150,7 @@ pub async fn watch(
         if last.as_ref() == Some(&e) {
             continue;
         }
-        publish(&e, &admission, &tx);
+        publish(&e, admission.as_deref(), &tx);
         tracing::info!(
             use_emulation = e.use_emulation,
             feature_gates = ?e.feature_gates,

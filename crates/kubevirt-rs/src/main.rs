@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::io::Write;
 
 mod cluster_config;
+mod node;
 mod server;
 mod validate;
 
@@ -29,6 +30,9 @@ enum Command {
     Launcher(kubevirt_launcher::cli::LauncherArgs),
     /// Run the single-node server: an embedded Kubernetes API server with KubeVirt's resources.
     Server(server::ServerArgs),
+    /// Run virt-handler for one more node of a server (its launchers too): the node registers
+    /// its Node, heartbeats, and runs the VMIs placed on it.
+    Node(node::NodeArgs),
     /// Manage the single-node server's users.
     #[command(subcommand)]
     User(UserCommand),
@@ -104,6 +108,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Validate(args) => validate::run(args),
         Command::Launcher(args) => kubevirt_launcher::cli::run(args),
         Command::Server(args) => server::run(args),
+        Command::Node(args) => node::run(args),
         Command::User(UserCommand::Add {
             name,
             namespace,

@@ -13,8 +13,10 @@
 //! - `addvolume`, `removevolume` (VM and VMI): volume hotplug, declaratively ([`volumes`]).
 //!
 //! In KubeVirt, virt-api reaches the launcher through virt-handler on the VMI's node. The
-//! single-node server runs this next to the handler, so it calls the launcher's socket in the
-//! VMI's directory (`<data>/vms/<namespace>/<name>/`) itself.
+//! server runs this next to its own node's handler, so it calls the launcher's socket in the
+//! VMI's directory (`<data>/vms/<key>/`, [`VmiDir`]) itself. A VMI on another node
+//! (`kubevirt-rs node`) is answered 409 naming its node ([`other_node_message`]): reaching it
+//! through that node's handler is not implemented yet.
 
 // Errors here are finished HTTP responses, built once per request: their size does not matter.
 #![allow(clippy::result_large_err)]
@@ -54,6 +56,8 @@ const VMI_NOT_PAUSED: &str = "VMI is not paused";
 pub struct VirtApi {
     client: Client,
     data_dir: PathBuf,
+    /// The node whose handler keeps its VMI directories in `data_dir`: the server's own.
+    node_name: String,
 }
 
 /// A finished response, good or bad; `?` on a `Result<_, Response>` returns the error as is.
@@ -129,6 +133,14 @@ fn accepted() -> Response {
 
 fn ok() -> Response {
     StatusCode::OK.into_response()
+}
+
+/// Why a VMI on `node` cannot be reached from `own`'s virt-api.
+pub fn other_node_message(ns: &str, name: &str, node: &str, own: &str) -> String {
+    format!(
+        "VMI {ns}/{name} runs on node {node}: this virt-api reaches the launchers of node {own} \
+         only (connections to another node's virt-handler are not implemented yet)"
+    )
 }
 
 fn vmi_phase(vmi: &VirtualMachineInstance) -> Option<VmiPhase> {
@@ -222,15 +234,32 @@ fn stop_request(vmi: &VirtualMachineInstance) -> Value {
 }
 
 impl VirtApi {
-    /// `data_dir`: the node's data directory, where the handler keeps VMI directories
-    /// ([`VmiDir`]).
-    pub fn new(client: Client, data_dir: PathBuf) -> Arc<Self> {
-        Arc::new(VirtApi { client, data_dir })
+    /// `data_dir`: the data directory of the node `node_name`, where its handler keeps VMI
+    /// directories ([`VmiDir`]). Launchers of VMIs on other nodes are out of reach.
+    pub fn new(client: Client, data_dir: PathBuf, node_name: String) -> Arc<Self> {
+        Arc::new(VirtApi {
+            client,
+            data_dir,
+            node_name,
+        })
     }
 
-    /// The VMI's directory; names from the URL that are not Kubernetes names are refused here,
-    /// before they come near a path.
-    fn vmi_dir(&self, ns: &str, name: &str) -> Reply<VmiDir> {
+    /// The VMI's directory, if its launcher is on this node. A VMI on another node is refused
+    /// with 409 naming that node (not 503: clients retry a 503, and this will not pass): in KubeVirt virt-api reaches it through that node's
+    /// virt-handler, which is not implemented here yet; looking in this node's directory
+    /// would find nothing, or another VMI's leftovers. Names that are not Kubernetes names
+    /// are refused before they come near a path.
+    fn vmi_dir(&self, vmi: &VirtualMachineInstance) -> Reply<VmiDir> {
+        let ns = vmi.metadata.namespace.as_deref().unwrap_or("default");
+        let name = vmi.metadata.name.as_deref().unwrap_or_default();
+        let node = vmi.status.as_ref().and_then(|s| s.node_name.as_deref());
+        if let Some(node) = node.filter(|n| *n != self.node_name) {
+            return Err(conflict(
+                "virtualmachineinstance",
+                name,
+                other_node_message(ns, name, node, &self.node_name),
+            ));
+        }
         VmiDir::new(&self.data_dir, ns, name).map_err(|e| match e {
             VmiDirError::Namespace { .. } | VmiDirError::Name { .. } => bad_request(e.to_string()),
             e => internal(e),
@@ -438,10 +467,7 @@ impl VirtApi {
         if grace == Some(0) && !dry {
             // `--force --grace-period=0`: no wait for the guest.
             if let Some(v) = running {
-                let vname = v.metadata.name.clone().unwrap_or_default();
-                let _ = self
-                    .launcher_call(ns, &vname, launcher::Request::Stop)
-                    .await;
+                let _ = self.launcher_call(v, launcher::Request::Stop).await;
             }
         }
         Ok(accepted())
@@ -481,7 +507,7 @@ impl VirtApi {
         self.add_requests(&vm, &[stop_request(&vmi), start_request(false)], dry)
             .await?;
         if grace == Some(0) && !dry {
-            let _ = self.launcher_call(ns, name, launcher::Request::Stop).await;
+            let _ = self.launcher_call(&vmi, launcher::Request::Stop).await;
         }
         Ok(accepted())
     }
@@ -542,11 +568,10 @@ impl VirtApi {
     /// One call to the VMI's launcher.
     async fn launcher_call(
         &self,
-        ns: &str,
-        name: &str,
+        vmi: &VirtualMachineInstance,
         request: launcher::Request,
     ) -> Reply<launcher::Response> {
-        let dir = self.vmi_dir(ns, name)?;
+        let dir = self.vmi_dir(vmi)?;
         let method = request.method();
         let r = async { LauncherClient::connect(&dir).await?.call(request).await };
         r.await
@@ -624,7 +649,7 @@ impl VirtApi {
         if dry_run(body) {
             return Ok(ok());
         }
-        self.launcher_call(ns, name, request).await?;
+        self.launcher_call(&vmi, request).await?;
         Ok(ok())
     }
 
@@ -648,7 +673,7 @@ impl VirtApi {
             _ => launcher::Request::FilesystemList,
         };
         let method = request.method();
-        match self.launcher_call(ns, name, request).await? {
+        match self.launcher_call(&vmi, request).await? {
             launcher::Response::GuestAgent(v) => Ok(json_reply(StatusCode::OK, &v)),
             _ => Err(internal(format!("{method}: unexpected reply"))),
         }
@@ -677,7 +702,7 @@ impl VirtApi {
         if !is_running(&vmi) {
             return Err(conflict("virtualmachineinstance", name, VMI_NOT_RUNNING));
         }
-        let path = socket(&self.vmi_dir(ns, name)?);
+        let path = socket(&self.vmi_dir(&vmi)?);
         if !path.exists() {
             return Err(bad_request(missing));
         }

@@ -1,0 +1,495 @@
+//! Which Node a VMI goes to: a small scheduler with kube-scheduler's filters and messages.
+//!
+//! In KubeVirt, virt-controller creates a launcher Pod whose `nodeSelector` is the VMI's plus
+//! `kubevirt.io/schedulable: "true"`, and kube-scheduler places that Pod. There is no Pod and
+//! no kube-scheduler here, so virt-controller places the VMI itself, with the filters
+//! kube-scheduler would apply to that Pod, in its order (the first that refuses a node gives
+//! that node's reason):
+//!
+//! 1. `NodeUnschedulable`: a cordoned node (`spec.unschedulable`) is refused unless the VMI
+//!    tolerates `node.kubernetes.io/unschedulable:NoSchedule`.
+//! 2. `TaintToleration`: a `NoSchedule`/`NoExecute` taint the VMI does not tolerate. A node
+//!    whose `Ready` condition is not `True` counts as tainted `node.kubernetes.io/not-ready`
+//!    (the taint Kubernetes' node lifecycle controller would put there).
+//! 3. `NodeAffinity`: `spec.nodeSelector` plus `kubevirt.io/schedulable: "true"` (KubeVirt's
+//!    addition; virt-controller sets it to `false` on a node whose handler stopped
+//!    heartbeating), and the required node affinity (`nodeSelectorTerms`, ORed; within a term
+//!    `matchExpressions` with In/NotIn/Exists/DoesNotExist/Gt/Lt and `matchFields` on
+//!    `metadata.name`, ANDed).
+//!
+//! Among the nodes left, the one running the fewest VMIs wins (ties: the first name). That is
+//! all the scoring there is: no resources, no preferred affinity, no pod (anti-)affinity, no
+//! topology spread. A VMI no node takes gets kube-scheduler's message, e.g.
+//! `0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s)
+//! were unschedulable.`
+//!
+//! Everything here is pure: the reconciler reads the Nodes and the VMIs' placements and
+//! passes them in.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
+};
+use kubevirt_api::status::label::SCHEDULABLE;
+use kubevirt_api::VirtualMachineInstance;
+
+/// The taint key of a cordoned node (kube-scheduler's `NodeUnschedulable` tolerates it).
+pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+/// The taint key of a node that is not Ready.
+pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+/// Why one node was refused, worded as kube-scheduler's filter plugins word it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// Cordoned (`spec.unschedulable`).
+    Unschedulable,
+    /// A taint the VMI does not tolerate.
+    Taint { key: String, value: String },
+    /// `nodeSelector`, `kubevirt.io/schedulable` or the required node affinity.
+    Affinity,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unschedulable => f.write_str("node(s) were unschedulable"),
+            Refusal::Taint { key, value } => {
+                write!(f, "node(s) had untolerated taint {{{key}: {value}}}")
+            }
+            Refusal::Affinity => f.write_str("node(s) didn't match Pod's node affinity/selector"),
+        }
+    }
+}
+
+/// No node takes the VMI; `Display` is kube-scheduler's `FitError` message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unschedulable {
+    /// How many nodes there are.
+    pub nodes: usize,
+    /// Each refused node's reason.
+    pub refusals: Vec<Refusal>,
+}
+
+impl std::fmt::Display for Unschedulable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.nodes == 0 {
+            return f.write_str("no nodes available to schedule pods");
+        }
+        let mut counts: BTreeMap<&Refusal, usize> = BTreeMap::new();
+        for r in &self.refusals {
+            *counts.entry(r).or_default() += 1;
+        }
+        // kube-scheduler sorts the "<count> <reason>" strings.
+        let mut parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        parts.sort();
+        write!(
+            f,
+            "0/{} nodes are available: {}.",
+            self.nodes,
+            parts.join(", ")
+        )
+    }
+}
+
+/// The node for `vmi` among `nodes`; `load` is how many (non-final) VMIs each node runs.
+pub fn place<'a>(
+    vmi: &VirtualMachineInstance,
+    nodes: &'a [Node],
+    load: &BTreeMap<String, usize>,
+) -> Result<&'a str, Unschedulable> {
+    let mut refusals = Vec::new();
+    let mut best: Option<(usize, &str)> = None;
+    for node in nodes {
+        let Some(name) = node.metadata.name.as_deref() else {
+            continue;
+        };
+        match refusal(vmi, node) {
+            Some(r) => refusals.push(r),
+            None => {
+                let n = load.get(name).copied().unwrap_or(0);
+                if best.is_none_or(|(bn, bname)| (n, name) < (bn, bname)) {
+                    best = Some((n, name));
+                }
+            }
+        }
+    }
+    match best {
+        Some((_, name)) => Ok(name),
+        None => Err(Unschedulable {
+            nodes: nodes.len(),
+            refusals,
+        }),
+    }
+}
+
+/// Why `node` cannot take `vmi`, by the first filter that refuses it; `None` if it can.
+pub fn refusal(vmi: &VirtualMachineInstance, node: &Node) -> Option<Refusal> {
+    let tolerations = vmi.spec.tolerations.as_deref().unwrap_or_default();
+    let spec = node.spec.as_ref();
+    if spec.and_then(|s| s.unschedulable) == Some(true) {
+        let cordon = Taint {
+            key: TAINT_UNSCHEDULABLE.into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        };
+        if !tolerated(tolerations, &cordon) {
+            return Some(Refusal::Unschedulable);
+        }
+    }
+    let mut taints: Vec<Taint> = spec
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .collect();
+    if !is_ready(node) && !taints.iter().any(|t| t.key == TAINT_NOT_READY) {
+        taints.push(Taint {
+            key: TAINT_NOT_READY.into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        });
+    }
+    if let Some(t) = taints.iter().find(|t| !tolerated(tolerations, t)) {
+        return Some(Refusal::Taint {
+            key: t.key.clone(),
+            value: t.value.clone().unwrap_or_default(),
+        });
+    }
+    if !affinity_matches(vmi, node) {
+        return Some(Refusal::Affinity);
+    }
+    None
+}
+
+/// The node's `Ready` condition is `True`.
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// Kubernetes' `ToleratesTaint`, for any toleration of the list.
+fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let effect = t.effect.as_deref().unwrap_or_default();
+        let key = t.key.as_deref().unwrap_or_default();
+        if !effect.is_empty() && effect != taint.effect {
+            return false;
+        }
+        if !key.is_empty() && key != taint.key {
+            return false;
+        }
+        match t.operator.as_deref().unwrap_or_default() {
+            "" | "Equal" => {
+                t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default()
+            }
+            "Exists" => true,
+            _ => false,
+        }
+    })
+}
+
+fn affinity_matches(vmi: &VirtualMachineInstance, node: &Node) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    if labels.get(SCHEDULABLE).map(String::as_str) != Some("true") {
+        return false;
+    }
+    let selector = vmi.spec.node_selector.as_ref();
+    if selector.is_some_and(|s| s.iter().any(|(k, v)| labels.get(k) != Some(v))) {
+        return false;
+    }
+    let required = vmi
+        .spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    match required {
+        None => true,
+        Some(sel) => {
+            let name = node.metadata.name.as_deref().unwrap_or_default();
+            sel.node_selector_terms
+                .iter()
+                .any(|t| term_matches(t, &labels, name))
+        }
+    }
+}
+
+/// A term matches when it has at least one requirement and all of them hold (Kubernetes:
+/// an empty term matches no node).
+fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name: &str) -> bool {
+    let exprs = term.match_expressions.as_deref().unwrap_or_default();
+    let fields = term.match_fields.as_deref().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    exprs
+        .iter()
+        .all(|r| requirement_holds(r, labels.get(&r.key).map(String::as_str)))
+        && fields.iter().all(|r| {
+            // Kubernetes allows only `metadata.name`, with In or NotIn.
+            r.key == "metadata.name"
+                && matches!(r.operator.as_str(), "In" | "NotIn")
+                && requirement_holds(r, Some(name))
+        })
+}
+
+fn requirement_holds(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    let listed = |v: &str| values.iter().any(|x| x == v);
+    match r.operator.as_str() {
+        "In" => value.is_some_and(listed),
+        "NotIn" => !value.is_some_and(listed),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        op @ ("Gt" | "Lt") => {
+            let [bound] = values else { return false };
+            let (Some(v), Ok(bound)) = (
+                value.and_then(|v| v.parse::<i64>().ok()),
+                bound.parse::<i64>(),
+            ) else {
+                return false;
+            };
+            if op == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, extra: serde_json::Value) -> Node {
+        let mut n = json!({
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name, SCHEDULABLE: "true"}},
+            "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        });
+        merge(&mut n, extra);
+        serde_json::from_value(n).expect("node")
+    }
+
+    fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+
+    fn vmi(spec: serde_json::Value) -> VirtualMachineInstance {
+        let mut v = json!({"metadata": {"name": "v"}, "spec": {"domain": {"devices": {}}}});
+        merge(&mut v["spec"], spec);
+        serde_json::from_value(v).expect("vmi")
+    }
+
+    fn load(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn the_least_loaded_schedulable_node_wins_and_ties_go_by_name() {
+        let nodes = [node("node02", json!({})), node("node01", json!({}))];
+        let v = vmi(json!({}));
+        assert_eq!(place(&v, &nodes, &load(&[])), Ok("node01"));
+        assert_eq!(
+            place(&v, &nodes, &load(&[("node01", 2), ("node02", 1)])),
+            Ok("node02")
+        );
+        // The single-node server: its own node is the only one.
+        assert_eq!(
+            place(&v, &nodes[1..], &load(&[("node01", 9)])),
+            Ok("node01")
+        );
+    }
+
+    #[test]
+    fn cordoned_unready_and_unlabelled_nodes_are_refused_with_kube_schedulers_words() {
+        let nodes = [
+            node("cordoned", json!({"spec": {"unschedulable": true}})),
+            node(
+                "down",
+                json!({"metadata": {"labels": {SCHEDULABLE: "false"}}}),
+            ),
+            node(
+                "notready",
+                json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}),
+            ),
+            node(
+                "tainted",
+                json!({"spec": {"taints": [{"key": "gpu", "value": "a100", "effect": "NoSchedule"}]}}),
+            ),
+            node(
+                "soft",
+                json!({"spec": {"taints": [{"key": "x", "effect": "PreferNoSchedule"}]},
+                       "metadata": {"labels": {"disk": "hdd"}}}),
+            ),
+        ];
+        let v = vmi(json!({"nodeSelector": {"disk": "ssd"}}));
+        let e = place(&v, &nodes, &load(&[])).expect_err("nothing fits");
+        assert_eq!(
+            e.to_string(),
+            "0/5 nodes are available: 1 node(s) had untolerated taint {gpu: a100}, \
+             1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }, \
+             1 node(s) were unschedulable, 2 node(s) didn't match Pod's node affinity/selector."
+        );
+        // The PreferNoSchedule taint does not refuse: only the selector did.
+        assert_eq!(refusal(&v, &nodes[4]), Some(Refusal::Affinity));
+        assert_eq!(
+            Unschedulable {
+                nodes: 0,
+                refusals: vec![]
+            }
+            .to_string(),
+            "no nodes available to schedule pods"
+        );
+    }
+
+    #[test]
+    fn tolerations_let_a_vmi_onto_tainted_and_cordoned_nodes() {
+        let nodes = [
+            node("cordoned", json!({"spec": {"unschedulable": true}})),
+            node(
+                "tainted",
+                json!({"spec": {"taints": [{"key": "gpu", "value": "a100", "effect": "NoExecute"}]}}),
+            ),
+        ];
+        let none = vmi(json!({}));
+        assert!(place(&none, &nodes, &load(&[])).is_err());
+        let equal = vmi(json!({"tolerations": [{"key": "gpu", "value": "a100"}]}));
+        assert_eq!(place(&equal, &nodes, &load(&[])), Ok("tainted"));
+        let wrong_value = vmi(json!({"tolerations": [{"key": "gpu", "value": "h100"}]}));
+        assert!(refusal(&wrong_value, &nodes[1]).is_some());
+        let wrong_effect = vmi(
+            json!({"tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]}),
+        );
+        assert!(refusal(&wrong_effect, &nodes[1]).is_some());
+        let everything = vmi(json!({"tolerations": [{"operator": "Exists"}]}));
+        assert_eq!(refusal(&everything, &nodes[0]), None);
+        assert_eq!(refusal(&everything, &nodes[1]), None);
+    }
+
+    #[test]
+    fn required_node_affinity_operators() {
+        let n = node(
+            "node02",
+            json!({"metadata": {"labels": {"zone": "a", "cores": "8"}}}),
+        );
+        let with = |exprs: serde_json::Value| {
+            vmi(
+                json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                {"nodeSelectorTerms": [{"matchExpressions": exprs}]}}}}),
+            )
+        };
+        let fits = |exprs| refusal(&with(exprs), &n).is_none();
+        assert!(fits(
+            json!([{"key": "zone", "operator": "In", "values": ["a", "b"]}])
+        ));
+        assert!(!fits(
+            json!([{"key": "zone", "operator": "In", "values": ["b"]}])
+        ));
+        assert!(fits(
+            json!([{"key": "zone", "operator": "NotIn", "values": ["b"]}])
+        ));
+        assert!(fits(
+            json!([{"key": "rack", "operator": "NotIn", "values": ["b"]}])
+        ));
+        assert!(!fits(
+            json!([{"key": "zone", "operator": "NotIn", "values": ["a"]}])
+        ));
+        assert!(fits(json!([{"key": "zone", "operator": "Exists"}])));
+        assert!(!fits(json!([{"key": "zone", "operator": "DoesNotExist"}])));
+        assert!(fits(json!([{"key": "rack", "operator": "DoesNotExist"}])));
+        assert!(fits(
+            json!([{"key": "cores", "operator": "Gt", "values": ["4"]}])
+        ));
+        assert!(!fits(
+            json!([{"key": "cores", "operator": "Lt", "values": ["4"]}])
+        ));
+        assert!(!fits(
+            json!([{"key": "cores", "operator": "Gt", "values": ["4", "5"]}])
+        ));
+        assert!(!fits(
+            json!([{"key": "zone", "operator": "Gt", "values": ["4"]}])
+        ));
+        assert!(!fits(
+            json!([{"key": "zone", "operator": "Matches", "values": ["a"]}])
+        ));
+        // ANDed within a term.
+        assert!(!fits(json!([
+            {"key": "zone", "operator": "In", "values": ["a"]},
+            {"key": "rack", "operator": "Exists"}])));
+        // Terms are ORed; an empty term matches nothing.
+        let terms = |t: serde_json::Value| {
+            vmi(
+                json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                {"nodeSelectorTerms": t}}}}),
+            )
+        };
+        assert!(refusal(
+            &terms(
+                json!([{"matchExpressions": [{"key": "rack", "operator": "Exists"}]},
+                          {"matchExpressions": [{"key": "zone", "operator": "Exists"}]}])
+            ),
+            &n
+        )
+        .is_none());
+        assert!(refusal(&terms(json!([{}])), &n).is_some());
+        assert!(refusal(&terms(json!([])), &n).is_some());
+        // matchFields: metadata.name only.
+        assert!(refusal(
+            &terms(json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node02"]}]}])),
+            &n
+        )
+        .is_none());
+        assert!(refusal(
+            &terms(json!([{"matchFields": [{"key": "metadata.uid", "operator": "In", "values": ["node02"]}]}])),
+            &n
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn odd_node_selector_keys_match_nothing_and_are_not_echoed() {
+        let nodes = [node("node01", json!({}))];
+        for key in [
+            "",
+            "/",
+            "kubernetes.io/hostname\0",
+            "../../etc/passwd",
+            "a b",
+            "ключ",
+            &"k".repeat(10_000),
+        ] {
+            let v = vmi(json!({"nodeSelector": {key: "node01"}}));
+            let e = place(&v, &nodes, &load(&[])).expect_err(key);
+            assert_eq!(
+                e.to_string(),
+                "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+            );
+        }
+        // The VMI cannot switch KubeVirt's own requirement off.
+        let sneaky = vmi(json!({"nodeSelector": {SCHEDULABLE: "false"}}));
+        let down = [node(
+            "n",
+            json!({"metadata": {"labels": {SCHEDULABLE: "false"}}}),
+        )];
+        assert!(place(&sneaky, &down, &load(&[])).is_err());
+    }
+}

@@ -1,0 +1,370 @@
+//! Several nodes on one machine (issue 14), end to end with unmodified kubectl and real QEMU
+//! (TCG): `kubevirt-rs server` (node01) and a `kubevirt-rs node` process (node02) joining it
+//! with the server's kubeconfig and its own data directory, as KubeVirt's virt-handler
+//! DaemonSet puts one handler on each node.
+//!
+//! - node02 registers its Node: Ready, `kubevirt.io/schedulable=true`, a heartbeat;
+//! - a VMI selecting `kubernetes.io/hostname: node02` runs there: `status.nodeName`, its
+//!   launcher directory under node02's data directory (none under the server's), Running;
+//!   virt-api answers its pause/unpause with a 503 naming node02 instead of looking for its
+//!   launcher on node01;
+//! - `kubectl cordon node02`: a new VMI selecting node02 waits in Scheduling with
+//!   `PodScheduled=False`, reason `Unschedulable`, and kube-scheduler's message;
+//! - node02's process killed (SIGKILL): after the heartbeat timeout virt-controller marks it
+//!   `kubevirt.io/schedulable=false`, Ready `Unknown`; the VM it ran keeps running (its
+//!   launcher outlives the handler); a restarted node process adopts it and takes the waiting
+//!   VMI once uncordoned;
+//! - node names that are not DNS-1123 subdomains are refused by the CLI.
+//!
+//! VMIs start paused (`startStrategy: Paused`): QEMU is set up but no guest boots, which is all
+//! placement needs.
+
+use kubevirt_launcher::api::VmiDir;
+use kubevirt_testsupport::{have_kubectl, run_output, wait_for, Server};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kubevirt-rs");
+const START: Duration = Duration::from_secs(180);
+/// The heartbeat timeout the server runs with here (KubeVirt: 300 s), and the heartbeat
+/// interval of both handlers (KubeVirt: 60 s).
+const HEARTBEAT_TIMEOUT: &str = "15";
+const HEARTBEAT_INTERVAL: &str = "2";
+
+/// A `kubevirt-rs node` process; dropping it kills it and the launchers it started.
+struct NodeProcess {
+    child: Option<Child>,
+    data: PathBuf,
+}
+
+impl NodeProcess {
+    fn start(server: &Server, name: &str, data: &Path, images: &Path) -> NodeProcess {
+        let mut child = Command::new(BIN)
+            .arg("node")
+            .arg("--kubeconfig")
+            .arg(server.kubeconfig())
+            .args(["--node-name", name])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--image-store")
+            .arg(images)
+            // Two pod networks on one machine would share a bridge; user networking suffices.
+            .args(["--pod-network", "user"])
+            .args(["--heartbeat-interval", HEARTBEAT_INTERVAL])
+            .env("KUBEVIRT_RS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kubevirt-rs node");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let label = name.to_string();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if l.contains("handler running") {
+                    let _ = tx.send(());
+                }
+                eprintln!("[{label}] {l}");
+            }
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "kubevirt-rs node {name} did not start"
+        );
+        NodeProcess {
+            child: Some(child),
+            data: data.to_path_buf(),
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn vmi_dir(&self, name: &str) -> VmiDir {
+        VmiDir::new(&self.data, "default", name).expect("VMI directory")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in VmiDir::all(&self.data)
+            .iter()
+            .filter_map(VmiDir::launcher_pid)
+        {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
+}
+
+fn vmi_manifest(name: &str, node: &str) -> String {
+    format!(
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: {name}
+spec:
+  startStrategy: Paused
+  nodeSelector:
+    kubernetes.io/hostname: {node}
+  domain:
+    devices:
+      disks:
+      - name: rootdisk
+        disk: {{bus: virtio}}
+    resources:
+      requests:
+        memory: 64Mi
+  terminationGracePeriodSeconds: 0
+  volumes:
+  - name: rootdisk
+    containerDisk:
+      image: kubevirt-rs/demo-guest:latest
+"#
+    )
+}
+
+fn apply(server: &Server, name: &str, manifest: &str) {
+    let file = server.data.join(format!("{name}.yaml"));
+    std::fs::write(&file, manifest).expect("write manifest");
+    let out = server.kubectl(&["apply", "-f", file.to_str().expect("utf8")]);
+    assert!(out.contains("created"), "{out}");
+}
+
+fn node_label(server: &Server, node: &str) -> String {
+    server.jsonpath("node", node, "{.metadata.labels.kubevirt\\.io/schedulable}")
+}
+
+fn node_ready(server: &Server, node: &str) -> String {
+    server.jsonpath(
+        "node",
+        node,
+        "{.status.conditions[?(@.type=='Ready')].status}",
+    )
+}
+
+fn vmi(server: &Server, name: &str, path: &str) -> String {
+    server.jsonpath("vmi", name, path)
+}
+
+fn unschedulable_message(server: &Server, name: &str) -> String {
+    vmi(
+        server,
+        name,
+        "{.status.phase}/{.status.conditions[?(@.type=='PodScheduled')].reason}/{.status.conditions[?(@.type=='PodScheduled')].message}",
+    )
+}
+
+#[test]
+fn a_second_node_joins_runs_its_vmis_and_is_fenced_when_it_goes_silent() {
+    if !have_kubectl() {
+        return;
+    }
+    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::new(BIN, dir.path().join("data"), guest.join("oci"));
+    server.extra_args = vec![
+        "--heartbeat-interval".into(),
+        HEARTBEAT_INTERVAL.into(),
+        "--node-heartbeat-timeout".into(),
+        HEARTBEAT_TIMEOUT.into(),
+    ];
+    server.start();
+    let node02_data = dir.path().join("node02");
+    let mut node02 = NodeProcess::start(&server, "node02", &node02_data, &guest.join("oci"));
+
+    // node02 registers itself as KubeVirt's handler keeps a Node.
+    let joined = wait_for(Duration::from_secs(60), || {
+        node_ready(&server, "node02") == "True" && node_label(&server, "node02") == "true"
+    });
+    assert!(
+        joined,
+        "node02 did not become Ready and schedulable: {}",
+        server.kubectl(&["get", "node", "node02", "-o", "yaml"])
+    );
+    let nodes = server.kubectl(&["get", "nodes", "-o", "name"]);
+    assert!(
+        nodes.contains("node/node01") && nodes.contains("node/node02"),
+        "{nodes}"
+    );
+    assert!(
+        !server
+            .jsonpath(
+                "node",
+                "node02",
+                "{.metadata.annotations.kubevirt\\.io/heartbeat}"
+            )
+            .is_empty(),
+        "node02 has no heartbeat"
+    );
+
+    // A VMI selecting node02 runs there, from node02's data directory.
+    apply(&server, "on-node02", &vmi_manifest("on-node02", "node02"));
+    let running = wait_for(START, || {
+        vmi(&server, "on-node02", "{.status.phase}") == "Running"
+    });
+    assert!(
+        running,
+        "on-node02 did not run: {}",
+        server.kubectl(&["get", "vmi", "on-node02", "-o", "yaml"])
+    );
+    assert_eq!(vmi(&server, "on-node02", "{.status.nodeName}"), "node02");
+    assert_eq!(
+        vmi(
+            &server,
+            "on-node02",
+            "{.metadata.labels.kubevirt\\.io/nodeName}"
+        ),
+        "node02"
+    );
+    let launcher = node02
+        .vmi_dir("on-node02")
+        .launcher_pid()
+        .expect("a launcher in node02's data directory");
+    assert!(kubevirt_testsupport::alive(launcher));
+    assert!(
+        !server.vmi_dir("default", "on-node02").path().exists(),
+        "node01's data directory has a directory for a VMI of node02"
+    );
+
+    // virt-api (in the server) cannot reach node02's launchers yet: it says so, naming the
+    // node, instead of looking in node01's directory.
+    let out = server.virtctl(&["unpause", "vmi", "on-node02"]);
+    assert!(
+        out.contains("runs on node node02") && out.contains("node01"),
+        "{out}"
+    );
+    assert_eq!(
+        vmi(
+            &server,
+            "on-node02",
+            "{.status.conditions[?(@.type=='Paused')].status}"
+        ),
+        "True"
+    );
+
+    // Cordoned: a new VMI selecting node02 waits, saying why.
+    let out = server.kubectl(&["cordon", "node02"]);
+    assert!(out.contains("cordoned"), "{out}");
+    apply(&server, "waits", &vmi_manifest("waits", "node02"));
+    let expected = "Scheduling/Unschedulable/0/2 nodes are available: \
+         1 node(s) didn't match Pod's node affinity/selector, 1 node(s) were unschedulable.";
+    let waiting = wait_for(Duration::from_secs(30), || {
+        unschedulable_message(&server, "waits") == expected
+    });
+    assert!(
+        waiting,
+        "waits: {} (wanted {expected})",
+        unschedulable_message(&server, "waits")
+    );
+    assert_eq!(vmi(&server, "waits", "{.status.nodeName}"), "");
+    let events = server.kubectl(&[
+        "get",
+        "events",
+        "-o",
+        "jsonpath={range .items[*]}{.involvedObject.name}:{.reason}:{.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains("waits:FailedScheduling:0/2 nodes are available"),
+        "{events}"
+    );
+
+    // node02's handler dies: virt-controller fences the node after the heartbeat timeout.
+    node02.kill9();
+    let fenced = wait_for(Duration::from_secs(90), || {
+        node_label(&server, "node02") == "false"
+    });
+    assert!(
+        fenced,
+        "node02 was not marked unschedulable: {}",
+        server.kubectl(&["get", "node", "node02", "-o", "yaml"])
+    );
+    assert!(wait_for(Duration::from_secs(10), || {
+        node_ready(&server, "node02") == "Unknown"
+    }));
+    // Its VM is not touched: the launcher outlives the handler, the VMI keeps its phase.
+    assert!(kubevirt_testsupport::alive(launcher));
+    assert_eq!(vmi(&server, "on-node02", "{.status.phase}"), "Running");
+    // Uncordoned but silent: still nowhere to go.
+    let out = server.kubectl(&["uncordon", "node02"]);
+    assert!(out.contains("uncordoned"), "{out}");
+    let still = wait_for(Duration::from_secs(30), || {
+        let m = unschedulable_message(&server, "waits");
+        m.starts_with("Scheduling/Unschedulable/0/2 nodes are available:")
+            && !m.contains("were unschedulable")
+    });
+    assert!(still, "waits: {}", unschedulable_message(&server, "waits"));
+
+    // node02 comes back: it adopts its running launcher and takes the waiting VMI.
+    let node02 = NodeProcess::start(&server, "node02", &node02_data, &guest.join("oci"));
+    let taken = wait_for(START, || {
+        vmi(&server, "waits", "{.status.phase}") == "Running"
+    });
+    assert!(
+        taken,
+        "waits did not run on the returning node02: {}",
+        server.kubectl(&["get", "vmi", "waits", "-o", "yaml"])
+    );
+    assert_eq!(vmi(&server, "waits", "{.status.nodeName}"), "node02");
+    assert_eq!(node_label(&server, "node02"), "true");
+    assert_eq!(
+        node02.vmi_dir("on-node02").launcher_pid(),
+        Some(launcher),
+        "the restarted node did not adopt the running launcher"
+    );
+    assert_eq!(vmi(&server, "on-node02", "{.status.phase}"), "Running");
+
+    // Deleting a VMI of node02 goes through node02's handler.
+    let out = server.kubectl(&[
+        "delete",
+        "vmi",
+        "on-node02",
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    assert!(out.contains("deleted"), "{out}");
+    assert!(wait_for(Duration::from_secs(30), || {
+        !kubevirt_testsupport::alive(launcher)
+    }));
+}
+
+#[test]
+fn node_names_that_are_not_dns1123_subdomains_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let long = "n".repeat(254);
+    for bad in [
+        "Node02", "node_02", "../node", "a/b", "-node", "", "no de", &long,
+    ] {
+        let out = run_output(
+            Command::new(BIN)
+                .arg("node")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                // `=`: a name starting with `-` is still the flag's value.
+                .arg(format!("--node-name={bad}"))
+                .arg("--data-dir")
+                .arg(dir.path().join("d")),
+        );
+        assert!(out.contains("not a valid node name"), "{bad:?}: {out}");
+        assert!(
+            !dir.path().join("d").exists(),
+            "{bad:?} created the data directory"
+        );
+    }
+    let out = run_output(
+        Command::new(BIN)
+            .arg("server")
+            .args(["--node-name", "UPPER", "--data-dir"])
+            .arg(dir.path().join("s")),
+    );
+    assert!(out.contains("not a valid node name"), "{out}");
+}
