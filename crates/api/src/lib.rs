@@ -22,6 +22,7 @@ pub mod guestagent;
 pub mod multus;
 pub mod names;
 pub mod quantity;
+pub mod rbac;
 pub mod status;
 pub mod validation;
 
