@@ -23,6 +23,7 @@ pub mod instancetype;
 pub mod multus;
 pub mod names;
 pub mod quantity;
+pub mod rbac;
 pub mod status;
 pub mod validation;
 

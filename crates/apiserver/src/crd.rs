@@ -17,6 +17,100 @@ use std::sync::Arc;
 pub const GROUP: &str = "apiextensions.k8s.io";
 pub const PLURAL: &str = "customresourcedefinitions";
 
+/// The finalizer a CRD gets when it is deleted: it stays until every object of the CRD is
+/// gone (apiextensions' `CustomResourceCleanupFinalizer`).
+pub const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
+
+/// The condition a deleted CRD reports while its objects go.
+pub const TERMINATING: &str = "Terminating";
+
+/// kube-apiserver's answer to a create while the CRD is being deleted (405, as
+/// apiextensions' handler builds it from `NewMethodNotSupported`).
+pub fn create_refused(group: &str, plural: &str) -> crate::error::ApiError {
+    let mut e = crate::error::ApiError::method_not_allowed(
+        "create not allowed while custom resource definition is terminating",
+    );
+    e.details = Some(json!({"group": group, "kind": plural}));
+    e
+}
+
+/// The `Terminating` condition apiextensions reports, step by step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Termination {
+    /// Set by the delete request itself.
+    Pending,
+    /// The cleanup controller is deleting the objects (some may wait on their finalizers).
+    InProgress,
+    /// Every object is gone; the finalizer is removed next.
+    Completed,
+    /// The CRD never served anything: nothing to delete.
+    NeverEstablished,
+    /// The CRD describes one of the server's built-in kinds: their objects are not the CRD's
+    /// to delete.
+    OverlappingBuiltIn,
+}
+
+impl Termination {
+    /// status, reason and message, as apiextensions-apiserver words them
+    /// (`pkg/registry/customresourcedefinition/etcd.go`, `pkg/controller/finalizer`).
+    pub fn condition(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Termination::Pending => (
+                "True",
+                "InstanceDeletionPending",
+                "CustomResourceDefinition marked for deletion; CustomResource deletion will begin soon",
+            ),
+            Termination::InProgress => (
+                "True",
+                "InstanceDeletionInProgress",
+                "CustomResource deletion is in progress",
+            ),
+            Termination::Completed => ("False", "InstanceDeletionCompleted", "removed all instances"),
+            Termination::NeverEstablished => {
+                ("False", "NeverEstablished", "resource was never established")
+            }
+            Termination::OverlappingBuiltIn => (
+                "False",
+                "OverlappingBuiltInResource",
+                "instances overlap with built-in resources in storage",
+            ),
+        }
+    }
+}
+
+/// Sets (or replaces) the CRD's `Terminating` condition; the transition time moves only
+/// when the status does. Returns whether anything changed.
+pub fn set_terminating(crd: &mut Value, t: Termination) -> bool {
+    let (status, reason, message) = t.condition();
+    if !crd["status"].is_object() {
+        crd["status"] = json!({});
+    }
+    if !crd["status"]["conditions"].is_array() {
+        crd["status"]["conditions"] = json!([]);
+    }
+    let Some(conds) = crd["status"]["conditions"].as_array_mut() else {
+        return false;
+    };
+    let old = conds.iter().position(|c| c["type"] == TERMINATING);
+    if let Some(i) = old {
+        let c = &conds[i];
+        if c["status"] == status && c["reason"] == reason && c["message"] == message {
+            return false;
+        }
+    }
+    let since = match old {
+        Some(i) if conds[i]["status"] == status => conds[i]["lastTransitionTime"].clone(),
+        _ => json!(crate::objects::now()),
+    };
+    let cond = json!({"type": TERMINATING, "status": status, "lastTransitionTime": since,
+                      "reason": reason, "message": message});
+    match old {
+        Some(i) => conds[i] = cond,
+        None => conds.push(cond),
+    }
+    true
+}
+
 /// The resources one stored CRD serves.
 pub struct ServedCrd {
     pub name: String,
@@ -392,15 +486,28 @@ pub fn set_status(crd: &mut Value, old: Option<&Value>, reg: &Registry) {
             stored.push(name);
         }
     }
+    // The Terminating condition belongs to the deletion, not to the names: kept as written
+    // on updates (a new CRD has none).
+    let mut conditions = vec![accepted, established];
+    if old.is_some() {
+        conditions.extend(
+            crd["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["type"] == TERMINATING)
+                .cloned(),
+        );
+    }
     crd["status"] = json!({
         "acceptedNames": if conflict.is_none() { names } else { json!({"plural": "", "kind": ""}) },
-        "conditions": [accepted, established],
+        "conditions": conditions,
         "storedVersions": stored,
     });
 }
 
 /// Whether a stored CRD's status says its names were accepted.
-fn established(crd: &Value) -> bool {
+pub fn established(crd: &Value) -> bool {
     crd["status"]["conditions"]
         .as_array()
         .into_iter()
@@ -409,9 +516,11 @@ fn established(crd: &Value) -> bool {
 }
 
 /// The resources a stored user CRD serves, or `None` when it serves nothing (names not
-/// accepted, being deleted, or a schema that no longer compiles).
+/// accepted, or a schema that no longer compiles). A CRD being deleted is still served, as
+/// kube-apiserver serves it: its objects can be read, patched (to remove their finalizers)
+/// and deleted until the last one is gone; only creates are refused.
 pub fn served(crd: &Value) -> Option<ServedCrd> {
-    if !established(crd) || crd["metadata"]["deletionTimestamp"].is_string() {
+    if !established(crd) {
         return None;
     }
     let spec = &crd["spec"];

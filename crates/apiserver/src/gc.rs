@@ -1,8 +1,9 @@
 //! The server's own controllers: ownerReference garbage collection (background, foreground,
-//! orphan) and namespace deletion. Level-based: each pass looks at the whole store.
+//! orphan), namespace deletion and the cleanup of a deleted CRD's objects. Level-based: each pass looks at the whole store.
 
 use crate::objects::{ApiServer, Query};
-use crate::store::Stored;
+use crate::registry::Admission;
+use crate::store::{Change, Key, Precondition, Stored};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -126,6 +127,7 @@ async fn pass(api: &ApiServer) -> Result<(), String> {
             dependents.entry(owner.as_str()).or_default().push(o);
         }
     }
+    let crd_prefix = Key::prefix(crate::crd::GROUP, crate::crd::PLURAL, None);
     for o in &all {
         // Background: a dependent whose owners are all gone goes too.
         if !o.owners.is_empty() && o.owners.iter().all(|u| !uids.contains(u.as_str())) {
@@ -160,8 +162,105 @@ async fn pass(api: &ApiServer) -> Result<(), String> {
         if o.key.as_str().starts_with("/namespaces/") {
             terminate_namespace(api, o, &all).await?;
         }
+        if has(crate::crd::CLEANUP_FINALIZER) && o.key.as_str().starts_with(&crd_prefix) {
+            finalize_crd(api, o, &all).await?;
+        }
     }
     Ok(())
+}
+
+/// apiextensions' CRD finalizer: a deleted CRD deletes its objects (each one honouring its
+/// own finalizers, so one with a finalizer keeps the CRD Terminating until a client removes
+/// it), and loses its cleanup finalizer once none is left; only then does it go, and with
+/// it its REST paths, discovery and OpenAPI.
+async fn finalize_crd(api: &ApiServer, crd: &Stored, all: &[Arc<Stored>]) -> Result<(), String> {
+    use crate::crd::Termination;
+    let mut v = crd.value();
+    let group = v["spec"]["group"].as_str().unwrap_or("").to_string();
+    let plural = v["spec"]["names"]["plural"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let reg = api.registry();
+    let def = reg.find_any_version(&group, &plural);
+    let outcome = if def.is_some_and(|d| matches!(d.admission, Admission::Builtin(_))) {
+        Termination::OverlappingBuiltIn
+    } else if !crate::crd::established(&v) {
+        Termination::NeverEstablished
+    } else {
+        let prefix = Key::prefix(&group, &plural, None);
+        let objects: Vec<&Arc<Stored>> = all
+            .iter()
+            .filter(|o| o.key.as_str().starts_with(&prefix))
+            .collect();
+        if objects.is_empty() {
+            Termination::Completed
+        } else {
+            if crate::crd::set_terminating(&mut v, Termination::InProgress) {
+                write_crd(api, crd, v).await;
+            }
+            for o in objects {
+                if o.deleting {
+                    continue;
+                }
+                if def.is_some() {
+                    delete(api, o, "Background").await?;
+                } else {
+                    // Not served (its schema no longer compiles): nobody can remove its
+                    // finalizers through the API, so the object goes as it is.
+                    if let Err(e) = api
+                        .store
+                        .write(o.key.clone(), Change::Delete, Precondition::Revision(o.rv))
+                        .await
+                    {
+                        tracing::debug!(key = ?o.key, error = %e, "deleting an object of an unserved CRD raced");
+                    }
+                }
+            }
+            return Ok(());
+        }
+    };
+    crate::crd::set_terminating(&mut v, outcome);
+    remove_finalizer(&mut v, crate::crd::CLEANUP_FINALIZER);
+    tracing::info!(crd = %crd.key.name(), reason = outcome.condition().1, "CRD cleanup finished");
+    write_crd(api, crd, v).await;
+    Ok(())
+}
+
+/// Writes a CRD's status or finalizers as its controller (not through admission: a stored CRD
+/// that a newer server would refuse must still be deletable). The last finalizer gone
+/// completes a deletion, as for every object; then the served resources follow the store.
+/// A write that lost a race is left to the next pass.
+async fn write_crd(api: &ApiServer, crd: &Stored, v: Value) {
+    let done = v["metadata"]["finalizers"]
+        .as_array()
+        .is_none_or(Vec::is_empty);
+    let put = api
+        .store
+        .write(
+            crd.key.clone(),
+            Change::Put(v),
+            Precondition::Revision(crd.rv),
+        )
+        .await;
+    match put {
+        Ok(stored) if done => {
+            if let Err(e) = api
+                .store
+                .write(
+                    crd.key.clone(),
+                    Change::Delete,
+                    Precondition::Revision(stored.rv),
+                )
+                .await
+            {
+                tracing::debug!(crd = %crd.key.name(), error = %e, "CRD removal raced");
+            }
+            api.refresh_crds().await;
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(crd = %crd.key.name(), error = %e, "CRD status write raced"),
+    }
 }
 
 /// A terminating namespace empties itself, then goes.
@@ -184,8 +283,8 @@ async fn terminate_namespace(
             .store
             .write(
                 ns.key.clone(),
-                crate::store::Change::Delete,
-                crate::store::Precondition::Revision(ns.rv),
+                Change::Delete,
+                Precondition::Revision(ns.rv),
             )
             .await
         {

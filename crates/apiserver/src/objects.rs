@@ -84,6 +84,10 @@ pub struct ApiServer {
     rbac: crate::rbac::PolicyCache,
 }
 
+fn is_crd(def: &ResourceDef) -> bool {
+    def.group == crate::crd::GROUP && def.plural == crate::crd::PLURAL
+}
+
 fn is_service(def: &ResourceDef) -> bool {
     def.group.is_empty() && def.plural == "services"
 }
@@ -201,8 +205,10 @@ impl ApiServer {
         self.registry.read().clone()
     }
 
-    /// Serves the stored user CRDs: a new registry with their resources, and the objects of
-    /// a CRD that is no longer stored are deleted (kube-apiserver's CRD cleanup).
+    /// Serves the stored user CRDs: a new registry with their resources. A deleted CRD's
+    /// objects are deleted by its cleanup (`gc`) before the CRD goes; any still stored when it
+    /// is gone (its cleanup finalizer stripped by hand, a create that raced the cleanup) are
+    /// deleted here.
     pub async fn refresh_crds(&self) {
         let base = self.registry();
         let (stored, _) =
@@ -460,6 +466,25 @@ impl ApiServer {
         }
     }
 
+    /// A user CRD being deleted refuses new objects. Read from the store, not from `def`
+    /// (a registry snapshot that may predate the delete); a create that passes this just
+    /// before the delete lands is removed by the cleanup, which looks at the store again.
+    fn check_crd_not_terminating(&self, def: &ResourceDef) -> ApiResult<()> {
+        if !matches!(def.admission, crate::registry::Admission::Schema(_)) {
+            return Ok(());
+        }
+        let key = Key::new(
+            crate::crd::GROUP,
+            crate::crd::PLURAL,
+            "",
+            &format!("{}.{}", def.plural, def.group),
+        );
+        match self.store.get(&key) {
+            Some(crd) if crd.deleting => Err(crate::crd::create_refused(&def.group, &def.plural)),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn create(
         &self,
         def: &ResourceDef,
@@ -528,6 +553,7 @@ impl ApiServer {
             ));
         }
         self.check_namespace(def, ns)?;
+        self.check_crd_not_terminating(def)?;
         let m = body["metadata"]
             .as_object_mut()
             .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
@@ -1037,6 +1063,17 @@ impl ApiServer {
                 finalizers.push(json!(f));
             }
         }
+        // A CRD goes only after its objects (apiextensions' registry: the first delete adds
+        // the cleanup finalizer and marks the CRD Terminating; `gc` deletes the objects).
+        let is_crd = is_crd(def);
+        if is_crd
+            && !obj["metadata"]["deletionTimestamp"].is_string()
+            && !finalizers
+                .iter()
+                .any(|x| x == crate::crd::CLEANUP_FINALIZER)
+        {
+            finalizers.push(json!(crate::crd::CLEANUP_FINALIZER));
+        }
         let graceful = !finalizers.is_empty() || def.kind == "Namespace";
         if q.dry_run() {
             return Ok(obj);
@@ -1052,6 +1089,9 @@ impl ApiServer {
             }
             if def.kind == "Namespace" {
                 obj["status"]["phase"] = json!("Terminating");
+            }
+            if is_crd {
+                crate::crd::set_terminating(&mut obj, crate::crd::Termination::Pending);
             }
             let stored = self
                 .store

@@ -463,146 +463,13 @@ fn binding(name: &str, role: &str, group: &str) -> Value {
     })
 }
 
-/// KubeVirt's roles for VMs (`kubevirt.io:admin|edit|view`, aggregated into admin, edit and
-/// view as KubeVirt installs them) and CDI's for DataVolumes.
+/// KubeVirt's and CDI's roles, from their one definition in [`kubevirt_api::rbac`] (which
+/// `kubevirt-rs crds --with-rbac` also prints for a real cluster).
 fn kubevirt_roles() -> Vec<Value> {
-    let sub = "subresources.kubevirt.io";
-    let vmi_read = [
-        "virtualmachineinstances/guestosinfo",
-        "virtualmachineinstances/filesystemlist",
-        "virtualmachineinstances/userlist",
-    ];
-    let vmi_access = [
-        "virtualmachineinstances/console",
-        "virtualmachineinstances/vnc",
-        "virtualmachineinstances/vnc/screenshot",
-        "virtualmachineinstances/portforward",
-    ];
-    let vmi_ops = [
-        "virtualmachineinstances/pause",
-        "virtualmachineinstances/unpause",
-        "virtualmachineinstances/addvolume",
-        "virtualmachineinstances/removevolume",
-        "virtualmachineinstances/freeze",
-        "virtualmachineinstances/unfreeze",
-        "virtualmachineinstances/softreboot",
-    ];
-    let vm_ops = [
-        "virtualmachines/start",
-        "virtualmachines/stop",
-        "virtualmachines/restart",
-        "virtualmachines/addvolume",
-        "virtualmachines/removevolume",
-        "virtualmachines/migrate",
-        "virtualmachines/memorydump",
-    ];
-    let writable = |verbs: &[&str]| {
-        vec![
-            rule(&[sub], &vmi_read, &["get"]),
-            rule(&[sub], &vmi_access, &["get"]),
-            rule(&[sub], &vmi_ops, &["update"]),
-            rule(&[sub], &vm_ops, &["update"]),
-            rule(
-                &[sub],
-                &["virtualmachines/expand-spec", "virtualmachines/portforward"],
-                &["get"],
-            ),
-            rule(&[sub], &["expand-vm-spec"], &["update"]),
-            rule(
-                &["kubevirt.io"],
-                &[
-                    "virtualmachines",
-                    "virtualmachineinstances",
-                    "virtualmachineinstancepresets",
-                    "virtualmachineinstancereplicasets",
-                    "virtualmachineinstancemigrations",
-                ],
-                verbs,
-            ),
-            rule(
-                &["snapshot.kubevirt.io"],
-                &[
-                    "virtualmachinesnapshots",
-                    "virtualmachinesnapshotcontents",
-                    "virtualmachinerestores",
-                ],
-                verbs,
-            ),
-            rule(&["export.kubevirt.io"], &["virtualmachineexports"], verbs),
-            rule(&["clone.kubevirt.io"], &["virtualmachineclones"], verbs),
-            rule(
-                &["instancetype.kubevirt.io"],
-                &[
-                    "virtualmachineinstancetypes",
-                    "virtualmachineclusterinstancetypes",
-                    "virtualmachinepreferences",
-                    "virtualmachineclusterpreferences",
-                ],
-                verbs,
-            ),
-            rule(&["pool.kubevirt.io"], &["virtualmachinepools"], verbs),
-            rule(&["migrations.kubevirt.io"], &["migrationpolicies"], READ),
-            rule(
-                &["k8s.cni.cncf.io"],
-                &["network-attachment-definitions"],
-                READ,
-            ),
-        ]
-    };
-    let view = vec![
-        rule(&[sub], &vmi_read, &["get"]),
-        rule(
-            &[
-                "kubevirt.io",
-                "snapshot.kubevirt.io",
-                "export.kubevirt.io",
-                "clone.kubevirt.io",
-                "instancetype.kubevirt.io",
-                "pool.kubevirt.io",
-                "migrations.kubevirt.io",
-            ],
-            &["*"],
-            READ,
-        ),
-    ];
-    let cdi_write = vec![
-        rule(
-            &["cdi.kubevirt.io"],
-            &["datavolumes", "datasources", "dataimportcrons"],
-            ALL,
-        ),
-        rule(&["cdi.kubevirt.io"], &["datavolumes/source"], &["create"]),
-        rule(
-            &["upload.cdi.kubevirt.io"],
-            &["uploadtokenrequests"],
-            &["*"],
-        ),
-    ];
-    vec![
-        cluster_role("kubevirt.io:admin", agg_label("admin"), writable(ALL)),
-        cluster_role("kubevirt.io:edit", agg_label("edit"), writable(ALL)),
-        cluster_role("kubevirt.io:view", agg_label("view"), view),
-        cluster_role(
-            "kubevirt.io:default",
-            json!({}),
-            vec![rule(
-                &[sub],
-                &["version", "guestfs", "healthz"],
-                &["get", "list"],
-            )],
-        ),
-        cluster_role(
-            "cdi.kubevirt.io:admin",
-            agg_label("admin"),
-            cdi_write.clone(),
-        ),
-        cluster_role("cdi.kubevirt.io:edit", agg_label("edit"), cdi_write),
-        cluster_role(
-            "cdi.kubevirt.io:view",
-            agg_label("view"),
-            vec![rule(&["cdi.kubevirt.io"], &["*"], READ)],
-        ),
-    ]
+    kubevirt_api::rbac::cluster_roles()
+        .iter()
+        .filter_map(|r| serde_json::to_value(r).ok())
+        .collect()
 }
 
 /// The ClusterRoles and ClusterRoleBindings every server has (kube-apiserver's bootstrap
@@ -689,12 +556,14 @@ pub fn default_cluster_role_bindings() -> Vec<Value> {
             "system:basic-user",
             crate::auth::AUTHENTICATED,
         ),
-        binding(
-            "kubevirt.io:default",
-            "kubevirt.io:default",
-            crate::auth::AUTHENTICATED,
-        ),
     ]
+    .into_iter()
+    .chain(
+        kubevirt_api::rbac::cluster_role_bindings()
+            .iter()
+            .filter_map(|b| serde_json::to_value(b).ok()),
+    )
+    .collect()
 }
 
 #[cfg(test)]

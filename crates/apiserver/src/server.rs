@@ -299,7 +299,17 @@ async fn bootstrap(api: &ApiServer, port: u16) -> Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("creating the default StorageClass: {e}"))?;
     }
-    // The default RBAC policy; existing objects (perhaps edited by the admin) are kept.
+    // The default RBAC policy; existing objects (perhaps edited by the admin) are kept, but
+    // for KubeVirt's and CDI's own, which follow their definition.
+    let kubevirt_owned: Vec<String> = kubevirt_api::rbac::cluster_roles()
+        .into_iter()
+        .filter_map(|r| r.metadata.name)
+        .chain(
+            kubevirt_api::rbac::cluster_role_bindings()
+                .into_iter()
+                .filter_map(|b| b.metadata.name),
+        )
+        .collect();
     for (plural, objects) in [
         ("clusterroles", crate::rbac::default_cluster_roles()),
         (
@@ -315,10 +325,37 @@ async fn bootstrap(api: &ApiServer, port: u16) -> Result<()> {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            if api.store.get(&ApiServer::key(def, "", &name)).is_none() {
-                api.create(def, "", o, &q)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("creating {plural} {name}: {e}"))?;
+            match api.store.get(&ApiServer::key(def, "", &name)) {
+                None => {
+                    api.create(def, "", o, &q)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("creating {plural} {name}: {e}"))?;
+                }
+                Some(stored) if kubevirt_owned.contains(&name) => {
+                    // KubeVirt's and CDI's roles are reconciled to their definition, as
+                    // virt-operator and cdi-operator reconcile them.
+                    let mut v = stored.value();
+                    let mut changed = false;
+                    for field in ["rules", "roleRef", "subjects"] {
+                        if o.get(field).is_some() && v.get(field) != o.get(field) {
+                            v[field] = o[field].clone();
+                            changed = true;
+                        }
+                    }
+                    for (k, want) in o["metadata"]["labels"].as_object().into_iter().flatten() {
+                        if v["metadata"]["labels"].get(k) != Some(want) {
+                            v["metadata"]["labels"][k] = want.clone();
+                            changed = true;
+                        }
+                    }
+                    if changed {
+                        tracing::info!(%plural, %name, "updating KubeVirt's RBAC object to its definition");
+                        api.update(def, "", &name, v, &q, None)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("updating {plural} {name}: {e}"))?;
+                    }
+                }
+                Some(_) => {}
             }
         }
     }

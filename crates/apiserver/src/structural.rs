@@ -14,10 +14,16 @@
 //! (`Invalid value: 20: spec.replicas in body should be less than or equal to 10`).
 //!
 //! Not supported (compared with kube-apiserver 1.33):
-//! * static CEL type checking and cost estimation at compile time: rules are parsed and their
-//!   variables checked (only `self` and `oldSelf`, plus comprehension variables), but a call of
-//!   an unknown function or a type mismatch is reported when the rule runs, as
+//! * static CEL type checking at compile time: rules are parsed and their variables checked
+//!   (only `self` and `oldSelf`, plus comprehension variables), but a call of an unknown
+//!   function or a type mismatch is reported when the rule runs, as
 //!   `... evaluating rule: ...`;
+//! * cel-go's exact static cost estimate: `CostEstimator` follows its shape (sizes from
+//!   `maxLength`/`maxItems`/`maxProperties` or one request's worth, comprehensions times their
+//!   range, string scans, times the places the rule runs) and refuses a rule over
+//!   apiextensions' per-expression limit with its message, but estimates an expression whose
+//!   schema it cannot follow as size 1, so near the limit it accepts what kube might refuse;
+//!   the runtime charge below catches those;
 //! * CEL's `timestamp`/`duration` (the `cel` crate's `chrono` feature is off to keep compile
 //!   time down), `format: date-time` strings are plain strings in CEL, and kube's extension
 //!   libraries beyond `strings` and `lists` (no `quantity`, `url`, `ip`, `cidr`, `isSorted`...);
@@ -360,6 +366,9 @@ impl StructuralSchema {
         let root = c.parse(schema, base, Level::Root, false, Meta::None);
         if c.errs.is_empty() {
             c.check_defaults(&root, base);
+        }
+        if c.errs.is_empty() {
+            check_rule_costs(&root, base, 1.0, &mut c.errs, 0);
         }
         if c.errs.is_empty() {
             Ok(StructuralSchema { root, env: c.env })
@@ -1236,6 +1245,240 @@ fn undeclared(e: &cel::IdedExpr, scope: &mut Vec<String>, depth: usize) -> Optio
 
 fn uses_variable(e: &cel::IdedExpr, name: &str) -> bool {
     e.references().has_variable(name)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Static CEL cost: what apiextensions estimates for each rule when the CRD is written.
+
+/// apiextensions' `StaticEstimatedCostLimit`: the most one rule (times the number of places it
+/// runs in one object) may be estimated to cost.
+pub const CEL_STATIC_COST_LIMIT: f64 = 10_000_000.0;
+/// apiextensions' `MaxRequestSizeBytes`: unbounded strings, lists and maps are estimated as
+/// large as one request could make them.
+const MAX_REQUEST_BYTES: f64 = 3.0 * 1024.0 * 1024.0;
+
+/// Fewest JSON bytes a value of this schema takes (apiextensions' `estimateMinSizeJSON`).
+fn min_json_size(n: &Node) -> f64 {
+    match n.ty.as_str() {
+        "string" => 2.0 + n.min_length.unwrap_or(0) as f64,
+        "boolean" => 4.0,
+        "integer" | "number" => 1.0,
+        "array" | "object" => 2.0,
+        // int-or-string and preserve-unknown-fields without a type: a number at least.
+        _ => 1.0,
+    }
+}
+
+/// Most elements (list items, map entries, string characters) a value of `n` can have.
+fn max_elements(n: &Node) -> f64 {
+    match n.ty.as_str() {
+        "string" => n
+            .max_length
+            .map(|m| m as f64)
+            .unwrap_or(MAX_REQUEST_BYTES - 2.0),
+        "array" => n.max_items.map(|m| m as f64).unwrap_or_else(|| {
+            let item = n.items.as_deref().map(min_json_size).unwrap_or(1.0);
+            ((MAX_REQUEST_BYTES - 2.0) / (item + 1.0)).floor()
+        }),
+        "object" => match (n.max_properties, n.additional_schema()) {
+            (Some(m), _) => m as f64,
+            (None, Some(a)) => ((MAX_REQUEST_BYTES - 2.0) / (min_json_size(a) + 4.0)).floor(),
+            (None, None) => n.properties.len() as f64,
+        },
+        _ => 1.0,
+    }
+}
+
+/// The schema of an element of `n`: a list's items, a map's values.
+fn element_of(n: &Node) -> Option<&Node> {
+    match n.ty.as_str() {
+        "array" => n.items.as_deref(),
+        "object" => n.additional_schema(),
+        _ => None,
+    }
+}
+
+/// A conservative reading of cel-go's cost estimator over the shapes rules use: identifiers
+/// and field selections cost 1, calls 1 plus their arguments, string scans a tenth of the
+/// string's length (regular expressions times a quarter of the pattern's), and a
+/// comprehension (`all`, `exists`, `map`, `filter`...) its range's element count times its body.
+/// Sizes come from the schema (`maxLength`, `maxItems`, `maxProperties`, or what one request
+/// could hold); an expression whose schema is unknown counts as size 1, so that the estimate
+/// stays at or below cel-go's and no CRD kube-apiserver accepts is refused.
+struct CostEstimator<'a> {
+    vars: Vec<(String, Option<&'a Node>)>,
+}
+
+impl<'a> CostEstimator<'a> {
+    fn node_of(&self, e: &cel::IdedExpr) -> Option<&'a Node> {
+        match &e.expr {
+            Expr::Ident(name) => self
+                .vars
+                .iter()
+                .rev()
+                .find(|(v, _)| v == name)
+                .and_then(|(_, n)| *n),
+            Expr::Select(sel) => {
+                let parent = self.node_of(&sel.operand)?;
+                parent
+                    .properties
+                    .get(&sel.field)
+                    .or_else(|| parent.additional_schema())
+            }
+            Expr::Call(c) if c.func_name == "_[_]" => {
+                self.node_of(c.args.first()?).and_then(element_of)
+            }
+            _ => None,
+        }
+    }
+
+    fn size_of(&self, e: &cel::IdedExpr) -> f64 {
+        match &e.expr {
+            Expr::Literal(cel::common::ast::LiteralValue::String(s)) => s.inner().len() as f64,
+            Expr::List(l) => l.elements.len() as f64,
+            _ => self.node_of(e).map(max_elements).unwrap_or(1.0),
+        }
+    }
+
+    fn cost(&mut self, e: &cel::IdedExpr, depth: usize) -> f64 {
+        if depth > MAX_DEPTH {
+            return 0.0;
+        }
+        let d = depth + 1;
+        match &e.expr {
+            Expr::Ident(_) => 1.0,
+            Expr::Literal(_) | Expr::Unspecified => 0.0,
+            Expr::Select(sel) => 1.0 + self.cost(&sel.operand, d),
+            Expr::List(l) => 10.0 + l.elements.iter().map(|x| self.cost(x, d)).sum::<f64>(),
+            Expr::Map(m) => {
+                30.0 + m
+                    .entries
+                    .iter()
+                    .map(|en| match &en.expr {
+                        EntryExpr::MapEntry(me) => self.cost(&me.key, d) + self.cost(&me.value, d),
+                        EntryExpr::StructField(f) => self.cost(&f.value, d),
+                    })
+                    .sum::<f64>()
+            }
+            Expr::Struct(st) => {
+                40.0 + st
+                    .entries
+                    .iter()
+                    .map(|en| match &en.expr {
+                        EntryExpr::MapEntry(me) => self.cost(&me.key, d) + self.cost(&me.value, d),
+                        EntryExpr::StructField(f) => self.cost(&f.value, d),
+                    })
+                    .sum::<f64>()
+            }
+            Expr::Call(c) => {
+                let mut total = 1.0;
+                if let Some(t) = c.target.as_deref() {
+                    total += self.cost(t, d);
+                }
+                for a in &c.args {
+                    total += self.cost(a, d);
+                }
+                let scanned = || {
+                    c.target
+                        .as_deref()
+                        .or(c.args.first())
+                        .map(|t| self.size_of(t))
+                        .unwrap_or(1.0)
+                };
+                let scan = |len: f64| (len * 0.1).ceil();
+                total += match c.func_name.as_str() {
+                    "matches" => {
+                        let pattern = c.args.last().map(|p| self.size_of(p)).unwrap_or(1.0);
+                        scan(scanned()) * (1.0 + pattern * 0.25).ceil()
+                    }
+                    "contains" | "startsWith" | "endsWith" | "indexOf" | "lastIndexOf"
+                    | "lowerAscii" | "upperAscii" | "trim" | "split" | "replace" | "substring"
+                    | "charAt" | "join" => scan(scanned()),
+                    _ => 0.0,
+                };
+                total
+            }
+            Expr::Comprehension(c) => {
+                let range = self.node_of(&c.iter_range);
+                let count = self.size_of(&c.iter_range);
+                // A map's comprehension variable is its key (a string); a list's, an item.
+                let elem = range.and_then(|r| if r.ty == "array" { element_of(r) } else { None });
+                let outer = self.cost(&c.iter_range, d) + self.cost(&c.accu_init, d);
+                self.vars.push((c.iter_var.clone(), elem));
+                if let Some(v2) = &c.iter_var2 {
+                    self.vars.push((v2.clone(), range.and_then(element_of)));
+                }
+                self.vars.push((c.accu_var.clone(), None));
+                let body = self.cost(&c.loop_cond, d) + self.cost(&c.loop_step, d);
+                let result = self.cost(&c.result, d);
+                self.vars
+                    .truncate(self.vars.len() - 2 - usize::from(c.iter_var2.is_some()));
+                outer + count * body + result
+            }
+        }
+    }
+}
+
+/// apiextensions' message for an estimate over a limit (`getCostErrorMessage`).
+fn cost_error_message(what: &str, cost: f64, limit: f64) -> String {
+    let factor = cost / limit;
+    let factor = if factor > 100.0 {
+        "more than 100x".to_string()
+    } else if factor < 1.5 {
+        format!("{factor:.6}x")
+    } else {
+        format!("{factor:.1}x")
+    };
+    format!("{what} exceeds budget by factor of {factor} (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)")
+}
+
+/// Refuses each rule whose estimated cost, times the number of places it can run in one
+/// object (`cardinality`: the product of the enclosing lists' and maps' sizes), is over
+/// [`CEL_STATIC_COST_LIMIT`], as apiextensions refuses it when the CRD is written.
+fn check_rule_costs(
+    n: &Node,
+    path: &str,
+    cardinality: f64,
+    errs: &mut Vec<FieldError>,
+    depth: usize,
+) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    for (i, rule) in n.rules.iter().enumerate() {
+        let mut est = CostEstimator {
+            vars: vec![("self".into(), Some(n)), ("oldSelf".into(), Some(n))],
+        };
+        let cost = est.cost(rule.program.expression(), 0) * cardinality;
+        if cost > CEL_STATIC_COST_LIMIT {
+            errs.push(forbidden(
+                child(&index(&child(path, "x-kubernetes-validations"), i), "rule"),
+                &cost_error_message("estimated rule cost", cost, CEL_STATIC_COST_LIMIT),
+            ));
+        }
+    }
+    for (k, p) in &n.properties {
+        check_rule_costs(
+            p,
+            &key(&child(path, "properties"), k),
+            cardinality,
+            errs,
+            depth + 1,
+        );
+    }
+    let each = (cardinality * max_elements(n)).min(f64::MAX);
+    if let Some(a) = n.additional_schema() {
+        check_rule_costs(
+            a,
+            &child(path, "additionalProperties"),
+            each,
+            errs,
+            depth + 1,
+        );
+    }
+    if let Some(i) = &n.items {
+        check_rule_costs(i, &child(path, "items"), each, errs, depth + 1);
+    }
 }
 
 /// (node count, deepest comprehension nesting) of a CEL AST.
@@ -2863,8 +3106,10 @@ mod tests {
         );
         // Comprehension variables are declared.
         assert!(StructuralSchema::compile(
-            &with_spec(json!({"a": {"type": "array", "items": {"type": "string"},
-            "x-kubernetes-validations": [{"rule": "self.all(x, self.exists(y, x == y))"}]}})),
+            &with_spec(
+                json!({"a": {"type": "array", "items": {"type": "string"}, "maxItems": 100,
+            "x-kubernetes-validations": [{"rule": "self.all(x, self.exists(y, x == y))"}]}})
+            ),
             BASE
         )
         .is_ok());
@@ -2873,11 +3118,13 @@ mod tests {
     #[test]
     fn cel_cost_is_bounded() {
         let s = compile(with_spec(
-            json!({"a": {"type": "array", "items": {"type": "integer"},
+            json!({"a": {"type": "array", "items": {"type": "integer"}, "maxItems": 1000,
             "x-kubernetes-validations": [{"rule": "self.all(x, self.all(y, x != y || true))"}]},
             "b": {"type": "array", "items": {"type": "string", "x-kubernetes-validations": [{"rule": "self.size() < 100"}]}}}),
         ));
-        let big: Vec<i64> = (0..20_000).collect();
+        // Under the static estimate for 1,000 items (10,000,000), over the per-call limit
+        // (1,000,000) when the list is full.
+        let big: Vec<i64> = (0..1_000).collect();
         let started = std::time::Instant::now();
         let e = errors(&s, cr(json!({"a": big})));
         assert!(e.contains("call cost exceeds limit for rule"), "{e}");
@@ -2892,6 +3139,43 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
         // Small inputs still run.
         assert_eq!(errors(&s, cr(json!({"a": [1, 2, 3], "b": ["x"]}))), "");
+    }
+
+    #[test]
+    fn rules_estimated_over_the_static_cost_limit_are_refused_at_compile() {
+        let unbounded = with_spec(
+            json!({"tags": {"type": "array", "items": {"type": "string"},
+            "x-kubernetes-validations": [{"rule": "self.all(x, x.matches('^[a-z]+$'))"}]}}),
+        );
+        let errs = StructuralSchema::compile(&unbounded, "s").expect_err("refused");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            errs[0].field,
+            "s.properties[spec].properties[tags].x-kubernetes-validations[0].rule"
+        );
+        assert_eq!(errs[0].message, "Forbidden: estimated rule cost exceeds budget by factor of more than 100x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)");
+        // Bounded, the same rule is cheap.
+        let bounded = with_spec(json!({"tags": {"type": "array", "maxItems": 25,
+            "items": {"type": "string", "maxLength": 10},
+            "x-kubernetes-validations": [{"rule": "self.all(x, x.matches('^[a-z]+$'))"}]}}));
+        assert!(StructuralSchema::compile(&bounded, "s").is_ok());
+        // A rule on each item counts once per item the list can hold.
+        let per_item = with_spec(json!({"tags": {"type": "array", "items": {"type": "string",
+            "x-kubernetes-validations": [{"rule": "self.matches('^[a-z]+$')"}]}}}));
+        let errs = StructuralSchema::compile(&per_item, "s").expect_err("refused");
+        assert_eq!(
+            errs[0].field,
+            "s.properties[spec].properties[tags].items.x-kubernetes-validations[0].rule"
+        );
+        // A quadratic rule over a map without maxProperties.
+        let map = with_spec(json!({"labels": {"type": "object",
+            "additionalProperties": {"type": "string", "maxLength": 63},
+            "x-kubernetes-validations": [{"rule": "self.all(k, self.all(j, k == j || self[k] != self[j]))"}]}}));
+        assert!(StructuralSchema::compile(&map, "s").is_err());
+        let msg = cost_error_message("estimated rule cost", 12_000_000.0, CEL_STATIC_COST_LIMIT);
+        assert!(msg.contains("factor of 1.200000x"), "{msg}");
+        let msg = cost_error_message("estimated rule cost", 25_000_000.0, CEL_STATIC_COST_LIMIT);
+        assert!(msg.contains("factor of 2.5x"), "{msg}");
     }
 
     #[test]

@@ -276,3 +276,196 @@ spec:
     assert!(!out.status.success(), "a conflicting CRD is served");
     s.ok(&["get", "events.v1.events.k8s.io"]);
 }
+
+fn json_of(s: &Server, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&s.ok(args)).expect("json")
+}
+
+fn terminating_condition(crd: &serde_json::Value) -> serde_json::Value {
+    crd["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Terminating")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Deleting a CRD as apiextensions does it: the CRD is Terminating (cleanup finalizer,
+/// `InstanceDeletionInProgress`) while its objects go, each honouring its own finalizers;
+/// creates are refused meanwhile; the CRD, its paths and its discovery go only when the last
+/// object is gone.
+#[test]
+fn a_deleted_crd_waits_for_its_objects_and_their_finalizers() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = Server::start();
+    let out = s.kubectl_with("kubectl", &["apply", "-f", "-"], Some(CRD));
+    assert!(out.status.success(), "{}", stderr(&out));
+    s.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=10s",
+        "crd/widgets.example.com",
+    ]);
+    let held = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\nspec: {color: red}\n";
+    let out = s.kubectl_with("kubectl", &["apply", "-f", "-"], Some(held));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = s.kubectl_with(
+        "kubectl",
+        &["apply", "-f", "-"],
+        Some(&widget("free", "{color: blue}")),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    s.ok(&["delete", "crd", "widgets.example.com", "--wait=false"]);
+    let crd = json_of(&s, &["get", "crd", "widgets.example.com", "-o", "json"]);
+    assert!(crd["metadata"]["deletionTimestamp"].is_string(), "{crd}");
+    assert!(
+        crd["metadata"]["finalizers"]
+            .to_string()
+            .contains("customresourcecleanup.apiextensions.k8s.io"),
+        "{crd}"
+    );
+    // Deleting it again changes nothing.
+    s.ok(&["delete", "crd", "widgets.example.com", "--wait=false"]);
+
+    // The object without a finalizer goes; the one with a finalizer is marked and stays,
+    // and keeps the CRD Terminating.
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || {
+            s.ok(&["get", "widgets", "-o", "name"]).trim() == "widget.example.com/held"
+        }),
+        "{}",
+        s.ok(&["get", "widgets", "-o", "name"])
+    );
+    let w = json_of(&s, &["get", "widget", "held", "-o", "json"]);
+    assert!(w["metadata"]["deletionTimestamp"].is_string(), "{w}");
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || {
+            let crd = json_of(&s, &["get", "crd", "widgets.example.com", "-o", "json"]);
+            terminating_condition(&crd)["reason"] == "InstanceDeletionInProgress"
+        }),
+        "no InstanceDeletionInProgress condition"
+    );
+    let c = terminating_condition(&json_of(
+        &s,
+        &["get", "crd", "widgets.example.com", "-o", "json"],
+    ));
+    assert_eq!(c["status"], "True", "{c}");
+    assert_eq!(
+        c["message"], "CustomResource deletion is in progress",
+        "{c}"
+    );
+    // Still served: discovery lists it, reads work.
+    assert!(s
+        .ok(&["get", "--raw", "/apis/example.com/v1"])
+        .contains("\"widgets\""));
+
+    // New objects are refused while it terminates, as kube-apiserver refuses them.
+    let out = s.kubectl_with(
+        "kubectl",
+        &["create", "-f", "-"],
+        Some(&widget("late", "{color: green}")),
+    );
+    assert!(!out.status.success(), "created during termination");
+    assert!(
+        stderr(&out).contains("MethodNotAllowed")
+            && stderr(&out)
+                .contains("create not allowed while custom resource definition is terminating"),
+        "{}",
+        stderr(&out)
+    );
+    let out = s.kubectl_with(
+        "kubectl",
+        &["apply", "--server-side", "-f", "-"],
+        Some(&widget("late", "{color: green}")),
+    );
+    assert!(!out.status.success(), "applied during termination");
+    // The CRD's name stays taken.
+    let out = s.kubectl_with("kubectl", &["create", "-f", "-"], Some(CRD));
+    assert!(stderr(&out).contains("AlreadyExists"), "{}", stderr(&out));
+
+    // The client removes its finalizer: the object goes, then the CRD and what it served.
+    s.ok(&[
+        "patch",
+        "widget",
+        "held",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || {
+            !s.kubectl(&["get", "crd", "widgets.example.com"])
+                .status
+                .success()
+        }),
+        "the CRD stayed after its last object went"
+    );
+    let out = s.kubectl(&["get", "crd", "widgets.example.com"]);
+    assert!(stderr(&out).contains("NotFound"), "{}", stderr(&out));
+    assert!(!s
+        .kubectl(&["get", "--raw", "/apis/example.com/v1"])
+        .status
+        .success());
+    assert!(!s.kubectl(&["get", "widgets"]).status.success());
+
+    // Created again, it starts empty and accepts objects.
+    let out = s.kubectl_with("kubectl", &["apply", "-f", "-"], Some(CRD));
+    assert!(out.status.success(), "{}", stderr(&out));
+    s.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=10s",
+        "crd/widgets.example.com",
+    ]);
+    assert_eq!(s.ok(&["get", "widgets", "-A", "-o", "name"]).trim(), "");
+    let crd = json_of(&s, &["get", "crd", "widgets.example.com", "-o", "json"]);
+    assert!(terminating_condition(&crd).is_null(), "{crd}");
+    let out = s.kubectl_with(
+        "kubectl",
+        &["apply", "-f", "-"],
+        Some(&widget("again", "{color: green}")),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Deleting the CRD of one of the server's own kinds does not delete that kind's objects
+/// (apiextensions' `OverlappingBuiltInResource`): the CRD goes, the kind stays served.
+#[test]
+fn deleting_the_crd_of_a_built_in_kind_keeps_its_objects() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = Server::start();
+    let vm = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {name: keep}
+spec:
+  runStrategy: Halted
+  template:
+    spec:
+      domain:
+        devices:
+          disks:
+          - {name: root, disk: {bus: virtio}}
+        resources: {requests: {memory: 128Mi}}
+      volumes:
+      - {name: root, containerDisk: {image: demo}}
+"#;
+    let out = s.kubectl_with("kubectl", &["apply", "-f", "-"], Some(vm));
+    assert!(out.status.success(), "{}", stderr(&out));
+    s.ok(&[
+        "delete",
+        "crd",
+        "virtualmachines.kubevirt.io",
+        "--timeout=20s",
+    ]);
+    assert_eq!(
+        s.ok(&["get", "vm", "-o", "name"]).trim(),
+        "virtualmachine.kubevirt.io/keep"
+    );
+}

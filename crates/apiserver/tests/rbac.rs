@@ -245,3 +245,78 @@ fn a_namespaced_user_is_confined_to_their_namespace() {
     assert!(by_alice("clusterrolebindings", 403), "{audit}");
     assert!(by_alice("namespaces", 403), "{audit}");
 }
+
+/// The roles KubeVirt and CDI install are served from their one definition in
+/// `kubevirt_api::rbac` (the same `kubevirt-rs crds --with-rbac` prints for a cluster), and
+/// Kubernetes' `view` aggregates them.
+#[test]
+fn kubevirts_roles_are_served_as_defined_and_aggregated() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = Server::start();
+    for role in kubevirt_api::rbac::cluster_roles() {
+        let name = role.metadata.name.clone().expect("name");
+        let served: serde_json::Value =
+            serde_json::from_str(&s.ok(&["get", "clusterrole", &name, "-o", "json"]))
+                .expect("json");
+        let want = serde_json::to_value(&role).expect("role");
+        assert_eq!(served["rules"], want["rules"], "{name}");
+        for (k, v) in want["metadata"]["labels"].as_object().expect("labels") {
+            assert_eq!(&served["metadata"]["labels"][k], v, "{name}: label {k}");
+        }
+    }
+    let view: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "clusterrole", "kubevirt.io:view", "-o", "json"]))
+            .expect("json");
+    assert_eq!(
+        view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    for binding in kubevirt_api::rbac::cluster_role_bindings() {
+        let name = binding.metadata.name.clone().expect("name");
+        let served: serde_json::Value =
+            serde_json::from_str(&s.ok(&["get", "clusterrolebinding", &name, "-o", "json"]))
+                .expect("json");
+        let want = serde_json::to_value(&binding).expect("binding");
+        assert_eq!(served["subjects"], want["subjects"], "{name}");
+        assert_eq!(served["roleRef"], want["roleRef"], "{name}");
+    }
+    // Aggregated into view: a viewer may watch VMIs and list DataVolumes, not create VMIs.
+    s.ok(&[
+        "create",
+        "rolebinding",
+        "viewers",
+        "--clusterrole=view",
+        "--group=viewers",
+        "-n",
+        "default",
+    ]);
+    for (verb, resource, sub, want) in [
+        ("watch", "virtualmachineinstances.kubevirt.io", "", "yes"),
+        ("create", "virtualmachineinstances.kubevirt.io", "", "no"),
+        ("list", "datavolumes.cdi.kubevirt.io", "", "yes"),
+    ] {
+        let mut args = vec![
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            "-n",
+            "default",
+            "--as=viewer",
+            "--as-group=viewers",
+        ];
+        let flag = format!("--subresource={sub}");
+        if !sub.is_empty() {
+            args.push(&flag);
+        }
+        let o = s.kubectl(&args);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            want,
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}

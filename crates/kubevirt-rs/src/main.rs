@@ -25,7 +25,13 @@ enum Command {
     /// Default and validate KubeVirt manifests offline; exit status 1 if any is invalid.
     Validate(validate::ValidateArgs),
     /// Print the CustomResourceDefinitions of every kind, as YAML.
-    Crds,
+    Crds {
+        /// Also print KubeVirt's and CDI's ClusterRoles (kubevirt.io:admin|edit|view, ...,
+        /// aggregated into admin/edit/view) and their bindings: the same roles the embedded
+        /// server serves, for a real cluster.
+        #[arg(long)]
+        with_rbac: bool,
+    },
     /// virt-launcher: run one VMI under QEMU, attach to its console, show its state.
     Launcher(kubevirt_launcher::cli::LauncherArgs),
     /// Run the single-node server: an embedded Kubernetes API server with KubeVirt's resources.
@@ -131,13 +137,25 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Virtctl { args } => Ok(kubevirt_virtctl::main_from(
             std::iter::once(std::ffi::OsString::from("virtctl")).chain(args),
         )),
-        Command::Crds => {
+        Command::Crds { with_rbac } => {
+            let mut docs = Vec::new();
+            for crd in kubevirt_api::crd::crds() {
+                docs.push(serde_yaml::to_string(&crd)?);
+            }
+            if with_rbac {
+                for role in kubevirt_api::rbac::cluster_roles() {
+                    docs.push(serde_yaml::to_string(&role)?);
+                }
+                for binding in kubevirt_api::rbac::cluster_role_bindings() {
+                    docs.push(serde_yaml::to_string(&binding)?);
+                }
+            }
             let mut out = std::io::stdout().lock();
-            for (i, crd) in kubevirt_api::crd::crds().iter().enumerate() {
+            for (i, doc) in docs.iter().enumerate() {
                 if i > 0 {
                     writeln!(out, "---")?;
                 }
-                write!(out, "{}", serde_yaml::to_string(crd)?)?;
+                write!(out, "{doc}")?;
             }
             Ok(0)
         }

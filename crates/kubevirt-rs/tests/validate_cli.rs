@@ -184,3 +184,56 @@ fn crds_prints_every_crd() {
     assert!(docs.len() >= 16, "{}", docs.len());
     assert!(docs.iter().all(|d| d["kind"] == "CustomResourceDefinition"));
 }
+
+/// `crds --with-rbac`: the CRDs, then KubeVirt's and CDI's ClusterRoles and bindings, with the
+/// aggregation labels and exactly the rules the embedded server serves (both come from
+/// `kubevirt_api::rbac`; `crates/apiserver/tests/rbac.rs` checks the served side).
+#[test]
+fn crds_with_rbac_prints_kubevirts_aggregated_roles() {
+    let out = bin().args(["crds", "--with-rbac"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+        .collect();
+    let crds = docs
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .count();
+    assert_eq!(crds, kubevirt_api::crd::crds().len());
+    let role = |name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no ClusterRole {name}"))
+            .clone()
+    };
+    for (name, to) in [
+        ("kubevirt.io:admin", "admin"),
+        ("kubevirt.io:edit", "edit"),
+        ("kubevirt.io:view", "view"),
+        ("cdi.kubevirt.io:admin", "admin"),
+        ("cdi.kubevirt.io:edit", "edit"),
+        ("cdi.kubevirt.io:view", "view"),
+    ] {
+        let r = role(name);
+        assert_eq!(r["apiVersion"], "rbac.authorization.k8s.io/v1", "{name}");
+        assert_eq!(
+            r["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{to}")],
+            "true",
+            "{name}"
+        );
+    }
+    for want in kubevirt_api::rbac::cluster_roles() {
+        let want = serde_json::to_value(&want).expect("role");
+        let name = want["metadata"]["name"].as_str().expect("name");
+        assert_eq!(role(name)["rules"], want["rules"], "{name}");
+    }
+    let bindings = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRoleBinding")
+        .count();
+    assert_eq!(bindings, kubevirt_api::rbac::cluster_role_bindings().len());
+    // Without the flag: CRDs only.
+    let out = bin().arg("crds").output().expect("run");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("kind: ClusterRole"));
+}
