@@ -189,7 +189,20 @@ macro_rules! core {
             kind: $kind,
             plural: $plural,
             namespaced: $ns,
-            admit: |v, r, o| admit_typed::<$ty>(v, r, o, $default, None, $validate, None, None),
+            admit: |v, r, o| {
+                admit_typed::<$ty>(
+                    v,
+                    r,
+                    o,
+                    Hooks {
+                        default: $default,
+                        on_create: None,
+                        validate: $validate,
+                        rules: None,
+                        warn: None,
+                    },
+                )
+            },
             roundtrip: roundtrip::<$ty>,
             crd: None,
         }
@@ -220,7 +233,18 @@ macro_rules! custom {
                 .leak(),
             namespaced: <crate::$ty as CustomResourceExt>::crd().spec.scope == "Namespaced",
             admit: |v, r, o| {
-                admit_typed::<crate::$ty>(v, r, o, $default, $on_create, $validate, $rules, $warn)
+                admit_typed::<crate::$ty>(
+                    v,
+                    r,
+                    o,
+                    Hooks {
+                        default: $default,
+                        on_create: $on_create,
+                        validate: $validate,
+                        rules: $rules,
+                        warn: $warn,
+                    },
+                )
             },
             roundtrip: roundtrip::<crate::$ty>,
             crd: Some(|| <crate::$ty as CustomResourceExt>::crd()),
@@ -521,15 +545,22 @@ fn roundtrip<K: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, St
     serde_json::to_value(&typed).map_err(|e| e.to_string())
 }
 
-fn admit_typed<K: DeserializeOwned + Serialize>(
-    value: &Value,
-    req: &Request,
-    opts: &AdmitOptions,
+/// What a kind's admission does, in order: defaults, create-only mutations (KubeVirt's mutators
+/// that run on create only), validation of the object alone, rules that see the request, and
+/// warnings.
+struct Hooks<K> {
     default: fn(&mut K, &DefaultsConfig),
     on_create: Option<fn(&mut K)>,
     validate: fn(&K, &ValidationConfig) -> Vec<FieldError>,
     rules: Option<RulesFn<K>>,
     warn: Option<WarnFn<K>>,
+}
+
+fn admit_typed<K: DeserializeOwned + Serialize>(
+    value: &Value,
+    req: &Request,
+    opts: &AdmitOptions,
+    hooks: Hooks<K>,
 ) -> Result<Admitted, Vec<FieldError>> {
     let mut typed: K = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -569,6 +600,13 @@ fn admit_typed<K: DeserializeOwned + Serialize>(
             );
         }
     }
+    let Hooks {
+        default,
+        on_create,
+        validate,
+        rules,
+        warn,
+    } = hooks;
     default(&mut typed, &opts.defaults);
     // KubeVirt's mutators that run on create only (a create has no stored object).
     if let (Some(mutate), None) = (on_create, req.old) {
