@@ -36,15 +36,7 @@ fn only_kubevirt_components_may_change_a_vmi_spec() {
     }
     let s = Server::start();
     s.ok(&["create", "namespace", "a"]);
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let alice = rt
-        .block_on(kubevirt_apiserver::users::add(
-            s.dir.path(),
-            "alice",
-            "a",
-            "edit",
-        ))
-        .expect("user add");
+    let alice = s.add_user("alice", "a", "edit").expect("user add");
     let as_alice = |args: &[&str]| s.kubectl_as("kubectl", &alice, args, None);
     let o = s.kubectl_with("kubectl", &["apply", "-f", "-"], Some(VMI));
     assert!(o.status.success(), "{}", out(&o));
@@ -174,15 +166,7 @@ fn clone_export_and_reserved_labels_through_kubectl() {
     }
     let s = Server::start();
     s.ok(&["create", "namespace", "a"]);
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let alice = rt
-        .block_on(kubevirt_apiserver::users::add(
-            s.dir.path(),
-            "alice",
-            "a",
-            "edit",
-        ))
-        .expect("user add");
+    let alice = s.add_user("alice", "a", "edit").expect("user add");
     let as_alice = |args: &[&str], stdin: &str| s.kubectl_as("kubectl", &alice, args, Some(stdin));
 
     let labelled = VMI.replace(
@@ -277,15 +261,7 @@ fn vm_admission_instancetypes_template_labels_and_warnings_through_kubectl() {
     }
     let s = Server::start();
     s.ok(&["create", "namespace", "a"]);
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let alice = rt
-        .block_on(kubevirt_apiserver::users::add(
-            s.dir.path(),
-            "alice",
-            "a",
-            "edit",
-        ))
-        .expect("user add");
+    let alice = s.add_user("alice", "a", "edit").expect("user add");
     let as_alice = |args: &[&str], stdin: &str| s.kubectl_as("kubectl", &alice, args, Some(stdin));
 
     // An instancetype with launchSecurity is accepted with KubeVirt's deprecation warning.

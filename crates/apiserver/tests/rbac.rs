@@ -43,40 +43,11 @@ fn a_namespaced_user_is_confined_to_their_namespace() {
     let s = Server::start();
     s.ok(&["create", "namespace", "a"]);
     s.ok(&["create", "namespace", "b"]);
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let alice = rt
-        .block_on(kubevirt_apiserver::users::add(
-            s.dir.path(),
-            "alice",
-            "a",
-            "edit",
-        ))
-        .expect("user add");
+    let alice = s.add_user("alice", "a", "edit").expect("user add");
     // A second user of the same name, a bad role and a bad name are refused.
-    assert!(rt
-        .block_on(kubevirt_apiserver::users::add(
-            s.dir.path(),
-            "alice",
-            "a",
-            "edit"
-        ))
-        .is_err());
-    assert!(rt
-        .block_on(kubevirt_apiserver::users::add(
-            s.dir.path(),
-            "bob",
-            "a",
-            "root"
-        ))
-        .is_err());
-    assert!(rt
-        .block_on(kubevirt_apiserver::users::add(
-            s.dir.path(),
-            "eve,x",
-            "a",
-            "view"
-        ))
-        .is_err());
+    assert!(s.add_user("alice", "a", "edit").is_err());
+    assert!(s.add_user("bob", "a", "root").is_err());
+    assert!(s.add_user("eve,x", "a", "view").is_err());
 
     // Allowed in a.
     let o = kubectl_as(&s, &alice, &["apply", "-f", "-"], Some(VM));

@@ -94,12 +94,7 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
-        for pid in VmiDir::all(&self.data)
-            .iter()
-            .filter_map(VmiDir::launcher_pid)
-        {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
+        kubevirt_testsupport::stop_launchers(&self.data);
     }
 }
 

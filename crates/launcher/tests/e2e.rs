@@ -322,19 +322,6 @@ async fn microvm_boots_and_pause_stops_the_guest_clock() {
     wait_serial(tmp.path(), "tick ", BOOT_TIMEOUT).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let ticks = |dir: &Path| -> Vec<f64> {
-        VmiDir::from_path(dir)
-            .ok()
-            .and_then(|d| std::fs::read_to_string(d.serial_log()).ok())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                l.trim()
-                    .strip_prefix("tick ")
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .collect()
-    };
     vm.pause().await.unwrap();
     assert_eq!(vm.state().phase, Phase::Paused);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -220,15 +220,18 @@ pub fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Sends SIGTERM to every launcher with a VMI directory under the data directory `data` (what
+/// a test leaves behind when it ends while VMs run).
+pub fn stop_launchers(data: &Path) {
+    for pid in VmiDir::all(data).iter().filter_map(VmiDir::launcher_pid) {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
-        for pid in VmiDir::all(&self.data)
-            .iter()
-            .filter_map(VmiDir::launcher_pid)
-        {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
+        stop_launchers(&self.data);
     }
 }
 

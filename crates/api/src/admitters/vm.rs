@@ -434,52 +434,6 @@ fn run_strategy(vm: &VirtualMachine) -> Option<String> {
     }
 }
 
-/// `ValidateHotplugDiskConfiguration` (pkg/storage/admitters/storagehotplug.go): a hotplugged
-/// disk is a `disk` on the scsi or virtio bus or a `lun` on scsi, with IOThreads only on virtio.
-pub fn hotplug_disk(
-    disk: &crate::Disk,
-    name: &str,
-    prefix: &str,
-    field: &str,
-) -> Option<FieldError> {
-    let bus = disk
-        .disk
-        .as_ref()
-        .and_then(|d| d.bus.clone())
-        .or_else(|| disk.lun.as_ref().and_then(|l| l.bus.clone()))
-        .or_else(|| disk.cdrom.as_ref().and_then(|c| c.bus.clone()))
-        .unwrap_or_default();
-    let refuse = |m: String| Some(FieldError::invalid(field, m));
-    if disk.disk.is_some() {
-        if bus != "scsi" && bus != "virtio" {
-            return refuse(format!("{prefix} for disk [{name}] requires bus to be 'scsi' or 'virtio'. [{bus}] is not permitted."));
-        }
-    } else if disk.lun.is_some() {
-        if bus != "scsi" {
-            return refuse(format!(
-                "{prefix} for LUN [{name}] requires bus to be 'scsi'. [{bus}] is not permitted."
-            ));
-        }
-    } else {
-        return refuse(format!(
-            "{prefix} for [{name}] requires diskDevice of type 'disk' or 'lun' to be used."
-        ));
-    }
-    if disk.dedicated_io_thread == Some(true) && bus != "virtio" {
-        return refuse(format!(
-            "{prefix} for [{name}] requires virtio bus for IOThreads."
-        ));
-    }
-    if disk.boot_order.is_some_and(|o| o < 1) {
-        // KubeVirt's message and field, index included.
-        return Some(FieldError::invalid(
-            "spec.domain.devices.disks[1].bootOrder",
-            "spec.domain.devices.disks[1] must have a boot order > 0, if supplied",
-        ));
-    }
-    None
-}
-
 /// `ApplyVolumeRequestOnVMISpec`: the spec with one volume request carried out.
 pub fn apply_volume_request(
     spec: &mut crate::VirtualMachineInstanceSpec,
@@ -585,7 +539,14 @@ fn volume_requests(
                         format!("AddVolume request for [{name}] aleady exists"),
                     );
                 }
-                if let Some(e) = hotplug_disk(&add.disk, name, "AddVolume request", field) {
+                // KubeVirt reports a bad boot order of the request's disk at `disks[1]`.
+                if let Some(e) = super::vmi_update::hotplug_disk_configuration(
+                    &add.disk,
+                    name,
+                    "AddVolume request",
+                    field,
+                    1,
+                ) {
                     errs.push(e);
                     return;
                 }

@@ -326,7 +326,9 @@ fn admit_hotplug_storage(
                 };
                 if !old_dm.contains_key(*k) {
                     let i = new_disks.iter().position(|x| x.name == **k).unwrap_or(0);
-                    if let Some(e) = hotplug_disk_configuration(d, k, i, "Hotplug configuration") {
+                    if let Some(e) =
+                        hotplug_disk_configuration(d, k, "Hotplug configuration", "", i)
+                    {
                         return Some(e);
                     }
                 }
@@ -352,15 +354,17 @@ fn split(vols: &[Volume]) -> (ByName<'_>, ByName<'_>) {
     (hot, permanent)
 }
 
-/// `ValidateHotplugDiskConfiguration`: a hotplugged disk is a `disk` on bus scsi or virtio, or
-/// a `lun` on scsi; IO threads need virtio. `index` is the disk's place in
-/// `spec.domain.devices.disks` (KubeVirt reports a bad boot order at `disks[1]` whatever the
-/// disk; we name the disk).
+/// `ValidateHotplugDiskConfiguration` (pkg/storage/admitters/storagehotplug.go), for VMI
+/// updates and a VM's volume requests alike: a hotplugged disk is a `disk` on bus scsi or
+/// virtio, or a `lun` on scsi; IO threads need virtio. Those refusals are reported at `field`;
+/// a bad boot order at `spec.domain.devices.disks[index]` (KubeVirt always says `disks[1]`;
+/// a VMI update names the disk's own index).
 pub fn hotplug_disk_configuration(
     disk: &Disk,
     name: &str,
-    index: usize,
     prefix: &str,
+    field: &str,
+    index: usize,
 ) -> Option<FieldError> {
     let bus = disk
         .disk
@@ -369,7 +373,7 @@ pub fn hotplug_disk_configuration(
         .or_else(|| disk.lun.as_ref().and_then(|t| t.bus.as_deref()))
         .or_else(|| disk.cdrom.as_ref().and_then(|t| t.bus.as_deref()))
         .unwrap_or("");
-    let fail = |m: String| Some(FieldError::invalid("", m));
+    let fail = |m: String| Some(FieldError::invalid(field, m));
     if disk.disk.is_some() {
         if bus != "scsi" && bus != "virtio" {
             return fail(format!("{prefix} for disk [{name}] requires bus to be 'scsi' or 'virtio'. [{bus}] is not permitted."));

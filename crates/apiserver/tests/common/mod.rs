@@ -89,6 +89,20 @@ impl Server {
         self.kubectl_as(bin, &self.kubeconfig(), args, stdin)
     }
 
+    /// `kubevirt-rs user add NAME --namespace NS --role ROLE` against this server: the new
+    /// user's kubeconfig, or why the user was refused.
+    pub fn add_user(&self, name: &str, namespace: &str, role: &str) -> Result<PathBuf, String> {
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(kubevirt_apiserver::users::add(
+                self.dir.path(),
+                name,
+                namespace,
+                role,
+            ))
+            .map_err(|e| format!("{e:#}"))
+    }
+
     /// Runs `bin` with another user's kubeconfig.
     pub fn kubectl_as(
         &self,
