@@ -187,6 +187,12 @@ pub fn validate_dv_spec(spec: &DataVolumeSpec, p: &Path, errs: &mut Vec<FieldErr
         .count()
     });
     match (sources, spec.source_ref.is_some()) {
+        // A volume populated by someone else (a `dataSource`/`dataSourceRef` on the claim)
+        // takes no CDI source (KubeVirt's data-volume-template.go, CDI's DataVolume webhook).
+        (s, r) if external && (s.is_some() || r) => errs.push(FieldError::invalid(
+            p.child("source"),
+            "External population is incompatible with Source and SourceRef",
+        )),
         (None, false) if !external => errs.push(FieldError::invalid(
             p.child("source"),
             "Data volume should have either Source, SourceRef, or be externally populated",

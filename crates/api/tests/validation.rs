@@ -532,6 +532,21 @@ fn data_volume_pvc_and_storage() {
     );
     accepts(&dv(json!({"source": src, "storage": size})));
     accepts(&dv(json!({"source": src, "pvc": pvc})));
+    // Externally populated: a claim data source, and then no CDI source (KubeVirt's
+    // "should reject invalid DataVolumeTemplate with both datasource and Source").
+    let mut populated = pvc.clone();
+    populated["dataSource"] = json!({"apiGroup": "example.org", "kind": "Populator", "name": "p"});
+    rejects(
+        &dv(json!({"source": {"blank": {}}, "pvc": populated})),
+        "spec.source",
+        "External population is incompatible with Source and SourceRef",
+    );
+    rejects(
+        &dv(json!({"sourceRef": {"kind": "DataSource", "name": "d"}, "pvc": populated})),
+        "spec.source",
+        "External population is incompatible with Source and SourceRef",
+    );
+    accepts(&dv(json!({"pvc": populated})));
 }
 
 fn microvm() -> Value {
