@@ -203,12 +203,15 @@ fn a_user_crd_is_served_validated_pruned_and_defaulted() {
         "{explain}"
     );
 
-    // Deleting the CRD stops serving it and deletes its objects.
+    // Deleting the CRD stops serving it and deletes its objects. As in kube-apiserver, the
+    // CRD object goes first (kubectl's wait ends there) and its paths right after it.
     s.ok(&["delete", "crd", "widgets.example.com"]);
-    let out = s.kubectl(&["get", "widgets"]);
     assert!(
-        !out.status.success(),
-        "still served after the CRD was deleted"
+        wait_until(std::time::Duration::from_secs(10), || !s
+            .kubectl(&["get", "widgets"])
+            .status
+            .success()),
+        "still served 10 s after the CRD was deleted"
     );
     let out = s.kubectl_with("kubectl", &["apply", "-f", "-"], Some(CRD));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -396,21 +399,22 @@ fn a_deleted_crd_waits_for_its_objects_and_their_finalizers() {
         "-p",
         r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
     ]);
+    // The CRD goes, then (right after it, as in kube-apiserver) its group and paths.
     assert!(
         wait_until(std::time::Duration::from_secs(20), || {
             !s.kubectl(&["get", "crd", "widgets.example.com"])
                 .status
                 .success()
+                && !s
+                    .kubectl(&["get", "--raw", "/apis/example.com/v1"])
+                    .status
+                    .success()
+                && !s.kubectl(&["get", "widgets"]).status.success()
         }),
-        "the CRD stayed after its last object went"
+        "the CRD or its paths stayed after its last object went"
     );
     let out = s.kubectl(&["get", "crd", "widgets.example.com"]);
     assert!(stderr(&out).contains("NotFound"), "{}", stderr(&out));
-    assert!(!s
-        .kubectl(&["get", "--raw", "/apis/example.com/v1"])
-        .status
-        .success());
-    assert!(!s.kubectl(&["get", "widgets"]).status.success());
 
     // Created again, it starts empty and accepts objects.
     let out = s.kubectl_with("kubectl", &["apply", "-f", "-"], Some(CRD));
