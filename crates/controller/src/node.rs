@@ -85,10 +85,6 @@ async fn mark_unresponsive(
         "virt-handler is not responsive, marking node as unresponsive".into(),
     )
     .await;
-    let labels = json!({"metadata": {"labels": {SCHEDULABLE: "false"}}});
-    nodes
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&labels))
-        .await?;
     let mut conditions = node
         .status
         .as_ref()
@@ -107,6 +103,12 @@ async fn mark_unresponsive(
     let status = json!({"status": {"conditions": conditions}});
     nodes
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    // The label last: once a Node reads unschedulable, its Ready condition already says why
+    // (and a failed label write is retried, since the Node still reads schedulable).
+    let labels = json!({"metadata": {"labels": {SCHEDULABLE: "false"}}});
+    nodes
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&labels))
         .await?;
     Ok(())
 }
