@@ -155,6 +155,18 @@ pub mod reason {
     pub const UNSCHEDULABLE: &str = "Unschedulable";
     /// KubeVirt's `NodeUnresponsiveReason`: the node's virt-handler stopped heartbeating.
     pub const NODE_UNRESPONSIVE: &str = "NodeUnresponsive";
+    /// `LiveMigratable=False` reasons (KubeVirt's `VirtualMachineInstanceReason*NotMigratable`).
+    pub const DISKS_NOT_MIGRATABLE: &str = "DisksNotLiveMigratable";
+    pub const INTERFACE_NOT_MIGRATABLE: &str = "InterfaceNotLiveMigratable";
+    pub const HOTPLUG_NOT_MIGRATABLE: &str = "HotplugNotLiveMigratable";
+    /// KubeVirt's spelling (sic): the reason of a host-passthrough CPU.
+    pub const CPU_MODE_NOT_MIGRATABLE: &str = "CPUModeLiveMigratable";
+    pub const HOST_DEVICE_NOT_MIGRATABLE: &str = "HostDeviceNotLiveMigratable";
+    pub const VIRTIOFS_NOT_MIGRATABLE: &str = "VirtIOFSNotLiveMigratable";
+    pub const SEV_NOT_MIGRATABLE: &str = "SEVNotLiveMigratable";
+    pub const HYPERV_PASSTHROUGH_NOT_MIGRATABLE: &str = "HypervPassthroughNotLiveMigratable";
+    /// Any other reason (KubeVirt's `VirtualMachineInstanceReasonNotMigratable`).
+    pub const NOT_MIGRATABLE: &str = "NotMigratable";
 }
 
 /// Label and annotation keys.
@@ -177,6 +189,9 @@ pub mod label {
     /// Node labels: whether the node can run VMs with KVM, and whether it may emulate.
     pub const KVM: &str = "kubevirt.io/kvm";
     pub const EMULATION: &str = "kubevirt.io/emulation";
+    /// VMI label set by virt-controller while a migration moves the VMI: the node whose
+    /// handler prepares the target (KubeVirt's `MigrationTargetNodeNameLabel`).
+    pub const MIGRATION_TARGET_NODE_NAME: &str = "kubevirt.io/migrationTargetNodeName";
 }
 
 /// Finalizers (`metadata.finalizers`) the components add, wait for or honour.
@@ -194,6 +209,72 @@ pub mod finalizer {
     /// Kubernetes' `metav1.FinalizerDeleteDependents`: a deletion with
     /// `propagationPolicy: Foreground`.
     pub const DELETE_DEPENDENTS: &str = "foregroundDeletion";
+    /// KubeVirt's `VirtualMachineInstanceMigrationFinalizer`: a migration keeps it until it is
+    /// final, so deleting a running migration cancels it first.
+    pub const MIGRATION: &str = "kubevirt.io/migrationJobFinalize";
+}
+
+/// `status.phase` of a VirtualMachineInstanceMigration (KubeVirt's
+/// `VirtualMachineInstanceMigrationPhase`), in the order a migration goes through them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MigrationPhase {
+    Pending,
+    Scheduling,
+    Scheduled,
+    PreparingTarget,
+    TargetReady,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl MigrationPhase {
+    pub const ALL: [MigrationPhase; 8] = [
+        MigrationPhase::Pending,
+        MigrationPhase::Scheduling,
+        MigrationPhase::Scheduled,
+        MigrationPhase::PreparingTarget,
+        MigrationPhase::TargetReady,
+        MigrationPhase::Running,
+        MigrationPhase::Succeeded,
+        MigrationPhase::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationPhase::Pending => "Pending",
+            MigrationPhase::Scheduling => "Scheduling",
+            MigrationPhase::Scheduled => "Scheduled",
+            MigrationPhase::PreparingTarget => "PreparingTarget",
+            MigrationPhase::TargetReady => "TargetReady",
+            MigrationPhase::Running => "Running",
+            MigrationPhase::Succeeded => "Succeeded",
+            MigrationPhase::Failed => "Failed",
+        }
+    }
+
+    /// `None` for the unset phase or a string KubeVirt does not define.
+    pub fn parse(s: &str) -> Option<MigrationPhase> {
+        MigrationPhase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, MigrationPhase::Succeeded | MigrationPhase::Failed)
+    }
+
+    /// The phase of a migration, `None` while unset.
+    pub fn of(m: &crate::VirtualMachineInstanceMigration) -> Option<MigrationPhase> {
+        m.status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .and_then(MigrationPhase::parse)
+    }
+}
+
+impl fmt::Display for MigrationPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The condition of `type_` on `vmi`, if set.

@@ -6,6 +6,8 @@
 //! - [`vmi`][]: VMI placement (onto the Node [`scheduler`] chooses) and the VMI finalizer;
 //!   renders the cluster-mode launcher Pod.
 //! - [`scheduler`][]: the pure placement decision (kube-scheduler's filters, fewest VMIs).
+//! - [`migration`][]: VirtualMachineInstanceMigration: target node, hand-off to the node
+//!   agents, phases, cancellation, limits.
 //! - [`node`][]: KubeVirt's node controller: a Node whose virt-handler stopped heartbeating
 //!   is marked `kubevirt.io/schedulable=false`.
 //! - [`replicaset`][]: VirtualMachineInstanceReplicaSet.
@@ -16,6 +18,7 @@
 //! step, and relies on the watch (or `Action::requeue`) to take the next one.
 
 pub mod instancetype;
+pub mod migration;
 pub mod node;
 pub mod pool;
 pub mod replicaset;
@@ -196,9 +199,35 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "pool controller");
             }
         });
+    let migrations: Api<kubevirt_api::VirtualMachineInstanceMigration> = Api::all(client.clone());
+    let mig_ctl = Controller::new(migrations, watcher::Config::default());
+    // A migration follows what the node agents write to its VMI.
+    let by_vmi = mig_ctl.store();
+    let mig_ctl = mig_ctl
+        .watches(
+            Api::<VirtualMachineInstance>::all(client.clone()),
+            watcher::Config::default(),
+            move |vmi| {
+                let ns = vmi.metadata.namespace.clone();
+                let name = vmi.metadata.name.clone();
+                by_vmi
+                    .state()
+                    .into_iter()
+                    .filter(|m| m.metadata.namespace == ns && m.spec.vmi_name == name)
+                    .map(|m| kube::runtime::reflector::ObjectRef::from_obj(m.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .run(migration::reconcile, migration::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "migration controller");
+            }
+        });
     futures::join!(
         vm_ctl,
         vmi_ctl,
+        mig_ctl,
         rs_ctl,
         pool_ctl,
         node::monitor(ctx.clone())

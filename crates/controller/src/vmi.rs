@@ -47,6 +47,11 @@ async fn nodes_and_load(ctx: &Context) -> Result<(Vec<Node>, BTreeMap<String, us
         .list(&ListParams::default())
         .await?
         .items;
+    Ok((nodes, load(ctx).await?))
+}
+
+/// How many placed VMIs that are not final each node runs (the scheduler's spread).
+pub(crate) async fn load(ctx: &Context) -> Result<BTreeMap<String, usize>, Error> {
     let placed = Api::<VirtualMachineInstance>::all(ctx.client.clone())
         .list(&ListParams::default().labels(NODE_NAME_LABEL))
         .await?
@@ -57,7 +62,7 @@ async fn nodes_and_load(ctx: &Context) -> Result<(Vec<Node>, BTreeMap<String, us
             *load.entry(n).or_insert(0) += 1;
         }
     }
-    Ok((nodes, load))
+    Ok(load)
 }
 
 /// KubeVirt's `VirtualMachineInstanceFinalizer`.

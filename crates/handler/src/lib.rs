@@ -10,6 +10,7 @@
 pub mod cleanup;
 pub mod cni;
 pub mod hotplug;
+pub mod migration;
 pub mod multus;
 pub mod podnet;
 pub mod secrets;
@@ -24,7 +25,7 @@ use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use kubevirt_api::status::{reason, VmiPhase};
+use kubevirt_api::status::{condition, reason, VmiPhase};
 use kubevirt_api::VirtualMachineInstance;
 use kubevirt_launcher::api::{
     AgentCredentials, LauncherClient, NodeVolumes, Phase, Request, State, VmiDir, VmiDirError,
@@ -57,6 +58,9 @@ pub struct Config {
     pub pod_network: Option<Arc<podnet::PodNetwork>>,
     /// How often the Node's heartbeat is written ([`HEARTBEAT_INTERVAL`]).
     pub heartbeat_interval: Duration,
+    /// Where other nodes reach this node (the Node's `InternalIP`): the migration proxy
+    /// listens there for incoming migrations.
+    pub node_address: std::net::IpAddr,
 }
 
 /// The node's pod network, when this host can give VMIs one: root (namespaces, CNI), the CNI
@@ -105,6 +109,10 @@ struct Context {
     client: Client,
     config: Config,
     followers: Arc<Followers>,
+    /// Follows migration targets' launchers (their VMIs are not yet this node's).
+    target_followers: Arc<Followers>,
+    /// The proxies of the migrations this node takes part in.
+    migrations: migration::Proxies,
     recorder: Recorder,
     /// Reconciles hold it shared; the sweep holds it exclusively while it decides a directory
     /// is an orphan and removes it, so no launcher is spawned into a directory being removed.
@@ -245,14 +253,21 @@ async fn patch_status(
 }
 
 fn spawn_launcher(
-    config: &Config,
+    ctx: &Context,
     dir: &VmiDir,
     vmi: &VirtualMachineInstance,
     volumes: &NodeVolumes,
     credentials: &AgentCredentials,
     network: Option<&kubevirt_launcher::api::PodNetworkInfo>,
-    followers: &Arc<Followers>,
+    migration_target: bool,
 ) -> Result<(), Error> {
+    let config = &ctx.config;
+    // A migration target's events go to the target controller: its VMI is not this node's.
+    let followers = if migration_target {
+        &ctx.target_followers
+    } else {
+        &ctx.followers
+    };
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| Error::Io { path, source }
@@ -301,6 +316,7 @@ fn spawn_launcher(
         .arg(format!("--qemu-uid={}", config.qemu_user.uid))
         .arg(format!("--qemu-gid={}", config.qemu_user.gid))
         .arg("--detach")
+        .args(migration_target.then_some("--migration-target"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -455,82 +471,40 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                     && vmi.status.as_ref().and_then(|s| s.node_name.as_deref())
                         == Some(ctx.config.node_name.as_str())
             {
-                // PVC/DataVolume volumes must be usable first; until then the VMI waits.
-                match volumes::resolve(&ctx.client, &vmi, &ctx.config.host_paths).await? {
-                    volumes::Resolved::Ready(mut node) => {
-                        // Cloud-init and access credential Secrets (KubeVirt mounts them into
-                        // the pod: until each exists, the VMI waits).
-                        let (resolved, agent_credentials) =
-                            secrets::resolve(&ctx.client, &vmi).await?;
-                        match resolved {
-                            secrets::Secrets::Ready(resolved) => node.cloud_init = resolved,
-                            secrets::Secrets::Wait(why) => {
-                                tracing::info!(vmi = %name, %why, "waiting for Secrets");
-                                let waiting = status::not_synchronized_because(
-                                    &current,
-                                    secrets::FAILED_MOUNT,
-                                    &why,
-                                    &now(),
-                                );
-                                if status::changed(&current, &waiting) {
-                                    patch_status(&api, &name, waiting).await?;
-                                    ctx.event(&vmi, EventType::Warning, secrets::FAILED_MOUNT, why)
-                                        .await;
-                                }
-                                return Ok(Action::requeue(Duration::from_secs(2)));
-                            }
-                            secrets::Secrets::Refused(why) => {
-                                tracing::warn!(vmi = %name, %why, "refusing a Secret");
-                                let failed = status::failed_to_start(&current, &why, &now());
-                                patch_status(&api, &name, failed).await?;
-                                return Ok(Action::await_change());
-                            }
-                        }
-                        let network = match &ctx.config.pod_network {
-                            Some(pods) => match attach_networks(&ctx, &vmi, pods).await? {
-                                Ok(info) => Some(info),
-                                Err(Blocked::Wait(why)) => {
-                                    // KubeVirt keeps the VMI waiting, and says why.
-                                    tracing::info!(vmi = %name, %why, "waiting for networks");
-                                    let waiting = status::not_synchronized(&current, &why, &now());
-                                    if status::changed(&current, &waiting) {
-                                        patch_status(&api, &name, waiting).await?;
-                                        ctx.event(
-                                            &vmi,
-                                            EventType::Warning,
-                                            reason::FAILED_CREATE,
-                                            why,
-                                        )
-                                        .await;
-                                    }
-                                    return Ok(Action::requeue(Duration::from_secs(2)));
-                                }
-                                Err(Blocked::Fail(why)) => {
-                                    let why = format!("setting up the pod network: {why}");
-                                    tracing::warn!(vmi = %name, %why);
-                                    let failed = status::failed_to_start(&current, &why, &now());
-                                    patch_status(&api, &name, failed).await?;
-                                    return Ok(Action::await_change());
-                                }
-                            },
-                            None => None,
-                        };
-                        spawn_launcher(
-                            &ctx.config,
-                            &dir,
-                            &vmi,
-                            &node,
-                            &agent_credentials,
-                            network.as_ref(),
-                            &ctx.followers,
-                        )?
-                    }
-                    volumes::Resolved::Wait(why) => {
+                match prepare_launcher(&ctx, &vmi, &dir, false).await? {
+                    Prep::Spawned => {}
+                    Prep::WaitVolumes(why) => {
                         tracing::info!(vmi = %name, %why, "waiting for volumes");
                         return Ok(Action::requeue(Duration::from_secs(2)));
                     }
-                    volumes::Resolved::Refused(why) => {
-                        tracing::warn!(vmi = %name, %why, "refusing a volume's host path");
+                    Prep::WaitSecrets(why) => {
+                        tracing::info!(vmi = %name, %why, "waiting for Secrets");
+                        let waiting = status::not_synchronized_because(
+                            &current,
+                            secrets::FAILED_MOUNT,
+                            &why,
+                            &now(),
+                        );
+                        if status::changed(&current, &waiting) {
+                            patch_status(&api, &name, waiting).await?;
+                            ctx.event(&vmi, EventType::Warning, secrets::FAILED_MOUNT, why)
+                                .await;
+                        }
+                        return Ok(Action::requeue(Duration::from_secs(2)));
+                    }
+                    Prep::WaitNetworks(why) => {
+                        // KubeVirt keeps the VMI waiting, and says why.
+                        tracing::info!(vmi = %name, %why, "waiting for networks");
+                        let waiting = status::not_synchronized(&current, &why, &now());
+                        if status::changed(&current, &waiting) {
+                            patch_status(&api, &name, waiting).await?;
+                            ctx.event(&vmi, EventType::Warning, reason::FAILED_CREATE, why)
+                                .await;
+                        }
+                        return Ok(Action::requeue(Duration::from_secs(2)));
+                    }
+                    Prep::Fail(why) => {
+                        tracing::warn!(vmi = %name, %why, "the VMI cannot start");
                         let failed = status::failed_to_start(&current, &why, &now());
                         patch_status(&api, &name, failed).await?;
                         return Ok(Action::await_change());
@@ -544,6 +518,21 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
         None => Ok(Action::requeue(Duration::from_secs(1))),
         Some(s) => {
             tracing::debug!(vmi = %name, phase = ?s.phase, reason = %s.reason, "launcher state");
+            if let Some(st) = migration::as_source(&vmi, &ctx.config.node_name) {
+                if let Some(action) = migration::source(&ctx, &vmi, &dir, &s, &st).await? {
+                    return Ok(action);
+                }
+            } else if s.phase == Phase::Succeeded
+                && s.reason == kubevirt_launcher::api::migration::reason::MIGRATED
+            {
+                // The guest moved to another node (recorded already): its phase is the
+                // target's to report; what it left here goes.
+                release_network(&ctx, &vmi).await;
+                if let Err(e) = remove_dir(&ctx, &dir).await {
+                    tracing::warn!(vmi = %name, error = %e, "cannot remove a migrated VMI's directory");
+                }
+                return Ok(Action::await_change());
+            }
             if s.phase.is_final() {
                 // Before the final status: once the VMI is final it may be deleted at once.
                 release_network(&ctx, &vmi).await;
@@ -575,6 +564,32 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 }
             }
             let mut status = status::from_launcher(&s, &current, &now());
+            if matches!(s.phase, Phase::Running | Phase::Paused) {
+                // KubeVirt's LiveMigratable condition: whether `migrate` may be asked for.
+                let modes = migration::claim_modes(&ctx.client, &vmi).await;
+                let gates = ctx.config.cluster.borrow().feature_gates.clone();
+                let c = match migration::live_migratable(&vmi, &modes, &gates) {
+                    Ok(()) => status::condition(
+                        &current,
+                        condition::LIVE_MIGRATABLE,
+                        true,
+                        "",
+                        "",
+                        &now(),
+                    ),
+                    Err((why, message)) => status::condition(
+                        &current,
+                        condition::LIVE_MIGRATABLE,
+                        false,
+                        why,
+                        &message,
+                        &now(),
+                    ),
+                };
+                if let Some(cs) = status["conditions"].as_array_mut() {
+                    cs.push(c);
+                }
+            }
             // Volume hotplug: only a running (or paused) guest takes or gives back a disk.
             let mut hotplug_pending = false;
             if matches!(s.phase, Phase::Running | Phase::Paused) {
@@ -601,6 +616,65 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             })))
         }
     }
+}
+
+/// What [`prepare_launcher`] did.
+enum Prep {
+    /// The launcher was spawned.
+    Spawned,
+    /// A PVC/DataVolume is not usable yet.
+    WaitVolumes(String),
+    /// A cloud-init or access credential Secret does not exist yet.
+    WaitSecrets(String),
+    /// A network the VMI names does not exist yet.
+    WaitNetworks(String),
+    /// The VMI cannot run on this node (a refused host path or Secret, a network that
+    /// failed): why.
+    Fail(String),
+}
+
+/// Resolves what the VMI needs on this node (volumes, Secrets, networks) and spawns its
+/// launcher in `dir`; `migration_target` starts it as a live migration's target.
+async fn prepare_launcher(
+    ctx: &Context,
+    vmi: &VirtualMachineInstance,
+    dir: &VmiDir,
+    migration_target: bool,
+) -> Result<Prep, Error> {
+    // PVC/DataVolume volumes must be usable first; until then the VMI waits.
+    let mut node = match volumes::resolve(&ctx.client, vmi, &ctx.config.host_paths).await? {
+        volumes::Resolved::Ready(node) => node,
+        volumes::Resolved::Wait(why) => return Ok(Prep::WaitVolumes(why)),
+        volumes::Resolved::Refused(why) => return Ok(Prep::Fail(why)),
+    };
+    // Cloud-init and access credential Secrets (KubeVirt mounts them into the pod: until each
+    // exists, the VMI waits).
+    let (resolved, agent_credentials) = secrets::resolve(&ctx.client, vmi).await?;
+    match resolved {
+        secrets::Secrets::Ready(resolved) => node.cloud_init = resolved,
+        secrets::Secrets::Wait(why) => return Ok(Prep::WaitSecrets(why)),
+        secrets::Secrets::Refused(why) => return Ok(Prep::Fail(why)),
+    }
+    let network = match &ctx.config.pod_network {
+        Some(pods) => match attach_networks(ctx, vmi, pods).await? {
+            Ok(info) => Some(info),
+            Err(Blocked::Wait(why)) => return Ok(Prep::WaitNetworks(why)),
+            Err(Blocked::Fail(why)) => {
+                return Ok(Prep::Fail(format!("setting up the pod network: {why}")))
+            }
+        },
+        None => None,
+    };
+    spawn_launcher(
+        ctx,
+        dir,
+        vmi,
+        &node,
+        &agent_credentials,
+        network.as_ref(),
+        migration_target,
+    )?;
+    Ok(Prep::Spawned)
 }
 
 /// Rewrites the VMI's `access-credentials.json` when its Secrets changed; the launcher applies
@@ -709,7 +783,19 @@ const UNCLAIMED_GRACE: Duration = Duration::from_secs(60);
 /// How often orphan VMI directories are looked for while the handler runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// Removes the VMI directories (and what still runs from them) whose VMI no longer exists:
+/// Whether a VMI may have a directory on node `me`: it runs here (or is not placed yet), or
+/// migrates here. A VMI that moved to another node left nothing here that may stay.
+fn belongs_here(v: &VirtualMachineInstance, me: &str) -> bool {
+    let node = v.status.as_ref().and_then(|s| s.node_name.as_deref());
+    node.is_none_or(|n| n == me)
+        || v.labels()
+            .get(kubevirt_api::status::label::MIGRATION_TARGET_NODE_NAME)
+            .map(String::as_str)
+            == Some(me)
+}
+
+/// Removes the VMI directories (and what still runs from them) whose VMI no longer exists
+/// or runs on another node now (it migrated away):
 /// deleted while no handler ran, or deleted so fast (a final VMI released at once) that no
 /// reconcile saw its deletion. Returns how many were removed.
 async fn sweep(ctx: &Context) -> usize {
@@ -718,11 +804,13 @@ async fn sweep(ctx: &Context) -> usize {
         return 0;
     }
     let all: Api<VirtualMachineInstance> = Api::all(ctx.client.clone());
+    let me = ctx.config.node_name.as_str();
     let live: std::collections::HashSet<(String, String)> =
         match all.list(&kube::api::ListParams::default()).await {
             Ok(l) => l
                 .items
                 .iter()
+                .filter(|v| belongs_here(v, me))
                 .map(|v| (v.namespace().unwrap_or_default(), v.name_any()))
                 .collect(),
             Err(e) => {
@@ -753,7 +841,8 @@ async fn sweep(ctx: &Context) -> usize {
                 Api::namespaced(ctx.client.clone(), &o.namespace);
             match api.get_opt(&o.name).await {
                 Ok(None) => {}
-                Ok(Some(_)) => continue,
+                Ok(Some(v)) if belongs_here(&v, me) => continue,
+                Ok(Some(_)) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "sweep: looking up a VMI");
                     continue;
@@ -844,6 +933,10 @@ async fn heartbeat(nodes: &Api<Node>, config: &Config) -> Result<(), kube::Error
     };
     let status = json!({"status": {
         "conditions": [ready_condition(Some(&current))],
+        "addresses": [
+            {"type": "InternalIP", "address": config.node_address.to_string()},
+            {"type": "Hostname", "address": name},
+        ],
         "nodeInfo": {"kubeletVersion": format!("kubevirt-rs-{}", env!("CARGO_PKG_VERSION")),
                      "architecture": go_arch(), "operatingSystem": "linux"},
     }});
@@ -925,11 +1018,18 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         active: Default::default(),
         trigger,
     });
+    let (target_trigger, target_triggered) = futures::channel::mpsc::unbounded();
+    let target_followers = Arc::new(Followers {
+        active: Default::default(),
+        trigger: target_trigger,
+    });
     let recorder = events::instance_recorder(client.clone(), "virt-handler", &config.node_name);
     let ctx = Arc::new(Context {
         client,
         config,
         followers,
+        target_followers,
+        migrations: Default::default(),
         recorder,
         dirs: Default::default(),
     });
@@ -948,6 +1048,21 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
             sweep(&sweeper).await;
         }
     });
+    // The VMIs migrating to this node (KubeVirt's migration target controller).
+    let targets = format!(
+        "{}={}",
+        kubevirt_api::status::label::MIGRATION_TARGET_NODE_NAME,
+        ctx.config.node_name
+    );
+    let target_ctl = Controller::new(vmis.clone(), watcher::Config::default().labels(&targets))
+        .reconcile_on(target_triggered)
+        .run(migration::reconcile_target, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "migration target controller event");
+            }
+        });
+    tokio::spawn(target_ctl);
     let controller = Controller::new(vmis, watcher::Config::default().labels(&selector));
     // A Secret a VMI of this node names (cloud-init, access credentials) came or changed:
     // look at that VMI now (a waiting one starts, a running one gets its new credentials).

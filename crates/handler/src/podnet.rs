@@ -310,6 +310,14 @@ impl PodNetwork {
                 message,
             })?;
         }
+        // Every pod has its loopback up (the CRI's `lo`): the launcher and the migration
+        // proxy use 127.0.0.1 inside the namespace.
+        ip_cmd(&["-n", &ns, "link", "set", "lo", "up"]).map_err(|message| {
+            PodNetworkError::Netns {
+                name: ns.clone(),
+                message,
+            }
+        })?;
         let mut attached = Vec::new();
         for n in networks {
             let at = Self::attachment(uid, namespace, name, &n.ifname)?;

@@ -41,6 +41,26 @@ pub struct HandlerArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = kubevirt_handler::HEARTBEAT_INTERVAL.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub heartbeat_interval: u64,
+    /// The address other nodes reach this node's agent at (the Node's `InternalIP`): live
+    /// migrations into this node arrive there. Several nodes on one machine can each take a
+    /// loopback address of their own (127.0.0.2, ...).
+    #[arg(long, default_value = "127.0.0.1", value_parser = parse_node_address)]
+    pub node_address: std::net::IpAddr,
+}
+
+/// A node address must be one other nodes can connect to: not unspecified, multicast or
+/// broadcast.
+pub fn parse_node_address(s: &str) -> Result<std::net::IpAddr, String> {
+    let ip: std::net::IpAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address"))?;
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return Err(format!(
+            "{ip} cannot be connected to: give the address other nodes reach this one at"
+        ));
+    }
+    Ok(ip)
 }
 
 /// `kubevirt-rs node`.
@@ -150,6 +170,7 @@ pub fn start_handler(
         host_paths,
         pod_network,
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
+        node_address: args.node_address,
     };
     let handler = tokio::spawn(kubevirt_handler::run(client, config.clone()));
     tokio::spawn(async move {

@@ -41,6 +41,16 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn start(server: &Server, name: &str, data: &Path, images: &Path) -> NodeProcess {
+        Self::start_with(server, name, data, images, &[])
+    }
+
+    fn start_with(
+        server: &Server,
+        name: &str,
+        data: &Path,
+        images: &Path,
+        extra: &[&str],
+    ) -> NodeProcess {
         let mut child = Command::new(BIN)
             .arg("node")
             .arg("--kubeconfig")
@@ -53,6 +63,7 @@ impl NodeProcess {
             // Two pod networks on one machine would share a bridge; user networking suffices.
             .args(["--pod-network", "user"])
             .args(["--heartbeat-interval", HEARTBEAT_INTERVAL])
+            .args(extra)
             .env("KUBEVIRT_RS_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -362,4 +373,300 @@ fn node_names_that_are_not_dns1123_subdomains_are_refused() {
             .arg(dir.path().join("s")),
     );
     assert!(out.contains("not a valid node name"), "{out}");
+}
+
+/// The demo guest printing its uptime and boot id every second on its console.
+fn counting_vm(name: &str) -> String {
+    format!(
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      domain:
+        memory: {{guest: 256Mi}}
+        devices:
+          autoattachPodInterface: false
+          disks:
+          - name: rootdisk
+            disk: {{bus: virtio}}
+          - name: cloudinit
+            disk: {{bus: virtio}}
+      terminationGracePeriodSeconds: 0
+      volumes:
+      - name: rootdisk
+        containerDisk:
+          image: kubevirt-rs/demo-guest:latest
+      - name: cloudinit
+        cloudInitNoCloud:
+          userData: |
+            #!/bin/sh
+            while :; do
+              echo "tick $(cut -d' ' -f1 /proc/uptime) boot=$(cat /proc/sys/kernel/random/boot_id)"
+              sleep 1
+            done &
+"#
+    )
+}
+
+/// The `tick UPTIME boot=ID` lines of a serial log: (uptime, boot id).
+fn ticks(dir: &VmiDir) -> Vec<(f64, String)> {
+    std::fs::read_to_string(dir.serial_log())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("tick ")? + 5..];
+            let (up, boot) = rest.split_once(" boot=")?;
+            Some((up.trim().parse().ok()?, boot.trim().to_string()))
+        })
+        .collect()
+}
+
+fn migration_of(server: &Server, vmi: &str, path: &str) -> String {
+    run_output(server.command("kubectl").args([
+        "get",
+        "vmim",
+        "-l",
+        &format!("kubevirt.io/vmi-name={vmi}"),
+        "--sort-by=.metadata.creationTimestamp",
+        "-o",
+        &format!("jsonpath={{.items[-1:]{path}}}"),
+    ]))
+}
+
+#[test]
+fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_running() {
+    if !have_kubectl() {
+        return;
+    }
+    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    const MIGRATE: Duration = Duration::from_secs(240);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::new(BIN, dir.path().join("data"), guest.join("oci"));
+    server.start();
+    let node02_data = dir.path().join("node02");
+    // node02 listens for migrations on an address of its own.
+    let node02 = NodeProcess::start_with(
+        &server,
+        "node02",
+        &node02_data,
+        &guest.join("oci"),
+        &["--node-address", "127.0.0.2"],
+    );
+    assert!(
+        wait_for(Duration::from_secs(60), || node_ready(&server, "node02")
+            == "True"),
+        "node02 did not join"
+    );
+    assert_eq!(
+        server.jsonpath(
+            "node",
+            "node02",
+            "{.status.addresses[?(@.type=='InternalIP')].address}"
+        ),
+        "127.0.0.2"
+    );
+    let dir_on = |node: &str, name: &str| -> VmiDir {
+        if node == "node02" {
+            node02.vmi_dir(name)
+        } else {
+            server.vmi_dir("default", name)
+        }
+    };
+    apply(&server, "mover", &counting_vm("mover"));
+    assert!(
+        wait_for(START, || vmi(&server, "mover", "{.status.phase}")
+            == "Running"),
+        "{}",
+        server.kubectl(&["get", "vmi", "mover", "-o", "yaml"])
+    );
+    let source = vmi(&server, "mover", "{.status.nodeName}");
+    let target = if source == "node01" {
+        "node02"
+    } else {
+        "node01"
+    };
+    let src_dir = dir_on(&source, "mover");
+    assert!(
+        wait_for(START, || !ticks(&src_dir).is_empty()),
+        "the guest never counted on {source}: {}",
+        std::fs::read_to_string(src_dir.serial_log()).unwrap_or_default()
+    );
+    let src_qemu = src_dir
+        .read_state()
+        .expect("state")
+        .qemu_pid
+        .expect("qemu pid");
+
+    // --- A migration moves the running guest: same boot, the count goes on.
+    // (The source's directory goes with the migration: its ticks are read before.)
+    let before = ticks(&src_dir);
+    let (last_up, boot) = before.last().cloned().expect("ticks at the source");
+    let out = server.virtctl(&["migrate", "mover"]);
+    assert!(out.contains("was scheduled to migrate"), "{out}");
+    let done = wait_for(MIGRATE, || {
+        matches!(
+            migration_of(&server, "mover", ".status.phase").as_str(),
+            "Succeeded" | "Failed"
+        )
+    });
+    assert!(
+        done && migration_of(&server, "mover", ".status.phase") == "Succeeded",
+        "{}\n{}",
+        server.kubectl(&["get", "vmim", "-o", "yaml"]),
+        server.kubectl(&["get", "vmi", "mover", "-o", "yaml"])
+    );
+    assert_eq!(vmi(&server, "mover", "{.status.nodeName}"), target);
+    assert_eq!(
+        vmi(
+            &server,
+            "mover",
+            "{.metadata.labels.kubevirt\\.io/nodeName}"
+        ),
+        target
+    );
+    assert_eq!(
+        vmi(
+            &server,
+            "mover",
+            "{.metadata.labels.kubevirt\\.io/migrationTargetNodeName}"
+        ),
+        "",
+        "the target label goes when the migration ends"
+    );
+    assert_eq!(
+        vmi(
+            &server,
+            "mover",
+            "{.status.migrationState.sourceNode}>{.status.migrationState.targetNode} completed={.status.migrationState.completed} failed={.status.migrationState.failed}"
+        ),
+        format!("{source}>{target} completed=true failed=")
+    );
+    let phases = migration_of(
+        &server,
+        "mover",
+        ".status.phaseTransitionTimestamps[*].phase",
+    );
+    assert_eq!(
+        phases,
+        "Pending Scheduling Scheduled PreparingTarget TargetReady Running Succeeded"
+    );
+    assert_eq!(vmi(&server, "mover", "{.status.phase}"), "Running");
+    let dst_dir = dir_on(target, "mover");
+    assert!(
+        wait_for(Duration::from_secs(60), || ticks(&dst_dir).len() >= 2),
+        "the guest does not count on {target}: {}",
+        std::fs::read_to_string(dst_dir.serial_log()).unwrap_or_default()
+    );
+    let after = ticks(&dst_dir);
+    assert!(
+        after.iter().all(|(up, b)| *b == boot && *up > last_up),
+        "not the same boot, or the count restarted: before {before:?}, after {after:?}"
+    );
+    // Nothing of it is left on the source.
+    assert!(
+        wait_for(Duration::from_secs(30), || !src_dir.path().exists()),
+        "{} is still there",
+        src_dir.path().display()
+    );
+    assert!(
+        !kubevirt_testsupport::alive(src_qemu),
+        "the source QEMU is gone"
+    );
+
+    // --- A cancelled migration leaves the guest where it is.
+    let patch = r#"{"spec":{"configuration":{"migrations":{"bandwidthPerMigration":"1Mi"}}}}"#;
+    let out = server.kubectl(&[
+        "patch", "kubevirt", "kubevirt", "-n", "kubevirt", "--type", "merge", "-p", patch,
+    ]);
+    assert!(out.contains("patched"), "{out}");
+    // The cluster configuration reaches the controller through its watch.
+    std::thread::sleep(Duration::from_secs(2));
+    let here = target.to_string();
+    let there = source.clone();
+    let here_dir = dst_dir;
+    let out = server.virtctl(&["migrate", "mover"]);
+    assert!(out.contains("was scheduled to migrate"), "{out}");
+    assert!(
+        wait_for(MIGRATE, || migration_of(&server, "mover", ".status.phase")
+            == "Running"),
+        "{}",
+        server.kubectl(&["get", "vmim", "-o", "yaml"])
+    );
+    let out = server.virtctl(&["migrate-cancel", "mover"]);
+    assert!(out.contains("cancel"), "{out}");
+    assert!(
+        wait_for(MIGRATE, || server
+            .kubectl(&[
+                "get",
+                "vmim",
+                "-l",
+                "kubevirt.io/vmi-name=mover",
+                "-o",
+                "name"
+            ])
+            .lines()
+            .count()
+            == 1),
+        "the cancelled migration was not released: {}",
+        server.kubectl(&["get", "vmim", "-o", "yaml"])
+    );
+    assert_eq!(vmi(&server, "mover", "{.status.nodeName}"), here);
+    assert_eq!(
+        vmi(&server, "mover", "{.status.migrationState.failed} {.status.migrationState.abortStatus} {.status.migrationState.failureReason}"),
+        "true Succeeded Live migration has been aborted"
+    );
+    let n = ticks(&here_dir).len();
+    assert!(
+        wait_for(Duration::from_secs(30), || ticks(&here_dir).len() >= n + 2),
+        "the guest stopped counting after the cancel"
+    );
+    let there_dir = dir_on(&there, "mover");
+    assert!(
+        wait_for(Duration::from_secs(30), || !there_dir.path().exists()),
+        "the cancelled target's directory {} is still there",
+        there_dir.path().display()
+    );
+
+    // --- A target that dies mid-migration: the migration fails, the guest keeps running.
+    let out = server.virtctl(&["migrate", "mover"]);
+    assert!(out.contains("was scheduled to migrate"), "{out}");
+    assert!(
+        wait_for(MIGRATE, || migration_of(&server, "mover", ".status.phase")
+            == "Running"),
+        "{}",
+        server.kubectl(&["get", "vmim", "-o", "yaml"])
+    );
+    let target_qemu = there_dir
+        .read_state()
+        .ok()
+        .and_then(|s| s.qemu_pid)
+        .expect("target QEMU");
+    // SAFETY: kill(2) on a pid this test's server started.
+    unsafe { libc::kill(target_qemu as i32, libc::SIGKILL) };
+    assert!(
+        wait_for(MIGRATE, || migration_of(&server, "mover", ".status.phase")
+            == "Failed"),
+        "{}",
+        server.kubectl(&["get", "vmim", "-o", "yaml"])
+    );
+    assert_eq!(
+        vmi(&server, "mover", "{.status.nodeName} {.status.phase}"),
+        format!("{here} Running")
+    );
+    let n = ticks(&here_dir).len();
+    assert!(
+        wait_for(Duration::from_secs(30), || ticks(&here_dir).len() >= n + 2),
+        "the guest stopped counting after its target died"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || !there_dir.path().exists()),
+        "the dead target's directory is still there"
+    );
+    drop(node02);
 }

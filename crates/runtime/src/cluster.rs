@@ -27,6 +27,52 @@ pub struct ClusterConfig {
     pub vm_rollout_strategy: RolloutStrategy,
     /// `liveUpdateConfiguration`: how far a VM can grow without a restart.
     pub live_update: LiveUpdateConfig,
+    /// `migrations`: KubeVirt's `MigrationConfiguration`.
+    pub migrations: MigrationConfig,
+}
+
+/// KubeVirt's `MigrationConfiguration`: the limits virt-controller applies, and the whole
+/// object as written, from which the node agents take the options a migration runs with
+/// (bandwidth, timeouts, post-copy, ...).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MigrationConfig {
+    /// `parallelMigrationsPerCluster` (KubeVirt: 5): migrations past Pending at once.
+    pub parallel_migrations_per_cluster: u32,
+    /// `parallelOutboundMigrationsPerNode` (KubeVirt: 2): of those, leaving one node.
+    pub parallel_outbound_migrations_per_node: u32,
+    /// `spec.configuration.migrations` as written (`{}` when absent).
+    pub raw: Value,
+}
+
+/// KubeVirt's `ParallelMigrationsPerClusterDefault` and `ParallelOutboundMigrationsPerNodeDefault`.
+pub const DEFAULT_PARALLEL_MIGRATIONS_PER_CLUSTER: u32 = 5;
+pub const DEFAULT_PARALLEL_OUTBOUND_MIGRATIONS_PER_NODE: u32 = 2;
+
+impl MigrationConfig {
+    fn from_value(m: &Value) -> MigrationConfig {
+        let limit = |key: &str, default: u32| {
+            m[key]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(default)
+        };
+        MigrationConfig {
+            parallel_migrations_per_cluster: limit(
+                "parallelMigrationsPerCluster",
+                DEFAULT_PARALLEL_MIGRATIONS_PER_CLUSTER,
+            ),
+            parallel_outbound_migrations_per_node: limit(
+                "parallelOutboundMigrationsPerNode",
+                DEFAULT_PARALLEL_OUTBOUND_MIGRATIONS_PER_NODE,
+            ),
+            raw: if m.is_object() {
+                m.clone()
+            } else {
+                Value::Object(Default::default())
+            },
+        }
+    }
 }
 
 /// How changes to a running VM's template reach its VMI (KubeVirt's `VMRolloutStrategy`).
@@ -105,6 +151,7 @@ impl ClusterConfig {
             _ => RolloutStrategy::LiveUpdate,
         };
         ClusterConfig {
+            migrations: MigrationConfig::from_value(&c["migrations"]),
             vm_rollout_strategy,
             live_update,
             use_emulation: dev["useEmulation"].as_bool().unwrap_or(false),
@@ -196,6 +243,25 @@ mod tests {
             a.defaults.default_network_interface,
             DefaultBinding::Masquerade
         );
+    }
+
+    #[test]
+    fn migration_limits_default_to_kubevirts_and_nonsense_is_ignored() {
+        let c = ClusterConfig::default();
+        assert_eq!(c.migrations.parallel_migrations_per_cluster, 5);
+        assert_eq!(c.migrations.parallel_outbound_migrations_per_node, 2);
+        assert_eq!(c.migrations.raw, serde_json::json!({}));
+        let c = ClusterConfig::from_spec(&serde_json::json!({"configuration": {"migrations": {
+            "parallelMigrationsPerCluster": 1, "parallelOutboundMigrationsPerNode": 0,
+            "bandwidthPerMigration": "64Mi"}}}));
+        assert_eq!(c.migrations.parallel_migrations_per_cluster, 1);
+        // 0, negative or a string would stop every migration: KubeVirt's default instead.
+        assert_eq!(c.migrations.parallel_outbound_migrations_per_node, 2);
+        assert_eq!(c.migrations.raw["bandwidthPerMigration"], "64Mi");
+        let c = ClusterConfig::from_spec(&serde_json::json!({"configuration": {"migrations": {
+            "parallelMigrationsPerCluster": -3, "parallelOutboundMigrationsPerNode": "9"}}}));
+        assert_eq!(c.migrations.parallel_migrations_per_cluster, 5);
+        assert_eq!(c.migrations.parallel_outbound_migrations_per_node, 2);
     }
 
     #[test]

@@ -150,6 +150,35 @@ impl MigrationOptions {
         Ok(())
     }
 
+    /// The fields of KubeVirt's `MigrationConfiguration` these options mirror.
+    pub const FIELDS: [&'static str; 8] = [
+        "bandwidthPerMigration",
+        "allowAutoConverge",
+        "allowPostCopy",
+        "allowWorkloadDisruption",
+        "parallelMigrationThreads",
+        "completionTimeoutPerGiB",
+        "progressTimeout",
+        "maxDowntimeMs",
+    ];
+
+    /// The options of a KubeVirt `MigrationConfiguration` (the cluster's
+    /// `spec.configuration.migrations`, which virt-controller copies to the VMI's
+    /// `status.migrationState.migrationConfiguration`): the [`Self::FIELDS`] it sets, the
+    /// rest (limits, network, TLS, ...) left to whoever reads them. Validated.
+    pub fn from_configuration(c: &serde_json::Value) -> Result<MigrationOptions, String> {
+        let mut picked = serde_json::Map::new();
+        for f in Self::FIELDS {
+            if let Some(v) = c.get(f).filter(|v| !v.is_null()) {
+                picked.insert(f.into(), v.clone());
+            }
+        }
+        let o: MigrationOptions = serde_json::from_value(serde_json::Value::Object(picked))
+            .map_err(|e| format!("migrationConfiguration: {e}"))?;
+        o.validate().map_err(|e| e.to_string())?;
+        Ok(o)
+    }
+
     pub fn progress_timeout(&self) -> u64 {
         self.progress_timeout.unwrap_or(DEFAULT_PROGRESS_TIMEOUT)
     }
@@ -255,6 +284,32 @@ impl MigrationStatus {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn options_come_from_kubevirts_migration_configuration() {
+        let o = MigrationOptions::from_configuration(&json!({
+            "bandwidthPerMigration": "64Mi", "allowAutoConverge": true,
+            "parallelMigrationsPerCluster": 5, "network": "migration-net", "disableTLS": false,
+            "progressTimeout": 20, "completionTimeoutPerGiB": null}))
+        .unwrap();
+        assert_eq!(o.bandwidth_per_migration, Some(64 << 20));
+        assert!(o.allow_auto_converge);
+        assert_eq!(o.progress_timeout, Some(20));
+        assert_eq!(o.completion_timeout_per_gib, None);
+        assert_eq!(
+            MigrationOptions::from_configuration(&json!(null)).unwrap(),
+            MigrationOptions::default()
+        );
+        // What QEMU could not take is refused with the field's name.
+        let e = MigrationOptions::from_configuration(&json!({"parallelMigrationThreads": 0}))
+            .unwrap_err();
+        assert!(e.contains("parallelMigrationThreads"), "{e}");
+        let e = MigrationOptions::from_configuration(&json!({"bandwidthPerMigration": "-1"}))
+            .unwrap_err();
+        assert!(e.contains("negative"), "{e}");
+        let e = MigrationOptions::from_configuration(&json!({"allowPostCopy": "yes"})).unwrap_err();
+        assert!(e.contains("migrationConfiguration"), "{e}");
+    }
 
     #[test]
     fn options_take_kubevirts_names_and_quantities() {

@@ -564,6 +564,14 @@ impl Response {
         })
     }
 
+    /// The migration status carried by the migration methods' replies.
+    pub fn into_migration(self) -> Option<MigrationStatus> {
+        match self {
+            Response::Migration(m) => Some(*m),
+            _ => None,
+        }
+    }
+
     /// The state carried by `State` and `Subscribed`.
     pub fn into_state(self) -> Option<State> {
         match self {
