@@ -838,6 +838,23 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
         e.to_string().contains("params.blockTarget") && e.to_string().contains("scratch"),
         "{e}"
     );
+    // A block target nobody serves: the copy cannot start, the guest stays here, and nothing
+    // is left behind that would stop the next attempt.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let e = ca
+        .call(Request::Migrate {
+            target: b1_addr,
+            block_target: Some(closed),
+            options: MigrationOptions::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::Failed), "{e}");
+    let m = migration(call(&mut ca, Request::MigrationStatus).await);
+    assert!(m.failed && !m.completed, "{m:?}");
     // Slow (1 MiB/s) so that it is still running when cancelled.
     let slow = MigrationOptions {
         bandwidth_per_migration: Some(1 << 20),
