@@ -853,6 +853,7 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(&ErrorCode::Failed), "{e}");
+    assert!(e.to_string().contains("disk scratch"), "{e}");
     let m = migration(call(&mut ca, Request::MigrationStatus).await);
     assert!(m.failed && !m.completed, "{m:?}");
     // Slow (1 MiB/s) so that it is still running when cancelled.

@@ -205,7 +205,8 @@ impl Vm {
                     .ok_or_else(|| ServeError::NoNode(d.name.clone()))?;
                 self.qmp
                     .command("block-export-add", export_args(&d.name, &node.node_name)?)
-                    .await?;
+                    .await
+                    .map_err(|e| ServeError::Disk(d.name.clone(), e))?;
             }
             Ok::<_, ServeError>(())
         }
@@ -254,12 +255,12 @@ impl Vm {
                 }
             };
             if let Err(e) = self.qmp.blockdev_add(nbd_client_args(i, to, &d.name)).await {
-                result = Err(e.into());
+                result = Err(ServeError::Disk(d.name.clone(), e));
                 break;
             }
             started = i + 1;
             if let Err(e) = self.qmp.command("blockdev-mirror", args).await {
-                result = Err(e.into());
+                result = Err(ServeError::Disk(d.name.clone(), e));
                 break;
             }
         }
@@ -376,6 +377,8 @@ pub enum ServeError {
     Bind(SocketAddr, std::io::Error),
     #[error("QEMU has no block node for disk {0:?}")]
     NoNode(String),
+    #[error("disk {0}: {1}")]
+    Disk(String, #[source] QmpError),
     #[error(transparent)]
     Name(#[from] BadDiskName),
     #[error(transparent)]
