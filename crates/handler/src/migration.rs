@@ -49,6 +49,9 @@ use crate::{launcher_state, now, release_network, remove_dir, vmi_dir, Context, 
 /// KubeVirt's `LibvirtDirectMigrationPort`: the value `targetDirectMigrationNodePorts` gives
 /// the proxy port that carries the guest's memory and device state.
 pub const DIRECT_MIGRATION_PORT: i32 = 49152;
+/// KubeVirt's `LibvirtBlockMigrationPort`: the value of the proxy port that carries the
+/// copies of the VMI's local disks (the target launcher's NBD server).
+pub const BLOCK_MIGRATION_PORT: i32 = 49153;
 
 /// The VMI's `status.migrationState` (`Null` when absent).
 pub fn state_of(vmi: &VirtualMachineInstance) -> Value {
@@ -222,11 +225,20 @@ fn netns_of(dir: &VmiDir) -> Option<PathBuf> {
 /// The target's address for the guest's state, from `targetNodeAddress` and
 /// `targetDirectMigrationNodePorts`.
 pub fn target_address(st: &Value) -> Option<SocketAddr> {
+    target_port(st, DIRECT_MIGRATION_PORT)
+}
+
+/// The target's address for the copies of local disks, when it serves them.
+pub fn block_address(st: &Value) -> Option<SocketAddr> {
+    target_port(st, BLOCK_MIGRATION_PORT)
+}
+
+fn target_port(st: &Value, role: i32) -> Option<SocketAddr> {
     let ip: IpAddr = st["targetNodeAddress"].as_str()?.parse().ok()?;
     let port = st["targetDirectMigrationNodePorts"]
         .as_object()?
         .iter()
-        .find(|(_, v)| v.as_i64() == Some(i64::from(DIRECT_MIGRATION_PORT)))
+        .find(|(_, v)| v.as_i64() == Some(i64::from(role)))
         .and_then(|(k, _)| k.parse::<u16>().ok())
         .filter(|p| *p != 0)?;
     Some(SocketAddr::new(ip, port))
@@ -424,12 +436,30 @@ pub(crate) async fn source(
     };
     let local = proxy.addr;
     ctx.migrations.add(&uid, proxy);
+    // The copies of local disks take a proxy of their own, to the target's NBD server.
+    let block_local = match block_address(st) {
+        None => None,
+        Some(remote) => match source_proxy(netns_of(dir), remote).await {
+            Ok(p) => {
+                let a = p.addr;
+                ctx.migrations.add(&uid, p);
+                Some(a)
+            }
+            Err(e) => {
+                ctx.migrations.close(&uid);
+                let why = format!("opening the block migration proxy: {e}");
+                patch_state(ctx, vmi, failed(&why, None)).await?;
+                return Ok(None);
+            }
+        },
+    };
     let started = now();
     // Recorded before the launcher starts, so the launcher's migration is recognised as this
     // one (its start is no earlier).
     patch_state(ctx, vmi, json!({"startTimestamp": started})).await?;
     let req = Request::Migrate {
         target: local,
+        block_target: block_local,
         options: opts,
     };
     let asked = async { LauncherClient::connect(dir).await?.call(req).await };
@@ -563,11 +593,14 @@ pub(crate) async fn reconcile_target(
                 options: opts,
             };
             let asked = async { LauncherClient::connect(&dir).await?.call(req).await };
-            let local = match asked.await {
-                Ok(r) => r.into_migration().and_then(|m| m.address),
+            let (local, block_local) = match asked.await {
+                Ok(r) => r
+                    .into_migration()
+                    .map(|m| (m.address, m.block_address))
+                    .unwrap_or_default(),
                 Err(e) => {
                     tracing::warn!(vmi = %name, error = %e, "prepareMigrationTarget");
-                    None
+                    (None, None)
                 }
             };
             let Some(local) = local else {
@@ -603,12 +636,31 @@ pub(crate) async fn reconcile_target(
             };
             let port = proxy.addr.port();
             ctx.migrations.add(&uid, proxy);
+            let mut ports = json!({port.to_string(): DIRECT_MIGRATION_PORT});
+            if let Some(block) = block_local {
+                match target_proxy(ctx.config.node_address, netns_of(&dir), block).await {
+                    Ok(p) => {
+                        ports[p.addr.port().to_string()] = json!(BLOCK_MIGRATION_PORT);
+                        ctx.migrations.add(&uid, p);
+                    }
+                    Err(e) => {
+                        drop(_dirs);
+                        let why = format!(
+                            "opening the block migration proxy on {}: {e}",
+                            ctx.config.node_address
+                        );
+                        patch_state(&ctx, &vmi, failed(&why, None)).await?;
+                        cleanup_target(&ctx, &vmi, &dir, &uid).await;
+                        return Ok(Action::await_change());
+                    }
+                }
+            }
             patch_state(
                 &ctx,
                 &vmi,
                 json!({
                     "targetNodeAddress": ctx.config.node_address.to_string(),
-                    "targetDirectMigrationNodePorts": {port.to_string(): DIRECT_MIGRATION_PORT},
+                    "targetDirectMigrationNodePorts": ports,
                     "targetNodeDomainDetected": false,
                 }),
             )
@@ -903,6 +955,10 @@ mod tests {
         let st = json!({"targetNodeAddress": "10.0.0.2",
             "targetDirectMigrationNodePorts": {"40001": 49153, "40000": 49152}});
         assert_eq!(target_address(&st), Some("10.0.0.2:40000".parse().unwrap()));
+        assert_eq!(block_address(&st), Some("10.0.0.2:40001".parse().unwrap()));
+        let no_block = json!({"targetNodeAddress": "10.0.0.2",
+            "targetDirectMigrationNodePorts": {"40000": 49152}});
+        assert_eq!(block_address(&no_block), None);
         // Hostile or broken values give no address at all.
         for bad in [
             json!({"targetNodeAddress": "node02", "targetDirectMigrationNodePorts": {"40000": 49152}}),

@@ -395,17 +395,27 @@ spec:
             disk: {{bus: virtio}}
           - name: cloudinit
             disk: {{bus: virtio}}
+          - name: scratch
+            serial: scratch
+            disk: {{bus: virtio}}
       terminationGracePeriodSeconds: 0
       volumes:
       - name: rootdisk
         containerDisk:
           image: kubevirt-rs/demo-guest:latest
+      - name: scratch
+        emptyDisk:
+          capacity: 16Mi
       - name: cloudinit
         cloudInitNoCloud:
           userData: |
             #!/bin/sh
+            d=$(for b in /sys/block/vd*; do [ "$(cat $b/serial)" = scratch ] && echo /dev/${{b##*/}}; done)
+            printf disk-marker | dd of=$d bs=512 count=1 conv=sync,fsync 2>/dev/null
             while :; do
-              echo "tick $(cut -d' ' -f1 /proc/uptime) boot=$(cat /proc/sys/kernel/random/boot_id)"
+              echo 1 > /proc/sys/vm/drop_caches
+              m=$(dd if=$d bs=512 count=1 2>/dev/null | tr -d '\000')
+              echo "tick $(cut -d' ' -f1 /proc/uptime) boot=$(cat /proc/sys/kernel/random/boot_id) $m"
               sleep 1
             done &
 "#
@@ -420,6 +430,7 @@ fn ticks(dir: &VmiDir) -> Vec<(f64, String)> {
         .filter_map(|l| {
             let rest = &l[l.find("tick ")? + 5..];
             let (up, boot) = rest.split_once(" boot=")?;
+            // The boot id, then what the guest read back from its emptyDisk.
             Some((up.trim().parse().ok()?, boot.trim().to_string()))
         })
         .collect()
@@ -567,6 +578,12 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
     assert!(
         after.iter().all(|(up, b)| *b == boot && *up > last_up),
         "not the same boot, or the count restarted: before {before:?}, after {after:?}"
+    );
+    // The emptyDisk came along (block migration): the guest reads its marker back from the
+    // target's copy, past its page cache.
+    assert!(
+        boot.ends_with(" disk-marker") && after.iter().all(|(_, b)| b.ends_with(" disk-marker")),
+        "the disk marker is not read back: before {before:?}, after {after:?}"
     );
     // Nothing of it is left on the source.
     assert!(

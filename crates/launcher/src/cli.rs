@@ -158,6 +158,7 @@ fn run_vmi(a: RunArgs) -> Result<i32> {
     opts.pvc_paths.extend(pairs(&a.pvcs, "pvc")?);
     opts.data_volume_paths = node.data_volumes;
     opts.cloud_init_secrets = node.cloud_init;
+    opts.node_local_claims = node.local_claims;
     opts.data_volume_paths
         .extend(pairs(&a.data_volumes, "data-volume")?);
     opts.host_ports = match a.host_ports.as_str() {

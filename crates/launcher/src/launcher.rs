@@ -341,6 +341,9 @@ pub struct Options {
     pub host_ports: HostPorts,
     pub pvc_paths: BTreeMap<String, PathBuf>,
     pub data_volume_paths: BTreeMap<String, PathBuf>,
+    /// Claims whose volume is on this node only (`volumes.json`'s `localClaims`): copied by
+    /// a live migration.
+    pub node_local_claims: std::collections::BTreeSet<String>,
     /// Cloud-init data the handler resolved from Secrets, by volume name (`volumes.json`).
     pub cloud_init_secrets: BTreeMap<String, crate::machine::ResolvedCloudInit>,
     /// Who QEMU runs as (default KubeVirt's qemu 107:107; uid 0 keeps root). See `confine.rs`.
@@ -365,6 +368,7 @@ impl Options {
             host_ports: HostPorts::Ephemeral,
             pvc_paths: BTreeMap::new(),
             data_volume_paths: BTreeMap::new(),
+            node_local_claims: Default::default(),
             cloud_init_secrets: BTreeMap::new(),
             qemu_user: QemuUser::default(),
             defaults: None,
@@ -486,6 +490,7 @@ pub fn machine_spec(
     env.host_ports = opts.host_ports.clone();
     env.pvc_paths = opts.pvc_paths.clone();
     env.data_volume_paths = opts.data_volume_paths.clone();
+    env.node_local_claims = opts.node_local_claims.clone();
     env.cloud_init_secrets = opts.cloud_init_secrets.clone();
     if let Some(defaults) = &opts.defaults {
         env.defaults = defaults.clone();

@@ -119,6 +119,9 @@ pub struct Environment {
     pub pvc_paths: BTreeMap<String, PathBuf>,
     /// dataVolume `name` → disk image file.
     pub data_volume_paths: BTreeMap<String, PathBuf>,
+    /// Claims whose volume is on this node only (`NodeVolumes::local_claims`): a live
+    /// migration copies them. A dataVolume is named by its claim's name, which is its own.
+    pub node_local_claims: BTreeSet<String>,
     /// Cloud-init data resolved from `secretRef`/`networkDataSecretRef`, by volume name.
     pub cloud_init_secrets: BTreeMap<String, ResolvedCloudInit>,
     /// Multus network name → Linux bridge name, for `bridge` interfaces on a multus network.
@@ -192,6 +195,7 @@ impl Environment {
             image_store: None,
             pvc_paths: BTreeMap::new(),
             data_volume_paths: BTreeMap::new(),
+            node_local_claims: BTreeSet::new(),
             cloud_init_secrets: BTreeMap::new(),
             bridges: BTreeMap::new(),
             pod_bridge: "br0".into(),
@@ -451,6 +455,43 @@ pub struct DiskSpec {
     pub path: PathBuf,
     pub serial: Option<String>,
     pub source: DiskSource,
+    /// What a live migration does with it (block migration, docs/migration.md).
+    pub migration: DiskMigration,
+}
+
+/// What a live migration does with a disk's data. The target launcher starts from the same
+/// VMI, so it makes every file the launcher makes itself again (same names, same virtual
+/// sizes); what the guest wrote to a file on this node only must be copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum DiskMigration {
+    /// On storage both nodes see (a persistentVolumeClaim or dataVolume not marked node-local
+    /// in `volumes.json`, a hostDisk with `shared: true`): the target opens the same data.
+    Shared,
+    /// Nothing the guest can change: read-only disks and CD-ROMs (KubeVirt skips them too) and
+    /// cloud-init ISOs, which the target writes again from the spec.
+    NotCopied,
+    /// Written by the guest, on this node only: copied with `blockdev-mirror` to the target's
+    /// NBD export of the same disk.
+    Copy(MirrorSync),
+}
+
+/// `blockdev-mirror`'s `sync`: what of the disk's backing chain is copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum MirrorSync {
+    /// The whole disk (emptyDisks, hostDisks, node-local volumes).
+    Full,
+    /// Only the top image: a containerDisk's overlay, whose base the target extracts from the
+    /// same image.
+    Top,
+}
+
+impl MirrorSync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorSync::Full => "full",
+            MirrorSync::Top => "top",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

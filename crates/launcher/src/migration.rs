@@ -14,8 +14,11 @@
 //!   On `completed` the launcher quits QEMU: phase Succeeded, reason `Migrated`, like
 //!   KubeVirt's source pod. `cancelMigration` is `migrate_cancel`; the guest keeps running.
 //!
-//! Local disks are not copied (no NBD block migration yet): a target regenerates what it can
-//! from the VMI (cloud-init ISOs, containerDisk overlays start empty), see docs/migration.md.
+//! Local disks (containerDisk overlays, emptyDisks, hostDisks, node-local volumes) are copied
+//! first, over NBD ([`block`]); shared volumes are not, and what the target makes from the VMI
+//! (cloud-init ISOs) is made there again. See docs/migration.md.
+
+pub mod block;
 
 use crate::api::migration::{failure, reason, AbortStatus, MigrationMode, MigrationOptions};
 use crate::api::{MigrationRole, MigrationStatus};
@@ -54,11 +57,22 @@ pub enum MigrationError {
     Changed(&'static str),
     #[error("QEMU reported no TCP address for the incoming migration: {0:?}")]
     NoListenAddress(MigrationInfo),
+    /// `migrate` without `blockTarget` for a VMI whose disks must be copied.
+    #[error("params.blockTarget is required: disk(s) {0} are on this node only and are copied to the target's NBD server (the blockAddress of its prepareMigrationTarget reply)")]
+    NoBlockTarget(String),
+    /// `migrate` with `blockTarget` for a VMI that has nothing to copy.
+    #[error("params.blockTarget: this VMI has no local disk to copy (its disks are shared or made again by the target)")]
+    NothingToCopy,
+    /// The local disks could not be served (target) or their copy started (source).
+    #[error("block migration: {0}")]
+    Block(#[from] block::ServeError),
 }
 
 /// `migrate-set-capabilities` for either end: `events` (MIGRATION events), and what the two
-/// ends must agree on (`multifd`, `postcopy-ram`); `auto-converge` only matters at the source.
-pub fn capabilities(o: &MigrationOptions, role: MigrationRole) -> Value {
+/// ends must agree on (`multifd`, `postcopy-ram`); `auto-converge` only matters at the source,
+/// and so does `pause-before-switchover`, on when disks are copied (`block`): the source
+/// stops at `pre-switchover` so the disk copies end while the guest is stopped.
+pub fn capabilities(o: &MigrationOptions, role: MigrationRole, block: bool) -> Value {
     let mut caps = vec![
         ("events", true),
         ("multifd", o.parallel_migration_threads.is_some()),
@@ -66,6 +80,7 @@ pub fn capabilities(o: &MigrationOptions, role: MigrationRole) -> Value {
     ];
     if role == MigrationRole::Source {
         caps.push(("auto-converge", o.allow_auto_converge));
+        caps.push(("pause-before-switchover", block));
     }
     Value::Array(
         caps.into_iter()
@@ -104,6 +119,12 @@ pub fn target_parameters(o: &MigrationOptions) -> Option<Value> {
 /// QEMU's migration URI for a typed address (IPv6 in brackets, as `SocketAddr` prints it).
 pub fn uri(addr: &SocketAddr) -> String {
     format!("tcp:{addr}")
+}
+
+/// The mirror jobs' `speed`: `bandwidthPerMigration` bytes/s, 0 (QEMU's "no limit") when
+/// absent or 0.
+pub fn mirror_speed(o: &MigrationOptions) -> u64 {
+    o.bandwidth_per_migration.unwrap_or(0)
 }
 
 /// The TCP address an incoming migration listens on, from `query-migrate`'s `socket-address`
@@ -152,10 +173,11 @@ pub struct Convergence {
 }
 
 impl Convergence {
-    pub fn new(o: &MigrationOptions, guest_memory_bytes: u64) -> Convergence {
+    /// `data_bytes`: the guest memory, plus the copied disks under block migration.
+    pub fn new(o: &MigrationOptions, data_bytes: u64) -> Convergence {
         Convergence {
             progress_timeout: o.progress_timeout(),
-            acceptable_completion: o.acceptable_completion_seconds(guest_memory_bytes),
+            acceptable_completion: o.acceptable_completion_seconds(data_bytes),
             allow_post_copy: o.allow_post_copy,
             allow_disruption: o.allow_workload_disruption(),
             last_progress: 0.0,
@@ -167,6 +189,14 @@ impl Convergence {
 
     pub fn mode(&self) -> MigrationMode {
         self.mode
+    }
+
+    /// A new phase (guest memory after the disks) starts at `elapsed` seconds: its progress is
+    /// measured from there, against a remaining amount of its own. The completion time still
+    /// counts from the start of the migration.
+    pub fn new_phase(&mut self, elapsed: f64) {
+        self.last_progress = elapsed;
+        self.watermark = None;
     }
 
     /// One sample: `elapsed` seconds since the migration started, `remaining` bytes (when
@@ -276,7 +306,7 @@ impl Vm {
             return Err(MigrationError::AlreadyListening(a).into());
         }
         let q = &self.qmp;
-        q.migrate_set_capabilities(capabilities(options, MigrationRole::Target))
+        q.migrate_set_capabilities(capabilities(options, MigrationRole::Target, false))
             .await
             .map_err(|e| self.migration_error(e))?;
         if let Some(p) = target_parameters(options) {
@@ -284,18 +314,33 @@ impl Vm {
                 .await
                 .map_err(|e| self.migration_error(e))?;
         }
-        q.migrate_incoming(&uri(&listen))
+        // The local disks first: the source copies them before it sends the guest memory.
+        let served = self
+            .serve_local_disks(listen.ip())
             .await
-            .map_err(|e| self.migration_error(e))?;
-        let info = q
-            .query_migrate()
-            .await
-            .map_err(|e| self.migration_error(e))?;
+            .map_err(MigrationError::from)?;
+        let listening = async {
+            q.migrate_incoming(&uri(&listen)).await?;
+            q.query_migrate().await
+        }
+        .await;
+        let info = match listening {
+            Ok(info) => info,
+            Err(e) => {
+                if served.is_some() {
+                    self.stop_nbd_server().await;
+                }
+                return Err(self.migration_error(e));
+            }
+        };
         let actual = listening_address(&info, listen)
             .ok_or_else(|| MigrationError::NoListenAddress(info.clone()))?;
         tracing::info!(vmi = %self.spec.vmi, %actual, "waiting for the incoming migration");
+        let (block_address, block_exports) = served.unzip();
         self.update_migration(|m| {
             m.address = Some(actual);
+            m.block_address = block_address;
+            m.block_exports = block_exports.unwrap_or_default();
             m.qemu_status = info.status.clone().unwrap_or_else(|| "setup".into());
             m.start_timestamp = now();
         });
@@ -305,12 +350,22 @@ impl Vm {
     /// A MIGRATION event. The target's outcome is decided here; the source's monitor task
     /// follows its own migration through `query-migrate`.
     pub(crate) async fn on_migration_event(&self, status: &str) {
-        let target = {
+        let (target, nbd) = {
             let i = self.lock();
-            i.target && i.state.phase == Phase::WaitingForMigration
+            (
+                i.target && i.state.phase == Phase::WaitingForMigration,
+                i.state
+                    .migration
+                    .as_ref()
+                    .is_some_and(|m| m.block_address.is_some()),
+            )
         };
         if !target {
             return;
+        }
+        if nbd && matches!(status, "completed" | "failed" | "cancelled") {
+            // The source ended its disk copies before the switch-over.
+            self.stop_nbd_server().await;
         }
         match status {
             "completed" => {
@@ -357,6 +412,7 @@ impl Vm {
     pub async fn migrate(
         self: &Arc<Self>,
         target: SocketAddr,
+        block_target: Option<SocketAddr>,
         options: &MigrationOptions,
     ) -> Result<MigrationStatus, LaunchError> {
         let _one = self.migration_lock.lock().await;
@@ -387,10 +443,23 @@ impl Vm {
         if self.hotplug.lock().await.any_hot_added() {
             return Err(MigrationError::Changed("the hotplugged volumes").into());
         }
+        let disks = block::local_disks(&self.spec);
+        match (disks.is_empty(), block_target) {
+            (false, None) => {
+                let names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
+                return Err(MigrationError::NoBlockTarget(names.join(", ")).into());
+            }
+            (true, Some(_)) => return Err(MigrationError::NothingToCopy.into()),
+            _ => {}
+        }
         let q = &self.qmp;
-        q.migrate_set_capabilities(capabilities(options, MigrationRole::Source))
-            .await
-            .map_err(|e| self.migration_error(e))?;
+        q.migrate_set_capabilities(capabilities(
+            options,
+            MigrationRole::Source,
+            !disks.is_empty(),
+        ))
+        .await
+        .map_err(|e| self.migration_error(e))?;
         q.migrate_set_parameters(source_parameters(options))
             .await
             .map_err(|e| self.migration_error(e))?;
@@ -398,26 +467,93 @@ impl Vm {
             let mut i = self.lock();
             i.migrating = true;
             i.cancel_reason = None;
-            i.state.migration = Some(MigrationStatus::new(
-                MigrationRole::Source,
-                Some(target),
-                now(),
-            ));
+            let mut m = MigrationStatus::new(MigrationRole::Source, Some(target), now());
+            m.block_address = block_target;
+            m.block_exports = disks.iter().map(|d| d.name.clone()).collect();
+            i.state.migration = Some(m);
         }
-        if let Err(e) = q.migrate(&uri(&target)).await {
-            let msg = e.to_string();
-            self.lock().migrating = false;
-            self.update_migration(|m| {
-                m.failed = true;
-                m.failure_reason = msg;
-                m.end_timestamp = Some(now());
-            });
-            return Err(self.migration_error(e));
+        // With local disks, their copy starts here and the guest memory follows once they
+        // are in step (the monitor); without, the guest memory goes at once.
+        let started = match block_target {
+            Some(to) => self
+                .start_mirrors(&disks, to, mirror_speed(options))
+                .await
+                .map_err(|e| LaunchError::from(MigrationError::from(e))),
+            None => q
+                .migrate(&uri(&target))
+                .await
+                .map_err(|e| self.migration_error(e)),
+        };
+        if let Err(e) = started {
+            self.fail_migration(e.to_string());
+            return Err(e);
         }
-        tracing::info!(vmi = %self.spec.vmi, %target, "migration started");
+        tracing::info!(vmi = %self.spec.vmi, %target, ?block_target, "migration started");
         self.publish();
-        tokio::spawn(self.clone().monitor(options.clone()));
+        tokio::spawn(self.clone().monitor(target, disks, options.clone()));
         self.migration_status()
+    }
+
+    /// The outgoing migration is over, failed with `reason` (a cancel's, if one was asked).
+    fn fail_migration(&self, reason: String) {
+        let cancel = {
+            let mut i = self.lock();
+            i.migrating = false;
+            i.cancel_reason.clone()
+        };
+        self.update_migration(|m| {
+            m.failed = true;
+            m.failure_reason = cancel.clone().unwrap_or(reason.clone());
+            m.end_timestamp = Some(now());
+            if cancel.is_some() {
+                m.abort_status = Some(AbortStatus::Succeeded);
+            }
+        });
+        tracing::warn!(vmi = %self.spec.vmi, "migration failed: {reason}");
+    }
+
+    /// Source: copy the local disks until every one is in step with the target (then the
+    /// guest's writes reach both), following the timeouts; the failure reason otherwise.
+    async fn copy_disks(
+        &self,
+        disks: &[block::LocalDisk],
+        options: &MigrationOptions,
+        data_bytes: u64,
+        start: std::time::Instant,
+    ) -> Result<(), String> {
+        // Nothing to assist with before the guest memory moves: only the aborts apply.
+        let only_aborts = MigrationOptions {
+            allow_post_copy: false,
+            allow_workload_disruption: Some(false),
+            ..options.clone()
+        };
+        let mut conv = Convergence::new(&only_aborts, data_bytes);
+        loop {
+            tokio::time::sleep(MONITOR_PERIOD).await;
+            if let Some(why) = self.lock().cancel_reason.clone() {
+                return Err(why);
+            }
+            let p = self
+                .mirror_progress(disks)
+                .await
+                .map_err(|e| format!("following the disk copies: {e}"))?;
+            self.update_migration(|m| {
+                m.block_transferred_bytes = p.transferred;
+                m.block_total_bytes = p.total;
+                m.block_ready = p.ready && p.failed.is_none();
+            });
+            if let Some((disk, why)) = p.failed {
+                return Err(format!("copying disk {disk} failed: {why}"));
+            }
+            if p.ready {
+                return Ok(());
+            }
+            let remaining = p.total.saturating_sub(p.transferred);
+            if let Action::Abort(why) = conv.step(start.elapsed().as_secs_f64(), Some(remaining)) {
+                self.lock().cancel_reason.get_or_insert(why.clone());
+                return Err(why);
+            }
+        }
     }
 
     /// Source: cancel the migration in progress.
@@ -440,11 +576,44 @@ impl Vm {
         Ok(())
     }
 
-    /// The source's migration monitor: progress, timeouts, outcome.
-    async fn monitor(self: Arc<Self>, options: MigrationOptions) {
-        let mut conv = Convergence::new(&options, self.spec.memory.bytes);
+    /// The source's migration monitor: the disk copies (when there are local disks), then the
+    /// guest memory: progress, timeouts, outcome.
+    async fn monitor(
+        self: Arc<Self>,
+        target: SocketAddr,
+        disks: Vec<block::LocalDisk>,
+        options: MigrationOptions,
+    ) {
         let start = std::time::Instant::now();
+        // KubeVirt's acceptable completion time counts the copied disks with the memory.
+        let mut data_bytes = self.spec.memory.bytes;
+        if !disks.is_empty() {
+            if let Ok(p) = self.mirror_progress(&disks).await {
+                data_bytes = data_bytes.saturating_add(p.total);
+            }
+            if let Err(why) = self.copy_disks(&disks, &options, data_bytes, start).await {
+                self.drop_mirrors(&disks).await;
+                self.fail_migration(why);
+                return;
+            }
+            tracing::info!(vmi = %self.spec.vmi, "the local disks are in step; sending the guest memory");
+            if let Err(e) = self.qmp.migrate(&uri(&target)).await {
+                self.drop_mirrors(&disks).await;
+                self.fail_migration(e.to_string());
+                return;
+            }
+            // A cancel that came while `migrate` was sent.
+            if self.lock().cancel_reason.is_some() {
+                if let Err(e) = self.qmp.migrate_cancel().await {
+                    tracing::warn!(error = %e, "migrate_cancel");
+                }
+            }
+        }
+        let mut conv = Convergence::new(&options, data_bytes);
+        conv.new_phase(start.elapsed().as_secs_f64());
         let mut paused_by_us = false;
+        let mut switched_over = false;
+        let mut block_failure: Option<String> = None;
         loop {
             tokio::time::sleep(MONITOR_PERIOD).await;
             let info = match self.qmp.query_migrate().await {
@@ -488,10 +657,43 @@ impl Vm {
                     }
                     return;
                 }
+                "pre-switchover" if !switched_over => {
+                    // The guest is stopped and its disks not handed over yet: end the copies
+                    // (what is left goes now), then let QEMU switch over.
+                    switched_over = true;
+                    let within = Duration::from_secs(match options.progress_timeout() {
+                        0 => crate::api::migration::DEFAULT_PROGRESS_TIMEOUT,
+                        t => t,
+                    });
+                    let continued = match self.finish_mirrors(&disks, within).await {
+                        Ok(()) => self
+                            .qmp
+                            .command("migrate-continue", json!({ "state": "pre-switchover" }))
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(why) => Err(why),
+                    };
+                    if let Err(why) = continued {
+                        // Not switching over to a target whose disks are not complete; the
+                        // guest resumes here.
+                        tracing::warn!(vmi = %self.spec.vmi, "cancelling the migration: {why}");
+                        block_failure = Some(why);
+                        if let Err(e) = self.qmp.migrate_cancel().await {
+                            tracing::warn!(error = %e, "migrate_cancel");
+                        }
+                    }
+                    continue;
+                }
                 "failed" | "cancelled" => {
+                    if !disks.is_empty() {
+                        self.drop_mirrors(&disks).await;
+                    }
                     let cancel = self.lock().cancel_reason.clone();
                     let reason = match (&cancel, status.as_str()) {
                         (Some(r), _) => r.clone(),
+                        (None, _) if block_failure.is_some() => {
+                            block_failure.clone().unwrap_or_default()
+                        }
                         (None, "cancelled") => failure::ABORTED.to_string(),
                         (None, _) => info
                             .error_desc
@@ -576,17 +778,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            caps(&capabilities(&o, MigrationRole::Source)),
+            caps(&capabilities(&o, MigrationRole::Source, false)),
             [
                 ("events".into(), true),
                 ("multifd".into(), true),
                 ("postcopy-ram".into(), true),
-                ("auto-converge".into(), true)
+                ("auto-converge".into(), true),
+                ("pause-before-switchover".into(), false)
             ]
         );
+        // With local disks the source stops before the switch-over, to end the disk copies.
+        assert!(caps(&capabilities(&o, MigrationRole::Source, true))
+            .contains(&("pause-before-switchover".into(), true)));
         // The target shares what both ends must agree on, and nothing of auto-converge.
         assert_eq!(
-            caps(&capabilities(&o, MigrationRole::Target)),
+            caps(&capabilities(&o, MigrationRole::Target, true)),
             [
                 ("events".into(), true),
                 ("multifd".into(), true),
@@ -602,12 +808,13 @@ mod tests {
         // Defaults: everything off, and no bandwidth limit (QEMU's own default is 32 MiB/s).
         let d = MigrationOptions::default();
         assert_eq!(
-            caps(&capabilities(&d, MigrationRole::Source)),
+            caps(&capabilities(&d, MigrationRole::Source, false)),
             [
                 ("events".into(), true),
                 ("multifd".into(), false),
                 ("postcopy-ram".into(), false),
-                ("auto-converge".into(), false)
+                ("auto-converge".into(), false),
+                ("pause-before-switchover".into(), false)
             ]
         );
         assert_eq!(
@@ -615,6 +822,9 @@ mod tests {
             json!({"max-bandwidth": UNLIMITED_BANDWIDTH})
         );
         assert_eq!(target_parameters(&d), None);
+        // The disks are copied at the same bandwidth (0: QEMU's "no limit").
+        assert_eq!(mirror_speed(&o), 64 << 20);
+        assert_eq!(mirror_speed(&d), 0);
         // KubeVirt's 0 is "no limit" too.
         let zero = MigrationOptions {
             bandwidth_per_migration: Some(0),

@@ -320,6 +320,16 @@ impl Qmp {
         arguments: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
+        self.execute_inner(command, arguments, timeout, None).await
+    }
+
+    async fn execute_inner(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<Value, QmpError> {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut s = lock(&self.shared);
@@ -342,7 +352,24 @@ impl Qmp {
         line.push('\n');
         let write = async {
             let mut w = self.writer.lock().await;
-            w.write_all(line.as_bytes()).await
+            let mut bytes = line.as_bytes();
+            if let Some(fd) = fd {
+                // The descriptor rides on the command's first bytes (SCM_RIGHTS), as QEMU's
+                // monitor expects for `getfd`.
+                let stream: &UnixStream = (*w).as_ref();
+                let sent = loop {
+                    stream.writable().await?;
+                    match stream.try_io(tokio::io::Interest::WRITABLE, || {
+                        send_with_fd(stream, bytes, fd)
+                    }) {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                };
+                bytes = &bytes[sent..];
+            }
+            w.write_all(bytes).await
         };
         if let Err(e) = write.await {
             lock(&self.shared).pending.remove(&id);
@@ -483,6 +510,41 @@ impl Qmp {
     }
 }
 
+/// `sendmsg` of `bytes` with one descriptor attached (`SCM_RIGHTS`).
+fn send_with_fd(
+    stream: &UnixStream,
+    bytes: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer in it refers to a live local buffer of the
+    // stated length for the duration of the call.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::c_int, raw);
+        libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// `query-migrate`'s RAM counters, in bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationRamStats {
@@ -548,6 +610,70 @@ impl Qmp {
     }
     pub async fn migrate_start_postcopy(&self) -> Result<(), QmpError> {
         self.unit("migrate-start-postcopy", None).await
+    }
+}
+
+/// One `query-block` entry: a guest drive (`-drive id=...`) and its top node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct BlockInfo {
+    pub device: String,
+    #[serde(default)]
+    pub inserted: Option<BlockInserted>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct BlockInserted {
+    #[serde(rename = "node-name")]
+    pub node_name: String,
+}
+
+/// One `query-block-jobs` entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct BlockJobInfo {
+    /// The job id.
+    pub device: String,
+    /// created, running, paused, ready, standby, waiting, pending, aborting, concluded, null.
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub ready: bool,
+    /// Bytes done, and in all (the total grows while the guest writes).
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub len: u64,
+    /// Why a concluded job failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Block migration: an NBD server at the target, mirror jobs at the source (`migration.rs`
+/// builds the arguments).
+impl Qmp {
+    /// `getfd`: hand QEMU a descriptor under `name` (over this socket, `SCM_RIGHTS`).
+    pub async fn getfd(&self, name: &str, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), QmpError> {
+        self.execute_inner(
+            "getfd",
+            Some(json!({ "fdname": name })),
+            DEFAULT_TIMEOUT,
+            Some(fd),
+        )
+        .await
+        .map(|_| ())
+    }
+    pub async fn query_block(&self) -> Result<Vec<BlockInfo>, QmpError> {
+        self.execute("query-block", None).await
+    }
+    pub async fn query_block_jobs(&self) -> Result<Vec<BlockJobInfo>, QmpError> {
+        self.execute("query-block-jobs", None).await
+    }
+    /// Any command whose reply carries nothing (`nbd-server-start`, `block-export-add`,
+    /// `blockdev-mirror`, `block-job-cancel`, `job-dismiss`, `migrate-continue`, ...).
+    pub async fn command(&self, command: &str, arguments: Value) -> Result<(), QmpError> {
+        self.unit(command, Some(arguments)).await
+    }
+    pub async fn nbd_server_stop(&self) -> Result<(), QmpError> {
+        self.unit("nbd-server-stop", None).await
     }
 }
 

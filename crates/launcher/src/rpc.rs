@@ -47,7 +47,10 @@ fn rpc_error(e: LaunchError) -> RpcError {
         LaunchError::Accel(_) => ErrorCode::NoAccelerator,
         LaunchError::Migration(m) => match m {
             MigrationError::NoMigration | MigrationError::NeverMigrated => ErrorCode::NoMigration,
-            MigrationError::NoListenAddress(_) => ErrorCode::Failed,
+            MigrationError::NoListenAddress(_) | MigrationError::Block(_) => ErrorCode::Failed,
+            MigrationError::NoBlockTarget(_) | MigrationError::NothingToCopy => {
+                ErrorCode::BadRequest
+            }
             _ => ErrorCode::WrongPhase,
         },
         _ => ErrorCode::Failed,
@@ -288,9 +291,13 @@ impl Launcher {
                 .await
                 .map(migration)
                 .map_err(rpc_error),
-            Request::Migrate { target, options } => vm()
+            Request::Migrate {
+                target,
+                block_target,
+                options,
+            } => vm()
                 .await?
-                .migrate(target, &options)
+                .migrate(target, block_target, &options)
                 .await
                 .map(migration)
                 .map_err(rpc_error),
@@ -319,6 +326,7 @@ impl Launcher {
         let mut opts = self.opts.clone();
         opts.pvc_paths = volumes.persistent_volume_claims;
         opts.data_volume_paths = volumes.data_volumes;
+        opts.node_local_claims = volumes.local_claims;
         crate::hotplug::sync(vm, vmi, &opts)
             .await
             .map(Response::Volumes)

@@ -709,11 +709,44 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Run `command` on the guest's serial console (`console.sock` of `dir`) and wait until its
+/// output contains `needle`; returns the output.
+async fn console(dir: &Path, command: &str, needle: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = VmiDir::from_path(dir).unwrap().console_socket();
+    let mut sock = tokio::net::UnixStream::connect(path).await.unwrap();
+    sock.write_all(format!("\n{command}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let t = Instant::now();
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        assert!(
+            t.elapsed() < BOOT_TIMEOUT,
+            "{needle:?} not on the console after {command:?}: {}",
+            String::from_utf8_lossy(&out)
+        );
+        let mut buf = [0u8; 4096];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), sock.read(&mut buf)).await
+        {
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The guest's device of the disk with serial `scratch` (busybox has no by-id links).
+const SCRATCH_DEV: &str = r#"d=$(for b in /sys/block/vd*; do [ "$(cat $b/serial)" = scratch ] && echo /dev/${b##*/}; done)"#;
+
 /// Issue 14: live migration between two launchers on one host, driven over their
-/// `launcher.sock` as the node agent drives it. A's guest boots and prints its uptime every
-/// second; a migration to target B1 is cancelled (A keeps running, B1's QEMU gives up); a
-/// migration to target B2 completes: A's QEMU ends (Succeeded, Migrated), B2 runs the same
-/// guest (its uptime goes on from where it was, and its console answers).
+/// `launcher.sock` as the node agent drives it. A's guest boots, writes a marker to its
+/// emptyDisk (a local disk: block migration) and prints its uptime every second; a migration
+/// without the block target is refused; a migration to target B1 is cancelled (A keeps
+/// running, B1's QEMU gives up); the guest writes a second marker; a migration to target B2
+/// completes: A's QEMU ends (Succeeded, Migrated), B2 runs the same guest (its uptime goes on
+/// from where it was, its console answers) and reads both markers back from B2's copy of the
+/// disk, past its page cache.
 #[tokio::test]
 async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at_the_source() {
     use kubevirt_launcher::api::migration::{reason, MigrationOptions};
@@ -733,7 +766,17 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
         "migrating",
         "q35",
         &cmdline(guest, "q35"),
-        "#!/bin/sh\nwhile true; do echo \"tick $(cut -d' ' -f1 /proc/uptime)\"; sleep 1; done &",
+        &format!(
+            "#!/bin/sh\n{SCRATCH_DEV}\nprintf first-marker | dd of=$d bs=512 count=1 conv=sync,fsync 2>/dev/null && sync && echo \"marker written to $d\"\nwhile true; do echo \"tick $(cut -d' ' -f1 /proc/uptime)\"; sleep 1; done &"
+        ),
+    )
+    .replace(
+        "      - name: cloudinit\n        disk: {bus: virtio}\n",
+        "      - name: cloudinit\n        disk: {bus: virtio}\n      - name: scratch\n        disk: {bus: virtio}\n        serial: scratch\n",
+    )
+    .replace(
+        "  volumes:\n",
+        "  volumes:\n  - name: scratch\n    emptyDisk: {capacity: 64Mi}\n",
     );
     let vmi = Box::new(parse_vmi(&yaml).unwrap());
     let (_a, mut ca) = launcher(&a_dir, guest, false).await;
@@ -743,6 +786,7 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
         .unwrap();
     assert_eq!(s.phase, Phase::Running, "{s:?}");
     let a_qemu = s.qemu_pid.unwrap();
+    wait_serial(&a_dir, "marker written to /dev/vd", BOOT_TIMEOUT).await;
     wait_serial(&a_dir, "tick ", BOOT_TIMEOUT).await;
 
     // Nothing to cancel yet: a clear error, not a QMP one.
@@ -775,6 +819,43 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
     assert_eq!(b1.role, MigrationRole::Target);
     let b1_addr = b1.address.expect("the target's listening address");
     assert_ne!(b1_addr.port(), 0, "the real port is reported");
+    // The emptyDisk is local: B1 serves it over NBD, on a port of its own.
+    let b1_block = b1.block_address.expect("the target's NBD address");
+    assert_eq!(b1_block.ip(), b1_addr.ip());
+    assert_ne!(b1_block.port(), 0);
+    assert_eq!(b1.block_exports, ["scratch"]);
+    // A VMI with a local disk cannot migrate without its copy.
+    let e = ca
+        .call(Request::Migrate {
+            target: b1_addr,
+            block_target: None,
+            options: MigrationOptions::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::BadRequest), "{e}");
+    assert!(
+        e.to_string().contains("params.blockTarget") && e.to_string().contains("scratch"),
+        "{e}"
+    );
+    // A block target nobody serves: the copy cannot start, the guest stays here, and nothing
+    // is left behind that would stop the next attempt.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let e = ca
+        .call(Request::Migrate {
+            target: b1_addr,
+            block_target: Some(closed),
+            options: MigrationOptions::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::Failed), "{e}");
+    assert!(e.to_string().contains("disk scratch"), "{e}");
+    let m = migration(call(&mut ca, Request::MigrationStatus).await);
+    assert!(m.failed && !m.completed, "{m:?}");
     // Slow (1 MiB/s) so that it is still running when cancelled.
     let slow = MigrationOptions {
         bandwidth_per_migration: Some(1 << 20),
@@ -785,16 +866,19 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
             &mut ca,
             Request::Migrate {
                 target: b1_addr,
+                block_target: Some(b1_block),
                 options: slow.clone(),
             },
         )
         .await,
     );
     assert_eq!((m.role, m.address), (MigrationRole::Source, Some(b1_addr)));
+    assert_eq!(m.block_address, Some(b1_block));
     // A second migration while one runs is refused.
     let e = ca
         .call(Request::Migrate {
             target: b1_addr,
+            block_target: Some(b1_block),
             options: slow,
         })
         .await
@@ -805,6 +889,8 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
         let m = migration(call(&mut ca, Request::MigrationStatus).await);
         if m.transferred_bytes > 0 {
             assert!(m.in_progress(), "{m:?}");
+            // Guest memory goes only once the disk is in step.
+            assert!(m.block_ready && m.block_total_bytes > 0, "{m:?}");
             break;
         }
         assert!(t.elapsed() < MIGRATION_TIMEOUT, "no data sent: {m:?}");
@@ -847,6 +933,14 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
         "{s:?}"
     );
 
+    // What the guest writes after a cancelled copy reaches the next target too.
+    console(
+        &a_dir,
+        &format!("{SCRATCH_DEV}; printf second-marker | dd of=$d bs=512 seek=8 count=1 conv=sync,fsync 2>/dev/null && sync && echo second-$((6*7))"),
+        "second-42",
+    )
+    .await;
+
     // --- A → B2, completed.
     let (_b2, mut cb2) = launcher(&b2_dir, guest, true).await;
     call(&mut cb2, Request::Sync { vmi: vmi.clone() }).await;
@@ -861,6 +955,7 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
         .await,
     );
     let b2_addr = b2.address.unwrap();
+    let b2_block = b2.block_address.unwrap();
     // Listening once is enough.
     let e = cb2
         .call(Request::PrepareMigrationTarget {
@@ -882,6 +977,7 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
         &mut ca,
         Request::Migrate {
             target: b2_addr,
+            block_target: Some(b2_block),
             options: MigrationOptions::default(),
         },
     )
@@ -949,28 +1045,19 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
         at_b2 >= last_uptime_at_a,
         "B2's guest uptime {at_b2} s is below A's last {last_uptime_at_a} s: not the same guest"
     );
-    // B2's console answers (async: B2's console server runs on this test's runtime).
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let path = VmiDir::from_path(&b2_dir).unwrap().console_socket();
-        let mut sock = tokio::net::UnixStream::connect(path).await.unwrap();
-        sock.write_all(b"\necho migrated-$((6*7))\n").await.unwrap();
-        let mut out = Vec::new();
-        let t = Instant::now();
-        while !String::from_utf8_lossy(&out).contains("migrated-42") {
-            assert!(
-                t.elapsed() < BOOT_TIMEOUT,
-                "B2's console did not answer: {}",
-                String::from_utf8_lossy(&out)
-            );
-            let mut buf = [0u8; 4096];
-            if let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_millis(500), sock.read(&mut buf)).await
-            {
-                out.extend_from_slice(&buf[..n]);
-            }
-        }
-    }
+    // B2's console answers (async: B2's console server runs on this test's runtime), and
+    // B2's copy of the disk holds what the guest wrote at A: read from the disk, not from
+    // the guest's page cache (which came along with its memory).
+    let out = console(
+        &b2_dir,
+        &format!("{SCRATCH_DEV}; echo 3 > /proc/sys/vm/drop_caches; echo \"on disk: $(dd if=$d bs=512 count=1 2>/dev/null | tr -d '\\000') $(dd if=$d bs=512 skip=8 count=1 2>/dev/null | tr -d '\\000') migrated-$((6*7))\""),
+        "migrated-42",
+    )
+    .await;
+    assert!(
+        out.contains("on disk: first-marker second-marker migrated-42"),
+        "B2's copy of the emptyDisk: {out}"
+    );
     call(&mut cb2, Request::Stop).await;
     let s = wait_state(
         &mut cb2,

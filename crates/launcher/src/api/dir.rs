@@ -109,6 +109,13 @@ pub struct NodeVolumes {
     /// DataVolume name → disk image file.
     #[serde(default)]
     pub data_volumes: BTreeMap<String, PathBuf>,
+    /// Claims (a persistentVolumeClaim's `claimName`, or a DataVolume's name, which is its
+    /// claim's) whose volume is on this node only, e.g. a local-path PersistentVolume: a live
+    /// migration copies them to the target node (block migration, docs/migration.md) instead
+    /// of assuming both nodes see the same data. The target node's file must exist with the
+    /// same size. Absent: every claim is shared storage.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub local_claims: std::collections::BTreeSet<String>,
     /// Cloud-init volume name → its data resolved from Secrets (`secretRef`,
     /// `networkDataSecretRef`, `accessCredentials` SSH keys). The file holds Secret data: it is
     /// written readable by its owner only.

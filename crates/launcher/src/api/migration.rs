@@ -253,6 +253,28 @@ pub struct MigrationStatus {
     pub start_timestamp: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_timestamp: Option<f64>,
+    /// Block migration of the VMI's local disks (none: nothing is copied). Target: where its
+    /// NBD server listens, to be given to the source's `migrate` as `blockTarget`. Source:
+    /// the `blockTarget` it copies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_address: Option<SocketAddr>,
+    /// The disks copied, by name (each is also its NBD export's name at the target).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block_exports: Vec<String>,
+    /// Source: disk bytes copied so far and in all (QEMU's mirror jobs; the total grows while
+    /// the guest writes). All copied (`blockReady`) before guest memory is sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub block_transferred_bytes: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub block_total_bytes: u64,
+    /// Source: every disk is in step with the target (each mirror job is ready); from then on
+    /// the guest's writes reach both.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block_ready: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl MigrationStatus {
@@ -271,6 +293,11 @@ impl MigrationStatus {
             total_bytes: 0,
             start_timestamp: now,
             end_timestamp: None,
+            block_address: None,
+            block_exports: Vec::new(),
+            block_transferred_bytes: 0,
+            block_total_bytes: 0,
+            block_ready: false,
         }
     }
 

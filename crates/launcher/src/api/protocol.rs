@@ -151,7 +151,9 @@ pub enum Request {
     /// A launcher run with `--migration-target` (its QEMU waits with `-incoming defer`):
     /// listen for the incoming migration on `listen` (an address the node agent chose; port 0
     /// lets QEMU pick one); replies with [`Response::Migration`], whose `address` is where it
-    /// listens.
+    /// listens. A VMI with local disks also gets an NBD server on the same IP (a port of its
+    /// own), exporting each local disk writable: the reply's `blockAddress` and
+    /// `blockExports`.
     PrepareMigrationTarget {
         listen: SocketAddr,
         options: MigrationOptions,
@@ -160,8 +162,13 @@ pub enum Request {
     /// with [`Response::Migration`] once QEMU has started sending. Progress follows as
     /// [`Event::Migration`]s; on success the source's QEMU ends (phase Succeeded, reason
     /// `Migrated`).
+    ///
+    /// `block_target` (`blockTarget`): the target's `blockAddress`, required exactly when the
+    /// VMI has local disks; they are copied there first (`blockdev-mirror`), then the guest
+    /// memory follows.
     Migrate {
         target: SocketAddr,
+        block_target: Option<SocketAddr>,
         options: MigrationOptions,
     },
     /// Cancel the migration in progress (QEMU's `migrate_cancel`); the guest keeps running
@@ -208,6 +215,12 @@ struct MigrationParams {
     listen: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     target: Option<String>,
+    #[serde(
+        default,
+        rename = "blockTarget",
+        skip_serializing_if = "Option::is_none"
+    )]
+    block_target: Option<String>,
     #[serde(default)]
     options: MigrationOptions,
 }
@@ -318,12 +331,18 @@ impl Request {
                 serde_json::to_value(MigrationParams {
                     listen: Some(listen.to_string()),
                     target: None,
+                    block_target: None,
                     options: options.clone(),
                 })
             }
-            Request::Migrate { target, options } => serde_json::to_value(MigrationParams {
+            Request::Migrate {
+                target,
+                block_target,
+                options,
+            } => serde_json::to_value(MigrationParams {
                 listen: None,
                 target: Some(target.to_string()),
+                block_target: block_target.map(|b| b.to_string()),
                 options: options.clone(),
             }),
             _ => return json!({}),
@@ -414,6 +433,11 @@ impl Request {
                         "params.target: a migration target takes params.listen",
                     ));
                 }
+                if p.block_target.is_some() {
+                    return Err(RpcError::bad_request(
+                        "params.blockTarget: a migration target takes params.listen (its NBD server listens on the same IP)",
+                    ));
+                }
                 Request::PrepareMigrationTarget {
                     listen: socket_addr("listen", p.listen.as_deref(), true)?,
                     options: p.options,
@@ -428,6 +452,10 @@ impl Request {
                 }
                 Request::Migrate {
                     target: socket_addr("target", p.target.as_deref(), false)?,
+                    block_target: match p.block_target.as_deref() {
+                        None => None,
+                        b => Some(socket_addr("blockTarget", b, false)?),
+                    },
                     options: p.options,
                 }
             }
@@ -918,6 +946,7 @@ mod tests {
         let (_, r) = decode_request(line);
         let want = Request::Migrate {
             target: "127.0.0.1:49152".parse().unwrap(),
+            block_target: None,
             options: MigrationOptions {
                 bandwidth_per_migration: Some(64 << 20),
                 allow_post_copy: true,
@@ -964,6 +993,99 @@ mod tests {
         let ev = serde_json::to_value(Event::Migration(st)).unwrap();
         assert_eq!(ev["event"], "Migration");
         assert_eq!(ev["qemuStatus"], "none");
+        // Without block migration the status has none of its fields (older readers are
+        // unaffected either way: they ignore unknown fields).
+        assert!(ev.get("blockAddress").is_none() && ev.get("blockExports").is_none());
+    }
+
+    #[test]
+    fn block_migration_fields_round_trip_against_the_literal_protocol() {
+        use crate::api::migration::MigrationOptions;
+        let line = r#"{"v":1,"id":1,"method":"migrate","params":{"target":"10.0.0.2:49152","blockTarget":"10.0.0.2:49153"}}"#;
+        let want = Request::Migrate {
+            target: "10.0.0.2:49152".parse().unwrap(),
+            block_target: Some("10.0.0.2:49153".parse().unwrap()),
+            options: MigrationOptions::default(),
+        };
+        assert_eq!(decode_request(line).1, Ok(want.clone()));
+        let back = serde_json::to_value(RequestFrame::new(1, want)).unwrap();
+        assert_eq!(back["params"]["blockTarget"], "10.0.0.2:49153");
+        // IPv6 in brackets, as for `target`.
+        let line = r#"{"v":1,"id":1,"method":"migrate","params":{"target":"[fd00::2]:1","blockTarget":"[fd00::2]:2"}}"#;
+        assert!(decode_request(line).1.is_ok());
+        // The target's reply: where its NBD server listens and what it exports.
+        let mut st = crate::api::MigrationStatus::new(
+            crate::api::MigrationRole::Target,
+            Some("10.0.0.2:49152".parse().unwrap()),
+            1.0,
+        );
+        st.block_address = Some("10.0.0.2:49153".parse().unwrap());
+        st.block_exports = vec!["scratch".into(), "rootdisk".into()];
+        st.block_transferred_bytes = 5;
+        st.block_total_bytes = 10;
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["blockAddress"], "10.0.0.2:49153");
+        assert_eq!(v["blockExports"], json!(["scratch", "rootdisk"]));
+        assert_eq!(
+            (
+                v["blockTransferredBytes"].clone(),
+                v["blockTotalBytes"].clone()
+            ),
+            (json!(5), json!(10))
+        );
+        let reply = ReplyFrame::decode(
+            &json!({"id": 4, "result": v}).to_string(),
+            Method::PrepareMigrationTarget,
+        )
+        .unwrap();
+        assert_eq!(reply.outcome, Ok(Response::Migration(Box::new(st))));
+    }
+
+    /// `blockTarget` reaches QEMU's NBD client as a host and a port: it is held to the same
+    /// rules as `target`.
+    #[test]
+    fn hostile_block_targets_are_refused_naming_the_field() {
+        for value in [
+            json!("example.com:10809"),
+            json!("nbd:127.0.0.1:10809:exportname=x"),
+            json!("nbd+unix:///x?socket=/run/x.sock"),
+            json!("unix:/run/qmp.sock"),
+            json!("1.2.3.4:5,x=y"),
+            json!("1.2.3.4:5:exportname=../x"),
+            json!("127.0.0.1:0"),
+            json!("0.0.0.0:10809"),
+            json!("[::]:10809"),
+            json!("224.0.0.1:10809"),
+            json!("[fe80::1%eth0]:10809"),
+            json!("127.0.0.1"),
+            json!(""),
+            json!(10809),
+            json!({"type": "inet", "host": "127.0.0.1", "port": "1"}),
+        ] {
+            let line = json!({"v": 1, "id": 1, "method": "migrate",
+                              "params": {"target": "127.0.0.1:1", "blockTarget": value}})
+            .to_string();
+            let e = decode_request(&line).1.expect_err(&line);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{line}");
+            assert!(
+                e.message.contains("params.blockTarget")
+                    || e.message.starts_with("params: invalid type"),
+                "{line}: {}",
+                e.message
+            );
+        }
+        // A target does not take one: its NBD server listens on params.listen's IP.
+        let line = json!({"v": 1, "id": 1, "method": "prepareMigrationTarget",
+                          "params": {"listen": "127.0.0.1:0", "blockTarget": "127.0.0.1:2"}})
+        .to_string();
+        let e = decode_request(&line).1.expect_err(&line);
+        assert!(e.message.starts_with("params.blockTarget"), "{}", e.message);
+        // Misspelt, it is an unknown field rather than silently no block migration.
+        let line = json!({"v": 1, "id": 1, "method": "migrate",
+                          "params": {"target": "127.0.0.1:1", "blocktarget": "127.0.0.1:2"}})
+        .to_string();
+        let e = decode_request(&line).1.expect_err(&line);
+        assert!(e.message.contains("unknown field"), "{}", e.message);
     }
 
     /// The addresses reach QEMU's URI: only an IP and a port may, never a name, a path, an

@@ -362,7 +362,39 @@ pub(super) fn disks(ctx: &Ctx) -> Result<Vec<DiskSpec>, DiskError> {
                 volume: vol.name.clone(),
             });
         };
+        // KubeVirt's classification (live-migration-source.go, classifyVolumesForMigration):
+        // volumes are shared unless known to be node-local, hostDisks are copied unless
+        // `shared`, what the launcher makes is copied, read-only disks are not.
+        let migration = if readonly || device == DiskDevice::Cdrom {
+            DiskMigration::NotCopied
+        } else {
+            match &source {
+                DiskSource::CloudInit(_) => DiskMigration::NotCopied,
+                DiskSource::ContainerDisk { .. } => DiskMigration::Copy(MirrorSync::Top),
+                DiskSource::EmptyDisk { .. } => DiskMigration::Copy(MirrorSync::Full),
+                DiskSource::HostDisk | DiskSource::HostDiskOrCreate { .. } => {
+                    if vol.host_disk.as_ref().and_then(|h| h.shared) == Some(true) {
+                        DiskMigration::Shared
+                    } else {
+                        DiskMigration::Copy(MirrorSync::Full)
+                    }
+                }
+                DiskSource::File => {
+                    let claim = vol
+                        .persistent_volume_claim
+                        .as_ref()
+                        .map(|p| p.claim_name.as_str())
+                        .or(vol.data_volume.as_ref().map(|d| d.name.as_str()));
+                    if claim.is_some_and(|c| env.node_local_claims.contains(c)) {
+                        DiskMigration::Copy(MirrorSync::Full)
+                    } else {
+                        DiskMigration::Shared
+                    }
+                }
+            }
+        };
         disks.push(DiskSpec {
+            migration,
             name: d.name.clone(),
             device,
             bus,
@@ -514,6 +546,42 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "spec.volumes[0].cloudInitNoCloud.secretRef: the user data Secret was not resolved for the launcher"
+        );
+    }
+
+    /// Block migration copies what the guest writes on this node only: KubeVirt's
+    /// classification, with node-local claims from `volumes.json`.
+    #[test]
+    fn a_live_migration_copies_local_writable_disks_only() {
+        let yaml = "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: t, namespace: ns}\nspec:\n  domain:\n    memory: {guest: 64Mi}\n    devices:\n      disks:\n      - {name: root, disk: {bus: virtio}}\n      - {name: scratch, disk: {bus: virtio}}\n      - {name: shared, disk: {bus: virtio}}\n      - {name: local, disk: {bus: virtio}}\n      - {name: localdv, disk: {bus: virtio}}\n      - {name: host, disk: {bus: virtio}}\n      - {name: nfs, disk: {bus: virtio}}\n      - {name: ro, disk: {bus: virtio, readonly: true}}\n      - {name: cd, cdrom: {bus: sata}}\n      - {name: ci, disk: {bus: virtio}}\n  volumes:\n  - {name: root, containerDisk: {image: r/x}}\n  - {name: scratch, emptyDisk: {capacity: 1Gi}}\n  - {name: shared, persistentVolumeClaim: {claimName: c1}}\n  - {name: local, persistentVolumeClaim: {claimName: c2}}\n  - {name: localdv, dataVolume: {name: dv}}\n  - {name: host, hostDisk: {path: /var/lib/h.img, type: DiskOrCreate, capacity: 1Gi}}\n  - {name: nfs, hostDisk: {path: /mnt/n.img, type: Disk, shared: true}}\n  - {name: ro, emptyDisk: {capacity: 1Gi}}\n  - {name: cd, containerDisk: {image: r/y}}\n  - {name: ci, cloudInitNoCloud: {userData: x}}\n";
+        let mut env = Environment::fixed(Path::new("/d"), crate::accel::Accelerator::Tcg);
+        for (claim, file) in [("c1", "/v/1"), ("c2", "/v/2")] {
+            env.pvc_paths.insert(claim.into(), file.into());
+        }
+        env.data_volume_paths.insert("dv".into(), "/v/3".into());
+        // The handler marks local-path claims; a DataVolume by its (claim's) name.
+        env.node_local_claims = ["c2".to_string(), "dv".to_string()].into();
+        let spec = MachineSpec::from_vmi(&crate::machine::parse_vmi(yaml).unwrap(), &env).unwrap();
+        let got: Vec<(&str, DiskMigration)> = spec
+            .disks
+            .iter()
+            .map(|d| (d.name.as_str(), d.migration))
+            .collect();
+        use DiskMigration::*;
+        assert_eq!(
+            got,
+            [
+                ("root", Copy(MirrorSync::Top)),
+                ("scratch", Copy(MirrorSync::Full)),
+                ("shared", Shared),
+                ("local", Copy(MirrorSync::Full)),
+                ("localdv", Copy(MirrorSync::Full)),
+                ("host", Copy(MirrorSync::Full)),
+                ("nfs", Shared),
+                ("ro", NotCopied),
+                ("cd", NotCopied),
+                ("ci", NotCopied),
+            ]
         );
     }
 

@@ -43,8 +43,8 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DiskError> 
             disk: d.name.clone(),
             source,
         };
-        let drive_id = format!("drive-{}", d.name);
-        push(a, "-drive", drive(d, &drive_id).build().map_err(err)?);
+        let backend = drive_id(&d.name);
+        push(a, "-drive", drive(d, &backend).build().map_err(err)?);
         let mut next_sata = || {
             sata_port += 1;
             Some(format!("ide.{}", sata_port - 1))
@@ -57,7 +57,7 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DiskError> 
             (Bus::Scsi, _) => ("scsi-hd".into(), Some("scsi0.0".into())),
         };
         let dev = Opts::new(&kind)
-            .set("drive", &drive_id)
+            .set("drive", &backend)
             .set_opt("bus", bus)
             .set("id", format!("ua-{}", d.name))
             .set_opt("bootindex", d.boot_order.map(|b| b.to_string()))
@@ -65,6 +65,12 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DiskError> 
         push(a, "-device", dev.build().map_err(err)?);
     }
     Ok(())
+}
+
+/// The `-drive` id (QEMU's BlockBackend name) of disk `name`: what `query-block` calls its
+/// `device`.
+pub fn drive_id(name: &str) -> String {
+    format!("drive-{name}")
 }
 
 fn drive(d: &DiskSpec, id: &str) -> Opts {
@@ -157,6 +163,7 @@ mod tests {
             path: "/d/disks/a,b.img".into(),
             serial: Some("s,romfile=/etc/shadow".into()),
             source: DiskSource::File,
+            migration: crate::machine::DiskMigration::Shared,
         }
     }
 
