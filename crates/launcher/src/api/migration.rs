@@ -224,6 +224,14 @@ pub struct MigrationStatus {
     pub start_timestamp: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_timestamp: Option<f64>,
+    /// Source, once completed: how long the guest was stopped at switch-over, in
+    /// milliseconds (QEMU's `query-migrate` `downtime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Source, once completed: QEMU's `total-time`, from `migrate` to completion, in
+    /// milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_time_ms: Option<u64>,
 }
 
 impl MigrationStatus {
@@ -242,6 +250,8 @@ impl MigrationStatus {
             total_bytes: 0,
             start_timestamp: now,
             end_timestamp: None,
+            downtime_ms: None,
+            total_time_ms: None,
         }
     }
 
