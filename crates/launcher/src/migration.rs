@@ -56,7 +56,7 @@ pub enum MigrationError {
     #[error("{0} changed since start: the target would not match (restart the VM to apply it before migrating)")]
     Changed(&'static str),
     #[error("QEMU reported no TCP address for the incoming migration: {0:?}")]
-    NoListenAddress(MigrationInfo),
+    NoListenAddress(Box<MigrationInfo>),
     /// `migrate` without `blockTarget` for a VMI whose disks must be copied.
     #[error("params.blockTarget is required: disk(s) {0} are on this node only and are copied to the target's NBD server (the blockAddress of its prepareMigrationTarget reply)")]
     NoBlockTarget(String),
@@ -140,6 +140,23 @@ pub fn listening_address(info: &MigrationInfo, asked: SocketAddr) -> Option<Sock
             Some(SocketAddr::new(ip, port))
         })
 }
+
+/// QEMU's downtime and total time of a completed migration, in ms, once it has computed them:
+/// QEMU 7.2 sets the status to `completed` a moment before it records the two (they read 0
+/// until then, and a `query-migrate` in between sees that), so a total time of 0 is "not
+/// yet", never an answer.
+pub fn completion_times(info: &MigrationInfo) -> Option<(u64, u64)> {
+    if info.status.as_deref() != Some("completed") {
+        return None;
+    }
+    match (info.downtime, info.total_time) {
+        (Some(d), Some(t)) if t > 0 => Some((d, t)),
+        _ => None,
+    }
+}
+
+/// How long the source waits for [`completion_times`] before it ends its QEMU without them.
+const COMPLETION_TIMES_WAIT: Duration = Duration::from_millis(500);
 
 /// What the source does after one look at the migration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -334,7 +351,7 @@ impl Vm {
             }
         };
         let actual = listening_address(&info, listen)
-            .ok_or_else(|| MigrationError::NoListenAddress(info.clone()))?;
+            .ok_or_else(|| MigrationError::NoListenAddress(Box::new(info.clone())))?;
         tracing::info!(vmi = %self.spec.vmi, %actual, "waiting for the incoming migration");
         let (block_address, block_exports) = served.unzip();
         self.update_migration(|m| {
@@ -576,6 +593,24 @@ impl Vm {
         Ok(())
     }
 
+    /// The completed migration's downtime and total time, asking QEMU again for a moment if
+    /// its first `completed` answer came before it had them ([`completion_times`]).
+    async fn completion_times(&self, first: &MigrationInfo) -> Option<(u64, u64)> {
+        let t = std::time::Instant::now();
+        let mut info = first.clone();
+        loop {
+            if let Some(times) = completion_times(&info) {
+                return Some(times);
+            }
+            if t.elapsed() > COMPLETION_TIMES_WAIT {
+                tracing::warn!(vmi = %self.spec.vmi, "QEMU reported no downtime for the completed migration");
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            info = self.qmp.query_migrate().await.ok()?;
+        }
+    }
+
     /// The source's migration monitor: the disk copies (when there are local disks), then the
     /// guest memory: progress, timeouts, outcome.
     async fn monitor(
@@ -644,10 +679,13 @@ impl Vm {
                         let mut i = self.lock();
                         i.migrated = true;
                     }
+                    let times = self.completion_times(&info).await;
                     self.update_migration(|m| {
                         m.completed = true;
                         m.remaining_bytes = 0;
                         m.end_timestamp = Some(now());
+                        m.downtime_ms = times.map(|t| t.0);
+                        m.total_time_ms = times.map(|t| t.1);
                     });
                     tracing::info!(vmi = %self.spec.vmi, "migration completed; ending the source QEMU");
                     self.lock().migrating = false;
@@ -861,6 +899,23 @@ mod tests {
             Some("[::1]:5".parse().unwrap())
         );
         assert_eq!(listening_address(&MigrationInfo::default(), v4), None);
+        // The source's numbers once completed (QEMU 7.2's query-migrate, abridged).
+        let done: MigrationInfo = serde_json::from_value(json!({
+            "status": "completed", "setup-time": 1, "downtime": 37, "total-time": 812,
+            "ram": {"transferred": 1, "remaining": 0, "total": 2, "duplicate": 3}
+        }))
+        .unwrap();
+        assert_eq!((done.downtime, done.total_time), (Some(37), Some(812)));
+        assert_eq!(completion_times(&done), Some((37, 812)));
+        // Completed, but QEMU has not recorded the times yet: not an answer.
+        let early: MigrationInfo = serde_json::from_value(json!({
+            "status": "completed", "downtime": 0, "total-time": 0
+        }))
+        .unwrap();
+        assert_eq!(completion_times(&early), None);
+        let active: MigrationInfo =
+            serde_json::from_value(json!({"status": "active", "total-time": 5})).unwrap();
+        assert_eq!(completion_times(&active), None);
     }
 
     /// 256Mi of guest memory: 1 GB, so a completion timeout of 10 s per GiB allows 10 s.

@@ -580,6 +580,12 @@ pub struct MigrationInfo {
     pub error_desc: Option<String>,
     #[serde(rename = "socket-address", default)]
     pub socket_address: Vec<MigrationSocketAddress>,
+    /// Milliseconds the guest was stopped at switch-over (source, once `completed`).
+    #[serde(default)]
+    pub downtime: Option<u64>,
+    /// Milliseconds since the migration started (source; final once `completed`).
+    #[serde(rename = "total-time", default)]
+    pub total_time: Option<u64>,
 }
 
 /// Live migration (`migration.rs` builds the arguments).

@@ -1020,6 +1020,11 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
         m.completed && m.total_bytes > 0 && m.remaining_bytes == 0,
         "{m:?}"
     );
+    // QEMU's own numbers for the switch-over, as the source recorded them.
+    assert!(
+        m.total_time_ms.is_some_and(|t| t > 0) && m.downtime_ms.is_some(),
+        "{m:?}"
+    );
 
     let s = wait_state(&mut cb2, &b2_dir, MIGRATION_TIMEOUT, "B2 runs", |s| {
         s.phase != Phase::WaitingForMigration

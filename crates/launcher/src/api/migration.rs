@@ -271,6 +271,14 @@ pub struct MigrationStatus {
     /// the guest's writes reach both.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub block_ready: bool,
+    /// Source, once completed: how long the guest was stopped at switch-over, in
+    /// milliseconds (QEMU's `query-migrate` `downtime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Source, once completed: QEMU's `total-time`, from `migrate` to completion, in
+    /// milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_time_ms: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -298,6 +306,8 @@ impl MigrationStatus {
             block_transferred_bytes: 0,
             block_total_bytes: 0,
             block_ready: false,
+            downtime_ms: None,
+            total_time_ms: None,
         }
     }
 

@@ -990,12 +990,30 @@ mod tests {
         let reply = ReplyFrame::decode(&json!({"id": 4, "result": v}).to_string(), Method::Migrate)
             .unwrap();
         assert_eq!(reply.outcome, Ok(Response::Migration(Box::new(st.clone()))));
-        let ev = serde_json::to_value(Event::Migration(st)).unwrap();
+        let ev = serde_json::to_value(Event::Migration(st.clone())).unwrap();
         assert_eq!(ev["event"], "Migration");
         assert_eq!(ev["qemuStatus"], "none");
         // Without block migration the status has none of its fields (older readers are
         // unaffected either way: they ignore unknown fields).
         assert!(ev.get("blockAddress").is_none() && ev.get("blockExports").is_none());
+        // Downtime and total time are additive: absent until the source completes (so an
+        // older reader never sees them), then plain milliseconds.
+        assert!(v.get("downtimeMs").is_none() && v.get("totalTimeMs").is_none());
+        let done = crate::api::MigrationStatus {
+            completed: true,
+            downtime_ms: Some(42),
+            total_time_ms: Some(1234),
+            ..st
+        };
+        let v = serde_json::to_value(&done).unwrap();
+        assert_eq!(
+            (&v["downtimeMs"], &v["totalTimeMs"]),
+            (&json!(42), &json!(1234))
+        );
+        assert_eq!(
+            serde_json::from_value::<crate::api::MigrationStatus>(v).unwrap(),
+            done
+        );
     }
 
     #[test]
