@@ -1,7 +1,54 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Tests that need something this machine lacks (QEMU, a
 # guest image) skip loudly and say what is missing.
+#
+# With cargo-nextest (on every machine of the project's kind): each test in its own process,
+# the tests of all binaries side by side, under .config/nextest.toml's `ci` profile (test
+# groups, priorities, timeouts, stop at the first failure); docs/testing.md. Without it:
+# `cargo test`. Arguments are passed on: `scripts/test.sh -E 'package(kubevirt-launcher)'`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
-cargo test --workspace --locked "$@"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test: cargo-nextest is not installed; running cargo test" >&2
+  exec cargo test --workspace --locked "$@"
+fi
+
+# True when a doc comment holds a code block rustdoc would compile (no language, or rust
+# with its attributes): nextest does not run doctests, `cargo test --doc` does. None today.
+has_doctests() {
+  grep -rhE --include='*.rs' '^\s*//[/!]\s*```' crates/*/src |
+    awk '{
+      if (!open) {
+        lang = $0; sub(/^[^`]*```/, "", lang); gsub(/[[:space:]]/, "", lang)
+        if (lang == "" || lang ~ /^(rust|should_panic|no_run|compile_fail|edition|test_harness|standalone_crate)/) found = 1
+      }
+      open = !open
+    } END { exit !found }'
+}
+
+# The whole suite: the demo guest builds while the tests compile, where the tests look for it
+# and under the lock they take (kubevirt_testsupport::build_guest); the first test that needs
+# it would otherwise wait for the build.
+prebuild=
+if [ $# -eq 0 ]; then
+  target=$(cargo metadata --format-version 1 --no-deps --locked |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+  guest=${KUBEVIRT_RS_GUEST_DIR:-${target:+$target/tmp/guest}}
+  if [ -n "$guest" ] && mkdir -p "$guest" 2>/dev/null; then
+    flock "$guest/.build.lock" guest/build.sh "$guest" &
+    prebuild=$!
+  fi
+fi
+
+status=0
+cargo nextest run --workspace --locked --profile ci "$@" || status=$?
+# Doctests with the whole suite only: nextest's arguments (-E ...) are not cargo test's.
+if [ "$status" -eq 0 ] && [ $# -eq 0 ] && has_doctests; then
+  cargo test --doc --workspace --locked || status=$?
+fi
+if [ -n "$prebuild" ]; then
+  wait "$prebuild" || echo "test: building the demo guest failed (the tests that need it said so)" >&2
+fi
+exit "$status"

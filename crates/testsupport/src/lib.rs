@@ -31,32 +31,45 @@ pub fn have_kubectl() -> bool {
     have("kubectl", &["version", "--client"], "see scripts/deps.sh")
 }
 
-/// The demo guest (`guest/build.sh`), built once into `target_tmpdir/guest` (or
-/// `$KUBEVIRT_RS_GUEST_DIR`) under a file lock, so test binaries running at the same time
-/// build it once. `None` (after a loud SKIP line) when QEMU is missing or the build fails.
+/// Where the demo guest (`guest/build.sh`) is kept: `$KUBEVIRT_RS_GUEST_DIR`, else
+/// `target_tmpdir/guest`. `scripts/test.sh` builds it there too, while the tests compile.
+pub fn guest_dir(target_tmpdir: &str) -> PathBuf {
+    std::env::var_os("KUBEVIRT_RS_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(target_tmpdir).join("guest"))
+}
+
+/// Builds the demo guest into [`guest_dir`], or finds it up to date, under a file lock
+/// (`.build.lock` in it): test processes running at the same time (nextest runs one per test)
+/// build it once, and none reads it half written. Needs the build's tools, not QEMU (the CDI
+/// tests import its disks). `Err` names the failure.
+pub fn build_guest(target_tmpdir: &str) -> Result<PathBuf, String> {
+    let out = guest_dir(target_tmpdir);
+    std::fs::create_dir_all(&out).map_err(|e| format!("create {}: {e}", out.display()))?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/build.sh");
+    match Command::new("flock")
+        .arg(out.join(".build.lock"))
+        .arg(&script)
+        .arg(&out)
+        .status()
+    {
+        Ok(s) if s.success() => Ok(out),
+        Ok(s) => Err(format!("guest/build.sh {} failed: {s}", out.display())),
+        Err(e) => Err(format!("flock guest/build.sh {}: {e}", out.display())),
+    }
+}
+
+/// The demo guest ([`build_guest`]) for tests that boot it. `None` (after a loud SKIP line)
+/// when QEMU is missing or the build fails.
 ///
 /// Call with `env!("CARGO_TARGET_TMPDIR")`.
 pub fn guest(target_tmpdir: &str) -> Option<PathBuf> {
     if !have_qemu() {
         return None;
     }
-    let out = std::env::var_os("KUBEVIRT_RS_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(target_tmpdir).join("guest"));
-    std::fs::create_dir_all(&out).ok()?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/build.sh");
-    let status = Command::new("flock")
-        .arg(out.join(".build.lock"))
-        .arg(&script)
-        .arg(&out)
-        .status();
-    match status {
-        Ok(s) if s.success() => Some(out),
-        other => {
-            eprintln!("SKIP: guest/build.sh {} failed: {other:?}", out.display());
-            None
-        }
-    }
+    build_guest(target_tmpdir)
+        .map_err(|e| eprintln!("SKIP: {e}"))
+        .ok()
 }
 
 /// Polls `f` every 250 ms until it holds or `timeout` passes.

@@ -16,22 +16,13 @@ use base64::Engine;
 
 pub const MIB: u64 = 1 << 20;
 
-/// The demo guest outputs (`guest/build.sh`), built once if missing.
+/// The demo guest outputs (`guest/build.sh`): the same build, in the same directory and under
+/// the same lock, as every other test binary's ([`kubevirt_testsupport::build_guest`]).
 pub fn guest_out() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::var_os("GUEST_OUT")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/work/guest-out"));
-        if !dir.join("disk.raw").exists() || !dir.join("oci/index.json").exists() {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/build.sh");
-            let st = Command::new(script)
-                .arg(&dir)
-                .status()
-                .expect("run guest/build.sh");
-            assert!(st.success(), "guest/build.sh {} failed", dir.display());
-        }
-        dir
+        kubevirt_testsupport::build_guest(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap_or_else(|e| panic!("the demo guest: {e}"))
     })
     .clone()
 }
@@ -45,7 +36,8 @@ pub fn run(cmd: &str, args: &[&str]) {
     );
 }
 
-/// Test images derived from the guest disk, made once per test process in a shared dir.
+/// Test images derived from the guest disk, made once per target dir and shared by every test
+/// process.
 pub struct Images {
     pub dir: PathBuf,
 }
@@ -60,6 +52,10 @@ impl Images {
             let m = std::fs::metadata(&raw).unwrap();
             let stamp = format!("v1 {} {}", m.len(), m.mtime());
             let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cdi-images");
+            // One test process at a time makes the set (nextest runs one per test): the others
+            // wait here, then find it made, instead of replacing a directory a test reads.
+            let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
+            lock.lock().unwrap();
             if std::fs::read_to_string(dir.join(".stamp")).ok().as_deref() == Some(stamp.as_str()) {
                 return Images { dir };
             }
@@ -90,10 +86,7 @@ impl Images {
             run("qemu-img", &["create", "-f", "qcow2", &d("big.qcow2"), "2G"]);
             std::fs::write(tmp.join(".stamp"), &stamp).unwrap();
             let _ = std::fs::remove_dir_all(&dir);
-            // Another test binary may have won the race; either copy is complete.
-            if std::fs::rename(&tmp, &dir).is_err() {
-                let _ = std::fs::remove_dir_all(&tmp);
-            }
+            std::fs::rename(&tmp, &dir).unwrap();
             Images { dir }
         })
     }
