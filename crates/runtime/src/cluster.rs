@@ -6,6 +6,7 @@
 
 use kubevirt_api::admission::AdmitOptions;
 use kubevirt_api::defaults::{DefaultBinding, DefaultsConfig};
+use kubevirt_api::status::EvictionStrategy;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -27,6 +28,34 @@ pub struct ClusterConfig {
     pub vm_rollout_strategy: RolloutStrategy,
     /// `liveUpdateConfiguration`: how far a VM can grow without a restart.
     pub live_update: LiveUpdateConfig,
+    /// `evictionStrategy`: what evicting a launcher Pod does to a VMI that sets no
+    /// `spec.evictionStrategy` (KubeVirt's default: None).
+    pub eviction_strategy: Option<EvictionStrategy>,
+    /// `migrations`: the limits on concurrent migrations.
+    pub migrations: MigrationLimits,
+}
+
+/// The parallelism limits of KubeVirt's `MigrationConfiguration`, with its defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigrationLimits {
+    /// `parallelMigrationsPerCluster` (default 5).
+    pub parallel_per_cluster: u32,
+    /// `parallelOutboundMigrationsPerNode` (default 2).
+    pub parallel_outbound_per_node: u32,
+}
+
+/// KubeVirt's `ParallelMigrationsPerClusterDefault`.
+pub const DEFAULT_PARALLEL_MIGRATIONS_PER_CLUSTER: u32 = 5;
+/// KubeVirt's `ParallelOutboundMigrationsPerNodeDefault`.
+pub const DEFAULT_PARALLEL_OUTBOUND_MIGRATIONS_PER_NODE: u32 = 2;
+
+impl Default for MigrationLimits {
+    fn default() -> Self {
+        MigrationLimits {
+            parallel_per_cluster: DEFAULT_PARALLEL_MIGRATIONS_PER_CLUSTER,
+            parallel_outbound_per_node: DEFAULT_PARALLEL_OUTBOUND_MIGRATIONS_PER_NODE,
+        }
+    }
 }
 
 /// How changes to a running VM's template reach its VMI (KubeVirt's `VMRolloutStrategy`).
@@ -104,7 +133,27 @@ impl ClusterConfig {
             Some("Stage") => RolloutStrategy::Stage,
             _ => RolloutStrategy::LiveUpdate,
         };
+        let limit = |key: &str, default: u32| {
+            c["migrations"][key]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(default)
+        };
+        let migrations = MigrationLimits {
+            parallel_per_cluster: limit(
+                "parallelMigrationsPerCluster",
+                DEFAULT_PARALLEL_MIGRATIONS_PER_CLUSTER,
+            ),
+            parallel_outbound_per_node: limit(
+                "parallelOutboundMigrationsPerNode",
+                DEFAULT_PARALLEL_OUTBOUND_MIGRATIONS_PER_NODE,
+            ),
+        };
         ClusterConfig {
+            eviction_strategy: c["evictionStrategy"]
+                .as_str()
+                .and_then(EvictionStrategy::parse),
+            migrations,
             vm_rollout_strategy,
             live_update,
             use_emulation: dev["useEmulation"].as_bool().unwrap_or(false),
@@ -158,6 +207,27 @@ mod tests {
         assert_eq!(c.live_update.max_hotplug_ratio, 4);
         assert_eq!(c.live_update.max_cpu_sockets, None);
         assert_eq!(c.live_update.max_guest, None);
+    }
+
+    #[test]
+    fn eviction_strategy_and_migration_limits_are_read() {
+        let c = ClusterConfig::default();
+        assert_eq!(c.eviction_strategy, None);
+        assert_eq!(c.migrations, MigrationLimits::default());
+        assert_eq!(c.migrations.parallel_per_cluster, 5);
+        assert_eq!(c.migrations.parallel_outbound_per_node, 2);
+        let c = ClusterConfig::from_spec(&json!({"configuration": {
+            "evictionStrategy": "LiveMigrate",
+            "migrations": {"parallelMigrationsPerCluster": 1, "parallelOutboundMigrationsPerNode": 0}}}));
+        assert_eq!(c.eviction_strategy, Some(EvictionStrategy::LiveMigrate));
+        assert_eq!(c.migrations.parallel_per_cluster, 1);
+        assert_eq!(c.migrations.parallel_outbound_per_node, 0);
+        // Nonsense is KubeVirt's default, not a limit of its own.
+        let c = ClusterConfig::from_spec(&json!({"configuration": {
+            "evictionStrategy": "Sometimes",
+            "migrations": {"parallelMigrationsPerCluster": -1, "parallelOutboundMigrationsPerNode": "2"}}}));
+        assert_eq!(c.eviction_strategy, None);
+        assert_eq!(c.migrations, MigrationLimits::default());
     }
 
     #[test]
