@@ -407,6 +407,7 @@ pub fn kinds() -> &'static [KindInfo] {
                 core_kinds::default_node,
                 no_validate
             ),
+            core!(core::Pod, "Pod", "", "pods", true),
             core!(
                 core::Service,
                 "Service",

@@ -123,6 +123,89 @@ impl fmt::Display for RunStrategy {
     }
 }
 
+/// `spec.evictionStrategy` of a VMI, or the cluster's `spec.configuration.evictionStrategy`:
+/// what an eviction of the VMI's launcher Pod (a node drain) does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EvictionStrategy {
+    /// The eviction is allowed: the launcher Pod goes and the VMI with it.
+    None,
+    /// The eviction is refused and the VMI is migrated away (refused without a migration
+    /// when the VMI is not live-migratable).
+    LiveMigrate,
+    /// As LiveMigrate when the VMI is live-migratable, else as None.
+    LiveMigrateIfPossible,
+    /// The eviction is refused and `status.evacuationNodeName` set; someone else (e.g.
+    /// cluster-api-provider-kubevirt) moves the VMI.
+    External,
+}
+
+impl EvictionStrategy {
+    pub const ALL: [EvictionStrategy; 4] = [
+        EvictionStrategy::None,
+        EvictionStrategy::LiveMigrate,
+        EvictionStrategy::LiveMigrateIfPossible,
+        EvictionStrategy::External,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionStrategy::None => "None",
+            EvictionStrategy::LiveMigrate => "LiveMigrate",
+            EvictionStrategy::LiveMigrateIfPossible => "LiveMigrateIfPossible",
+            EvictionStrategy::External => "External",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EvictionStrategy> {
+        EvictionStrategy::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+
+    /// KubeVirt's `migrations.VMIEvictionStrategy`: the VMI's own strategy if it sets one,
+    /// else the cluster's. `None` (no strategy at all) acts as [`EvictionStrategy::None`]; an
+    /// unknown value (validation refuses it) counts as unset.
+    pub fn of_vmi(
+        vmi: &VirtualMachineInstance,
+        cluster: Option<EvictionStrategy>,
+    ) -> Option<EvictionStrategy> {
+        match vmi.spec.eviction_strategy.as_deref() {
+            Some(s) => EvictionStrategy::parse(s).or(cluster),
+            None => cluster,
+        }
+    }
+}
+
+impl fmt::Display for EvictionStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// KubeVirt's `vmi.IsMigratable()`: the `LiveMigratable` condition is True.
+pub fn vmi_is_migratable(vmi: &VirtualMachineInstance) -> bool {
+    vmi_condition_true(vmi, condition::LIVE_MIGRATABLE)
+}
+
+/// KubeVirt's `migrations.VMIMigratableOnEviction`: whether an eviction should move the VMI
+/// by live migration (LiveMigrate, or LiveMigrateIfPossible on a migratable VMI).
+pub fn vmi_migrates_on_eviction(
+    vmi: &VirtualMachineInstance,
+    cluster: Option<EvictionStrategy>,
+) -> bool {
+    match EvictionStrategy::of_vmi(vmi, cluster) {
+        Some(EvictionStrategy::LiveMigrate) => true,
+        Some(EvictionStrategy::LiveMigrateIfPossible) => vmi_is_migratable(vmi),
+        _ => false,
+    }
+}
+
+/// KubeVirt's `VirtualMachineInstanceMigration.IsFinal()`: its phase is Succeeded or Failed.
+pub fn migration_is_final(m: &crate::VirtualMachineInstanceMigration) -> bool {
+    matches!(
+        m.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
 /// VMI condition types (KubeVirt's `VirtualMachineInstanceConditionType`) we set or read.
 pub mod condition {
     pub const READY: &str = "Ready";
@@ -192,6 +275,23 @@ pub mod label {
     /// VMI label set by virt-controller while a migration moves the VMI: the node whose
     /// handler prepares the target (KubeVirt's `MigrationTargetNodeNameLabel`).
     pub const MIGRATION_TARGET_NODE_NAME: &str = "kubevirt.io/migrationTargetNodeName";
+    /// Node label (ours): how the node's handler connects VMIs, `cni` (a network namespace
+    /// per VMI, taps) or `user` (QEMU user networking). A guest's NIC cannot move between the
+    /// two (QEMU refuses the device state: `vnet_hdr`), so a migration's target has the
+    /// source's value.
+    pub const POD_NETWORK: &str = "kubevirt-rs.io/pod-network";
+    /// KubeVirt's `AppLabel`: what a Pod is (`virt-launcher` for a VMI's launcher Pod).
+    pub const APP: &str = "kubevirt.io";
+    /// The [`APP`] value of launcher Pods.
+    pub const VIRT_LAUNCHER: &str = "virt-launcher";
+    /// Annotation (KubeVirt's `DomainAnnotation`): on a launcher Pod, the name of its VMI.
+    pub const DOMAIN: &str = "kubevirt.io/domain";
+    /// Annotation (KubeVirt's `EvacuationMigrationAnnotation`): on a migration made by the
+    /// evacuation controller, the node being drained.
+    pub const EVACUATION_MIGRATION: &str = "kubevirt.io/evacuationMigration";
+    /// Annotation (KubeVirt's `EvictionSourceAnnotation`): `descheduler` on a VMI whose
+    /// eviction the descheduler asked for.
+    pub const EVICTION_SOURCE: &str = "kubevirt.io/eviction-source";
 }
 
 /// Finalizers (`metadata.finalizers`) the components add, wait for or honour.
@@ -306,6 +406,47 @@ mod tests {
         assert_eq!(VmiPhase::parse("running"), None);
         assert!(VmiPhase::Failed.is_final() && VmiPhase::Succeeded.is_final());
         assert!(!VmiPhase::Running.is_final());
+    }
+
+    #[test]
+    fn eviction_strategy_is_the_vmis_else_the_clusters() {
+        let vmi = |s: Option<&str>| -> VirtualMachineInstance {
+            let mut v: VirtualMachineInstance = serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "v"}, "spec": {"domain": {"devices": {}}}}),
+            )
+            .expect("vmi");
+            v.spec.eviction_strategy = s.map(str::to_string);
+            v
+        };
+        for e in EvictionStrategy::ALL {
+            assert_eq!(EvictionStrategy::parse(e.as_str()), Some(e));
+        }
+        let live = Some(EvictionStrategy::LiveMigrate);
+        assert_eq!(EvictionStrategy::of_vmi(&vmi(None), live), live);
+        assert_eq!(EvictionStrategy::of_vmi(&vmi(None), None), None);
+        assert_eq!(
+            EvictionStrategy::of_vmi(&vmi(Some("None")), live),
+            Some(EvictionStrategy::None)
+        );
+        // A value validation would refuse counts as unset, not as a strategy of its own.
+        assert_eq!(
+            EvictionStrategy::of_vmi(&vmi(Some("livemigrate")), live),
+            live
+        );
+        assert!(vmi_migrates_on_eviction(&vmi(Some("LiveMigrate")), None));
+        // LiveMigrateIfPossible migrates only a migratable VMI.
+        let mut v = vmi(Some("LiveMigrateIfPossible"));
+        assert!(!vmi_migrates_on_eviction(&v, None));
+        v.status = Some(crate::VirtualMachineInstanceStatus {
+            conditions: Some(vec![VirtualMachineInstanceCondition {
+                r#type: condition::LIVE_MIGRATABLE.into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert!(vmi_migrates_on_eviction(&v, None));
+        assert!(!vmi_migrates_on_eviction(&vmi(Some("External")), live));
     }
 
     #[test]

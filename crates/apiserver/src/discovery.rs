@@ -154,6 +154,14 @@ fn resource_entries(r: &ResourceDef) -> Vec<Value> {
             "verbs": ["create"],
         }));
     }
+    if r.group.is_empty() && r.plural == "pods" {
+        // What `kubectl drain` looks for before it evicts instead of deleting.
+        out.push(json!({
+            "name": "pods/eviction", "singularName": "", "namespaced": true,
+            "group": "policy", "version": "v1", "kind": "Eviction",
+            "verbs": ["create"],
+        }));
+    }
     if r.status_subresource {
         out.push(json!({
             "name": format!("{}/status", r.plural),

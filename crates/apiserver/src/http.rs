@@ -41,7 +41,12 @@ pub struct AppState {
     /// CDI's upload proxy (`/v1beta1/upload...`): authorised by its own upload token, not by
     /// the API token.
     pub upload_proxy: parking_lot::RwLock<Option<Arc<dyn SubresourceHandler>>>,
+    /// virt-api's decision on Pod evictions (KubeVirt's eviction webhook); without one every
+    /// eviction deletes its Pod.
+    pub eviction: parking_lot::RwLock<Option<Arc<dyn EvictionAdmitter>>>,
 }
+
+pub use kubevirt_runtime::subresource::{EvictionAdmitter, EvictionVerdict};
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
     (
@@ -730,6 +735,17 @@ async fn dispatch(
     } else {
         ns
     };
+    if def.group.is_empty() && def.plural == "pods" && t.subresource.as_deref() == Some("eviction")
+    {
+        return match &t.name {
+            Some(name) if method == Method::POST => {
+                evict(state, def, &ns, name, headers, body, q).await
+            }
+            _ => Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on pods/eviction; use POST"
+            ))),
+        };
+    }
     if let Some(sub) = &t.subresource {
         let ok = (sub == "status" && def.status_subresource)
             || (sub == "scale" && def.scale.is_some())
@@ -822,6 +838,85 @@ async fn dispatch(
             "{m} is not supported on this path"
         ))),
     }
+}
+
+/// `POST /api/v1/namespaces/NS/pods/NAME/eviction` (`policy/v1` or `policy/v1beta1`
+/// Eviction), as kube-apiserver's eviction REST: the body must name the Pod of the URL; virt-api
+/// ([`EvictionAdmitter`]) may refuse it, as KubeVirt's webhook does for launcher Pods; else the
+/// Pod is deleted with the Eviction's `deleteOptions` and the answer is a 201 Success Status.
+/// There are no PodDisruptionBudgets here to consult.
+async fn evict(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+    q: &Query,
+) -> ApiResult<Response> {
+    let eviction = decode_body(headers, read_body(body).await?).await?;
+    let api_version = eviction["apiVersion"].as_str().unwrap_or("");
+    let kind = eviction["kind"].as_str().unwrap_or("");
+    if kind != "Eviction" || !matches!(api_version, "policy/v1" | "policy/v1beta1") {
+        return Err(ApiError::bad_request(format!(
+            "the body must be a policy/v1 Eviction (got apiVersion {api_version:?}, kind {kind:?})"
+        )));
+    }
+    if eviction["metadata"]["name"].as_str() != Some(name) {
+        return Err(ApiError::bad_request(
+            "name in URL does not match name in Eviction object",
+        ));
+    }
+    if eviction["metadata"]["namespace"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty() && n != ns)
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    let api = &state.api;
+    let pod = api.get(def, ns, name)?;
+    let options = match &eviction["deleteOptions"] {
+        Value::Object(o) => Value::Object(o.clone()),
+        _ => Value::Null,
+    };
+    let dry_run = q.dry_run()
+        || options["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v == "All"));
+    let admitter = state.eviction.read().clone();
+    if let Some(admitter) = admitter {
+        if let EvictionVerdict::Deny {
+            webhook,
+            code,
+            message,
+        } = admitter.admit(&pod.value(), &eviction, dry_run).await
+        {
+            // As kube-apiserver relays a webhook's denial: its code, its message after
+            // "admission webhook ... denied the request".
+            let reason = match code {
+                429 => "TooManyRequests",
+                403 => "Forbidden",
+                400 => "BadRequest",
+                _ => "InternalError",
+            };
+            return Err(ApiError::new(
+                code.max(400),
+                reason,
+                format!("admission webhook \"{webhook}\" denied the request: {message}"),
+            ));
+        }
+    }
+    let mut q = q.clone();
+    if dry_run {
+        q.0.insert("dryRun".into(), "All".into());
+    }
+    api.delete(def, ns, name, &options, &q).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }
 
 fn written(w: Written, code: StatusCode, as_: As, def: &ResourceDef) -> Response {

@@ -517,7 +517,12 @@ impl ApiServer {
         let mut name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
         if name.is_empty() {
             match body["metadata"]["generateName"].as_str() {
-                Some(g) if !g.is_empty() => name = format!("{g}{}", random_suffix()),
+                // kube-apiserver's SimpleNameGenerator: at most 58 characters of the prefix,
+                // so a generated name fits 63 (a long VMI's `virt-launcher-<vmi>-`).
+                Some(g) if !g.is_empty() => {
+                    let base: String = g.chars().take(58).collect();
+                    name = format!("{base}{}", random_suffix())
+                }
                 _ => {
                     return Err(ApiError::invalid(
                         &def.kind,

@@ -476,6 +476,7 @@ fn kubevirt_roles() -> Vec<Value> {
 /// policy, reduced to the kinds served here, and KubeVirt's roles).
 pub fn default_cluster_roles() -> Vec<Value> {
     let core_write = [
+        "pods",
         "configmaps",
         "secrets",
         "services",
@@ -500,6 +501,7 @@ pub fn default_cluster_roles() -> Vec<Value> {
             vec![
                 rule(&[""], &core_write, ALL),
                 rule(&[""], &["serviceaccounts/token"], &["create"]),
+                rule(&[""], &["pods/eviction"], &["create"]),
                 rule(&[""], &["events"], READ),
             ],
         ),
@@ -510,6 +512,7 @@ pub fn default_cluster_roles() -> Vec<Value> {
                 rule(
                     &[""],
                     &[
+                        "pods",
                         "configmaps",
                         "services",
                         "persistentvolumeclaims",

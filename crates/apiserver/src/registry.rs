@@ -105,6 +105,13 @@ fn col(name: &str, ty: &str, path: &str, priority: i32) -> Column {
 fn core_columns(kind: &str) -> Vec<Column> {
     match kind {
         "Namespace" => vec![col("Status", "string", ".status.phase", 0)],
+        // kubectl's pod printer without Ready and Restarts (no containers run here); `-o wide`
+        // shows the node.
+        "Pod" => vec![
+            col("Status", "string", ".status.phase", 0),
+            col("IP", "string", ".status.podIP", 1),
+            col("Node", "string", ".spec.nodeName", 1),
+        ],
         "ConfigMap" => vec![col("Data", "string", ".data", 0)],
         "Secret" => vec![col("Type", "string", ".type", 0)],
         "PersistentVolumeClaim" => vec![
@@ -177,6 +184,7 @@ fn core_columns(kind: &str) -> Vec<Column> {
 fn core_short_names(kind: &str) -> Vec<String> {
     let s: &[&str] = match kind {
         "Namespace" => &["ns"],
+        "Pod" => &["po"],
         "ConfigMap" => &["cm"],
         "PersistentVolumeClaim" => &["pvc"],
         "PersistentVolume" => &["pv"],
@@ -246,6 +254,7 @@ fn schema_for(
         ("", "PersistentVolumeClaim") => core_schema::<core::PersistentVolumeClaim>(),
         ("", "PersistentVolume") => core_schema::<core::PersistentVolume>(),
         ("", "Node") => core_schema::<core::Node>(),
+        ("", "Pod") => core_schema::<core::Pod>(),
         ("", "Service") => core_schema::<core::Service>(),
         ("", "ServiceAccount") => core_schema::<core::ServiceAccount>(),
         ("rbac.authorization.k8s.io", "Role") => core_schema::<k8s_openapi::api::rbac::v1::Role>(),
@@ -341,6 +350,7 @@ impl Registry {
                     status_subresource: matches!(
                         k.kind,
                         "Namespace"
+                            | "Pod"
                             | "PersistentVolumeClaim"
                             | "PersistentVolume"
                             | "Node"

@@ -185,6 +185,16 @@ pub fn selectable_fields(group: &str, plural: &str) -> &'static [&'static str] {
             "source",
             "type",
         ],
+        // kube-apiserver's pod fields (`kubectl drain` lists a node's Pods by `spec.nodeName`).
+        ("", "pods") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
         ("events.k8s.io", "events") => &[
             "regarding.kind",
             "regarding.namespace",

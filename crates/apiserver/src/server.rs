@@ -149,6 +149,11 @@ impl Running {
         self.set_group_handler("subresources.kubevirt.io", h);
     }
 
+    /// Let `a` decide Pod evictions (virt-api's eviction webhook).
+    pub fn set_eviction_admitter(&self, a: Arc<dyn crate::http::EvictionAdmitter>) {
+        *self.state.eviction.write() = Some(a);
+    }
+
     /// Serve one of the aggregated groups in [`crate::discovery::AGGREGATED`] with `h`.
     pub fn set_group_handler(&self, group: &str, h: Arc<dyn SubresourceHandler>) {
         self.state.aggregated.write().insert(group.to_string(), h);
@@ -450,6 +455,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         address: addr.to_string(),
         aggregated: Default::default(),
         upload_proxy: Default::default(),
+        eviction: Default::default(),
     });
     let app = axum::Router::new()
         .fallback(handle)

@@ -198,3 +198,129 @@ fn secrets_nodes_and_storage_classes_get_kube_defaults() {
         stderr(&out)
     );
 }
+
+/// Pods are served as records, `kubectl get pods -o wide` shows their node, `kubectl drain`
+/// finds a node's Pods by `spec.nodeName` and evicts them through `pods/eviction` (without
+/// virt-api, the API server alone: an eviction deletes its Pod), and evictions naming another
+/// Pod, another namespace or no Pod are refused as kube-apiserver refuses them.
+#[test]
+fn pods_are_listed_by_node_and_evicted_by_drain() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, v: Value| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, v.to_string()).expect("write");
+        p.to_string_lossy().into_owned()
+    };
+    let node = |name: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
+            "labels": {"kubernetes.io/hostname": name}}})
+    };
+    let pod = |name: &str, node: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": node, "containers": [{"name": "compute", "image": "x"}]}})
+    };
+    s.ok(&["create", "-f", &write("n1.json", node("node-a"))]);
+    s.ok(&["create", "-f", &write("n2.json", node("node-b"))]);
+    s.ok(&["create", "-f", &write("p1.json", pod("on-a", "node-a"))]);
+    s.ok(&["create", "-f", &write("p2.json", pod("on-b", "node-b"))]);
+    let wide = s.ok(&["get", "pods", "-o", "wide"]);
+    assert!(
+        wide.lines()
+            .any(|l| l.starts_with("on-a ") && l.contains("node-a")),
+        "{wide}"
+    );
+    let on_a = s.ok(&[
+        "get",
+        "pods",
+        "-A",
+        "--field-selector",
+        "spec.nodeName=node-a",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(on_a.trim(), "pod/on-a");
+    let evict = |pod: &str, body_name: &str, body_ns: &str| {
+        let body = serde_json::json!({"apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": body_name, "namespace": body_ns}});
+        let f = write("eviction.json", body);
+        let out = s.kubectl(&[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/default/pods/{pod}/eviction"),
+            "-f",
+            &f,
+        ]);
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out))
+    };
+    let out = evict("on-b", "on-a", "default");
+    assert!(
+        out.contains("name in URL does not match name in Eviction object"),
+        "{out}"
+    );
+    let out = evict("on-b", "on-b", "kube-system");
+    assert!(
+        out.contains(
+            "the namespace of the provided object does not match the namespace sent on the request"
+        ),
+        "{out}"
+    );
+    let out = evict("nothing", "nothing", "default");
+    assert!(out.contains("pods \"nothing\" not found"), "{out}");
+    // Refused evictions deleted nothing.
+    assert!(s.kubectl(&["get", "pod", "on-b"]).status.success());
+    let out = evict("on-b", "on-b", "default");
+    assert!(out.contains("\"status\":\"Success\""), "{out}");
+    assert!(!s.kubectl(&["get", "pod", "on-b"]).status.success());
+
+    let out = s.kubectl(&[
+        "drain",
+        "node-a",
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        // The Pod has no controller (a launcher Pod's is its VMI).
+        "--force",
+        "--timeout=60s",
+    ]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("node/node-a cordoned") && text.contains("node/node-a drained"),
+        "{text}"
+    );
+    assert!(!s.kubectl(&["get", "pod", "on-a"]).status.success());
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "node",
+            "node-a",
+            "-o",
+            "jsonpath={.spec.unschedulable}"
+        ]),
+        "true"
+    );
+    // Who may evict: `edit` may, `view` may not. (A new user's token is picked up within a
+    // second.)
+    let viewer = s.add_user("viewer", "default", "view").expect("viewer");
+    let editor = s.add_user("editor", "default", "edit").expect("editor");
+    let can_evict = |who: &std::path::Path| {
+        let mut answer = String::new();
+        wait_until(std::time::Duration::from_secs(10), || {
+            let out = s.kubectl_as(
+                "kubectl",
+                who,
+                &["auth", "can-i", "create", "pods/eviction"],
+                None,
+            );
+            answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            !answer.is_empty()
+        });
+        answer
+    };
+    assert_eq!(can_evict(&viewer), "no");
+    assert_eq!(can_evict(&editor), "yes");
+}

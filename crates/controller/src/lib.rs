@@ -13,11 +13,15 @@
 //! - [`replicaset`][]: VirtualMachineInstanceReplicaSet.
 //! - [`pool`][]: VirtualMachinePool (VMs named `<pool>-<index>`).
 //! - [`instancetype`][]: instancetype/preference expansion (pure).
+//! - [`launcher_pod`][]: the VMI's launcher Pod records (what `kubectl drain` evicts).
+//! - [`evacuation`][]: a VirtualMachineInstanceMigration for each VMI an eviction marked.
 //!
 //! Every reconciler is level-based: it reads the whole object and what it owns, converges one
 //! step, and relies on the watch (or `Action::requeue`) to take the next one.
 
+pub mod evacuation;
 pub mod instancetype;
+pub mod launcher_pod;
 pub mod migration;
 pub mod node;
 pub mod pool;
@@ -224,12 +228,34 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "migration controller");
             }
         });
+    let pod_ctl = Controller::new(
+        Api::<VirtualMachineInstance>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .run(
+        launcher_pod::reconcile,
+        launcher_pod::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+    let evacuation_ctl = Controller::new(
+        Api::<VirtualMachineInstance>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .run(evacuation::reconcile, evacuation::error_policy, ctx.clone())
+    .for_each(|_| async {});
     futures::join!(
         vm_ctl,
         vmi_ctl,
         mig_ctl,
         rs_ctl,
         pool_ctl,
+        pod_ctl,
+        evacuation_ctl,
         node::monitor(ctx.clone())
     );
     Ok(())

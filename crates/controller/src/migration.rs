@@ -40,7 +40,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use kubevirt_api::status::finalizer::MIGRATION as FINALIZER;
-use kubevirt_api::status::label::MIGRATION_TARGET_NODE_NAME;
+use kubevirt_api::status::label::{MIGRATION_TARGET_NODE_NAME, POD_NETWORK};
 use kubevirt_api::status::{MigrationPhase, VmiPhase};
 use kubevirt_api::{VirtualMachineInstance, VirtualMachineInstanceMigration};
 use serde_json::{json, Value};
@@ -127,6 +127,19 @@ pub struct Others {
     pub active_from_node: usize,
     /// Whether another migration, not final, owns the VMI's migration state.
     pub other_owns_vmi: bool,
+    /// The VMI's failed migrations: how many, and when the last one failed.
+    pub failed_before: (u32, Option<Timestamp>),
+}
+
+/// KubeVirt's backoff for evacuation migrations of a VMI whose migrations failed: 20 s after
+/// the first failure, doubling, at most 5 minutes; without it a drain would retry a failing
+/// migration as fast as the controllers run.
+pub fn backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let secs = 20u64.saturating_mul(1 << failures.saturating_sub(1).min(8));
+    Duration::from_secs(secs.min(300))
 }
 
 /// The next step of migration `m` of `vmi`.
@@ -173,6 +186,16 @@ pub fn decide(
         Some(MigrationPhase::Pending) => {
             if !phase::is(vmi, VmiPhase::Running) {
                 return Step::Wait(Some(RECHECK));
+            }
+            let evacuation = m
+                .annotations()
+                .contains_key(kubevirt_api::status::label::EVACUATION_MIGRATION);
+            if let (true, (n, Some(last))) = (evacuation, others.failed_before) {
+                let since =
+                    u64::try_from(now.as_second().saturating_sub(last.as_second())).unwrap_or(0);
+                if since < backoff(n).as_secs() {
+                    return Step::Wait(Some(Duration::from_secs(backoff(n).as_secs() - since)));
+                }
             }
             if others.active >= limits.parallel_migrations_per_cluster as usize
                 || others.active_from_node >= limits.parallel_outbound_migrations_per_node as usize
@@ -359,6 +382,26 @@ pub async fn reconcile(
                     && !MigrationPhase::of(x).is_some_and(MigrationPhase::is_final)
             })
         }),
+        failed_before: (0, None),
+    };
+    let failed: Vec<Timestamp> = all
+        .iter()
+        .filter(|o| {
+            o.metadata.namespace.as_deref() == Some(ns.as_str())
+                && o.spec.vmi_name == m.spec.vmi_name
+        })
+        .filter(|o| MigrationPhase::of(o) == Some(MigrationPhase::Failed))
+        .filter_map(|o| {
+            entered(o, MigrationPhase::Failed)
+                .and_then(|t| t.as_str().and_then(|t| t.parse::<Timestamp>().ok()))
+        })
+        .collect();
+    let others = Others {
+        failed_before: (
+            u32::try_from(failed.len()).unwrap_or(u32::MAX),
+            failed.iter().max().copied(),
+        ),
+        ..others
     };
     let limits = ctx.config.cluster.borrow().migrations.clone();
     let step = decide(&m, vmi.as_ref(), &others, &limits, now);
@@ -446,15 +489,36 @@ pub async fn reconcile(
             let Some(vmi) = vmi else {
                 return Ok(Action::requeue(RECHECK));
             };
-            let nodes: Vec<Node> = Api::<Node>::all(ctx.client.clone())
+            let all_nodes = Api::<Node>::all(ctx.client.clone())
                 .list(&ListParams::default())
                 .await?
-                .items
+                .items;
+            // The target connects the guest's NICs as the source does.
+            let has_nics = vmi
+                .spec
+                .domain
+                .devices
+                .interfaces
+                .as_ref()
+                .is_some_and(|i| !i.is_empty());
+            let network = all_nodes
+                .iter()
+                .filter(|_| has_nics)
+                .find(|n| n.metadata.name.as_deref() == Some(source.as_str()))
+                .and_then(|n| n.labels().get(POD_NETWORK).cloned());
+            let nodes: Vec<Node> = all_nodes
                 .into_iter()
                 .filter(|n| n.metadata.name.as_deref() != Some(source.as_str()))
                 .collect();
             let load = crate::vmi::load(&ctx).await?;
-            let wanted = target_constraints(&vmi, &m);
+            let mut wanted = target_constraints(&vmi, &m);
+            if let Some(network) = network {
+                wanted
+                    .spec
+                    .node_selector
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(POD_NETWORK.into(), network);
+            }
             let to_scheduling = p != Some(MigrationPhase::Scheduling);
             match scheduler::place(&wanted, &nodes, &load) {
                 Ok(target) => {
@@ -540,30 +604,11 @@ pub async fn reconcile(
 }
 
 /// The cluster's migration settings the migration runs with (`migrationState.
-/// migrationConfiguration`, KubeVirt's `MigrationConfiguration` as the handlers apply it).
+/// migrationConfiguration`): KubeVirt copies the whole `MigrationConfiguration`; the handlers
+/// take the options they apply from it (`MigrationOptions::from_configuration`).
 fn migration_configuration(ctx: &Context) -> Value {
-    let raw = ctx.config.cluster.borrow().migrations.raw.clone();
-    let mut out = serde_json::Map::new();
-    for key in MIGRATION_OPTION_KEYS {
-        if let Some(v) = raw.get(*key) {
-            out.insert((*key).into(), v.clone());
-        }
-    }
-    Value::Object(out)
+    ctx.config.cluster.borrow().migrations.raw.clone()
 }
-
-/// The `MigrationConfiguration` fields a migration is run with (the rest are limits and
-/// cluster-wide switches).
-pub const MIGRATION_OPTION_KEYS: &[&str] = &[
-    "bandwidthPerMigration",
-    "allowAutoConverge",
-    "allowPostCopy",
-    "allowWorkloadDisruption",
-    "parallelMigrationThreads",
-    "completionTimeoutPerGiB",
-    "progressTimeout",
-    "maxDowntimeMs",
-];
 
 fn mirrored(m: &VirtualMachineInstanceMigration) -> Value {
     m.status
@@ -598,16 +643,24 @@ async fn fail_on_vmi(
     if st["failed"] == true || (st["completed"] == true && !phase::is_final(vmi)) {
         return Ok(());
     }
+    let reason = st["failureReason"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+        .unwrap_or(why);
     let patch = json!({"status": {"migrationState": {
-        "failed": true, "completed": true, "endTimestamp": now.to_string(),
-        "failureReason": if st["failureReason"].as_str().unwrap_or("").is_empty() { why } else { st["failureReason"].as_str().unwrap_or(why) },
+        "failed": true, "completed": true, "endTimestamp": now.to_string(), "failureReason": reason,
     }}});
+    patch_vmi(vmis, &vmi.name_any(), &patch).await
+}
+
+/// A merge patch of a VMI; a VMI that is gone needs none.
+async fn patch_vmi(
+    vmis: &Api<VirtualMachineInstance>,
+    name: &str,
+    patch: &Value,
+) -> Result<(), Error> {
     match vmis
-        .patch(
-            &vmi.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
     {
         Ok(_) => Ok(()),
@@ -647,18 +700,7 @@ async fn finish(
                 {
                     patch["status"] = json!({"evacuationNodeName": null});
                 }
-                match vmis
-                    .patch(
-                        &vmi.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                patch_vmi(vmis, &vmi.name_any(), &patch).await?;
             }
         }
     }
@@ -828,7 +870,7 @@ mod tests {
         let busy = |active, from_node| Others {
             active,
             active_from_node: from_node,
-            other_owns_vmi: false,
+            ..Default::default()
         };
         let now = Timestamp::now();
         assert_eq!(
@@ -888,6 +930,33 @@ mod tests {
             decide(&preparing, Some(&handed), &Others::default(), &limits, now),
             Step::Fail(m) if m.contains("node02 did not prepare the target")
         ));
+    }
+
+    #[test]
+    fn evacuations_back_off_after_failures_as_kubevirt() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::from_secs(20));
+        assert_eq!(backoff(2), Duration::from_secs(40));
+        assert_eq!(backoff(5), Duration::from_secs(300));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+        let v = vmi(json!({}));
+        let limits = ClusterConfig::default().migrations;
+        let now: Timestamp = "2026-11-30T06:00:30Z".parse().unwrap();
+        let failed = Others {
+            failed_before: (1, Some("2026-11-30T06:00:20Z".parse().unwrap())),
+            ..Default::default()
+        };
+        let evac = mig(
+            json!({"metadata": {"annotations": {"kubevirt.io/evacuationMigration": "node01"}},
+            "status": {"phase": "Pending"}}),
+        );
+        assert_eq!(
+            decide(&evac, Some(&v), &failed, &limits, now),
+            Step::Wait(Some(Duration::from_secs(10)))
+        );
+        // A user's migration is not held back.
+        let user = mig(json!({"status": {"phase": "Pending"}}));
+        assert_eq!(decide(&user, Some(&v), &failed, &limits, now), Step::Place);
     }
 
     #[test]

@@ -886,6 +886,7 @@ fn node_metadata(config: &Config, schedulable: bool) -> Value {
             label::SCHEDULABLE: schedulable.to_string(),
             label::KVM: kvm.to_string(),
             label::EMULATION: emulation.to_string(),
+            label::POD_NETWORK: if config.pod_network.is_some() { "cni" } else { "user" },
         },
         "annotations": {label::HEARTBEAT: now()},
     })

@@ -529,6 +529,14 @@ pub(crate) async fn reconcile_target(
         crate::release_network_of(&ctx, &old.uid).await;
         let _ = remove_dir(&ctx, &dir).await;
     }
+    // A target left by an earlier migration of this VMI (its cleanup not done yet) is not
+    // this migration's: it goes first.
+    let made_for = std::fs::read_to_string(dir.migration_target_marker()).ok();
+    if made_for.as_deref().is_some_and(|u| u != uid) {
+        drop(_dirs);
+        cleanup_target(&ctx, &vmi, &dir, &uid).await;
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     if done(&st) && st["failed"] == true || vmi.metadata.deletion_timestamp.is_some() {
         // Nothing comes any more: stop the target and remove it.
         drop(_dirs);
@@ -540,6 +548,11 @@ pub(crate) async fn reconcile_target(
         None if !dir.spawned_marker().exists() => {
             if done(&st) {
                 return Ok(Action::await_change());
+            }
+            if let Err(e) = std::fs::create_dir_all(dir.path())
+                .and_then(|()| std::fs::write(dir.migration_target_marker(), &uid))
+            {
+                tracing::warn!(vmi = %name, error = %e, "marking the migration target's directory");
             }
             match crate::prepare_launcher(&ctx, &vmi, &dir, true).await? {
                 Prep::Spawned => {

@@ -10,8 +10,10 @@
 //! - `developerConfiguration.featureGates`: validation (e.g. `HostDisk` allows hostDisk volumes).
 //! - `network.defaultNetworkInterface`, `network.permitBridgeInterfaceOnPodNetwork`,
 //!   `machineType` / `architectureConfiguration.amd64.machineType`: admission defaults and rules.
-//! - `evictionStrategy`, `migrations`, `permittedHostDevices`: accepted and kept, reported in
-//!   the log; a single node has no node to evict to or migrate to, and no device plugins.
+//! - `evictionStrategy`: what a drain does to VMIs that set none (virt-api's eviction
+//!   admitter); `migrations.parallelMigrationsPerCluster`/`parallelOutboundMigrationsPerNode`:
+//!   the evacuation controller's limits.
+//! - `permittedHostDevices`: accepted and kept, reported in the log; no device plugins.
 
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;

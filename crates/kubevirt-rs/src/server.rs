@@ -95,6 +95,14 @@ pub fn run(args: ServerArgs) -> Result<i32> {
                 Some(running.api.clone()),
                 cluster_tx,
             ));
+            // virt-api's eviction webhook: a drain of a VMI's node migrates it when its
+            // eviction strategy says so.
+            running.set_eviction_admitter(Arc::new(
+                kubevirt_virtapi::eviction::PodEvictionAdmitter::new(
+                    client.clone(),
+                    cluster.clone(),
+                ),
+            ));
             let cdi_config =
                 kubevirt_cdi_controller::Config::single_node(node.clone(), args.data_dir.clone());
             let volumes_dir = cdi_config.volumes_dir();

@@ -14,6 +14,14 @@
 //!   `kubevirt.io/schedulable=false`, Ready `Unknown`; the VM it ran keeps running (its
 //!   launcher outlives the handler); a restarted node process adopts it and takes the waiting
 //!   VMI once uncordoned;
+//! - each running VMI has a launcher Pod record on its node (`kubectl get pods -o wide`);
+//!   `kubectl drain node01` evicts the launcher Pod of a VM whose evictionStrategy is None: the
+//!   Pod goes, the VMI stops, and the VM's new VMI runs on node02; the eviction of a launcher
+//!   Pod of a VMI with evictionStrategy External or LiveMigrate is refused with 429 and
+//!   KubeVirt's message, marking the VMI `status.evacuationNodeName` (and, once it can
+//!   migrate, creating its VirtualMachineInstanceMigration); evictions that name another Pod,
+//!   another namespace or no Pod are refused, and a Pod only dressed as a launcher is evicted
+//!   as any Pod;
 //! - node names that are not DNS-1123 subdomains are refused by the CLI.
 //!
 //! VMIs start paused (`startStrategy: Paused`): QEMU is set up but no guest boots, which is all
@@ -340,6 +348,322 @@ fn a_second_node_joins_runs_its_vmis_and_is_fenced_when_it_goes_silent() {
     assert!(wait_for(Duration::from_secs(30), || {
         !kubevirt_testsupport::alive(launcher)
     }));
+
+    drain_and_evictions(&server);
+}
+
+fn vm_manifest(name: &str, strategy: &str) -> String {
+    let vmi = vmi_manifest(name, "any");
+    let spec: String = vmi
+        .split_once("spec:\n")
+        .map(|(_, s)| s)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.contains("nodeSelector") && !l.contains("kubernetes.io/hostname"))
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: {name}\nspec:\n  \
+         runStrategy: Always\n  template:\n    spec:\n      evictionStrategy: {strategy}\n{spec}"
+    )
+}
+
+/// The launcher Pod of a VMI: `name node` of the Pod its `status.activePods` records.
+fn launcher_pod(server: &Server, vmi: &str) -> Option<(String, String)> {
+    let uid = server.jsonpath("vmi", vmi, "{.metadata.uid}");
+    if uid.is_empty() || uid.contains("NotFound") {
+        return None;
+    }
+    let out = server.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("kubevirt.io/created-by={uid}"),
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.uid} {.metadata.name} {.spec.nodeName}{\"\\n\"}{end}",
+    ]);
+    let active = server.jsonpath("vmi", vmi, "{.status.activePods}");
+    out.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (uid, name, node) = (f.next()?, f.next()?, f.next()?);
+        active
+            .contains(uid)
+            .then(|| (name.to_string(), node.to_string()))
+    })
+}
+
+/// POSTs a policy/v1 Eviction for `pod` (named `body_name` in the body) through kubectl.
+fn evict(server: &Server, ns: &str, pod: &str, body_name: &str, body_ns: &str) -> String {
+    let file = server.data.join("eviction.json");
+    let body = serde_json::json!({"apiVersion": "policy/v1", "kind": "Eviction",
+        "metadata": {"name": body_name, "namespace": body_ns}});
+    std::fs::write(&file, body.to_string()).expect("write eviction");
+    server.kubectl(&[
+        "create",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction"),
+        "-f",
+        file.to_str().expect("utf8"),
+    ])
+}
+
+/// node01 drained under a VM with evictionStrategy None; evictions refused for External and
+/// LiveMigrate VMIs on node02; hostile evictions.
+fn drain_and_evictions(server: &Server) {
+    // A VM lands on node01 (node02 already runs "waits"): its launcher Pod record is there.
+    apply(server, "mover", &vm_manifest("mover", "None"));
+    let placed = wait_for(START, || {
+        vmi(server, "mover", "{.status.phase}") == "Running"
+            && launcher_pod(server, "mover").is_some()
+    });
+    assert!(
+        placed,
+        "mover did not run with a launcher pod: {}",
+        server.kubectl(&["get", "vmi,pods", "-o", "wide"])
+    );
+    let (pod, node) = launcher_pod(server, "mover").expect("launcher pod");
+    assert_eq!(
+        node,
+        "node01",
+        "{}",
+        server.kubectl(&["get", "vmi", "-o", "wide"])
+    );
+    assert!(pod.starts_with("virt-launcher-mover-"), "{pod}");
+    let wide = server.kubectl(&["get", "pods", "-o", "wide"]);
+    assert!(
+        wide.lines()
+            .any(|l| l.contains(&pod) && l.contains("Running") && l.contains("node01")),
+        "{wide}"
+    );
+    let first_uid = server.jsonpath("vmi", "mover", "{.metadata.uid}");
+
+    // kubectl drain: cordon, evict (strategy None: the Pod goes), wait for it to be gone.
+    let out = server.kubectl(&[
+        "drain",
+        "node01",
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--timeout=120s",
+    ]);
+    assert!(
+        out.contains(&format!("evicting pod default/{pod}")) && out.contains("node/node01 drained"),
+        "{out}"
+    );
+    // The VMI stops; the VM's next one runs on node02, with its Pod there.
+    let moved = wait_for(START, || {
+        let uid = server.jsonpath("vmi", "mover", "{.metadata.uid}");
+        !uid.is_empty()
+            && uid != first_uid
+            && vmi(server, "mover", "{.status.phase}") == "Running"
+            && launcher_pod(server, "mover").is_some_and(|(_, n)| n == "node02")
+    });
+    assert!(
+        moved,
+        "mover did not move to node02: {}",
+        server.kubectl(&["get", "vmi,pods", "-o", "wide"])
+    );
+    assert_eq!(vmi(server, "mover", "{.status.nodeName}"), "node02");
+
+    // External and LiveMigrate VMIs on node02: an eviction is refused with 429.
+    let external = vmi_manifest("external", "node02").replace(
+        "  startStrategy: Paused\n",
+        "  startStrategy: Paused\n  evictionStrategy: External\n",
+    );
+    let live = vmi_manifest("live", "node02").replace(
+        "  startStrategy: Paused\n",
+        "  startStrategy: Paused\n  evictionStrategy: LiveMigrate\n",
+    );
+    apply(server, "external", &external);
+    apply(server, "live", &live);
+    let up = wait_for(START, || {
+        ["external", "live"].iter().all(|v| {
+            vmi(server, v, "{.status.phase}") == "Running" && launcher_pod(server, v).is_some()
+        })
+    });
+    assert!(up, "{}", server.kubectl(&["get", "vmi,pods", "-o", "wide"]));
+
+    let (ext_pod, _) = launcher_pod(server, "external").expect("pod");
+    let out = evict(server, "default", &ext_pod, &ext_pod, "default");
+    assert!(
+        out.contains("TooManyRequests")
+            && out.contains(
+                "admission webhook \"virt-launcher-eviction-interceptor.kubevirt.io\" denied the request: \
+                 Eviction triggered evacuation of VMI \"default/external\""
+            ),
+        "{out}"
+    );
+    assert_eq!(
+        vmi(server, "external", "{.status.evacuationNodeName}"),
+        "node02"
+    );
+    let out = evict(server, "default", &ext_pod, &ext_pod, "default");
+    assert!(
+        out.contains(
+            "Evacuation in progress: Eviction triggered evacuation of VMI \"default/external\""
+        ),
+        "{out}"
+    );
+    assert!(
+        launcher_pod(server, "external").is_some(),
+        "the refused eviction deleted the pod"
+    );
+
+    let (live_pod, _) = launcher_pod(server, "live").expect("pod");
+    // "live" gets the cluster's default interface (masquerade here): live-migratable. Its
+    // eviction marks it and makes an evacuation migration, which waits while node01 is
+    // cordoned (kube-scheduler's verdict in its event).
+    assert!(
+        wait_for(Duration::from_secs(30), || vmi(
+            server,
+            "live",
+            "{.status.conditions[?(@.type=='LiveMigratable')].status}"
+        ) == "True"),
+        "{}",
+        server.kubectl(&["get", "vmi", "live", "-o", "yaml"])
+    );
+    let out = evict(server, "default", &live_pod, &live_pod, "default");
+    assert!(out.contains("TooManyRequests"), "{out}");
+    assert!(
+        out.contains("Eviction triggered evacuation of VMI \"default/live\""),
+        "{out}"
+    );
+    assert_eq!(
+        vmi(server, "live", "{.status.evacuationNodeName}"),
+        "node02"
+    );
+    let migration = wait_for(Duration::from_secs(30), || {
+        server
+            .kubectl(&[
+                "get",
+                "vmim",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}:{.spec.vmiName}:{.metadata.annotations.kubevirt\\.io/evacuationMigration}:{.status.phase}{\"\\n\"}{end}",
+            ])
+            .lines()
+            .any(|l| l.starts_with("kubevirt-evacuation-") && l.ends_with(":live:node02:Scheduling"))
+    });
+    assert!(
+        migration,
+        "{}",
+        server.kubectl(&["get", "vmim", "-o", "yaml"])
+    );
+
+    // Hostile evictions: another Pod in the body, another namespace, no such Pod.
+    let out = evict(server, "default", &ext_pod, &live_pod, "default");
+    assert!(
+        out.contains("name in URL does not match name in Eviction object"),
+        "{out}"
+    );
+    let out = evict(server, "default", &ext_pod, &ext_pod, "kube-system");
+    assert!(
+        out.contains(
+            "the namespace of the provided object does not match the namespace sent on the request"
+        ),
+        "{out}"
+    );
+    let out = evict(
+        server,
+        "default",
+        "virt-launcher-nothing-abcde",
+        "virt-launcher-nothing-abcde",
+        "default",
+    );
+    assert!(
+        out.contains("NotFound") || out.contains("not found"),
+        "{out}"
+    );
+    // A Pod dressed as the launcher of "external" but owned by nothing is an ordinary Pod: its
+    // eviction deletes it and marks nothing.
+    let fake = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "virt-launcher-external-fake1", "namespace": "default",
+            "labels": {"kubevirt.io": "virt-launcher"},
+            "annotations": {"kubevirt.io/domain": "live"}},
+        "spec": {"nodeName": "node02", "containers": [{"name": "compute", "image": "x"}]}});
+    let file = server.data.join("fake-pod.json");
+    std::fs::write(&file, fake.to_string()).expect("write pod");
+    let out = server.kubectl(&["create", "-f", file.to_str().expect("utf8")]);
+    assert!(out.contains("created"), "{out}");
+    let out = evict(
+        server,
+        "default",
+        "virt-launcher-external-fake1",
+        "virt-launcher-external-fake1",
+        "default",
+    );
+    assert!(
+        out.contains("\"status\":\"Success\"") || out.contains("Success"),
+        "{out}"
+    );
+    assert!(server
+        .kubectl(&["get", "pod", "virt-launcher-external-fake1"])
+        .contains("NotFound"));
+
+    // kubectl drain of node02 with a LiveMigrate VM on it: the eviction marks the VMI, the
+    // evacuation migration moves it to node01 (uncordoned), the source Pod goes, and the
+    // drain completes. VMIs that could never leave (External, not migratable) go first.
+    let out = server.kubectl(&["delete", "vmi", "external", "live", "--wait=true"]);
+    assert!(out.contains("deleted"), "{out}");
+    // A running guest without a NIC (see docs/migration.md on migrating between nodes with
+    // and without a pod network).
+    let drainme = vm_manifest("drainme", "LiveMigrate")
+        .replace("      startStrategy: Paused\n", "")
+        .replace(
+            "      domain:\n        devices:\n",
+            "      domain:\n        devices:\n          autoattachPodInterface: false\n",
+        );
+    assert!(
+        drainme.contains("autoattachPodInterface") && !drainme.contains("Paused"),
+        "{drainme}"
+    );
+    apply(server, "drainme", &drainme);
+    assert!(
+        wait_for(START, || vmi(
+            server,
+            "drainme",
+            "{.status.nodeName}/{.status.conditions[?(@.type=='LiveMigratable')].status}"
+        ) == "node02/True"),
+        "{}",
+        server.kubectl(&["get", "vmi", "drainme", "-o", "yaml"])
+    );
+    let out = server.kubectl(&["uncordon", "node01"]);
+    assert!(out.contains("uncordoned"), "{out}");
+    let out = server.kubectl(&[
+        "drain",
+        "node02",
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--pod-selector=kubevirt.io=virt-launcher",
+        "--timeout=180s",
+    ]);
+    assert!(
+        out.contains("node/node02 drained"),
+        "{out}\n{}\n{}",
+        server.kubectl(&["get", "vmi,vmim,pods", "-o", "wide"]),
+        server.kubectl(&["get", "vmim", "-o", "yaml"])
+    );
+    assert_eq!(
+        vmi(
+            server,
+            "drainme",
+            "{.status.nodeName} {.status.phase} {.status.evacuationNodeName}"
+        ),
+        "node01 Running "
+    );
+    let evacuation = server.kubectl(&[
+        "get",
+        "vmim",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}:{.spec.vmiName}:{.status.phase}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        evacuation
+            .lines()
+            .any(|l| l.starts_with("kubevirt-evacuation-") && l.ends_with(":drainme:Succeeded")),
+        "{evacuation}"
+    );
+    assert!(launcher_pod(server, "drainme").is_some_and(|(_, n)| n == "node01"));
+    let out = server.kubectl(&["uncordon", "node02"]);
+    assert!(out.contains("uncordoned"), "{out}");
 }
 
 #[test]

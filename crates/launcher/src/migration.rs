@@ -69,12 +69,16 @@ pub enum MigrationError {
 }
 
 /// `migrate-set-capabilities` for either end: `events` (MIGRATION events), and what the two
-/// ends must agree on (`multifd`, `postcopy-ram`); `auto-converge` only matters at the source,
+/// ends must agree on (`return-path`, `multifd`, `postcopy-ram`). `return-path` lets the
+/// target tell the source that it could not load the guest: without it the source would
+/// count a migration as completed (and end its QEMU) that the target refused, and the guest
+/// would be gone from both. `auto-converge` only matters at the source,
 /// and so does `pause-before-switchover`, on when disks are copied (`block`): the source
 /// stops at `pre-switchover` so the disk copies end while the guest is stopped.
 pub fn capabilities(o: &MigrationOptions, role: MigrationRole, block: bool) -> Value {
     let mut caps = vec![
         ("events", true),
+        ("return-path", true),
         ("multifd", o.parallel_migration_threads.is_some()),
         ("postcopy-ram", o.allow_post_copy),
     ];
@@ -819,6 +823,7 @@ mod tests {
             caps(&capabilities(&o, MigrationRole::Source, false)),
             [
                 ("events".into(), true),
+                ("return-path".into(), true),
                 ("multifd".into(), true),
                 ("postcopy-ram".into(), true),
                 ("auto-converge".into(), true),
@@ -833,6 +838,7 @@ mod tests {
             caps(&capabilities(&o, MigrationRole::Target, true)),
             [
                 ("events".into(), true),
+                ("return-path".into(), true),
                 ("multifd".into(), true),
                 ("postcopy-ram".into(), true)
             ]
@@ -849,6 +855,7 @@ mod tests {
             caps(&capabilities(&d, MigrationRole::Source, false)),
             [
                 ("events".into(), true),
+                ("return-path".into(), true),
                 ("multifd".into(), false),
                 ("postcopy-ram".into(), false),
                 ("auto-converge".into(), false),

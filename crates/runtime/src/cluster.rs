@@ -6,6 +6,7 @@
 
 use kubevirt_api::admission::AdmitOptions;
 use kubevirt_api::defaults::{DefaultBinding, DefaultsConfig};
+use kubevirt_api::status::EvictionStrategy;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -27,6 +28,9 @@ pub struct ClusterConfig {
     pub vm_rollout_strategy: RolloutStrategy,
     /// `liveUpdateConfiguration`: how far a VM can grow without a restart.
     pub live_update: LiveUpdateConfig,
+    /// `evictionStrategy`: what evicting a launcher Pod does to a VMI that sets no
+    /// `spec.evictionStrategy` (KubeVirt's default: None).
+    pub eviction_strategy: Option<EvictionStrategy>,
     /// `migrations`: KubeVirt's `MigrationConfiguration`.
     pub migrations: MigrationConfig,
 }
@@ -42,6 +46,12 @@ pub struct MigrationConfig {
     pub parallel_outbound_migrations_per_node: u32,
     /// `spec.configuration.migrations` as written (`{}` when absent).
     pub raw: Value,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig::from_value(&Value::Null)
+    }
 }
 
 /// KubeVirt's `ParallelMigrationsPerClusterDefault` and `ParallelOutboundMigrationsPerNodeDefault`.
@@ -151,6 +161,9 @@ impl ClusterConfig {
             _ => RolloutStrategy::LiveUpdate,
         };
         ClusterConfig {
+            eviction_strategy: c["evictionStrategy"]
+                .as_str()
+                .and_then(EvictionStrategy::parse),
             migrations: MigrationConfig::from_value(&c["migrations"]),
             vm_rollout_strategy,
             live_update,
@@ -205,6 +218,19 @@ mod tests {
         assert_eq!(c.live_update.max_hotplug_ratio, 4);
         assert_eq!(c.live_update.max_cpu_sockets, None);
         assert_eq!(c.live_update.max_guest, None);
+    }
+
+    #[test]
+    fn eviction_strategy_is_read() {
+        assert_eq!(ClusterConfig::default().eviction_strategy, None);
+        let c = ClusterConfig::from_spec(
+            &json!({"configuration": {"evictionStrategy": "LiveMigrate"}}),
+        );
+        assert_eq!(c.eviction_strategy, Some(EvictionStrategy::LiveMigrate));
+        // Nonsense is KubeVirt's default, not a strategy of its own.
+        let c =
+            ClusterConfig::from_spec(&json!({"configuration": {"evictionStrategy": "Sometimes"}}));
+        assert_eq!(c.eviction_strategy, None);
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! aggregated API group (virt-api's `subresources.kubevirt.io`, CDI's
 //! `upload.cdi.kubevirt.io`) or CDI's upload proxy. The API server routes a request to a
 //! [`SubresourceHandler`] with its path and [`Query`]; the handler answers with any response.
+//!
+//! Also the one webhook of virt-api's that the embedded API server calls: the
+//! [`EvictionAdmitter`] that decides the evictions of launcher Pods (`pods/eviction`).
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -61,6 +64,36 @@ pub trait SubresourceHandler: Send + Sync {
         self.handle(parts.method, path, query, parts.headers, body)
             .await
     }
+}
+
+/// virt-api's answer to an eviction (KubeVirt's pod-eviction admitter).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EvictionVerdict {
+    /// The eviction goes ahead: the API server deletes the Pod.
+    Allow,
+    /// Refused; the API server answers as kube-apiserver relays a webhook's denial.
+    Deny {
+        /// The webhook's name, as the client sees it in the message.
+        webhook: &'static str,
+        /// The HTTP status (KubeVirt: 429 TooManyRequests, which `kubectl drain` retries).
+        code: u16,
+        message: String,
+    },
+}
+
+/// Decides the eviction of a Pod before the API server deletes it: KubeVirt's
+/// `virt-launcher-eviction-interceptor` validating webhook, plugged into the embedded API
+/// server by the control plane (a real cluster calls virt-api's webhook instead).
+#[async_trait::async_trait]
+pub trait EvictionAdmitter: Send + Sync {
+    /// `pod`: the Pod as stored; `eviction`: the `policy/v1` Eviction of the request (its
+    /// name and namespace already checked against the URL); `dry_run`: nothing may change.
+    async fn admit(
+        &self,
+        pod: &serde_json::Value,
+        eviction: &serde_json::Value,
+        dry_run: bool,
+    ) -> EvictionVerdict;
 }
 
 #[cfg(test)]

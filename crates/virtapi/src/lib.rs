@@ -39,6 +39,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+pub mod eviction;
 pub mod volumes;
 
 /// The websocket subprotocol KubeVirt's console and VNC streams use.

@@ -515,6 +515,11 @@ impl VmiDir {
     pub fn access_credentials_file(&self) -> PathBuf {
         self.path.join("access-credentials.json")
     }
+    /// The handler's marker on a migration target's directory: the uid of the migration it
+    /// was made for (a directory of an earlier migration is not reused).
+    pub fn migration_target_marker(&self) -> PathBuf {
+        self.path.join(".migration-target")
+    }
     /// The handler's marker: a launcher was spawned for this VMI.
     pub fn spawned_marker(&self) -> PathBuf {
         self.path.join(".spawned")
