@@ -412,6 +412,18 @@ pub(crate) async fn source(
     let Some(remote) = target_address(st) else {
         return Ok(None); // the target is not ready yet
     };
+    // VMIs have no status subresource: whoever may update the VMI could write an address.
+    // The guest goes only to an address the target Node itself reports.
+    let node = st["targetNode"].as_str().unwrap_or_default();
+    if !node_has_address(ctx, node, remote.ip()).await? {
+        let why = format!(
+            "targetNodeAddress {} is not an address of node {node:?}",
+            remote.ip()
+        );
+        tracing::warn!(vmi = %name, %why, "refusing to migrate");
+        patch_state(ctx, vmi, failed(&why, None)).await?;
+        return Ok(None);
+    }
     if !matches!(s.phase, Phase::Running | Phase::Paused) {
         return Ok(None);
     }
@@ -491,6 +503,24 @@ pub(crate) async fn source(
         }
     }
     Ok(None)
+}
+
+/// Whether the Node `name` reports `ip` among its `status.addresses` (the handler of that node
+/// writes them from `--node-address`).
+async fn node_has_address(ctx: &Context, name: &str, ip: IpAddr) -> Result<bool, Error> {
+    if name.is_empty() {
+        return Ok(false);
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
+    let Some(node) = nodes.get_opt(name).await? else {
+        return Ok(false);
+    };
+    Ok(node
+        .status
+        .and_then(|s| s.addresses)
+        .unwrap_or_default()
+        .iter()
+        .any(|a| a.address.parse::<IpAddr>().ok() == Some(ip)))
 }
 
 /// The target's reconcile: VMIs labelled `kubevirt.io/migrationTargetNodeName=<this node>`.
@@ -577,22 +607,17 @@ pub(crate) async fn reconcile_target(
         None => Ok(Action::requeue(Duration::from_secs(1))),
         Some(s) if s.phase == Phase::WaitingForMigration => {
             ctx.followers.follow(&dir, &vmi);
-            if !st["targetNodeAddress"].is_null() {
-                if !ctx.migrations.has(&uid) {
-                    // Published by an agent that is gone, with its proxy: nothing arrives.
-                    drop(_dirs);
-                    patch_state(
-                        &ctx,
-                        &vmi,
-                        failed(
-                            "the target node's agent restarted during the migration",
-                            None,
-                        ),
-                    )
-                    .await?;
-                    cleanup_target(&ctx, &vmi, &dir, &uid).await;
-                }
+            // Prepared by this agent already (the VMI seen here may predate its address).
+            if ctx.migrations.has(&uid) {
                 return Ok(Action::requeue(Duration::from_secs(5)));
+            }
+            if !st["targetNodeAddress"].is_null() {
+                // Published by an agent that is gone, with its proxy: nothing arrives.
+                drop(_dirs);
+                let why = "the target node's agent restarted during the migration";
+                patch_state(&ctx, &vmi, failed(why, None)).await?;
+                cleanup_target(&ctx, &vmi, &dir, &uid).await;
+                return Ok(Action::await_change());
             }
             let opts = match options(&st) {
                 Ok(o) => o,

@@ -1009,5 +1009,29 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
         wait_for(Duration::from_secs(30), || !there_dir.path().exists()),
         "the dead target's directory is still there"
     );
+
+    // Hostile: VMIs have no status subresource, so whoever may update one could write a
+    // migration state sending the guest anywhere. The source's agent sends it only to an
+    // address the target Node reports.
+    let forged = format!(
+        r#"[{{"op":"replace","path":"/status/migrationState","value":{{"migrationUid":"forged","sourceNode":"{here}","targetNode":"{there}","targetNodeAddress":"10.255.255.1","targetDirectMigrationNodePorts":{{"9":49152}}}}}}]"#
+    );
+    let out = server.kubectl(&["patch", "vmi", "mover", "--type", "json", "-p", &forged]);
+    assert!(out.contains("patched"), "{out}");
+    assert!(
+        wait_for(Duration::from_secs(30), || vmi(
+            &server,
+            "mover",
+            "{.status.migrationState.failed} {.status.migrationState.failureReason}"
+        ) == format!(
+            "true targetNodeAddress 10.255.255.1 is not an address of node {there:?}"
+        )),
+        "{}",
+        server.kubectl(&["get", "vmi", "mover", "-o", "yaml"])
+    );
+    assert_eq!(
+        vmi(&server, "mover", "{.status.nodeName} {.status.phase}"),
+        format!("{here} Running")
+    );
     drop(node02);
 }
