@@ -198,6 +198,16 @@ pub fn vmi_migrates_on_eviction(
     }
 }
 
+/// The VMI's `status.migrationState` as JSON (`Null` when absent): the form the migration
+/// controller and the node agents compare and patch it in.
+pub fn vmi_migration_state(vmi: &VirtualMachineInstance) -> serde_json::Value {
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.migration_state.as_ref())
+        .and_then(|m| serde_json::to_value(m).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// KubeVirt's `VirtualMachineInstanceMigration.IsFinal()`: its phase is Succeeded or Failed.
 pub fn migration_is_final(m: &crate::VirtualMachineInstanceMigration) -> bool {
     matches!(

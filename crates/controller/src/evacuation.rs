@@ -145,11 +145,7 @@ pub async fn reconcile(
     if !is_marked(&vmi) {
         return Ok(Action::await_change());
     }
-    let ns = vmi
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = crate::namespace_of(&vmi.metadata)?;
     let _creating = CREATING.lock().await;
     // Read again under the lock: the watch's copy may predate a migration just created.
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);

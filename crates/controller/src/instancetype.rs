@@ -91,11 +91,7 @@ fn with_type<K: Resource<DynamicType = ()> + serde::Serialize>(obj: K) -> Result
 /// `<vm>-<object>-<version>-<object uid>-<object generation>`, KubeVirt's labels, and the
 /// object without labels, annotations, finalizers, owners and managedFields as data.
 pub fn revision_for(vm: &VirtualMachine, mut object: Value) -> Result<ControllerRevision, Error> {
-    let vm_name = vm
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingField("metadata.name"))?;
+    let vm_name = crate::name_of(&vm.metadata)?;
     let owner = vm
         .controller_owner_ref(&())
         .ok_or(Error::MissingField("metadata.uid"))?;

@@ -237,20 +237,14 @@ pub async fn reconcile(
     vmi: Arc<VirtualMachineInstance>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let ns = vmi
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = crate::namespace_of(&vmi.metadata)?;
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
     // The VMI as it is now, not as the watch last saw it: a stale status (a node it left)
     // would otherwise look like a deleted Pod.
     let Some(vmi) = vmis.get_opt(&vmi.name_any()).await? else {
         return Ok(Action::await_change());
     };
-    let Some(uid) = vmi.metadata.uid.clone() else {
-        return Err(Error::MissingField("metadata.uid"));
-    };
+    let uid = crate::uid_of(&vmi.metadata)?;
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods = pods_api
         .list(&ListParams::default().labels(&format!("{}={uid}", label::CREATED_BY)))

@@ -31,6 +31,7 @@ pub mod vm;
 pub mod vmi;
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::{watcher, Controller};
@@ -134,6 +135,25 @@ pub enum Error {
     /// changed revision can still bring it about).
     #[error(transparent)]
     Conflicts(#[from] kubevirt_api::instancetype::Conflicts),
+}
+
+/// The object's namespace: every namespaced object the API server stores has one.
+pub(crate) fn namespace_of(meta: &ObjectMeta) -> Result<String, Error> {
+    meta.namespace
+        .clone()
+        .ok_or(Error::MissingField("metadata.namespace"))
+}
+
+/// The object's name.
+pub(crate) fn name_of(meta: &ObjectMeta) -> Result<String, Error> {
+    meta.name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))
+}
+
+/// The object's uid: every stored object has one.
+pub(crate) fn uid_of(meta: &ObjectMeta) -> Result<String, Error> {
+    meta.uid.clone().ok_or(Error::MissingField("metadata.uid"))
 }
 
 impl Error {

@@ -41,7 +41,7 @@ use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use kubevirt_api::status::finalizer::MIGRATION as FINALIZER;
 use kubevirt_api::status::label::{MIGRATION_TARGET_NODE_NAME, POD_NETWORK};
-use kubevirt_api::status::{MigrationPhase, VmiPhase};
+use kubevirt_api::status::{vmi_migration_state, MigrationPhase, VmiPhase};
 use kubevirt_api::{VirtualMachineInstance, VirtualMachineInstanceMigration};
 use serde_json::{json, Value};
 
@@ -64,18 +64,9 @@ pub const SUCCESSFUL_MIGRATION: &str = "SuccessfulMigration";
 pub const PREPARING_TARGET: &str = "PreparingTarget";
 pub const MIGRATED: &str = "Migrated";
 
-/// The VMI's `status.migrationState` as JSON (`Null` when absent).
-pub fn vmi_state(vmi: &VirtualMachineInstance) -> Value {
-    vmi.status
-        .as_ref()
-        .and_then(|s| s.migration_state.as_ref())
-        .and_then(|m| serde_json::to_value(m).ok())
-        .unwrap_or(Value::Null)
-}
-
 /// The VMI's migration state if it belongs to the migration with `uid`.
 fn ours(vmi: &VirtualMachineInstance, uid: &str) -> Option<Value> {
-    let st = vmi_state(vmi);
+    let st = vmi_migration_state(vmi);
     (st["migrationUid"] == uid).then_some(st)
 }
 
@@ -310,16 +301,8 @@ pub async fn reconcile(
     m: Arc<VirtualMachineInstanceMigration>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let ns = m
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let uid = m
-        .metadata
-        .uid
-        .clone()
-        .ok_or(Error::MissingField("metadata.uid"))?;
+    let ns = crate::namespace_of(&m.metadata)?;
+    let uid = crate::uid_of(&m.metadata)?;
     let name = m.name_any();
     let migrations: Api<VirtualMachineInstanceMigration> = Api::namespaced(ctx.client.clone(), &ns);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
@@ -361,7 +344,7 @@ pub async fn reconcile(
         .collect();
     let owner = vmi
         .as_ref()
-        .map(vmi_state)
+        .map(vmi_migration_state)
         .and_then(|s| s["migrationUid"].as_str().map(String::from))
         .filter(|u| !u.is_empty() && *u != uid);
     let others = Others {
@@ -574,7 +557,9 @@ pub async fn reconcile(
                 "mode": "PreCopy",
                 "migrationConfiguration": migration_configuration(&ctx),
             });
-            if let (Some(old), Some(new)) = (vmi_state(&vmi).as_object(), fresh.as_object_mut()) {
+            if let (Some(old), Some(new)) =
+                (vmi_migration_state(&vmi).as_object(), fresh.as_object_mut())
+            {
                 for k in old.keys() {
                     new.entry(k.clone()).or_insert(Value::Null);
                 }

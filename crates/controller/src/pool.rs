@@ -53,11 +53,7 @@ fn owned_by(vm: &VirtualMachine, pool: &VirtualMachinePool) -> bool {
 }
 
 pub async fn reconcile(pool: Arc<VirtualMachinePool>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = pool
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = crate::namespace_of(&pool.metadata)?;
     let name = pool.name_any();
     let pools: Api<VirtualMachinePool> = Api::namespaced(ctx.client.clone(), &ns);
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);

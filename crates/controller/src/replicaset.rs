@@ -64,11 +64,7 @@ pub async fn reconcile(
     rs: Arc<VirtualMachineInstanceReplicaSet>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let ns = rs
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = crate::namespace_of(&rs.metadata)?;
     let name = rs.name_any();
     let rss: Api<VirtualMachineInstanceReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);

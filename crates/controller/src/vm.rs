@@ -392,11 +392,7 @@ pub fn vmi_for(
     pref: Option<&kubevirt_api::VirtualMachinePreferenceSpec>,
     defaults: &kubevirt_api::defaults::DefaultsConfig,
 ) -> Result<VirtualMachineInstance, Error> {
-    let name = vm
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingField("metadata.name"))?;
+    let name = crate::name_of(&vm.metadata)?;
     let mut owner = vm
         .controller_owner_ref(&())
         .ok_or(Error::MissingField("metadata.uid"))?;
@@ -535,11 +531,7 @@ fn sync_conditions(
 
 /// Reconciles one VirtualMachine.
 pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = vm
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = crate::namespace_of(&vm.metadata)?;
     let name = vm.name_any();
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);

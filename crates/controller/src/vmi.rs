@@ -105,11 +105,7 @@ pub async fn reconcile(
     vmi: Arc<VirtualMachineInstance>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let ns = vmi
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = crate::namespace_of(&vmi.metadata)?;
     let api: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let name = vmi.name_any();
     let p = phase::of(&vmi);

@@ -36,6 +36,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use kubevirt_api::status::label::{MIGRATION_TARGET_NODE_NAME, NODE_NAME};
+use kubevirt_api::status::vmi_migration_state;
 use kubevirt_api::VirtualMachineInstance;
 use kubevirt_launcher::api::migration::{failure, reason as mreason, AbortStatus};
 use kubevirt_launcher::api::{
@@ -53,15 +54,6 @@ pub const DIRECT_MIGRATION_PORT: i32 = 49152;
 /// copies of the VMI's local disks (the target launcher's NBD server).
 pub const BLOCK_MIGRATION_PORT: i32 = 49153;
 
-/// The VMI's `status.migrationState` (`Null` when absent).
-pub fn state_of(vmi: &VirtualMachineInstance) -> Value {
-    vmi.status
-        .as_ref()
-        .and_then(|s| s.migration_state.as_ref())
-        .and_then(|m| serde_json::to_value(m).ok())
-        .unwrap_or(Value::Null)
-}
-
 /// Completed or failed.
 pub fn done(st: &Value) -> bool {
     st["completed"] == true || st["failed"] == true
@@ -69,7 +61,7 @@ pub fn done(st: &Value) -> bool {
 
 /// The migration this node is the source of, not done yet.
 pub fn as_source(vmi: &VirtualMachineInstance, node: &str) -> Option<Value> {
-    let st = state_of(vmi);
+    let st = vmi_migration_state(vmi);
     (st["migrationUid"].as_str().is_some_and(|u| !u.is_empty())
         && st["sourceNode"] == node
         && !done(&st))
@@ -531,7 +523,7 @@ pub(crate) async fn reconcile_target(
     let me = ctx.config.node_name.as_str();
     let ns = vmi.namespace().unwrap_or_default();
     let name = vmi.name_any();
-    let st = state_of(&vmi);
+    let st = vmi_migration_state(&vmi);
     let uid = st["migrationUid"].as_str().unwrap_or_default().to_string();
     if st["targetNode"] != me || uid.is_empty() {
         return Ok(Action::await_change());

@@ -697,6 +697,35 @@ fn node_names_that_are_not_dns1123_subdomains_are_refused() {
             .arg(dir.path().join("s")),
     );
     assert!(out.contains("not a valid node name"), "{out}");
+
+    // The address other nodes send migrations to: one they can connect to, never a
+    // wildcard, a group or a name that would be resolved later.
+    for (bad, says) in [
+        ("0.0.0.0", "cannot be connected to"),
+        ("::", "cannot be connected to"),
+        ("224.0.0.1", "cannot be connected to"),
+        ("255.255.255.255", "cannot be connected to"),
+        ("node02", "is not an IP address"),
+        ("127.0.0.1:49152", "is not an IP address"),
+        ("127.0.0.1 --x", "is not an IP address"),
+        ("", "is not an IP address"),
+    ] {
+        let out = run_output(
+            Command::new(BIN)
+                .arg("node")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["--node-name", "node02"])
+                .arg(format!("--node-address={bad}"))
+                .arg("--data-dir")
+                .arg(dir.path().join("d")),
+        );
+        assert!(out.contains(says), "{bad:?}: {out}");
+        assert!(
+            !dir.path().join("d").exists(),
+            "{bad:?} created the data directory"
+        );
+    }
 }
 
 /// The demo guest printing its uptime and boot id every second on its console.
