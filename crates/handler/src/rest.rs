@@ -906,7 +906,7 @@ mod tests {
         assert_eq!(ep.address, "127.0.0.2:8186".parse().expect("addr"));
         assert_eq!(
             HandlerEndpoint::of_node(&node(
-                &ep.node_patch()["metadata"]["annotations"][ENDPOINT_ANNOTATION]
+                ep.node_patch()["metadata"]["annotations"][ENDPOINT_ANNOTATION]
                     .as_str()
                     .expect("str")
             ))
