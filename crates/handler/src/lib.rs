@@ -13,8 +13,10 @@ pub mod hotplug;
 pub mod migration;
 pub mod multus;
 pub mod podnet;
+pub mod rest;
 pub mod secrets;
 pub mod status;
+pub mod tls;
 pub mod volumes;
 
 use futures::StreamExt;
@@ -61,6 +63,9 @@ pub struct Config {
     /// Where other nodes reach this node (the Node's `InternalIP`): the migration proxy
     /// listens there for incoming migrations.
     pub node_address: std::net::IpAddr,
+    /// The port of this node's mutual-TLS endpoint on `node_address` ([`rest`]; 0: any free
+    /// port, published on the Node).
+    pub handler_port: u16,
 }
 
 /// The node's pod network, when this host can give VMIs one: root (namespaces, CNI), the CNI
@@ -113,6 +118,8 @@ struct Context {
     target_followers: Arc<Followers>,
     /// The proxies of the migrations this node takes part in.
     migrations: migration::Proxies,
+    /// This node's certificate of the cluster CA: its endpoint and the migration proxies.
+    node_tls: Arc<tls::Issued>,
     recorder: Recorder,
     /// Reconciles hold it shared; the sweep holds it exclusively while it decides a directory
     /// is an orphan and removes it, so no launcher is spawned into a directory being removed.
@@ -991,6 +998,16 @@ pub async fn mark_unschedulable(client: Client, config: &Config) -> Result<(), k
 /// Runs the handler until the future is dropped.
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     tokio::spawn(node_heartbeat(client.clone(), config.clone()));
+    // The server issues the certificate once the heartbeat has registered the Node.
+    let node_tls = Arc::new(
+        tls::wait_for_node_certificate(&client, &config.node_name, config.node_address).await?,
+    );
+    let (c, cfg, t) = (client.clone(), config.clone(), node_tls.clone());
+    tokio::spawn(async move {
+        if let Err(e) = rest::run(c, cfg, t).await {
+            tracing::error!(error = format!("{e:#}"), "the handler endpoint stopped");
+        }
+    });
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
     let selector = format!("{NODE_LABEL}={}", config.node_name);
     if let Some(pods) = &config.pod_network {
@@ -1031,6 +1048,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         followers,
         target_followers,
         migrations: Default::default(),
+        node_tls,
         recorder,
         dirs: Default::default(),
     });

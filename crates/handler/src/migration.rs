@@ -19,7 +19,10 @@
 //!   it.
 //!
 //! The launchers never talk across nodes and never listen on a node address: only the two
-//! node agents do, which is where KubeVirt puts its migration proxy too. The proxies live in
+//! node agents do, which is where KubeVirt puts its migration proxy too. The hop between the
+//! agents is mutual TLS with their node certificates ([`crate::tls`]): the target accepts
+//! only the source node's certificate, the source requires the target node's; QEMU on either
+//! side sees plain TCP on 127.0.0.1 in its namespace. The proxies live in
 //! the agent's memory: an agent that restarts mid-migration drops the connections, the
 //! source's QEMU fails the migration and keeps the guest, and the failure is reported as
 //! usual (one running copy, at the source).
@@ -127,16 +130,29 @@ async fn in_netns<T: Send + 'static>(
     .map_err(io::Error::other)?
 }
 
-/// Forwards every connection `listener` accepts to a stream `connect` opens, until dropped.
-fn serve<F, Fut>(listener: TcpListener, connect: F) -> tokio::task::AbortHandle
+/// One side of a proxied connection: plain TCP next to QEMU, TLS between the agents.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+type IoFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<Box<dyn Io>>> + Send>>;
+
+const PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn timed_out(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what)
+}
+
+/// Forwards every connection `listener` accepts (made into a stream by `accept`: the TLS
+/// handshake at the target) to a stream `connect` opens, until dropped.
+fn serve<A, C>(listener: TcpListener, accept: A, connect: C) -> tokio::task::AbortHandle
 where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = io::Result<TcpStream>> + Send + 'static,
+    A: Fn(TcpStream) -> IoFuture + Send + 'static,
+    C: Fn() -> IoFuture + Send + 'static,
 {
     tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         loop {
-            let (mut inbound, peer) = match listener.accept().await {
+            let (inbound, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "migration proxy: accept");
@@ -144,12 +160,19 @@ where
                     continue;
                 }
             };
+            let _ = inbound.set_nodelay(true);
+            let inbound = accept(inbound);
             let out = connect();
             conns.spawn(async move {
+                let mut inbound = match inbound.await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "migration proxy: refused a peer");
+                        return;
+                    }
+                };
                 match out.await {
                     Ok(mut out) => {
-                        let _ = inbound.set_nodelay(true);
-                        let _ = out.set_nodelay(true);
                         if let Err(e) = tokio::io::copy_bidirectional(&mut inbound, &mut out).await
                         {
                             tracing::debug!(%peer, error = %e, "migration proxy connection ended");
@@ -164,33 +187,57 @@ where
     .abort_handle()
 }
 
-/// The target's proxy: listens on `node_address` (any port) and forwards each connection to
+/// The target's proxy: listens on `node_address` (any port), completes a TLS handshake with
+/// `tls` (which accepts only the source node's certificate) and forwards each connection to
 /// the launcher's `local` address inside `netns`.
 pub async fn target_proxy(
     node_address: IpAddr,
     netns: Option<PathBuf>,
     local: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
 ) -> io::Result<Proxy> {
     let listener = TcpListener::bind((node_address, 0)).await?;
     let addr = listener.local_addr()?;
-    let task = serve(listener, move || {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let accept = move |tcp: TcpStream| -> IoFuture {
+        let acceptor = acceptor.clone();
+        Box::pin(async move {
+            let s = tokio::time::timeout(PROXY_CONNECT_TIMEOUT, acceptor.accept(tcp))
+                .await
+                .map_err(|_| timed_out("the TLS handshake".into()))??;
+            Ok(Box::new(s) as Box<dyn Io>)
+        })
+    };
+    let task = serve(listener, accept, move || -> IoFuture {
         let ns = netns.clone();
-        async move {
+        Box::pin(async move {
             let s = in_netns(ns, move || {
-                let s = std::net::TcpStream::connect_timeout(&local, Duration::from_secs(10))?;
+                let s = std::net::TcpStream::connect_timeout(&local, PROXY_CONNECT_TIMEOUT)?;
                 s.set_nonblocking(true)?;
                 Ok(s)
             })
             .await?;
-            TcpStream::from_std(s)
-        }
+            Ok(Box::new(TcpStream::from_std(s)?) as Box<dyn Io>)
+        })
     });
     Ok(Proxy { addr, task })
 }
 
 /// The source's proxy: listens on 127.0.0.1 inside `netns` (where the source launcher's QEMU
-/// connects to it) and forwards each connection to the target node's `remote` address.
-pub async fn source_proxy(netns: Option<PathBuf>, remote: SocketAddr) -> io::Result<Proxy> {
+/// connects to it) and forwards each connection over TLS (`tls`, this node's certificate) to
+/// the target node's `remote` address, whose certificate must name `target_node`.
+pub async fn source_proxy(
+    netns: Option<PathBuf>,
+    remote: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    target_node: &str,
+) -> io::Result<Proxy> {
+    let name = rustls_pki_types::ServerName::try_from(target_node.to_string()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("node {target_node:?}: {e}"),
+        )
+    })?;
     let l = in_netns(netns, || {
         let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         l.set_nonblocking(true)?;
@@ -199,12 +246,21 @@ pub async fn source_proxy(netns: Option<PathBuf>, remote: SocketAddr) -> io::Res
     .await?;
     let listener = TcpListener::from_std(l)?;
     let addr = listener.local_addr()?;
-    let task = serve(listener, move || async move {
-        tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(remote))
-            .await
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {remote}"))
-            })?
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let accept =
+        |tcp: TcpStream| -> IoFuture { Box::pin(async move { Ok(Box::new(tcp) as Box<dyn Io>) }) };
+    let task = serve(listener, accept, move || -> IoFuture {
+        let (connector, name) = (connector.clone(), name.clone());
+        Box::pin(async move {
+            let tcp = tokio::time::timeout(PROXY_CONNECT_TIMEOUT, TcpStream::connect(remote))
+                .await
+                .map_err(|_| timed_out(format!("connecting to {remote}")))??;
+            let _ = tcp.set_nodelay(true);
+            let s = tokio::time::timeout(PROXY_CONNECT_TIMEOUT, connector.connect(name, tcp))
+                .await
+                .map_err(|_| timed_out(format!("the TLS handshake with {remote}")))??;
+            Ok(Box::new(s) as Box<dyn Io>)
+        })
     });
     Ok(Proxy { addr, task })
 }
@@ -426,7 +482,19 @@ pub(crate) async fn source(
             return Ok(None);
         }
     };
-    let proxy = match source_proxy(netns_of(dir), remote).await {
+    let tls = match ctx.node_tls.client_config() {
+        Ok(t) => t,
+        Err(e) => {
+            patch_state(
+                ctx,
+                vmi,
+                failed(&format!("this node's certificate: {e}"), None),
+            )
+            .await?;
+            return Ok(None);
+        }
+    };
+    let proxy = match source_proxy(netns_of(dir), remote, tls.clone(), node).await {
         Ok(p) => p,
         Err(e) => {
             patch_state(
@@ -443,7 +511,7 @@ pub(crate) async fn source(
     // The copies of local disks take a proxy of their own, to the target's NBD server.
     let block_local = match block_address(st) {
         None => None,
-        Some(remote) => match source_proxy(netns_of(dir), remote).await {
+        Some(remote) => match source_proxy(netns_of(dir), remote, tls, node).await {
             Ok(p) => {
                 let a = p.addr;
                 ctx.migrations.add(&uid, p);
@@ -644,31 +712,46 @@ pub(crate) async fn reconcile_target(
                 cleanup_target(&ctx, &vmi, &dir, &uid).await;
                 return Ok(Action::await_change());
             };
-            let proxy = match target_proxy(ctx.config.node_address, netns_of(&dir), local).await {
-                Ok(p) => p,
+            // Only the source node's agent may connect (its node certificate).
+            let source_node = st["sourceNode"].as_str().unwrap_or_default();
+            let tls = match ctx.node_tls.server_config(&[source_node]) {
+                Ok(t) => t,
                 Err(e) => {
                     drop(_dirs);
-                    patch_state(
-                        &ctx,
-                        &vmi,
-                        failed(
-                            &format!(
-                                "opening the migration proxy on {}: {e}",
-                                ctx.config.node_address
-                            ),
-                            None,
-                        ),
-                    )
-                    .await?;
+                    let why = format!("the migration proxy's TLS for {source_node:?}: {e}");
+                    patch_state(&ctx, &vmi, failed(&why, None)).await?;
                     cleanup_target(&ctx, &vmi, &dir, &uid).await;
                     return Ok(Action::await_change());
                 }
             };
+            let proxy =
+                match target_proxy(ctx.config.node_address, netns_of(&dir), local, tls.clone())
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        drop(_dirs);
+                        patch_state(
+                            &ctx,
+                            &vmi,
+                            failed(
+                                &format!(
+                                    "opening the migration proxy on {}: {e}",
+                                    ctx.config.node_address
+                                ),
+                                None,
+                            ),
+                        )
+                        .await?;
+                        cleanup_target(&ctx, &vmi, &dir, &uid).await;
+                        return Ok(Action::await_change());
+                    }
+                };
             let port = proxy.addr.port();
             ctx.migrations.add(&uid, proxy);
             let mut ports = json!({port.to_string(): DIRECT_MIGRATION_PORT});
             if let Some(block) = block_local {
-                match target_proxy(ctx.config.node_address, netns_of(&dir), block).await {
+                match target_proxy(ctx.config.node_address, netns_of(&dir), block, tls).await {
                     Ok(p) => {
                         ports[p.addr.port().to_string()] = json!(BLOCK_MIGRATION_PORT);
                         ctx.migrations.add(&uid, p);
@@ -1038,10 +1121,42 @@ mod tests {
             c.read_exact(&mut buf).await.unwrap();
             c.write_all(&buf).await.unwrap();
         });
-        let target = target_proxy("127.0.0.1".parse().unwrap(), None, laddr)
+        // The two agents' certificates, from one cluster CA; a third node's too.
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = crate::tls::ClusterCa::load_or_create(tmp.path()).unwrap();
+        let cert = |name: &str| {
+            ca.issue(&crate::tls::Identity::Node {
+                name: name.into(),
+                address: "127.0.0.1".parse().unwrap(),
+            })
+            .unwrap()
+        };
+        let (n1, n2, n3) = (cert("n1"), cert("n2"), cert("n3"));
+        // n2 is the target, expecting n1 as the source.
+        let target = target_proxy(
+            "127.0.0.1".parse().unwrap(),
+            None,
+            laddr,
+            n2.server_config(&["n1"]).unwrap(),
+        )
+        .await
+        .unwrap();
+        // Another node's agent, or a source expecting another target, gets nothing through.
+        for (who, expects) in [(&n3, "n2"), (&n1, "n3")] {
+            let wrong = source_proxy(None, target.addr, who.client_config().unwrap(), expects)
+                .await
+                .unwrap();
+            let mut c = TcpStream::connect(wrong.addr).await.unwrap();
+            let _ = c.write_all(b"guest").await;
+            let mut buf = [0u8; 5];
+            assert!(
+                c.read_exact(&mut buf).await.is_err(),
+                "{expects}: a wrong peer was proxied"
+            );
+        }
+        let source = source_proxy(None, target.addr, n1.client_config().unwrap(), "n2")
             .await
             .unwrap();
-        let source = source_proxy(None, target.addr).await.unwrap();
         let mut c = TcpStream::connect(source.addr).await.unwrap();
         c.write_all(b"guest").await.unwrap();
         let mut buf = [0u8; 5];

@@ -46,6 +46,12 @@ pub struct HandlerArgs {
     /// loopback address of their own (127.0.0.2, ...).
     #[arg(long, default_value = "127.0.0.1", value_parser = parse_node_address)]
     pub node_address: std::net::IpAddr,
+    /// The port of this node agent's mutual-TLS endpoint on --node-address, through which
+    /// virt-api reaches the node's VMIs (KubeVirt's virt-handler uses 8186). The default, 0,
+    /// takes any free port, as several nodes may share an address on one machine; the Node
+    /// publishes the one taken.
+    #[arg(long, default_value_t = 0)]
+    pub handler_port: u16,
 }
 
 /// A node address must be one other nodes can connect to: not unspecified, multicast or
@@ -171,6 +177,7 @@ pub fn start_handler(
         pod_network,
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
         node_address: args.node_address,
+        handler_port: args.handler_port,
     };
     let handler = tokio::spawn(kubevirt_handler::run(client, config.clone()));
     tokio::spawn(async move {

@@ -77,10 +77,23 @@ pub fn run(args: ServerArgs) -> Result<i32> {
             let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
             let client = kube::Client::try_from(cfg)?;
             let node = args.node_name.clone().unwrap_or_else(hostname);
+            // The cluster CA (virt-operator's kubevirt-ca): node agents' certificates, issued
+            // into Secrets as Nodes appear, and virt-api's client certificate.
+            let ca = Arc::new(
+                kubevirt_handler::tls::ClusterCa::load_or_create(&args.data_dir)
+                    .context("the cluster CA")?,
+            );
+            let virt_api_tls = ca
+                .issue(&kubevirt_handler::tls::Identity::VirtApi)
+                .and_then(|c| c.client_config())
+                .context("virt-api's certificate")?;
+            tokio::spawn(kubevirt_handler::tls::issue_node_certificates(
+                client.clone(),
+                ca,
+            ));
             running.set_subresource_handler(kubevirt_virtapi::VirtApi::new(
                 client.clone(),
-                args.data_dir.clone(),
-                node.clone(),
+                kubevirt_handler::rest::HandlerClient::new(virt_api_tls),
             ));
             // The cluster configuration: kubevirt/kubevirt, created with single-node defaults
             // at first start, then followed; every part reads it from one channel.

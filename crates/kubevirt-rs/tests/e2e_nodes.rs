@@ -6,8 +6,8 @@
 //! - node02 registers its Node: Ready, `kubevirt.io/schedulable=true`, a heartbeat;
 //! - a VMI selecting `kubernetes.io/hostname: node02` runs there: `status.nodeName`, its
 //!   launcher directory under node02's data directory (none under the server's), Running;
-//!   virt-api answers its pause/unpause with a 503 naming node02 instead of looking for its
-//!   launcher on node01;
+//!   virt-api unpauses and pauses it through node02's handler endpoint (mutual TLS), and the
+//!   migration test reads the console of its guest while it runs on node02 the same way;
 //! - `kubectl cordon node02`: a new VMI selecting node02 waits in Scheduling with
 //!   `PodScheduled=False`, reason `Unschedulable`, and kube-scheduler's message;
 //! - node02's process killed (SIGKILL): after the heartbeat timeout virt-controller marks it
@@ -249,21 +249,28 @@ fn a_second_node_joins_runs_its_vmis_and_is_fenced_when_it_goes_silent() {
         "node01's data directory has a directory for a VMI of node02"
     );
 
-    // virt-api (in the server) cannot reach node02's launchers yet: it says so, naming the
-    // node, instead of looking in node01's directory.
-    let out = server.virtctl(&["unpause", "vmi", "on-node02"]);
-    assert!(
-        out.contains("runs on node node02") && out.contains("node01"),
-        "{out}"
-    );
-    assert_eq!(
+    // virt-api (in the server) reaches node02's launcher through node02's handler endpoint
+    // (mutual TLS, published on its Node): unpause, and pause again.
+    let paused = || {
         vmi(
             &server,
             "on-node02",
-            "{.status.conditions[?(@.type=='Paused')].status}"
-        ),
-        "True"
-    );
+            "{.status.conditions[?(@.type=='Paused')].status}",
+        )
+    };
+    assert_eq!(paused(), "True");
+    for (verb, want) in [("unpause", ""), ("pause", "True")] {
+        let out = server.virtctl(&[verb, "vmi", "on-node02"]);
+        assert!(
+            out.contains(&format!("was scheduled to {verb}")),
+            "{verb}: {out}"
+        );
+        assert!(
+            wait_for(Duration::from_secs(30), || paused() == want),
+            "{verb}: Paused is {:?}",
+            paused()
+        );
+    }
 
     // Cordoned: a new VMI selecting node02 waits, saying why.
     let out = server.kubectl(&["cordon", "node02"]);
@@ -789,6 +796,43 @@ fn ticks(dir: &VmiDir) -> Vec<(f64, String)> {
         .collect()
 }
 
+/// Whether `virtctl console` (through virt-api, then the VMI's node agent) shows `want`
+/// within 30 s.
+fn console_shows(server: &Server, vmi: &str, want: &str) -> bool {
+    use std::io::Read;
+    // The link Server::virtctl makes, for a virtctl that keeps running.
+    let link = server.data.parent().unwrap_or(&server.data).join("virtctl");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink(&server.bin, &link).expect("link virtctl");
+    }
+    let mut child = server
+        .command(&link)
+        .args(["console", vmi, "--timeout", "5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("virtctl console");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("lock").extend_from_slice(&chunk[..n]);
+        }
+    });
+    let shown = wait_for(Duration::from_secs(30), || {
+        String::from_utf8_lossy(&seen.lock().expect("lock")).contains(want)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    shown
+}
+
 fn migration_of(server: &Server, vmi: &str, path: &str) -> String {
     run_output(server.command("kubectl").args([
         "get",
@@ -866,6 +910,13 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
         .expect("state")
         .qemu_pid
         .expect("qemu pid");
+    // The console of the guest on node02 reaches virt-api through node02's agent (mTLS).
+    if source == "node02" {
+        assert!(
+            console_shows(&server, "mover", "tick "),
+            "no console output"
+        );
+    }
 
     // --- A migration moves the running guest: same boot, the count goes on.
     // (The source's directory goes with the migration: its ticks are read before.)
@@ -948,6 +999,12 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
         !kubevirt_testsupport::alive(src_qemu),
         "the source QEMU is gone"
     );
+    if target == "node02" {
+        assert!(
+            console_shows(&server, "mover", "tick "),
+            "no console output"
+        );
+    }
 
     // --- A cancelled migration leaves the guest where it is.
     let patch = r#"{"spec":{"configuration":{"migrations":{"bandwidthPerMigration":"1Mi"}}}}"#;

@@ -5,18 +5,18 @@
 //!   `status.stateChangeRequests`, exactly as KubeVirt's virt-api does; virt-controller acts
 //!   on them. `migrate` creates a VirtualMachineInstanceMigration, as KubeVirt's virt-api does.
 //! - VirtualMachineInstance `pause`, `unpause`, `softreboot`, `reset`: a call to the VMI's
-//!   launcher (its `launcher.sock` RPC).
+//!   launcher.
 //! - `console` and `vnc`: websockets (subprotocol `plain.kubevirt.io`, raw bytes in binary
-//!   frames) joined to the launcher's `console.sock` and QEMU's `vnc.sock`.
+//!   frames) joined to the launcher's console and QEMU's VNC server.
 //! - `guestosinfo`, `userlist`, `filesystemlist`: asked of the QEMU guest agent through the
 //!   launcher; KubeVirt's 409 when the VMI is not running or has no agent connected.
 //! - `addvolume`, `removevolume` (VM and VMI): volume hotplug, declaratively ([`volumes`]).
 //!
-//! In KubeVirt, virt-api reaches the launcher through virt-handler on the VMI's node. The
-//! server runs this next to its own node's handler, so it calls the launcher's socket in the
-//! VMI's directory (`<data>/vms/<key>/`, [`VmiDir`]) itself. A VMI on another node
-//! (`kubevirt-rs node`) is answered 409 naming its node ([`other_node_message`]): reaching it
-//! through that node's handler is not implemented yet.
+//! As in KubeVirt, virt-api reaches a launcher through virt-handler on the VMI's node
+//! (`status.nodeName`), whichever node that is, the server's own included: the node agent's
+//! mutual-TLS endpoint ([`kubevirt_handler::rest`]), found on the Node
+//! ([`HandlerEndpoint`]), with virt-api's certificate from the cluster CA
+//! ([`kubevirt_handler::tls`]). virt-api opens no launcher socket itself.
 
 // Errors here are finished HTTP responses, built once per request: their size does not matter.
 #![allow(clippy::result_large_err)]
@@ -27,17 +27,19 @@ use axum::extract::{FromRequestParts, Request};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use kube::Client;
 use kubevirt_api::status::{condition, RunStrategy, VmiPhase};
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance};
-use kubevirt_launcher::api::{self as launcher, LauncherClient, VmiDir, VmiDirError};
+use kubevirt_handler::rest::{
+    ClientError, HandlerClient, HandlerEndpoint, HandlerStream, Reason, StreamKind,
+};
+use kubevirt_launcher::api as launcher;
 use kubevirt_runtime::subresource::{Query, SubresourceHandler};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 
 pub mod eviction;
 pub mod volumes;
@@ -53,12 +55,11 @@ const VM_NOT_RUNNING: &str = "VM is not running";
 const VMI_NOT_RUNNING: &str = "VMI is not running";
 const VMI_NOT_PAUSED: &str = "VMI is not paused";
 
-/// The subresource API of one node's VMs.
+/// virt-api's subresources for the VMs of every node.
 pub struct VirtApi {
     client: Client,
-    data_dir: PathBuf,
-    /// The node whose handler keeps its VMI directories in `data_dir`: the server's own.
-    node_name: String,
+    /// Calls and streams to node agents, as virt-api's certificate.
+    handlers: HandlerClient,
 }
 
 /// A finished response, good or bad; `?` on a `Result<_, Response>` returns the error as is.
@@ -134,14 +135,6 @@ fn accepted() -> Response {
 
 fn ok() -> Response {
     StatusCode::OK.into_response()
-}
-
-/// Why a VMI on `node` cannot be reached from `own`'s virt-api.
-pub fn other_node_message(ns: &str, name: &str, node: &str, own: &str) -> String {
-    format!(
-        "VMI {ns}/{name} runs on node {node}: this virt-api reaches the launchers of node {own} \
-         only (connections to another node's virt-handler are not implemented yet)"
-    )
 }
 
 fn vmi_phase(vmi: &VirtualMachineInstance) -> Option<VmiPhase> {
@@ -235,36 +228,35 @@ fn stop_request(vmi: &VirtualMachineInstance) -> Value {
 }
 
 impl VirtApi {
-    /// `data_dir`: the data directory of the node `node_name`, where its handler keeps VMI
-    /// directories ([`VmiDir`]). Launchers of VMIs on other nodes are out of reach.
-    pub fn new(client: Client, data_dir: PathBuf, node_name: String) -> Arc<Self> {
-        Arc::new(VirtApi {
-            client,
-            data_dir,
-            node_name,
-        })
+    /// `handlers`: a client with virt-api's certificate ([`kubevirt_handler::tls`]).
+    pub fn new(client: Client, handlers: HandlerClient) -> Arc<Self> {
+        Arc::new(VirtApi { client, handlers })
     }
 
-    /// The VMI's directory, if its launcher is on this node. A VMI on another node is refused
-    /// with 409 naming that node (not 503: clients retry a 503, and this will not pass): in KubeVirt virt-api reaches it through that node's
-    /// virt-handler, which is not implemented here yet; looking in this node's directory
-    /// would find nothing, or another VMI's leftovers. Names that are not Kubernetes names
-    /// are refused before they come near a path.
-    fn vmi_dir(&self, vmi: &VirtualMachineInstance) -> Reply<VmiDir> {
+    /// The endpoint of the handler on the VMI's node, with the VMI's namespace and name. A
+    /// VMI on no node is not running; a node without a published endpoint is an internal
+    /// error, as KubeVirt's virt-api answers when it cannot reach virt-handler.
+    async fn handler_of<'v>(
+        &self,
+        vmi: &'v VirtualMachineInstance,
+    ) -> Reply<(HandlerEndpoint, &'v str, &'v str)> {
         let ns = vmi.metadata.namespace.as_deref().unwrap_or("default");
         let name = vmi.metadata.name.as_deref().unwrap_or_default();
-        let node = vmi.status.as_ref().and_then(|s| s.node_name.as_deref());
-        if let Some(node) = node.filter(|n| *n != self.node_name) {
-            return Err(conflict(
-                "virtualmachineinstance",
-                name,
-                other_node_message(ns, name, node, &self.node_name),
-            ));
-        }
-        VmiDir::new(&self.data_dir, ns, name).map_err(|e| match e {
-            VmiDirError::Namespace { .. } | VmiDirError::Name { .. } => bad_request(e.to_string()),
-            e => internal(e),
-        })
+        let Some(node) = vmi.status.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            return Err(conflict("virtualmachineinstance", name, VMI_NOT_RUNNING));
+        };
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let node = nodes
+            .get_opt(node)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                internal(format!(
+                    "VMI {ns}/{name} is on node {node}, which does not exist"
+                ))
+            })?;
+        let ep = HandlerEndpoint::of_node(&node).map_err(internal)?;
+        Ok((ep, ns, name))
     }
 
     async fn get_vm(&self, ns: &str, name: &str) -> Reply<VirtualMachine> {
@@ -572,10 +564,11 @@ impl VirtApi {
         vmi: &VirtualMachineInstance,
         request: launcher::Request,
     ) -> Reply<launcher::Response> {
-        let dir = self.vmi_dir(vmi)?;
+        let (ep, ns, name) = self.handler_of(vmi).await?;
         let method = request.method();
-        let r = async { LauncherClient::connect(&dir).await?.call(request).await };
-        r.await
+        self.handlers
+            .call(&ep, ns, name, request)
+            .await
             .map_err(|e| internal(format!("{method} failed: {e}")))
     }
 
@@ -684,17 +677,17 @@ impl VirtApi {
     async fn stream(&self, ns: &str, name: &str, which: &str, req: Request) -> Reply {
         let vmi = self.get_vmi(ns, name).await?;
         let devices = &vmi.spec.domain.devices;
-        let (enabled, missing, socket): (_, _, fn(&VmiDir) -> PathBuf) = if which == "console" {
+        let (enabled, missing, kind) = if which == "console" {
             (
                 devices.autoattach_serial_console != Some(false),
                 "No serial consoles are present.",
-                VmiDir::console_socket,
+                StreamKind::Console,
             )
         } else {
             (
                 devices.autoattach_graphics_device != Some(false),
                 "No graphics devices are present.",
-                VmiDir::vnc_socket,
+                StreamKind::Vnc,
             )
         };
         if !enabled {
@@ -703,10 +696,14 @@ impl VirtApi {
         if !is_running(&vmi) {
             return Err(conflict("virtualmachineinstance", name, VMI_NOT_RUNNING));
         }
-        let path = socket(&self.vmi_dir(&vmi)?);
-        if !path.exists() {
-            return Err(bad_request(missing));
-        }
+        let (ep, _, _) = self.handler_of(&vmi).await?;
+        let upstream = match self.handlers.stream(&ep, ns, name, kind).await {
+            Ok(s) => s,
+            Err(ClientError::Refused { refusal, .. }) if refusal.reason == Reason::NoDevice => {
+                return Err(bad_request(missing))
+            }
+            Err(e) => return Err(internal(format!("{which}: {e}"))),
+        };
         let (mut parts, _body) = req.into_parts();
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
             .await
@@ -718,7 +715,7 @@ impl VirtApi {
         let label = format!("{ns}/{name} {which}");
         Ok(ws
             .protocols([PLAIN_PROTOCOL])
-            .on_upgrade(move |socket| pump(socket, path, label)))
+            .on_upgrade(move |socket| pump(socket, upstream, label)))
     }
 
     /// The object at `path` as stored (raw JSON: a JSON patch's `test` must compare what the
@@ -899,19 +896,10 @@ async fn options(body: Body) -> Reply<Value> {
     Ok(v)
 }
 
-/// Joins a websocket to a unix socket until either side closes.
-async fn pump(ws: WebSocket, path: PathBuf, label: String) {
-    let sock = match UnixStream::connect(&path).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(stream = %label, error = %e, path = %path.display(), "cannot reach the VMI's socket");
-            let mut ws = ws;
-            let _ = ws.send(Message::Close(None)).await;
-            return;
-        }
-    };
+/// Joins a websocket to a node agent's stream until either side closes.
+async fn pump(ws: WebSocket, upstream: HandlerStream, label: String) {
     tracing::info!(stream = %label, "stream opened");
-    let (mut rd, mut wr) = sock.into_split();
+    let (mut rd, mut wr) = tokio::io::split(upstream);
     let (mut tx, mut rx) = ws.split();
     let inbound = async {
         while let Some(Ok(msg)) = rx.next().await {
