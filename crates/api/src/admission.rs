@@ -418,6 +418,24 @@ pub fn kinds() -> &'static [KindInfo] {
                 core_kinds::validate_service
             ),
             core!(
+                core::Endpoints,
+                "Endpoints",
+                "",
+                "endpoints",
+                true,
+                core_kinds::default_endpoints,
+                core_kinds::validate_endpoints
+            ),
+            core!(
+                k8s_openapi::api::discovery::v1::EndpointSlice,
+                "EndpointSlice",
+                "discovery.k8s.io",
+                "endpointslices",
+                true,
+                core_kinds::default_endpoint_slice,
+                core_kinds::validate_endpoint_slice
+            ),
+            core!(
                 k8s_openapi::api::storage::v1::StorageClass,
                 "StorageClass",
                 "storage.k8s.io",

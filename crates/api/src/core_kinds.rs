@@ -9,7 +9,8 @@
 use crate::defaults::DefaultsConfig;
 use crate::validation::ValidationConfig;
 use crate::FieldError;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeSpec, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Node, NodeSpec, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
@@ -223,6 +224,21 @@ pub fn validate_service(s: &Service, _: &ValidationConfig) -> Vec<FieldError> {
         }
         return errs;
     }
+    for (k, v) in spec.selector.iter().flatten() {
+        // kube-apiserver's ValidateLabels: the selector is a map of label keys and values.
+        for m in crate::names::qualified_name_problems(k) {
+            errs.push(FieldError::invalid(
+                "spec.selector",
+                format!("Invalid value: {}: {m}", crate::names::go_quote(k)),
+            ));
+        }
+        for m in crate::names::label_value_problems(v) {
+            errs.push(FieldError::invalid(
+                format!("spec.selector.{k}"),
+                format!("Invalid value: {}: {m}", crate::names::go_quote(v)),
+            ));
+        }
+    }
     let headless = spec.cluster_ip.as_deref() == Some("None");
     if ports.is_empty() && !headless {
         errs.push(FieldError::required("spec.ports", "Required value"));
@@ -313,6 +329,250 @@ pub fn validate_service(s: &Service, _: &ValidationConfig) -> Vec<FieldError> {
             }
             _ => {}
         }
+    }
+    errs
+}
+
+/// kube-apiserver's `ValidateNonSpecialIP` plus the address check of an endpoint: a valid
+/// address that a Service may forward to. `Some(message)` when it is not.
+pub fn endpoint_ip_problem(ip: &str) -> Option<String> {
+    use std::net::IpAddr;
+    let Ok(addr) = ip.parse::<IpAddr>() else {
+        return Some("must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)".into());
+    };
+    if addr.is_unspecified() {
+        return Some(format!("may not be unspecified ({addr})"));
+    }
+    if addr.is_loopback() {
+        return Some("may not be in the loopback range (127.0.0.0/8, ::1/128)".into());
+    }
+    let (link_local, ll_multicast) = match addr {
+        IpAddr::V4(a) => (a.is_link_local(), a.octets()[..3] == [224, 0, 0]),
+        IpAddr::V6(a) => (
+            (a.segments()[0] & 0xffc0) == 0xfe80,
+            (a.segments()[0] & 0xff0f) == 0xff02,
+        ),
+    };
+    if link_local {
+        return Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)".into());
+    }
+    if ll_multicast {
+        return Some(
+            "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)".into(),
+        );
+    }
+    None
+}
+
+/// Port checks shared by Endpoints and EndpointSlices: names unique DNS labels (required when
+/// there are several, for Endpoints), numbers 1–65535, a known protocol.
+fn validate_endpoint_port(
+    base: &str,
+    name: Option<&str>,
+    port: Option<i32>,
+    protocol: Option<&str>,
+    names: &mut Vec<String>,
+    errs: &mut Vec<FieldError>,
+) {
+    if let Some(n) = name.filter(|n| !n.is_empty()) {
+        if let Some(why) = crate::names::dns1123_label(n) {
+            errs.push(FieldError::invalid(
+                format!("{base}.name"),
+                format!("Invalid value: {}: {why}", crate::names::go_quote(n)),
+            ));
+        }
+        if names.iter().any(|x| x == n) {
+            errs.push(FieldError::duplicate(
+                format!("{base}.name"),
+                format!("Duplicate value: {}", crate::names::go_quote(n)),
+            ));
+        }
+        names.push(n.to_string());
+    }
+    if let Some(p) = port {
+        if !(1..=65535).contains(&p) {
+            errs.push(FieldError::invalid(
+                format!("{base}.port"),
+                format!("Invalid value: {p}: must be between 1 and 65535, inclusive"),
+            ));
+        }
+    }
+    match protocol {
+        None => errs.push(FieldError::required(
+            format!("{base}.protocol"),
+            "Required value",
+        )),
+        Some("TCP" | "UDP" | "SCTP") => {}
+        Some(p) => errs.push(FieldError::not_supported(
+            format!("{base}.protocol"),
+            format!(
+                "Unsupported value: {}: supported values: \"SCTP\", \"TCP\", \"UDP\"",
+                crate::names::go_quote(p)
+            ),
+        )),
+    }
+}
+
+/// kube-apiserver's `SetDefaults_Endpoints`: a port's protocol is TCP.
+pub fn default_endpoints(e: &mut Endpoints, _: &DefaultsConfig) {
+    for p in e
+        .subsets
+        .iter_mut()
+        .flatten()
+        .flat_map(|s| s.ports.iter_mut().flatten())
+    {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+    }
+}
+
+/// kube-apiserver's `SetDefaults_EndpointPort` (discovery): protocol TCP, name `""`.
+pub fn default_endpoint_slice(s: &mut EndpointSlice, _: &DefaultsConfig) {
+    for p in s.ports.iter_mut().flatten() {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+        p.name.get_or_insert_with(String::new);
+    }
+}
+
+/// kube-apiserver's `ValidateEndpoints`: what a user (or a controller) may write.
+pub fn validate_endpoints(e: &Endpoints, _: &ValidationConfig) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for (i, ss) in e.subsets.iter().flatten().enumerate() {
+        let base = format!("subsets[{i}]");
+        let ready = ss.addresses.as_deref().unwrap_or_default();
+        let not_ready = ss.not_ready_addresses.as_deref().unwrap_or_default();
+        if ready.is_empty() && not_ready.is_empty() {
+            errs.push(FieldError::required(
+                base.clone(),
+                "must specify `addresses` or `notReadyAddresses`",
+            ));
+        }
+        for (field, list) in [("addresses", ready), ("notReadyAddresses", not_ready)] {
+            for (j, a) in list.iter().enumerate() {
+                let at = format!("{base}.{field}[{j}]");
+                if let Some(m) = endpoint_ip_problem(&a.ip) {
+                    errs.push(FieldError::invalid(
+                        format!("{at}.ip"),
+                        format!("Invalid value: {}: {m}", crate::names::go_quote(&a.ip)),
+                    ));
+                }
+                if let Some(h) = a.hostname.as_deref().filter(|h| !h.is_empty()) {
+                    if let Some(why) = crate::names::dns1123_label(h) {
+                        errs.push(FieldError::invalid(
+                            format!("{at}.hostname"),
+                            format!("Invalid value: {}: {why}", crate::names::go_quote(h)),
+                        ));
+                    }
+                }
+                if let Some(n) = a.node_name.as_deref().filter(|n| !n.is_empty()) {
+                    if let Some(why) = crate::names::dns1123_subdomain(n) {
+                        errs.push(FieldError::invalid(
+                            format!("{at}.nodeName"),
+                            format!("Invalid value: {}: {why}", crate::names::go_quote(n)),
+                        ));
+                    }
+                }
+            }
+        }
+        let ports = ss.ports.as_deref().unwrap_or_default();
+        let mut names = Vec::new();
+        for (j, p) in ports.iter().enumerate() {
+            let at = format!("{base}.ports[{j}]");
+            if ports.len() > 1 && p.name.as_deref().is_none_or(str::is_empty) {
+                errs.push(FieldError::required(format!("{at}.name"), "Required value"));
+            }
+            validate_endpoint_port(
+                &at,
+                p.name.as_deref(),
+                Some(p.port),
+                p.protocol.as_deref(),
+                &mut names,
+                &mut errs,
+            );
+        }
+    }
+    errs
+}
+
+/// kube-apiserver's `ValidateEndpointSlice`: address type, addresses of that type, ports.
+pub fn validate_endpoint_slice(s: &EndpointSlice, _: &ValidationConfig) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let ty = s.address_type.as_str();
+    if !matches!(ty, "IPv4" | "IPv6" | "FQDN") {
+        errs.push(FieldError::not_supported(
+            "addressType",
+            format!(
+                "Unsupported value: {}: supported values: \"FQDN\", \"IPv4\", \"IPv6\"",
+                crate::names::go_quote(ty)
+            ),
+        ));
+    }
+    if s.endpoints.len() > 1000 {
+        errs.push(FieldError::new(
+            crate::CauseType::FieldValueTooMany,
+            "endpoints",
+            format!(
+                "Too many: {}: must have at most 1000 items",
+                s.endpoints.len()
+            ),
+        ));
+    }
+    for (i, ep) in s.endpoints.iter().enumerate() {
+        let at = format!("endpoints[{i}].addresses");
+        if ep.addresses.is_empty() || ep.addresses.len() > 100 {
+            errs.push(FieldError::invalid(
+                at.clone(),
+                format!(
+                    "Invalid value: {}: must contain at least 1 and at most 100 addresses",
+                    ep.addresses.len()
+                ),
+            ));
+        }
+        for (j, a) in ep.addresses.iter().enumerate() {
+            let problem = match ty {
+                "IPv4" if a.parse::<std::net::Ipv4Addr>().is_err() => {
+                    Some("must be a valid IPv4 address".to_string())
+                }
+                "IPv6" if a.parse::<std::net::Ipv6Addr>().is_err() => {
+                    Some("must be a valid IPv6 address".to_string())
+                }
+                "IPv4" | "IPv6" => endpoint_ip_problem(a),
+                "FQDN" => crate::names::dns1123_subdomain(a),
+                _ => None,
+            };
+            if let Some(m) = problem {
+                errs.push(FieldError::invalid(
+                    format!("{at}[{j}]"),
+                    format!("Invalid value: {}: {m}", crate::names::go_quote(a)),
+                ));
+            }
+        }
+        if let Some(h) = ep.hostname.as_deref() {
+            if let Some(why) = crate::names::dns1123_label(h) {
+                errs.push(FieldError::invalid(
+                    format!("endpoints[{i}].hostname"),
+                    format!("Invalid value: {}: {why}", crate::names::go_quote(h)),
+                ));
+            }
+        }
+    }
+    let ports = s.ports.as_deref().unwrap_or_default();
+    if ports.len() > 100 {
+        errs.push(FieldError::new(
+            crate::CauseType::FieldValueTooMany,
+            "ports",
+            format!("Too many: {}: must have at most 100 items", ports.len()),
+        ));
+    }
+    let mut names = Vec::new();
+    for (j, p) in ports.iter().enumerate() {
+        validate_endpoint_port(
+            &format!("ports[{j}]"),
+            p.name.as_deref(),
+            p.port,
+            p.protocol.as_deref(),
+            &mut names,
+            &mut errs,
+        );
     }
     errs
 }

@@ -20,6 +20,7 @@ pub enum CauseType {
     FieldValueForbidden,
     FieldValueTooLong,
     FieldValueNotFound,
+    FieldValueTooMany,
 }
 
 impl CauseType {
@@ -34,6 +35,7 @@ impl CauseType {
             CauseType::FieldValueForbidden => "FieldValueForbidden",
             CauseType::FieldValueTooLong => "FieldValueTooLong",
             CauseType::FieldValueNotFound => "FieldValueNotFound",
+            CauseType::FieldValueTooMany => "FieldValueTooMany",
         }
     }
 }

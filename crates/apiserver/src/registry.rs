@@ -156,6 +156,16 @@ fn core_columns(kind: &str) -> Vec<Column> {
             col("Ports", "string", ".spec.ports[*].port", 0),
         ],
         "Lease" => vec![col("Holder", "string", ".spec.holderIdentity", 0)],
+        // kube-apiserver prints `ip:port` pairs; the addresses and ports, separately, here.
+        "Endpoints" => vec![
+            col("Endpoints", "string", ".subsets[*].addresses[*].ip", 0),
+            col("Ports", "string", ".subsets[*].ports[*].port", 0),
+        ],
+        "EndpointSlice" => vec![
+            col("AddressType", "string", ".addressType", 0),
+            col("Ports", "string", ".ports[*].port", 0),
+            col("Endpoints", "string", ".endpoints[*].addresses[*]", 0),
+        ],
         "RoleBinding" | "ClusterRoleBinding" => vec![
             col("Role", "string", ".roleRef.name", 0),
             col("Users", "string", ".subjects[?(@.kind==\"User\")].name", 1),
@@ -191,6 +201,7 @@ fn core_short_names(kind: &str) -> Vec<String> {
         "Node" => &["no"],
         "Event" => &["ev"],
         "Service" => &["svc"],
+        "Endpoints" => &["ep"],
         "StorageClass" => &["sc"],
         "ServiceAccount" => &["sa"],
         "CustomResourceDefinition" => &["crd", "crds"],
@@ -257,6 +268,10 @@ fn schema_for(
         ("", "Pod") => core_schema::<core::Pod>(),
         ("", "Service") => core_schema::<core::Service>(),
         ("", "ServiceAccount") => core_schema::<core::ServiceAccount>(),
+        ("", "Endpoints") => core_schema::<core::Endpoints>(),
+        ("discovery.k8s.io", "EndpointSlice") => {
+            core_schema::<k8s_openapi::api::discovery::v1::EndpointSlice>()
+        }
         ("rbac.authorization.k8s.io", "Role") => core_schema::<k8s_openapi::api::rbac::v1::Role>(),
         ("rbac.authorization.k8s.io", "ClusterRole") => {
             core_schema::<k8s_openapi::api::rbac::v1::ClusterRole>()

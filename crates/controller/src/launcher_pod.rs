@@ -62,8 +62,8 @@ pub struct Plan {
     pub create: Vec<(String, Role)>,
     /// Pods (by name) to delete: on a node the VMI no longer runs on.
     pub delete: Vec<String>,
-    /// Pods (by name) whose `status.phase` should become this.
-    pub phases: Vec<(String, &'static str)>,
+    /// Pods (by name) whose status (phase, address, Ready) should become this.
+    pub phases: Vec<(String, PodState)>,
     /// `status.activePods` as it should be (uid → node), when it differs from the VMI's.
     pub active_pods: Option<BTreeMap<String, String>>,
 }
@@ -112,6 +112,116 @@ fn node_of(pod: &Pod) -> &str {
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .unwrap_or("")
+}
+
+/// What a launcher Pod's status shows: its phase, its address and whether it is Ready, as
+/// kubelet reports them for KubeVirt's virt-launcher Pod. Endpoints of Services that select
+/// the VMI's labels are built from these (kube's endpoints controller reads Pods only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodState {
+    pub phase: &'static str,
+    /// `status.podIPs`, the first being `status.podIP`: the addresses of the VMI's
+    /// pod-network interface (KubeVirt's masquerade/bridge binding gives the guest the
+    /// Pod's address).
+    pub ips: Vec<String>,
+    /// The `Ready` condition: the VMI runs and is Ready.
+    pub ready: bool,
+}
+
+impl PodState {
+    pub fn of_pod(pod: &Pod) -> PodState {
+        let st = pod.status.as_ref();
+        let phase = match st.and_then(|s| s.phase.as_deref()) {
+            Some("Running") => "Running",
+            Some("Succeeded") => "Succeeded",
+            Some("Failed") => "Failed",
+            Some("Unknown") => "Unknown",
+            Some("Pending") => "Pending",
+            _ => "",
+        };
+        let mut ips: Vec<String> = st
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|v| v.iter().map(|i| i.ip.clone()).collect())
+            .unwrap_or_default();
+        if ips.is_empty() {
+            ips.extend(st.and_then(|s| s.pod_ip.clone()));
+        }
+        let ready = st
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        PodState { phase, ips, ready }
+    }
+
+    /// The merge patch of `status` that makes a Pod show this.
+    pub fn status_patch(&self) -> serde_json::Value {
+        let ip = self
+            .ips
+            .first()
+            .map_or(serde_json::Value::Null, |i| json!(i));
+        let ips = if self.ips.is_empty() {
+            serde_json::Value::Null
+        } else {
+            json!(self
+                .ips
+                .iter()
+                .map(|i| json!({"ip": i}))
+                .collect::<Vec<_>>())
+        };
+        json!({
+            "phase": self.phase,
+            "podIP": ip,
+            "podIPs": ips,
+            "conditions": [{"type": "Ready", "status": if self.ready { "True" } else { "False" }}],
+        })
+    }
+}
+
+/// The addresses of the VMI's pod-network interface, as `status.interfaces` reports them:
+/// the interface named like the network with `pod: {}` (KubeVirt's default network is
+/// named `default`). Only valid IP addresses are kept.
+pub fn pod_network_ips(vmi: &VirtualMachineInstance) -> Vec<String> {
+    let pod_net = match vmi.spec.networks.as_deref() {
+        Some(nets) => nets
+            .iter()
+            .find(|n| n.pod.is_some())
+            .map(|n| n.name.clone()),
+        None => Some("default".to_string()),
+    };
+    let Some(pod_net) = pod_net else {
+        return Vec::new();
+    };
+    let iface = vmi
+        .status
+        .as_ref()
+        .and_then(|s| s.interfaces.as_ref())
+        .and_then(|ifs| ifs.iter().find(|i| i.name.as_deref() == Some(&pod_net)));
+    let Some(iface) = iface else {
+        return Vec::new();
+    };
+    let mut ips: Vec<String> = iface.ip_addresses.clone().unwrap_or_default();
+    if let Some(ip) = iface.ip_address.as_ref() {
+        if !ips.contains(ip) {
+            ips.insert(0, ip.clone());
+        }
+    }
+    ips.retain(|i| i.parse::<std::net::IpAddr>().is_ok());
+    ips
+}
+
+/// The status a Pod of `role` shows for `vmi`: only the Pod the VMI runs in has its address
+/// and may be Ready (a migration target's Pod is not serving yet).
+pub fn pod_state(vmi: &VirtualMachineInstance, role: Role) -> PodState {
+    let phase = pod_phase(vmi, role);
+    let serving = role == Role::Source && phase == "Running";
+    PodState {
+        phase,
+        ips: if serving {
+            pod_network_ips(vmi)
+        } else {
+            Vec::new()
+        },
+        ready: serving && phase::vmi_condition_true(vmi, kubevirt_api::status::condition::READY),
+    }
 }
 
 /// The phase a Pod of `role` shows for `vmi`.
@@ -183,9 +293,8 @@ pub fn plan(vmi: &VirtualMachineInstance, pods: &[Pod]) -> Plan {
                 if let Some(uid) = pod.metadata.uid.clone() {
                     active.insert(uid, node.to_string());
                 }
-                let want = pod_phase(vmi, *role);
-                let have = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-                if have != Some(want) {
+                let want = pod_state(vmi, *role);
+                if PodState::of_pod(pod) != want {
                     p.phases.push((name, want));
                 }
             }
@@ -293,7 +402,7 @@ pub async fn reconcile(
         kubevirt_runtime::status::write_status(
             &pods_api,
             &pod,
-            json!({"phase": pod_phase(&vmi, *role)}),
+            pod_state(&vmi, *role).status_patch(),
         )
         .await?;
         tracing::info!(%ns, vmi = %name, %pod, %node, "created launcher pod");
@@ -308,9 +417,8 @@ pub async fn reconcile(
             active = Some(a);
         }
     }
-    for (pod, phase) in &p.phases {
-        match kubevirt_runtime::status::write_status(&pods_api, pod, json!({"phase": phase})).await
-        {
+    for (pod, state) in &p.phases {
+        match kubevirt_runtime::status::write_status(&pods_api, pod, state.status_patch()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),
@@ -359,6 +467,10 @@ mod tests {
         .expect("vmi")
     }
 
+    fn phases(p: &Plan) -> Vec<(String, &'static str)> {
+        p.phases.iter().map(|(n, s)| (n.clone(), s.phase)).collect()
+    }
+
     fn pod(name: &str, uid: &str, node: &str, phase: &str) -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "ns", "uid": uid,
@@ -384,7 +496,7 @@ mod tests {
         );
         assert!(p.create.is_empty());
         assert_eq!(
-            p.phases,
+            phases(&p),
             vec![("virt-launcher-vm-abcde".to_string(), "Running")]
         );
         assert_eq!(
@@ -418,7 +530,7 @@ mod tests {
         // A final VMI's Pod stays, completed as the VMI.
         let v = vmi(json!({"phase": "Failed", "nodeName": "n", "activePods": {"p1": "n"}}));
         let p = plan(&v, &[pod("a", "p1", "n", "Running")]);
-        assert_eq!(p.phases, vec![("a".to_string(), "Failed")]);
+        assert_eq!(phases(&p), vec![("a".to_string(), "Failed")]);
         assert!(p.delete.is_empty() && p.stop_vmi.is_none());
     }
 
@@ -556,5 +668,60 @@ mod tests {
             pod.spec.and_then(|s| s.node_name).as_deref(),
             Some("node01")
         );
+    }
+
+    #[test]
+    fn the_running_pod_has_the_pod_network_address_and_follows_ready() {
+        let v = vmi(json!({"phase": "Running", "nodeName": "node01",
+            "interfaces": [{"name": "default", "ipAddress": "10.244.0.7",
+                            "ipAddresses": ["10.244.0.7", "fd10:244::7"]},
+                           {"name": "blue", "ipAddress": "192.168.1.5"}],
+            "conditions": [{"type": "Ready", "status": "True"}]}));
+        let want = pod_state(&v, Role::Source);
+        assert_eq!(want.ips, vec!["10.244.0.7", "fd10:244::7"]);
+        assert!(want.ready);
+        let patch = want.status_patch();
+        assert_eq!(patch["podIP"], "10.244.0.7");
+        assert_eq!(patch["podIPs"][1]["ip"], "fd10:244::7");
+        // The plan writes it to a Pod that lacks it, and leaves one that has it.
+        let p = plan(&v, &[pod("a", "p1", "node01", "Running")]);
+        assert_eq!(p.phases, vec![("a".to_string(), want.clone())]);
+        let mut done = pod("a", "p1", "node01", "Running");
+        done.status = serde_json::from_value(patch).ok();
+        assert!(plan(&v, &[done]).phases.is_empty());
+        // A migration target's Pod has no address and is not Ready.
+        assert_eq!(
+            pod_state(&v, Role::Target),
+            PodState {
+                phase: "Pending",
+                ips: vec![],
+                ready: false
+            }
+        );
+        // Not Ready: the condition says False; a stopped VMI keeps no address.
+        let mut nr = v.clone();
+        if let Some(c) = nr.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            c[0].status = "False".into();
+        }
+        assert!(!pod_state(&nr, Role::Source).ready);
+        let stopped = vmi(json!({"phase": "Succeeded", "nodeName": "node01",
+            "interfaces": [{"name": "default", "ipAddress": "10.244.0.7"}]}));
+        assert!(pod_state(&stopped, Role::Source).ips.is_empty());
+        // A garbage address reported by the guest is not published.
+        let bad = vmi(json!({"phase": "Running", "nodeName": "node01",
+            "interfaces": [{"name": "default", "ipAddress": "10.0.0.1; rm -rf /"}]}));
+        assert!(pod_state(&bad, Role::Source).ips.is_empty());
+        // The pod network is the one with `pod: {}`, whatever its name.
+        let named: VirtualMachineInstance = serde_json::from_value(json!({
+            "metadata": {"name": "vm", "namespace": "ns", "uid": "u1"},
+            "spec": {"domain": {"devices": {}},
+                     "networks": [{"name": "blue", "multus": {"networkName": "x"}},
+                                  {"name": "podnet", "pod": {}}]},
+            "status": {"phase": "Running", "nodeName": "n",
+                "interfaces": [{"name": "blue", "ipAddress": "192.168.1.5"},
+                               {"name": "podnet", "ipAddress": "10.244.0.9"}]}
+        }))
+        .expect("vmi");
+        assert_eq!(pod_network_ips(&named), vec!["10.244.0.9"]);
     }
 }

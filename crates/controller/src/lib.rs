@@ -15,10 +15,13 @@
 //! - [`instancetype`][]: instancetype/preference expansion (pure).
 //! - [`launcher_pod`][]: the VMI's launcher Pod records (what `kubectl drain` evicts).
 //! - [`evacuation`][]: a VirtualMachineInstanceMigration for each VMI an eviction marked.
+//! - [`endpoints`][]: kube's endpoints and endpointslice controllers, over the launcher
+//!   Pods: Services that select VMIs' labels get their addresses.
 //!
 //! Every reconciler is level-based: it reads the whole object and what it owns, converges one
 //! step, and relies on the watch (or `Action::requeue`) to take the next one.
 
+pub mod endpoints;
 pub mod evacuation;
 pub mod instancetype;
 pub mod launcher_pod;
@@ -276,6 +279,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         pool_ctl,
         pod_ctl,
         evacuation_ctl,
+        endpoints::run(ctx.clone()),
         node::monitor(ctx.clone())
     );
     Ok(())

@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, Pod, PodSpec, ResourceRequirements, Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, Pod, PodSpec, ResourceRequirements, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -369,6 +370,23 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, cfg: &LauncherPodConfig) -> Po
         .spec
         .termination_grace_period_seconds
         .unwrap_or(kubevirt_api::defaults::DEFAULT_GRACE_PERIOD_SECONDS);
+    // KubeVirt's `getPortsFromVMI`: the ports the interfaces declare are the compute
+    // container's, so a Service's named `targetPort` finds them.
+    let ports: Vec<ContainerPort> = vmi
+        .spec
+        .domain
+        .devices
+        .interfaces
+        .iter()
+        .flatten()
+        .flat_map(|i| i.ports.iter().flatten())
+        .map(|p| ContainerPort {
+            name: p.name.clone().filter(|n| !n.is_empty()),
+            container_port: p.port,
+            protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".into())),
+            ..Default::default()
+        })
+        .collect();
     let mut node_selector = vmi.spec.node_selector.clone().unwrap_or_default();
     node_selector.insert("kubevirt.io/schedulable".into(), "true".into());
 
@@ -404,6 +422,7 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, cfg: &LauncherPodConfig) -> Po
                     "--dir".into(),
                     "/var/run/kubevirt/vmi".into(),
                 ]),
+                ports: (!ports.is_empty()).then_some(ports),
                 resources: Some(ResourceRequirements {
                     requests: Some(requests),
                     limits: (!limits.is_empty()).then_some(limits),

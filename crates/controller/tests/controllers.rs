@@ -18,6 +18,7 @@ const NODE: &str = "node01";
 struct Env {
     _dir: tempfile::TempDir,
     client: Client,
+    kubeconfig: std::path::PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -79,6 +80,7 @@ impl Env {
         Env {
             _dir: dir,
             client,
+            kubeconfig: running.kubeconfig.clone(),
             tasks: vec![ctl],
         }
     }
@@ -235,6 +237,26 @@ impl Env {
         .await;
         assert!(gone.is_some(), "VMI {name} is still there");
     }
+}
+
+/// Runs the real, unmodified kubectl against the server; its stdout, or its stderr as the
+/// error.
+fn kubectl(env: &Env, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .args(args)
+        .output()
+        .map_err(|e| format!("running kubectl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn kubectl_json(env: &Env, args: &[&str]) -> Option<serde_json::Value> {
+    serde_json::from_str(&kubectl(env, args).ok()?).ok()
 }
 
 fn phase_of(v: &VirtualMachineInstance) -> String {
@@ -1169,4 +1191,333 @@ async fn pool_keeps_n_indexed_vms() {
     .await
     .expect("status.replicas = 1");
     assert_eq!(st.label_selector.as_deref(), Some("pool=web"));
+}
+
+/// `virtctl expose vmi`'s Service, the way a user writes it: a Service selecting the VMI's
+/// `kubevirt.io/domain` label gets Endpoints and an EndpointSlice with the VMI's pod-network
+/// address (through its launcher Pod) and the Service's ports; they follow the VMI's Ready,
+/// address and stop, and go with the Service. Read back with unmodified kubectl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_selecting_a_vmi_gets_its_endpoints() {
+    let env = Env::start().await;
+    let vmi: VirtualMachineInstance = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "vm1", "labels": {"kubevirt.io/domain": "vm1"}},
+        "spec": {"domain": {"devices": {"interfaces": [{"name": "default", "masquerade": {},
+                    "ports": [{"name": "http", "port": 80}]}]},
+                 "memory": {"guest": "64Mi"}},
+                 "networks": [{"name": "default", "pod": {}}]}
+    }))
+    .expect("vmi");
+    env.vmis()
+        .create(&PostParams::default(), &vmi)
+        .await
+        .expect("create vmi");
+    env.wait_scheduled("vm1").await;
+    // The handler's part: Running, Ready, the guest's address on the pod network.
+    env.set_phase("vm1", "Running").await;
+    let set_ip = |ip: &'static str| {
+        let vmis = env.vmis();
+        async move {
+            vmis.patch(
+                "vm1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"interfaces": [
+                    {"name": "default", "ipAddress": ip, "ipAddresses": [ip]}]}})),
+            )
+            .await
+            .expect("interfaces");
+        }
+    };
+    set_ip("10.244.0.7").await;
+    let svcs: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(env.client.clone(), "default");
+    let svc = |name: &str, selector: serde_json::Value| -> k8s_openapi::api::core::v1::Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"selector": selector, "ports": [
+                {"name": "ssh", "port": 22, "targetPort": 22},
+                {"name": "web", "port": 8080, "targetPort": "http"}]}
+        }))
+        .expect("service")
+    };
+    svcs.create(
+        &PostParams::default(),
+        &svc("vm1-svc", json!({"kubevirt.io/domain": "vm1"})),
+    )
+    .await
+    .expect("create service");
+    svcs.create(
+        &PostParams::default(),
+        &svc("nothing", json!({"kubevirt.io/domain": "nope"})),
+    )
+    .await
+    .expect("create service");
+
+    let endpoints =
+        |name: &'static str| kubectl_json(&env, &["get", "endpoints", name, "-o", "json"]);
+    let ready_ips = |ep: &serde_json::Value, field: &str| -> Vec<String> {
+        ep["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s[field].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["ip"].as_str().map(String::from))
+            .collect()
+    };
+    let ep = wait(|| async {
+        let ep = endpoints("vm1-svc")?;
+        (ready_ips(&ep, "addresses") == ["10.244.0.7"]).then_some(ep)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no ready address: {:?}", endpoints("vm1-svc")));
+    let subset = &ep["subsets"][0];
+    assert_eq!(subset["addresses"][0]["nodeName"], NODE);
+    assert_eq!(subset["addresses"][0]["targetRef"]["kind"], "Pod");
+    assert!(subset["addresses"][0]["targetRef"]["name"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("virt-launcher-vm1-")));
+    // targetPort by number and by name (the VMI interface's port `http`).
+    let mut ports: Vec<(String, i64)> = subset["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or("").to_string(),
+                p["port"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    ports.sort();
+    assert_eq!(ports, [("ssh".to_string(), 22), ("web".to_string(), 80)]);
+    let slices = kubectl_json(
+        &env,
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=vm1-svc",
+            "-o",
+            "json",
+        ],
+    )
+    .expect("kubectl get endpointslices");
+    let slice = &slices["items"][0];
+    assert_eq!(
+        slices["items"].as_array().map(Vec::len),
+        Some(1),
+        "{slices}"
+    );
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(slice["endpoints"][0]["addresses"], json!(["10.244.0.7"]));
+    assert_eq!(slice["endpoints"][0]["conditions"]["ready"], true);
+    assert_eq!(
+        slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+        "endpointslice-controller.k8s.io"
+    );
+    assert_eq!(slice["metadata"]["ownerReferences"][0]["kind"], "Service");
+    // Settled: not rewritten again and again.
+    let rv = |v: &serde_json::Value| v["metadata"]["resourceVersion"].clone();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rv(&endpoints("vm1-svc").expect("endpoints")), rv(&ep));
+    let again = kubectl_json(
+        &env,
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=vm1-svc",
+            "-o",
+            "json",
+        ],
+    )
+    .expect("kubectl get endpointslices");
+    assert_eq!(rv(&again["items"][0]), rv(slice));
+    // Discovery and OpenAPI know the kinds.
+    let explained = kubectl(&env, &["explain", "endpointslices.endpoints.conditions"])
+        .expect("kubectl explain");
+    assert!(explained.contains("ready"), "{explained}");
+    // The table printers work too.
+    let table = kubectl(&env, &["get", "endpoints,endpointslices"]).expect("kubectl get");
+    assert!(
+        table.contains("vm1-svc") && table.contains("10.244.0.7"),
+        "{table}"
+    );
+
+    // A selector that matches nothing: Endpoints without subsets, an empty slice.
+    let none = wait(|| async { endpoints("nothing") })
+        .await
+        .expect("endpoints of nothing");
+    assert!(
+        none["subsets"].as_array().is_none_or(Vec::is_empty),
+        "{none}"
+    );
+
+    // Not Ready: the address moves to notReadyAddresses.
+    env.vmis()
+        .patch(
+            "vm1",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+            ),
+        )
+        .await
+        .expect("not ready");
+    wait(|| async {
+        let ep = endpoints("vm1-svc")?;
+        (ready_ips(&ep, "notReadyAddresses") == ["10.244.0.7"]
+            && ready_ips(&ep, "addresses").is_empty())
+        .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("address not moved to notReady: {:?}", endpoints("vm1-svc")));
+    // A new address (the VMI moved): the Endpoints follow.
+    env.set_phase("vm1", "Running").await;
+    set_ip("10.244.0.9").await;
+    wait(|| async {
+        (ready_ips(&endpoints("vm1-svc")?, "addresses") == ["10.244.0.9"]).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("address not updated: {:?}", endpoints("vm1-svc")));
+    // Stopped: no address.
+    env.set_phase("vm1", "Succeeded").await;
+    wait(|| async {
+        endpoints("vm1-svc")?["subsets"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("stopped VMI still listed: {:?}", endpoints("vm1-svc")));
+
+    // The Service goes: so do its Endpoints and slices.
+    kubectl(&env, &["delete", "service", "vm1-svc"]).expect("kubectl delete service");
+    wait(|| async {
+        let gone = kubectl(&env, &["get", "endpoints", "vm1-svc"]).is_err();
+        let slices = kubectl_json(
+            &env,
+            &[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=vm1-svc",
+                "-o",
+                "json",
+            ],
+        )?;
+        (gone && slices["items"].as_array().is_some_and(Vec::is_empty)).then_some(())
+    })
+    .await
+    .expect("endpoints and slices of a deleted Service are gone");
+}
+
+/// What kube-apiserver refuses: a Service selector that is not a label map, and Endpoints a
+/// user writes with addresses a Service must not forward to or ports out of range or named
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_selectors_and_user_written_endpoints_are_refused() {
+    let env = Env::start().await;
+    let svcs: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(env.client.clone(), "default");
+    let refused = |e: kube::Error| match e {
+        kube::Error::Api(s) => (s.code, s.message),
+        other => (0, other.to_string()),
+    };
+    for sel in [
+        json!({"bad key!": "x"}),
+        json!({"app": "a b"}),
+        json!({"app": "x".repeat(64)}),
+    ] {
+        let s: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "metadata": {"name": "bad"}, "spec": {"selector": sel, "ports": [{"port": 80}]}
+        }))
+        .expect("service");
+        let err = svcs
+            .create(&PostParams::default(), &s)
+            .await
+            .map(|_| ())
+            .map_err(refused);
+        assert!(
+            matches!(&err, Err((422, m)) if m.contains("spec.selector")),
+            "{sel}: {err:?}"
+        );
+    }
+    let eps: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(env.client.clone(), "default");
+    let cases = [
+        (
+            json!([{"addresses": [{"ip": "not-an-ip"}], "ports": [{"port": 80}]}]),
+            "must be a valid IP address",
+        ),
+        (
+            json!([{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": 80}]}]),
+            "loopback",
+        ),
+        (
+            json!([{"addresses": [{"ip": "169.254.1.1"}], "ports": [{"port": 80}]}]),
+            "link-local",
+        ),
+        (
+            json!([{"addresses": [{"ip": "0.0.0.0"}], "ports": [{"port": 80}]}]),
+            "unspecified",
+        ),
+        (
+            json!([{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 0}]}]),
+            "between 1 and 65535",
+        ),
+        (
+            json!([{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 70000}]}]),
+            "between 1 and 65535",
+        ),
+        (
+            json!([{"addresses": [{"ip": "10.0.0.1"}], "ports": [
+            {"name": "a", "port": 80}, {"name": "a", "port": 81}]}]),
+            "Duplicate value",
+        ),
+        (
+            json!([{"addresses": [{"ip": "10.0.0.1"}], "ports": [
+            {"port": 80}, {"port": 81}]}]),
+            "Required value",
+        ),
+        (
+            json!([{"ports": [{"port": 80}]}]),
+            "must specify `addresses` or `notReadyAddresses`",
+        ),
+    ];
+    for (subsets, want) in cases {
+        let e: k8s_openapi::api::core::v1::Endpoints = serde_json::from_value(json!({
+            "metadata": {"name": "manual"}, "subsets": subsets
+        }))
+        .expect("endpoints");
+        let err = eps
+            .create(&PostParams::default(), &e)
+            .await
+            .map(|_| ())
+            .map_err(refused);
+        assert!(
+            matches!(&err, Err((422, m)) if m.contains(want)),
+            "{subsets}: {err:?}"
+        );
+    }
+    // A valid one, for a Service without a selector, is the user's: kept as written.
+    let e: k8s_openapi::api::core::v1::Endpoints = serde_json::from_value(json!({
+        "metadata": {"name": "manual"},
+        "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "ports": [{"port": 5432}]}]
+    }))
+    .expect("endpoints");
+    eps.create(&PostParams::default(), &e)
+        .await
+        .expect("valid endpoints");
+    let s: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": "manual"}, "spec": {"ports": [{"port": 5432}]}
+    }))
+    .expect("service");
+    svcs.create(&PostParams::default(), &s)
+        .await
+        .expect("service without selector");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let kept = kubectl_json(&env, &["get", "endpoints", "manual", "-o", "json"]).expect("get");
+    assert_eq!(kept["subsets"][0]["addresses"][0]["ip"], "192.0.2.10");
 }
