@@ -604,7 +604,8 @@ mod tests {
         // Another specific address: refused, saying what to do, and nothing is replaced.
         let e = tls_material(dir.path(), other).expect_err("refused");
         assert!(
-            e.to_string().contains("made for other addresses than 10.250.0.5"),
+            e.to_string()
+                .contains("made for other addresses than 10.250.0.5"),
             "{e}"
         );
         let again = std::fs::read_to_string(dir.path().join("server.crt")).expect("read");

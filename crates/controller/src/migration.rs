@@ -757,7 +757,10 @@ mod tests {
         );
         // No earlier state: the new one as it is.
         let fresh = serde_json::json!({"migrationUid": "c"});
-        assert_eq!(super::replacement(&serde_json::Value::Null, fresh.clone()), fresh);
+        assert_eq!(
+            super::replacement(&serde_json::Value::Null, fresh.clone()),
+            fresh
+        );
     }
 
     use super::*;

@@ -58,7 +58,14 @@ impl NodeProcess {
         images: &Path,
     ) -> NodeProcess {
         let address = net.node_ip.to_string();
-        Self::spawn(server, name, data, images, &["--node-address", &address], net)
+        Self::spawn(
+            server,
+            name,
+            data,
+            images,
+            &["--node-address", &address],
+            net,
+        )
     }
 
     fn spawn(
@@ -198,8 +205,7 @@ impl NodeNetwork {
         let made = ip(&["netns", "add", &ns])
             .and_then(|()| {
                 ip(&[
-                    "link", "add", &host_if, "type", "veth", "peer", "name", &node_if, "netns",
-                    &ns,
+                    "link", "add", &host_if, "type", "veth", "peer", "name", &node_if, "netns", &ns,
                 ])
             })
             .and_then(|()| ip(&["addr", "add", &host_cidr, "dev", &host_if]))
@@ -1225,7 +1231,10 @@ fn counting_vm_memory_only(name: &str) -> String {
             "      - name: scratch\n        emptyDisk:\n          capacity: 16Mi\n",
             "",
         );
-    assert!(!vm.contains("emptyDisk") && !vm.contains("serial: scratch"), "{vm}");
+    assert!(
+        !vm.contains("emptyDisk") && !vm.contains("serial: scratch"),
+        "{vm}"
+    );
     vm
 }
 
@@ -1255,8 +1264,11 @@ fn run_on(server: &Server, node: &str, other: &str, name: &str, manifest: &str) 
     assert!(out.contains("cordoned"), "{out}");
     apply(server, name, manifest);
     assert!(
-        wait_for(START, || vmi(server, name, "{.status.phase}/{.status.nodeName}")
-            == format!("Running/{node}")),
+        wait_for(START, || vmi(
+            server,
+            name,
+            "{.status.phase}/{.status.nodeName}"
+        ) == format!("Running/{node}")),
         "{}",
         server.kubectl(&["get", "vmi", name, "-o", "yaml"])
     );
@@ -1284,7 +1296,8 @@ fn counts_on(dir: &VmiDir, since: f64, boot: &str, what: &str) -> f64 {
 
 fn migration_phase_is(server: &Server, vmi: &str, phase: &str, timeout: Duration) {
     assert!(
-        wait_for(timeout, || migration_of(server, vmi, ".status.phase") == phase),
+        wait_for(timeout, || migration_of(server, vmi, ".status.phase")
+            == phase),
         "the migration of {vmi} is not {phase}: {}\n{}",
         server.kubectl(&["get", "vmim", "-o", "yaml"]),
         server.kubectl(&["get", "vmi", vmi, "-o", "yaml"])
@@ -1377,7 +1390,10 @@ fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_
         ),
         "{events}"
     );
-    eprintln!("the cut migration failed {:?} after the cut", cut_at.elapsed());
+    eprintln!(
+        "the cut migration failed {:?} after the cut",
+        cut_at.elapsed()
+    );
     // One running copy: the source's, same QEMU, same boot, still node01's.
     assert_eq!(
         vmi(&server, "cut", "{.status.nodeName} {.status.phase}"),
@@ -1423,7 +1439,12 @@ fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_
         vmi(&server, "cut", "{.status.nodeName} {.status.phase}"),
         "node02 Running"
     );
-    counts_on(&node02.vmi_dir("cut"), last, &boot, "after moving to node02");
+    counts_on(
+        &node02.vmi_dir("cut"),
+        last,
+        &boot,
+        "after moving to node02",
+    );
     assert!(
         wait_for(Duration::from_secs(30), || !src.path().exists()),
         "the source's directory is still there"
