@@ -102,13 +102,21 @@ const ENDED_KEPT: usize = 1024;
 impl Proxies {
     /// The target of migration `uid` was removed here: it is never prepared again, even when
     /// a VMI seen afterwards predates the failure that ended it.
-    fn end(&self, uid: &str) {
+    pub(crate) fn end(&self, uid: &str) {
         let mut ended = self.1.lock().unwrap_or_else(|e| e.into_inner());
         if !ended.iter().any(|u| u == uid) {
             if ended.len() == ENDED_KEPT {
                 ended.pop_front();
             }
             ended.push_back(uid.to_string());
+        }
+    }
+
+    /// [`Proxies::end`] for the migration the target directory `dir` was made for, if it is
+    /// one (an earlier migration's, when a new one clears it).
+    pub(crate) fn end_target_of(&self, dir: &VmiDir) {
+        if let Ok(made_for) = std::fs::read_to_string(dir.migration_target_marker()) {
+            self.end(made_for.trim());
         }
     }
 
@@ -792,9 +800,7 @@ pub(crate) async fn reconcile_target(
 async fn cleanup_target(ctx: &Context, vmi: &VirtualMachineInstance, dir: &VmiDir, uid: &str) {
     ctx.migrations.close(uid);
     // The migration the directory was made for (an earlier one's, when a new one clears it).
-    if let Ok(made_for) = std::fs::read_to_string(dir.migration_target_marker()) {
-        ctx.migrations.end(made_for.trim());
-    }
+    ctx.migrations.end_target_of(dir);
     if !dir.path().exists() {
         return;
     }
