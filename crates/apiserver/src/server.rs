@@ -10,7 +10,7 @@ use base64::Engine;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -174,20 +174,32 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Loads or creates the CA and the serving certificate (SANs localhost, 127.0.0.1, ::1 and the
-/// host name). The CA is separate from the leaf: rustls clients refuse a self-signed leaf.
-fn tls_material(dir: &Path) -> Result<(String, String, String)> {
+/// Loads or creates the CA and the serving certificate (SANs localhost, 127.0.0.1, ::1, the
+/// host name and `listen_ip`, the address the server listens on when it is a specific one, so
+/// that clients on other nodes can verify it there). The CA is separate from the leaf: rustls
+/// clients refuse a self-signed leaf.
+fn tls_material(dir: &Path, listen_ip: IpAddr) -> Result<(String, String, String)> {
     let (ca_crt, srv_crt, srv_key) = (
         dir.join("ca.crt"),
         dir.join("server.crt"),
         dir.join("server.key"),
     );
     if ca_crt.exists() && srv_crt.exists() && srv_key.exists() {
-        return Ok((
+        let (ca_pem, leaf_pem, key_pem) = (
             std::fs::read_to_string(&ca_crt)?,
             std::fs::read_to_string(&srv_crt)?,
             std::fs::read_to_string(&srv_key)?,
-        ));
+        );
+        if !listen_ip.is_unspecified() && !certificate_names(&ca_pem, &leaf_pem, listen_ip)? {
+            anyhow::bail!(
+                "the serving certificate {} was made for other addresses than {listen_ip}, \
+                 which the server is to listen on; remove ca.crt, server.crt and server.key \
+                 from {} to make new ones (kubeconfigs made before then name the old CA)",
+                srv_crt.display(),
+                dir.display()
+            );
+        }
+        return Ok((ca_pem, leaf_pem, key_pem));
     }
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
@@ -215,6 +227,10 @@ fn tls_material(dir: &Path) -> Result<(String, String, String)> {
     if !host.is_empty() {
         sans.push(host);
     }
+    let ip = listen_ip.to_string();
+    if !listen_ip.is_unspecified() && !sans.contains(&ip) {
+        sans.push(ip);
+    }
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(sans)?;
     params
@@ -228,6 +244,31 @@ fn tls_material(dir: &Path) -> Result<(String, String, String)> {
     write_private(&srv_crt, leaf_pem.as_bytes())?;
     write_private(&srv_key, key_pem.as_bytes())?;
     Ok((ca_pem, leaf_pem, key_pem))
+}
+
+/// Whether the certificate `leaf_pem`, verified against `ca_pem`, is valid for `ip`.
+fn certificate_names(ca_pem: &str, leaf_pem: &str, ip: IpAddr) -> Result<bool> {
+    use rustls::client::danger::ServerCertVerifier;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(ca.context("parsing ca.crt")?)
+            .context("ca.crt is not a CA certificate")?;
+    }
+    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(leaf_pem.as_bytes())
+        .next()
+        .context("server.crt holds no certificate")?
+        .context("parsing server.crt")?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .context("verifying server.crt")?;
+    let name = rustls_pki_types::ServerName::IpAddress(ip.into());
+    Ok(verifier
+        .verify_server_cert(&leaf, &[], &name, &[], rustls_pki_types::UnixTime::now())
+        .is_ok())
 }
 
 fn admin_token(dir: &Path) -> Result<String> {
@@ -411,7 +452,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     crate::gc::spawn(api.clone());
     crate::gc::release_free_memory();
 
-    let (ca_pem, cert_pem, key_pem) = tls_material(&cfg.data_dir)?;
+    let (ca_pem, cert_pem, key_pem) = tls_material(&cfg.data_dir, cfg.listen.ip())?;
     let token = admin_token(&cfg.data_dir)?;
     let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -538,4 +579,36 @@ pub async fn start(cfg: Config) -> Result<Running> {
         ca_pem,
         token,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_serving_certificate_names_a_specific_listen_address_and_is_not_reused_for_another() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node_ip: IpAddr = "10.250.0.1".parse().expect("ip");
+        let (ca, leaf, _) = tls_material(dir.path(), node_ip).expect("made");
+        assert!(certificate_names(&ca, &leaf, node_ip).expect("checked"));
+        for local in ["127.0.0.1", "::1"] {
+            let ip: IpAddr = local.parse().expect("ip");
+            assert!(certificate_names(&ca, &leaf, ip).expect("checked"), "{ip}");
+        }
+        let other: IpAddr = "10.250.0.5".parse().expect("ip");
+        assert!(!certificate_names(&ca, &leaf, other).expect("checked"));
+        // The same address or any address: the stored certificate serves.
+        assert_eq!(tls_material(dir.path(), node_ip).expect("reused").1, leaf);
+        let any: IpAddr = "0.0.0.0".parse().expect("ip");
+        assert_eq!(tls_material(dir.path(), any).expect("reused").1, leaf);
+        // Another specific address: refused, saying what to do, and nothing is replaced.
+        let e = tls_material(dir.path(), other).expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("made for other addresses than 10.250.0.5"),
+            "{e}"
+        );
+        let again = std::fs::read_to_string(dir.path().join("server.crt")).expect("read");
+        assert_eq!(again, leaf);
+    }
 }

@@ -548,22 +548,17 @@ pub async fn reconcile(
                 .and_then(|s| s.migration_state.as_ref())
                 .and_then(|s| s.target_node.clone())
                 .unwrap_or_default();
-            // A fresh state replaces any earlier migration's: every key of the old one that
-            // the new one does not set is removed (null in the merge patch).
-            let mut fresh = json!({
-                "migrationUid": uid,
-                "sourceNode": source,
-                "targetNode": target,
-                "mode": "PreCopy",
-                "migrationConfiguration": migration_configuration(&ctx),
-            });
-            if let (Some(old), Some(new)) =
-                (vmi_migration_state(&vmi).as_object(), fresh.as_object_mut())
-            {
-                for k in old.keys() {
-                    new.entry(k.clone()).or_insert(Value::Null);
-                }
-            }
+            // A fresh state replaces any earlier migration's, its configuration included.
+            let fresh = replacement(
+                &vmi_migration_state(&vmi),
+                json!({
+                    "migrationUid": uid,
+                    "sourceNode": source,
+                    "targetNode": target,
+                    "mode": "PreCopy",
+                    "migrationConfiguration": migration_configuration(&ctx),
+                }),
+            );
             let patch = json!({
                 "metadata": {
                     "resourceVersion": vmi.metadata.resource_version,
@@ -585,6 +580,25 @@ pub async fn reconcile(
             tracing::info!(%ns, %name, vmi = %vmi_name, %target, "migration handed off to the target node");
             Ok(Action::requeue(RECHECK))
         }
+    }
+}
+
+/// The JSON merge patch that turns `old` into `new`: every key of `old` that `new` lacks is
+/// removed (null), in nested objects too. A merge patch merges objects, so without the nulls a
+/// migration would run with a setting the previous one had and the cluster no longer has.
+fn replacement(old: &Value, new: Value) -> Value {
+    match (old, new) {
+        (Value::Object(old), Value::Object(mut new)) => {
+            for (k, was) in old {
+                let now = match new.remove(k) {
+                    Some(v) => replacement(was, v),
+                    None => Value::Null,
+                };
+                new.insert(k.clone(), now);
+            }
+            Value::Object(new)
+        }
+        (_, new) => new,
     }
 }
 
@@ -710,6 +724,28 @@ pub fn error_policy(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_fresh_migration_state_removes_the_earlier_ones_keys_and_settings() {
+        let old = serde_json::json!({"migrationUid": "a", "failed": true,
+            "targetDirectMigrationNodePorts": {"1": 49152},
+            "migrationConfiguration": {"bandwidthPerMigration": "1Mi", "progressTimeout": 10}});
+        let new = serde_json::json!({"migrationUid": "b",
+            "migrationConfiguration": {"progressTimeout": 10}});
+        let patch = super::replacement(&old, new);
+        assert_eq!(
+            patch,
+            serde_json::json!({"migrationUid": "b", "failed": null,
+                "targetDirectMigrationNodePorts": null,
+                "migrationConfiguration": {"bandwidthPerMigration": null, "progressTimeout": 10}})
+        );
+        // No earlier state: the new one as it is.
+        let fresh = serde_json::json!({"migrationUid": "c"});
+        assert_eq!(
+            super::replacement(&serde_json::Value::Null, fresh.clone()),
+            fresh
+        );
+    }
+
     use super::*;
     use kubevirt_runtime::cluster::ClusterConfig;
 

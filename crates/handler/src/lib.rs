@@ -857,6 +857,9 @@ async fn sweep(ctx: &Context) -> usize {
             }
             release_network_of(ctx, &o.uid).await;
         }
+        // A migration target removed here is not prepared again by a reconcile that still
+        // sees the VMI labelled for it.
+        ctx.migrations.end_target_of(&dir);
         tracing::info!(
             dir = %dir.path().display(),
             vmi = ?owner.as_ref().map(|o| format!("{}/{} ({})", o.namespace, o.name, o.uid)),

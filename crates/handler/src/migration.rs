@@ -83,11 +83,46 @@ impl Drop for Proxy {
     }
 }
 
-/// The proxies of the migrations this agent takes part in, by migration uid.
+/// The proxies of the migrations this agent takes part in, by migration uid, and the
+/// migrations whose target it removed here (the last [`ENDED_KEPT`]).
 #[derive(Default)]
-pub struct Proxies(Mutex<HashMap<String, Vec<Proxy>>>);
+pub struct Proxies(
+    Mutex<HashMap<String, Vec<Proxy>>>,
+    Mutex<std::collections::VecDeque<String>>,
+);
+
+/// How many ended migration targets an agent remembers: far more than run at once.
+const ENDED_KEPT: usize = 1024;
 
 impl Proxies {
+    /// The target of migration `uid` was removed here: it is never prepared again, even when
+    /// a VMI seen afterwards predates the failure that ended it.
+    pub(crate) fn end(&self, uid: &str) {
+        let mut ended = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        if !ended.iter().any(|u| u == uid) {
+            if ended.len() == ENDED_KEPT {
+                ended.pop_front();
+            }
+            ended.push_back(uid.to_string());
+        }
+    }
+
+    /// [`Proxies::end`] for the migration the target directory `dir` was made for, if it is
+    /// one (an earlier migration's, when a new one clears it).
+    pub(crate) fn end_target_of(&self, dir: &VmiDir) {
+        if let Ok(made_for) = std::fs::read_to_string(dir.migration_target_marker()) {
+            self.end(made_for.trim());
+        }
+    }
+
+    fn ended(&self, uid: &str) -> bool {
+        self.1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|u| u == uid)
+    }
+
     fn add(&self, uid: &str, p: Proxy) {
         self.0
             .lock()
@@ -636,7 +671,9 @@ pub(crate) async fn reconcile_target(
     let state = launcher_state(&dir).await;
     match state {
         None if !dir.spawned_marker().exists() => {
-            if done(&st) {
+            // A target this agent removed already: a VMI seen late (from before the failure
+            // that ended it) does not start another.
+            if done(&st) || ctx.migrations.ended(&uid) {
                 return Ok(Action::await_change());
             }
             if let Err(e) = std::fs::create_dir_all(dir.path())
@@ -837,6 +874,8 @@ pub(crate) async fn reconcile_target(
 /// called once the VMI runs on this node.
 async fn cleanup_target(ctx: &Context, vmi: &VirtualMachineInstance, dir: &VmiDir, uid: &str) {
     ctx.migrations.close(uid);
+    // The migration the directory was made for (an earlier one's, when a new one clears it).
+    ctx.migrations.end_target_of(dir);
     if !dir.path().exists() {
         return;
     }
@@ -1107,6 +1146,20 @@ mod tests {
         )
         .is_none());
         assert!(as_source(&vmi(json!({"sourceNode": "n1"})), "n1").is_none());
+    }
+
+    #[test]
+    fn an_ended_target_is_remembered_and_the_oldest_forgotten_past_the_bound() {
+        let p = Proxies::default();
+        assert!(!p.ended("m1"));
+        p.end("m1");
+        p.end("m1");
+        assert!(p.ended("m1") && !p.ended("m2"));
+        for i in 0..ENDED_KEPT {
+            p.end(&format!("n{i}"));
+        }
+        assert!(!p.ended("m1"), "the oldest is forgotten");
+        assert!(p.ended("n0") && p.ended(&format!("n{}", ENDED_KEPT - 1)));
     }
 
     #[tokio::test]

@@ -48,18 +48,37 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    fn start(server: &Server, name: &str, data: &Path, images: &Path) -> NodeProcess {
-        Self::start_with(server, name, data, images, &[])
+    /// A node in the network namespace of `net`, with its address there (`--node-address`):
+    /// what it sends to another node crosses `net`'s veth pair.
+    fn start_in(
+        net: &NodeNetwork,
+        server: &Server,
+        name: &str,
+        data: &Path,
+        images: &Path,
+    ) -> NodeProcess {
+        let address = net.node_ip.to_string();
+        Self::spawn(
+            server,
+            name,
+            data,
+            images,
+            &["--node-address", &address],
+            net,
+        )
     }
 
-    fn start_with(
+    fn spawn(
         server: &Server,
         name: &str,
         data: &Path,
         images: &Path,
         extra: &[&str],
+        net: &NodeNetwork,
     ) -> NodeProcess {
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        net.enter_on_exec(&mut cmd);
+        let mut child = cmd
             .arg("node")
             .arg("--kubeconfig")
             .arg(server.kubeconfig())
@@ -115,6 +134,164 @@ impl Drop for NodeProcess {
         self.kill9();
         kubevirt_testsupport::stop_launchers(&self.data);
     }
+}
+
+/// A network namespace of its own for a node, joined to the machine's by a veth pair on a
+/// private /30: the host end (`host_ip`, where node01 and the API server listen) and the
+/// node's end (`node_ip`, its `--node-address`). The name is unique per test run; dropping it
+/// deletes the pair and the namespace, and a new one first removes what runs that were
+/// killed left behind.
+struct NodeNetwork {
+    ns: String,
+    host_if: String,
+    host_ip: std::net::Ipv4Addr,
+    node_ip: std::net::Ipv4Addr,
+}
+
+const NETNS_PREFIX: &str = "kvnode-";
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl NodeNetwork {
+    /// `None` (the test is skipped, saying so) when this is not root: making namespaces needs
+    /// it. As root, failing to make one fails the test.
+    fn new() -> Option<NodeNetwork> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: network namespaces for the nodes need root");
+            return None;
+        }
+        Self::remove_stale();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ns = format!("{NETNS_PREFIX}{pid}-{n}");
+        // Interface names have at most 15 bytes: "kvh" + pid (at most 7 digits) + "x" + n.
+        let host_if = format!("kvh{pid}x{n}");
+        let node_if = format!("kvn{pid}x{n}");
+        // A /30 of 10.253.0.0/16 no interface of this machine is in yet.
+        let used = run_output(Command::new("ip").args(["-o", "-4", "addr", "show"]));
+        let base = (0..16384u32)
+            .map(|i| (pid.wrapping_mul(8).wrapping_add(n).wrapping_add(i)) % 16384)
+            .map(|i| u32::from(std::net::Ipv4Addr::new(10, 253, 0, 0)) + i * 4)
+            .find(|b| {
+                (1..=2).all(|k| {
+                    let a = std::net::Ipv4Addr::from(b + k).to_string();
+                    !used.contains(&format!(" {a}/"))
+                })
+            })
+            .expect("a free /30 in 10.253.0.0/16");
+        let net = NodeNetwork {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            host_ip: std::net::Ipv4Addr::from(base + 1),
+            node_ip: std::net::Ipv4Addr::from(base + 2),
+        };
+        let host_cidr = format!("{}/30", net.host_ip);
+        let node_cidr = format!("{}/30", net.node_ip);
+        let made = ip(&["netns", "add", &ns])
+            .and_then(|()| {
+                ip(&[
+                    "link", "add", &host_if, "type", "veth", "peer", "name", &node_if, "netns", &ns,
+                ])
+            })
+            .and_then(|()| ip(&["addr", "add", &host_cidr, "dev", &host_if]))
+            .and_then(|()| ip(&["link", "set", &host_if, "up"]))
+            .and_then(|()| ip(&["-n", &ns, "addr", "add", &node_cidr, "dev", &node_if]))
+            .and_then(|()| ip(&["-n", &ns, "link", "set", &node_if, "up"]))
+            .and_then(|()| ip(&["-n", &ns, "link", "set", "lo", "up"]));
+        if let Err(e) = made {
+            drop(net);
+            panic!("making the node's network namespace: {e}");
+        }
+        Some(net)
+    }
+
+    /// Namespaces (and their host ends) of test runs whose process is gone.
+    fn remove_stale() {
+        let Ok(entries) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some((pid, n)) = name
+                .strip_prefix(NETNS_PREFIX)
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(p, n)| Some((p.parse::<u32>().ok()?, n.to_string())))
+            else {
+                continue;
+            };
+            if !kubevirt_testsupport::alive(pid) {
+                let _ = ip(&["link", "del", &format!("kvh{pid}x{n}")]);
+                let _ = ip(&["netns", "del", &name]);
+            }
+        }
+    }
+
+    /// Makes `cmd` run in this namespace (its network only: files and processes stay the
+    /// machine's, as a node's agent sees its host).
+    fn enter_on_exec(&self, cmd: &mut Command) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        // Close-on-exec: the child has it only until it runs the node binary; the command
+        // owns it until then.
+        let file = std::fs::File::open(format!("/run/netns/{}", self.ns)).expect("open netns");
+        // SAFETY: setns(2) is async-signal-safe; the descriptor is open while `cmd` lives.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// The API server's `--listen` on the host's end, reachable from the node's namespace
+    /// (and from the machine itself, also while the link is down).
+    fn listen(&self) -> String {
+        format!("{}:0", self.host_ip)
+    }
+
+    /// Cuts the link between the namespaces (the host's end down): nothing passes either way
+    /// and no connection is told so, as when a cable is pulled.
+    fn cut(&self) {
+        ip(&["link", "set", &self.host_if, "down"]).expect("cutting the link");
+    }
+
+    fn restore(&self) {
+        ip(&["link", "set", &self.host_if, "up"]).expect("restoring the link");
+    }
+}
+
+impl Drop for NodeNetwork {
+    fn drop(&mut self) {
+        // Deleting one end deletes the pair.
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.ns]);
+    }
+}
+
+/// The server (node01) on the host's end of `net`: its API and node01's migrations listen
+/// there, where node02 in its namespace reaches them.
+fn on_host_end(server: &mut Server, net: &NodeNetwork) {
+    server.listen = net.listen();
+    server
+        .extra_args
+        .extend(["--node-address".to_string(), net.host_ip.to_string()]);
 }
 
 fn vmi_manifest(name: &str, node: &str) -> String {
@@ -183,6 +360,9 @@ fn a_second_node_joins_runs_its_vmis_and_is_fenced_when_it_goes_silent() {
     let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
         return;
     };
+    let Some(net) = NodeNetwork::new() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::new(BIN, dir.path().join("data"), guest.join("oci"));
     server.extra_args = vec![
@@ -191,9 +371,11 @@ fn a_second_node_joins_runs_its_vmis_and_is_fenced_when_it_goes_silent() {
         "--node-heartbeat-timeout".into(),
         HEARTBEAT_TIMEOUT.into(),
     ];
+    on_host_end(&mut server, &net);
     server.start();
     let node02_data = dir.path().join("node02");
-    let mut node02 = NodeProcess::start(&server, "node02", &node02_data, &guest.join("oci"));
+    let mut node02 =
+        NodeProcess::start_in(&net, &server, "node02", &node02_data, &guest.join("oci"));
 
     // node02 registers itself as KubeVirt's handler keeps a Node.
     let joined = wait_for(Duration::from_secs(60), || {
@@ -325,7 +507,7 @@ fn a_second_node_joins_runs_its_vmis_and_is_fenced_when_it_goes_silent() {
     assert!(still, "waits: {}", unschedulable_message(&server, "waits"));
 
     // node02 comes back: it adopts its running launcher and takes the waiting VMI.
-    let node02 = NodeProcess::start(&server, "node02", &node02_data, &guest.join("oci"));
+    let node02 = NodeProcess::start_in(&net, &server, "node02", &node02_data, &guest.join("oci"));
     let taken = wait_for(START, || {
         vmi(&server, "waits", "{.status.phase}") == "Running"
     });
@@ -784,8 +966,10 @@ spec:
 
 /// The `tick UPTIME boot=ID` lines of a serial log: (uptime, boot id).
 fn ticks(dir: &VmiDir) -> Vec<(f64, String)> {
-    std::fs::read_to_string(dir.serial_log())
-        .unwrap_or_default()
+    let log = std::fs::read_to_string(dir.serial_log()).unwrap_or_default();
+    // Whole lines only: the guest may be writing the last one.
+    let whole = log.rfind('\n').map_or("", |end| &log[..end]);
+    whole
         .lines()
         .filter_map(|l| {
             let rest = &l[l.find("tick ")? + 5..];
@@ -854,18 +1038,17 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
         return;
     };
     const MIGRATE: Duration = Duration::from_secs(240);
+    let Some(net) = NodeNetwork::new() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::new(BIN, dir.path().join("data"), guest.join("oci"));
+    on_host_end(&mut server, &net);
     server.start();
     let node02_data = dir.path().join("node02");
-    // node02 listens for migrations on an address of its own.
-    let node02 = NodeProcess::start_with(
-        &server,
-        "node02",
-        &node02_data,
-        &guest.join("oci"),
-        &["--node-address", "127.0.0.2"],
-    );
+    // node02 listens for migrations on its address in its own network namespace: the guest
+    // crosses the veth pair between the namespaces.
+    let node02 = NodeProcess::start_in(&net, &server, "node02", &node02_data, &guest.join("oci"));
     assert!(
         wait_for(Duration::from_secs(60), || node_ready(&server, "node02")
             == "True"),
@@ -877,7 +1060,7 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
             "node02",
             "{.status.addresses[?(@.type=='InternalIP')].address}"
         ),
-        "127.0.0.2"
+        net.node_ip.to_string()
     );
     let dir_on = |node: &str, name: &str| -> VmiDir {
         if node == "node02" {
@@ -1120,4 +1303,339 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
         format!("{here} Running")
     );
     drop(node02);
+}
+
+/// The counting guest without its emptyDisk: its migration moves memory only (no block copy
+/// first), so a fault injected once the migration runs hits the guest's memory stream.
+fn counting_vm_memory_only(name: &str) -> String {
+    let vm = counting_vm(name)
+        .replace(
+            "          - name: scratch\n            serial: scratch\n            disk: {bus: virtio}\n",
+            "",
+        )
+        .replace(
+            "      - name: scratch\n        emptyDisk:\n          capacity: 16Mi\n",
+            "",
+        );
+    assert!(
+        !vm.contains("emptyDisk") && !vm.contains("serial: scratch"),
+        "{vm}"
+    );
+    vm
+}
+
+/// Merges `migrations` into the KubeVirt CR's `spec.configuration.migrations` and gives the
+/// controller's watch a moment to see it (it is copied to each migration when scheduled).
+fn set_migrations(server: &Server, migrations: serde_json::Value) {
+    let patch = serde_json::json!({"spec": {"configuration": {"migrations": migrations}}});
+    let out = server.kubectl(&[
+        "patch",
+        "kubevirt",
+        "kubevirt",
+        "-n",
+        "kubevirt",
+        "--type",
+        "merge",
+        "-p",
+        &patch.to_string(),
+    ]);
+    assert!(out.contains("patched"), "{out}");
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+/// Starts the VM `name` (the `manifest`) on `node` by keeping the other node cordoned until
+/// it runs there (the VM itself may go anywhere, so it can migrate).
+fn run_on(server: &Server, node: &str, other: &str, name: &str, manifest: &str) {
+    let out = server.kubectl(&["cordon", other]);
+    assert!(out.contains("cordoned"), "{out}");
+    apply(server, name, manifest);
+    assert!(
+        wait_for(START, || vmi(
+            server,
+            name,
+            "{.status.phase}/{.status.nodeName}"
+        ) == format!("Running/{node}")),
+        "{}",
+        server.kubectl(&["get", "vmi", name, "-o", "yaml"])
+    );
+    let out = server.kubectl(&["uncordon", other]);
+    assert!(out.contains("uncordoned"), "{out}");
+}
+
+/// Waits until the guest's count went on by two ticks on `dir` and returns the last tick;
+/// every tick since `since` has the boot id `boot`.
+fn counts_on(dir: &VmiDir, since: f64, boot: &str, what: &str) -> f64 {
+    let n = ticks(dir).len();
+    assert!(
+        wait_for(Duration::from_secs(30), || ticks(dir).len() >= n + 2),
+        "the guest stopped counting {what}: {}",
+        std::fs::read_to_string(dir.serial_log()).unwrap_or_default()
+    );
+    let t = ticks(dir);
+    let later: Vec<_> = t.iter().filter(|(up, _)| *up > since).collect();
+    assert!(
+        !later.is_empty() && later.iter().all(|(_, b)| b == boot),
+        "not the same boot {what}: {boot} before, {later:?}"
+    );
+    t.last().map(|(up, _)| *up).unwrap_or(since)
+}
+
+fn migration_phase_is(server: &Server, vmi: &str, phase: &str, timeout: Duration) {
+    assert!(
+        wait_for(timeout, || migration_of(server, vmi, ".status.phase")
+            == phase),
+        "the migration of {vmi} is not {phase}: {}\n{}",
+        server.kubectl(&["get", "vmim", "-o", "yaml"]),
+        server.kubectl(&["get", "vmi", vmi, "-o", "yaml"])
+    );
+}
+
+/// The migration's failure as its object reports it: `phase reason`.
+fn migration_failure(server: &Server, vmi: &str) -> String {
+    format!(
+        "{} {}",
+        migration_of(server, vmi, ".status.phase"),
+        migration_of(server, vmi, ".status.migrationState.failureReason")
+    )
+}
+
+#[test]
+fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_the_source() {
+    if !have_kubectl() {
+        return;
+    }
+    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    let Some(net) = NodeNetwork::new() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::new(BIN, dir.path().join("data"), guest.join("oci"));
+    on_host_end(&mut server, &net);
+    server.start();
+    let node02_data = dir.path().join("node02");
+    let node02 = NodeProcess::start_in(&net, &server, "node02", &node02_data, &guest.join("oci"));
+    assert!(
+        wait_for(Duration::from_secs(60), || node_ready(&server, "node02")
+            == "True"),
+        "node02 did not join"
+    );
+    // Slow enough to be cut in the middle (1 MiB/s), and given up 10 s after the stream
+    // stalls (KubeVirt's default progressTimeout is 150 s).
+    set_migrations(
+        &server,
+        serde_json::json!({"bandwidthPerMigration": "1Mi", "progressTimeout": 10}),
+    );
+    run_on(
+        &server,
+        "node01",
+        "node02",
+        "cut",
+        &counting_vm_memory_only("cut"),
+    );
+    let src = server.vmi_dir("default", "cut");
+    assert!(wait_for(START, || !ticks(&src).is_empty()), "no ticks");
+    let (mut last, boot) = ticks(&src).last().cloned().expect("a tick");
+    let src_qemu = src.read_state().expect("state").qemu_pid.expect("QEMU");
+
+    let out = server.virtctl(&["migrate", "cut"]);
+    assert!(out.contains("was scheduled to migrate"), "{out}");
+    migration_phase_is(&server, "cut", "Running", Duration::from_secs(120));
+    // The guest's memory is on its way to node02 (over the veth pair) ...
+    assert!(
+        wait_for(Duration::from_secs(30), || src
+            .read_state()
+            .ok()
+            .and_then(|s| s.migration)
+            .is_some_and(|m| m.transferred_bytes > 0)),
+        "no memory sent: {:?}",
+        src.read_state().map(|s| s.migration)
+    );
+    // ... when the cable is pulled.
+    net.cut();
+    let cut_at = std::time::Instant::now();
+    // The source's QEMU sees no progress for progressTimeout and gives up; node01's agent
+    // reports it and the migration fails, all while node02 is unreachable.
+    migration_phase_is(&server, "cut", "Failed", Duration::from_secs(60));
+    let failure = migration_failure(&server, "cut");
+    assert!(
+        failure.starts_with("Failed Live migration has been aborted: stuck for ")
+            && failure.ends_with(" seconds (progressTimeout 10)"),
+        "{failure}"
+    );
+    let events = server.kubectl(&[
+        "get",
+        "events",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}:{.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains(
+            "FailedMigration:source node reported migration failed: Live migration has been aborted: stuck for"
+        ),
+        "{events}"
+    );
+    eprintln!(
+        "the cut migration failed {:?} after the cut",
+        cut_at.elapsed()
+    );
+    // One running copy: the source's, same QEMU, same boot, still node01's.
+    assert_eq!(
+        vmi(&server, "cut", "{.status.nodeName} {.status.phase}"),
+        "node01 Running"
+    );
+    assert!(kubevirt_testsupport::alive(src_qemu));
+    last = counts_on(&src, last, &boot, "at the source during the cut");
+    // node02 heard nothing: its target never got the guest (QEMU still waiting for it).
+    let target = node02.vmi_dir("cut");
+    let waiting = target.read_state().map(|s| s.phase);
+    assert!(
+        matches!(
+            waiting,
+            Ok(kubevirt_launcher::api::Phase::WaitingForMigration)
+        ),
+        "the target on node02: {waiting:?}"
+    );
+
+    // The link comes back: node02's agent learns the migration failed and removes its target.
+    net.restore();
+    assert!(
+        wait_for(Duration::from_secs(60), || !target.path().exists()),
+        "the target's leftovers on node02 are still there: {}",
+        target.path().display()
+    );
+    last = counts_on(&src, last, &boot, "at the source after the link came back");
+
+    // A new migration (at full speed) moves it.
+    set_migrations(&server, serde_json::json!({"bandwidthPerMigration": null}));
+    let out = server.virtctl(&["migrate", "cut"]);
+    assert!(out.contains("was scheduled to migrate"), "{out}");
+    migration_phase_is(&server, "cut", "Succeeded", Duration::from_secs(120));
+    // It ran with the cluster's settings of now, not the failed one's.
+    assert_eq!(
+        migration_of(
+            &server,
+            "cut",
+            ".status.migrationState.migrationConfiguration"
+        ),
+        r#"{"progressTimeout":10}"#
+    );
+    assert_eq!(
+        vmi(&server, "cut", "{.status.nodeName} {.status.phase}"),
+        "node02 Running"
+    );
+    counts_on(
+        &node02.vmi_dir("cut"),
+        last,
+        &boot,
+        "after moving to node02",
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || !src.path().exists()),
+        "the source's directory is still there"
+    );
+    assert!(!kubevirt_testsupport::alive(src_qemu));
+}
+
+#[test]
+fn a_source_node_agent_that_dies_mid_migration_leaves_the_guest_running_at_the_source() {
+    if !have_kubectl() {
+        return;
+    }
+    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    let Some(net) = NodeNetwork::new() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::new(BIN, dir.path().join("data"), guest.join("oci"));
+    on_host_end(&mut server, &net);
+    server.start();
+    let node02_data = dir.path().join("node02");
+    let mut node02 =
+        NodeProcess::start_in(&net, &server, "node02", &node02_data, &guest.join("oci"));
+    assert!(
+        wait_for(Duration::from_secs(60), || node_ready(&server, "node02")
+            == "True"),
+        "node02 did not join"
+    );
+    set_migrations(&server, serde_json::json!({"bandwidthPerMigration": "1Mi"}));
+    run_on(
+        &server,
+        "node02",
+        "node01",
+        "orphan",
+        &counting_vm_memory_only("orphan"),
+    );
+    let src = node02.vmi_dir("orphan");
+    assert!(wait_for(START, || !ticks(&src).is_empty()), "no ticks");
+    let (last, boot) = ticks(&src).last().cloned().expect("a tick");
+    let launcher = src.launcher_pid().expect("launcher");
+    let src_qemu = src.read_state().expect("state").qemu_pid.expect("QEMU");
+
+    let out = server.virtctl(&["migrate", "orphan"]);
+    assert!(out.contains("was scheduled to migrate"), "{out}");
+    migration_phase_is(&server, "orphan", "Running", Duration::from_secs(120));
+    assert!(
+        wait_for(Duration::from_secs(30), || src
+            .read_state()
+            .ok()
+            .and_then(|s| s.migration)
+            .is_some_and(|m| m.transferred_bytes > 0)),
+        "no memory sent: {:?}",
+        src.read_state().map(|s| s.migration)
+    );
+    // The source's agent dies (SIGKILL): the proxy carrying the guest to node01 goes with it.
+    node02.kill9();
+    // Its launcher and QEMU live on; QEMU sees the stream break and keeps the guest.
+    assert!(
+        wait_for(Duration::from_secs(30), || src
+            .read_state()
+            .ok()
+            .and_then(|s| s.migration)
+            .is_some_and(|m| m.failed)),
+        "the source QEMU did not see its migration fail: {:?}",
+        src.read_state().map(|s| s.migration)
+    );
+    assert!(kubevirt_testsupport::alive(launcher) && kubevirt_testsupport::alive(src_qemu));
+    let last = counts_on(&src, last, &boot, "at the source while its agent is down");
+    // node01's target never got the guest: it ends, and node01's agent removes it.
+    let target = server.vmi_dir("default", "orphan");
+    assert!(
+        wait_for(Duration::from_secs(60), || !target.path().exists()),
+        "node01's target is still there: {:?}",
+        target.read_state()
+    );
+    assert_eq!(
+        vmi(&server, "orphan", "{.status.nodeName} {.status.phase}"),
+        "node02 Running"
+    );
+
+    // The agent comes back: it adopts the launcher and reports what its QEMU says.
+    let node02 = NodeProcess::start_in(&net, &server, "node02", &node02_data, &guest.join("oci"));
+    migration_phase_is(&server, "orphan", "Failed", Duration::from_secs(60));
+    let failure = migration_failure(&server, "orphan");
+    let reason = src
+        .read_state()
+        .ok()
+        .and_then(|s| s.migration)
+        .map(|m| m.failure_reason)
+        .unwrap_or_default();
+    assert!(
+        !reason.is_empty() && failure == format!("Failed {reason}"),
+        "{failure} (the source QEMU: {reason})"
+    );
+    assert_eq!(
+        vmi(
+            &server,
+            "orphan",
+            "{.status.nodeName} {.status.phase} {.status.migrationState.failed}"
+        ),
+        "node02 Running true"
+    );
+    assert_eq!(node02.vmi_dir("orphan").launcher_pid(), Some(launcher));
+    counts_on(&src, last, &boot, "after its agent came back");
+    assert!(!target.path().exists());
 }

@@ -93,6 +93,9 @@ pub struct Server {
     pub data: PathBuf,
     pub images: PathBuf,
     pub extra_args: Vec<String>,
+    /// The API's `--listen` address (default `127.0.0.1:0`, any free loopback port); a node
+    /// in another network namespace needs an address it can reach.
+    pub listen: String,
     child: Option<Child>,
 }
 
@@ -109,6 +112,7 @@ impl Server {
             data: data.into(),
             images: images.into(),
             extra_args: Vec::new(),
+            listen: "127.0.0.1:0".into(),
             child: None,
         }
     }
@@ -134,7 +138,7 @@ impl Server {
             .arg("server")
             .arg("--data-dir")
             .arg(&self.data)
-            .args(["--listen", "127.0.0.1:0", "--node-name", "node01"])
+            .args(["--listen", &self.listen, "--node-name", "node01"])
             .arg("--image-store")
             .arg(&self.images)
             .args(&self.extra_args)
