@@ -51,6 +51,31 @@ pub fn encode() -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
+type Refresher = std::sync::Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+static REFRESHERS: LazyLock<Mutex<Vec<Refresher>>> = LazyLock::new(Default::default);
+
+/// Registers work to do before each scrape is encoded (gathering what a collector reports,
+/// e.g. the launchers' statistics); it should keep its own cache per scrape interval.
+pub fn register_refresher(
+    f: impl Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+) {
+    REFRESHERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(std::sync::Arc::new(f));
+}
+
+/// Runs every refresher concurrently, for at most `budget`: a scrape never waits longer,
+/// and a collector whose refresh did not finish reports what it had.
+pub async fn refresh(budget: std::time::Duration) {
+    let all: Vec<Refresher> = REFRESHERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let work = futures::future::join_all(all.iter().map(|f| f()));
+    if tokio::time::timeout(budget, work).await.is_err() {
+        tracing::debug!(?budget, "metrics refresh exceeded its budget");
+    }
+}
+
 /// KubeVirt's buckets of the VMI phase-transition histograms (`PhaseTransitionTimeBuckets`):
 /// 0.5 s to 1 h.
 pub const PHASE_TRANSITION_BUCKETS: [f64; 18] = [
@@ -154,6 +179,48 @@ impl PhaseTransitions {
         if let (Some(d), true) = (deleted, matches!(phase, "Succeeded" | "Failed")) {
             self.from_deletion.get_or_create(&labels).observe(at - d);
         }
+    }
+}
+
+/// Follows every VMI and observes each phase change in [`phase_transitions`], as
+/// virt-controller's informer handlers do. Keeps only each VMI's last phase; a VMI first seen
+/// (at start or after a relist) is not a transition. Runs until the process ends.
+pub async fn watch_vmi_phase_transitions(client: kube::Client) {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{watcher, Config, Event};
+    use kube::runtime::WatchStreamExt;
+    // Registered before the first transition, so the families are listed from the start.
+    phase_transitions();
+    let api: kube::Api<kubevirt_api::VirtualMachineInstance> = kube::Api::all(client);
+    let mut last: std::collections::HashMap<String, Value> = Default::default();
+    let mut events = std::pin::pin!(watcher(api, Config::default()).default_backoff());
+    while let Some(event) = events.next().await {
+        let vmi = match event {
+            Ok(Event::Apply(vmi) | Event::InitApply(vmi)) => vmi,
+            Ok(Event::Delete(vmi)) => {
+                let uid = vmi.metadata.uid.unwrap_or_default();
+                last.remove(&uid);
+                continue;
+            }
+            Ok(Event::Init | Event::InitDone) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "watching VMIs for phase-transition metrics");
+                continue;
+            }
+        };
+        let new = match serde_json::to_value(&vmi) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "encoding a VMI for phase-transition metrics");
+                continue;
+            }
+        };
+        let uid = vmi.metadata.uid.clone().unwrap_or_default();
+        let phase = new["status"]["phase"].clone();
+        if let Some(old) = last.get(&uid) {
+            phase_transitions().observe(old, &new);
+        }
+        last.insert(uid, serde_json::json!({"status": {"phase": phase}}));
     }
 }
 
@@ -305,7 +372,11 @@ impl Snapshot {
                 "guest_os_kernel_release",
                 str_at(os, &["kernelRelease"]),
             );
-            push(&mut l, "guest_os_machine", str_at(status, &["machine", "type"]));
+            push(
+                &mut l,
+                "guest_os_machine",
+                str_at(status, &["machine", "type"]),
+            );
             push(&mut l, "guest_os_arch", str_at(os, &["machine"]));
             push(&mut l, "guest_os_name", str_at(os, &["name"]));
             push(&mut l, "guest_os_version_id", str_at(os, &["versionId"]));
@@ -321,10 +392,17 @@ impl Snapshot {
             push(
                 &mut l,
                 "machine_type",
-                str_at(vm, &["spec", "template", "spec", "domain", "machine", "type"]),
+                str_at(
+                    vm,
+                    &["spec", "template", "spec", "domain", "machine", "type"],
+                ),
             );
             let spec = &vm["spec"];
-            push(&mut l, "instance_type", str_at(spec, &["instancetype", "name"]));
+            push(
+                &mut l,
+                "instance_type",
+                str_at(spec, &["instancetype", "name"]),
+            );
             push(&mut l, "preference", str_at(spec, &["preference", "name"]));
             let printable = str_at(vm, &["status", "printableStatus"]);
             push(&mut l, "status", &printable.to_ascii_lowercase());
@@ -338,15 +416,18 @@ impl Snapshot {
                 vec![
                     ("vmi", str_at(m, &["spec", "vmiName"]).to_string()),
                     ("vmim", str_at(m, &["metadata", "name"]).to_string()),
-                    ("namespace", str_at(m, &["metadata", "namespace"]).to_string()),
+                    (
+                        "namespace",
+                        str_at(m, &["metadata", "namespace"]).to_string(),
+                    ),
                 ]
             };
             let bucket = match str_at(m, &["status", "phase"]) {
                 "Pending" => "pending",
                 "Scheduling" => "scheduling",
                 "" => "unset",
-                "Running" | "Scheduled" | "PreparingTarget" | "TargetReady"
-                | "WaitingForSync" | "Synchronizing" => "running",
+                "Running" | "Scheduled" | "PreparingTarget" | "TargetReady" | "WaitingForSync"
+                | "Synchronizing" => "running",
                 "Succeeded" => {
                     succeeded.push((labels(), 1));
                     continue;
@@ -440,7 +521,11 @@ mod tests {
             from_deletion: Family::new_with_constructor(phase_histogram),
         };
         let created = "2026-01-01T00:00:00Z";
-        let old = vmi("Scheduled", created, &[("Scheduled", "2026-01-01T00:00:02Z")]);
+        let old = vmi(
+            "Scheduled",
+            created,
+            &[("Scheduled", "2026-01-01T00:00:02Z")],
+        );
         let new = vmi(
             "Running",
             created,
@@ -464,6 +549,94 @@ mod tests {
             "from_creation_bucket{phase=\"Running\",le=\"10\"} 1",
             "between_count{phase=\"Running\",last_phase=\"Scheduled\"} 1",
             "between_sum{phase=\"Running\",last_phase=\"Scheduled\"} 5.0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+
+    /// KubeVirt's `docs/observability/metrics.md` rows for what this module serves:
+    /// name, type, help.
+    const KUBEVIRT: &[(&str, &str, &str)] = &[
+        ("kubevirt_vmi_info", "gauge", "Information about VirtualMachineInstances."),
+        ("kubevirt_vm_info", "gauge", "Information about Virtual Machines."),
+        ("kubevirt_vmi_migration_succeeded", "gauge", "Indicates if the VMI migration succeeded."),
+        ("kubevirt_vmi_migration_failed", "gauge", "Indicates if the VMI migration failed."),
+        ("kubevirt_vmi_migrations_in_pending_phase", "gauge", "Number of current pending migrations."),
+        ("kubevirt_vmi_migrations_in_scheduling_phase", "gauge", "Number of current scheduling migrations."),
+        ("kubevirt_vmi_migrations_in_unset_phase", "gauge", "Number of current unset migrations. These are pending items the virt-controller hasn’t processed yet from the queue."),
+        ("kubevirt_vmi_migrations_in_running_phase", "gauge", "Number of current running migrations."),
+        ("kubevirt_vmi_phase_transition_time_from_creation_seconds", "histogram", "Histogram of VM phase transitions duration from creation time in seconds."),
+        ("kubevirt_vmi_phase_transition_time_seconds", "histogram", "Histogram of VM phase transitions duration between different phases in seconds."),
+        ("kubevirt_vmi_phase_transition_time_from_deletion_seconds", "histogram", "Histogram of VM phase transitions duration from deletion time in seconds."),
+        ("kubevirt_virt_controller_ready_status", "gauge", "Indication for a virt-controller that is ready to take the lead."),
+        ("kubevirt_virt_controller_leading_status", "gauge", "Indication for an operating virt-controller."),
+        ("kubevirt_virt_api_ready_status", "gauge", "Indication for a virt-api server that is ready to serve requests."),
+        ("kubevirt_virt_handler_ready_status", "gauge", "Indication for a virt-handler that is ready to serve requests."),
+    ];
+
+    #[test]
+    fn exposition_has_kubevirts_names_types_help_and_labels() {
+        let snapshot = || Snapshot {
+            vmis: vec![json!({
+                "metadata": {"namespace": "ns1", "name": "vm-a",
+                             "annotations": {"vm.kubevirt.io/os": "fedora",
+                                             "kubevirt.io/cluster-instancetype-name": "u1.small"}},
+                "status": {"phase": "Running", "nodeName": "node01"}})],
+            vms: vec![json!({"metadata": {"namespace": "ns1", "name": "vm-a"},
+                             "spec": {"instancetype": {"name": "u1.small"}},
+                             "status": {"printableStatus": "Running"}})],
+            migrations: vec![
+                json!({"metadata": {"namespace": "ns1", "name": "mig-1"},
+                       "spec": {"vmiName": "vm-a"}, "status": {"phase": "Succeeded"}}),
+                json!({"metadata": {"namespace": "ns1", "name": "mig-2"},
+                       "spec": {"vmiName": "vm-a"}, "status": {"phase": "Running"}}),
+            ],
+        };
+        components().controller_ready.set(1);
+        phase_transitions().observe(
+            &json!({"status": {"phase": "Scheduled"}}),
+            &json!({"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"},
+                    "status": {"phase": "Running", "phaseTransitionTimestamps": [
+                        {"phase": "Running", "phaseTransitionTimestamp": "2026-01-01T00:00:03Z"}]}}),
+        );
+        register_collector(Box::new(ControlPlane { source: snapshot }));
+        let text = encode().unwrap();
+        let mut seen = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                let row = KUBEVIRT.iter().find(|r| r.0 == name);
+                let row = row.unwrap_or_else(|| panic!("{name} is not in KubeVirt's table"));
+                assert_eq!(row.1, kind, "type of {name}");
+                seen.push(name.to_string());
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap();
+                let row = KUBEVIRT.iter().find(|r| r.0 == name).unwrap();
+                assert_eq!(row.2, help, "help of {name}");
+            } else {
+                // name{labels} value
+                let (series, value) = line.rsplit_once(' ').unwrap();
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+                assert!(
+                    series.chars().next().unwrap().is_ascii_alphabetic(),
+                    "{line}"
+                );
+            }
+        }
+        for (name, _, _) in KUBEVIRT {
+            assert!(seen.iter().any(|s| s == name), "{name} not served:\n{text}");
+        }
+        for line in [
+            "kubevirt_vmi_info{node=\"node01\",namespace=\"ns1\",name=\"vm-a\",phase=\"running\",os=\"fedora\",instance_type=\"u1.small\"} 1",
+            "kubevirt_vm_info{name=\"vm-a\",namespace=\"ns1\",instance_type=\"u1.small\",status=\"running\",status_group=\"running\"} 1",
+            "kubevirt_vmi_migration_succeeded{vmi=\"vm-a\",vmim=\"mig-1\",namespace=\"ns1\"} 1",
+            "kubevirt_vmi_migrations_in_running_phase 1",
+            "kubevirt_vmi_migrations_in_pending_phase 0",
+            "kubevirt_virt_controller_ready_status 1",
+            "kubevirt_vmi_phase_transition_time_from_creation_seconds_count{phase=\"Running\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
         }
