@@ -112,6 +112,9 @@ impl NodeStats {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// One family's rows: (name, help, counter?, samples).
+type FamilyRows = (&'static str, &'static str, bool, Vec<(Labels, f64)>);
+
 enum Value {
     Counter(f64),
     Gauge(f64),
@@ -264,7 +267,7 @@ impl Collector for NodeStats {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Group by family: each family's descriptor once, then every VMI's samples.
         let cache = self.cache();
-        let mut families: Vec<(&'static str, &'static str, bool, Vec<(Labels, f64)>)> = Vec::new();
+        let mut families: Vec<FamilyRows> = Vec::new();
         for (owner, stats) in &cache.vmis {
             for (name, help, extra, value) in samples(stats) {
                 let mut labels: Labels = vec![
