@@ -17,6 +17,9 @@ declare -A need=(
   [zstd]=zstd
   [docker-registry]=docker-registry
   [isoinfo]=genisoimage
+  # Prometheus and promtool: the metrics e2e test scrapes the server with a real Prometheus.
+  [prometheus]=prometheus
+  [promtool]=prometheus
 )
 missing=()
 for cmd in "${!need[@]}"; do

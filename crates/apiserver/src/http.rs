@@ -310,6 +310,7 @@ fn resolve<'a>(
 }
 
 pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();
@@ -361,6 +362,9 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         Err(e) => return e.into_response(),
     };
     let attrs = crate::rbac::Attributes::of(&method, &path, &segs, &query);
+    let apply = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
     let mutating = !matches!(method, Method::GET | Method::HEAD);
     let resp = if public || state.api.allows(&user, &attrs) {
         crate::objects::REQUEST_USER
@@ -377,6 +381,13 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
             a.record(&user, &attrs, resp.status().as_u16());
         }
     }
+    crate::metrics::observe_request(
+        &attrs,
+        &segs,
+        apply,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     tracing::debug!(%method, %path, user = %user.name, status = resp.status().as_u16(), "request");
     resp
 }
@@ -660,6 +671,7 @@ async fn dispatch(
             ["version"] | ["apis", "subresources.kubevirt.io", "v1", "version"] => {
                 return Ok(json_response(StatusCode::OK, &discovery::version()))
             }
+            ["metrics"] => return crate::metrics::serve().await,
             ["healthz"]
             | ["livez"]
             | ["readyz"]

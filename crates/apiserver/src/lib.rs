@@ -17,6 +17,7 @@ pub mod http;
 pub mod jsonpath;
 pub mod limits;
 pub mod managed;
+pub mod metrics;
 pub mod objects;
 pub mod openapi_v2;
 pub mod patch;

@@ -534,6 +534,14 @@ pub fn default_cluster_roles() -> Vec<Value> {
                 json!({"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/readyz", "/version", "/version/", "/openapi", "/openapi/*"], "verbs": ["get"]}),
             ],
         ),
+        // kube-apiserver's bootstrap role for scraping `/metrics` and the health endpoints.
+        cluster_role(
+            "system:monitoring",
+            json!({}),
+            vec![
+                json!({"nonResourceURLs": ["/healthz", "/healthz/*", "/livez", "/livez/*", "/metrics", "/metrics/slis", "/readyz", "/readyz/*"], "verbs": ["get"]}),
+            ],
+        ),
         cluster_role(
             "system:basic-user",
             json!({}),
@@ -555,6 +563,11 @@ pub fn default_cluster_role_bindings() -> Vec<Value> {
             "system:discovery",
             "system:discovery",
             crate::auth::AUTHENTICATED,
+        ),
+        binding(
+            "system:monitoring",
+            "system:monitoring",
+            "system:monitoring",
         ),
         binding(
             "system:basic-user",

@@ -425,6 +425,7 @@ async fn bootstrap(api: &ApiServer, port: u16) -> Result<()> {
 }
 
 pub async fn start(cfg: Config) -> Result<Running> {
+    crate::metrics::init();
     check_data_dir(&cfg.data_dir, cfg.init)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;

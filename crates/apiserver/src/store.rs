@@ -592,6 +592,7 @@ fn commit_batch(db: &Database, store: &Store, batch: Vec<WriteOp>) {
         txn.commit().map_err(storage)
     })();
     let commit_time = t_commit.elapsed();
+    crate::metrics::observe_commit(commit_time);
     if let Err(e) = persisted {
         tracing::error!(error = %e, "store commit failed");
         for s in staged {

@@ -72,6 +72,7 @@ pub fn run(args: ServerArgs) -> Result<i32> {
             running.kubeconfig.display()
         );
         eprintln!("  export KUBECONFIG={}", running.kubeconfig.display());
+        register_control_plane_metrics(&running.api.store);
         if !args.api_only {
             let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig)?;
             let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
@@ -94,6 +95,10 @@ pub fn run(args: ServerArgs) -> Result<i32> {
             running.set_subresource_handler(kubevirt_virtapi::VirtApi::new(
                 client.clone(),
                 kubevirt_handler::rest::HandlerClient::new(virt_api_tls),
+            ));
+            kubevirt_runtime::metrics::components().api_ready.set(1);
+            tokio::spawn(kubevirt_runtime::metrics::watch_vmi_phase_transitions(
+                client.clone(),
             ));
             // The cluster configuration: kubevirt/kubevirt, created with single-node defaults
             // at first start, then followed; every part reads it from one channel.
@@ -149,10 +154,15 @@ pub fn run(args: ServerArgs) -> Result<i32> {
             if let Err(e) = kubevirt_handler::register_node(client.clone(), &handler).await {
                 tracing::warn!(error = %e, "registering the node");
             }
+            kubevirt_runtime::metrics::components().handler_ready.set(1);
+            kubevirt_handler::metrics::NodeStats::register(&args.data_dir, &node);
             let mut ctl = kubevirt_controller::Config::new();
             ctl.cluster = cluster;
             ctl.node_heartbeat_timeout = Duration::from_secs(args.node_heartbeat_timeout);
             let controller = tokio::spawn(kubevirt_controller::run(client, ctl));
+            let components = kubevirt_runtime::metrics::components();
+            components.controller_ready.set(1);
+            components.controller_leading.set(1);
             eprintln!("kubevirt-rs server: controller and handler running for node {node}");
             tokio::spawn(async move {
                 if let Ok(Err(e)) = controller.await {
@@ -165,4 +175,24 @@ pub fn run(args: ServerArgs) -> Result<i32> {
         eprintln!("kubevirt-rs server: stopping (running VMs keep running)");
         Ok(0)
     })
+}
+
+/// KubeVirt's control-plane metrics on the server's `/metrics`, computed on each scrape from
+/// the store's in-memory objects (no API or QMP call).
+fn register_control_plane_metrics(store: &Arc<kubevirt_apiserver::store::Store>) {
+    use kubevirt_apiserver::store::Key;
+    let store = store.clone();
+    let values = move |resource: &str| -> Vec<serde_json::Value> {
+        let (items, _) = store.list(&Key::prefix("kubevirt.io", resource, None));
+        items.iter().map(|s| s.value()).collect()
+    };
+    kubevirt_runtime::metrics::register_collector(Box::new(
+        kubevirt_runtime::metrics::ControlPlane {
+            source: move || kubevirt_runtime::metrics::Snapshot {
+                vmis: values("virtualmachineinstances"),
+                vms: values("virtualmachines"),
+                migrations: values("virtualmachineinstancemigrations"),
+            },
+        },
+    ));
 }

@@ -8,6 +8,12 @@
 //!   has its documented outcome (docs/lifecycle.md) and the other VM is never touched.
 //! - Deletion ordering: a VM carries KubeVirt's controller finalizer, so `kubectl delete vm`
 //!   (which waits by default) returns only once the VMI and its QEMU are gone.
+//! - Metrics (docs/observability.md), on the running VM of the deletion test: `/metrics`
+//!   read with `kubectl get --raw` and with a ServiceAccount token bound to
+//!   `system:monitoring` carries KubeVirt's series for the VMI and the phase-transition
+//!   histogram counted it; a token without the role gets 403; `promtool check metrics`
+//!   accepts the exposition and a real Prometheus scrapes it and evaluates the shipped rules
+//!   (`deploy/monitoring/kubevirt-rules.yaml`, also checked by `promtool check rules`).
 
 use kubevirt_api::status::finalizer;
 use kubevirt_testsupport::{alive, have_kubectl, wait_for, Server};
@@ -300,6 +306,7 @@ fn kubectl_delete_vm_waits_until_the_vmi_and_its_qemu_are_gone() {
     );
     let vmi_fins = e.server.jsonpath("vmi", "doomed", "{.metadata.finalizers}");
     assert!(vmi_fins.contains(finalizer::VMI), "{vmi_fins}");
+    check_metrics(&e, "doomed");
     let pid = e.server.qemu_pid("default", "doomed").expect("QEMU pid");
     let qmp = e.server.vmi_dir("default", "doomed").qmp_socket();
     let qmp = qmp.to_str().expect("utf8");
@@ -330,4 +337,270 @@ fn kubectl_delete_vm_waits_until_the_vmi_and_its_qemu_are_gone() {
         .server
         .kubectl(&["get", "vm", "doomed", "--ignore-not-found", "-o", "name"]);
     assert!(vm.trim().is_empty(), "{vm}");
+}
+
+/// The value of the sample `series` (exact name and labels) in a Prometheus exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `/metrics` as docs/observability.md promises it, for the Running VMI `name`.
+fn check_metrics(e: &Env, name: &str) {
+    let started = Instant::now();
+    let server = &e.server;
+    // kubectl with the admin kubeconfig: a real client's `get --raw`.
+    let text = server.kubectl(&["get", "--raw", "/metrics"]);
+    let node = server.jsonpath("vmi", name, "{.status.nodeName}");
+    let info = format!(
+        "kubevirt_vmi_info{{node=\"{node}\",namespace=\"default\",name=\"{name}\",phase=\"running\"}}"
+    );
+    assert_eq!(sample(&text, &info), Some(1.0), "{info} missing:\n{text}");
+    let vm = format!(
+        "kubevirt_vm_info{{name=\"{name}\",namespace=\"default\",machine_type=\"q35\",status=\"running\",status_group=\"running\"}}"
+    );
+    assert_eq!(sample(&text, &vm), Some(1.0), "{vm} missing:\n{text}");
+    let running =
+        "kubevirt_vmi_phase_transition_time_from_creation_seconds_count{phase=\"Running\"}";
+    assert!(
+        sample(&text, running).is_some_and(|n| n >= 1.0),
+        "the phase-transition histogram did not count the Running VMI:\n{text}"
+    );
+    for up in [
+        "kubevirt_virt_controller_ready_status",
+        "kubevirt_virt_api_ready_status",
+        "kubevirt_virt_handler_ready_status",
+    ] {
+        assert_eq!(sample(&text, up), Some(1.0), "{up}:\n{text}");
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "apiserver_request_total{verb=\"GET\",group=\"kubevirt.io\",version=\"v1\",resource=\"virtualmachineinstances\",subresource=\"\",scope=\"resource\",component=\"apiserver\",code=\"200\"}"
+        )),
+        "no apiserver_request_total for the VMI GETs:\n{text}"
+    );
+    assert!(
+        sample(&text, "apiserver_storage_commit_duration_seconds_count").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    // Per-VMI series from the launcher's statistics (QMP and /proc), labelled as KubeVirt's.
+    let vmi = format!("node=\"{node}\",namespace=\"default\",name=\"{name}\"");
+    let vcpu = format!("kubevirt_vmi_vcpu_seconds_total{{{vmi},id=\"0\",state=\"running\"}}");
+    assert!(
+        sample(&text, &vcpu).is_some_and(|s| s > 0.0),
+        "{vcpu} missing or 0 for a booted guest:\n{text}"
+    );
+    let domain = format!("kubevirt_vmi_memory_domain_bytes{{{vmi}}}");
+    assert_eq!(
+        sample(&text, &domain),
+        Some(128.0 * 1024.0 * 1024.0),
+        "{text}"
+    );
+    let rss = format!("kubevirt_vmi_memory_resident_bytes{{{vmi}}}");
+    assert!(
+        sample(&text, &rss).is_some_and(|b| b > 1e6),
+        "{rss}:\n{text}"
+    );
+    for (family, drive) in [
+        ("kubevirt_vmi_storage_read_traffic_bytes_total", "rootdisk"),
+        ("kubevirt_vmi_storage_iops_read_total", "rootdisk"),
+    ] {
+        let series = format!("{family}{{{vmi},drive=\"{drive}\"}}");
+        assert!(
+            sample(&text, &series).is_some_and(|b| b > 0.0),
+            "{series}: the guest read its disks:\n{text}"
+        );
+    }
+    let write =
+        format!("kubevirt_vmi_storage_write_traffic_bytes_total{{{vmi},drive=\"rootdisk\"}}");
+    assert!(sample(&text, &write).is_some(), "{write}:\n{text}");
+    // The default interface is a tap on the pod network: its counters from the guest's side.
+    for family in [
+        "kubevirt_vmi_network_receive_bytes_total",
+        "kubevirt_vmi_network_transmit_bytes_total",
+        "kubevirt_vmi_network_receive_packets_total",
+    ] {
+        let series = format!("{family}{{{vmi},interface=\"default\"}}");
+        assert!(sample(&text, &series).is_some(), "{series}:\n{text}");
+    }
+
+    // A ServiceAccount bound to kube-apiserver's `system:monitoring` may read it; one
+    // without a role may not (403 from the same RBAC as every request).
+    for sa in ["scraper", "nobody"] {
+        let out = server.kubectl(&["create", "serviceaccount", sa]);
+        assert!(out.contains("created"), "{out}");
+    }
+    let out = server.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "scraper-monitoring",
+        "--clusterrole=system:monitoring",
+        "--serviceaccount=default:scraper",
+    ]);
+    assert!(out.contains("created"), "{out}");
+    let token = |sa: &str| server.kubectl(&["create", "token", sa]).trim().to_string();
+    let (scraper, nobody) = (token("scraper"), token("nobody"));
+    let url = server.kubectl(&[
+        "config",
+        "view",
+        "--raw",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let ca = server.data.join("ca.crt");
+    assert!(ca.exists(), "{} missing", ca.display());
+    let curl = |token: &str| {
+        kubevirt_testsupport::run_output(std::process::Command::new("curl").args([
+            "-sS",
+            "--cacert",
+            ca.to_str().expect("utf8"),
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-w",
+            "\n%{http_code}",
+            &format!("{url}/metrics"),
+        ]))
+    };
+    let ok = curl(&scraper);
+    assert!(ok.ends_with("\n200") && ok.contains(&info), "{ok}");
+    let denied = curl(&nobody);
+    assert!(denied.ends_with("\n403"), "{denied}");
+    assert!(
+        denied.contains("forbidden") && denied.contains("/metrics"),
+        "{denied}"
+    );
+    let out = server.kubectl(&["--token", &nobody, "get", "--raw", "/metrics"]);
+    assert!(
+        out.contains("Forbidden") || out.contains("forbidden"),
+        "{out}"
+    );
+
+    if !kubevirt_testsupport::have("promtool", &["--version"], "see scripts/deps.sh") {
+        eprintln!("SKIPPED: promtool/prometheus are not installed (scripts/deps.sh installs them)");
+        return;
+    }
+    let dir = server
+        .data
+        .parent()
+        .unwrap_or(&server.data)
+        .join("prometheus");
+    std::fs::create_dir_all(&dir).expect("prometheus dir");
+    let exposition = dir.join("metrics.txt");
+    std::fs::write(&exposition, &text).expect("write exposition");
+    let check = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", exposition.display()))
+        .output()
+        .expect("promtool");
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let rules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/monitoring/kubevirt-rules.yaml");
+    let check = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool");
+    assert!(
+        check.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    scrape_with_prometheus(&dir, &url, &ca, &scraper, &rules, &node, name);
+    eprintln!("metrics checks took {:?}", started.elapsed());
+}
+
+/// Starts Debian's Prometheus on loopback scraping the server every second with the
+/// scraper's token and the shipped rules, and asserts through its query API that the VMI's
+/// series and a recording rule over them exist.
+fn scrape_with_prometheus(
+    dir: &Path,
+    url: &str,
+    ca: &Path,
+    token: &str,
+    rules: &Path,
+    node: &str,
+    name: &str,
+) {
+    let target = url.trim_start_matches("https://");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).expect("token file");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = format!(
+        r#"global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files: ["{rules}"]
+scrape_configs:
+  - job_name: kubevirt-rs
+    scheme: https
+    tls_config: {{ca_file: "{ca}"}}
+    authorization: {{credentials_file: "{token}"}}
+    static_configs: [{{targets: ["{target}"]}}]
+"#,
+        rules = rules.display(),
+        ca = ca.display(),
+        token = token_file.display(),
+    );
+    let config_file = dir.join("prometheus.yml");
+    std::fs::write(&config_file, config).expect("prometheus config");
+    let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
+    let mut child = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config_file.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus");
+    let query = |q: &str| -> Vec<serde_json::Value> {
+        let out = kubevirt_testsupport::run_output(std::process::Command::new("curl").args([
+            "-sS",
+            "--get",
+            &format!("http://127.0.0.1:{port}/api/v1/query"),
+            "--data-urlencode",
+            &format!("query={q}"),
+        ]));
+        serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let series = [
+        format!("kubevirt_vmi_info{{namespace=\"default\",name=\"{name}\",node=\"{node}\",phase=\"running\"}}"),
+        "kubevirt_vmi_phase_transition_time_from_creation_seconds_count{phase=\"Running\"} >= 1".to_string(),
+        format!("node:kubevirt_vmi_phase:sum{{node=\"{node}\",phase=\"running\"}} >= 1"),
+        "cluster:kubevirt_virt_controller_up:sum == 1".to_string(),
+        format!("kubevirt_vmi_vcpu_seconds_total{{name=\"{name}\",node=\"{node}\",id=\"0\"}} > 0"),
+        format!("kubevirt_vmi_memory_resident_bytes{{name=\"{name}\"}} > 0"),
+        format!("kubevirt_vmi_storage_read_traffic_bytes_total{{name=\"{name}\",drive=\"rootdisk\"}} > 0"),
+        "up{job=\"kubevirt-rs\"} == 1".to_string(),
+    ];
+    let mut missing = Vec::new();
+    let ok = wait_for(Duration::from_secs(60), || {
+        missing = series
+            .iter()
+            .filter(|q| query(q).is_empty())
+            .cloned()
+            .collect();
+        missing.is_empty()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        ok,
+        "Prometheus has no result for {missing:?}; its log:\n{}",
+        std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+    );
 }

@@ -1427,8 +1427,10 @@ impl Vm {
         self.qmp.balloon(bytes).await.map_err(|e| self.qmp_err(e))
     }
 
-    /// vCPU times (from the vCPU threads' /proc stat), balloon and guest memory, block I/O.
+    /// vCPU times (from the vCPU threads' /proc stat), QEMU's resident memory, balloon and
+    /// guest memory, block I/O, and the counters of the VMI's taps ([`crate::api::stats`]).
     pub async fn stats(&self) -> Result<serde_json::Value, LaunchError> {
+        use crate::api::stats::{self, VcpuStats, VmiStats};
         self.ensure_alive("no stats")?;
         let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let mut vcpus = Vec::new();
@@ -1447,12 +1449,12 @@ impl Vm {
             let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
             let f: Vec<&str> = after.split_whitespace().collect();
             let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            vcpus.push(serde_json::json!({
-                "cpu": c.cpu_index,
-                "threadId": c.thread_id,
-                "userSeconds": ticks(11) / tick,
-                "systemSeconds": ticks(12) / tick,
-            }));
+            vcpus.push(VcpuStats {
+                cpu: c.cpu_index.into(),
+                thread_id: c.thread_id,
+                user_seconds: ticks(11) / tick,
+                system_seconds: ticks(12) / tick,
+            });
         }
         let balloon = self.qmp.query_balloon().await.ok();
         let guest: Option<crate::qmp::GuestStats> = if self.spec.balloon.is_some() {
@@ -1463,17 +1465,59 @@ impl Vm {
         } else {
             None
         };
-        let block = self.qmp.query_blockstats().await.unwrap_or_default();
-        Ok(serde_json::json!({
-            "vcpus": vcpus,
-            "memory": {
-                "guestBytes": self.spec.memory.bytes,
-                "balloonActualBytes": balloon.map(|b| b.actual),
-                "guestStats": guest.map(|g| g.stats),
+        let resident_bytes = std::fs::read_to_string(format!("/proc/{}/status", self.qemu_pid))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map(|kb| kb * 1024);
+        let block = self
+            .qmp
+            .query_blockstats()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|b| {
+                Some(stats::BlockStats {
+                    drive: stats::drive_name(&b.device, &b.qdev)?,
+                    rd_bytes: b.stats.rd_bytes,
+                    wr_bytes: b.stats.wr_bytes,
+                    rd_operations: b.stats.rd_operations,
+                    wr_operations: b.stats.wr_operations,
+                    flush_operations: b.stats.flush_operations,
+                })
+            })
+            .collect();
+        // QEMU runs in the VMI's network namespace: its /proc net/dev lists the taps.
+        let net_dev =
+            std::fs::read_to_string(format!("/proc/{}/net/dev", self.qemu_pid)).unwrap_or_default();
+        let net = self
+            .spec
+            .nics
+            .iter()
+            .filter_map(|n| match &n.backend {
+                crate::machine::NetBackend::Pod { tap, .. }
+                | crate::machine::NetBackend::Bridge { tap, .. } => {
+                    stats::tap_counters(&net_dev, tap, &n.name)
+                }
+                _ => None,
+            })
+            .collect();
+        let reply = VmiStats {
+            vcpus,
+            memory: stats::MemoryStats {
+                guest_bytes: self.spec.memory.bytes,
+                resident_bytes,
+                balloon_actual_bytes: balloon.map(|b| b.actual),
+                guest_stats: guest.map(|g| g.stats),
             },
-            "block": block,
-            "net": serde_json::Value::Null,
-        }))
+            block,
+            net,
+        };
+        // Numbers and strings only: serializing cannot fail.
+        Ok(serde_json::to_value(reply).unwrap_or_default())
     }
 }
 

@@ -22,5 +22,6 @@ pub mod backoff;
 pub mod cluster;
 pub mod events;
 pub mod host_path;
+pub mod metrics;
 pub mod status;
 pub mod subresource;

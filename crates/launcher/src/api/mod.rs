@@ -19,6 +19,7 @@ mod client;
 mod dir;
 pub mod migration;
 mod protocol;
+pub mod stats;
 
 pub use crate::launcher::{GuestInterface, Phase, State};
 pub use client::{call_blocking, ClientError, LauncherClient, Subscription};

@@ -1,0 +1,658 @@
+//! Prometheus metrics: the process's one registry (built with `prometheus-client`), KubeVirt's
+//! control-plane metrics computed on scrape, and the VMI phase-transition histograms.
+//!
+//! Every component registers its families here once; the API server's `/metrics` encodes the
+//! registry in Prometheus' text format. Names, types, labels and help texts are KubeVirt's
+//! (`docs/observability/metrics.md` in KubeVirt); the table of what is served is
+//! `docs/observability.md`.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Metric, Registry};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+/// The content type of [`encode`]'s output (Prometheus' text format 0.0.4).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A metric's label pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// A histogram family whose buckets are fixed by a function pointer.
+pub type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| Mutex::new(Registry::default()));
+
+fn registry() -> MutexGuard<'static, Registry> {
+    // A panic while registering leaves the registry as it was: keep serving it.
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Registers a metric family under `name` (for a counter, without its `_total` suffix: the
+/// encoder adds it).
+pub fn register(name: &str, help: &str, metric: impl Metric) {
+    registry().register(name, help, metric);
+}
+
+/// Registers a collector whose families are computed on each scrape.
+pub fn register_collector(collector: Box<dyn Collector>) {
+    registry().register_collector(collector);
+}
+
+/// Everything registered, in Prometheus' text format.
+pub fn encode() -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry())?;
+    Ok(out)
+}
+
+type Refresher = std::sync::Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+static REFRESHERS: LazyLock<Mutex<Vec<Refresher>>> = LazyLock::new(Default::default);
+
+/// Registers work to do before each scrape is encoded (gathering what a collector reports,
+/// e.g. the launchers' statistics); it should keep its own cache per scrape interval.
+pub fn register_refresher(
+    f: impl Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+) {
+    REFRESHERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(std::sync::Arc::new(f));
+}
+
+/// Runs every refresher concurrently, for at most `budget`: a scrape never waits longer,
+/// and a collector whose refresh did not finish reports what it had.
+pub async fn refresh(budget: std::time::Duration) {
+    let all: Vec<Refresher> = REFRESHERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let work = futures::future::join_all(all.iter().map(|f| f()));
+    if tokio::time::timeout(budget, work).await.is_err() {
+        tracing::debug!(?budget, "metrics refresh exceeded its budget");
+    }
+}
+
+/// KubeVirt's buckets of the VMI phase-transition histograms (`PhaseTransitionTimeBuckets`):
+/// 0.5 s to 1 h.
+pub const PHASE_TRANSITION_BUCKETS: [f64; 18] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0,
+    1200.0, 1800.0, 3600.0,
+];
+
+fn phase_histogram() -> Histogram {
+    Histogram::new(PHASE_TRANSITION_BUCKETS)
+}
+
+/// KubeVirt's VMI phase-transition histograms (virt-controller's `perfscale_metrics.go`),
+/// observed whenever a VMI is seen to change phase.
+pub struct PhaseTransitions {
+    /// `kubevirt_vmi_phase_transition_time_from_creation_seconds{phase}`.
+    pub from_creation: HistogramFamily,
+    /// `kubevirt_vmi_phase_transition_time_seconds{phase,last_phase}`.
+    pub between: HistogramFamily,
+    /// `kubevirt_vmi_phase_transition_time_from_deletion_seconds{phase}`.
+    pub from_deletion: HistogramFamily,
+}
+
+/// The process's phase-transition histograms, registered on first use.
+pub fn phase_transitions() -> &'static PhaseTransitions {
+    static P: LazyLock<PhaseTransitions> = LazyLock::new(|| {
+        let p = PhaseTransitions {
+            from_creation: Family::new_with_constructor(phase_histogram),
+            between: Family::new_with_constructor(phase_histogram),
+            from_deletion: Family::new_with_constructor(phase_histogram),
+        };
+        register(
+            "kubevirt_vmi_phase_transition_time_from_creation_seconds",
+            "Histogram of VM phase transitions duration from creation time in seconds.",
+            p.from_creation.clone(),
+        );
+        register(
+            "kubevirt_vmi_phase_transition_time_seconds",
+            "Histogram of VM phase transitions duration between different phases in seconds.",
+            p.between.clone(),
+        );
+        register(
+            "kubevirt_vmi_phase_transition_time_from_deletion_seconds",
+            "Histogram of VM phase transitions duration from deletion time in seconds.",
+            p.from_deletion.clone(),
+        );
+        p
+    });
+    &P
+}
+
+fn parse_time(v: &Value) -> Option<f64> {
+    let ts: jiff::Timestamp = v.as_str()?.parse().ok()?;
+    Some(ts.as_millisecond() as f64 / 1000.0)
+}
+
+/// The time `vmi` entered `phase`, from `status.phaseTransitionTimestamps`.
+fn entered(vmi: &Value, phase: &str) -> Option<f64> {
+    vmi["status"]["phaseTransitionTimestamps"]
+        .as_array()?
+        .iter()
+        .find(|t| t["phase"].as_str() == Some(phase))
+        .and_then(|t| parse_time(&t["phaseTransitionTimestamp"]))
+}
+
+impl PhaseTransitions {
+    /// Observes `old` → `new` as KubeVirt's informer handlers do: nothing unless the phase
+    /// changed; the time of the new phase is its `phaseTransitionTimestamps` entry, measured
+    /// from the creation, from the old phase's entry (the creation when the old phase was
+    /// unset) and, for a deleted VMI reaching a final phase, from the deletion.
+    pub fn observe(&self, old: &Value, new: &Value) {
+        let (Some(phase), old_phase) = (
+            new["status"]["phase"].as_str().filter(|p| !p.is_empty()),
+            old["status"]["phase"].as_str().unwrap_or_default(),
+        ) else {
+            return;
+        };
+        if phase == old_phase {
+            return;
+        }
+        let Some(at) = entered(new, phase) else {
+            return;
+        };
+        let created = parse_time(&new["metadata"]["creationTimestamp"]);
+        let labels = vec![("phase", phase.to_string())];
+        if let Some(c) = created {
+            self.from_creation.get_or_create(&labels).observe(at - c);
+        }
+        let last = if old_phase.is_empty() {
+            created
+        } else {
+            entered(new, old_phase)
+        };
+        if let Some(l) = last {
+            let between = vec![
+                ("phase", phase.to_string()),
+                ("last_phase", old_phase.to_string()),
+            ];
+            self.between.get_or_create(&between).observe(at - l);
+        }
+        let deleted = parse_time(&new["metadata"]["deletionTimestamp"]);
+        if let (Some(d), true) = (deleted, matches!(phase, "Succeeded" | "Failed")) {
+            self.from_deletion.get_or_create(&labels).observe(at - d);
+        }
+    }
+}
+
+/// Follows every VMI and observes each phase change in [`phase_transitions`], as
+/// virt-controller's informer handlers do. Keeps only each VMI's last phase; a VMI first seen
+/// (at start or after a relist) is not a transition. Runs until the process ends.
+pub async fn watch_vmi_phase_transitions(client: kube::Client) {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{watcher, Config, Event};
+    use kube::runtime::WatchStreamExt;
+    // Registered before the first transition, so the families are listed from the start.
+    phase_transitions();
+    let api: kube::Api<kubevirt_api::VirtualMachineInstance> = kube::Api::all(client);
+    let mut last: std::collections::HashMap<String, Value> = Default::default();
+    let mut events = std::pin::pin!(watcher(api, Config::default()).default_backoff());
+    while let Some(event) = events.next().await {
+        let vmi = match event {
+            Ok(Event::Apply(vmi) | Event::InitApply(vmi)) => vmi,
+            Ok(Event::Delete(vmi)) => {
+                let uid = vmi.metadata.uid.unwrap_or_default();
+                last.remove(&uid);
+                continue;
+            }
+            Ok(Event::Init | Event::InitDone) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "watching VMIs for phase-transition metrics");
+                continue;
+            }
+        };
+        let new = match serde_json::to_value(&vmi) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "encoding a VMI for phase-transition metrics");
+                continue;
+            }
+        };
+        let uid = vmi.metadata.uid.clone().unwrap_or_default();
+        let phase = new["status"]["phase"].clone();
+        if let Some(old) = last.get(&uid) {
+            phase_transitions().observe(old, &new);
+        }
+        last.insert(uid, serde_json::json!({"status": {"phase": phase}}));
+    }
+}
+
+/// KubeVirt's component readiness gauges (`kubevirt_virt_{controller,api,handler}_ready_status`,
+/// `kubevirt_virt_controller_leading_status`): 1 once the component runs in this process.
+pub struct Components {
+    pub controller_ready: Gauge,
+    pub controller_leading: Gauge,
+    pub api_ready: Gauge,
+    pub handler_ready: Gauge,
+}
+
+/// This process's component gauges, registered on first use.
+pub fn components() -> &'static Components {
+    static C: LazyLock<Components> = LazyLock::new(|| {
+        let c = Components {
+            controller_ready: Gauge::default(),
+            controller_leading: Gauge::default(),
+            api_ready: Gauge::default(),
+            handler_ready: Gauge::default(),
+        };
+        register(
+            "kubevirt_virt_controller_ready_status",
+            "Indication for a virt-controller that is ready to take the lead.",
+            c.controller_ready.clone(),
+        );
+        register(
+            "kubevirt_virt_controller_leading_status",
+            "Indication for an operating virt-controller.",
+            c.controller_leading.clone(),
+        );
+        register(
+            "kubevirt_virt_api_ready_status",
+            "Indication for a virt-api server that is ready to serve requests.",
+            c.api_ready.clone(),
+        );
+        register(
+            "kubevirt_virt_handler_ready_status",
+            "Indication for a virt-handler that is ready to serve requests.",
+            c.handler_ready.clone(),
+        );
+        c
+    });
+    &C
+}
+
+/// The objects the control-plane metrics are computed from, as stored (JSON).
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub vmis: Vec<Value>,
+    pub vms: Vec<Value>,
+    pub migrations: Vec<Value>,
+}
+
+/// KubeVirt's control-plane metrics (virt-controller's `vmistats`, `vmstats` and
+/// `migrationstats` collectors), computed on each scrape from a [`Snapshot`] taken by
+/// `source` — the API server's in-memory store in `kubevirt-rs server`, so a scrape costs a
+/// pass over the objects and no QMP or API call.
+pub struct ControlPlane<F> {
+    pub source: F,
+}
+
+impl<F> std::fmt::Debug for ControlPlane<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlPlane")
+    }
+}
+
+/// One family's samples.
+struct Samples {
+    name: &'static str,
+    help: &'static str,
+    rows: Vec<(Labels, i64)>,
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .fold(v, |v, k| &v[*k])
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// Pushes `key=value` unless the value is empty (KubeVirt's collectors drop empty labels).
+fn push(labels: &mut Labels, key: &'static str, value: &str) {
+    if !value.is_empty() {
+        labels.push((key, value.to_string()));
+    }
+}
+
+/// `vm.kubevirt.io/{os,workload,flavor}` annotations, and the instancetype and preference
+/// names the VM controller records, as KubeVirt's `kubevirt_vmi_info`/`kubevirt_vm_info`.
+fn system_labels(labels: &mut Labels, meta: &Value) {
+    let ann = &meta["annotations"];
+    for (key, ann_key) in [
+        ("os", "vm.kubevirt.io/os"),
+        ("workload", "vm.kubevirt.io/workload"),
+        ("flavor", "vm.kubevirt.io/flavor"),
+    ] {
+        push(labels, key, ann[ann_key].as_str().unwrap_or_default());
+    }
+}
+
+fn instancetype_labels(labels: &mut Labels, ann: &Value) {
+    let it = ann["kubevirt.io/instancetype-name"]
+        .as_str()
+        .or(ann["kubevirt.io/cluster-instancetype-name"].as_str())
+        .unwrap_or_default();
+    push(labels, "instance_type", it);
+    let pref = ann["kubevirt.io/preference-name"]
+        .as_str()
+        .or(ann["kubevirt.io/cluster-preference-name"].as_str())
+        .unwrap_or_default();
+    push(labels, "preference", pref);
+}
+
+/// KubeVirt's `status_group` of a VM's printableStatus (`getVMStatusGroup`).
+pub fn vm_status_group(status: &str) -> &'static str {
+    match status {
+        "Provisioning" | "Starting" | "WaitingForVolumeBinding" => "starting",
+        "Running" => "running",
+        "Migrating" => "migrating",
+        "Stopped" | "Paused" | "Stopping" | "Terminating" => "non_running",
+        "CrashLoopBackOff" | "Unknown" | "ErrorUnschedulable" | "ErrImagePull"
+        | "ImagePullBackOff" | "ErrorPvcNotFound" | "DataVolumeError" => "error",
+        _ => "",
+    }
+}
+
+impl Snapshot {
+    fn families(&self) -> Vec<Samples> {
+        let mut vmi_info = Vec::new();
+        for vmi in &self.vmis {
+            let meta = &vmi["metadata"];
+            let status = &vmi["status"];
+            let mut l = Labels::new();
+            push(&mut l, "node", str_at(status, &["nodeName"]));
+            push(&mut l, "namespace", str_at(meta, &["namespace"]));
+            push(&mut l, "name", str_at(meta, &["name"]));
+            push(
+                &mut l,
+                "phase",
+                &str_at(status, &["phase"]).to_ascii_lowercase(),
+            );
+            system_labels(&mut l, meta);
+            instancetype_labels(&mut l, &meta["annotations"]);
+            let os = &status["guestOSInfo"];
+            push(
+                &mut l,
+                "guest_os_kernel_release",
+                str_at(os, &["kernelRelease"]),
+            );
+            push(
+                &mut l,
+                "guest_os_machine",
+                str_at(status, &["machine", "type"]),
+            );
+            push(&mut l, "guest_os_arch", str_at(os, &["machine"]));
+            push(&mut l, "guest_os_name", str_at(os, &["name"]));
+            push(&mut l, "guest_os_version_id", str_at(os, &["versionId"]));
+            vmi_info.push((l, 1));
+        }
+        let mut vm_info = Vec::new();
+        for vm in &self.vms {
+            let meta = &vm["metadata"];
+            let mut l = Labels::new();
+            push(&mut l, "name", str_at(meta, &["name"]));
+            push(&mut l, "namespace", str_at(meta, &["namespace"]));
+            system_labels(&mut l, &vm["spec"]["template"]["metadata"]);
+            push(
+                &mut l,
+                "machine_type",
+                str_at(
+                    vm,
+                    &["spec", "template", "spec", "domain", "machine", "type"],
+                ),
+            );
+            let spec = &vm["spec"];
+            push(
+                &mut l,
+                "instance_type",
+                str_at(spec, &["instancetype", "name"]),
+            );
+            push(&mut l, "preference", str_at(spec, &["preference", "name"]));
+            let printable = str_at(vm, &["status", "printableStatus"]);
+            push(&mut l, "status", &printable.to_ascii_lowercase());
+            push(&mut l, "status_group", vm_status_group(printable));
+            vm_info.push((l, 1));
+        }
+        let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
+        let mut in_phase: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for m in &self.migrations {
+            let labels = || {
+                vec![
+                    ("vmi", str_at(m, &["spec", "vmiName"]).to_string()),
+                    ("vmim", str_at(m, &["metadata", "name"]).to_string()),
+                    (
+                        "namespace",
+                        str_at(m, &["metadata", "namespace"]).to_string(),
+                    ),
+                ]
+            };
+            let bucket = match str_at(m, &["status", "phase"]) {
+                "Pending" => "pending",
+                "Scheduling" => "scheduling",
+                "" => "unset",
+                "Running" | "Scheduled" | "PreparingTarget" | "TargetReady" | "WaitingForSync"
+                | "Synchronizing" => "running",
+                "Succeeded" => {
+                    succeeded.push((labels(), 1));
+                    continue;
+                }
+                "Failed" => {
+                    failed.push((labels(), 1));
+                    continue;
+                }
+                _ => continue,
+            };
+            *in_phase.entry(bucket).or_default() += 1;
+        }
+        let count = |b: &str| vec![(Labels::new(), in_phase.get(b).copied().unwrap_or(0))];
+        vec![
+            Samples {
+                name: "kubevirt_vmi_info",
+                help: "Information about VirtualMachineInstances.",
+                rows: vmi_info,
+            },
+            Samples {
+                name: "kubevirt_vm_info",
+                help: "Information about Virtual Machines.",
+                rows: vm_info,
+            },
+            Samples {
+                name: "kubevirt_vmi_migration_succeeded",
+                help: "Indicates if the VMI migration succeeded.",
+                rows: succeeded,
+            },
+            Samples {
+                name: "kubevirt_vmi_migration_failed",
+                help: "Indicates if the VMI migration failed.",
+                rows: failed,
+            },
+            Samples {
+                name: "kubevirt_vmi_migrations_in_pending_phase",
+                help: "Number of current pending migrations.",
+                rows: count("pending"),
+            },
+            Samples {
+                name: "kubevirt_vmi_migrations_in_scheduling_phase",
+                help: "Number of current scheduling migrations.",
+                rows: count("scheduling"),
+            },
+            Samples {
+                name: "kubevirt_vmi_migrations_in_unset_phase",
+                help: "Number of current unset migrations. These are pending items the virt-controller hasn’t processed yet from the queue.",
+                rows: count("unset"),
+            },
+            Samples {
+                name: "kubevirt_vmi_migrations_in_running_phase",
+                help: "Number of current running migrations.",
+                rows: count("running"),
+            },
+        ]
+    }
+}
+
+impl<F: Fn() -> Snapshot + Send + Sync + 'static> Collector for ControlPlane<F> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for family in (self.source)().families() {
+            let mut metric =
+                encoder.encode_descriptor(family.name, family.help, None, MetricType::Gauge)?;
+            for (labels, value) in &family.rows {
+                ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vmi(phase: &str, created: &str, entered: &[(&str, &str)]) -> Value {
+        let ts: Vec<Value> = entered
+            .iter()
+            .map(|(p, t)| json!({"phase": p, "phaseTransitionTimestamp": t}))
+            .collect();
+        json!({"metadata": {"namespace": "default", "name": "a", "creationTimestamp": created},
+               "status": {"phase": phase, "phaseTransitionTimestamps": ts}})
+    }
+
+    #[test]
+    fn phase_transition_is_observed_once_from_creation_and_between_phases() {
+        let p = PhaseTransitions {
+            from_creation: Family::new_with_constructor(phase_histogram),
+            between: Family::new_with_constructor(phase_histogram),
+            from_deletion: Family::new_with_constructor(phase_histogram),
+        };
+        let created = "2026-01-01T00:00:00Z";
+        let old = vmi(
+            "Scheduled",
+            created,
+            &[("Scheduled", "2026-01-01T00:00:02Z")],
+        );
+        let new = vmi(
+            "Running",
+            created,
+            &[
+                ("Scheduled", "2026-01-01T00:00:02Z"),
+                ("Running", "2026-01-01T00:00:07Z"),
+            ],
+        );
+        p.observe(&old, &new);
+        // The same phase again (a status write that changed something else) is not a transition.
+        p.observe(&new, &new);
+        let mut r = Registry::default();
+        r.register("from_creation", "", p.from_creation.clone());
+        r.register("between", "", p.between.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &r).unwrap();
+        for line in [
+            "from_creation_count{phase=\"Running\"} 1",
+            "from_creation_sum{phase=\"Running\"} 7.0",
+            "from_creation_bucket{phase=\"Running\",le=\"5\"} 0",
+            "from_creation_bucket{phase=\"Running\",le=\"10\"} 1",
+            "between_count{phase=\"Running\",last_phase=\"Scheduled\"} 1",
+            "between_sum{phase=\"Running\",last_phase=\"Scheduled\"} 5.0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+
+    /// KubeVirt's `docs/observability/metrics.md` rows for what this module serves:
+    /// name, type, help.
+    const KUBEVIRT: &[(&str, &str, &str)] = &[
+        ("kubevirt_vmi_info", "gauge", "Information about VirtualMachineInstances."),
+        ("kubevirt_vm_info", "gauge", "Information about Virtual Machines."),
+        ("kubevirt_vmi_migration_succeeded", "gauge", "Indicates if the VMI migration succeeded."),
+        ("kubevirt_vmi_migration_failed", "gauge", "Indicates if the VMI migration failed."),
+        ("kubevirt_vmi_migrations_in_pending_phase", "gauge", "Number of current pending migrations."),
+        ("kubevirt_vmi_migrations_in_scheduling_phase", "gauge", "Number of current scheduling migrations."),
+        ("kubevirt_vmi_migrations_in_unset_phase", "gauge", "Number of current unset migrations. These are pending items the virt-controller hasn’t processed yet from the queue."),
+        ("kubevirt_vmi_migrations_in_running_phase", "gauge", "Number of current running migrations."),
+        ("kubevirt_vmi_phase_transition_time_from_creation_seconds", "histogram", "Histogram of VM phase transitions duration from creation time in seconds."),
+        ("kubevirt_vmi_phase_transition_time_seconds", "histogram", "Histogram of VM phase transitions duration between different phases in seconds."),
+        ("kubevirt_vmi_phase_transition_time_from_deletion_seconds", "histogram", "Histogram of VM phase transitions duration from deletion time in seconds."),
+        ("kubevirt_virt_controller_ready_status", "gauge", "Indication for a virt-controller that is ready to take the lead."),
+        ("kubevirt_virt_controller_leading_status", "gauge", "Indication for an operating virt-controller."),
+        ("kubevirt_virt_api_ready_status", "gauge", "Indication for a virt-api server that is ready to serve requests."),
+        ("kubevirt_virt_handler_ready_status", "gauge", "Indication for a virt-handler that is ready to serve requests."),
+    ];
+
+    #[test]
+    fn exposition_has_kubevirts_names_types_help_and_labels() {
+        let snapshot = || Snapshot {
+            vmis: vec![json!({
+                "metadata": {"namespace": "ns1", "name": "vm-a",
+                             "annotations": {"vm.kubevirt.io/os": "fedora",
+                                             "kubevirt.io/cluster-instancetype-name": "u1.small"}},
+                "status": {"phase": "Running", "nodeName": "node01"}})],
+            vms: vec![json!({"metadata": {"namespace": "ns1", "name": "vm-a"},
+                             "spec": {"instancetype": {"name": "u1.small"}},
+                             "status": {"printableStatus": "Running"}})],
+            migrations: vec![
+                json!({"metadata": {"namespace": "ns1", "name": "mig-1"},
+                       "spec": {"vmiName": "vm-a"}, "status": {"phase": "Succeeded"}}),
+                json!({"metadata": {"namespace": "ns1", "name": "mig-2"},
+                       "spec": {"vmiName": "vm-a"}, "status": {"phase": "Running"}}),
+            ],
+        };
+        components().controller_ready.set(1);
+        phase_transitions().observe(
+            &json!({"status": {"phase": "Scheduled"}}),
+            &json!({"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"},
+                    "status": {"phase": "Running", "phaseTransitionTimestamps": [
+                        {"phase": "Running", "phaseTransitionTimestamp": "2026-01-01T00:00:03Z"}]}}),
+        );
+        register_collector(Box::new(ControlPlane { source: snapshot }));
+        let text = encode().unwrap();
+        let mut seen = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                let row = KUBEVIRT.iter().find(|r| r.0 == name);
+                let row = row.unwrap_or_else(|| panic!("{name} is not in KubeVirt's table"));
+                assert_eq!(row.1, kind, "type of {name}");
+                seen.push(name.to_string());
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap();
+                let row = KUBEVIRT.iter().find(|r| r.0 == name).unwrap();
+                // prometheus-client ends every HELP with a '.' of its own (KubeVirt's texts end
+                // with one already: "…seconds.." on the wire; docs/observability.md).
+                assert_eq!(
+                    row.2.trim_end_matches('.'),
+                    help.trim_end_matches('.'),
+                    "help of {name}"
+                );
+            } else {
+                // name{labels} value
+                let (series, value) = line.rsplit_once(' ').unwrap();
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+                assert!(
+                    series.chars().next().unwrap().is_ascii_alphabetic(),
+                    "{line}"
+                );
+            }
+        }
+        for (name, _, _) in KUBEVIRT {
+            assert!(seen.iter().any(|s| s == name), "{name} not served:\n{text}");
+        }
+        for line in [
+            "kubevirt_vmi_info{node=\"node01\",namespace=\"ns1\",name=\"vm-a\",phase=\"running\",os=\"fedora\",instance_type=\"u1.small\"} 1",
+            "kubevirt_vm_info{name=\"vm-a\",namespace=\"ns1\",instance_type=\"u1.small\",status=\"running\",status_group=\"running\"} 1",
+            "kubevirt_vmi_migration_succeeded{vmi=\"vm-a\",vmim=\"mig-1\",namespace=\"ns1\"} 1",
+            "kubevirt_vmi_migrations_in_running_phase 1",
+            "kubevirt_vmi_migrations_in_pending_phase 0",
+            "kubevirt_virt_controller_ready_status 1",
+            "kubevirt_vmi_phase_transition_time_from_creation_seconds_count{phase=\"Running\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn vm_status_groups_are_kubevirts() {
+        assert_eq!(vm_status_group("Provisioning"), "starting");
+        assert_eq!(vm_status_group("Stopped"), "non_running");
+        assert_eq!(vm_status_group("CrashLoopBackOff"), "error");
+        assert_eq!(vm_status_group("Running"), "running");
+    }
+}
