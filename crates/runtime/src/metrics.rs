@@ -35,8 +35,10 @@ fn registry() -> MutexGuard<'static, Registry> {
 
 /// Registers a metric family under `name` (for a counter, without its `_total` suffix: the
 /// encoder adds it).
+/// `help` is KubeVirt's text as written, ending with its `.`: prometheus-client appends one of
+/// its own, so it is given the text without.
 pub fn register(name: &str, help: &str, metric: impl Metric) {
-    registry().register(name, help, metric);
+    registry().register(name, help.strip_suffix('.').unwrap_or(help), metric);
 }
 
 /// Registers a collector whose families are computed on each scrape.
@@ -600,7 +602,17 @@ mod tests {
             &json!({"status": {"phase": "Scheduled"}}),
             &json!({"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"},
                     "status": {"phase": "Running", "phaseTransitionTimestamps": [
+                        {"phase": "Scheduled", "phaseTransitionTimestamp": "2026-01-01T00:00:01Z"},
                         {"phase": "Running", "phaseTransitionTimestamp": "2026-01-01T00:00:03Z"}]}}),
+        );
+        // A deleted VMI that stops: the from-deletion histogram.
+        phase_transitions().observe(
+            &json!({"status": {"phase": "Running"}}),
+            &json!({"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z",
+                                 "deletionTimestamp": "2026-01-01T00:01:00Z"},
+                    "status": {"phase": "Succeeded", "phaseTransitionTimestamps": [
+                        {"phase": "Running", "phaseTransitionTimestamp": "2026-01-01T00:00:03Z"},
+                        {"phase": "Succeeded", "phaseTransitionTimestamp": "2026-01-01T00:01:04Z"}]}}),
         );
         register_collector(Box::new(ControlPlane { source: snapshot }));
         let text = encode().unwrap();
@@ -615,13 +627,8 @@ mod tests {
             } else if let Some(rest) = line.strip_prefix("# HELP ") {
                 let (name, help) = rest.split_once(' ').unwrap();
                 let row = KUBEVIRT.iter().find(|r| r.0 == name).unwrap();
-                // prometheus-client ends every HELP with a '.' of its own (KubeVirt's texts end
-                // with one already: "…seconds.." on the wire; docs/observability.md).
-                assert_eq!(
-                    row.2.trim_end_matches('.'),
-                    help.trim_end_matches('.'),
-                    "help of {name}"
-                );
+                // Exactly KubeVirt's text: one final '.', not prometheus-client's second.
+                assert_eq!(row.2, help, "help of {name}");
             } else {
                 // name{labels} value
                 let (series, value) = line.rsplit_once(' ').unwrap();
