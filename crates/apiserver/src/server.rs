@@ -144,6 +144,15 @@ pub struct Running {
 }
 
 impl Running {
+    /// A kube client of the administrator, through the kubeconfig the server wrote: what the
+    /// in-process controllers and the tests talk to the server with.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok(kube::Client::try_from(cfg)?)
+    }
+
     /// Serve `subresources.kubevirt.io/v1` (virt-api's subresources) with `h`.
     pub fn set_subresource_handler(&self, h: Arc<dyn SubresourceHandler>) {
         self.set_group_handler("subresources.kubevirt.io", h);

@@ -476,11 +476,7 @@ async fn in_process(
     })
     .await
     .expect("start");
-    let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig).expect("kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .expect("config");
-    let client = kube::Client::try_from(cfg).expect("client");
+    let client = running.client().await.expect("client");
     (running, client)
 }
 

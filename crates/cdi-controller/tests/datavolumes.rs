@@ -48,11 +48,7 @@ impl Env {
         ))
         .await
         .expect("API server");
-        let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .expect("config");
-        let client = Client::try_from(cfg).expect("client");
+        let client = running.client().await.expect("client");
         let mut config = Config::single_node(NODE, dir.path().join("data"));
         config.retry = Backoff::exponential(Duration::from_millis(300), Duration::from_secs(1));
         config.progress_interval = Duration::from_millis(200);

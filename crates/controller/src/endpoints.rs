@@ -50,6 +50,10 @@ pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 /// The label kube puts on the Endpoints and slices of a headless Service.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// The label kube's endpoints controller puts on the Endpoints it manages (so the
+/// endpointslice mirroring controller leaves them alone); here also how a leftover of ours is
+/// told from Endpoints a user wrote.
+pub const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
 /// kube's `maxEndpointsPerSlice` default.
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
@@ -257,11 +261,13 @@ pub fn plan_endpoints(svc: &Service, pods: &[Pod]) -> Option<Endpoints> {
             }
         })
         .collect();
+    let mut labels = labels_for(svc);
+    labels.insert(SKIP_MIRROR_LABEL.into(), "true".into());
     Some(Endpoints {
         metadata: ObjectMeta {
             name: svc.metadata.name.clone(),
             namespace: svc.metadata.namespace.clone(),
-            labels: Some(labels_for(svc)),
+            labels: Some(labels),
             ..Default::default()
         },
         subsets: (!subsets.is_empty()).then_some(subsets),
@@ -390,11 +396,7 @@ fn slice_selector(svc_name: &str) -> Option<String> {
 
 /// Keeps one Service's Endpoints and EndpointSlices.
 pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = svc
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = crate::namespace_of(&svc.metadata)?;
     let name = svc.name_any();
     if managed_selector(&svc).is_none() {
         return Ok(Action::await_change());
@@ -495,9 +497,46 @@ async fn delete_for(client: &Client, ns: &str, name: &str) {
     }
 }
 
+/// Removes the Endpoints (and slices) this controller made for Services that no longer exist:
+/// a Service deleted while the controller was down leaves them behind, as kube's endpoints
+/// controller's `checkLeftoverEndpoints` finds at its start. Endpoints a user wrote (without
+/// [`SKIP_MIRROR_LABEL`]) are never touched. Returns how many were removed.
+pub async fn sweep_leftovers(client: &Client) -> Result<usize, kube::Error> {
+    // The Endpoints first: one whose Service is missing from the later list was left behind
+    // (a Service created after that list gets its Endpoints made again by the controller).
+    let ours = Api::<Endpoints>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{SKIP_MIRROR_LABEL}=true")))
+        .await?
+        .items;
+    let services: std::collections::BTreeSet<(String, String)> =
+        Api::<Service>::all(client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|s| Some((s.metadata.namespace?, s.metadata.name?)))
+            .collect();
+    let mut removed = 0;
+    for ep in ours {
+        let (Some(ns), Some(name)) = (ep.metadata.namespace, ep.metadata.name) else {
+            continue;
+        };
+        if !services.contains(&(ns.clone(), name.clone())) {
+            delete_for(client, &ns, &name).await;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Runs the controller: Services, the Pods they select, their Endpoints and slices.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
+    match sweep_leftovers(&client).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed the endpoints of deleted services"),
+        Err(e) => tracing::warn!(error = %e, "looking for the endpoints of deleted services"),
+    }
     let ctl = Controller::new(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
@@ -536,8 +575,8 @@ pub async fn run(ctx: Arc<Context>) {
         )
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {});
-    // Deleted Services: their Endpoints go. (A Service deleted while the controller is down
-    // leaves its Endpoints behind; its slices still go with it, by their owner reference.)
+    // Deleted Services: their Endpoints go (those of a Service deleted while the controller
+    // was down went in `sweep_leftovers` above).
     let gone = watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),

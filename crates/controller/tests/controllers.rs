@@ -43,11 +43,7 @@ impl Env {
         ))
         .await
         .expect("API server");
-        let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .expect("config");
-        let client = Client::try_from(cfg).expect("client");
+        let client = running.client().await.expect("client");
         // The node every VMI goes to, as its handler registers it.
         let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
             "metadata": {"name": NODE, "labels": {
@@ -1520,4 +1516,35 @@ async fn hostile_selectors_and_user_written_endpoints_are_refused() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let kept = kubectl_json(&env, &["get", "endpoints", "manual", "-o", "json"]).expect("get");
     assert_eq!(kept["subsets"][0]["addresses"][0]["ip"], "192.0.2.10");
+}
+
+/// A Service deleted while the controller was down leaves its Endpoints behind; the
+/// controller's start-up sweep removes them, and never Endpoints a user wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_left_by_services_deleted_while_the_controller_was_down_are_removed() {
+    let env = Env::start().await;
+    let eps: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(env.client.clone(), "default");
+    let subsets = json!([{"addresses": [{"ip": "192.0.2.20"}], "ports": [{"port": 80}]}]);
+    for (name, labels) in [
+        // What the controller made for a Service that is gone now.
+        (
+            "leftover",
+            json!({"endpointslice.kubernetes.io/skip-mirror": "true"}),
+        ),
+        // A user's, for a Service they have not created yet.
+        ("handwritten", json!({"app": "db"})),
+    ] {
+        let e: k8s_openapi::api::core::v1::Endpoints = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels}, "subsets": subsets
+        }))
+        .expect("endpoints");
+        eps.create(&PostParams::default(), &e).await.expect(name);
+    }
+    let removed = kubevirt_controller::endpoints::sweep_leftovers(&env.client)
+        .await
+        .expect("sweep");
+    assert_eq!(removed, 1);
+    assert!(eps.get_opt("leftover").await.expect("get").is_none());
+    assert!(eps.get_opt("handwritten").await.expect("get").is_some());
 }

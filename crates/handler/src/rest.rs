@@ -686,11 +686,7 @@ mod tests {
         ))
         .await
         .expect("API server");
-        let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .expect("config");
-        let client = Client::try_from(cfg).expect("client");
+        let client = running.client().await.expect("client");
 
         let ca_dir = tmp.path().join("ca");
         std::fs::create_dir_all(&ca_dir).expect("ca dir");

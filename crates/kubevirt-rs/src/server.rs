@@ -74,9 +74,7 @@ pub fn run(args: ServerArgs) -> Result<i32> {
         eprintln!("  export KUBECONFIG={}", running.kubeconfig.display());
         register_control_plane_metrics(&running.api.store);
         if !args.api_only {
-            let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig)?;
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-            let client = kube::Client::try_from(cfg)?;
+            let client = running.client().await?;
             let node = args.node_name.clone().unwrap_or_else(hostname);
             // The cluster CA (virt-operator's kubevirt-ca): node agents' certificates, issued
             // into Secrets as Nodes appear, and virt-api's client certificate.

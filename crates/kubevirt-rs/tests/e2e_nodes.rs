@@ -1380,6 +1380,23 @@ fn counts_on(dir: &VmiDir, since: f64, boot: &str, what: &str) -> f64 {
     t.last().map(|(up, _)| *up).unwrap_or(since)
 }
 
+/// `virtctl migrate VMI`, then waits until the migration runs and the source's QEMU has sent
+/// some of the guest's memory: the moment a fault injected mid-migration is meant for.
+fn migrate_until_memory_flows(server: &Server, vmi: &str, src: &VmiDir) {
+    let out = server.virtctl(&["migrate", vmi]);
+    assert!(out.contains("was scheduled to migrate"), "{out}");
+    migration_phase_is(server, vmi, "Running", Duration::from_secs(120));
+    assert!(
+        wait_for(Duration::from_secs(30), || src
+            .read_state()
+            .ok()
+            .and_then(|s| s.migration)
+            .is_some_and(|m| m.transferred_bytes > 0)),
+        "no memory sent: {:?}",
+        src.read_state().map(|s| s.migration)
+    );
+}
+
 fn migration_phase_is(server: &Server, vmi: &str, phase: &str, timeout: Duration) {
     assert!(
         wait_for(timeout, || migration_of(server, vmi, ".status.phase")
@@ -1439,19 +1456,8 @@ fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_
     let (mut last, boot) = ticks(&src).last().cloned().expect("a tick");
     let src_qemu = src.read_state().expect("state").qemu_pid.expect("QEMU");
 
-    let out = server.virtctl(&["migrate", "cut"]);
-    assert!(out.contains("was scheduled to migrate"), "{out}");
-    migration_phase_is(&server, "cut", "Running", Duration::from_secs(120));
     // The guest's memory is on its way to node02 (over the veth pair) ...
-    assert!(
-        wait_for(Duration::from_secs(30), || src
-            .read_state()
-            .ok()
-            .and_then(|s| s.migration)
-            .is_some_and(|m| m.transferred_bytes > 0)),
-        "no memory sent: {:?}",
-        src.read_state().map(|s| s.migration)
-    );
+    migrate_until_memory_flows(&server, "cut", &src);
     // ... when the cable is pulled.
     net.cut();
     let cut_at = std::time::Instant::now();
@@ -1575,18 +1581,7 @@ fn a_source_node_agent_that_dies_mid_migration_leaves_the_guest_running_at_the_s
     let launcher = src.launcher_pid().expect("launcher");
     let src_qemu = src.read_state().expect("state").qemu_pid.expect("QEMU");
 
-    let out = server.virtctl(&["migrate", "orphan"]);
-    assert!(out.contains("was scheduled to migrate"), "{out}");
-    migration_phase_is(&server, "orphan", "Running", Duration::from_secs(120));
-    assert!(
-        wait_for(Duration::from_secs(30), || src
-            .read_state()
-            .ok()
-            .and_then(|s| s.migration)
-            .is_some_and(|m| m.transferred_bytes > 0)),
-        "no memory sent: {:?}",
-        src.read_state().map(|s| s.migration)
-    );
+    migrate_until_memory_flows(&server, "orphan", &src);
     // The source's agent dies (SIGKILL): the proxy carrying the guest to node01 goes with it.
     node02.kill9();
     // Its launcher and QEMU live on; QEMU sees the stream break and keeps the guest.

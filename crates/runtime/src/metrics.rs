@@ -579,6 +579,44 @@ mod tests {
         ("kubevirt_virt_handler_ready_status", "gauge", "Indication for a virt-handler that is ready to serve requests."),
     ];
 
+    /// Label values come from users' objects (names, the `vm.kubevirt.io/os` annotation, the
+    /// node a VMI names): quotes, backslashes and newlines in them are escaped, so an object
+    /// cannot forge a series or break the exposition for the scraper.
+    #[test]
+    fn hostile_label_values_cannot_forge_series() {
+        let hostile = "x\"} 1\nkubevirt_forged_total 1\n# TYPE kubevirt_forged_total counter\\";
+        let snapshot = move || Snapshot {
+            vmis: vec![json!({
+                "metadata": {"namespace": "ns1", "name": "vm-a",
+                             "annotations": {"vm.kubevirt.io/os": hostile}},
+                "status": {"phase": "Running", "nodeName": hostile}})],
+            vms: vec![json!({"metadata": {"namespace": "ns1", "name": "vm-a"},
+                             "spec": {"instancetype": {"name": hostile}},
+                             "status": {"printableStatus": hostile}})],
+            migrations: vec![json!({"metadata": {"namespace": "ns1", "name": hostile},
+                                    "spec": {"vmiName": hostile}, "status": {"phase": "Failed"}})],
+        };
+        let mut r = Registry::default();
+        r.register_collector(Box::new(ControlPlane { source: snapshot }));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &r).expect("encode");
+        assert!(
+            text.lines()
+                .all(|l| !l.starts_with("kubevirt_forged")
+                    && !l.starts_with("# TYPE kubevirt_forged")),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').expect("series value");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(series.starts_with("kubevirt_"), "{line}");
+        }
+        assert!(
+            text.contains(r#"os="x\"} 1\nkubevirt_forged_total 1"#),
+            "the value is kept, escaped:\n{text}"
+        );
+    }
+
     #[test]
     fn exposition_has_kubevirts_names_types_help_and_labels() {
         let snapshot = || Snapshot {
