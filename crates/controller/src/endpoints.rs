@@ -669,7 +669,10 @@ mod tests {
                           {"name": "web", "port": 8080, "protocol": "TCP"}]
             }])
         );
-        assert_eq!(v["metadata"]["labels"], json!({"app": "web"}));
+        assert_eq!(
+            v["metadata"]["labels"],
+            json!({"app": "web", SKIP_MIRROR_LABEL: "true"})
+        );
         let slices = plan_slices(&s, &pods).expect("managed");
         assert_eq!(slices.len(), 1);
         let sl = serde_json::to_value(&slices[0]).expect("json");
