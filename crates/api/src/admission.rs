@@ -365,7 +365,15 @@ pub fn kinds() -> &'static [KindInfo] {
             custom!(NetworkAttachmentDefinition, no_default, |nad, _| {
                 crate::multus::validate_nad(nad)
             }),
-            core!(core::Namespace, "Namespace", "", "namespaces", false),
+            core!(
+                core::Namespace,
+                "Namespace",
+                "",
+                "namespaces",
+                false,
+                core_kinds::default_namespace,
+                no_validate
+            ),
             core!(
                 core::ConfigMap,
                 "ConfigMap",

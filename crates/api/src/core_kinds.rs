@@ -9,7 +9,9 @@
 use crate::defaults::DefaultsConfig;
 use crate::validation::ValidationConfig;
 use crate::FieldError;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Node, NodeSpec, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Namespace, Node, NodeSpec, Secret, Service,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -157,6 +159,22 @@ pub fn validate_configmap(c: &ConfigMap, _: &ValidationConfig) -> Vec<FieldError
     }
     errs
 }
+
+/// kube-apiserver's namespace strategy: every Namespace carries the immutable label
+/// `kubernetes.io/metadata.name` with its name (set on create and update, whatever the
+/// request says), so selectors (NetworkPolicy, MigrationPolicy's `namespaceSelector`) can
+/// name a namespace.
+pub fn default_namespace(n: &mut Namespace, _: &DefaultsConfig) {
+    if let Some(name) = n.metadata.name.clone() {
+        n.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(NAMESPACE_NAME_LABEL.into(), name);
+    }
+}
+
+/// The label kube-apiserver puts on every Namespace.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// A Node always has a `spec` (kube-apiserver serializes the empty struct).
 pub fn default_node(n: &mut Node, _: &DefaultsConfig) {
@@ -822,6 +840,18 @@ mod tests {
         ] {
             assert!(fields.iter().any(|f| f == want), "{want} not in {fields:?}");
         }
+    }
+
+    #[test]
+    fn a_namespace_always_carries_its_name_as_a_label() {
+        let mut n: Namespace = serde_json::from_value(json!({"metadata": {"name": "team-a",
+            "labels": {"kubernetes.io/metadata.name": "forged", "keep": "x"}}}))
+        .expect("namespace");
+        default_namespace(&mut n, &DefaultsConfig::default());
+        assert_eq!(
+            serde_json::to_value(&n).expect("json")["metadata"]["labels"],
+            json!({"keep": "x", "kubernetes.io/metadata.name": "team-a"})
+        );
     }
 
     #[test]

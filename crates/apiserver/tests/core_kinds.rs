@@ -176,6 +176,35 @@ fn secrets_nodes_and_storage_classes_get_kube_defaults() {
         serde_json::json!({})
     );
 
+    // Every namespace carries its name as a label, and a user cannot change it.
+    s.ok(&["create", "namespace", "team-a"]);
+    let ns = json(&s, &["namespace", "team-a"]);
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "team-a"
+    );
+    s.ok(&[
+        "label",
+        "--overwrite",
+        "namespace",
+        "team-a",
+        "kubernetes.io/metadata.name=team-b",
+    ]);
+    let ns = json(&s, &["namespace", "team-a"]);
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "team-a"
+    );
+    let selected = s.ok(&[
+        "get",
+        "ns",
+        "-l",
+        "kubernetes.io/metadata.name=team-a",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(selected.trim(), "namespace/team-a");
+
     let sc = json(&s, &["storageclass", "local-path"]);
     assert_eq!(
         sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"],

@@ -26,6 +26,7 @@ pub mod evacuation;
 pub mod instancetype;
 pub mod launcher_pod;
 pub mod migration;
+pub mod migration_policy;
 pub mod node;
 pub mod pool;
 pub mod replicaset;

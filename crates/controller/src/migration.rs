@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -42,10 +42,10 @@ use kube::ResourceExt;
 use kubevirt_api::status::finalizer::MIGRATION as FINALIZER;
 use kubevirt_api::status::label::{MIGRATION_TARGET_NODE_NAME, POD_NETWORK};
 use kubevirt_api::status::{vmi_migration_state, MigrationPhase, VmiPhase};
-use kubevirt_api::{VirtualMachineInstance, VirtualMachineInstanceMigration};
+use kubevirt_api::{MigrationPolicy, VirtualMachineInstance, VirtualMachineInstanceMigration};
 use serde_json::{json, Value};
 
-use crate::{phase, scheduler, Context, Error};
+use crate::{migration_policy, phase, scheduler, Context, Error};
 
 /// KubeVirt's `defaultUnschedulablePendingTimeoutSeconds`: a migration whose target no node
 /// takes fails after this long.
@@ -548,17 +548,22 @@ pub async fn reconcile(
                 .and_then(|s| s.migration_state.as_ref())
                 .and_then(|s| s.target_node.clone())
                 .unwrap_or_default();
+            let resolved = resolve_configuration(&ctx, &vmi).await?;
+            if let Some(policy) = &resolved.policy {
+                tracing::info!(%ns, %name, vmi = %vmi_name, %policy, "migration is updated by migration policy");
+            }
+            let mut state = json!({
+                "migrationUid": uid,
+                "sourceNode": source,
+                "targetNode": target,
+                "mode": "PreCopy",
+                "migrationConfiguration": resolved.configuration,
+            });
+            if let Some(policy) = resolved.policy {
+                state["migrationPolicyName"] = Value::String(policy);
+            }
             // A fresh state replaces any earlier migration's, its configuration included.
-            let fresh = replacement(
-                &vmi_migration_state(&vmi),
-                json!({
-                    "migrationUid": uid,
-                    "sourceNode": source,
-                    "targetNode": target,
-                    "mode": "PreCopy",
-                    "migrationConfiguration": migration_configuration(&ctx),
-                }),
-            );
+            let fresh = replacement(&vmi_migration_state(&vmi), state);
             let patch = json!({
                 "metadata": {
                     "resourceVersion": vmi.metadata.resource_version,
@@ -602,11 +607,40 @@ fn replacement(old: &Value, new: Value) -> Value {
     }
 }
 
-/// The cluster's migration settings the migration runs with (`migrationState.
-/// migrationConfiguration`): KubeVirt copies the whole `MigrationConfiguration`; the handlers
-/// take the options they apply from it (`MigrationOptions::from_configuration`).
-fn migration_configuration(ctx: &Context) -> Value {
-    ctx.config.cluster.borrow().migrations.raw.clone()
+/// The settings the migration runs with (`migrationState.migrationConfiguration`): the
+/// cluster's `MigrationConfiguration` (KubeVirt copies the whole of it) with the best-matching
+/// MigrationPolicy laid over it. The handlers take the options they apply from it
+/// (`MigrationOptions::from_configuration`).
+async fn resolve_configuration(
+    ctx: &Context,
+    vmi: &VirtualMachineInstance,
+) -> Result<migration_policy::Resolved, Error> {
+    let cluster = ctx.config.cluster.borrow().migrations.raw.clone();
+    let policies = Api::<MigrationPolicy>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    if policies.is_empty() {
+        return Ok(migration_policy::resolve(
+            &cluster,
+            &[],
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        ));
+    }
+    let ns = crate::namespace_of(&vmi.metadata)?;
+    let namespace_labels = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&ns)
+        .await?
+        .and_then(|n| n.metadata.labels)
+        .unwrap_or_default();
+    let vmi_labels = vmi.metadata.labels.clone().unwrap_or_default();
+    Ok(migration_policy::resolve(
+        &cluster,
+        &policies,
+        &vmi_labels,
+        &namespace_labels,
+    ))
 }
 
 fn mirrored(m: &VirtualMachineInstanceMigration) -> Value {

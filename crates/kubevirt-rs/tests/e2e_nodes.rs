@@ -1567,14 +1567,36 @@ fn a_source_node_agent_that_dies_mid_migration_leaves_the_guest_running_at_the_s
             == "True"),
         "node02 did not join"
     );
-    set_migrations(&server, serde_json::json!({"bandwidthPerMigration": "1Mi"}));
-    run_on(
+    // Slow (1 MiB/s) through a MigrationPolicy that selects this VM's VMI by its label and
+    // namespace, as KubeVirt matches policies; the cluster's settings stay at full speed.
+    apply(
         &server,
-        "node02",
-        "node01",
-        "orphan",
-        &counting_vm_memory_only("orphan"),
+        "policies",
+        r#"apiVersion: migrations.kubevirt.io/v1alpha1
+kind: MigrationPolicy
+metadata: {name: slow}
+spec:
+  bandwidthPerMigration: 1Mi
+  selectors:
+    namespaceSelector: {kubernetes.io/metadata.name: default}
+    virtualMachineInstanceSelector: {migration: slow}
+---
+apiVersion: migrations.kubevirt.io/v1alpha1
+kind: MigrationPolicy
+metadata: {name: other-namespace}
+spec:
+  bandwidthPerMigration: 2Mi
+  selectors:
+    namespaceSelector: {kubernetes.io/metadata.name: elsewhere}
+    virtualMachineInstanceSelector: {migration: slow}
+"#,
     );
+    let vm = counting_vm_memory_only("orphan").replace(
+        "  template:\n    spec:\n",
+        "  template:\n    metadata:\n      labels: {migration: slow}\n    spec:\n",
+    );
+    assert!(vm.contains("migration: slow"), "{vm}");
+    run_on(&server, "node02", "node01", "orphan", &vm);
     let src = node02.vmi_dir("orphan");
     assert!(wait_for(START, || !ticks(&src).is_empty()), "no ticks");
     let (last, boot) = ticks(&src).last().cloned().expect("a tick");
@@ -1582,6 +1604,22 @@ fn a_source_node_agent_that_dies_mid_migration_leaves_the_guest_running_at_the_s
     let src_qemu = src.read_state().expect("state").qemu_pid.expect("QEMU");
 
     migrate_until_memory_flows(&server, "orphan", &src);
+    assert_eq!(
+        migration_of(
+            &server,
+            "orphan",
+            ".status.migrationState.migrationPolicyName"
+        ),
+        "slow"
+    );
+    assert_eq!(
+        migration_of(
+            &server,
+            "orphan",
+            ".status.migrationState.migrationConfiguration.bandwidthPerMigration"
+        ),
+        "1Mi"
+    );
     // The source's agent dies (SIGKILL): the proxy carrying the guest to node01 goes with it.
     node02.kill9();
     // Its launcher and QEMU live on; QEMU sees the stream break and keeps the guest.
