@@ -57,6 +57,13 @@ pub fn as_migration_target(argv: &mut Vec<String>) {
     argv.extend(["-incoming".to_string(), "defer".to_string()]);
 }
 
+/// A VMI started from a saved guest state (memory snapshot, `memstate.rs`): the same argv,
+/// still paused (`-S`: the launcher continues it once the state is loaded), waiting for
+/// `migrate-incoming fd:...`.
+pub fn as_restore_target(argv: &mut Vec<String>) {
+    argv.extend(["-incoming".to_string(), "defer".to_string()]);
+}
+
 /// A small q35 machine with nothing attached, for the family modules' unit tests.
 #[cfg(test)]
 pub(crate) fn test_spec() -> MachineSpec {

@@ -1,5 +1,6 @@
 //! The `launcher.sock` wire format: typed requests, replies, events and error codes.
 
+use super::memstate::{SaveProgress, SavedState};
 use super::migration::{MigrationOptions, MigrationStatus};
 use crate::launcher::{Phase, State};
 use kubevirt_api::VirtualMachineInstance;
@@ -39,10 +40,11 @@ pub enum Method {
     Migrate,
     CancelMigration,
     MigrationStatus,
+    SaveState,
 }
 
 impl Method {
-    pub const ALL: [Method; 20] = [
+    pub const ALL: [Method; 21] = [
         Method::Sync,
         Method::State,
         Method::Pause,
@@ -63,6 +65,7 @@ impl Method {
         Method::Migrate,
         Method::CancelMigration,
         Method::MigrationStatus,
+        Method::SaveState,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +90,7 @@ impl Method {
             Method::Migrate => "migrate",
             Method::CancelMigration => "cancelMigration",
             Method::MigrationStatus => "migrationStatus",
+            Method::SaveState => "saveState",
         }
     }
 
@@ -176,6 +180,15 @@ pub enum Request {
     CancelMigration,
     /// The last migration's status; `NoMigration` when there was none.
     MigrationStatus,
+    /// Memory snapshot (docs/memory-snapshots.md): save the guest's RAM and device state to
+    /// the VMI directory's `state/memory.bin` (QEMU's migration stream, through a descriptor
+    /// the launcher opened) and its [`SavedState`] to `state/memory.json`; replies with the
+    /// [`SavedState`] ([`Response::SavedState`]) once the file is on disk. Progress streams as
+    /// [`Event::StateSave`]. The guest is stopped for the save and stays paused (phase
+    /// Paused, reason `MemorySaved`; its disks released, so a caller copies them
+    /// consistently, then `unpause`s it or stops it), unless `resume`: then a guest that was
+    /// running runs again at once.
+    SaveState { resume: bool },
 }
 
 /// One hotplugged volume as the launcher sees it after a `syncVolumes`.
@@ -263,6 +276,13 @@ fn migration_params(params: Value) -> Result<MigrationParams, RpcError> {
     Ok(p)
 }
 
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SaveStateParams {
+    #[serde(default)]
+    resume: bool,
+}
+
 #[derive(Serialize, Deserialize)]
 struct SyncParams {
     vmi: Box<VirtualMachineInstance>,
@@ -303,6 +323,7 @@ impl Request {
             Request::Migrate { .. } => Method::Migrate,
             Request::CancelMigration => Method::CancelMigration,
             Request::MigrationStatus => Method::MigrationStatus,
+            Request::SaveState { .. } => Method::SaveState,
         }
     }
 
@@ -345,6 +366,9 @@ impl Request {
                 block_target: block_target.map(|b| b.to_string()),
                 options: options.clone(),
             }),
+            Request::SaveState { resume } => {
+                serde_json::to_value(SaveStateParams { resume: *resume })
+            }
             _ => return json!({}),
         };
         v.unwrap_or_else(|_| json!({}))
@@ -461,6 +485,12 @@ impl Request {
             }
             Method::CancelMigration => Request::CancelMigration,
             Method::MigrationStatus => Request::MigrationStatus,
+            Method::SaveState => {
+                // No path, no file name: the state goes to the VMI directory's own file.
+                let p: SaveStateParams = serde_json::from_value(params)
+                    .map_err(|e| RpcError::bad_request(format!("params: {e}")))?;
+                Request::SaveState { resume: p.resume }
+            }
         })
     }
 }
@@ -549,6 +579,8 @@ pub enum Response {
     Volumes(Vec<HotplugVolume>),
     /// `prepareMigrationTarget`, `migrate`, `cancelMigration`, `migrationStatus`.
     Migration(Box<MigrationStatus>),
+    /// `saveState`: what was saved and what machine it fits.
+    SavedState(Box<SavedState>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -568,6 +600,7 @@ impl Response {
             | Method::Migrate
             | Method::CancelMigration
             | Method::MigrationStatus => Response::Migration(serde_json::from_value(result)?),
+            Method::SaveState => Response::SavedState(serde_json::from_value(result)?),
             Method::SyncVolumes => {
                 Response::Volumes(serde_json::from_value::<VolumesReply>(result)?.volumes)
             }
@@ -600,6 +633,14 @@ impl Response {
         }
     }
 
+    /// The saved state of a `saveState` reply.
+    pub fn into_saved_state(self) -> Option<SavedState> {
+        match self {
+            Response::SavedState(v) => Some(*v),
+            _ => None,
+        }
+    }
+
     /// The state carried by `State` and `Subscribed`.
     pub fn into_state(self) -> Option<State> {
         match self {
@@ -617,6 +658,7 @@ impl Serialize for Response {
             Response::Stats(v) | Response::GuestAgent(v) => v.serialize(s),
             Response::Volumes(v) => VolumesReply { volumes: v.clone() }.serialize(s),
             Response::Migration(m) => m.serialize(s),
+            Response::SavedState(v) => v.serialize(s),
             Response::Subscribed { state } => {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("subscribed", &true)?;
@@ -789,6 +831,8 @@ pub enum Event {
     /// A migration's progress or outcome (`{"event":"Migration","role":...}`); clients that do
     /// not know it skip it.
     Migration(MigrationStatus),
+    /// A `saveState`'s progress (`{"event":"StateSave","status":...}`).
+    StateSave(SaveProgress),
 }
 
 /// Read one line of at most [`MAX_LINE`] bytes into `buf` (cleared first). `Ok(false)` at the
