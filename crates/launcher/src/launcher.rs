@@ -543,19 +543,19 @@ impl Vm {
                 .read_memory_restore()
                 .map_err(|e| LaunchError::RestoreFile(vmi_dir.memory_restore_file(), e))?
         };
-        let restore = match restore {
-            Some(_) if opts.migration_target => {
-                return Err(LaunchError::WrongPhase(
+        let restore =
+            match restore {
+                Some(_) if opts.migration_target => return Err(LaunchError::WrongPhase(
                     Phase::Pending,
                     "a migration target cannot also start from a saved state (restore-memory.json)",
-                ))
-            }
-            Some(r) => {
-                let file = crate::memstate::check_restore(&r, &spec, &facts, &VmiDir::unchecked(dir))?;
-                Some((r, file))
-            }
-            None => None,
-        };
+                )),
+                Some(r) => {
+                    let file =
+                        crate::memstate::check_restore(&r, &spec, &facts, &VmiDir::unchecked(dir))?;
+                    Some((r, file))
+                }
+                None => None,
+            };
         if opts.migration_target {
             qemu::as_migration_target(&mut argv);
         } else if restore.is_some() {
@@ -849,7 +849,11 @@ impl Vm {
                 if let Err(e) = vm.qmp.cont().await {
                     return Err(vm.qmp_err(e));
                 }
-                vm.set_phase(Phase::Running, RESTORED, "the guest runs on from its saved state");
+                vm.set_phase(
+                    Phase::Running,
+                    RESTORED,
+                    "the guest runs on from its saved state",
+                );
             } else {
                 vm.set_phase(
                     Phase::Paused,

@@ -263,7 +263,11 @@ impl Vm {
         tracing::info!(vmi = %self.spec.vmi, bytes = size, ms = saved.duration_ms, "guest state saved");
         if resume && was_running {
             self.qmp.cont().await.map_err(|e| self.qmp_err(e))?;
-            self.set_phase(Phase::Running, reason::STATE_SAVED, "the guest state was saved; the guest runs on");
+            self.set_phase(
+                Phase::Running,
+                reason::STATE_SAVED,
+                "the guest state was saved; the guest runs on",
+            );
         } else {
             self.set_phase(
                 Phase::Paused,
@@ -364,8 +368,11 @@ mod tests {
         };
         spec.disks.push(disk("pvc", DiskSource::File, false));
         assert_eq!(ephemeral_disk(&spec), None);
-        spec.disks
-            .push(disk("scratch", DiskSource::EmptyDisk { capacity: 1 }, false));
+        spec.disks.push(disk(
+            "scratch",
+            DiskSource::EmptyDisk { capacity: 1 },
+            false,
+        ));
         assert_eq!(ephemeral_disk(&spec), Some("scratch"));
         spec.disks.pop();
         spec.disks

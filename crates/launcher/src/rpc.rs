@@ -5,12 +5,12 @@
 //! The launcher also keeps `DIR/launcher.pid` and `DIR/state.json`, so a restarted handler
 //! finds it again and knows the last state even after it has exited.
 
+use crate::api::memstate::{MemoryStateError, SaveProgress};
 use crate::api::{
     decode_request, read_line, ErrorCode, Event, ReplyFrame, Request, Response, RpcError, VmiDir,
     VmiDirError,
 };
 use crate::launcher::{LaunchError, Options, Phase, State, StateEvent, Vm};
-use crate::api::memstate::{MemoryStateError, SaveProgress};
 use crate::migration::MigrationError;
 use kubevirt_api::VirtualMachineInstance;
 use std::sync::{Arc, Mutex};

@@ -1080,9 +1080,7 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
 fn boot_id(out: &str) -> Option<String> {
     out.match_indices("bid=").find_map(|(i, _)| {
         let id = out.get(i + 4..i + 40)?;
-        let ok = id
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() || c == '-')
+        let ok = id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
             && out.get(i + 40..i + 44) == Some("=end");
         ok.then(|| id.to_string())
     })
@@ -1157,20 +1155,22 @@ async fn a_guest_restored_from_its_saved_memory_goes_on_counting_with_the_same_b
     .await;
     wait_serial(&dir("a"), "count 3", BOOT_TIMEOUT).await;
 
-    let mut sub = kubevirt_launcher::api::LauncherClient::connect(
-        &VmiDir::from_path(dir("a")).unwrap(),
-    )
-    .await
-    .unwrap()
-    .subscribe()
-    .await
-    .unwrap();
+    let mut sub =
+        kubevirt_launcher::api::LauncherClient::connect(&VmiDir::from_path(dir("a")).unwrap())
+            .await
+            .unwrap()
+            .subscribe()
+            .await
+            .unwrap();
     let saved = call(&mut ca, Request::SaveState { resume: false })
         .await
         .into_saved_state()
         .expect("a saved state");
     let last_at_a = *counts(&dir("a")).last().unwrap();
-    eprintln!("saved {} bytes in {} ms after count {last_at_a}", saved.size_bytes, saved.duration_ms);
+    eprintln!(
+        "saved {} bytes in {} ms after count {last_at_a}",
+        saved.size_bytes, saved.duration_ms
+    );
     assert!(saved.guest_running && saved.size_bytes > 0, "{saved:?}");
     assert_eq!(saved.memory_bytes, 256 << 20);
     let a = VmiDir::from_path(dir("a")).unwrap();
@@ -1202,9 +1202,13 @@ async fn a_guest_restored_from_its_saved_memory_goes_on_counting_with_the_same_b
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(*counts(&dir("a")).last().unwrap(), last_at_a);
     call(&mut ca, Request::Stop).await;
-    wait_state(&mut ca, &dir("a"), Duration::from_secs(30), "A stops", |s| {
-        s.phase.is_final()
-    })
+    wait_state(
+        &mut ca,
+        &dir("a"),
+        Duration::from_secs(30),
+        "A stops",
+        |s| s.phase.is_final(),
+    )
     .await;
 
     // What the handler does before it starts the restoring launcher: the state file into the
@@ -1258,7 +1262,10 @@ async fn a_guest_restored_from_its_saved_memory_goes_on_counting_with_the_same_b
         e.to_string().contains("does not fit") && e.to_string().contains("-m 256M"),
         "{e}"
     );
-    assert!(!c.qemu_log().exists(), "QEMU ran for a machine that does not fit");
+    assert!(
+        !c.qemu_log().exists(),
+        "QEMU ran for a machine that does not fit"
+    );
 
     // The state file behind a symlink (out of the directory): not followed.
     let d = VmiDir::from_path(dir("d")).unwrap();
@@ -1269,7 +1276,10 @@ async fn a_guest_restored_from_its_saved_memory_goes_on_counting_with_the_same_b
     })
     .unwrap();
     let (_d, mut cd) = launcher(&dir("d"), guest, false).await;
-    let e = cd.call(Request::Sync { vmi: vmi.clone() }).await.unwrap_err();
+    let e = cd
+        .call(Request::Sync { vmi: vmi.clone() })
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("memory.bin"), "{e}");
     assert!(!d.qemu_log().exists());
 
@@ -1286,11 +1296,17 @@ async fn a_guest_restored_from_its_saved_memory_goes_on_counting_with_the_same_b
         })
         .unwrap();
     let (_e, mut ce) = launcher(&dir("e"), guest, false).await;
-    let e = ce.call(Request::Sync { vmi: vmi.clone() }).await.unwrap_err();
+    let e = ce
+        .call(Request::Sync { vmi: vmi.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(&ErrorCode::Failed), "{e}");
     assert!(e.to_string().contains("loading the saved state"), "{e}");
     assert!(e_dir.qemu_log().exists(), "QEMU should have tried");
     assert_eq!(process_in(e_dir.path()), None, "a QEMU was left behind");
     let s = call(&mut ce, Request::State).await.into_state().unwrap();
-    assert_eq!((s.phase, s.reason.as_str()), (Phase::Failed, "FailedToStart"));
+    assert_eq!(
+        (s.phase, s.reason.as_str()),
+        (Phase::Failed, "FailedToStart")
+    );
 }

@@ -216,7 +216,10 @@ mod tests {
         assert!(m.contains("ua-default") && m.contains(":02"), "{m}");
         let fewer = MachineFacts(f.0[..f.0.len() - 1].to_vec());
         let m = f.mismatch(&fewer).unwrap();
-        assert!(m.contains("this VMI has none") && m.contains("ua-default"), "{m}");
+        assert!(
+            m.contains("this VMI has none") && m.contains("ua-default"),
+            "{m}"
+        );
         let m = fewer.mismatch(&f).unwrap();
         assert!(m.contains("the saved machine had not"), "{m}");
         let mut swapped = f.clone();

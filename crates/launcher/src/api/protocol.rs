@@ -188,7 +188,9 @@ pub enum Request {
     /// Paused, reason `MemorySaved`; its disks released, so a caller copies them
     /// consistently, then `unpause`s it or stops it), unless `resume`: then a guest that was
     /// running runs again at once.
-    SaveState { resume: bool },
+    SaveState {
+        resume: bool,
+    },
 }
 
 /// One hotplugged volume as the launcher sees it after a `syncVolumes`.
@@ -1213,6 +1215,69 @@ mod tests {
             assert_eq!(e.code, ErrorCode::BadRequest, "{line}");
             assert!(e.message.contains(needle), "{line}: {}", e.message);
         }
+    }
+
+    /// `saveState` takes no path, no file name and no URI: the state goes to the VMI
+    /// directory's own file, so nothing a caller sends can point QEMU elsewhere.
+    #[test]
+    fn save_state_round_trips_and_refuses_anything_that_would_name_a_file() {
+        use crate::api::memstate::{MachineFacts, SaveProgress, SavedState, FORMAT};
+        let line = r#"{"v":1,"id":1,"method":"saveState","params":{"resume":true}}"#;
+        assert_eq!(
+            decode_request(line).1,
+            Ok(Request::SaveState { resume: true })
+        );
+        let back = serde_json::to_value(RequestFrame::new(1, Request::SaveState { resume: true }))
+            .unwrap();
+        assert_eq!(back["params"], json!({"resume": true}));
+        assert_eq!(
+            decode_request(r#"{"v":1,"id":1,"method":"saveState"}"#).1,
+            Ok(Request::SaveState { resume: false })
+        );
+        for params in [
+            json!({"path": "/etc/shadow"}),
+            json!({"file": "../../x"}),
+            json!({"uri": "exec:sh -c reboot"}),
+            json!({"resume": "yes"}),
+            json!({"resume": true, "fd": 3}),
+        ] {
+            let line =
+                json!({"v": 1, "id": 1, "method": "saveState", "params": params}).to_string();
+            let e = decode_request(&line).1.expect_err(&line);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{line}");
+            assert!(e.message.starts_with("params"), "{}", e.message);
+        }
+        let saved = SavedState {
+            format: FORMAT,
+            vmi: "default/demo".into(),
+            qemu_version: "7.2.15".into(),
+            machine: MachineFacts(vec!["-machine microvm".into(), "-m 256M".into()]),
+            memory_bytes: 256 << 20,
+            size_bytes: 82_000_000,
+            duration_ms: 130,
+            guest_running: true,
+            saved_at: 1_700_000_000.5,
+        };
+        let reply = json!({"id": 3, "result": {
+            "format": 1, "vmi": "default/demo", "qemuVersion": "7.2.15",
+            "machine": ["-machine microvm", "-m 256M"], "memoryBytes": 268435456u64,
+            "sizeBytes": 82000000, "durationMs": 130, "guestRunning": true,
+            "savedAt": 1700000000.5}});
+        let got = ReplyFrame::decode(&reply.to_string(), Method::SaveState).unwrap();
+        assert_eq!(got.outcome, Ok(Response::SavedState(Box::new(saved))));
+        assert_eq!(serde_json::to_value(&got).unwrap(), reply);
+        let ev: Event = serde_json::from_value(json!({"event": "StateSave", "status": "active",
+            "transferredBytes": 5, "remainingBytes": 7, "totalBytes": 12}))
+        .unwrap();
+        assert_eq!(
+            ev,
+            Event::StateSave(SaveProgress {
+                status: "active".into(),
+                transferred_bytes: 5,
+                remaining_bytes: 7,
+                total_bytes: 12
+            })
+        );
     }
 
     #[test]
