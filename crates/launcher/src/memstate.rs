@@ -20,7 +20,8 @@
 //! returns the error.
 
 use crate::api::memstate::{
-    reason, MachineFacts, MemoryRestore, MemoryStateError, SaveProgress, SavedState, FORMAT,
+    reason, MachineFacts, MemoryDump, MemoryRestore, MemoryStateError, SaveProgress, SavedState,
+    FORMAT,
 };
 use crate::api::VmiDir;
 use crate::launcher::{now, LaunchError, Phase, Vm};
@@ -177,7 +178,95 @@ fn progress(info: &MigrationInfo) -> SaveProgress {
     }
 }
 
+/// The dump's descriptor name in QEMU.
+const DUMP_FD_NAME: &str = "memdump";
+
 impl Vm {
+    /// `dumpMemory`: see [`crate::api::Request::DumpMemory`].
+    pub async fn dump_memory(&self) -> Result<MemoryDump, LaunchError> {
+        let _one = self.migration_lock.lock().await;
+        self.ensure_guest("cannot dump the guest memory")?;
+        let t0 = Instant::now();
+        let dir = VmiDir::unchecked(&self.dir);
+        let state_dir = dir.memory_state_dir();
+        let fd = crate::paths::dir_beneath(dir.path(), &state_dir, true)
+            .map_err(|e| io(&state_dir, e))?;
+        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o700)).map_err(|e| {
+            LaunchError::Io {
+                path: state_dir.clone(),
+                source: e.into(),
+            }
+        })?;
+        let path = dir.memory_dump();
+        let file = crate::paths::create_file_beneath(dir.path(), &path, 0o600)
+            .map_err(|e| io(&path, e))?;
+        let was_running = self
+            .qmp
+            .query_status()
+            .await
+            .map_err(|e| self.qmp_err(e))?
+            .running;
+        {
+            let mut i = self.lock();
+            i.saving = true;
+            if was_running {
+                // QEMU stops the guest for the dump (and resumes it after): no pause of anyone's.
+                i.expected_stops += 1;
+            }
+        }
+        let written = async {
+            let q = &self.qmp;
+            q.getfd(DUMP_FD_NAME, file.as_fd())
+                .await
+                .map_err(|e| self.qmp_err(e))?;
+            q.command(
+                "dump-guest-memory",
+                json!({ "paging": false, "protocol": format!("fd:{DUMP_FD_NAME}"), "detach": true }),
+            )
+            .await
+            .map_err(|e| self.qmp_err(e))?;
+            loop {
+                tokio::time::sleep(POLL).await;
+                let st = q
+                    .execute_value("query-dump", None, Duration::from_secs(10))
+                    .await
+                    .map_err(|e| self.qmp_err(e))?;
+                match st.get("status").and_then(Value::as_str) {
+                    Some("completed") => break,
+                    Some("failed") => {
+                        return Err(LaunchError::from(MemoryStateError::Qemu {
+                            what: "dumping the guest memory",
+                            detail: "QEMU's dump failed (see qemu.log)".into(),
+                        }))
+                    }
+                    _ => {}
+                }
+            }
+            file.sync_all()
+                .and_then(|()| file.metadata())
+                .map_err(|source| LaunchError::Io {
+                    path: path.clone(),
+                    source,
+                })
+        }
+        .await;
+        self.lock().saving = false;
+        let meta = match written {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = crate::paths::remove_beneath(dir.path(), &path);
+                return Err(e);
+            }
+        };
+        let dump = MemoryDump {
+            format: "elf".into(),
+            size_bytes: meta.len(),
+            duration_ms: t0.elapsed().as_millis() as u64,
+        };
+        tracing::info!(vmi = %self.spec.vmi, bytes = dump.size_bytes, ms = dump.duration_ms, "guest memory dumped");
+        Ok(dump)
+    }
+
     /// `saveState`: see [`crate::api::Request::SaveState`].
     pub async fn save_state(&self, resume: bool) -> Result<SavedState, LaunchError> {
         let _one = self.migration_lock.lock().await;

@@ -316,6 +316,12 @@ impl Launcher {
                 .await
                 .map(|s| Response::SavedState(Box::new(s)))
                 .map_err(rpc_error),
+            Request::DumpMemory => vm()
+                .await?
+                .dump_memory()
+                .await
+                .map(Response::MemoryDump)
+                .map_err(rpc_error),
             Request::MigrationStatus => match self.vm().await {
                 Some(vm) => vm.migration_status().map(migration).map_err(rpc_error),
                 None => Err(rpc_error(MigrationError::NeverMigrated.into())),

@@ -1155,6 +1155,24 @@ async fn a_guest_restored_from_its_saved_memory_goes_on_counting_with_the_same_b
     .await;
     wait_serial(&dir("a"), "count 3", BOOT_TIMEOUT).await;
 
+    // KubeVirt's memory dump (the launcher's half): an ELF core of all guest RAM; the guest
+    // runs on.
+    let dump = match call(&mut ca, Request::DumpMemory).await {
+        kubevirt_launcher::api::Response::MemoryDump(d) => d,
+        r => panic!("not a memory dump: {r:?}"),
+    };
+    let a = VmiDir::from_path(dir("a")).unwrap();
+    let core = std::fs::read(a.memory_dump()).unwrap();
+    assert_eq!(core.len() as u64, dump.size_bytes);
+    assert!(
+        core.starts_with(b"\x7fELF") && dump.size_bytes > 256 << 20,
+        "{dump:?}"
+    );
+    drop(core);
+    std::fs::remove_file(a.memory_dump()).unwrap();
+    let s = call(&mut ca, Request::State).await.into_state().unwrap();
+    assert_eq!(s.phase, Phase::Running, "{s:?}");
+
     let mut sub =
         kubevirt_launcher::api::LauncherClient::connect(&VmiDir::from_path(dir("a")).unwrap())
             .await
@@ -1173,7 +1191,6 @@ async fn a_guest_restored_from_its_saved_memory_goes_on_counting_with_the_same_b
     );
     assert!(saved.guest_running && saved.size_bytes > 0, "{saved:?}");
     assert_eq!(saved.memory_bytes, 256 << 20);
-    let a = VmiDir::from_path(dir("a")).unwrap();
     assert_eq!(
         std::fs::metadata(a.memory_state()).unwrap().len(),
         saved.size_bytes

@@ -107,7 +107,7 @@ impl LauncherClient {
     pub async fn call(&mut self, request: Request) -> Result<Response, ClientError> {
         let after = self.timeout.unwrap_or(match request {
             Request::Sync { .. } => Self::SYNC_TIMEOUT,
-            Request::SaveState { .. } => Self::SAVE_TIMEOUT,
+            Request::SaveState { .. } | Request::DumpMemory => Self::SAVE_TIMEOUT,
             _ => Self::CALL_TIMEOUT,
         });
         let what = request.method().as_str();

@@ -537,6 +537,11 @@ impl VmiDir {
     pub fn memory_state_manifest(&self) -> PathBuf {
         self.memory_state_dir().join("memory.json")
     }
+    /// `dumpMemory`'s ELF core of the guest's memory (KubeVirt's `virtctl memory-dump`; the
+    /// node agent moves it into the claim).
+    pub fn memory_dump(&self) -> PathBuf {
+        self.memory_state_dir().join("memory.dump")
+    }
     /// The handler's instruction to start from [`Self::memory_state`] instead of booting
     /// ([`MemoryRestore`]); absent: boot.
     pub fn memory_restore_file(&self) -> PathBuf {

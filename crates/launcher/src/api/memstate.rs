@@ -117,6 +117,16 @@ pub struct SavedState {
     pub saved_at: f64,
 }
 
+/// A `dumpMemory` reply: the ELF core in `state/memory.dump`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryDump {
+    /// `elf` (QEMU's `dump-guest-memory` without paging: every guest RAM byte).
+    pub format: String,
+    pub size_bytes: u64,
+    pub duration_ms: u64,
+}
+
 /// `restore-memory.json`: the handler's instruction to start this VMI from the saved state in
 /// its directory (`state/memory.bin`, hard-linked or copied there by the handler) instead of
 /// booting it. `saved` is the [`SavedState`] the `saveState` reply gave (kept by the

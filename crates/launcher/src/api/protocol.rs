@@ -1,6 +1,6 @@
 //! The `launcher.sock` wire format: typed requests, replies, events and error codes.
 
-use super::memstate::{SaveProgress, SavedState};
+use super::memstate::{MemoryDump, SaveProgress, SavedState};
 use super::migration::{MigrationOptions, MigrationStatus};
 use crate::launcher::{Phase, State};
 use kubevirt_api::VirtualMachineInstance;
@@ -41,10 +41,11 @@ pub enum Method {
     CancelMigration,
     MigrationStatus,
     SaveState,
+    DumpMemory,
 }
 
 impl Method {
-    pub const ALL: [Method; 21] = [
+    pub const ALL: [Method; 22] = [
         Method::Sync,
         Method::State,
         Method::Pause,
@@ -66,6 +67,7 @@ impl Method {
         Method::CancelMigration,
         Method::MigrationStatus,
         Method::SaveState,
+        Method::DumpMemory,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +93,7 @@ impl Method {
             Method::CancelMigration => "cancelMigration",
             Method::MigrationStatus => "migrationStatus",
             Method::SaveState => "saveState",
+            Method::DumpMemory => "dumpMemory",
         }
     }
 
@@ -191,6 +194,12 @@ pub enum Request {
     SaveState {
         resume: bool,
     },
+    /// The launcher's half of KubeVirt's `virtctl memory-dump`: the guest's memory as an ELF
+    /// core (QEMU's `dump-guest-memory`, through a descriptor the launcher opened) into the
+    /// VMI directory's `state/memory.dump`; replies with [`Response::MemoryDump`] once it is
+    /// on disk. The guest is stopped while QEMU writes and runs on after. Moving the file into
+    /// the claim KubeVirt names is the node agent's part.
+    DumpMemory,
 }
 
 /// One hotplugged volume as the launcher sees it after a `syncVolumes`.
@@ -326,6 +335,7 @@ impl Request {
             Request::CancelMigration => Method::CancelMigration,
             Request::MigrationStatus => Method::MigrationStatus,
             Request::SaveState { .. } => Method::SaveState,
+            Request::DumpMemory => Method::DumpMemory,
         }
     }
 
@@ -493,6 +503,15 @@ impl Request {
                     .map_err(|e| RpcError::bad_request(format!("params: {e}")))?;
                 Request::SaveState { resume: p.resume }
             }
+            Method::DumpMemory => {
+                // Nothing to choose: the dump goes to the VMI directory's own file.
+                if params.as_object().is_none_or(|o| !o.is_empty()) {
+                    return Err(RpcError::bad_request(
+                        "params: dumpMemory takes none (the dump goes to the VMI directory's state/memory.dump)",
+                    ));
+                }
+                Request::DumpMemory
+            }
         })
     }
 }
@@ -583,6 +602,8 @@ pub enum Response {
     Migration(Box<MigrationStatus>),
     /// `saveState`: what was saved and what machine it fits.
     SavedState(Box<SavedState>),
+    /// `dumpMemory`: the dump's size and how long it took.
+    MemoryDump(MemoryDump),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -603,6 +624,7 @@ impl Response {
             | Method::CancelMigration
             | Method::MigrationStatus => Response::Migration(serde_json::from_value(result)?),
             Method::SaveState => Response::SavedState(serde_json::from_value(result)?),
+            Method::DumpMemory => Response::MemoryDump(serde_json::from_value(result)?),
             Method::SyncVolumes => {
                 Response::Volumes(serde_json::from_value::<VolumesReply>(result)?.volumes)
             }
@@ -661,6 +683,7 @@ impl Serialize for Response {
             Response::Volumes(v) => VolumesReply { volumes: v.clone() }.serialize(s),
             Response::Migration(m) => m.serialize(s),
             Response::SavedState(v) => v.serialize(s),
+            Response::MemoryDump(v) => v.serialize(s),
             Response::Subscribed { state } => {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("subscribed", &true)?;
@@ -1265,6 +1288,31 @@ mod tests {
             "savedAt": 1700000000.5}});
         let got = ReplyFrame::decode(&reply.to_string(), Method::SaveState).unwrap();
         assert_eq!(got.outcome, Ok(Response::SavedState(Box::new(saved))));
+        assert_eq!(serde_json::to_value(&got).unwrap(), reply);
+        // dumpMemory: no parameters at all, an ELF core's size back.
+        assert_eq!(
+            decode_request(r#"{"v":1,"id":1,"method":"dumpMemory"}"#).1,
+            Ok(Request::DumpMemory)
+        );
+        for params in [
+            json!({"path": "/var/lib/x.dump"}),
+            json!({"format": "kdump-zlib"}),
+        ] {
+            let line =
+                json!({"v": 1, "id": 1, "method": "dumpMemory", "params": params}).to_string();
+            let e = decode_request(&line).1.expect_err(&line);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{line}");
+        }
+        let reply = json!({"id": 4, "result": {"format": "elf", "sizeBytes": 268500000u64, "durationMs": 900}});
+        let got = ReplyFrame::decode(&reply.to_string(), Method::DumpMemory).unwrap();
+        assert_eq!(
+            got.outcome,
+            Ok(Response::MemoryDump(crate::api::memstate::MemoryDump {
+                format: "elf".into(),
+                size_bytes: 268_500_000,
+                duration_ms: 900
+            }))
+        );
         assert_eq!(serde_json::to_value(&got).unwrap(), reply);
         let ev: Event = serde_json::from_value(json!({"event": "StateSave", "status": "active",
             "transferredBytes": 5, "remainingBytes": 7, "totalBytes": 12}))
