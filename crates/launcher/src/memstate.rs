@@ -206,25 +206,28 @@ impl Vm {
             .await
             .map_err(|e| self.qmp_err(e))?
             .running;
-        {
-            let mut i = self.lock();
-            i.saving = true;
-            if was_running {
-                // QEMU stops the guest for the dump (and resumes it after): no pause of anyone's.
-                i.expected_stops += 1;
-            }
-        }
+        self.lock().saving = true;
         let written = async {
             let q = &self.qmp;
             q.getfd(DUMP_FD_NAME, file.as_fd())
                 .await
                 .map_err(|e| self.qmp_err(e))?;
+            if was_running {
+                // QEMU stops the guest for the dump (and resumes it after): no pause of anyone's.
+                self.lock().expected_stops += 1;
+            }
             q.command(
                 "dump-guest-memory",
                 json!({ "paging": false, "protocol": format!("fd:{DUMP_FD_NAME}"), "detach": true }),
             )
             .await
-            .map_err(|e| self.qmp_err(e))?;
+            .map_err(|e| {
+                if was_running {
+                    // Refused: QEMU did not stop the guest.
+                    self.unexpect_stop();
+                }
+                self.qmp_err(e)
+            })?;
             loop {
                 tokio::time::sleep(POLL).await;
                 let st = q
@@ -267,6 +270,12 @@ impl Vm {
         Ok(dump)
     }
 
+    /// A STOP the launcher expected will not come (the command that would stop was refused).
+    fn unexpect_stop(&self) {
+        let mut i = self.lock();
+        i.expected_stops = i.expected_stops.saturating_sub(1);
+    }
+
     /// `saveState`: see [`crate::api::Request::SaveState`].
     pub async fn save_state(&self, resume: bool) -> Result<SavedState, LaunchError> {
         let _one = self.migration_lock.lock().await;
@@ -299,14 +308,7 @@ impl Vm {
             .await
             .map_err(|e| self.qmp_err(e))?
             .running;
-        {
-            let mut i = self.lock();
-            i.saving = true;
-            if was_running {
-                // Our own `stop` is no pause of the user's or QEMU's.
-                i.expected_stops += 1;
-            }
-        }
+        self.lock().saving = true;
         let saved = self.write_stream(&file, was_running).await;
         let result = match saved {
             Ok(()) => file
@@ -385,7 +387,12 @@ impl Vm {
             .await
             .map_err(|e| self.qmp_err(e))?;
         if was_running {
-            q.stop().await.map_err(|e| self.qmp_err(e))?;
+            // Our own `stop` is no pause of the user's or QEMU's.
+            self.lock().expected_stops += 1;
+            if let Err(e) = q.stop().await {
+                self.unexpect_stop();
+                return Err(self.qmp_err(e));
+            }
         }
         q.migrate(&uri()).await.map_err(|e| self.qmp_err(e))?;
         let mut last = Instant::now();

@@ -125,4 +125,16 @@ mod tests {
             target[..target.len() - 2].iter().collect::<Vec<_>>()
         );
     }
+
+    /// A restore from a saved state stays paused (`-S`) while the state loads: the launcher
+    /// continues the guest itself, or leaves it paused as it was saved.
+    #[test]
+    fn a_restore_waits_for_its_state_and_stays_paused_until_the_launcher_continues_it() {
+        let argv = render(&test_spec()).unwrap();
+        let mut restore = argv.clone();
+        as_restore_target(&mut restore);
+        assert!(restore.iter().any(|a| a == "-S"), "{restore:?}");
+        assert_eq!(restore[..argv.len()], argv[..]);
+        assert_eq!(restore[argv.len()..], ["-incoming", "defer"]);
+    }
 }
