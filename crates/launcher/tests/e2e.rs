@@ -1114,8 +1114,9 @@ fn process_in(dir: &Path) -> Option<u32> {
     })
 }
 
-/// Issue 16, memory snapshots: a counter runs in the guest; `saveState` writes the guest's RAM
-/// and device state to A's directory and leaves it paused; A is stopped; a fresh launcher B
+/// Issue 16, memory snapshots: a counter runs in the guest; a `saveState` with `resume` lets it
+/// run on; `dumpMemory` writes an ELF core and the guest runs on; `saveState` writes the
+/// guest's RAM and device state to A's directory and leaves it paused; A is stopped; a fresh launcher B
 /// whose directory holds the state and `restore-memory.json` starts from it: the counter goes
 /// on from where it was (not from 1) and the boot id is A's. A VMI whose machine differs
 /// (512Mi) and a state file behind a symlink are refused before QEMU runs; a damaged stream is
@@ -1154,6 +1155,21 @@ async fn a_guest_restored_from_its_saved_memory_goes_on_counting_with_the_same_b
     )
     .await;
     wait_serial(&dir("a"), "count 3", BOOT_TIMEOUT).await;
+
+    // A save that resumes: the guest runs on (QEMU leaves postmigrate and takes its disks
+    // back), and the counter with it.
+    let first = call(&mut ca, Request::SaveState { resume: true })
+        .await
+        .into_saved_state()
+        .expect("a saved state");
+    let s = call(&mut ca, Request::State).await.into_state().unwrap();
+    assert_eq!(
+        (s.phase, s.reason.as_str()),
+        (Phase::Running, reason::STATE_SAVED)
+    );
+    let n = *counts(&dir("a")).last().unwrap();
+    wait_serial(&dir("a"), &format!("count {}", n + 1), BOOT_TIMEOUT).await;
+    assert!(first.guest_running && first.size_bytes > 0, "{first:?}");
 
     // KubeVirt's memory dump (the launcher's half): an ELF core of all guest RAM; the guest
     // runs on.
