@@ -327,6 +327,11 @@ pub enum LaunchError {
     WrongPhase(Phase, &'static str),
     #[error(transparent)]
     Migration(#[from] crate::migration::MigrationError),
+    /// A memory snapshot that cannot be saved or restored (`memstate.rs`).
+    #[error(transparent)]
+    MemoryState(#[from] crate::api::memstate::MemoryStateError),
+    #[error("{0}: not a restore instruction: {1}")]
+    RestoreFile(PathBuf, crate::api::VmiDirError),
 }
 
 /// How to run VMIs on this host (what `launcher run` flags and the handler decide).
@@ -401,6 +406,10 @@ pub(crate) struct Inner {
     pub(crate) migrated: bool,
     /// Why the launcher cancelled the migration (KubeVirt's failure reason).
     pub(crate) cancel_reason: Option<String>,
+    /// A `saveState` runs (`memstate.rs`).
+    pub(crate) saving: bool,
+    /// STOP events of the launcher's own `stop`s (a save's): not a pause of anyone's.
+    pub(crate) expected_stops: u32,
 }
 
 /// One running VMI.
@@ -413,7 +422,7 @@ pub struct Vm {
     inner: Mutex<Inner>,
     events: broadcast::Sender<StateEvent>,
     final_rx: watch::Receiver<bool>,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The guest agent's channel, connected on first use; one command at a time.
     agent: tokio::sync::Mutex<Option<crate::agent::Agent>>,
     /// The access credentials the guest last got (`None`: none yet, or the last try failed,
@@ -429,6 +438,10 @@ pub struct Vm {
     pub(crate) migration_lock: tokio::sync::Mutex<()>,
     /// [`crate::api::Event::Migration`]s: progress and outcome of a migration.
     pub(crate) migration_events: broadcast::Sender<crate::api::MigrationStatus>,
+    /// [`crate::api::Event::StateSave`]s: progress of a `saveState`.
+    pub(crate) save_events: broadcast::Sender<crate::api::memstate::SaveProgress>,
+    /// What a saved state of this machine fits ([`crate::api::memstate::MachineFacts`]).
+    pub facts: crate::api::memstate::MachineFacts,
 }
 
 /// How often the guest agent is asked while it does not answer (so `AgentConnected` comes
@@ -521,8 +534,33 @@ impl Vm {
         }
         // Rendered before anything is created: a spec QEMU's argv cannot carry fails cleanly.
         let mut argv = qemu::render(&spec)?;
+        let facts = crate::api::memstate::MachineFacts::from_argv(&argv);
+        // Start from a saved guest state (memory snapshot, `restore-memory.json`): checked
+        // against this machine before anything is created or QEMU runs.
+        let restore = {
+            let vmi_dir = VmiDir::unchecked(dir);
+            vmi_dir
+                .read_memory_restore()
+                .map_err(|e| LaunchError::RestoreFile(vmi_dir.memory_restore_file(), e))?
+        };
+        let restore =
+            match restore {
+                Some(_) if opts.migration_target => return Err(LaunchError::WrongPhase(
+                    Phase::Pending,
+                    "a migration target cannot also start from a saved state (restore-memory.json)",
+                )),
+                Some(r) => {
+                    let file =
+                        crate::memstate::check_restore(&r, &spec, &facts, &VmiDir::unchecked(dir))?;
+                    Some((r, file))
+                }
+                None => None,
+            };
         if opts.migration_target {
             qemu::as_migration_target(&mut argv);
+        } else if restore.is_some() {
+            // Paused (-S stays) until the state is loaded and the launcher continues it.
+            qemu::as_restore_target(&mut argv);
         }
         // Also removes old sockets and gives QEMU's user what it opens.
         volumes::prepare(
@@ -637,6 +675,25 @@ impl Vm {
                 return Err(err);
             }
         };
+        if let Some((r, file)) = &restore {
+            let t = Instant::now();
+            if let Err(e) = crate::memstate::load(&qmp, file).await {
+                // QEMU exits by itself when it refuses a stream; it must not outlive the error.
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(LaunchError::MemoryState(
+                    crate::api::memstate::MemoryStateError::Qemu {
+                        what: "loading the saved state",
+                        detail: format!(
+                            "{e}; QEMU's stderr ({}):\n{}",
+                            log_path.display(),
+                            tail(&log_path, 4000)
+                        ),
+                    },
+                ));
+            }
+            tracing::info!(vmi = %spec.vmi, bytes = r.saved.size_bytes, ms = t.elapsed().as_millis() as u64, "guest state loaded");
+        }
         if spec.vnc {
             // virt-api connects to DIR/vnc.sock: a hard link to QEMU's socket, made while the
             // guest has not run yet (-S), in a directory QEMU's user cannot write.
@@ -734,6 +791,8 @@ impl Vm {
                 migrating: false,
                 migrated: false,
                 cancel_reason: None,
+                saving: false,
+                expected_stops: 0,
             }),
             events,
             final_rx,
@@ -744,6 +803,8 @@ impl Vm {
             resources: tokio::sync::Mutex::new(()),
             migration_lock: tokio::sync::Mutex::new(()),
             migration_events: broadcast::channel(64).0,
+            save_events: broadcast::channel(64).0,
+            facts,
         });
         vm.publish();
         tokio::spawn(vm.clone().poll_guest_agent());
@@ -780,6 +841,26 @@ impl Vm {
                 crate::api::migration::reason::WAITING_FOR_MIGRATION,
                 "QEMU waits for an incoming migration (prepareMigrationTarget)",
             );
+        } else if let Some((r, _)) = &restore {
+            // The guest goes on where it was saved: running if it ran (unless the VMI says
+            // startStrategy Paused), paused if its user had paused it.
+            use crate::api::memstate::reason::RESTORED;
+            if r.saved.guest_running && !vm.spec.start_paused {
+                if let Err(e) = vm.qmp.cont().await {
+                    return Err(vm.qmp_err(e));
+                }
+                vm.set_phase(
+                    Phase::Running,
+                    RESTORED,
+                    "the guest runs on from its saved state",
+                );
+            } else {
+                vm.set_phase(
+                    Phase::Paused,
+                    RESTORED,
+                    "the guest was restored from its saved state, paused",
+                );
+            }
         } else if vm.spec.start_paused {
             vm.set_phase(
                 Phase::Paused,
@@ -848,6 +929,13 @@ impl Vm {
         }
         match ev.typed() {
             Event::Stop => {
+                {
+                    let mut i = self.lock();
+                    if i.expected_stops > 0 {
+                        i.expected_stops -= 1;
+                        return;
+                    }
+                }
                 let (ending, intent, migration) = {
                     let i = self.lock();
                     let migration = i.migrating || i.state.phase == Phase::WaitingForMigration;
@@ -1171,6 +1259,11 @@ impl Vm {
         self.events.subscribe()
     }
 
+    /// Progress of `saveState`s ([`crate::api::Event::StateSave`]).
+    pub fn subscribe_saves(&self) -> broadcast::Receiver<crate::api::memstate::SaveProgress> {
+        self.save_events.subscribe()
+    }
+
     /// Migration progress and outcomes ([`crate::api::Event::Migration`]).
     pub fn subscribe_migration(&self) -> broadcast::Receiver<crate::api::MigrationStatus> {
         self.migration_events.subscribe()
@@ -1197,16 +1290,19 @@ impl Vm {
 
     /// Alive, with the guest here (not a migration target still waiting) and no outgoing
     /// migration that the operation would disturb.
-    fn ensure_guest(&self, what: &'static str) -> Result<(), LaunchError> {
-        let (p, migrating) = {
+    pub(crate) fn ensure_guest(&self, what: &'static str) -> Result<(), LaunchError> {
+        let (p, migrating, saving) = {
             let i = self.lock();
-            (i.state.phase, i.migrating)
+            (i.state.phase, i.migrating, i.saving)
         };
         if p.is_final() || p == Phase::WaitingForMigration {
             return Err(LaunchError::WrongPhase(p, what));
         }
         if migrating {
             return Err(crate::migration::MigrationError::InProgress(what).into());
+        }
+        if saving {
+            return Err(crate::api::memstate::MemoryStateError::InProgress.into());
         }
         Ok(())
     }

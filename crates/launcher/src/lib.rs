@@ -16,6 +16,7 @@
 //!   `LauncherClient`);
 //! - live migration (target `-incoming defer`, source monitor, KubeVirt's timeouts):
 //!   `migration.rs`;
+//! - memory snapshots (save the guest's state to a file, start from it): `memstate.rs`;
 //! - serving that RPC and the console socket: `rpc.rs`, `console.rs`.
 
 pub mod accel;
@@ -29,6 +30,7 @@ pub mod dhcp;
 pub mod hotplug;
 pub mod launcher;
 pub mod machine;
+pub mod memstate;
 pub mod migration;
 pub mod network;
 pub mod paths;

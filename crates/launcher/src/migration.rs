@@ -429,6 +429,30 @@ impl Vm {
         }
     }
 
+    /// The machine is still the one started from the spec: what a migration target or a
+    /// restore is made from. CPU and memory hotplug and hotplugged volumes are not.
+    pub(crate) async fn check_unchanged(&self) -> Result<(), LaunchError> {
+        let st = self.state();
+        if st
+            .cpu_topology
+            .is_some_and(|t| t.sockets != self.spec.cpu.sockets)
+        {
+            return Err(MigrationError::Changed("spec.domain.cpu.sockets (CPU hotplug)").into());
+        }
+        if st
+            .memory
+            .is_some_and(|m| m.guest_requested != self.spec.memory.bytes)
+        {
+            return Err(
+                MigrationError::Changed("spec.domain.memory.guest (memory hotplug)").into(),
+            );
+        }
+        if self.hotplug.lock().await.any_hot_added() {
+            return Err(MigrationError::Changed("the hotplugged volumes").into());
+        }
+        Ok(())
+    }
+
     /// Source: start the migration to `target`, then follow it in the background.
     pub async fn migrate(
         self: &Arc<Self>,
@@ -447,23 +471,7 @@ impl Vm {
         if self.lock().migrating {
             return Err(MigrationError::InProgress("cannot start another").into());
         }
-        if st
-            .cpu_topology
-            .is_some_and(|t| t.sockets != self.spec.cpu.sockets)
-        {
-            return Err(MigrationError::Changed("spec.domain.cpu.sockets (CPU hotplug)").into());
-        }
-        if st
-            .memory
-            .is_some_and(|m| m.guest_requested != self.spec.memory.bytes)
-        {
-            return Err(
-                MigrationError::Changed("spec.domain.memory.guest (memory hotplug)").into(),
-            );
-        }
-        if self.hotplug.lock().await.any_hot_added() {
-            return Err(MigrationError::Changed("the hotplugged volumes").into());
-        }
+        self.check_unchanged().await?;
         let disks = block::local_disks(&self.spec);
         match (disks.is_empty(), block_target) {
             (false, None) => {

@@ -57,6 +57,13 @@ pub fn as_migration_target(argv: &mut Vec<String>) {
     argv.extend(["-incoming".to_string(), "defer".to_string()]);
 }
 
+/// A VMI started from a saved guest state (memory snapshot, `memstate.rs`): the same argv,
+/// still paused (`-S`: the launcher continues it once the state is loaded), waiting for
+/// `migrate-incoming fd:...`.
+pub fn as_restore_target(argv: &mut Vec<String>) {
+    argv.extend(["-incoming".to_string(), "defer".to_string()]);
+}
+
 /// A small q35 machine with nothing attached, for the family modules' unit tests.
 #[cfg(test)]
 pub(crate) fn test_spec() -> MachineSpec {
@@ -117,5 +124,17 @@ mod tests {
             without,
             target[..target.len() - 2].iter().collect::<Vec<_>>()
         );
+    }
+
+    /// A restore from a saved state stays paused (`-S`) while the state loads: the launcher
+    /// continues the guest itself, or leaves it paused as it was saved.
+    #[test]
+    fn a_restore_waits_for_its_state_and_stays_paused_until_the_launcher_continues_it() {
+        let argv = render(&test_spec()).unwrap();
+        let mut restore = argv.clone();
+        as_restore_target(&mut restore);
+        assert!(restore.iter().any(|a| a == "-S"), "{restore:?}");
+        assert_eq!(restore[..argv.len()], argv[..]);
+        assert_eq!(restore[argv.len()..], ["-incoming", "defer"]);
     }
 }

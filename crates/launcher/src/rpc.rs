@@ -5,6 +5,7 @@
 //! The launcher also keeps `DIR/launcher.pid` and `DIR/state.json`, so a restarted handler
 //! finds it again and knows the last state even after it has exited.
 
+use crate::api::memstate::{MemoryStateError, SaveProgress};
 use crate::api::{
     decode_request, read_line, ErrorCode, Event, ReplyFrame, Request, Response, RpcError, VmiDir,
     VmiDirError,
@@ -26,6 +27,8 @@ pub struct Launcher {
     events: broadcast::Sender<StateEvent>,
     /// The VM's migration events, forwarded (the VM comes and goes; subscribers stay).
     migration_events: broadcast::Sender<crate::api::MigrationStatus>,
+    /// The VM's `saveState` progress, forwarded likewise.
+    save_events: broadcast::Sender<SaveProgress>,
     /// The state while there is no VM (pending, or failed to start).
     idle_state: Mutex<State>,
 }
@@ -43,6 +46,11 @@ fn agent<T: serde::Serialize>(
 fn rpc_error(e: LaunchError) -> RpcError {
     let code = match &e {
         LaunchError::Spec(_) | LaunchError::Hotplug(_) => ErrorCode::InvalidSpec,
+        LaunchError::MemoryState(m) => match m {
+            MemoryStateError::InProgress => ErrorCode::WrongPhase,
+            MemoryStateError::Qemu { .. } => ErrorCode::Failed,
+            _ => ErrorCode::InvalidSpec,
+        },
         LaunchError::WrongPhase(..) => ErrorCode::WrongPhase,
         LaunchError::Accel(_) => ErrorCode::NoAccelerator,
         LaunchError::Migration(m) => match m {
@@ -62,7 +70,9 @@ impl Launcher {
     pub fn new(opts: Options) -> Arc<Launcher> {
         let (events, _) = broadcast::channel(256);
         let (migration_events, _) = broadcast::channel(256);
+        let (save_events, _) = broadcast::channel(256);
         Arc::new(Launcher {
+            save_events,
             migration_events,
             dir: VmiDir::unchecked(&opts.dir),
             opts,
@@ -107,19 +117,8 @@ impl Launcher {
         match Vm::start(vmi, &self.opts, self.events.clone()).await {
             Ok(vm) => {
                 let s = vm.state();
-                let mut rx = vm.subscribe_migration();
-                let tx = self.migration_events.clone();
-                tokio::spawn(async move {
-                    loop {
-                        match rx.recv().await {
-                            Ok(m) => {
-                                let _ = tx.send(m);
-                            }
-                            Err(broadcast::error::RecvError::Lagged(_)) => {}
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        }
-                    }
-                });
+                forward(vm.subscribe_migration(), self.migration_events.clone());
+                forward(vm.subscribe_saves(), self.save_events.clone());
                 *slot = Some(vm);
                 Ok(s)
             }
@@ -213,10 +212,12 @@ impl Launcher {
             if subscribe && ok {
                 let mut rx = self.events.subscribe();
                 let mut mrx = self.migration_events.subscribe();
+                let mut srx = self.save_events.subscribe();
                 loop {
                     let ev = tokio::select! {
                         ev = rx.recv() => ev.map(Event::StateChanged),
                         m = mrx.recv() => m.map(Event::Migration),
+                        p = srx.recv() => p.map(Event::StateSave),
                     };
                     match ev {
                         Ok(ev) => {
@@ -309,6 +310,18 @@ impl Launcher {
                     .map_err(rpc_error),
                 None => Err(rpc_error(MigrationError::NoMigration.into())),
             },
+            Request::SaveState { resume } => vm()
+                .await?
+                .save_state(resume)
+                .await
+                .map(|s| Response::SavedState(Box::new(s)))
+                .map_err(rpc_error),
+            Request::DumpMemory => vm()
+                .await?
+                .dump_memory()
+                .await
+                .map(Response::MemoryDump)
+                .map_err(rpc_error),
             Request::MigrationStatus => match self.vm().await {
                 Some(vm) => vm.migration_status().map(migration).map_err(rpc_error),
                 None => Err(rpc_error(MigrationError::NeverMigrated.into())),
@@ -332,6 +345,21 @@ impl Launcher {
             .map(Response::Volumes)
             .map_err(rpc_error)
     }
+}
+
+/// Forward a VM's events to the launcher's subscribers until the VM goes.
+fn forward<T: Clone + Send + 'static>(mut rx: broadcast::Receiver<T>, tx: broadcast::Sender<T>) {
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(m) => {
+                    let _ = tx.send(m);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 fn migration(m: crate::api::MigrationStatus) -> Response {

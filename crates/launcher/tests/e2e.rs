@@ -1074,3 +1074,272 @@ async fn live_migration_moves_the_running_guest_and_a_cancelled_one_leaves_it_at
     .await;
     assert_eq!(s.phase, Phase::Succeeded, "{s:?}");
 }
+
+/// The boot id a `echo "bid=$(cat /proc/sys/kernel/random/boot_id)=end"` printed (not the
+/// typed command's echo, which has `$(`).
+fn boot_id(out: &str) -> Option<String> {
+    out.match_indices("bid=").find_map(|(i, _)| {
+        let id = out.get(i + 4..i + 40)?;
+        let ok = id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+            && out.get(i + 40..i + 44) == Some("=end");
+        ok.then(|| id.to_string())
+    })
+}
+
+/// The `count N`s on a VMI directory's serial console (anywhere in a line: what is typed on
+/// the console may share it).
+fn counts(dir: &Path) -> Vec<u64> {
+    let log = VmiDir::from_path(dir)
+        .ok()
+        .and_then(|d| std::fs::read_to_string(d.serial_log()).ok())
+        .unwrap_or_default();
+    log.match_indices("count ")
+        .filter_map(|(i, m)| {
+            let digits: String = log[i + m.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// Whether a process whose command line mentions `dir` runs (QEMU's has its sockets' paths).
+fn process_in(dir: &Path) -> Option<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        (String::from_utf8_lossy(&cmd).contains(&needle) && alive(pid)).then_some(pid)
+    })
+}
+
+/// Issue 16, memory snapshots: a counter runs in the guest; a `saveState` with `resume` lets it
+/// run on; `dumpMemory` writes an ELF core and the guest runs on; `saveState` writes the
+/// guest's RAM and device state to A's directory and leaves it paused; A is stopped; a fresh launcher B
+/// whose directory holds the state and `restore-memory.json` starts from it: the counter goes
+/// on from where it was (not from 1) and the boot id is A's. A VMI whose machine differs
+/// (512Mi) and a state file behind a symlink are refused before QEMU runs; a damaged stream is
+/// refused by QEMU with its reason, and no QEMU is left behind.
+#[tokio::test]
+async fn a_guest_restored_from_its_saved_memory_goes_on_counting_with_the_same_boot_id() {
+    use kubevirt_launcher::api::memstate::{reason, MemoryRestore};
+    use kubevirt_launcher::api::{ErrorCode, Event};
+    let Some(guest) = guest() else {
+        eprintln!("SKIP: memory snapshot test needs QEMU and the demo guest");
+        return;
+    };
+    let tmp = tmpdir();
+    let dir = |n: &str| tmp.path().join(n);
+    let yaml = kernel_boot_vmi(
+        "memstate",
+        "microvm",
+        &cmdline(guest, "microvm"),
+        "#!/bin/sh\ntrue",
+    );
+    let vmi = Box::new(parse_vmi(&yaml).unwrap());
+    let (_a, mut ca) = launcher(&dir("a"), guest, false).await;
+    call(&mut ca, Request::Sync { vmi: vmi.clone() }).await;
+    wait_serial(&dir("a"), "kubevirt-rs demo guest: booted", BOOT_TIMEOUT).await;
+    let out = console(
+        &dir("a"),
+        "echo \"bid=$(cat /proc/sys/kernel/random/boot_id)=end\"",
+        "=end\r",
+    )
+    .await;
+    let id_a = boot_id(&out).unwrap_or_else(|| panic!("no boot id in {out:?}"));
+    console(
+        &dir("a"),
+        "(i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 1; done) & echo counting-$((6*7))",
+        "counting-42",
+    )
+    .await;
+    wait_serial(&dir("a"), "count 3", BOOT_TIMEOUT).await;
+
+    // A save that resumes: the guest runs on (QEMU leaves postmigrate and takes its disks
+    // back), and the counter with it.
+    let first = call(&mut ca, Request::SaveState { resume: true })
+        .await
+        .into_saved_state()
+        .expect("a saved state");
+    let s = call(&mut ca, Request::State).await.into_state().unwrap();
+    assert_eq!(
+        (s.phase, s.reason.as_str()),
+        (Phase::Running, reason::STATE_SAVED)
+    );
+    let n = *counts(&dir("a")).last().unwrap();
+    wait_serial(&dir("a"), &format!("count {}", n + 1), BOOT_TIMEOUT).await;
+    assert!(first.guest_running && first.size_bytes > 0, "{first:?}");
+
+    // KubeVirt's memory dump (the launcher's half): an ELF core of all guest RAM; the guest
+    // runs on.
+    let dump = match call(&mut ca, Request::DumpMemory).await {
+        kubevirt_launcher::api::Response::MemoryDump(d) => d,
+        r => panic!("not a memory dump: {r:?}"),
+    };
+    let a = VmiDir::from_path(dir("a")).unwrap();
+    let core = std::fs::read(a.memory_dump()).unwrap();
+    assert_eq!(core.len() as u64, dump.size_bytes);
+    assert!(
+        core.starts_with(b"\x7fELF") && dump.size_bytes > 256 << 20,
+        "{dump:?}"
+    );
+    drop(core);
+    std::fs::remove_file(a.memory_dump()).unwrap();
+    let s = call(&mut ca, Request::State).await.into_state().unwrap();
+    assert_eq!(s.phase, Phase::Running, "{s:?}");
+
+    let mut sub =
+        kubevirt_launcher::api::LauncherClient::connect(&VmiDir::from_path(dir("a")).unwrap())
+            .await
+            .unwrap()
+            .subscribe()
+            .await
+            .unwrap();
+    let saved = call(&mut ca, Request::SaveState { resume: false })
+        .await
+        .into_saved_state()
+        .expect("a saved state");
+    let last_at_a = *counts(&dir("a")).last().unwrap();
+    eprintln!(
+        "saved {} bytes in {} ms after count {last_at_a}",
+        saved.size_bytes, saved.duration_ms
+    );
+    assert!(saved.guest_running && saved.size_bytes > 0, "{saved:?}");
+    assert_eq!(saved.memory_bytes, 256 << 20);
+    assert_eq!(
+        std::fs::metadata(a.memory_state()).unwrap().len(),
+        saved.size_bytes
+    );
+    assert_eq!(a.read_saved_state().unwrap().as_ref(), Some(&saved));
+    // Subscribers saw the save complete.
+    let done = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = sub.next().await {
+            if let Ok(Event::StateSave(p)) = ev {
+                if p.status == "completed" {
+                    return p;
+                }
+            }
+        }
+        panic!("the event stream ended");
+    })
+    .await
+    .expect("a StateSave event");
+    assert!(done.transferred_bytes > 0, "{done:?}");
+    // The guest waits, paused, for its disks to be copied; nothing counts meanwhile.
+    let s = call(&mut ca, Request::State).await.into_state().unwrap();
+    assert_eq!(
+        (s.phase, s.reason.as_str()),
+        (Phase::Paused, reason::STATE_SAVED)
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(*counts(&dir("a")).last().unwrap(), last_at_a);
+    call(&mut ca, Request::Stop).await;
+    wait_state(
+        &mut ca,
+        &dir("a"),
+        Duration::from_secs(30),
+        "A stops",
+        |s| s.phase.is_final(),
+    )
+    .await;
+
+    // What the handler does before it starts the restoring launcher: the state file into the
+    // new directory, and the instruction beside it.
+    let restore_into = |name: &str| {
+        let d = VmiDir::from_path(dir(name)).unwrap();
+        std::fs::create_dir_all(d.memory_state_dir()).unwrap();
+        std::fs::hard_link(a.memory_state(), d.memory_state()).unwrap();
+        d.write_memory_restore(&MemoryRestore {
+            saved: saved.clone(),
+        })
+        .unwrap();
+        d
+    };
+    let b = restore_into("b");
+    let (_b, mut cb) = launcher(&dir("b"), guest, false).await;
+    let t = Instant::now();
+    let s = call(&mut cb, Request::Sync { vmi: vmi.clone() })
+        .await
+        .into_state()
+        .unwrap();
+    eprintln!("restore → running: {:?}", t.elapsed());
+    assert_eq!(
+        (s.phase, s.reason.as_str()),
+        (Phase::Running, reason::RESTORED),
+        "{s:?}"
+    );
+    let out = console(
+        &dir("b"),
+        "echo \"bid=$(cat /proc/sys/kernel/random/boot_id)=end\"",
+        "=end\r",
+    )
+    .await;
+    assert_eq!(boot_id(&out).as_deref(), Some(id_a.as_str()), "{out}");
+    wait_serial(&dir("b"), &format!("count {}", last_at_a + 2), BOOT_TIMEOUT).await;
+    let at_b = counts(&dir("b"));
+    assert!(
+        at_b[0] >= last_at_a && at_b[0] <= last_at_a + 1,
+        "the counter restarted: A ended at {last_at_a}, B counts {at_b:?}"
+    );
+    call(&mut cb, Request::Stop).await;
+    assert!(b.read_memory_restore().unwrap().is_some());
+
+    // A VMI with another machine (512Mi): refused before QEMU runs, naming the difference.
+    let c = restore_into("c");
+    let bigger = Box::new(parse_vmi(&yaml.replace("guest: 256Mi", "guest: 512Mi")).unwrap());
+    let (_c, mut cc) = launcher(&dir("c"), guest, false).await;
+    let e = cc.call(Request::Sync { vmi: bigger }).await.unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::InvalidSpec), "{e}");
+    assert!(
+        e.to_string().contains("does not fit") && e.to_string().contains("-m 256M"),
+        "{e}"
+    );
+    assert!(
+        !c.qemu_log().exists(),
+        "QEMU ran for a machine that does not fit"
+    );
+
+    // The state file behind a symlink (out of the directory): not followed.
+    let d = VmiDir::from_path(dir("d")).unwrap();
+    std::fs::create_dir_all(d.memory_state_dir()).unwrap();
+    std::os::unix::fs::symlink(a.memory_state(), d.memory_state()).unwrap();
+    d.write_memory_restore(&MemoryRestore {
+        saved: saved.clone(),
+    })
+    .unwrap();
+    let (_d, mut cd) = launcher(&dir("d"), guest, false).await;
+    let e = cd
+        .call(Request::Sync { vmi: vmi.clone() })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("memory.bin"), "{e}");
+    assert!(!d.qemu_log().exists());
+
+    // A damaged stream (the state is guest-controlled data): QEMU refuses it with its reason,
+    // and its QEMU is gone when the error comes.
+    let e_dir = VmiDir::from_path(dir("e")).unwrap();
+    std::fs::create_dir_all(e_dir.memory_state_dir()).unwrap();
+    let mut bytes = std::fs::read(a.memory_state()).unwrap();
+    bytes[..64].fill(0);
+    std::fs::write(e_dir.memory_state(), &bytes).unwrap();
+    e_dir
+        .write_memory_restore(&MemoryRestore {
+            saved: saved.clone(),
+        })
+        .unwrap();
+    let (_e, mut ce) = launcher(&dir("e"), guest, false).await;
+    let e = ce
+        .call(Request::Sync { vmi: vmi.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::Failed), "{e}");
+    assert!(e.to_string().contains("loading the saved state"), "{e}");
+    assert!(e_dir.qemu_log().exists(), "QEMU should have tried");
+    assert_eq!(process_in(e_dir.path()), None, "a QEMU was left behind");
+    let s = call(&mut ce, Request::State).await.into_state().unwrap();
+    assert_eq!(
+        (s.phase, s.reason.as_str()),
+        (Phase::Failed, "FailedToStart")
+    );
+}

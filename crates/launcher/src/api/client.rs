@@ -68,6 +68,8 @@ impl LauncherClient {
     pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
     /// `sync` starts a VM (images may be extracted first): it gets longer.
     pub const SYNC_TIMEOUT: Duration = Duration::from_secs(300);
+    /// `saveState` writes the guest's memory to disk (a few GiB at disk speed).
+    pub const SAVE_TIMEOUT: Duration = Duration::from_secs(600);
 
     /// Connect to the VMI's `launcher.sock`.
     pub async fn connect(dir: &VmiDir) -> Result<LauncherClient, ClientError> {
@@ -105,6 +107,7 @@ impl LauncherClient {
     pub async fn call(&mut self, request: Request) -> Result<Response, ClientError> {
         let after = self.timeout.unwrap_or(match request {
             Request::Sync { .. } => Self::SYNC_TIMEOUT,
+            Request::SaveState { .. } | Request::DumpMemory => Self::SAVE_TIMEOUT,
             _ => Self::CALL_TIMEOUT,
         });
         let what = request.method().as_str();

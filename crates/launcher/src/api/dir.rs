@@ -10,6 +10,7 @@
 //! user who could pick a name whose key collides with another namespace's VMI would share its
 //! directory.
 
+use super::memstate::{MemoryRestore, SavedState};
 use crate::launcher::State;
 use kubevirt_api::defaults::DefaultsConfig;
 use kubevirt_api::names;
@@ -33,6 +34,8 @@ const QMP_SOCKET: &str = "qmp.sock";
 const SERIAL_SOCKET: &str = "serial.sock";
 const PASST_SOCKET: &str = "passt.sock";
 const GUEST_AGENT_SOCKET: &str = "qga.sock";
+/// A saved guest state and its manifest (memory snapshots).
+const MEMORY_STATE_DIR: &str = "state";
 /// Every socket of the directory, relative to it (each checked against [`SUN_PATH_MAX`]).
 const SOCKETS: [&[&str]; 8] = [
     &[LAUNCHER_SOCKET],
@@ -520,6 +523,30 @@ impl VmiDir {
     pub fn migration_target_marker(&self) -> PathBuf {
         self.path.join(".migration-target")
     }
+    /// Where a saved guest state lives (`saveState`, docs/memory-snapshots.md): made by the
+    /// launcher, owner-only (guest memory may hold secrets).
+    pub fn memory_state_dir(&self) -> PathBuf {
+        self.path.join(MEMORY_STATE_DIR)
+    }
+    /// The guest's RAM and device state: QEMU's migration stream, written through a
+    /// descriptor the launcher opened (QEMU never gets the path).
+    pub fn memory_state(&self) -> PathBuf {
+        self.memory_state_dir().join("memory.bin")
+    }
+    /// The [`SavedState`] of [`Self::memory_state`]: what machine it fits.
+    pub fn memory_state_manifest(&self) -> PathBuf {
+        self.memory_state_dir().join("memory.json")
+    }
+    /// `dumpMemory`'s ELF core of the guest's memory (KubeVirt's `virtctl memory-dump`; the
+    /// node agent moves it into the claim).
+    pub fn memory_dump(&self) -> PathBuf {
+        self.memory_state_dir().join("memory.dump")
+    }
+    /// The handler's instruction to start from [`Self::memory_state`] instead of booting
+    /// ([`MemoryRestore`]); absent: boot.
+    pub fn memory_restore_file(&self) -> PathBuf {
+        self.path.join("restore-memory.json")
+    }
     /// The handler's marker: a launcher was spawned for this VMI.
     pub fn spawned_marker(&self) -> PathBuf {
         self.path.join(".spawned")
@@ -596,6 +623,26 @@ impl VmiDir {
     /// Write `network.json` atomically.
     pub fn write_network(&self, n: &PodNetworkInfo) -> Result<(), VmiDirError> {
         write_json_atomically(&self.network_file(), n)
+    }
+
+    /// The restore instruction; `None` when the handler wrote none (the VMI boots).
+    pub fn read_memory_restore(&self) -> Result<Option<MemoryRestore>, VmiDirError> {
+        read_json_if_present(self.memory_restore_file())
+    }
+
+    /// Write `restore-memory.json` atomically (before the launcher starts).
+    pub fn write_memory_restore(&self, r: &MemoryRestore) -> Result<(), VmiDirError> {
+        write_json_atomically_mode(&self.memory_restore_file(), r, 0o600)
+    }
+
+    /// The [`SavedState`] beside the state file; `None` without one.
+    pub fn read_saved_state(&self) -> Result<Option<SavedState>, VmiDirError> {
+        read_json_if_present(self.memory_state_manifest())
+    }
+
+    /// Write `state/memory.json` atomically.
+    pub fn write_saved_state(&self, s: &SavedState) -> Result<(), VmiDirError> {
+        write_json_atomically_mode(&self.memory_state_manifest(), s, 0o600)
     }
 
     /// The last state the launcher wrote.

@@ -12,11 +12,14 @@
 //!   `{"event":"StateChanged","phase":...,"reason":...,"message":...,"timestamp":...}`.
 //! - [`migration`]: what `migrate` / `prepareMigrationTarget` carry ([`MigrationOptions`],
 //!   KubeVirt's `MigrationConfiguration` names) and report ([`MigrationStatus`]).
+//! - [`memstate`]: memory snapshots: what `saveState` replies ([`memstate::SavedState`]) and
+//!   the handler's `restore-memory.json` ([`memstate::MemoryRestore`]).
 //! - [`LauncherClient`]: the async client (timeouts, typed errors), [`call_blocking`] for
 //!   CLIs and synchronous tests.
 
 mod client;
 mod dir;
+pub mod memstate;
 pub mod migration;
 mod protocol;
 pub mod stats;

@@ -1,5 +1,6 @@
 //! The `launcher.sock` wire format: typed requests, replies, events and error codes.
 
+use super::memstate::{MemoryDump, SaveProgress, SavedState};
 use super::migration::{MigrationOptions, MigrationStatus};
 use crate::launcher::{Phase, State};
 use kubevirt_api::VirtualMachineInstance;
@@ -39,10 +40,12 @@ pub enum Method {
     Migrate,
     CancelMigration,
     MigrationStatus,
+    SaveState,
+    DumpMemory,
 }
 
 impl Method {
-    pub const ALL: [Method; 20] = [
+    pub const ALL: [Method; 22] = [
         Method::Sync,
         Method::State,
         Method::Pause,
@@ -63,6 +66,8 @@ impl Method {
         Method::Migrate,
         Method::CancelMigration,
         Method::MigrationStatus,
+        Method::SaveState,
+        Method::DumpMemory,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +92,8 @@ impl Method {
             Method::Migrate => "migrate",
             Method::CancelMigration => "cancelMigration",
             Method::MigrationStatus => "migrationStatus",
+            Method::SaveState => "saveState",
+            Method::DumpMemory => "dumpMemory",
         }
     }
 
@@ -176,6 +183,23 @@ pub enum Request {
     CancelMigration,
     /// The last migration's status; `NoMigration` when there was none.
     MigrationStatus,
+    /// Memory snapshot (docs/memory-snapshots.md): save the guest's RAM and device state to
+    /// the VMI directory's `state/memory.bin` (QEMU's migration stream, through a descriptor
+    /// the launcher opened) and its [`SavedState`] to `state/memory.json`; replies with the
+    /// [`SavedState`] ([`Response::SavedState`]) once the file is on disk. Progress streams as
+    /// [`Event::StateSave`]. The guest is stopped for the save and stays paused (phase
+    /// Paused, reason `MemorySaved`; its disks released, so a caller copies them
+    /// consistently, then `unpause`s it or stops it), unless `resume`: then a guest that was
+    /// running runs again at once.
+    SaveState {
+        resume: bool,
+    },
+    /// The launcher's half of KubeVirt's `virtctl memory-dump`: the guest's memory as an ELF
+    /// core (QEMU's `dump-guest-memory`, through a descriptor the launcher opened) into the
+    /// VMI directory's `state/memory.dump`; replies with [`Response::MemoryDump`] once it is
+    /// on disk. The guest is stopped while QEMU writes and runs on after. Moving the file into
+    /// the claim KubeVirt names is the node agent's part.
+    DumpMemory,
 }
 
 /// One hotplugged volume as the launcher sees it after a `syncVolumes`.
@@ -263,6 +287,13 @@ fn migration_params(params: Value) -> Result<MigrationParams, RpcError> {
     Ok(p)
 }
 
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SaveStateParams {
+    #[serde(default)]
+    resume: bool,
+}
+
 #[derive(Serialize, Deserialize)]
 struct SyncParams {
     vmi: Box<VirtualMachineInstance>,
@@ -303,6 +334,8 @@ impl Request {
             Request::Migrate { .. } => Method::Migrate,
             Request::CancelMigration => Method::CancelMigration,
             Request::MigrationStatus => Method::MigrationStatus,
+            Request::SaveState { .. } => Method::SaveState,
+            Request::DumpMemory => Method::DumpMemory,
         }
     }
 
@@ -345,6 +378,9 @@ impl Request {
                 block_target: block_target.map(|b| b.to_string()),
                 options: options.clone(),
             }),
+            Request::SaveState { resume } => {
+                serde_json::to_value(SaveStateParams { resume: *resume })
+            }
             _ => return json!({}),
         };
         v.unwrap_or_else(|_| json!({}))
@@ -461,6 +497,21 @@ impl Request {
             }
             Method::CancelMigration => Request::CancelMigration,
             Method::MigrationStatus => Request::MigrationStatus,
+            Method::SaveState => {
+                // No path, no file name: the state goes to the VMI directory's own file.
+                let p: SaveStateParams = serde_json::from_value(params)
+                    .map_err(|e| RpcError::bad_request(format!("params: {e}")))?;
+                Request::SaveState { resume: p.resume }
+            }
+            Method::DumpMemory => {
+                // Nothing to choose: the dump goes to the VMI directory's own file.
+                if params.as_object().is_none_or(|o| !o.is_empty()) {
+                    return Err(RpcError::bad_request(
+                        "params: dumpMemory takes none (the dump goes to the VMI directory's state/memory.dump)",
+                    ));
+                }
+                Request::DumpMemory
+            }
         })
     }
 }
@@ -549,6 +600,10 @@ pub enum Response {
     Volumes(Vec<HotplugVolume>),
     /// `prepareMigrationTarget`, `migrate`, `cancelMigration`, `migrationStatus`.
     Migration(Box<MigrationStatus>),
+    /// `saveState`: what was saved and what machine it fits.
+    SavedState(Box<SavedState>),
+    /// `dumpMemory`: the dump's size and how long it took.
+    MemoryDump(MemoryDump),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -568,6 +623,8 @@ impl Response {
             | Method::Migrate
             | Method::CancelMigration
             | Method::MigrationStatus => Response::Migration(serde_json::from_value(result)?),
+            Method::SaveState => Response::SavedState(serde_json::from_value(result)?),
+            Method::DumpMemory => Response::MemoryDump(serde_json::from_value(result)?),
             Method::SyncVolumes => {
                 Response::Volumes(serde_json::from_value::<VolumesReply>(result)?.volumes)
             }
@@ -600,6 +657,14 @@ impl Response {
         }
     }
 
+    /// The saved state of a `saveState` reply.
+    pub fn into_saved_state(self) -> Option<SavedState> {
+        match self {
+            Response::SavedState(v) => Some(*v),
+            _ => None,
+        }
+    }
+
     /// The state carried by `State` and `Subscribed`.
     pub fn into_state(self) -> Option<State> {
         match self {
@@ -617,6 +682,8 @@ impl Serialize for Response {
             Response::Stats(v) | Response::GuestAgent(v) => v.serialize(s),
             Response::Volumes(v) => VolumesReply { volumes: v.clone() }.serialize(s),
             Response::Migration(m) => m.serialize(s),
+            Response::SavedState(v) => v.serialize(s),
+            Response::MemoryDump(v) => v.serialize(s),
             Response::Subscribed { state } => {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("subscribed", &true)?;
@@ -789,6 +856,8 @@ pub enum Event {
     /// A migration's progress or outcome (`{"event":"Migration","role":...}`); clients that do
     /// not know it skip it.
     Migration(MigrationStatus),
+    /// A `saveState`'s progress (`{"event":"StateSave","status":...}`).
+    StateSave(SaveProgress),
 }
 
 /// Read one line of at most [`MAX_LINE`] bytes into `buf` (cleared first). `Ok(false)` at the
@@ -1169,6 +1238,94 @@ mod tests {
             assert_eq!(e.code, ErrorCode::BadRequest, "{line}");
             assert!(e.message.contains(needle), "{line}: {}", e.message);
         }
+    }
+
+    /// `saveState` takes no path, no file name and no URI: the state goes to the VMI
+    /// directory's own file, so nothing a caller sends can point QEMU elsewhere.
+    #[test]
+    fn save_state_round_trips_and_refuses_anything_that_would_name_a_file() {
+        use crate::api::memstate::{MachineFacts, SaveProgress, SavedState, FORMAT};
+        let line = r#"{"v":1,"id":1,"method":"saveState","params":{"resume":true}}"#;
+        assert_eq!(
+            decode_request(line).1,
+            Ok(Request::SaveState { resume: true })
+        );
+        let back = serde_json::to_value(RequestFrame::new(1, Request::SaveState { resume: true }))
+            .unwrap();
+        assert_eq!(back["params"], json!({"resume": true}));
+        assert_eq!(
+            decode_request(r#"{"v":1,"id":1,"method":"saveState"}"#).1,
+            Ok(Request::SaveState { resume: false })
+        );
+        for params in [
+            json!({"path": "/etc/shadow"}),
+            json!({"file": "../../x"}),
+            json!({"uri": "exec:sh -c reboot"}),
+            json!({"resume": "yes"}),
+            json!({"resume": true, "fd": 3}),
+        ] {
+            let line =
+                json!({"v": 1, "id": 1, "method": "saveState", "params": params}).to_string();
+            let e = decode_request(&line).1.expect_err(&line);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{line}");
+            assert!(e.message.starts_with("params"), "{}", e.message);
+        }
+        let saved = SavedState {
+            format: FORMAT,
+            vmi: "default/demo".into(),
+            qemu_version: "7.2.15".into(),
+            machine: MachineFacts(vec!["-machine microvm".into(), "-m 256M".into()]),
+            memory_bytes: 256 << 20,
+            size_bytes: 82_000_000,
+            duration_ms: 130,
+            guest_running: true,
+            saved_at: 1_700_000_000.5,
+        };
+        let reply = json!({"id": 3, "result": {
+            "format": 1, "vmi": "default/demo", "qemuVersion": "7.2.15",
+            "machine": ["-machine microvm", "-m 256M"], "memoryBytes": 268435456u64,
+            "sizeBytes": 82000000, "durationMs": 130, "guestRunning": true,
+            "savedAt": 1700000000.5}});
+        let got = ReplyFrame::decode(&reply.to_string(), Method::SaveState).unwrap();
+        assert_eq!(got.outcome, Ok(Response::SavedState(Box::new(saved))));
+        assert_eq!(serde_json::to_value(&got).unwrap(), reply);
+        // dumpMemory: no parameters at all, an ELF core's size back.
+        assert_eq!(
+            decode_request(r#"{"v":1,"id":1,"method":"dumpMemory"}"#).1,
+            Ok(Request::DumpMemory)
+        );
+        for params in [
+            json!({"path": "/var/lib/x.dump"}),
+            json!({"format": "kdump-zlib"}),
+        ] {
+            let line =
+                json!({"v": 1, "id": 1, "method": "dumpMemory", "params": params}).to_string();
+            let e = decode_request(&line).1.expect_err(&line);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{line}");
+        }
+        let reply = json!({"id": 4, "result": {"format": "elf", "sizeBytes": 268500000u64, "durationMs": 900}});
+        let got = ReplyFrame::decode(&reply.to_string(), Method::DumpMemory).unwrap();
+        assert_eq!(
+            got.outcome,
+            Ok(Response::MemoryDump(crate::api::memstate::MemoryDump {
+                format: "elf".into(),
+                size_bytes: 268_500_000,
+                duration_ms: 900
+            }))
+        );
+        assert_eq!(serde_json::to_value(&got).unwrap(), reply);
+        let ev: Event = serde_json::from_value(json!({"event": "StateSave", "status": "active",
+            "transferredBytes": 5, "remainingBytes": 7, "totalBytes": 12}))
+        .unwrap();
+        assert_eq!(
+            ev,
+            Event::StateSave(SaveProgress {
+                status: "active".into(),
+                transferred_bytes: 5,
+                remaining_bytes: 7,
+                total_bytes: 12
+            })
+        );
     }
 
     #[test]

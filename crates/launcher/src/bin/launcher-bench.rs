@@ -11,7 +11,15 @@
 //! QEMU as the unprivileged qemu user, and bare QEMU start → QMP greeting with and without
 //! `-sandbox`. Last, the RSS of a `kubevirt-launcher run` process (the launcher, not QEMU)
 //! while its VM runs.
+//!
+//! Memory snapshots (issue 16): the same VM saved once (`saveState` of a guest whose shell
+//! answers), then RUNS times interleaved: a cold boot → the console answers an `echo` (typed
+//! again every 250 ms until it does), against a restore from the saved state (a fresh VMI
+//! directory with the state hard-linked in and `restore-memory.json`, as the handler prepares
+//! it) → running → the console answers the same `echo`. Both from `Vm::start`, with the image
+//! cache, QEMU as the qemu user.
 
+use kubevirt_launcher::api::memstate::{MemoryRestore, SavedState};
 use kubevirt_launcher::api::VmiDir;
 use kubevirt_launcher::confine::QemuUser;
 use kubevirt_launcher::launcher::{Options, Vm};
@@ -116,6 +124,87 @@ async fn one(
     ))
 }
 
+/// Type `echo ready-$((6*7))` on the console (again every 250 ms) until `ready-42` comes
+/// back: the guest runs and its shell answers.
+async fn echo_round_trip(vm: &Vm, within: Duration) -> anyhow::Result<()> {
+    let console = vm
+        .console
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no console"))?;
+    let mut rx = console.output.subscribe();
+    let mut seen = Vec::new();
+    const ANSWER: &[u8] = b"ready-42";
+    let t = Instant::now();
+    loop {
+        console
+            .input
+            .send(b"\necho ready-$((6*7))\n".to_vec())
+            .await
+            .map_err(|_| anyhow::anyhow!("the console is gone"))?;
+        let next = Instant::now() + Duration::from_millis(250);
+        while Instant::now() < next {
+            let left = next.saturating_duration_since(Instant::now());
+            if let Ok(Ok(chunk)) = tokio::time::timeout(left, rx.recv()).await {
+                seen.extend_from_slice(&chunk);
+                if seen.windows(ANSWER.len()).any(|w| w == ANSWER) {
+                    return Ok(());
+                }
+            }
+        }
+        if t.elapsed() > within {
+            anyhow::bail!("no echo within {within:?}");
+        }
+    }
+}
+
+fn bench_opts(guest: &Path, dir: &Path) -> Options {
+    let mut o = Options::new(dir);
+    o.image_store = Some(guest.join("oci"));
+    o.image_cache = dir.parent().map(|p| p.join("image-cache"));
+    o
+}
+
+/// Boot `machine` until its shell answers, save its state, stop it: the saved state and the
+/// directory holding it.
+async fn save_once(guest: &Path, machine: &str, dir: &Path) -> anyhow::Result<SavedState> {
+    let _ = std::fs::remove_dir_all(dir);
+    let v = parse_vmi(&vmi(guest, machine))?;
+    let (tx, _) = tokio::sync::broadcast::channel(16);
+    let vm = Vm::start(&v, &bench_opts(guest, dir), tx).await?;
+    echo_round_trip(&vm, Duration::from_secs(120)).await?;
+    let saved = vm.save_state(false).await?;
+    vm.stop().await?;
+    vm.wait().await;
+    Ok(saved)
+}
+
+/// One cold boot (`saved: None`) or restore to the console's echo: (start → running ms,
+/// start → echo s).
+async fn to_echo(
+    guest: &Path,
+    machine: &str,
+    dir: &Path,
+    saved: Option<(&Path, &SavedState)>,
+) -> anyhow::Result<(f64, f64)> {
+    let _ = std::fs::remove_dir_all(dir);
+    if let Some((from, s)) = saved {
+        let (from, to) = (VmiDir::from_path(from)?, VmiDir::from_path(dir)?);
+        std::fs::create_dir_all(to.memory_state_dir())?;
+        std::fs::hard_link(from.memory_state(), to.memory_state())?;
+        to.write_memory_restore(&MemoryRestore { saved: s.clone() })?;
+    }
+    let v = parse_vmi(&vmi(guest, machine))?;
+    let (tx, _) = tokio::sync::broadcast::channel(16);
+    let t0 = Instant::now();
+    let vm = Vm::start(&v, &bench_opts(guest, dir), tx).await?;
+    let running = t0.elapsed();
+    echo_round_trip(&vm, Duration::from_secs(120)).await?;
+    let echo = t0.elapsed();
+    vm.stop().await?;
+    vm.wait().await;
+    Ok((running.as_secs_f64() * 1000.0, echo.as_secs_f64()))
+}
+
 /// Bare QEMU (microvm, TCG, stopped) from exec to its QMP greeting, in ms.
 fn qemu_greeting(sandbox: bool) -> anyhow::Result<f64> {
     use std::io::Read;
@@ -206,6 +295,49 @@ fn launcher_rss(guest: &Path, work: &Path) -> anyhow::Result<String> {
     Ok(rss)
 }
 
+/// Memory snapshots: restore from a saved state against a cold boot, to the same echo.
+fn memory_snapshots(
+    rt: &tokio::runtime::Runtime,
+    guest: &Path,
+    work: &Path,
+    runs: usize,
+) -> anyhow::Result<()> {
+    println!("\n| memory snapshot (TCG, 256 MiB) | cold boot → echo (s) | restore → running (ms) | restore → echo (s) | state file (MiB) | save (ms) |");
+    println!("|---|---|---|---|---|---|");
+    for machine in ["microvm", "q35"] {
+        let saved_dir = work.join(format!("{machine}-saved"));
+        let saved = rt.block_on(save_once(guest, machine, &saved_dir))?;
+        let (mut cold, mut running, mut echo) = (vec![], vec![], vec![]);
+        for i in 0..runs {
+            let c = rt.block_on(to_echo(
+                guest,
+                machine,
+                &work.join(format!("{machine}-cold-{i}")),
+                None,
+            ))?;
+            let r = rt.block_on(to_echo(
+                guest,
+                machine,
+                &work.join(format!("{machine}-restore-{i}")),
+                Some((&saved_dir, &saved)),
+            ))?;
+            eprintln!("{machine} run {i}: cold boot → echo {:.2} s; restore → running {:.0} ms, → echo {:.3} s", c.1, r.0, r.1);
+            cold.push(c.1);
+            running.push(r.0);
+            echo.push(r.1);
+        }
+        println!(
+            "| {machine} | {:.2} | {:.0} | {:.3} | {:.1} | {} |",
+            median(cold),
+            median(running),
+            median(echo),
+            saved.size_bytes as f64 / f64::from(1 << 20),
+            saved.duration_ms
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let guest = PathBuf::from(args.next().unwrap_or_else(|| "/work/guest-out".into()));
@@ -214,6 +346,12 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if args.next().as_deref() == Some("memory") {
+        // Only the memory snapshot table.
+        let r = memory_snapshots(&rt, &guest, &work, runs);
+        let _ = std::fs::remove_dir_all(&work);
+        return r;
+    }
     println!("| profile | start → QEMU running (ms) | → first serial byte (s) | → banner (s) |");
     println!("|---|---|---|---|");
     for machine in ["q35", "microvm"] {
@@ -237,6 +375,7 @@ fn main() -> anyhow::Result<()> {
             median(r.2)
         );
     }
+    memory_snapshots(&rt, &guest, &work, runs)?;
     // What confinement costs, per VM.
     println!("\n| confinement (microvm) | start → QEMU running (ms) |");
     println!("|---|---|");

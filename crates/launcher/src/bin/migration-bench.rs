@@ -522,7 +522,7 @@ async fn launcher_run(guest: &Guest, work: &Path, case: Case, run: usize) -> Res
             match ev? {
                 Event::StateChanged(s) if s.phase == Phase::WaitingForMigration => {}
                 Event::StateChanged(s) => return Ok(s),
-                Event::Migration(_) => {}
+                Event::Migration(_) | Event::StateSave(_) => {}
             }
         }
         bail!("the target launcher closed its event stream")
