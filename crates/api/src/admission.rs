@@ -365,6 +365,15 @@ pub fn kinds() -> &'static [KindInfo] {
             custom!(NetworkAttachmentDefinition, no_default, |nad, _| {
                 crate::multus::validate_nad(nad)
             }),
+            custom!(VolumeSnapshot, no_default, |vs, _| {
+                crate::volumesnapshot::validate_volume_snapshot(vs)
+            }),
+            custom!(VolumeSnapshotContent, no_default, |c, _| {
+                crate::volumesnapshot::validate_volume_snapshot_content(c)
+            }),
+            custom!(VolumeSnapshotClass, no_default, |c, _| {
+                crate::volumesnapshot::validate_volume_snapshot_class(c)
+            }),
             core!(
                 core::Namespace,
                 "Namespace",

@@ -26,6 +26,7 @@ pub mod quantity;
 pub mod rbac;
 pub mod status;
 pub mod validation;
+pub mod volumesnapshot;
 
 pub use admission::{
     admit, AdmitOptions, Admitted, FieldValidation, KindInfo, Lookup, Operation, Request, UserInfo,
@@ -33,6 +34,7 @@ pub use admission::{
 pub use cdi::{CDIConfig, StorageProfile};
 pub use field::{CauseType, FieldError};
 pub use multus::NetworkAttachmentDefinition;
+pub use volumesnapshot::{VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotContent};
 
 impl Volume {
     /// KubeVirt's hotpluggable volume: a `persistentVolumeClaim` or `dataVolume` marked

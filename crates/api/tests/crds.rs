@@ -77,6 +77,19 @@ fn names_and_short_names_match_kubevirt() {
             &["net-attach-def"],
             "Namespaced",
         ),
+        ("VolumeSnapshot", "volumesnapshots", &["vs"], "Namespaced"),
+        (
+            "VolumeSnapshotContent",
+            "volumesnapshotcontents",
+            &["vsc", "vscs"],
+            "Cluster",
+        ),
+        (
+            "VolumeSnapshotClass",
+            "volumesnapshotclasses",
+            &["vsclass", "vsclasses"],
+            "Cluster",
+        ),
     ];
     for (kind, plural, short, scope) in expect {
         let c = crd(kind);
@@ -92,7 +105,7 @@ fn names_and_short_names_match_kubevirt() {
             Some(format!("{plural}.{}", c.spec.group).as_str())
         );
     }
-    assert_eq!(crds().len(), 20);
+    assert_eq!(crds().len(), 23);
 }
 
 #[test]

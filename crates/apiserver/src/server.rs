@@ -354,6 +354,31 @@ async fn bootstrap(api: &ApiServer, port: u16) -> Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("creating the default StorageClass: {e}"))?;
     }
+    // The snapshot class of the same storage (external-snapshotter's VolumeSnapshotClass),
+    // the default for its driver, so that a VolumeSnapshot without a class and KubeVirt's VM
+    // snapshots find it.
+    {
+        use kubevirt_api::volumesnapshot as vs;
+        let def = reg
+            .find(vs::GROUP, "v1", "volumesnapshotclasses")
+            .context("volume snapshot classes not registered")?;
+        let (existing, _) = api.store.list(&crate::store::Key::prefix(
+            vs::GROUP,
+            "volumesnapshotclasses",
+            None,
+        ));
+        if existing.is_empty() {
+            let class = json!({
+                "metadata": {"name": vs::LOCAL_PATH_SNAPSHOT_CLASS,
+                             "annotations": {vs::DEFAULT_SNAPSHOT_CLASS_ANNOTATION: "true"}},
+                "driver": kubevirt_api::core_kinds::LOCAL_PATH_PROVISIONER,
+                "deletionPolicy": vs::DELETION_POLICY_DELETE,
+            });
+            api.create(def, "", class, &q)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating the default VolumeSnapshotClass: {e}"))?;
+        }
+    }
     // The default RBAC policy; existing objects (perhaps edited by the admin) are kept, but
     // for KubeVirt's and CDI's own, which follow their definition.
     let kubevirt_owned: Vec<String> = kubevirt_api::rbac::cluster_roles()

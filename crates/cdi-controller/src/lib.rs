@@ -8,6 +8,9 @@
 //!   import (http, s3, registry, clone, blank) as a tokio task in this process, and reports
 //!   CDI's phases, conditions, `progress` and `restartCount`. Upload DataVolumes wait in
 //!   `UploadReady` for [`upload`].
+//! - [`snapshotter`]: the local-path driver's CSI snapshotter: VolumeSnapshots of our claims
+//!   get VolumeSnapshotContents whose data is a copy under `DATA_DIR/snapshots/`; the
+//!   provisioner restores claims whose `dataSource` is a VolumeSnapshot from it.
 //! - [`upload`]: `upload.cdi.kubevirt.io` `UploadTokenRequest`s and the upload proxy
 //!   (`/v1beta1/upload[-async|-form|-form-async]`) the API server routes to us.
 //!
@@ -17,6 +20,7 @@
 
 pub mod datavolume;
 pub mod provisioner;
+pub mod snapshotter;
 pub mod storageprofile;
 pub mod upload;
 
@@ -76,6 +80,11 @@ impl Config {
 
     pub fn volumes_dir(&self) -> PathBuf {
         self.data_dir.join("volumes")
+    }
+
+    /// Snapshots of volumes live under `DATA_DIR/snapshots/` (see [`snapshotter::snapshot_data`]).
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.data_dir.join("snapshots")
     }
 }
 
@@ -211,6 +220,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     let prov = provisioner::run(ctx.clone());
     let dvs = datavolume::run(ctx.clone());
     let profiles = storageprofile::run(ctx.clone());
-    futures::join!(prov, dvs, profiles);
+    let snapshots = snapshotter::run(ctx.clone());
+    futures::join!(prov, dvs, profiles, snapshots);
     Ok(())
 }

@@ -146,6 +146,92 @@ fn create_volume(path: &std::path::Path, block: bool, size: u64) -> Result<(), E
     Ok(())
 }
 
+/// What a claim's `dataSource`/`dataSourceRef` asks of the provisioner.
+enum SnapshotSource {
+    /// Nothing: an empty volume.
+    None,
+    /// A VolumeSnapshot that is not ready yet.
+    Wait,
+    /// A source this claim may not have (the message names the field).
+    Refused(String),
+    /// The ready snapshot's handle.
+    Handle(String),
+}
+
+/// The VolumeSnapshot a claim is to be restored from (`dataSourceRef`, else `dataSource`,
+/// with `apiGroup: snapshot.storage.k8s.io`, `kind: VolumeSnapshot`), in the claim's own
+/// namespace; its `restoreSize` must fit in `size` (the claim's request).
+async fn snapshot_source(
+    ctx: &Context,
+    pvc: &PersistentVolumeClaim,
+    ns: &str,
+    size: u64,
+) -> Result<SnapshotSource, Error> {
+    use kubevirt_api::volumesnapshot::{VolumeSnapshot, VolumeSnapshotContent, GROUP};
+    let Some(spec) = pvc.spec.as_ref() else {
+        return Ok(SnapshotSource::None);
+    };
+    let (field, name, namespace) = match (&spec.data_source_ref, &spec.data_source) {
+        (Some(r), _) if r.api_group.as_deref() == Some(GROUP) && r.kind == "VolumeSnapshot" => {
+            ("spec.dataSourceRef", r.name.clone(), r.namespace.clone())
+        }
+        (None, Some(r)) if r.api_group.as_deref() == Some(GROUP) && r.kind == "VolumeSnapshot" => {
+            ("spec.dataSource", r.name.clone(), None)
+        }
+        _ => return Ok(SnapshotSource::None),
+    };
+    if let Some(other) = namespace.filter(|n| n != ns) {
+        return Ok(SnapshotSource::Refused(format!(
+            "{field}.namespace {other:?}: a claim is restored only from a VolumeSnapshot in its own namespace {ns:?}"
+        )));
+    }
+    let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), ns);
+    let snap = match kubevirt_api::names::dns1123_subdomain(&name) {
+        None => snaps.get_opt(&name).await?,
+        Some(problem) => {
+            return Ok(SnapshotSource::Refused(format!(
+                "{field}.name {name:?}: {problem}"
+            )))
+        }
+    };
+    let Some(snap) = snap else {
+        return Ok(SnapshotSource::Wait);
+    };
+    let st = snap.status.clone().unwrap_or_default();
+    if st.ready_to_use != Some(true) {
+        return Ok(SnapshotSource::Wait);
+    }
+    if let Some(rs) = &st.restore_size {
+        let want = Quantity::from_k8s(rs).map(|q| q.value()).unwrap_or(0);
+        if u64::try_from(want).is_ok_and(|w| w > size) {
+            return Ok(SnapshotSource::Refused(format!(
+                "spec.resources.requests.storage {size} is smaller than the restoreSize {} of VolumeSnapshot {name:?}: request at least {want}",
+                rs.0
+            )));
+        }
+    }
+    let Some(content_name) = st.bound_volume_snapshot_content_name else {
+        return Ok(SnapshotSource::Wait);
+    };
+    let contents: Api<VolumeSnapshotContent> = Api::all(ctx.client.clone());
+    let Some(content) = contents.get_opt(&content_name).await? else {
+        return Ok(SnapshotSource::Wait);
+    };
+    if content.spec.driver != PROVISIONER_NAME {
+        return Ok(SnapshotSource::Refused(format!(
+            "{field}: VolumeSnapshot {name:?} was taken by driver {:?}, not {PROVISIONER_NAME}",
+            content.spec.driver
+        )));
+    }
+    Ok(match content.status.and_then(|s| s.snapshot_handle) {
+        Some(h) => match crate::snapshotter::snapshot_data(&ctx.config, &h) {
+            Ok(_) => SnapshotSource::Handle(h),
+            Err(e) => SnapshotSource::Refused(format!("{field}: VolumeSnapshot {name:?}: {e}")),
+        },
+        None => SnapshotSource::Wait,
+    })
+}
+
 async fn reconcile_pvc(
     pvc: Arc<PersistentVolumeClaim>,
     ctx: Arc<Context>,
@@ -180,13 +266,33 @@ async fn reconcile_pvc(
         }
     };
     let block = is_block(&pvc);
+    // A claim restored from a VolumeSnapshot: the snapshot must be ready and fit.
+    let restore_from = match snapshot_source(&ctx, &pvc, &ns, size).await? {
+        SnapshotSource::None => None,
+        SnapshotSource::Wait => return Ok(Action::requeue(Duration::from_secs(2))),
+        SnapshotSource::Refused(msg) => {
+            ctx.event(pvc.as_ref(), EventType::Warning, "ProvisioningFailed", msg)
+                .await;
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+        SnapshotSource::Handle(h) => Some(h),
+    };
     let pv = pv_name(&uid);
     let path = volume_path(&ctx, &pv, block);
     {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || create_volume(&path, block, size))
-            .await
-            .map_err(|e| Error::Spec(format!("volume creation task: {e}")))??;
+        let config = ctx.config.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), Error> {
+            create_volume(&path, block, size)?;
+            if let Some(handle) = restore_from {
+                let kind =
+                    crate::snapshotter::restore_into(&config, &handle, &path, block, size)?;
+                tracing::info!(%handle, ?kind, path = %path.display(), "volume restored from snapshot");
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Spec(format!("volume creation task: {e}")))??;
     }
     let spec = pvc.spec.clone().unwrap_or_default();
     let access_modes = spec

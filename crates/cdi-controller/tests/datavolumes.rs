@@ -1087,3 +1087,408 @@ async fn storage_classes_chosen_by_name_are_honoured() {
     assert!(pvs.get_opt(&pv_name).await.expect("get PV").is_some());
     assert!(path.exists(), "a Retain volume's data was deleted");
 }
+
+/// Polls `f` every 200 ms until it returns `Some`; panics with `what` after `secs`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn create_claim(env: &Env, ns: &str, name: &str, spec: Value) {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), ns);
+    let pvc =
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).expect("claim");
+    pvcs.create(&PostParams::default(), &pvc)
+        .await
+        .expect("create claim");
+}
+
+async fn wait_bound(env: &Env, name: &str) -> PathBuf {
+    eventually(30, &format!("claim {name} bound"), || async {
+        let p = env.pvc(name).await?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Bound")).then_some(())
+    })
+    .await;
+    env.volume_path(name).await
+}
+
+async fn create_snapshot(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    source: Value,
+) -> Result<(), kube::Error> {
+    let snaps: Api<kubevirt_api::VolumeSnapshot> = Api::namespaced(env.client.clone(), ns);
+    let vs = serde_json::from_value(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": name}, "spec": {"source": source},
+    }))
+    .expect("VolumeSnapshot");
+    snaps.create(&PostParams::default(), &vs).await.map(|_| ())
+}
+
+async fn wait_snapshot(
+    env: &Env,
+    name: &str,
+    f: impl Fn(&kubevirt_api::volumesnapshot::VolumeSnapshotStatus) -> bool,
+) -> kubevirt_api::VolumeSnapshot {
+    let snaps: Api<kubevirt_api::VolumeSnapshot> = Api::namespaced(env.client.clone(), "default");
+    eventually(30, &format!("VolumeSnapshot {name}"), || async {
+        let s = snaps.get_opt(name).await.expect("get VolumeSnapshot")?;
+        f(s.status.as_ref()?).then_some(s)
+    })
+    .await
+}
+
+fn claim_spec(size: &str, mode: &str, snapshot: Option<&str>) -> Value {
+    let mut spec = json!({"accessModes": ["ReadWriteOnce"], "volumeMode": mode,
+                          "resources": {"requests": {"storage": size}}});
+    if let Some(s) = snapshot {
+        spec["dataSource"] =
+            json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": s});
+    }
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volume_snapshots_keep_the_data_of_their_moment_and_restore_it() {
+    use kubevirt_api::{VolumeSnapshotClass, VolumeSnapshotContent};
+    let env = Env::start().await;
+    // The default VolumeSnapshotClass of the local-path driver exists from the start.
+    let classes: Api<VolumeSnapshotClass> = Api::all(env.client.clone());
+    let class = classes
+        .get(kubevirt_api::volumesnapshot::LOCAL_PATH_SNAPSHOT_CLASS)
+        .await
+        .expect("default snapshot class");
+    assert_eq!(class.spec.driver, kubevirt_cdi_controller::PROVISIONER_NAME);
+
+    for (claim, mode) in [("fs", "Filesystem"), ("blk", "Block")] {
+        create_claim(&env, "default", claim, claim_spec("16Mi", mode, None)).await;
+        let vol = wait_bound(&env, claim).await;
+        let data = if mode == "Block" {
+            vol
+        } else {
+            vol.join("disk.img")
+        };
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&data)
+                .expect("open volume");
+            f.set_len(8 * MIB).expect("size");
+            f.write_all_at(b"before the snapshot", MIB).expect("write");
+            f.sync_all().expect("sync");
+        }
+        let before = std::fs::read(&data).expect("read");
+        let snap = format!("{claim}-snap");
+        create_snapshot(
+            &env,
+            "default",
+            &snap,
+            json!({"persistentVolumeClaimName": claim}),
+        )
+        .await
+        .expect("create VolumeSnapshot");
+        let vs = wait_snapshot(&env, &snap, |s| s.ready_to_use == Some(true)).await;
+        let st = vs.status.clone().expect("status");
+        let content_name = format!("snapcontent-{}", vs.metadata.uid.clone().expect("uid"));
+        assert_eq!(
+            st.bound_volume_snapshot_content_name.as_deref(),
+            Some(content_name.as_str())
+        );
+        assert!(st.creation_time.is_some(), "{st:?}");
+        assert_eq!(
+            st.restore_size.as_ref().map(|q| q.0.as_str()),
+            Some("16777216")
+        );
+        let content = Api::<VolumeSnapshotContent>::all(env.client.clone())
+            .get(&content_name)
+            .await
+            .expect("content");
+        let cs = content.status.clone().expect("content status");
+        assert_eq!(cs.snapshot_handle.as_deref(), Some(content_name.as_str()));
+        assert_eq!(cs.ready_to_use, Some(true));
+        assert_eq!(cs.restore_size, Some(16 * MIB as i64));
+        assert!(cs.creation_time.is_some_and(|t| t > 0));
+        assert_eq!(
+            content.spec.volume_snapshot_ref.name.as_deref(),
+            Some(snap.as_str())
+        );
+
+        // A write after the snapshot is not in it.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&data)
+                .expect("open");
+            f.write_all_at(b"AFTER", MIB).expect("write");
+            f.write_all_at(b"after too", 4 * MIB).expect("write");
+        }
+        let restored = format!("{claim}-restored");
+        create_claim(
+            &env,
+            "default",
+            &restored,
+            claim_spec("16Mi", mode, Some(&snap)),
+        )
+        .await;
+        let rvol = wait_bound(&env, &restored).await;
+        let rdata = if mode == "Block" {
+            rvol
+        } else {
+            rvol.join("disk.img")
+        };
+        let got = std::fs::read(&rdata).expect("read restored");
+        assert_eq!(
+            got[..before.len()],
+            before[..],
+            "{mode}: restored bytes differ"
+        );
+        assert!(
+            got.windows(5).all(|w| w != b"AFTER") && got.windows(9).all(|w| w != b"after too"),
+            "{mode}: a write made after the snapshot is in the restored volume"
+        );
+    }
+
+    // Too small a claim for the snapshot: Pending, with an event naming the field.
+    create_claim(
+        &env,
+        "default",
+        "small",
+        claim_spec("1Mi", "Filesystem", Some("fs-snap")),
+    )
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), "default");
+    let note = eventually(
+        30,
+        "ProvisioningFailed event for the small claim",
+        || async {
+            events
+                .list(&Default::default())
+                .await
+                .expect("events")
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("ProvisioningFailed")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("small")
+                })
+                .and_then(|e| e.note)
+        },
+    )
+    .await;
+    assert!(
+        note.contains("spec.resources.requests.storage") && note.contains("16777216"),
+        "{note}"
+    );
+    assert!(env
+        .pvc("small")
+        .await
+        .and_then(|p| p.spec)
+        .and_then(|s| s.volume_name)
+        .is_none());
+
+    // Deleting the VolumeSnapshot (deletionPolicy Delete) removes the content and the data.
+    let snaps_dir = env.ctx.config.snapshots_dir();
+    let snaps: Api<kubevirt_api::VolumeSnapshot> = Api::namespaced(env.client.clone(), "default");
+    let uid = snaps
+        .get("blk-snap")
+        .await
+        .expect("get")
+        .metadata
+        .uid
+        .expect("uid");
+    let content_dir = snaps_dir.join(format!("snapcontent-{uid}"));
+    assert!(content_dir.join("disk.img").exists());
+    snaps
+        .delete("blk-snap", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(30, "the deleted snapshot's data removed", || async {
+        let gone = Api::<VolumeSnapshotContent>::all(env.client.clone())
+            .get_opt(&format!("snapcontent-{uid}"))
+            .await
+            .expect("get content")
+            .is_none();
+        (gone && !content_dir.exists()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_volume_snapshots_reach_nothing_outside_their_namespace_or_directory() {
+    use kubevirt_api::VolumeSnapshotContent;
+    let env = Env::start().await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "other"}})).expect("ns"),
+    )
+    .await
+    .expect("namespace");
+    create_claim(
+        &env,
+        "other",
+        "secret",
+        claim_spec("1Mi", "Filesystem", None),
+    )
+    .await;
+
+    // A claim name that is a path, or names another namespace, is refused at admission.
+    for bad in ["other/secret", "../secret", "..", ""] {
+        let err = create_snapshot(
+            &env,
+            "default",
+            "bad",
+            json!({"persistentVolumeClaimName": bad}),
+        )
+        .await
+        .expect_err(bad);
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 422),
+            "{bad}: {err}"
+        );
+    }
+    // A claim that exists only in another namespace is not found from this one.
+    create_snapshot(
+        &env,
+        "default",
+        "cross",
+        json!({"persistentVolumeClaimName": "secret"}),
+    )
+    .await
+    .expect("create");
+    let vs = wait_snapshot(&env, "cross", |s| s.error.is_some()).await;
+    let msg = vs
+        .status
+        .and_then(|s| s.error)
+        .and_then(|e| e.message)
+        .unwrap_or_default();
+    assert!(
+        msg.contains("\"secret\" not found in namespace \"default\""),
+        "{msg}"
+    );
+    let contents: Api<VolumeSnapshotContent> = Api::all(env.client.clone());
+    assert!(contents
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .is_empty());
+
+    // A pre-provisioned content whose handle would leave the snapshots directory: a claim
+    // restored from it stays Pending and nothing is read.
+    let outside = env.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("dir");
+    std::fs::write(outside.join("disk.img"), b"not yours").expect("file");
+    for (i, handle) in ["../outside", "..", "snapcontent-x/../../outside"]
+        .iter()
+        .enumerate()
+    {
+        let content = format!("planted-{i}");
+        let snap = format!("planted-{i}");
+        let c = serde_json::from_value(json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+            "metadata": {"name": content},
+            "spec": {"deletionPolicy": "Delete", "driver": kubevirt_cdi_controller::PROVISIONER_NAME,
+                     "source": {"snapshotHandle": handle},
+                     "volumeSnapshotRef": {"namespace": "default", "name": snap}},
+        }))
+        .expect("content");
+        contents
+            .create(&PostParams::default(), &c)
+            .await
+            .expect("create content");
+        kubevirt_runtime::status::write_status(
+            &contents,
+            &content,
+            json!({"snapshotHandle": handle, "readyToUse": true, "restoreSize": 1024}),
+        )
+        .await
+        .expect("content status");
+        create_snapshot(
+            &env,
+            "default",
+            &snap,
+            json!({"volumeSnapshotContentName": content}),
+        )
+        .await
+        .expect("create");
+        wait_snapshot(&env, &snap, |s| s.ready_to_use == Some(true)).await;
+        let claim = format!("from-planted-{i}");
+        create_claim(
+            &env,
+            "default",
+            &claim,
+            claim_spec("1Mi", "Filesystem", Some(&snap)),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        let claim = format!("from-planted-{i}");
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(env.client.clone(), "default");
+        let note = eventually(30, "ProvisioningFailed for a planted handle", || async {
+            events
+                .list(&Default::default())
+                .await
+                .expect("events")
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("ProvisioningFailed")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                            == Some(claim.as_str())
+                })
+                .and_then(|e| e.note)
+        })
+        .await;
+        assert!(
+            note.contains("is not one of this node's snapshots"),
+            "{note}"
+        );
+    }
+    for i in 0..3 {
+        let p = env.pvc(&format!("from-planted-{i}")).await.expect("claim");
+        assert!(
+            p.spec.and_then(|s| s.volume_name).is_none(),
+            "claim {i} was provisioned"
+        );
+    }
+    // Deleting those contents never removes what their handle points at.
+    for i in 0..3 {
+        contents
+            .delete(&format!("planted-{i}"), &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    eventually(30, "planted contents deleted", || async {
+        contents
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        outside.join("disk.img").exists(),
+        "data outside the snapshots directory was removed"
+    );
+}
