@@ -17,6 +17,7 @@
 
 mod client;
 mod dir;
+pub mod logs;
 pub mod migration;
 mod protocol;
 pub mod stats;
