@@ -270,7 +270,15 @@ fn log_format_json_writes_a_json_object_per_line() {
     // A node agent's --metrics-port is a port number.
     for bad in ["70000", "-1", "x", ""] {
         let out = bin()
-            .args(["node", "--kubeconfig", "k", "--node-name", "n", "--data-dir", "d"])
+            .args([
+                "node",
+                "--kubeconfig",
+                "k",
+                "--node-name",
+                "n",
+                "--data-dir",
+                "d",
+            ])
             .args(["--metrics-port", bad])
             .output()
             .expect("run kubevirt-rs");
