@@ -279,7 +279,7 @@ fn log_format_json_writes_a_json_object_per_line() {
                 "--data-dir",
                 "d",
             ])
-            .args(["--metrics-port", bad])
+            .arg(format!("--metrics-port={bad}"))
             .output()
             .expect("run kubevirt-rs");
         let err = String::from_utf8_lossy(&out.stderr);
