@@ -34,23 +34,30 @@ pub const AGGREGATED: &[(&str, &str, &[AggregatedResource])] = &[
 
 /// Create-only, cluster-scoped resources the server answers itself without storing them
 /// (see `http::review`): the access reviews `kubectl auth can-i` sends.
-pub const REVIEWS: &[(&str, &str, &[AggregatedResource])] = &[(
-    "authorization.k8s.io",
-    "v1",
-    &[
-        (
-            "selfsubjectaccessreviews",
-            "SelfSubjectAccessReview",
-            &["create"],
-        ),
-        (
-            "selfsubjectrulesreviews",
-            "SelfSubjectRulesReview",
-            &["create"],
-        ),
-        ("subjectaccessreviews", "SubjectAccessReview", &["create"]),
-    ],
-)];
+pub const REVIEWS: &[(&str, &str, &[AggregatedResource])] = &[
+    (
+        "authorization.k8s.io",
+        "v1",
+        &[
+            (
+                "selfsubjectaccessreviews",
+                "SelfSubjectAccessReview",
+                &["create"],
+            ),
+            (
+                "selfsubjectrulesreviews",
+                "SelfSubjectRulesReview",
+                &["create"],
+            ),
+            ("subjectaccessreviews", "SubjectAccessReview", &["create"]),
+        ],
+    ),
+    (
+        "authentication.k8s.io",
+        "v1",
+        &[("tokenreviews", "TokenReview", &["create"])],
+    ),
+];
 
 /// CDI's upload API group: a token request authorises one upload to one PVC.
 pub const UPLOAD: &[AggregatedResource] =
@@ -101,6 +108,12 @@ pub const SUBRESOURCES: &[AggregatedResource] = &[
     ),
     (
         "virtualmachineinstances/filesystemlist",
+        "VirtualMachineInstance",
+        &["get"],
+    ),
+    // Ours, not KubeVirt's (whose launcher logs are the Pod's): docs/observability.md.
+    (
+        "virtualmachineinstances/logs",
         "VirtualMachineInstance",
         &["get"],
     ),

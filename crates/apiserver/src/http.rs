@@ -511,6 +511,7 @@ fn review_kind(segs: &[&str]) -> Option<&'static str> {
             Some("SelfSubjectRulesReview")
         }
         ["api", "v1", "namespaces", _, "serviceaccounts", _, "token"] => Some("TokenRequest"),
+        ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => Some("TokenReview"),
         _ => None,
     }
 }
@@ -573,6 +574,34 @@ async fn review(
                 json!({"allowed": true, "reason": "allowed by RBAC"})
             } else {
                 json!({"allowed": false})
+            };
+            Ok(json_response(StatusCode::CREATED, &obj))
+        }
+        "TokenReview" => {
+            // kube-apiserver's `tokenreview` storage: an empty token is a bad request; any
+            // other answer is 201 with `status.authenticated`.
+            let token = obj["spec"]["token"].as_str().unwrap_or("").to_string();
+            if token.is_empty() {
+                return Err(ApiError::bad_request(
+                    "token is required for TokenReview in authentication",
+                ));
+            }
+            let audiences: Vec<Value> = obj["spec"]["audiences"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            obj["apiVersion"] = json!("authentication.k8s.io/v1");
+            obj["kind"] = json!(kind);
+            obj["status"] = match state.auth.authenticate(&token, api) {
+                Some(u) => {
+                    let audiences = if audiences.is_empty() {
+                        vec![json!(crate::auth::ISSUER)]
+                    } else {
+                        audiences
+                    };
+                    json!({"authenticated": true, "user": u.info(), "audiences": audiences})
+                }
+                None => json!({"authenticated": false, "error": "invalid bearer token"}),
             };
             Ok(json_response(StatusCode::CREATED, &obj))
         }

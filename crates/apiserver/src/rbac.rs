@@ -542,6 +542,20 @@ pub fn default_cluster_roles() -> Vec<Value> {
                 json!({"nonResourceURLs": ["/healthz", "/healthz/*", "/livez", "/livez/*", "/metrics", "/metrics/slis", "/readyz", "/readyz/*"], "verbs": ["get"]}),
             ],
         ),
+        // kube-apiserver's bootstrap role for delegated authentication and authorization
+        // (kube-rbac-proxy, a node agent's `/metrics`): bound to nobody by default.
+        cluster_role(
+            "system:auth-delegator",
+            json!({}),
+            vec![
+                rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+                rule(
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                    &["create"],
+                ),
+            ],
+        ),
         cluster_role(
             "system:basic-user",
             json!({}),

@@ -195,9 +195,53 @@ fn a_namespaced_user_is_confined_to_their_namespace() {
         .kubectl(&[&forged, "get", "vms", "-n", "a"])
         .status
         .success());
+    // TokenReview (authentication.k8s.io/v1), as a node agent's `/metrics` or
+    // kube-rbac-proxy asks: who a token is, for a caller allowed to ask.
+    let review = |kubeconfig: &Path, token: &str| {
+        let manifest = format!(
+            "{{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"TokenReview\",\"spec\":{{\"token\":{token:?}}}}}"
+        );
+        kubectl_as(
+            &s,
+            kubeconfig,
+            &["create", "-f", "-", "-o", "json"],
+            Some(&manifest),
+        )
+    };
+    let status = |o: &Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", out(o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("a TokenReview")["status"]
+            .clone()
+    };
+    let st = status(&review(&s.kubeconfig(), &token));
+    assert_eq!(st["authenticated"], true, "{st}");
+    assert_eq!(
+        st["user"]["username"], "system:serviceaccount:a:robot",
+        "{st}"
+    );
+    assert!(
+        st["user"]["groups"]
+            .to_string()
+            .contains("system:serviceaccounts:a"),
+        "{st}"
+    );
+    let st = status(&review(&s.kubeconfig(), &forged[8..]));
+    assert_eq!(st["authenticated"], false, "{st}");
+    assert!(st["user"].is_null(), "{st}");
+    // Asking is itself authorized: alice (edit in a) may not.
+    let o = review(&alice, &token);
+    assert!(
+        out(&o).contains(
+            r#"cannot create resource "tokenreviews" in API group "authentication.k8s.io""#
+        ),
+        "{}",
+        out(&o)
+    );
     s.ok(&["delete", "serviceaccount", "robot", "-n", "a"]);
     let o = s.kubectl(&[&t, "get", "vms", "-n", "a"]);
     assert!(!o.status.success(), "a token outlived its ServiceAccount");
+    let st = status(&review(&s.kubeconfig(), &token));
+    assert_eq!(st["authenticated"], false, "{st}");
 
     // The audit log has alice's writes, allowed and refused.
     let audit = std::fs::read_to_string(s.dir.path().join("audit.log")).expect("audit.log");

@@ -15,6 +15,7 @@ pub mod migration;
 pub mod multus;
 pub mod podnet;
 pub mod rest;
+pub mod scrape;
 pub mod secrets;
 pub mod status;
 pub mod tls;
@@ -67,6 +68,10 @@ pub struct Config {
     /// The port of this node's mutual-TLS endpoint on `node_address` ([`rest`]; 0: any free
     /// port, published on the Node).
     pub handler_port: u16,
+    /// The port of this node's `/metrics` listener on `node_address` ([`scrape`]; 0: any
+    /// free port, published on the Node); `None`: no listener (the server's own node, whose
+    /// per-VMI metrics the server's `/metrics` serves).
+    pub metrics_port: Option<u16>,
 }
 
 /// The node's pod network, when this host can give VMIs one: root (namespaces, CNI), the CNI
@@ -316,6 +321,7 @@ fn spawn_launcher(
     let mut cmd = tokio::process::Command::new(&config.launcher_bin);
     cmd.arg("launcher")
         .arg("run")
+        .args(kubevirt_launcher::logging::launcher_args())
         .arg("-f")
         .arg(&file)
         .arg("--dir")
@@ -390,7 +396,23 @@ fn spawn_launcher(
     Ok(())
 }
 
+/// One VMI's reconcile, in a span naming it: every line logged while acting on it carries
+/// its namespace, name and uid (`--log-format json`).
 async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    use tracing::Instrument;
+    let span = tracing::error_span!(
+        "vmi",
+        namespace = %vmi.namespace().unwrap_or_default(),
+        name = %vmi.name_any(),
+        uid = %vmi.uid().unwrap_or_default(),
+    );
+    reconcile_vmi(vmi, ctx).instrument(span).await
+}
+
+async fn reconcile_vmi(
+    vmi: Arc<VirtualMachineInstance>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let ns = vmi.namespace().unwrap_or_else(|| "default".into());
     let name = vmi.name_any();
     let api: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
@@ -1012,6 +1034,14 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
             tracing::error!(error = format!("{e:#}"), "the handler endpoint stopped");
         }
     });
+    if let Some(port) = config.metrics_port {
+        let (c, cfg, t) = (client.clone(), config.clone(), node_tls.clone());
+        tokio::spawn(async move {
+            if let Err(e) = scrape::run(c, cfg, port, t).await {
+                tracing::error!(error = format!("{e:#}"), "the metrics endpoint stopped");
+            }
+        });
+    }
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
     let selector = format!("{NODE_LABEL}={}", config.node_name);
     if let Some(pods) = &config.pod_network {

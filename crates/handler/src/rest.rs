@@ -8,6 +8,9 @@
 //!   calls virt-api makes ([`forwarded`]).
 //! - `GET .../console`, `GET .../vnc`: an HTTP upgrade to [`STREAM_PROTOCOL`], then the raw
 //!   bytes of the launcher's `console.sock` / `vnc.sock`.
+//! - `GET .../logs?container=launcher|qemu|serial&tailLines=N`: the end of one of the VMI's
+//!   log files ([`LogsQuery`]; `launcher.log`, `qemu.log`, `serial.log` of its [`VmiDir`]),
+//!   as text.
 //!
 //! A request is served only for a VMI this node runs (its `status.nodeName` in the API, and
 //! the launcher directory here belonging to that VMI's uid); paths are built by [`VmiDir`]
@@ -26,6 +29,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 use kubevirt_api::VirtualMachineInstance;
+use kubevirt_launcher::api::logs::{self, LogContainer};
 use kubevirt_launcher::api::{
     ClientError as LauncherError, LauncherClient, Method, Request, Response, VmiDir, VmiDirError,
 };
@@ -176,6 +180,47 @@ impl Refusal {
     }
 }
 
+/// The `logs` request's query (`container`, default `launcher`; `tailLines`, default all of
+/// the last MiB): built by [`HandlerClient::logs`] and by virt-api's `logs` subresource from
+/// the user's query, parsed by the endpoint; unknown parameters are refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogsQuery {
+    pub container: LogContainer,
+    pub tail_lines: Option<u64>,
+}
+
+impl LogsQuery {
+    /// A query string (`container=qemu&tailLines=20`), without its `?`.
+    pub fn parse(query: &str) -> Result<LogsQuery, String> {
+        let mut q = LogsQuery {
+            container: LogContainer::Launcher,
+            tail_lines: None,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "container" => q.container = LogContainer::parse(v)?,
+                "tailLines" => q.tail_lines = Some(logs::parse_tail_lines(v)?),
+                _ => {
+                    return Err(format!(
+                        "unknown parameter {k:?}: use container and tailLines"
+                    ))
+                }
+            }
+        }
+        Ok(q)
+    }
+
+    /// The query string this query parses from.
+    pub fn to_query(self) -> String {
+        let mut s = format!("container={}", self.container.as_str());
+        if let Some(n) = self.tail_lines {
+            s.push_str(&format!("&tailLines={n}"));
+        }
+        s
+    }
+}
+
 /// The path of `action` on a VMI: one owner for both sides.
 fn vmi_path(namespace: &str, name: &str, action: &str) -> String {
     format!("/v1/namespaces/{namespace}/virtualmachineinstances/{name}/{action}")
@@ -278,10 +323,38 @@ impl Endpoint {
         };
         match action {
             "rpc" => want(HttpMethod::PUT)?,
-            "console" | "vnc" => want(HttpMethod::GET)?,
+            "console" | "vnc" | "logs" => want(HttpMethod::GET)?,
             _ => return Err(Refusal::new(Reason::NotFound, format!("no route {path}"))),
         }
+        let logs = match action {
+            "logs" => Some(
+                LogsQuery::parse(req.uri().query().unwrap_or(""))
+                    .map_err(|e| Refusal::new(Reason::BadRequest, e))?,
+            ),
+            _ => None,
+        };
         let dir = self.dir_of_running(ns, name).await?;
+        if let Some(q) = logs {
+            let path = q.container.path(&dir);
+            let text = tokio::task::spawn_blocking(move || logs::tail(&path, q.tail_lines))
+                .await
+                .map_err(|e| Refusal::new(Reason::Unavailable, e.to_string()))?
+                .map_err(|e| {
+                    Refusal::new(
+                        Reason::Unavailable,
+                        format!(
+                            "reading VMI {ns}/{name}'s {} log: {e}",
+                            q.container.as_str()
+                        ),
+                    )
+                })?;
+            let mut r = http::Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return Ok(r);
+        }
         if action == "rpc" {
             let body = Limited::new(req.into_body(), MAX_BODY)
                 .collect()
@@ -595,6 +668,41 @@ impl HandlerClient {
         Response::decode(method, value).map_err(|e| protocol(format!("the answer: {e}")))
     }
 
+    /// The end of a log of the VMI `namespace/name` of the endpoint's node.
+    pub async fn logs(
+        &self,
+        ep: &HandlerEndpoint,
+        namespace: &str,
+        name: &str,
+        query: LogsQuery,
+    ) -> Result<String, ClientError> {
+        let protocol = |detail: String| ClientError::Protocol {
+            node: ep.node.clone(),
+            address: ep.address,
+            detail,
+        };
+        let path = format!("{}?{}", vmi_path(namespace, name, "logs"), query.to_query());
+        let req = http::Request::get(path)
+            .header(header::HOST, ep.node.as_str())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| protocol(e.to_string()))?;
+        let mut sender = self.connect(ep).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| protocol(format!("HTTP: {e}")))?;
+        if resp.status() != StatusCode::OK {
+            return Err(Self::refusal(ep, resp).await.unwrap_or_else(|e| e));
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| protocol(format!("reading the answer: {e}")))?
+            .to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// The console or VNC stream of the VMI `namespace/name` of the endpoint's node.
     pub async fn stream(
         &self,
@@ -785,6 +893,32 @@ mod tests {
         assert_eq!(&buf[..n], b"typed\n");
         drop(s);
 
+        // Its logs: the end of one of its files, chosen by a LogsQuery, never by a path.
+        std::fs::write(dir.launcher_log(), "l1\nl2\nl3\n").expect("launcher.log");
+        std::fs::write(dir.qemu_log(), "qemu says\n").expect("qemu.log");
+        let q = |container, tail_lines| LogsQuery {
+            container,
+            tail_lines,
+        };
+        let logs = |name: &'static str, query| {
+            let (virt_api, ep) = (virt_api.clone(), ep.clone());
+            async move { virt_api.logs(&ep, "default", name, query).await }
+        };
+        for (query, want) in [
+            (q(LogContainer::Launcher, Some(2)), "l2\nl3\n"),
+            (q(LogContainer::Launcher, None), "l1\nl2\nl3\n"),
+            (q(LogContainer::Qemu, None), "qemu says\n"),
+            (q(LogContainer::Serial, Some(5)), ""),
+        ] {
+            assert_eq!(logs("here", query).await.expect("logs"), want, "{query:?}");
+        }
+        match logs("elsewhere", q(LogContainer::Qemu, None)).await {
+            Err(ClientError::Refused { refusal, .. }) => {
+                assert_eq!(refusal.reason, Reason::NotOnThisNode, "{refusal:?}")
+            }
+            other => panic!("another node's VMI's logs: {other:?}"),
+        }
+
         let refusal = |r: Result<HandlerStream, ClientError>| match r {
             Err(ClientError::Refused { refusal, .. }) => refusal,
             Err(e) => panic!("not a refusal: {e}"),
@@ -887,6 +1021,36 @@ mod tests {
             ),
         }
         server.abort();
+    }
+
+    #[test]
+    fn logs_queries_name_one_of_three_files_and_a_sane_count() {
+        assert_eq!(
+            LogsQuery::parse(""),
+            Ok(LogsQuery {
+                container: LogContainer::Launcher,
+                tail_lines: None
+            })
+        );
+        let q = LogsQuery::parse("container=serial&tailLines=20").expect("query");
+        assert_eq!(
+            (q.container, q.tail_lines),
+            (LogContainer::Serial, Some(20))
+        );
+        assert_eq!(LogsQuery::parse(&q.to_query()), Ok(q));
+        for bad in [
+            "container=../../../etc/passwd",
+            "container=qemu.log",
+            "container=%2e%2e",
+            "container=",
+            "tailLines=-1",
+            "tailLines=0",
+            "tailLines=99999999999",
+            "container=qemu&path=/etc/shadow",
+            "follow=true",
+        ] {
+            assert!(LogsQuery::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -257,6 +257,19 @@ impl Issued {
         Ok(Arc::new(cfg))
     }
 
+    /// A server that asks for no client certificate: the node agent's `/metrics` listener
+    /// ([`crate::scrape`]), whose clients (Prometheus) authenticate with a bearer token.
+    pub fn server_config_for_bearer_clients(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(self.chain()?, self.key()?)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
     /// A client presenting this certificate and trusting only the cluster CA; the server's
     /// name is checked against what the caller connects to (a node name).
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {

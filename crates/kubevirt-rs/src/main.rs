@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::io::Write;
 
 mod cluster_config;
+mod logging;
 mod node;
 mod server;
 mod validate;
@@ -85,14 +86,14 @@ fn main() {
     if argv.get(1).is_some_and(|a| a == "virtctl") {
         std::process::exit(kubevirt_virtctl::main_from(argv.into_iter().skip(1)));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KUBEVIRT_RS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let (format, component) = match &cli.command {
+        Command::Server(a) => (a.log_format, logging::Component::ByTarget),
+        Command::Node(a) => (a.log_format, logging::Component::Fixed("virt-handler")),
+        Command::Launcher(a) => (a.log_format, logging::Component::Fixed("virt-launcher")),
+        _ => (Default::default(), logging::Component::ByTarget),
+    };
+    logging::init(format, component);
     match run(cli) {
         Ok(code) => std::process::exit(code),
         // `kubevirt-rs crds | head` is not an error.

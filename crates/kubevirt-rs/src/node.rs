@@ -72,6 +72,10 @@ pub fn parse_node_address(s: &str) -> Result<std::net::IpAddr, String> {
 /// `kubevirt-rs node`.
 #[derive(clap::Args, Debug)]
 pub struct NodeArgs {
+    /// Log lines on stderr: `text`, or `json` (one object a line; docs/observability.md).
+    /// The launchers this node starts log the same way.
+    #[arg(long, default_value = "text", value_parser = kubevirt_launcher::logging::LogFormat::parse)]
+    pub log_format: kubevirt_launcher::logging::LogFormat,
     /// The kubeconfig of the server this node joins (e.g. the server's DATA_DIR/kubeconfig).
     #[arg(long)]
     kubeconfig: PathBuf,
@@ -83,6 +87,12 @@ pub struct NodeArgs {
     /// another node's.
     #[arg(long)]
     data_dir: PathBuf,
+    /// The port of this node agent's `/metrics` on --node-address (HTTPS with the node's
+    /// certificate, a bearer token allowed to `get` `/metrics`; KubeVirt's virt-handler uses
+    /// 8443). The default, 0, takes any free port; the Node publishes the one taken
+    /// (annotation `kubevirt-rs.io/handler-metrics-endpoint`).
+    #[arg(long, default_value_t = 0)]
+    metrics_port: u16,
     #[command(flatten)]
     handler: HandlerArgs,
 }
@@ -130,6 +140,7 @@ pub fn start_handler(
     volumes_dir: &Path,
     args: &HandlerArgs,
     cluster: kubevirt_runtime::cluster::ClusterConfigRx,
+    metrics_port: Option<u16>,
 ) -> Result<kubevirt_handler::Config> {
     // The data directory is 0700; QEMU's user must be able to pass through it to its VMI
     // directory (search only: it cannot list or read what is not its own).
@@ -178,6 +189,7 @@ pub fn start_handler(
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
         node_address: args.node_address,
         handler_port: args.handler_port,
+        metrics_port,
     };
     let handler = tokio::spawn(kubevirt_handler::run(client, config.clone()));
     tokio::spawn(async move {
@@ -224,6 +236,7 @@ pub fn run(args: NodeArgs) -> Result<i32> {
             &volumes_dir,
             &args.handler,
             cluster,
+            Some(args.metrics_port),
         )?;
         eprintln!(
             "kubevirt-rs node: handler running for node {} (data {})",

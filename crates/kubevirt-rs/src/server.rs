@@ -11,6 +11,10 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
+    /// Log lines on stderr: `text`, or `json` (one object a line with `component`,
+    /// `namespace`, `name`, `uid`, `reason`; docs/observability.md).
+    #[arg(long, default_value = "text", value_parser = kubevirt_launcher::logging::LogFormat::parse)]
+    pub log_format: kubevirt_launcher::logging::LogFormat,
     /// Where objects, certificates, the kubeconfig and VM files live.
     #[arg(long, default_value = "/var/lib/kubevirt-rs")]
     data_dir: PathBuf,
@@ -148,11 +152,12 @@ pub fn run(args: ServerArgs) -> Result<i32> {
                 &volumes_dir,
                 &args.handler,
                 cluster.clone(),
+                None,
             )?;
             if let Err(e) = kubevirt_handler::register_node(client.clone(), &handler).await {
                 tracing::warn!(error = %e, "registering the node");
             }
-            kubevirt_runtime::metrics::components().handler_ready.set(1);
+            kubevirt_runtime::metrics::handler_ready().set(1);
             kubevirt_handler::metrics::NodeStats::register(&args.data_dir, &node);
             let mut ctl = kubevirt_controller::Config::new();
             ctl.cluster = cluster;

@@ -454,6 +454,11 @@ fn a_second_node_joins_runs_its_vmis_and_is_fenced_when_it_goes_silent() {
         );
     }
 
+    // node02's own `/metrics` (HTTPS, bearer token) carries its VMI's series.
+    node02_metrics(&server);
+    // And its logs, read by node02's agent for virt-api (`virtctl logs`).
+    node02_logs(&server);
+
     // Cordoned: a new VMI selecting node02 waits, saying why.
     let out = server.kubectl(&["cordon", "node02"]);
     assert!(out.contains("cordoned"), "{out}");
@@ -539,6 +544,127 @@ fn a_second_node_joins_runs_its_vmis_and_is_fenced_when_it_goes_silent() {
     }));
 
     drain_and_evictions(&server);
+}
+
+/// `virtctl logs`: on-node02's launcher log (its state lines) through virt-api and node02's
+/// endpoint, the last lines only with `--tail`; a container that is not one of the three is
+/// refused by virtctl and, sent raw, by the server.
+fn node02_logs(server: &Server) {
+    let all = server.virtctl(&["logs", "on-node02"]);
+    assert!(all.contains("state: "), "{all}");
+    let last = server.virtctl(&[
+        "logs",
+        "on-node02",
+        "--container",
+        "launcher",
+        "--tail",
+        "1",
+    ]);
+    assert_eq!(last.lines().count(), 1, "{last}");
+    assert!(all.ends_with(&last), "{last:?} is not the end of {all:?}");
+    let qemu = server.virtctl(&["logs", "on-node02", "-c", "qemu"]);
+    assert!(!qemu.contains("error"), "{qemu}");
+    let bad = server.virtctl(&["logs", "on-node02", "--container", "../state.json"]);
+    assert!(bad.contains("invalid value"), "{bad}");
+    let raw = server.kubectl(&[
+        "get",
+        "--raw",
+        "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/on-node02/logs?container=..%2Fstate.json",
+    ]);
+    assert!(
+        raw.contains("is not one of launcher, qemu, serial"),
+        "{raw}"
+    );
+}
+
+/// `curl` of node02's `/metrics` at the endpoint its Node publishes, trusting the cluster CA
+/// only: (HTTP status, body).
+fn scrape_node02(server: &Server, token: Option<&str>) -> (String, String) {
+    let endpoint = server.jsonpath(
+        "node",
+        "node02",
+        r"{.metadata.annotations.kubevirt-rs\.io/handler-metrics-endpoint}",
+    );
+    assert!(
+        endpoint.parse::<std::net::SocketAddr>().is_ok(),
+        "node02 publishes no metrics endpoint: {endpoint:?}"
+    );
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+    ])
+    .arg(server.data.join("kubevirt-ca.crt"))
+    .arg(format!("https://{endpoint}/metrics"));
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = run_output(&mut cmd);
+    let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", &out));
+    (code.to_string(), body.to_string())
+}
+
+/// node02's `/metrics`: 401 without a token, 403 with a token whose user may not `get`
+/// `/metrics`, and with one bound to `system:monitoring` its VMI's per-VMI series (labelled
+/// with node02) and its handler's readiness, nothing of the control plane.
+fn node02_metrics(server: &Server) {
+    let (code, body) = scrape_node02(server, None);
+    assert_eq!(code, "401", "{body}");
+    for sa in ["scraper", "nobody"] {
+        let out = server.kubectl(&["create", "serviceaccount", sa]);
+        assert!(out.contains("created"), "{out}");
+    }
+    let out = server.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "scraper-monitoring",
+        "--clusterrole=system:monitoring",
+        "--serviceaccount=default:scraper",
+    ]);
+    assert!(out.contains("created"), "{out}");
+    let token = |sa: &str| server.kubectl(&["create", "token", sa]).trim().to_string();
+    let (code, body) = scrape_node02(server, Some(&token("nobody")));
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("user=system:serviceaccount:default:nobody"),
+        "{body}"
+    );
+    let (code, body) = scrape_node02(server, Some("not-a-token"));
+    assert_eq!(code, "401", "{body}");
+    let scraper = token("scraper");
+    let vmi = r#"namespace="default",name="on-node02""#;
+    let mut last = String::new();
+    let complete = wait_for(Duration::from_secs(30), || {
+        let (code, body) = scrape_node02(server, Some(&scraper));
+        last = format!("{code}\n{body}");
+        code == "200"
+            && body.lines().any(|l| {
+                l.starts_with("kubevirt_vmi_vcpu_seconds_total{node=\"node02\",") && l.contains(vmi)
+            })
+            && body.lines().any(|l| {
+                l.starts_with("kubevirt_vmi_memory_domain_bytes{node=\"node02\",")
+                    && l.contains(vmi)
+                    && l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok())
+                        == Some(67108864.0)
+            })
+    });
+    assert!(
+        complete,
+        "node02's /metrics lacks on-node02's series:\n{last}"
+    );
+    assert!(
+        last.lines()
+            .any(|l| l == "kubevirt_virt_handler_ready_status 1"),
+        "{last}"
+    );
+    assert!(
+        !last.contains("kubevirt_virt_controller_ready_status"),
+        "{last}"
+    );
 }
 
 fn vm_manifest(name: &str, strategy: &str) -> String {

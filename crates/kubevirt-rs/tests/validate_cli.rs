@@ -237,3 +237,121 @@ fn crds_with_rbac_prints_kubevirts_aggregated_roles() {
     let out = bin().arg("crds").output().expect("run");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("kind: ClusterRole"));
 }
+
+/// `--log-format json`: a server writes one JSON object a line with KubeVirt's fields
+/// (`timestamp`, `level`, `component`, `msg`); the API server's own lines name it. A format
+/// that is neither `text` nor `json` is refused by `server`, `node` and `launcher`.
+#[test]
+fn log_format_json_writes_a_json_object_per_line() {
+    for args in [
+        &["server", "--log-format", "xml"][..],
+        &[
+            "node",
+            "--log-format",
+            "JSON",
+            "--kubeconfig",
+            "k",
+            "--node-name",
+            "n",
+            "--data-dir",
+            "d",
+        ],
+        &["launcher", "run", "--log-format", "", "--dir", "d"],
+    ] {
+        let out = bin().args(args).output().expect("run kubevirt-rs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("is not a log format: use text or json"),
+            "{args:?}: {err}"
+        );
+    }
+
+    // A node agent's --metrics-port is a port number.
+    for bad in ["70000", "-1", "x", ""] {
+        let out = bin()
+            .args([
+                "node",
+                "--kubeconfig",
+                "k",
+                "--node-name",
+                "n",
+                "--data-dir",
+                "d",
+            ])
+            .arg(format!("--metrics-port={bad}"))
+            .output()
+            .expect("run kubevirt-rs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("--metrics-port"), "{bad}: {err}");
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut child = bin()
+        .args([
+            "server",
+            "--api-only",
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("KUBEVIRT_RS_LOG", "kubevirt_apiserver=trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kubevirt-rs server");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    // JSON lines, and the banner (plain text, for whoever waits on it); a request makes the
+    // API server log one more ("dispatched", at trace).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let mut found = None;
+    let mut asked = false;
+    while found.is_none() && std::time::Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(1)) else {
+            continue;
+        };
+        seen.push(line.clone());
+        if line.starts_with("kubevirt-rs server: API on") {
+            let _ = Command::new("kubectl")
+                .args(["get", "namespaces"])
+                .env("KUBECONFIG", data.join("kubeconfig"))
+                .output();
+            asked = true;
+            continue;
+        }
+        if line.starts_with("  export KUBECONFIG=") {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if asked && v["component"] == "kube-apiserver" && v["msg"] == "dispatched" {
+            found = Some(v);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let v = found.unwrap_or_else(|| panic!("no JSON line of the API server:\n{}", seen.join("\n")));
+    assert_eq!(v["level"], "trace", "{v}");
+    assert!(
+        v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{v}"
+    );
+}

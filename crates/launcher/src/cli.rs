@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub struct LauncherArgs {
+    /// Log lines on stderr (DIR/launcher.log when detached): `text`, or `json` (one object
+    /// a line with `component`, `namespace`, `name`, `uid`); the node agent passes its own.
+    #[arg(long, global = true, default_value = "text",
+          value_parser = crate::logging::LogFormat::parse)]
+    pub log_format: crate::logging::LogFormat,
     #[command(subcommand)]
     command: LauncherCommand,
 }
@@ -180,6 +185,18 @@ fn run_vmi(a: RunArgs) -> Result<i32> {
             )
         }
     };
+    // Every line of this launcher names its VMI (`--log-format json`: namespace, name, uid):
+    // the runtime is single-threaded, so the span is current wherever its tasks log.
+    let (namespace, name, uid) = match (vmi.as_ref(), vmi_dir.owner()) {
+        (Some(v), _) => {
+            let m = &v.metadata;
+            let f = |x: &Option<String>| x.clone().unwrap_or_default();
+            (f(&m.namespace), f(&m.name), f(&m.uid))
+        }
+        (None, Some(o)) => (o.namespace, o.name, o.uid),
+        (None, None) => Default::default(),
+    };
+    let _vmi_span = tracing::error_span!("vmi", %namespace, %name, %uid).entered();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -570,10 +570,25 @@ impl Vm {
             opts.qemu_user,
         )?;
         let log_path = VmiDir::unchecked(dir).qemu_log();
-        let log = std::fs::File::create(&log_path).map_err(|source| LaunchError::Io {
-            path: log_path.clone(),
-            source,
-        })?;
+        // The previous QEMU's log is kept as qemu.log.1; this one is rotated at its cap.
+        let qemu_log = crate::api::logs::QemuLog::of(&VmiDir::unchecked(dir));
+        let log = qemu_log
+            .open_for_new_qemu()
+            .map_err(|source| LaunchError::Io {
+                path: log_path.clone(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                every.tick().await;
+                match qemu_log.rotate_if_full() {
+                    Ok(true) => tracing::info!("rotated qemu.log"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "rotating qemu.log"),
+                }
+            }
+        });
         let log2 = log.try_clone().map_err(|source| LaunchError::Io {
             path: log_path.clone(),
             source,

@@ -29,6 +29,7 @@ pub mod console;
 pub mod dhcp;
 pub mod hotplug;
 pub mod launcher;
+pub mod logging;
 pub mod machine;
 pub mod memstate;
 pub mod migration;

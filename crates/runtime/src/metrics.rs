@@ -226,13 +226,13 @@ pub async fn watch_vmi_phase_transitions(client: kube::Client) {
     }
 }
 
-/// KubeVirt's component readiness gauges (`kubevirt_virt_{controller,api,handler}_ready_status`,
+/// KubeVirt's control-plane readiness gauges (`kubevirt_virt_{controller,api}_ready_status`,
 /// `kubevirt_virt_controller_leading_status`): 1 once the component runs in this process.
+/// The handler's is [`handler_ready`], registered apart: a node agent exports it alone.
 pub struct Components {
     pub controller_ready: Gauge,
     pub controller_leading: Gauge,
     pub api_ready: Gauge,
-    pub handler_ready: Gauge,
 }
 
 /// This process's component gauges, registered on first use.
@@ -242,7 +242,6 @@ pub fn components() -> &'static Components {
             controller_ready: Gauge::default(),
             controller_leading: Gauge::default(),
             api_ready: Gauge::default(),
-            handler_ready: Gauge::default(),
         };
         register(
             "kubevirt_virt_controller_ready_status",
@@ -259,14 +258,24 @@ pub fn components() -> &'static Components {
             "Indication for a virt-api server that is ready to serve requests.",
             c.api_ready.clone(),
         );
-        register(
-            "kubevirt_virt_handler_ready_status",
-            "Indication for a virt-handler that is ready to serve requests.",
-            c.handler_ready.clone(),
-        );
         c
     });
     &C
+}
+
+/// `kubevirt_virt_handler_ready_status`: 1 once this process's node agent registered its
+/// Node; registered on first use, in the server (its own node) and in `kubevirt-rs node`.
+pub fn handler_ready() -> &'static Gauge {
+    static G: LazyLock<Gauge> = LazyLock::new(|| {
+        let g = Gauge::default();
+        register(
+            "kubevirt_virt_handler_ready_status",
+            "Indication for a virt-handler that is ready to serve requests.",
+            g.clone(),
+        );
+        g
+    });
+    &G
 }
 
 /// The objects the control-plane metrics are computed from, as stored (JSON).
@@ -636,6 +645,7 @@ mod tests {
             ],
         };
         components().controller_ready.set(1);
+        handler_ready().set(1);
         phase_transitions().observe(
             &json!({"status": {"phase": "Scheduled"}}),
             &json!({"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"},
@@ -699,5 +709,145 @@ mod tests {
         assert_eq!(vm_status_group("Stopped"), "non_running");
         assert_eq!(vm_status_group("CrashLoopBackOff"), "error");
         assert_eq!(vm_status_group("Running"), "running");
+    }
+
+    /// The metric families `docs/observability.md`'s tables list, with their type: the first
+    /// cell's backticked names, `{a,b}` expanded.
+    fn documented_families() -> BTreeMap<String, String> {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/observability.md"),
+        )
+        .expect("docs/observability.md");
+        fn expand(name: &str) -> Vec<String> {
+            match (name.find('{'), name.find('}')) {
+                (Some(a), Some(b)) if a < b => name[a + 1..b]
+                    .split(',')
+                    .flat_map(|alt| expand(&format!("{}{alt}{}", &name[..a], &name[b + 1..])))
+                    .collect(),
+                _ => vec![name.to_string()],
+            }
+        }
+        let mut out = BTreeMap::new();
+        for line in doc.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let kind = cells.get(1).expect("a type cell").trim().to_string();
+            for name in cells[0].split('`').skip(1).step_by(2) {
+                for n in expand(name) {
+                    out.insert(n, kind.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// The metric names a PromQL expression uses: identifiers of our prefixes (a name with a
+    /// `:` is a recording rule's, returned as is).
+    fn metric_names(expr: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        for c in expr.chars().chain(std::iter::once(' ')) {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                cur.push(c);
+                continue;
+            }
+            let word = std::mem::take(&mut cur);
+            if ["kubevirt_", "apiserver_"]
+                .iter()
+                .any(|p| word.starts_with(p) || word.contains(&format!(":{p}")))
+            {
+                out.push(word);
+            }
+        }
+        out
+    }
+
+    /// Every metric the shipped Grafana dashboard and Prometheus rules query is one we serve
+    /// (`docs/observability.md`'s tables, which list every family of this module's registry):
+    /// a renamed or dropped family breaks this test, not a user's dashboard.
+    #[test]
+    fn the_dashboard_and_rules_query_only_metrics_we_serve() {
+        let served = documented_families();
+        for (name, kind, _) in KUBEVIRT {
+            assert_eq!(served.get(*name).map(String::as_str), Some(*kind), "{name}");
+        }
+        let resolves = |name: &str| {
+            served.contains_key(name)
+                || ["_bucket", "_sum", "_count"].iter().any(|s| {
+                    name.strip_suffix(s)
+                        .is_some_and(|base| served.get(base).is_some_and(|k| k == "histogram"))
+                })
+        };
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let rules = std::fs::read_to_string(root.join("deploy/monitoring/kubevirt-rules.yaml"))
+            .expect("rules");
+        let recorded: Vec<&str> = rules
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- record: "))
+            .collect();
+        // A rule's expression: its `expr:` line and the lines indented below it.
+        let mut rule_exprs = Vec::new();
+        let mut lines = rules.lines().peekable();
+        while let Some(l) = lines.next() {
+            let Some(rest) = l.trim_start().strip_prefix("expr:") else {
+                continue;
+            };
+            let indent = l.len() - l.trim_start().len();
+            let mut e = rest.to_string();
+            while let Some(next) = lines.next_if(|n| n.len() - n.trim_start().len() > indent) {
+                e.push_str(next);
+            }
+            rule_exprs.push(e);
+        }
+        let dashboard: Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("deploy/monitoring/kubevirt-dashboard.json"))
+                .expect("dashboard"),
+        )
+        .expect("the dashboard is JSON");
+        fn queries(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("expr" | "definition", Value::String(s)) => out.push(s.clone()),
+                            ("query", Value::String(s)) if s.contains('(') => out.push(s.clone()),
+                            _ => queries(v, out),
+                        }
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|v| queries(v, out)),
+                _ => {}
+            }
+        }
+        let mut dash_exprs = Vec::new();
+        queries(&dashboard, &mut dash_exprs);
+        assert!(dash_exprs.len() > 20, "{dash_exprs:?}");
+        let mut used = std::collections::BTreeSet::new();
+        for e in rule_exprs.iter().chain(&dash_exprs) {
+            for name in metric_names(e) {
+                let ok = if name.contains(':') {
+                    recorded.contains(&name.as_str())
+                } else {
+                    resolves(&name)
+                };
+                assert!(ok, "{name} (in {e}) is not a metric we serve");
+                used.insert(name);
+            }
+        }
+        // The dashboard covers VMs (CPU, memory, disk, network) and the control plane.
+        for family in [
+            "kubevirt_vmi_vcpu_seconds_total",
+            "kubevirt_vmi_memory_resident_bytes",
+            "kubevirt_vmi_storage_read_traffic_bytes_total",
+            "kubevirt_vmi_network_receive_bytes_total",
+            "kubevirt_vmi_phase_transition_time_from_creation_seconds_bucket",
+            "kubevirt_vmi_migrations_in_running_phase",
+            "apiserver_request_total",
+            "apiserver_request_duration_seconds_bucket",
+        ] {
+            assert!(
+                used.contains(family),
+                "the dashboard does not show {family}"
+            );
+        }
     }
 }

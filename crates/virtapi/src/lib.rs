@@ -11,6 +11,8 @@
 //! - `guestosinfo`, `userlist`, `filesystemlist`: asked of the QEMU guest agent through the
 //!   launcher; KubeVirt's 409 when the VMI is not running or has no agent connected.
 //! - `addvolume`, `removevolume` (VM and VMI): volume hotplug, declaratively ([`volumes`]).
+//! - `logs` (ours, `?container=launcher|qemu|serial&tailLines=N`): the end of a VMI's
+//!   launcher, QEMU or serial console log, read by its node agent.
 //!
 //! As in KubeVirt, virt-api reaches a launcher through virt-handler on the VMI's node
 //! (`status.nodeName`), whichever node that is, the server's own included: the node agent's
@@ -33,7 +35,7 @@ use kube::Client;
 use kubevirt_api::status::{condition, RunStrategy, VmiPhase};
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance};
 use kubevirt_handler::rest::{
-    ClientError, HandlerClient, HandlerEndpoint, HandlerStream, Reason, StreamKind,
+    ClientError, HandlerClient, HandlerEndpoint, HandlerStream, LogsQuery, Reason, StreamKind,
 };
 use kubevirt_launcher::api as launcher;
 use kubevirt_runtime::subresource::{Query, SubresourceHandler};
@@ -673,6 +675,37 @@ impl VirtApi {
         }
     }
 
+    /// `GET .../virtualmachineinstances/NAME/logs?container=launcher|qemu|serial&tailLines=N`
+    /// (ours; KubeVirt has none): the end of one of the VMI's log files, read by the node
+    /// agent of its node, as text.
+    async fn logs(&self, ns: &str, name: &str, query: LogsQuery) -> Reply {
+        let vmi = self.get_vmi(ns, name).await?;
+        let (ep, _, _) = self.handler_of(&vmi).await?;
+        match self.handlers.logs(&ep, ns, name, query).await {
+            Ok(text) => {
+                let mut r = Response::new(Body::from(text));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                Ok(r)
+            }
+            Err(ClientError::Refused { refusal, .. })
+                if refusal.reason == Reason::NotOnThisNode =>
+            {
+                Err(conflict(
+                    "virtualmachineinstance",
+                    name,
+                    "VMI has no launcher on its node",
+                ))
+            }
+            Err(ClientError::Refused { refusal, .. }) if refusal.reason == Reason::BadRequest => {
+                Err(bad_request(refusal.message))
+            }
+            Err(e) => Err(internal(format!("logs: {e}"))),
+        }
+    }
+
     /// `GET .../console` and `.../vnc`: checks, then the websocket upgrade.
     async fn stream(&self, ns: &str, name: &str, which: &str, req: Request) -> Reply {
         let vmi = self.get_vmi(ns, name).await?;
@@ -865,6 +898,12 @@ impl VirtApi {
             ("virtualmachineinstances", "guestosinfo" | "userlist" | "filesystemlist") => {
                 want(Method::GET)?;
                 self.guest_agent(ns, name, action).await
+            }
+            ("virtualmachineinstances", "logs") => {
+                want(Method::GET)?;
+                let query =
+                    LogsQuery::parse(req.uri().query().unwrap_or("")).map_err(bad_request)?;
+                self.logs(ns, name, query).await
             }
             _ => Err(not_found_path()),
         }

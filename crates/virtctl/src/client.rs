@@ -211,6 +211,36 @@ impl Conn {
         self.json(Method::PUT, &path, body).await.map(|_| ())
     }
 
+    /// `GET` of a subresource that answers text (`logs`), with a query string.
+    pub async fn get_subresource_text(
+        &self,
+        resource: &str,
+        name: &str,
+        sub: &str,
+        query: &str,
+    ) -> crate::Result<String> {
+        let path = format!(
+            "{}?{query}",
+            subresource_path(&self.namespace, resource, name, sub)
+        );
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(&path)
+            .header(http::header::ACCEPT, "text/plain")
+            .body(Vec::new())
+            .map_err(|e| Error::Failed(format!("bad request {path}: {e}")))?;
+        self.client
+            .request_text(req)
+            .await
+            .map_err(|e| match Error::from(e) {
+                Error::Transport(t) => Error::Transport(format!(
+                    "cannot reach the API server at {}: {t}",
+                    self.config.cluster_url
+                )),
+                other => other,
+            })
+    }
+
     /// `GET` of a subresource that answers JSON (`guestosinfo`, ...).
     pub async fn get_subresource(
         &self,

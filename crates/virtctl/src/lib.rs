@@ -86,6 +86,8 @@ pub enum Command {
     Userlist(lifecycle::NameArg),
     /// Return a list of file systems from the guest agent.
     Fslist(lifecycle::NameArg),
+    /// Print a VMI's launcher, QEMU or serial console log (kubevirt-rs's `logs` subresource).
+    Logs(lifecycle::LogsArgs),
     /// add a volume to a running VM
     Addvolume(volume::AddVolumeArgs),
     /// remove a volume from a running VM
@@ -156,6 +158,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Fslist(a) => {
             lifecycle::guest_agent(g, a, lifecycle::GuestQuery::Filesystems).await
         }
+        Command::Logs(a) => lifecycle::logs(g, a).await,
         Command::Addvolume(a) => volume::add(g, a).await,
         Command::Removevolume(a) => volume::remove(g, a).await,
         Command::Migrate(a) => migrate::migrate(g, a).await,

@@ -60,6 +60,22 @@ pub struct NameArg {
     pub name: String,
 }
 
+/// The logs `virtctl logs --container` reads (the `logs` subresource's `container`).
+pub const LOG_CONTAINERS: [&str; 3] = ["launcher", "qemu", "serial"];
+
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// The VirtualMachineInstance.
+    #[arg(value_name = "VMI")]
+    pub name: String,
+    /// Which log: the launcher's, QEMU's, or the guest's serial console.
+    #[arg(long, short = 'c', default_value = "launcher", value_parser = LOG_CONTAINERS)]
+    pub container: String,
+    /// Only the last N lines (1 to 100000; default: the last MiB).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub tail: Option<u64>,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct VersionArgs {
     /// Print the client version only, without contacting the server.
@@ -274,6 +290,26 @@ pub async fn guest_agent(g: &GlobalArgs, a: NameArg, q: GuestQuery) -> crate::Re
         .map_err(|e| e.context(format!("error getting {what}: ")))?;
     let text = serde_json::to_string_pretty(&v).map_err(|e| crate::Error::Failed(e.to_string()))?;
     println!("{text}");
+    Ok(0)
+}
+
+/// `virtctl logs VMI [--container launcher|qemu|serial] [--tail N]` (ours: KubeVirt's
+/// launcher logs are its Pod's, `kubectl logs`): the end of the VMI's log, as it is.
+pub async fn logs(g: &GlobalArgs, a: LogsArgs) -> crate::Result<i32> {
+    let mut query = format!("container={}", a.container);
+    if let Some(n) = a.tail {
+        query.push_str(&format!("&tailLines={n}"));
+    }
+    let c = connect(g, false).await?;
+    let text = c
+        .get_subresource_text("virtualmachineinstances", &a.name, "logs", &query)
+        .await
+        .map_err(|e| e.context(format!("error getting the {} log: ", a.container)))?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::Failed(e.to_string()))?;
     Ok(0)
 }
 

@@ -467,6 +467,10 @@ impl VmiDir {
     pub fn qemu_log(&self) -> PathBuf {
         self.path.join("qemu.log")
     }
+    /// The previous QEMU log ([`super::logs::QemuLog`]).
+    pub fn qemu_log_old(&self) -> PathBuf {
+        self.path.join("qemu.log.1")
+    }
     /// The QEMU command line, for humans.
     pub fn qemu_cmdline(&self) -> PathBuf {
         self.path.join("qemu.cmdline")

@@ -19,6 +19,7 @@
 
 mod client;
 mod dir;
+pub mod logs;
 pub mod memstate;
 pub mod migration;
 mod protocol;
