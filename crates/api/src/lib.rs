@@ -17,6 +17,7 @@ pub mod cdi;
 pub mod core_kinds;
 pub mod crd;
 pub mod defaults;
+pub mod duration;
 pub mod field;
 pub mod guestagent;
 pub mod instancetype;

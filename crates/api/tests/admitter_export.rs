@@ -90,6 +90,45 @@ fn export_table() {
             ),
         )
         .old(export(KV, "VirtualMachine", "vm")),
+        // spec.ttlDuration is a metav1.Duration: Go's duration syntax, or refused.
+        Case::new(
+            "a ttlDuration Go parses",
+            with(
+                export(KV, "VirtualMachine", "vm"),
+                "spec.ttlDuration",
+                json!("1h30m"),
+            ),
+        ),
+        Case::new(
+            "a ttlDuration without a unit",
+            with(
+                export(KV, "VirtualMachine", "vm"),
+                "spec.ttlDuration",
+                json!("10"),
+            ),
+        )
+        .refused("spec.ttlDuration", "time: missing unit in duration \"10\""),
+        Case::new(
+            "a ttlDuration in days",
+            with(
+                export(KV, "VirtualMachine", "vm"),
+                "spec.ttlDuration",
+                json!("2d"),
+            ),
+        )
+        .refused(
+            "spec.ttlDuration",
+            "time: unknown unit \"d\" in duration \"2d\"",
+        ),
+        Case::new(
+            "a ttlDuration that overflows",
+            with(
+                export(KV, "VirtualMachine", "vm"),
+                "spec.ttlDuration",
+                json!("99999999999999h"),
+            ),
+        )
+        .refused("spec.ttlDuration", "time: invalid duration"),
         // it should allow
         Case::new(
             "persistent volume claim blank",

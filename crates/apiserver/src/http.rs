@@ -41,12 +41,20 @@ pub struct AppState {
     /// CDI's upload proxy (`/v1beta1/upload...`): authorised by its own upload token, not by
     /// the API token.
     pub upload_proxy: parking_lot::RwLock<Option<Arc<dyn SubresourceHandler>>>,
+    /// KubeVirt's VirtualMachineExport server (`/api/export.kubevirt.io/...`, the path shape
+    /// of KubeVirt's external export proxy): authorised by the export's own token, not by the
+    /// API token.
+    pub export_server: parking_lot::RwLock<Option<Arc<dyn SubresourceHandler>>>,
     /// virt-api's decision on Pod evictions (KubeVirt's eviction webhook); without one every
     /// eviction deletes its Pod.
     pub eviction: parking_lot::RwLock<Option<Arc<dyn EvictionAdmitter>>>,
 }
 
 pub use kubevirt_runtime::subresource::{EvictionAdmitter, EvictionVerdict};
+
+/// The group of KubeVirt's export proxy paths, `/api/export.kubevirt.io/<version>/...`: not an
+/// API group of `/apis`, but the path KubeVirt's `status.links.external` URLs have.
+const EXPORT_GROUP: &str = "export.kubevirt.io";
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
     (
@@ -336,6 +344,21 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
                     .into_response(),
             };
         }
+    }
+    if let ["api", EXPORT_GROUP, rest @ ..] = segs.as_slice() {
+        let handler = state.export_server.read().clone();
+        return match handler {
+            Some(h) => {
+                let path = rest.iter().map(|s| s.to_string()).collect();
+                h.handle(method, path, query, headers, body).await
+            }
+            None => ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the export server is not running",
+            )
+            .into_response(),
+        };
     }
     let public = method == Method::GET
         && matches!(

@@ -173,6 +173,13 @@ impl Running {
     pub fn set_upload_proxy(&self, h: Arc<dyn SubresourceHandler>) {
         *self.state.upload_proxy.write() = Some(h);
     }
+
+    /// Serve KubeVirt's VirtualMachineExport links (`/api/export.kubevirt.io/...`) with `h`;
+    /// these requests carry the export's token (`x-kubevirt-export-token`) instead of the API
+    /// token. `h` gets the segments after `/api/export.kubevirt.io/`.
+    pub fn set_export_server(&self, h: Arc<dyn SubresourceHandler>) {
+        *self.state.export_server.write() = Some(h);
+    }
 }
 
 pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
@@ -531,6 +538,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         address: addr.to_string(),
         aggregated: Default::default(),
         upload_proxy: Default::default(),
+        export_server: Default::default(),
         eviction: Default::default(),
     });
     let app = axum::Router::new()

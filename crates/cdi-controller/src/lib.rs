@@ -14,11 +14,15 @@
 //! - [`upload`]: `upload.cdi.kubevirt.io` `UploadTokenRequest`s and the upload proxy
 //!   (`/v1beta1/upload[-async|-form|-form-async]`) the API server routes to us.
 //!
+//! - [`export`]: KubeVirt's VirtualMachineExport controller and the export server (volumes as
+//!   raw and gzip, the VM's manifests) the API server routes `/api/export.kubevirt.io/...` to.
+//!
 //! Everything is level-based: a restarted server finds DataVolumes whose import is unfinished
 //! (phase `ImportScheduled`/`ImportInProgress`/`CloneInProgress`) and runs the import again;
 //! the engine only ever hands over a complete volume (`.importing`, fsync, rename).
 
 pub mod datavolume;
+pub mod export;
 pub mod provisioner;
 pub mod snapshotter;
 pub mod storageprofile;

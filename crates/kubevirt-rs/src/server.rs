@@ -142,6 +142,7 @@ pub fn run(args: ServerArgs) -> Result<i32> {
             kubevirt_cdi_controller::ensure_cdi_config(&client, &proxy_url)
                 .await
                 .context("creating CDIConfig config")?;
+            let cdi_export = cdi.clone();
             tokio::spawn(kubevirt_cdi_controller::run(cdi));
             // This machine's own node: the same handler `kubevirt-rs node` runs elsewhere. Its
             // Node is registered before the controller places the first VMI.
@@ -154,6 +155,29 @@ pub fn run(args: ServerArgs) -> Result<i32> {
                 cluster.clone(),
                 None,
             )?;
+            // KubeVirt's VirtualMachineExport: the controller, and the export server on this
+            // listener at the path of KubeVirt's external export proxy. Volumes are found
+            // through the handler's host-path policy.
+            let export_config = kubevirt_cdi_controller::export::ExportConfig {
+                base_url: proxy_url.clone(),
+                ca_pem: running.ca_pem.clone(),
+                host_paths: kubevirt_runtime::host_path::HostPathPolicy::new(
+                    &args.handler.host_path_roots,
+                    &args.data_dir,
+                    &volumes_dir,
+                )
+                .context("--host-path-root")?,
+            };
+            running.set_export_server(Arc::new(
+                kubevirt_cdi_controller::export::ExportServer::new(
+                    cdi_export.clone(),
+                    export_config.clone(),
+                ),
+            ));
+            tokio::spawn(kubevirt_cdi_controller::export::run(
+                cdi_export,
+                export_config,
+            ));
             if let Err(e) = kubevirt_handler::register_node(client.clone(), &handler).await {
                 tracing::warn!(error = %e, "registering the node");
             }

@@ -805,3 +805,345 @@ spec:
     );
     s.kill9();
 }
+
+/// `curl` against an export link: (HTTP status, body). `extra` are curl's own flags.
+fn curl(ca: &Path, url: &str, extra: &[&str]) -> (u16, Vec<u8>) {
+    let body = tempfile::NamedTempFile::new().expect("body file");
+    let out = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(ca)
+        .arg("-o")
+        .arg(body.path())
+        .args(["-w", "%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (code, std::fs::read(body.path()).unwrap_or_default())
+}
+
+/// `qemu-img compare` of two raw images (byte equality where qemu-img is missing).
+fn assert_same_image(a: &Path, b: &Path) {
+    if kubevirt_testsupport::have("qemu-img", &["--version"], "apt-get install qemu-utils") {
+        let out = Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(a)
+            .arg(b)
+            .output()
+            .expect("qemu-img compare");
+        assert!(
+            out.status.success(),
+            "qemu-img compare {} {}: {}{}",
+            a.display(),
+            b.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        assert!(std::fs::read(a).expect("a") == std::fs::read(b).expect("b"));
+    }
+}
+
+/// KubeVirt's VirtualMachineExport through `virtctl vmexport`, against the real server: a
+/// DataVolume (filled by image-upload) downloads byte-identical as raw and as gzip; the links
+/// answer only the export's token (not the API's), refuse `..`, other namespaces and unknown
+/// volumes with 404 and a reason, serve byte ranges; a VM source gives its manifests; a
+/// snapshot source waits with a reason; an export whose TTL passed is deleted and its links
+/// answer 404. Needs CDI in `kubevirt-rs server`, curl; no QEMU.
+#[test]
+fn vmexport_downloads_a_volume_byte_identical_with_its_token_only() {
+    if !have_kubectl()
+        || !kubevirt_testsupport::have("curl", &["--version"], "apt-get install curl")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let images = dir.path().join("no-images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    let mut s = Server::new(
+        env!("CARGO_BIN_EXE_kubevirt-rs"),
+        dir.path().join("data"),
+        &images,
+    );
+    s.start();
+    let virtctl = virtctl_link(dir.path());
+    let data: Vec<u8> = (0..2 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let image = dir.path().join("disk.raw");
+    std::fs::write(&image, &data).expect("image");
+    let up = run(
+        &s,
+        &virtctl,
+        &[
+            "image-upload",
+            "dv",
+            "src",
+            "--size=4Mi",
+            "--image-path",
+            image.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(up.code, 0, "{}{}", up.stdout, up.stderr);
+    let pv_dir = s.kubectl(&[
+        "get",
+        "pv",
+        "-o",
+        "jsonpath={.items[?(@.spec.claimRef.name==\"src\")].spec.local.path}",
+    ]);
+    let volume = Path::new(pv_dir.trim()).join("disk.img");
+    // Started now, so that it has expired by the end of the test.
+    let ttl = run(
+        &s,
+        &virtctl,
+        &["vmexport", "create", "expttl", "--pvc=src", "--ttl=20s"],
+    );
+    assert_eq!(ttl.code, 0, "{}{}", ttl.stdout, ttl.stderr);
+
+    // Download with a source: the export is created, waited for, downloaded from and
+    // deleted; `--format=raw` gunzips the gzip link on the fly, as KubeVirt's virtctl does.
+    let raw = dir.path().join("src.raw");
+    let dl = run(
+        &s,
+        &virtctl,
+        &[
+            "vmexport",
+            "download",
+            "exp1",
+            "--pvc=src",
+            "--format=raw",
+            "--output",
+            raw.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(dl.code, 0, "{}{}", dl.stdout, dl.stderr);
+    for line in [
+        "VirtualMachineExport 'default/exp1' created successfully",
+        "Download finished successfully",
+        "VirtualMachineExport 'default/exp1' deleted successfully",
+    ] {
+        assert!(dl.stdout.contains(line), "{line}: {}", dl.stdout);
+    }
+    assert_same_image(&raw, &volume);
+    assert!(
+        s.kubectl(&["get", "vmexport", "exp1"]).contains("NotFound"),
+        "the export made for the download is deleted after it"
+    );
+
+    // The export with a TTL is Ready too: its link and token, for after it expired.
+    assert!(
+        wait_for(Duration::from_secs(10), || s.jsonpath(
+            "vmexport",
+            "expttl",
+            "{.status.phase}"
+        ) == "Ready"),
+        "{}",
+        s.kubectl(&["get", "vmexport", "expttl", "-o", "yaml"])
+    );
+    let ttl_url = s.jsonpath(
+        "vmexport",
+        "expttl",
+        "{.status.links.external.volumes[0].formats[0].url}",
+    );
+    let ttl_token = s.kubectl(&[
+        "get",
+        "secret",
+        "secret-expttl",
+        "-o",
+        "go-template={{.data.token|base64decode}}",
+    ]);
+    assert!(
+        ttl_url.starts_with("https://"),
+        "expttl has links: {ttl_url}"
+    );
+
+    // An export made beforehand: its gzip link, kept afterwards.
+    let c = run(&s, &virtctl, &["vmexport", "create", "exp2", "--pvc=src"]);
+    assert_eq!(c.code, 0, "{}{}", c.stdout, c.stderr);
+    let gz = dir.path().join("src.img.gz");
+    let dl = run(
+        &s,
+        &virtctl,
+        &[
+            "vmexport",
+            "download",
+            "exp2",
+            "--output",
+            gz.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(dl.code, 0, "{}{}", dl.stdout, dl.stderr);
+    assert!(!dl.stdout.contains("deleted"), "{}", dl.stdout);
+    let gunzipped = dir.path().join("src.gunzipped");
+    let unz = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -dc '{}' > '{}'",
+            gz.display(),
+            gunzipped.display()
+        ))
+        .status()
+        .expect("gzip");
+    assert!(unz.success(), "the gzip link is a whole gzip stream");
+    assert_same_image(&gunzipped, &volume);
+    assert_eq!(s.jsonpath("vmexport", "exp2", "{.status.phase}"), "Ready");
+    assert_eq!(
+        s.jsonpath("vmexport", "exp2", "{.status.tokenSecretRef}"),
+        "secret-exp2"
+    );
+
+    // The links themselves: the CA in the status verifies the server; only the export's
+    // token opens them.
+    let ca = dir.path().join("export-ca.pem");
+    std::fs::write(
+        &ca,
+        s.jsonpath("vmexport", "exp2", "{.status.links.external.cert}"),
+    )
+    .expect("ca");
+    let url = s.jsonpath(
+        "vmexport",
+        "exp2",
+        "{.status.links.external.volumes[0].formats[?(@.format==\"raw\")].url}",
+    );
+    assert!(
+        url.ends_with("/api/export.kubevirt.io/v1/namespaces/default/virtualmachineexports/exp2/volumes/src/disk.img"),
+        "{url}"
+    );
+    let token = s.kubectl(&[
+        "get",
+        "secret",
+        "secret-exp2",
+        "-o",
+        "go-template={{.data.token|base64decode}}",
+    ]);
+    assert_eq!(token.len(), 20, "{token}");
+    let header = format!("x-kubevirt-export-token: {token}");
+    let api_token = s.kubectl(&[
+        "config",
+        "view",
+        "--raw",
+        "-o",
+        "jsonpath={.users[0].user.token}",
+    ]);
+    for (why, extra) in [
+        ("no token", vec![]),
+        (
+            "a wrong token",
+            vec!["-H", "x-kubevirt-export-token: AAAAAAAAAAAAAAAAAAAA"],
+        ),
+        ("a token prefix", vec!["-H", &header[..header.len() - 1]]),
+    ] {
+        let (code, body) = curl(&ca, &url, &extra);
+        assert_eq!(code, 401, "{why}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("a valid export token is required"),
+            "{why}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let bearer = format!("Authorization: Bearer {}", api_token.trim());
+    assert_eq!(
+        curl(&ca, &url, &["-H", &bearer]).0,
+        401,
+        "the API token opens no export"
+    );
+    let (code, body) = curl(
+        &ca,
+        &format!("{url}?x-kubevirt-export-token={token}"),
+        &["-H", "Range: bytes=1000-1009"],
+    );
+    assert_eq!(code, 206, "the token as a query parameter, a byte range");
+    assert_eq!(body, data[1000..1010]);
+    let refused = |u: &str, want: &str| {
+        let (code, body) = curl(&ca, u, &["--path-as-is", "-H", &header]);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(code, 404, "{u}: {text}");
+        assert!(text.contains(want), "{u}: {text}");
+    };
+    refused(
+        &url.replace(
+            "/exp2/volumes/src/",
+            "/exp2/volumes/../../exp1/volumes/src/",
+        ),
+        "no \".\" or \"..\" segments",
+    );
+    refused(
+        &url.replace("/namespaces/default/", "/namespaces/kube-system/"),
+        "VirtualMachineExport kube-system/exp2 not found",
+    );
+    refused(
+        &url.replace("/volumes/src/", "/volumes/other/"),
+        "has no volume \"other\"",
+    );
+
+    // A VirtualMachine source (stopped): its manifests, importing from the export.
+    let vm = dir.path().join("vm.yaml");
+    std::fs::write(
+        &vm,
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: vmx\nspec:\n  runStrategy: Halted\n  template:\n    spec:\n      domain:\n        devices:\n          disks:\n          - name: root\n            disk: {bus: virtio}\n        resources:\n          requests: {memory: 64Mi}\n      volumes:\n      - name: root\n        dataVolume: {name: src}\n",
+    )
+    .expect("vm");
+    let applied = s.kubectl(&["apply", "-f", vm.to_str().expect("utf8")]);
+    assert!(applied.contains("created"), "{applied}");
+    let m = run(
+        &s,
+        &virtctl,
+        &[
+            "vmexport",
+            "download",
+            "expvm",
+            "--vm=vmx",
+            "--manifest",
+            "--include-secret",
+        ],
+    );
+    assert_eq!(m.code, 0, "{}{}", m.stdout, m.stderr);
+    for want in [
+        "kind: VirtualMachine",
+        "kind: DataVolume",
+        "kind: ConfigMap",
+        "name: export-ca-cm-expvm",
+        "/virtualmachineexports/expvm/volumes/src/disk.img.gz",
+        "header-secret-expvm",
+        "x-kubevirt-export-token:",
+    ] {
+        assert!(m.stdout.contains(want), "{want}: {}", m.stdout);
+    }
+
+    // A snapshot source is not exported (yet): Pending, with the reason.
+    let snap = run(
+        &s,
+        &virtctl,
+        &["vmexport", "create", "expsnap", "--snapshot=snap1"],
+    );
+    assert_eq!(snap.code, 0, "{}{}", snap.stdout, snap.stderr);
+    assert!(
+        wait_for(Duration::from_secs(10), || s
+            .jsonpath("vmexport", "expsnap", "{.status.conditions[0].message}")
+            .contains("does not export VirtualMachineSnapshot sources yet")),
+        "{}",
+        s.kubectl(&["get", "vmexport", "expsnap", "-o", "yaml"])
+    );
+    assert_eq!(
+        s.jsonpath("vmexport", "expsnap", "{.status.phase}"),
+        "Pending"
+    );
+
+    // TTL: the export goes away with its links.
+    assert!(
+        wait_for(Duration::from_secs(30), || s
+            .kubectl(&["get", "vmexport", "expttl"])
+            .contains("NotFound")),
+        "an export is deleted once its TTL has passed"
+    );
+    let h = format!("x-kubevirt-export-token: {ttl_token}");
+    let (code, body) = curl(&ca, &ttl_url, &["-H", &h]);
+    assert_eq!(code, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("VirtualMachineExport default/expttl not found")
+    );
+}

@@ -1,7 +1,7 @@
 //! virtctl: KubeVirt's user CLI, command-compatible for what kubevirt-rs serves.
 //!
 //! Every command speaks KubeVirt's wire protocol (the `subresources.kubevirt.io/v1` API, the
-//! `plain.kubevirt.io` websocket streams, CDI's upload API), so it works against
+//! `plain.kubevirt.io` websocket streams, CDI's upload API, the VirtualMachineExport links), so it works against
 //! `kubevirt-rs server` and against a real KubeVirt cluster alike. The binary (`virtctl`, or the
 //! multi-call `kubevirt-rs` invoked as `virtctl`) only calls [`main_from`].
 
@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod params;
 pub mod stream;
 pub mod upload;
+pub mod vmexport;
 pub mod vnc;
 pub mod volume;
 
@@ -96,6 +97,8 @@ pub enum Command {
     Migrate(migrate::MigrateArgs),
     /// Cancel migration of a virtual machine.
     MigrateCancel(migrate::MigrateCancelArgs),
+    /// Export a VM volume.
+    Vmexport(vmexport::VmExportArgs),
 }
 
 /// Runs virtctl with `args` (`args[0]` is the program name) and returns the exit status:
@@ -163,6 +166,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Removevolume(a) => volume::remove(g, a).await,
         Command::Migrate(a) => migrate::migrate(g, a).await,
         Command::MigrateCancel(a) => migrate::migrate_cancel(g, a).await,
+        Command::Vmexport(a) => vmexport::run(g, a).await,
     }
 }
 

@@ -461,6 +461,12 @@ async fn wait_processing(c: &Conn, a: &ImageUploadArgs, is_dv: bool) -> crate::R
 /// An HTTP client for the upload proxy: the kubeconfig's CA (and client certificate), or no
 /// verification at all with `--insecure`.
 fn proxy_client(c: &Conn, insecure: bool) -> crate::Result<reqwest::Client> {
+    tls_client(c, insecure)
+}
+
+/// An HTTPS client with the kubeconfig's TLS settings (its CA, its client certificate), for
+/// servers that share the API server's certificate (the upload proxy, the export links).
+pub(crate) fn tls_client(c: &Conn, insecure: bool) -> crate::Result<reqwest::Client> {
     use kube::client::ConfigExt;
     let mut config = c.config.clone();
     config.accept_invalid_certs = insecure;

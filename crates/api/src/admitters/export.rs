@@ -61,6 +61,16 @@ pub fn rules(
         return vec![FieldError::invalid(source.child("kind"), "invalid kind")];
     };
     let mut errs = Vec::new();
+    // `metav1.Duration`: KubeVirt's webhook cannot even decode an export whose ttlDuration Go
+    // does not parse.
+    if let Some(ttl) = &e.spec.ttl_duration {
+        if let Err(why) = crate::duration::parse(ttl) {
+            errs.push(FieldError::invalid(
+                Path::root("spec").child("ttlDuration"),
+                why,
+            ));
+        }
+    }
     if src.name.is_empty() {
         errs.push(FieldError::invalid(
             source.child("name"),
