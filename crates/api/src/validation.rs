@@ -341,28 +341,27 @@ pub fn validate_vmi_spec(
         Arch::parse(arch_value)
     };
     // (An unknown one is refused at spec.architecture by `vmi_create::validate_arch`.)
-    match arch {
-        None => {}
-        Some(Arch::Amd64) => {
+    let allowed = match arch {
+        Some(Arch::Amd64)
             if !machine.is_empty()
                 && machine != MICROVM
                 && !machine.starts_with("q35")
-                && !machine.starts_with("pc-q35")
-            {
-                errs.push(FieldError::invalid(
-                    domain.child("machine").child("type"),
-                    format!("{domain}.machine.type is not supported: {machine} (allowed values: [q35* pc-q35* {MICROVM}])"),
-                ));
-            }
+                && !machine.starts_with("pc-q35") =>
+        {
+            Some(format!("q35* pc-q35* {MICROVM}"))
         }
-        Some(Arch::Arm64) => {
-            if !machine.is_empty() && !machine.starts_with("virt") {
-                errs.push(FieldError::invalid(
-                    domain.child("machine").child("type"),
-                    format!("{domain}.machine.type is not supported: {machine} (allowed values: [virt*])"),
-                ));
-            }
+        Some(Arch::Arm64) if !machine.is_empty() && !machine.starts_with("virt") => {
+            Some("virt*".to_string())
         }
+        _ => None,
+    };
+    if let Some(allowed) = allowed {
+        errs.push(FieldError::invalid(
+            domain.child("machine").child("type"),
+            format!(
+                "{domain}.machine.type is not supported: {machine} (allowed values: [{allowed}])"
+            ),
+        ));
     }
 
     // Disks.
