@@ -4,6 +4,7 @@
 //! architecture, machine type, resource requests, guest memory, CPU topology, default network
 //! and interface, volume → disk, then the per-device API defaults (disk bus, cdrom tray...).
 
+use crate::arch::Arch;
 use crate::quantity::Quantity;
 use crate::{
     CDRomTarget, DataVolume, Devices, Disk, DiskTarget, DomainSpec, FeatureState, Firmware,
@@ -81,9 +82,10 @@ pub fn label_migration(m: &mut crate::VirtualMachineInstanceMigration) {
 pub fn default_vm(vm: &mut VirtualMachine, cfg: &DefaultsConfig) {
     let name = vm.metadata.name.clone().unwrap_or_default();
     if let Some(spec) = vm.spec.template.spec.as_mut() {
-        spec.architecture
-            .get_or_insert_with(|| cfg.architecture.clone());
-        default_machine_type(&mut spec.domain, cfg);
+        if spec.architecture.as_deref().unwrap_or("").is_empty() {
+            spec.architecture = Some(cfg.architecture.clone());
+        }
+        default_machine_type(&mut spec.domain, spec.architecture.as_deref(), cfg);
         let fw = spec.domain.firmware.get_or_insert_with(Firmware::default);
         if fw.uuid.as_deref().unwrap_or("").is_empty() {
             fw.uuid = Some(firmware_uuid(&name));
@@ -104,14 +106,21 @@ pub fn default_vm(vm: &mut VirtualMachine, cfg: &DefaultsConfig) {
 /// DataVolumes are stored as written (CDI's webhook does not default them).
 pub fn default_dv(_dv: &mut DataVolume, _cfg: &DefaultsConfig) {}
 
-fn default_machine_type(domain: &mut DomainSpec, cfg: &DefaultsConfig) {
+/// The machine type for the spec's architecture: on amd64 the cluster's override, else q35; on
+/// arm64 `virt` (the cluster's `machineType` here is amd64's, from
+/// `architectureConfiguration.amd64`). An unknown architecture gets none: admission refuses it.
+fn default_machine_type(domain: &mut DomainSpec, arch: Option<&str>, cfg: &DefaultsConfig) {
+    let machine_type = match arch.and_then(Arch::parse) {
+        Some(Arch::Amd64) => cfg
+            .machine_type
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MACHINE_TYPE.to_string()),
+        Some(a) => a.default_machine_type().to_string(),
+        None => return,
+    };
     let machine = domain.machine.get_or_insert_with(Machine::default);
     if machine.r#type.as_deref().unwrap_or("").is_empty() {
-        machine.r#type = Some(
-            cfg.machine_type
-                .clone()
-                .unwrap_or_else(|| DEFAULT_MACHINE_TYPE.to_string()),
-        );
+        machine.r#type = Some(machine_type);
     }
 }
 
@@ -126,9 +135,10 @@ fn quantity(
 
 /// The whole VMI spec pipeline. `name` seeds the firmware UUID.
 pub fn default_vmi_spec(spec: &mut VirtualMachineInstanceSpec, name: &str, cfg: &DefaultsConfig) {
-    spec.architecture
-        .get_or_insert_with(|| cfg.architecture.clone());
-    default_machine_type(&mut spec.domain, cfg);
+    if spec.architecture.as_deref().unwrap_or("").is_empty() {
+        spec.architecture = Some(cfg.architecture.clone());
+    }
+    default_machine_type(&mut spec.domain, spec.architecture.as_deref(), cfg);
 
     // Resource requests: a CPU limit without a request implies the request.
     if let Some(res) = spec.domain.resources.as_mut() {
@@ -198,8 +208,13 @@ pub fn default_vmi_spec(spec: &mut VirtualMachineInstanceSpec, name: &str, cfg: 
 
     default_network_interface(spec, cfg);
     default_volume_disks(spec);
-    default_devices(&mut spec.domain.devices, cfg);
+    let arch = spec.architecture.as_deref().and_then(Arch::parse);
+    default_devices(&mut spec.domain.devices, arch);
     default_features(&mut spec.domain);
+    // KubeVirt's `setDefaultCPUArch`, after the spec defaults.
+    if arch == Some(Arch::Arm64) {
+        crate::arch::set_arm64_defaults(spec);
+    }
 
     let fw = spec.domain.firmware.get_or_insert_with(Firmware::default);
     if fw.uuid.as_deref().unwrap_or("").is_empty() {
@@ -261,9 +276,9 @@ fn default_volume_disks(spec: &mut VirtualMachineInstanceSpec) {
     }
 }
 
-fn default_devices(devices: &mut Devices, cfg: &DefaultsConfig) {
+fn default_devices(devices: &mut Devices, arch: Option<Arch>) {
     // sata on amd64 (works without guest drivers); virtio on arm64 where QEMU has no sata.
-    let bus = if cfg.architecture == "arm64" {
+    let bus = if arch == Some(Arch::Arm64) {
         "virtio"
     } else {
         "sata"

@@ -13,6 +13,7 @@ pub use generated::*;
 
 pub mod admission;
 pub mod admitters;
+pub mod arch;
 pub mod cdi;
 pub mod core_kinds;
 pub mod crd;

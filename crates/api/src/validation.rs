@@ -6,6 +6,7 @@
 //! datavolume-validate.go), so a user who greps for a KubeVirt error finds ours too. Rules of
 //! our own (the microvm profile) say what to change.
 
+use crate::arch::Arch;
 use crate::field::{FieldError, Path};
 use crate::names;
 use crate::quantity::Quantity;
@@ -331,14 +332,35 @@ pub fn validate_vmi_spec(
         .and_then(|m| m.r#type.as_deref())
         .unwrap_or("");
 
-    if !machine.is_empty()
-        && machine != MICROVM
-        && !machine.starts_with("q35")
-        && !machine.starts_with("pc-q35")
-    {
+    // An unset architecture is the cluster default's (amd64 here); anything else must be one
+    // this implementation runs: it picks the emulator binary and the machine.
+    let arch_value = spec.architecture.as_deref().unwrap_or("");
+    let arch = if arch_value.is_empty() {
+        Some(Arch::Amd64)
+    } else {
+        Arch::parse(arch_value)
+    };
+    // (An unknown one is refused at spec.architecture by `vmi_create::validate_arch`.)
+    let allowed = match arch {
+        Some(Arch::Amd64)
+            if !machine.is_empty()
+                && machine != MICROVM
+                && !machine.starts_with("q35")
+                && !machine.starts_with("pc-q35") =>
+        {
+            Some(format!("q35* pc-q35* {MICROVM}"))
+        }
+        Some(Arch::Arm64) if !machine.is_empty() && !machine.starts_with("virt") => {
+            Some("virt*".to_string())
+        }
+        _ => None,
+    };
+    if let Some(allowed) = allowed {
         errs.push(FieldError::invalid(
             domain.child("machine").child("type"),
-            format!("{domain}.machine.type is not supported: {machine} (allowed values: [q35* pc-q35* {MICROVM}])"),
+            format!(
+                "{domain}.machine.type is not supported: {machine} (allowed values: [{allowed}])"
+            ),
         ));
     }
 

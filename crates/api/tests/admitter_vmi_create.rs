@@ -918,9 +918,14 @@ fn devices() {
             Reject("spec.domain.rebootPolicy", "RebootPolicy is specified but the RebootPolicy feature gate is not enabled")
         ),
         case!(
-            "arm64 architecture",
-            |v| set(v, "/spec/architecture", json!("arm64")),
-            Reject("spec.architecture", "architecture arm64 is not supported by kubevirt-rs")
+            "s390x architecture",
+            |v| set(v, "/spec/architecture", json!("s390x")),
+            Reject("spec.architecture", "architecture s390x is not supported by kubevirt-rs")
+        ),
+        case!(
+            "architecture with a shell metacharacter (hostile)",
+            |v| set(v, "/spec/architecture", json!("arm64;reboot")),
+            Reject("spec.architecture", "unsupported architecture: arm64;reboot")
         ),
         case!(
             "unknown architecture",
@@ -1052,6 +1057,213 @@ fn firmware_acpi_kernel_boot_and_launch_security() {
             Reject("spec.launchSecurity", "not supported by kubevirt-rs")
         ),
     ]);
+}
+
+fn arm64(v: &mut Value) {
+    set(v, "/spec/architecture", json!("arm64"));
+}
+
+/// KubeVirt's arm64 rules (pkg/virt-api/webhooks/arm64.go): UEFI only, virtio/scsi disk buses,
+/// host-passthrough only, no watchdog or sound, virtio/ramfb video, `virt*` machines.
+#[test]
+fn arm64_rejections() {
+    run(&[
+        case!("arm64 base", arm64, Accept),
+        case!(
+            "arm64 virt-9.2",
+            |v| {
+                arm64(v);
+                set(v, "/spec/domain/machine", json!({"type": "virt-9.2"}))
+            },
+            Accept
+        ),
+        case!(
+            "arm64 q35",
+            |v| {
+                arm64(v);
+                set(v, "/spec/domain/machine", json!({"type": "q35"}))
+            },
+            Reject(
+                "spec.domain.machine.type",
+                "spec.domain.machine.type is not supported: q35 (allowed values: [virt*])"
+            )
+        ),
+        case!(
+            "arm64 microvm",
+            |v| {
+                arm64(v);
+                set(v, "/spec/domain/machine", json!({"type": "microvm"}))
+            },
+            Reject(
+                "spec.domain.machine.type",
+                "spec.domain.machine.type is not supported: microvm"
+            )
+        ),
+        case!(
+            "arm64 virt on amd64",
+            |v| set(v, "/spec/domain/machine", json!({"type": "virt"})),
+            Reject(
+                "spec.domain.machine.type",
+                "spec.domain.machine.type is not supported: virt"
+            )
+        ),
+        case!(
+            "arm64 bios",
+            |v| {
+                arm64(v);
+                set(
+                    v,
+                    "/spec/domain/firmware",
+                    json!({"bootloader": {"bios": {}}}),
+                )
+            },
+            Reject(
+                "spec.domain.firmware.bootloader.bios",
+                "Arm64 does not support bios boot, please change to uefi boot"
+            )
+        ),
+        case!(
+            "arm64 sata disk",
+            |v| {
+                arm64(v);
+                set(v, "/spec/domain/devices/disks/0/disk/bus", json!("sata"))
+            },
+            Reject(
+                "spec.domain.devices.disks[0].disk.bus",
+                "Arm64 not support this disk bus type, please use virtio or scsi"
+            )
+        ),
+        case!(
+            "arm64 sata cdrom",
+            |v| {
+                arm64(v);
+                set(
+                    v,
+                    "/spec/domain/devices/disks/1",
+                    json!({"name": "cloudinit", "cdrom": {"bus": "sata"}}),
+                )
+            },
+            Reject(
+                "spec.domain.devices.disks[1].cdrom.bus",
+                "Arm64 not support this disk bus type, please use virtio or scsi"
+            )
+        ),
+        case!(
+            "arm64 scsi disk",
+            |v| {
+                arm64(v);
+                set(v, "/spec/domain/devices/disks/0/disk/bus", json!("scsi"))
+            },
+            Accept
+        ),
+        case!(
+            "arm64 named CPU model",
+            |v| {
+                arm64(v);
+                set(v, "/spec/domain/cpu", json!({"model": "cortex-a57"}))
+            },
+            Reject(
+                "spec.domain.cpu.model",
+                "currently, host-passthrough is the only model supported on Arm64"
+            )
+        ),
+        case!(
+            "arm64 watchdog",
+            |v| {
+                arm64(v);
+                set(
+                    v,
+                    "/spec/domain/devices/watchdog",
+                    json!({"name": "w", "i6300esb": {}}),
+                )
+            },
+            Reject(
+                "spec.domain.devices.watchdog",
+                "Arm64 not support Watchdog device"
+            )
+        ),
+        case!(
+            "arm64 sound",
+            |v| {
+                arm64(v);
+                set(v, "/spec/domain/devices/sound", json!({"name": "s"}))
+            },
+            Reject(
+                "spec.domain.devices.sound",
+                "Arm64 not support sound device"
+            )
+        ),
+        case!(
+            "arm64 vga",
+            |v| {
+                arm64(v);
+                set(v, "/spec/domain/devices/video", json!({"type": "vga"}))
+            },
+            Reject(
+                "spec.domain.devices.video.type",
+                "video model 'vga' is not supported on arm64 architecture"
+            )
+        ),
+    ]);
+}
+
+/// KubeVirt's `SetArm64Defaults`: machine `virt`, host-passthrough, UEFI without Secure Boot,
+/// virtio buses where the user named none.
+#[test]
+fn arm64_defaults() {
+    let c = case!(
+        "arm64 defaults",
+        |v| {
+            arm64(v);
+            set(v, "/spec/domain/devices/disks/0", json!({"name": "root"}));
+            set(
+                v,
+                "/spec/domain/devices/disks/1",
+                json!({"name": "cloudinit", "cdrom": {"bus": "scsi"}}),
+            );
+        },
+        Accept
+    );
+    let got = c.run().expect("admitted");
+    let d = &got["spec"]["domain"];
+    assert_eq!(d["machine"]["type"], "virt", "{d}");
+    assert_eq!(d["cpu"]["model"], "host-passthrough", "{d}");
+    assert_eq!(
+        d["firmware"]["bootloader"]["efi"]["secureBoot"], false,
+        "{d}"
+    );
+    assert!(d["firmware"]["bootloader"].get("bios").is_none(), "{d}");
+    assert_eq!(d["devices"]["disks"][0]["disk"]["bus"], "virtio", "{d}");
+    assert_eq!(d["devices"]["disks"][1]["cdrom"]["bus"], "scsi", "{d}");
+    // As in KubeVirt v1.9, a CD-ROM without a bus gets virtio on arm64, which the disk rules
+    // then refuse: an arm64 CD-ROM names its bus (scsi).
+    run(&[case!(
+        "arm64 cdrom without a bus",
+        |v| {
+            arm64(v);
+            set(
+                v,
+                "/spec/domain/devices/disks/1",
+                json!({"name": "cloudinit", "cdrom": {}}),
+            );
+        },
+        Reject(
+            "spec.domain.devices.disks[1].cdrom.bus",
+            "Bus type virtio is invalid for CD-ROM device"
+        )
+    )]);
+    // amd64 keeps its defaults.
+    let amd = case!(
+        "amd64 defaults",
+        |v| set(v, "/spec/domain/devices/disks/0", json!({"name": "root"})),
+        Accept
+    )
+    .run()
+    .expect("admitted");
+    let d = &amd["spec"]["domain"];
+    assert_eq!(d["machine"]["type"], "q35", "{d}");
+    assert_eq!(d["devices"]["disks"][0]["disk"]["bus"], "sata", "{d}");
+    assert!(d["firmware"].get("bootloader").is_none(), "{d}");
 }
 
 #[test]

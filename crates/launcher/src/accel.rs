@@ -97,6 +97,26 @@ pub fn choose(allow_emulation: bool) -> Result<AccelChoice, AccelError> {
     choose_with(&HostProbe::default(), allow_emulation)
 }
 
+/// The accelerator for a guest of architecture `guest` (`None`: unknown, the machine spec
+/// refuses it later): a guest of another architecture than the host's always runs under TCG
+/// (KVM runs only the host's own instruction set).
+pub fn choose_for(
+    guest: Option<kubevirt_api::arch::Arch>,
+    allow_emulation: bool,
+) -> Result<AccelChoice, AccelError> {
+    let host = kubevirt_api::arch::Arch::host();
+    match guest {
+        Some(g) if host != Some(g) => Ok(AccelChoice {
+            accelerator: Accelerator::Tcg,
+            reason: format!(
+                "software emulation (TCG): the guest is {g}, this host is {}",
+                std::env::consts::ARCH
+            ),
+        }),
+        _ => choose(allow_emulation),
+    }
+}
+
 pub fn choose_with(probe: &HostProbe, allow_emulation: bool) -> Result<AccelChoice, AccelError> {
     match kvm_unusable(probe) {
         None => Ok(AccelChoice {

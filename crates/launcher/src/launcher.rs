@@ -527,8 +527,19 @@ impl Vm {
             path: dir.clone(),
             source,
         })?;
-        let choice: AccelChoice = accel::choose(opts.allow_emulation)?;
+        let guest_arch = vmi
+            .spec
+            .architecture
+            .as_deref()
+            .filter(|a| !a.is_empty())
+            .or(opts.defaults.as_ref().map(|d| d.architecture.as_str()))
+            .map_or(
+                Some(crate::machine::Arch::Amd64),
+                crate::machine::Arch::parse,
+            );
+        let choice: AccelChoice = accel::choose_for(guest_arch, opts.allow_emulation)?;
         let spec = machine_spec(vmi, opts, choice.accelerator)?;
+        let binary = qemu::binary(spec.arch, &opts.qemu_binary).to_string();
         if spec.accelerator == accel::Accelerator::Kvm {
             opts.qemu_user.check_kvm().map_err(VolumeError::from)?;
         }
@@ -595,9 +606,9 @@ impl Vm {
         })?;
         let _ = std::fs::write(
             VmiDir::unchecked(dir).qemu_cmdline(),
-            format!("{} {}\n", opts.qemu_binary, argv.join(" ")),
+            format!("{binary} {}\n", argv.join(" ")),
         );
-        let mut cmd = tokio::process::Command::new(&opts.qemu_binary);
+        let mut cmd = tokio::process::Command::new(&binary);
         cmd.args(&argv)
             .stdin(std::process::Stdio::null())
             .stdout(log)
@@ -643,7 +654,7 @@ impl Vm {
             "starting QEMU"
         );
         let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
-            binary: opts.qemu_binary.clone(),
+            binary: binary.clone(),
             source,
         })?;
         // QEMU holds the taps now; ours close.

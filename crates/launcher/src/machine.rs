@@ -11,6 +11,7 @@
 
 use crate::accel::Accelerator;
 use crate::cloudinit::CloudInitData;
+pub use kubevirt_api::arch::Arch;
 use kubevirt_api::defaults::{default_vmi, DefaultsConfig};
 use kubevirt_api::quantity::Quantity;
 use kubevirt_api::VirtualMachineInstance;
@@ -24,8 +25,16 @@ use std::path::{Path, PathBuf};
 /// [`SpecError::field`] gives that path alone.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
-    #[error("spec.domain.machine.type: machine type {machine_type} is not supported: use q35 or microvm")]
-    MachineType { machine_type: String },
+    #[error(
+        "spec.domain.machine.type: machine type {machine_type} is not supported: use {allowed}"
+    )]
+    MachineType {
+        machine_type: String,
+        allowed: &'static str,
+    },
+    /// `spec.architecture` picks the emulator: only the ones this launcher runs.
+    #[error("spec.architecture: unsupported architecture: {value:?}: this launcher runs amd64 and arm64 guests")]
+    Architecture { value: String },
     #[error(transparent)]
     Cpu(#[from] CpuError),
     #[error(transparent)]
@@ -43,6 +52,7 @@ impl SpecError {
     pub fn field(&self) -> &str {
         match self {
             SpecError::MachineType { .. } => "spec.domain.machine.type",
+            SpecError::Architecture { .. } => "spec.architecture",
             SpecError::Cpu(e) => e.field(),
             SpecError::Disk(e) => e.field(),
             SpecError::Firmware(e) => e.field(),
@@ -133,6 +143,8 @@ pub struct Environment {
     pub host_port_address: String,
     /// Directory of the OVMF images (Debian `ovmf`).
     pub ovmf_dir: PathBuf,
+    /// arm64 UEFI (Debian's `qemu-efi-aarch64`: AAVMF_CODE.fd, AAVMF_VARS.fd).
+    pub aavmf_dir: PathBuf,
     pub defaults: DefaultsConfig,
     /// hugetlbfs mounts by page size in bytes (`/proc/mounts`); guest RAM on hugepages of a
     /// size with no mount is refused.
@@ -202,6 +214,7 @@ impl Environment {
             host_ports: HostPorts::Ephemeral,
             host_port_address: "127.0.0.1".into(),
             ovmf_dir: PathBuf::from("/usr/share/OVMF"),
+            aavmf_dir: PathBuf::from("/usr/share/AAVMF"),
             defaults: DefaultsConfig {
                 default_network_interface: kubevirt_api::defaults::DefaultBinding::Masquerade,
                 ..DefaultsConfig::default()
@@ -293,6 +306,9 @@ pub enum Profile {
     Q35,
     /// Firecracker-like minimal machine: virtio-mmio only, no PCI, no firmware, kernel boot.
     Microvm,
+    /// QEMU's arm `virt` machine (KubeVirt's arm64 default): PCIe, GICv3, a PL011 UART, UEFI
+    /// (AAVMF) or a kernel loaded directly; no ISA devices, no SATA.
+    Virt,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -610,6 +626,8 @@ pub struct MachineSpec {
     /// `namespace/name` of the VMI, for logs and the QEMU process name.
     pub vmi: String,
     pub uid: Option<String>,
+    /// The guest's architecture (`spec.architecture`): which `qemu-system-*` runs it.
+    pub arch: Arch,
     pub profile: Profile,
     pub accelerator: Accelerator,
     pub cpu: CpuSpec,
@@ -735,6 +753,7 @@ struct Ctx<'a> {
     name: &'a str,
     namespace: &'a str,
     microvm: bool,
+    profile: Profile,
 }
 
 impl MachineSpec {
@@ -755,22 +774,49 @@ impl MachineSpec {
         let spec = &vmi.spec;
         let domain = &spec.domain;
 
-        // Machine profile.
+        // Architecture (defaulting filled it in), then the machine profile.
+        let arch_value = spec.architecture.as_deref().unwrap_or("");
+        let Some(arch) = Arch::parse(arch_value) else {
+            return Err(SpecError::Architecture {
+                value: arch_value.into(),
+            });
+        };
         let machine_type = domain
             .machine
             .as_ref()
             .and_then(|m| m.r#type.clone())
-            .unwrap_or_else(|| "q35".into());
-        let profile = match machine_type.as_str() {
-            "microvm" => Profile::Microvm,
-            t if t == "q35" || t.starts_with("pc-q35") => Profile::Q35,
-            t => {
+            .unwrap_or_else(|| arch.default_machine_type().into());
+        let profile = match (arch, machine_type.as_str()) {
+            (Arch::Amd64, "microvm") => Profile::Microvm,
+            (Arch::Amd64, t) if t == "q35" || t.starts_with("pc-q35") => Profile::Q35,
+            (Arch::Arm64, t) if t == "virt" || t.starts_with("virt-") => Profile::Virt,
+            (a, t) => {
                 return Err(SpecError::MachineType {
                     machine_type: t.into(),
+                    allowed: match a {
+                        Arch::Amd64 => "q35 or microvm",
+                        Arch::Arm64 => "virt (arm64)",
+                    },
                 })
             }
         };
         let microvm = profile == Profile::Microvm;
+        // A guest of another architecture than the host's is emulated, whatever KVM can do.
+        let accelerator = if Arch::host() == Some(arch) {
+            env.accelerator
+        } else {
+            Accelerator::Tcg
+        };
+        let env_foreign;
+        let env = if accelerator == env.accelerator {
+            env
+        } else {
+            env_foreign = Environment {
+                accelerator,
+                ..env.clone()
+            };
+            &env_foreign
+        };
 
         let ctx = Ctx {
             vmi: &vmi,
@@ -778,6 +824,7 @@ impl MachineSpec {
             name: &name,
             namespace: &namespace,
             microvm,
+            profile,
         };
         let (cpu, memory) = cpu::cpu_and_memory(&ctx)?;
         let disks = disks::disks(&ctx)?;
@@ -796,6 +843,7 @@ impl MachineSpec {
         Ok(MachineSpec {
             vmi: format!("{namespace}/{name}"),
             uid: vmi.metadata.uid.clone(),
+            arch,
             profile,
             accelerator: env.accelerator,
             cpu,
@@ -1067,7 +1115,8 @@ spec:
         assert_eq!(
             err,
             SpecError::MachineType {
-                machine_type: "pc-i440fx-2.0,x=y".into()
+                machine_type: "pc-i440fx-2.0,x=y".into(),
+                allowed: "q35 or microvm",
             }
         );
         assert_eq!(err.field(), "spec.domain.machine.type");

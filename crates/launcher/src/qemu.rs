@@ -1,4 +1,5 @@
-//! The QEMU backend: `MachineSpec` → `qemu-system-x86_64` argv, for the q35 and microvm profiles.
+//! The QEMU backend: `MachineSpec` → `qemu-system-x86_64` argv for the q35 and microvm
+//! profiles, `qemu-system-aarch64` argv for arm64's `virt` ([`binary`]).
 //!
 //! Every machine starts paused (`-S`) with no default devices, QEMU's seccomp sandbox and a QMP
 //! socket; the launcher continues it over QMP once it is attached. `-no-shutdown` keeps QEMU
@@ -16,9 +17,20 @@ pub mod disks;
 pub mod nics;
 pub mod opts;
 
-use crate::machine::MachineSpec;
+use crate::machine::{Arch, MachineSpec};
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+/// arm64 guests (Debian's `qemu-system-arm` package).
+pub const QEMU_BINARY_AARCH64: &str = "qemu-system-aarch64";
+
+/// The emulator of a guest architecture; `x86_64` is the launcher's `--qemu` (default
+/// [`QEMU_BINARY`]), which stays overridable for tests and benchmarks.
+pub fn binary(arch: Arch, x86_64: &str) -> &str {
+    match arch {
+        Arch::Amd64 => x86_64,
+        Arch::Arm64 => QEMU_BINARY_AARCH64,
+    }
+}
 
 /// A machine property QEMU's argv cannot carry safely; names the device family and the value.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +84,7 @@ pub(crate) fn test_spec() -> MachineSpec {
     MachineSpec {
         vmi: "ns/t".into(),
         uid: None,
+        arch: Arch::Amd64,
         profile: Profile::Q35,
         accelerator: Accelerator::Tcg,
         cpu: CpuSpec {

@@ -140,3 +140,85 @@ fn specs_the_backend_cannot_honour_name_the_field() {
         assert_eq!(err.to_string(), want);
     }
 }
+
+/// `spec.architecture` picks the emulator: a value the launcher does not run is refused at
+/// that field (even when admission was bypassed), and arm64's own limits name their field.
+#[test]
+fn architectures_the_launcher_cannot_run_or_arm64_cannot_do_name_the_field() {
+    let cases = [
+        (
+            "architecture: s390x",
+            "",
+            "spec.architecture: unsupported architecture: \"s390x\": this launcher runs amd64 and arm64 guests",
+        ),
+        (
+            "architecture: \"arm64,accel=kvm\"",
+            "",
+            "spec.architecture: unsupported architecture: \"arm64,accel=kvm\": this launcher runs amd64 and arm64 guests",
+        ),
+        (
+            "architecture: arm64",
+            "machine: {type: q35}",
+            "spec.domain.machine.type: machine type q35 is not supported: use virt (arm64)",
+        ),
+        (
+            "architecture: amd64",
+            "machine: {type: virt}",
+            "spec.domain.machine.type: machine type virt is not supported: use q35 or microvm",
+        ),
+        (
+            "architecture: arm64",
+            "firmware: {bootloader: {bios: {}}}",
+            "spec.domain.firmware.bootloader.bios: Arm64 does not support bios boot, please change to uefi boot",
+        ),
+        (
+            "architecture: arm64",
+            "devices:\n      disks: [{name: d, disk: {bus: sata}}]",
+            "spec.domain.devices.disks[0].disk.bus: Arm64 not support this disk bus type, please use virtio or scsi",
+        ),
+        (
+            "architecture: arm64",
+            "cpu: {model: cortex-a72}",
+            "spec.domain.cpu.model: currently, host-passthrough is the only model supported on Arm64, not \"cortex-a72\"",
+        ),
+        (
+            "architecture: arm64",
+            "devices:\n      watchdog: {name: w, i6300esb: {}}",
+            "spec.domain.devices.watchdog: Arm64 not support Watchdog device",
+        ),
+    ];
+    for (arch, domain, want) in cases {
+        let yaml = format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: x}}\nspec:\n  {arch}\n  domain:\n    memory: {{guest: 64Mi}}\n    {domain}\n  networks: [{{name: default, pod: {{}}}}]\n{}",
+            if domain.contains("disks") {
+                "  volumes: [{name: d, emptyDisk: {capacity: 1Gi}}]\n"
+            } else {
+                ""
+            }
+        );
+        let vmi = parse_vmi(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        let err = MachineSpec::from_vmi(&vmi, &env()).unwrap_err();
+        assert_eq!(err.to_string(), want, "{yaml}");
+    }
+}
+
+/// An arm64 guest runs `qemu-system-aarch64` under TCG on any other host, whatever KVM can do.
+#[test]
+fn an_arm64_guest_is_emulated_by_qemu_system_aarch64() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let text = std::fs::read_to_string(dir.join("arm64.yaml")).unwrap();
+    let vmi = parse_vmi(&text).unwrap();
+    let mut env = env();
+    env.accelerator = Accelerator::Kvm;
+    let spec = MachineSpec::from_vmi(&vmi, &env).unwrap();
+    assert_eq!(
+        qemu::binary(spec.arch, qemu::QEMU_BINARY),
+        "qemu-system-aarch64"
+    );
+    let want = if std::env::consts::ARCH == "aarch64" {
+        Accelerator::Kvm
+    } else {
+        Accelerator::Tcg
+    };
+    assert_eq!(spec.accelerator, want);
+}

@@ -1038,7 +1038,7 @@ fn validate_hyperv(spec: &VirtualMachineInstanceSpec, root: &Path, errs: &mut Ve
     }
 }
 
-/// `ValidateVirtualMachineInstancePerArch`. We emulate amd64 guests only.
+/// `ValidateVirtualMachineInstancePerArch`. We run amd64 and arm64 guests (`crate::arch`).
 fn validate_arch(spec: &VirtualMachineInstanceSpec, root: &Path, errs: &mut Vec<FieldError>) {
     // Defaulting sets the architecture; an unset one is the default, amd64.
     let arch = spec.architecture.as_deref().unwrap_or("amd64");
@@ -1064,13 +1064,14 @@ fn validate_arch(spec: &VirtualMachineInstanceSpec, root: &Path, errs: &mut Vec<
                 }
             }
         }
-        "arm64" | "s390x" => errs.push(FieldError::invalid(
+        "arm64" => crate::arch::validate_arm64(spec, root, errs),
+        "s390x" => errs.push(FieldError::invalid(
             root.child("architecture"),
-            format!("architecture {arch} is not supported by kubevirt-rs, which runs amd64 guests only: use amd64"),
+            format!("architecture {arch} is not supported by kubevirt-rs, which runs amd64 and arm64 guests only: use amd64 or arm64"),
         )),
         _ => errs.push(FieldError::invalid(
             root.child("architecture"),
-            format!("unsupported architecture: {arch}"),
+            crate::arch::unsupported_message(arch),
         )),
     }
 }

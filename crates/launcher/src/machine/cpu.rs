@@ -11,6 +11,8 @@ pub enum CpuError {
     UnknownModel { model: String },
     #[error("spec.domain.cpu.model: machine type microvm under emulation needs CPU model max (the kernel hangs calibrating the TSC otherwise), not {model}")]
     MicrovmNeedsMax { model: String },
+    #[error("spec.domain.cpu.model: currently, host-passthrough is the only model supported on Arm64, not {model:?}")]
+    Arm64Model { model: String },
     /// `field` is `spec.domain.cpu.features[i].policy`.
     #[error("{field}: unknown policy {policy}")]
     FeaturePolicy { field: String, policy: String },
@@ -52,7 +54,8 @@ impl CpuError {
         match self {
             CpuError::ModelName { .. }
             | CpuError::UnknownModel { .. }
-            | CpuError::MicrovmNeedsMax { .. } => "spec.domain.cpu.model",
+            | CpuError::MicrovmNeedsMax { .. }
+            | CpuError::Arm64Model { .. } => "spec.domain.cpu.model",
             CpuError::FeaturePolicy { field, .. } | CpuError::FeatureName { field, .. } => field,
             CpuError::Topology { field, .. } => field,
             CpuError::MaxSockets { .. } | CpuError::TooManyVcpus { .. } => {
@@ -85,6 +88,12 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), CpuErro
     // CPU.
     let cpu = domain.cpu.clone().unwrap_or_default();
     let requested_model = cpu.model.clone().unwrap_or_else(|| "host-model".into());
+    // KubeVirt's arm64 rule; under TCG it becomes `max` (every Armv8/v9 feature TCG emulates).
+    if ctx.profile == Profile::Virt && requested_model != "host-passthrough" {
+        return Err(CpuError::Arm64Model {
+            model: requested_model,
+        });
+    }
     let model = match (requested_model.as_str(), env.accelerator) {
         ("host-model" | "host-passthrough", Accelerator::Kvm) => "host".to_string(),
         // Under TCG there is no host CPU to copy: `max` enables everything TCG emulates.
@@ -128,8 +137,9 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), CpuErro
     let cores = positive(cpu.cores, "spec.domain.cpu.cores")?;
     let threads = positive(cpu.threads, "spec.domain.cpu.threads")?;
     let max_sockets = match cpu.max_sockets {
-        // microvm has no ACPI CPU hotplug: the machine keeps its boot topology.
-        _ if microvm => sockets,
+        // microvm and QEMU's arm virt machine (before QEMU 10) have no CPU hotplug: the
+        // machine keeps its boot topology.
+        _ if microvm || ctx.profile == Profile::Virt => sockets,
         None | Some(0) => sockets,
         Some(m) if m < i64::from(sockets) => {
             return Err(CpuError::MaxSockets {
@@ -208,13 +218,13 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), CpuErro
         }
     };
     let hotplug = match &mem.max_guest {
-        Some(q) if !microvm && hugepages.is_none() => {
+        Some(q) if !microvm && ctx.profile != Profile::Virt && hugepages.is_none() => {
             memory_hotplug(bytes, bytes_of(q, "spec.domain.memory.maxGuest")?)?
         }
         Some(_) => {
             tracing::info!(
                 vmi = %ctx.name,
-                "spec.domain.memory.maxGuest ignored: no memory hotplug on microvm or hugepages"
+                "spec.domain.memory.maxGuest ignored: no memory hotplug on microvm, arm64 or hugepages"
             );
             None
         }

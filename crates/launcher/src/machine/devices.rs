@@ -17,6 +17,8 @@ pub enum DeviceError {
     WatchdogModel,
     #[error("spec.domain.devices.watchdog.i6300esb: microvm has no PCI bus for an i6300esb")]
     MicrovmWatchdog,
+    #[error("spec.domain.devices.watchdog: Arm64 not support Watchdog device")]
+    Arm64Watchdog,
     #[error(
         "spec.domain.devices.watchdog.i6300esb.action: {action}: use reset, poweroff or shutdown"
     )]
@@ -31,7 +33,9 @@ impl DeviceError {
         match self {
             DeviceError::MicrovmGraphics => "spec.domain.devices.autoattachGraphicsDevice",
             DeviceError::MicrovmInput { field } | DeviceError::Input { field } => field,
-            DeviceError::WatchdogModel => "spec.domain.devices.watchdog",
+            DeviceError::WatchdogModel | DeviceError::Arm64Watchdog => {
+                "spec.domain.devices.watchdog"
+            }
             DeviceError::MicrovmWatchdog => "spec.domain.devices.watchdog.i6300esb",
             DeviceError::WatchdogAction { .. } => "spec.domain.devices.watchdog.i6300esb.action",
             DeviceError::StartStrategy { .. } => "spec.startStrategy",
@@ -85,6 +89,9 @@ pub(super) fn devices(ctx: &Ctx) -> Result<Devices, DeviceError> {
             };
             if microvm {
                 return Err(DeviceError::MicrovmWatchdog);
+            }
+            if ctx.profile == Profile::Virt {
+                return Err(DeviceError::Arm64Watchdog);
             }
             Some(match esb.action.as_deref().unwrap_or("reset") {
                 "reset" => WatchdogAction::Reset,

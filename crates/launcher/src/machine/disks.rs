@@ -20,6 +20,9 @@ pub enum DiskError {
     MicrovmCdrom { field: String },
     #[error("{field}: microvm supports only virtio")]
     MicrovmBus { field: String },
+    /// QEMU's arm `virt` machine has no SATA controller.
+    #[error("{field}: Arm64 not support this disk bus type, please use virtio or scsi")]
+    Arm64Bus { field: String },
     #[error("{field}: Bus type virtio is invalid for CD-ROM device")]
     VirtioCdrom { field: String },
     #[error("{field}: sata hard-disks do not support read-only (QEMU's ide-hd refuses a read-only node): use bus virtio")]
@@ -70,6 +73,7 @@ impl DiskError {
             | DiskError::Bus { field, .. }
             | DiskError::MicrovmCdrom { field }
             | DiskError::MicrovmBus { field }
+            | DiskError::Arm64Bus { field }
             | DiskError::VirtioCdrom { field }
             | DiskError::ReadonlySata { field }
             | DiskError::Cache { field, .. }
@@ -217,6 +221,9 @@ pub(super) fn disks(ctx: &Ctx) -> Result<Vec<DiskSpec>, DiskError> {
             if bus != Bus::Virtio {
                 return Err(DiskError::MicrovmBus { field: bus_field });
             }
+        }
+        if ctx.profile == Profile::Virt && bus == Bus::Sata {
+            return Err(DiskError::Arm64Bus { field: bus_field });
         }
         if device == DiskDevice::Cdrom && bus == Bus::Virtio {
             return Err(DiskError::VirtioCdrom { field: bus_field });

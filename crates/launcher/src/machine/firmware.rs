@@ -15,6 +15,8 @@ pub enum FirmwareError {
     MicrovmNeedsKernelBoot,
     #[error("spec.domain.firmware.bootloader.efi: microvm has no EFI firmware")]
     MicrovmEfi,
+    #[error("spec.domain.firmware.bootloader.bios: Arm64 does not support bios boot, please change to uefi boot")]
+    Arm64Bios,
     #[error("spec.domain.features.smm: EFI SecureBoot requires SMM, which is disabled")]
     SecureBootWithoutSmm,
     /// KubeVirt's (and libvirt's) serial rule; the serial becomes QEMU's SMBIOS type 1 serial.
@@ -35,6 +37,7 @@ impl FirmwareError {
             FirmwareError::NoKernelPath => "spec.domain.firmware.kernelBoot.container.kernelPath",
             FirmwareError::MicrovmNeedsKernelBoot => "spec.domain.firmware.kernelBoot",
             FirmwareError::MicrovmEfi => "spec.domain.firmware.bootloader.efi",
+            FirmwareError::Arm64Bios => "spec.domain.firmware.bootloader.bios",
             FirmwareError::SecureBootWithoutSmm => "spec.domain.features.smm",
             FirmwareError::Serial { .. } => "spec.domain.firmware.serial",
             FirmwareError::Uuid { .. } => "spec.domain.firmware.uuid",
@@ -82,17 +85,26 @@ pub(super) fn firmware(ctx: &Ctx) -> Result<FirmwareParts, FirmwareError> {
         return Err(FirmwareError::MicrovmNeedsKernelBoot);
     } else if let Some(efi) = &efi {
         let secure_boot = efi.secure_boot.unwrap_or(true);
-        let (code, vars) = if secure_boot {
-            ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")
-        } else {
-            ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")
+        // Debian's ovmf (x86_64) and qemu-efi-aarch64 (AAVMF: its `.ms` variable store has
+        // Secure Boot on with Microsoft's keys; arm needs no SMM for it).
+        let (dir, code, vars) = match (ctx.profile, secure_boot) {
+            (Profile::Virt, true) => (&env.aavmf_dir, "AAVMF_CODE.ms.fd", "AAVMF_VARS.ms.fd"),
+            (Profile::Virt, false) => (&env.aavmf_dir, "AAVMF_CODE.fd", "AAVMF_VARS.fd"),
+            (_, true) => (
+                &env.ovmf_dir,
+                "OVMF_CODE_4M.secboot.fd",
+                "OVMF_VARS_4M.ms.fd",
+            ),
+            (_, false) => (&env.ovmf_dir, "OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
         };
         Firmware::Efi {
-            code: env.ovmf_dir.join(code),
-            vars_template: env.ovmf_dir.join(vars),
+            code: dir.join(code),
+            vars_template: dir.join(vars),
             vars: crate::api::VmiDir::unchecked(&env.dir).ovmf_vars(),
             secure_boot,
         }
+    } else if ctx.profile == Profile::Virt {
+        return Err(FirmwareError::Arm64Bios);
     } else {
         Firmware::Bios
     };
@@ -104,13 +116,15 @@ pub(super) fn firmware(ctx: &Ctx) -> Result<FirmwareParts, FirmwareError> {
         .as_ref()
         .and_then(|f| f.acpi.as_ref())
         .is_none_or(|a| a.enabled != Some(false));
-    if matches!(
-        firmware,
-        Firmware::Efi {
-            secure_boot: true,
-            ..
-        }
-    ) {
+    if ctx.profile != Profile::Virt
+        && matches!(
+            firmware,
+            Firmware::Efi {
+                secure_boot: true,
+                ..
+            }
+        )
+    {
         let smm_off = domain
             .features
             .as_ref()

@@ -2,7 +2,7 @@
 
 use super::cpu::push;
 use super::opts::{self, Opts, OptsError};
-use crate::machine::{Firmware, MachineSpec};
+use crate::machine::{Firmware, MachineSpec, Profile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -44,7 +44,8 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), BootError> 
                     .build()
                     .map_err(BootError::Efi)?,
             );
-            if *secure_boot {
+            // The x86 variable store is SMM-protected; arm's `virt` has no SMM.
+            if *secure_boot && spec.profile == Profile::Q35 {
                 push(
                     a,
                     "-global",

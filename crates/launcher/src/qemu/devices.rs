@@ -84,10 +84,16 @@ pub fn render_console(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), Dev
         push(a, "-serial", "chardev:serial0".into());
     }
     if spec.vnc {
+        // arm64 has no VGA: KubeVirt gives it virtio-gpu.
+        let video = if spec.profile == Profile::Virt {
+            "virtio-gpu-pci"
+        } else {
+            "VGA"
+        };
         push(
             a,
             "-device",
-            fixed(Opts::new("VGA").set("id", "video0"), "VGA")?,
+            fixed(Opts::new(video).set("id", "video0"), "video")?,
         );
         // `vnc=` is the implied key of -vnc; the value after `unix:` is the socket path.
         let sock = spec.qemu_vnc_socket();

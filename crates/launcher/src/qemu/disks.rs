@@ -26,8 +26,9 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DiskError> 
     } else {
         "pci"
     };
-    // KubeVirt always gives a q35 machine its SCSI controller: volumes are hotplugged there.
-    if spec.profile == Profile::Q35 || spec.disks.iter().any(|d| d.bus == Bus::Scsi) {
+    // KubeVirt always gives a PCI machine (q35, arm virt) its SCSI controller: volumes are
+    // hotplugged there.
+    if spec.profile != Profile::Microvm || spec.disks.iter().any(|d| d.bus == Bus::Scsi) {
         push(
             a,
             "-device",
