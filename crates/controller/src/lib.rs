@@ -15,6 +15,8 @@
 //! - [`instancetype`][]: instancetype/preference expansion (pure).
 //! - [`launcher_pod`][]: the VMI's launcher Pod records (what `kubectl drain` evicts).
 //! - [`evacuation`][]: a VirtualMachineInstanceMigration for each VMI an eviction marked.
+//! - [`snapshot`][], [`restore`][]: VirtualMachineSnapshot (offline: content + one CSI
+//!   VolumeSnapshot per claim) and VirtualMachineRestore (onto the stopped source VM).
 //! - [`endpoints`][]: kube's endpoints and endpointslice controllers, over the launcher
 //!   Pods: Services that select VMIs' labels get their addresses.
 //!
@@ -30,7 +32,9 @@ pub mod migration_policy;
 pub mod node;
 pub mod pool;
 pub mod replicaset;
+pub mod restore;
 pub mod scheduler;
+pub mod snapshot;
 pub mod vm;
 pub mod vmi;
 
@@ -272,8 +276,30 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     )
     .run(evacuation::reconcile, evacuation::error_policy, ctx.clone())
     .for_each(|_| async {});
+    let snapshot_ctl = Controller::new(
+        Api::<kubevirt_api::VirtualMachineSnapshot>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .run(snapshot::reconcile, snapshot::error_policy, ctx.clone())
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "snapshot controller");
+        }
+    });
+    let restore_ctl = Controller::new(
+        Api::<kubevirt_api::VirtualMachineRestore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .run(restore::reconcile, restore::error_policy, ctx.clone())
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "restore controller");
+        }
+    });
     futures::join!(
         vm_ctl,
+        snapshot_ctl,
+        restore_ctl,
         vmi_ctl,
         mig_ctl,
         rs_ctl,

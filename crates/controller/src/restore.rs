@@ -1,0 +1,549 @@
+//! VirtualMachineRestore (`snapshot.kubevirt.io/v1beta1`): KubeVirt's
+//! pkg/storage/snapshot/restore.go, for a restore onto the snapshot's own VM while it is
+//! stopped.
+//!
+//! For each `volumeBackup` of the snapshot's content a claim `restore-<restore uid>-<volume>`
+//! is created whose `dataSource` is the backup's VolumeSnapshot (the local-path provisioner
+//! fills it with the snapshot's data), owned by the VM (KubeVirt's default
+//! `volumeOwnershipPolicy: Vm`). The VM's spec is then replaced by the one kept in the content,
+//! with every restored volume pointing to its new claim (a DataVolume volume becomes a
+//! `persistentVolumeClaim` volume and its `dataVolumeTemplate` is dropped), its run strategy
+//! kept. A running target waits (KubeVirt's `WaitGracePeriod`: 5 minutes, then an error).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, TypedLocalObjectReference,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use kubevirt_api::{
+    PersistentVolumeClaimVolumeSource, SnapshotCondition, VirtualMachine, VirtualMachineInstance,
+    VirtualMachineRestore, VirtualMachineSnapshot, VirtualMachineSnapshotContent,
+    VirtualMachineSpec, VolumeBackup, VolumeRestore,
+};
+use serde_json::json;
+
+use crate::snapshot::{set_condition, set_finalizer, PHASE_FAILED};
+use crate::{Context, Error};
+
+/// KubeVirt's `vmRestoreFinalizer`.
+pub const RESTORE_FINALIZER: &str = "snapshot.kubevirt.io/vmrestore-protection";
+/// KubeVirt's `RestoreNameAnnotation`, on the restored claims.
+pub const RESTORE_NAME_ANNOTATION: &str = "restore.kubevirt.io/name";
+/// KubeVirt's `lastRestoreAnnotation`, on the VM once its spec is restored.
+pub const LAST_RESTORE_ANNOTATION: &str = "restore.kubevirt.io/lastRestoreUID";
+/// KubeVirt's `errorRestoreToExistingTarget`.
+pub const ERROR_RESTORE_TO_EXISTING_TARGET: &str =
+    "restore source and restore target are different but restore target already exists";
+/// KubeVirt's `waitGracePeriodMessage`.
+pub const WAIT_GRACE_PERIOD_MESSAGE: &str = "Waiting for target VM to be powered off. Please stop the restore target to proceed with restore, or the operation will fail after 5m0s";
+/// KubeVirt's `restoreGracePeriodExceededError`.
+pub const GRACE_PERIOD_EXCEEDED: &str = "Restore target failed to be ready within 5m0s. Please power off the target VM before attempting restore";
+/// KubeVirt's `snapshotv1.DefaultGracePeriod`.
+pub const GRACE_PERIOD: Duration = Duration::from_secs(300);
+/// Why a restore to a VM that does not exist is refused (KubeVirt would create it).
+pub const NEW_TARGET_NOT_SUPPORTED: &str =
+    "restore to a new VM (a target other than the snapshot's VM) is not supported yet";
+
+/// KubeVirt's `restorePVCName`.
+pub fn restore_claim_name(restore_uid: &str, volume: &str) -> String {
+    format!("restore-{restore_uid}-{volume}")
+}
+
+/// KubeVirt's `getRestoreAnnotationValue`.
+pub fn last_restore_value(restore: &str, uid: &str) -> String {
+    format!("{restore}-{uid}")
+}
+
+/// The claim restoring one backup: the backup's claim spec (access modes, size, class, mode)
+/// with the VolumeSnapshot as its `dataSource`.
+pub fn restore_claim(
+    backup: &VolumeBackup,
+    restore_name: &str,
+    restore_uid: &str,
+    ns: &str,
+) -> Option<PersistentVolumeClaim> {
+    let vs = backup.volume_snapshot_name.clone()?;
+    let src = backup
+        .persistent_volume_claim
+        .spec
+        .clone()
+        .unwrap_or_default();
+    let meta = backup
+        .persistent_volume_claim
+        .metadata
+        .clone()
+        .unwrap_or_default();
+    let mut annotations: BTreeMap<String, String> = meta
+        .annotations
+        .unwrap_or_default()
+        .into_iter()
+        // The source claim's provisioning state is not the new claim's.
+        .filter(|(k, _)| {
+            !k.starts_with("pv.kubernetes.io/")
+                && !k.starts_with("volume.kubernetes.io/")
+                && !k.starts_with("volume.beta.kubernetes.io/")
+                && !k.starts_with("cdi.kubevirt.io/")
+        })
+        .collect();
+    annotations.insert(RESTORE_NAME_ANNOTATION.into(), restore_name.into());
+    Some(PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(restore_claim_name(restore_uid, &backup.volume_name)),
+            namespace: Some(ns.into()),
+            labels: meta.labels,
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: src.access_modes,
+            resources: src.resources,
+            storage_class_name: src.storage_class_name,
+            volume_mode: src.volume_mode,
+            data_source: Some(TypedLocalObjectReference {
+                api_group: Some(kubevirt_api::volumesnapshot::GROUP.into()),
+                kind: "VolumeSnapshot".into(),
+                name: vs,
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The snapshot's VM spec with each restored volume pointing to its new claim; the
+/// dataVolumeTemplates of restored DataVolumes are dropped (the claim replaces them).
+pub fn restored_spec(
+    snapshot_spec: &VirtualMachineSpec,
+    claims: &BTreeMap<String, String>,
+) -> VirtualMachineSpec {
+    let mut spec = snapshot_spec.clone();
+    let mut dropped_dvs = Vec::new();
+    if let Some(vols) = spec.template.spec.as_mut().and_then(|s| s.volumes.as_mut()) {
+        for v in vols.iter_mut() {
+            let Some(claim) = claims.get(&v.name) else {
+                continue;
+            };
+            if let Some(dv) = v.data_volume.take() {
+                dropped_dvs.push(dv.name);
+                v.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    hotpluggable: dv.hotpluggable,
+                    read_only: None,
+                });
+            } else if let Some(p) = v.persistent_volume_claim.as_mut() {
+                p.claim_name = claim.clone();
+            }
+        }
+    }
+    if let Some(t) = spec.data_volume_templates.as_mut() {
+        t.retain(|d| {
+            let n = d.metadata.as_ref().and_then(|m| m.name.as_deref());
+            !n.is_some_and(|n| dropped_dvs.iter().any(|x| x == n))
+        });
+        if t.is_empty() {
+            spec.data_volume_templates = None;
+        }
+    }
+    spec
+}
+
+/// Where the restore stands; `Err` is KubeVirt's `doUpdateError` message.
+enum Step {
+    Wait(String),
+    Done(Vec<VolumeRestore>),
+}
+
+pub async fn reconcile(
+    restore: Arc<VirtualMachineRestore>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let ns = crate::namespace_of(&restore.metadata)?;
+    let name = crate::name_of(&restore.metadata)?;
+    let restores: Api<VirtualMachineRestore> = Api::namespaced(ctx.client.clone(), &ns);
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+    let target = restore.spec.target.name.clone();
+    if restore.metadata.deletion_timestamp.is_some() {
+        release(&vms, &target, &name).await?;
+        set_finalizer(&restores, restore.as_ref(), RESTORE_FINALIZER, false).await?;
+        return Ok(Action::await_change());
+    }
+    let old = restore.status.clone().unwrap_or_default();
+    if old.complete == Some(true) {
+        release(&vms, &target, &name).await?;
+        set_finalizer(&restores, restore.as_ref(), RESTORE_FINALIZER, false).await?;
+        return Ok(Action::await_change());
+    }
+    set_finalizer(&restores, restore.as_ref(), RESTORE_FINALIZER, true).await?;
+    let now = Timestamp::now();
+    let mut status = old.clone();
+    let mut conditions: Vec<SnapshotCondition> = status.conditions.take().unwrap_or_default();
+    let requeue;
+    match step(&ctx, &restore, &ns, &name, now).await {
+        Ok(Step::Done(restored)) => {
+            status.complete = Some(true);
+            status.restore_time = Some(Time(now));
+            status.restores = Some(restored);
+            set_condition(
+                &mut conditions,
+                "Progressing",
+                false,
+                "Operation complete",
+                now,
+            );
+            set_condition(&mut conditions, "Ready", true, "Operation complete", now);
+            ctx.event(
+                restore.as_ref(),
+                EventType::Normal,
+                "VirtualMachineRestoreComplete",
+                format!("Successfully completed VirtualMachineRestore {name}"),
+            )
+            .await;
+            requeue = Action::requeue(Duration::from_millis(100));
+        }
+        Ok(Step::Wait(reason)) => {
+            status.complete = Some(false);
+            set_condition(
+                &mut conditions,
+                "Progressing",
+                reason != WAIT_GRACE_PERIOD_MESSAGE,
+                &reason,
+                now,
+            );
+            set_condition(&mut conditions, "Ready", false, &reason, now);
+            requeue = Action::requeue(Duration::from_secs(2));
+        }
+        Err(StepError::Kube(e)) => return Err(e),
+        Err(StepError::User(message)) => {
+            status.complete = Some(false);
+            let first = conditions
+                .iter()
+                .all(|c| c.reason.as_deref() != Some(message.as_str()));
+            set_condition(&mut conditions, "Progressing", false, &message, now);
+            set_condition(&mut conditions, "Ready", false, &message, now);
+            if first {
+                ctx.event(
+                    restore.as_ref(),
+                    EventType::Warning,
+                    "VirtualMachineRestoreError",
+                    format!("VirtualMachineRestore encountered error {message}"),
+                )
+                .await;
+            }
+            requeue = Action::requeue(Duration::from_secs(5));
+        }
+    }
+    status.conditions = Some(conditions);
+    if status != old {
+        kubevirt_runtime::status::write_status(&restores, &name, &status).await?;
+    }
+    Ok(requeue)
+}
+
+enum StepError {
+    Kube(Error),
+    User(String),
+}
+
+impl From<kube::Error> for StepError {
+    fn from(e: kube::Error) -> Self {
+        StepError::Kube(e.into())
+    }
+}
+
+impl From<Error> for StepError {
+    fn from(e: Error) -> Self {
+        StepError::Kube(e)
+    }
+}
+
+async fn step(
+    ctx: &Context,
+    restore: &VirtualMachineRestore,
+    ns: &str,
+    name: &str,
+    now: Timestamp,
+) -> Result<Step, StepError> {
+    let user = |m: String| Err(StepError::User(m));
+    let uid = crate::uid_of(&restore.metadata)?;
+    let snaps: Api<VirtualMachineSnapshot> = Api::namespaced(ctx.client.clone(), ns);
+    let contents: Api<VirtualMachineSnapshotContent> = Api::namespaced(ctx.client.clone(), ns);
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), ns);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let t = &restore.spec.target;
+    if t.kind != "VirtualMachine"
+        || t.api_group.as_deref() != Some(kubevirt_api::admitters::snapshot::KUBEVIRT_GROUP)
+    {
+        return user(format!(
+            "unknown source {}/{}",
+            t.api_group.as_deref().unwrap_or(""),
+            t.kind
+        ));
+    }
+    let snap_key = format!("{ns}/{}", restore.spec.virtual_machine_snapshot_name);
+    let Some(snap) = snaps
+        .get_opt(&restore.spec.virtual_machine_snapshot_name)
+        .await?
+    else {
+        return user(format!("VMSnapshot {snap_key} does not exist"));
+    };
+    let ss = snap.status.clone().unwrap_or_default();
+    if ss.phase.as_deref() == Some(PHASE_FAILED) {
+        return user(format!(
+            "VMSnapshot {snap_key} failed and is invalid to use"
+        ));
+    }
+    if ss.ready_to_use != Some(true) {
+        return user(format!("VMSnapshot {snap_key} not ready"));
+    }
+    let Some(cname) = ss.virtual_machine_snapshot_content_name.clone() else {
+        return user(format!("no snapshot content name in {snap_key}"));
+    };
+    let Some(content) = contents.get_opt(&cname).await? else {
+        return user(format!("VMSnapshotContent {ns}/{cname} does not exist"));
+    };
+    if content.status.as_ref().and_then(|s| s.ready_to_use) != Some(true) {
+        return user(format!("VMSnapshotContent {ns}/{cname} not ready"));
+    }
+    let Some(snap_vm) = content.spec.source.virtual_machine.as_ref() else {
+        return user("unexpected snapshot source".into());
+    };
+    let Some(vm) = vms.get_opt(&t.name).await? else {
+        return user(NEW_TARGET_NOT_SUPPORTED.into());
+    };
+    if vm.metadata.uid.is_none() || vm.metadata.uid != ss.source_uid {
+        return user(ERROR_RESTORE_TO_EXISTING_TARGET.into());
+    }
+    let lr = last_restore_value(name, &uid);
+    let already = vm
+        .annotations()
+        .get(LAST_RESTORE_ANNOTATION)
+        .is_some_and(|v| v == &lr);
+    let backups = content.spec.volume_backups.clone().unwrap_or_default();
+    let restored: Vec<VolumeRestore> = backups
+        .iter()
+        .map(|b| VolumeRestore {
+            data_volume_name: None,
+            persistent_volume_claim: restore_claim_name(&uid, &b.volume_name),
+            volume_name: b.volume_name.clone(),
+            volume_snapshot_name: b.volume_snapshot_name.clone().unwrap_or_default(),
+        })
+        .collect();
+    if already {
+        release(&vms, &t.name, name).await?;
+        return Ok(Step::Done(restored));
+    }
+    if vmis.get_opt(&t.name).await?.is_some() {
+        let created = restore
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(now);
+        if crate::snapshot::deadline_exceeded(created, GRACE_PERIOD, now) {
+            return user(GRACE_PERIOD_EXCEEDED.into());
+        }
+        return Ok(Step::Wait(WAIT_GRACE_PERIOD_MESSAGE.into()));
+    }
+    let vs = vm.status.clone().unwrap_or_default();
+    if let Some(other) = vs.restore_in_progress.as_deref().filter(|r| *r != name) {
+        return user(format!("vm restore {other} in progress"));
+    }
+    if let Some(s) = vs.snapshot_in_progress.as_deref() {
+        return Ok(Step::Wait(format!("snapshot {s} in progress")));
+    }
+    if vs.restore_in_progress.is_none() {
+        kubevirt_runtime::status::write_status(&vms, &t.name, json!({"restoreInProgress": name}))
+            .await?;
+    }
+    // The claims, owned by the VM.
+    let owner = vm
+        .controller_owner_ref(&())
+        .map(|mut o| {
+            o.controller = None;
+            o
+        })
+        .ok_or(Error::MissingField("metadata.uid"))?;
+    let mut by_volume = BTreeMap::new();
+    for b in &backups {
+        let Some(mut pvc) = restore_claim(b, name, &uid, ns) else {
+            return user(format!("VolumeSnapshotName missing {}", b.volume_name));
+        };
+        pvc.metadata.owner_references = Some(vec![owner.clone()]);
+        let cn = restore_claim_name(&uid, &b.volume_name);
+        if claims.get_opt(&cn).await?.is_none() {
+            match claims.create(&PostParams::default(), &pvc).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        by_volume.insert(b.volume_name.clone(), cn);
+    }
+    // The VM's spec from the snapshot, volumes repointed, its run strategy kept.
+    let mut spec = restored_spec(&snap_vm.spec.clone().unwrap_or_default(), &by_volume);
+    spec.run_strategy = vm.spec.run_strategy.clone();
+    spec.running = vm.spec.running;
+    let mut new_vm = vm.clone();
+    new_vm.spec = spec;
+    new_vm
+        .annotations_mut()
+        .insert(LAST_RESTORE_ANNOTATION.into(), lr);
+    vms.replace(&t.name, &PostParams::default(), &new_vm)
+        .await?;
+    release(&vms, &t.name, name).await?;
+    Ok(Step::Done(restored))
+}
+
+/// Clears the VM's `restoreInProgress` if this restore set it.
+async fn release(vms: &Api<VirtualMachine>, vm: &str, restore: &str) -> Result<(), Error> {
+    let Some(v) = vms.get_opt(vm).await? else {
+        return Ok(());
+    };
+    if v.status
+        .as_ref()
+        .and_then(|s| s.restore_in_progress.as_deref())
+        == Some(restore)
+    {
+        kubevirt_runtime::status::write_status(vms, vm, json!({"restoreInProgress": null})).await?;
+    }
+    Ok(())
+}
+
+pub fn error_policy(r: Arc<VirtualMachineRestore>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::debug!(restore = %r.name_any(), error = %err, "reconcile failed");
+    Action::requeue(err.retry_after())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubevirt_api::{
+        DataVolumeSource, DataVolumeTemplateSpec, VirtualMachineInstanceSpec,
+        VirtualMachineInstanceTemplateSpec, Volume,
+    };
+
+    #[test]
+    fn restore_claims_come_from_the_volume_snapshot_with_the_backups_spec() {
+        let b = VolumeBackup {
+            volume_name: "disk0".into(),
+            volume_snapshot_name: Some("vmsnapshot-s-volume-disk0".into()),
+            persistent_volume_claim: kubevirt_api::PersistentVolumeClaim {
+                metadata: Some(ObjectMeta {
+                    name: Some("src".into()),
+                    annotations: Some(BTreeMap::from([
+                        (
+                            "pv.kubernetes.io/bind-completed".to_string(),
+                            "yes".to_string(),
+                        ),
+                        ("keep".to_string(), "me".to_string()),
+                    ])),
+                    ..Default::default()
+                }),
+                spec: Some(PersistentVolumeClaimSpec {
+                    storage_class_name: Some("local-path".into()),
+                    volume_name: Some("pv-of-the-source".into()),
+                    ..Default::default()
+                }),
+            },
+        };
+        let c = restore_claim(&b, "r", "u1", "ns").expect("has a VolumeSnapshot");
+        assert_eq!(c.metadata.name.as_deref(), Some("restore-u1-disk0"));
+        let a = c.metadata.annotations.expect("annotations");
+        assert_eq!(
+            a.get(RESTORE_NAME_ANNOTATION).map(String::as_str),
+            Some("r")
+        );
+        assert_eq!(a.get("keep").map(String::as_str), Some("me"));
+        assert!(!a.contains_key("pv.kubernetes.io/bind-completed"));
+        let spec = c.spec.expect("spec");
+        let ds = spec.data_source.expect("dataSource");
+        assert_eq!(ds.kind, "VolumeSnapshot");
+        assert_eq!(ds.name, "vmsnapshot-s-volume-disk0");
+        assert_eq!(spec.volume_name, None, "never bound to the source's volume");
+        assert_eq!(spec.storage_class_name.as_deref(), Some("local-path"));
+        let mut no_vs = b.clone();
+        no_vs.volume_snapshot_name = None;
+        assert!(restore_claim(&no_vs, "r", "u1", "ns").is_none());
+    }
+
+    #[test]
+    fn the_restored_spec_points_volumes_at_the_new_claims() {
+        let spec = VirtualMachineSpec {
+            data_volume_templates: Some(vec![DataVolumeTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    name: Some("root-dv".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            template: VirtualMachineInstanceTemplateSpec {
+                spec: Some(VirtualMachineInstanceSpec {
+                    volumes: Some(vec![
+                        Volume {
+                            name: "root".into(),
+                            data_volume: Some(DataVolumeSource {
+                                name: "root-dv".into(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "data".into(),
+                            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                                claim_name: "data-claim".into(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "boot".into(),
+                            container_disk: Some(Default::default()),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let claims = BTreeMap::from([
+            ("root".to_string(), "restore-u-root".to_string()),
+            ("data".to_string(), "restore-u-data".to_string()),
+        ]);
+        let out = restored_spec(&spec, &claims);
+        assert_eq!(out.data_volume_templates, None);
+        let vols = out.template.spec.and_then(|s| s.volumes).expect("volumes");
+        assert_eq!(vols[0].data_volume, None);
+        assert_eq!(
+            vols[0]
+                .persistent_volume_claim
+                .as_ref()
+                .map(|p| p.claim_name.as_str()),
+            Some("restore-u-root")
+        );
+        assert_eq!(
+            vols[1]
+                .persistent_volume_claim
+                .as_ref()
+                .map(|p| p.claim_name.as_str()),
+            Some("restore-u-data")
+        );
+        assert!(vols[2].container_disk.is_some());
+    }
+
+    #[test]
+    fn names_are_kubevirts() {
+        assert_eq!(restore_claim_name("u", "disk"), "restore-u-disk");
+        assert_eq!(last_restore_value("r", "u"), "r-u");
+    }
+}
