@@ -185,3 +185,220 @@ spec:
     let out = s.kubectl(&["delete", "vm", "fromdv", "--wait=false"]);
     assert!(out.contains("deleted"), "{out}");
 }
+
+/// Reads the first `n` bytes of the `disk.img` of the PersistentVolume bound to `claim`.
+fn claim_disk_head(s: &Server, claim: &str, n: usize) -> Vec<u8> {
+    let pv = s.jsonpath("pvc", claim, "{.spec.volumeName}");
+    assert!(!pv.is_empty(), "{claim} is not bound");
+    let path = s.jsonpath("pv", &pv, "{.spec.local.path}");
+    let mut head = vec![0u8; n];
+    let mut f = std::fs::File::open(std::path::Path::new(&path).join("disk.img"))
+        .unwrap_or_else(|e| panic!("{path}/disk.img: {e}"));
+    std::io::Read::read_exact(&mut f, &mut head).expect("read disk.img");
+    head
+}
+
+fn write_claim_disk_head(s: &Server, claim: &str, bytes: &[u8]) {
+    let pv = s.jsonpath("pvc", claim, "{.spec.volumeName}");
+    let path = s.jsonpath("pv", &pv, "{.spec.local.path}");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(std::path::Path::new(&path).join("disk.img"))
+        .expect("open disk.img");
+    std::io::Write::write_all(&mut f, bytes).expect("write disk.img");
+    f.sync_all().expect("fsync disk.img");
+}
+
+/// A stopped VM's VirtualMachineSnapshot keeps its disk as it was (through the local
+/// snapshotter's VolumeSnapshots), and a VirtualMachineRestore brings it back into new claims
+/// the VM then uses; a restore onto another existing VM is refused with KubeVirt's message.
+/// No guest boots: the disk is written from the host while the VM is stopped.
+#[test]
+fn a_vm_snapshot_keeps_the_disk_and_a_restore_brings_it_back() {
+    if !have_kubectl() {
+        return;
+    }
+    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
+    let manifest = r#"apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: keep-data
+spec:
+  source:
+    blank: {}
+  storage:
+    resources:
+      requests:
+        storage: 16Mi
+---
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: keep
+spec:
+  runStrategy: Halted
+  template:
+    spec:
+      domain:
+        devices:
+          disks:
+          - name: rootdisk
+            disk: {bus: virtio}
+          - name: data
+            disk: {bus: virtio}
+        resources:
+          requests:
+            memory: 128Mi
+      volumes:
+      - name: rootdisk
+        containerDisk:
+          image: kubevirt-rs/demo-guest:latest
+      - name: data
+        dataVolume:
+          name: keep-data
+---
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: bystander
+spec:
+  runStrategy: Halted
+  template:
+    spec:
+      domain:
+        devices: {}
+        resources:
+          requests:
+            memory: 128Mi
+"#;
+    let file = dir.path().join("vm.yaml");
+    std::fs::write(&file, manifest).expect("write manifest");
+    let out = s.kubectl(&["apply", "-f", file.to_str().expect("utf8")]);
+    assert!(
+        out.contains("virtualmachine.kubevirt.io/keep created"),
+        "{out}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(60), || s.jsonpath(
+            "dv",
+            "keep-data",
+            "{.status.phase}"
+        ) == "Succeeded"),
+        "{}",
+        s.kubectl(&["get", "dv", "keep-data", "-o", "yaml"])
+    );
+    write_claim_disk_head(&s, "keep-data", b"before-snapshot");
+
+    let snap = r#"apiVersion: snapshot.kubevirt.io/v1beta1
+kind: VirtualMachineSnapshot
+metadata:
+  name: snap1
+spec:
+  source:
+    apiGroup: kubevirt.io
+    kind: VirtualMachine
+    name: keep
+"#;
+    let file = dir.path().join("snap.yaml");
+    std::fs::write(&file, snap).expect("write snapshot");
+    let out = s.kubectl(&["apply", "-f", file.to_str().expect("utf8")]);
+    assert!(out.contains("snap1 created"), "{out}");
+    assert!(
+        wait_for(Duration::from_secs(60), || s.jsonpath(
+            "vmsnapshot",
+            "snap1",
+            "{.status.phase} {.status.readyToUse}"
+        ) == "Succeeded true"),
+        "{}\n{}",
+        s.kubectl(&["get", "vmsnapshot", "snap1", "-o", "yaml"]),
+        s.kubectl(&["get", "volumesnapshot,volumesnapshotcontent", "-o", "yaml"])
+    );
+    assert_eq!(
+        s.jsonpath(
+            "vmsnapshot",
+            "snap1",
+            "{.status.snapshotVolumes.includedVolumes} {.status.snapshotVolumes.excludedVolumes}"
+        ),
+        r#"["data"] ["rootdisk"]"#
+    );
+    // The VM is unlocked again, and the disk changes after the snapshot.
+    assert_eq!(s.jsonpath("vm", "keep", "{.status.snapshotInProgress}"), "");
+    write_claim_disk_head(&s, "keep-data", b"after--snapshot");
+
+    // Onto another VM that exists: KubeVirt's refusal.
+    let restore = |name: &str, target: &str| {
+        let manifest = format!(
+            r#"apiVersion: snapshot.kubevirt.io/v1beta1
+kind: VirtualMachineRestore
+metadata:
+  name: {name}
+spec:
+  target:
+    apiGroup: kubevirt.io
+    kind: VirtualMachine
+    name: {target}
+  virtualMachineSnapshotName: snap1
+"#
+        );
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest).expect("write restore");
+        s.kubectl(&["apply", "-f", file.to_str().expect("utf8")])
+    };
+    let out = restore("wrong", "bystander");
+    // KubeVirt puts the error in the conditions' reason.
+    let refused = out.contains("restore source and restore target are different")
+        || wait_for(Duration::from_secs(30), || {
+            s.jsonpath(
+                "vmrestore",
+                "wrong",
+                "{.status.conditions[?(@.type=='Ready')].reason}",
+            ) == "restore source and restore target are different but restore target already exists"
+        });
+    assert!(
+        refused,
+        "{out}\n{}",
+        s.kubectl(&["get", "vmrestore", "wrong", "-o", "yaml"])
+    );
+    assert_eq!(
+        s.jsonpath("vm", "bystander", "{.spec.template.spec.volumes}"),
+        ""
+    );
+
+    let out = restore("back", "keep");
+    assert!(out.contains("back created"), "{out}");
+    assert!(
+        wait_for(Duration::from_secs(60), || s.jsonpath(
+            "vmrestore",
+            "back",
+            "{.status.complete}"
+        ) == "true"),
+        "{}",
+        s.kubectl(&["get", "vmrestore", "back", "-o", "yaml"])
+    );
+    let uid = s.jsonpath("vmrestore", "back", "{.metadata.uid}");
+    let claim = format!("restore-{uid}-data");
+    assert_eq!(
+        s.jsonpath(
+            "vm",
+            "keep",
+            "{.spec.template.spec.volumes[?(@.name=='data')].persistentVolumeClaim.claimName}"
+        ),
+        claim
+    );
+    assert!(
+        wait_for(Duration::from_secs(60), || s.jsonpath(
+            "pvc",
+            &claim,
+            "{.status.phase}"
+        ) == "Bound"),
+        "{}",
+        s.kubectl(&["get", "pvc", &claim, "-o", "yaml"])
+    );
+    assert_eq!(claim_disk_head(&s, &claim, 15), b"before-snapshot");
+    // The source's own claim keeps what was written after the snapshot.
+    assert_eq!(claim_disk_head(&s, "keep-data", 15), b"after--snapshot");
+}
