@@ -117,40 +117,6 @@ fn time_of_nanos(n: i64) -> Option<Time> {
         .map(Time)
 }
 
-fn lseek(f: &File, off: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    // SAFETY: lseek on an owned, open fd with integer arguments.
-    let r = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, whence) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENXIO) {
-            return Ok(None);
-        }
-        return Err(e);
-    }
-    Ok(Some(r as u64))
-}
-
-/// Data extents of `f` below `len`; the whole file if the filesystem cannot tell.
-fn data_extents(f: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    while pos < len {
-        let start = match lseek(f, pos, libc::SEEK_DATA) {
-            Ok(Some(s)) => s,
-            Ok(None) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(vec![(0, len)]),
-            Err(e) => return Err(e),
-        };
-        if start >= len {
-            break;
-        }
-        let end = lseek(f, start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
-        out.push((start, end));
-        pos = end;
-    }
-    Ok(out)
-}
-
 /// How a copy was made (logged, and seen by the tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CopyKind {
@@ -183,7 +149,7 @@ pub fn copy_file(src: &Path, dst: &Path, len: u64) -> Result<CopyKind, Error> {
         CopyKind::Reflink
     } else {
         let mut buf = vec![0u8; CHUNK];
-        for (start, end) in data_extents(&input, src_len).map_err(Error::io(src))? {
+        for (start, end) in kubevirt_cdi::data_extents(&input, src_len).map_err(Error::io(src))? {
             let mut off = start;
             while off < end {
                 let n = ((end - off) as usize).min(CHUNK);

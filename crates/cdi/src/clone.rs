@@ -37,8 +37,10 @@ fn lseek(f: &File, off: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
     Ok(Some(r as u64))
 }
 
-/// Data extents of `f` below `len`; the whole file if the filesystem cannot tell.
-fn data_extents(f: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+/// Data extents of `f` below `len` (`SEEK_DATA`/`SEEK_HOLE`), as `(start, end)` byte ranges;
+/// the whole file if the filesystem cannot tell. Sparse copies (clones here, the local
+/// snapshotter's copies) read only these.
+pub fn data_extents(f: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
     let mut out = Vec::new();
     let mut pos = 0u64;
     while pos < len {

@@ -39,6 +39,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 pub use checksum::{Checksum, ChecksumError};
+pub use clone::data_extents;
 pub use clone::CloneError;
 pub use format::Format;
 pub use http::{BasicAuth, HttpError, TlsOptions};
