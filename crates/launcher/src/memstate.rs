@@ -188,15 +188,7 @@ impl Vm {
         self.ensure_guest("cannot dump the guest memory")?;
         let t0 = Instant::now();
         let dir = VmiDir::unchecked(&self.dir);
-        let state_dir = dir.memory_state_dir();
-        let fd = crate::paths::dir_beneath(dir.path(), &state_dir, true)
-            .map_err(|e| io(&state_dir, e))?;
-        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o700)).map_err(|e| {
-            LaunchError::Io {
-                path: state_dir.clone(),
-                source: e.into(),
-            }
-        })?;
+        private_state_dir(&dir)?;
         let path = dir.memory_dump();
         let file = crate::paths::create_file_beneath(dir.path(), &path, 0o600)
             .map_err(|e| io(&path, e))?;
@@ -286,16 +278,7 @@ impl Vm {
         }
         let t0 = Instant::now();
         let dir = VmiDir::unchecked(&self.dir);
-        let state_dir = dir.memory_state_dir();
-        let fd = crate::paths::dir_beneath(dir.path(), &state_dir, true)
-            .map_err(|e| io(&state_dir, e))?;
-        // Guest memory may hold anything the guest knows: the launcher's only.
-        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o700)).map_err(|e| {
-            LaunchError::Io {
-                path: state_dir.clone(),
-                source: e.into(),
-            }
-        })?;
+        private_state_dir(&dir)?;
         // A manifest beside a half-written file would lie: it goes first, and comes back last.
         let manifest = dir.memory_state_manifest();
         crate::paths::remove_beneath(dir.path(), &manifest).map_err(|e| io(&manifest, e))?;
@@ -418,6 +401,18 @@ impl Vm {
             }
         }
     }
+}
+
+/// Makes the VMI directory's memory-state directory (beneath it, never through a link) and
+/// keeps it the launcher's only (0700): guest memory may hold anything the guest knows.
+fn private_state_dir(dir: &VmiDir) -> Result<(), LaunchError> {
+    let state_dir = dir.memory_state_dir();
+    let fd =
+        crate::paths::dir_beneath(dir.path(), &state_dir, true).map_err(|e| io(&state_dir, e))?;
+    rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o700)).map_err(|e| LaunchError::Io {
+        path: state_dir.clone(),
+        source: e.into(),
+    })
 }
 
 #[cfg(test)]
