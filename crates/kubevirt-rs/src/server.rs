@@ -209,17 +209,22 @@ pub fn run(args: ServerArgs) -> Result<i32> {
 fn register_control_plane_metrics(store: &Arc<kubevirt_apiserver::store::Store>) {
     use kubevirt_apiserver::store::Key;
     let store = store.clone();
-    let values = move |resource: &str| -> Vec<serde_json::Value> {
+    let objects = move |resource: &str| -> Vec<kubevirt_runtime::metrics::Object> {
         let (items, _) = store.list(&Key::prefix("kubevirt.io", resource, None));
-        items.iter().map(|s| s.value()).collect()
+        items
+            .iter()
+            .map(|s| kubevirt_runtime::metrics::Object {
+                uid: s.uid.clone(),
+                version: s.rv,
+                json: s.json.clone(),
+            })
+            .collect()
     };
     kubevirt_runtime::metrics::register_collector(Box::new(
-        kubevirt_runtime::metrics::ControlPlane {
-            source: move || kubevirt_runtime::metrics::Snapshot {
-                vmis: values("virtualmachineinstances"),
-                vms: values("virtualmachines"),
-                migrations: values("virtualmachineinstancemigrations"),
-            },
-        },
+        kubevirt_runtime::metrics::ControlPlane::new(move || kubevirt_runtime::metrics::Snapshot {
+            vmis: objects("virtualmachineinstances"),
+            vms: objects("virtualmachines"),
+            migrations: objects("virtualmachineinstancemigrations"),
+        }),
     ));
 }

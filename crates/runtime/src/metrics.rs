@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Metric, Registry};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
 /// The content type of [`encode`]'s output (Prometheus' text format 0.0.4).
@@ -278,20 +278,91 @@ pub fn handler_ready() -> &'static Gauge {
     &G
 }
 
-/// The objects the control-plane metrics are computed from, as stored (JSON).
+/// One stored object as the control-plane metrics read it: its uid, its resourceVersion and its
+/// JSON as stored. The JSON is parsed only when the object is new to the collector or its
+/// version changed since the last scrape.
+#[derive(Clone, Debug)]
+pub struct Object {
+    pub uid: String,
+    pub version: u64,
+    pub json: bytes::Bytes,
+}
+
+impl Object {
+    /// An object from a JSON value (tests, and sources that hold values).
+    pub fn from_value(uid: &str, version: u64, value: &Value) -> Object {
+        Object {
+            uid: uid.to_string(),
+            version,
+            json: bytes::Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+        }
+    }
+}
+
+/// The objects the control-plane metrics are computed from, as stored.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    pub vmis: Vec<Value>,
-    pub vms: Vec<Value>,
-    pub migrations: Vec<Value>,
+    pub vmis: Vec<Object>,
+    pub vms: Vec<Object>,
+    pub migrations: Vec<Object>,
 }
 
 /// KubeVirt's control-plane metrics (virt-controller's `vmistats`, `vmstats` and
 /// `migrationstats` collectors), computed on each scrape from a [`Snapshot`] taken by
 /// `source` — the API server's in-memory store in `kubevirt-rs server`, so a scrape costs a
-/// pass over the objects and no QMP or API call.
+/// pass over the objects and no QMP or API call. What each object contributes (its labels)
+/// is kept from one scrape to the next by uid and resourceVersion, so a scrape parses only
+/// the objects written since the previous one.
 pub struct ControlPlane<F> {
-    pub source: F,
+    source: F,
+    rows: Mutex<Rows>,
+}
+
+impl<F: Fn() -> Snapshot + Send + Sync + 'static> ControlPlane<F> {
+    pub fn new(source: F) -> Self {
+        ControlPlane {
+            source,
+            rows: Mutex::new(Rows::default()),
+        }
+    }
+}
+
+/// What one migration contributes.
+#[derive(Debug)]
+enum MigrationRow {
+    Succeeded(Labels),
+    Failed(Labels),
+    InPhase(&'static str),
+    Nothing,
+}
+
+/// Each object's contribution by uid, with the version it was computed from.
+#[derive(Debug, Default)]
+struct Rows {
+    vmis: HashMap<String, (u64, Labels)>,
+    vms: HashMap<String, (u64, Labels)>,
+    migrations: HashMap<String, (u64, MigrationRow)>,
+}
+
+/// Brings `cache` to exactly `objects`: entries of objects whose version is unchanged are
+/// kept, others are computed by `row` from the parsed JSON, gone objects are dropped.
+fn refresh_rows<R>(
+    cache: &mut HashMap<String, (u64, R)>,
+    objects: &[Object],
+    row: impl Fn(&Value) -> R,
+) {
+    let mut next = HashMap::with_capacity(objects.len());
+    for o in objects {
+        let entry = match cache.remove(&o.uid) {
+            Some(e) if e.0 == o.version => e,
+            _ => {
+                let v: Value = serde_json::from_slice(&o.json).unwrap_or(Value::Null);
+                (o.version, row(&v))
+            }
+        };
+        next.insert(o.uid.clone(), entry);
+    }
+    *cache = next;
 }
 
 impl<F> std::fmt::Debug for ControlPlane<F> {
@@ -301,11 +372,13 @@ impl<F> std::fmt::Debug for ControlPlane<F> {
 }
 
 /// One family's samples.
-struct Samples {
+struct Samples<'a> {
     name: &'static str,
     help: &'static str,
-    rows: Vec<(Labels, i64)>,
+    rows: Vec<(&'a Labels, i64)>,
 }
+
+static NO_LABELS: Labels = Vec::new();
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     path.iter()
@@ -360,98 +433,120 @@ pub fn vm_status_group(status: &str) -> &'static str {
     }
 }
 
-impl Snapshot {
-    fn families(&self) -> Vec<Samples> {
-        let mut vmi_info = Vec::new();
-        for vmi in &self.vmis {
-            let meta = &vmi["metadata"];
-            let status = &vmi["status"];
-            let mut l = Labels::new();
-            push(&mut l, "node", str_at(status, &["nodeName"]));
-            push(&mut l, "namespace", str_at(meta, &["namespace"]));
-            push(&mut l, "name", str_at(meta, &["name"]));
-            push(
-                &mut l,
-                "phase",
-                &str_at(status, &["phase"]).to_ascii_lowercase(),
-            );
-            system_labels(&mut l, meta);
-            instancetype_labels(&mut l, &meta["annotations"]);
-            let os = &status["guestOSInfo"];
-            push(
-                &mut l,
-                "guest_os_kernel_release",
-                str_at(os, &["kernelRelease"]),
-            );
-            push(
-                &mut l,
-                "guest_os_machine",
-                str_at(status, &["machine", "type"]),
-            );
-            push(&mut l, "guest_os_arch", str_at(os, &["machine"]));
-            push(&mut l, "guest_os_name", str_at(os, &["name"]));
-            push(&mut l, "guest_os_version_id", str_at(os, &["versionId"]));
-            vmi_info.push((l, 1));
-        }
-        let mut vm_info = Vec::new();
-        for vm in &self.vms {
-            let meta = &vm["metadata"];
-            let mut l = Labels::new();
-            push(&mut l, "name", str_at(meta, &["name"]));
-            push(&mut l, "namespace", str_at(meta, &["namespace"]));
-            system_labels(&mut l, &vm["spec"]["template"]["metadata"]);
-            push(
-                &mut l,
-                "machine_type",
-                str_at(
-                    vm,
-                    &["spec", "template", "spec", "domain", "machine", "type"],
-                ),
-            );
-            let spec = &vm["spec"];
-            push(
-                &mut l,
-                "instance_type",
-                str_at(spec, &["instancetype", "name"]),
-            );
-            push(&mut l, "preference", str_at(spec, &["preference", "name"]));
-            let printable = str_at(vm, &["status", "printableStatus"]);
-            push(&mut l, "status", &printable.to_ascii_lowercase());
-            push(&mut l, "status_group", vm_status_group(printable));
-            vm_info.push((l, 1));
-        }
+/// `kubevirt_vmi_info`'s labels of one VMI.
+fn vmi_row(vmi: &Value) -> Labels {
+    let meta = &vmi["metadata"];
+    let status = &vmi["status"];
+    let mut l = Labels::new();
+    push(&mut l, "node", str_at(status, &["nodeName"]));
+    push(&mut l, "namespace", str_at(meta, &["namespace"]));
+    push(&mut l, "name", str_at(meta, &["name"]));
+    push(
+        &mut l,
+        "phase",
+        &str_at(status, &["phase"]).to_ascii_lowercase(),
+    );
+    system_labels(&mut l, meta);
+    instancetype_labels(&mut l, &meta["annotations"]);
+    let os = &status["guestOSInfo"];
+    push(
+        &mut l,
+        "guest_os_kernel_release",
+        str_at(os, &["kernelRelease"]),
+    );
+    push(
+        &mut l,
+        "guest_os_machine",
+        str_at(status, &["machine", "type"]),
+    );
+    push(&mut l, "guest_os_arch", str_at(os, &["machine"]));
+    push(&mut l, "guest_os_name", str_at(os, &["name"]));
+    push(&mut l, "guest_os_version_id", str_at(os, &["versionId"]));
+    l
+}
+
+/// `kubevirt_vm_info`'s labels of one VM.
+fn vm_row(vm: &Value) -> Labels {
+    let meta = &vm["metadata"];
+    let mut l = Labels::new();
+    push(&mut l, "name", str_at(meta, &["name"]));
+    push(&mut l, "namespace", str_at(meta, &["namespace"]));
+    system_labels(&mut l, &vm["spec"]["template"]["metadata"]);
+    push(
+        &mut l,
+        "machine_type",
+        str_at(
+            vm,
+            &["spec", "template", "spec", "domain", "machine", "type"],
+        ),
+    );
+    let spec = &vm["spec"];
+    push(
+        &mut l,
+        "instance_type",
+        str_at(spec, &["instancetype", "name"]),
+    );
+    push(&mut l, "preference", str_at(spec, &["preference", "name"]));
+    let printable = str_at(vm, &["status", "printableStatus"]);
+    push(&mut l, "status", &printable.to_ascii_lowercase());
+    push(&mut l, "status_group", vm_status_group(printable));
+    l
+}
+
+/// What one migration counts for, by its phase (KubeVirt's `migrationstats`).
+fn migration_row(m: &Value) -> MigrationRow {
+    let labels = || {
+        vec![
+            ("vmi", str_at(m, &["spec", "vmiName"]).to_string()),
+            ("vmim", str_at(m, &["metadata", "name"]).to_string()),
+            (
+                "namespace",
+                str_at(m, &["metadata", "namespace"]).to_string(),
+            ),
+        ]
+    };
+    match str_at(m, &["status", "phase"]) {
+        "Pending" => MigrationRow::InPhase("pending"),
+        "Scheduling" => MigrationRow::InPhase("scheduling"),
+        "" => MigrationRow::InPhase("unset"),
+        "Running" | "Scheduled" | "PreparingTarget" | "TargetReady" | "WaitingForSync"
+        | "Synchronizing" => MigrationRow::InPhase("running"),
+        "Succeeded" => MigrationRow::Succeeded(labels()),
+        "Failed" => MigrationRow::Failed(labels()),
+        _ => MigrationRow::Nothing,
+    }
+}
+
+impl Rows {
+    /// Brings the rows to `snapshot`, parsing only new or changed objects.
+    fn refresh(&mut self, snapshot: &Snapshot) {
+        refresh_rows(&mut self.vmis, &snapshot.vmis, vmi_row);
+        refresh_rows(&mut self.vms, &snapshot.vms, vm_row);
+        refresh_rows(&mut self.migrations, &snapshot.migrations, migration_row);
+    }
+
+    /// The families, rows in `snapshot`'s order (the store's: by namespace and name).
+    fn families<'a>(&'a self, snapshot: &Snapshot) -> Vec<Samples<'a>> {
+        let labels_of = |cache: &'a HashMap<String, (u64, Labels)>, objects: &[Object]| {
+            objects
+                .iter()
+                .filter_map(|o| cache.get(&o.uid))
+                .map(|(_, l)| (l, 1))
+                .collect::<Vec<_>>()
+        };
+        let vmi_info = labels_of(&self.vmis, &snapshot.vmis);
+        let vm_info = labels_of(&self.vms, &snapshot.vms);
         let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
         let mut in_phase: BTreeMap<&'static str, i64> = BTreeMap::new();
-        for m in &self.migrations {
-            let labels = || {
-                vec![
-                    ("vmi", str_at(m, &["spec", "vmiName"]).to_string()),
-                    ("vmim", str_at(m, &["metadata", "name"]).to_string()),
-                    (
-                        "namespace",
-                        str_at(m, &["metadata", "namespace"]).to_string(),
-                    ),
-                ]
-            };
-            let bucket = match str_at(m, &["status", "phase"]) {
-                "Pending" => "pending",
-                "Scheduling" => "scheduling",
-                "" => "unset",
-                "Running" | "Scheduled" | "PreparingTarget" | "TargetReady" | "WaitingForSync"
-                | "Synchronizing" => "running",
-                "Succeeded" => {
-                    succeeded.push((labels(), 1));
-                    continue;
-                }
-                "Failed" => {
-                    failed.push((labels(), 1));
-                    continue;
-                }
-                _ => continue,
-            };
-            *in_phase.entry(bucket).or_default() += 1;
+        for o in &snapshot.migrations {
+            match self.migrations.get(&o.uid).map(|(_, r)| r) {
+                Some(MigrationRow::Succeeded(l)) => succeeded.push((l, 1)),
+                Some(MigrationRow::Failed(l)) => failed.push((l, 1)),
+                Some(MigrationRow::InPhase(bucket)) => *in_phase.entry(bucket).or_default() += 1,
+                Some(MigrationRow::Nothing) | None => {}
+            }
         }
-        let count = |b: &str| vec![(Labels::new(), in_phase.get(b).copied().unwrap_or(0))];
+        let count = |b: &str| vec![(&NO_LABELS, in_phase.get(b).copied().unwrap_or(0))];
         vec![
             Samples {
                 name: "kubevirt_vmi_info",
@@ -499,11 +594,15 @@ impl Snapshot {
 
 impl<F: Fn() -> Snapshot + Send + Sync + 'static> Collector for ControlPlane<F> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for family in (self.source)().families() {
+        let snapshot = (self.source)();
+        // A panic while the lock was held left the rows as they were: still valid.
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        rows.refresh(&snapshot);
+        for family in rows.families(&snapshot) {
             let mut metric =
                 encoder.encode_descriptor(family.name, family.help, None, MetricType::Gauge)?;
             for (labels, value) in &family.rows {
-                ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+                ConstGauge::new(*value).encode(metric.encode_family(*labels)?)?;
             }
         }
         Ok(())
@@ -514,6 +613,15 @@ impl<F: Fn() -> Snapshot + Send + Sync + 'static> Collector for ControlPlane<F> 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Stored objects of `values`, each its own uid, at version 1.
+    fn objects(values: Vec<Value>) -> Vec<Object> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Object::from_value(&format!("uid-{i}"), 1, v))
+            .collect()
+    }
 
     fn vmi(phase: &str, created: &str, entered: &[(&str, &str)]) -> Value {
         let ts: Vec<Value> = entered
@@ -595,18 +703,22 @@ mod tests {
     fn hostile_label_values_cannot_forge_series() {
         let hostile = "x\"} 1\nkubevirt_forged_total 1\n# TYPE kubevirt_forged_total counter\\";
         let snapshot = move || Snapshot {
-            vmis: vec![json!({
+            vmis: objects(vec![json!({
                 "metadata": {"namespace": "ns1", "name": "vm-a",
                              "annotations": {"vm.kubevirt.io/os": hostile}},
-                "status": {"phase": "Running", "nodeName": hostile}})],
-            vms: vec![json!({"metadata": {"namespace": "ns1", "name": "vm-a"},
+                "status": {"phase": "Running", "nodeName": hostile}})]),
+            vms: objects(vec![
+                json!({"metadata": {"namespace": "ns1", "name": "vm-a"},
                              "spec": {"instancetype": {"name": hostile}},
-                             "status": {"printableStatus": hostile}})],
-            migrations: vec![json!({"metadata": {"namespace": "ns1", "name": hostile},
-                                    "spec": {"vmiName": hostile}, "status": {"phase": "Failed"}})],
+                             "status": {"printableStatus": hostile}}),
+            ]),
+            migrations: objects(vec![
+                json!({"metadata": {"namespace": "ns1", "name": hostile},
+                                    "spec": {"vmiName": hostile}, "status": {"phase": "Failed"}}),
+            ]),
         };
         let mut r = Registry::default();
-        r.register_collector(Box::new(ControlPlane { source: snapshot }));
+        r.register_collector(Box::new(ControlPlane::new(snapshot)));
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &r).expect("encode");
         assert!(
@@ -626,23 +738,80 @@ mod tests {
         );
     }
 
+    /// Rows are kept between scrapes by uid and version: a written object shows its new
+    /// state on the next scrape, a deleted one is gone, and an unchanged one is not parsed
+    /// again (its cached row is served even though its bytes were swapped under the same
+    /// version, which the store never does: that is how the test sees the cache).
+    #[test]
+    fn scrapes_follow_writes_and_deletions_and_parse_only_changed_objects() {
+        let vmi = |name: &str, phase: &str| json!({"metadata": {"namespace": "ns1", "name": name}, "status": {"phase": phase}});
+        let state = std::sync::Arc::new(Mutex::new(vec![
+            Object::from_value("a", 1, &vmi("vm-a", "Scheduling")),
+            Object::from_value("b", 1, &vmi("vm-b", "Running")),
+        ]));
+        let source = {
+            let state = state.clone();
+            move || Snapshot {
+                vmis: state.lock().unwrap().clone(),
+                ..Snapshot::default()
+            }
+        };
+        let mut r = Registry::default();
+        r.register_collector(Box::new(ControlPlane::new(source)));
+        let scrape = |r: &Registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::prometheus_text::encode(&mut text, r).expect("encode");
+            text.lines()
+                .filter(|l| l.starts_with("kubevirt_vmi_info{"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            scrape(&r),
+            [
+                r#"kubevirt_vmi_info{namespace="ns1",name="vm-a",phase="scheduling"} 1"#,
+                r#"kubevirt_vmi_info{namespace="ns1",name="vm-b",phase="running"} 1"#,
+            ]
+        );
+        {
+            let mut s = state.lock().unwrap();
+            s[0] = Object::from_value("a", 2, &vmi("vm-a", "Running"));
+            s[1] = Object::from_value("b", 1, &vmi("vm-b", "Failed"));
+        }
+        assert_eq!(
+            scrape(&r),
+            [
+                r#"kubevirt_vmi_info{namespace="ns1",name="vm-a",phase="running"} 1"#,
+                r#"kubevirt_vmi_info{namespace="ns1",name="vm-b",phase="running"} 1"#,
+            ],
+            "vm-a's new version is read; vm-b's version did not change, so its row is the cached one"
+        );
+        state.lock().unwrap().remove(0);
+        assert_eq!(
+            scrape(&r),
+            [r#"kubevirt_vmi_info{namespace="ns1",name="vm-b",phase="running"} 1"#]
+        );
+    }
+
     #[test]
     fn exposition_has_kubevirts_names_types_help_and_labels() {
         let snapshot = || Snapshot {
-            vmis: vec![json!({
+            vmis: objects(vec![json!({
                 "metadata": {"namespace": "ns1", "name": "vm-a",
                              "annotations": {"vm.kubevirt.io/os": "fedora",
                                              "kubevirt.io/cluster-instancetype-name": "u1.small"}},
-                "status": {"phase": "Running", "nodeName": "node01"}})],
-            vms: vec![json!({"metadata": {"namespace": "ns1", "name": "vm-a"},
+                "status": {"phase": "Running", "nodeName": "node01"}})]),
+            vms: objects(vec![
+                json!({"metadata": {"namespace": "ns1", "name": "vm-a"},
                              "spec": {"instancetype": {"name": "u1.small"}},
-                             "status": {"printableStatus": "Running"}})],
-            migrations: vec![
+                             "status": {"printableStatus": "Running"}}),
+            ]),
+            migrations: objects(vec![
                 json!({"metadata": {"namespace": "ns1", "name": "mig-1"},
                        "spec": {"vmiName": "vm-a"}, "status": {"phase": "Succeeded"}}),
                 json!({"metadata": {"namespace": "ns1", "name": "mig-2"},
                        "spec": {"vmiName": "vm-a"}, "status": {"phase": "Running"}}),
-            ],
+            ]),
         };
         components().controller_ready.set(1);
         handler_ready().set(1);
@@ -662,7 +831,7 @@ mod tests {
                         {"phase": "Running", "phaseTransitionTimestamp": "2026-01-01T00:00:03Z"},
                         {"phase": "Succeeded", "phaseTransitionTimestamp": "2026-01-01T00:01:04Z"}]}}),
         );
-        register_collector(Box::new(ControlPlane { source: snapshot }));
+        register_collector(Box::new(ControlPlane::new(snapshot)));
         let text = encode().unwrap();
         let mut seen = Vec::new();
         for line in text.lines() {
