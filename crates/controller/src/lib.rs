@@ -47,6 +47,7 @@ use kube::{Client, Resource};
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
 use kubevirt_runtime::backoff::Backoff;
 use kubevirt_runtime::events;
+use kubevirt_runtime::workqueue;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -176,6 +177,7 @@ impl Error {
 
 /// Runs every controller until the returned future is dropped (or a watch stream ends).
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
+    workqueue::register_families();
     let ctx = Arc::new(Context::new(client.clone(), config));
     let vms: Api<VirtualMachine> = Api::all(client.clone());
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
@@ -183,7 +185,11 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
 
     let vm_ctl = Controller::new(vms, watcher::Config::default())
         .owns(vmis.clone(), watcher::Config::default())
-        .run(vm::reconcile, vm::error_policy, ctx.clone())
+        .run(
+            workqueue::instrument("virt-controller-vm", vm::reconcile),
+            vm::error_policy,
+            ctx.clone(),
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "vm controller");
@@ -205,7 +211,11 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
             },
         )
-        .run(vmi::reconcile, vmi::error_policy, ctx.clone())
+        .run(
+            workqueue::instrument("virt-controller-vmi", vmi::reconcile),
+            vmi::error_policy,
+            ctx.clone(),
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "vmi controller");
@@ -213,7 +223,11 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         });
     let rs_ctl = Controller::new(rss, watcher::Config::default())
         .owns(vmis, watcher::Config::default())
-        .run(replicaset::reconcile, replicaset::error_policy, ctx.clone())
+        .run(
+            workqueue::instrument("virt-controller-replicaset", replicaset::reconcile),
+            replicaset::error_policy,
+            ctx.clone(),
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "replicaset controller");
@@ -225,7 +239,11 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
             Api::<VirtualMachine>::all(client.clone()),
             watcher::Config::default(),
         )
-        .run(pool::reconcile, pool::error_policy, ctx.clone())
+        .run(
+            workqueue::instrument("virt-controller-pool", pool::reconcile),
+            pool::error_policy,
+            ctx.clone(),
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "pool controller");
@@ -250,7 +268,11 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
             },
         )
-        .run(migration::reconcile, migration::error_policy, ctx.clone())
+        .run(
+            workqueue::instrument("virt-controller-migration", migration::reconcile),
+            migration::error_policy,
+            ctx.clone(),
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "migration controller");
@@ -265,7 +287,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         watcher::Config::default(),
     )
     .run(
-        launcher_pod::reconcile,
+        workqueue::instrument("virt-controller-launcher-pod", launcher_pod::reconcile),
         launcher_pod::error_policy,
         ctx.clone(),
     )
@@ -274,13 +296,21 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         Api::<VirtualMachineInstance>::all(client.clone()),
         watcher::Config::default(),
     )
-    .run(evacuation::reconcile, evacuation::error_policy, ctx.clone())
+    .run(
+        workqueue::instrument("virt-controller-evacuation", evacuation::reconcile),
+        evacuation::error_policy,
+        ctx.clone(),
+    )
     .for_each(|_| async {});
     let snapshot_ctl = Controller::new(
         Api::<kubevirt_api::VirtualMachineSnapshot>::all(client.clone()),
         watcher::Config::default(),
     )
-    .run(snapshot::reconcile, snapshot::error_policy, ctx.clone())
+    .run(
+        workqueue::instrument("virt-controller-snapshot-vmsnapshot", snapshot::reconcile),
+        snapshot::error_policy,
+        ctx.clone(),
+    )
     .for_each(|r| async move {
         if let Err(e) = r {
             tracing::debug!(error = %e, "snapshot controller");
@@ -290,7 +320,11 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         Api::<kubevirt_api::VirtualMachineRestore>::all(client.clone()),
         watcher::Config::default(),
     )
-    .run(restore::reconcile, restore::error_policy, ctx.clone())
+    .run(
+        workqueue::instrument("virt-controller-restore-vmrestore", restore::reconcile),
+        restore::error_policy,
+        ctx.clone(),
+    )
     .for_each(|r| async move {
         if let Err(e) = r {
             tracing::debug!(error = %e, "restore controller");

@@ -582,6 +582,9 @@ scrape_configs:
         "kubevirt_vmi_phase_transition_time_from_creation_seconds_count{phase=\"Running\"} >= 1".to_string(),
         format!("node:kubevirt_vmi_phase:sum{{node=\"{node}\",phase=\"running\"}} >= 1"),
         "cluster:kubevirt_virt_controller_up:sum == 1".to_string(),
+        // The VM controller started this VMI: its queue processed items.
+        "kubevirt_workqueue_adds_total{name=\"virt-controller-vm\"} >= 1".to_string(),
+        "kubevirt_workqueue_work_duration_seconds_count{name=\"virt-controller-vmi\"} >= 1".to_string(),
         format!("kubevirt_vmi_vcpu_seconds_total{{name=\"{name}\",node=\"{node}\",id=\"0\"}} > 0"),
         format!("kubevirt_vmi_memory_resident_bytes{{name=\"{name}\"}} > 0"),
         format!("kubevirt_vmi_storage_read_traffic_bytes_total{{name=\"{name}\",drive=\"rootdisk\"}} > 0"),

@@ -25,3 +25,4 @@ pub mod host_path;
 pub mod metrics;
 pub mod status;
 pub mod subresource;
+pub mod workqueue;

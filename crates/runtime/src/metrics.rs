@@ -694,6 +694,11 @@ mod tests {
         ("kubevirt_virt_controller_leading_status", "gauge", "Indication for an operating virt-controller."),
         ("kubevirt_virt_api_ready_status", "gauge", "Indication for a virt-api server that is ready to serve requests."),
         ("kubevirt_virt_handler_ready_status", "gauge", "Indication for a virt-handler that is ready to serve requests."),
+        ("kubevirt_workqueue_adds_total", "counter", "Total number of adds handled by workqueue"),
+        ("kubevirt_workqueue_retries_total", "counter", "Total number of retries handled by workqueue"),
+        ("kubevirt_workqueue_work_duration_seconds", "histogram", "How long in seconds processing an item from workqueue takes."),
+        ("kubevirt_workqueue_unfinished_work_seconds", "gauge", "How many seconds of work have been in progress without being observed by work_duration. Large values indicate stuck threads. The number of stuck threads can be deduced by observing the rate at which this value increases."),
+        ("kubevirt_workqueue_longest_running_processor_seconds", "gauge", "How many seconds has the longest running processor for workqueue been running."),
     ];
 
     /// Label values come from users' objects (names, the `vm.kubevirt.io/os` annotation, the
@@ -832,6 +837,7 @@ mod tests {
                         {"phase": "Succeeded", "phaseTransitionTimestamp": "2026-01-01T00:01:04Z"}]}}),
         );
         register_collector(Box::new(ControlPlane::new(snapshot)));
+        crate::workqueue::register_families();
         let text = encode().unwrap();
         let mut seen = Vec::new();
         for line in text.lines() {
@@ -843,7 +849,9 @@ mod tests {
                 seen.push(name.to_string());
             } else if let Some(rest) = line.strip_prefix("# HELP ") {
                 let (name, help) = rest.split_once(' ').unwrap();
-                let row = KUBEVIRT.iter().find(|r| r.0 == name).unwrap();
+                let row = KUBEVIRT.iter().find(|r| r.0 == name);
+                let row =
+                    row.unwrap_or_else(|| panic!("HELP of {name} is not in KubeVirt's table"));
                 // Exactly KubeVirt's text: one final '.', not prometheus-client's second.
                 assert_eq!(row.2, help, "help of {name}");
             } else {
