@@ -131,6 +131,14 @@ fn samples(s: &VmiStats) -> Vec<(&'static str, &'static str, Labels, Value)> {
             vec![("id", v.cpu.to_string()), ("state", "running".into())],
             Counter(v.user_seconds + v.system_seconds),
         ));
+        if let Some(delay) = v.delay_seconds {
+            out.push((
+                "kubevirt_vmi_vcpu_delay_seconds",
+                "Amount of time spent by each vcpu waiting in the queue instead of running.",
+                vec![("id", v.cpu.to_string())],
+                Counter(delay),
+            ));
+        }
     }
     let m = &s.memory;
     out.push((
@@ -145,6 +153,14 @@ fn samples(s: &VmiStats) -> Vec<(&'static str, &'static str, Labels, Value)> {
             "Resident set size of the process running the domain.",
             vec![],
             Gauge(r as f64),
+        ));
+    }
+    if let Some(o) = m.overhead_bytes {
+        out.push((
+            "kubevirt_vmi_launcher_memory_overhead_bytes",
+            "Estimation of the memory amount required for virt-launcher's infrastructure components (e.g. libvirt, QEMU).",
+            vec![],
+            Gauge(o as f64),
         ));
     }
     if let Some(b) = m.balloon_actual_bytes {

@@ -1571,11 +1571,18 @@ impl Vm {
             let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
             let f: Vec<&str> = after.split_whitespace().collect();
             let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            let delay_seconds = std::fs::read_to_string(format!(
+                "/proc/{}/task/{}/schedstat",
+                self.qemu_pid, c.thread_id
+            ))
+            .ok()
+            .and_then(|s| stats::schedstat_delay_seconds(&s));
             vcpus.push(VcpuStats {
                 cpu: c.cpu_index.into(),
                 thread_id: c.thread_id,
                 user_seconds: ticks(11) / tick,
                 system_seconds: ticks(12) / tick,
+                delay_seconds,
             });
         }
         let balloon = self.qmp.query_balloon().await.ok();
@@ -1589,12 +1596,17 @@ impl Vm {
         };
         let resident_bytes = std::fs::read_to_string(format!("/proc/{}/status", self.qemu_pid))
             .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .map(|kb| kb * 1024);
+            .and_then(|s| stats::vm_rss_bytes(&s));
+        let launcher_bytes = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| stats::vm_rss_bytes(&s));
+        let guest_ram = std::fs::read_to_string(format!("/proc/{}/smaps", self.qemu_pid))
+            .ok()
+            .map(|s| stats::guest_ram_resident_bytes(&s, self.spec.memory.bytes));
+        let overhead_bytes = match (resident_bytes, launcher_bytes, guest_ram) {
+            (Some(qemu), Some(launcher), Some(ram)) => Some(launcher + qemu.saturating_sub(ram)),
+            _ => None,
+        };
         let block = self
             .qmp
             .query_blockstats()
@@ -1632,6 +1644,7 @@ impl Vm {
             memory: stats::MemoryStats {
                 guest_bytes: self.spec.memory.bytes,
                 resident_bytes,
+                overhead_bytes,
                 balloon_actual_bytes: balloon.map(|b| b.actual),
                 guest_stats: guest.map(|g| g.stats),
             },

@@ -27,6 +27,55 @@ pub struct VcpuStats {
     pub thread_id: i64,
     pub user_seconds: f64,
     pub system_seconds: f64,
+    /// Time the thread was runnable but waited for a host CPU (`/proc/.../schedstat`'s second
+    /// field; libvirt's `vcpu.N.delay`, the guest's steal time). Absent where the kernel has
+    /// no schedstat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<f64>,
+}
+
+/// The run-queue wait of a task, in seconds, from its `/proc/<pid>/task/<tid>/schedstat`
+/// text (`<run ns> <wait ns> <timeslices>`).
+pub fn schedstat_delay_seconds(schedstat: &str) -> Option<f64> {
+    let wait_ns: u64 = schedstat.split_whitespace().nth(1)?.parse().ok()?;
+    Some(wait_ns as f64 / 1e9)
+}
+
+/// The resident bytes of guest RAM in a `/proc/<qemu>/smaps` text: the mappings at least as
+/// large as the guest's memory (QEMU maps the machine's RAM in one block, anonymous or on
+/// `mem-path`; nothing else QEMU maps comes near it).
+pub fn guest_ram_resident_bytes(smaps: &str, guest_bytes: u64) -> u64 {
+    let mut total_kib = 0u64;
+    let mut in_ram = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-') {
+            if let (Ok(start), Ok(end)) =
+                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+            {
+                in_ram = guest_bytes > 0 && end.saturating_sub(start) >= guest_bytes;
+                continue;
+            }
+        }
+        if in_ram {
+            if let Some(kib) = line
+                .strip_prefix("Rss:")
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                total_kib += kib;
+            }
+        }
+    }
+    total_kib * 1024
+}
+
+/// `VmRSS` of a `/proc/<pid>/status` text, in bytes.
+pub fn vm_rss_bytes(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -38,6 +87,11 @@ pub struct MemoryStats {
     /// QEMU's resident set (`VmRSS`).
     #[serde(default)]
     pub resident_bytes: Option<u64>,
+    /// What the VMI costs beside its guest's RAM: the launcher's resident set plus QEMU's
+    /// minus the guest RAM QEMU holds resident (KubeVirt's
+    /// `kubevirt_vmi_launcher_memory_overhead_bytes`, measured rather than estimated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead_bytes: Option<u64>,
     /// `query-balloon`'s `actual`, when the machine has a balloon.
     #[serde(default)]
     pub balloon_actual_bytes: Option<u64>,
@@ -116,6 +170,38 @@ pub fn drive_name(device: &str, qdev: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guest RAM is the mapping at least as large as the guest (its `Rss`), not QEMU's
+    /// other mappings; schedstat's second field is the run-queue wait; garbage gives nothing
+    /// rather than a wrong number.
+    #[test]
+    fn guest_ram_schedstat_and_rss_are_read_from_proc_texts() {
+        let smaps = "\
+55d0c0000000-55d0c0200000 r-xp 00000000 08:01 123 /usr/bin/qemu-system-x86_64
+Size:               2048 kB
+Rss:                1500 kB
+7f0000000000-7f0010000000 rw-p 00000000 00:00 0
+Size:             262144 kB
+Rss:               81234 kB
+7f0010000000-7f0010100000 rw-p 00000000 00:00 0
+Size:               1024 kB
+Rss:                 900 kB
+";
+        assert_eq!(guest_ram_resident_bytes(smaps, 256 << 20), 81234 * 1024);
+        assert_eq!(guest_ram_resident_bytes(smaps, 512 << 20), 0);
+        assert_eq!(guest_ram_resident_bytes("garbage\nRss: 5 kB\n", 1), 0);
+        assert_eq!(
+            schedstat_delay_seconds("123456789 2500000000 77\n"),
+            Some(2.5)
+        );
+        assert_eq!(schedstat_delay_seconds("123"), None);
+        assert_eq!(schedstat_delay_seconds("1 x 2"), None);
+        assert_eq!(
+            vm_rss_bytes("Name:\tqemu\nVmRSS:\t   1640 kB\n"),
+            Some(1640 * 1024)
+        );
+        assert_eq!(vm_rss_bytes("VmRSS: lots"), None);
+    }
 
     #[test]
     fn tap_counters_are_turned_to_the_guests_side() {
