@@ -73,6 +73,26 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 for t in "${!TOOL_PKG[@]}"; do command -v "$t" >/dev/null || die "tool $t still missing"; done
 
+# ---------------------------------------------------------------- quick up-to-date check
+# Without apt: each apt-cache call parses every package list (seconds, more with a foreign
+# architecture's lists), and every test that boots the guest asks. QUICK covers what the last
+# build's stamp was computed from: this script, the guest sources, and the apt state the
+# package versions were resolved from (lists, sources, preferences: names, sizes, mtimes).
+OUTPUTS=(vmlinuz initrd.img oci/index.json versions.txt)
+[ "$ARCH" = amd64 ] && OUTPUTS+=(vmlinux disk.raw disk.qcow2)
+outputs_present() { local f; for f in "${OUTPUTS[@]}"; do [ -s "$OUT/$f" ] || return 1; done; }
+QUICK=$( {
+	echo "$ARCH"
+	cat "$HERE/build.sh" "$HERE/cmdline"
+	(cd "$HERE/rootfs" && find . -type f | sort | xargs sha256sum && find . -type f -perm -u+x | sort)
+	find /var/lib/apt/lists /etc/apt -maxdepth 2 -type f ! -name lock -printf '%p %s %T@\n' 2>/dev/null | sort
+	dpkg --print-foreign-architectures 2>/dev/null
+} | sha256sum | cut -d' ' -f1)
+if outputs_present && [ -s "$OUT/.stamp" ] && [ "$(cat "$OUT/.quick" 2>/dev/null)" = "$QUICK" ]; then
+	say "up to date ($ARCH; nothing changed since the last check)"
+	exit 0
+fi
+
 # ---------------------------------------------------------------- resolve packages
 policy() { # print "PKG VERSION" candidates of the given packages (:arch dropped), one apt-cache call
 	apt-cache policy "$@" 2>/dev/null | awk '/^[^ ]/{sub(/:$/,"");sub(/:[a-z0-9]+$/,"");p=$0} /^ *Candidate:/{print p, $2}'
@@ -134,15 +154,12 @@ STAMP=$( {
 	cat "$HERE/build.sh" "$HERE/cmdline"
 	(cd "$HERE/rootfs" && find . -type f | sort | xargs sha256sum && find . -type f -perm -u+x | sort)
 } | sha256sum | cut -d' ' -f1)
-OUTPUTS=(vmlinuz initrd.img oci/index.json versions.txt)
-[ "$ARCH" = amd64 ] && OUTPUTS+=(vmlinux disk.raw disk.qcow2)
-uptodate=1
-for f in "${OUTPUTS[@]}"; do [ -s "$OUT/$f" ] || uptodate=0; done
-if [ $uptodate = 1 ] && [ "$(cat "$OUT/.stamp" 2>/dev/null)" = "$STAMP" ]; then
+if outputs_present && [ "$(cat "$OUT/.stamp" 2>/dev/null)" = "$STAMP" ]; then
+	echo "$QUICK" >"$OUT/.quick"
 	say "up to date ($KPKG $KPKG_VER, busybox-static $BB_VER)"
 	exit 0
 fi
-rm -f "$OUT/.stamp"
+rm -f "$OUT/.stamp" "$OUT/.quick"
 
 # ---------------------------------------------------------------- download + extract
 fetch() { # fetch PKG VERSION -> extracted tree path on stdout (PKG of the guest's architecture)
@@ -503,4 +520,5 @@ PY
 cp "$HERE/cmdline" "$OUT/cmdline"
 echo "$VERSIONS" >"$OUT/versions.txt"
 echo "$STAMP" >"$OUT/.stamp"
+echo "$QUICK" >"$OUT/.quick"
 say "done ($ARCH): $OUT ($(du -sh "$OUT/initrd.img" | cut -f1) initrd, $KPKG $KPKG_VER)"

@@ -123,8 +123,8 @@ pub fn merged_image_store(dir: &Path, guests: &[&Path]) -> PathBuf {
         let oci = g.join("oci");
         let index = oci.join("index.json");
         let text = std::fs::read(&index).unwrap_or_else(|e| panic!("{}: {e}", index.display()));
-        let index: serde_json::Value = serde_json::from_slice(&text)
-            .unwrap_or_else(|e| panic!("{}: {e}", index.display()));
+        let index: serde_json::Value =
+            serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{}: {e}", index.display()));
         manifests.extend(index["manifests"].as_array().cloned().unwrap_or_default());
         for e in std::fs::read_dir(oci.join("blobs").join("sha256")).expect("read blobs") {
             let e = e.expect("blob entry");
