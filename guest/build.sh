@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Build the kubevirt-rs demo guest from Debian packages only.
 #
-#   guest/build.sh OUTDIR
+#   guest/build.sh [--arch amd64|arm64] OUTDIR
 #
-# Outputs (see guest/README.md):
+# --arch arm64 builds the same guest from Debian's arm64 packages (needs `dpkg
+# --add-architecture arm64` and an apt-get update; scripts/deps.sh does both): vmlinuz (an
+# arm64 Image), initrd.img and oci/ (boot/ only, ref name `arm64`), no vmlinux, no disk, no
+# qemu-ga (guest/README.md).
+#
+# Outputs for amd64 (see guest/README.md):
 #   OUTDIR/vmlinuz      Debian linux-image-amd64 bzImage (firmware.kernelBoot, SeaBIOS disk boot)
 #   OUTDIR/vmlinux      uncompressed kernel ELF with the Xen PVH note (qemu -kernel, fast under TCG)
 #   OUTDIR/initrd.img   uncompressed newc cpio: busybox-static + virtio/sata/fs modules + /init
@@ -20,7 +25,20 @@ set -euo pipefail
 say() { echo "guest: $*" >&2; }
 die() { echo "guest: error: $*" >&2; exit 1; }
 
-[ $# -eq 1 ] || die "usage: $0 OUTDIR"
+ARCH=amd64
+if [ "${1:-}" = --arch ]; then
+	[ $# -ge 2 ] || die "usage: $0 [--arch amd64|arm64] OUTDIR"
+	ARCH=$2
+	shift 2
+fi
+[ $# -eq 1 ] || die "usage: $0 [--arch amd64|arm64] OUTDIR"
+# Per architecture: Q is the apt architecture qualifier of the guest's packages (empty: the
+# host's own), REF the OCI ref name, CMDLINE_KEY the line of guest/cmdline.
+case $ARCH in
+amd64) Q= REF=latest CMDLINE_KEY=q35 ;;
+arm64) Q=:arm64 REF=arm64 CMDLINE_KEY=arm64 ;;
+*) die "--arch $ARCH: this builder makes amd64 and arm64 guests" ;;
+esac
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
@@ -31,6 +49,7 @@ export LC_ALL=C SOURCE_DATE_EPOCH=0
 DISK_MIB=64
 # Kernel command lines (kept in sync with guest/cmdline and README.md).
 CMDLINE_Q35=$(sed -n 's/^q35=//p' "$HERE/cmdline")
+[ -n "$(sed -n "s/^$CMDLINE_KEY=//p" "$HERE/cmdline")" ] || die "guest/cmdline has no $CMDLINE_KEY= line"
 
 # ---------------------------------------------------------------- host tools
 # command -> Debian package providing it
@@ -54,21 +73,50 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 for t in "${!TOOL_PKG[@]}"; do command -v "$t" >/dev/null || die "tool $t still missing"; done
 
+# ---------------------------------------------------------------- quick up-to-date check
+# Without apt: each apt-cache call parses every package list (seconds, more with a foreign
+# architecture's lists), and every test that boots the guest asks. QUICK covers what the last
+# build's stamp was computed from: this script, the guest sources, and the apt state the
+# package versions were resolved from (lists, sources, preferences: names, sizes, mtimes).
+OUTPUTS=(vmlinuz initrd.img oci/index.json versions.txt)
+[ "$ARCH" = amd64 ] && OUTPUTS+=(vmlinux disk.raw disk.qcow2)
+outputs_present() { local f; for f in "${OUTPUTS[@]}"; do [ -s "$OUT/$f" ] || return 1; done; }
+QUICK=$( {
+	echo "$ARCH"
+	cat "$HERE/build.sh" "$HERE/cmdline"
+	(cd "$HERE/rootfs" && find . -type f | sort | xargs sha256sum && find . -type f -perm -u+x | sort)
+	find /var/lib/apt/lists /etc/apt -maxdepth 2 -type f ! -name lock -printf '%p %s %T@\n' 2>/dev/null | sort
+	dpkg --print-foreign-architectures 2>/dev/null
+} | sha256sum | cut -d' ' -f1)
+if outputs_present && [ -s "$OUT/.stamp" ] && [ "$(cat "$OUT/.quick" 2>/dev/null)" = "$QUICK" ]; then
+	say "up to date ($ARCH; nothing changed since the last check)"
+	exit 0
+fi
+
 # ---------------------------------------------------------------- resolve packages
-policy() { # print "PKG VERSION" candidates of the given packages, one apt-cache call
-	apt-cache policy "$@" 2>/dev/null | awk '/^[^ ]/{sub(/:$/,"");p=$0} /^ *Candidate:/{print p, $2}'
+policy() { # print "PKG VERSION" candidates of the given packages (:arch dropped), one apt-cache call
+	apt-cache policy "$@" 2>/dev/null | awk '/^[^ ]/{sub(/:$/,"");sub(/:[a-z0-9]+$/,"");p=$0} /^ *Candidate:/{print p, $2}'
 }
+# the given package names with the guest architecture's qualifier
+q() { local p; for p in "$@"; do printf '%s%s\n' "$p" "$Q"; done; }
 # QEMU guest agent (/usr/sbin/qemu-ga) and the packages holding the shared objects it links
 # (DT_NEEDED, recursively: libudev.so.1 libnuma.so.1 liburing.so.2 libglib-2.0.so.0
 # libgmodule-2.0.so.0 libm.so.6 libc.so.6, and glib's libpcre2-8.so.0). glib's other Depends
 # (libffi8, libmount1, libselinux1, zlib1g) are for gio/gobject, which qemu-ga does not link.
 # Only the shared objects really needed go into the initramfs; the build fails if one is missing.
 QGA_PKGS="qemu-guest-agent libc6 libglib2.0-0 libnuma1 libudev1 liburing2 libpcre2-8-0"
-cand=$(policy linux-image-amd64 busybox-static $QGA_PKGS)
-if ! echo "$cand" | grep -q '^linux-image-amd64 [0-9]'; then
+# The arm64 guest has no guest agent (yet): only the kernel and busybox.
+[ "$ARCH" = amd64 ] || QGA_PKGS=
+KMETA=linux-image-$ARCH
+cand=$(policy $(q "$KMETA" busybox-static $QGA_PKGS))
+if ! echo "$cand" | grep -q "^$KMETA [0-9]"; then
 	say "apt lists missing: apt-get update"
 	apt-get update -q >&2 || die "apt-get update failed"
-	cand=$(policy linux-image-amd64 busybox-static $QGA_PKGS)
+	cand=$(policy $(q "$KMETA" busybox-static $QGA_PKGS))
+fi
+if [ -n "$Q" ] && ! echo "$cand" | grep -q "^$KMETA [0-9]" &&
+	! dpkg --print-foreign-architectures | grep -qx "${Q#:}"; then
+	die "no ${Q#:} packages in the apt lists: run scripts/deps.sh (dpkg --add-architecture ${Q#:}; apt-get update)"
 fi
 QGA_VERSIONS=
 for p in $QGA_PKGS; do
@@ -76,22 +124,23 @@ for p in $QGA_PKGS; do
 	[ -n "$v" ] && [ "$v" != "(none)" ] || die "$p not found in apt sources (needed for qemu-ga)"
 	QGA_VERSIONS+="${QGA_VERSIONS:+$'\n'}$p $v"
 done
-kver_meta=$(echo "$cand" | awk '$1=="linux-image-amd64"{print $2}')
+kver_meta=$(echo "$cand" | awk -v p="$KMETA" '$1==p{print $2}')
 BB_VER=$(echo "$cand" | awk '$1=="busybox-static"{print $2}')
-[ -n "$kver_meta" ] && [ "$kver_meta" != "(none)" ] || die "linux-image-amd64 not found in apt sources"
-[ -n "$BB_VER" ] && [ "$BB_VER" != "(none)" ] || die "busybox-static not found in apt sources"
-# Depends: linux-image-6.1.0-NN-amd64 (= VERSION)
-kdep=$(apt-cache show "linux-image-amd64=$kver_meta" | sed -n 's/^Depends: *//p' | head -n 1 |
-	tr ',' '\n' | grep -E '^ *linux-image-[0-9][^ ]*-amd64' | head -n 1)
+[ -n "$kver_meta" ] && [ "$kver_meta" != "(none)" ] || die "$KMETA$Q not found in apt sources"
+[ -n "$BB_VER" ] && [ "$BB_VER" != "(none)" ] || die "busybox-static$Q not found in apt sources"
+# Depends: linux-image-6.1.0-NN-ARCH (= VERSION)
+kdep=$(apt-cache show "$KMETA$Q=$kver_meta" | sed -n 's/^Depends: *//p' | head -n 1 |
+	tr ',' '\n' | grep -E "^ *linux-image-[0-9][^ ]*-$ARCH" | head -n 1)
 KPKG=$(echo "$kdep" | awk '{print $1}')
 KPKG_VER=$(echo "$kdep" | sed -n 's/.*(= *\([^)]*\)).*/\1/p')
-[ -n "$KPKG" ] || die "cannot resolve the kernel package behind linux-image-amd64 $kver_meta"
-[ -n "$KPKG_VER" ] || KPKG_VER=$(policy "$KPKG" | awk '{print $2}')
+[ -n "$KPKG" ] || die "cannot resolve the kernel package behind $KMETA$Q $kver_meta"
+[ -n "$KPKG_VER" ] || KPKG_VER=$(policy "$KPKG$Q" | awk '{print $2}')
 KVER=${KPKG#linux-image-}
 SYSLINUX_VER=$(dpkg-query -W -f '${Version}' syslinux 2>/dev/null || echo unknown)
 SYSLINUX_COMMON_VER=$(dpkg-query -W -f '${Version}' syslinux-common 2>/dev/null || echo unknown)
 
-VERSIONS="linux-image-amd64 $kver_meta
+VERSIONS="architecture $ARCH
+$KMETA $kver_meta
 $KPKG $KPKG_VER
 busybox-static $BB_VER
 syslinux $SYSLINUX_VER (host, disk bootloader)
@@ -105,18 +154,16 @@ STAMP=$( {
 	cat "$HERE/build.sh" "$HERE/cmdline"
 	(cd "$HERE/rootfs" && find . -type f | sort | xargs sha256sum && find . -type f -perm -u+x | sort)
 } | sha256sum | cut -d' ' -f1)
-OUTPUTS=(vmlinuz vmlinux initrd.img disk.raw disk.qcow2 oci/index.json versions.txt)
-uptodate=1
-for f in "${OUTPUTS[@]}"; do [ -s "$OUT/$f" ] || uptodate=0; done
-if [ $uptodate = 1 ] && [ "$(cat "$OUT/.stamp" 2>/dev/null)" = "$STAMP" ]; then
+if outputs_present && [ "$(cat "$OUT/.stamp" 2>/dev/null)" = "$STAMP" ]; then
+	echo "$QUICK" >"$OUT/.quick"
 	say "up to date ($KPKG $KPKG_VER, busybox-static $BB_VER)"
 	exit 0
 fi
-rm -f "$OUT/.stamp"
+rm -f "$OUT/.stamp" "$OUT/.quick"
 
 # ---------------------------------------------------------------- download + extract
-fetch() { # fetch PKG VERSION -> extracted tree path on stdout
-	local pkg=$1 ver=$2 dir="$CACHE/$1_$2"
+fetch() { # fetch PKG VERSION -> extracted tree path on stdout (PKG of the guest's architecture)
+	local pkg=$1$Q ver=$2 dir="$CACHE/$1${Q/:/_}_$2"
 	if [ ! -e "$dir/.done" ]; then
 		rm -rf "$dir" && mkdir -p "$dir/deb" "$dir/root"
 		say "downloading $pkg $ver"
@@ -134,14 +181,21 @@ BUSYBOX=$BBROOT/bin/busybox
 [ -x "$BUSYBOX" ] || die "busybox binary not found in busybox-static"
 [ -f "$KROOT/boot/vmlinuz-$KVER" ] || die "vmlinuz-$KVER not found in $KPKG"
 QGA_ROOTS=()
-while read -r p v; do
+[ -z "$QGA_VERSIONS" ] || while read -r p v; do
 	[ -n "$p" ] || continue
 	QGA_ROOTS+=("$(fetch "$p" "$v")")
 done <<<"$QGA_VERSIONS"
 
 # ---------------------------------------------------------------- kernel
-say "kernel $KVER: vmlinuz + vmlinux"
 cp "$KROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz.tmp" && mv "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
+if [ "$ARCH" = arm64 ]; then
+	# Debian's arm64 vmlinuz is the kernel's uncompressed Image: QEMU's -kernel loads it as it
+	# is (arm64 boot protocol: magic "ARM\x64" at offset 56).
+	say "kernel $KVER: vmlinuz (arm64 Image)"
+	[ "$(dd if="$OUT/vmlinuz" bs=1 skip=56 count=4 status=none | od -An -tx1 | tr -d ' ')" = 41524d64 ] ||
+		die "vmlinuz-$KVER is not an arm64 Image"
+else
+say "kernel $KVER: vmlinuz + vmlinux"
 python3 - "$OUT/vmlinuz" "$OUT/vmlinux.tmp" <<'PY'
 # extract-vmlinux: find the xz payload in the bzImage and decompress it to the ELF
 import lzma, sys
@@ -162,6 +216,7 @@ sys.exit("no xz-compressed ELF payload found in " + sys.argv[1])
 PY
 grep -qa 'Xen' "$OUT/vmlinux.tmp" || die "vmlinux has no Xen (PVH) note"
 mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
+fi
 
 # ---------------------------------------------------------------- initramfs
 say "initrd.img: busybox + modules"
@@ -169,17 +224,29 @@ say "initrd.img: busybox + modules"
 BOOT_MODS="virtio_pci virtio_mmio virtio_blk virtio_net virtio_console button evdev"
 LATE_MODS="ahci sd_mod sr_mod virtio_scsi isofs vfat nls_cp437 nls_ascii nls_iso8859_1 nls_utf8
 	ext4 crc32c_generic i6300esb virtio_balloon virtio_rng virtio_mem"
+if [ "$ARCH" = arm64 ]; then
+	# arm64 `virt`: PCIe virtio devices, no ACPI power button or i6300esb (KubeVirt refuses a
+	# watchdog on arm64), no SATA; the PL011 console and virtio-pci are built in.
+	BOOT_MODS="virtio_pci virtio_mmio virtio_blk virtio_net virtio_console evdev"
+	LATE_MODS="sd_mod sr_mod virtio_scsi isofs vfat nls_cp437 nls_ascii nls_iso8859_1 nls_utf8
+	ext4 crc32c_generic virtio_balloon virtio_rng"
+fi
 STAGE=$CACHE/initramfs
 rm -rf "$STAGE" && mkdir -p "$STAGE"
 (cd "$STAGE" && mkdir -p bin sbin usr/bin usr/sbin etc root home/demo proc sys dev run tmp mnt var/log "lib/modules/$KVER")
 cp "$BUSYBOX" "$STAGE/bin/busybox"
-for a in $("$BUSYBOX" --list-full); do
+# The guest's busybox lists its applets and runs depmod below; one of another architecture
+# cannot run here, so the host's busybox (busybox-static, scripts/deps.sh) does it.
+HOSTBB=$BUSYBOX
+"$HOSTBB" true 2>/dev/null || HOSTBB=$(command -v busybox) ||
+	die "the $ARCH busybox cannot run here and the host has no busybox (apt-get install busybox-static)"
+for a in $("$HOSTBB" --list-full); do
 	[ -e "$STAGE/$a" ] || ln -s /bin/busybox "$STAGE/$a"
 done
 cp -a "$HERE/rootfs/." "$STAGE/"
 # QEMU guest agent: /usr/sbin/qemu-ga, the shared objects it needs (ELF DT_NEEDED, resolved
 # recursively across the extracted packages) in /lib/x86_64-linux-gnu, and its ELF interpreter.
-python3 - "$STAGE" usr/sbin/qemu-ga "${QGA_ROOTS[@]}" <<'PY'
+[ "$ARCH" != amd64 ] || python3 - "$STAGE" usr/sbin/qemu-ga "${QGA_ROOTS[@]}" <<'PY'
 import os, shutil, struct, sys
 stage, prog, roots = sys.argv[1], sys.argv[2], sys.argv[3:]
 LIBDIRS = ('lib/x86_64-linux-gnu', 'usr/lib/x86_64-linux-gnu', 'lib64', 'usr/lib64', 'lib', 'usr/lib')
@@ -308,12 +375,13 @@ for name, mods in (('boot.order', boot), ('late.order', late)):
     print('guest:   %s: %s' % (name, ' '.join(order)), file=sys.stderr)
 PY
 # modules.dep for busybox modprobe inside the guest (optional convenience)
-(cd "$STAGE" && "$BUSYBOX" depmod -b . "$KVER" 2>/dev/null) || true
+(cd "$STAGE" && "$HOSTBB" depmod -b . "$KVER" 2>/dev/null) || true
 find "$STAGE" -exec touch -h -d @0 {} +
 (cd "$STAGE" && find . -mindepth 1 | sort | cpio -o -H newc -R 0:0 --reproducible --quiet) >"$OUT/initrd.img.tmp"
 mv "$OUT/initrd.img.tmp" "$OUT/initrd.img"
 
 # ---------------------------------------------------------------- disk.raw (SeaBIOS + syslinux)
+if [ "$ARCH" = amd64 ]; then
 say "disk.raw: ${DISK_MIB} MiB MBR disk, FAT partition, syslinux"
 PART_START=2048
 PART_SECTORS=$((DISK_MIB * 2048 - PART_START))
@@ -374,23 +442,32 @@ mv "$OUT/disk.raw.tmp" "$OUT/disk.raw"
 say "disk.qcow2"
 qemu-img convert -q -f raw -O qcow2 "$OUT/disk.raw" "$OUT/disk.qcow2.tmp"
 mv "$OUT/disk.qcow2.tmp" "$OUT/disk.qcow2"
+fi
 
 # ---------------------------------------------------------------- OCI containerDisk
 say "oci/: containerDisk image layout"
 LAYER_DIR=$CACHE/layer
 rm -rf "$LAYER_DIR" "$OUT/oci"
-mkdir -p "$LAYER_DIR/disk" "$LAYER_DIR/boot" "$OUT/oci/blobs/sha256"
-cp "$OUT/disk.qcow2" "$LAYER_DIR/disk/disk.qcow2"
-# /boot: the same image also serves firmware.kernelBoot.container (kernelPath/initrdPath).
-cp "$OUT/vmlinuz" "$OUT/vmlinux" "$OUT/initrd.img" "$LAYER_DIR/boot/"
-chmod 0555 "$LAYER_DIR/disk" "$LAYER_DIR/boot"
-chmod 0444 "$LAYER_DIR/disk/disk.qcow2" "$LAYER_DIR/boot/vmlinuz" "$LAYER_DIR/boot/vmlinux" "$LAYER_DIR/boot/initrd.img"
+mkdir -p "$LAYER_DIR/boot" "$OUT/oci/blobs/sha256"
+# /boot: firmware.kernelBoot.container (kernelPath/initrdPath); amd64's image is also a
+# containerDisk (/disk/disk.qcow2).
+cp "$OUT/vmlinuz" "$OUT/initrd.img" "$LAYER_DIR/boot/"
+LAYER_TOP=boot
+if [ "$ARCH" = amd64 ]; then
+	mkdir -p "$LAYER_DIR/disk"
+	cp "$OUT/disk.qcow2" "$LAYER_DIR/disk/disk.qcow2"
+	cp "$OUT/vmlinux" "$LAYER_DIR/boot/"
+	LAYER_TOP="boot disk"
+fi
+find "$LAYER_DIR" -mindepth 1 -type d -exec chmod 0555 {} +
+find "$LAYER_DIR" -type f -exec chmod 0444 {} +
+# shellcheck disable=SC2086 # LAYER_TOP: the layer's top directories
 tar -C "$LAYER_DIR" --format=ustar --sort=name --mtime=@0 --owner=107 --group=107 --numeric-owner \
-	-cf "$CACHE/layer.tar" boot disk
+	-cf "$CACHE/layer.tar" $LAYER_TOP
 chmod -R u+w "$LAYER_DIR" && rm -rf "$LAYER_DIR"
-python3 - "$CACHE/layer.tar" "$OUT/oci" "$KPKG $KPKG_VER" <<'PY'
+python3 - "$CACHE/layer.tar" "$OUT/oci" "$KPKG $KPKG_VER" "$ARCH" "$REF" <<'PY'
 import hashlib, json, os, shutil, sys
-layer, oci, kernel = sys.argv[1], sys.argv[2], sys.argv[3]
+layer, oci, kernel, arch, ref = sys.argv[1:6]
 def blob(data=None, path=None):
     h = hashlib.sha256()
     if path:
@@ -411,10 +488,11 @@ def enc(o):
     return json.dumps(o, sort_keys=True, separators=(',', ':')).encode()
 ldig, lsize = blob(path=layer)
 config = {
-    'architecture': 'amd64', 'os': 'linux',
+    'architecture': arch, 'os': 'linux',
     'config': {'Labels': {'org.kubevirt-rs.guest.kernel': kernel}},
     'rootfs': {'type': 'layers', 'diff_ids': [ldig]},
-    'history': [{'created_by': 'guest/build.sh: disk/disk.qcow2, boot/{vmlinuz,vmlinux,initrd.img} (107:107)'}],
+    'history': [{'created_by': 'guest/build.sh --arch %s: %s (107:107)' % (arch,
+        'disk/disk.qcow2, boot/{vmlinuz,vmlinux,initrd.img}' if arch == 'amd64' else 'boot/{vmlinuz,initrd.img}')}],
 }
 cdig, csize = blob(enc(config))
 manifest = {
@@ -429,8 +507,8 @@ index = {
     'mediaType': 'application/vnd.oci.image.index.v1+json',
     'manifests': [{
         'mediaType': 'application/vnd.oci.image.manifest.v1+json', 'digest': mdig, 'size': msize,
-        'platform': {'architecture': 'amd64', 'os': 'linux'},
-        'annotations': {'org.opencontainers.image.ref.name': 'latest'},
+        'platform': {'architecture': arch, 'os': 'linux'},
+        'annotations': {'org.opencontainers.image.ref.name': ref},
     }],
 }
 open(os.path.join(oci, 'index.json'), 'wb').write(enc(index))
@@ -442,4 +520,5 @@ PY
 cp "$HERE/cmdline" "$OUT/cmdline"
 echo "$VERSIONS" >"$OUT/versions.txt"
 echo "$STAMP" >"$OUT/.stamp"
-say "done: $OUT ($(du -sh "$OUT/initrd.img" | cut -f1) initrd, $KPKG $KPKG_VER)"
+echo "$QUICK" >"$OUT/.quick"
+say "done ($ARCH): $OUT ($(du -sh "$OUT/initrd.img" | cut -f1) initrd, $KPKG $KPKG_VER)"

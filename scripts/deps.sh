@@ -6,6 +6,8 @@ set -euo pipefail
 # command -> Debian package
 declare -A need=(
   [qemu-system-x86_64]=qemu-system-x86
+  # arm64 guests (docs/architectures.md): the emulator; AAVMF (UEFI) is checked below.
+  [qemu-system-aarch64]=qemu-system-arm
   [qemu-img]=qemu-utils
   [busybox]=busybox-static
   [syslinux]=syslinux
@@ -28,6 +30,7 @@ done
 # syslinux's MBR and modules come from syslinux-common; OVMF for UEFI guests.
 [ -f /usr/lib/syslinux/mbr/mbr.bin ] || missing+=(syslinux-common)
 [ -f /usr/share/OVMF/OVMF_CODE.fd ] || [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)
+[ -f /usr/share/AAVMF/AAVMF_CODE.fd ] || missing+=(qemu-efi-aarch64)
 # The standard CNI plugins (bridge, host-local, portmap...) for VMI networks; iproute2 for
 # network namespaces and links.
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
@@ -40,14 +43,27 @@ command -v passt >/dev/null 2>&1 || missing+=(passt)
 # which is not on every user's PATH, so the check uses the file.
 [ -x /usr/sbin/qemu-ga ] || missing+=(qemu-guest-agent)
 
-if [ ${#missing[@]} -eq 0 ]; then
+# The arm64 demo guest (guest/build.sh --arch arm64) downloads Debian's arm64 kernel and
+# busybox: apt must know the arm64 archive (its package lists; nothing arm64 is installed).
+add_arch=
+command -v dpkg >/dev/null 2>&1 && ! dpkg --print-foreign-architectures | grep -qx arm64 && add_arch=arm64
+
+if [ ${#missing[@]} -eq 0 ] && [ -z "$add_arch" ]; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
-  echo "deps: missing packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+  [ ${#missing[@]} -eq 0 ] ||
+    echo "deps: missing packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+  [ -z "$add_arch" ] ||
+    echo "deps: no arm64 apt architecture (run as root, or: sudo dpkg --add-architecture arm64; sudo apt-get update)" >&2
   exit 0
 fi
-echo "deps: installing ${missing[*]}" >&2
+if [ -n "$add_arch" ]; then
+  echo "deps: dpkg --add-architecture $add_arch" >&2
+  dpkg --add-architecture "$add_arch"
+fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "deps: installing ${missing[*]}" >&2
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

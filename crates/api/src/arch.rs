@@ -57,6 +57,17 @@ impl Arch {
         }
     }
 
+    /// The Node label a node agent sets to `"true"` when it can run guests of this
+    /// architecture (the emulator and firmware are installed), in the style of KubeVirt's node
+    /// labeller (`cpu-model.node.kubevirt.io/<model>`): `guest-arch.node.kubevirt.io/<arch>`.
+    /// The scheduler places a VMI only on a node advertising its `spec.architecture`.
+    pub fn node_label(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "guest-arch.node.kubevirt.io/amd64",
+            Arch::Arm64 => "guest-arch.node.kubevirt.io/arm64",
+        }
+    }
+
     /// KubeVirt's `Default*EmulatedMachines`: the machine types admission accepts (globs).
     pub fn emulated_machines(self) -> &'static [&'static str] {
         match self {
@@ -71,6 +82,10 @@ impl std::fmt::Display for Arch {
         f.write_str(self.as_str())
     }
 }
+
+/// The prefix of [`Arch::node_label`]: a node carrying any such label advertises its guest
+/// architectures.
+pub const NODE_LABEL_PREFIX: &str = "guest-arch.node.kubevirt.io/";
 
 /// The refusal of an unknown `spec.architecture`, in KubeVirt's words.
 pub fn unsupported_message(arch: &str) -> String {

@@ -277,6 +277,10 @@ pub mod label {
     /// Node annotation: virt-handler's last heartbeat (RFC 3339), KubeVirt's
     /// `VirtHandlerHeartbeat`.
     pub const HEARTBEAT: &str = "kubevirt.io/heartbeat";
+    /// Node label: Kubernetes' `kubernetes.io/arch`, the host's architecture as Go names it
+    /// (kubelet's label). The guest architectures a node runs are
+    /// [`crate::arch::Arch::node_label`].
+    pub const ARCH: &str = "kubernetes.io/arch";
     /// Node label: Kubernetes' `kubernetes.io/hostname` (the node's name here).
     pub const HOSTNAME: &str = "kubernetes.io/hostname";
     /// Node labels: whether the node can run VMs with KVM, and whether it may emulate.

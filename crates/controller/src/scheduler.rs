@@ -17,6 +17,13 @@
 //!    `matchExpressions` with In/NotIn/Exists/DoesNotExist/Gt/Lt and `matchFields` on
 //!    `metadata.name`, ANDed).
 //!
+//! 4. The guest architecture (ours; KubeVirt puts `kubernetes.io/arch` in the launcher Pod's
+//!    `nodeSelector`): a node advertising guest architectures (`guest-arch.node.kubevirt.io/*`
+//!    labels, [`kubevirt_api::arch::Arch::node_label`]) takes a VMI only when the label of its
+//!    `spec.architecture` (empty: amd64) is `"true"`; a node advertising none, only when its
+//!    `kubernetes.io/arch` (if any) is that architecture. Its refusal names the architecture:
+//!    `1 node(s) can't run arm64 guests (guest-arch.node.kubevirt.io/arm64)`.
+//!
 //! Among the nodes left, the one running the fewest VMIs wins (ties: the first name). That is
 //! all the scoring there is: no resources, no preferred affinity, no pod (anti-)affinity, no
 //! topology spread. A VMI no node takes gets kube-scheduler's message, e.g.
@@ -31,7 +38,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Node, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
 };
-use kubevirt_api::status::label::SCHEDULABLE;
+use kubevirt_api::arch::NODE_LABEL_PREFIX;
+use kubevirt_api::status::label::{ARCH, SCHEDULABLE};
 use kubevirt_api::VirtualMachineInstance;
 
 /// The taint key of a cordoned node (kube-scheduler's `NodeUnschedulable` tolerates it).
@@ -48,6 +56,9 @@ pub enum Refusal {
     Taint { key: String, value: String },
     /// `nodeSelector`, `kubevirt.io/schedulable` or the required node affinity.
     Affinity,
+    /// The node does not run guests of this `spec.architecture` (empty: one this
+    /// implementation does not know, not echoed).
+    Architecture { arch: String },
 }
 
 impl std::fmt::Display for Refusal {
@@ -58,6 +69,15 @@ impl std::fmt::Display for Refusal {
                 write!(f, "node(s) had untolerated taint {{{key}: {value}}}")
             }
             Refusal::Affinity => f.write_str("node(s) didn't match Pod's node affinity/selector"),
+            Refusal::Architecture { arch } if kubevirt_api::arch::Arch::parse(arch).is_some() => {
+                write!(
+                    f,
+                    "node(s) can't run {arch} guests ({NODE_LABEL_PREFIX}{arch})"
+                )
+            }
+            Refusal::Architecture { .. } => {
+                f.write_str("node(s) can't run guests of an unsupported architecture")
+            }
         }
     }
 }
@@ -159,7 +179,34 @@ pub fn refusal(vmi: &VirtualMachineInstance, node: &Node) -> Option<Refusal> {
     if !affinity_matches(vmi, node) {
         return Some(Refusal::Affinity);
     }
+    let arch = guest_arch(vmi);
+    if !runs_arch(node, arch) {
+        // Admission refuses unknown architectures; one that got past it is not echoed.
+        let arch = kubevirt_api::arch::Arch::parse(arch).map_or("", |a| a.as_str());
+        return Some(Refusal::Architecture { arch: arch.into() });
+    }
     None
+}
+
+/// The VMI's `spec.architecture`; empty or absent is amd64 (admission defaults it).
+fn guest_arch(vmi: &VirtualMachineInstance) -> &str {
+    match vmi.spec.architecture.as_deref() {
+        None | Some("") => kubevirt_api::arch::Arch::Amd64.as_str(),
+        Some(a) => a,
+    }
+}
+
+/// Whether `node` runs guests of `arch`: by its guest-architecture labels if it has any,
+/// else by its `kubernetes.io/arch` (a node without either is not judged).
+fn runs_arch(node: &Node, arch: &str) -> bool {
+    let Some(labels) = node.metadata.labels.as_ref() else {
+        return true;
+    };
+    if labels.keys().any(|k| k.starts_with(NODE_LABEL_PREFIX)) {
+        let key = format!("{NODE_LABEL_PREFIX}{arch}");
+        return labels.get(&key).map(String::as_str) == Some("true");
+    }
+    labels.get(ARCH).is_none_or(|a| a == arch)
 }
 
 /// The node's `Ready` condition is `True`.
@@ -491,5 +538,73 @@ mod tests {
             json!({"metadata": {"labels": {SCHEDULABLE: "false"}}}),
         )];
         assert!(place(&sneaky, &down, &load(&[])).is_err());
+    }
+
+    #[test]
+    fn a_vmi_goes_only_to_nodes_advertising_its_architecture() {
+        let amd64_only = json!({"metadata": {"labels": {
+            ARCH: "amd64",
+            "guest-arch.node.kubevirt.io/amd64": "true",
+            "guest-arch.node.kubevirt.io/arm64": "false"}}});
+        let both = json!({"metadata": {"labels": {
+            ARCH: "amd64",
+            "guest-arch.node.kubevirt.io/amd64": "true",
+            "guest-arch.node.kubevirt.io/arm64": "true"}}});
+        let arm = vmi(json!({"architecture": "arm64"}));
+        let x86 = vmi(json!({"architecture": "amd64"}));
+        let unset = vmi(json!({}));
+        // No node has qemu-system-aarch64: the arm64 VMI waits, and the message says why.
+        let nodes = [
+            node("node01", amd64_only.clone()),
+            node("node02", amd64_only),
+        ];
+        let e = place(&arm, &nodes, &load(&[])).expect_err("no arm64 node");
+        assert_eq!(
+            e.to_string(),
+            "0/2 nodes are available: 2 node(s) can't run arm64 guests \
+             (guest-arch.node.kubevirt.io/arm64)."
+        );
+        assert_eq!(place(&x86, &nodes, &load(&[])), Ok("node01"));
+        assert_eq!(place(&unset, &nodes, &load(&[])), Ok("node01"));
+        // One node can: it takes the arm64 VMI however loaded it is.
+        let nodes = [nodes[0].clone(), node("node02", both)];
+        assert_eq!(place(&arm, &nodes, &load(&[("node02", 5)])), Ok("node02"));
+        // A node advertising no guest architectures is judged by kubernetes.io/arch, and one
+        // with neither label (registered by hand) is not judged.
+        let arm_host = node("arm", json!({"metadata": {"labels": {ARCH: "arm64"}}}));
+        assert_eq!(refusal(&arm, &arm_host), None);
+        assert_eq!(
+            refusal(&x86, &arm_host),
+            Some(Refusal::Architecture {
+                arch: "amd64".into()
+            })
+        );
+        assert_eq!(refusal(&arm, &node("bare", json!({}))), None);
+        // A label other than "true" does not count; a hostile architecture (past admission)
+        // matches no advertised label and is not echoed.
+        let odd = node(
+            "odd",
+            json!({"metadata": {"labels": {"guest-arch.node.kubevirt.io/arm64": "yes"}}}),
+        );
+        assert!(refusal(&arm, &odd).is_some());
+        for hostile in ["s390x", "", "../arm64", "arm64\0", &"a".repeat(10_000)] {
+            let v = vmi(json!({"architecture": hostile}));
+            let nodes = [node("n", both_labels())];
+            match place(&v, &nodes, &load(&[])) {
+                // "" is amd64 (admission's default)
+                Ok(_) => assert_eq!(hostile, ""),
+                Err(e) => assert_eq!(
+                    e.to_string(),
+                    "0/1 nodes are available: 1 node(s) can't run guests of an unsupported \
+                     architecture."
+                ),
+            }
+        }
+    }
+
+    fn both_labels() -> serde_json::Value {
+        json!({"metadata": {"labels": {
+            "guest-arch.node.kubevirt.io/amd64": "true",
+            "guest-arch.node.kubevirt.io/arm64": "true"}}})
     }
 }

@@ -913,14 +913,22 @@ fn node_metadata(config: &Config, schedulable: bool) -> Value {
     let kvm = kubevirt_launcher::accel::choose(emulation)
         .map(|c| c.accelerator.as_str() == "kvm")
         .unwrap_or(false);
+    let mut labels = json!({
+        label::HOSTNAME: config.node_name,
+        label::ARCH: go_arch(),
+        label::SCHEDULABLE: schedulable.to_string(),
+        label::KVM: kvm.to_string(),
+        label::EMULATION: emulation.to_string(),
+        label::POD_NETWORK: if config.pod_network.is_some() { "cni" } else { "user" },
+    });
+    // The guest architectures this node runs (docs/architectures.md): "false" says the
+    // emulator or firmware is missing, and the scheduler keeps such VMIs off this node.
+    for arch in kubevirt_api::arch::Arch::ALL {
+        let ok = kubevirt_launcher::qemu::can_run(arch).is_ok();
+        labels[arch.node_label()] = json!(ok.to_string());
+    }
     json!({
-        "labels": {
-            label::HOSTNAME: config.node_name,
-            label::SCHEDULABLE: schedulable.to_string(),
-            label::KVM: kvm.to_string(),
-            label::EMULATION: emulation.to_string(),
-            label::POD_NETWORK: if config.pod_network.is_some() { "cni" } else { "user" },
-        },
+        "labels": labels,
         "annotations": {label::HEARTBEAT: now()},
     })
 }

@@ -14,6 +14,8 @@
 //!   histogram counted it; a token without the role gets 403; `promtool check metrics`
 //!   accepts the exposition and a real Prometheus scrapes it and evaluates the shipped rules
 //!   (`deploy/monitoring/kubevirt-rules.yaml`, also checked by `promtool check rules`).
+//! - Architectures (docs/architectures.md): an arm64 VM (qemu-system-aarch64, TCG) and an
+//!   x86_64 VM from one `kubectl apply` run side by side, each printing its `uname -m`.
 
 use kubevirt_api::status::finalizer;
 use kubevirt_testsupport::{alive, have_kubectl, wait_for, Server};
@@ -608,4 +610,159 @@ scrape_configs:
         "Prometheus has no result for {missing:?}; its log:\n{}",
         std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
     );
+}
+
+/// The kernel command line `key=` of the demo guest's `guest/cmdline`.
+fn guest_cmdline(key: &str) -> String {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/cmdline");
+    let text = std::fs::read_to_string(&file).expect("guest/cmdline");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("guest/cmdline has no {key}= line"))
+        .to_string()
+}
+
+#[test]
+fn an_arm64_vm_and_an_x86_64_vm_run_side_by_side_and_print_their_uname_m() {
+    if !have_kubectl() {
+        return;
+    }
+    let tmp = env!("CARGO_TARGET_TMPDIR");
+    let Some(amd64) = kubevirt_testsupport::guest(tmp) else {
+        return;
+    };
+    let Some(arm64) = kubevirt_testsupport::guest_arm64(tmp) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One image store with both guests: amd64's ref `latest`, arm64's ref `arm64`.
+    let images =
+        kubevirt_testsupport::merged_image_store(&dir.path().join("images"), &[&amd64, &arm64]);
+    let mut server = Server::new(
+        env!("CARGO_BIN_EXE_kubevirt-rs"),
+        dir.path().join("data"),
+        images,
+    );
+    server.start();
+    // Both boot their kernel directly from the image (kernelBoot): arm64 has no disk to boot.
+    let vm = |name: &str, arch: &str, kernel: &str, cmdline: &str, image: &str, memory: &str| {
+        format!(
+            r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      architecture: {arch}
+      domain:
+        memory: {{guest: {memory}}}
+        firmware:
+          kernelBoot:
+            kernelArgs: {cmdline}
+            container: {{image: "kubevirt-rs/demo-guest:{image}", kernelPath: /boot/{kernel}, initrdPath: /boot/initrd.img}}
+        devices:
+          autoattachGraphicsDevice: false
+          autoattachPodInterface: false
+          disks:
+          - name: cloudinit
+            disk: {{bus: virtio}}
+      terminationGracePeriodSeconds: 0
+      volumes:
+      - name: cloudinit
+        cloudInitNoCloud:
+          userData: |
+            #!/bin/sh
+            echo "uname -m: $(uname -m)"
+"#
+        )
+    };
+    let manifest = [
+        vm(
+            "arm",
+            "arm64",
+            "vmlinuz",
+            &guest_cmdline("arm64"),
+            "arm64",
+            "256Mi",
+        ),
+        vm(
+            "x86",
+            "amd64",
+            "vmlinux",
+            &guest_cmdline("q35"),
+            "latest",
+            "128Mi",
+        ),
+    ]
+    .join("---\n");
+    let file = dir.path().join("arches.yaml");
+    std::fs::write(&file, manifest).expect("write manifest");
+    let start = Instant::now();
+    let out = server.kubectl(&["apply", "-f", file.to_str().expect("utf8")]);
+    assert!(
+        out.contains("virtualmachine.kubevirt.io/arm created"),
+        "{out}"
+    );
+    assert!(
+        out.contains("virtualmachine.kubevirt.io/x86 created"),
+        "{out}"
+    );
+    let serial = |name: &str| {
+        std::fs::read_to_string(server.vmi_dir("default", name).serial_log()).unwrap_or_default()
+    };
+    let mut seen = [None, None];
+    let ok = wait_for(BOOT, || {
+        for (i, (name, want)) in [("arm", "uname -m: aarch64"), ("x86", "uname -m: x86_64")]
+            .into_iter()
+            .enumerate()
+        {
+            if seen[i].is_none() && serial(name).contains(want) {
+                seen[i] = Some(start.elapsed());
+            }
+        }
+        seen.iter().all(Option::is_some)
+    });
+    assert!(
+        ok,
+        "arm64 console:\n{}\nx86_64 console:\n{}\n{}",
+        serial("arm"),
+        serial("x86"),
+        server.kubectl(&["get", "vmi", "-o", "yaml"])
+    );
+    eprintln!(
+        "uname -m printed after kubectl apply: arm64 {:?}, x86_64 {:?}",
+        seen[0], seen[1]
+    );
+    // Side by side: both Running at once, each with its own emulator, and the arm64 one
+    // says it is emulated.
+    assert_eq!(
+        server.kubectl(&["get", "vmi", "-o", "jsonpath={.items[*].status.phase}"]),
+        "Running Running"
+    );
+    let cmdline = |name: &str| {
+        let pid = server.qemu_pid("default", name).expect("a QEMU pid");
+        std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+    };
+    assert!(String::from_utf8_lossy(&cmdline("arm")).contains("qemu-system-aarch64"));
+    assert!(String::from_utf8_lossy(&cmdline("x86")).contains("qemu-system-x86_64"));
+    assert_eq!(
+        server.jsonpath(
+            "vmi",
+            "arm",
+            "{.status.conditions[?(@.type==\"SoftwareEmulation\")].status}"
+        ),
+        "True"
+    );
+    assert!(!serial("arm").contains("x86_64") && !serial("x86").contains("aarch64"));
+    // The node advertises both guest architectures.
+    let labels = server.kubectl(&["get", "node", "node01", "-o", "jsonpath={.metadata.labels}"]);
+    for label in [
+        r#""guest-arch.node.kubevirt.io/amd64":"true""#,
+        r#""guest-arch.node.kubevirt.io/arm64":"true""#,
+        r#""kubernetes.io/arch":"amd64""#,
+    ] {
+        assert!(labels.contains(label), "{label} not in {labels}");
+    }
 }

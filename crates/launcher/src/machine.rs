@@ -214,7 +214,7 @@ impl Environment {
             host_ports: HostPorts::Ephemeral,
             host_port_address: "127.0.0.1".into(),
             ovmf_dir: PathBuf::from("/usr/share/OVMF"),
-            aavmf_dir: PathBuf::from("/usr/share/AAVMF"),
+            aavmf_dir: PathBuf::from(crate::qemu::AAVMF_DIR),
             defaults: DefaultsConfig {
                 default_network_interface: kubevirt_api::defaults::DefaultBinding::Masquerade,
                 ..DefaultsConfig::default()

@@ -32,6 +32,29 @@ pub fn binary(arch: Arch, x86_64: &str) -> &str {
     }
 }
 
+/// Where Debian's `qemu-efi-aarch64` puts AAVMF, arm64's UEFI (`MachineEnv::aavmf_dir`'s
+/// default).
+pub const AAVMF_DIR: &str = "/usr/share/AAVMF";
+
+/// Whether this host can run guests of `arch`: the emulator ([`binary`], default x86_64
+/// binary) on `PATH`, and for arm64 AAVMF (UEFI, KubeVirt's arm64 boot). `Err` says what is
+/// missing. The node agent advertises the result ([`Arch::node_label`]).
+pub fn can_run(arch: Arch) -> Result<(), String> {
+    let bin = binary(arch, QEMU_BINARY);
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()));
+    if !on_path {
+        return Err(format!("{bin} is not installed"));
+    }
+    if arch == Arch::Arm64 {
+        let code = std::path::Path::new(AAVMF_DIR).join("AAVMF_CODE.fd");
+        if !code.is_file() {
+            return Err(format!("{} is missing (qemu-efi-aarch64)", code.display()));
+        }
+    }
+    Ok(())
+}
+
 /// A machine property QEMU's argv cannot carry safely; names the device family and the value.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {

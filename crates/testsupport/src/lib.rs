@@ -39,22 +39,43 @@ pub fn guest_dir(target_tmpdir: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(target_tmpdir).join("guest"))
 }
 
+/// Where the arm64 demo guest (`guest/build.sh --arch arm64`) is kept: [`guest_dir`] with
+/// `-arm64` appended (`target_tmpdir/guest-arm64`). `scripts/test.sh` builds it there too.
+pub fn guest_dir_arm64(target_tmpdir: &str) -> PathBuf {
+    let mut dir = guest_dir(target_tmpdir).into_os_string();
+    dir.push("-arm64");
+    PathBuf::from(dir)
+}
+
 /// Builds the demo guest into [`guest_dir`], or finds it up to date, under a file lock
 /// (`.build.lock` in it): test processes running at the same time (nextest runs one per test)
 /// build it once, and none reads it half written. Needs the build's tools, not QEMU (the CDI
 /// tests import its disks). `Err` names the failure.
 pub fn build_guest(target_tmpdir: &str) -> Result<PathBuf, String> {
-    let out = guest_dir(target_tmpdir);
-    std::fs::create_dir_all(&out).map_err(|e| format!("create {}: {e}", out.display()))?;
+    run_build(&guest_dir(target_tmpdir), &[])
+}
+
+/// [`build_guest`] for the arm64 demo guest, into [`guest_dir_arm64`].
+pub fn build_guest_arm64(target_tmpdir: &str) -> Result<PathBuf, String> {
+    run_build(&guest_dir_arm64(target_tmpdir), &["--arch", "arm64"])
+}
+
+fn run_build(out: &Path, args: &[&str]) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("create {}: {e}", out.display()))?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/build.sh");
     match Command::new("flock")
         .arg(out.join(".build.lock"))
         .arg(&script)
-        .arg(&out)
+        .args(args)
+        .arg(out)
         .status()
     {
-        Ok(s) if s.success() => Ok(out),
-        Ok(s) => Err(format!("guest/build.sh {} failed: {s}", out.display())),
+        Ok(s) if s.success() => Ok(out.to_path_buf()),
+        Ok(s) => Err(format!(
+            "guest/build.sh {} {} failed: {s}",
+            args.join(" "),
+            out.display()
+        )),
         Err(e) => Err(format!("flock guest/build.sh {}: {e}", out.display())),
     }
 }
@@ -70,6 +91,58 @@ pub fn guest(target_tmpdir: &str) -> Option<PathBuf> {
     build_guest(target_tmpdir)
         .map_err(|e| eprintln!("SKIP: {e}"))
         .ok()
+}
+
+/// The arm64 demo guest ([`build_guest_arm64`]) for tests that boot it. `None` (after a loud
+/// SKIP line) when `qemu-system-aarch64` is missing or the build fails (e.g. no arm64 apt
+/// lists: `scripts/deps.sh` adds them).
+///
+/// Call with `env!("CARGO_TARGET_TMPDIR")`.
+pub fn guest_arm64(target_tmpdir: &str) -> Option<PathBuf> {
+    if !have(
+        "qemu-system-aarch64",
+        &["--version"],
+        "apt-get install qemu-system-arm",
+    ) {
+        return None;
+    }
+    build_guest_arm64(target_tmpdir)
+        .map_err(|e| eprintln!("\n!!!!! SKIPPED: the arm64 demo guest: {e} !!!!!\n"))
+        .ok()
+}
+
+/// One OCI image layout at `dir` holding the images of several demo guests' `oci/` layouts
+/// (e.g. amd64's ref `latest` and arm64's ref `arm64`), for a server that runs both: a merged
+/// `index.json` and `blobs/sha256/` entries linking to the guests' blobs. Panics on I/O
+/// errors (test helper).
+pub fn merged_image_store(dir: &Path, guests: &[&Path]) -> PathBuf {
+    let blobs = dir.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs).expect("create the merged store");
+    let mut manifests = Vec::new();
+    for g in guests {
+        let oci = g.join("oci");
+        let index = oci.join("index.json");
+        let text = std::fs::read(&index).unwrap_or_else(|e| panic!("{}: {e}", index.display()));
+        let index: serde_json::Value =
+            serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{}: {e}", index.display()));
+        manifests.extend(index["manifests"].as_array().cloned().unwrap_or_default());
+        for e in std::fs::read_dir(oci.join("blobs").join("sha256")).expect("read blobs") {
+            let e = e.expect("blob entry");
+            let link = blobs.join(e.file_name());
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(e.path(), &link).expect("link a blob");
+            }
+        }
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    std::fs::write(dir.join("index.json"), index.to_string()).expect("write index.json");
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+        .expect("write oci-layout");
+    dir.to_path_buf()
 }
 
 /// Polls `f` every 250 ms until it holds or `timeout` passes.

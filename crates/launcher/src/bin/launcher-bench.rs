@@ -12,6 +12,11 @@
 //! `-sandbox`. Last, the RSS of a `kubevirt-launcher run` process (the launcher, not QEMU)
 //! while its VM runs.
 //!
+//! Per architecture (issue 17): `launcher-bench GUEST RUNS arch ARM64_GUEST` (ARM64_GUEST from
+//! `guest/build.sh --arch arm64`) gives start → running, → first serial byte and → banner for
+//! an amd64 guest (q35) and an arm64 guest (`virt`, qemu-system-aarch64), both kernelBoot of
+//! the image's `vmlinuz` with the same devices.
+//!
 //! Memory snapshots (issue 16): the same VM saved once (`saveState` of a guest whose shell
 //! answers), then RUNS times interleaved: a cold boot → the console answers an `echo` (typed
 //! again every 250 ms until it does), against a restore from the saved state (a fresh VMI
@@ -29,11 +34,16 @@ use std::time::{Duration, Instant};
 
 const BANNER: &[u8] = b"kubevirt-rs demo guest: booted";
 
+/// `machine` is q35 or microvm (amd64), or virt (arm64: the arm64 guest's image, ref `arm64`).
 fn vmi(guest: &Path, machine: &str) -> String {
+    let (arch, image, key) = match machine {
+        "virt" => ("arm64", "demo-guest:arm64", "arm64"),
+        _ => ("amd64", "demo-guest:latest", machine),
+    };
     let cmdline = std::fs::read_to_string(guest.join("cmdline")).unwrap_or_default();
     let args = cmdline
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{machine}=")))
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .unwrap_or("console=ttyS0")
         .split_whitespace()
         .filter(|w| !w.starts_with("tsc_early_khz=") && !w.starts_with("lpj="))
@@ -44,13 +54,14 @@ fn vmi(guest: &Path, machine: &str) -> String {
 kind: VirtualMachineInstance
 metadata: {{name: bench-{machine}, namespace: bench}}
 spec:
+  architecture: {arch}
   domain:
     machine: {{type: {machine}}}
     memory: {{guest: 256Mi}}
     firmware:
       kernelBoot:
         kernelArgs: {args}
-        container: {{image: demo-guest:latest, kernelPath: /boot/vmlinuz, initrdPath: /boot/initrd.img}}
+        container: {{image: "{image}", kernelPath: /boot/vmlinuz, initrdPath: /boot/initrd.img}}
     devices:
       autoattachGraphicsDevice: false
       disks: [{{name: cloudinit, disk: {{bus: virtio}}}}]
@@ -338,6 +349,43 @@ fn memory_snapshots(
     Ok(())
 }
 
+/// Per guest architecture: launcher start → running, → first serial byte, → banner.
+fn architectures(
+    rt: &tokio::runtime::Runtime,
+    guests: &[(&Path, &str)],
+    work: &Path,
+    runs: usize,
+) -> anyhow::Result<()> {
+    println!("| architecture (machine, emulator) | start → QEMU running (ms) | → first serial byte (s) | → banner (s) |");
+    println!("|---|---|---|---|");
+    for (guest, machine) in guests {
+        let mut r = (vec![], vec![], vec![]);
+        for i in 0..runs {
+            let (a, b, c) = rt.block_on(one(
+                guest,
+                machine,
+                &work.join(format!("{machine}-{i}")),
+                QemuUser::default(),
+            ))?;
+            eprintln!("{machine} run {i}: running {a:.0} ms, first byte {b:.2} s, banner {c:.2} s");
+            r.0.push(a);
+            r.1.push(b);
+            r.2.push(c);
+        }
+        let label = match *machine {
+            "virt" => "arm64 (virt, qemu-system-aarch64)",
+            _ => "amd64 (q35, qemu-system-x86_64)",
+        };
+        println!(
+            "| {label} | {:.0} | {:.2} | {:.2} |",
+            median(r.0),
+            median(r.1),
+            median(r.2)
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let guest = PathBuf::from(args.next().unwrap_or_else(|| "/work/guest-out".into()));
@@ -346,11 +394,23 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    if args.next().as_deref() == Some("memory") {
-        // Only the memory snapshot table.
-        let r = memory_snapshots(&rt, &guest, &work, runs);
-        let _ = std::fs::remove_dir_all(&work);
-        return r;
+    match args.next().as_deref() {
+        Some("memory") => {
+            // Only the memory snapshot table.
+            let r = memory_snapshots(&rt, &guest, &work, runs);
+            let _ = std::fs::remove_dir_all(&work);
+            return r;
+        }
+        Some("arch") => {
+            let arm64 = PathBuf::from(
+                args.next()
+                    .ok_or_else(|| anyhow::anyhow!("arch needs the arm64 guest's directory"))?,
+            );
+            let r = architectures(&rt, &[(&guest, "q35"), (&arm64, "virt")], &work, runs);
+            let _ = std::fs::remove_dir_all(&work);
+            return r;
+        }
+        _ => {}
     }
     println!("| profile | start → QEMU running (ms) | → first serial byte (s) | → banner (s) |");
     println!("|---|---|---|---|");
