@@ -20,6 +20,7 @@ pub mod crd;
 pub mod defaults;
 pub mod duration;
 pub mod field;
+pub mod freeze;
 pub mod guestagent;
 pub mod instancetype;
 pub mod multus;

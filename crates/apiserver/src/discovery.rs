@@ -92,6 +92,16 @@ pub const SUBRESOURCES: &[AggregatedResource] = &[
         &["update"],
     ),
     (
+        "virtualmachineinstances/freeze",
+        "VirtualMachineInstance",
+        &["update"],
+    ),
+    (
+        "virtualmachineinstances/unfreeze",
+        "VirtualMachineInstance",
+        &["update"],
+    ),
+    (
         "virtualmachineinstances/reset",
         "VirtualMachineInstance",
         &["update"],

@@ -9,8 +9,11 @@
 //! `readyToUse` once every VolumeSnapshot is; the snapshot then turns `Succeeded` and the VM is
 //! unlocked. The CSI side (copying the data) is `kubevirt-cdi-controller`'s snapshotter.
 //!
-//! A running VM is not snapshotted yet: the snapshot stays `InProgress` with a
-//! `Progressing=False` condition saying so, until the VM stops or the deadline passes.
+//! A running VM is snapshotted online: after the lock, the guest is frozen through virt-api's
+//! `freeze` subresource (guest-agent fsfreeze when the agent is connected, else a drained QMP
+//! `stop`; the launcher ends the freeze by itself at the timeout) before the VolumeSnapshots
+//! are created, and unfrozen once they all have their `creationTime`. `status.indications`:
+//! `Online` and `GuestAgent` or `NoGuestAgent`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,9 +43,10 @@ pub const SOURCE_FINALIZER: &str = "snapshot.kubevirt.io/snapshot-source-protect
 pub const DEFAULT_FAILURE_DEADLINE: Duration = Duration::from_secs(300);
 /// KubeVirt's `vmSnapshotDeadlineExceededError`.
 pub const DEADLINE_EXCEEDED: &str = "snapshot deadline exceeded";
-/// Why a running VM's snapshot does not progress (KubeVirt would freeze it and go on).
-pub const ONLINE_NOT_SUPPORTED: &str =
-    "Source not locked: online snapshots (of a running VM) are not supported yet; stop the VM";
+/// KubeVirt's `snapshotv1.Indication`s of an online snapshot.
+pub const INDICATION_ONLINE: &str = "Online";
+pub const INDICATION_GUEST_AGENT: &str = "GuestAgent";
+pub const INDICATION_NO_GUEST_AGENT: &str = "NoGuestAgent";
 
 pub const PHASE_IN_PROGRESS: &str = "InProgress";
 pub const PHASE_SUCCEEDED: &str = "Succeeded";
@@ -260,6 +264,61 @@ where
     }
 }
 
+/// `/apis/subresources.kubevirt.io/v1/namespaces/NS/virtualmachineinstances/NAME/ACTION`.
+fn vmi_subresource(ns: &str, name: &str, action: &str) -> String {
+    format!(
+        "/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/{action}"
+    )
+}
+
+/// Asks virt-api to freeze the VMI (see the module documentation); the launcher unfreezes it
+/// by itself after `timeout` (at most [`kubevirt_api::freeze::MAX_UNFREEZE_TIMEOUT`]).
+async fn freeze(ctx: &Context, ns: &str, name: &str, timeout: Duration) -> Result<(), Error> {
+    let body = serde_json::to_vec(&kubevirt_api::freeze::FreezeUnfreezeTimeout::new(timeout))?;
+    subresource_put(ctx, ns, name, "freeze", body).await
+}
+
+async fn unfreeze(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+    subresource_put(ctx, ns, name, "unfreeze", b"{}".to_vec()).await
+}
+
+async fn subresource_put(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    action: &str,
+    body: Vec<u8>,
+) -> Result<(), Error> {
+    let req = http::Request::put(vmi_subresource(ns, name, action))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .map_err(kube::Error::HttpError)?;
+    ctx.client.request_text(req).await?;
+    Ok(())
+}
+
+/// The indications of an online snapshot of `vmi` (KubeVirt's order).
+pub fn online_indications(vmi: &VirtualMachineInstance) -> Vec<String> {
+    let agent = vmi
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.r#type == kubevirt_api::status::condition::AGENT_CONNECTED && c.status == "True"
+            })
+        });
+    vec![
+        INDICATION_ONLINE.to_string(),
+        if agent {
+            INDICATION_GUEST_AGENT
+        } else {
+            INDICATION_NO_GUEST_AGENT
+        }
+        .to_string(),
+    ]
+}
+
 /// Releases the VM if this snapshot holds it.
 async fn unlock(vms: &Api<VirtualMachine>, vm_name: &str, snap: &str) -> Result<(), Error> {
     let Some(vm) = get_opt(vms, vm_name).await? else {
@@ -304,8 +363,12 @@ pub async fn reconcile(
     let vm_name = snap.spec.source.name.clone();
     let cname = content_name(&uid);
 
+    let online = old_online(&snap);
     if snap.metadata.deletion_timestamp.is_some() {
         if source_is_vm {
+            if online {
+                end_freeze(&ctx, &vms, &ns, &vm_name, &name).await;
+            }
             unlock(&vms, &vm_name, &name).await?;
         }
         if snap.spec.deletion_policy.as_deref() != Some("Retain") {
@@ -389,6 +452,9 @@ pub async fn reconcile(
         );
     } else if failure_deadline(&snap).is_some_and(|d| deadline_exceeded(created, d, now)) {
         fail(&mut status, &mut conditions, DEADLINE_EXCEEDED);
+        if online {
+            end_freeze(&ctx, &vms, &ns, &vm_name, &name).await;
+        }
         unlock(&vms, &vm_name, &name).await?;
     } else if let Some(vm) = get_opt(&vms, &vm_name).await? {
         status.source_uid = vm.metadata.uid.clone();
@@ -408,16 +474,8 @@ pub async fn reconcile(
                     .status
                     .as_ref()
                     .and_then(|s| s.restore_in_progress.clone());
-                if get_opt(&vmis, &vm_name).await?.is_some() {
-                    set_condition(
-                        &mut conditions,
-                        "Progressing",
-                        false,
-                        ONLINE_NOT_SUPPORTED,
-                        now,
-                    );
-                    requeue = Some(Duration::from_secs(5));
-                } else if let Some(other) = held_by.filter(|h| h != &name) {
+                let vmi = get_opt(&vmis, &vm_name).await?;
+                if let Some(other) = held_by.filter(|h| h != &name) {
                     set_condition(
                         &mut conditions,
                         "Progressing",
@@ -449,6 +507,28 @@ pub async fn reconcile(
                         "Source locked and operation in progress",
                         now,
                     );
+                    // Online: the guest is frozen before its volumes are snapshotted. A
+                    // snapshot that began offline stays offline (its content is the moment
+                    // the VM was stopped); one that began online goes on freezing.
+                    let cut = get_opt(&contents, &cname)
+                        .await?
+                        .and_then(|c| c.status)
+                        .and_then(|s| s.creation_time)
+                        .is_some();
+                    let started = get_opt(&contents, &cname).await?.is_some();
+                    let online_now = match &vmi {
+                        Some(vmi) if !started || online => {
+                            if status.indications.is_none() {
+                                status.indications = Some(online_indications(vmi));
+                            }
+                            true
+                        }
+                        _ => false,
+                    };
+                    if online_now && !cut {
+                        let timeout = failure_deadline(&snap).unwrap_or(DEFAULT_FAILURE_DEADLINE);
+                        freeze(&ctx, &ns, &vm_name, timeout).await?;
+                    }
                     let content =
                         ensure_content(&ctx, &snap, &vm, &cname, &included, &contents, &vss, now)
                             .await?;
@@ -460,8 +540,10 @@ pub async fn reconcile(
                     status.creation_time = cs.creation_time.clone();
                     status.error = cs.error.clone();
                     if cs.creation_time.is_some() {
+                        if online_now {
+                            unfreeze(&ctx, &ns, &vm_name).await?;
+                        }
                         status.phase = Some(PHASE_SUCCEEDED.into());
-                        status.indications = None;
                         status.source_indications = None;
                         status.snapshot_volumes = Some(kubevirt_api::SnapshotVolumesLists {
                             included_volumes: Some(
@@ -523,6 +605,29 @@ pub async fn reconcile(
         Some(d) => Action::requeue(d),
         None => Action::requeue(Duration::from_secs(60)),
     })
+}
+
+/// Whether the snapshot was taken online (its `Online` indication, written when it began).
+fn old_online(snap: &VirtualMachineSnapshot) -> bool {
+    snap.status
+        .as_ref()
+        .and_then(|s| s.indications.as_ref())
+        .is_some_and(|i| i.iter().any(|x| x == INDICATION_ONLINE))
+}
+
+/// Best effort, for a snapshot that ends without succeeding: unfreeze the guest if this
+/// snapshot still holds the VM (the launcher's timer is the backstop).
+async fn end_freeze(ctx: &Context, vms: &Api<VirtualMachine>, ns: &str, vm: &str, snap: &str) {
+    let ours = matches!(get_opt(vms, vm).await, Ok(Some(v)) if v
+        .status
+        .as_ref()
+        .and_then(|s| s.snapshot_in_progress.as_deref())
+        == Some(snap));
+    if ours {
+        if let Err(e) = unfreeze(ctx, ns, vm).await {
+            tracing::info!(namespace = ns, vm, error = %e, "unfreeze after a failed snapshot");
+        }
+    }
 }
 
 /// Creates the content and its VolumeSnapshots (idempotent), and brings the content's status

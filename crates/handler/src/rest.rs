@@ -134,6 +134,8 @@ pub fn forwarded(m: Method) -> bool {
             | Method::GuestOsInfo
             | Method::UserList
             | Method::FilesystemList
+            | Method::Freeze
+            | Method::Unfreeze
     )
 }
 

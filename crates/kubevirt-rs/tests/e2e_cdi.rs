@@ -402,3 +402,284 @@ spec:
     // The source's own claim keeps what was written after the snapshot.
     assert_eq!(claim_disk_head(&s, "keep-data", 15), b"after--snapshot");
 }
+
+/// Online snapshots of a running VM, as a KubeVirt user takes them: a file written in the
+/// guest (an ext2 filesystem on a DataVolume disk) before a VirtualMachineSnapshot of the
+/// running VM is there after a VirtualMachineRestore, one written after is gone. The first
+/// snapshot freezes the guest's filesystems through its agent (`Online`, `GuestAgent`); the
+/// second, with the agent gone, stops the guest while its volume is copied (`Online`,
+/// `NoGuestAgent`); the guest runs on after both. virt-api's `freeze` refuses hostile
+/// `unfreezeTimeout`s naming the field. Two guest boots.
+#[test]
+fn an_online_snapshot_of_a_running_vm_keeps_the_guests_file_and_a_restore_brings_it_back() {
+    if !have_kubectl() {
+        return;
+    }
+    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
+    let apply = |name: &str, manifest: &str| {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest).expect("write manifest");
+        s.kubectl(&["apply", "-f", file.to_str().expect("utf8")])
+    };
+    let out = apply(
+        "vm",
+        r#"apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: live-data
+spec:
+  source:
+    blank: {}
+  storage:
+    resources:
+      requests:
+        storage: 16Mi
+---
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: live
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      domain:
+        devices:
+          disks:
+          - name: rootdisk
+            disk: {bus: virtio}
+          - name: data
+            serial: livedata
+            disk: {bus: virtio}
+          - name: cloudinit
+            disk: {bus: virtio}
+        resources:
+          requests:
+            memory: 128Mi
+      terminationGracePeriodSeconds: 0
+      volumes:
+      - name: rootdisk
+        containerDisk:
+          image: kubevirt-rs/demo-guest:latest
+      - name: data
+        dataVolume:
+          name: live-data
+      - name: cloudinit
+        cloudInitNoCloud:
+          userData: |
+            #!/bin/sh
+            echo "online snapshot guest up"
+"#,
+    );
+    assert!(
+        out.contains("virtualmachine.kubevirt.io/live created"),
+        "{out}"
+    );
+    let booted = |what: &str| {
+        let serial = s.vmi_dir("default", "live").serial_log();
+        let up = wait_for(Duration::from_secs(180), || {
+            s.jsonpath("vmi", "live", "{.status.phase}") == "Running"
+                && std::fs::read_to_string(&serial)
+                    .is_ok_and(|l| l.contains("online snapshot guest up"))
+        });
+        assert!(
+            up,
+            "the guest never booted ({what}): {}\n{}",
+            s.kubectl(&["get", "vm,vmi,dv,pvc", "-o", "yaml"]),
+            std::fs::read_to_string(&serial).unwrap_or_default()
+        );
+    };
+    booted("first boot");
+    // The data disk, found by its serial; mounted (made an ext2 filesystem the first time).
+    let mount = "D=$(grep -l livedata /sys/block/vd*/serial | cut -d/ -f4); mkdir -p /mnt/d; \
+                 grep -q ' /mnt/d ' /proc/mounts || mount /dev/$D /mnt/d || \
+                 { mke2fs -q /dev/$D && mount /dev/$D /mnt/d; }";
+    s.on_console(
+        "live",
+        &format!("{mount}; echo file-A > /mnt/d/a && sync && echo wrote-$((40+2))A"),
+        "wrote-42A",
+        false,
+    );
+
+    // Hostile freeze bodies: refused, naming the field, before anything reaches the guest.
+    let freeze_url =
+        "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/live/freeze";
+    for body in [
+        r#"{}"#,
+        r#"{"unfreezeTimeout":"-5m"}"#,
+        r#"{"unfreezeTimeout":"99999h"}"#,
+        r#"{"unfreezeTimeout":"soon"}"#,
+    ] {
+        let file = dir.path().join("freeze.json");
+        std::fs::write(&file, body).expect("write body");
+        let out = s.kubectl(&[
+            "replace",
+            "--raw",
+            freeze_url,
+            "-f",
+            file.to_str().expect("utf8"),
+        ]);
+        assert!(out.contains("unfreezeTimeout"), "{body}: {out}");
+    }
+    assert_eq!(
+        s.jsonpath(
+            "vmi",
+            "live",
+            "{.status.conditions[?(@.type=='Paused')].status}"
+        ),
+        ""
+    );
+
+    let snapshot = |name: &str, indications: &str| {
+        let out = apply(
+            name,
+            &format!(
+                r#"apiVersion: snapshot.kubevirt.io/v1beta1
+kind: VirtualMachineSnapshot
+metadata:
+  name: {name}
+spec:
+  source:
+    apiGroup: kubevirt.io
+    kind: VirtualMachine
+    name: live
+"#
+            ),
+        );
+        assert!(out.contains(&format!("{name} created")), "{out}");
+        assert!(
+            wait_for(Duration::from_secs(60), || s.jsonpath(
+                "vmsnapshot",
+                name,
+                "{.status.phase} {.status.readyToUse}"
+            ) == "Succeeded true"),
+            "{}\n{}",
+            s.kubectl(&["get", "vmsnapshot", name, "-o", "yaml"]),
+            s.kubectl(&["get", "vmi", "live", "-o", "yaml"])
+        );
+        assert_eq!(
+            s.jsonpath("vmsnapshot", name, "{.status.indications}"),
+            indications
+        );
+        assert_eq!(s.jsonpath("vm", "live", "{.status.snapshotInProgress}"), "");
+        // The guest runs on: unfrozen, not paused.
+        assert!(
+            wait_for(Duration::from_secs(10), || s.jsonpath(
+                "vmi",
+                "live",
+                "{.status.phase}/{.status.conditions[?(@.type=='Paused')].status}"
+            ) == "Running/"),
+            "{}",
+            s.kubectl(&["get", "vmi", "live", "-o", "yaml"])
+        );
+    };
+    let agent = wait_for(Duration::from_secs(60), || {
+        s.jsonpath(
+            "vmi",
+            "live",
+            "{.status.conditions[?(@.type=='AgentConnected')].status}",
+        ) == "True"
+    });
+    assert!(
+        agent,
+        "{}",
+        s.kubectl(&["get", "vmi", "live", "-o", "yaml"])
+    );
+    snapshot("with-agent", r#"["Online","GuestAgent"]"#);
+
+    // Without the agent: the guest is stopped (its I/O drained) while the volume is copied.
+    s.on_console(
+        "live",
+        "kill $(cat /run/qemu-ga.pid); sleep 1; pidof qemu-ga || echo agent-$((40+2))-gone",
+        "agent-42-gone",
+        false,
+    );
+    let gone = wait_for(Duration::from_secs(60), || {
+        s.jsonpath(
+            "vmi",
+            "live",
+            "{.status.conditions[?(@.type=='AgentConnected')].status}",
+        ) != "True"
+    });
+    assert!(gone, "{}", s.kubectl(&["get", "vmi", "live", "-o", "yaml"]));
+    snapshot("no-agent", r#"["Online","NoGuestAgent"]"#);
+    assert!(
+        std::fs::read_to_string(s.vmi_dir("default", "live").launcher_log())
+            .unwrap_or_default()
+            .contains("Frozen"),
+        "the launcher never stopped the guest for the snapshot"
+    );
+
+    s.on_console(
+        "live",
+        "echo file-B > /mnt/d/b && sync && echo wrote-$((40+2))B",
+        "wrote-42B",
+        false,
+    );
+    let out = s.kubectl(&[
+        "patch",
+        "vm",
+        "live",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"runStrategy":"Halted"}}"#,
+    ]);
+    assert!(out.contains("patched"), "{out}");
+    assert!(
+        wait_for(Duration::from_secs(60), || s
+            .kubectl(&["get", "vmi", "live", "-o", "name"])
+            .contains("NotFound")),
+        "{}",
+        s.kubectl(&["get", "vmi", "live", "-o", "yaml"])
+    );
+    let out = apply(
+        "restore",
+        r#"apiVersion: snapshot.kubevirt.io/v1beta1
+kind: VirtualMachineRestore
+metadata:
+  name: back
+spec:
+  target:
+    apiGroup: kubevirt.io
+    kind: VirtualMachine
+    name: live
+  virtualMachineSnapshotName: no-agent
+"#,
+    );
+    assert!(out.contains("back created"), "{out}");
+    assert!(
+        wait_for(Duration::from_secs(60), || s.jsonpath(
+            "vmrestore",
+            "back",
+            "{.status.complete}"
+        ) == "true"),
+        "{}",
+        s.kubectl(&["get", "vmrestore", "back", "-o", "yaml"])
+    );
+    let _ = std::fs::remove_file(s.vmi_dir("default", "live").serial_log());
+    let out = s.kubectl(&[
+        "patch",
+        "vm",
+        "live",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"runStrategy":"Always"}}"#,
+    ]);
+    assert!(out.contains("patched"), "{out}");
+    booted("after the restore");
+    let out = s.on_console(
+        "live",
+        &format!("{mount}; cat /mnt/d/a; ls /mnt/d/b || echo no-$((40+2))B"),
+        "no-42B",
+        false,
+    );
+    assert!(out.contains("file-A"), "{out}");
+    assert!(!out.contains("file-B"), "{out}");
+
+    let out = s.kubectl(&["delete", "vm", "live", "--wait=false"]);
+    assert!(out.contains("deleted"), "{out}");
+}

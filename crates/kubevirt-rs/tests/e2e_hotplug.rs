@@ -10,47 +10,11 @@
 //! One guest boot.
 
 use kubevirt_testsupport::{have_kubectl, wait_for, Server};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Types `command` on the VMI's serial console until its output contains `want` (or, with
-/// `absent`, no longer contains it).
+/// Types `command` on the VMI's serial console ([`Server::on_console`]).
 fn on_console(s: &Server, vmi: &str, command: &str, want: &str, absent: bool) -> String {
-    let dir = s.vmi_dir("default", vmi);
-    let mut last = String::new();
-    let found = wait_for(Duration::from_secs(120), || {
-        let mut console = Command::new(&s.bin)
-            .args(["launcher", "console", "--timeout", "4", "--dir"])
-            .arg(dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("launcher console");
-        if let Some(mut stdin) = console.stdin.take() {
-            std::thread::sleep(Duration::from_millis(300));
-            let _ = stdin.write_all(format!("\n{command}\n").as_bytes());
-        }
-        let out = console.wait_with_output().expect("console output");
-        last = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-        // The echo of the command itself is on a line starting with the prompt.
-        let hit = last
-            .lines()
-            .filter(|l| !l.contains(command))
-            .any(|l| l.contains(want));
-        hit != absent
-    });
-    assert!(
-        found,
-        "{vmi}: `{command}` {} {want:?}; last:\n{last}",
-        if absent {
-            "still printed"
-        } else {
-            "never printed"
-        }
-    );
-    last
+    s.on_console(vmi, command, want, absent)
 }
 
 #[test]

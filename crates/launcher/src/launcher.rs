@@ -410,6 +410,10 @@ pub(crate) struct Inner {
     pub(crate) saving: bool,
     /// STOP events of the launcher's own `stop`s (a save's): not a pause of anyone's.
     pub(crate) expected_stops: u32,
+    /// A `freeze` holds the guest (`freeze.rs`).
+    pub(crate) frozen: Option<crate::freeze::Hold>,
+    /// Numbers the freezes, so a timer ends only its own.
+    pub(crate) freezes: u64,
 }
 
 /// One running VMI.
@@ -819,6 +823,8 @@ impl Vm {
                 cancel_reason: None,
                 saving: false,
                 expected_stops: 0,
+                frozen: None,
+                freezes: 0,
             }),
             events,
             final_rx,
@@ -1124,7 +1130,7 @@ impl Vm {
     }
 
     /// The guest agent's channel, connected if it is not.
-    async fn agent(
+    pub(crate) async fn agent(
         &self,
     ) -> Result<tokio::sync::MappedMutexGuard<'_, crate::agent::Agent>, crate::agent::AgentError>
     {
@@ -1344,7 +1350,16 @@ impl Vm {
 
     pub async fn pause(&self) -> Result<(), LaunchError> {
         self.ensure_guest("cannot pause")?;
-        self.lock().intent = Intent::Pause;
+        {
+            let mut i = self.lock();
+            i.intent = Intent::Pause;
+            // The user's pause outlasts a snapshot's freeze: its unfreeze leaves it paused.
+            if let Some(h) = i.frozen.as_mut() {
+                if h.by == crate::freeze::FrozenBy::Stop {
+                    h.by = crate::freeze::FrozenBy::AlreadyPaused;
+                }
+            }
+        }
         self.qmp.stop().await.map_err(|e| self.qmp_err(e))?;
         self.set_phase(Phase::Paused, "PausedByUser", "paused on request");
         Ok(())

@@ -27,6 +27,7 @@ pub mod cloudinit;
 pub mod confine;
 pub mod console;
 pub mod dhcp;
+pub mod freeze;
 pub mod hotplug;
 pub mod launcher;
 pub mod logging;

@@ -322,6 +322,17 @@ impl Launcher {
                 .await
                 .map(Response::MemoryDump)
                 .map_err(rpc_error),
+            Request::Freeze {
+                unfreeze_timeout_seconds,
+            } => done(
+                vm().await?
+                    .freeze(Duration::from_secs(unfreeze_timeout_seconds))
+                    .await,
+            ),
+            Request::Unfreeze => match self.vm().await {
+                Some(vm) => done(vm.unfreeze().await),
+                None => Ok(Response::Done),
+            },
             Request::MigrationStatus => match self.vm().await {
                 Some(vm) => vm.migration_status().map(migration).map_err(rpc_error),
                 None => Err(rpc_error(MigrationError::NeverMigrated.into())),

@@ -292,6 +292,49 @@ impl Server {
     pub fn launcher_pid(&self, namespace: &str, name: &str) -> Option<u32> {
         self.vmi_dir(namespace, name).launcher_pid()
     }
+
+    /// Types `command` on the serial console of VMI `default/vmi` (`launcher console`) until
+    /// its output contains `want` on a line that is not the command's echo (or, with `absent`,
+    /// no longer contains it); panics after 120 s. Returns the last output. The command may
+    /// run more than once: make it idempotent, and make `want` differ from its text (e.g.
+    /// `echo ok-$((6*7))` prints `ok-42`).
+    pub fn on_console(&self, vmi: &str, command: &str, want: &str, absent: bool) -> String {
+        use std::io::Write;
+        let dir = self.vmi_dir("default", vmi);
+        let mut last = String::new();
+        let found = wait_for(Duration::from_secs(120), || {
+            let mut console = Command::new(&self.bin)
+                .args(["launcher", "console", "--timeout", "4", "--dir"])
+                .arg(dir.path())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("launcher console");
+            if let Some(mut stdin) = console.stdin.take() {
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = stdin.write_all(format!("\n{command}\n").as_bytes());
+            }
+            let out = console.wait_with_output().expect("console output");
+            last = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+            // The echo of the command itself is on a line starting with the prompt.
+            let hit = last
+                .lines()
+                .filter(|l| !l.contains(command))
+                .any(|l| l.contains(want));
+            hit != absent
+        });
+        assert!(
+            found,
+            "{vmi}: `{command}` {} {want:?}; last:\n{last}",
+            if absent {
+                "still printed"
+            } else {
+                "never printed"
+            }
+        );
+        last
+    }
 }
 
 /// stdout followed by stderr of a command (empty if it could not run).

@@ -8,6 +8,9 @@
 //!   launcher.
 //! - `console` and `vnc`: websockets (subprotocol `plain.kubevirt.io`, raw bytes in binary
 //!   frames) joined to the launcher's console and QEMU's VNC server.
+//! - `freeze` (`{"unfreezeTimeout": "5m"}`, [`kubevirt_api::freeze`]) and `unfreeze`: the
+//!   snapshot controller's calls, to the launcher (guest-agent fsfreeze, or a drained QMP
+//!   `stop` without an agent; the launcher ends a freeze by itself at its timeout).
 //! - `guestosinfo`, `userlist`, `filesystemlist`: asked of the QEMU guest agent through the
 //!   launcher; KubeVirt's 409 when the VMI is not running or has no agent connected.
 //! - `addvolume`, `removevolume` (VM and VMI): volume hotplug, declaratively ([`volumes`]).
@@ -56,6 +59,7 @@ const MAX_OPTIONS: usize = 64 * 1024;
 const VM_NOT_RUNNING: &str = "VM is not running";
 const VMI_NOT_RUNNING: &str = "VMI is not running";
 const VMI_NOT_PAUSED: &str = "VMI is not paused";
+const VM_SNAPSHOT_IN_PROGRESS: &str = "VM snapshot is in progress";
 
 /// virt-api's subresources for the VMs of every node.
 pub struct VirtApi {
@@ -108,6 +112,19 @@ fn not_found(kind: &str, name: &str) -> Response {
         format!("{kind}.kubevirt.io \"{name}\" not found"),
         Some((kind, name)),
     )
+}
+
+/// A request body with a wrong field: 400 `BadRequest` (KubeVirt's code), the field in `details.causes` (as
+/// Kubernetes reports a field error).
+fn invalid_body(kind: &str, name: &str, e: &kubevirt_api::field::FieldError) -> Response {
+    let v = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "reason": "BadRequest", "code": 400,
+        "message": format!("{kind}.kubevirt.io \"{name}\" is invalid: {e}"),
+        "details": {"name": name, "group": "kubevirt.io", "kind": kind,
+            "causes": [{"reason": e.reason.as_str(), "message": e.message, "field": e.field}]},
+    });
+    json_reply(StatusCode::BAD_REQUEST, &v)
 }
 
 fn bad_request(msg: impl Into<String>) -> Response {
@@ -599,6 +616,18 @@ impl VirtApi {
                 launcher::Request::Pause
             }
             "unpause" => {
+                // KubeVirt's: a snapshot's freeze is the snapshot's to end.
+                let vms: Api<VirtualMachine> = Api::namespaced(self.client.clone(), ns);
+                if let Some(vm) = vms.get_opt(name).await.map_err(from_kube)? {
+                    if vm
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.snapshot_in_progress.as_ref())
+                        .is_some()
+                    {
+                        return Err(conflict("virtualmachine", name, VM_SNAPSHOT_IN_PROGRESS));
+                    }
+                }
                 if !running {
                     return Err(conflict(KIND, name, VMI_NOT_RUNNING));
                 }
@@ -630,6 +659,22 @@ impl VirtApi {
                     ));
                 }
                 launcher::Request::SoftReboot
+            }
+            "freeze" => {
+                if !running {
+                    return Err(conflict(KIND, name, VM_NOT_RUNNING));
+                }
+                let timeout = kubevirt_api::freeze::FreezeUnfreezeTimeout::parse(body)
+                    .map_err(|e| invalid_body(KIND, name, &e))?;
+                launcher::Request::Freeze {
+                    unfreeze_timeout_seconds: timeout.as_secs(),
+                }
+            }
+            "unfreeze" => {
+                if !running {
+                    return Err(conflict(KIND, name, VMI_NOT_RUNNING));
+                }
+                launcher::Request::Unfreeze
             }
             "reset" => {
                 if !running {
@@ -868,7 +913,10 @@ impl VirtApi {
         };
         match (resource, action) {
             ("virtualmachines", "start" | "stop" | "restart" | "migrate")
-            | ("virtualmachineinstances", "pause" | "unpause" | "softreboot" | "reset") => {
+            | (
+                "virtualmachineinstances",
+                "pause" | "unpause" | "softreboot" | "reset" | "freeze" | "unfreeze",
+            ) => {
                 want(Method::PUT)?;
                 let body = options(req.into_body()).await?;
                 tracing::info!(

@@ -42,10 +42,12 @@ pub enum Method {
     MigrationStatus,
     SaveState,
     DumpMemory,
+    Freeze,
+    Unfreeze,
 }
 
 impl Method {
-    pub const ALL: [Method; 22] = [
+    pub const ALL: [Method; 24] = [
         Method::Sync,
         Method::State,
         Method::Pause,
@@ -68,6 +70,8 @@ impl Method {
         Method::MigrationStatus,
         Method::SaveState,
         Method::DumpMemory,
+        Method::Freeze,
+        Method::Unfreeze,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +98,8 @@ impl Method {
             Method::MigrationStatus => "migrationStatus",
             Method::SaveState => "saveState",
             Method::DumpMemory => "dumpMemory",
+            Method::Freeze => "freeze",
+            Method::Unfreeze => "unfreeze",
         }
     }
 
@@ -200,6 +206,21 @@ pub enum Request {
     /// on disk. The guest is stopped while QEMU writes and runs on after. Moving the file into
     /// the claim KubeVirt names is the node agent's part.
     DumpMemory,
+    /// KubeVirt's `freeze` (virt-api's subresource, for a snapshot): make the guest's disks
+    /// consistent until `unfreeze`. With the guest agent connected, its
+    /// `guest-fsfreeze-freeze` (application-consistent); without one, QEMU's `stop`, which
+    /// drains and flushes the guest's block I/O (crash-consistent; phase Paused, reason
+    /// `Frozen`). A guest already paused stays as it is. The launcher ends the freeze by
+    /// itself after `unfreeze_timeout_seconds` (1 to 3600, [`MAX_UNFREEZE_TIMEOUT`]), so a
+    /// caller that goes away never leaves a guest frozen. A second `freeze` while frozen keeps
+    /// the first one's timer.
+    ///
+    /// [`MAX_UNFREEZE_TIMEOUT`]: kubevirt_api::freeze::MAX_UNFREEZE_TIMEOUT
+    Freeze {
+        unfreeze_timeout_seconds: u64,
+    },
+    /// Ends a `freeze` (thaw, or continue the guest it stopped); `Done` when not frozen.
+    Unfreeze,
 }
 
 /// One hotplugged volume as the launcher sees it after a `syncVolumes`.
@@ -287,6 +308,12 @@ fn migration_params(params: Value) -> Result<MigrationParams, RpcError> {
     Ok(p)
 }
 
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FreezeParams {
+    unfreeze_timeout_seconds: u64,
+}
+
 #[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct SaveStateParams {
@@ -336,6 +363,8 @@ impl Request {
             Request::MigrationStatus => Method::MigrationStatus,
             Request::SaveState { .. } => Method::SaveState,
             Request::DumpMemory => Method::DumpMemory,
+            Request::Freeze { .. } => Method::Freeze,
+            Request::Unfreeze => Method::Unfreeze,
         }
     }
 
@@ -381,6 +410,11 @@ impl Request {
             Request::SaveState { resume } => {
                 serde_json::to_value(SaveStateParams { resume: *resume })
             }
+            Request::Freeze {
+                unfreeze_timeout_seconds,
+            } => serde_json::to_value(FreezeParams {
+                unfreeze_timeout_seconds: *unfreeze_timeout_seconds,
+            }),
             _ => return json!({}),
         };
         v.unwrap_or_else(|_| json!({}))
@@ -512,6 +546,24 @@ impl Request {
                 }
                 Request::DumpMemory
             }
+            Method::Freeze => {
+                let p: FreezeParams = serde_json::from_value(params).map_err(|e| {
+                    RpcError::bad_request(format!(
+                        "params.unfreezeTimeoutSeconds (seconds, required): {e}"
+                    ))
+                })?;
+                let max = kubevirt_api::freeze::MAX_UNFREEZE_TIMEOUT.as_secs();
+                if !(1..=max).contains(&p.unfreeze_timeout_seconds) {
+                    return Err(RpcError::bad_request(format!(
+                        "params.unfreezeTimeoutSeconds: {} is out of range 1..={max}",
+                        p.unfreeze_timeout_seconds
+                    )));
+                }
+                Request::Freeze {
+                    unfreeze_timeout_seconds: p.unfreeze_timeout_seconds,
+                }
+            }
+            Method::Unfreeze => Request::Unfreeze,
         })
     }
 }
@@ -588,7 +640,8 @@ pub(crate) fn decode_request(line: &str) -> (Value, Result<Request, RpcError>) {
 pub enum Response {
     /// `sync`, `state`: the state.
     State(Box<State>),
-    /// `pause`, `unpause`, `shutdown`, `stop`, `reset`, `softReboot`, `setBalloon`: `{}`.
+    /// `pause`, `unpause`, `shutdown`, `stop`, `reset`, `softReboot`, `setBalloon`, `freeze`,
+    /// `unfreeze`: `{}`.
     Done,
     /// `stats`: `{"vcpus":[...],"memory":{...},"block":[...],"net":null}` as QEMU reports them.
     Stats(Value),
@@ -645,7 +698,9 @@ impl Response {
             | Method::Stop
             | Method::Reset
             | Method::SoftReboot
-            | Method::SetBalloon => Response::Done,
+            | Method::SetBalloon
+            | Method::Freeze
+            | Method::Unfreeze => Response::Done,
         })
     }
 
@@ -1363,6 +1418,49 @@ mod tests {
         assert!(e
             .message
             .starts_with("params.vmi is not a VirtualMachineInstance"));
+    }
+
+    #[test]
+    fn freeze_takes_a_bounded_timeout_and_nothing_else() {
+        let (_, r) = decode_request(
+            r#"{"v":1,"id":1,"method":"freeze","params":{"unfreezeTimeoutSeconds":300}}"#,
+        );
+        assert_eq!(
+            r,
+            Ok(Request::Freeze {
+                unfreeze_timeout_seconds: 300
+            })
+        );
+        let back = serde_json::to_value(RequestFrame::new(
+            1,
+            Request::Freeze {
+                unfreeze_timeout_seconds: 300,
+            },
+        ))
+        .unwrap();
+        assert_eq!(back["params"], json!({"unfreezeTimeoutSeconds": 300}));
+        for params in [
+            "{}",
+            r#"{"unfreezeTimeoutSeconds":0}"#,
+            r#"{"unfreezeTimeoutSeconds":3601}"#,
+            r#"{"unfreezeTimeoutSeconds":-1}"#,
+            r#"{"unfreezeTimeoutSeconds":"5m"}"#,
+            r#"{"unfreezeTimeoutSeconds":18446744073709551616}"#,
+            r#"{"unfreezeTimeoutSeconds":5,"path":"/x"}"#,
+        ] {
+            let (_, r) = decode_request(&format!(
+                r#"{{"v":1,"id":1,"method":"freeze","params":{params}}}"#
+            ));
+            let e = r.expect_err(params);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{params}");
+            assert!(
+                e.message.contains("params.unfreezeTimeoutSeconds"),
+                "{params}: {}",
+                e.message
+            );
+        }
+        let (_, r) = decode_request(r#"{"v":1,"id":2,"method":"unfreeze"}"#);
+        assert_eq!(r, Ok(Request::Unfreeze));
     }
 
     #[test]
