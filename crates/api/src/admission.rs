@@ -353,8 +353,10 @@ pub fn kinds() -> &'static [KindInfo] {
             custom!(
                 VirtualMachineClone,
                 no_default,
+                Some(admitters::clone::on_create),
                 no_validate,
-                Some(admitters::clone::rules)
+                Some(admitters::clone::rules),
+                None
             ),
             custom!(
                 VirtualMachineExport,

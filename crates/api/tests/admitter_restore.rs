@@ -101,7 +101,12 @@ fn restore_table() {
         Case::new("patch to remove instancetype", patch(r#"{"op": "remove", "path": "/spec/instancetype"}"#)),
         Case::new("patch to replace a label", patch(r#"{"op": "replace", "path": "/metadata/labels/key", "value": "some-value"}"#)),
         Case::new("patch to remove an annotation", patch(r#"{"op": "remove", "path": "/metadata/annotations/key"}"#)),
-        Case::new("should reject an invalid patch", patch(r#"{"op": "replace", "path": "/spec/x", "value": "a:b"}"#))
+        Case::new("should reject an invalid patch", patch(r#"{"op": "replace", "path": "/spec/x", "value": a:b}"#))
             .refused("spec.patches", "patch format is not valid - one \":\" expected in a single key-value json patch"),
+        // Unlike KubeVirt's text split: a JSON patch whose value has a colon (a MAC address,
+        // as a clone's newMacAddresses makes) passes; a move out of metadata does not.
+        Case::new("patch setting a MAC", patch(r#"{"op": "add", "path": "/spec/template/spec/domain/devices/interfaces/0/macAddress", "value": "02:00:00:00:00:01"}"#)),
+        Case::new("patch moving the uid", patch(r#"{"op": "move", "from": "/metadata/uid", "path": "/spec/x"}"#))
+            .refused("spec.patches", "under /spec/ only: \"from\": \"/metadata/uid\""),
     ]);
 }

@@ -16,13 +16,17 @@
 //! - [`launcher_pod`][]: the VMI's launcher Pod records (what `kubectl drain` evicts).
 //! - [`evacuation`][]: a VirtualMachineInstanceMigration for each VMI an eviction marked.
 //! - [`snapshot`][], [`restore`][]: VirtualMachineSnapshot (offline: content + one CSI
-//!   VolumeSnapshot per claim) and VirtualMachineRestore (onto the stopped source VM).
+//!   VolumeSnapshot per claim) and VirtualMachineRestore (onto the stopped source VM, or to
+//!   a new VM).
+//! - [`clone`][]: VirtualMachineClone (a snapshot, then a restore to a new VM with the
+//!   clone's changes as patches).
 //! - [`endpoints`][]: kube's endpoints and endpointslice controllers, over the launcher
 //!   Pods: Services that select VMIs' labels get their addresses.
 //!
 //! Every reconciler is level-based: it reads the whole object and what it owns, converges one
 //! step, and relies on the watch (or `Action::requeue`) to take the next one.
 
+pub mod clone;
 pub mod endpoints;
 pub mod evacuation;
 pub mod instancetype;
@@ -330,8 +334,31 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
             tracing::debug!(error = %e, "restore controller");
         }
     });
+    let clone_ctl = Controller::new(
+        Api::<kubevirt_api::VirtualMachineClone>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<kubevirt_api::VirtualMachineSnapshot>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<kubevirt_api::VirtualMachineRestore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .run(
+        workqueue::instrument("virt-controller-vmclone", clone::reconcile),
+        clone::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "clone controller");
+        }
+    });
     futures::join!(
         vm_ctl,
+        clone_ctl,
         snapshot_ctl,
         restore_ctl,
         vmi_ctl,

@@ -1,6 +1,6 @@
 //! VirtualMachineRestore (`snapshot.kubevirt.io/v1beta1`): KubeVirt's
-//! pkg/storage/snapshot/restore.go, for a restore onto the snapshot's own VM while it is
-//! stopped.
+//! pkg/storage/snapshot/restore.go, onto the snapshot's own VM while it is stopped, or to a
+//! new VM (`spec.target.name` naming a VM that does not exist).
 //!
 //! For each `volumeBackup` of the snapshot's content a claim `restore-<restore uid>-<volume>`
 //! is created whose `dataSource` is the backup's VolumeSnapshot (the local-path provisioner
@@ -9,6 +9,10 @@
 //! with every restored volume pointing to its new claim (a DataVolume volume becomes a
 //! `persistentVolumeClaim` volume and its `dataVolumeTemplate` is dropped), its run strategy
 //! kept. A running target waits (KubeVirt's `WaitGracePeriod`: 5 minutes, then an error).
+//!
+//! A new VM is the snapshot's VM (labels, annotations, spec) under the target's name, stopped
+//! (KubeVirt: `running: false` or `runStrategy: Halted`), with `spec.patches` applied
+//! ([`patch_vm`]); its claims get their owner once it exists.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,14 +23,14 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use kubevirt_api::{
-    PersistentVolumeClaimVolumeSource, SnapshotCondition, VirtualMachine, VirtualMachineInstance,
-    VirtualMachineRestore, VirtualMachineSnapshot, VirtualMachineSnapshotContent,
-    VirtualMachineSpec, VolumeBackup, VolumeRestore,
+    PersistentVolumeClaimVolumeSource, SnapshotCondition, SnapshotVirtualMachine, VirtualMachine,
+    VirtualMachineInstance, VirtualMachineRestore, VirtualMachineSnapshot,
+    VirtualMachineSnapshotContent, VirtualMachineSpec, VolumeBackup, VolumeRestore,
 };
 use serde_json::json;
 
@@ -49,8 +53,154 @@ pub const GRACE_PERIOD_EXCEEDED: &str = "Restore target failed to be ready withi
 /// KubeVirt's `snapshotv1.DefaultGracePeriod`.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(300);
 /// Why a restore to a VM that does not exist is refused (KubeVirt would create it).
-pub const NEW_TARGET_NOT_SUPPORTED: &str =
-    "restore to a new VM (a target other than the snapshot's VM) is not supported yet";
+/// Where `spec.patches` may write (see [`patch_vm`]).
+pub const PATCHABLE: [&str; 3] = ["/metadata/labels", "/metadata/annotations", "/spec"];
+/// A patched VM larger than this is refused (`copy` doubles a document at each step; the
+/// API server stores nothing larger anyway).
+pub const MAX_PATCHED_VM_BYTES: usize = 1536 * 1024;
+
+/// Why one of `spec.patches` is refused: each names the patch (its index and text).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PatchError {
+    /// Not one RFC 6902 operation.
+    #[error("patch {index} ({patch}) is not a JSON patch operation: {reason}")]
+    Decode {
+        index: usize,
+        patch: String,
+        reason: String,
+    },
+    /// Writes (or moves from) a path outside [`PATCHABLE`]: the VM's name and namespace are
+    /// the restore's target, its kind, apiVersion, status and other metadata the controller's.
+    #[error("patch {index} ({patch}) may not change {path}: patches may change only /metadata/labels, /metadata/annotations and /spec of the new VM")]
+    Outside {
+        index: usize,
+        patch: String,
+        path: String,
+    },
+    /// The operation does not apply (a missing path, a failed `test`...).
+    #[error("patch {index} ({patch}) does not apply: {reason}")]
+    Apply {
+        index: usize,
+        patch: String,
+        reason: String,
+    },
+    /// The patched object is no longer a VirtualMachine.
+    #[error("patch {index} ({patch}) leaves no valid VirtualMachine: {reason}")]
+    Breaks {
+        index: usize,
+        patch: String,
+        reason: String,
+    },
+    /// The patched object is larger than [`MAX_PATCHED_VM_BYTES`].
+    #[error(
+        "patch {index} ({patch}) makes the VirtualMachine larger than {MAX_PATCHED_VM_BYTES} bytes"
+    )]
+    TooLarge { index: usize, patch: String },
+}
+
+fn patchable(path: &str) -> bool {
+    PATCHABLE.iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// KubeVirt's `patchVM`: the restore's (or clone's) JSON patches applied in order to the new
+/// VM. Each is one RFC 6902 operation; one writing outside [`PATCHABLE`], one that does not
+/// apply, or one after which the object is no longer a VirtualMachine is refused, naming it.
+pub fn patch_vm(vm: &VirtualMachine, patches: &[String]) -> Result<VirtualMachine, PatchError> {
+    // Messages quote the patch; a huge one is cut.
+    let shown = |p: &str| {
+        if p.len() > 200 {
+            let mut end = 200;
+            while !p.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}...", &p[..end])
+        } else {
+            p.to_string()
+        }
+    };
+    let mut doc = serde_json::to_value(vm).map_err(|e| PatchError::Breaks {
+        index: 0,
+        patch: String::new(),
+        reason: e.to_string(),
+    })?;
+    let mut out = vm.clone();
+    for (index, p) in patches.iter().enumerate() {
+        let patch = shown(p);
+        let op: json_patch::PatchOperation =
+            serde_json::from_str(p).map_err(|e| PatchError::Decode {
+                index,
+                patch: patch.clone(),
+                reason: e.to_string(),
+            })?;
+        let written: Vec<&str> = match &op {
+            json_patch::PatchOperation::Add(o) => vec![o.path.as_str()],
+            json_patch::PatchOperation::Remove(o) => vec![o.path.as_str()],
+            json_patch::PatchOperation::Replace(o) => vec![o.path.as_str()],
+            json_patch::PatchOperation::Move(o) => vec![o.from.as_str(), o.path.as_str()],
+            json_patch::PatchOperation::Copy(o) => vec![o.path.as_str()],
+            json_patch::PatchOperation::Test(_) => vec![],
+        };
+        if let Some(path) = written.into_iter().find(|p| !patchable(p)) {
+            return Err(PatchError::Outside {
+                index,
+                patch,
+                path: path.to_string(),
+            });
+        }
+        json_patch::patch(&mut doc, &json_patch::Patch(vec![op])).map_err(|e| {
+            PatchError::Apply {
+                index,
+                patch: patch.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        if serde_json::to_vec(&doc).map_or(usize::MAX, |b| b.len()) > MAX_PATCHED_VM_BYTES {
+            return Err(PatchError::TooLarge { index, patch });
+        }
+        out = serde_json::from_value(doc.clone()).map_err(|e| PatchError::Breaks {
+            index,
+            patch: patch.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(out)
+}
+
+/// KubeVirt's `generateRestoredVMSpec` for a target that does not exist: the snapshot's VM
+/// (labels, annotations, spec) under the target's name, volumes repointed, stopped
+/// (`running: false` if the snapshot's VM used `running`, else `runStrategy: Halted`), with
+/// the last-restore annotation.
+pub fn new_target_vm(
+    snap_vm: &SnapshotVirtualMachine,
+    name: &str,
+    ns: &str,
+    claims: &BTreeMap<String, String>,
+    last_restore: &str,
+) -> VirtualMachine {
+    let meta = snap_vm.metadata.clone().unwrap_or_default();
+    let mut spec = restored_spec(&snap_vm.spec.clone().unwrap_or_default(), claims);
+    if spec.running.is_some() {
+        spec.running = Some(false);
+    } else {
+        spec.run_strategy = Some("Halted".into());
+    }
+    let mut annotations = meta.annotations.unwrap_or_default();
+    annotations.insert(LAST_RESTORE_ANNOTATION.into(), last_restore.into());
+    VirtualMachine {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            labels: meta.labels,
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    }
+}
 
 /// KubeVirt's `restorePVCName`.
 pub fn restore_claim_name(restore_uid: &str, volume: &str) -> String {
@@ -316,17 +466,7 @@ async fn step(
     let Some(snap_vm) = content.spec.source.virtual_machine.as_ref() else {
         return user("unexpected snapshot source".into());
     };
-    let Some(vm) = vms.get_opt(&t.name).await? else {
-        return user(NEW_TARGET_NOT_SUPPORTED.into());
-    };
-    if vm.metadata.uid.is_none() || vm.metadata.uid != ss.source_uid {
-        return user(ERROR_RESTORE_TO_EXISTING_TARGET.into());
-    }
     let lr = last_restore_value(name, &uid);
-    let already = vm
-        .annotations()
-        .get(LAST_RESTORE_ANNOTATION)
-        .is_some_and(|v| v == &lr);
     let backups = content.spec.volume_backups.clone().unwrap_or_default();
     let restored: Vec<VolumeRestore> = backups
         .iter()
@@ -337,9 +477,48 @@ async fn step(
             volume_snapshot_name: b.volume_snapshot_name.clone().unwrap_or_default(),
         })
         .collect();
+    let Some(vm) = vms.get_opt(&t.name).await? else {
+        // A new VM: its claims first (no owner yet), then the VM, then the claims' owner.
+        let mut by_volume = BTreeMap::new();
+        for b in &backups {
+            let Some(pvc) = restore_claim(b, name, &uid, ns) else {
+                return user(format!("VolumeSnapshotName missing {}", b.volume_name));
+            };
+            create_claim(&claims, &pvc).await?;
+            by_volume.insert(
+                b.volume_name.clone(),
+                restore_claim_name(&uid, &b.volume_name),
+            );
+        }
+        let new_vm = new_target_vm(snap_vm, &t.name, ns, &by_volume, &lr);
+        let patches = restore.spec.patches.clone().unwrap_or_default();
+        let new_vm = match patch_vm(&new_vm, &patches) {
+            Ok(v) => v,
+            Err(e) => return user(format!("error patching VM {}: {e}", t.name)),
+        };
+        let created = match vms.create(&PostParams::default(), &new_vm).await {
+            Ok(v) => v,
+            // Refused by admission: the user's snapshot or patches made an invalid VM.
+            Err(kube::Error::Api(s)) if s.code == 400 || s.code == 422 || s.code == 403 => {
+                return user(format!("error creating VM {}: {}", t.name, s.message));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        own_claims(&claims, &created, &backups, &uid).await?;
+        return Ok(Step::Done(restored));
+    };
+    let already = vm
+        .annotations()
+        .get(LAST_RESTORE_ANNOTATION)
+        .is_some_and(|v| v == &lr);
     if already {
+        // A VM this restore created: its claims may still lack their owner.
+        own_claims(&claims, &vm, &backups, &uid).await?;
         release(&vms, &t.name, name).await?;
         return Ok(Step::Done(restored));
+    }
+    if vm.metadata.uid.is_none() || vm.metadata.uid != ss.source_uid {
+        return user(ERROR_RESTORE_TO_EXISTING_TARGET.into());
     }
     if vmis.get_opt(&t.name).await?.is_some() {
         let created = restore
@@ -378,15 +557,11 @@ async fn step(
             return user(format!("VolumeSnapshotName missing {}", b.volume_name));
         };
         pvc.metadata.owner_references = Some(vec![owner.clone()]);
-        let cn = restore_claim_name(&uid, &b.volume_name);
-        if claims.get_opt(&cn).await?.is_none() {
-            match claims.create(&PostParams::default(), &pvc).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        by_volume.insert(b.volume_name.clone(), cn);
+        create_claim(&claims, &pvc).await?;
+        by_volume.insert(
+            b.volume_name.clone(),
+            restore_claim_name(&uid, &b.volume_name),
+        );
     }
     // The VM's spec from the snapshot, volumes repointed, its run strategy kept.
     let mut spec = restored_spec(&snap_vm.spec.clone().unwrap_or_default(), &by_volume);
@@ -401,6 +576,60 @@ async fn step(
         .await?;
     release(&vms, &t.name, name).await?;
     Ok(Step::Done(restored))
+}
+
+/// Creates a restore claim unless it exists.
+async fn create_claim(
+    claims: &Api<PersistentVolumeClaim>,
+    pvc: &PersistentVolumeClaim,
+) -> Result<(), Error> {
+    let name = crate::name_of(&pvc.metadata)?;
+    if claims.get_opt(&name).await?.is_none() {
+        match claims.create(&PostParams::default(), pvc).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// KubeVirt's `updateRestorePVCOwnership`: the restore's claims that have no owner yet are
+/// owned by the (new) VM.
+async fn own_claims(
+    claims: &Api<PersistentVolumeClaim>,
+    vm: &VirtualMachine,
+    backups: &[VolumeBackup],
+    restore_uid: &str,
+) -> Result<(), Error> {
+    let owner = vm
+        .controller_owner_ref(&())
+        .map(|mut o| {
+            o.controller = None;
+            o
+        })
+        .ok_or(Error::MissingField("metadata.uid"))?;
+    for b in backups {
+        let cn = restore_claim_name(restore_uid, &b.volume_name);
+        let Some(c) = claims.get_opt(&cn).await? else {
+            continue;
+        };
+        if c.metadata
+            .owner_references
+            .as_ref()
+            .is_some_and(|o| !o.is_empty())
+        {
+            continue;
+        }
+        claims
+            .patch(
+                &cn,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"ownerReferences": [owner]}})),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Clears the VM's `restoreInProgress` if this restore set it.
@@ -539,6 +768,128 @@ mod tests {
             Some("restore-u-data")
         );
         assert!(vols[2].container_disk.is_some());
+    }
+
+    fn snap_vm() -> SnapshotVirtualMachine {
+        serde_json::from_value(json!({
+            "metadata": {"name": "src", "namespace": "ns", "uid": "u-src", "generation": 4,
+                "labels": {"app": "a"}, "annotations": {"note": "n"}},
+            "spec": {"running": true, "template": {"spec": {"domain": {"devices": {}}}}}
+        }))
+        .expect("vm")
+    }
+
+    #[test]
+    fn a_new_vm_is_the_snapshots_vm_under_the_targets_name_stopped() {
+        let vm = new_target_vm(&snap_vm(), "dst", "ns", &BTreeMap::new(), "r-u");
+        assert_eq!(vm.metadata.name.as_deref(), Some("dst"));
+        assert_eq!(vm.metadata.uid, None, "never the source's identity");
+        assert_eq!(vm.metadata.generation, None);
+        assert_eq!(vm.spec.running, Some(false));
+        assert_eq!(vm.spec.run_strategy, None);
+        let a = vm.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            a.get(LAST_RESTORE_ANNOTATION).map(String::as_str),
+            Some("r-u")
+        );
+        assert_eq!(a.get("note").map(String::as_str), Some("n"));
+        let mut s = snap_vm();
+        if let Some(spec) = s.spec.as_mut() {
+            spec.running = None;
+            spec.run_strategy = Some("Always".into());
+        }
+        let vm = new_target_vm(&s, "dst", "ns", &BTreeMap::new(), "r-u");
+        assert_eq!(vm.spec.run_strategy.as_deref(), Some("Halted"));
+    }
+
+    #[test]
+    fn hostile_patches_are_refused_naming_the_patch() {
+        let vm = new_target_vm(&snap_vm(), "dst", "ns", &BTreeMap::new(), "r-u");
+        let ok = patch_vm(
+            &vm,
+            &[r#"{"op":"add","path":"/metadata/labels/x","value":"y"}"#.into()],
+        )
+        .expect("a label patch applies");
+        assert_eq!(
+            ok.metadata
+                .labels
+                .and_then(|l| l.get("x").cloned())
+                .as_deref(),
+            Some("y")
+        );
+        let refused = |p: &str| {
+            patch_vm(
+                &vm,
+                &[
+                    r#"{"op":"test","path":"/kind","value":"VirtualMachine"}"#.into(),
+                    p.into(),
+                ],
+            )
+            .expect_err(p)
+        };
+        for path in [
+            "/metadata/name",
+            "/metadata/namespace",
+            "/kind",
+            "/apiVersion",
+            "/status",
+            "/metadata/ownerReferences",
+            "/metadata/labels~1x",
+            "/specx",
+        ] {
+            let p = format!(r#"{{"op":"add","path":"{path}","value":"x"}}"#);
+            match refused(&p) {
+                PatchError::Outside {
+                    index, path: got, ..
+                } => {
+                    assert_eq!((index, got.as_str()), (1, path));
+                }
+                e => panic!("{p}: {e}"),
+            }
+        }
+        let e = refused(r#"{"op":"move","from":"/metadata/name","path":"/spec/x"}"#);
+        assert!(
+            e.to_string().contains("may not change /metadata/name"),
+            "{e}"
+        );
+        assert!(matches!(
+            refused(r#"{"op":"remove","path":"/spec/nothing"}"#),
+            PatchError::Apply { index: 1, .. }
+        ));
+        assert!(matches!(
+            refused(r#"{"op":"replace","path":"/spec","value":7}"#),
+            PatchError::Breaks { index: 1, .. }
+        ));
+        assert!(matches!(
+            refused(r#"{"op":"explode","path":"/spec"}"#),
+            PatchError::Decode { index: 1, .. }
+        ));
+        assert!(matches!(refused("not json"), PatchError::Decode { .. }));
+        let e = refused(r#"{"op":"test","path":"/spec/running","value":true}"#);
+        assert!(e.to_string().starts_with("patch 1 ("), "{e}");
+        // `copy` doubling the spec is stopped at the size limit.
+        let mut doubling = vec![
+            format!(
+                r#"{{"op":"add","path":"/metadata/labels/big","value":"{}"}}"#,
+                "v".repeat(100_000)
+            ),
+            r#"{"op":"copy","from":"/metadata/labels","path":"/spec/x0"}"#.to_string(),
+        ];
+        for i in 1..10 {
+            doubling.push(format!(
+                r#"{{"op":"copy","from":"/spec","path":"/spec/x{i}"}}"#
+            ));
+        }
+        let e = patch_vm(&vm, &doubling).expect_err("too large");
+        assert!(matches!(e, PatchError::TooLarge { index: 5, .. }), "{e}");
+        let long = format!(
+            r#"{{"op":"add","path":"/status","value":"{}"}}"#,
+            "x".repeat(10_000)
+        );
+        assert!(
+            refused(&long).to_string().len() < 600,
+            "a long patch is cut in the message"
+        );
     }
 
     #[test]

@@ -529,6 +529,29 @@ fn sync_conditions(
     }
 }
 
+/// Whether a snapshot or a restore holds the VM, and the reason and message to show: KubeVirt
+/// refuses at admission to change a VM's running state while `status.snapshotInProgress`
+/// or `status.restoreInProgress` is set (`Cannot update vm running state until snapshot %q
+/// completes`, `Cannot start VM until restore %q completes`); a start that does not go
+/// through a spec update (a Manual VM's start request is a status write, an Always VM whose
+/// VMI went away) must not create a VMI either, or an offline snapshot would copy a disk in
+/// use and a restore would replace the disks under a running guest.
+pub fn held_by(status: &VirtualMachineStatus) -> Option<(&'static str, String)> {
+    if let Some(s) = status.snapshot_in_progress.as_deref() {
+        return Some((
+            "SnapshotInProgress",
+            format!("Cannot start VM until snapshot {s:?} completes"),
+        ));
+    }
+    if let Some(r) = status.restore_in_progress.as_deref() {
+        return Some((
+            "RestoreInProgress",
+            format!("Cannot start VM until restore {r:?} completes"),
+        ));
+    }
+    None
+}
+
 /// Reconciles one VirtualMachine.
 pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = crate::namespace_of(&vm.metadata)?;
@@ -612,6 +635,29 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
         }
         d => d,
     };
+    // A snapshot or restore holds the VM: no VMI while it does (see `held_by`).
+    let held = held_by(&status);
+    let decision = match decision {
+        Decision::Create | Decision::CreateAfter(_) if held.is_some() => {
+            requeue = requeue.min(Duration::from_secs(2));
+            Decision::Nothing
+        }
+        d => d,
+    };
+    if let Some((reason, msg)) = &held {
+        if set_to_start {
+            let first = !status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.r#type == "Failure" && c.message.as_deref() == Some(msg.as_str()));
+            if first {
+                ctx.event(vm.as_ref(), EventType::Warning, reason, msg.clone())
+                    .await;
+            }
+            failure = Some((*reason, msg.clone()));
+        }
+    }
     // The VM comes from the watch cache, which may not have seen this controller's own last
     // status write yet. Creating from a stale status would skip a backoff it set; deleting a
     // failed VMI from a stale status loses the failure it counts (the status write then

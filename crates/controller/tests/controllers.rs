@@ -1548,3 +1548,410 @@ async fn endpoints_left_by_services_deleted_while_the_controller_was_down_are_re
     assert!(eps.get_opt("leftover").await.expect("get").is_none());
     assert!(eps.get_opt("handwritten").await.expect("get").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_or_restore_in_progress_keeps_the_vm_from_starting() {
+    let mut env = Env::start().await;
+    env.finish_deletions();
+    env.create_vm("held", "Manual").await;
+    env.wait_printable("held", "Stopped").await;
+    // A snapshot holds the VM (as the snapshot controller writes it); a start request (a
+    // status write, which admission does not see) must not create the VMI.
+    env.vms()
+        .patch_status(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"snapshotInProgress": "snap",
+                "stateChangeRequests": [{"action": "Start"}]}})),
+        )
+        .await
+        .expect("hold and start");
+    let failure = wait(|| async {
+        let st = env.vms().get("held").await.ok()?.status?;
+        st.conditions?
+            .into_iter()
+            .find(|c| c.r#type == "Failure" && c.status == "True")
+    })
+    .await
+    .expect("a Failure condition says why the VM does not start");
+    assert_eq!(failure.reason.as_deref(), Some("SnapshotInProgress"));
+    assert_eq!(
+        failure.message.as_deref(),
+        Some("Cannot start VM until snapshot \"snap\" completes")
+    );
+    assert!(env.vmis().get_opt("held").await.expect("get").is_none());
+    // The restore holds it the same way.
+    env.vms()
+        .patch_status(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"snapshotInProgress": null,
+                "restoreInProgress": "rest"}})),
+        )
+        .await
+        .expect("restore holds");
+    let msg = wait(|| async {
+        let st = env.vms().get("held").await.ok()?.status?;
+        st.conditions?
+            .into_iter()
+            .find(|c| c.r#type == "Failure")
+            .and_then(|c| c.message)
+            .filter(|m| m.contains("restore"))
+    })
+    .await;
+    assert_eq!(
+        msg.as_deref(),
+        Some("Cannot start VM until restore \"rest\" completes")
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(env.vmis().get_opt("held").await.expect("get").is_none());
+    // Released: the pending start goes ahead.
+    env.vms()
+        .patch_status(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"restoreInProgress": null}})),
+        )
+        .await
+        .expect("release");
+    env.wait_vmi("held", None).await;
+}
+
+fn snapshots(env: &Env) -> Api<kubevirt_api::VirtualMachineSnapshot> {
+    Api::namespaced(env.client.clone(), "default")
+}
+
+fn restores(env: &Env) -> Api<kubevirt_api::VirtualMachineRestore> {
+    Api::namespaced(env.client.clone(), "default")
+}
+
+fn clones(env: &Env) -> Api<kubevirt_api::VirtualMachineClone> {
+    Api::namespaced(env.client.clone(), "default")
+}
+
+/// A stopped VM with labels, annotations, a MAC, a firmware UUID and serial; no claims (so no
+/// CSI snapshotter is needed: its snapshot is ready at once).
+async fn create_identity_vm(env: &Env, name: &str) {
+    let vm: VirtualMachine = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": name, "labels": {"app": "web", "team/owner": "a"},
+            "annotations": {"note": "n"}},
+        "spec": {"runStrategy": "Halted", "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"domain": {
+                "firmware": {"uuid": "5d307ca9-b3ef-428c-8861-06e72d69f223", "serial": "S-1"},
+                "devices": {"interfaces": [
+                    {"name": "default", "masquerade": {}, "macAddress": "02:00:00:00:00:01"}]},
+                "memory": {"guest": "64Mi"}},
+                "networks": [{"name": "default", "pod": {}}]}}}
+    }))
+    .expect("vm");
+    env.vms()
+        .create(&PostParams::default(), &vm)
+        .await
+        .expect("create vm");
+}
+
+async fn snapshot_ready(env: &Env, vm: &str, name: &str) {
+    let snap: kubevirt_api::VirtualMachineSnapshot = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": vm}}
+    }))
+    .expect("snapshot");
+    snapshots(env)
+        .create(&PostParams::default(), &snap)
+        .await
+        .expect("create snapshot");
+    wait(|| async {
+        let s = snapshots(env).get(name).await.ok()?.status?;
+        (s.ready_to_use == Some(true)).then_some(())
+    })
+    .await
+    .expect("snapshot ready");
+}
+
+async fn restore_reason(env: &Env, name: &str) -> Option<String> {
+    restores(env)
+        .get(name)
+        .await
+        .ok()?
+        .status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.r#type == "Ready")?
+        .reason
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_to_a_new_vm_creates_it_patched_and_refuses_hostile_patches() {
+    let env = Env::start().await;
+    create_identity_vm(&env, "src").await;
+    snapshot_ready(&env, "src", "snap").await;
+    let restore = |name: &str, target: &str, patches: serde_json::Value| {
+        serde_json::from_value::<kubevirt_api::VirtualMachineRestore>(json!({
+            "metadata": {"name": name},
+            "spec": {"virtualMachineSnapshotName": "snap", "patches": patches,
+                "target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": target}}
+        }))
+        .expect("restore")
+    };
+    restores(&env)
+        .create(
+            &PostParams::default(),
+            &restore(
+                "to-new",
+                "newvm",
+                json!([r#"{"op": "add", "path": "/metadata/labels/restored", "value": "yes"}"#]),
+            ),
+        )
+        .await
+        .expect("create restore");
+    let vm = wait(|| async { env.vms().get_opt("newvm").await.ok().flatten() })
+        .await
+        .expect("the restore creates the new VM");
+    let labels = vm.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("restored").map(String::as_str), Some("yes"));
+    assert_eq!(labels.get("app").map(String::as_str), Some("web"));
+    assert_eq!(vm.spec.run_strategy.as_deref(), Some("Halted"));
+    assert!(vm
+        .annotations()
+        .get("restore.kubevirt.io/lastRestoreUID")
+        .is_some_and(|v| v.starts_with("to-new-")));
+    let done = wait(|| async {
+        let s = restores(&env).get("to-new").await.ok()?.status?;
+        (s.complete == Some(true)).then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "the restore completes");
+
+    // Patches outside the VM's labels, annotations and spec are refused at admission.
+    for (i, patch) in [
+        r#"{"op": "replace", "path": "/metadata/name", "value": "other"}"#,
+        r#"{"op": "replace", "path": "/metadata/namespace", "value": "kube-system"}"#,
+        r#"{"op": "add", "path": "/status", "value": {"ready": true}}"#,
+        r#"{"op": "move", "from": "/metadata/uid", "path": "/spec/x"}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("outside-{i}");
+        let e = restores(&env)
+            .create(
+                &PostParams::default(),
+                &restore(&name, &format!("outside-vm-{i}"), json!([patch])),
+            )
+            .await
+            .expect_err("refused at admission");
+        assert!(
+            e.to_string()
+                .contains("patching is valid only for elements under /spec/"),
+            "{patch}: {e}"
+        );
+    }
+    // Patches that admission lets through but that break the VM: refused by the controller,
+    // naming the patch; no VM appears.
+    let hostile = [
+        (
+            r#"{"op": "replace", "path": "/spec/template", "value": "not a template"}"#,
+            "leaves no valid VirtualMachine",
+        ),
+        (
+            r#"{"op": "remove", "path": "/spec/no/such/path"}"#,
+            "does not apply",
+        ),
+        (
+            r#"{"op": "explode", "path": "/spec/x"}"#,
+            "is not a JSON patch operation",
+        ),
+        (
+            r#"{"op": "add", "path": "/spec/template/spec/domain/devices/interfaces/0/macAddress", "value": "02:00:00:00:00:01,romfile=/etc/passwd"}"#,
+            "error creating VM",
+        ),
+    ];
+    for (i, (patch, want)) in hostile.iter().enumerate() {
+        let name = format!("hostile-{i}");
+        let target = format!("hostile-vm-{i}");
+        restores(&env)
+            .create(
+                &PostParams::default(),
+                &restore(&name, &target, json!([patch])),
+            )
+            .await
+            .expect("create restore");
+        let reason = wait(|| async {
+            restore_reason(&env, &name)
+                .await
+                .filter(|r| r.contains("error patching VM") || r.contains("error creating VM"))
+        })
+        .await
+        .unwrap_or_else(|| panic!("restore {name} never refused {patch}"));
+        assert!(reason.contains(want), "{name}: {reason:?} lacks {want:?}");
+        if !want.starts_with("error creating") {
+            assert!(
+                reason.contains(&format!("patch 0 ({patch})")),
+                "{name}: {reason:?} does not quote the patch"
+            );
+        }
+        assert!(env.vms().get_opt(&target).await.expect("get").is_none());
+    }
+    assert!(env.vms().get_opt("other").await.expect("get").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clone_of_a_vm_gets_new_identity_and_filtered_labels() {
+    let env = Env::start().await;
+    create_identity_vm(&env, "orig").await;
+    let clone: kubevirt_api::VirtualMachineClone = serde_json::from_value(json!({
+        "apiVersion": "clone.kubevirt.io/v1beta1", "kind": "VirtualMachineClone",
+        "metadata": {"name": "c1"},
+        "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "orig"},
+            "labelFilters": ["*", "!team/*"],
+            "annotationFilters": ["nothing-matches"],
+            "patches": [r#"{"op": "add", "path": "/metadata/labels/cloned", "value": "true"}"#]}
+    }))
+    .expect("clone");
+    let created = clones(&env)
+        .create(&PostParams::default(), &clone)
+        .await
+        .expect("create clone");
+    // The create mutator names the target.
+    let target = created.spec.target.clone().expect("target").name;
+    assert!(target.starts_with("clone-orig-") && target.len() == "clone-orig-".len() + 5);
+    let st = wait(|| async {
+        let s = clones(&env).get("c1").await.ok()?.status?;
+        (s.phase.as_deref() == Some("Succeeded") && s.restore_name.is_none()).then_some(s)
+    })
+    .await;
+    let Some(st) = st else {
+        let c = clones(&env).get("c1").await.expect("clone");
+        let r = restores(&env)
+            .list(&ListParams::default())
+            .await
+            .expect("restores");
+        let sn = snapshots(&env)
+            .list(&ListParams::default())
+            .await
+            .expect("snapshots");
+        panic!(
+            "the clone does not succeed: {:?}\nrestores: {:?}\nsnapshots: {:?}",
+            c.status,
+            r.items
+                .iter()
+                .map(|r| (&r.spec, &r.status))
+                .collect::<Vec<_>>(),
+            sn.items.iter().map(|s| &s.status).collect::<Vec<_>>()
+        );
+    };
+    assert_eq!(st.target_name.as_deref(), Some(target.as_str()));
+    let ready = st
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.r#type == "Ready")
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("True", Some("Ready"))
+    );
+    let vm = env.vms().get(&target).await.expect("target VM");
+    let labels = vm.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("app").map(String::as_str), Some("web"));
+    assert_eq!(labels.get("cloned").map(String::as_str), Some("true"));
+    assert!(!labels.contains_key("team/owner"), "filtered out");
+    assert!(!vm.annotations().contains_key("note"), "filtered out");
+    let t = vm.spec.template.spec.clone().expect("template");
+    let fw = t.domain.firmware.clone().unwrap_or_default();
+    // The firmware UUID is not the source's (the VM controller writes one derived from the
+    // clone's name); the serial is gone.
+    assert_ne!(
+        fw.uuid.as_deref(),
+        Some("5d307ca9-b3ef-428c-8861-06e72d69f223")
+    );
+    assert_eq!(fw.serial, None);
+    let ifs = t.domain.devices.interfaces.clone().unwrap_or_default();
+    assert_eq!(ifs[0].mac_address, None, "a new MAC is generated at start");
+    assert_eq!(vm.spec.run_strategy.as_deref(), Some("Halted"));
+    // The temporary snapshot and restore are gone; the source is untouched.
+    let snaps_left = wait(|| async {
+        let l = snapshots(&env).list(&ListParams::default()).await.ok()?;
+        l.items.is_empty().then_some(())
+    })
+    .await;
+    assert!(snaps_left.is_some(), "the temporary snapshot is deleted");
+    assert!(restores(&env)
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .is_empty());
+    let src = env.vms().get("orig").await.expect("source");
+    assert_eq!(
+        src.spec
+            .template
+            .spec
+            .and_then(|s| s.domain.firmware)
+            .and_then(|f| f.uuid)
+            .as_deref(),
+        Some("5d307ca9-b3ef-428c-8861-06e72d69f223")
+    );
+    // Started, the clone's VMI has its own firmware UUID (derived from its name).
+    env.set_strategy(&target, "Always").await;
+    let vmi = env.wait_vmi(&target, None).await;
+    let uuid = vmi.spec.domain.firmware.and_then(|f| f.uuid);
+    assert!(uuid.is_some());
+    assert_ne!(
+        uuid.as_deref(),
+        Some("5d307ca9-b3ef-428c-8861-06e72d69f223")
+    );
+
+    // kubectl sees the clone with KubeVirt's columns.
+    let out = kubectl(&env, &["get", "vmclone", "c1"]).expect("kubectl get vmclone");
+    assert!(out.contains("Succeeded") && out.contains(&target), "{out}");
+
+    // A clone of a VM that does not exist waits (Pending) without a phase change.
+    let missing: kubevirt_api::VirtualMachineClone = serde_json::from_value(json!({
+        "metadata": {"name": "c2"},
+        "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "ghost"},
+            "target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "dst2"}}
+    }))
+    .expect("clone");
+    clones(&env)
+        .create(&PostParams::default(), &missing)
+        .await
+        .expect("create clone");
+    let pending = wait(|| async {
+        let s = clones(&env).get("c2").await.ok()?.status?;
+        s.conditions?
+            .into_iter()
+            .find(|c| c.r#type == "Progressing" && c.reason.as_deref() == Some("Pending"))
+            .map(|_| s.phase)
+    })
+    .await
+    .expect("Pending");
+    assert_eq!(pending, None);
+
+    // A clone whose user patch is hostile waits with the restore's reason, naming the patch.
+    let bad: kubevirt_api::VirtualMachineClone = serde_json::from_value(json!({
+        "metadata": {"name": "c3"},
+        "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "orig"},
+            "target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "dst3"},
+            "patches": [r#"{"op": "replace", "path": "/metadata/name", "value": "x"}"#]}
+    }))
+    .expect("clone");
+    clones(&env)
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect("create clone");
+    let reason = wait(|| async {
+        let s = clones(&env).get("c3").await.ok()?.status?;
+        s.conditions?
+            .into_iter()
+            .find(|c| c.r#type == "Ready")?
+            .reason
+            .filter(|r| r.contains("/metadata/name"))
+    })
+    .await
+    .expect("the clone reports the refused patch");
+    assert!(reason.contains("under /spec/"), "{reason}");
+    assert!(env.vms().get_opt("dst3").await.expect("get").is_none());
+}

@@ -683,3 +683,158 @@ spec:
     let out = s.kubectl(&["delete", "vm", "live", "--wait=false"]);
     assert!(out.contains("deleted"), "{out}");
 }
+
+/// A VirtualMachineClone of a stopped VM: the clone's data disk has the source's bytes, its
+/// NIC and firmware have no copied identity (a MAC derived from the clone's name is given at
+/// start; the firmware UUID from its name), filtered labels are gone, and the temporary
+/// snapshot and restore are deleted.
+#[test]
+fn a_clone_of_a_stopped_vm_has_its_disk_and_a_new_identity() {
+    if !have_kubectl() {
+        return;
+    }
+    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
+    let manifest = r#"apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: origin-data
+spec:
+  source:
+    blank: {}
+  storage:
+    resources:
+      requests:
+        storage: 16Mi
+---
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: origin
+  labels:
+    app: web
+    team/owner: alice
+spec:
+  runStrategy: Halted
+  template:
+    spec:
+      domain:
+        firmware:
+          uuid: 5d307ca9-b3ef-428c-8861-06e72d69f223
+        devices:
+          disks:
+          - name: rootdisk
+            disk: {bus: virtio}
+          - name: data
+            disk: {bus: virtio}
+          interfaces:
+          - name: default
+            masquerade: {}
+            macAddress: "02:00:00:00:00:0a"
+        resources:
+          requests:
+            memory: 128Mi
+      networks:
+      - name: default
+        pod: {}
+      volumes:
+      - name: rootdisk
+        containerDisk:
+          image: kubevirt-rs/demo-guest:latest
+      - name: data
+        dataVolume:
+          name: origin-data
+"#;
+    let clone = r#"apiVersion: clone.kubevirt.io/v1beta1
+kind: VirtualMachineClone
+metadata:
+  name: copy
+spec:
+  source:
+    apiGroup: kubevirt.io
+    kind: VirtualMachine
+    name: origin
+  target:
+    apiGroup: kubevirt.io
+    kind: VirtualMachine
+    name: copy-vm
+  labelFilters: ["*", "!team/*"]
+"#;
+    let file = dir.path().join("vm.yaml");
+    std::fs::write(&file, manifest).expect("write manifest");
+    let out = s.kubectl(&["apply", "-f", file.to_str().expect("utf8")]);
+    assert!(
+        out.contains("virtualmachine.kubevirt.io/origin created"),
+        "{out}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(60), || s.jsonpath(
+            "dv",
+            "origin-data",
+            "{.status.phase}"
+        ) == "Succeeded"),
+        "{}",
+        s.kubectl(&["get", "dv", "origin-data", "-o", "yaml"])
+    );
+    write_claim_disk_head(&s, "origin-data", b"cloned-bytes");
+    let file = dir.path().join("clone.yaml");
+    std::fs::write(&file, clone).expect("write clone");
+    let out = s.kubectl(&["apply", "-f", file.to_str().expect("utf8")]);
+    assert!(out.contains("copy created"), "{out}");
+    assert!(
+        wait_for(Duration::from_secs(60), || s.jsonpath(
+            "vmclone",
+            "copy",
+            "{.status.phase} {.status.targetName} {.status.restoreName}"
+        ) == "Succeeded copy-vm "),
+        "{}\n{}",
+        s.kubectl(&["get", "vmclone", "copy", "-o", "yaml"]),
+        s.kubectl(&["get", "vmsnapshot,vmrestore", "-o", "yaml"])
+    );
+    let claim = s.jsonpath(
+        "vm",
+        "copy-vm",
+        "{.spec.template.spec.volumes[?(@.name=='data')].persistentVolumeClaim.claimName}",
+    );
+    assert!(claim.starts_with("restore-"), "{claim}");
+    assert_eq!(claim_disk_head(&s, &claim, 12), b"cloned-bytes");
+    assert_eq!(
+        s.jsonpath(
+            "vm",
+            "copy-vm",
+            "{.spec.template.spec.domain.devices.interfaces[0].macAddress}|{.metadata.labels.app}"
+        ),
+        "|web"
+    );
+    // The firmware UUID is not the source's (the VM controller derives one from the name).
+    assert_ne!(
+        s.jsonpath(
+            "vm",
+            "copy-vm",
+            "{.spec.template.spec.domain.firmware.uuid}"
+        ),
+        "5d307ca9-b3ef-428c-8861-06e72d69f223"
+    );
+    let labels = s.jsonpath("vm", "copy-vm", "{.metadata.labels}");
+    assert!(!labels.contains("team/owner"), "filtered out: {labels}");
+    // The source keeps its identity; the temporary snapshot and restore are gone.
+    assert_eq!(
+        s.jsonpath(
+            "vm",
+            "origin",
+            "{.spec.template.spec.domain.devices.interfaces[0].macAddress}"
+        ),
+        "02:00:00:00:00:0a"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || s
+            .kubectl(&["get", "vmsnapshot,vmrestore", "-o", "name"])
+            .trim()
+            .is_empty()),
+        "{}",
+        s.kubectl(&["get", "vmsnapshot,vmrestore"])
+    );
+}

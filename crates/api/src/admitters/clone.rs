@@ -13,6 +13,36 @@ const VM_KIND: &str = "VirtualMachine";
 const SNAPSHOT_KIND: &str = "VirtualMachineSnapshot";
 pub const SNAPSHOT_GATE_OFF: &str = "snapshot feature gate is not enabled";
 
+/// KubeVirt's clone-create-mutator `generateTargetName`: `clone-<source>-<suffix>`.
+pub fn target_name_for(source: &str, suffix: &str) -> String {
+    format!("clone-{source}-{suffix}")
+}
+
+/// KubeVirt's clone-create mutator: a clone without a target (or with an unnamed one) gets
+/// the VirtualMachine `clone-<source>-<5 random characters>` (apimachinery's `rand.String`
+/// alphabet), so the target's name is known from the start (`spec.target.name`).
+pub fn on_create(c: &mut VirtualMachineClone) {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let suffix: String = uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect();
+    let name = target_name_for(&c.spec.source.name, &suffix);
+    match c.spec.target.as_mut() {
+        None => {
+            c.spec.target = Some(k8s_openapi::api::core::v1::TypedLocalObjectReference {
+                api_group: Some("kubevirt.io".into()),
+                kind: VM_KIND.into(),
+                name,
+            })
+        }
+        Some(t) if t.name.is_empty() => t.name = name,
+        Some(_) => {}
+    }
+}
+
 pub fn rules(
     c: &VirtualMachineClone,
     _old: Option<&VirtualMachineClone>,

@@ -91,6 +91,33 @@ pub fn rules(
 fn patches(list: &[String], field: &Path) -> Vec<FieldError> {
     let mut errs = Vec::new();
     for patch in list {
+        // A patch that is a JSON object is read as one: its `path` (and a `move`'s `from`)
+        // must be under /spec/, labels or annotations. KubeVirt splits the text on `,` and
+        // `:` instead, which refuses any value with a colon, MAC addresses included (its own
+        // clone's `newMacAddresses` patches); the split remains for text that is not JSON.
+        if let Ok(obj) = serde_json::from_str::<serde_json::Map<String, Value>>(patch) {
+            let moves = obj.get("op").and_then(Value::as_str) == Some("move");
+            for key in ["path", "from"] {
+                if key == "from" && !moves {
+                    continue;
+                }
+                let Some(v) = obj.get(key) else { continue };
+                let ok = v.as_str().is_some_and(|s| {
+                    s.starts_with("/metadata/labels/")
+                        || s.starts_with("/metadata/annotations/")
+                        || s.starts_with("/spec/")
+                });
+                if !ok {
+                    errs.push(FieldError::invalid(
+                        field.clone(),
+                        format!(
+                            "patching is valid only for elements under /spec/ only: \"{key}\": {v}"
+                        ),
+                    ));
+                }
+            }
+            continue;
+        }
         let inner = patch.trim_matches(|c| c == '{' || c == '}');
         for kv in inner.split(',') {
             let parts: Vec<&str> = kv.split(':').collect();

@@ -437,3 +437,23 @@ fn orphan_propagation_leaves_the_vmi_and_releases_the_vm() {
         Some(json!({"metadata": {"resourceVersion": "7", "finalizers": ["orphan"]}}))
     );
 }
+
+#[test]
+fn a_snapshot_or_restore_in_progress_holds_the_vm() {
+    let mut st = VirtualMachineStatus::default();
+    assert_eq!(held_by(&st), None);
+    st.restore_in_progress = Some("r".into());
+    assert_eq!(
+        held_by(&st),
+        Some((
+            "RestoreInProgress",
+            "Cannot start VM until restore \"r\" completes".to_string()
+        ))
+    );
+    st.snapshot_in_progress = Some("s".into());
+    assert_eq!(
+        held_by(&st).map(|h| h.0),
+        Some("SnapshotInProgress"),
+        "the snapshot is named first"
+    );
+}
