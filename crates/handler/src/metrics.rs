@@ -155,14 +155,6 @@ fn samples(s: &VmiStats) -> Vec<(&'static str, &'static str, Labels, Value)> {
             Gauge(r as f64),
         ));
     }
-    if let Some(o) = m.overhead_bytes {
-        out.push((
-            "kubevirt_vmi_launcher_memory_overhead_bytes",
-            "Estimation of the memory amount required for virt-launcher's infrastructure components (e.g. libvirt, QEMU).",
-            vec![],
-            Gauge(o as f64),
-        ));
-    }
     if let Some(b) = m.balloon_actual_bytes {
         out.push((
             "kubevirt_vmi_memory_actual_balloon_bytes",

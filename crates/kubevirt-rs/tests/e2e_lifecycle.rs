@@ -589,7 +589,6 @@ scrape_configs:
         "kubevirt_workqueue_work_duration_seconds_count{name=\"virt-controller-vmi\"} >= 1".to_string(),
         format!("kubevirt_vmi_vcpu_seconds_total{{name=\"{name}\",node=\"{node}\",id=\"0\"}} > 0"),
         format!("kubevirt_vmi_memory_resident_bytes{{name=\"{name}\"}} > 0"),
-        format!("kubevirt_vmi_launcher_memory_overhead_bytes{{name=\"{name}\"}} > 0"),
         format!("kubevirt_vmi_vcpu_delay_seconds_total{{name=\"{name}\",id=\"0\"}} >= 0"),
         format!("kubevirt_vmi_storage_read_traffic_bytes_total{{name=\"{name}\",drive=\"rootdisk\"}} > 0"),
         "up{job=\"kubevirt-rs\"} == 1".to_string(),

@@ -1612,16 +1612,6 @@ impl Vm {
         let resident_bytes = std::fs::read_to_string(format!("/proc/{}/status", self.qemu_pid))
             .ok()
             .and_then(|s| stats::vm_rss_bytes(&s));
-        let launcher_bytes = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| stats::vm_rss_bytes(&s));
-        let guest_ram = std::fs::read_to_string(format!("/proc/{}/smaps", self.qemu_pid))
-            .ok()
-            .map(|s| stats::guest_ram_resident_bytes(&s, self.spec.memory.bytes));
-        let overhead_bytes = match (resident_bytes, launcher_bytes, guest_ram) {
-            (Some(qemu), Some(launcher), Some(ram)) => Some(launcher + qemu.saturating_sub(ram)),
-            _ => None,
-        };
         let block = self
             .qmp
             .query_blockstats()
@@ -1659,7 +1649,6 @@ impl Vm {
             memory: stats::MemoryStats {
                 guest_bytes: self.spec.memory.bytes,
                 resident_bytes,
-                overhead_bytes,
                 balloon_actual_bytes: balloon.map(|b| b.actual),
                 guest_stats: guest.map(|g| g.stats),
             },

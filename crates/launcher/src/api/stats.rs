@@ -41,34 +41,6 @@ pub fn schedstat_delay_seconds(schedstat: &str) -> Option<f64> {
     Some(wait_ns as f64 / 1e9)
 }
 
-/// The resident bytes of guest RAM in a `/proc/<qemu>/smaps` text: the mappings at least as
-/// large as the guest's memory (QEMU maps the machine's RAM in one block, anonymous or on
-/// `mem-path`; nothing else QEMU maps comes near it).
-pub fn guest_ram_resident_bytes(smaps: &str, guest_bytes: u64) -> u64 {
-    let mut total_kib = 0u64;
-    let mut in_ram = false;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((start, end)) = first.split_once('-') {
-            if let (Ok(start), Ok(end)) =
-                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
-            {
-                in_ram = guest_bytes > 0 && end.saturating_sub(start) >= guest_bytes;
-                continue;
-            }
-        }
-        if in_ram {
-            if let Some(kib) = line
-                .strip_prefix("Rss:")
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                total_kib += kib;
-            }
-        }
-    }
-    total_kib * 1024
-}
-
 /// `VmRSS` of a `/proc/<pid>/status` text, in bytes.
 pub fn vm_rss_bytes(status: &str) -> Option<u64> {
     status
@@ -87,11 +59,6 @@ pub struct MemoryStats {
     /// QEMU's resident set (`VmRSS`).
     #[serde(default)]
     pub resident_bytes: Option<u64>,
-    /// What the VMI costs beside its guest's RAM: the launcher's resident set plus QEMU's
-    /// minus the guest RAM QEMU holds resident (KubeVirt's
-    /// `kubevirt_vmi_launcher_memory_overhead_bytes`, measured rather than estimated).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overhead_bytes: Option<u64>,
     /// `query-balloon`'s `actual`, when the machine has a balloon.
     #[serde(default)]
     pub balloon_actual_bytes: Option<u64>,
@@ -171,25 +138,10 @@ pub fn drive_name(device: &str, qdev: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    /// The guest RAM is the mapping at least as large as the guest (its `Rss`), not QEMU's
-    /// other mappings; schedstat's second field is the run-queue wait; garbage gives nothing
-    /// rather than a wrong number.
+    /// schedstat's second field is the run-queue wait, `VmRSS` is read in bytes; garbage
+    /// gives nothing rather than a wrong number.
     #[test]
-    fn guest_ram_schedstat_and_rss_are_read_from_proc_texts() {
-        let smaps = "\
-55d0c0000000-55d0c0200000 r-xp 00000000 08:01 123 /usr/bin/qemu-system-x86_64
-Size:               2048 kB
-Rss:                1500 kB
-7f0000000000-7f0010000000 rw-p 00000000 00:00 0
-Size:             262144 kB
-Rss:               81234 kB
-7f0010000000-7f0010100000 rw-p 00000000 00:00 0
-Size:               1024 kB
-Rss:                 900 kB
-";
-        assert_eq!(guest_ram_resident_bytes(smaps, 256 << 20), 81234 * 1024);
-        assert_eq!(guest_ram_resident_bytes(smaps, 512 << 20), 0);
-        assert_eq!(guest_ram_resident_bytes("garbage\nRss: 5 kB\n", 1), 0);
+    fn schedstat_and_rss_are_read_from_proc_texts() {
         assert_eq!(
             schedstat_delay_seconds("123456789 2500000000 77\n"),
             Some(2.5)
