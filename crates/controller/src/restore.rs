@@ -478,13 +478,16 @@ async fn step(
         })
         .collect();
     let Some(vm) = vms.get_opt(&t.name).await? else {
-        // A new VM: its claims first (no owner yet), then the VM, then the claims' owner.
+        // A new VM. It is built, patched and checked by admission (a dry run) before anything
+        // is created, so a refused patch or VM leaves no claim behind; then its claims (no
+        // owner yet), then the VM, then the claims' owner.
+        let mut pvcs = Vec::new();
         let mut by_volume = BTreeMap::new();
         for b in &backups {
             let Some(pvc) = restore_claim(b, name, &uid, ns) else {
                 return user(format!("VolumeSnapshotName missing {}", b.volume_name));
             };
-            create_claim(&claims, &pvc).await?;
+            pvcs.push(pvc);
             by_volume.insert(
                 b.volume_name.clone(),
                 restore_claim_name(&uid, &b.volume_name),
@@ -496,10 +499,25 @@ async fn step(
             Ok(v) => v,
             Err(e) => return user(format!("error patching VM {}: {e}", t.name)),
         };
+        let refused = |code| matches!(code, 400 | 403 | 422);
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        match vms.create(&dry_run, &new_vm).await {
+            Ok(_) => {}
+            // Refused by admission: the user's snapshot or patches made an invalid VM.
+            Err(kube::Error::Api(s)) if refused(s.code) => {
+                return user(format!("error creating VM {}: {}", t.name, s.message));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for pvc in &pvcs {
+            create_claim(&claims, pvc).await?;
+        }
         let created = match vms.create(&PostParams::default(), &new_vm).await {
             Ok(v) => v,
-            // Refused by admission: the user's snapshot or patches made an invalid VM.
-            Err(kube::Error::Api(s)) if s.code == 400 || s.code == 422 || s.code == 403 => {
+            Err(kube::Error::Api(s)) if refused(s.code) => {
                 return user(format!("error creating VM {}: {}", t.name, s.message));
             }
             Err(e) => return Err(e.into()),
@@ -519,6 +537,14 @@ async fn step(
     }
     if vm.metadata.uid.is_none() || vm.metadata.uid != ss.source_uid {
         return user(ERROR_RESTORE_TO_EXISTING_TARGET.into());
+    }
+    // Patches shape a new VM (a clone's MACs, serial, labels); over the snapshot's own VM they
+    // would be dropped silently, so a restore that has them is refused here.
+    if restore.spec.patches.as_ref().is_some_and(|p| !p.is_empty()) {
+        return user(format!(
+            "spec.patches apply only to a restore to a new VM; {} is the snapshot's own VM: remove the patches or name a new target",
+            t.name
+        ));
     }
     if vmis.get_opt(&t.name).await?.is_some() {
         let created = restore

@@ -203,8 +203,9 @@ fn runs_arch(node: &Node, arch: &str) -> bool {
         return true;
     };
     if labels.keys().any(|k| k.starts_with(NODE_LABEL_PREFIX)) {
-        let key = format!("{NODE_LABEL_PREFIX}{arch}");
-        return labels.get(&key).map(String::as_str) == Some("true");
+        // An architecture we do not know has no label: no node runs it.
+        return kubevirt_api::arch::Arch::parse(arch)
+            .is_some_and(|a| labels.get(a.node_label()).map(String::as_str) == Some("true"));
     }
     labels.get(ARCH).is_none_or(|a| a == arch)
 }

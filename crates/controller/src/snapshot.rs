@@ -519,7 +519,16 @@ pub async fn reconcile(
                     let online_now = match &vmi {
                         Some(vmi) if !started || online => {
                             if status.indications.is_none() {
-                                status.indications = Some(online_indications(vmi));
+                                let indications = online_indications(vmi);
+                                // Recorded before the freeze: a pass that fails after it
+                                // must still know the snapshot is online, to unfreeze.
+                                kubevirt_runtime::status::write_status(
+                                    &snaps,
+                                    &name,
+                                    json!({"indications": indications}),
+                                )
+                                .await?;
+                                status.indications = Some(indications);
                             }
                             true
                         }

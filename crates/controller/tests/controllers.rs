@@ -1793,8 +1793,47 @@ async fn a_restore_to_a_new_vm_creates_it_patched_and_refuses_hostile_patches() 
             );
         }
         assert!(env.vms().get_opt(&target).await.expect("get").is_none());
+        // Nothing was created for a VM that was refused: no restored claim is left behind.
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::namespaced(env.client.clone(), "default");
+        let left: Vec<String> = claims
+            .list(&Default::default())
+            .await
+            .expect("list claims")
+            .items
+            .into_iter()
+            .filter(|c| {
+                c.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("restore.kubevirt.io/name"))
+                    .is_some_and(|n| *n == name)
+            })
+            .filter_map(|c| c.metadata.name)
+            .collect();
+        assert!(left.is_empty(), "{name} left claims {left:?}");
     }
     assert!(env.vms().get_opt("other").await.expect("get").is_none());
+    // Patches over the snapshot's own VM would be dropped: such a restore is refused.
+    restores(&env)
+        .create(
+            &PostParams::default(),
+            &restore(
+                "in-place-patched",
+                "src",
+                json!([r#"{"op": "add", "path": "/metadata/labels/x", "value": "y"}"#]),
+            ),
+        )
+        .await
+        .expect("create restore");
+    let reason = wait(|| async {
+        restore_reason(&env, "in-place-patched")
+            .await
+            .filter(|r| r.contains("spec.patches"))
+    })
+    .await
+    .expect("an in-place restore with patches is refused");
+    assert!(reason.contains("only to a restore to a new VM"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -46,16 +46,31 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 impl Vm {
     /// `freeze`: see [`crate::api::Request::Freeze`].
     pub async fn freeze(self: &Arc<Self>, unfreeze_after: Duration) -> Result<(), LaunchError> {
+        // One freeze or unfreeze at a time: two freezes racing would both stop the guest.
+        let _one = self.freeze_lock.lock().await;
         self.ensure_guest("cannot freeze")?;
         if self.lock().frozen.is_some() {
             return Ok(()); // the first freeze's timer stands
         }
         let agent = self.lock().state.guest_agent.is_some();
         let by = if agent {
-            self.agent()
-                .await?
-                .execute_value("guest-fsfreeze-freeze", None, AGENT_TIMEOUT)
-                .await?;
+            let frozen = match self.agent().await {
+                Ok(a) => a
+                    .execute_value("guest-fsfreeze-freeze", None, AGENT_TIMEOUT)
+                    .await
+                    .map_err(LaunchError::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = frozen {
+                // The agent may have frozen some filesystems (or all, after our timeout)
+                // before it failed: nothing would thaw them, so thaw now, whatever it says.
+                if let Ok(a) = self.agent().await {
+                    let _ = a
+                        .execute_value("guest-fsfreeze-thaw", None, AGENT_TIMEOUT)
+                        .await;
+                }
+                return Err(e);
+            }
             FrozenBy::Agent
         } else {
             let running = self
@@ -93,20 +108,44 @@ impl Vm {
         let vm = Arc::downgrade(self);
         tokio::spawn(async move {
             tokio::time::sleep(unfreeze_after).await;
-            let Some(vm) = vm.upgrade() else { return };
-            let ours = vm.lock().frozen.is_some_and(|h| h.id == id);
-            if ours {
-                tracing::warn!(vmi = %vm.spec.vmi, "unfreeze timeout reached: unfreezing the guest");
-                if let Err(e) = vm.unfreeze().await {
-                    tracing::warn!(vmi = %vm.spec.vmi, error = %e, "unfreeze at timeout failed");
+            // Until this freeze has ended (by a caller's unfreeze, or here): an unfreeze that
+            // fails (the agent slow to thaw, a QMP error) is tried again, never given up.
+            let mut retry = Duration::from_secs(1);
+            loop {
+                let Some(vm) = vm.upgrade() else { return };
+                let ours = vm.lock().frozen.is_some_and(|h| h.id == id);
+                if !ours || vm.lock().state.phase.is_final() {
+                    return;
                 }
+                tracing::warn!(vmi = %vm.spec.vmi, "unfreeze timeout reached: unfreezing the guest");
+                match vm.unfreeze().await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(vmi = %vm.spec.vmi, error = %e, retry_s = retry.as_secs(), "unfreeze at timeout failed");
+                    }
+                }
+                drop(vm);
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(30));
             }
         });
         Ok(())
     }
 
+    /// Refuses `what` while a freeze holds the guest: a migration would carry a frozen guest
+    /// away from the timer that ends its freeze, and a memory save or dump would `cont` a
+    /// guest the freeze stopped.
+    pub(crate) fn ensure_not_frozen(&self, what: &'static str) -> Result<(), LaunchError> {
+        let i = self.lock();
+        if i.frozen.is_some() {
+            return Err(LaunchError::WrongPhase(i.state.phase, what));
+        }
+        Ok(())
+    }
+
     /// `unfreeze`: ends the freeze in force; nothing when there is none.
     pub async fn unfreeze(&self) -> Result<(), LaunchError> {
+        let _one = self.freeze_lock.lock().await;
         let Some(hold) = self.lock().frozen.take() else {
             return Ok(());
         };
@@ -131,7 +170,7 @@ impl Vm {
             FrozenBy::AlreadyPaused => Ok(()),
         };
         if r.is_err() {
-            // Still frozen: a retry (or the timer) tries again.
+            // Still frozen: a retry (or the timer, which keeps trying) ends it.
             self.lock().frozen.get_or_insert(hold);
         }
         tracing::info!(vmi = %self.spec.vmi, by = ?hold.by, ok = r.is_ok(), "guest unfrozen");

@@ -440,6 +440,8 @@ pub struct Vm {
     resources: tokio::sync::Mutex<()>,
     /// One migration request at a time (`migration.rs`).
     pub(crate) migration_lock: tokio::sync::Mutex<()>,
+    /// One freeze or unfreeze at a time (`freeze.rs`).
+    pub(crate) freeze_lock: tokio::sync::Mutex<()>,
     /// [`crate::api::Event::Migration`]s: progress and outcome of a migration.
     pub(crate) migration_events: broadcast::Sender<crate::api::MigrationStatus>,
     /// [`crate::api::Event::StateSave`]s: progress of a `saveState`.
@@ -834,6 +836,7 @@ impl Vm {
             domain_interfaces,
             resources: tokio::sync::Mutex::new(()),
             migration_lock: tokio::sync::Mutex::new(()),
+            freeze_lock: tokio::sync::Mutex::new(()),
             migration_events: broadcast::channel(64).0,
             save_events: broadcast::channel(64).0,
             facts,
@@ -1367,7 +1370,17 @@ impl Vm {
 
     pub async fn unpause(&self) -> Result<(), LaunchError> {
         self.ensure_guest("cannot unpause")?;
-        self.lock().intent = Intent::None;
+        {
+            let mut i = self.lock();
+            i.intent = Intent::None;
+            // The guest runs again: a freeze that held it by stopping it (or found it
+            // paused) holds nothing now, and must not make a later freeze think it is done.
+            if i.frozen
+                .is_some_and(|h| h.by != crate::freeze::FrozenBy::Agent)
+            {
+                i.frozen = None;
+            }
+        }
         self.qmp.cont().await.map_err(|e| self.qmp_err(e))?;
         self.set_phase(Phase::Running, "Unpaused", "");
         Ok(())

@@ -186,6 +186,7 @@ impl Vm {
     pub async fn dump_memory(&self) -> Result<MemoryDump, LaunchError> {
         let _one = self.migration_lock.lock().await;
         self.ensure_guest("cannot dump the guest memory")?;
+        self.ensure_not_frozen("cannot dump the guest memory while it is frozen for a snapshot")?;
         let t0 = Instant::now();
         let dir = VmiDir::unchecked(&self.dir);
         private_state_dir(&dir)?;
@@ -272,6 +273,7 @@ impl Vm {
     pub async fn save_state(&self, resume: bool) -> Result<SavedState, LaunchError> {
         let _one = self.migration_lock.lock().await;
         self.ensure_guest("cannot save the guest state")?;
+        self.ensure_not_frozen("cannot save the guest state while it is frozen for a snapshot")?;
         self.check_unchanged().await?;
         if let Some(d) = ephemeral_disk(&self.spec) {
             return Err(MemoryStateError::EphemeralDisk(d.into()).into());

@@ -471,6 +471,7 @@ impl Vm {
         if self.lock().migrating {
             return Err(MigrationError::InProgress("cannot start another").into());
         }
+        self.ensure_not_frozen("cannot migrate a guest frozen for a snapshot")?;
         self.check_unchanged().await?;
         let disks = block::local_disks(&self.spec);
         match (disks.is_empty(), block_target) {
