@@ -55,16 +55,16 @@ impl Vm {
         let agent = self.lock().state.guest_agent.is_some();
         let by = if agent {
             let frozen = match self.agent().await {
-                Ok(a) => a
+                Ok(mut a) => a
                     .execute_value("guest-fsfreeze-freeze", None, AGENT_TIMEOUT)
                     .await
                     .map_err(LaunchError::from),
-                Err(e) => Err(e),
+                Err(e) => Err(LaunchError::from(e)),
             };
             if let Err(e) = frozen {
                 // The agent may have frozen some filesystems (or all, after our timeout)
                 // before it failed: nothing would thaw them, so thaw now, whatever it says.
-                if let Ok(a) = self.agent().await {
+                if let Ok(mut a) = self.agent().await {
                     let _ = a
                         .execute_value("guest-fsfreeze-thaw", None, AGENT_TIMEOUT)
                         .await;
