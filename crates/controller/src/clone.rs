@@ -360,7 +360,17 @@ pub async fn reconcile(
                 o.entry(k).or_insert(serde_json::Value::Null);
             }
         }
-        kubevirt_runtime::status::write_status(&clones, &name, &v).await?;
+        // At the version this pass read: a pass working from a stale copy (the watch cache
+        // behind a write of ours) would otherwise put an earlier phase back over Succeeded
+        // after the temporary restore is gone, and the clone would wait for it for ever.
+        // Such a pass gets a 409 and is retried from the current object.
+        kubevirt_runtime::status::write_status_at(
+            &clones,
+            &name,
+            clone.metadata.resource_version.as_deref(),
+            &v,
+        )
+        .await?;
     }
     Ok(match phase.as_str() {
         PHASE_FAILED_CLONE => Action::await_change(),
