@@ -687,7 +687,8 @@ spec:
 /// A VirtualMachineClone of a stopped VM: the clone's data disk has the source's bytes, its
 /// NIC and firmware have no copied identity (a MAC derived from the clone's name is given at
 /// start; the firmware UUID from its name), filtered labels are gone, and the temporary
-/// snapshot and restore are deleted.
+/// snapshot and restore are deleted. The clone then boots and its guest reads the new MAC on
+/// its NIC and the new UUID in its SMBIOS table.
 #[test]
 fn a_clone_of_a_stopped_vm_has_its_disk_and_a_new_identity() {
     if !have_kubectl() {
@@ -837,4 +838,62 @@ spec:
         "{}",
         s.kubectl(&["get", "vmsnapshot,vmrestore"])
     );
+
+    // The clone boots, and the guest itself sees the new identity: its NIC's MAC is the one
+    // the VMI reports (not the source's), its SMBIOS UUID the clone's firmware UUID.
+    let out = s.kubectl(&[
+        "patch",
+        "vm",
+        "copy-vm",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"runStrategy":"Always"}}"#,
+    ]);
+    assert!(out.contains("patched"), "{out}");
+    let serial = s.vmi_dir("default", "copy-vm").serial_log();
+    assert!(
+        wait_for(Duration::from_secs(180), || s.jsonpath(
+            "vmi",
+            "copy-vm",
+            "{.status.phase}"
+        ) == "Running"
+            && std::fs::read_to_string(&serial)
+                .is_ok_and(|l| l.contains("kubevirt-rs demo guest: booted"))),
+        "the clone never booted: {}\n{}",
+        s.kubectl(&["get", "vm,vmi", "copy-vm", "-o", "yaml"]),
+        std::fs::read_to_string(&serial).unwrap_or_default()
+    );
+    // The launcher gives the NIC a MAC derived from the VMI and reports it in the status.
+    let mut mac = String::new();
+    wait_for(Duration::from_secs(30), || {
+        mac = s.jsonpath("vmi", "copy-vm", "{.status.interfaces[0].mac}");
+        !mac.is_empty()
+    });
+    let uuid = s.jsonpath("vmi", "copy-vm", "{.spec.domain.firmware.uuid}");
+    assert!(mac.len() == 17 && mac != "02:00:00:00:00:0a", "{mac}");
+    assert!(
+        uuid.len() == 36 && uuid != "5d307ca9-b3ef-428c-8861-06e72d69f223",
+        "{uuid}"
+    );
+    let out = s.on_console(
+        "copy-vm",
+        "cat /sys/class/net/eth0/address /sys/class/dmi/id/product_uuid; echo id-$((40+2))",
+        "id-42",
+        false,
+    );
+    assert!(
+        out.contains(&mac),
+        "the guest's NIC has another MAC than {mac}: {out}"
+    );
+    assert!(
+        !out.contains("02:00:00:00:00:0a"),
+        "the source's MAC: {out}"
+    );
+    assert!(
+        out.to_ascii_lowercase()
+            .contains(&uuid.to_ascii_lowercase()),
+        "the guest's SMBIOS UUID is not {uuid}: {out}"
+    );
+    let out = s.kubectl(&["delete", "vm", "copy-vm", "--wait=false"]);
+    assert!(out.contains("deleted"), "{out}");
 }
