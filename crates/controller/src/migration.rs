@@ -57,6 +57,9 @@ pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often a migration waiting for a limit, a node or a node agent is looked at again
 /// besides on changes.
 const RECHECK: Duration = Duration::from_secs(2);
+/// How often a migration in flight is looked at again besides on changes: what the node
+/// agents write wakes it, but a source agent that went silent writes nothing.
+const SOURCE_RECHECK: Duration = Duration::from_secs(10);
 
 /// KubeVirt's event reasons.
 pub const FAILED_MIGRATION: &str = "FailedMigration";
@@ -120,6 +123,9 @@ pub struct Others {
     pub other_owns_vmi: bool,
     /// The VMI's failed migrations: how many, and when the last one failed.
     pub failed_before: (u32, Option<Timestamp>),
+    /// The source node and the heartbeat timeout, when that node's agent stopped
+    /// heartbeating ([`crate::node::unresponsive`]).
+    pub source_silent: Option<(String, Duration)>,
 }
 
 /// KubeVirt's backoff for evacuation migrations of a VMI whose migrations failed: 20 s after
@@ -159,6 +165,27 @@ pub fn decide(
             } else {
                 format!("source node reported migration failed: {why}")
             });
+        }
+        // A source agent that stopped heartbeating reports nothing more: not the outcome,
+        // not a cancel. The stream runs through that agent's proxy, so without it the guest
+        // cannot finish moving; it stays at the source. Once the source reported the migration
+        // completed, the guest is the target's: the target's agent takes the VMI over and the
+        // migration succeeds below.
+        let reported = st["completed"] == true;
+        let in_flight = matches!(
+            p,
+            Some(
+                MigrationPhase::PreparingTarget
+                    | MigrationPhase::TargetReady
+                    | MigrationPhase::Running
+            )
+        );
+        if let (Some((node, timeout)), true, false) = (&others.source_silent, in_flight, reported) {
+            return Step::Fail(format!(
+                "the source node {node} stopped reporting (no virt-handler heartbeat for more \
+                 than {} s); the guest stays on {node}",
+                timeout.as_secs()
+            ));
         }
     }
     if m.metadata.deletion_timestamp.is_some() {
@@ -248,7 +275,7 @@ pub fn decide(
                 Step::Fail("VMI's migration state was cleared during the active migration.".into())
             }
             Some(st) if !st["startTimestamp"].is_null() => Step::To(MigrationPhase::Running),
-            Some(_) => Step::Wait(None),
+            Some(_) => Step::Wait(Some(SOURCE_RECHECK)),
         },
         Some(MigrationPhase::Running) => match st {
             None => {
@@ -260,7 +287,7 @@ pub fn decide(
                 if st["completed"] == true && on_target {
                     Step::To(MigrationPhase::Succeeded)
                 } else {
-                    Step::Wait(None)
+                    Step::Wait(Some(SOURCE_RECHECK))
                 }
             }
         },
@@ -366,6 +393,7 @@ pub async fn reconcile(
             })
         }),
         failed_before: (0, None),
+        source_silent: None,
     };
     let failed: Vec<Timestamp> = all
         .iter()
@@ -384,6 +412,26 @@ pub async fn reconcile(
             u32::try_from(failed.len()).unwrap_or(u32::MAX),
             failed.iter().max().copied(),
         ),
+        ..others
+    };
+    let source_node = vmi
+        .as_ref()
+        .map(vmi_migration_state)
+        .and_then(|s| s["sourceNode"].as_str().map(String::from))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| source.clone());
+    let timeout = ctx.config.node_heartbeat_timeout;
+    let source_silent = if source_node.is_empty() {
+        None
+    } else {
+        Api::<Node>::all(ctx.client.clone())
+            .get_opt(&source_node)
+            .await?
+            .filter(|n| crate::node::unresponsive(n, now, timeout))
+            .map(|_| (source_node, timeout))
+    };
+    let others = Others {
+        source_silent,
         ..others
     };
     let limits = ctx.config.cluster.borrow().migrations.clone();
@@ -852,7 +900,10 @@ mod tests {
             Step::To(MigrationPhase::TargetReady)
         );
         let target_ready = mig(json!({"status": {"phase": "TargetReady"}}));
-        assert_eq!(step(&target_ready, Some(&ready)), Step::Wait(None));
+        assert_eq!(
+            step(&target_ready, Some(&ready)),
+            Step::Wait(Some(SOURCE_RECHECK))
+        );
         let started = vmi(json!({"status": {"migrationState": {"migrationUid": "u1",
             "targetNode": "node02", "targetNodeAddress": "10.0.0.2",
             "startTimestamp": "2026-11-30T07:00:00Z"}}}));
@@ -864,7 +915,10 @@ mod tests {
         // The source reported completion, but the target has not taken the VMI over yet.
         let completed = vmi(json!({"status": {"migrationState": {"migrationUid": "u1",
             "targetNode": "node02", "completed": true}}}));
-        assert_eq!(step(&running, Some(&completed)), Step::Wait(None));
+        assert_eq!(
+            step(&running, Some(&completed)),
+            Step::Wait(Some(SOURCE_RECHECK))
+        );
         let moved = vmi(json!({"status": {"nodeName": "node02", "migrationState": {
             "migrationUid": "u1", "targetNode": "node02", "completed": true}}}));
         assert_eq!(
@@ -985,6 +1039,61 @@ mod tests {
             decide(&preparing, Some(&handed), &Others::default(), &limits, now),
             Step::Fail(m) if m.contains("node02 did not prepare the target")
         ));
+    }
+
+    #[test]
+    fn a_migration_whose_source_agent_went_silent_fails_and_leaves_the_guest_there() {
+        let limits = ClusterConfig::default().migrations;
+        let now = Timestamp::now();
+        let silent = Others {
+            source_silent: Some(("node01".into(), Duration::from_secs(300))),
+            ..Default::default()
+        };
+        let started = vmi(json!({"status": {"nodeName": "node01", "migrationState": {
+            "migrationUid": "u1", "sourceNode": "node01", "targetNode": "node02",
+            "targetNodeAddress": "10.0.0.2", "startTimestamp": "2026-11-30T07:00:00Z"}}}));
+        for phase in ["PreparingTarget", "TargetReady", "Running"] {
+            let m = mig(json!({"status": {"phase": phase}}));
+            assert_eq!(
+                decide(&m, Some(&started), &silent, &limits, now),
+                Step::Fail(
+                    "the source node node01 stopped reporting (no virt-handler heartbeat for \
+                     more than 300 s); the guest stays on node01"
+                        .into()
+                ),
+                "{phase}"
+            );
+            // With the source heartbeating, the migration waits, and looks again on its own.
+            assert!(matches!(
+                decide(&m, Some(&started), &Others::default(), &limits, now),
+                Step::Wait(Some(_)) | Step::To(_)
+            ));
+        }
+        // A cancel the silent source will never act on fails too, rather than wait forever.
+        let deleted = mig(
+            json!({"metadata": {"deletionTimestamp": "2026-11-30T07:00:00Z"},
+            "status": {"phase": "Running"}}),
+        );
+        assert!(matches!(
+            decide(&deleted, Some(&started), &silent, &limits, now),
+            Step::Fail(m) if m.contains("stopped reporting")
+        ));
+        // The source reported completion before it went silent: the guest is the target's,
+        // whose agent takes the VMI over; nothing fails.
+        let completed = vmi(json!({"status": {"nodeName": "node01", "migrationState": {
+            "migrationUid": "u1", "sourceNode": "node01", "targetNode": "node02",
+            "startTimestamp": "2026-11-30T07:00:00Z", "completed": true}}}));
+        let running = mig(json!({"status": {"phase": "Running"}}));
+        assert_eq!(
+            decide(&running, Some(&completed), &silent, &limits, now),
+            Step::Wait(Some(SOURCE_RECHECK))
+        );
+        // Before the hand-off the source has nothing to report: placement goes on.
+        let pending = mig(json!({"status": {"phase": "Pending"}}));
+        assert_eq!(
+            decide(&pending, Some(&vmi(json!({}))), &silent, &limits, now),
+            Step::Place
+        );
     }
 
     #[test]

@@ -662,13 +662,25 @@ pub(crate) async fn reconcile_target(
         cleanup_target(&ctx, &vmi, &dir, &uid).await;
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
-    if done(&st) && st["failed"] == true || vmi.metadata.deletion_timestamp.is_some() {
+    let state = launcher_state(&dir).await;
+    let has_guest = state
+        .as_ref()
+        .is_some_and(|s| matches!(s.phase, Phase::Running | Phase::Paused));
+    if (done(&st) && st["failed"] == true && !has_guest)
+        || vmi.metadata.deletion_timestamp.is_some()
+    {
         // Nothing comes any more: stop the target and remove it.
         drop(_dirs);
         cleanup_target(&ctx, &vmi, &dir, &uid).await;
         return Ok(Action::await_change());
     }
-    let state = launcher_state(&dir).await;
+    if st["failed"] == true && has_guest {
+        // Declared failed by someone who could not see this side (virt-controller after the
+        // source's agent went silent), but the incoming migration completed: the guest runs
+        // here and the source's QEMU gave it up. Removing this copy would leave none; it is
+        // taken over below like any finished migration.
+        tracing::warn!(vmi = %name, %ns, reason = %st["failureReason"], "a migration declared failed completed on this node: keeping the guest");
+    }
     match state {
         None if !dir.spawned_marker().exists() => {
             // A target this agent removed already: a VMI seen late (from before the failure
@@ -826,7 +838,8 @@ pub(crate) async fn reconcile_target(
             status["nodeName"] = json!(me);
             status["evacuationNodeName"] = Value::Null;
             let mut mst = json!({"targetNodeDomainDetected": true,
-                "targetNodeDomainReadyTimestamp": now(), "completed": true});
+                "targetNodeDomainReadyTimestamp": now(), "completed": true,
+                "failed": null, "failureReason": null});
             if st["endTimestamp"].is_null() {
                 mst["endTimestamp"] = json!(now());
             }
