@@ -69,10 +69,11 @@ impl MemoryRef {
 pub fn check_key(key: &str) -> Result<(), String> {
     let groups: Vec<&str> = key.split('-').collect();
     let ok = groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| {
+            g.len() == n
+                && g.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
     if ok {
         Ok(())
     } else {
@@ -89,7 +90,8 @@ pub struct SaveMemory {
 
 impl SaveMemory {
     pub fn parse(body: &serde_json::Value) -> Result<SaveMemory, String> {
-        let s: SaveMemory = serde_json::from_value(body.clone()).map_err(|e| format!("key: {e}"))?;
+        let s: SaveMemory =
+            serde_json::from_value(body.clone()).map_err(|e| format!("key: {e}"))?;
         check_key(&s.key)?;
         Ok(s)
     }
@@ -147,7 +149,10 @@ mod tests {
     fn admission_names_the_annotation() {
         let mut a = std::collections::BTreeMap::new();
         assert!(admit_annotations(Some(&a)).is_none());
-        a.insert(RESTORE.to_string(), r#"{"node":"n","key":"x/../y"}"#.to_string());
+        a.insert(
+            RESTORE.to_string(),
+            r#"{"node":"n","key":"x/../y"}"#.to_string(),
+        );
         let e = admit_annotations(Some(&a)).expect("refused");
         assert!(e.message.contains(RESTORE), "{e:?}");
         assert!(e.message.contains("not a UUID"), "{e:?}");

@@ -26,13 +26,13 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
+use kubevirt_api::memsnap;
 use kubevirt_api::volumesnapshot::{VolumeSnapshot, VolumeSnapshotSource, VolumeSnapshotSpec};
 use kubevirt_api::{
     SnapshotCondition, SnapshotVirtualMachine, VirtualMachine, VirtualMachineInstance,
     VirtualMachineSnapshot, VirtualMachineSnapshotContent, VirtualMachineSnapshotContentSpec,
     Volume, VolumeBackup,
 };
-use kubevirt_api::memsnap;
 use serde_json::json;
 
 use crate::{Context, Error};
@@ -587,33 +587,36 @@ pub async fn reconcile(
                         match (memory, &vmi) {
                             // Memory: saved with the guest stopped, its disks released; the
                             // disks are then snapshotted as they are at that instant.
-                            (Some(key), Some(vmi)) => match save_memory(&ctx, &ns, vmi, key).await
-                            {
-                                Ok(r) => saved = Some(r),
-                                // The launcher refused (an ephemeral writable disk, a changed
-                                // machine, a migration) or QEMU failed: the guest runs on,
-                                // and the snapshot fails with the reason.
-                                Err(Error::Kube(kube::Error::Api(e)))
-                                    if matches!(e.code, 400 | 500) =>
-                                {
-                                    let message =
-                                        format!("saving the guest's memory: {}", e.message);
-                                    fail(&mut status, &mut conditions, &message);
-                                    ctx.event(
-                                        snap.as_ref(),
-                                        EventType::Warning,
-                                        "SnapshotFailed",
-                                        message,
-                                    )
-                                    .await;
-                                    unlock(&vms, &vm_name, &name).await?;
-                                    status.conditions = Some(conditions);
-                                    kubevirt_runtime::status::write_status(&snaps, &name, &status)
+                            (Some(key), Some(vmi)) => {
+                                match save_memory(&ctx, &ns, vmi, key).await {
+                                    Ok(r) => saved = Some(r),
+                                    // The launcher refused (an ephemeral writable disk, a changed
+                                    // machine, a migration) or QEMU failed: the guest runs on,
+                                    // and the snapshot fails with the reason.
+                                    Err(Error::Kube(kube::Error::Api(e)))
+                                        if matches!(e.code, 400 | 500) =>
+                                    {
+                                        let message =
+                                            format!("saving the guest's memory: {}", e.message);
+                                        fail(&mut status, &mut conditions, &message);
+                                        ctx.event(
+                                            snap.as_ref(),
+                                            EventType::Warning,
+                                            "SnapshotFailed",
+                                            message,
+                                        )
+                                        .await;
+                                        unlock(&vms, &vm_name, &name).await?;
+                                        status.conditions = Some(conditions);
+                                        kubevirt_runtime::status::write_status(
+                                            &snaps, &name, &status,
+                                        )
                                         .await?;
-                                    return Ok(Action::await_change());
+                                        return Ok(Action::await_change());
+                                    }
+                                    Err(e) => return Err(e),
                                 }
-                                Err(e) => return Err(e),
-                            },
+                            }
                             _ => {
                                 let timeout =
                                     failure_deadline(&snap).unwrap_or(DEFAULT_FAILURE_DEADLINE);

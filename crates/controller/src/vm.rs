@@ -689,7 +689,10 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
         Decision::Create => {
             // A restored memory snapshot is honoured once: the reference is taken off the VM
             // before the VMI carrying it is created, so a later start boots.
-            let memory = vm.annotations().get(kubevirt_api::memsnap::RESTORE).cloned();
+            let memory = vm
+                .annotations()
+                .get(kubevirt_api::memsnap::RESTORE)
+                .cloned();
             if memory.is_some() {
                 let patch = serde_json::json!({"metadata": {"annotations": {
                     kubevirt_api::memsnap::RESTORE: null}}});

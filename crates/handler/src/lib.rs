@@ -749,9 +749,17 @@ async fn prepare_memory_restore(
     match outcome {
         Ok(()) => None,
         Err(e) => {
-            let why = format!("{}: cannot restore the memory snapshot: {e}", memsnap::REASON_REFUSED);
-            ctx.event(vmi, EventType::Warning, memsnap::REASON_REFUSED, why.clone())
-                .await;
+            let why = format!(
+                "{}: cannot restore the memory snapshot: {e}",
+                memsnap::REASON_REFUSED
+            );
+            ctx.event(
+                vmi,
+                EventType::Warning,
+                memsnap::REASON_REFUSED,
+                why.clone(),
+            )
+            .await;
             Some(why)
         }
     }

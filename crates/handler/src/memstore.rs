@@ -337,7 +337,10 @@ mod tests {
             key: KEY.into(),
         };
         prepare_restore(data, "node01", "a", &r, &dst).expect("restore");
-        assert_eq!(std::fs::read(dst.memory_state()).expect("linked"), b"guest-ram");
+        assert_eq!(
+            std::fs::read(dst.memory_state()).expect("linked"),
+            b"guest-ram"
+        );
         let restore = dst.read_memory_restore().expect("read").expect("written");
         assert_eq!(restore.saved, saved(9));
         // Another node's reference, and a second restore (the link is replaced).

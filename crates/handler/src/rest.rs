@@ -33,8 +33,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 use kubevirt_api::memsnap::{self, SaveMemory};
 use kubevirt_api::VirtualMachineInstance;
-use kubevirt_launcher::api::memstate::SavedState;
 use kubevirt_launcher::api::logs::{self, LogContainer};
+use kubevirt_launcher::api::memstate::SavedState;
 use kubevirt_launcher::api::{
     ClientError as LauncherError, LauncherClient, Method, Request, Response, VmiDir, VmiDirError,
 };
@@ -370,8 +370,11 @@ impl Endpoint {
                 .to_bytes();
             let value: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| Refusal::new(Reason::BadRequest, format!("not JSON: {e}")))?;
-            let save = SaveMemory::parse(&value).map_err(|e| Refusal::new(Reason::BadRequest, e))?;
-            return self.memory(ns, name, &dir, &save.key, action == "savememory").await;
+            let save =
+                SaveMemory::parse(&value).map_err(|e| Refusal::new(Reason::BadRequest, e))?;
+            return self
+                .memory(ns, name, &dir, &save.key, action == "savememory")
+                .await;
         }
         if action == "rpc" {
             let body = Limited::new(req.into_body(), MAX_BODY)
@@ -515,10 +518,18 @@ impl Endpoint {
         let saved = match (save, stored) {
             (true, Some(s)) => s,
             (true, None) => {
-                tracing::info!(namespace = ns, name, key, "saving the guest's memory for a snapshot");
+                tracing::info!(
+                    namespace = ns,
+                    name,
+                    key,
+                    "saving the guest's memory for a snapshot"
+                );
                 let r = launcher(Request::SaveState { resume: false }).await?;
                 let Response::SavedState(saved) = r else {
-                    return Err(Refusal::new(Reason::Launcher, "saveState: unexpected reply"));
+                    return Err(Refusal::new(
+                        Reason::Launcher,
+                        "saveState: unexpected reply",
+                    ));
                 };
                 let (d, n, k, vd, s) = (
                     data_dir,

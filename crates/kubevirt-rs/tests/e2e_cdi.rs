@@ -756,22 +756,29 @@ spec:
     );
     assert!(out.contains("counter created"), "{out}");
     // The counter and the boot id, read on the serial console.
+    // (Typed again until the counter has started: a fresh boot may not have it yet.)
     let tick = |vmi: &str| -> (u64, String) {
-        let out = s.on_console(
-            vmi,
-            "echo T=$(cat /run/tick)=B=$(cat /proc/sys/kernel/random/boot_id)=",
-            "=B=",
-            false,
-        );
-        out.lines()
-            .filter(|l| !l.contains("$(cat"))
-            .find_map(|l| {
+        let mut last = String::new();
+        for _ in 0..30 {
+            let out = s.on_console(
+                vmi,
+                "echo T=$(cat /run/tick)=B=$(cat /proc/sys/kernel/random/boot_id)=E$((6*7))",
+                "=E42",
+                false,
+            );
+            let found = out.lines().filter(|l| !l.contains("$(cat")).find_map(|l| {
                 let rest = &l[l.find("T=")? + 2..];
                 let (n, rest) = rest.split_once("=B=")?;
-                let (boot, _) = rest.split_once('=')?;
+                let (boot, _) = rest.split_once("=E42")?;
                 Some((n.trim().parse().ok()?, boot.to_string()))
-            })
-            .unwrap_or_else(|| panic!("no tick in {out}"))
+            });
+            if let Some(t) = found {
+                return t;
+            }
+            last = out;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!("no tick on {vmi}'s console: {last}")
     };
     let running = |vmi: &str| {
         assert!(
@@ -787,8 +794,10 @@ spec:
     running("counter");
     let serial = s.vmi_dir("default", "counter").serial_log();
     assert!(
-        wait_for(Duration::from_secs(120), || std::fs::read_to_string(&serial)
-            .is_ok_and(|l| l.contains("counter guest up"))),
+        wait_for(Duration::from_secs(120), || std::fs::read_to_string(
+            &serial
+        )
+        .is_ok_and(|l| l.contains("counter guest up"))),
         "the guest never booted"
     );
     let (before, boot) = tick("counter");
@@ -804,7 +813,10 @@ spec:
             "counter",
             &format!("{}={bad}", memsnap::RESTORE),
         ]);
-        assert!(out.contains(memsnap::RESTORE) && !out.contains("annotated"), "{out}");
+        assert!(
+            out.contains(memsnap::RESTORE) && !out.contains("annotated"),
+            "{out}"
+        );
     }
 
     let snapshot = |name: &str, vm: &str| {
@@ -861,10 +873,7 @@ spec:
     );
     let r = memsnap::MemoryRef::parse(&reference).expect("the content's memory reference");
     assert_eq!((r.node.as_str(), r.key.as_str()), ("node01", uid.as_str()));
-    let entry = dir
-        .path()
-        .join("data/memory-snapshots/default")
-        .join(&uid);
+    let entry = dir.path().join("data/memory-snapshots/default").join(&uid);
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &std::path::Path| {
@@ -953,7 +962,10 @@ spec:
     running("counter");
     let (restored, same) = tick("counter");
     assert_eq!(same, boot, "the restored guest booted");
-    assert!(restored > before, "{restored} <= {before}: the counter was reset");
+    assert!(
+        restored > before,
+        "{restored} <= {before}: the counter was reset"
+    );
     // Honoured once: the VM no longer carries the reference, its VMI does.
     assert_eq!(
         s.jsonpath(

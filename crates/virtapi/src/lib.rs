@@ -707,7 +707,11 @@ impl VirtApi {
             return Err(conflict(KIND, name, VMI_NOT_RUNNING));
         }
         let req = kubevirt_api::memsnap::SaveMemory::parse(body).map_err(|e| {
-            invalid_body(KIND, name, &kubevirt_api::field::FieldError::invalid("key", e))
+            invalid_body(
+                KIND,
+                name,
+                &kubevirt_api::field::FieldError::invalid("key", e),
+            )
         })?;
         let (ep, ns, name) = self.handler_of(&vmi).await?;
         match self.handlers.memory(&ep, ns, name, &req.key, save).await {
