@@ -168,6 +168,8 @@ fn writer_rules(admin: bool) -> Vec<PolicyRule> {
                 "virtualmachineinstances/removevolume",
                 "virtualmachineinstances/freeze",
                 "virtualmachineinstances/unfreeze",
+                "virtualmachineinstances/savememory",
+                "virtualmachineinstances/resumememory",
                 "virtualmachineinstances/softreboot",
                 "virtualmachineinstances/reset",
                 "virtualmachineinstances/sev/setupsession",

@@ -102,6 +102,16 @@ pub const SUBRESOURCES: &[AggregatedResource] = &[
         &["update"],
     ),
     (
+        "virtualmachineinstances/savememory",
+        "VirtualMachineInstance",
+        &["update"],
+    ),
+    (
+        "virtualmachineinstances/resumememory",
+        "VirtualMachineInstance",
+        &["update"],
+    ),
+    (
         "virtualmachineinstances/reset",
         "VirtualMachineInstance",
         &["update"],

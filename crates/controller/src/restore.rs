@@ -493,7 +493,8 @@ async fn step(
                 restore_claim_name(&uid, &b.volume_name),
             );
         }
-        let new_vm = new_target_vm(snap_vm, &t.name, ns, &by_volume, &lr);
+        let mut new_vm = new_target_vm(snap_vm, &t.name, ns, &by_volume, &lr);
+        set_memory_reference(&mut new_vm, &content);
         let patches = restore.spec.patches.clone().unwrap_or_default();
         let new_vm = match patch_vm(&new_vm, &patches) {
             Ok(v) => v,
@@ -598,10 +599,32 @@ async fn step(
     new_vm
         .annotations_mut()
         .insert(LAST_RESTORE_ANNOTATION.into(), lr);
+    set_memory_reference(&mut new_vm, &content);
     vms.replace(&t.name, &PostParams::default(), &new_vm)
         .await?;
     release(&vms, &t.name, name).await?;
     Ok(Step::Done(restored))
+}
+
+/// A memory snapshot's reference ([`kubevirt_api::memsnap`]): a restored VM carries the
+/// content's, so the VM controller starts its next VMI from that memory on the node holding
+/// it (once); a content without memory leaves the VM without one (an older reference the
+/// snapshot's VM still had is dropped).
+pub fn set_memory_reference(vm: &mut VirtualMachine, content: &VirtualMachineSnapshotContent) {
+    use kubevirt_api::memsnap;
+    let r = content
+        .annotations()
+        .get(memsnap::CONTENT_STATE)
+        .and_then(|v| memsnap::MemoryRef::parse(v).ok());
+    let annotations = vm.annotations_mut();
+    match r {
+        Some(r) => {
+            annotations.insert(memsnap::RESTORE.into(), r.to_annotation());
+        }
+        None => {
+            annotations.remove(memsnap::RESTORE);
+        }
+    }
 }
 
 /// Creates a restore claim unless it exists.
@@ -916,6 +939,36 @@ mod tests {
             refused(&long).to_string().len() < 600,
             "a long patch is cut in the message"
         );
+    }
+
+    #[test]
+    fn a_restored_vm_carries_the_contents_memory_reference_and_only_a_valid_one() {
+        use kubevirt_api::memsnap;
+        let mut vm = new_target_vm(&snap_vm(), "new", "ns", &BTreeMap::new(), "r-u");
+        vm.annotations_mut()
+            .insert(memsnap::RESTORE.into(), "stale".into());
+        let mut content = VirtualMachineSnapshotContent::new("c", Default::default());
+        set_memory_reference(&mut vm, &content);
+        assert!(!vm.annotations().contains_key(memsnap::RESTORE));
+        let r = memsnap::MemoryRef {
+            node: "node01".into(),
+            key: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
+        };
+        content
+            .annotations_mut()
+            .insert(memsnap::CONTENT_STATE.into(), r.to_annotation());
+        set_memory_reference(&mut vm, &content);
+        assert_eq!(
+            vm.annotations().get(memsnap::RESTORE),
+            Some(&r.to_annotation())
+        );
+        // A content annotation written by hand that is a path is not carried over.
+        content.annotations_mut().insert(
+            memsnap::CONTENT_STATE.into(),
+            r#"{"node":"node01","key":"../../x"}"#.into(),
+        );
+        set_memory_reference(&mut vm, &content);
+        assert!(!vm.annotations().contains_key(memsnap::RESTORE));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! are created, and unfrozen once they all have their `creationTime`. `status.indications`:
 //! `Online` and `GuestAgent` or `NoGuestAgent`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
+use kubevirt_api::memsnap;
 use kubevirt_api::volumesnapshot::{VolumeSnapshot, VolumeSnapshotSource, VolumeSnapshotSpec};
 use kubevirt_api::{
     SnapshotCondition, SnapshotVirtualMachine, VirtualMachine, VirtualMachineInstance,
@@ -282,6 +284,43 @@ async fn unfreeze(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
     subresource_put(ctx, ns, name, "unfreeze", b"{}".to_vec()).await
 }
 
+/// A memory snapshot ([`memsnap`]): asks virt-api to have the VMI's node agent save the
+/// guest's memory into its store under `key` (the snapshot's uid), leaving the guest paused
+/// with its disks released; idempotent (a saved key answers at once).
+async fn save_memory(
+    ctx: &Context,
+    ns: &str,
+    vmi: &VirtualMachineInstance,
+    key: &str,
+) -> Result<memsnap::MemoryRef, Error> {
+    let name = crate::name_of(&vmi.metadata)?;
+    let node = vmi
+        .status
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .ok_or(Error::MissingField("status.nodeName"))?;
+    let body = serde_json::to_vec(&memsnap::SaveMemory { key: key.into() })?;
+    subresource_put(ctx, ns, &name, memsnap::SAVE_SUBRESOURCE, body).await?;
+    Ok(memsnap::MemoryRef {
+        node,
+        key: key.into(),
+    })
+}
+
+/// Runs the guest on after [`save_memory`] (if it ran when saved).
+async fn resume_memory(ctx: &Context, ns: &str, name: &str, key: &str) -> Result<(), Error> {
+    let body = serde_json::to_vec(&memsnap::SaveMemory { key: key.into() })?;
+    subresource_put(ctx, ns, name, memsnap::RESUME_SUBRESOURCE, body).await
+}
+
+/// Why a memory snapshot of a VM that does not run fails.
+pub fn memory_needs_running(vm: &str) -> String {
+    format!(
+        "a memory snapshot ({}: \"true\") needs a running VM; {vm} is not running",
+        memsnap::MEMORY
+    )
+}
+
 async fn subresource_put(
     ctx: &Context,
     ns: &str,
@@ -364,10 +403,11 @@ pub async fn reconcile(
     let cname = content_name(&uid);
 
     let online = old_online(&snap);
+    let memory = memsnap::wanted(snap.metadata.annotations.as_ref()).then_some(uid.as_str());
     if snap.metadata.deletion_timestamp.is_some() {
         if source_is_vm {
             if online {
-                end_freeze(&ctx, &vms, &ns, &vm_name, &name).await;
+                end_freeze(&ctx, &vms, &ns, &vm_name, &name, memory).await;
             }
             unlock(&vms, &vm_name, &name).await?;
         }
@@ -453,7 +493,7 @@ pub async fn reconcile(
     } else if failure_deadline(&snap).is_some_and(|d| deadline_exceeded(created, d, now)) {
         fail(&mut status, &mut conditions, DEADLINE_EXCEEDED);
         if online {
-            end_freeze(&ctx, &vms, &ns, &vm_name, &name).await;
+            end_freeze(&ctx, &vms, &ns, &vm_name, &name, memory).await;
         }
         unlock(&vms, &vm_name, &name).await?;
     } else if let Some(vm) = get_opt(&vms, &vm_name).await? {
@@ -491,6 +531,14 @@ pub async fn reconcile(
                         &format!("Source not locked vm restore {r} in progress"),
                         now,
                     );
+                } else if memory.is_some() && vmi.is_none() && !online {
+                    // A memory snapshot of a stopped VM has no memory to save: refused,
+                    // rather than a disk-only snapshot the user did not ask for.
+                    let message = memory_needs_running(&vm_name);
+                    fail(&mut status, &mut conditions, &message);
+                    ctx.event(snap.as_ref(), EventType::Warning, "SnapshotFailed", message)
+                        .await;
+                    unlock(&vms, &vm_name, &name).await?;
                 } else {
                     // Lock the source.
                     set_finalizer(&vms, &vm, SOURCE_FINALIZER, true).await?;
@@ -534,13 +582,60 @@ pub async fn reconcile(
                         }
                         _ => false,
                     };
+                    let mut saved = None;
                     if online_now && !cut {
-                        let timeout = failure_deadline(&snap).unwrap_or(DEFAULT_FAILURE_DEADLINE);
-                        freeze(&ctx, &ns, &vm_name, timeout).await?;
+                        match (memory, &vmi) {
+                            // Memory: saved with the guest stopped, its disks released; the
+                            // disks are then snapshotted as they are at that instant.
+                            (Some(key), Some(vmi)) => {
+                                match save_memory(&ctx, &ns, vmi, key).await {
+                                    Ok(r) => saved = Some(r),
+                                    // The launcher refused (an ephemeral writable disk, a changed
+                                    // machine, a migration) or QEMU failed: the guest runs on,
+                                    // and the snapshot fails with the reason.
+                                    Err(Error::Kube(kube::Error::Api(e)))
+                                        if matches!(e.code, 400 | 500) =>
+                                    {
+                                        let message =
+                                            format!("saving the guest's memory: {}", e.message);
+                                        fail(&mut status, &mut conditions, &message);
+                                        ctx.event(
+                                            snap.as_ref(),
+                                            EventType::Warning,
+                                            "SnapshotFailed",
+                                            message,
+                                        )
+                                        .await;
+                                        unlock(&vms, &vm_name, &name).await?;
+                                        status.conditions = Some(conditions);
+                                        kubevirt_runtime::status::write_status(
+                                            &snaps, &name, &status,
+                                        )
+                                        .await?;
+                                        return Ok(Action::await_change());
+                                    }
+                                    Err(e) => return Err(e),
+                                }
+                            }
+                            _ => {
+                                let timeout =
+                                    failure_deadline(&snap).unwrap_or(DEFAULT_FAILURE_DEADLINE);
+                                freeze(&ctx, &ns, &vm_name, timeout).await?;
+                            }
+                        }
                     }
-                    let content =
-                        ensure_content(&ctx, &snap, &vm, &cname, &included, &contents, &vss, now)
-                            .await?;
+                    let content = ensure_content(
+                        &ctx,
+                        &snap,
+                        &vm,
+                        &cname,
+                        &included,
+                        &contents,
+                        &vss,
+                        now,
+                        saved.as_ref(),
+                    )
+                    .await?;
                     if content.metadata.uid.is_some() {
                         status.virtual_machine_snapshot_content_name = Some(cname.clone());
                     }
@@ -550,7 +645,10 @@ pub async fn reconcile(
                     status.error = cs.error.clone();
                     if cs.creation_time.is_some() {
                         if online_now {
-                            unfreeze(&ctx, &ns, &vm_name).await?;
+                            match memory {
+                                Some(key) => resume_memory(&ctx, &ns, &vm_name, key).await?,
+                                None => unfreeze(&ctx, &ns, &vm_name).await?,
+                            }
                         }
                         status.phase = Some(PHASE_SUCCEEDED.into());
                         status.source_indications = None;
@@ -626,14 +724,25 @@ fn old_online(snap: &VirtualMachineSnapshot) -> bool {
 
 /// Best effort, for a snapshot that ends without succeeding: unfreeze the guest if this
 /// snapshot still holds the VM (the launcher's timer is the backstop).
-async fn end_freeze(ctx: &Context, vms: &Api<VirtualMachine>, ns: &str, vm: &str, snap: &str) {
+async fn end_freeze(
+    ctx: &Context,
+    vms: &Api<VirtualMachine>,
+    ns: &str,
+    vm: &str,
+    snap: &str,
+    memory: Option<&str>,
+) {
     let ours = matches!(get_opt(vms, vm).await, Ok(Some(v)) if v
         .status
         .as_ref()
         .and_then(|s| s.snapshot_in_progress.as_deref())
         == Some(snap));
     if ours {
-        if let Err(e) = unfreeze(ctx, ns, vm).await {
+        let ended = match memory {
+            Some(key) => resume_memory(ctx, ns, vm, key).await,
+            None => unfreeze(ctx, ns, vm).await,
+        };
+        if let Err(e) = ended {
             tracing::info!(namespace = ns, vm, error = %e, "unfreeze after a failed snapshot");
         }
     }
@@ -651,6 +760,7 @@ async fn ensure_content(
     contents: &Api<VirtualMachineSnapshotContent>,
     vss: &Api<VolumeSnapshot>,
     now: Timestamp,
+    memory: Option<&memsnap::MemoryRef>,
 ) -> Result<VirtualMachineSnapshotContent, Error> {
     let ns = crate::namespace_of(&snap.metadata)?;
     let uid = crate::uid_of(&snap.metadata)?;
@@ -694,6 +804,12 @@ async fn ensure_content(
                 },
             );
             c.metadata.namespace = Some(ns.clone());
+            if let Some(m) = memory {
+                c.metadata.annotations = Some(BTreeMap::from([(
+                    memsnap::CONTENT_STATE.to_string(),
+                    m.to_annotation(),
+                )]));
+            }
             contents.create(&PostParams::default(), &c).await?
         }
     };

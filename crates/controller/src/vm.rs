@@ -432,6 +432,20 @@ pub fn vmi_for(
     Ok(vmi)
 }
 
+/// The VMI of a VM restored from a memory snapshot: the reference (the node agent starts it
+/// from that memory, or fails it saying why), pinned to the node holding the memory.
+pub fn with_memory(vmi: &mut VirtualMachineInstance, reference: &str) {
+    use kubevirt_api::memsnap;
+    vmi.annotations_mut()
+        .insert(memsnap::RESTORE.into(), reference.to_string());
+    if let Ok(r) = memsnap::MemoryRef::parse(reference) {
+        vmi.spec
+            .node_selector
+            .get_or_insert_with(Default::default)
+            .insert(kubevirt_api::status::label::HOSTNAME.into(), r.node);
+    }
+}
+
 fn controlled_by(vmi: &VirtualMachineInstance, vm: &VirtualMachine) -> bool {
     vmi.owner_references()
         .iter()
@@ -673,6 +687,18 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
         Decision::Nothing => {}
         Decision::CreateAfter(d) => requeue = requeue.min(d + Duration::from_millis(50)),
         Decision::Create => {
+            // A restored memory snapshot is honoured once: the reference is taken off the VM
+            // before the VMI carrying it is created, so a later start boots.
+            let memory = vm
+                .annotations()
+                .get(kubevirt_api::memsnap::RESTORE)
+                .cloned();
+            if memory.is_some() {
+                let patch = serde_json::json!({"metadata": {"annotations": {
+                    kubevirt_api::memsnap::RESTORE: null}}});
+                vms.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
             let cluster = ctx.config.cluster.borrow().clone();
             let made = match instancetype::fetch(&ctx.client, &vm, &status, &ns).await {
                 Ok((it, pref)) => vmi_for(&vm, it.as_ref(), pref.as_ref(), &cluster.defaults())
@@ -688,6 +714,9 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
                                     == Some("true")
                         }) {
                             new.spec.start_strategy = Some("Paused".into());
+                        }
+                        if let Some(m) = &memory {
+                            with_memory(&mut new, m);
                         }
                         new
                     }),

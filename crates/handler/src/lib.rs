@@ -10,6 +10,7 @@
 pub mod cleanup;
 pub mod cni;
 pub mod hotplug;
+pub mod memstore;
 pub mod metrics;
 pub mod migration;
 pub mod multus;
@@ -695,6 +696,12 @@ async fn prepare_launcher(
         },
         None => None,
     };
+    // A restore from a memory snapshot: the state linked in, `restore-memory.json` written.
+    if !migration_target {
+        if let Some(why) = prepare_memory_restore(ctx, vmi, dir).await {
+            return Ok(Prep::Fail(why));
+        }
+    }
     spawn_launcher(
         ctx,
         dir,
@@ -705,6 +712,101 @@ async fn prepare_launcher(
         migration_target,
     )?;
     Ok(Prep::Spawned)
+}
+
+/// The VMI's memory reference ([`kubevirt_api::memsnap::RESTORE`], put there by the VM
+/// controller from a restored VM): its state from this node's store, of the VMI's own
+/// namespace only, into `dir`. `Some(why)` when it cannot be honoured: the VMI fails with it
+/// rather than boot as if restored.
+async fn prepare_memory_restore(
+    ctx: &Context,
+    vmi: &VirtualMachineInstance,
+    dir: &VmiDir,
+) -> Option<String> {
+    use kubevirt_api::memsnap;
+    let value = vmi.annotations().get(memsnap::RESTORE)?.clone();
+    let ns = vmi.namespace().unwrap_or_default();
+    let outcome = match memsnap::MemoryRef::parse(&value) {
+        Err(e) => Err(e),
+        Ok(r) => {
+            let (data, node, d) = (
+                ctx.config.data_dir.clone(),
+                ctx.config.node_name.clone(),
+                dir.clone(),
+            );
+            let ns = ns.clone();
+            tokio::task::spawn_blocking(move || {
+                memstore::prepare_restore(&data, &node, &ns, &r, &d)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map(|saved| {
+                tracing::info!(vmi = %vmi.name_any(), from = %saved.vmi, "starting from a memory snapshot");
+            })
+        }
+    };
+    match outcome {
+        Ok(()) => None,
+        Err(e) => {
+            let why = format!(
+                "{}: cannot restore the memory snapshot: {e}",
+                memsnap::REASON_REFUSED
+            );
+            ctx.event(
+                vmi,
+                EventType::Warning,
+                memsnap::REASON_REFUSED,
+                why.clone(),
+            )
+            .await;
+            Some(why)
+        }
+    }
+}
+
+/// Removes this node's memory snapshots whose VirtualMachineSnapshotContent is gone
+/// ([`memstore::collect`]).
+async fn collect_memory(ctx: &Context) {
+    use kubevirt_api::memsnap;
+    let root = memstore::root(&ctx.config.data_dir);
+    let Ok(namespaces) = std::fs::read_dir(&root) else {
+        return;
+    };
+    let mut kept = std::collections::BTreeMap::new();
+    for ns in namespaces.flatten() {
+        let name = ns.file_name().to_string_lossy().to_string();
+        if kubevirt_api::names::dns1123_label(&name).is_some() {
+            continue;
+        }
+        let contents: Api<kubevirt_api::VirtualMachineSnapshotContent> =
+            Api::namespaced(ctx.client.clone(), &name);
+        let snapshots: Api<kubevirt_api::VirtualMachineSnapshot> =
+            Api::namespaced(ctx.client.clone(), &name);
+        let lp = kube::api::ListParams::default();
+        let keys = match (snapshots.list(&lp).await, contents.list(&lp).await) {
+            (Ok(s), Ok(c)) => Some(
+                c.items
+                    .iter()
+                    .filter_map(|c| c.annotations().get(memsnap::CONTENT_STATE))
+                    .filter_map(|v| memsnap::MemoryRef::parse(v).ok())
+                    .filter(|r| r.node == ctx.config.node_name)
+                    .map(|r| r.key)
+                    .chain(s.items.iter().filter_map(|s| s.metadata.uid.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(error = %e, "listing snapshots for the memory store");
+                None
+            }
+        };
+        kept.insert(name, keys);
+    }
+    let data = ctx.config.data_dir.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        memstore::collect(&data, |ns| kept.get(ns).cloned().flatten())
+    })
+    .await;
 }
 
 /// Rewrites the VMI's `access-credentials.json` when its Secrets changed; the launcher applies
@@ -1107,6 +1209,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         loop {
             tokio::time::sleep(SWEEP_EVERY).await;
             sweep(&sweeper).await;
+            collect_memory(&sweeper).await;
         }
     });
     // The VMIs migrating to this node (KubeVirt's migration target controller).

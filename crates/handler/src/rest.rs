@@ -6,6 +6,9 @@
 //! - `PUT /v1/namespaces/NS/virtualmachineinstances/NAME/rpc`: one launcher call, the
 //!   launcher protocol's own [`Request`] as the body and [`Response`] as the answer; only the
 //!   calls virt-api makes ([`forwarded`]).
+//! - `PUT .../savememory`, `PUT .../resumememory` (body [`SaveMemory`]): a memory snapshot's
+//!   save into this node's store ([`crate::memstore`]) and the guest's resumption after it
+//!   (docs/memory-snapshots.md); the answer is the [`SavedState`].
 //! - `GET .../console`, `GET .../vnc`: an HTTP upgrade to [`STREAM_PROTOCOL`], then the raw
 //!   bytes of the launcher's `console.sock` / `vnc.sock`.
 //! - `GET .../logs?container=launcher|qemu|serial&tailLines=N`: the end of one of the VMI's
@@ -28,8 +31,10 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
+use kubevirt_api::memsnap::{self, SaveMemory};
 use kubevirt_api::VirtualMachineInstance;
 use kubevirt_launcher::api::logs::{self, LogContainer};
+use kubevirt_launcher::api::memstate::SavedState;
 use kubevirt_launcher::api::{
     ClientError as LauncherError, LauncherClient, Method, Request, Response, VmiDir, VmiDirError,
 };
@@ -324,7 +329,7 @@ impl Endpoint {
             }
         };
         match action {
-            "rpc" => want(HttpMethod::PUT)?,
+            "rpc" | "savememory" | "resumememory" => want(HttpMethod::PUT)?,
             "console" | "vnc" | "logs" => want(HttpMethod::GET)?,
             _ => return Err(Refusal::new(Reason::NotFound, format!("no route {path}"))),
         }
@@ -356,6 +361,20 @@ impl Endpoint {
                 header::HeaderValue::from_static("text/plain; charset=utf-8"),
             );
             return Ok(r);
+        }
+        if action == "savememory" || action == "resumememory" {
+            let body = Limited::new(req.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| Refusal::new(Reason::BadRequest, format!("reading the body: {e}")))?
+                .to_bytes();
+            let value: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| Refusal::new(Reason::BadRequest, format!("not JSON: {e}")))?;
+            let save =
+                SaveMemory::parse(&value).map_err(|e| Refusal::new(Reason::BadRequest, e))?;
+            return self
+                .memory(ns, name, &dir, &save.key, action == "savememory")
+                .await;
         }
         if action == "rpc" {
             let body = Limited::new(req.into_body(), MAX_BODY)
@@ -467,6 +486,81 @@ impl Endpoint {
             )));
         }
         Ok(dir)
+    }
+
+    /// `savememory`: the launcher's `saveState {resume: false}` (the guest stays paused, its
+    /// disks released), its state moved into this node's store under `namespace/key`
+    /// ([`crate::memstore`]); done already, the stored [`SavedState`] again. `resumememory`:
+    /// the guest runs on if it ran when saved.
+    async fn memory(
+        &self,
+        ns: &str,
+        name: &str,
+        dir: &VmiDir,
+        key: &str,
+        save: bool,
+    ) -> Result<Reply, Refusal> {
+        let data_dir = self.data_dir.clone();
+        let stored = {
+            let (d, n, k) = (data_dir.clone(), ns.to_string(), key.to_string());
+            tokio::task::spawn_blocking(move || crate::memstore::load(&d, &n, &k))
+                .await
+                .map_err(|e| Refusal::new(Reason::Unavailable, e.to_string()))?
+                .map_err(|e| Refusal::new(Reason::BadRequest, e.to_string()))?
+        };
+        let launcher = |request: Request| async move {
+            match async { LauncherClient::connect(dir).await?.call(request).await }.await {
+                Ok(r) => Ok(r),
+                Err(LauncherError::Remote(e)) => Err(Refusal::new(Reason::Launcher, e.to_string())),
+                Err(e) => Err(Refusal::new(Reason::Unavailable, e.to_string())),
+            }
+        };
+        let saved = match (save, stored) {
+            (true, Some(s)) => s,
+            (true, None) => {
+                tracing::info!(
+                    namespace = ns,
+                    name,
+                    key,
+                    "saving the guest's memory for a snapshot"
+                );
+                let r = launcher(Request::SaveState { resume: false }).await?;
+                let Response::SavedState(saved) = r else {
+                    return Err(Refusal::new(
+                        Reason::Launcher,
+                        "saveState: unexpected reply",
+                    ));
+                };
+                let (d, n, k, vd, s) = (
+                    data_dir,
+                    ns.to_string(),
+                    key.to_string(),
+                    dir.clone(),
+                    (*saved).clone(),
+                );
+                tokio::task::spawn_blocking(move || crate::memstore::save(&d, &n, &k, &vd, &s))
+                    .await
+                    .map_err(|e| Refusal::new(Reason::Unavailable, e.to_string()))?
+                    .map_err(|e| Refusal::new(Reason::Unavailable, e.to_string()))?;
+                *saved
+            }
+            (false, Some(s)) => {
+                if s.guest_running {
+                    launcher(Request::Unpause).await?;
+                }
+                s
+            }
+            (false, None) => {
+                return Err(Refusal::new(
+                    Reason::NotFound,
+                    format!("no memory snapshot {key} of namespace {ns} on this node"),
+                ))
+            }
+        };
+        Ok(json_reply(
+            StatusCode::OK,
+            serde_json::to_vec(&saved).unwrap_or_default(),
+        ))
     }
 
     async fn call(
@@ -668,6 +762,52 @@ impl HandlerClient {
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| protocol(format!("the answer: {e}")))?;
         Response::decode(method, value).map_err(|e| protocol(format!("the answer: {e}")))
+    }
+
+    /// Saves (`save`) the guest's memory of VMI `namespace/name` into the node's store under
+    /// `key`, leaving it paused with its disks released; or (`!save`) runs it on.
+    pub async fn memory(
+        &self,
+        ep: &HandlerEndpoint,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        save: bool,
+    ) -> Result<SavedState, ClientError> {
+        let protocol = |detail: String| ClientError::Protocol {
+            node: ep.node.clone(),
+            address: ep.address,
+            detail,
+        };
+        let action = if save {
+            memsnap::SAVE_SUBRESOURCE
+        } else {
+            memsnap::RESUME_SUBRESOURCE
+        };
+        let body = serde_json::to_vec(&SaveMemory {
+            key: key.to_string(),
+        })
+        .map_err(|e| protocol(e.to_string()))?;
+        let req = http::Request::put(vmi_path(namespace, name, action))
+            .header(header::HOST, ep.node.as_str())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| protocol(e.to_string()))?;
+        let mut sender = self.connect(ep).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| protocol(format!("HTTP: {e}")))?;
+        if resp.status() != StatusCode::OK {
+            return Err(Self::refusal(ep, resp).await.unwrap_or_else(|e| e));
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| protocol(format!("reading the answer: {e}")))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| protocol(format!("the answer: {e}")))
     }
 
     /// The end of a log of the VMI `namespace/name` of the endpoint's node.

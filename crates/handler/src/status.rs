@@ -287,11 +287,21 @@ pub fn transition_events(
     let (was, is) = (phase_of(old), phase_of(new));
     if was != is {
         match is {
-            Some(VmiPhase::Running) => out.push((
-                EventType::Normal,
-                "Started",
-                "VirtualMachineInstance started.".to_string(),
-            )),
+            Some(VmiPhase::Running) => {
+                out.push((
+                    EventType::Normal,
+                    "Started",
+                    "VirtualMachineInstance started.".to_string(),
+                ));
+                // A memory snapshot's restore: the guest went on where it was saved.
+                if s.reason == kubevirt_launcher::api::memstate::reason::RESTORED {
+                    out.push((
+                        EventType::Normal,
+                        kubevirt_launcher::api::memstate::reason::RESTORED,
+                        "VirtualMachineInstance started from a memory snapshot.".to_string(),
+                    ));
+                }
+            }
             Some(VmiPhase::Succeeded) => out.push((
                 EventType::Normal,
                 "Stopped",

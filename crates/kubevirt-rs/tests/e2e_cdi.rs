@@ -684,6 +684,334 @@ spec:
     assert!(out.contains("deleted"), "{out}");
 }
 
+/// Memory snapshots (docs/memory-snapshots.md): a VirtualMachineSnapshot annotated
+/// `snapshot.kubevirt-rs.io/memory: "true"` of a running VM saves the guest's memory on its
+/// node; a VirtualMachineRestore of it (onto the stopped VM, and to a new VM) starts the
+/// guest from that memory: a counter running in the guest goes on from where it was, with
+/// the same boot id. Honoured once: a restart boots. A memory snapshot of a stopped VM
+/// fails saying why; hand-written references that are paths or name a namespace are
+/// refused at admission; deleting the snapshot removes the memory. One cold boot, two
+/// restores, one more cold boot.
+#[test]
+fn a_memory_snapshot_restore_resumes_a_counter_running_in_the_guest() {
+    use kubevirt_api::memsnap;
+    if !have_kubectl() {
+        return;
+    }
+    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
+    let apply = |name: &str, manifest: &str| {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest).expect("write manifest");
+        s.kubectl(&["apply", "-f", file.to_str().expect("utf8")])
+    };
+    let cmdline = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/cmdline"),
+    )
+    .expect("guest/cmdline");
+    let cmdline = cmdline
+        .lines()
+        .find_map(|l| l.strip_prefix("q35="))
+        .expect("q35 line");
+    let vm = |name: &str, strategy: &str| {
+        format!(
+            r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: {strategy}
+  template:
+    spec:
+      domain:
+        memory: {{guest: 128Mi}}
+        firmware:
+          kernelBoot:
+            kernelArgs: {cmdline}
+            container: {{image: "kubevirt-rs/demo-guest:latest", kernelPath: /boot/vmlinux, initrdPath: /boot/initrd.img}}
+        devices:
+          autoattachGraphicsDevice: false
+          autoattachPodInterface: false
+          disks:
+          - name: cloudinit
+            disk: {{bus: virtio}}
+      terminationGracePeriodSeconds: 0
+      volumes:
+      - name: cloudinit
+        cloudInitNoCloud:
+          userData: |
+            #!/bin/sh
+            (i=0; while :; do i=$((i+1)); echo $i > /run/tick; sleep 1; done) </dev/null >/dev/null 2>&1 &
+            echo "counter guest up"
+"#
+        )
+    };
+    let out = apply(
+        "vms",
+        &[vm("counter", "Always"), vm("idle", "Halted")].join("---\n"),
+    );
+    assert!(out.contains("counter created"), "{out}");
+    // The counter and the boot id, read on the serial console.
+    // (Typed again until the counter has started: a fresh boot may not have it yet.)
+    let tick = |vmi: &str| -> (u64, String) {
+        let mut last = String::new();
+        for _ in 0..30 {
+            let out = s.on_console(
+                vmi,
+                "echo T=$(cat /run/tick)=B=$(cat /proc/sys/kernel/random/boot_id)=E$((6*7))",
+                "=E42",
+                false,
+            );
+            let found = out.lines().filter(|l| !l.contains("$(cat")).find_map(|l| {
+                let rest = &l[l.find("T=")? + 2..];
+                let (n, rest) = rest.split_once("=B=")?;
+                let (boot, _) = rest.split_once("=E42")?;
+                Some((n.trim().parse().ok()?, boot.to_string()))
+            });
+            if let Some(t) = found {
+                return t;
+            }
+            last = out;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!("no tick on {vmi}'s console: {last}")
+    };
+    let running = |vmi: &str| {
+        assert!(
+            wait_for(Duration::from_secs(180), || s.jsonpath(
+                "vmi",
+                vmi,
+                "{.status.phase}/{.status.conditions[?(@.type=='Paused')].status}"
+            ) == "Running/"),
+            "{}",
+            s.kubectl(&["get", "vm,vmi", "-o", "yaml"])
+        );
+    };
+    running("counter");
+    let serial = s.vmi_dir("default", "counter").serial_log();
+    assert!(
+        wait_for(Duration::from_secs(120), || std::fs::read_to_string(
+            &serial
+        )
+        .is_ok_and(|l| l.contains("counter guest up"))),
+        "the guest never booted"
+    );
+    let (before, boot) = tick("counter");
+
+    // Hand-written references that are paths or name a namespace: refused at admission.
+    for bad in [
+        r#"{"node":"node01","key":"../../memory-snapshots/other"}"#,
+        r#"{"node":"node01","key":"0f8fad5b-d9cb-469f-a165-70867728950e","namespace":"other"}"#,
+    ] {
+        let out = s.kubectl(&[
+            "annotate",
+            "vm",
+            "counter",
+            &format!("{}={bad}", memsnap::RESTORE),
+        ]);
+        assert!(
+            out.contains(memsnap::RESTORE) && !out.contains("annotated"),
+            "{out}"
+        );
+    }
+
+    let snapshot = |name: &str, vm: &str| {
+        apply(
+            name,
+            &format!(
+                r#"apiVersion: snapshot.kubevirt.io/v1beta1
+kind: VirtualMachineSnapshot
+metadata:
+  name: {name}
+  annotations:
+    {}: "true"
+spec:
+  source:
+    apiGroup: kubevirt.io
+    kind: VirtualMachine
+    name: {vm}
+"#,
+                memsnap::MEMORY
+            ),
+        )
+    };
+    // A stopped VM has no memory to save: the snapshot fails saying so.
+    assert!(snapshot("idle-mem", "idle").contains("created"));
+    assert!(
+        wait_for(Duration::from_secs(30), || s.jsonpath(
+            "vmsnapshot",
+            "idle-mem",
+            "{.status.phase}"
+        ) == "Failed"),
+        "{}",
+        s.kubectl(&["get", "vmsnapshot", "idle-mem", "-o", "yaml"])
+    );
+    assert!(s
+        .jsonpath("vmsnapshot", "idle-mem", "{.status.error.message}")
+        .contains("needs a running VM"));
+
+    assert!(snapshot("mem", "counter").contains("created"));
+    assert!(
+        wait_for(Duration::from_secs(60), || s.jsonpath(
+            "vmsnapshot",
+            "mem",
+            "{.status.phase} {.status.readyToUse}"
+        ) == "Succeeded true"),
+        "{}\n{}",
+        s.kubectl(&["get", "vmsnapshot", "mem", "-o", "yaml"]),
+        s.kubectl(&["get", "vmi", "counter", "-o", "yaml"])
+    );
+    let uid = s.jsonpath("vmsnapshot", "mem", "{.metadata.uid}");
+    let reference = s.jsonpath(
+        "vmsnapshotcontent",
+        &format!("vmsnapshot-content-{uid}"),
+        "{.metadata.annotations.snapshot\\.kubevirt-rs\\.io/memory-state}",
+    );
+    let r = memsnap::MemoryRef::parse(&reference).expect("the content's memory reference");
+    assert_eq!((r.node.as_str(), r.key.as_str()), ("node01", uid.as_str()));
+    let entry = dir.path().join("data/memory-snapshots/default").join(&uid);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
+        assert_eq!(mode(&entry), 0o700);
+        assert_eq!(mode(&entry.join("memory.bin")), 0o600);
+    }
+    // The guest runs on after the snapshot.
+    running("counter");
+    let (after, again) = tick("counter");
+    assert!(after > before, "{after} <= {before}");
+    assert_eq!(again, boot);
+
+    // Stopped, restored onto itself, started: the counter goes on, the same boot.
+    let stop = |vm: &str| {
+        let out = s.kubectl(&[
+            "patch",
+            "vm",
+            vm,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"runStrategy":"Halted"}}"#,
+        ]);
+        assert!(out.contains("patched"), "{out}");
+        assert!(
+            wait_for(Duration::from_secs(60), || s
+                .kubectl(&["get", "vmi", vm, "-o", "name"])
+                .contains("NotFound")),
+            "{}",
+            s.kubectl(&["get", "vmi", vm, "-o", "yaml"])
+        );
+    };
+    let start = |vm: &str| {
+        let out = s.kubectl(&[
+            "patch",
+            "vm",
+            vm,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"runStrategy":"Always"}}"#,
+        ]);
+        assert!(out.contains("patched"), "{out}");
+    };
+    let restore = |name: &str, target: &str| {
+        let out = apply(
+            name,
+            &format!(
+                r#"apiVersion: snapshot.kubevirt.io/v1beta1
+kind: VirtualMachineRestore
+metadata:
+  name: {name}
+spec:
+  target:
+    apiGroup: kubevirt.io
+    kind: VirtualMachine
+    name: {target}
+  virtualMachineSnapshotName: mem
+"#
+            ),
+        );
+        assert!(out.contains("created"), "{out}");
+        assert!(
+            wait_for(Duration::from_secs(60), || s.jsonpath(
+                "vmrestore",
+                name,
+                "{.status.complete}"
+            ) == "true"),
+            "{}",
+            s.kubectl(&["get", "vmrestore", name, "-o", "yaml"])
+        );
+        assert_eq!(
+            s.jsonpath(
+                "vm",
+                target,
+                "{.metadata.annotations.snapshot\\.kubevirt-rs\\.io/restore-memory}"
+            ),
+            reference
+        );
+    };
+    stop("counter");
+    restore("back", "counter");
+    start("counter");
+    running("counter");
+    let (restored, same) = tick("counter");
+    assert_eq!(same, boot, "the restored guest booted");
+    assert!(
+        restored > before,
+        "{restored} <= {before}: the counter was reset"
+    );
+    // Honoured once: the VM no longer carries the reference, its VMI does.
+    assert_eq!(
+        s.jsonpath(
+            "vm",
+            "counter",
+            "{.metadata.annotations.snapshot\\.kubevirt-rs\\.io/restore-memory}"
+        ),
+        ""
+    );
+    assert!(s
+        .kubectl(&["get", "events", "-o", "jsonpath={.items[*].reason}"])
+        .contains("RestoredFromMemory"));
+
+    // To a new VM: the same guest, under another name.
+    restore("to-copy", "copy");
+    start("copy");
+    running("copy");
+    let (copied, same) = tick("copy");
+    assert_eq!(same, boot);
+    assert!(copied > before, "{copied} <= {before}");
+    stop("copy");
+
+    // Deleting the snapshot removes the memory from the node.
+    let out = s.kubectl(&["delete", "vmsnapshot", "mem"]);
+    assert!(out.contains("deleted"), "{out}");
+    // A restart boots (the reference was used up).
+    let old_uid = s.jsonpath("vmi", "counter", "{.metadata.uid}");
+    let out = s.virtctl(&["restart", "counter"]);
+    assert!(!out.contains("rror"), "{out}");
+    assert!(wait_for(Duration::from_secs(60), || {
+        let u = s.jsonpath("vmi", "counter", "{.metadata.uid}");
+        !u.is_empty() && !u.contains("NotFound") && u != old_uid
+    }));
+    running("counter");
+    let (_, rebooted) = tick("counter");
+    assert_ne!(rebooted, boot, "a restart must boot, not restore again");
+    assert!(
+        wait_for(Duration::from_secs(60), || !entry.exists()),
+        "the memory of a deleted snapshot stays on the node"
+    );
+    eprintln!(
+        "memory snapshot e2e took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// A VirtualMachineClone of a stopped VM: the clone's data disk has the source's bytes, its
 /// NIC and firmware have no copied identity (a MAC derived from the clone's name is given at
 /// start; the firmware UUID from its name), filtered labels are gone, and the temporary

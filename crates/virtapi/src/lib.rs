@@ -11,6 +11,8 @@
 //! - `freeze` (`{"unfreezeTimeout": "5m"}`, [`kubevirt_api::freeze`]) and `unfreeze`: the
 //!   snapshot controller's calls, to the launcher (guest-agent fsfreeze, or a drained QMP
 //!   `stop` without an agent; the launcher ends a freeze by itself at its timeout).
+//! - `savememory` (`{"key": "<uuid>"}`) and `resumememory` (ours, [`kubevirt_api::memsnap`]):
+//!   a memory snapshot's save into the node agent's store and the guest's resumption.
 //! - `guestosinfo`, `userlist`, `filesystemlist`: asked of the QEMU guest agent through the
 //!   launcher; KubeVirt's 409 when the VMI is not running or has no agent connected.
 //! - `addvolume`, `removevolume` (VM and VMI): volume hotplug, declaratively ([`volumes`]).
@@ -694,6 +696,39 @@ impl VirtApi {
         Ok(ok())
     }
 
+    /// `PUT .../savememory` / `.../resumememory` (ours, [`kubevirt_api::memsnap`]): the
+    /// snapshot controller's memory snapshot, through the VMI's node agent, which saves the
+    /// guest's memory into its store under the body's key (a UUID) and leaves it paused, or
+    /// runs it on. The answer is the saved state's description.
+    async fn memory(&self, ns: &str, name: &str, save: bool, body: &Value) -> Reply {
+        const KIND: &str = "virtualmachineinstance";
+        let vmi = self.get_vmi(ns, name).await?;
+        if !is_running(&vmi) {
+            return Err(conflict(KIND, name, VMI_NOT_RUNNING));
+        }
+        let req = kubevirt_api::memsnap::SaveMemory::parse(body).map_err(|e| {
+            invalid_body(
+                KIND,
+                name,
+                &kubevirt_api::field::FieldError::invalid("key", e),
+            )
+        })?;
+        let (ep, ns, name) = self.handler_of(&vmi).await?;
+        match self.handlers.memory(&ep, ns, name, &req.key, save).await {
+            Ok(saved) => Ok(json_reply(
+                StatusCode::OK,
+                &serde_json::to_value(&saved).map_err(internal)?,
+            )),
+            Err(ClientError::Refused { refusal, .. }) if refusal.reason == Reason::BadRequest => {
+                Err(bad_request(refusal.message))
+            }
+            Err(e) => Err(internal(format!(
+                "{}: {e}",
+                if save { "saveState" } else { "resume" }
+            ))),
+        }
+    }
+
     /// `GET .../virtualmachineinstances/NAME/{guestosinfo,userlist,filesystemlist}`: asked of
     /// the guest agent through the launcher, with KubeVirt's refusals when there is none.
     async fn guest_agent(&self, ns: &str, name: &str, what: &str) -> Reply {
@@ -938,6 +973,12 @@ impl VirtApi {
                 want(Method::PUT)?;
                 let body = options(req.into_body()).await?;
                 self.volume_request(ns, name, resource, action, &body).await
+            }
+            ("virtualmachineinstances", "savememory" | "resumememory") => {
+                want(Method::PUT)?;
+                let body = options(req.into_body()).await?;
+                tracing::info!(namespace = ns, name, action, "subresource request");
+                self.memory(ns, name, action == "savememory", &body).await
             }
             ("virtualmachineinstances", "console" | "vnc") => {
                 want(Method::GET)?;

@@ -319,6 +319,11 @@ pub fn rules(
             Ok(s) => s,
             Err(e) => return e,
         };
+        // A hand-written memory reference that is not one (a path, a namespace, a name that
+        // is not a UUID) is refused here; a valid one reaches only this namespace's memory.
+        if let Some(e) = crate::memsnap::admit_annotations(vm.metadata.annotations.as_ref()) {
+            return vec![e];
+        }
         let root = Path::root("spec");
         template_labels(
             spec.template
