@@ -304,10 +304,22 @@ fn an_s390x_guest_is_emulated_by_qemu_system_s390x_with_ccw_devices_only() {
             "{d} cannot exist on s390-ccw-virtio"
         );
     }
-    for want in ["virtio-blk-ccw", "virtio-scsi-ccw", "virtio-net-ccw", "virtio-gpu-ccw", "diag288"] {
-        assert!(devices.iter().any(|d| d.starts_with(want)), "no {want} in {argv:?}");
+    for want in [
+        "virtio-blk-ccw",
+        "virtio-scsi-ccw",
+        "virtio-net-ccw",
+        "virtio-gpu-ccw",
+        "diag288",
+    ] {
+        assert!(
+            devices.iter().any(|d| d.starts_with(want)),
+            "no {want} in {argv:?}"
+        );
     }
-    assert!(!argv.iter().any(|a| a == "-smbios" || a.contains("acpi=")), "{argv:?}");
+    assert!(
+        !argv.iter().any(|a| a == "-smbios" || a.contains("acpi=")),
+        "{argv:?}"
+    );
     assert!(!argv.iter().any(|a| a.contains("romfile")), "{argv:?}");
 }
 

@@ -112,7 +112,11 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), NicError> {
             .set_opt("bootindex", n.boot_order.map(|b| b.to_string()))
             // No PXE ROM probing for NICs that are not boot devices (libvirt's rom bar=off).
             // (ROM BARs are PCI's: none on microvm or s390x.)
-            .set_if(n.boot_order.is_none() && spec.profile.has_pci(), "romfile", "");
+            .set_if(
+                n.boot_order.is_none() && spec.profile.has_pci(),
+                "romfile",
+                "",
+            );
         push(a, "-device", dev.build().map_err(err)?);
     }
     Ok(())
