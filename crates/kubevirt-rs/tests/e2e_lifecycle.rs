@@ -734,7 +734,7 @@ spec:
     }
     let mut seen = vec![None; expected.len()];
     let ok = wait_for(BOOT, || {
-        for (i, (name, want)) in expected.iter().enumerate() {
+        for (i, &(name, want)) in expected.iter().enumerate() {
             if seen[i].is_none() && serial(name).contains(want) {
                 seen[i] = Some(start.elapsed());
             }
