@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Build the kubevirt-rs demo guest from Debian packages only.
 #
-#   guest/build.sh [--arch amd64|arm64] OUTDIR
+#   guest/build.sh [--arch amd64|arm64|s390x] OUTDIR
 #
 # --arch arm64 builds the same guest from Debian's arm64 packages (needs `dpkg
 # --add-architecture arm64` and an apt-get update; scripts/deps.sh does both): vmlinuz (an
 # arm64 Image), initrd.img and oci/ (boot/ only, ref name `arm64`), no vmlinux, no disk, no
-# qemu-ga (guest/README.md).
+# qemu-ga (guest/README.md). --arch s390x does the same from Debian's s390x packages (vmlinuz
+# is an s390x "Linux S390" image QEMU's -kernel loads; ref name `s390x`).
 #
 # Outputs for amd64 (see guest/README.md):
 #   OUTDIR/vmlinuz      Debian linux-image-amd64 bzImage (firmware.kernelBoot, SeaBIOS disk boot)
@@ -27,17 +28,18 @@ die() { echo "guest: error: $*" >&2; exit 1; }
 
 ARCH=amd64
 if [ "${1:-}" = --arch ]; then
-	[ $# -ge 2 ] || die "usage: $0 [--arch amd64|arm64] OUTDIR"
+	[ $# -ge 2 ] || die "usage: $0 [--arch amd64|arm64|s390x] OUTDIR"
 	ARCH=$2
 	shift 2
 fi
-[ $# -eq 1 ] || die "usage: $0 [--arch amd64|arm64] OUTDIR"
+[ $# -eq 1 ] || die "usage: $0 [--arch amd64|arm64|s390x] OUTDIR"
 # Per architecture: Q is the apt architecture qualifier of the guest's packages (empty: the
 # host's own), REF the OCI ref name, CMDLINE_KEY the line of guest/cmdline.
 case $ARCH in
 amd64) Q= REF=latest CMDLINE_KEY=q35 ;;
 arm64) Q=:arm64 REF=arm64 CMDLINE_KEY=arm64 ;;
-*) die "--arch $ARCH: this builder makes amd64 and arm64 guests" ;;
+s390x) Q=:s390x REF=s390x CMDLINE_KEY=s390x ;;
+*) die "--arch $ARCH: this builder makes amd64, arm64 and s390x guests" ;;
 esac
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mkdir -p "$1"
@@ -105,7 +107,7 @@ q() { local p; for p in "$@"; do printf '%s%s\n' "$p" "$Q"; done; }
 # (libffi8, libmount1, libselinux1, zlib1g) are for gio/gobject, which qemu-ga does not link.
 # Only the shared objects really needed go into the initramfs; the build fails if one is missing.
 QGA_PKGS="qemu-guest-agent libc6 libglib2.0-0 libnuma1 libudev1 liburing2 libpcre2-8-0"
-# The arm64 guest has no guest agent (yet): only the kernel and busybox.
+# The arm64 and s390x guests have no guest agent (yet): only the kernel and busybox.
 [ "$ARCH" = amd64 ] || QGA_PKGS=
 KMETA=linux-image-$ARCH
 cand=$(policy $(q "$KMETA" busybox-static $QGA_PKGS))
@@ -194,6 +196,11 @@ if [ "$ARCH" = arm64 ]; then
 	say "kernel $KVER: vmlinuz (arm64 Image)"
 	[ "$(dd if="$OUT/vmlinuz" bs=1 skip=56 count=4 status=none | od -An -tx1 | tr -d ' ')" = 41524d64 ] ||
 		die "vmlinuz-$KVER is not an arm64 Image"
+elif [ "$ARCH" = s390x ]; then
+	# Debian's s390x vmlinuz is the kernel's compressed bzImage for s390 (its own
+	# decompressor, loaded at 0x10000 by QEMU's -kernel).
+	say "kernel $KVER: vmlinuz (s390x image)"
+	[ "$(stat -c %s "$OUT/vmlinuz")" -gt 1000000 ] || die "vmlinuz-$KVER is too small for a kernel"
 else
 say "kernel $KVER: vmlinuz + vmlinux"
 python3 - "$OUT/vmlinuz" "$OUT/vmlinux.tmp" <<'PY'
@@ -230,6 +237,13 @@ if [ "$ARCH" = arm64 ]; then
 	BOOT_MODS="virtio_pci virtio_mmio virtio_blk virtio_net virtio_console evdev"
 	LATE_MODS="sd_mod sr_mod virtio_scsi isofs vfat nls_cp437 nls_ascii nls_iso8859_1 nls_utf8
 	ext4 crc32c_generic virtio_balloon virtio_rng"
+elif [ "$ARCH" = s390x ]; then
+	# s390x `s390-ccw-virtio`: virtio on the channel subsystem, the diag288 watchdog, no PCI,
+	# SATA or ACPI; the SCLP console and the virtio-ccw transport (CONFIG_S390_GUEST) are
+	# built in.
+	BOOT_MODS="virtio_blk virtio_net virtio_console"
+	LATE_MODS="sd_mod sr_mod virtio_scsi isofs vfat nls_cp437 nls_ascii nls_iso8859_1 nls_utf8
+	ext4 crc32c_generic diag288_wdt virtio_balloon virtio_rng"
 fi
 STAGE=$CACHE/initramfs
 rm -rf "$STAGE" && mkdir -p "$STAGE"

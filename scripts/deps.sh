@@ -8,6 +8,8 @@ declare -A need=(
   [qemu-system-x86_64]=qemu-system-x86
   # arm64 guests (docs/architectures.md): the emulator; AAVMF (UEFI) is checked below.
   [qemu-system-aarch64]=qemu-system-arm
+  # s390x guests: the emulator and its s390-ccw firmware (checked below).
+  [qemu-system-s390x]=qemu-system-misc
   [qemu-img]=qemu-utils
   [busybox]=busybox-static
   [syslinux]=syslinux
@@ -31,6 +33,7 @@ done
 [ -f /usr/lib/syslinux/mbr/mbr.bin ] || missing+=(syslinux-common)
 [ -f /usr/share/OVMF/OVMF_CODE.fd ] || [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)
 [ -f /usr/share/AAVMF/AAVMF_CODE.fd ] || missing+=(qemu-efi-aarch64)
+[ -f /usr/share/qemu/s390-ccw.img ] || missing+=(qemu-system-misc)
 # The standard CNI plugins (bridge, host-local, portmap...) for VMI networks; iproute2 for
 # network namespaces and links.
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
@@ -43,27 +46,34 @@ command -v passt >/dev/null 2>&1 || missing+=(passt)
 # which is not on every user's PATH, so the check uses the file.
 [ -x /usr/sbin/qemu-ga ] || missing+=(qemu-guest-agent)
 
-# The arm64 demo guest (guest/build.sh --arch arm64) downloads Debian's arm64 kernel and
-# busybox: apt must know the arm64 archive (its package lists; nothing arm64 is installed).
-add_arch=
-command -v dpkg >/dev/null 2>&1 && ! dpkg --print-foreign-architectures | grep -qx arm64 && add_arch=arm64
+# The arm64 and s390x demo guests (guest/build.sh --arch arm64|s390x) download Debian's
+# kernel and busybox of that architecture: apt must know its archive (its package lists;
+# nothing of that architecture is installed).
+add_arch=()
+if command -v dpkg >/dev/null 2>&1; then
+  for a in arm64 s390x; do
+    dpkg --print-foreign-architectures | grep -qx "$a" || add_arch+=("$a")
+  done
+fi
 
-if [ ${#missing[@]} -eq 0 ] && [ -z "$add_arch" ]; then
+if [ ${#missing[@]} -eq 0 ] && [ ${#add_arch[@]} -eq 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
   [ ${#missing[@]} -eq 0 ] ||
     echo "deps: missing packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
-  [ -z "$add_arch" ] ||
-    echo "deps: no arm64 apt architecture (run as root, or: sudo dpkg --add-architecture arm64; sudo apt-get update)" >&2
+  for a in "${add_arch[@]}"; do
+    echo "deps: no $a apt architecture (run as root, or: sudo dpkg --add-architecture $a; sudo apt-get update)" >&2
+  done
   exit 0
 fi
-if [ -n "$add_arch" ]; then
-  echo "deps: dpkg --add-architecture $add_arch" >&2
-  dpkg --add-architecture "$add_arch"
-fi
+for a in "${add_arch[@]}"; do
+  echo "deps: dpkg --add-architecture $a" >&2
+  dpkg --add-architecture "$a"
+done
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 [ ${#missing[@]} -eq 0 ] && exit 0
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 echo "deps: installing ${missing[*]}" >&2
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

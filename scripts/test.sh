@@ -42,10 +42,12 @@ if [ $# -eq 0 ]; then
   target=$(cargo metadata --format-version 1 --no-deps --locked |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
   guest=${KUBEVIRT_RS_GUEST_DIR:-${target:+$target/tmp/guest}}
-  # the arm64 guest (kubevirt_testsupport::guest_dir_arm64) after it: one apt at a time
-  if [ -n "$guest" ] && mkdir -p "$guest" "$guest-arm64" 2>/dev/null; then
+  # the arm64 and s390x guests (kubevirt_testsupport::guest_dir_arm64, guest_dir_s390x) after
+  # it: one apt at a time
+  if [ -n "$guest" ] && mkdir -p "$guest" "$guest-arm64" "$guest-s390x" 2>/dev/null; then
     { flock "$guest/.build.lock" guest/build.sh "$guest" || s=$?
       flock "$guest-arm64/.build.lock" guest/build.sh --arch arm64 "$guest-arm64" || s=$?
+      flock "$guest-s390x/.build.lock" guest/build.sh --arch s390x "$guest-s390x" || s=$?
       exit "${s:-0}"; } &
     prebuild=$!
   fi

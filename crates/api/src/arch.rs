@@ -1,16 +1,18 @@
 //! Guest architectures (`spec.architecture`): the values this implementation runs, their
-//! default machine types, and KubeVirt v1.9's arm64 defaults and rejections
-//! (pkg/defaults/arm64.go, pkg/virt-api/webhooks/arm64.go).
+//! default machine types, and KubeVirt v1.9's arm64 and s390x defaults and rejections
+//! (pkg/defaults/arm64.go, pkg/defaults/s390x.go, pkg/virt-api/webhooks/arm64.go,
+//! pkg/virt-api/webhooks/s390x.go).
 //!
 //! One owner for the architecture names: admission, defaulting and the launcher all read them
-//! through [`Arch`]. s390x (which KubeVirt also runs) is not implemented here and is refused
-//! like any other unknown value.
+//! through [`Arch`]. Any other value (ppc64le...) is refused.
 
 use crate::field::{FieldError, Path};
 use crate::{Bootloader, Firmware, VirtualMachineInstanceSpec, CPU, EFI};
 
 /// KubeVirt's `DefaultAARCH64MachineType`.
 pub const DEFAULT_ARM64_MACHINE_TYPE: &str = "virt";
+/// KubeVirt's `DefaultS390XMachineType`.
+pub const DEFAULT_S390X_MACHINE_TYPE: &str = "s390-ccw-virtio";
 /// KubeVirt's default (and on arm64 only) CPU model.
 pub const HOST_PASSTHROUGH: &str = "host-passthrough";
 
@@ -19,16 +21,18 @@ pub const HOST_PASSTHROUGH: &str = "host-passthrough";
 pub enum Arch {
     Amd64,
     Arm64,
+    S390x,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+    pub const ALL: [Arch; 3] = [Arch::Amd64, Arch::Arm64, Arch::S390x];
 
     /// The `spec.architecture` value; `None` for anything this implementation does not run.
     pub fn parse(s: &str) -> Option<Arch> {
         match s {
             "amd64" => Some(Arch::Amd64),
             "arm64" => Some(Arch::Arm64),
+            "s390x" => Some(Arch::S390x),
             _ => None,
         }
     }
@@ -37,6 +41,7 @@ impl Arch {
         match self {
             Arch::Amd64 => "amd64",
             Arch::Arm64 => "arm64",
+            Arch::S390x => "s390x",
         }
     }
 
@@ -45,6 +50,7 @@ impl Arch {
         match std::env::consts::ARCH {
             "x86_64" => Some(Arch::Amd64),
             "aarch64" => Some(Arch::Arm64),
+            "s390x" => Some(Arch::S390x),
             _ => None,
         }
     }
@@ -54,6 +60,7 @@ impl Arch {
         match self {
             Arch::Amd64 => crate::defaults::DEFAULT_MACHINE_TYPE,
             Arch::Arm64 => DEFAULT_ARM64_MACHINE_TYPE,
+            Arch::S390x => DEFAULT_S390X_MACHINE_TYPE,
         }
     }
 
@@ -65,6 +72,7 @@ impl Arch {
         match self {
             Arch::Amd64 => "guest-arch.node.kubevirt.io/amd64",
             Arch::Arm64 => "guest-arch.node.kubevirt.io/arm64",
+            Arch::S390x => "guest-arch.node.kubevirt.io/s390x",
         }
     }
 
@@ -73,6 +81,7 @@ impl Arch {
         match self {
             Arch::Amd64 => &["q35*", "pc-q35*"],
             Arch::Arm64 => &["virt*"],
+            Arch::S390x => &["s390-ccw-virtio*"],
         }
     }
 }
@@ -177,6 +186,61 @@ pub fn validate_arm64(spec: &VirtualMachineInstanceSpec, root: &Path, errs: &mut
     }
 }
 
+/// KubeVirt's `SetS390xDefaults` and `setS390xDefaultFeatures`: virtio disk buses (no SATA
+/// on the channel subsystem), a diag288 watchdog (action reset) for a watchdog that names no
+/// model, ACPI off (s390x has none).
+pub fn set_s390x_defaults(spec: &mut VirtualMachineInstanceSpec) {
+    fn virtio(bus: &mut Option<String>) {
+        if bus.as_deref().unwrap_or("").is_empty() {
+            *bus = Some("virtio".into());
+        }
+    }
+    for disk in spec.domain.devices.disks.iter_mut().flatten() {
+        if let Some(t) = disk.disk.as_mut() {
+            virtio(&mut t.bus);
+        }
+        if let Some(t) = disk.lun.as_mut() {
+            virtio(&mut t.bus);
+        }
+        if let Some(t) = disk.cdrom.as_mut() {
+            virtio(&mut t.bus);
+        }
+    }
+    if let Some(w) = spec.domain.devices.watchdog.as_mut() {
+        let d = w.diag288.get_or_insert_with(Default::default);
+        if d.action.as_deref().unwrap_or("").is_empty() {
+            d.action = Some("reset".into());
+        }
+    }
+    let features = spec.domain.features.get_or_insert_with(Default::default);
+    let acpi = features.acpi.get_or_insert_with(Default::default);
+    acpi.enabled.get_or_insert(false);
+}
+
+/// KubeVirt's `ValidateVirtualMachineInstanceS390XSetting`, with its messages: the diag288
+/// watchdog only, virtio video only.
+pub fn validate_s390x(spec: &VirtualMachineInstanceSpec, root: &Path, errs: &mut Vec<FieldError>) {
+    let devices_p = root.child("domain").child("devices");
+    let devices = &spec.domain.devices;
+    if let Some(w) = &devices.watchdog {
+        if w.diag288.is_none() || w.i6300esb.is_some() {
+            errs.push(FieldError::not_supported(
+                devices_p.child("watchdog"),
+                "s390x only supports Diag288 watchdog device",
+            ));
+        }
+    }
+    if let Some(video) = &devices.video {
+        let t = video.r#type.as_deref().unwrap_or("");
+        if t != "virtio" {
+            errs.push(FieldError::not_supported(
+                devices_p.child("video").child("type"),
+                format!("video model '{t}' is not supported on s390x architecture"),
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,7 +251,7 @@ mod tests {
             assert_eq!(Arch::parse(a.as_str()), Some(a));
         }
         for bad in [
-            "", "s390x", "ppc64le", "ARM64", "arm64 ", "x86_64", "aarch64",
+            "", "S390X", "s390", "ppc64le", "ARM64", "arm64 ", "x86_64", "aarch64",
         ] {
             assert_eq!(Arch::parse(bad), None, "{bad:?}");
         }

@@ -210,6 +210,11 @@ pub fn default_vmi_spec(spec: &mut VirtualMachineInstanceSpec, name: &str, cfg: 
     default_volume_disks(spec);
     let arch = spec.architecture.as_deref().and_then(Arch::parse);
     default_devices(&mut spec.domain.devices, arch);
+    // KubeVirt's `setDefaultFeatures` turns ACPI off on s390x before a present feature
+    // without `enabled` would be read as on.
+    if arch == Some(Arch::S390x) {
+        crate::arch::set_s390x_defaults(spec);
+    }
     default_features(&mut spec.domain);
     // KubeVirt's `setDefaultCPUArch`, after the spec defaults.
     if arch == Some(Arch::Arm64) {
@@ -277,8 +282,9 @@ fn default_volume_disks(spec: &mut VirtualMachineInstanceSpec) {
 }
 
 fn default_devices(devices: &mut Devices, arch: Option<Arch>) {
-    // sata on amd64 (works without guest drivers); virtio on arm64 where QEMU has no sata.
-    let bus = if arch == Some(Arch::Arm64) {
+    // sata on amd64 (works without guest drivers); virtio on arm64 and s390x where QEMU has
+    // no sata.
+    let bus = if matches!(arch, Some(Arch::Arm64 | Arch::S390x)) {
         "virtio"
     } else {
         "sata"

@@ -353,6 +353,9 @@ pub fn validate_vmi_spec(
         Some(Arch::Arm64) if !machine.is_empty() && !machine.starts_with("virt") => {
             Some("virt*".to_string())
         }
+        Some(Arch::S390x) if !machine.is_empty() && !machine.starts_with("s390-ccw-virtio") => {
+            Some("s390-ccw-virtio*".to_string())
+        }
         _ => None,
     };
     if let Some(allowed) = allowed {

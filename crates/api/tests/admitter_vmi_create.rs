@@ -918,9 +918,9 @@ fn devices() {
             Reject("spec.domain.rebootPolicy", "RebootPolicy is specified but the RebootPolicy feature gate is not enabled")
         ),
         case!(
-            "s390x architecture",
-            |v| set(v, "/spec/architecture", json!("s390x")),
-            Reject("spec.architecture", "architecture s390x is not supported by kubevirt-rs")
+            "ppc64le architecture",
+            |v| set(v, "/spec/architecture", json!("ppc64le")),
+            Reject("spec.architecture", "unsupported architecture: ppc64le")
         ),
         case!(
             "architecture with a shell metacharacter (hostile)",
@@ -1263,6 +1263,156 @@ fn arm64_defaults() {
     let d = &amd["spec"]["domain"];
     assert_eq!(d["machine"]["type"], "q35", "{d}");
     assert_eq!(d["devices"]["disks"][0]["disk"]["bus"], "sata", "{d}");
+    assert!(d["firmware"].get("bootloader").is_none(), "{d}");
+}
+
+fn s390x(v: &mut Value) {
+    set(v, "/spec/architecture", json!("s390x"));
+}
+
+/// KubeVirt's s390x rules (pkg/virt-api/webhooks/s390x.go): the diag288 watchdog only, virtio
+/// video only, `s390-ccw-virtio*` machines.
+#[test]
+fn s390x_rejections() {
+    run(&[
+        case!("s390x base", s390x, Accept),
+        case!(
+            "s390x s390-ccw-virtio-7.2",
+            |v| {
+                s390x(v);
+                set(v, "/spec/domain/machine", json!({"type": "s390-ccw-virtio-7.2"}))
+            },
+            Accept
+        ),
+        case!(
+            "s390x q35",
+            |v| {
+                s390x(v);
+                set(v, "/spec/domain/machine", json!({"type": "q35"}))
+            },
+            Reject(
+                "spec.domain.machine.type",
+                "spec.domain.machine.type is not supported: q35 (allowed values: [s390-ccw-virtio*])"
+            )
+        ),
+        case!(
+            "s390x virt",
+            |v| {
+                s390x(v);
+                set(v, "/spec/domain/machine", json!({"type": "virt"}))
+            },
+            Reject(
+                "spec.domain.machine.type",
+                "spec.domain.machine.type is not supported: virt (allowed values: [s390-ccw-virtio*])"
+            )
+        ),
+        case!(
+            "s390-ccw-virtio on amd64",
+            |v| set(v, "/spec/domain/machine", json!({"type": "s390-ccw-virtio"})),
+            Reject(
+                "spec.domain.machine.type",
+                "spec.domain.machine.type is not supported: s390-ccw-virtio"
+            )
+        ),
+        case!(
+            "s390x i6300esb watchdog",
+            |v| {
+                s390x(v);
+                set(
+                    v,
+                    "/spec/domain/devices/watchdog",
+                    json!({"name": "w", "i6300esb": {}}),
+                )
+            },
+            Reject(
+                "spec.domain.devices.watchdog",
+                "s390x only supports Diag288 watchdog device"
+            )
+        ),
+        case!(
+            "s390x diag288 watchdog",
+            |v| {
+                s390x(v);
+                set(
+                    v,
+                    "/spec/domain/devices/watchdog",
+                    json!({"name": "w", "diag288": {"action": "poweroff"}}),
+                )
+            },
+            Accept
+        ),
+        case!(
+            "s390x vga",
+            |v| {
+                s390x(v);
+                set(v, "/spec/domain/devices/video", json!({"type": "vga"}))
+            },
+            Reject(
+                "spec.domain.devices.video.type",
+                "video model 'vga' is not supported on s390x architecture"
+            )
+        ),
+        case!(
+            "s390x ramfb (arm64 has it, s390x not)",
+            |v| {
+                s390x(v);
+                set(v, "/spec/domain/devices/video", json!({"type": "ramfb"}))
+            },
+            Reject(
+                "spec.domain.devices.video.type",
+                "video model 'ramfb' is not supported on s390x architecture"
+            )
+        ),
+        case!(
+            "s390x panic device",
+            |v| {
+                s390x(v);
+                set(v, "/spec/domain/devices/panicDevices", json!([{"model": "pvpanic"}]))
+            },
+            Reject(
+                "spec.domain.devices.panicDevices",
+                "custom panic devices are not supported on s390x architecture"
+            )
+        ),
+        case!(
+            "s390x scsi disk",
+            |v| {
+                s390x(v);
+                set(v, "/spec/domain/devices/disks/0/disk/bus", json!("scsi"))
+            },
+            Accept
+        ),
+        case!(
+            "s390x with a hostile suffix",
+            |v| set(v, "/spec/architecture", json!("s390x,machine=q35")),
+            Reject("spec.architecture", "unsupported architecture: s390x,machine=q35")
+        ),
+    ]);
+}
+
+/// KubeVirt's `SetS390xDefaults`: machine `s390-ccw-virtio`, virtio disk buses, a watchdog
+/// without a model becomes diag288 (reset), ACPI off.
+#[test]
+fn s390x_defaults() {
+    let got = case!(
+        "s390x defaults",
+        |v| {
+            s390x(v);
+            set(v, "/spec/domain/devices/disks/0", json!({"name": "root"}));
+            set(v, "/spec/domain/devices/watchdog", json!({"name": "w"}));
+        },
+        Accept
+    )
+    .run()
+    .expect("admitted");
+    let d = &got["spec"]["domain"];
+    assert_eq!(d["machine"]["type"], "s390-ccw-virtio", "{d}");
+    assert_eq!(d["devices"]["disks"][0]["disk"]["bus"], "virtio", "{d}");
+    assert_eq!(
+        d["devices"]["watchdog"]["diag288"]["action"], "reset",
+        "{d}"
+    );
+    assert_eq!(d["features"]["acpi"]["enabled"], false, "{d}");
     assert!(d["firmware"].get("bootloader").is_none(), "{d}");
 }
 

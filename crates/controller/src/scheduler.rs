@@ -588,7 +588,17 @@ mod tests {
             json!({"metadata": {"labels": {"guest-arch.node.kubevirt.io/arm64": "yes"}}}),
         );
         assert!(refusal(&arm, &odd).is_some());
-        for hostile in ["s390x", "", "../arm64", "arm64\0", &"a".repeat(10_000)] {
+        // s390x is refused by nodes that do not advertise it, naming the label.
+        let s390x = vmi(json!({"architecture": "s390x"}));
+        assert_eq!(
+            place(&s390x, &[node("n", both_labels())], &load(&[]))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err("0/1 nodes are available: 1 node(s) can't run s390x guests \
+                 (guest-arch.node.kubevirt.io/s390x)."
+                .to_string())
+        );
+        for hostile in ["ppc64le", "", "../arm64", "arm64\0", &"a".repeat(10_000)] {
             let v = vmi(json!({"architecture": hostile}));
             let nodes = [node("n", both_labels())];
             match place(&v, &nodes, &load(&[])) {

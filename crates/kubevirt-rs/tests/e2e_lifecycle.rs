@@ -621,6 +621,9 @@ fn guest_cmdline(key: &str) -> String {
         .to_string()
 }
 
+/// With `qemu-system-s390x` and the s390x guest (`guest/build.sh --arch s390x`) at hand, an
+/// s390x VM (`s390-ccw-virtio`, SCLP console) runs beside them from the same `kubectl apply`;
+/// without them that part is skipped loudly and the other two still run.
 #[test]
 fn an_arm64_vm_and_an_x86_64_vm_run_side_by_side_and_print_their_uname_m() {
     if !have_kubectl() {
@@ -633,10 +636,14 @@ fn an_arm64_vm_and_an_x86_64_vm_run_side_by_side_and_print_their_uname_m() {
     let Some(arm64) = kubevirt_testsupport::guest_arm64(tmp) else {
         return;
     };
+    // (guest_s390x says SKIPPED and why when it returns None.)
+    let s390x = kubevirt_testsupport::guest_s390x(tmp);
     let dir = tempfile::tempdir().expect("tempdir");
-    // One image store with both guests: amd64's ref `latest`, arm64's ref `arm64`.
-    let images =
-        kubevirt_testsupport::merged_image_store(&dir.path().join("images"), &[&amd64, &arm64]);
+    // One image store with every guest: amd64's ref `latest`, arm64's ref `arm64`, s390x's
+    // ref `s390x`.
+    let mut guests = vec![amd64.as_path(), arm64.as_path()];
+    guests.extend(s390x.as_deref());
+    let images = kubevirt_testsupport::merged_image_store(&dir.path().join("images"), &guests);
     let mut server = Server::new(
         env!("CARGO_BIN_EXE_kubevirt-rs"),
         dir.path().join("data"),
@@ -677,7 +684,7 @@ spec:
 "#
         )
     };
-    let manifest = [
+    let mut manifest = vec![
         vm(
             "arm",
             "arm64",
@@ -694,8 +701,18 @@ spec:
             "latest",
             "128Mi",
         ),
-    ]
-    .join("---\n");
+    ];
+    if s390x.is_some() {
+        manifest.push(vm(
+            "z",
+            "s390x",
+            "vmlinuz",
+            &guest_cmdline("s390x"),
+            "s390x",
+            "256Mi",
+        ));
+    }
+    let manifest = manifest.join("---\n");
     let file = dir.path().join("arches.yaml");
     std::fs::write(&file, manifest).expect("write manifest");
     let start = Instant::now();
@@ -711,12 +728,13 @@ spec:
     let serial = |name: &str| {
         std::fs::read_to_string(server.vmi_dir("default", name).serial_log()).unwrap_or_default()
     };
-    let mut seen = [None, None];
+    let mut expected = vec![("arm", "uname -m: aarch64"), ("x86", "uname -m: x86_64")];
+    if s390x.is_some() {
+        expected.push(("z", "uname -m: s390x"));
+    }
+    let mut seen = vec![None; expected.len()];
     let ok = wait_for(BOOT, || {
-        for (i, (name, want)) in [("arm", "uname -m: aarch64"), ("x86", "uname -m: x86_64")]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, &(name, want)) in expected.iter().enumerate() {
             if seen[i].is_none() && serial(name).contains(want) {
                 seen[i] = Some(start.elapsed());
             }
@@ -725,20 +743,23 @@ spec:
     });
     assert!(
         ok,
-        "arm64 console:\n{}\nx86_64 console:\n{}\n{}",
+        "arm64 console:\n{}\nx86_64 console:\n{}\ns390x console:\n{}\n{}",
         serial("arm"),
         serial("x86"),
+        serial("z"),
         server.kubectl(&["get", "vmi", "-o", "yaml"])
     );
     eprintln!(
-        "uname -m printed after kubectl apply: arm64 {:?}, x86_64 {:?}",
-        seen[0], seen[1]
+        "uname -m printed after kubectl apply: arm64 {:?}, x86_64 {:?}, s390x {:?}",
+        seen[0],
+        seen[1],
+        seen.get(2)
     );
     // Side by side: both Running at once, each with its own emulator, and the arm64 one
     // says it is emulated.
     assert_eq!(
         server.kubectl(&["get", "vmi", "-o", "jsonpath={.items[*].status.phase}"]),
-        "Running Running"
+        vec!["Running"; expected.len()].join(" ")
     );
     let cmdline = |name: &str| {
         let pid = server.qemu_pid("default", name).expect("a QEMU pid");
@@ -755,6 +776,17 @@ spec:
         "True"
     );
     assert!(!serial("arm").contains("x86_64") && !serial("x86").contains("aarch64"));
+    if s390x.is_some() {
+        assert!(String::from_utf8_lossy(&cmdline("z")).contains("qemu-system-s390x"));
+        assert_eq!(
+            server.jsonpath(
+                "vmi",
+                "z",
+                "{.status.conditions[?(@.type==\"SoftwareEmulation\")].status}"
+            ),
+            "True"
+        );
+    }
     // The node advertises both guest architectures.
     let labels = server.kubectl(&["get", "node", "node01", "-o", "jsonpath={.metadata.labels}"]);
     for label in [
@@ -762,6 +794,10 @@ spec:
         r#""guest-arch.node.kubevirt.io/arm64":"true""#,
         r#""kubernetes.io/arch":"amd64""#,
     ] {
+        assert!(labels.contains(label), "{label} not in {labels}");
+    }
+    if s390x.is_some() {
+        let label = r#""guest-arch.node.kubevirt.io/s390x":"true""#;
         assert!(labels.contains(label), "{label} not in {labels}");
     }
 }

@@ -33,7 +33,7 @@ pub enum SpecError {
         allowed: &'static str,
     },
     /// `spec.architecture` picks the emulator: only the ones this launcher runs.
-    #[error("spec.architecture: unsupported architecture: {value:?}: this launcher runs amd64 and arm64 guests")]
+    #[error("spec.architecture: unsupported architecture: {value:?}: this launcher runs amd64, arm64 and s390x guests")]
     Architecture { value: String },
     #[error(transparent)]
     Cpu(#[from] CpuError),
@@ -309,6 +309,28 @@ pub enum Profile {
     /// QEMU's arm `virt` machine (KubeVirt's arm64 default): PCIe, GICv3, a PL011 UART, UEFI
     /// (AAVMF) or a kernel loaded directly; no ISA devices, no SATA.
     Virt,
+    /// QEMU's s390x `s390-ccw-virtio` machine (KubeVirt's s390x default): no PCI, every device
+    /// on the channel subsystem (`virtio-*-ccw`), the console on SCLP, the s390-ccw firmware
+    /// built into QEMU (no UEFI), no ACPI, no SMBIOS, no USB, no SATA.
+    #[serde(rename = "s390-ccw-virtio")]
+    S390Ccw,
+}
+
+impl Profile {
+    /// The transport suffix of QEMU's virtio device names (`virtio-blk-pci`,
+    /// `virtio-blk-device` on microvm's virtio-mmio, `virtio-blk-ccw` on s390x).
+    pub fn virtio_transport(self) -> &'static str {
+        match self {
+            Profile::Q35 | Profile::Virt => "pci",
+            Profile::Microvm => "device",
+            Profile::S390Ccw => "ccw",
+        }
+    }
+
+    /// Whether the machine has PCI (ROM BARs, vfio-pci, PCI-only devices).
+    pub fn has_pci(self) -> bool {
+        matches!(self, Profile::Q35 | Profile::Virt)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -790,12 +812,16 @@ impl MachineSpec {
             (Arch::Amd64, "microvm") => Profile::Microvm,
             (Arch::Amd64, t) if t == "q35" || t.starts_with("pc-q35") => Profile::Q35,
             (Arch::Arm64, t) if t == "virt" || t.starts_with("virt-") => Profile::Virt,
+            (Arch::S390x, t) if t == "s390-ccw-virtio" || t.starts_with("s390-ccw-virtio-") => {
+                Profile::S390Ccw
+            }
             (a, t) => {
                 return Err(SpecError::MachineType {
                     machine_type: t.into(),
                     allowed: match a {
                         Arch::Amd64 => "q35 or microvm",
                         Arch::Arm64 => "virt (arm64)",
+                        Arch::S390x => "s390-ccw-virtio (s390x)",
                     },
                 })
             }

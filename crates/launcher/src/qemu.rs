@@ -1,5 +1,6 @@
 //! The QEMU backend: `MachineSpec` → `qemu-system-x86_64` argv for the q35 and microvm
-//! profiles, `qemu-system-aarch64` argv for arm64's `virt` ([`binary`]).
+//! profiles, `qemu-system-aarch64` argv for arm64's `virt`, `qemu-system-s390x` argv for
+//! s390x's `s390-ccw-virtio` ([`binary`]).
 //!
 //! Every machine starts paused (`-S`) with no default devices, QEMU's seccomp sandbox and a QMP
 //! socket; the launcher continues it over QMP once it is attached. `-no-shutdown` keeps QEMU
@@ -22,6 +23,8 @@ use crate::machine::{Arch, MachineSpec};
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// arm64 guests (Debian's `qemu-system-arm` package).
 pub const QEMU_BINARY_AARCH64: &str = "qemu-system-aarch64";
+/// s390x guests (Debian's `qemu-system-misc` package).
+pub const QEMU_BINARY_S390X: &str = "qemu-system-s390x";
 
 /// The emulator of a guest architecture; `x86_64` is the launcher's `--qemu` (default
 /// [`QEMU_BINARY`]), which stays overridable for tests and benchmarks.
@@ -29,6 +32,7 @@ pub fn binary(arch: Arch, x86_64: &str) -> &str {
     match arch {
         Arch::Amd64 => x86_64,
         Arch::Arm64 => QEMU_BINARY_AARCH64,
+        Arch::S390x => QEMU_BINARY_S390X,
     }
 }
 
@@ -36,9 +40,13 @@ pub fn binary(arch: Arch, x86_64: &str) -> &str {
 /// default).
 pub const AAVMF_DIR: &str = "/usr/share/AAVMF";
 
+/// The s390-ccw firmware Debian's `qemu-system-misc` ships: `qemu-system-s390x` refuses to
+/// start without it.
+pub const S390_CCW_FIRMWARE: &str = "/usr/share/qemu/s390-ccw.img";
+
 /// Whether this host can run guests of `arch`: the emulator ([`binary`], default x86_64
-/// binary) on `PATH`, and for arm64 AAVMF (UEFI, KubeVirt's arm64 boot). `Err` says what is
-/// missing. The node agent advertises the result ([`Arch::node_label`]).
+/// binary) on `PATH`, for arm64 AAVMF (UEFI, KubeVirt's arm64 boot), for s390x the s390-ccw
+/// firmware QEMU loads at every start. `Err` says what is missing. The node agent advertises the result ([`Arch::node_label`]).
 pub fn can_run(arch: Arch) -> Result<(), String> {
     let bin = binary(arch, QEMU_BINARY);
     let on_path = std::env::var_os("PATH")
@@ -51,6 +59,9 @@ pub fn can_run(arch: Arch) -> Result<(), String> {
         if !code.is_file() {
             return Err(format!("{} is missing (qemu-efi-aarch64)", code.display()));
         }
+    }
+    if arch == Arch::S390x && !std::path::Path::new(S390_CCW_FIRMWARE).is_file() {
+        return Err(format!("{S390_CCW_FIRMWARE} is missing (qemu-system-misc)"));
     }
     Ok(())
 }

@@ -147,14 +147,19 @@ fn specs_the_backend_cannot_honour_name_the_field() {
 fn architectures_the_launcher_cannot_run_or_arm64_cannot_do_name_the_field() {
     let cases = [
         (
-            "architecture: s390x",
+            "architecture: ppc64le",
             "",
-            "spec.architecture: unsupported architecture: \"s390x\": this launcher runs amd64 and arm64 guests",
+            "spec.architecture: unsupported architecture: \"ppc64le\": this launcher runs amd64, arm64 and s390x guests",
         ),
         (
             "architecture: \"arm64,accel=kvm\"",
             "",
-            "spec.architecture: unsupported architecture: \"arm64,accel=kvm\": this launcher runs amd64 and arm64 guests",
+            "spec.architecture: unsupported architecture: \"arm64,accel=kvm\": this launcher runs amd64, arm64 and s390x guests",
+        ),
+        (
+            "architecture: \"s390x -machine pc\"",
+            "",
+            "spec.architecture: unsupported architecture: \"s390x -machine pc\": this launcher runs amd64, arm64 and s390x guests",
         ),
         (
             "architecture: arm64",
@@ -200,6 +205,122 @@ fn architectures_the_launcher_cannot_run_or_arm64_cannot_do_name_the_field() {
         let err = MachineSpec::from_vmi(&vmi, &env()).unwrap_err();
         assert_eq!(err.to_string(), want, "{yaml}");
     }
+}
+
+/// What cannot exist on s390x's `s390-ccw-virtio` (no PCI, USB, SATA, UEFI, i6300esb) is
+/// refused at its field before anything reaches `qemu-system-s390x`.
+#[test]
+fn devices_that_cannot_exist_on_s390x_are_refused_naming_the_field() {
+    let cases = [
+        (
+            "machine: {type: q35}",
+            "spec.domain.machine.type: machine type q35 is not supported: use s390-ccw-virtio (s390x)",
+        ),
+        (
+            "machine: {type: \"s390-ccw-virtio,accel=kvm\"}",
+            "spec.domain.machine.type: machine type s390-ccw-virtio,accel=kvm is not supported: use s390-ccw-virtio (s390x)",
+        ),
+        (
+            "firmware: {bootloader: {efi: {secureBoot: false}}}",
+            "spec.domain.firmware.bootloader.efi: s390x has no UEFI (QEMU's s390-ccw firmware boots it): remove bootloader.efi",
+        ),
+        (
+            "devices:\n      disks: [{name: d, disk: {bus: sata}}]",
+            "spec.domain.devices.disks[0].disk.bus: s390x has no SATA: use virtio or scsi",
+        ),
+        (
+            "devices:\n      interfaces: [{name: default, masquerade: {}, model: e1000}]",
+            "spec.domain.devices.interfaces[0].model: s390x has no PCI: only virtio (virtio-net-ccw) is supported",
+        ),
+        (
+            "devices:\n      interfaces: [{name: default, sriov: {}}]",
+            "spec.domain.devices.interfaces[0].sriov: s390x has no PCI for an SR-IOV virtual function (vfio-pci)",
+        ),
+        (
+            "devices:\n      inputs: [{name: t, type: tablet, bus: usb}]",
+            "spec.domain.devices.inputs[0]: s390x has no USB for a tablet",
+        ),
+        (
+            "devices:\n      watchdog: {name: w, i6300esb: {}}",
+            "spec.domain.devices.watchdog: s390x only supports Diag288 watchdog device",
+        ),
+        (
+            "devices:\n      watchdog: {name: w, diag288: {action: \"reset,id=x\"}}",
+            "spec.domain.devices.watchdog.diag288.action: reset,id=x: use reset, poweroff or shutdown",
+        ),
+    ];
+    for (domain, want) in cases {
+        let yaml = format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: x}}\nspec:\n  architecture: s390x\n  domain:\n    memory: {{guest: 64Mi}}\n    {domain}\n  networks: [{{name: default, pod: {{}}}}]\n{}",
+            if domain.contains("disks") {
+                "  volumes: [{name: d, emptyDisk: {capacity: 1Gi}}]\n"
+            } else {
+                ""
+            }
+        );
+        let vmi = parse_vmi(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        let err = MachineSpec::from_vmi(&vmi, &env()).unwrap_err();
+        assert_eq!(err.to_string(), want, "{yaml}");
+    }
+    // And an amd64 VMI cannot ask for the s390x machine.
+    let vmi = parse_vmi("apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: x}\nspec:\n  domain:\n    memory: {guest: 64Mi}\n    machine: {type: s390-ccw-virtio}\n").unwrap();
+    assert_eq!(
+        MachineSpec::from_vmi(&vmi, &env()).unwrap_err().to_string(),
+        "spec.domain.machine.type: machine type s390-ccw-virtio is not supported: use q35 or microvm"
+    );
+}
+
+/// An s390x guest runs `qemu-system-s390x` under TCG on any other host; its argv has no PCI
+/// device, no ACPI or SMBIOS option (the machine has neither) and its watchdog is diag288.
+#[test]
+fn an_s390x_guest_is_emulated_by_qemu_system_s390x_with_ccw_devices_only() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let text = std::fs::read_to_string(dir.join("s390x.yaml")).unwrap();
+    let vmi = parse_vmi(&text).unwrap();
+    let mut env = env();
+    env.accelerator = Accelerator::Kvm;
+    let spec = MachineSpec::from_vmi(&vmi, &env).unwrap();
+    assert_eq!(
+        qemu::binary(spec.arch, qemu::QEMU_BINARY),
+        "qemu-system-s390x"
+    );
+    let want = if std::env::consts::ARCH == "s390x" {
+        Accelerator::Kvm
+    } else {
+        Accelerator::Tcg
+    };
+    assert_eq!(spec.accelerator, want);
+    let argv = qemu::render(&spec).unwrap();
+    let devices: Vec<&String> = argv
+        .iter()
+        .zip(argv.iter().skip(1))
+        .filter(|(k, _)| *k == "-device")
+        .map(|(_, v)| v)
+        .collect();
+    assert!(!devices.is_empty());
+    for d in &devices {
+        assert!(
+            !d.contains("-pci") && !d.starts_with("i6300esb") && !d.starts_with("VGA"),
+            "{d} cannot exist on s390-ccw-virtio"
+        );
+    }
+    for want in [
+        "virtio-blk-ccw",
+        "virtio-scsi-ccw",
+        "virtio-net-ccw",
+        "virtio-gpu-ccw",
+        "diag288",
+    ] {
+        assert!(
+            devices.iter().any(|d| d.starts_with(want)),
+            "no {want} in {argv:?}"
+        );
+    }
+    assert!(
+        !argv.iter().any(|a| a == "-smbios" || a.contains("acpi=")),
+        "{argv:?}"
+    );
+    assert!(!argv.iter().any(|a| a.contains("romfile")), "{argv:?}");
 }
 
 /// An arm64 guest runs `qemu-system-aarch64` under TCG on any other host, whatever KVM can do.

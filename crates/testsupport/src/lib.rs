@@ -55,6 +55,19 @@ pub fn build_guest(target_tmpdir: &str) -> Result<PathBuf, String> {
     run_build(&guest_dir(target_tmpdir), &[])
 }
 
+/// Where the s390x demo guest (`guest/build.sh --arch s390x`) is kept: [`guest_dir`] with
+/// `-s390x` appended (`target_tmpdir/guest-s390x`). `scripts/test.sh` builds it there too.
+pub fn guest_dir_s390x(target_tmpdir: &str) -> PathBuf {
+    let mut dir = guest_dir(target_tmpdir).into_os_string();
+    dir.push("-s390x");
+    PathBuf::from(dir)
+}
+
+/// [`build_guest`] for the s390x demo guest, into [`guest_dir_s390x`].
+pub fn build_guest_s390x(target_tmpdir: &str) -> Result<PathBuf, String> {
+    run_build(&guest_dir_s390x(target_tmpdir), &["--arch", "s390x"])
+}
+
 /// [`build_guest`] for the arm64 demo guest, into [`guest_dir_arm64`].
 pub fn build_guest_arm64(target_tmpdir: &str) -> Result<PathBuf, String> {
     run_build(&guest_dir_arm64(target_tmpdir), &["--arch", "arm64"])
@@ -109,6 +122,25 @@ pub fn guest_arm64(target_tmpdir: &str) -> Option<PathBuf> {
     build_guest_arm64(target_tmpdir)
         .map_err(|e| eprintln!("\n!!!!! SKIPPED: the arm64 demo guest: {e} !!!!!\n"))
         .ok()
+}
+
+/// The s390x demo guest ([`build_guest_s390x`]) for tests that boot it. `None` (after a loud
+/// SKIPPED line) when `qemu-system-s390x` or its s390-ccw firmware is missing, or the build
+/// fails (e.g. no s390x apt lists: `scripts/deps.sh` adds them).
+///
+/// Call with `env!("CARGO_TARGET_TMPDIR")`.
+pub fn guest_s390x(target_tmpdir: &str) -> Option<PathBuf> {
+    let skip = |why: String| eprintln!("\n!!!!! SKIPPED: the s390x guest: {why} !!!!!\n");
+    let emulator = Command::new("qemu-system-s390x")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !emulator.is_ok_and(|s| s.success()) {
+        skip("qemu-system-s390x is not installed (apt-get install qemu-system-misc)".into());
+        return None;
+    }
+    build_guest_s390x(target_tmpdir).map_err(skip).ok()
 }
 
 /// One OCI image layout at `dir` holding the images of several demo guests' `oci/` layouts

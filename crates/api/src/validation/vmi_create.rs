@@ -1038,7 +1038,7 @@ fn validate_hyperv(spec: &VirtualMachineInstanceSpec, root: &Path, errs: &mut Ve
     }
 }
 
-/// `ValidateVirtualMachineInstancePerArch`. We run amd64 and arm64 guests (`crate::arch`).
+/// `ValidateVirtualMachineInstancePerArch`. We run amd64, arm64 and s390x guests (`crate::arch`).
 fn validate_arch(spec: &VirtualMachineInstanceSpec, root: &Path, errs: &mut Vec<FieldError>) {
     // Defaulting sets the architecture; an unset one is the default, amd64.
     let arch = spec.architecture.as_deref().unwrap_or("amd64");
@@ -1065,10 +1065,7 @@ fn validate_arch(spec: &VirtualMachineInstanceSpec, root: &Path, errs: &mut Vec<
             }
         }
         "arm64" => crate::arch::validate_arm64(spec, root, errs),
-        "s390x" => errs.push(FieldError::invalid(
-            root.child("architecture"),
-            format!("architecture {arch} is not supported by kubevirt-rs, which runs amd64 and arm64 guests only: use amd64 or arm64"),
-        )),
+        "s390x" => crate::arch::validate_s390x(spec, root, errs),
         _ => errs.push(FieldError::invalid(
             root.child("architecture"),
             crate::arch::unsupported_message(arch),

@@ -12,10 +12,11 @@
 //! `-sandbox`. Last, the RSS of a `kubevirt-launcher run` process (the launcher, not QEMU)
 //! while its VM runs.
 //!
-//! Per architecture (issue 17): `launcher-bench GUEST RUNS arch ARM64_GUEST` (ARM64_GUEST from
-//! `guest/build.sh --arch arm64`) gives start → running, → first serial byte and → banner for
-//! an amd64 guest (q35) and an arm64 guest (`virt`, qemu-system-aarch64), both kernelBoot of
-//! the image's `vmlinuz` with the same devices.
+//! Per architecture (issue 17): `launcher-bench GUEST RUNS arch ARM64_GUEST [S390X_GUEST]`
+//! (from `guest/build.sh --arch arm64` and `--arch s390x`) gives start → running, → first
+//! serial byte and → banner for an amd64 guest (q35), an arm64 guest (`virt`,
+//! qemu-system-aarch64) and, when given, an s390x guest (`s390-ccw-virtio`,
+//! qemu-system-s390x), all kernelBoot of the image's `vmlinuz` with the same devices.
 //!
 //! Memory snapshots (issue 16): the same VM saved once (`saveState` of a guest whose shell
 //! answers), then RUNS times interleaved: a cold boot → the console answers an `echo` (typed
@@ -34,10 +35,12 @@ use std::time::{Duration, Instant};
 
 const BANNER: &[u8] = b"kubevirt-rs demo guest: booted";
 
-/// `machine` is q35 or microvm (amd64), or virt (arm64: the arm64 guest's image, ref `arm64`).
+/// `machine` is q35 or microvm (amd64), virt (arm64: the arm64 guest's image, ref `arm64`) or
+/// s390-ccw-virtio (s390x: ref `s390x`).
 fn vmi(guest: &Path, machine: &str) -> String {
     let (arch, image, key) = match machine {
         "virt" => ("arm64", "demo-guest:arm64", "arm64"),
+        "s390-ccw-virtio" => ("s390x", "demo-guest:s390x", "s390x"),
         _ => ("amd64", "demo-guest:latest", machine),
     };
     let cmdline = std::fs::read_to_string(guest.join("cmdline")).unwrap_or_default();
@@ -374,6 +377,7 @@ fn architectures(
         }
         let label = match *machine {
             "virt" => "arm64 (virt, qemu-system-aarch64)",
+            "s390-ccw-virtio" => "s390x (s390-ccw-virtio, qemu-system-s390x)",
             _ => "amd64 (q35, qemu-system-x86_64)",
         };
         println!(
@@ -406,7 +410,12 @@ fn main() -> anyhow::Result<()> {
                 args.next()
                     .ok_or_else(|| anyhow::anyhow!("arch needs the arm64 guest's directory"))?,
             );
-            let r = architectures(&rt, &[(&guest, "q35"), (&arm64, "virt")], &work, runs);
+            let s390x = args.next().map(PathBuf::from);
+            let mut guests = vec![(guest.as_path(), "q35"), (arm64.as_path(), "virt")];
+            if let Some(s) = &s390x {
+                guests.push((s.as_path(), "s390-ccw-virtio"));
+            }
+            let r = architectures(&rt, &guests, &work, runs);
             let _ = std::fs::remove_dir_all(&work);
             return r;
         }

@@ -139,7 +139,9 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), CpuErro
     let max_sockets = match cpu.max_sockets {
         // microvm and QEMU's arm virt machine (before QEMU 10) have no CPU hotplug: the
         // machine keeps its boot topology.
-        _ if microvm || ctx.profile == Profile::Virt => sockets,
+        // s390x: QEMU could plug s390x-cpu devices, but the launcher's hotplug is not tried
+        // there (docs/architectures.md).
+        _ if microvm || matches!(ctx.profile, Profile::Virt | Profile::S390Ccw) => sockets,
         None | Some(0) => sockets,
         Some(m) if m < i64::from(sockets) => {
             return Err(CpuError::MaxSockets {
@@ -218,13 +220,14 @@ pub(super) fn cpu_and_memory(ctx: &Ctx) -> Result<(CpuSpec, MemorySpec), CpuErro
         }
     };
     let hotplug = match &mem.max_guest {
-        Some(q) if !microvm && ctx.profile != Profile::Virt && hugepages.is_none() => {
+        // virtio-mem is PCI only (QEMU 7.2 has no virtio-mem-ccw).
+        Some(q) if ctx.profile == Profile::Q35 && hugepages.is_none() => {
             memory_hotplug(bytes, bytes_of(q, "spec.domain.memory.maxGuest")?)?
         }
         Some(_) => {
             tracing::info!(
                 vmi = %ctx.name,
-                "spec.domain.memory.maxGuest ignored: no memory hotplug on microvm, arm64 or hugepages"
+                "spec.domain.memory.maxGuest ignored: no memory hotplug on microvm, arm64, s390x or hugepages"
             );
             None
         }

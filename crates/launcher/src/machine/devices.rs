@@ -19,10 +19,15 @@ pub enum DeviceError {
     MicrovmWatchdog,
     #[error("spec.domain.devices.watchdog: Arm64 not support Watchdog device")]
     Arm64Watchdog,
-    #[error(
-        "spec.domain.devices.watchdog.i6300esb.action: {action}: use reset, poweroff or shutdown"
-    )]
-    WatchdogAction { action: String },
+    /// KubeVirt's s390x rule; the diag288 watchdog is the only one on s390x.
+    #[error("spec.domain.devices.watchdog: s390x only supports Diag288 watchdog device")]
+    S390xWatchdog,
+    /// `field` is `spec.domain.devices.inputs[i]`.
+    #[error("{field}: s390x has no USB for a tablet")]
+    S390xInput { field: String },
+    /// `field` is `spec.domain.devices.watchdog.<model>.action`.
+    #[error("{field}: {action}: use reset, poweroff or shutdown")]
+    WatchdogAction { field: &'static str, action: String },
     #[error("spec.startStrategy: {strategy}: only Paused is supported")]
     StartStrategy { strategy: String },
 }
@@ -32,12 +37,14 @@ impl DeviceError {
     pub fn field(&self) -> &str {
         match self {
             DeviceError::MicrovmGraphics => "spec.domain.devices.autoattachGraphicsDevice",
-            DeviceError::MicrovmInput { field } | DeviceError::Input { field } => field,
-            DeviceError::WatchdogModel | DeviceError::Arm64Watchdog => {
-                "spec.domain.devices.watchdog"
-            }
+            DeviceError::MicrovmInput { field }
+            | DeviceError::Input { field }
+            | DeviceError::S390xInput { field } => field,
+            DeviceError::WatchdogModel
+            | DeviceError::Arm64Watchdog
+            | DeviceError::S390xWatchdog => "spec.domain.devices.watchdog",
             DeviceError::MicrovmWatchdog => "spec.domain.devices.watchdog.i6300esb",
-            DeviceError::WatchdogAction { .. } => "spec.domain.devices.watchdog.i6300esb.action",
+            DeviceError::WatchdogAction { field, .. } => field,
             DeviceError::StartStrategy { .. } => "spec.startStrategy",
         }
     }
@@ -71,6 +78,11 @@ pub(super) fn devices(ctx: &Ctx) -> Result<Devices, DeviceError> {
                 field: format!("spec.domain.devices.inputs[{i}]"),
             });
         }
+        if ctx.profile == Profile::S390Ccw {
+            return Err(DeviceError::S390xInput {
+                field: format!("spec.domain.devices.inputs[{i}]"),
+            });
+        }
         if input.r#type != "tablet" || input.bus.as_deref().unwrap_or("usb") != "usb" {
             return Err(DeviceError::Input {
                 field: format!("spec.domain.devices.inputs[{i}]"),
@@ -83,6 +95,16 @@ pub(super) fn devices(ctx: &Ctx) -> Result<Devices, DeviceError> {
         (dev.autoattach_mem_balloon != Some(false)).then_some(BALLOON_STATS_PERIOD_SECONDS);
     let watchdog = match &dev.watchdog {
         None => None,
+        // s390x's diag288 (KubeVirt's s390x defaulting gives a watchdog without a model one).
+        Some(w) if ctx.profile == Profile::S390Ccw => {
+            let (Some(d), None) = (&w.diag288, &w.i6300esb) else {
+                return Err(DeviceError::S390xWatchdog);
+            };
+            Some(watchdog_action(
+                d.action.as_deref(),
+                "spec.domain.devices.watchdog.diag288.action",
+            )?)
+        }
         Some(w) => {
             let Some(esb) = &w.i6300esb else {
                 return Err(DeviceError::WatchdogModel);
@@ -93,12 +115,10 @@ pub(super) fn devices(ctx: &Ctx) -> Result<Devices, DeviceError> {
             if ctx.profile == Profile::Virt {
                 return Err(DeviceError::Arm64Watchdog);
             }
-            Some(match esb.action.as_deref().unwrap_or("reset") {
-                "reset" => WatchdogAction::Reset,
-                "poweroff" => WatchdogAction::Poweroff,
-                "shutdown" => WatchdogAction::Shutdown,
-                a => return Err(DeviceError::WatchdogAction { action: a.into() }),
-            })
+            Some(watchdog_action(
+                esb.action.as_deref(),
+                "spec.domain.devices.watchdog.i6300esb.action",
+            )?)
         }
     };
     let start_paused = match spec.start_strategy.as_deref() {
@@ -114,6 +134,23 @@ pub(super) fn devices(ctx: &Ctx) -> Result<Devices, DeviceError> {
         balloon,
         watchdog,
         start_paused,
+    })
+}
+
+fn watchdog_action(
+    action: Option<&str>,
+    field: &'static str,
+) -> Result<WatchdogAction, DeviceError> {
+    Ok(match action.unwrap_or("reset") {
+        "reset" => WatchdogAction::Reset,
+        "poweroff" => WatchdogAction::Poweroff,
+        "shutdown" => WatchdogAction::Shutdown,
+        a => {
+            return Err(DeviceError::WatchdogAction {
+                field,
+                action: a.into(),
+            })
+        }
     })
 }
 

@@ -23,6 +23,9 @@ pub enum DiskError {
     /// QEMU's arm `virt` machine has no SATA controller.
     #[error("{field}: Arm64 not support this disk bus type, please use virtio or scsi")]
     Arm64Bus { field: String },
+    /// QEMU's `s390-ccw-virtio` machine has no SATA (no PCI, no AHCI).
+    #[error("{field}: s390x has no SATA: use virtio or scsi")]
+    S390xBus { field: String },
     #[error("{field}: Bus type virtio is invalid for CD-ROM device")]
     VirtioCdrom { field: String },
     #[error("{field}: sata hard-disks do not support read-only (QEMU's ide-hd refuses a read-only node): use bus virtio")]
@@ -74,6 +77,7 @@ impl DiskError {
             | DiskError::MicrovmCdrom { field }
             | DiskError::MicrovmBus { field }
             | DiskError::Arm64Bus { field }
+            | DiskError::S390xBus { field }
             | DiskError::VirtioCdrom { field }
             | DiskError::ReadonlySata { field }
             | DiskError::Cache { field, .. }
@@ -224,6 +228,9 @@ pub(super) fn disks(ctx: &Ctx) -> Result<Vec<DiskSpec>, DiskError> {
         }
         if ctx.profile == Profile::Virt && bus == Bus::Sata {
             return Err(DiskError::Arm64Bus { field: bus_field });
+        }
+        if ctx.profile == Profile::S390Ccw && bus == Bus::Sata {
+            return Err(DiskError::S390xBus { field: bus_field });
         }
         if device == DiskDevice::Cdrom && bus == Bus::Virtio {
             return Err(DiskError::VirtioCdrom { field: bus_field });

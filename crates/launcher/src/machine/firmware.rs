@@ -17,6 +17,10 @@ pub enum FirmwareError {
     MicrovmEfi,
     #[error("spec.domain.firmware.bootloader.bios: Arm64 does not support bios boot, please change to uefi boot")]
     Arm64Bios,
+    /// s390x boots through the s390-ccw firmware built into QEMU (or a kernel loaded
+    /// directly); there is no UEFI for it.
+    #[error("spec.domain.firmware.bootloader.efi: s390x has no UEFI (QEMU's s390-ccw firmware boots it): remove bootloader.efi")]
+    S390xEfi,
     #[error("spec.domain.features.smm: EFI SecureBoot requires SMM, which is disabled")]
     SecureBootWithoutSmm,
     /// KubeVirt's (and libvirt's) serial rule; the serial becomes QEMU's SMBIOS type 1 serial.
@@ -38,6 +42,7 @@ impl FirmwareError {
             FirmwareError::MicrovmNeedsKernelBoot => "spec.domain.firmware.kernelBoot",
             FirmwareError::MicrovmEfi => "spec.domain.firmware.bootloader.efi",
             FirmwareError::Arm64Bios => "spec.domain.firmware.bootloader.bios",
+            FirmwareError::S390xEfi => "spec.domain.firmware.bootloader.efi",
             FirmwareError::SecureBootWithoutSmm => "spec.domain.features.smm",
             FirmwareError::Serial { .. } => "spec.domain.firmware.serial",
             FirmwareError::Uuid { .. } => "spec.domain.firmware.uuid",
@@ -54,6 +59,9 @@ pub(super) fn firmware(ctx: &Ctx) -> Result<FirmwareParts, FirmwareError> {
     // Firmware.
     let fw = domain.firmware.clone().unwrap_or_default();
     let efi = fw.bootloader.as_ref().and_then(|b| b.efi.clone());
+    if ctx.profile == Profile::S390Ccw && efi.is_some() {
+        return Err(FirmwareError::S390xEfi);
+    }
     let firmware = if let Some(kb) = &fw.kernel_boot {
         let Some(c) = &kb.container else {
             return Err(FirmwareError::KernelBootNoContainer);

@@ -18,6 +18,11 @@ pub enum NicError {
     Model { field: String, model: String },
     #[error("{field}: microvm supports only virtio")]
     MicrovmModel { field: String },
+    /// s390x has no PCI: e1000/e1000e/rtl8139 and SR-IOV VFs (vfio-pci) cannot exist there.
+    #[error("{field}: s390x has no PCI: only virtio (virtio-net-ccw) is supported")]
+    S390xModel { field: String },
+    #[error("{field}: s390x has no PCI for an SR-IOV virtual function (vfio-pci)")]
+    S390xSriov { field: String },
     #[error("{field}: interface {interface} has no network of the same name")]
     NoNetwork { field: String, interface: String },
     #[error("{field}: masquerade is only allowed on the pod network")]
@@ -64,6 +69,8 @@ impl NicError {
             | NicError::Mac { field, .. }
             | NicError::Model { field, .. }
             | NicError::MicrovmModel { field }
+            | NicError::S390xModel { field }
+            | NicError::S390xSriov { field }
             | NicError::NoNetwork { field, .. }
             | NicError::MasqueradeNotOnPod { field }
             | NicError::Port { field, .. }
@@ -142,6 +149,11 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
                 field: format!("{ip}.model"),
             });
         }
+        if ctx.profile == Profile::S390Ccw && model != NicModel::Virtio {
+            return Err(NicError::S390xModel {
+                field: format!("{ip}.model"),
+            });
+        }
         let Some(net) = networks.get(iface.name.as_str()) else {
             return Err(NicError::NoNetwork {
                 field: format!("{ip}.name"),
@@ -152,6 +164,9 @@ pub(super) fn nics(ctx: &Ctx) -> Result<Vec<NicSpec>, NicError> {
         if iface.sriov.is_some() {
             // SR-IOV: the network's virtual function, passed through (no pod interface).
             let field = format!("{ip}.sriov");
+            if ctx.profile == Profile::S390Ccw {
+                return Err(NicError::S390xSriov { field });
+            }
             if net.multus.is_none() {
                 return Err(NicError::SriovNotOnMultus { field });
             }

@@ -45,10 +45,12 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), CpuError> {
             .set("isa-serial", "on"),
         // GICv3: more than 8 vCPUs, under TCG and on today's arm64 hosts alike.
         Profile::Virt => Opts::new("virt").set("gic-version", "3"),
+        // The channel subsystem; the console is SCLP (`-serial`), no ACPI property exists.
+        Profile::S390Ccw => Opts::new("s390-ccw-virtio"),
     };
     if microvm {
         machine = machine.set("acpi", if spec.acpi { "on" } else { "off" });
-    } else if !spec.acpi {
+    } else if !spec.acpi && spec.profile != Profile::S390Ccw {
         machine = machine.set("acpi", "off");
     }
     let secure_boot = matches!(
@@ -132,7 +134,12 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), CpuError> {
         uuid::Uuid::parse_str(u).map_err(|_| CpuError::Uuid(u.clone()))?;
         push(a, "-uuid", u.clone());
     }
-    if let Some(s) = &spec.smbios_serial {
+    // s390x has no SMBIOS (qemu-system-s390x refuses -smbios; KubeVirt's IsSMBiosNeeded).
+    if let Some(s) = spec
+        .smbios_serial
+        .as_ref()
+        .filter(|_| spec.profile != Profile::S390Ccw)
+    {
         push(
             a,
             "-smbios",

@@ -84,11 +84,11 @@ pub fn render_console(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), Dev
         push(a, "-serial", "chardev:serial0".into());
     }
     if spec.vnc {
-        // arm64 has no VGA: KubeVirt gives it virtio-gpu.
-        let video = if spec.profile == Profile::Virt {
-            "virtio-gpu-pci"
-        } else {
-            "VGA"
+        // arm64 and s390x have no VGA: KubeVirt gives them virtio-gpu.
+        let video = match spec.profile {
+            Profile::Virt => "virtio-gpu-pci",
+            Profile::S390Ccw => "virtio-gpu-ccw",
+            Profile::Q35 | Profile::Microvm => "VGA",
         };
         push(
             a,
@@ -134,11 +134,7 @@ pub fn render_console(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), Dev
 
 /// RNG, the guest agent's channel, balloon, watchdog.
 pub fn render_other(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DeviceError> {
-    let virtio_suffix = if spec.profile == Profile::Microvm {
-        "device"
-    } else {
-        "pci"
-    };
+    let virtio_suffix = spec.profile.virtio_transport();
     if spec.rng {
         push(
             a,
@@ -207,10 +203,16 @@ pub fn render_other(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), Devic
         );
     }
     if let Some(w) = spec.watchdog {
+        // s390x's watchdog is the diag288 hypercall device; elsewhere the PCI i6300esb.
+        let model = if spec.profile == Profile::S390Ccw {
+            "diag288"
+        } else {
+            "i6300esb"
+        };
         push(
             a,
             "-device",
-            fixed(Opts::new("i6300esb").set("id", "watchdog0"), "watchdog")?,
+            fixed(Opts::new(model).set("id", "watchdog0"), "watchdog")?,
         );
         // KubeVirt's "shutdown" is a graceful ACPI shutdown, "poweroff" the immediate one.
         let action = match w {

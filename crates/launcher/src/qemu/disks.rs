@@ -21,18 +21,14 @@ pub enum DiskError {
 }
 
 pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), DiskError> {
-    let virtio_suffix = if spec.profile == Profile::Microvm {
-        "device"
-    } else {
-        "pci"
-    };
-    // KubeVirt always gives a PCI machine (q35, arm virt) its SCSI controller: volumes are
-    // hotplugged there.
+    let virtio_suffix = spec.profile.virtio_transport();
+    // KubeVirt always gives a PCI machine (q35, arm virt) and s390x its SCSI controller:
+    // volumes are hotplugged there.
     if spec.profile != Profile::Microvm || spec.disks.iter().any(|d| d.bus == Bus::Scsi) {
         push(
             a,
             "-device",
-            Opts::new("virtio-scsi-pci")
+            Opts::new(&format!("virtio-scsi-{virtio_suffix}"))
                 .set("id", "scsi0")
                 .build()
                 .map_err(DiskError::Controller)?,

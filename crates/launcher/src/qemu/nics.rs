@@ -3,7 +3,7 @@
 
 use super::cpu::push;
 use super::opts::{Opts, OptsError};
-use crate::machine::{MachineSpec, NetBackend, NicModel, Profile};
+use crate::machine::{MachineSpec, NetBackend, NicModel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NicError {
@@ -37,8 +37,7 @@ pub fn normalise_mac(s: &str) -> Option<String> {
 }
 
 pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), NicError> {
-    let microvm = spec.profile == Profile::Microvm;
-    let virtio_suffix = if microvm { "device" } else { "pci" };
+    let virtio_suffix = spec.profile.virtio_transport();
     for (i, n) in spec.nics.iter().enumerate() {
         let err = |source| NicError::Option {
             nic: n.name.clone(),
@@ -112,7 +111,12 @@ pub fn render(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), NicError> {
             .set_opt("mac", n.mac.as_deref())
             .set_opt("bootindex", n.boot_order.map(|b| b.to_string()))
             // No PXE ROM probing for NICs that are not boot devices (libvirt's rom bar=off).
-            .set_if(n.boot_order.is_none() && !microvm, "romfile", "");
+            // (ROM BARs are PCI's: none on microvm or s390x.)
+            .set_if(
+                n.boot_order.is_none() && spec.profile.has_pci(),
+                "romfile",
+                "",
+            );
         push(a, "-device", dev.build().map_err(err)?);
     }
     Ok(())
