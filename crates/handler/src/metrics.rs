@@ -57,25 +57,24 @@ struct ProcDir {
 
 impl ProcDir {
     fn open(pid: u32) -> Result<ProcDir, OverheadError> {
-        let dir = std::fs::File::open(format!("/proc/{pid}")).map_err(|source| {
-            OverheadError::Read {
+        let dir =
+            std::fs::File::open(format!("/proc/{pid}")).map_err(|source| OverheadError::Read {
                 pid,
                 file: "",
                 source,
-            }
-        })?;
+            })?;
         Ok(ProcDir { pid, dir })
     }
 
     fn read(&self, file: &'static str) -> Result<Vec<u8>, OverheadError> {
         use std::os::fd::AsRawFd;
-        std::fs::read(format!("/proc/self/fd/{}/{file}", self.dir.as_raw_fd())).map_err(
-            |source| OverheadError::Read {
+        std::fs::read(format!("/proc/self/fd/{}/{file}", self.dir.as_raw_fd())).map_err(|source| {
+            OverheadError::Read {
                 pid: self.pid,
                 file,
                 source,
-            },
-        )
+            }
+        })
     }
 
     fn read_text(&self, file: &'static str) -> Result<String, OverheadError> {
@@ -253,7 +252,10 @@ enum Value {
 }
 
 /// The samples of one VMI: (family, help, extra labels, value).
-fn samples(s: &VmiStats, overhead: Option<u64>) -> Vec<(&'static str, &'static str, Labels, Value)> {
+fn samples(
+    s: &VmiStats,
+    overhead: Option<u64>,
+) -> Vec<(&'static str, &'static str, Labels, Value)> {
     use Value::{Counter, Gauge};
     let mut out = Vec::new();
     if let Some(o) = overhead {
@@ -483,8 +485,8 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let dir = VmiDir::new(root.path(), "default", "vm1").expect("dir");
         let other = VmiDir::new(root.path(), "default", "vm2").expect("dir");
-        let chardev = kubevirt_launcher::qemu::devices::qmp_chardev(&dir.qmp_socket())
-            .expect("chardev");
+        let chardev =
+            kubevirt_launcher::qemu::devices::qmp_chardev(&dir.qmp_socket()).expect("chardev");
         // `; :` keeps the inner sh from exec'ing sleep, so its command line stays.
         let mut launcher = std::process::Command::new("sh")
             .args([
@@ -500,7 +502,10 @@ mod tests {
         let (l_rss, q_rss) = (rss(l), rss(q));
         let huge = 1 << 50;
         // No mapping is as large as the guest: nothing subtracted.
-        assert_eq!(launcher_overhead(&dir, l, q, huge).ok(), Some(l_rss + q_rss));
+        assert_eq!(
+            launcher_overhead(&dir, l, q, huge).ok(),
+            Some(l_rss + q_rss)
+        );
         // A one-byte guest: every mapping counts as guest RAM, the launcher's RSS is left.
         let small = launcher_overhead(&dir, l, q, 1).expect("measured");
         assert!(small >= l_rss && small < l_rss + q_rss, "{small}");
