@@ -803,12 +803,23 @@ async fn attempt(
     pvc: &PersistentVolumeClaim,
     ns: &str,
     name: &str,
+    population: crate::metrics::Population,
 ) -> Result<kubevirt_cdi::ImportOutcome, AttemptError> {
     let source = resolve_source(ctx, dv, ns).await?;
     let target = target_for(ctx, pvc, Some(dv))
         .await
         .map_err(AttemptError::Transient)?;
-    let (sink, mut rx) = ProgressSink::watch();
+    let (watch_sink, mut rx) = ProgressSink::watch();
+    // CDI's importer exports its percent done by owner (the claim) uid; so does this.
+    let owner_uid = pvc.uid().unwrap_or_default();
+    let metrics = crate::metrics::cdi().clone();
+    metrics.set_progress(population, &owner_uid, 0.0);
+    let sink = ProgressSink::from_fn(move |p| {
+        if let Some(percent) = p.percent {
+            metrics.set_progress(population, &owner_uid, percent);
+        }
+        watch_sink.send(p);
+    });
     let opts = ctx.config.import.clone();
     let import = kubevirt_cdi::import(&source, &target, &opts, sink);
     let progress = async {
@@ -890,7 +901,15 @@ async fn import_task(
         )
         .await;
         tracing::info!(%ns, dv = %name, restarts, "import starting");
-        match attempt(&ctx, &dv, &pvc, &ns, &name).await {
+        let population = if clone {
+            crate::metrics::Population::Clone
+        } else {
+            crate::metrics::Population::Import
+        };
+        let tried = attempt(&ctx, &dv, &pvc, &ns, &name, population).await;
+        // The attempt is over: its progress series goes, as CDI's with its importer pod.
+        crate::metrics::cdi().forget_progress(&claim_uid);
+        match tried {
             Ok(out) => {
                 tracing::info!(%ns, dv = %name, formats = ?out.formats, bytes = out.transferred,
                     elapsed_ms = out.elapsed.as_millis() as u64, "import succeeded");

@@ -23,6 +23,7 @@
 
 pub mod datavolume;
 pub mod export;
+pub mod metrics;
 pub mod provisioner;
 pub mod snapshotter;
 pub mod storageprofile;
@@ -225,6 +226,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     let dvs = datavolume::run(ctx.clone());
     let profiles = storageprofile::run(ctx.clone());
     let snapshots = snapshotter::run(ctx.clone());
+    metrics::cdi().set_ready(true);
     futures::join!(prov, dvs, profiles, snapshots);
     Ok(())
 }

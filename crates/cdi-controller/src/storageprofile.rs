@@ -36,6 +36,46 @@ pub fn status_for(class: &StorageClass) -> serde_json::Value {
     status
 }
 
+/// CDI's `kubevirt_cdi_storageprofile_info` labels of the profile of `class`
+/// (`computeMetrics` of CDI's storage-profile controller, from [`status_for`]): complete when
+/// there are claim property sets and each has access modes and a volume mode; smart clone
+/// when the clone strategy is `snapshot` or `csi-clone` (ours is `copy`, CDI's host-assisted;
+/// a class of another provisioner, whose strategy CDI would look up among the
+/// VolumeSnapshotClasses, is counted as without); degraded without ReadWriteMany or smart
+/// clone (we never run on single-node OpenShift, CDI's exception).
+pub fn profile_info(class: &StorageClass) -> crate::metrics::ProfileInfo {
+    let status = status_for(class);
+    let sets = status["claimPropertySets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let complete = !sets.is_empty()
+        && sets.iter().all(|s| {
+            s["accessModes"].as_array().is_some_and(|m| !m.is_empty())
+                && s["volumeMode"].as_str().is_some_and(|m| !m.is_empty())
+        });
+    let rwx = sets.iter().any(|s| {
+        s["accessModes"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m == "ReadWriteMany"))
+    });
+    let smartclone = matches!(
+        status["cloneStrategy"].as_str(),
+        Some("snapshot" | "csi-clone")
+    );
+    let annotated = |key: &str| class.annotations().get(key).is_some_and(|v| v == "true");
+    crate::metrics::ProfileInfo {
+        storageclass: class.name_any(),
+        provisioner: class.provisioner.clone(),
+        complete,
+        default: annotated(kubevirt_api::core_kinds::DEFAULT_CLASS_ANNOTATION),
+        virtdefault: annotated("storageclass.kubevirt.io/is-default-virt-class"),
+        rwx,
+        smartclone,
+        degraded: !rwx || !smartclone,
+    }
+}
+
 async fn reconcile(class: Arc<StorageClass>, ctx: Arc<Context>) -> Result<Action, Error> {
     let profiles: Api<StorageProfile> = Api::all(ctx.client.clone());
     let name = class.name_any();
@@ -52,6 +92,9 @@ async fn reconcile(class: Arc<StorageClass>, ctx: Arc<Context>) -> Result<Action
         }
     }
     kubevirt_runtime::status::write_status(&profiles, &name, status_for(&class)).await?;
+    if class.metadata.deletion_timestamp.is_none() {
+        crate::metrics::cdi().set_profile(profile_info(&class));
+    }
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
@@ -72,6 +115,7 @@ async fn prune(ctx: Arc<Context>) {
             for p in ps.items {
                 let name = p.name_any();
                 if !cs.items.iter().any(|c| c.name_any() == name) {
+                    crate::metrics::cdi().forget_profile(&name);
                     if let Err(e) = profiles.delete(&name, &Default::default()).await {
                         tracing::debug!(profile = %name, error = %e, "deleting a storage profile");
                     }

@@ -82,6 +82,11 @@ impl ProgressSink {
         (sink, rx)
     }
 
+    /// Passes `p` on to this sink (for a sink that feeds another).
+    pub fn send(&self, p: &Progress) {
+        self.emit(p);
+    }
+
     fn emit(&self, p: &Progress) {
         if let Some(cb) = &self.callback {
             cb(p);

@@ -4,7 +4,7 @@
 //! closer together than that cost nothing. Labels `node`, `namespace`, `name` as KubeVirt's,
 //! plus `id`/`state`, `drive` or `interface`. The table is `docs/observability.md`.
 
-use kubevirt_launcher::api::stats::VmiStats;
+use kubevirt_launcher::api::stats::{self, VmiStats};
 use kubevirt_launcher::api::{LauncherClient, Request, Response, VmiDir, VmiOwner};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -23,7 +23,125 @@ pub const CALL_BUDGET: Duration = Duration::from_secs(2);
 #[derive(Default)]
 struct Cache {
     at: Option<Instant>,
-    vmis: Vec<(VmiOwner, VmiStats)>,
+    /// Each VMI's statistics and its measured launcher overhead.
+    vmis: Vec<(VmiOwner, VmiStats, Option<u64>)>,
+}
+
+/// Why the launcher overhead of a VMI was not measured.
+#[derive(Debug, thiserror::Error)]
+pub enum OverheadError {
+    #[error("reading /proc/{pid}/{file}: {source}")]
+    Read {
+        pid: u32,
+        file: &'static str,
+        source: std::io::Error,
+    },
+    #[error("process {qemu} is not a child of launcher {launcher} (its parent: {parent:?})")]
+    NotChild {
+        qemu: u32,
+        launcher: u32,
+        parent: Option<u32>,
+    },
+    #[error("process {0} does not run with this VMI's QMP socket")]
+    NotThisVmi(u32),
+    #[error("/proc/{pid}/{file} does not parse")]
+    Garbage { pid: u32, file: &'static str },
+}
+
+/// A process's `/proc/<pid>` directory, held open: every file read through it is that
+/// process's, and reads fail once it is gone, so a pid reused meanwhile is never read.
+struct ProcDir {
+    pid: u32,
+    dir: std::fs::File,
+}
+
+impl ProcDir {
+    fn open(pid: u32) -> Result<ProcDir, OverheadError> {
+        let dir =
+            std::fs::File::open(format!("/proc/{pid}")).map_err(|source| OverheadError::Read {
+                pid,
+                file: "",
+                source,
+            })?;
+        Ok(ProcDir { pid, dir })
+    }
+
+    fn read(&self, file: &'static str) -> Result<Vec<u8>, OverheadError> {
+        use std::os::fd::AsRawFd;
+        std::fs::read(format!("/proc/self/fd/{}/{file}", self.dir.as_raw_fd())).map_err(|source| {
+            OverheadError::Read {
+                pid: self.pid,
+                file,
+                source,
+            }
+        })
+    }
+
+    fn read_text(&self, file: &'static str) -> Result<String, OverheadError> {
+        String::from_utf8(self.read(file)?).map_err(|_| OverheadError::Garbage {
+            pid: self.pid,
+            file,
+        })
+    }
+
+    /// `VmRSS` of the process, in bytes.
+    fn rss(&self) -> Result<u64, OverheadError> {
+        stats::vm_rss_bytes(&self.read_text("status")?).ok_or(OverheadError::Garbage {
+            pid: self.pid,
+            file: "status",
+        })
+    }
+}
+
+/// KubeVirt's `kubevirt_vmi_launcher_memory_overhead_bytes` of the VMI in `dir`, read by the
+/// node agent (root: QEMU runs under another uid, so only the agent may read its `smaps`):
+/// the launcher's `VmRSS` plus QEMU's minus the guest RAM QEMU holds resident
+/// ([`stats::guest_resident_bytes`]).
+///
+/// `launcher` is the kernel's word for the launcher's pid (`SO_PEERCRED` of its socket);
+/// `qemu` the launcher's. QEMU's `/proc` entry must name the launcher as parent and carry the
+/// VMI's QMP chardev ([`stats::is_qemu_of`]); all of QEMU's files are read through one open
+/// `/proc/<pid>` and its parent is checked again at the end, so a process that ended and
+/// whose pid was reused is not measured.
+pub fn launcher_overhead(
+    dir: &VmiDir,
+    launcher: u32,
+    qemu: u32,
+    guest_bytes: u64,
+) -> Result<u64, OverheadError> {
+    let l = ProcDir::open(launcher)?;
+    let q = ProcDir::open(qemu)?;
+    let child_of_launcher = |q: &ProcDir| -> Result<(), OverheadError> {
+        let parent = stats::parent_pid(&q.read_text("status")?);
+        if parent == Some(launcher) {
+            Ok(())
+        } else {
+            Err(OverheadError::NotChild {
+                qemu,
+                launcher,
+                parent,
+            })
+        }
+    };
+    child_of_launcher(&q)?;
+    if !stats::is_qemu_of(&q.read("cmdline")?, dir) {
+        return Err(OverheadError::NotThisVmi(qemu));
+    }
+    let guest = stats::guest_resident_bytes(&q.read_text("smaps")?, guest_bytes).ok_or(
+        OverheadError::Garbage {
+            pid: qemu,
+            file: "smaps",
+        },
+    )?;
+    let qemu_rss = q.rss()?;
+    let launcher_rss = l.rss()?;
+    // Still the launcher's child: the launcher was alive all along, so `l` is it too.
+    child_of_launcher(&q)?;
+    Ok(stats::launcher_overhead_bytes(
+        launcher_rss,
+        qemu_rss,
+        guest,
+    ))
 }
 
 /// The collector of this node's per-VMI metrics.
@@ -82,9 +200,22 @@ impl NodeStats {
                     .await
                     .ok()?
                     .with_timeout(CALL_BUDGET);
+                let peer = client.peer_pid();
                 match client.call(Request::Stats).await {
                     Ok(Response::Stats(v)) => match serde_json::from_value::<VmiStats>(v) {
-                        Ok(s) => Some((owner, s)),
+                        Ok(s) => {
+                            let overhead = match (peer, s.qemu_pid) {
+                                (Some(l), Some(q)) => {
+                                    launcher_overhead(&dir, l, q, s.memory.guest_bytes)
+                                        .map_err(|e| {
+                                            tracing::debug!(error = %e, vmi = %owner.name, "launcher overhead");
+                                        })
+                                        .ok()
+                                }
+                                _ => None,
+                            };
+                            Some((owner, s, overhead))
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, "a launcher's stats do not decode");
                             None
@@ -121,9 +252,20 @@ enum Value {
 }
 
 /// The samples of one VMI: (family, help, extra labels, value).
-fn samples(s: &VmiStats) -> Vec<(&'static str, &'static str, Labels, Value)> {
+fn samples(
+    s: &VmiStats,
+    overhead: Option<u64>,
+) -> Vec<(&'static str, &'static str, Labels, Value)> {
     use Value::{Counter, Gauge};
     let mut out = Vec::new();
+    if let Some(o) = overhead {
+        out.push((
+            "kubevirt_vmi_launcher_memory_overhead_bytes",
+            "Estimation of the memory amount required for virt-launcher's infrastructure components (e.g. libvirt, QEMU).",
+            vec![],
+            Gauge(o as f64),
+        ));
+    }
     for v in &s.vcpus {
         out.push((
             "kubevirt_vmi_vcpu_seconds",
@@ -276,8 +418,8 @@ impl Collector for NodeStats {
         // Group by family: each family's descriptor once, then every VMI's samples.
         let cache = self.cache();
         let mut families: Vec<FamilyRows> = Vec::new();
-        for (owner, stats) in &cache.vmis {
-            for (name, help, extra, value) in samples(stats) {
+        for (owner, stats, overhead) in &cache.vmis {
+            for (name, help, extra, value) in samples(stats, *overhead) {
                 let mut labels: Labels = vec![
                     ("node", self.node.clone()),
                     ("namespace", owner.namespace.clone()),
@@ -311,5 +453,81 @@ impl Collector for NodeStats {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The child of `parent` (scanning /proc), once it is there.
+    fn child_of(parent: u32, dir: &VmiDir) -> u32 {
+        for _ in 0..200 {
+            for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                // Once it has exec'd its own command line (not the forking parent's copy).
+                if stats::parent_pid(&status) == Some(parent) && stats::is_qemu_of(&cmdline, dir) {
+                    return pid;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no child of {parent}");
+    }
+
+    /// A stand-in launcher (a shell) whose child runs with a VMI's QMP chardev: its overhead
+    /// is both processes' RSS less the mappings as large as the guest; the same pid claimed
+    /// for another VMI, under another parent, or once it has exited is refused.
+    #[test]
+    fn launcher_overhead_is_measured_only_for_the_vmis_own_qemu() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = VmiDir::new(root.path(), "default", "vm1").expect("dir");
+        let other = VmiDir::new(root.path(), "default", "vm2").expect("dir");
+        let chardev =
+            kubevirt_launcher::qemu::devices::qmp_chardev(&dir.qmp_socket()).expect("chardev");
+        // `; :` keeps the inner sh from exec'ing sleep, so its command line stays.
+        let mut launcher = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "sh -c 'sleep 20; :' qemu -chardev \"$0\" & wait",
+                &chardev,
+            ])
+            .spawn()
+            .expect("sh");
+        let l = launcher.id();
+        let q = child_of(l, &dir);
+        let rss = |pid| ProcDir::open(pid).and_then(|p| p.rss()).expect("rss");
+        let huge = 1 << 50;
+        // No mapping is as large as the guest: nothing subtracted (between the RSS sums read
+        // before and after, should a shell still be settling).
+        let before = rss(l) + rss(q);
+        let got = launcher_overhead(&dir, l, q, huge).expect("measured");
+        let (l_rss, q_rss) = (rss(l), rss(q));
+        let after = l_rss + q_rss;
+        assert!(
+            (before.min(after)..=before.max(after)).contains(&got),
+            "{got} not between {before} and {after}"
+        );
+        // A one-byte guest: every mapping counts as guest RAM, the launcher's RSS is left.
+        let small = launcher_overhead(&dir, l, q, 1).expect("measured");
+        assert!(small >= l_rss && small < l_rss + q_rss, "{small}");
+        assert!(matches!(
+            launcher_overhead(&other, l, q, huge),
+            Err(OverheadError::NotThisVmi(p)) if p == q
+        ));
+        assert!(matches!(
+            launcher_overhead(&dir, std::process::id(), q, huge),
+            Err(OverheadError::NotChild { parent: Some(p), .. }) if p == l
+        ));
+        // The launcher itself is not a VMI's QEMU.
+        assert!(launcher_overhead(&dir, std::process::id(), l, huge).is_err());
+        assert!(launcher_overhead(&dir, 0, q, huge).is_err());
+        unsafe { libc::kill(q as i32, libc::SIGKILL) };
+        launcher.wait().expect("wait");
+        assert!(launcher_overhead(&dir, l, q, huge).is_err());
     }
 }

@@ -13,7 +13,10 @@
 //!   `system:monitoring` carries KubeVirt's series for the VMI and the phase-transition
 //!   histogram counted it; a token without the role gets 403; `promtool check metrics`
 //!   accepts the exposition and a real Prometheus scrapes it and evaluates the shipped rules
-//!   (`deploy/monitoring/kubevirt-rules.yaml`, also checked by `promtool check rules`).
+//!   (`deploy/monitoring/kubevirt-rules.yaml`, also checked by `promtool check rules`); the
+//!   node agent's measured `kubevirt_vmi_launcher_memory_overhead_bytes` is among the series.
+//!   The shipped alerts' own cases run with `promtool test rules`
+//!   (`deploy/monitoring/kubevirt-rules-test.yaml`).
 //! - Architectures (docs/architectures.md): an arm64 VM (qemu-system-aarch64, TCG) and an
 //!   x86_64 VM from one `kubectl apply` run side by side, each printing its `uname -m`.
 
@@ -403,6 +406,13 @@ fn check_metrics(e: &Env, name: &str) {
         sample(&text, &rss).is_some_and(|b| b > 1e6),
         "{rss}:\n{text}"
     );
+    // Measured by the node agent from the launcher's and QEMU's /proc: some MiB of launcher
+    // and QEMU, less than QEMU's whole RSS plus a launcher.
+    let overhead = format!("kubevirt_vmi_launcher_memory_overhead_bytes{{{vmi}}}");
+    assert!(
+        sample(&text, &overhead).is_some_and(|b| b > 1e6 && b < 1e9),
+        "{overhead}:\n{text}"
+    );
     for (family, drive) in [
         ("kubevirt_vmi_storage_read_traffic_bytes_total", "rootdisk"),
         ("kubevirt_vmi_storage_iops_read_total", "rootdisk"),
@@ -517,6 +527,30 @@ fn check_metrics(e: &Env, name: &str) {
     eprintln!("metrics checks took {:?}", started.elapsed());
 }
 
+/// The shipped alerts fire for the VMs they describe and spare the others:
+/// `promtool test rules` on `deploy/monitoring/kubevirt-rules-test.yaml` (input series and
+/// the alerts expected at given times, a positive and a negative case for each alert).
+#[test]
+fn promtool_rules_tests_fire_and_spare_the_right_vms() {
+    if !kubevirt_testsupport::have("promtool", &["--version"], "see scripts/deps.sh") {
+        eprintln!("SKIPPED: promtool is not installed (scripts/deps.sh installs it)");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/monitoring");
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules", "kubevirt-rules-test.yaml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool test rules: {said}");
+    assert!(said.contains("SUCCESS"), "{said}");
+}
+
 /// Starts Debian's Prometheus on loopback scraping the server every second with the
 /// scraper's token and the shipped rules, and asserts through its query API that the VMI's
 /// series and a recording rule over them exist.
@@ -589,6 +623,7 @@ scrape_configs:
         "kubevirt_workqueue_work_duration_seconds_count{name=\"virt-controller-vmi\"} >= 1".to_string(),
         format!("kubevirt_vmi_vcpu_seconds_total{{name=\"{name}\",node=\"{node}\",id=\"0\"}} > 0"),
         format!("kubevirt_vmi_memory_resident_bytes{{name=\"{name}\"}} > 0"),
+        format!("kubevirt_vmi_launcher_memory_overhead_bytes{{name=\"{name}\",node=\"{node}\"}} > 0"),
         format!("kubevirt_vmi_vcpu_delay_seconds_total{{name=\"{name}\",id=\"0\"}} >= 0"),
         format!("kubevirt_vmi_storage_read_traffic_bytes_total{{name=\"{name}\",drive=\"rootdisk\"}} > 0"),
         "up{job=\"kubevirt-rs\"} == 1".to_string(),

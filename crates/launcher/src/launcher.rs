@@ -1667,6 +1667,7 @@ impl Vm {
             },
             block,
             net,
+            qemu_pid: Some(self.qemu_pid),
         };
         // Numbers and strings only: serializing cannot fail.
         Ok(serde_json::to_value(reply).unwrap_or_default())

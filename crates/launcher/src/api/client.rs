@@ -59,6 +59,7 @@ pub struct LauncherClient {
     next_id: u64,
     timeout: Option<Duration>,
     line: Vec<u8>,
+    peer_pid: Option<u32>,
 }
 
 impl LauncherClient {
@@ -86,15 +87,29 @@ impl LauncherClient {
                     })
                 }
             };
+        // The kernel's word for who listens on the socket (`SO_PEERCRED`).
+        let peer_pid = stream
+            .peer_cred()
+            .ok()
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0);
         let (rd, wr) = stream.into_split();
         Ok(LauncherClient {
             path,
+            peer_pid,
             reader: BufReader::new(rd),
             writer: wr,
             next_id: 1,
             timeout: None,
             line: Vec::new(),
         })
+    }
+
+    /// The pid of the process serving the socket when it was connected, as the kernel
+    /// reports it (`SO_PEERCRED`), not as the launcher says.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.peer_pid
     }
 
     /// Use this timeout for every call instead of the per-method default.

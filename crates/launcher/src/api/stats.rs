@@ -17,6 +17,12 @@ pub struct VmiStats {
     pub block: Vec<BlockStats>,
     #[serde(default)]
     pub net: Vec<NetStats>,
+    /// The pid of the QEMU this launcher runs, for the node agent's overhead measurement
+    /// ([`launcher_overhead_bytes`]). The agent does not take it on trust: it checks that the
+    /// process is a child of the launcher it asked (the socket's peer) and runs with this
+    /// VMI's QMP socket ([`is_qemu_of`]) before reading its memory maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_pid: Option<u32>,
 }
 
 /// One vCPU thread's CPU time (from `/proc/<qemu>/task/<thread>/stat`).
@@ -48,6 +54,72 @@ pub fn vm_rss_bytes(status: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
+}
+
+/// `PPid` of a `/proc/<pid>/status` text.
+pub fn parent_pid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether a `/proc/<pid>/cmdline` (NUL-separated arguments) is the QEMU of the VMI in
+/// `dir`: it has `-chardev` with this VMI's QMP socket, the value the launcher started it
+/// with ([`crate::qemu::devices::qmp_chardev`]).
+pub fn is_qemu_of(cmdline: &[u8], dir: &super::VmiDir) -> bool {
+    let Ok(want) = crate::qemu::devices::qmp_chardev(&dir.qmp_socket()) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .any(|w| w[0] == b"-chardev" && w[1] == want.as_bytes())
+}
+
+/// The guest RAM QEMU holds resident, from its `/proc/<pid>/smaps` text: the `Rss` of every
+/// mapping at least as large as the guest's memory and not executable (the RAM backends;
+/// smaller mappings are QEMU's own, and an executable one is TCG's code buffer, never guest
+/// RAM). `None` for a text that is not smaps (no mapping with `Size` and `Rss`, or a number
+/// that does not parse), so garbage never turns into a number.
+pub fn guest_resident_bytes(smaps: &str, guest_bytes: u64) -> Option<u64> {
+    // (executable, size, rss), sizes in KiB, of each mapping seen.
+    let mut maps: Vec<(bool, Option<u64>, Option<u64>)> = Vec::new();
+    let kib = |v: &str| -> Option<u64> { v.trim().strip_suffix("kB")?.trim().parse().ok() };
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-') {
+            if u64::from_str_radix(lo, 16).is_ok() && u64::from_str_radix(hi, 16).is_ok() {
+                let perms = words.next().unwrap_or("");
+                maps.push((perms.as_bytes().get(2) == Some(&b'x'), None, None));
+                continue;
+            }
+        }
+        let Some(cur) = maps.last_mut() else { continue };
+        if let Some(v) = line.strip_prefix("Size:") {
+            cur.1 = Some(kib(v)?);
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            cur.2 = Some(kib(v)?);
+        }
+    }
+    let mut seen = false;
+    let mut resident = 0u64;
+    for (exec, size, rss) in maps {
+        let (Some(size), Some(rss)) = (size, rss) else {
+            continue;
+        };
+        seen = true;
+        if !exec && size.saturating_mul(1024) >= guest_bytes {
+            resident = resident.saturating_add(rss.saturating_mul(1024));
+        }
+    }
+    seen.then_some(resident)
+}
+
+/// KubeVirt's `kubevirt_vmi_launcher_memory_overhead_bytes` as measured on the node: what the
+/// launcher and QEMU hold resident besides the guest's RAM.
+pub fn launcher_overhead_bytes(launcher_rss: u64, qemu_rss: u64, guest_resident: u64) -> u64 {
+    launcher_rss.saturating_add(qemu_rss.saturating_sub(guest_resident))
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -153,6 +225,72 @@ mod tests {
             Some(1640 * 1024)
         );
         assert_eq!(vm_rss_bytes("VmRSS: lots"), None);
+    }
+
+    /// The guest RAM is the Rss of the mappings as large as the guest; QEMU's PPid and its
+    /// QMP chardev identify it; garbage gives no number.
+    #[test]
+    fn overhead_is_read_from_smaps_status_and_cmdline() {
+        let smaps = "\
+55d4c8a00000-55d4c8b00000 r-xp 00000000 08:01 1234                       /usr/bin/qemu-system-x86_64
+Size:               1024 kB
+KernelPageSize:        4 kB
+Rss:                 800 kB
+Pss:                 800 kB
+VmFlags: rd ex mr mw me dw
+7f0000000000-7f0008000000 rw-p 00000000 00:00 0
+Size:             131072 kB
+Rss:               65536 kB
+VmFlags: rd wr mr mw me ac
+7f0010000000-7f0010100000 rw-p 00000000 00:00 0                          [heap]
+Size:               1024 kB
+Rss:                1000 kB
+7f0020000000-7f0060000000 rwxp 00000000 00:00 0
+Size:            1048576 kB
+Rss:                4000 kB
+";
+        let guest = 128 * 1024 * 1024;
+        assert_eq!(guest_resident_bytes(smaps, guest), Some(65536 * 1024));
+        // TCG's code buffer (rwx) is as large as the guest but is not guest RAM; a bigger
+        // guest than any mapping: nothing of it is resident.
+        assert_eq!(guest_resident_bytes(smaps, guest * 2), Some(0));
+        assert_eq!(guest_resident_bytes("", guest), None);
+        assert_eq!(guest_resident_bytes("Rss: 5 kB\nnot smaps\n", guest), None);
+        assert_eq!(
+            guest_resident_bytes("7f00-7f10 rw-p 0 00:00 0\nSize: many kB\nRss: 4 kB\n", 1),
+            None
+        );
+        assert_eq!(
+            guest_resident_bytes("7f00-7f10 rw-p 0 00:00 0\nSize: 4 kB\nRss: -4 kB\n", 1),
+            None
+        );
+        // 20 MiB of launcher, 100 MiB of QEMU of which 64 MiB guest: 56 MiB.
+        assert_eq!(
+            launcher_overhead_bytes(20 << 20, 100 << 20, 64 << 20),
+            56 << 20
+        );
+        assert_eq!(launcher_overhead_bytes(1, 5, 10), 1);
+
+        assert_eq!(parent_pid("Name:\tqemu\nPid:\t77\nPPid:\t42\n"), Some(42));
+        assert_eq!(parent_pid("PPid:\tx\n"), None);
+        assert_eq!(parent_pid(""), None);
+
+        let dir = super::super::VmiDir::new(std::path::Path::new("/run/kv"), "default", "vm1")
+            .expect("dir");
+        let socket = dir.qmp_socket();
+        let qemu = format!(
+            "qemu-system-x86_64\0-chardev\0socket,id=qmp,path={},server=on,wait=off\0-mon\0chardev=qmp,mode=control\0",
+            socket.display()
+        );
+        assert!(is_qemu_of(qemu.as_bytes(), &dir));
+        let other = super::super::VmiDir::new(std::path::Path::new("/run/kv"), "default", "vm2")
+            .expect("dir");
+        assert!(!is_qemu_of(qemu.as_bytes(), &other));
+        // The path somewhere else in the command line is not the QMP chardev.
+        let impostor = format!("sleep\0{}\0", socket.display());
+        assert!(!is_qemu_of(impostor.as_bytes(), &dir));
+        assert!(!is_qemu_of(b"", &dir));
+        assert!(!is_qemu_of(&[0xff, 0, 0xfe], &dir));
     }
 
     #[test]

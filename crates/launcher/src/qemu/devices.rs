@@ -47,13 +47,7 @@ pub fn render_control(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), Dev
     push(
         a,
         "-chardev",
-        Opts::new("socket")
-            .set("id", "qmp")
-            .set_path("path", &spec.qmp_socket())
-            .set("server", "on")
-            .set("wait", "off")
-            .build()
-            .map_err(DeviceError::Qmp)?,
+        qmp_chardev(&spec.qmp_socket()).map_err(DeviceError::Qmp)?,
     );
     push(
         a,
@@ -65,6 +59,18 @@ pub fn render_control(spec: &MachineSpec, a: &mut Vec<String>) -> Result<(), Dev
             .map_err(DeviceError::Qmp)?,
     );
     Ok(())
+}
+
+/// The `-chardev` value of QEMU's QMP socket at `path`: the launcher starts QEMU with it, and
+/// the node agent recognises a VMI's QEMU by it in `/proc/<pid>/cmdline`
+/// ([`crate::api::stats::is_qemu_of`]).
+pub fn qmp_chardev(path: &std::path::Path) -> Result<String, OptsError> {
+    Opts::new("socket")
+        .set("id", "qmp")
+        .set_path("path", path)
+        .set("server", "on")
+        .set("wait", "off")
+        .build()
 }
 
 /// Serial console, graphics and input.
