@@ -171,7 +171,9 @@ pub fn decide(
         // cannot finish moving; it stays at the source. Once the source reported the migration
         // completed, the guest is the target's: the target's agent takes the VMI over and the
         // migration succeeds below.
-        let reported = st["completed"] == true;
+        // After the switch to post-copy the guest runs at the target while its pages still
+        // come from the source: neither side alone has the guest, so nothing is declared.
+        let reported = st["completed"] == true || st["mode"] == "PostCopy";
         let in_flight = matches!(
             p,
             Some(
@@ -1086,6 +1088,14 @@ mod tests {
         let running = mig(json!({"status": {"phase": "Running"}}));
         assert_eq!(
             decide(&running, Some(&completed), &silent, &limits, now),
+            Step::Wait(Some(SOURCE_RECHECK))
+        );
+        // In post-copy the guest already runs at the target: failing would remove it there.
+        let postcopy = vmi(json!({"status": {"nodeName": "node01", "migrationState": {
+            "migrationUid": "u1", "sourceNode": "node01", "targetNode": "node02",
+            "startTimestamp": "2026-11-30T07:00:00Z", "mode": "PostCopy"}}}));
+        assert_eq!(
+            decide(&running, Some(&postcopy), &silent, &limits, now),
             Step::Wait(Some(SOURCE_RECHECK))
         );
         // Before the hand-off the source has nothing to report: placement goes on.

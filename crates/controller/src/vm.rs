@@ -432,6 +432,15 @@ pub fn vmi_for(
     Ok(vmi)
 }
 
+/// Takes the memory snapshot reference off VM `name` (it was used).
+async fn strip_memory_reference(vms: &Api<VirtualMachine>, name: &str) -> Result<(), Error> {
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        kubevirt_api::memsnap::RESTORE: null}}});
+    vms.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
 /// The VMI of a VM restored from a memory snapshot: the reference (the node agent starts it
 /// from that memory, or fails it saying why), pinned to the node holding the memory.
 pub fn with_memory(vmi: &mut VirtualMachineInstance, reference: &str) {
@@ -683,22 +692,25 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
             return Ok(Action::requeue(Duration::from_millis(100)));
         }
     }
+    // A VMI created with the VM's memory reference (a crash came before the VM lost it):
+    // the reference has been used.
+    if let (Some(m), Some(v)) = (vm.annotations().get(kubevirt_api::memsnap::RESTORE), &vmi) {
+        if v.annotations().get(kubevirt_api::memsnap::RESTORE) == Some(m) {
+            strip_memory_reference(&vms, &name).await?;
+        }
+    }
     match decision {
         Decision::Nothing => {}
         Decision::CreateAfter(d) => requeue = requeue.min(d + Duration::from_millis(50)),
         Decision::Create => {
-            // A restored memory snapshot is honoured once: the reference is taken off the VM
-            // before the VMI carrying it is created, so a later start boots.
+            // A restored memory snapshot is honoured once: the VMI created carries the
+            // reference, and it is then taken off the VM (below, and on any later pass that
+            // finds the VMI carrying it), so a later start boots. Taken off only after the
+            // create, so a failed create or a crash before it keeps it for the next try.
             let memory = vm
                 .annotations()
                 .get(kubevirt_api::memsnap::RESTORE)
                 .cloned();
-            if memory.is_some() {
-                let patch = serde_json::json!({"metadata": {"annotations": {
-                    kubevirt_api::memsnap::RESTORE: null}}});
-                vms.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
-            }
             let cluster = ctx.config.cluster.borrow().clone();
             let made = match instancetype::fetch(&ctx.client, &vm, &status, &ns).await {
                 Ok((it, pref)) => vmi_for(&vm, it.as_ref(), pref.as_ref(), &cluster.defaults())
@@ -731,6 +743,9 @@ pub async fn reconcile(mut vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result
             };
             match created {
                 Ok(v) => {
+                    if memory.is_some() {
+                        strip_memory_reference(&vms, &name).await?;
+                    }
                     ctx.event(
                         vm.as_ref(),
                         EventType::Normal,

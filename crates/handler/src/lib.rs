@@ -765,8 +765,10 @@ async fn prepare_memory_restore(
     }
 }
 
-/// Removes this node's memory snapshots whose VirtualMachineSnapshotContent is gone
-/// ([`memstore::collect`]).
+/// Removes this node's memory snapshots that nothing names any more ([`memstore::collect`]):
+/// no VirtualMachineSnapshot (by uid), no VirtualMachineSnapshotContent, and no VM or VMI
+/// whose restore reference still points at it (a VM restored while stopped keeps its
+/// memory when its snapshot is deleted before it starts).
 async fn collect_memory(ctx: &Context) {
     use kubevirt_api::memsnap;
     let root = memstore::root(&ctx.config.data_dir);
@@ -783,19 +785,39 @@ async fn collect_memory(ctx: &Context) {
             Api::namespaced(ctx.client.clone(), &name);
         let snapshots: Api<kubevirt_api::VirtualMachineSnapshot> =
             Api::namespaced(ctx.client.clone(), &name);
+        let vms: Api<kubevirt_api::VirtualMachine> = Api::namespaced(ctx.client.clone(), &name);
+        let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &name);
         let lp = kube::api::ListParams::default();
-        let keys = match (snapshots.list(&lp).await, contents.list(&lp).await) {
-            (Ok(s), Ok(c)) => Some(
+        let listed = async {
+            Ok::<_, kube::Error>((
+                snapshots.list(&lp).await?,
+                contents.list(&lp).await?,
+                vms.list(&lp).await?,
+                vmis.list(&lp).await?,
+            ))
+        };
+        let keys = match listed.await {
+            Ok((s, c, vm, vmi)) => Some(
                 c.items
                     .iter()
                     .filter_map(|c| c.annotations().get(memsnap::CONTENT_STATE))
+                    .chain(
+                        vm.items
+                            .iter()
+                            .filter_map(|v| v.annotations().get(memsnap::RESTORE)),
+                    )
+                    .chain(
+                        vmi.items
+                            .iter()
+                            .filter_map(|v| v.annotations().get(memsnap::RESTORE)),
+                    )
                     .filter_map(|v| memsnap::MemoryRef::parse(v).ok())
                     .filter(|r| r.node == ctx.config.node_name)
                     .map(|r| r.key)
                     .chain(s.items.iter().filter_map(|s| s.metadata.uid.clone()))
                     .collect::<Vec<_>>(),
             ),
-            (Err(e), _) | (_, Err(e)) => {
+            Err(e) => {
                 tracing::debug!(error = %e, "listing snapshots for the memory store");
                 None
             }

@@ -34,9 +34,10 @@ use kube::Client;
 use kubevirt_api::memsnap::{self, SaveMemory};
 use kubevirt_api::VirtualMachineInstance;
 use kubevirt_launcher::api::logs::{self, LogContainer};
-use kubevirt_launcher::api::memstate::SavedState;
+use kubevirt_launcher::api::memstate::{self, SavedState};
 use kubevirt_launcher::api::{
-    ClientError as LauncherError, LauncherClient, Method, Request, Response, VmiDir, VmiDirError,
+    ClientError as LauncherError, LauncherClient, Method, Phase, Request, Response, VmiDir,
+    VmiDirError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -329,7 +330,9 @@ impl Endpoint {
             }
         };
         match action {
-            "rpc" | "savememory" | "resumememory" => want(HttpMethod::PUT)?,
+            "rpc" | memsnap::SAVE_SUBRESOURCE | memsnap::RESUME_SUBRESOURCE => {
+                want(HttpMethod::PUT)?
+            }
             "console" | "vnc" | "logs" => want(HttpMethod::GET)?,
             _ => return Err(Refusal::new(Reason::NotFound, format!("no route {path}"))),
         }
@@ -362,7 +365,7 @@ impl Endpoint {
             );
             return Ok(r);
         }
-        if action == "savememory" || action == "resumememory" {
+        if action == memsnap::SAVE_SUBRESOURCE || action == memsnap::RESUME_SUBRESOURCE {
             let body = Limited::new(req.into_body(), MAX_BODY)
                 .collect()
                 .await
@@ -373,7 +376,13 @@ impl Endpoint {
             let save =
                 SaveMemory::parse(&value).map_err(|e| Refusal::new(Reason::BadRequest, e))?;
             return self
-                .memory(ns, name, &dir, &save.key, action == "savememory")
+                .memory(
+                    ns,
+                    name,
+                    &dir,
+                    &save.key,
+                    action == memsnap::SAVE_SUBRESOURCE,
+                )
                 .await;
         }
         if action == "rpc" {
@@ -515,34 +524,71 @@ impl Endpoint {
                 Err(e) => Err(Refusal::new(Reason::Unavailable, e.to_string())),
             }
         };
+        // A save that went through at the launcher while its answer was lost (the caller
+        // timed out, this agent restarted, the move into the store failed) left the guest
+        // paused with its state in the VMI directory: that state says whether the guest ran.
+        let leftover = || {
+            let paused = dir.read_state().is_ok_and(|st| {
+                st.phase == Phase::Paused && st.reason == memstate::reason::STATE_SAVED
+            });
+            if paused {
+                dir.read_saved_state().ok().flatten()
+            } else {
+                None
+            }
+        };
         let saved = match (save, stored) {
             (true, Some(s)) => s,
             (true, None) => {
-                tracing::info!(
-                    namespace = ns,
-                    name,
-                    key,
-                    "saving the guest's memory for a snapshot"
-                );
-                let r = launcher(Request::SaveState { resume: false }).await?;
-                let Response::SavedState(saved) = r else {
-                    return Err(Refusal::new(
-                        Reason::Launcher,
-                        "saveState: unexpected reply",
-                    ));
+                let saved = match leftover() {
+                    Some(s) => s,
+                    None => {
+                        tracing::info!(
+                            namespace = ns,
+                            name,
+                            key,
+                            "saving the guest's memory for a snapshot"
+                        );
+                        match launcher(Request::SaveState { resume: false }).await {
+                            Ok(Response::SavedState(saved)) => *saved,
+                            Ok(_) => {
+                                return Err(Refusal::new(
+                                    Reason::Launcher,
+                                    "saveState: unexpected reply",
+                                ))
+                            }
+                            Err(e) => {
+                                // The guest must not stay stopped for a snapshot that failed.
+                                if leftover().is_some_and(|s| s.guest_running) {
+                                    let _ = launcher(Request::Unpause).await;
+                                }
+                                return Err(e);
+                            }
+                        }
+                    }
                 };
                 let (d, n, k, vd, s) = (
                     data_dir,
                     ns.to_string(),
                     key.to_string(),
                     dir.clone(),
-                    (*saved).clone(),
+                    saved.clone(),
                 );
-                tokio::task::spawn_blocking(move || crate::memstore::save(&d, &n, &k, &vd, &s))
-                    .await
-                    .map_err(|e| Refusal::new(Reason::Unavailable, e.to_string()))?
-                    .map_err(|e| Refusal::new(Reason::Unavailable, e.to_string()))?;
-                *saved
+                let moved =
+                    tokio::task::spawn_blocking(move || crate::memstore::save(&d, &n, &k, &vd, &s))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
+                if let Err(e) = moved {
+                    // The snapshot fails; the guest runs on as it did.
+                    if saved.guest_running {
+                        if let Err(u) = launcher(Request::Unpause).await {
+                            tracing::warn!(namespace = ns, name, error = %u.message, "resuming the guest after a failed memory save");
+                        }
+                    }
+                    return Err(Refusal::new(Reason::Unavailable, e));
+                }
+                saved
             }
             (false, Some(s)) => {
                 if s.guest_running {
@@ -550,12 +596,21 @@ impl Endpoint {
                 }
                 s
             }
-            (false, None) => {
-                return Err(Refusal::new(
-                    Reason::NotFound,
-                    format!("no memory snapshot {key} of namespace {ns} on this node"),
-                ))
-            }
+            // Nothing stored under this key, but a save left the guest stopped: run it on.
+            (false, None) => match leftover() {
+                Some(s) => {
+                    if s.guest_running {
+                        launcher(Request::Unpause).await?;
+                    }
+                    s
+                }
+                None => {
+                    return Err(Refusal::new(
+                        Reason::NotFound,
+                        format!("no memory snapshot {key} of namespace {ns} on this node"),
+                    ))
+                }
+            },
         };
         Ok(json_reply(
             StatusCode::OK,
@@ -659,11 +714,7 @@ impl HandlerClient {
     }
 
     async fn connect(&self, ep: &HandlerEndpoint) -> Result<Sender, ClientError> {
-        let protocol = |detail: String| ClientError::Protocol {
-            node: ep.node.clone(),
-            address: ep.address,
-            detail,
-        };
+        let protocol = |detail: String| protocol(ep, detail);
         let connect_error = |source| ClientError::Connect {
             node: ep.node.clone(),
             address: ep.address,
@@ -714,15 +765,55 @@ impl HandlerClient {
             .unwrap_or_default();
         match serde_json::from_slice::<Refusal>(&body) {
             Ok(refusal) => Ok(ClientError::Refused { status, refusal }),
-            Err(_) => Err(ClientError::Protocol {
-                node: ep.node.clone(),
-                address: ep.address,
-                detail: format!(
+            Err(_) => Err(protocol(
+                ep,
+                format!(
                     "answered {status}: {}",
                     String::from_utf8_lossy(&body[..body.len().min(200)])
                 ),
-            }),
+            )),
         }
+    }
+
+    /// Sends `req` to the endpoint's node agent and returns the body of its 200 answer; any
+    /// other status is the agent's refusal.
+    async fn fetch(
+        &self,
+        ep: &HandlerEndpoint,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<Bytes, ClientError> {
+        let mut sender = self.connect(ep).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| protocol(ep, format!("HTTP: {e}")))?;
+        if resp.status() != StatusCode::OK {
+            return Err(Self::refusal(ep, resp).await.unwrap_or_else(|e| e));
+        }
+        Ok(resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| protocol(ep, format!("reading the answer: {e}")))?
+            .to_bytes())
+    }
+
+    /// A PUT of `body` as JSON to the VMI `namespace/name`'s `action`.
+    async fn put_json<T: serde::Serialize>(
+        &self,
+        ep: &HandlerEndpoint,
+        namespace: &str,
+        name: &str,
+        action: &str,
+        body: &T,
+    ) -> Result<Bytes, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| protocol(ep, e.to_string()))?;
+        let req = http::Request::put(vmi_path(namespace, name, action))
+            .header(header::HOST, ep.node.as_str())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| protocol(ep, e.to_string()))?;
+        self.fetch(ep, req).await
     }
 
     /// One launcher call on the VMI `namespace/name` of the endpoint's node.
@@ -734,34 +825,10 @@ impl HandlerClient {
         request: Request,
     ) -> Result<Response, ClientError> {
         let method = request.method();
-        let protocol = |detail: String| ClientError::Protocol {
-            node: ep.node.clone(),
-            address: ep.address,
-            detail,
-        };
-        let body = serde_json::to_vec(&request).map_err(|e| protocol(e.to_string()))?;
-        let req = http::Request::put(vmi_path(namespace, name, "rpc"))
-            .header(header::HOST, ep.node.as_str())
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| protocol(e.to_string()))?;
-        let mut sender = self.connect(ep).await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| protocol(format!("HTTP: {e}")))?;
-        if resp.status() != StatusCode::OK {
-            return Err(Self::refusal(ep, resp).await.unwrap_or_else(|e| e));
-        }
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| protocol(format!("reading the answer: {e}")))?
-            .to_bytes();
+        let body = self.put_json(ep, namespace, name, "rpc", &request).await?;
         let value: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| protocol(format!("the answer: {e}")))?;
-        Response::decode(method, value).map_err(|e| protocol(format!("the answer: {e}")))
+            serde_json::from_slice(&body).map_err(|e| protocol(ep, format!("the answer: {e}")))?;
+        Response::decode(method, value).map_err(|e| protocol(ep, format!("the answer: {e}")))
     }
 
     /// Saves (`save`) the guest's memory of VMI `namespace/name` into the node's store under
@@ -774,40 +841,16 @@ impl HandlerClient {
         key: &str,
         save: bool,
     ) -> Result<SavedState, ClientError> {
-        let protocol = |detail: String| ClientError::Protocol {
-            node: ep.node.clone(),
-            address: ep.address,
-            detail,
-        };
         let action = if save {
             memsnap::SAVE_SUBRESOURCE
         } else {
             memsnap::RESUME_SUBRESOURCE
         };
-        let body = serde_json::to_vec(&SaveMemory {
+        let request = SaveMemory {
             key: key.to_string(),
-        })
-        .map_err(|e| protocol(e.to_string()))?;
-        let req = http::Request::put(vmi_path(namespace, name, action))
-            .header(header::HOST, ep.node.as_str())
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| protocol(e.to_string()))?;
-        let mut sender = self.connect(ep).await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| protocol(format!("HTTP: {e}")))?;
-        if resp.status() != StatusCode::OK {
-            return Err(Self::refusal(ep, resp).await.unwrap_or_else(|e| e));
-        }
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| protocol(format!("reading the answer: {e}")))?
-            .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| protocol(format!("the answer: {e}")))
+        };
+        let body = self.put_json(ep, namespace, name, action, &request).await?;
+        serde_json::from_slice(&body).map_err(|e| protocol(ep, format!("the answer: {e}")))
     }
 
     /// The end of a log of the VMI `namespace/name` of the endpoint's node.
@@ -818,30 +861,12 @@ impl HandlerClient {
         name: &str,
         query: LogsQuery,
     ) -> Result<String, ClientError> {
-        let protocol = |detail: String| ClientError::Protocol {
-            node: ep.node.clone(),
-            address: ep.address,
-            detail,
-        };
         let path = format!("{}?{}", vmi_path(namespace, name, "logs"), query.to_query());
         let req = http::Request::get(path)
             .header(header::HOST, ep.node.as_str())
             .body(Full::new(Bytes::new()))
-            .map_err(|e| protocol(e.to_string()))?;
-        let mut sender = self.connect(ep).await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| protocol(format!("HTTP: {e}")))?;
-        if resp.status() != StatusCode::OK {
-            return Err(Self::refusal(ep, resp).await.unwrap_or_else(|e| e));
-        }
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| protocol(format!("reading the answer: {e}")))?
-            .to_bytes();
+            .map_err(|e| protocol(ep, e.to_string()))?;
+        let body = self.fetch(ep, req).await?;
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
@@ -853,11 +878,7 @@ impl HandlerClient {
         name: &str,
         kind: StreamKind,
     ) -> Result<HandlerStream, ClientError> {
-        let protocol = |detail: String| ClientError::Protocol {
-            node: ep.node.clone(),
-            address: ep.address,
-            detail,
-        };
+        let protocol = |detail: String| protocol(ep, detail);
         let req = http::Request::get(vmi_path(namespace, name, kind.as_str()))
             .header(header::HOST, ep.node.as_str())
             .header(header::CONNECTION, "Upgrade")
@@ -876,6 +897,15 @@ impl HandlerClient {
             .await
             .map_err(|e| protocol(format!("upgrading the stream: {e}")))?;
         Ok(TokioIo::new(upgraded))
+    }
+}
+
+/// What went wrong talking to the endpoint's node agent, besides its refusals.
+fn protocol(ep: &HandlerEndpoint, detail: String) -> ClientError {
+    ClientError::Protocol {
+        node: ep.node.clone(),
+        address: ep.address,
+        detail,
     }
 }
 

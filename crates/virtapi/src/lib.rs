@@ -713,6 +713,16 @@ impl VirtApi {
                 &kubevirt_api::field::FieldError::invalid("key", e),
             )
         })?;
+        if save && !self.memory_snapshot_in_progress(ns, name, &req.key).await? {
+            return Err(conflict(
+                KIND,
+                name,
+                format!(
+                    "no memory snapshot of virtualmachine {name} with uid {} is in progress",
+                    req.key
+                ),
+            ));
+        }
         let (ep, ns, name) = self.handler_of(&vmi).await?;
         match self.handlers.memory(&ep, ns, name, &req.key, save).await {
             Ok(saved) => Ok(json_reply(
@@ -727,6 +737,33 @@ impl VirtApi {
                 if save { "saveState" } else { "resume" }
             ))),
         }
+    }
+
+    /// Whether `key` is the uid of the VirtualMachineSnapshot (opted in to memory) that VM
+    /// `ns/name` has in progress: a save is only that snapshot's step, so no caller can store
+    /// guest memory on a node under a key no snapshot owns (and fill its disk), nor save
+    /// ahead of a snapshot under its uid.
+    async fn memory_snapshot_in_progress(&self, ns: &str, name: &str, key: &str) -> Reply<bool> {
+        let vms: Api<VirtualMachine> = Api::namespaced(self.client.clone(), ns);
+        let Some(snapshot) = vms
+            .get_opt(name)
+            .await
+            .map_err(internal)?
+            .and_then(|vm| vm.status)
+            .and_then(|s| s.snapshot_in_progress)
+        else {
+            return Ok(false);
+        };
+        let snaps: Api<kubevirt_api::VirtualMachineSnapshot> =
+            Api::namespaced(self.client.clone(), ns);
+        Ok(snaps
+            .get_opt(&snapshot)
+            .await
+            .map_err(internal)?
+            .is_some_and(|s| {
+                s.metadata.uid.as_deref() == Some(key)
+                    && kubevirt_api::memsnap::wanted(s.metadata.annotations.as_ref())
+            }))
     }
 
     /// `GET .../virtualmachineinstances/NAME/{guestosinfo,userlist,filesystemlist}`: asked of
@@ -974,11 +1011,15 @@ impl VirtApi {
                 let body = options(req.into_body()).await?;
                 self.volume_request(ns, name, resource, action, &body).await
             }
-            ("virtualmachineinstances", "savememory" | "resumememory") => {
+            (
+                "virtualmachineinstances",
+                kubevirt_api::memsnap::SAVE_SUBRESOURCE | kubevirt_api::memsnap::RESUME_SUBRESOURCE,
+            ) => {
                 want(Method::PUT)?;
                 let body = options(req.into_body()).await?;
                 tracing::info!(namespace = ns, name, action, "subresource request");
-                self.memory(ns, name, action == "savememory", &body).await
+                let save = action == kubevirt_api::memsnap::SAVE_SUBRESOURCE;
+                self.memory(ns, name, save, &body).await
             }
             ("virtualmachineinstances", "console" | "vnc") => {
                 want(Method::GET)?;
