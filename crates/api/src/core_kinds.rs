@@ -57,7 +57,16 @@ fn check_keys<'a>(field: &str, keys: impl Iterator<Item = &'a String>, errs: &mu
     }
 }
 
+/// kube-apiserver's conversion and defaults of a written Secret: `stringData` is write-only,
+/// merged into `data` (its values win over `data`'s for the same key) and never stored, so a
+/// reader finds every key base64-encoded under `data`; `type` defaults to `Opaque`.
 pub fn default_secret(s: &mut Secret, _: &DefaultsConfig) {
+    if let Some(string_data) = s.string_data.take() {
+        let data = s.data.get_or_insert_with(Default::default);
+        for (k, v) in string_data {
+            data.insert(k, k8s_openapi::ByteString(v.into_bytes()));
+        }
+    }
     if s.type_.as_deref().is_none_or(str::is_empty) {
         s.type_ = Some("Opaque".into());
     }
@@ -786,11 +795,30 @@ mod tests {
             let errs = validate_secret(&s, &ValidationConfig::default());
             assert_eq!(errs.len(), 1, "{bad:?}: {errs:?}");
             assert_eq!(errs[0].field, format!("stringData[{bad}]"));
+            // Once defaulted (as every write is, before validation) the key is data's.
+            let mut s = s;
+            default_secret(&mut s, &DefaultsConfig::default());
+            let errs = validate_secret(&s, &ValidationConfig::default());
+            assert_eq!(errs[0].field, format!("data[{bad}]"));
         }
         let ok = secret(
             json!({"metadata": {"name": "s"}, "stringData": {".dotfile": "x", "a-b_c.d": "y"}}),
         );
         assert!(validate_secret(&ok, &ValidationConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn string_data_is_merged_into_data_and_not_kept() {
+        // "b" is in both: stringData's value wins, as kube-apiserver's conversion does.
+        let mut s = secret(json!({"metadata": {"name": "s"},
+            "data": {"a": "YQ==", "b": "b2xk"}, "stringData": {"b": "new", "c": "cloud-config\n"}}));
+        default_secret(&mut s, &DefaultsConfig::default());
+        let v = serde_json::to_value(&s).expect("json");
+        assert_eq!(v.get("stringData"), None, "{v}");
+        assert_eq!(
+            v["data"],
+            json!({"a": "YQ==", "b": "bmV3", "c": "Y2xvdWQtY29uZmlnCg=="})
+        );
     }
 
     #[test]

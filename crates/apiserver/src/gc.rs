@@ -9,9 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Gives memory freed by bursts of requests back to the system. glibc keeps freed heap pages
-/// in its arenas; without this, the server's RSS stays at its peak (every admission decodes a
-/// whole object) long after the burst.
+/// Gives memory freed by bursts of requests back to the system when the process allocates
+/// with glibc's malloc, which keeps freed heap pages in its arenas (the server binaries use
+/// mimalloc, which returns them itself: `kubevirt_runtime::alloc`; this is then a walk of an
+/// almost empty heap).
 pub fn release_free_memory() {
     // SAFETY: malloc_trim only walks glibc's own free lists; it has no preconditions.
     unsafe {

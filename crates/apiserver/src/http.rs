@@ -693,7 +693,7 @@ async fn review(
 /// events.k8s.io Events are also kept as core/v1 Events (see [`crate::events`]).
 async fn mirror_event(api: &ApiServer, def: &ResourceDef, q: &Query, w: &Written) {
     if def.group == "events.k8s.io" && !q.dry_run() {
-        crate::events::mirror(api, &w.object).await;
+        crate::events::mirror(api, &w.value()).await;
     }
 }
 
@@ -984,19 +984,21 @@ async fn evict(
 }
 
 fn written(w: Written, code: StatusCode, as_: As, def: &ResourceDef) -> Response {
-    let body = match as_ {
-        As::Table => table(
-            def,
-            std::slice::from_ref(&w.object),
-            w.object["metadata"]["resourceVersion"]
+    let response = match as_ {
+        As::Table => {
+            let object = w.value().into_owned();
+            let rv = object["metadata"]["resourceVersion"]
                 .as_str()
-                .unwrap_or(""),
-            None,
-            "Metadata",
-        ),
-        _ => w.object,
+                .unwrap_or("")
+                .to_string();
+            json_response(
+                code,
+                &table(def, std::slice::from_ref(&object), &rv, None, "Metadata"),
+            )
+        }
+        _ => bytes_response(code, w.json()),
     };
-    with_warnings(json_response(code, &body), &w.warnings)
+    with_warnings(response, &w.warnings)
 }
 
 fn list_response(def: &ResourceDef, list: &ListResult, as_: As, include: &str) -> Response {
@@ -1300,7 +1302,7 @@ async fn scale(
     obj["metadata"]["resourceVersion"] = json!(o.rv.to_string());
     let w = api.update(def, ns, name, obj, q, None).await?;
     Ok(with_warnings(
-        json_response(StatusCode::OK, &scale_of(paths, &w.object)),
+        json_response(StatusCode::OK, &scale_of(paths, &w.value())),
         &w.warnings,
     ))
 }

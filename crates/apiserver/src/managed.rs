@@ -217,7 +217,11 @@ fn walk(v: &Value, schema: &Schema, prefix: &str, out: &mut FieldSet) {
                 {
                     continue;
                 }
-                let p = join(prefix, &format!("f:{k}"));
+                let p = if prefix.is_empty() {
+                    format!("f:{k}")
+                } else {
+                    format!("{prefix}/f:{k}")
+                };
                 walk(child, &schema.child(k), &p, out);
             }
         }
@@ -454,9 +458,25 @@ pub fn record_update(
     now: &str,
     api_version: &str,
 ) {
-    let mut entries = old.map(read_entries).unwrap_or_default();
-    let empty = Value::Null;
-    let old_v = old.unwrap_or(&empty);
+    let Some(old_v) = old else {
+        // A create: the manager owns every field it set (what `changed` finds against
+        // nothing, without comparing each field with an absent one).
+        let fields: FieldSet = fields_of(new, schema)
+            .into_iter()
+            .filter(|p| value_at(new, p).is_some())
+            .collect();
+        let entry = Entry {
+            manager: manager.to_string(),
+            operation: "Update".into(),
+            api_version: api_version.to_string(),
+            time: now.to_string(),
+            fields,
+            subresource: subresource.map(str::to_string),
+        };
+        write_entries(new, std::slice::from_ref(&entry));
+        return;
+    };
+    let mut entries = read_entries(old_v);
     let old_set = fields_of(old_v, schema);
     let new_set = fields_of(new, schema);
     let changed = changed(&old_set, &new_set, old_v, new);

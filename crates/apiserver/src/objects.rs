@@ -60,9 +60,54 @@ fn field_validation(q: &Query) -> ApiResult<FieldValidation> {
 
 /// The result of a write: the object and the warnings to send as `Warning` headers.
 pub struct Written {
-    pub object: Value,
+    object: WrittenObject,
     pub warnings: Vec<String>,
     pub created: bool,
+}
+
+/// A written object: as stored (its JSON is the response as it is, never parsed again
+/// unless a caller needs the value), or a value (dry runs, deletions).
+enum WrittenObject {
+    Value(Value),
+    Stored(Arc<Stored>),
+}
+
+impl Written {
+    fn new(object: Value, warnings: Vec<String>, created: bool) -> Self {
+        Self {
+            object: WrittenObject::Value(object),
+            warnings,
+            created,
+        }
+    }
+
+    fn stored(stored: Arc<Stored>, warnings: Vec<String>, created: bool) -> Self {
+        Self {
+            object: WrittenObject::Stored(stored),
+            warnings,
+            created,
+        }
+    }
+
+    /// The object as a JSON value.
+    pub fn value(&self) -> std::borrow::Cow<'_, Value> {
+        match &self.object {
+            WrittenObject::Value(v) => std::borrow::Cow::Borrowed(v),
+            WrittenObject::Stored(s) => std::borrow::Cow::Owned(s.value()),
+        }
+    }
+
+    /// The object's JSON, as a response body.
+    pub fn json(&self) -> Bytes {
+        match &self.object {
+            WrittenObject::Value(v) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+            WrittenObject::Stored(s) => s.json.clone(),
+        }
+    }
+
+    fn set_value(&mut self, v: Value) {
+        self.object = WrittenObject::Value(v);
+    }
 }
 
 pub struct ListResult {
@@ -610,11 +655,7 @@ impl ApiServer {
         );
         check_limits(def, &name, &obj)?;
         if q.dry_run() {
-            return Ok(Written {
-                object: obj,
-                warnings,
-                created: true,
-            });
+            return Ok(Written::new(obj, warnings, true));
         }
         let stored = self
             .store
@@ -626,11 +667,7 @@ impl ApiServer {
             .await
             .map_err(|e| store_err(def, &name, e))?;
         self.crd_written(def).await;
-        Ok(Written {
-            object: stored.value(),
-            warnings,
-            created: true,
-        })
+        Ok(Written::stored(stored, warnings, true))
     }
 
     /// Prepares `new` as the next version of `old` and writes it if it differs. `subresource`
@@ -735,18 +772,10 @@ impl ApiServer {
         }
         check_limits(def, name, &obj)?;
         if same_object(&obj, &old_v) {
-            return Ok(Written {
-                object: old_v,
-                warnings,
-                created: false,
-            });
+            return Ok(Written::new(old_v, warnings, false));
         }
         if q.dry_run() {
-            return Ok(Written {
-                object: obj,
-                warnings,
-                created: false,
-            });
+            return Ok(Written::new(obj, warnings, false));
         }
         let deleting = obj["metadata"]["deletionTimestamp"].is_string();
         let no_finalizers = obj["metadata"]["finalizers"]
@@ -769,11 +798,7 @@ impl ApiServer {
                 .await
                 .map_err(|e| store_err(def, name, e))?;
             self.crd_written(def).await;
-            return Ok(Written {
-                object: gone.value(),
-                warnings,
-                created: false,
-            });
+            return Ok(Written::new(gone.value(), warnings, false));
         }
         let stored = self
             .store
@@ -781,11 +806,7 @@ impl ApiServer {
             .await
             .map_err(|e| store_err(def, name, e))?;
         self.crd_written(def).await;
-        Ok(Written {
-            object: stored.value(),
-            warnings,
-            created: false,
-        })
+        Ok(Written::stored(stored, warnings, false))
     }
 
     pub async fn update(
@@ -930,7 +951,7 @@ impl ApiServer {
                 let mut w = self.create(def, ns, body, q).await;
                 if let Ok(written) = &mut w {
                     // Creation by apply: the manager owns what it applied.
-                    let mut obj = written.object.clone();
+                    let mut obj = written.value().into_owned();
                     let set = managed::fields_of(&applied, &Self::schema(def));
                     managed::write_entries(
                         &mut obj,
@@ -960,7 +981,7 @@ impl ApiServer {
                             obj = s.value();
                         }
                     }
-                    written.object = obj;
+                    written.set_value(obj);
                 }
                 return w;
             };

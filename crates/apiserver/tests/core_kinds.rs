@@ -149,7 +149,7 @@ fn secrets_nodes_and_storage_classes_get_kube_defaults() {
         let out = s.kubectl_with("kubectl", &["apply", "-f", "-"], Some(&manifest));
         assert!(!out.status.success(), "{key} accepted");
         assert!(
-            stderr(&out).contains(&format!("stringData[{key}]")),
+            stderr(&out).contains(&format!("data[{key}]")),
             "{key}: {}",
             stderr(&out)
         );
@@ -163,6 +163,42 @@ fn secrets_nodes_and_storage_classes_get_kube_defaults() {
         stderr(&out).contains("data[tls.key]: Required value"),
         "{}",
         stderr(&out)
+    );
+
+    // `stringData` (how KubeVirt's examples write cloud-init user data) is write-only: merged
+    // into `data`, base64-encoded, over a `data` key of the same name; a second apply that
+    // changes it changes `data`, and a JSON patch of `stringData` does too.
+    let userdata = "apiVersion: v1\nkind: Secret\nmetadata: {name: userdata}\ndata: {keep: a2VlcA==, userdata: b2xk}\nstringData:\n  userdata: |\n    #cloud-config\n    password: fedora\n";
+    let out = s.kubectl_with("kubectl", &["apply", "-f", "-"], Some(userdata));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = json(&s, &["secret", "userdata"]);
+    assert_eq!(got.get("stringData"), None, "{got}");
+    assert_eq!(
+        got["data"],
+        serde_json::json!({"keep": "a2VlcA==", "userdata": "I2Nsb3VkLWNvbmZpZwpwYXNzd29yZDogZmVkb3JhCg=="})
+    );
+    let out = s.kubectl_with(
+        "kubectl",
+        &["apply", "-f", "-"],
+        Some(&userdata.replace("fedora", "rocky")),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        json(&s, &["secret", "userdata"])["data"]["userdata"],
+        "I2Nsb3VkLWNvbmZpZwpwYXNzd29yZDogcm9ja3kK"
+    );
+    s.ok(&[
+        "patch",
+        "secret",
+        "userdata",
+        "--type=merge",
+        "-p",
+        r#"{"stringData":{"added":"x"}}"#,
+    ]);
+    let got = json(&s, &["secret", "userdata"]);
+    assert_eq!(
+        (got["data"]["added"].as_str(), got.get("stringData")),
+        (Some("eA=="), None)
     );
 
     let out = s.kubectl_with(

@@ -4,6 +4,16 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::io::Write;
 
+/// mimalloc for `kubevirt-rs server` (the API server and the controllers), the system
+/// allocator for every other subcommand: a launcher is one per VM and measured by how little
+/// it adds beside QEMU ([`kubevirt_runtime::alloc`], docs/apiserver.md).
+#[global_allocator]
+static ALLOC: kubevirt_runtime::alloc::ByRole = kubevirt_runtime::alloc::ByRole::new(is_server);
+
+fn is_server(subcommand: &[u8]) -> bool {
+    subcommand == b"server"
+}
+
 mod cluster_config;
 mod logging;
 mod node;

@@ -620,15 +620,7 @@ spec:
         "wrote-42B",
         false,
     );
-    let out = s.kubectl(&[
-        "patch",
-        "vm",
-        "live",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"runStrategy":"Halted"}}"#,
-    ]);
-    assert!(out.contains("patched"), "{out}");
+    s.set_run_strategy("live", "Halted");
     assert!(
         wait_for(Duration::from_secs(60), || s
             .kubectl(&["get", "vmi", "live", "-o", "name"])
@@ -661,15 +653,7 @@ spec:
         s.kubectl(&["get", "vmrestore", "back", "-o", "yaml"])
     );
     let _ = std::fs::remove_file(s.vmi_dir("default", "live").serial_log());
-    let out = s.kubectl(&[
-        "patch",
-        "vm",
-        "live",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"runStrategy":"Always"}}"#,
-    ]);
-    assert!(out.contains("patched"), "{out}");
+    s.set_run_strategy("live", "Always");
     booted("after the restore");
     let out = s.on_console(
         "live",
@@ -884,6 +868,37 @@ spec:
         assert_eq!(mode(&entry), 0o700);
         assert_eq!(mode(&entry.join("memory.bin")), 0o600);
     }
+    // A save outside a memory snapshot in progress is refused, whatever its key: a key no
+    // snapshot owns, and the finished snapshot's own uid (no user stores guest RAM on a node
+    // by calling the subresource directly). Nothing is written to the store.
+    let raw_save = |key: &str| {
+        let body = dir.path().join("save.json");
+        std::fs::write(&body, format!(r#"{{"key":"{key}"}}"#)).expect("write body");
+        s.kubectl(&[
+            "replace",
+            "--raw",
+            &format!(
+                "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/counter/{}",
+                memsnap::SAVE_SUBRESOURCE
+            ),
+            "-f",
+            body.to_str().expect("utf8"),
+        ])
+    };
+    for key in ["0f8fad5b-d9cb-469f-a165-70867728950e", uid.as_str()] {
+        let out = raw_save(key);
+        assert!(
+            out.contains("Conflict")
+                && out.contains(&format!(
+                    "no memory snapshot of virtualmachine counter with uid {key} is in progress"
+                )),
+            "{out}"
+        );
+    }
+    assert!(!dir
+        .path()
+        .join("data/memory-snapshots/default/0f8fad5b-d9cb-469f-a165-70867728950e")
+        .exists());
     // The guest runs on after the snapshot.
     running("counter");
     let (after, again) = tick("counter");
@@ -892,15 +907,7 @@ spec:
 
     // Stopped, restored onto itself, started: the counter goes on, the same boot.
     let stop = |vm: &str| {
-        let out = s.kubectl(&[
-            "patch",
-            "vm",
-            vm,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"runStrategy":"Halted"}}"#,
-        ]);
-        assert!(out.contains("patched"), "{out}");
+        s.set_run_strategy(vm, "Halted");
         assert!(
             wait_for(Duration::from_secs(60), || s
                 .kubectl(&["get", "vmi", vm, "-o", "name"])
@@ -910,15 +917,7 @@ spec:
         );
     };
     let start = |vm: &str| {
-        let out = s.kubectl(&[
-            "patch",
-            "vm",
-            vm,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"runStrategy":"Always"}}"#,
-        ]);
-        assert!(out.contains("patched"), "{out}");
+        s.set_run_strategy(vm, "Always");
     };
     let restore = |name: &str, target: &str| {
         let out = apply(
@@ -1169,15 +1168,7 @@ spec:
 
     // The clone boots, and the guest itself sees the new identity: its NIC's MAC is the one
     // the VMI reports (not the source's), its SMBIOS UUID the clone's firmware UUID.
-    let out = s.kubectl(&[
-        "patch",
-        "vm",
-        "copy-vm",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"runStrategy":"Always"}}"#,
-    ]);
-    assert!(out.contains("patched"), "{out}");
+    s.set_run_strategy("copy-vm", "Always");
     let serial = s.vmi_dir("default", "copy-vm").serial_log();
     assert!(
         wait_for(Duration::from_secs(180), || s.jsonpath(

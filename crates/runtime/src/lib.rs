@@ -17,7 +17,10 @@
 //! - [`subresource`]: the [`subresource::SubresourceHandler`] trait (and its
 //!   [`subresource::Query`]) through which the API server hands aggregated API groups and the
 //!   upload proxy to virt-api and the CDI controllers.
+//! - [`alloc`]: the memory allocator of a process, chosen by its role (mimalloc for the
+//!   server, the system allocator for launchers).
 
+pub mod alloc;
 pub mod backoff;
 pub mod cluster;
 pub mod events;

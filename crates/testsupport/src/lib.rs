@@ -286,6 +286,17 @@ impl Server {
         )
     }
 
+    /// Sets VirtualMachine `vm`'s `spec.runStrategy` (a merge patch, as `virtctl start/stop`
+    /// would leave it) and panics with kubectl's answer unless it was patched.
+    pub fn set_run_strategy(&self, vm: &str, strategy: &str) {
+        let patch = serde_json::json!({"spec": {"runStrategy": strategy}}).to_string();
+        let out = self.kubectl(&["patch", "vm", vm, "--type=merge", "-p", &patch]);
+        assert!(
+            out.contains("patched"),
+            "runStrategy {strategy} on vm {vm}: {out}"
+        );
+    }
+
     /// `kubectl get KIND NAME -o jsonpath=PATH`.
     pub fn jsonpath(&self, kind: &str, name: &str, path: &str) -> String {
         self.kubectl(&["get", kind, name, "-o", &format!("jsonpath={path}")])

@@ -339,8 +339,7 @@ async fn create(c: &Conn, a: &VmExportArgs, p: Printer) -> crate::Result<()> {
                 "uid": created["metadata"]["uid"], "controller": true,
                 "blockOwnerDeletion": false}]},
         "type": "Opaque",
-        // `data`, which every API server stores as is (the embedded one keeps `stringData`
-        // unconverted).
+        // `data`, as the API server would store `stringData` anyway.
         "data": {TOKEN_KEY: base64::engine::general_purpose::STANDARD.encode(generate_token())},
     });
     let spath = format!("/api/v1/namespaces/{ns}/secrets");

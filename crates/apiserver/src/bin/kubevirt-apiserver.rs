@@ -1,6 +1,14 @@
 //! The embedded API server on its own (what `kubevirt-rs server` runs, without the VM
 //! control plane): for tests, benchmarks, and users who only want the API.
 
+/// mimalloc, tuned before its first allocation ([`kubevirt_runtime::alloc`]).
+#[global_allocator]
+static ALLOC: kubevirt_runtime::alloc::ByRole = kubevirt_runtime::alloc::ByRole::new(always);
+
+fn always(_: &[u8]) -> bool {
+    true
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
