@@ -1143,6 +1143,53 @@ fn console_shows(server: &Server, vmi: &str, want: &str) -> bool {
     shown
 }
 
+/// node01 (`kubevirt-rs server` with `server_args`) and node02 (`kubevirt-rs node` in a
+/// network namespace of its own, so what goes between them crosses a veth pair), node02
+/// joined and Ready. None when kubectl, the demo guest or network namespaces are missing
+/// (each of those says so). Bind the fields in this order (node02 first): they are dropped
+/// in reverse, the node agents before the network they run in.
+struct TwoNodes {
+    net: NodeNetwork,
+    dir: tempfile::TempDir,
+    guest: PathBuf,
+    server: Server,
+    node02: NodeProcess,
+}
+
+impl TwoNodes {
+    fn start(server_args: &[&str]) -> Option<TwoNodes> {
+        if !have_kubectl() {
+            return None;
+        }
+        let guest = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR"))?;
+        let net = NodeNetwork::new()?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = Server::new(BIN, dir.path().join("data"), guest.join("oci"));
+        server.extra_args = server_args.iter().map(|a| a.to_string()).collect();
+        on_host_end(&mut server, &net);
+        server.start();
+        let node02 = NodeProcess::start_in(
+            &net,
+            &server,
+            "node02",
+            &dir.path().join("node02"),
+            &guest.join("oci"),
+        );
+        assert!(
+            wait_for(Duration::from_secs(60), || node_ready(&server, "node02")
+                == "True"),
+            "node02 did not join"
+        );
+        Some(TwoNodes {
+            net,
+            dir,
+            guest,
+            server,
+            node02,
+        })
+    }
+}
+
 fn migration_of(server: &Server, vmi: &str, path: &str) -> String {
     run_output(server.command("kubectl").args([
         "get",
@@ -1157,29 +1204,19 @@ fn migration_of(server: &Server, vmi: &str, path: &str) -> String {
 
 #[test]
 fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_running() {
-    if !have_kubectl() {
-        return;
-    }
-    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
-        return;
-    };
     const MIGRATE: Duration = Duration::from_secs(240);
-    let Some(net) = NodeNetwork::new() else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = Server::new(BIN, dir.path().join("data"), guest.join("oci"));
-    on_host_end(&mut server, &net);
-    server.start();
-    let node02_data = dir.path().join("node02");
     // node02 listens for migrations on its address in its own network namespace: the guest
     // crosses the veth pair between the namespaces.
-    let node02 = NodeProcess::start_in(&net, &server, "node02", &node02_data, &guest.join("oci"));
-    assert!(
-        wait_for(Duration::from_secs(60), || node_ready(&server, "node02")
-            == "True"),
-        "node02 did not join"
-    );
+    let Some(TwoNodes {
+        node02,
+        server,
+        guest: _,
+        dir: _dir,
+        net,
+    }) = TwoNodes::start(&[])
+    else {
+        return;
+    };
     assert_eq!(
         server.jsonpath(
             "node",
@@ -1544,26 +1581,16 @@ fn migration_failure(server: &Server, vmi: &str) -> String {
 
 #[test]
 fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_the_source() {
-    if !have_kubectl() {
-        return;
-    }
-    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+    let Some(TwoNodes {
+        node02,
+        server,
+        guest: _,
+        dir: _dir,
+        net,
+    }) = TwoNodes::start(&[])
+    else {
         return;
     };
-    let Some(net) = NodeNetwork::new() else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = Server::new(BIN, dir.path().join("data"), guest.join("oci"));
-    on_host_end(&mut server, &net);
-    server.start();
-    let node02_data = dir.path().join("node02");
-    let node02 = NodeProcess::start_in(&net, &server, "node02", &node02_data, &guest.join("oci"));
-    assert!(
-        wait_for(Duration::from_secs(60), || node_ready(&server, "node02")
-            == "True"),
-        "node02 did not join"
-    );
     // Slow enough to be cut in the middle (1 MiB/s), and given up 10 s after the stream
     // stalls (KubeVirt's default progressTimeout is 150 s).
     set_migrations(
@@ -1672,33 +1699,21 @@ fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_
 
 #[test]
 fn a_source_node_agent_that_dies_mid_migration_leaves_the_guest_running_at_the_source() {
-    if !have_kubectl() {
-        return;
-    }
-    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+    let Some(TwoNodes {
+        mut node02,
+        server,
+        guest,
+        dir,
+        net,
+    }) = TwoNodes::start(&[
+        "--heartbeat-interval",
+        HEARTBEAT_INTERVAL,
+        "--node-heartbeat-timeout",
+        HEARTBEAT_TIMEOUT,
+    ])
+    else {
         return;
     };
-    let Some(net) = NodeNetwork::new() else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = Server::new(BIN, dir.path().join("data"), guest.join("oci"));
-    server.extra_args = vec![
-        "--heartbeat-interval".into(),
-        HEARTBEAT_INTERVAL.into(),
-        "--node-heartbeat-timeout".into(),
-        HEARTBEAT_TIMEOUT.into(),
-    ];
-    on_host_end(&mut server, &net);
-    server.start();
-    let node02_data = dir.path().join("node02");
-    let mut node02 =
-        NodeProcess::start_in(&net, &server, "node02", &node02_data, &guest.join("oci"));
-    assert!(
-        wait_for(Duration::from_secs(60), || node_ready(&server, "node02")
-            == "True"),
-        "node02 did not join"
-    );
     // Slow (1 MiB/s) through a MigrationPolicy that selects this VM's VMI by its label and
     // namespace, as KubeVirt matches policies; the cluster's settings stay at full speed.
     apply(
@@ -1796,7 +1811,13 @@ spec:
     let last = counts_on(&src, last, &boot, "while its agent stays down");
 
     // The agent comes back: it adopts the launcher, which kept the guest.
-    let node02 = NodeProcess::start_in(&net, &server, "node02", &node02_data, &guest.join("oci"));
+    let node02 = NodeProcess::start_in(
+        &net,
+        &server,
+        "node02",
+        &dir.path().join("node02"),
+        &guest.join("oci"),
+    );
     assert!(
         wait_for(Duration::from_secs(60), || node_ready(&server, "node02")
             == "True"),
@@ -1875,32 +1896,23 @@ fn random_memory_vm(name: &str) -> String {
 
 #[test]
 fn a_migration_past_its_completion_time_switches_to_post_copy_and_the_guest_arrives_whole() {
-    if !have_kubectl() {
-        return;
-    }
-    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
-        return;
-    };
-    let Some(net) = NodeNetwork::new() else {
-        return;
-    };
     // The target's QEMU (uid 107, no capabilities) needs userfaultfd for post-copy, which the
     // kernel gives it only with vm.unprivileged_userfaultfd=1, what a node's administrator
-    // sets for post-copy (docs/migration.md). Set for this test, put back after it.
+    // sets for post-copy (docs/migration.md). Set for this test, put back after it (after
+    // the nodes are gone: it is declared first).
     let Some(_uffd) = UnprivilegedUserfaultfd::enable() else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = Server::new(BIN, dir.path().join("data"), guest.join("oci"));
-    on_host_end(&mut server, &net);
-    server.start();
-    let node02_data = dir.path().join("node02");
-    let node02 = NodeProcess::start_in(&net, &server, "node02", &node02_data, &guest.join("oci"));
-    assert!(
-        wait_for(Duration::from_secs(60), || node_ready(&server, "node02")
-            == "True"),
-        "node02 did not join"
-    );
+    let Some(TwoNodes {
+        node02,
+        server,
+        guest: _,
+        dir: _dir,
+        net: _net,
+    }) = TwoNodes::start(&[])
+    else {
+        return;
+    };
     // 1 MiB/s: pre-copy of 32 MiB of random pages would take half a minute; after 3 s
     // (completionTimeoutPerGiB 3, a 256 MiB guest counts as 1 GiB) the source switches to
     // post-copy, and the guest runs at the target while its pages follow.
