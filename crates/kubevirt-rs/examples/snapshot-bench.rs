@@ -241,6 +241,16 @@ impl Bench {
                 field(Some(&got), "/status/error")
             );
         }
+        // The VM is unlocked just after (KubeVirt's order too); until then admission refuses
+        // a change of its run strategy. Not counted.
+        until(
+            &self.vms,
+            vm,
+            &format!("{vm} unlocked after {name}"),
+            Duration::from_secs(60),
+            |o| field(o, "/status/snapshotInProgress").is_null(),
+        )
+        .await?;
         Ok(done - t0)
     }
 
