@@ -61,7 +61,7 @@ fn check_keys<'a>(field: &str, keys: impl Iterator<Item = &'a String>, errs: &mu
 /// merged into `data` (its values win over `data`'s for the same key) and never stored, so a
 /// reader finds every key base64-encoded under `data`; `type` defaults to `Opaque`.
 pub fn default_secret(s: &mut Secret, _: &DefaultsConfig) {
-    if let Some(string_data) = s.string_data.take() {
+    if let Some(string_data) = s.string_data.take().filter(|d| !d.is_empty()) {
         let data = s.data.get_or_insert_with(Default::default);
         for (k, v) in string_data {
             data.insert(k, k8s_openapi::ByteString(v.into_bytes()));

@@ -169,9 +169,12 @@ async fn etcd_bench(n: usize, value_len: usize) -> anyhow::Result<EtcdResult> {
                 .collect(),
         );
         let delivered: Arc<parking_lot::Mutex<Vec<Duration>>> = Default::default();
+        // Watches etcd has confirmed (`"created": true`): the puts wait for all of them, as
+        // ours start from a resourceVersion and miss nothing.
+        let created = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut watchers = Vec::new();
         for _ in 0..100 {
-            let (sent, delivered) = (sent.clone(), delivered.clone());
+            let (sent, delivered, created) = (sent.clone(), delivered.clone(), created.clone());
             let http = reqwest::Client::new();
             let body = json!({"create_request": {
                 "key": b64.encode(prefix),
@@ -185,6 +188,8 @@ async fn etcd_bench(n: usize, value_len: usize) -> anyhow::Result<EtcdResult> {
                 }
                 #[derive(serde::Deserialize)]
                 struct Res {
+                    #[serde(default)]
+                    created: bool,
                     #[serde(default)]
                     events: Vec<Ev>,
                 }
@@ -207,6 +212,9 @@ async fn etcd_bench(n: usize, value_len: usize) -> anyhow::Result<EtcdResult> {
                         let Ok(l) = serde_json::from_slice::<Line>(&line) else {
                             continue;
                         };
+                        if l.result.as_ref().is_some_and(|r| r.created) {
+                            created.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         for ev in l.result.map(|r| r.events).unwrap_or_default() {
                             let key = base64::engine::general_purpose::STANDARD
                                 .decode(&ev.kv.key)
@@ -229,6 +237,14 @@ async fn etcd_bench(n: usize, value_len: usize) -> anyhow::Result<EtcdResult> {
                 }
                 Ok::<(), anyhow::Error>(())
             }));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while created.load(std::sync::atomic::Ordering::SeqCst) < 100 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "etcd's watches were not all created within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let mut seq = Vec::new();

@@ -1146,14 +1146,15 @@ fn console_shows(server: &Server, vmi: &str, want: &str) -> bool {
 /// node01 (`kubevirt-rs server` with `server_args`) and node02 (`kubevirt-rs node` in a
 /// network namespace of its own, so what goes between them crosses a veth pair), node02
 /// joined and Ready. None when kubectl, the demo guest or network namespaces are missing
-/// (each of those says so). Bind the fields in this order (node02 first): they are dropped
-/// in reverse, the node agents before the network they run in.
+/// (each of those says so). Keep it whole and borrow its fields (`let TwoNodes { .. } =
+/// &mut nodes`): a struct's fields are dropped in declaration order, so the node agents
+/// (and the launchers they stop) go before the data directory and the network they use.
 struct TwoNodes {
-    net: NodeNetwork,
-    dir: tempfile::TempDir,
-    guest: PathBuf,
-    server: Server,
     node02: NodeProcess,
+    server: Server,
+    guest: PathBuf,
+    dir: tempfile::TempDir,
+    net: NodeNetwork,
 }
 
 impl TwoNodes {
@@ -1181,11 +1182,11 @@ impl TwoNodes {
             "node02 did not join"
         );
         Some(TwoNodes {
-            net,
-            dir,
-            guest,
-            server,
             node02,
+            server,
+            guest,
+            dir,
+            net,
         })
     }
 }
@@ -1207,16 +1208,15 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
     const MIGRATE: Duration = Duration::from_secs(240);
     // node02 listens for migrations on its address in its own network namespace: the guest
     // crosses the veth pair between the namespaces.
-    let Some(TwoNodes {
-        node02,
-        server,
-        guest: _,
-        dir: _dir,
-        net,
-    }) = TwoNodes::start(&[])
-    else {
+    let Some(mut nodes) = TwoNodes::start(&[]) else {
         return;
     };
+    let TwoNodes {
+        node02,
+        server,
+        net,
+        ..
+    } = &mut nodes;
     assert_eq!(
         server.jsonpath(
             "node",
@@ -1232,14 +1232,14 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
             server.vmi_dir("default", name)
         }
     };
-    apply(&server, "mover", &counting_vm("mover"));
+    apply(server, "mover", &counting_vm("mover"));
     assert!(
-        wait_for(START, || vmi(&server, "mover", "{.status.phase}")
+        wait_for(START, || vmi(server, "mover", "{.status.phase}")
             == "Running"),
         "{}",
         server.kubectl(&["get", "vmi", "mover", "-o", "yaml"])
     );
-    let source = vmi(&server, "mover", "{.status.nodeName}");
+    let source = vmi(server, "mover", "{.status.nodeName}");
     let target = if source == "node01" {
         "node02"
     } else {
@@ -1258,10 +1258,7 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
         .expect("qemu pid");
     // The console of the guest on node02 reaches virt-api through node02's agent (mTLS).
     if source == "node02" {
-        assert!(
-            console_shows(&server, "mover", "tick "),
-            "no console output"
-        );
+        assert!(console_shows(server, "mover", "tick "), "no console output");
     }
 
     // --- A migration moves the running guest: same boot, the count goes on.
@@ -1272,28 +1269,24 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
     assert!(out.contains("was scheduled to migrate"), "{out}");
     let done = wait_for(MIGRATE, || {
         matches!(
-            migration_of(&server, "mover", ".status.phase").as_str(),
+            migration_of(server, "mover", ".status.phase").as_str(),
             "Succeeded" | "Failed"
         )
     });
     assert!(
-        done && migration_of(&server, "mover", ".status.phase") == "Succeeded",
+        done && migration_of(server, "mover", ".status.phase") == "Succeeded",
         "{}\n{}",
         server.kubectl(&["get", "vmim", "-o", "yaml"]),
         server.kubectl(&["get", "vmi", "mover", "-o", "yaml"])
     );
-    assert_eq!(vmi(&server, "mover", "{.status.nodeName}"), target);
+    assert_eq!(vmi(server, "mover", "{.status.nodeName}"), target);
     assert_eq!(
-        vmi(
-            &server,
-            "mover",
-            "{.metadata.labels.kubevirt\\.io/nodeName}"
-        ),
+        vmi(server, "mover", "{.metadata.labels.kubevirt\\.io/nodeName}"),
         target
     );
     assert_eq!(
         vmi(
-            &server,
+            server,
             "mover",
             "{.metadata.labels.kubevirt\\.io/migrationTargetNodeName}"
         ),
@@ -1302,14 +1295,14 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
     );
     assert_eq!(
         vmi(
-            &server,
+            server,
             "mover",
             "{.status.migrationState.sourceNode}>{.status.migrationState.targetNode} completed={.status.migrationState.completed} failed={.status.migrationState.failed}"
         ),
         format!("{source}>{target} completed=true failed=")
     );
     let phases = migration_of(
-        &server,
+        server,
         "mover",
         ".status.phaseTransitionTimestamps[*].phase",
     );
@@ -1317,7 +1310,7 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
         phases,
         "Pending Scheduling Scheduled PreparingTarget TargetReady Running Succeeded"
     );
-    assert_eq!(vmi(&server, "mover", "{.status.phase}"), "Running");
+    assert_eq!(vmi(server, "mover", "{.status.phase}"), "Running");
     let dst_dir = dir_on(target, "mover");
     assert!(
         wait_for(Duration::from_secs(60), || ticks(&dst_dir).len() >= 2),
@@ -1346,10 +1339,7 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
         "the source QEMU is gone"
     );
     if target == "node02" {
-        assert!(
-            console_shows(&server, "mover", "tick "),
-            "no console output"
-        );
+        assert!(console_shows(server, "mover", "tick "), "no console output");
     }
 
     // --- A cancelled migration leaves the guest where it is.
@@ -1366,7 +1356,7 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
     let out = server.virtctl(&["migrate", "mover"]);
     assert!(out.contains("was scheduled to migrate"), "{out}");
     assert!(
-        wait_for(MIGRATE, || migration_of(&server, "mover", ".status.phase")
+        wait_for(MIGRATE, || migration_of(server, "mover", ".status.phase")
             == "Running"),
         "{}",
         server.kubectl(&["get", "vmim", "-o", "yaml"])
@@ -1389,9 +1379,9 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
         "the cancelled migration was not released: {}",
         server.kubectl(&["get", "vmim", "-o", "yaml"])
     );
-    assert_eq!(vmi(&server, "mover", "{.status.nodeName}"), here);
+    assert_eq!(vmi(server, "mover", "{.status.nodeName}"), here);
     assert_eq!(
-        vmi(&server, "mover", "{.status.migrationState.failed} {.status.migrationState.abortStatus} {.status.migrationState.failureReason}"),
+        vmi(server, "mover", "{.status.migrationState.failed} {.status.migrationState.abortStatus} {.status.migrationState.failureReason}"),
         "true Succeeded Live migration has been aborted"
     );
     let n = ticks(&here_dir).len();
@@ -1410,7 +1400,7 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
     let out = server.virtctl(&["migrate", "mover"]);
     assert!(out.contains("was scheduled to migrate"), "{out}");
     assert!(
-        wait_for(MIGRATE, || migration_of(&server, "mover", ".status.phase")
+        wait_for(MIGRATE, || migration_of(server, "mover", ".status.phase")
             == "Running"),
         "{}",
         server.kubectl(&["get", "vmim", "-o", "yaml"])
@@ -1423,13 +1413,13 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
     // SAFETY: kill(2) on a pid this test's server started.
     unsafe { libc::kill(target_qemu as i32, libc::SIGKILL) };
     assert!(
-        wait_for(MIGRATE, || migration_of(&server, "mover", ".status.phase")
+        wait_for(MIGRATE, || migration_of(server, "mover", ".status.phase")
             == "Failed"),
         "{}",
         server.kubectl(&["get", "vmim", "-o", "yaml"])
     );
     assert_eq!(
-        vmi(&server, "mover", "{.status.nodeName} {.status.phase}"),
+        vmi(server, "mover", "{.status.nodeName} {.status.phase}"),
         format!("{here} Running")
     );
     let n = ticks(&here_dir).len();
@@ -1452,7 +1442,7 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
     assert!(out.contains("patched"), "{out}");
     assert!(
         wait_for(Duration::from_secs(30), || vmi(
-            &server,
+            server,
             "mover",
             "{.status.migrationState.failed} {.status.migrationState.failureReason}"
         ) == format!(
@@ -1462,10 +1452,9 @@ fn a_running_guest_migrates_to_the_other_node_and_cancels_and_failures_leave_it_
         server.kubectl(&["get", "vmi", "mover", "-o", "yaml"])
     );
     assert_eq!(
-        vmi(&server, "mover", "{.status.nodeName} {.status.phase}"),
+        vmi(server, "mover", "{.status.nodeName} {.status.phase}"),
         format!("{here} Running")
     );
-    drop(node02);
 }
 
 /// The counting guest without its emptyDisk: its migration moves memory only (no block copy
@@ -1581,24 +1570,23 @@ fn migration_failure(server: &Server, vmi: &str) -> String {
 
 #[test]
 fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_the_source() {
-    let Some(TwoNodes {
-        node02,
-        server,
-        guest: _,
-        dir: _dir,
-        net,
-    }) = TwoNodes::start(&[])
-    else {
+    let Some(mut nodes) = TwoNodes::start(&[]) else {
         return;
     };
+    let TwoNodes {
+        node02,
+        server,
+        net,
+        ..
+    } = &mut nodes;
     // Slow enough to be cut in the middle (1 MiB/s), and given up 10 s after the stream
     // stalls (KubeVirt's default progressTimeout is 150 s).
     set_migrations(
-        &server,
+        server,
         serde_json::json!({"bandwidthPerMigration": "1Mi", "progressTimeout": 10}),
     );
     run_on(
-        &server,
+        server,
         "node01",
         "node02",
         "cut",
@@ -1610,14 +1598,14 @@ fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_
     let src_qemu = src.read_state().expect("state").qemu_pid.expect("QEMU");
 
     // The guest's memory is on its way to node02 (over the veth pair) ...
-    migrate_until_memory_flows(&server, "cut", &src);
+    migrate_until_memory_flows(server, "cut", &src);
     // ... when the cable is pulled.
     net.cut();
     let cut_at = std::time::Instant::now();
     // The source's QEMU sees no progress for progressTimeout and gives up; node01's agent
     // reports it and the migration fails, all while node02 is unreachable.
-    migration_phase_is(&server, "cut", "Failed", Duration::from_secs(60));
-    let failure = migration_failure(&server, "cut");
+    migration_phase_is(server, "cut", "Failed", Duration::from_secs(60));
+    let failure = migration_failure(server, "cut");
     assert!(
         failure.starts_with("Failed Live migration has been aborted: stuck for ")
             && failure.ends_with(" seconds (progressTimeout 10)"),
@@ -1641,7 +1629,7 @@ fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_
     );
     // One running copy: the source's, same QEMU, same boot, still node01's.
     assert_eq!(
-        vmi(&server, "cut", "{.status.nodeName} {.status.phase}"),
+        vmi(server, "cut", "{.status.nodeName} {.status.phase}"),
         "node01 Running"
     );
     assert!(kubevirt_testsupport::alive(src_qemu));
@@ -1667,21 +1655,21 @@ fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_
     last = counts_on(&src, last, &boot, "at the source after the link came back");
 
     // A new migration (at full speed) moves it.
-    set_migrations(&server, serde_json::json!({"bandwidthPerMigration": null}));
+    set_migrations(server, serde_json::json!({"bandwidthPerMigration": null}));
     let out = server.virtctl(&["migrate", "cut"]);
     assert!(out.contains("was scheduled to migrate"), "{out}");
-    migration_phase_is(&server, "cut", "Succeeded", Duration::from_secs(120));
+    migration_phase_is(server, "cut", "Succeeded", Duration::from_secs(120));
     // It ran with the cluster's settings of now, not the failed one's.
     assert_eq!(
         migration_of(
-            &server,
+            server,
             "cut",
             ".status.migrationState.migrationConfiguration"
         ),
         r#"{"progressTimeout":10}"#
     );
     assert_eq!(
-        vmi(&server, "cut", "{.status.nodeName} {.status.phase}"),
+        vmi(server, "cut", "{.status.nodeName} {.status.phase}"),
         "node02 Running"
     );
     counts_on(
@@ -1699,25 +1687,26 @@ fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_
 
 #[test]
 fn a_source_node_agent_that_dies_mid_migration_leaves_the_guest_running_at_the_source() {
-    let Some(TwoNodes {
-        mut node02,
-        server,
-        guest,
-        dir,
-        net,
-    }) = TwoNodes::start(&[
+    let Some(mut nodes) = TwoNodes::start(&[
         "--heartbeat-interval",
         HEARTBEAT_INTERVAL,
         "--node-heartbeat-timeout",
         HEARTBEAT_TIMEOUT,
-    ])
-    else {
+    ]) else {
         return;
     };
+    let TwoNodes {
+        node02,
+        server,
+        guest,
+        dir,
+        net,
+        ..
+    } = &mut nodes;
     // Slow (1 MiB/s) through a MigrationPolicy that selects this VM's VMI by its label and
     // namespace, as KubeVirt matches policies; the cluster's settings stay at full speed.
     apply(
-        &server,
+        server,
         "policies",
         r#"apiVersion: migrations.kubevirt.io/v1alpha1
 kind: MigrationPolicy
@@ -1743,17 +1732,17 @@ spec:
         "  template:\n    metadata:\n      labels: {migration: slow}\n    spec:\n",
     );
     assert!(vm.contains("migration: slow"), "{vm}");
-    run_on(&server, "node02", "node01", "orphan", &vm);
+    run_on(server, "node02", "node01", "orphan", &vm);
     let src = node02.vmi_dir("orphan");
     assert!(wait_for(START, || !ticks(&src).is_empty()), "no ticks");
     let (last, boot) = ticks(&src).last().cloned().expect("a tick");
     let launcher = src.launcher_pid().expect("launcher");
     let src_qemu = src.read_state().expect("state").qemu_pid.expect("QEMU");
 
-    migrate_until_memory_flows(&server, "orphan", &src);
+    migrate_until_memory_flows(server, "orphan", &src);
     assert_eq!(
         migration_of(
-            &server,
+            server,
             "orphan",
             ".status.migrationState.migrationPolicyName"
         ),
@@ -1761,7 +1750,7 @@ spec:
     );
     assert_eq!(
         migration_of(
-            &server,
+            server,
             "orphan",
             ".status.migrationState.migrationConfiguration.bandwidthPerMigration"
         ),
@@ -1789,19 +1778,19 @@ spec:
         target.read_state()
     );
     assert_eq!(
-        vmi(&server, "orphan", "{.status.nodeName} {.status.phase}"),
+        vmi(server, "orphan", "{.status.nodeName} {.status.phase}"),
         "node02 Running"
     );
     // The agent stays down past the heartbeat timeout: virt-controller fails the migration
     // itself (nothing else would report it), naming the silent node; the guest stays there.
     migration_phase_is(
-        &server,
+        server,
         "orphan",
         "Failed",
         Duration::from_secs(HEARTBEAT_TIMEOUT.parse::<u64>().expect("seconds") + 45),
     );
     assert_eq!(
-        migration_failure(&server, "orphan"),
+        migration_failure(server, "orphan"),
         format!(
             "Failed the source node node02 stopped reporting (no virt-handler heartbeat for \
              more than {HEARTBEAT_TIMEOUT} s); the guest stays on node02"
@@ -1812,14 +1801,14 @@ spec:
 
     // The agent comes back: it adopts the launcher, which kept the guest.
     let node02 = NodeProcess::start_in(
-        &net,
-        &server,
+        net,
+        server,
         "node02",
         &dir.path().join("node02"),
         &guest.join("oci"),
     );
     assert!(
-        wait_for(Duration::from_secs(60), || node_ready(&server, "node02")
+        wait_for(Duration::from_secs(60), || node_ready(server, "node02")
             == "True"),
         "node02 did not come back"
     );
@@ -1833,7 +1822,7 @@ spec:
     );
     assert_eq!(
         vmi(
-            &server,
+            server,
             "orphan",
             "{.status.nodeName} {.status.phase} {.status.migrationState.failed}"
         ),
@@ -1903,25 +1892,19 @@ fn a_migration_past_its_completion_time_switches_to_post_copy_and_the_guest_arri
     let Some(_uffd) = UnprivilegedUserfaultfd::enable() else {
         return;
     };
-    let Some(TwoNodes {
-        node02,
-        server,
-        guest: _,
-        dir: _dir,
-        net: _net,
-    }) = TwoNodes::start(&[])
-    else {
+    let Some(mut nodes) = TwoNodes::start(&[]) else {
         return;
     };
+    let TwoNodes { node02, server, .. } = &mut nodes;
     // 1 MiB/s: pre-copy of 32 MiB of random pages would take half a minute; after 3 s
     // (completionTimeoutPerGiB 3, a 256 MiB guest counts as 1 GiB) the source switches to
     // post-copy, and the guest runs at the target while its pages follow.
     set_migrations(
-        &server,
+        server,
         serde_json::json!({"allowPostCopy": true, "completionTimeoutPerGiB": 3,
             "bandwidthPerMigration": "1Mi"}),
     );
-    run_on(&server, "node01", "node02", "pc", &random_memory_vm("pc"));
+    run_on(server, "node01", "node02", "pc", &random_memory_vm("pc"));
     let src = server.vmi_dir("default", "pc");
     assert!(
         wait_for(START, || ticks(&src)
@@ -1942,17 +1925,17 @@ fn a_migration_past_its_completion_time_switches_to_post_copy_and_the_guest_arri
     let started = std::time::Instant::now();
     let out = server.virtctl(&["migrate", "pc"]);
     assert!(out.contains("was scheduled to migrate"), "{out}");
-    migration_phase_is(&server, "pc", "Succeeded", Duration::from_secs(120));
+    migration_phase_is(server, "pc", "Succeeded", Duration::from_secs(120));
     eprintln!("the post-copy migration took {:?}", started.elapsed());
     assert_eq!(
-        migration_of(&server, "pc", ".status.migrationState.mode"),
+        migration_of(server, "pc", ".status.migrationState.mode"),
         "PostCopy",
         "{}",
         server.kubectl(&["get", "vmim", "-o", "yaml"])
     );
     assert_eq!(
         vmi(
-            &server,
+            server,
             "pc",
             "{.status.nodeName} {.status.phase} {.status.migrationState.mode}"
         ),

@@ -23,8 +23,10 @@ const SYSTEM: u8 = 1;
 const MIMALLOC: u8 = 2;
 
 // mimalloc's option numbers (`mi_option_e` in mimalloc.h of the v3 sources that
-// libmimalloc-sys builds; the crate declares the enum only for v2). The test
-// `option_numbers_are_mimallocs` reads their defaults back, so a renumbering fails it.
+// libmimalloc-sys builds; the crate declares the enum only for v2). The test below reads
+// their defaults back before setting them, so a renumbering fails it. Being set here, the
+// `MIMALLOC_PURGE_DELAY` and `MIMALLOC_ARENA_EAGER_COMMIT` environment variables do not
+// tune the server.
 const MI_OPTION_ARENA_EAGER_COMMIT: c_int = 4;
 const MI_OPTION_PURGE_DELAY: c_int = 15;
 
