@@ -1210,7 +1210,7 @@ spec:
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains("memory.dump"))
         .collect();
-    assert_eq!(dumps, [second.clone()]);
+    assert_eq!(dumps, std::slice::from_ref(&second));
 
     let out = s.virtctl(&["memory-dump", "remove", "dumpee"]);
     assert!(

@@ -38,7 +38,7 @@ pub fn claim_of(
 fn kilo_string(kilos: u64) -> String {
     let mut v = kilos;
     for suffix in ["k", "M", "G", "T", "P"] {
-        if v % 1000 != 0 || v == 0 {
+        if !v.is_multiple_of(1000) || v == 0 {
             return format!("{v}{suffix}");
         }
         v /= 1000;
