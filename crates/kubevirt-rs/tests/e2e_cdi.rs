@@ -1224,6 +1224,22 @@ spec:
         "{}",
         s.kubectl(&["get", "vm", "dumpee", "-o", "yaml"])
     );
+    // virt-api's `dumpmemory` (the controller's call) writes into no claim without a
+    // request in progress for it, and takes no path for a claim.
+    let raw = "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/dumpee/dumpmemory";
+    for (body, want) in [
+        (
+            r#"{"claimName":"dump"}"#,
+            "no memory dump of virtualmachine dumpee to claim dump is in progress",
+        ),
+        (r#"{"claimName":"../x"}"#, "claim name"),
+        (r#"{"claimName":"dump","path":"/etc"}"#, "unknown field"),
+    ] {
+        let f = dir.path().join("dumpmemory.json");
+        std::fs::write(&f, body).expect("write body");
+        let out = s.kubectl(&["replace", "--raw", raw, "-f", f.to_str().expect("utf8")]);
+        assert!(out.contains(want), "{body}: {out}");
+    }
     let out = s.virtctl(&["memory-dump", "remove", "dumpee"]);
     assert!(
         out.contains("error removing memory dump association, ")
