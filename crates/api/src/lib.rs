@@ -23,6 +23,7 @@ pub mod field;
 pub mod freeze;
 pub mod guestagent;
 pub mod instancetype;
+pub mod memdump;
 pub mod memsnap;
 pub mod multus;
 pub mod names;

@@ -142,6 +142,18 @@ pub const SUBRESOURCES: &[AggregatedResource] = &[
     ("virtualmachines/restart", "VirtualMachine", &["update"]),
     ("virtualmachines/migrate", "VirtualMachine", &["update"]),
     ("virtualmachines/addvolume", "VirtualMachine", &["update"]),
+    ("virtualmachines/memorydump", "VirtualMachine", &["update"]),
+    (
+        "virtualmachines/removememorydump",
+        "VirtualMachine",
+        &["update"],
+    ),
+    // Ours: the memory dump controller's call (docs/memory-snapshots.md).
+    (
+        "virtualmachineinstances/dumpmemory",
+        "VirtualMachineInstance",
+        &["update"],
+    ),
     (
         "virtualmachines/removevolume",
         "VirtualMachine",

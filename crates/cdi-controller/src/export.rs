@@ -89,6 +89,8 @@ pub const MANIFEST_AUTH_HEADER: &str = "auth-header-secret";
 /// Volume formats (`exportv1.KubeVirtRaw`, `exportv1.KubeVirtGz`).
 pub const FORMAT_RAW: &str = "raw";
 pub const FORMAT_GZIP: &str = "gzip";
+/// KubeVirt's `ArchiveGz`: a directory volume as a gzipped tar.
+pub const FORMAT_ARCHIVE_GZ: &str = "tar.gz";
 
 /// How long a Pending export waits before it looks again (KubeVirt requeues on informer
 /// events; here the controller polls its sources).
@@ -438,11 +440,14 @@ async fn vm_source(client: &kube::Client, ns: &str, name: &str) -> Result<Source
     Ok(s)
 }
 
-/// Whether CDI's content type of a claim is `archive` (a directory tree, not a disk image).
+/// Whether a claim holds a directory tree, not a disk image: CDI's content type `archive`, or
+/// a claim holding memory dumps (`kubevirt.io/memory-dump`, which KubeVirt, seeing no
+/// `kubevirt` content type on such a claim, exports as an archive too).
 fn is_archive(pvc: &PersistentVolumeClaim) -> bool {
-    pvc.annotations()
-        .get("cdi.kubevirt.io/storage.contentType")
+    let a = pvc.annotations();
+    a.get("cdi.kubevirt.io/storage.contentType")
         .is_some_and(|c| c == "archive")
+        || a.contains_key(kubevirt_api::memdump::ANNOTATION)
 }
 
 /// `status.links.internal`/`external` for an available source: each claim's `raw` and
@@ -453,9 +458,13 @@ pub fn link(cfg: &ExportConfig, vme: &VirtualMachineExport, src: &Source, kind: 
     let volumes: Vec<Value> = src
         .claims
         .iter()
-        .filter(|c| !is_archive(c))
         .map(|c| {
             let n = c.name_any();
+            if is_archive(c) {
+                return json!({"name": n, "formats": [
+                    {"format": FORMAT_ARCHIVE_GZ, "url": format!("{base}/volumes/{n}/disk.tar.gz")},
+                ]});
+            }
             json!({"name": n, "formats": [
                 {"format": FORMAT_RAW, "url": format!("{base}/volumes/{n}/disk.img")},
                 {"format": FORMAT_GZIP, "url": format!("{base}/volumes/{n}/disk.img.gz")},
@@ -744,6 +753,7 @@ pub async fn run(cdi: Arc<Context>, config: ExportConfig) {
 enum Route<'a> {
     Raw(&'a str),
     Gzip(&'a str),
+    Archive(&'a str),
     Manifests,
     HeaderSecret,
 }
@@ -823,11 +833,12 @@ fn parse_path<'a>(p: &[&'a str]) -> Result<Target<'a>, Refusal> {
     let route = match rest {
         ["volumes", vol, "disk.img"] => Route::Raw(vol),
         ["volumes", vol, "disk.img.gz"] => Route::Gzip(vol),
+        ["volumes", vol, "disk.tar.gz"] => Route::Archive(vol),
         ["internal" | "external", "manifests", "all"] => Route::Manifests,
         ["internal" | "external", "manifests", "secret"] => Route::HeaderSecret,
         _ => {
             return Err(Refusal::not_found(format!(
-                "{shown}: no such export resource (volumes/VOLUME/disk.img, volumes/VOLUME/disk.img.gz, external/manifests/all, external/manifests/secret)"
+                "{shown}: no such export resource (volumes/VOLUME/disk.img, volumes/VOLUME/disk.img.gz, volumes/VOLUME/disk.tar.gz, external/manifests/all, external/manifests/secret)"
             )))
         }
     };
@@ -902,11 +913,12 @@ impl ExportServer {
             ));
         }
         match t.route {
-            Route::Raw(vol) | Route::Gzip(vol) => {
+            Route::Raw(vol) | Route::Gzip(vol) | Route::Archive(vol) => {
+                let archive = matches!(t.route, Route::Archive(_));
                 let Some(pvc) = src
                     .claims
                     .iter()
-                    .find(|c| c.name_any() == vol && !is_archive(c))
+                    .find(|c| c.name_any() == vol && is_archive(c) == archive)
                 else {
                     let names: Vec<String> = src.claims.iter().map(|c| c.name_any()).collect();
                     return Err(Refusal::not_found(format!(
@@ -914,8 +926,12 @@ impl ExportServer {
                         names.join(", ")
                     )));
                 };
-                let file = self.volume_file(pvc).await?;
                 let head = *method == Method::HEAD;
+                if archive {
+                    let dir = self.volume_dir(pvc).await?;
+                    return serve_archive(dir, head).await;
+                }
+                let file = self.volume_file(pvc).await?;
                 if matches!(t.route, Route::Raw(_)) {
                     serve_raw(file, headers, head).await
                 } else {
@@ -984,6 +1000,23 @@ impl ExportServer {
     /// The file of a claim: its bound PersistentVolume's `spec.local.path`, through the
     /// host-path policy; `disk.img` beneath it for Filesystem claims.
     async fn volume_file(&self, pvc: &PersistentVolumeClaim) -> Result<PathBuf, Refusal> {
+        let dir = self.volume_dir(pvc).await?;
+        if crate::provisioner::is_block(pvc) {
+            return Ok(dir);
+        }
+        host_path::beneath(&dir, std::path::Path::new("disk.img")).map_err(|e| {
+            Refusal(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the disk image of PersistentVolumeClaim {}: {e}",
+                    pvc.name_any()
+                ),
+            )
+        })
+    }
+
+    /// A claim's bound PersistentVolume's `spec.local.path`, through the host-path policy.
+    async fn volume_dir(&self, pvc: &PersistentVolumeClaim) -> Result<PathBuf, Refusal> {
         let claim = pvc.name_any();
         let pv_name = pvc
             .spec
@@ -1021,15 +1054,7 @@ impl ExportServer {
                     format!("PersistentVolume {pv_name} spec.local.path: {e}"),
                 )
             })?;
-        if crate::provisioner::is_block(pvc) {
-            return Ok(dir);
-        }
-        host_path::beneath(&dir, std::path::Path::new("disk.img")).map_err(|e| {
-            Refusal(
-                StatusCode::FORBIDDEN,
-                format!("the disk image of PersistentVolume {pv_name}: {e}"),
-            )
-        })
+        Ok(dir)
     }
 
     /// `/manifests/all`: the CA ConfigMap, the VirtualMachine (status and server-set
@@ -1313,6 +1338,62 @@ async fn serve_gzip(path: PathBuf, head: bool) -> Result<Response, Refusal> {
     Ok(r)
 }
 
+/// `disk.tar.gz`: the regular files and directories of a Filesystem volume as a gzipped tar
+/// (KubeVirt's `ArchiveGz`), streamed like [`serve_gzip`]. Symlinks are stored as links,
+/// never followed.
+async fn serve_archive(dir: PathBuf, head: bool) -> Result<Response, Refusal> {
+    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        return Err(Refusal::internal(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    let mut r = if head {
+        Response::new(Body::empty())
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let enc = flate2::write::GzEncoder::new(
+                ChunkWriter {
+                    buf: Vec::with_capacity(CHUNK),
+                    tx: tx.clone(),
+                },
+                flate2::Compression::fast(),
+            );
+            let mut tar = tar::Builder::new(enc);
+            tar.follow_symlinks(false);
+            let res = (|| -> std::io::Result<()> {
+                let mut entries: Vec<_> =
+                    std::fs::read_dir(&dir)?.collect::<Result<Vec<_>, _>>()?;
+                entries.sort_by_key(|e| e.file_name());
+                for e in entries {
+                    let t = e.file_type()?;
+                    if t.is_dir() {
+                        tar.append_dir_all(e.file_name(), e.path())?;
+                    } else if t.is_file() || t.is_symlink() {
+                        tar.append_path_with_name(e.path(), e.file_name())?;
+                    }
+                }
+                tar.into_inner()?.finish()?.flush()
+            })();
+            if let Err(e) = res {
+                tracing::warn!(path = %dir.display(), error = %e, "archive export stream ended early");
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Response::new(Body::from_stream(stream))
+    };
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/gzip"),
+    );
+    Ok(r)
+}
+
 #[async_trait::async_trait]
 impl SubresourceHandler for ExportServer {
     async fn handle(
@@ -1370,6 +1451,10 @@ mod tests {
             Some("ns/e/Gzip(\"d\")".into())
         );
         assert_eq!(
+            ok("v1/namespaces/ns/virtualmachineexports/e/volumes/dump/disk.tar.gz").ok(),
+            Some("ns/e/Archive(\"dump\")".into())
+        );
+        assert_eq!(
             ok("v1/namespaces/ns/virtualmachineexports/e/external/manifests/all").ok(),
             Some("ns/e/Manifests".into())
         );
@@ -1395,6 +1480,47 @@ mod tests {
             matches!(&dots, Err(Refusal(_, m)) if m.ends_with("no \".\" or \"..\" segments")),
             "{dots:?}"
         );
+    }
+
+    /// A memory dump claim is exported as KubeVirt exports it: a gzipped tar of its files,
+    /// symlinks stored as links (their targets never read).
+    #[tokio::test]
+    async fn archive_volumes_stream_as_a_gzipped_tar_without_following_links() {
+        use futures::StreamExt;
+        let t = tempfile::tempdir().unwrap();
+        let vol = t.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        std::fs::write(
+            vol.join("vm-c-20261130-230509.memory.dump"),
+            b"\x7fELF core",
+        )
+        .unwrap();
+        std::fs::write(t.path().join("secret"), b"not exported").unwrap();
+        std::os::unix::fs::symlink(t.path().join("secret"), vol.join("link")).unwrap();
+        let r = serve_archive(vol, false).await.unwrap();
+        let mut body = r.into_body().into_data_stream();
+        let mut gz = Vec::new();
+        while let Some(c) = body.next().await {
+            gz.extend_from_slice(&c.unwrap());
+        }
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
+        let mut seen = Vec::new();
+        for e in tar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            seen.push((name, e.header().entry_type().is_symlink(), data));
+        }
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0].0, "link");
+        assert!(seen[0].1 && seen[0].2.is_empty());
+        assert_eq!(seen[1].0, "vm-c-20261130-230509.memory.dump");
+        assert_eq!(seen[1].2, b"\x7fELF core");
+        let claim: PersistentVolumeClaim = serde_json::from_value(json!({"metadata": {
+            "name": "dump", "annotations": {kubevirt_api::memdump::ANNOTATION: "f"}}}))
+        .unwrap();
+        assert!(is_archive(&claim));
     }
 
     #[test]

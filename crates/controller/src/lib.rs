@@ -20,6 +20,8 @@
 //!   a new VM).
 //! - [`clone`][]: VirtualMachineClone (a snapshot, then a restore to a new VM with the
 //!   clone's changes as patches).
+//! - [`memorydump`][]: KubeVirt's memory dump requests (`status.memoryDumpRequest`): the
+//!   dump through virt-api and the VMI's node agent into the claim.
 //! - [`endpoints`][]: kube's endpoints and endpointslice controllers, over the launcher
 //!   Pods: Services that select VMIs' labels get their addresses.
 //!
@@ -31,6 +33,7 @@ pub mod endpoints;
 pub mod evacuation;
 pub mod instancetype;
 pub mod launcher_pod;
+pub mod memorydump;
 pub mod migration;
 pub mod migration_policy;
 pub mod node;
@@ -199,6 +202,21 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "vm controller");
             }
         });
+    let memory_dump_ctl = Controller::new(
+        Api::<VirtualMachine>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(vmis.clone(), watcher::Config::default())
+    .run(
+        workqueue::instrument("virt-controller-memorydump", memorydump::reconcile),
+        memorydump::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "memory dump controller");
+        }
+    });
     let vmi_ctl = Controller::new(vmis.clone(), watcher::Config::default());
     // A Node that comes, changes or goes may take (or refuse) the VMIs waiting for one.
     let waiting = vmi_ctl.store();
@@ -358,6 +376,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     });
     futures::join!(
         vm_ctl,
+        memory_dump_ctl,
         clone_ctl,
         snapshot_ctl,
         restore_ctl,

@@ -10,6 +10,7 @@
 pub mod cleanup;
 pub mod cni;
 pub mod hotplug;
+pub mod memdump;
 pub mod memstore;
 pub mod metrics;
 pub mod migration;

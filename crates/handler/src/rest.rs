@@ -9,6 +9,9 @@
 //! - `PUT .../savememory`, `PUT .../resumememory` (body [`SaveMemory`]): a memory snapshot's
 //!   save into this node's store ([`crate::memstore`]) and the guest's resumption after it
 //!   (docs/memory-snapshots.md); the answer is the [`SavedState`].
+//! - `PUT .../dumpmemory` (body [`DumpMemory`]): KubeVirt's memory dump: the launcher's
+//!   `dumpMemory`, the ELF core moved into the claim's volume ([`crate::memdump`]); the answer
+//!   is the [`DumpResult`].
 //! - `GET .../console`, `GET .../vnc`: an HTTP upgrade to [`STREAM_PROTOCOL`], then the raw
 //!   bytes of the launcher's `console.sock` / `vnc.sock`.
 //! - `GET .../logs?container=launcher|qemu|serial&tailLines=N`: the end of one of the VMI's
@@ -31,6 +34,7 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
+use kubevirt_api::memdump::{self, DumpMemory, DumpResult};
 use kubevirt_api::memsnap::{self, SaveMemory};
 use kubevirt_api::VirtualMachineInstance;
 use kubevirt_launcher::api::logs::{self, LogContainer};
@@ -255,14 +259,22 @@ pub struct Endpoint {
     client: Client,
     node_name: String,
     data_dir: PathBuf,
+    /// Where the claims of memory dumps may be ([`crate::memdump::claim_dir`]).
+    host_paths: kubevirt_runtime::host_path::HostPathPolicy,
 }
 
 impl Endpoint {
-    pub fn new(client: Client, node_name: String, data_dir: PathBuf) -> Arc<Endpoint> {
+    pub fn new(
+        client: Client,
+        node_name: String,
+        data_dir: PathBuf,
+        host_paths: kubevirt_runtime::host_path::HostPathPolicy,
+    ) -> Arc<Endpoint> {
         Arc::new(Endpoint {
             client,
             node_name,
             data_dir,
+            host_paths,
         })
     }
 
@@ -330,9 +342,10 @@ impl Endpoint {
             }
         };
         match action {
-            "rpc" | memsnap::SAVE_SUBRESOURCE | memsnap::RESUME_SUBRESOURCE => {
-                want(HttpMethod::PUT)?
-            }
+            "rpc"
+            | memsnap::SAVE_SUBRESOURCE
+            | memsnap::RESUME_SUBRESOURCE
+            | memdump::DUMP_SUBRESOURCE => want(HttpMethod::PUT)?,
             "console" | "vnc" | "logs" => want(HttpMethod::GET)?,
             _ => return Err(Refusal::new(Reason::NotFound, format!("no route {path}"))),
         }
@@ -384,6 +397,18 @@ impl Endpoint {
                     action == memsnap::SAVE_SUBRESOURCE,
                 )
                 .await;
+        }
+        if action == memdump::DUMP_SUBRESOURCE {
+            let body = Limited::new(req.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| Refusal::new(Reason::BadRequest, format!("reading the body: {e}")))?
+                .to_bytes();
+            let value: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| Refusal::new(Reason::BadRequest, format!("not JSON: {e}")))?;
+            let dump =
+                DumpMemory::parse(&value).map_err(|e| Refusal::new(Reason::BadRequest, e))?;
+            return self.dump_memory(ns, name, &dir, &dump.claim_name).await;
         }
         if action == "rpc" {
             let body = Limited::new(req.into_body(), MAX_BODY)
@@ -618,6 +643,67 @@ impl Endpoint {
         ))
     }
 
+    /// `dumpmemory`: KubeVirt's memory dump of VMI `ns/name` into claim `claim` of its
+    /// namespace: the claim's volume is found first (an unbound claim is `Unavailable`, to be
+    /// asked again), then the launcher writes the ELF core and it is moved into the volume as
+    /// `<vmi>-<claim>-<timestamp>.memory.dump`.
+    async fn dump_memory(
+        &self,
+        ns: &str,
+        name: &str,
+        dir: &VmiDir,
+        claim: &str,
+    ) -> Result<Reply, Refusal> {
+        use crate::memdump::{claim_dir, place, DumpError};
+        let refusal = |e: DumpError| match e {
+            DumpError::NotReady(m) => Refusal::new(Reason::Unavailable, m),
+            e => Refusal::new(Reason::BadRequest, e.to_string()),
+        };
+        let target = claim_dir(&self.client, &self.host_paths, ns, claim)
+            .await
+            .map_err(refusal)?;
+        let start = k8s_openapi::jiff::Timestamp::now();
+        let file_name = memdump::file_name(name, claim, start.as_second())
+            .map_err(|e| Refusal::new(Reason::BadRequest, e))?;
+        tracing::info!(namespace = ns, name, claim, file = %file_name, "dumping the guest's memory");
+        match async {
+            LauncherClient::connect(dir)
+                .await?
+                .call(Request::DumpMemory)
+                .await
+        }
+        .await
+        {
+            Ok(Response::MemoryDump(_)) => {}
+            Ok(_) => {
+                return Err(Refusal::new(
+                    Reason::Launcher,
+                    "dumpMemory: unexpected reply",
+                ))
+            }
+            Err(LauncherError::Remote(e)) => {
+                return Err(Refusal::new(Reason::Launcher, e.to_string()))
+            }
+            Err(e) => return Err(Refusal::new(Reason::Unavailable, e.to_string())),
+        }
+        let (src, fname) = (dir.memory_dump(), file_name.clone());
+        let size = tokio::task::spawn_blocking(move || place(&src, &target, &fname))
+            .await
+            .map_err(|e| Refusal::new(Reason::Unavailable, e.to_string()))?
+            .map_err(refusal)?;
+        let end = k8s_openapi::jiff::Timestamp::now();
+        let result = DumpResult {
+            file_name,
+            size_bytes: size,
+            start_timestamp: start.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            end_timestamp: end.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        };
+        Ok(json_reply(
+            StatusCode::OK,
+            serde_json::to_vec(&result).unwrap_or_default(),
+        ))
+    }
+
     async fn call(
         &self,
         ns: &str,
@@ -672,9 +758,14 @@ pub async fn run(client: Client, config: crate::Config, issued: Arc<Issued>) -> 
         .await
         .context("publishing the handler endpoint on the Node")?;
     tracing::info!(address = %endpoint.address, "handler endpoint serving (mutual TLS)");
-    Endpoint::new(client, config.node_name.clone(), config.data_dir.clone())
-        .serve(listener, server_tls)
-        .await;
+    Endpoint::new(
+        client,
+        config.node_name.clone(),
+        config.data_dir.clone(),
+        config.host_paths.clone(),
+    )
+    .serve(listener, server_tls)
+    .await;
     Ok(())
 }
 
@@ -853,6 +944,23 @@ impl HandlerClient {
         serde_json::from_slice(&body).map_err(|e| protocol(ep, format!("the answer: {e}")))
     }
 
+    /// KubeVirt's memory dump of VMI `namespace/name` into claim `claim` of its namespace.
+    pub async fn dump_memory(
+        &self,
+        ep: &HandlerEndpoint,
+        namespace: &str,
+        name: &str,
+        claim: &str,
+    ) -> Result<DumpResult, ClientError> {
+        let request = DumpMemory {
+            claim_name: claim.to_string(),
+        };
+        let body = self
+            .put_json(ep, namespace, name, memdump::DUMP_SUBRESOURCE, &request)
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| protocol(ep, format!("the answer: {e}")))
+    }
+
     /// The end of a log of the VMI `namespace/name` of the endpoint's node.
     pub async fn logs(
         &self,
@@ -995,7 +1103,14 @@ mod tests {
         };
         let data = tmp.path().join("node01");
         let server = tokio::spawn(
-            Endpoint::new(client.clone(), "node01".into(), data.clone()).serve(
+            Endpoint::new(
+                client.clone(),
+                "node01".into(),
+                data.clone(),
+                kubevirt_runtime::host_path::HostPathPolicy::new(&[], &data, &data.join("volumes"))
+                    .expect("policy"),
+            )
+            .serve(
                 listener,
                 node_cert.server_config(&[VIRT_API]).expect("server config"),
             ),

@@ -1011,6 +1011,248 @@ spec:
     );
 }
 
+/// `virtctl memory-dump`, as KubeVirt's: a dump of a stopped VM is refused with KubeVirt's
+/// message; `get --create-claim` makes a claim sized as KubeVirt sizes it, the request goes to
+/// `Completed` with KubeVirt's file name, and the file in the claim's volume is the guest's
+/// ELF core (all of its RAM), downloaded with `--output` through a VirtualMachineExport of the
+/// claim (a tar of it, as KubeVirt's); the claim is annotated with it; a second dump replaces the
+/// first; a hostile claim name is refused; `remove` clears the request. The guest is started
+/// paused (no guest code runs under TCG): a paused VMI runs as far as KubeVirt is concerned.
+#[test]
+fn virtctl_memory_dump_writes_the_guests_elf_core_into_a_claim_it_creates() {
+    use kubevirt_api::memdump;
+    if !have_kubectl() {
+        return;
+    }
+    let Some(guest) = kubevirt_testsupport::guest(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::started_with_guest(env!("CARGO_BIN_EXE_kubevirt-rs"), dir.path(), &guest);
+    let vm = |name: &str, strategy: &str| {
+        format!(
+            r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: {strategy}
+  template:
+    spec:
+      startStrategy: Paused
+      domain:
+        memory: {{guest: 128Mi}}
+        firmware:
+          kernelBoot:
+            container: {{image: "kubevirt-rs/demo-guest:latest", kernelPath: /boot/vmlinux, initrdPath: /boot/initrd.img}}
+        devices:
+          autoattachGraphicsDevice: false
+          autoattachPodInterface: false
+      terminationGracePeriodSeconds: 0
+"#
+        )
+    };
+    let file = dir.path().join("vms.yaml");
+    std::fs::write(
+        &file,
+        [vm("dumpee", "Always"), vm("stopped", "Halted")].join("---\n"),
+    )
+    .expect("write manifest");
+    let out = s.kubectl(&["apply", "-f", file.to_str().expect("utf8")]);
+    assert!(out.contains("dumpee created"), "{out}");
+    assert!(
+        wait_for(Duration::from_secs(120), || s.jsonpath(
+            "vmi",
+            "dumpee",
+            "{.status.phase}"
+        ) == "Running"),
+        "{}",
+        s.kubectl(&["get", "vm,vmi", "-o", "yaml"])
+    );
+
+    // A stopped VM has no memory to dump: KubeVirt's refusal.
+    let out = s.virtctl(&["memory-dump", "get", "stopped", "--claim-name=dump"]);
+    assert!(
+        out.contains(
+            r#"error dumping vm memory, virtualmachineinstance.kubevirt.io "stopped" not found"#
+        ),
+        "{out}"
+    );
+    // Hostile claim names never reach a request.
+    for bad in ["../x", "a/b"] {
+        let out = s.virtctl(&[
+            "memory-dump",
+            "get",
+            "dumpee",
+            &format!("--claim-name={bad}"),
+        ]);
+        assert!(
+            out.contains("claim name") && !out.contains("Successfully"),
+            "{bad}: {out}"
+        );
+    }
+    assert_eq!(
+        s.jsonpath("vm", "dumpee", "{.status.memoryDumpRequest}"),
+        ""
+    );
+
+    let tarball = dir.path().join("dump.tar");
+    let output = format!("--output={}", tarball.display());
+    let out = s.virtctl(&[
+        "memory-dump",
+        "get",
+        "dumpee",
+        "--claim-name=dump",
+        "--create-claim",
+        &output,
+        "--format=raw",
+    ]);
+    for said in [
+        "PVC default/dump created",
+        "Successfully submitted memory dump request of VM dumpee",
+        "Memory dump completed successfully",
+        "Download finished successfully",
+    ] {
+        assert!(out.contains(said), "{said}: {out}");
+    }
+    // KubeVirt's size: memory + 100 MiB, plus the filesystem overhead, aligned to 1 MiB.
+    let overhead = s.jsonpath("cdiconfig", "config", "{.status.filesystemOverhead.global}");
+    let overhead = if overhead.is_empty() {
+        memdump::DEFAULT_FS_OVERHEAD.to_string()
+    } else {
+        overhead
+    };
+    let want = memdump::size_with_fs_overhead(228 << 20, &overhead).expect("size");
+    assert_eq!(
+        s.jsonpath("pvc", "dump", "{.spec.resources.requests.storage}"),
+        format!("{}Mi", want >> 20)
+    );
+    let completed = |s: &Server| {
+        wait_for(Duration::from_secs(60), || {
+            s.jsonpath("vm", "dumpee", "{.status.memoryDumpRequest.phase}") == "Completed"
+        })
+    };
+    assert!(
+        completed(&s),
+        "{}",
+        s.kubectl(&["get", "vm", "dumpee", "-o", "yaml"])
+    );
+    let first = s.jsonpath("vm", "dumpee", "{.status.memoryDumpRequest.fileName}");
+    assert!(
+        first.starts_with("dumpee-dump-") && first.ends_with(".memory.dump") && first.len() == 39,
+        "{first}"
+    );
+    for t in ["startTimestamp", "endTimestamp"] {
+        assert!(!s
+            .jsonpath(
+                "vm",
+                "dumpee",
+                &format!("{{.status.memoryDumpRequest.{t}}}")
+            )
+            .is_empty());
+    }
+    assert_eq!(
+        s.jsonpath(
+            "pvc",
+            "dump",
+            r"{.metadata.annotations.kubevirt\.io/memory-dump}"
+        ),
+        first
+    );
+    let volume = std::path::PathBuf::from(s.jsonpath(
+        "pv",
+        &s.jsonpath("pvc", "dump", "{.spec.volumeName}"),
+        "{.spec.local.path}",
+    ));
+    let elf = |name: &str| {
+        let path = volume.join(name);
+        let mut head = [0u8; 5];
+        let mut f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        std::io::Read::read_exact(&mut f, &mut head).expect("read the dump");
+        assert_eq!(&head, b"\x7fELF\x02", "{name} is no 64-bit ELF core");
+        let size = f.metadata().expect("stat").len();
+        assert!(
+            size >= 128 << 20,
+            "{name}: {size} bytes for a 128 MiB guest"
+        );
+    };
+    elf(&first);
+    // The download is KubeVirt's: the claim's directory as a tar (gunzipped with
+    // `--format=raw`), holding the dump.
+    let tar = std::fs::read(&tarball).expect("the download");
+    let name_field = &tar[..100];
+    let stored = String::from_utf8_lossy(
+        &name_field[..name_field.iter().position(|b| *b == 0).unwrap_or(100)],
+    )
+    .into_owned();
+    assert_eq!(stored, first);
+    assert_eq!(&tar[512..516], b"\x7fELF");
+    assert!(tar.len() >= (128 << 20) + 512, "{} bytes", tar.len());
+
+    // Again, to the associated claim: the new dump replaces the old one.
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = s.virtctl(&["memory-dump", "get", "dumpee"]);
+    assert!(out.contains("Successfully submitted"), "{out}");
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            let f = s.jsonpath("vm", "dumpee", "{.status.memoryDumpRequest.fileName}");
+            !f.is_empty() && f != first && completed(&s)
+        }),
+        "{}",
+        s.kubectl(&["get", "vm", "dumpee", "-o", "yaml"])
+    );
+    let second = s.jsonpath("vm", "dumpee", "{.status.memoryDumpRequest.fileName}");
+    elf(&second);
+    let dumps: Vec<String> = std::fs::read_dir(&volume)
+        .expect("volume")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("memory.dump"))
+        .collect();
+    assert_eq!(dumps, std::slice::from_ref(&second));
+
+    let out = s.virtctl(&["memory-dump", "remove", "dumpee"]);
+    assert!(
+        out.contains("Successfully submitted remove memory dump association of VM dumpee"),
+        "{out}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || s
+            .jsonpath("vm", "dumpee", "{.status.memoryDumpRequest}")
+            .is_empty()),
+        "{}",
+        s.kubectl(&["get", "vm", "dumpee", "-o", "yaml"])
+    );
+    // virt-api's `dumpmemory` (the controller's call) writes into no claim without a
+    // request in progress for it, and takes no path for a claim.
+    let raw = "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/dumpee/dumpmemory";
+    for (body, want) in [
+        (
+            r#"{"claimName":"dump"}"#,
+            "no memory dump of virtualmachine dumpee to claim dump is in progress",
+        ),
+        (r#"{"claimName":"../x"}"#, "claim name"),
+        (r#"{"claimName":"dump","path":"/etc"}"#, "unknown field"),
+    ] {
+        let f = dir.path().join("dumpmemory.json");
+        std::fs::write(&f, body).expect("write body");
+        let out = s.kubectl(&["replace", "--raw", raw, "-f", f.to_str().expect("utf8")]);
+        assert!(out.contains(want), "{body}: {out}");
+    }
+    let out = s.virtctl(&["memory-dump", "remove", "dumpee"]);
+    assert!(
+        out.contains("error removing memory dump association, ")
+            && out.contains(
+                "can't remove memory dump association for vm dumpee, no association found"
+            ),
+        "{out}"
+    );
+    eprintln!(
+        "memory dump e2e took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// A VirtualMachineClone of a stopped VM: the clone's data disk has the source's bytes, its
 /// NIC and firmware have no copied identity (a MAC derived from the clone's name is given at
 /// start; the firmware UUID from its name), filtered labels are gone, and the temporary

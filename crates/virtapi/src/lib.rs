@@ -15,6 +15,10 @@
 //!   a memory snapshot's save into the node agent's store and the guest's resumption.
 //! - `guestosinfo`, `userlist`, `filesystemlist`: asked of the QEMU guest agent through the
 //!   launcher; KubeVirt's 409 when the VMI is not running or has no agent connected.
+//! - VirtualMachine `memorydump` (`{"claimName": ...}`) and `removememorydump`: KubeVirt's
+//!   memory dump requests in `status.memoryDumpRequest` ([`memorydump`]); the memory dump
+//!   controller then calls the VMI's `dumpmemory` (ours, [`kubevirt_api::memdump`]), which the
+//!   node agent serves (the launcher's `dumpMemory`, the file moved into the claim).
 //! - `addvolume`, `removevolume` (VM and VMI): volume hotplug, declaratively ([`volumes`]).
 //! - `logs` (ours, `?container=launcher|qemu|serial&tailLines=N`): the end of a VMI's
 //!   launcher, QEMU or serial console log, read by its node agent.
@@ -49,6 +53,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod eviction;
+pub mod memorydump;
 pub mod volumes;
 
 /// The websocket subprotocol KubeVirt's console and VNC streams use.
@@ -148,6 +153,11 @@ fn from_kube(e: kube::Error) -> Response {
         kube::Error::Api(s) => status(s.code, &s.reason, s.message.clone(), None),
         e => internal(e),
     }
+}
+
+/// 503: try again (the node agent or the claim is not ready yet).
+fn unavailable(msg: impl Into<String>) -> Response {
+    status(503, "ServiceUnavailable", msg.into(), None)
 }
 
 fn accepted() -> Response {
@@ -766,6 +776,133 @@ impl VirtApi {
             }))
     }
 
+    /// `PUT .../virtualmachines/NAME/memorydump` (`remove`: `.../removememorydump`):
+    /// KubeVirt's `MemoryDumpVMRequestHandler` / `RemoveMemoryDumpVMRequestHandler`.
+    async fn memory_dump_request(&self, ns: &str, name: &str, body: &Value, remove: bool) -> Reply {
+        const VM: &str = "virtualmachine";
+        let asked: kubevirt_api::VirtualMachineMemoryDumpRequest = if remove {
+            Default::default()
+        } else {
+            serde_json::from_value(body.clone()).map_err(|e| {
+                bad_request(format!(
+                    "Can not unmarshal Request body to struct, error: {e}"
+                ))
+            })?
+        };
+        let path = format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}");
+        let raw = self.get_raw(VM, name, path).await?;
+        let vm: VirtualMachine = serde_json::from_value(raw.clone())
+            .map_err(|e| internal(format!("decoding the VM: {e}")))?;
+        let current = vm
+            .status
+            .as_ref()
+            .and_then(|s| s.memory_dump_request.as_ref());
+        let claim = if remove {
+            String::new()
+        } else {
+            let claim = memorydump::claim_of(current, &asked.claim_name).map_err(
+                |(is_conflict, msg)| {
+                    if is_conflict {
+                        conflict(VM, name, msg)
+                    } else {
+                        bad_request(msg)
+                    }
+                },
+            )?;
+            // A name that is no claim's never reaches a request path (KubeVirt's client
+            // refuses it when it builds the claim's URL).
+            kubevirt_api::memdump::check_claim(&claim).map_err(bad_request)?;
+            let vmi = self.get_vmi(ns, name).await?;
+            if !is_running(&vmi) {
+                return Err(conflict("virtualmachineinstance", name, VMI_NOT_RUNNING));
+            }
+            let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+                Api::namespaced(self.client.clone(), ns);
+            let pvc = match pvcs.get_opt(&claim).await {
+                Ok(Some(p)) => p,
+                Ok(None) => return Err(not_found("persistentvolumeclaim", &claim)),
+                Err(e) => return Err(internal(format!("unable to retrieve pvc [{claim}]: {e}"))),
+            };
+            let configs: Api<kubevirt_api::CDIConfig> = Api::all(self.client.clone());
+            let config = configs
+                .get_opt("config")
+                .await
+                .map_err(|e| internal(format!("unable to retrieve cdi config: {e}")))?;
+            let class = pvc
+                .spec
+                .as_ref()
+                .and_then(|s| s.storage_class_name.as_deref());
+            let overhead = kubevirt_api::memdump::fs_overhead(config.as_ref(), class);
+            memorydump::check_claim(&pvc, &vmi.spec, &overhead)
+                .map_err(|e| conflict("persistentvolumeclaim", &claim, e))?;
+            claim
+        };
+        let status = raw.get("status").cloned().unwrap_or(Value::Null);
+        let ops = memorydump::request_patch(name, &status, &claim, remove)
+            .map_err(|e| conflict(VM, name, e))?;
+        tracing::info!(namespace = ns, name, claim = %claim, remove, "memory dump request");
+        self.patch_vm_status(&vm, &ops, false).await?;
+        Ok(accepted())
+    }
+
+    /// `PUT .../virtualmachineinstances/NAME/dumpmemory` (ours, [`kubevirt_api::memdump`]):
+    /// the memory dump controller's call for the VM's request in progress; the VMI's node
+    /// agent has the launcher dump and moves the file into the claim. Only the claim of the
+    /// VM's `InProgress` request is accepted, so nobody with this verb writes guest memory
+    /// into a claim no request names.
+    async fn dump_memory(&self, ns: &str, name: &str, body: &Value) -> Reply {
+        const KIND: &str = "virtualmachineinstance";
+        let req = kubevirt_api::memdump::DumpMemory::parse(body).map_err(|e| {
+            invalid_body(
+                KIND,
+                name,
+                &kubevirt_api::field::FieldError::invalid("claimName", e),
+            )
+        })?;
+        let vmi = self.get_vmi(ns, name).await?;
+        if !is_running(&vmi) {
+            return Err(conflict(KIND, name, VMI_NOT_RUNNING));
+        }
+        let vms: Api<VirtualMachine> = Api::namespaced(self.client.clone(), ns);
+        let in_progress = vms
+            .get_opt(name)
+            .await
+            .map_err(internal)?
+            .and_then(|vm| vm.status)
+            .and_then(|s| s.memory_dump_request)
+            .is_some_and(|r| {
+                r.claim_name == req.claim_name
+                    && r.phase == kubevirt_api::memdump::phase::IN_PROGRESS
+            });
+        if !in_progress {
+            return Err(conflict(
+                KIND,
+                name,
+                format!(
+                    "no memory dump of virtualmachine {name} to claim {} is in progress",
+                    req.claim_name
+                ),
+            ));
+        }
+        let (ep, ns, name) = self.handler_of(&vmi).await?;
+        match self
+            .handlers
+            .dump_memory(&ep, ns, name, &req.claim_name)
+            .await
+        {
+            Ok(done) => Ok(json_reply(
+                StatusCode::OK,
+                &serde_json::to_value(&done).map_err(internal)?,
+            )),
+            Err(ClientError::Refused { refusal, .. }) => match refusal.reason {
+                Reason::BadRequest | Reason::NotFound => Err(bad_request(refusal.message)),
+                Reason::Launcher => Err(internal(format!("dumpMemory: {}", refusal.message))),
+                _ => Err(unavailable(refusal.message)),
+            },
+            Err(e) => Err(unavailable(e.to_string())),
+        }
+    }
+
     /// `GET .../virtualmachineinstances/NAME/{guestosinfo,userlist,filesystemlist}`: asked of
     /// the guest agent through the launcher, with KubeVirt's refusals when there is none.
     async fn guest_agent(&self, ns: &str, name: &str, what: &str) -> Reply {
@@ -1020,6 +1157,21 @@ impl VirtApi {
                 tracing::info!(namespace = ns, name, action, "subresource request");
                 let save = action == kubevirt_api::memsnap::SAVE_SUBRESOURCE;
                 self.memory(ns, name, save, &body).await
+            }
+            (
+                "virtualmachines",
+                kubevirt_api::memdump::SUBRESOURCE | kubevirt_api::memdump::REMOVE_SUBRESOURCE,
+            ) => {
+                want(Method::PUT)?;
+                let body = options(req.into_body()).await?;
+                let remove = action == kubevirt_api::memdump::REMOVE_SUBRESOURCE;
+                self.memory_dump_request(ns, name, &body, remove).await
+            }
+            ("virtualmachineinstances", kubevirt_api::memdump::DUMP_SUBRESOURCE) => {
+                want(Method::PUT)?;
+                let body = options(req.into_body()).await?;
+                tracing::info!(namespace = ns, name, action, "subresource request");
+                self.dump_memory(ns, name, &body).await
             }
             ("virtualmachineinstances", "console" | "vnc") => {
                 want(Method::GET)?;

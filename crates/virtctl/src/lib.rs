@@ -13,6 +13,7 @@ pub mod client;
 pub mod console;
 pub mod create_vm;
 pub mod lifecycle;
+pub mod memorydump;
 pub mod migrate;
 pub mod params;
 pub mod stream;
@@ -99,6 +100,8 @@ pub enum Command {
     MigrateCancel(migrate::MigrateCancelArgs),
     /// Export a VM volume.
     Vmexport(vmexport::VmExportArgs),
+    /// Dump the memory of a running VM to a pvc
+    MemoryDump(memorydump::MemoryDumpArgs),
 }
 
 /// Runs virtctl with `args` (`args[0]` is the program name) and returns the exit status:
@@ -167,6 +170,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Migrate(a) => migrate::migrate(g, a).await,
         Command::MigrateCancel(a) => migrate::migrate_cancel(g, a).await,
         Command::Vmexport(a) => vmexport::run(g, a).await,
+        Command::MemoryDump(a) => memorydump::run(g, a).await,
     }
 }
 
