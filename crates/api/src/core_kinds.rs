@@ -10,7 +10,8 @@ use crate::defaults::DefaultsConfig;
 use crate::validation::ValidationConfig;
 use crate::FieldError;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, NodeSpec, Secret, Service,
+    ConfigMap, Endpoints, Namespace, Node, NodeSpec, PersistentVolume, PersistentVolumeClaim,
+    Secret, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{
@@ -55,6 +56,20 @@ fn check_keys<'a>(field: &str, keys: impl Iterator<Item = &'a String>, errs: &mu
             ));
         }
     }
+}
+
+/// Whether PersistentVolume `pv` is bound to claim `pvc`: its `claimRef` names the claim's
+/// namespace and name (and uid, when it records one). A claim's `spec.volumeName` alone is a
+/// user's word: whoever reads a claim's data through its volume checks this first, so a
+/// claim naming another namespace's volume reaches nothing.
+pub fn pv_bound_to(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
+    let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+        return false;
+    };
+    pvc.metadata.name.is_some()
+        && r.name == pvc.metadata.name
+        && r.namespace == pvc.metadata.namespace
+        && (r.uid.is_none() || r.uid == pvc.metadata.uid)
 }
 
 /// kube-apiserver's conversion and defaults of a written Secret: `stringData` is write-only,
@@ -805,6 +820,38 @@ mod tests {
             json!({"metadata": {"name": "s"}, "stringData": {".dotfile": "x", "a-b_c.d": "y"}}),
         );
         assert!(validate_secret(&ok, &ValidationConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn a_volume_is_bound_only_to_the_claim_its_claim_ref_names() {
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "data", "namespace": "a", "uid": "u1"},
+            "spec": {"volumeName": "pv-b"}}))
+        .expect("pvc");
+        let pv = |claim_ref: serde_json::Value| -> PersistentVolume {
+            serde_json::from_value(json!({"metadata": {"name": "pv-b"},
+                "spec": {"claimRef": claim_ref}}))
+            .expect("pv")
+        };
+        assert!(pv_bound_to(
+            &pv(json!({"namespace": "a", "name": "data", "uid": "u1"})),
+            &pvc
+        ));
+        assert!(pv_bound_to(
+            &pv(json!({"namespace": "a", "name": "data"})),
+            &pvc
+        ));
+        for other in [
+            json!({"namespace": "b", "name": "data", "uid": "u1"}),
+            json!({"namespace": "a", "name": "other"}),
+            json!({"namespace": "a", "name": "data", "uid": "u2"}),
+            json!({"name": "data"}),
+        ] {
+            assert!(!pv_bound_to(&pv(other.clone()), &pvc), "{other}");
+        }
+        let unbound: PersistentVolume =
+            serde_json::from_value(json!({"metadata": {"name": "pv-b"}, "spec": {}})).expect("pv");
+        assert!(!pv_bound_to(&unbound, &pvc));
     }
 
     #[test]

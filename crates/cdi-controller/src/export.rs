@@ -1035,6 +1035,13 @@ impl ExportServer {
             .ok_or_else(|| {
                 Refusal::internal(format!("PersistentVolume {pv_name} does not exist"))
             })?;
+        // A claim naming someone else's volume (`spec.volumeName` written by hand) exports
+        // nothing of it.
+        if !kubevirt_api::core_kinds::pv_bound_to(&pv, pvc) {
+            return Err(Refusal::internal(format!(
+                "PersistentVolume {pv_name} is not bound to PersistentVolumeClaim {claim}"
+            )));
+        }
         let local = pv
             .spec
             .as_ref()

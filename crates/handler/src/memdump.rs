@@ -81,13 +81,7 @@ pub async fn claim_dir(
         .ok_or_else(|| DumpError::NotReady(format!("PersistentVolume {pv_name} does not exist")))?;
     // A claim naming someone else's volume (`spec.volumeName` written by hand) gets nothing:
     // the volume must be bound to this very claim.
-    let claim_ref = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
-    let ours = claim_ref.is_some_and(|r| {
-        r.namespace.as_deref() == Some(namespace)
-            && r.name.as_deref() == Some(claim)
-            && (r.uid.is_none() || r.uid == pvc.metadata.uid)
-    });
-    if !ours {
+    if !kubevirt_api::core_kinds::pv_bound_to(&pv, &pvc) {
         return Err(DumpError::Invalid(format!(
             "PersistentVolume {pv_name} is not bound to PersistentVolumeClaim {namespace}/{claim}"
         )));

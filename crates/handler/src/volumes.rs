@@ -80,6 +80,12 @@ async fn claim_path(
             "PersistentVolume {pv_name} of claim {ns}/{claim} does not exist"
         )));
     };
+    // A claim naming someone else's volume (`spec.volumeName` written by hand) gets nothing.
+    if !kubevirt_api::core_kinds::pv_bound_to(&pv, &pvc) {
+        return Ok(Claim::Refused(format!(
+            "PersistentVolume {pv_name} is not bound to PersistentVolumeClaim {ns}/{claim} (its claimRef names another claim)"
+        )));
+    }
     let Some(local) = pv.spec.as_ref().and_then(|s| s.local.as_ref()) else {
         return Ok(Claim::Wait(format!(
             "PersistentVolume {pv_name} has no spec.local.path: only local volumes can be used on this node"

@@ -250,6 +250,80 @@ spec:
         std::fs::read(outside.join("disk.img")).expect("canary"),
         b"host secret"
     );
+
+    // A claim that names another claim's volume (`spec.volumeName` by hand, marked Bound by
+    // someone allowed to write claim status) reaches nothing of it: the volume's claimRef
+    // names its own claim.
+    let theirs = allowed.join("theirs");
+    std::fs::create_dir_all(&theirs).expect("mkdir");
+    std::fs::write(theirs.join("disk.img"), b"their disk").expect("canary");
+    bound_claim(&s, dir.path(), "theirs", &theirs.display().to_string());
+    let out = apply(
+        &s,
+        dir.path(),
+        "thief.yaml",
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: thief
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: ""
+  volumeName: theirs
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: thief
+spec:
+  domain:
+    devices:
+      disks:
+      - name: data
+        disk: {bus: virtio}
+    resources:
+      requests:
+        memory: 64Mi
+  volumes:
+  - name: data
+    persistentVolumeClaim: {claimName: thief}
+"#,
+    );
+    assert!(out.contains("created"), "{out}");
+    let out = s.kubectl(&[
+        "patch",
+        "pvc",
+        "thief",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Bound"}}"#,
+    ]);
+    assert!(out.contains("patched"), "{out}");
+    let msg = || {
+        s.jsonpath(
+            "vmi",
+            "thief",
+            "{.status.phase} {.status.conditions[?(@.type==\"Ready\")].message}",
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || msg().starts_with("Failed")),
+        "{}",
+        msg()
+    );
+    assert!(
+        msg().contains(
+            "PersistentVolume theirs is not bound to PersistentVolumeClaim default/thief"
+        ),
+        "{}",
+        msg()
+    );
+    assert_eq!(
+        std::fs::read(theirs.join("disk.img")).expect("canary"),
+        b"their disk"
+    );
 }
 
 #[test]
