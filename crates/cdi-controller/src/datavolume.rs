@@ -189,6 +189,15 @@ pub(crate) async fn target_for(
         .await
         .map_err(|e| format!("reading PersistentVolume {pv_name}: {e}"))?
         .ok_or_else(|| format!("PersistentVolume {pv_name} does not exist"))?;
+    // A claim naming another claim's volume (`spec.volumeName` by hand) writes into, or is
+    // cloned from, nothing of it: imports, uploads and clones all come through here.
+    if !kubevirt_api::core_kinds::pv_bound_to(&pv, pvc) {
+        return Err(format!(
+            "PersistentVolume {pv_name} is not bound to PersistentVolumeClaim {}/{} (its claimRef names another claim)",
+            pvc.namespace().unwrap_or_default(),
+            pvc.name_any()
+        ));
+    }
     let path = pv
         .spec
         .as_ref()

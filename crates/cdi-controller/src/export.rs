@@ -285,7 +285,7 @@ async fn claim_in_use(client: &kube::Client, ns: &str, claim: &str) -> Result<bo
     let vmis = Api::<VirtualMachineInstance>::namespaced(client.clone(), ns)
         .list(&Default::default())
         .await?;
-    Ok(vmis.items.iter().any(|vmi| {
+    let as_volume = vmis.items.iter().any(|vmi| {
         !vmi_finished(vmi)
             && vmi
                 .spec
@@ -293,7 +293,28 @@ async fn claim_in_use(client: &kube::Client, ns: &str, claim: &str) -> Result<bo
                 .iter()
                 .flatten()
                 .any(|v| claim_of(v) == Some(claim))
-    }))
+    });
+    // A claim a memory dump is being written into (KubeVirt's dump claim is hotplugged into
+    // the VMI meanwhile, which the check above would see).
+    let dumping = || async {
+        let vms = Api::<kubevirt_api::VirtualMachine>::namespaced(client.clone(), ns)
+            .list(&Default::default())
+            .await?;
+        Ok::<bool, Error>(vms.items.iter().any(|vm| {
+            vm.status
+                .as_ref()
+                .and_then(|s| s.memory_dump_request.as_ref())
+                .is_some_and(|r| {
+                    r.claim_name == claim
+                        && matches!(
+                            r.phase.as_str(),
+                            kubevirt_api::memdump::phase::ASSOCIATING
+                                | kubevirt_api::memdump::phase::IN_PROGRESS
+                        )
+                })
+        }))
+    };
+    Ok(as_volume || dumping().await?)
 }
 
 /// Decides what `vme`'s source offers (KubeVirt's `getPVCFromSourcePVC`,

@@ -129,41 +129,57 @@ fn check_file_name(name: &str) -> Result<(), DumpError> {
 }
 
 /// Moves the dump at `dump` (the launcher's `state/memory.dump`) into `claim_dir` as
-/// `file_name`, after removing the claim's older dumps. Returns the file's size.
+/// `file_name`, then removes the claim's older dumps (KubeVirt keeps one): the previous dump
+/// goes only once the new one is in place. Returns the file's size.
 pub fn place(dump: &Path, claim_dir: &Path, file_name: &str) -> Result<u64, DumpError> {
+    use std::os::unix::fs::MetadataExt;
     check_file_name(file_name)?;
     real_dir(claim_dir)?;
     let src = std::fs::symlink_metadata(dump).map_err(io(dump))?;
-    if !src.file_type().is_file() {
+    // The launcher's own file: not a link to, nor another name of, anything else.
+    if !src.file_type().is_file() || src.nlink() != 1 {
         return Err(DumpError::Invalid(format!(
-            "{} is not a regular file",
+            "{} is not a regular file with one link",
             dump.display()
         )));
-    }
-    for entry in std::fs::read_dir(claim_dir).map_err(io(claim_dir))? {
-        let entry = entry.map_err(io(claim_dir))?;
-        let is_dump = entry.file_name().to_string_lossy().contains("memory.dump");
-        // `file_type` does not follow: a symlink is unlinked itself, a directory is left.
-        if is_dump && !entry.file_type().map_err(io(&entry.path()))?.is_dir() {
-            std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
-        }
     }
     let target = claim_dir.join(file_name);
     match std::fs::rename(dump, &target) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let mut from = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(dump)
-                .map_err(io(dump))?;
-            let mut to = kubevirt_launcher::paths::create_file_beneath(claim_dir, &target, 0o600)
-                .map_err(|e| DumpError::Invalid(e.to_string()))?;
-            std::io::copy(&mut from, &mut to).map_err(io(&target))?;
-            to.sync_all().map_err(io(&target))?;
+            // Another filesystem: copied under a temporary name, renamed when complete, so a
+            // failed copy (a full volume) leaves no partial dump and the previous one intact.
+            let partial = claim_dir.join(format!(".{file_name}.partial"));
+            let _ = std::fs::remove_file(&partial);
+            let copied = (|| -> Result<(), DumpError> {
+                let mut from = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(dump)
+                    .map_err(io(dump))?;
+                let mut to =
+                    kubevirt_launcher::paths::create_file_beneath(claim_dir, &partial, 0o600)
+                        .map_err(|e| DumpError::Invalid(e.to_string()))?;
+                std::io::copy(&mut from, &mut to).map_err(io(&partial))?;
+                to.sync_all().map_err(io(&partial))?;
+                std::fs::rename(&partial, &target).map_err(io(&target))
+            })();
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
             std::fs::remove_file(dump).map_err(io(dump))?;
         }
         Err(e) => return Err(io(&target)(e)),
+    }
+    for entry in std::fs::read_dir(claim_dir).map_err(io(claim_dir))? {
+        let entry = entry.map_err(io(claim_dir))?;
+        let name = entry.file_name();
+        let is_older_dump = name.to_string_lossy().contains("memory.dump") && name != file_name;
+        // `file_type` does not follow: a symlink is unlinked itself, a directory is left.
+        if is_older_dump && !entry.file_type().map_err(io(&entry.path()))?.is_dir() {
+            std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+        }
     }
     let placed = std::fs::symlink_metadata(&target).map_err(io(&target))?;
     if let Ok(d) = std::fs::File::open(claim_dir) {
@@ -201,6 +217,36 @@ mod tests {
         assert_eq!(left, ["keep.txt", name]);
         assert!(!src.exists());
         assert_eq!(std::fs::read(claim.join(name)).unwrap(), b"\x7fELF....");
+    }
+
+    #[test]
+    fn a_dump_from_another_filesystem_is_copied_whole_before_the_older_one_goes() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("SKIPPED: no /dev/shm for a second filesystem");
+            return;
+        };
+        let claim = t.path().join("claim");
+        std::fs::create_dir_all(&claim).unwrap();
+        if std::fs::metadata(shm.path()).unwrap().dev() == std::fs::metadata(&claim).unwrap().dev()
+        {
+            eprintln!("SKIPPED: /dev/shm is on the claim's filesystem (no cross-device copy)");
+            return;
+        }
+        std::fs::write(claim.join("vm-c-20260101-000000.memory.dump"), b"old").unwrap();
+        let src = dump_in(shm.path(), b"\x7fELF-new");
+        let name = "vm-c-20261130-230509.memory.dump";
+        assert_eq!(place(&src, &claim, name).unwrap(), 8);
+        let mut left: Vec<String> = std::fs::read_dir(&claim)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // No temporary file is left, the older dump is gone, the state file moved.
+        assert_eq!(left, [name]);
+        assert_eq!(std::fs::read(claim.join(name)).unwrap(), b"\x7fELF-new");
+        assert!(!src.exists());
     }
 
     #[test]
@@ -257,5 +303,11 @@ mod tests {
         std::os::unix::fs::symlink(&victim, state.join("memory.dump")).unwrap();
         assert!(place(&state.join("memory.dump"), &claim, name).is_err());
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        // Nor another name of a file elsewhere (a hard link): refused, both left as they were.
+        std::fs::remove_file(state.join("memory.dump")).unwrap();
+        std::fs::hard_link(&victim, state.join("memory.dump")).unwrap();
+        assert!(place(&state.join("memory.dump"), &claim, name).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(state.join("memory.dump").exists());
     }
 }

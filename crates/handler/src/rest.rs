@@ -684,13 +684,31 @@ impl Endpoint {
             Err(LauncherError::Remote(e)) => {
                 return Err(Refusal::new(Reason::Launcher, e.to_string()))
             }
-            Err(e) => return Err(Refusal::new(Reason::Unavailable, e.to_string())),
+            // Only a launcher that could not be reached is asked again. After a timeout or a
+            // lost answer QEMU may still be writing the dump with the guest stopped: a retry
+            // would queue another dump behind it and stop the guest again and again.
+            Err(e @ LauncherError::Connect { .. }) => {
+                return Err(Refusal::new(Reason::Unavailable, e.to_string()))
+            }
+            Err(e) => {
+                return Err(Refusal::new(
+                    Reason::Launcher,
+                    format!("{e}; no dump was placed in the claim"),
+                ))
+            }
         }
         let (src, fname) = (dir.memory_dump(), file_name.clone());
-        let size = tokio::task::spawn_blocking(move || place(&src, &target, &fname))
-            .await
-            .map_err(|e| Refusal::new(Reason::Unavailable, e.to_string()))?
-            .map_err(refusal)?;
+        let size = tokio::task::spawn_blocking(move || {
+            let placed = place(&src, &target, &fname);
+            if placed.is_err() {
+                // The guest's whole memory is not left on the node's disk.
+                let _ = std::fs::remove_file(&src);
+            }
+            placed
+        })
+        .await
+        .map_err(|e| Refusal::new(Reason::Unavailable, e.to_string()))?
+        .map_err(refusal)?;
         let end = k8s_openapi::jiff::Timestamp::now();
         let result = DumpResult {
             file_name,

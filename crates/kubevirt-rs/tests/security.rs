@@ -320,6 +320,38 @@ spec:
         "{}",
         msg()
     );
+    // Nor can a DataVolume clone it through that claim: CDI's import, upload and clone paths
+    // check the same binding.
+    let out = apply(
+        &s,
+        dir.path(),
+        "stolen.yaml",
+        r#"apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: stolen
+spec:
+  source:
+    pvc: {namespace: default, name: thief}
+  storage:
+    resources: {requests: {storage: 1Gi}}
+"#,
+    );
+    assert!(out.contains("created"), "{out}");
+    let running = || {
+        s.jsonpath(
+            "dv",
+            "stolen",
+            "{.status.conditions[?(@.type==\"Running\")].message}",
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || running().contains(
+            "PersistentVolume theirs is not bound to PersistentVolumeClaim default/thief"
+        )),
+        "{}",
+        s.kubectl(&["get", "dv", "stolen", "-o", "yaml"])
+    );
     assert_eq!(
         std::fs::read(theirs.join("disk.img")).expect("canary"),
         b"their disk"

@@ -835,6 +835,18 @@ impl VirtApi {
             let overhead = kubevirt_api::memdump::fs_overhead(config.as_ref(), class);
             memorydump::check_claim(&pvc, &vmi.spec, &overhead)
                 .map_err(|e| conflict("persistentvolumeclaim", &claim, e))?;
+            let lp = kube::api::ListParams::default();
+            let vms = Api::<VirtualMachine>::namespaced(self.client.clone(), ns)
+                .list(&lp)
+                .await
+                .map_err(internal)?;
+            let vmis =
+                Api::<kubevirt_api::VirtualMachineInstance>::namespaced(self.client.clone(), ns)
+                    .list(&lp)
+                    .await
+                    .map_err(internal)?;
+            memorydump::claim_taken(&claim, name, &vms.items, &vmis.items)
+                .map_err(|e| conflict("persistentvolumeclaim", &claim, e))?;
             claim
         };
         let status = raw.get("status").cloned().unwrap_or(Value::Null);

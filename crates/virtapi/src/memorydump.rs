@@ -46,6 +46,48 @@ fn kilo_string(kilos: u64) -> String {
     format!("{v}E")
 }
 
+/// Whether `claim` is already another's: named by the memory dump request of another VM of
+/// the namespace (still associated: not being removed), or a volume of a VMI (a claim or a
+/// DataVolume of that name). KubeVirt refuses this when it hotplugs the claim; here two dumps
+/// into one claim would remove each other's files. The message of a 409 on the claim.
+pub fn claim_taken(
+    claim: &str,
+    vm: &str,
+    vms: &[kubevirt_api::VirtualMachine],
+    vmis: &[kubevirt_api::VirtualMachineInstance],
+) -> Result<(), String> {
+    for other in vms
+        .iter()
+        .filter(|o| o.metadata.name.as_deref() != Some(vm))
+    {
+        let req = other
+            .status
+            .as_ref()
+            .and_then(|s| s.memory_dump_request.as_ref());
+        if req.is_some_and(|r| r.claim_name == claim && !r.remove.unwrap_or(false)) {
+            return Err(format!(
+                "pvc [{claim}] is already associated with the memory dump of vm {}",
+                other.metadata.name.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    for vmi in vmis {
+        let uses = vmi.spec.volumes.iter().flatten().any(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|p| p.claim_name == claim)
+                || v.data_volume.as_ref().is_some_and(|d| d.name == claim)
+        });
+        if uses {
+            return Err(format!(
+                "pvc [{claim}] is in use as a volume of vmi {}",
+                vmi.metadata.name.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// KubeVirt's `validateMemoryDumpClaim` on the claim it found: Filesystem, writable, and at
 /// least the VMI's memory + 100 MiB with the filesystem overhead (`overhead`, CDIConfig's for
 /// the claim's class). `Err` is the message of a 409 on the claim.
@@ -211,6 +253,49 @@ mod tests {
             json!({"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}),
         );
         assert_eq!(check_claim(&ro, &vmi, "0"), Err(PVC_ACCESS_MODE.into()));
+    }
+
+    #[test]
+    fn a_claim_of_another_vms_dump_or_a_vmis_volume_is_refused() {
+        let vm = |name: &str, req: Value| -> kubevirt_api::VirtualMachine {
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"template": {"spec": {"domain": {"devices": {}}}}},
+                "status": {"memoryDumpRequest": req}})).expect("vm")
+        };
+        let vmi = |name: &str, volume: Value| -> kubevirt_api::VirtualMachineInstance {
+            serde_json::from_value(json!({"metadata": {"name": name},
+                "spec": {"domain": {"devices": {}}, "volumes": [volume]}}))
+            .expect("vmi")
+        };
+        let vms = [
+            vm(
+                "a",
+                json!({"claimName": "c", "phase": "Completed", "fileName": "f"}),
+            ),
+            vm(
+                "b",
+                json!({"claimName": "gone", "phase": "Dissociating", "remove": true}),
+            ),
+        ];
+        assert_eq!(
+            claim_taken("c", "x", &vms, &[]),
+            Err("pvc [c] is already associated with the memory dump of vm a".into())
+        );
+        // Its own request, and one being removed, take nothing.
+        assert_eq!(claim_taken("c", "a", &vms, &[]), Ok(()));
+        assert_eq!(claim_taken("gone", "x", &vms, &[]), Ok(()));
+        let vmis = [
+            vmi(
+                "d",
+                json!({"name": "disk", "persistentVolumeClaim": {"claimName": "data"}}),
+            ),
+            vmi("e", json!({"name": "dv", "dataVolume": {"name": "filled"}})),
+        ];
+        assert_eq!(
+            claim_taken("data", "x", &[], &vmis),
+            Err("pvc [data] is in use as a volume of vmi d".into())
+        );
+        assert!(claim_taken("filled", "x", &[], &vmis).is_err());
+        assert_eq!(claim_taken("free", "x", &vms, &vmis), Ok(()));
     }
 
     #[test]
