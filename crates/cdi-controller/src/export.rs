@@ -294,8 +294,9 @@ async fn claim_in_use(client: &kube::Client, ns: &str, claim: &str) -> Result<bo
                 .flatten()
                 .any(|v| claim_of(v) == Some(claim))
     });
-    // A claim a memory dump is being written into (KubeVirt's dump claim is hotplugged into
-    // the VMI meanwhile, which the check above would see).
+    // A claim a memory dump is being written into (not a VMI volume here: the node agent
+    // writes into the claim's volume directly; KubeVirt hotplugs it, so there the check above
+    // sees it).
     let dumping = || async {
         let vms = Api::<kubevirt_api::VirtualMachine>::namespaced(client.clone(), ns)
             .list(&Default::default())
@@ -1323,47 +1324,18 @@ impl std::io::Write for ChunkWriter {
 async fn serve_gzip(path: PathBuf, head: bool) -> Result<Response, Refusal> {
     let file = std::fs::File::open(&path)
         .map_err(|e| Refusal::internal(format!("opening the volume: {e}")))?;
-    let mut r = if head {
-        Response::new(Body::empty())
-    } else {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let mut enc = flate2::write::GzEncoder::new(
-                ChunkWriter {
-                    buf: Vec::with_capacity(CHUNK),
-                    tx: tx.clone(),
-                },
-                flate2::Compression::fast(),
-            );
-            let mut file = file;
-            let mut buf = vec![0u8; CHUNK];
-            let res = (|| -> std::io::Result<()> {
-                loop {
-                    let n = file.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    enc.write_all(&buf[..n])?;
-                }
-                enc.finish()?.flush()
-            })();
-            if let Err(e) = res {
-                tracing::warn!(path = %path.display(), error = %e, "gzip export stream ended early");
-                // The client sees a truncated gzip stream, which it can tell from a whole one.
-                let _ = tx.blocking_send(Err(e));
+    Ok(gzip_response(head, path, move |enc| {
+        use std::io::{Read, Write};
+        let mut file = file;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
             }
-        });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        Response::new(Body::from_stream(stream))
-    };
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/gzip"),
-    );
-    Ok(r)
+            enc.write_all(&buf[..n])?;
+        }
+    }))
 }
 
 /// `disk.tar.gz`: the regular files and directories of a Filesystem volume as a gzipped tar
@@ -1376,37 +1348,51 @@ async fn serve_archive(dir: PathBuf, head: bool) -> Result<Response, Refusal> {
             dir.display()
         )));
     }
+    let root = dir.clone();
+    Ok(gzip_response(head, dir, move |enc| {
+        let mut tar = tar::Builder::new(enc);
+        tar.follow_symlinks(false);
+        let mut entries: Vec<_> = std::fs::read_dir(&root)?.collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let t = e.file_type()?;
+            if t.is_dir() {
+                tar.append_dir_all(e.file_name(), e.path())?;
+            } else if t.is_file() || t.is_symlink() {
+                tar.append_path_with_name(e.path(), e.file_name())?;
+            }
+        }
+        tar.finish()
+    }))
+}
+
+/// A `application/gzip` answer whose body `produce` writes (on a blocking thread, through a
+/// fast gzip encoder, sent in [`CHUNK`]s as it goes); empty for HEAD. A failure mid-way ends
+/// the stream with an error, so the client sees a truncated gzip stream, which it can tell
+/// from a whole one.
+fn gzip_response(
+    head: bool,
+    what: PathBuf,
+    produce: impl FnOnce(&mut flate2::write::GzEncoder<ChunkWriter>) -> std::io::Result<()>
+        + Send
+        + 'static,
+) -> Response {
     let mut r = if head {
         Response::new(Body::empty())
     } else {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
-            let enc = flate2::write::GzEncoder::new(
+            let mut enc = flate2::write::GzEncoder::new(
                 ChunkWriter {
                     buf: Vec::with_capacity(CHUNK),
                     tx: tx.clone(),
                 },
                 flate2::Compression::fast(),
             );
-            let mut tar = tar::Builder::new(enc);
-            tar.follow_symlinks(false);
-            let res = (|| -> std::io::Result<()> {
-                let mut entries: Vec<_> =
-                    std::fs::read_dir(&dir)?.collect::<Result<Vec<_>, _>>()?;
-                entries.sort_by_key(|e| e.file_name());
-                for e in entries {
-                    let t = e.file_type()?;
-                    if t.is_dir() {
-                        tar.append_dir_all(e.file_name(), e.path())?;
-                    } else if t.is_file() || t.is_symlink() {
-                        tar.append_path_with_name(e.path(), e.file_name())?;
-                    }
-                }
-                tar.into_inner()?.finish()?.flush()
-            })();
+            let res = produce(&mut enc).and_then(|()| enc.finish()?.flush());
             if let Err(e) = res {
-                tracing::warn!(path = %dir.display(), error = %e, "archive export stream ended early");
+                tracing::warn!(path = %what.display(), error = %e, "gzip export stream ended early");
                 let _ = tx.blocking_send(Err(e));
             }
         });
@@ -1419,7 +1405,7 @@ async fn serve_archive(dir: PathBuf, head: bool) -> Result<Response, Refusal> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/gzip"),
     );
-    Ok(r)
+    r
 }
 
 #[async_trait::async_trait]

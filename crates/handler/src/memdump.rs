@@ -148,44 +148,78 @@ pub fn place(dump: &Path, claim_dir: &Path, file_name: &str) -> Result<u64, Dump
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             // Another filesystem: copied under a temporary name, renamed when complete, so a
-            // failed copy (a full volume) leaves no partial dump and the previous one intact.
-            let partial = claim_dir.join(format!(".{file_name}.partial"));
-            let _ = std::fs::remove_file(&partial);
-            let copied = (|| -> Result<(), DumpError> {
-                let mut from = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(dump)
-                    .map_err(io(dump))?;
-                let mut to =
-                    kubevirt_launcher::paths::create_file_beneath(claim_dir, &partial, 0o600)
-                        .map_err(|e| DumpError::Invalid(e.to_string()))?;
-                std::io::copy(&mut from, &mut to).map_err(io(&partial))?;
-                to.sync_all().map_err(io(&partial))?;
-                std::fs::rename(&partial, &target).map_err(io(&target))
-            })();
-            if let Err(e) = copied {
-                let _ = std::fs::remove_file(&partial);
-                return Err(e);
+            // failed copy leaves no partial dump and the previous one intact. A volume too
+            // full for both (KubeVirt sizes the claim for one) gets the older dumps removed
+            // first and the copy tried again, as KubeVirt removes them before it dumps.
+            let copied = match copy_in(dump, claim_dir, &target) {
+                Err(DumpError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOSPC) =>
+                {
+                    tracing::warn!(claim = %claim_dir.display(), "no room for two dumps: removing the older ones first");
+                    remove_older_dumps(claim_dir, file_name);
+                    copy_in(dump, claim_dir, &target)
+                }
+                other => other,
+            };
+            copied?;
+            if let Err(e) = std::fs::remove_file(dump) {
+                tracing::warn!(path = %dump.display(), error = %e, "removing the launcher's dump after the copy");
             }
-            std::fs::remove_file(dump).map_err(io(dump))?;
         }
         Err(e) => return Err(io(&target)(e)),
     }
-    for entry in std::fs::read_dir(claim_dir).map_err(io(claim_dir))? {
-        let entry = entry.map_err(io(claim_dir))?;
-        let name = entry.file_name();
-        let is_older_dump = name.to_string_lossy().contains("memory.dump") && name != file_name;
-        // `file_type` does not follow: a symlink is unlinked itself, a directory is left.
-        if is_older_dump && !entry.file_type().map_err(io(&entry.path()))?.is_dir() {
-            std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
-        }
-    }
+    // The new dump is in place: what is left to tidy never fails it.
+    remove_older_dumps(claim_dir, file_name);
     let placed = std::fs::symlink_metadata(&target).map_err(io(&target))?;
     if let Ok(d) = std::fs::File::open(claim_dir) {
         let _ = d.sync_all();
     }
     Ok(placed.len())
+}
+
+/// The temporary name a dump is copied under (short and fixed: `<file_name>` may be as long
+/// as a file name may be).
+const PARTIAL: &str = ".memory.dump.partial";
+
+/// Copies `dump` into `claim_dir` under [`PARTIAL`] and renames it to `target` when whole; a
+/// failed copy removes the partial file.
+fn copy_in(dump: &Path, claim_dir: &Path, target: &Path) -> Result<(), DumpError> {
+    let partial = claim_dir.join(PARTIAL);
+    let _ = std::fs::remove_file(&partial);
+    let copied = (|| -> Result<(), DumpError> {
+        let mut from = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dump)
+            .map_err(io(dump))?;
+        let mut to = kubevirt_launcher::paths::create_file_beneath(claim_dir, &partial, 0o600)
+            .map_err(|e| DumpError::Invalid(e.to_string()))?;
+        std::io::copy(&mut from, &mut to).map_err(io(&partial))?;
+        to.sync_all().map_err(io(&partial))?;
+        std::fs::rename(&partial, target).map_err(io(target))
+    })();
+    if copied.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    copied
+}
+
+/// Removes the claim's dumps other than `keep` (names containing `memory.dump`, KubeVirt's
+/// `removePreviousMemoryDump`; a symlink is unlinked itself, a directory left). A failure is
+/// logged: the new dump is what counts.
+fn remove_older_dumps(claim_dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(claim_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let older = name.to_string_lossy().contains("memory.dump") && name != keep;
+        if older && entry.file_type().is_ok_and(|t| !t.is_dir()) {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), error = %e, "removing an older memory dump");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

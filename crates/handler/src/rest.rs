@@ -687,14 +687,20 @@ impl Endpoint {
             // Only a launcher that could not be reached is asked again. After a timeout or a
             // lost answer QEMU may still be writing the dump with the guest stopped: a retry
             // would queue another dump behind it and stop the guest again and again.
-            Err(e @ LauncherError::Connect { .. }) => {
-                return Err(Refusal::new(Reason::Unavailable, e.to_string()))
-            }
+            Err(
+                e @ (LauncherError::Connect { .. }
+                | LauncherError::Timeout {
+                    what: "connect", ..
+                }),
+            ) => return Err(Refusal::new(Reason::Unavailable, e.to_string())),
             Err(e) => {
+                // Whatever the launcher still writes goes to an unlinked file: the guest's
+                // memory is not left on the node's disk.
+                let _ = std::fs::remove_file(dir.memory_dump());
                 return Err(Refusal::new(
                     Reason::Launcher,
                     format!("{e}; no dump was placed in the claim"),
-                ))
+                ));
             }
         }
         let (src, fname) = (dir.memory_dump(), file_name.clone());

@@ -224,7 +224,23 @@ fn a_crash_looping_vm_leaves_nothing_on_disk_and_a_restart_sweeps_orphans() {
         );
     }
     // The launcher accepts the spec and fails on every start: its image tag is not in the
-    // store.
+    // store. Each start's directory lives only while that start fails (a fraction of a second,
+    // then seconds of backoff), so it is watched for from before the apply.
+    let dir = e.server.vmi_dir("default", "crasher");
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (path, seen) = (dir.path().to_path_buf(), seen.clone());
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + Duration::from_secs(120);
+            while std::time::Instant::now() < until {
+                if path.exists() {
+                    seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
     let out = e.apply(
         "crash.yaml",
         &vm_manifest(
@@ -235,7 +251,6 @@ fn a_crash_looping_vm_leaves_nothing_on_disk_and_a_restart_sweeps_orphans() {
         ),
     );
     assert!(out.contains("created"), "{out}");
-    let dir = e.server.vmi_dir("default", "crasher");
     let looped = wait_for(Duration::from_secs(90), || {
         e.get(
             "default",
@@ -251,8 +266,9 @@ fn a_crash_looping_vm_leaves_nothing_on_disk_and_a_restart_sweeps_orphans() {
         "the VM never crash-looped: {}",
         e.server.kubectl(&["get", "vm,vmi", "-o", "yaml"])
     );
+    let _ = watcher.join();
     assert!(
-        wait_for(Duration::from_secs(30), || dir.path().exists()),
+        seen.load(std::sync::atomic::Ordering::SeqCst),
         "a start never made a VMI directory"
     );
 

@@ -911,7 +911,12 @@ impl VirtApi {
                 Reason::Launcher => Err(internal(format!("dumpMemory: {}", refusal.message))),
                 _ => Err(unavailable(refusal.message)),
             },
-            Err(e) => Err(unavailable(e.to_string())),
+            // Not reached: asked again. Lost mid-request: the dump may be running with the
+            // guest stopped, and another would queue behind it; the request fails.
+            Err(e @ ClientError::Connect { .. }) => Err(unavailable(e.to_string())),
+            Err(e) => Err(internal(format!(
+                "dumpMemory: {e}; the node agent's answer was lost"
+            ))),
         }
     }
 
