@@ -379,11 +379,7 @@ impl Endpoint {
             return Ok(r);
         }
         if action == memsnap::SAVE_SUBRESOURCE || action == memsnap::RESUME_SUBRESOURCE {
-            let body = Limited::new(req.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| Refusal::new(Reason::BadRequest, format!("reading the body: {e}")))?
-                .to_bytes();
+            let body = read_body(req).await?;
             let value: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| Refusal::new(Reason::BadRequest, format!("not JSON: {e}")))?;
             let save =
@@ -399,11 +395,7 @@ impl Endpoint {
                 .await;
         }
         if action == memdump::DUMP_SUBRESOURCE {
-            let body = Limited::new(req.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| Refusal::new(Reason::BadRequest, format!("reading the body: {e}")))?
-                .to_bytes();
+            let body = read_body(req).await?;
             let value: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| Refusal::new(Reason::BadRequest, format!("not JSON: {e}")))?;
             let dump =
@@ -411,11 +403,7 @@ impl Endpoint {
             return self.dump_memory(ns, name, &dir, &dump.claim_name).await;
         }
         if action == "rpc" {
-            let body = Limited::new(req.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| Refusal::new(Reason::BadRequest, format!("reading the body: {e}")))?
-                .to_bytes();
+            let body = read_body(req).await?;
             let request: Request = serde_json::from_slice(&body).map_err(|e| {
                 Refusal::new(Reason::BadRequest, format!("not a launcher request: {e}"))
             })?;
@@ -797,6 +785,15 @@ pub async fn run(client: Client, config: crate::Config, issued: Arc<Issued>) -> 
 #[derive(Clone)]
 pub struct HandlerClient {
     tls: Arc<rustls::ClientConfig>,
+}
+
+/// A request's body, at most [`MAX_BODY`] bytes.
+async fn read_body(req: http::Request<Incoming>) -> Result<Bytes, Refusal> {
+    Ok(Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| Refusal::new(Reason::BadRequest, format!("reading the body: {e}")))?
+        .to_bytes())
 }
 
 #[derive(Debug, thiserror::Error)]
