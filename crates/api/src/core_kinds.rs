@@ -10,8 +10,8 @@ use crate::defaults::DefaultsConfig;
 use crate::validation::ValidationConfig;
 use crate::FieldError;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, NodeSpec, PersistentVolume, PersistentVolumeClaim,
-    Secret, Service,
+    ConfigMap, Endpoints, Namespace, Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    NodeSpec, PersistentVolume, PersistentVolumeClaim, Secret, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{
@@ -70,6 +70,90 @@ pub fn pv_bound_to(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
         && r.name == pvc.metadata.name
         && r.namespace == pvc.metadata.namespace
         && (r.uid.is_none() || r.uid == pvc.metadata.uid)
+}
+
+/// Whether `node` satisfies `sel` (Kubernetes' `MatchNodeSelectorTerms`): its
+/// `nodeSelectorTerms` are ORed; within a term the `matchExpressions` (on the node's labels)
+/// and `matchFields` (only `metadata.name`, with In or NotIn) are ANDed; an empty term, and an
+/// empty list of terms, match no node.
+pub fn node_selector_matches(sel: &NodeSelector, node: &Node) -> bool {
+    let empty = std::collections::BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    sel.node_selector_terms
+        .iter()
+        .any(|t| term_matches(t, labels, name))
+}
+
+fn term_matches(
+    term: &NodeSelectorTerm,
+    labels: &std::collections::BTreeMap<String, String>,
+    name: &str,
+) -> bool {
+    let exprs = term.match_expressions.as_deref().unwrap_or_default();
+    let fields = term.match_fields.as_deref().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    exprs
+        .iter()
+        .all(|r| requirement_holds(r, labels.get(&r.key).map(String::as_str)))
+        && fields.iter().all(|r| {
+            r.key == "metadata.name"
+                && matches!(r.operator.as_str(), "In" | "NotIn")
+                && requirement_holds(r, Some(name))
+        })
+}
+
+fn requirement_holds(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    let listed = |v: &str| values.iter().any(|x| x == v);
+    match r.operator.as_str() {
+        "In" => value.is_some_and(listed),
+        "NotIn" => !value.is_some_and(listed),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        op @ ("Gt" | "Lt") => {
+            let [bound] = values else { return false };
+            let (Some(v), Ok(bound)) = (
+                value.and_then(|v| v.parse::<i64>().ok()),
+                bound.parse::<i64>(),
+            ) else {
+                return false;
+            };
+            if op == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Whether PersistentVolume `pv` can be used on `node` (Kubernetes' `CheckNodeAffinity`, what
+/// kube-scheduler's VolumeBinding filter and the kubelet check): a volume without
+/// `spec.nodeAffinity.required` is reachable from every node; one with it (a local volume,
+/// pinned to the node that holds its data) only from the nodes its terms match.
+pub fn pv_fits_node(pv: &PersistentVolume, node: &Node) -> bool {
+    pv.spec
+        .as_ref()
+        .and_then(|s| s.node_affinity.as_ref())
+        .and_then(|a| a.required.as_ref())
+        .is_none_or(|sel| node_selector_matches(sel, node))
+}
+
+/// The Node a node agent or controller judges volumes for when it cannot read its Node object
+/// (not registered yet): its name and the `kubernetes.io/hostname` label every node carries.
+pub fn bare_node(name: &str) -> Node {
+    Node {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("kubernetes.io/hostname".to_string(), name.to_string())].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
 /// kube-apiserver's conversion and defaults of a written Secret: `stringData` is write-only,
@@ -798,6 +882,42 @@ mod tests {
 
     fn secret(v: serde_json::Value) -> Secret {
         serde_json::from_value(v).expect("secret")
+    }
+
+    #[test]
+    fn a_pinned_volume_fits_only_the_nodes_its_affinity_matches() {
+        let pv = |spec: serde_json::Value| -> PersistentVolume {
+            serde_json::from_value(json!({"metadata": {"name": "pv"}, "spec": spec})).expect("pv")
+        };
+        let host = |h: &str| {
+            pv(
+                json!({"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [h]}]}]}}}),
+            )
+        };
+        let node01 = bare_node("node01");
+        assert!(pv_fits_node(&host("node01"), &node01));
+        assert!(!pv_fits_node(&host("node02"), &node01));
+        // No affinity: shared storage, every node; an empty required selector: no node.
+        assert!(pv_fits_node(&pv(json!({})), &node01));
+        assert!(pv_fits_node(&pv(json!({"nodeAffinity": {}})), &node01));
+        assert!(!pv_fits_node(
+            &pv(json!({"nodeAffinity": {"required": {"nodeSelectorTerms": []}}})),
+            &node01
+        ));
+        // A label the bare node lacks (a zone) does not match until the Node says so.
+        let zoned = pv(
+            json!({"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}]}]}}}),
+        );
+        assert!(!pv_fits_node(&zoned, &node01));
+        let mut labelled = bare_node("node01");
+        labelled
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("topology.kubernetes.io/zone".into(), "a".into());
+        assert!(pv_fits_node(&zoned, &labelled));
     }
 
     #[test]

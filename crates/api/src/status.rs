@@ -234,6 +234,9 @@ pub mod condition {
 
 /// Condition and status reasons (KubeVirt's where it has one).
 pub mod reason {
+    /// A VMI's claim does not exist yet (its `Synchronized=False` reason; its VM shows
+    /// `ErrorPvcNotFound`).
+    pub const FAILED_PVC_NOT_FOUND: &str = "FailedPvcNotFound";
     /// The launcher could not start the VMI (also KubeVirt's `FailedCreate`-style reason on
     /// the VMI's Ready condition).
     pub const FAILED_TO_START: &str = "FailedToStart";

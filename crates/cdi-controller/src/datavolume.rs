@@ -198,6 +198,13 @@ pub(crate) async fn target_for(
             pvc.name_any()
         ));
     }
+    // A volume pinned to another node holds its data there, not at this path here.
+    let off = kubevirt_runtime::pv::off_node(&ctx.client, &pv, &ctx.config.node_name)
+        .await
+        .map_err(|e| format!("reading Node {}: {e}", ctx.config.node_name))?;
+    if let Some(why) = off {
+        return Err(format!("PersistentVolume {pv_name} {why}"));
+    }
     let path = pv
         .spec
         .as_ref()

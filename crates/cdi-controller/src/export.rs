@@ -1064,6 +1064,12 @@ impl ExportServer {
                 "PersistentVolume {pv_name} is not bound to PersistentVolumeClaim {claim}"
             )));
         }
+        let node = &self.cdi.config.node_name;
+        if let Some(why) = kubevirt_runtime::pv::off_node(&self.cdi.client, &pv, node).await? {
+            return Err(Refusal::internal(format!(
+                "PersistentVolume {pv_name} {why}"
+            )));
+        }
         let local = pv
             .spec
             .as_ref()

@@ -220,7 +220,24 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let vmi_ctl = Controller::new(vmis.clone(), watcher::Config::default());
     // A Node that comes, changes or goes may take (or refuse) the VMIs waiting for one.
     let waiting = vmi_ctl.store();
+    // A claim that appears or binds may let a VMI waiting for it be placed.
+    let waiting_for_claims = vmi_ctl.store();
     let vmi_ctl = vmi_ctl
+        .watches(
+            Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::all(client.clone()),
+            watcher::Config::default(),
+            move |claim| {
+                let ns = claim.metadata.namespace.clone();
+                let name = claim.metadata.name.clone().unwrap_or_default();
+                waiting_for_claims
+                    .state()
+                    .into_iter()
+                    .filter(|v| vmi::awaits_node(v) && v.metadata.namespace == ns)
+                    .filter(|v| vmi::names_claim(v, &name))
+                    .map(|v| kube::runtime::reflector::ObjectRef::from_obj(v.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .watches(
             Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()),
             watcher::Config::default(),

@@ -553,7 +553,10 @@ pub async fn reconcile(
                     .insert(POD_NETWORK.into(), network);
             }
             let to_scheduling = p != Some(MigrationPhase::Scheduling);
-            match scheduler::place(&wanted, &nodes, &load) {
+            // The target must reach the VMI's volumes too (shared storage pinned to some
+            // nodes; a volume on the source node only is not LiveMigratable in the first place).
+            let volumes = crate::vmi::volumes_of(&ctx, &vmi).await?;
+            match scheduler::place(&wanted, &nodes, &load, &volumes) {
                 Ok(target) => {
                     tracing::info!(%ns, %name, vmi = %vmi_name, %source, %target, "migration target chosen");
                     let mut status = json!({"migrationState": {

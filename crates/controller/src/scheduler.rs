@@ -24,6 +24,14 @@
 //!    `kubernetes.io/arch` (if any) is that architecture. Its refusal names the architecture:
 //!    `1 node(s) can't run arm64 guests (guest-arch.node.kubevirt.io/arm64)`.
 //!
+//! 5. `VolumeBinding`: every PersistentVolume the VMI's claims are bound to must fit the node
+//!    (its required `nodeAffinity`: a local-path volume is pinned to the node holding its
+//!    data): `node(s) had volume node affinity conflict`. Before any node is looked at, a
+//!    claim that is not bound yet keeps the VMI off every node (`pod has unbound immediate
+//!    PersistentVolumeClaims`), and one that does not exist gets KubeVirt's wait (`PVC ns/x
+//!    does not exist, waiting for it to appear`), as virt-controller holds the launcher Pod
+//!    back: placed before its volume binds, a VMI could land on a node its data is not on.
+//!
 //! Among the nodes left, the one running the fewest VMIs wins (ties: the first name). That is
 //! all the scoring there is: no resources, no preferred affinity, no pod (anti-)affinity, no
 //! topology spread. A VMI no node takes gets kube-scheduler's message, e.g.
@@ -35,10 +43,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
-};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, Taint, Toleration};
 use kubevirt_api::arch::NODE_LABEL_PREFIX;
+use kubevirt_api::core_kinds::node_selector_matches;
 use kubevirt_api::status::label::{ARCH, SCHEDULABLE};
 use kubevirt_api::VirtualMachineInstance;
 
@@ -59,6 +66,30 @@ pub enum Refusal {
     /// The node does not run guests of this `spec.architecture` (empty: one this
     /// implementation does not know, not echoed).
     Architecture { arch: String },
+    /// A PersistentVolume of the VMI's claims is pinned to other nodes.
+    VolumeAffinity,
+}
+
+/// What the VMI's claims require (kube-scheduler's VolumeBinding plugin), read by the
+/// reconciler from the claims of its `persistentVolumeClaim` and `dataVolume` volumes (not the
+/// hotplugged ones) and the volumes they are bound to.
+#[derive(Clone, Debug, Default)]
+pub struct Volumes {
+    /// Why no node can take the VMI yet, whatever the nodes.
+    pub not_yet: Option<NotYet>,
+    /// The PersistentVolumes the claims are bound to: each must fit the node.
+    pub bound: Vec<PersistentVolume>,
+}
+
+/// A claim that keeps the VMI off every node for now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotYet {
+    /// The claim does not exist (or its name could not be one): KubeVirt waits for it.
+    MissingClaim { namespace: String, name: String },
+    /// The claim is not bound to a volume yet.
+    Unbound,
+    /// The claim names a PersistentVolume that does not exist.
+    MissingVolume(String),
 }
 
 impl std::fmt::Display for Refusal {
@@ -78,6 +109,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Architecture { .. } => {
                 f.write_str("node(s) can't run guests of an unsupported architecture")
             }
+            Refusal::VolumeAffinity => f.write_str("node(s) had volume node affinity conflict"),
         }
     }
 }
@@ -89,10 +121,35 @@ pub struct Unschedulable {
     pub nodes: usize,
     /// Each refused node's reason.
     pub refusals: Vec<Refusal>,
+    /// Set when no node was looked at: a claim keeps the VMI off all of them.
+    pub not_yet: Option<NotYet>,
 }
 
 impl std::fmt::Display for Unschedulable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.not_yet {
+            Some(NotYet::MissingClaim { namespace, name }) => {
+                return write!(
+                    f,
+                    "PVC {namespace}/{name} does not exist, waiting for it to appear"
+                )
+            }
+            Some(NotYet::Unbound) => {
+                return write!(
+                    f,
+                    "0/{} nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+                    self.nodes
+                )
+            }
+            Some(NotYet::MissingVolume(pv)) => {
+                return write!(
+                    f,
+                    "0/{} nodes are available: persistentvolume {pv:?} not found.",
+                    self.nodes
+                )
+            }
+            None => {}
+        }
         if self.nodes == 0 {
             return f.write_str("no nodes available to schedule pods");
         }
@@ -112,19 +169,35 @@ impl std::fmt::Display for Unschedulable {
     }
 }
 
-/// The node for `vmi` among `nodes`; `load` is how many (non-final) VMIs each node runs.
+/// The node for `vmi` among `nodes`; `load` is how many (non-final) VMIs each node runs,
+/// `volumes` what its claims require.
 pub fn place<'a>(
     vmi: &VirtualMachineInstance,
     nodes: &'a [Node],
     load: &BTreeMap<String, usize>,
+    volumes: &Volumes,
 ) -> Result<&'a str, Unschedulable> {
+    if let Some(n) = &volumes.not_yet {
+        return Err(Unschedulable {
+            nodes: nodes.len(),
+            refusals: Vec::new(),
+            not_yet: Some(n.clone()),
+        });
+    }
     let mut refusals = Vec::new();
     let mut best: Option<(usize, &str)> = None;
     for node in nodes {
         let Some(name) = node.metadata.name.as_deref() else {
             continue;
         };
-        match refusal(vmi, node) {
+        let refused = refusal(vmi, node).or_else(|| {
+            (!volumes
+                .bound
+                .iter()
+                .all(|pv| kubevirt_api::core_kinds::pv_fits_node(pv, node)))
+            .then_some(Refusal::VolumeAffinity)
+        });
+        match refused {
             Some(r) => refusals.push(r),
             None => {
                 let n = load.get(name).copied().unwrap_or(0);
@@ -139,6 +212,7 @@ pub fn place<'a>(
         None => Err(Unschedulable {
             nodes: nodes.len(),
             refusals,
+            not_yet: None,
         }),
     }
 }
@@ -258,60 +332,7 @@ fn affinity_matches(vmi: &VirtualMachineInstance, node: &Node) -> bool {
             a.required_during_scheduling_ignored_during_execution
                 .as_ref()
         });
-    match required {
-        None => true,
-        Some(sel) => {
-            let name = node.metadata.name.as_deref().unwrap_or_default();
-            sel.node_selector_terms
-                .iter()
-                .any(|t| term_matches(t, &labels, name))
-        }
-    }
-}
-
-/// A term matches when it has at least one requirement and all of them hold (Kubernetes:
-/// an empty term matches no node).
-fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name: &str) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs
-        .iter()
-        .all(|r| requirement_holds(r, labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| {
-            // Kubernetes allows only `metadata.name`, with In or NotIn.
-            r.key == "metadata.name"
-                && matches!(r.operator.as_str(), "In" | "NotIn")
-                && requirement_holds(r, Some(name))
-        })
-}
-
-fn requirement_holds(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let listed = |v: &str| values.iter().any(|x| x == v);
-    match r.operator.as_str() {
-        "In" => value.is_some_and(listed),
-        "NotIn" => !value.is_some_and(listed),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        op @ ("Gt" | "Lt") => {
-            let [bound] = values else { return false };
-            let (Some(v), Ok(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                bound.parse::<i64>(),
-            ) else {
-                return false;
-            };
-            if op == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
+    required.is_none_or(|sel| node_selector_matches(sel, node))
 }
 
 #[cfg(test)]
@@ -345,6 +366,15 @@ mod tests {
         let mut v = json!({"metadata": {"name": "v"}, "spec": {"domain": {"devices": {}}}});
         merge(&mut v["spec"], spec);
         serde_json::from_value(v).expect("vmi")
+    }
+
+    /// `place` for a VMI without claims.
+    fn place<'a>(
+        vmi: &VirtualMachineInstance,
+        nodes: &'a [Node],
+        load: &BTreeMap<String, usize>,
+    ) -> Result<&'a str, Unschedulable> {
+        super::place(vmi, nodes, load, &Volumes::default())
     }
 
     fn load(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
@@ -402,7 +432,8 @@ mod tests {
         assert_eq!(
             Unschedulable {
                 nodes: 0,
-                refusals: vec![]
+                refusals: vec![],
+                not_yet: None,
             }
             .to_string(),
             "no nodes available to schedule pods"
@@ -617,5 +648,104 @@ mod tests {
         json!({"metadata": {"labels": {
             "guest-arch.node.kubevirt.io/amd64": "true",
             "guest-arch.node.kubevirt.io/arm64": "true"}}})
+    }
+
+    #[test]
+    fn a_vmi_goes_only_where_its_volumes_are_and_waits_for_its_claims() {
+        let nodes = [
+            node("node01", json!({"metadata": {"labels": {"zone": "a"}}})),
+            node("node02", json!({})),
+        ];
+        let v = vmi(json!({}));
+        let pv = |affinity: serde_json::Value| -> PersistentVolume {
+            serde_json::from_value(json!({"metadata": {"name": "pv"}, "spec": affinity}))
+                .expect("pv")
+        };
+        let pinned = |host: &str| {
+            pv(
+                json!({"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [host]}]}]}}}),
+            )
+        };
+        let with = |bound: Vec<PersistentVolume>| Volumes {
+            not_yet: None,
+            bound,
+        };
+        // The least loaded node is node02, but the data is on node01.
+        let busy = load(&[("node01", 5)]);
+        assert_eq!(
+            super::place(&v, &nodes, &busy, &with(vec![pinned("node01")])),
+            Ok("node01")
+        );
+        assert_eq!(
+            super::place(&v, &nodes, &busy, &with(vec![pv(json!({}))])),
+            Ok("node02"),
+            "a volume without node affinity (shared storage) fits every node"
+        );
+        // Two volumes on two nodes: nowhere, in kube-scheduler's words.
+        let e = super::place(
+            &v,
+            &nodes,
+            &busy,
+            &with(vec![pinned("node01"), pinned("node02")]),
+        )
+        .expect_err("split volumes");
+        assert_eq!(
+            e.to_string(),
+            "0/2 nodes are available: 2 node(s) had volume node affinity conflict."
+        );
+        // A label term (not the hostname) and matchFields.
+        let zoned = pv(json!({"nodeAffinity": {"required": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}}));
+        assert_eq!(
+            super::place(&v, &nodes, &busy, &with(vec![zoned])),
+            Ok("node01")
+        );
+        let by_name = pv(json!({"nodeAffinity": {"required": {"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node02"]}]}]}}}));
+        assert_eq!(
+            super::place(&v, &nodes, &load(&[("node02", 5)]), &with(vec![by_name])),
+            Ok("node02")
+        );
+        // An empty term list matches no node (Kubernetes), so such a volume is usable nowhere.
+        let empty = pv(json!({"nodeAffinity": {"required": {"nodeSelectorTerms": []}}}));
+        assert!(super::place(&v, &nodes, &busy, &with(vec![empty])).is_err());
+        // The node's own filters still come first.
+        let cordoned = [node("node01", json!({"spec": {"unschedulable": true}}))];
+        let e = super::place(&v, &cordoned, &busy, &with(vec![pinned("node01")]))
+            .expect_err("cordoned");
+        assert_eq!(
+            e.to_string(),
+            "0/1 nodes are available: 1 node(s) were unschedulable."
+        );
+        // Claims that keep the VMI off every node.
+        let wait = |n: NotYet| {
+            super::place(
+                &v,
+                &nodes,
+                &busy,
+                &Volumes {
+                    not_yet: Some(n),
+                    bound: vec![],
+                },
+            )
+            .expect_err("waits")
+            .to_string()
+        };
+        assert_eq!(
+            wait(NotYet::Unbound),
+            "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims."
+        );
+        assert_eq!(
+            wait(NotYet::MissingClaim {
+                namespace: "default".into(),
+                name: "disk".into()
+            }),
+            "PVC default/disk does not exist, waiting for it to appear"
+        );
+        assert_eq!(
+            wait(NotYet::MissingVolume("pvc-1".into())),
+            "0/2 nodes are available: persistentvolume \"pvc-1\" not found."
+        );
     }
 }

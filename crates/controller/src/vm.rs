@@ -307,7 +307,7 @@ pub fn printable_status(i: &PrintableInputs) -> &'static str {
             };
         }
     }
-    if synchronized_false("FailedPvcNotFound") {
+    if synchronized_false(kubevirt_api::status::reason::FAILED_PVC_NOT_FOUND) {
         return "ErrorPvcNotFound";
     }
     let unschedulable = vmi

@@ -38,6 +38,10 @@ use kube::api::ListParams;
 use kube::runtime::events::EventType;
 use kubevirt_api::status::{condition, reason, VmiPhase};
 
+fn pvc_not_found(c: &kubevirt_api::VirtualMachineInstanceCondition) -> bool {
+    c.r#type == condition::SYNCHRONIZED && c.reason.as_deref() == Some(reason::FAILED_PVC_NOT_FOUND)
+}
+
 /// How often an unschedulable VMI is looked at again besides on Node changes.
 const UNSCHEDULABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -49,6 +53,74 @@ async fn nodes_and_load(ctx: &Context) -> Result<(Vec<Node>, BTreeMap<String, us
         .await?
         .items;
     Ok((nodes, load(ctx).await?))
+}
+
+/// The claims of the VMI's `persistentVolumeClaim` and `dataVolume` volumes (a DataVolume's
+/// claim has its name) that placement waits for; hotplugged volumes come later.
+fn placement_claims(vmi: &VirtualMachineInstance) -> impl Iterator<Item = &str> {
+    vmi.spec.volumes.iter().flatten().filter_map(|v| {
+        match (&v.persistent_volume_claim, &v.data_volume) {
+            (Some(c), _) if c.hotpluggable != Some(true) => Some(c.claim_name.as_str()),
+            (_, Some(d)) if d.hotpluggable != Some(true) => Some(d.name.as_str()),
+            _ => None,
+        }
+    })
+}
+
+/// Whether placing `vmi` looks at claim `name` (of its namespace).
+pub fn names_claim(vmi: &VirtualMachineInstance, name: &str) -> bool {
+    placement_claims(vmi).any(|c| c == name)
+}
+
+/// What the VMI's claims require of its node (the scheduler's VolumeBinding filter): each
+/// [`placement_claims`] claim must exist and be bound, and the volumes they are bound to pin
+/// the VMI to the nodes holding their data.
+pub(crate) async fn volumes_of(
+    ctx: &Context,
+    vmi: &VirtualMachineInstance,
+) -> Result<scheduler::Volumes, Error> {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use scheduler::NotYet;
+    let ns = vmi.namespace().unwrap_or_default();
+    let claims = placement_claims(vmi);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let mut out = scheduler::Volumes::default();
+    for claim in claims {
+        let missing = NotYet::MissingClaim {
+            namespace: ns.clone(),
+            name: claim.to_string(),
+        };
+        // A name no claim can have is never read (it becomes part of a request path).
+        if kubevirt_api::names::dns1123_subdomain(claim).is_some() {
+            out.not_yet = Some(missing);
+            return Ok(out);
+        }
+        let Some(pvc) = pvcs.get_opt(claim).await? else {
+            out.not_yet = Some(missing);
+            return Ok(out);
+        };
+        let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        let volume = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.as_deref())
+            .filter(|n| !n.is_empty());
+        let Some(volume) = volume.filter(|_| bound) else {
+            out.not_yet = Some(NotYet::Unbound);
+            return Ok(out);
+        };
+        let pv = match kubevirt_api::names::dns1123_subdomain(volume) {
+            None => pvs.get_opt(volume).await?,
+            Some(_) => None,
+        };
+        let Some(pv) = pv else {
+            out.not_yet = Some(NotYet::MissingVolume(volume.to_string()));
+            return Ok(out);
+        };
+        out.bound.push(pv);
+    }
+    Ok(out)
 }
 
 /// How many placed VMIs that are not final each node runs (the scheduler's spread).
@@ -144,7 +216,8 @@ pub async fn reconcile(
             .as_ref()
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
-        let node = match scheduler::place(&vmi, &nodes, &load) {
+        let volumes = volumes_of(&ctx, &vmi).await?;
+        let node = match scheduler::place(&vmi, &nodes, &load, &volumes) {
             Ok(node) => node.to_string(),
             Err(why) => {
                 // kube-scheduler's verdict on the launcher Pod, as KubeVirt copies it to the
@@ -164,6 +237,7 @@ pub async fn reconcile(
                         .and_then(|c| c.last_transition_time.clone())
                         .unwrap_or(Time(now));
                     conds.retain(|c| c.r#type != condition::POD_SCHEDULED);
+                    conds.retain(|c| !pvc_not_found(c));
                     conds.push(kubevirt_api::VirtualMachineInstanceCondition {
                         r#type: condition::POD_SCHEDULED.into(),
                         status: "False".into(),
@@ -172,6 +246,20 @@ pub async fn reconcile(
                         last_transition_time: Some(since),
                         last_probe_time: None,
                     });
+                    // KubeVirt's sync error for a claim that is not there yet, which its VM
+                    // shows as `ErrorPvcNotFound`.
+                    let missing =
+                        matches!(why.not_yet, Some(scheduler::NotYet::MissingClaim { .. }));
+                    if missing {
+                        conds.push(kubevirt_api::VirtualMachineInstanceCondition {
+                            r#type: condition::SYNCHRONIZED.into(),
+                            status: "False".into(),
+                            reason: Some(reason::FAILED_PVC_NOT_FOUND.into()),
+                            message: Some(message.clone()),
+                            last_transition_time: Some(Time(now)),
+                            last_probe_time: None,
+                        });
+                    }
                     let patch = json!({
                         "metadata": {"resourceVersion": rv, "finalizers": fins},
                         "status": {
@@ -183,19 +271,18 @@ pub async fn reconcile(
                     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await?;
                     tracing::info!(%ns, %name, %message, "VMI unschedulable");
-                    ctx.event(
-                        vmi.as_ref(),
-                        EventType::Warning,
-                        "FailedScheduling",
-                        message,
-                    )
-                    .await;
+                    let (kind, event_reason) = if missing {
+                        (EventType::Normal, reason::FAILED_PVC_NOT_FOUND)
+                    } else {
+                        (EventType::Warning, "FailedScheduling")
+                    };
+                    ctx.event(vmi.as_ref(), kind, event_reason, message).await;
                 }
                 return Ok(Action::requeue(UNSCHEDULABLE_RETRY));
             }
         };
         ts.push(transition(VmiPhase::Scheduled, now));
-        conds.retain(|c| c.r#type != condition::POD_SCHEDULED);
+        conds.retain(|c| c.r#type != condition::POD_SCHEDULED && !pvc_not_found(c));
         if !conds.iter().any(|c| c.r#type == condition::READY) {
             conds.push(kubevirt_api::VirtualMachineInstanceCondition {
                 r#type: condition::READY.into(),

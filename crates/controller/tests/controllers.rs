@@ -268,6 +268,19 @@ fn kubectl_json(env: &Env, args: &[&str]) -> Option<serde_json::Value> {
     serde_json::from_str(&kubectl(env, args).ok()?).ok()
 }
 
+fn condition(
+    v: &VirtualMachineInstance,
+    kind: &str,
+) -> Option<kubevirt_api::VirtualMachineInstanceCondition> {
+    v.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.r#type == kind)
+        .cloned()
+}
+
 fn phase_of(v: &VirtualMachineInstance) -> String {
     v.status
         .as_ref()
@@ -2008,4 +2021,155 @@ async fn a_clone_of_a_vm_gets_new_identity_and_filtered_labels() {
     .expect("the clone reports the refused patch");
     assert!(reason.contains("under /spec/"), "{reason}");
     assert!(env.vms().get_opt("dst3").await.expect("get").is_none());
+}
+
+/// A VMI waits, unplaced, for a claim that does not exist or is not bound (KubeVirt's and
+/// kube-scheduler's words), and then goes to the node its volume is pinned to even when another
+/// node is emptier; a volume pinned to no node that exists keeps it off every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmi_waits_for_its_claim_and_goes_where_its_volume_is() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let env = Env::start().await;
+    add_node(&env, "node02", "2099-01-01T00:00:00Z").await;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), "default");
+    let pvs: Api<PersistentVolume> = Api::all(env.client.clone());
+    let vmi_on = |name: &str, claim: &str| -> VirtualMachineInstance {
+        serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": name},
+            "spec": {"domain": {"devices": {"disks": [{"name": "d", "disk": {}}]},
+                                "memory": {"guest": "64Mi"}},
+                     "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]}
+        }))
+        .expect("vmi")
+    };
+    let waiting_with = |name: &'static str, want: String| {
+        let env = &env;
+        async move {
+            wait(|| async {
+                let v = env.vmis().get_opt(name).await.ok().flatten()?;
+                let c = pod_scheduled(&v)?;
+                (phase_of(&v) == "Scheduling" && c.2 == want).then_some(v)
+            })
+            .await
+            .unwrap_or_else(|| panic!("{name} never waited with {want:?}"))
+        }
+    };
+    // node01 is busier: without volumes, a VMI would go to node02.
+    for i in 0..2 {
+        let busy: VirtualMachineInstance = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": format!("busy{i}")},
+            "spec": {"domain": {"devices": {}, "memory": {"guest": "64Mi"}},
+                     "nodeSelector": {"kubernetes.io/hostname": NODE}}
+        }))
+        .expect("vmi");
+        env.vmis()
+            .create(&PostParams::default(), &busy)
+            .await
+            .expect("busy");
+        env.wait_scheduled(&format!("busy{i}")).await;
+    }
+
+    env.vmis()
+        .create(&PostParams::default(), &vmi_on("disky", "data"))
+        .await
+        .expect("create");
+    let v = waiting_with(
+        "disky",
+        "PVC default/data does not exist, waiting for it to appear".into(),
+    )
+    .await;
+    let sync = condition(&v, "Synchronized").expect("Synchronized");
+    assert_eq!(
+        (sync.status.as_str(), sync.reason.as_deref()),
+        ("False", Some("FailedPvcNotFound"))
+    );
+
+    // The claim appears, unbound (no provisioner runs here): kube-scheduler's verdict.
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "data"},
+        "spec": {"storageClassName": "", "accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .expect("pvc");
+    let claim = pvcs
+        .create(&PostParams::default(), &claim)
+        .await
+        .expect("claim");
+    let v = waiting_with(
+        "disky",
+        "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims.".into(),
+    )
+    .await;
+    assert!(condition(&v, "Synchronized").is_none());
+
+    // A local volume on node01 binds it (as a provisioner would): the VMI goes to node01.
+    let pin = |pv: &str, host: &str, claim: &PersistentVolumeClaim| -> PersistentVolume {
+        serde_json::from_value(json!({
+            "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "local": {"path": format!("/nonexistent/{pv}")},
+                     "claimRef": {"namespace": "default", "name": claim.name_any(),
+                                  "uid": claim.metadata.uid},
+                     "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                         {"key": "kubernetes.io/hostname", "operator": "In", "values": [host]}]}]}}}
+        }))
+        .expect("pv")
+    };
+    let bind = |claim: &'static str, pv: &'static str| {
+        let pvcs = pvcs.clone();
+        async move {
+            pvcs.patch(
+                claim,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"volumeName": pv}})),
+            )
+            .await
+            .expect("volumeName");
+            pvcs.patch_status(
+                claim,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Bound"}})),
+            )
+            .await
+            .expect("Bound");
+        }
+    };
+    pvs.create(&PostParams::default(), &pin("pv-data", NODE, &claim))
+        .await
+        .expect("pv");
+    bind("data", "pv-data").await;
+    let v = env.wait_scheduled("disky").await;
+    assert_eq!(
+        v.status.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some(NODE),
+        "the VMI went where its volume is not"
+    );
+    assert_eq!(pod_scheduled(&v), None);
+
+    // A volume pinned to a node that is not there: no node takes the VMI.
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "far"},
+        "spec": {"storageClassName": "", "accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .expect("pvc");
+    let claim = pvcs
+        .create(&PostParams::default(), &claim)
+        .await
+        .expect("claim");
+    pvs.create(&PostParams::default(), &pin("pv-far", "node09", &claim))
+        .await
+        .expect("pv");
+    bind("far", "pv-far").await;
+    env.vmis()
+        .create(&PostParams::default(), &vmi_on("stranded", "far"))
+        .await
+        .expect("create");
+    waiting_with(
+        "stranded",
+        "0/2 nodes are available: 2 node(s) had volume node affinity conflict.".into(),
+    )
+    .await;
 }

@@ -27,6 +27,7 @@ pub const VOLUME_READY: &str = "VolumeReady";
 pub async fn sync(
     client: &Client,
     policy: &HostPathPolicy,
+    node_name: &str,
     vmi: &VirtualMachineInstance,
     dir: &VmiDir,
     current: &Value,
@@ -38,7 +39,7 @@ pub async fn sync(
     if hot.is_empty() && !had {
         return Ok(None);
     }
-    let (node, not_ready) = volumes::resolve_each(client, vmi, policy, &hot).await?;
+    let (node, not_ready) = volumes::resolve_each(client, vmi, policy, node_name, &hot).await?;
     // The launcher gets the VMI without the volumes that cannot be attached yet.
     let mut ready_vmi = vmi.clone();
     if let Some(v) = ready_vmi.spec.volumes.as_mut() {

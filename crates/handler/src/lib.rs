@@ -625,9 +625,15 @@ async fn reconcile_vmi(
             // Volume hotplug: only a running (or paused) guest takes or gives back a disk.
             let mut hotplug_pending = false;
             if matches!(s.phase, Phase::Running | Phase::Paused) {
-                let synced =
-                    hotplug::sync(&ctx.client, &ctx.config.host_paths, &vmi, &dir, &current)
-                        .await?;
+                let synced = hotplug::sync(
+                    &ctx.client,
+                    &ctx.config.host_paths,
+                    &ctx.config.node_name,
+                    &vmi,
+                    &dir,
+                    &current,
+                )
+                .await?;
                 if let Some((volumes, pending)) = synced {
                     status["volumeStatus"] = volumes;
                     hotplug_pending = pending;
@@ -674,7 +680,14 @@ async fn prepare_launcher(
     migration_target: bool,
 ) -> Result<Prep, Error> {
     // PVC/DataVolume volumes must be usable first; until then the VMI waits.
-    let mut node = match volumes::resolve(&ctx.client, vmi, &ctx.config.host_paths).await? {
+    let mut node = match volumes::resolve(
+        &ctx.client,
+        vmi,
+        &ctx.config.host_paths,
+        &ctx.config.node_name,
+    )
+    .await?
+    {
         volumes::Resolved::Ready(node) => node,
         volumes::Resolved::Wait(why) => return Ok(Prep::WaitVolumes(why)),
         volumes::Resolved::Refused(why) => return Ok(Prep::Fail(why)),

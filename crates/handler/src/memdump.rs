@@ -47,6 +47,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DumpError + '_ {
 pub async fn claim_dir(
     client: &Client,
     policy: &HostPathPolicy,
+    node: &str,
     namespace: &str,
     claim: &str,
 ) -> Result<PathBuf, DumpError> {
@@ -84,6 +85,14 @@ pub async fn claim_dir(
     if !kubevirt_api::core_kinds::pv_bound_to(&pv, &pvc) {
         return Err(DumpError::Invalid(format!(
             "PersistentVolume {pv_name} is not bound to PersistentVolumeClaim {namespace}/{claim}"
+        )));
+    }
+    let off = kubevirt_runtime::pv::off_node(client, &pv, node)
+        .await
+        .map_err(|e| DumpError::NotReady(format!("reading Node {node}: {e}")))?;
+    if let Some(why) = off {
+        return Err(DumpError::Invalid(format!(
+            "PersistentVolume {pv_name} of claim {namespace}/{claim} {why}"
         )));
     }
     let local = pv

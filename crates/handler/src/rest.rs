@@ -647,7 +647,7 @@ impl Endpoint {
             DumpError::NotReady(m) => Refusal::new(Reason::Unavailable, m),
             e => Refusal::new(Reason::BadRequest, e.to_string()),
         };
-        let target = claim_dir(&self.client, &self.host_paths, ns, claim)
+        let target = claim_dir(&self.client, &self.host_paths, &self.node_name, ns, claim)
             .await
             .map_err(refusal)?;
         let start = k8s_openapi::jiff::Timestamp::now();

@@ -41,6 +41,7 @@ enum Claim {
 async fn claim_path(
     client: &Client,
     policy: &HostPathPolicy,
+    node: &str,
     ns: &str,
     claim: &str,
     from_dv: bool,
@@ -84,6 +85,11 @@ async fn claim_path(
     if !kubevirt_api::core_kinds::pv_bound_to(&pv, &pvc) {
         return Ok(Claim::Refused(format!(
             "PersistentVolume {pv_name} is not bound to PersistentVolumeClaim {ns}/{claim} (its claimRef names another claim)"
+        )));
+    }
+    if let Some(why) = kubevirt_runtime::pv::off_node(client, &pv, node).await? {
+        return Ok(Claim::Refused(format!(
+            "PersistentVolume {pv_name} (claim {ns}/{claim}) {why}"
         )));
     }
     let Some(local) = pv.spec.as_ref().and_then(|s| s.local.as_ref()) else {
@@ -167,6 +173,7 @@ pub async fn resolve(
     client: &Client,
     vmi: &VirtualMachineInstance,
     policy: &HostPathPolicy,
+    node_name: &str,
 ) -> kube::Result<Resolved> {
     let ns = vmi.namespace().unwrap_or_else(|| "default".into());
     let mut node = NodeVolumes::default();
@@ -178,7 +185,7 @@ pub async fn resolve(
                 )));
             }
         } else if let Some(p) = &vol.persistent_volume_claim {
-            match claim_path(client, policy, &ns, &p.claim_name, false).await? {
+            match claim_path(client, policy, node_name, &ns, &p.claim_name, false).await? {
                 Claim::Path(path) => {
                     node.persistent_volume_claims
                         .insert(p.claim_name.clone(), path);
@@ -196,7 +203,7 @@ pub async fn resolve(
                 .await?
                 .and_then(|dv| dv.status.and_then(|s| s.claim_name))
                 .unwrap_or_else(|| d.name.clone());
-            match claim_path(client, policy, &ns, &claim, true).await? {
+            match claim_path(client, policy, node_name, &ns, &claim, true).await? {
                 Claim::Path(path) => {
                     node.data_volumes.insert(d.name.clone(), path);
                 }
@@ -223,6 +230,7 @@ pub async fn resolve_each(
     client: &Client,
     vmi: &VirtualMachineInstance,
     policy: &HostPathPolicy,
+    node_name: &str,
     only: &std::collections::BTreeSet<String>,
 ) -> kube::Result<(NodeVolumes, std::collections::BTreeMap<String, NotReady>)> {
     let ns = vmi.namespace().unwrap_or_else(|| "default".into());
@@ -230,7 +238,7 @@ pub async fn resolve_each(
     let mut not_ready = std::collections::BTreeMap::new();
     for vol in vmi.spec.volumes.iter().flatten() {
         let claim = if let Some(p) = &vol.persistent_volume_claim {
-            claim_path(client, policy, &ns, &p.claim_name, false).await?
+            claim_path(client, policy, node_name, &ns, &p.claim_name, false).await?
         } else if let Some(d) = &vol.data_volume {
             match dv_not_ready(client, &ns, &d.name).await? {
                 Some(w) => Claim::Wait(w),
@@ -241,7 +249,7 @@ pub async fn resolve_each(
                         .await?
                         .and_then(|dv| dv.status.and_then(|s| s.claim_name))
                         .unwrap_or_else(|| d.name.clone());
-                    claim_path(client, policy, &ns, &claim, true).await?
+                    claim_path(client, policy, node_name, &ns, &claim, true).await?
                 }
             }
         } else {

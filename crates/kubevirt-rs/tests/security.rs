@@ -133,6 +133,11 @@ fn hostile_names_are_refused_before_anything_reaches_the_host() {
 
 /// A PVC bound (by hand, as an administrator or a static binder would) to a PersistentVolume.
 fn bound_claim(s: &Server, dir: &Path, name: &str, local_path: &str) {
+    bound_claim_with(s, dir, name, local_path, "")
+}
+
+/// [`bound_claim`] with more of the PersistentVolume's spec (YAML lines indented by two).
+fn bound_claim_with(s: &Server, dir: &Path, name: &str, local_path: &str, pv_spec: &str) {
     let out = apply(
         s,
         dir,
@@ -148,6 +153,7 @@ spec:
   storageClassName: ""
   local: {{path: "{local_path}"}}
   claimRef: {{namespace: default, name: {name}}}
+{pv_spec}
 ---
 apiVersion: v1
 kind: PersistentVolumeClaim
@@ -355,6 +361,87 @@ spec:
     assert_eq!(
         std::fs::read(theirs.join("disk.img")).expect("canary"),
         b"their disk"
+    );
+
+    // A volume pinned to another node (its nodeAffinity) holds its data there; the same path
+    // here is something else. No node takes a VMI on it, and CDI on this node does not clone
+    // from it.
+    let elsewhere = allowed.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    std::fs::write(elsewhere.join("disk.img"), b"not node09's disk").expect("canary");
+    bound_claim_with(
+        &s,
+        dir.path(),
+        "elsewhere",
+        &elsewhere.display().to_string(),
+        "  nodeAffinity: {required: {nodeSelectorTerms: [{matchExpressions: \
+         [{key: kubernetes.io/hostname, operator: In, values: [node09]}]}]}}",
+    );
+    let out = apply(
+        &s,
+        dir.path(),
+        "elsewhere-users.yaml",
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: stranded
+spec:
+  domain:
+    devices:
+      disks:
+      - name: data
+        disk: {bus: virtio}
+    resources:
+      requests:
+        memory: 64Mi
+  volumes:
+  - name: data
+    persistentVolumeClaim: {claimName: elsewhere}
+---
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: faraway
+spec:
+  source:
+    pvc: {namespace: default, name: elsewhere}
+  storage:
+    resources: {requests: {storage: 1Gi}}
+"#,
+    );
+    assert!(out.contains("created"), "{out}");
+    let scheduled = || {
+        s.jsonpath(
+            "vmi",
+            "stranded",
+            "{.status.phase} {.status.conditions[?(@.type==\"PodScheduled\")].message}",
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            scheduled()
+            == "Scheduling 0/1 nodes are available: 1 node(s) had volume node affinity conflict."
+        }),
+        "{}",
+        scheduled()
+    );
+    let running = || {
+        s.jsonpath(
+            "dv",
+            "faraway",
+            "{.status.conditions[?(@.type==\"Running\")].message}",
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || running().contains(
+            "PersistentVolume elsewhere is not reachable from node"
+        )),
+        "{}",
+        s.kubectl(&["get", "dv", "faraway", "-o", "yaml"])
+    );
+    assert_eq!(
+        std::fs::read(elsewhere.join("disk.img")).expect("canary"),
+        b"not node09's disk"
     );
 }
 

@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod events;
 pub mod host_path;
 pub mod metrics;
+pub mod pv;
 pub mod status;
 pub mod subresource;
 pub mod workqueue;
