@@ -408,14 +408,18 @@ pub fn kinds() -> &'static [KindInfo] {
                 "PersistentVolumeClaim",
                 "",
                 "persistentvolumeclaims",
-                true
+                true,
+                core_kinds::default_pvc,
+                no_validate
             ),
             core!(
                 core::PersistentVolume,
                 "PersistentVolume",
                 "",
                 "persistentvolumes",
-                false
+                false,
+                core_kinds::default_pv,
+                no_validate
             ),
             core!(
                 core::Node,

@@ -291,6 +291,39 @@ pub fn default_node(n: &mut Node, _: &DefaultsConfig) {
     }
 }
 
+/// kube-apiserver's PersistentVolumeClaim defaults (`pkg/apis/core/v1/defaults.go`): phase
+/// `Pending` until the binder binds it, `volumeMode: Filesystem`.
+pub fn default_pvc(c: &mut PersistentVolumeClaim, _: &DefaultsConfig) {
+    let status = c.status.get_or_insert_with(Default::default);
+    if status.phase.as_deref().is_none_or(str::is_empty) {
+        status.phase = Some("Pending".into());
+    }
+    let spec = c.spec.get_or_insert_with(Default::default);
+    if spec.volume_mode.as_deref().is_none_or(str::is_empty) {
+        spec.volume_mode = Some("Filesystem".into());
+    }
+}
+
+/// kube-apiserver's PersistentVolume defaults: phase `Pending` (the binder makes it
+/// `Available`), reclaim policy `Retain`, `volumeMode: Filesystem`.
+pub fn default_pv(v: &mut PersistentVolume, _: &DefaultsConfig) {
+    let status = v.status.get_or_insert_with(Default::default);
+    if status.phase.as_deref().is_none_or(str::is_empty) {
+        status.phase = Some("Pending".into());
+    }
+    let spec = v.spec.get_or_insert_with(Default::default);
+    if spec
+        .persistent_volume_reclaim_policy
+        .as_deref()
+        .is_none_or(str::is_empty)
+    {
+        spec.persistent_volume_reclaim_policy = Some("Retain".into());
+    }
+    if spec.volume_mode.as_deref().is_none_or(str::is_empty) {
+        spec.volume_mode = Some("Filesystem".into());
+    }
+}
+
 /// kube-apiserver's Service defaults (`pkg/apis/core/v1/defaults.go`), except the addresses.
 pub fn default_service(s: &mut Service, _: &DefaultsConfig) {
     let spec = s.spec.get_or_insert_with(Default::default);

@@ -4,6 +4,8 @@
 //!   under `DATA_DIR/volumes/` (a directory that will hold `disk.img` for `volumeMode:
 //!   Filesystem`, a sparse raw file for `Block`) and a PersistentVolume bound to it; when the
 //!   claim goes away, the PersistentVolume and its data go too (`Delete` reclaim policy).
+//! - [`binder`]: kube's PersistentVolume binder for volumes made by hand: a Pending claim is
+//!   bound to the volume meant for it or the smallest that fits before one is provisioned.
 //! - [`datavolume`]: the DataVolume controller. It creates the DataVolume's PVC, runs the
 //!   import (http, s3, registry, clone, blank) as a tokio task in this process, and reports
 //!   CDI's phases, conditions, `progress` and `restartCount`. Upload DataVolumes wait in
@@ -21,6 +23,7 @@
 //! (phase `ImportScheduled`/`ImportInProgress`/`CloneInProgress`) and runs the import again;
 //! the engine only ever hands over a complete volume (`.importing`, fsync, rename).
 
+pub mod binder;
 pub mod datavolume;
 pub mod export;
 pub mod metrics;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -116,6 +116,23 @@ async fn class_of(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<Option<C
             reclaim_policy: "Delete".into(),
         }),
     })
+}
+
+/// The default StorageClass's name (`storageclass.kubernetes.io/is-default-class`), the class
+/// a claim without one has.
+async fn default_class_name(ctx: &Context) -> Result<Option<String>, Error> {
+    let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+    Ok(classes
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|c| {
+            c.annotations()
+                .get(kubevirt_api::core_kinds::DEFAULT_CLASS_ANNOTATION)
+                .is_some_and(|v| v == "true")
+        })
+        .map(|c| c.name_any()))
 }
 
 /// Where the volume of `pv_name` lives.
@@ -236,12 +253,45 @@ async fn reconcile_pvc(
     pvc: Arc<PersistentVolumeClaim>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    if pvc.metadata.deletion_timestamp.is_some() || !ours(&pvc) {
+    if pvc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let phase = pvc.status.as_ref().and_then(|s| s.phase.as_deref());
+    if phase == Some("Bound") {
+        return Ok(Action::await_change());
+    }
+    // A volume made by hand for this claim, or one that fits it, comes first (kube's binder).
+    let default_class = default_class_name(&ctx).await?;
+    match crate::binder::bind_existing(&ctx, &pvc, default_class.as_deref()).await? {
+        crate::binder::Outcome::Bound(pv) => {
+            ctx.event(
+                pvc.as_ref(),
+                EventType::Normal,
+                "Bound",
+                format!("Bound to the existing volume {pv}"),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+        crate::binder::Outcome::Waiting(why) => {
+            ctx.event(pvc.as_ref(), EventType::Warning, "FailedBinding", why)
+                .await;
+            return Ok(Action::await_change());
+        }
+        crate::binder::Outcome::NoMatch => {}
+    }
+    if !ours(&pvc) {
+        ctx.event(
+            pvc.as_ref(),
+            EventType::Normal,
+            "FailedBinding",
+            "no persistent volumes available for this claim and no storage class is set".into(),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
     let volume_name = pvc.spec.as_ref().and_then(|s| s.volume_name.clone());
-    if phase == Some("Bound") || volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+    if volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
         return Ok(Action::await_change());
     }
     let ns = pvc
@@ -383,6 +433,28 @@ async fn reconcile_pvc(
 /// Reclaims our PersistentVolumes whose claim is gone (reclaim policy Delete).
 async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Action, Error> {
     if pv.annotations().get(ANN_PROVISIONED_BY).map(String::as_str) != Some(PROVISIONER_NAME) {
+        // Someone else's volume: only its phase is kept (kube's binder), never its data.
+        let claim = match pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) {
+            Some(r) => {
+                let ns = r.namespace.clone().unwrap_or_default();
+                let name = r.name.clone().unwrap_or_default();
+                if ns.is_empty() || name.is_empty() {
+                    None
+                } else {
+                    Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+                        .get_opt(&name)
+                        .await?
+                }
+            }
+            None => None,
+        };
+        let now = pv.status.as_ref().and_then(|s| s.phase.as_deref());
+        if let Some(phase) = crate::binder::volume_phase(&pv, claim.as_ref()) {
+            if now != Some(phase) {
+                let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+                status::write_status(&pvs, &pv.name_any(), json!({"phase": phase})).await?;
+            }
+        }
         return Ok(Action::await_change());
     }
     let spec = pv.spec.clone().unwrap_or_default();
@@ -458,11 +530,71 @@ fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(2))
 }
 
+/// Our volumes are pinned to the node that made them (by name). A server started under another
+/// node name (its hostname changed, `--node-name` differs) cannot reach them: VMIs using them
+/// are placed nowhere and CDI refuses them. Said once, loudly, at start.
+async fn warn_if_renamed(ctx: &Context, pvs: &Api<PersistentVolume>) {
+    let ours = ListParams::default().labels("kubevirt-rs.io/provisioner=local-path");
+    let Ok(list) = pvs.list(&ours).await else {
+        return;
+    };
+    let node = &ctx.config.node_name;
+    let mut elsewhere = std::collections::BTreeSet::new();
+    for pv in &list.items {
+        if let Ok(Some(_)) = kubevirt_runtime::pv::off_node(&ctx.client, pv, node).await {
+            let pinned = pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_affinity.as_ref())
+                .and_then(|a| a.required.as_ref())
+                .map(|r| r.node_selector_terms.iter())
+                .into_iter()
+                .flatten()
+                .flat_map(|t| t.match_expressions.iter().flatten())
+                .flat_map(|e| e.values.iter().flatten())
+                .cloned();
+            elsewhere.extend(pinned);
+        }
+    }
+    if !elsewhere.is_empty() {
+        tracing::warn!(
+            node = %node,
+            pinned_to = ?elsewhere,
+            "local-path volumes of this data directory are pinned to other node names: VMIs using them will not be placed and CDI will not touch them; start with --node-name set to the name they were made under"
+        );
+    }
+}
+
 /// Runs the provisioner (claims) and the reclaimer (volumes) until the future is dropped.
 pub async fn run(ctx: Arc<Context>) {
     let pvcs: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let claims = Controller::new(pvcs.clone(), watcher::Config::default())
+    warn_if_renamed(&ctx, &pvs).await;
+    let claims = Controller::new(pvcs.clone(), watcher::Config::default());
+    // A volume that appears or is freed may be the one a Pending claim waits for.
+    let pending = claims.store();
+    let claims = claims
+        .watches(pvs.clone(), watcher::Config::default(), move |pv| {
+            let named = pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|r| {
+                    Some(
+                        ObjectRef::<PersistentVolumeClaim>::new(r.name.as_deref()?)
+                            .within(r.namespace.as_deref()?),
+                    )
+                });
+            match named {
+                Some(r) => vec![r],
+                None => pending
+                    .state()
+                    .into_iter()
+                    .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound"))
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect(),
+            }
+        })
         .run(reconcile_pvc, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
@@ -471,10 +603,14 @@ pub async fn run(ctx: Arc<Context>) {
         });
     let volumes = Controller::new(pvs, watcher::Config::default())
         .watches(pvcs, watcher::Config::default(), |pvc| {
-            pvc.metadata
-                .uid
-                .as_deref()
-                .map(|uid| ObjectRef::new(&pv_name(uid)))
+            // Ours by the claim's uid; one made by hand by the claim's volumeName.
+            let by_uid = pvc.metadata.uid.as_deref().map(pv_name);
+            let named = pvc.spec.as_ref().and_then(|s| s.volume_name.clone());
+            by_uid
+                .into_iter()
+                .chain(named.filter(|n| !n.is_empty()))
+                .map(|n| ObjectRef::new(&n))
+                .collect::<Vec<_>>()
         })
         .run(reconcile_pv, error_policy, ctx)
         .for_each(|r| async move {

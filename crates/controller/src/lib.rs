@@ -220,9 +220,31 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let vmi_ctl = Controller::new(vmis.clone(), watcher::Config::default());
     // A Node that comes, changes or goes may take (or refuse) the VMIs waiting for one.
     let waiting = vmi_ctl.store();
-    // A claim that appears or binds may let a VMI waiting for it be placed.
+    // A claim that appears or binds, or the volume it is bound to, may let a VMI waiting for
+    // it be placed.
     let waiting_for_claims = vmi_ctl.store();
+    let waiting_for_volumes = vmi_ctl.store();
     let vmi_ctl = vmi_ctl
+        .watches(
+            Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone()),
+            watcher::Config::default(),
+            move |pv| {
+                let claim = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+                let ns = claim.and_then(|r| r.namespace.clone());
+                let name = claim.and_then(|r| r.name.clone()).unwrap_or_default();
+                waiting_for_volumes
+                    .state()
+                    .into_iter()
+                    .filter(|v| {
+                        !name.is_empty()
+                            && vmi::awaits_node(v)
+                            && v.metadata.namespace == ns
+                            && vmi::names_claim(v, &name)
+                    })
+                    .map(|v| kube::runtime::reflector::ObjectRef::from_obj(v.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .watches(
             Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::all(client.clone()),
             watcher::Config::default(),

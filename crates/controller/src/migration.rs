@@ -553,8 +553,9 @@ pub async fn reconcile(
                     .insert(POD_NETWORK.into(), network);
             }
             let to_scheduling = p != Some(MigrationPhase::Scheduling);
-            // The target must reach the VMI's volumes too (shared storage pinned to some
-            // nodes; a volume on the source node only is not LiveMigratable in the first place).
+            // The target must reach the VMI's volumes too: a volume pinned to the source node
+            // (a local-path claim, even one asking for ReadWriteMany) leaves no target, and the
+            // migration waits unschedulable like any other.
             let volumes = crate::vmi::volumes_of(&ctx, &vmi).await?;
             match scheduler::place(&wanted, &nodes, &load, &volumes) {
                 Ok(target) => {

@@ -31,6 +31,7 @@
 //!    PersistentVolumeClaims`), and one that does not exist gets KubeVirt's wait (`PVC ns/x
 //!    does not exist, waiting for it to appear`), as virt-controller holds the launcher Pod
 //!    back: placed before its volume binds, a VMI could land on a node its data is not on.
+//!    Hotplugged volumes hold nothing back, but once bound their volumes pin the VMI too.
 //!
 //! Among the nodes left, the one running the fewest VMIs wins (ties: the first name). That is
 //! all the scoring there is: no resources, no preferred affinity, no pod (anti-)affinity, no
@@ -88,8 +89,8 @@ pub enum NotYet {
     MissingClaim { namespace: String, name: String },
     /// The claim is not bound to a volume yet.
     Unbound,
-    /// The claim names a PersistentVolume that does not exist.
-    MissingVolume(String),
+    /// A claim is bound to a PersistentVolume that does not exist.
+    MissingVolume,
 }
 
 impl std::fmt::Display for Refusal {
@@ -141,12 +142,13 @@ impl std::fmt::Display for Unschedulable {
                     self.nodes
                 )
             }
-            Some(NotYet::MissingVolume(pv)) => {
+            Some(NotYet::MissingVolume) => {
+                // kube-scheduler's VolumeBinding refuses every node with ErrReasonPVNotExist.
                 return write!(
                     f,
-                    "0/{} nodes are available: persistentvolume {pv:?} not found.",
+                    "0/{0} nodes are available: {0} node(s) unavailable due to one or more pvc(s) bound to non-existent pv(s).",
                     self.nodes
-                )
+                );
             }
             None => {}
         }
@@ -744,8 +746,8 @@ mod tests {
             "PVC default/disk does not exist, waiting for it to appear"
         );
         assert_eq!(
-            wait(NotYet::MissingVolume("pvc-1".into())),
-            "0/2 nodes are available: persistentvolume \"pvc-1\" not found."
+            wait(NotYet::MissingVolume),
+            "0/2 nodes are available: 2 node(s) unavailable due to one or more pvc(s) bound to non-existent pv(s)."
         );
     }
 }

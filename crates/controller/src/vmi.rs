@@ -56,25 +56,28 @@ async fn nodes_and_load(ctx: &Context) -> Result<(Vec<Node>, BTreeMap<String, us
 }
 
 /// The claims of the VMI's `persistentVolumeClaim` and `dataVolume` volumes (a DataVolume's
-/// claim has its name) that placement waits for; hotplugged volumes come later.
-fn placement_claims(vmi: &VirtualMachineInstance) -> impl Iterator<Item = &str> {
+/// claim has its name), each with whether it is hotplugged.
+fn placement_claims(vmi: &VirtualMachineInstance) -> impl Iterator<Item = (&str, bool)> {
     vmi.spec.volumes.iter().flatten().filter_map(|v| {
-        match (&v.persistent_volume_claim, &v.data_volume) {
-            (Some(c), _) if c.hotpluggable != Some(true) => Some(c.claim_name.as_str()),
-            (_, Some(d)) if d.hotpluggable != Some(true) => Some(d.name.as_str()),
-            _ => None,
-        }
+        let claim = match (&v.persistent_volume_claim, &v.data_volume) {
+            (Some(c), _) => c.claim_name.as_str(),
+            (_, Some(d)) => d.name.as_str(),
+            _ => return None,
+        };
+        Some((claim, v.is_hotpluggable()))
     })
 }
 
 /// Whether placing `vmi` looks at claim `name` (of its namespace).
 pub fn names_claim(vmi: &VirtualMachineInstance, name: &str) -> bool {
-    placement_claims(vmi).any(|c| c == name)
+    placement_claims(vmi).any(|(c, _)| c == name)
 }
 
 /// What the VMI's claims require of its node (the scheduler's VolumeBinding filter): each
-/// [`placement_claims`] claim must exist and be bound, and the volumes they are bound to pin
-/// the VMI to the nodes holding their data.
+/// claim must exist and be bound, and the volumes they are bound to (through a `claimRef`
+/// naming the claim) pin the VMI to the nodes holding their data. A hotplugged volume does not
+/// hold the VMI back (it is attached when it is ready, as KubeVirt's attachment Pods are), but
+/// once bound its volume pins the VMI too: the node must reach every disk it has.
 pub(crate) async fn volumes_of(
     ctx: &Context,
     vmi: &VirtualMachineInstance,
@@ -82,23 +85,27 @@ pub(crate) async fn volumes_of(
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
     use scheduler::NotYet;
     let ns = vmi.namespace().unwrap_or_default();
-    let claims = placement_claims(vmi);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let mut out = scheduler::Volumes::default();
-    for claim in claims {
+    for (claim, hotplug) in placement_claims(vmi) {
+        let mut wait = |n: NotYet| {
+            if !hotplug && out.not_yet.is_none() {
+                out.not_yet = Some(n);
+            }
+        };
         let missing = NotYet::MissingClaim {
             namespace: ns.clone(),
             name: claim.to_string(),
         };
         // A name no claim can have is never read (it becomes part of a request path).
         if kubevirt_api::names::dns1123_subdomain(claim).is_some() {
-            out.not_yet = Some(missing);
-            return Ok(out);
+            wait(missing);
+            continue;
         }
         let Some(pvc) = pvcs.get_opt(claim).await? else {
-            out.not_yet = Some(missing);
-            return Ok(out);
+            wait(missing);
+            continue;
         };
         let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
         let volume = pvc
@@ -107,18 +114,22 @@ pub(crate) async fn volumes_of(
             .and_then(|s| s.volume_name.as_deref())
             .filter(|n| !n.is_empty());
         let Some(volume) = volume.filter(|_| bound) else {
-            out.not_yet = Some(NotYet::Unbound);
-            return Ok(out);
+            wait(NotYet::Unbound);
+            continue;
         };
         let pv = match kubevirt_api::names::dns1123_subdomain(volume) {
             None => pvs.get_opt(volume).await?,
             Some(_) => None,
         };
         let Some(pv) = pv else {
-            out.not_yet = Some(NotYet::MissingVolume(volume.to_string()));
-            return Ok(out);
+            wait(NotYet::MissingVolume);
+            continue;
         };
-        out.bound.push(pv);
+        // A claim naming someone else's volume reaches nothing of it (the handler refuses it
+        // with that reason): that volume's node says nothing about this VMI.
+        if kubevirt_api::core_kinds::pv_bound_to(&pv, &pvc) {
+            out.bound.push(pv);
+        }
     }
     Ok(out)
 }
@@ -208,9 +219,6 @@ pub async fn reconcile(
         if p.is_none() {
             ts.push(transition(VmiPhase::Pending, now));
         }
-        if p != Some(VmiPhase::Scheduling) {
-            ts.push(transition(VmiPhase::Scheduling, now));
-        }
         let mut conds = vmi
             .status
             .as_ref()
@@ -229,7 +237,18 @@ pub async fn reconcile(
                         && c.status == "False"
                         && c.message.as_deref() == Some(message.as_str())
                 });
-                if !known || p != Some(VmiPhase::Scheduling) {
+                // A missing claim holds the VMI before scheduling: KubeVirt creates no
+                // launcher Pod, so the VMI stays Pending.
+                let missing = matches!(why.not_yet, Some(scheduler::NotYet::MissingClaim { .. }));
+                let shown = if missing {
+                    VmiPhase::Pending
+                } else {
+                    VmiPhase::Scheduling
+                };
+                if !known || p != Some(shown) {
+                    if shown == VmiPhase::Scheduling && p != Some(VmiPhase::Scheduling) {
+                        ts.push(transition(VmiPhase::Scheduling, now));
+                    }
                     // The condition's status does not change with its message.
                     let since = conds
                         .iter()
@@ -243,27 +262,25 @@ pub async fn reconcile(
                         status: "False".into(),
                         reason: Some(reason::UNSCHEDULABLE.into()),
                         message: Some(message.clone()),
-                        last_transition_time: Some(since),
+                        last_transition_time: Some(since.clone()),
                         last_probe_time: None,
                     });
                     // KubeVirt's sync error for a claim that is not there yet, which its VM
                     // shows as `ErrorPvcNotFound`.
-                    let missing =
-                        matches!(why.not_yet, Some(scheduler::NotYet::MissingClaim { .. }));
                     if missing {
                         conds.push(kubevirt_api::VirtualMachineInstanceCondition {
                             r#type: condition::SYNCHRONIZED.into(),
                             status: "False".into(),
                             reason: Some(reason::FAILED_PVC_NOT_FOUND.into()),
                             message: Some(message.clone()),
-                            last_transition_time: Some(Time(now)),
+                            last_transition_time: Some(since.clone()),
                             last_probe_time: None,
                         });
                     }
                     let patch = json!({
                         "metadata": {"resourceVersion": rv, "finalizers": fins},
                         "status": {
-                            "phase": VmiPhase::Scheduling.as_str(),
+                            "phase": shown.as_str(),
                             "phaseTransitionTimestamps": ts,
                             "conditions": conds,
                         }
@@ -281,6 +298,9 @@ pub async fn reconcile(
                 return Ok(Action::requeue(UNSCHEDULABLE_RETRY));
             }
         };
+        if p != Some(VmiPhase::Scheduling) {
+            ts.push(transition(VmiPhase::Scheduling, now));
+        }
         ts.push(transition(VmiPhase::Scheduled, now));
         conds.retain(|c| c.r#type != condition::POD_SCHEDULED && !pvc_not_found(c));
         if !conds.iter().any(|c| c.r#type == condition::READY) {

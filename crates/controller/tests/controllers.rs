@@ -2043,16 +2043,16 @@ async fn a_vmi_waits_for_its_claim_and_goes_where_its_volume_is() {
         }))
         .expect("vmi")
     };
-    let waiting_with = |name: &'static str, want: String| {
+    let waiting_with = |name: &'static str, phase: &'static str, want: String| {
         let env = &env;
         async move {
             wait(|| async {
                 let v = env.vmis().get_opt(name).await.ok().flatten()?;
                 let c = pod_scheduled(&v)?;
-                (phase_of(&v) == "Scheduling" && c.2 == want).then_some(v)
+                (phase_of(&v) == phase && c.2 == want).then_some(v)
             })
             .await
-            .unwrap_or_else(|| panic!("{name} never waited with {want:?}"))
+            .unwrap_or_else(|| panic!("{name} never waited {phase} with {want:?}"))
         }
     };
     // node01 is busier: without volumes, a VMI would go to node02.
@@ -2075,8 +2075,10 @@ async fn a_vmi_waits_for_its_claim_and_goes_where_its_volume_is() {
         .create(&PostParams::default(), &vmi_on("disky", "data"))
         .await
         .expect("create");
+    // KubeVirt makes no launcher Pod for it: the VMI stays Pending.
     let v = waiting_with(
         "disky",
+        "Pending",
         "PVC default/data does not exist, waiting for it to appear".into(),
     )
     .await;
@@ -2099,6 +2101,7 @@ async fn a_vmi_waits_for_its_claim_and_goes_where_its_volume_is() {
         .expect("claim");
     let v = waiting_with(
         "disky",
+        "Scheduling",
         "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims.".into(),
     )
     .await;
@@ -2169,7 +2172,25 @@ async fn a_vmi_waits_for_its_claim_and_goes_where_its_volume_is() {
         .expect("create");
     waiting_with(
         "stranded",
+        "Scheduling",
         "0/2 nodes are available: 2 node(s) had volume node affinity conflict.".into(),
     )
     .await;
+
+    // A hotplugged volume whose claim is not there does not hold the VMI back.
+    let mut hot = vmi_on("hot", "not-yet");
+    if let Some(c) = hot
+        .spec
+        .volumes
+        .as_mut()
+        .and_then(|v| v.first_mut())
+        .and_then(|v| v.persistent_volume_claim.as_mut())
+    {
+        c.hotpluggable = Some(true);
+    }
+    env.vmis()
+        .create(&PostParams::default(), &hot)
+        .await
+        .expect("create");
+    env.wait_scheduled("hot").await;
 }

@@ -1458,3 +1458,164 @@ spec:
     let out = s.kubectl(&["delete", "vm", "copy-vm", "--wait=false"]);
     assert!(out.contains("deleted"), "{out}");
 }
+
+/// Static provisioning as a cluster administrator writes it: PersistentVolumes made by hand
+/// (local volumes pinned to the node) are bound to the claims they fit, as kube's
+/// PersistentVolume binder binds them: the smallest that fits, a class-`""` claim waiting until
+/// a volume appears, a claim naming a volume that cannot hold it refused, and a volume whose
+/// claim is deleted `Released` with its data kept.
+#[test]
+fn volumes_made_by_hand_are_bound_to_the_claims_they_fit() {
+    if !have_kubectl() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Server::new(
+        env!("CARGO_BIN_EXE_kubevirt-rs"),
+        dir.path().join("data"),
+        dir.path().join("images"),
+    );
+    s.start();
+    let disks = dir.path().join("disks");
+    for d in ["small", "big", "late"] {
+        std::fs::create_dir_all(disks.join(d)).expect("mkdir");
+    }
+    std::fs::write(disks.join("small/disk.img"), b"keep me").expect("data");
+    let pv = |name: &str, size: &str, class: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: {name}
+spec:
+  capacity: {{storage: {size}}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: "{class}"
+  local: {{path: "{}"}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {{key: kubernetes.io/hostname, operator: In, values: [node01]}}
+"#,
+            disks.join(name).display()
+        )
+    };
+    let claim = |name: &str, size: &str, class: &str, extra: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: {name}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: "{class}"
+  resources: {{requests: {{storage: {size}}}}}
+{extra}"#
+        )
+    };
+    let apply = |file: &str, yaml: String| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, yaml).expect("manifest");
+        let out = s.kubectl(&["apply", "-f", &path.display().to_string()]);
+        assert!(out.contains("created"), "{out}");
+    };
+    apply(
+        "pvs.yaml",
+        format!(
+            "{}---\n{}",
+            pv("big", "5Gi", "local-storage"),
+            pv("small", "1Gi", "local-storage")
+        ),
+    );
+    let phase = |kind: &str, name: &str| s.jsonpath(kind, name, "{.status.phase}");
+    assert!(
+        wait_for(Duration::from_secs(20), || phase("pv", "small")
+            == "Available"
+            && phase("pv", "big") == "Available"),
+        "{}",
+        s.kubectl(&["get", "pv"])
+    );
+
+    // The smallest volume of the class that fits.
+    apply("data.yaml", claim("data", "512Mi", "local-storage", ""));
+    let binding = |c: &str| s.jsonpath("pvc", c, "{.status.phase} {.spec.volumeName}");
+    assert!(
+        wait_for(Duration::from_secs(20), || binding("data") == "Bound small"),
+        "{}",
+        s.kubectl(&["get", "pvc,pv"])
+    );
+    let uid = s.jsonpath("pvc", "data", "{.metadata.uid}");
+    assert_eq!(
+        s.jsonpath(
+            "pv",
+            "small",
+            "{.status.phase} {.spec.claimRef.name} {.spec.claimRef.uid}"
+        ),
+        format!("Bound data {uid}")
+    );
+    assert_eq!(
+        s.jsonpath("pvc", "data", "{.status.capacity.storage}"),
+        "1Gi"
+    );
+    assert_eq!(phase("pv", "big"), "Available");
+
+    // A claim naming a volume too small for it is not bound, and says why.
+    apply(
+        "greedy.yaml",
+        claim("greedy", "50Gi", "local-storage", "  volumeName: big\n"),
+    );
+    let events = |c: &str| {
+        s.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={c}"),
+            "-o",
+            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+        ])
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || events("greedy")
+            .contains("FailedBinding: requested PV \"big\" is too small")),
+        "{}",
+        events("greedy")
+    );
+    assert_eq!(binding("greedy"), "Pending big");
+    assert_eq!(phase("pv", "big"), "Available");
+
+    // Class "": never provisioned; waits until a volume of class "" appears.
+    apply("waiting.yaml", claim("waiting", "1Gi", "", ""));
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            events("waiting").contains(
+            "FailedBinding: no persistent volumes available for this claim and no storage class is set"
+        )
+        }),
+        "{}",
+        events("waiting")
+    );
+    assert_eq!(binding("waiting"), "Pending ");
+    apply("late.yaml", pv("late", "2Gi", ""));
+    assert!(
+        wait_for(Duration::from_secs(20), || binding("waiting")
+            == "Bound late"),
+        "{}",
+        s.kubectl(&["get", "pvc,pv"])
+    );
+
+    // The claim goes: its volume is Released, and its data stays (Retain).
+    let out = s.kubectl(&["delete", "pvc", "data", "--wait=true"]);
+    assert!(out.contains("deleted"), "{out}");
+    assert!(
+        wait_for(Duration::from_secs(20), || phase("pv", "small")
+            == "Released"),
+        "{}",
+        s.kubectl(&["get", "pv"])
+    );
+    assert_eq!(
+        std::fs::read(disks.join("small/disk.img")).expect("data kept"),
+        b"keep me"
+    );
+}
