@@ -143,6 +143,53 @@ pub fn pv_fits_node(pv: &PersistentVolume, node: &Node) -> bool {
         .is_none_or(|sel| node_selector_matches(sel, node))
 }
 
+/// `pv.kubernetes.io/provisioned-by`, as external-provisioner annotates the volumes it made.
+pub const ANN_PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+
+/// A volume of our local-path provisioner: a `local` volume it made (its annotation), whose
+/// data is one directory or file on the node it is pinned to.
+pub fn local_path_volume(pv: &PersistentVolume) -> bool {
+    pv.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANN_PROVISIONED_BY))
+        .is_some_and(|p| p == LOCAL_PATH_PROVISIONER)
+        && pv.spec.as_ref().is_some_and(|s| s.local.is_some())
+}
+
+/// The one node a volume is pinned to by name, as the local-path provisioner pins them: a
+/// required node affinity of exactly one term with exactly `kubernetes.io/hostname In [node]`.
+pub fn pinned_host(pv: &PersistentVolume) -> Option<&str> {
+    let sel = pv
+        .spec
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required
+        .as_ref()?;
+    let [term] = sel.node_selector_terms.as_slice() else {
+        return None;
+    };
+    if term.match_fields.as_ref().is_some_and(|f| !f.is_empty()) {
+        return None;
+    }
+    let [r] = term.match_expressions.as_deref()? else {
+        return None;
+    };
+    let [host] = r.values.as_deref()? else {
+        return None;
+    };
+    (r.key == "kubernetes.io/hostname" && r.operator == "In").then_some(host.as_str())
+}
+
+/// `spec.nodeAffinity` pinning a volume to node `host` (by its hostname label), as the
+/// local-path provisioner writes it and a migration re-pins it.
+pub fn pinned_to(host: &str) -> serde_json::Value {
+    serde_json::json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
+        {"key": "kubernetes.io/hostname", "operator": "In", "values": [host]}
+    ]}]}})
+}
+
 /// The Node a node agent or controller judges volumes for when it cannot read its Node object
 /// (not registered yet): its name and the `kubernetes.io/hostname` label every node carries.
 pub fn bare_node(name: &str) -> Node {
@@ -915,6 +962,39 @@ mod tests {
 
     fn secret(v: serde_json::Value) -> Secret {
         serde_json::from_value(v).expect("secret")
+    }
+
+    #[test]
+    fn a_local_path_volume_is_pinned_to_one_host_by_name() {
+        let pv =
+            |v: serde_json::Value| -> PersistentVolume { serde_json::from_value(v).expect("pv") };
+        let ours = pv(json!({"metadata": {"name": "p", "annotations": {
+                ANN_PROVISIONED_BY: LOCAL_PATH_PROVISIONER}},
+            "spec": {"local": {"path": "/v/p"}, "nodeAffinity": pinned_to("node01")}}));
+        assert!(local_path_volume(&ours));
+        assert_eq!(pinned_host(&ours), Some("node01"));
+        assert!(pv_fits_node(&ours, &bare_node("node01")));
+        assert!(!pv_fits_node(&ours, &bare_node("node02")));
+        // Another provisioner's, or not local: not ours to move.
+        let theirs = pv(json!({"metadata": {"name": "p", "annotations": {
+                ANN_PROVISIONED_BY: "example.com/nfs"}},
+            "spec": {"local": {"path": "/v/p"}}}));
+        assert!(!local_path_volume(&theirs));
+        // Two hosts, another key or operator: not pinned to one host.
+        for affinity in [
+            json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["a", "b"]}]}]}}),
+            json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "zone", "operator": "In", "values": ["a"]}]}]}}),
+            json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["a"]}]}]}}),
+            json!({"required": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["a"]}]},
+                {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["b"]}]}]}}),
+        ] {
+            let v = pv(json!({"metadata": {"name": "p"}, "spec": {"nodeAffinity": affinity}}));
+            assert_eq!(pinned_host(&v), None, "{affinity}");
+        }
     }
 
     #[test]

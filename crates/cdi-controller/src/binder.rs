@@ -18,6 +18,16 @@
 //!
 //! A claim of class `""` binds only to volumes of class `""` and is never provisioned: it waits
 //! (`FailedBinding` event) until a volume that fits appears.
+//!
+//! Where this differs from kube's binder, on purpose:
+//! - only `local` volumes are matched (the only kind a node agent here can open); a claim
+//!   naming another kind is told so;
+//! - a claim with a `dataSource`/`dataSourceRef` (a snapshot restore, a clone) is never matched
+//!   to a free volume, only provisioned from its source (kube would bind it and drop the data,
+//!   kubernetes/kubernetes#101878);
+//! - our provisioner's own volumes are left to it (it finishes a binding it started).
+//!
+//! Names from a claim or a volume are checked before they become part of a request path.
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, Patch, PatchParams};
@@ -110,6 +120,11 @@ fn unfit(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> Option<String> {
             "volume {name:?} does not offer access mode {m} the claim asks for"
         ));
     }
+    if vs.local.is_none() {
+        return Some(format!(
+            "volume {name:?} is not a local volume: only local volumes can be used here"
+        ));
+    }
     let mode = |m: Option<&str>| m.unwrap_or("Filesystem").to_string();
     let (vm, cm) = (
         mode(vs.volume_mode.as_deref()),
@@ -123,6 +138,13 @@ fn unfit(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> Option<String> {
     None
 }
 
+/// Made by our provisioner: it binds its volumes itself.
+fn ours(pv: &PersistentVolume) -> bool {
+    pv.annotations()
+        .get(crate::provisioner::ANN_PROVISIONED_BY)
+        .is_some_and(|p| p == crate::PROVISIONER_NAME)
+}
+
 /// kube's `FindMatchingVolume` without a node: a volume pre-bound to the claim (its `claimRef`
 /// names it) if one fits, else the smallest `Available` volume of the claim's class that fits
 /// and matches its selector.
@@ -133,8 +155,15 @@ pub fn find_matching<'a>(
 ) -> Option<&'a PersistentVolume> {
     let class = claim_class(pvc, default_class);
     let selector = pvc.spec.as_ref().and_then(|s| s.selector.as_ref());
+    let restores = pvc
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.data_source.is_some() || s.data_source_ref.is_some());
     let mut smallest: Option<(i128, &PersistentVolume)> = None;
     for pv in pvs {
+        if ours(pv) {
+            continue;
+        }
         let claimed = pv
             .spec
             .as_ref()
@@ -148,6 +177,9 @@ pub fn find_matching<'a>(
         }
         if claimed {
             return Some(pv);
+        }
+        if restores {
+            continue;
         }
         let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref());
         if phase != Some("Available") || volume_class(pv) != class {
@@ -189,11 +221,26 @@ pub async fn bind_existing(
     let pv = match named {
         // Pre-bound by the user through the claim: that volume or nothing.
         Some(name) => {
+            if kubevirt_api::names::dns1123_subdomain(&name).is_some() {
+                return Ok(Outcome::Waiting(format!(
+                    "spec.volumeName {name:?} is not a valid PersistentVolume name"
+                )));
+            }
             let Some(pv) = pvs.get_opt(&name).await? else {
                 return Ok(Outcome::Waiting(format!(
                     "volume {name:?} requested by the claim does not exist"
                 )));
             };
+            if ours(&pv) {
+                // Our provisioner's: it finishes its own binding; another claim gets nothing.
+                return Ok(if bound_to(&pv, pvc) {
+                    Outcome::NoMatch
+                } else {
+                    Outcome::Waiting(format!(
+                        "volume {name:?} is already bound to a different claim"
+                    ))
+                });
+            }
             let claimed = pv
                 .spec
                 .as_ref()
@@ -208,7 +255,7 @@ pub async fn bind_existing(
                 return Ok(Outcome::Waiting(why));
             }
             let (want, have) = (claim_class(pvc, default_class), volume_class(&pv));
-            if !claimed && want != have {
+            if want != have {
                 return Ok(Outcome::Waiting(format!(
                     "storageClassName does not match: the claim's is {want:?}, volume {name:?}'s is {have:?}"
                 )));
@@ -272,6 +319,9 @@ async fn bind(
     let spec = pv.spec.clone().unwrap_or_default();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let mut annotations = json!({ANN_BIND_COMPLETED: "yes"});
+    for (k, v) in crate::provisioner::upload_ready_annotations(pvc) {
+        annotations[k] = json!(v);
+    }
     let by_user = pvc
         .spec
         .as_ref()
@@ -426,6 +476,30 @@ mod tests {
             json!({"spec": {"claimRef": {"namespace": "default", "name": "c", "uid": "u0"}}}),
         );
         assert_eq!(found(&pvc(json!({})), &[stale]), None);
+    }
+
+    #[test]
+    fn only_local_volumes_not_our_provisioners_and_no_restores_are_matched() {
+        let nfs = pv(
+            "nfs",
+            json!({"spec": {"local": null, "nfs": {"server": "10.0.0.1", "path": "/x"}}}),
+        );
+        assert_eq!(found(&pvc(json!({})), &[nfs]), None);
+        let provisioned = pv(
+            "pvc-1",
+            json!({"metadata": {"annotations": {
+                "pv.kubernetes.io/provisioned-by": crate::PROVISIONER_NAME}}}),
+        );
+        assert_eq!(found(&pvc(json!({})), &[provisioned]), None);
+        let restore = pvc(json!({"spec": {"dataSource": {
+            "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s"}}}));
+        assert_eq!(found(&restore, &[pv("free", json!({}))]), None);
+        // Pre-bound to it by an administrator, a restore's claim still gets that volume.
+        let pre = pv(
+            "pre",
+            json!({"spec": {"claimRef": {"namespace": "default", "name": "c"}}}),
+        );
+        assert_eq!(found(&restore, &[pre]), Some("pre".into()));
     }
 
     #[test]

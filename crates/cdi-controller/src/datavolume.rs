@@ -209,10 +209,19 @@ pub(crate) async fn target_for(
         .spec
         .as_ref()
         .and_then(|s| s.local.as_ref())
-        .map(|l| PathBuf::from(&l.path))
+        .map(|l| l.path.clone())
         .ok_or_else(|| {
             format!("PersistentVolume {pv_name} has no spec.local.path (not a local volume)")
         })?;
+    // A PersistentVolume is an administrator's word, but a claim bound to it is a user's
+    // reach: its path must lie beneath the provisioner's volumes or an allowed root, as the
+    // node agent requires for VM disks.
+    let path = match &ctx.config.host_paths {
+        Some(policy) => policy
+            .persistent_volume(&path)
+            .map_err(|e| format!("PersistentVolume {pv_name} spec.local.path: {e}"))?,
+        None => PathBuf::from(path),
+    };
     let capacity = pvc
         .status
         .as_ref()

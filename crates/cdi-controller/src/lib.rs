@@ -71,6 +71,10 @@ pub struct Config {
     pub progress_interval: Duration,
     /// How long an upload token is valid (CDI: 5 minutes).
     pub upload_token_ttl: Duration,
+    /// Where a PersistentVolume's `spec.local.path` may point (the node agent's policy: the
+    /// provisioner's volumes and `--host-path-root`s). `None` takes paths as they are (tests
+    /// of the controllers alone).
+    pub host_paths: Option<kubevirt_runtime::host_path::HostPathPolicy>,
 }
 
 impl Config {
@@ -83,6 +87,7 @@ impl Config {
             retry: Backoff::exponential(Duration::from_secs(10), Duration::from_secs(300)),
             progress_interval: Duration::from_secs(1),
             upload_token_ttl: Duration::from_secs(300),
+            host_paths: None,
         }
     }
 

@@ -29,7 +29,7 @@ use serde_json::json;
 use crate::{Context, Error, PROVISIONER_NAME, STORAGE_CLASS};
 
 /// `pv.kubernetes.io/provisioned-by`, as external-provisioner annotates its volumes.
-pub const ANN_PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+pub const ANN_PROVISIONED_BY: &str = kubevirt_api::core_kinds::ANN_PROVISIONED_BY;
 
 const ANN_UPLOAD_TARGET: &str = crate::datavolume::ann::UPLOAD_TARGET;
 const ANN_POD_READY: &str = crate::datavolume::ann::POD_READY;
@@ -116,6 +116,24 @@ async fn class_of(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<Option<C
             reclaim_policy: "Delete".into(),
         }),
     })
+}
+
+/// What a bound claim annotated for upload (`virtctl image-upload pvc`) gets so the upload
+/// proxy takes it, whoever binds it; DataVolume claims are handled by the DataVolume
+/// controller.
+pub(crate) fn upload_ready_annotations(
+    pvc: &PersistentVolumeClaim,
+) -> Vec<(&'static str, &'static str)> {
+    let upload_target = pvc.annotations().contains_key(ANN_UPLOAD_TARGET)
+        && !pvc
+            .owner_references()
+            .iter()
+            .any(|o| o.kind == "DataVolume");
+    if upload_target {
+        vec![(ANN_POD_READY, "true"), (ANN_POD_PHASE, "Running")]
+    } else {
+        Vec::new()
+    }
 }
 
 /// The default StorageClass's name (`storageclass.kubernetes.io/is-default-class`), the class
@@ -363,9 +381,7 @@ async fn reconcile_pvc(
             "local": {"path": path.display().to_string()},
             "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                          "namespace": ns, "name": name, "uid": uid},
-            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": [ctx.config.node_name]}
-            ]}]}},
+            "nodeAffinity": kubevirt_api::core_kinds::pinned_to(&ctx.config.node_name),
         },
     });
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
@@ -385,16 +401,8 @@ async fn reconcile_pvc(
         "volume.kubernetes.io/storage-provisioner": PROVISIONER_NAME,
         "volume.beta.kubernetes.io/storage-provisioner": PROVISIONER_NAME,
     });
-    // A bare claim annotated for upload (`virtctl image-upload pvc`) is ready for the upload
-    // proxy once bound; DataVolume claims are handled by the DataVolume controller.
-    let upload_target = pvc.annotations().contains_key(ANN_UPLOAD_TARGET)
-        && !pvc
-            .owner_references()
-            .iter()
-            .any(|o| o.kind == "DataVolume");
-    if upload_target {
-        annotations[ANN_POD_READY] = json!("true");
-        annotations[ANN_POD_PHASE] = json!("Running");
+    for (k, v) in upload_ready_annotations(&pvc) {
+        annotations[k] = json!(v);
     }
     let mut spec_patch = json!({"volumeName": pv});
     if spec.storage_class_name.is_none() {
@@ -438,7 +446,10 @@ async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Ac
             Some(r) => {
                 let ns = r.namespace.clone().unwrap_or_default();
                 let name = r.name.clone().unwrap_or_default();
-                if ns.is_empty() || name.is_empty() {
+                // Names from a volume are read only when they can be names at all.
+                let valid = kubevirt_api::names::dns1123_label(&ns).is_none()
+                    && kubevirt_api::names::dns1123_subdomain(&name).is_none();
+                if !valid {
                     None
                 } else {
                     Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
@@ -455,7 +466,14 @@ async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Ac
                 status::write_status(&pvs, &pv.name_any(), json!({"phase": phase})).await?;
             }
         }
-        return Ok(Action::await_change());
+        // A bound volume is looked at again now and then: a claim's deletion missed by the
+        // watch (a relist) still releases it.
+        let bound = claim.is_some_and(|c| c.metadata.uid.is_some());
+        return Ok(if bound {
+            Action::requeue(Duration::from_secs(300))
+        } else {
+            Action::await_change()
+        });
     }
     let spec = pv.spec.clone().unwrap_or_default();
     let Some(claim) = spec.claim_ref.clone() else {
@@ -476,6 +494,14 @@ async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Ac
         status::write_status(&pvs, &pv.name_any(), json!({"phase": "Released"})).await?;
         return Ok(Action::await_change());
     }
+    // A volume that moved to another node with its VM (a live migration re-pins it) holds its
+    // data there: that node's agent reclaims it, and the PersistentVolume with it.
+    if let Some(why) =
+        kubevirt_runtime::pv::off_node(&ctx.client, &pv, &ctx.config.node_name).await?
+    {
+        tracing::debug!(pv = %pv.name_any(), %why, "left to the node holding it");
+        return Ok(Action::await_change());
+    }
     // The claim's import (if any) must not keep writing into a deleted volume.
     if let Some(uid) = &claim.uid {
         crate::datavolume::cancel_for_claim(&ctx, uid);
@@ -483,35 +509,13 @@ async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Ac
     if let Some(path) = spec.local.as_ref().map(|l| PathBuf::from(&l.path)) {
         // Only ever delete one of our volumes: a direct child of our volumes directory, proven
         // after resolving links and refusing '..' (a PersistentVolume is user input).
-        let root = ctx.config.volumes_dir();
-        let ours = kubevirt_runtime::host_path::beneath(&root, &path).and_then(|real| {
-            let real_root = kubevirt_runtime::host_path::resolve(&root)?;
-            if real.parent() == Some(real_root.as_path()) {
-                Ok(real)
-            } else {
-                Err(kubevirt_runtime::host_path::HostPathError::NotAllowed {
-                    path: path.clone(),
-                    roots: real_root.display().to_string(),
-                })
+        match kubevirt_runtime::pv::remove_provisioned(&ctx.config.volumes_dir(), &path).await {
+            Ok(()) => {}
+            Err(kubevirt_runtime::pv::RemoveError::NotOurs(e)) => {
+                tracing::warn!(pv = %pv.name_any(), error = %e, "not deleting a path that is not one of our volumes");
             }
-        });
-        if let Err(e) = &ours {
-            tracing::warn!(pv = %pv.name_any(), error = %e, "not deleting a path that is not one of our volumes");
-        }
-        if let Ok(p) = ours {
-            let removed = tokio::task::spawn_blocking(move || {
-                if p.is_dir() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                }
-            })
-            .await
-            .map_err(|e| Error::Spec(format!("volume removal task: {e}")))?;
-            match removed {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::Io { path, source: e }),
+            Err(kubevirt_runtime::pv::RemoveError::Io { path, source }) => {
+                return Err(Error::Io { path, source });
             }
         }
     }

@@ -553,10 +553,15 @@ pub async fn reconcile(
                     .insert(POD_NETWORK.into(), network);
             }
             let to_scheduling = p != Some(MigrationPhase::Scheduling);
-            // The target must reach the VMI's volumes too: a volume pinned to the source node
-            // (a local-path claim, even one asking for ReadWriteMany) leaves no target, and the
-            // migration waits unschedulable like any other.
-            let volumes = crate::vmi::volumes_of(&ctx, &vmi).await?;
+            // The target must reach the VMI's volumes too, except the local-path volumes of
+            // the source node: the migration copies those and pins them to the target
+            // (docs/migration.md; a VMI whose launcher does not copy them is not
+            // LiveMigratable, so no migration gets here).
+            let mut volumes = crate::vmi::volumes_of(&ctx, &vmi).await?;
+            volumes.bound.retain(|pv| {
+                !(kubevirt_api::core_kinds::local_path_volume(pv)
+                    && kubevirt_api::core_kinds::pinned_host(pv) == Some(source.as_str()))
+            });
             match scheduler::place(&wanted, &nodes, &load, &volumes) {
                 Ok(target) => {
                     tracing::info!(%ns, %name, vmi = %vmi_name, %source, %target, "migration target chosen");

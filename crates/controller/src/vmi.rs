@@ -239,7 +239,10 @@ pub async fn reconcile(
                 });
                 // A missing claim holds the VMI before scheduling: KubeVirt creates no
                 // launcher Pod, so the VMI stays Pending.
-                let missing = matches!(why.not_yet, Some(scheduler::NotYet::MissingClaim { .. }));
+                // A VMI already Scheduling (its claim deleted since) stays so, as KubeVirt's
+                // launcher Pod would.
+                let missing = matches!(why.not_yet, Some(scheduler::NotYet::MissingClaim { .. }))
+                    && matches!(p, None | Some(VmiPhase::Pending));
                 let shown = if missing {
                     VmiPhase::Pending
                 } else {

@@ -10,6 +10,7 @@
 pub mod cleanup;
 pub mod cni;
 pub mod hotplug;
+pub mod local_volumes;
 pub mod memdump;
 pub mod memstore;
 pub mod metrics;
@@ -74,6 +75,9 @@ pub struct Config {
     /// free port, published on the Node); `None`: no listener (the server's own node, whose
     /// per-VMI metrics the server's `/metrics` serves).
     pub metrics_port: Option<u16>,
+    /// Reclaim the local-path volumes pinned to this node whose claim is gone: a node apart
+    /// from the server (whose provisioner reclaims its own node's).
+    pub reclaim_local_volumes: bool,
 }
 
 /// The node's pod network, when this host can give VMIs one: root (namespaces, CNI), the CNI
@@ -598,9 +602,13 @@ async fn reconcile_vmi(
             let mut status = status::from_launcher(&s, &current, &now());
             if matches!(s.phase, Phase::Running | Phase::Paused) {
                 // KubeVirt's LiveMigratable condition: whether `migrate` may be asked for.
-                let modes = migration::claim_modes(&ctx.client, &vmi).await;
+                let modes = migration::claim_modes(&ctx.client, &vmi, &ctx.config.node_name).await;
+                let local = dir
+                    .read_volumes()
+                    .map(|v| v.local_claims)
+                    .unwrap_or_default();
                 let gates = ctx.config.cluster.borrow().feature_gates.clone();
-                let c = match migration::live_migratable(&vmi, &modes, &gates) {
+                let c = match migration::live_migratable(&vmi, &modes, &local, &gates) {
                     Ok(()) => status::condition(
                         &current,
                         condition::LIVE_MIGRATABLE,
@@ -637,6 +645,15 @@ async fn reconcile_vmi(
                 if let Some((volumes, pending)) = synced {
                     status["volumeStatus"] = volumes;
                     hotplug_pending = pending;
+                }
+                // The sizes of its node-local disks, for a migration's target to make.
+                let sizes = local_volumes::local_sizes(&vmi, &dir);
+                if !sizes.is_empty() {
+                    let base = match &status["volumeStatus"] {
+                        Value::Null => current["volumeStatus"].clone(),
+                        v => v.clone(),
+                    };
+                    status["volumeStatus"] = local_volumes::with_sizes(&base, &sizes);
                 }
             }
             if status::changed(&current, &status) {
@@ -680,11 +697,21 @@ async fn prepare_launcher(
     migration_target: bool,
 ) -> Result<Prep, Error> {
     // PVC/DataVolume volumes must be usable first; until then the VMI waits.
+    // A migration's target makes the node-local volumes the source copies to it.
+    let st = kubevirt_api::status::vmi_migration_state(vmi);
+    let sizes = local_volumes::published_sizes(vmi);
+    let incoming = migration_target.then(|| volumes::Incoming {
+        source: st["sourceNode"].as_str().unwrap_or_default(),
+        uid: st["migrationUid"].as_str().unwrap_or_default(),
+        sizes: &sizes,
+        dir,
+    });
     let mut node = match volumes::resolve(
         &ctx.client,
         vmi,
         &ctx.config.host_paths,
         &ctx.config.node_name,
+        incoming,
     )
     .await?
     {
@@ -1167,9 +1194,28 @@ pub async fn mark_unschedulable(client: Client, config: &Config) -> Result<(), k
     Ok(())
 }
 
+/// How often copies of volumes that left this node, and volumes to reclaim, are looked for.
+const LOCAL_VOLUME_SWEEP: Duration = Duration::from_secs(5);
+
 /// Runs the handler until the future is dropped.
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     tokio::spawn(node_heartbeat(client.clone(), config.clone()));
+    // Copies of volumes that moved away, and (apart from the server) reclaimed volumes.
+    {
+        let (client, config) = (client.clone(), config.clone());
+        tokio::spawn(async move {
+            loop {
+                local_volumes::sweep(
+                    &client,
+                    &config.host_paths,
+                    &config.node_name,
+                    config.reclaim_local_volumes,
+                )
+                .await;
+                tokio::time::sleep(LOCAL_VOLUME_SWEEP).await;
+            }
+        });
+    }
     // The server issues the certificate once the heartbeat has registered the Node.
     let node_tls = Arc::new(
         tls::wait_for_node_certificate(&client, &config.node_name, config.node_address).await?,

@@ -173,6 +173,25 @@ type IoFuture =
 
 const PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the link between two node agents may be silent before a migration over it is
+/// given up: keepalive probes after 10 s idle, every 5 s, 4 unanswered (30 s) end a link that
+/// only receives; data unacknowledged for 30 s (`TCP_USER_TIMEOUT`) ends one that sends. The
+/// connection's end reaches QEMU, which fails the migration and keeps the guest at the source,
+/// as libvirt's keepalive ends a migration to an unresponsive peer. A shorter cut only delays it.
+pub const NODE_LINK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Keepalive and user timeout ([`NODE_LINK_TIMEOUT`]) on a node-to-node connection.
+fn watch_link(tcp: &TcpStream) -> io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(10))
+            .with_interval(Duration::from_secs(5))
+            .with_retries(4),
+    )?;
+    sock.set_tcp_user_timeout(Some(NODE_LINK_TIMEOUT))
+}
+
 fn timed_out(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, what)
 }
@@ -237,6 +256,7 @@ pub async fn target_proxy(
     let accept = move |tcp: TcpStream| -> IoFuture {
         let acceptor = acceptor.clone();
         Box::pin(async move {
+            watch_link(&tcp)?;
             let s = tokio::time::timeout(PROXY_CONNECT_TIMEOUT, acceptor.accept(tcp))
                 .await
                 .map_err(|_| timed_out("the TLS handshake".into()))??;
@@ -291,6 +311,7 @@ pub async fn source_proxy(
                 .await
                 .map_err(|_| timed_out(format!("connecting to {remote}")))??;
             let _ = tcp.set_nodelay(true);
+            watch_link(&tcp)?;
             let s = tokio::time::timeout(PROXY_CONNECT_TIMEOUT, connector.connect(name, tcp))
                 .await
                 .map_err(|_| timed_out(format!("the TLS handshake with {remote}")))??;
@@ -400,6 +421,13 @@ pub(crate) async fn source(
         ctx.migrations.close(&uid);
         tracing::info!(vmi = %name, target = %st["targetNode"], "the guest migrated away; cleaning up");
         release_network(ctx, vmi).await;
+        // Its node-local volumes' copies here go once the target holds them.
+        let ns = vmi.namespace().unwrap_or_default();
+        if let Err(e) =
+            crate::local_volumes::mark_leaving(&ctx.client, &ctx.config.host_paths, &ns, dir).await
+        {
+            tracing::warn!(vmi = %name, error = %e, "listing the volumes that left with the guest");
+        }
         if let Err(e) = remove_dir(ctx, dir).await {
             tracing::warn!(vmi = %name, error = %e, "cannot remove the migrated VMI's directory");
         }
@@ -848,6 +876,8 @@ pub(crate) async fn reconcile_target(
                 "metadata": {"labels": {NODE_NAME: me, MIGRATION_TARGET_NODE_NAME: null}},
                 "status": status,
             });
+            // The volumes that came along are this node's before the VMI is.
+            crate::local_volumes::pin_here(&ctx.client, &dir, me).await?;
             let api: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
@@ -903,6 +933,13 @@ async fn cleanup_target(ctx: &Context, vmi: &VirtualMachineInstance, dir: &VmiDi
         tracing::debug!(error = %e, "stopping the target launcher");
     }
     release_network(ctx, vmi).await;
+    crate::local_volumes::remove_incoming(
+        &ctx.client,
+        &ctx.config.host_paths,
+        dir,
+        &ctx.config.node_name,
+    )
+    .await;
     let _dirs = ctx.dirs.read().await;
     if let Err(e) = remove_dir(ctx, dir).await {
         tracing::warn!(vmi = %vmi.name_any(), error = %e, "cannot remove the migration target's directory");
@@ -918,9 +955,11 @@ pub const ALLOW_POD_BRIDGE_MIGRATION: &str = "kubevirt.io/allow-pod-bridge-netwo
 /// shared); `gates` the cluster's feature gates.
 pub fn live_migratable(
     vmi: &VirtualMachineInstance,
-    pvc_modes: &std::collections::BTreeMap<String, Vec<String>>,
+    claims: &Claims,
+    local: &std::collections::BTreeSet<String>,
     gates: &[String],
 ) -> Result<(), (&'static str, String)> {
+    let pvc_modes = &claims.modes;
     use kubevirt_api::status::reason;
     let spec = &vmi.spec;
     let ifaces = spec
@@ -1011,7 +1050,13 @@ pub fn live_migratable(
                 return Err((reason::DISKS_NOT_MIGRATABLE, format!(
                     "cannot migrate VMI: Unable to determine if PVC {claim} is shared, live migration requires that all PVCs must be shared (using ReadWriteMany access mode)")));
             };
-            if !modes.iter().any(|m| m == "ReadWriteMany") {
+            // A local-path volume of this node is copied by the migration (beyond KubeVirt), if
+            // its launcher was told so when it started.
+            if claims.here.contains(&claim) && !local.contains(&claim) {
+                return Err((reason::DISKS_NOT_MIGRATABLE, format!(
+                    "cannot migrate VMI: PVC {claim} is a local volume of this node that its launcher does not copy (started before volumes could move): restart the VM to make it migratable")));
+            }
+            if !modes.iter().any(|m| m == "ReadWriteMany") && !local.contains(&claim) {
                 return Err((reason::DISKS_NOT_MIGRATABLE, format!(
                     "cannot migrate VMI: PVC {claim} is not shared, live migration requires that all PVCs must be shared (using ReadWriteMany access mode)")));
             }
@@ -1027,16 +1072,28 @@ pub fn live_migratable(
     Ok(())
 }
 
-/// The access modes of the claims the VMI's PVC and DataVolume volumes name (a DataVolume's
-/// claim has its name); a claim that cannot be read is left out.
+/// What LiveMigratable needs to know of the VMI's claims.
+#[derive(Clone, Debug, Default)]
+pub struct Claims {
+    /// Each readable claim's access modes.
+    pub modes: std::collections::BTreeMap<String, Vec<String>>,
+    /// The claims whose volume is a local-path volume of this node.
+    pub here: std::collections::BTreeSet<String>,
+}
+
+/// The claims the VMI's PVC and DataVolume volumes name (a DataVolume's claim has its name):
+/// their access modes, and which are local-path volumes pinned to `node`; a claim that cannot
+/// be read is left out.
 pub async fn claim_modes(
     client: &kube::Client,
     vmi: &VirtualMachineInstance,
-) -> std::collections::BTreeMap<String, Vec<String>> {
+    node: &str,
+) -> Claims {
     let ns = vmi.namespace().unwrap_or_default();
     let api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
         Api::namespaced(client.clone(), &ns);
-    let mut out = std::collections::BTreeMap::new();
+    let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(client.clone());
+    let mut out = Claims::default();
     for v in vmi.spec.volumes.as_deref().unwrap_or_default() {
         let claim = v
             .persistent_volume_claim
@@ -1045,8 +1102,19 @@ pub async fn claim_modes(
             .or_else(|| v.data_volume.as_ref().map(|d| d.name.clone()));
         let Some(claim) = claim else { continue };
         if let Ok(Some(pvc)) = api.get_opt(&claim).await {
+            let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.clone());
+            if let Some(Ok(Some(pv))) = match volume {
+                Some(n) if kubevirt_api::names::dns1123_subdomain(&n).is_none() => {
+                    Some(pvs.get_opt(&n).await)
+                }
+                _ => None,
+            } {
+                if crate::local_volumes::movable_from(&pv, &pvc, node) {
+                    out.here.insert(claim.clone());
+                }
+            }
             let modes = pvc.spec.and_then(|s| s.access_modes).unwrap_or_default();
-            out.insert(claim, modes);
+            out.modes.insert(claim, modes);
         }
     }
     out
@@ -1055,6 +1123,13 @@ pub async fn claim_modes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn claims(modes: &std::collections::BTreeMap<String, Vec<String>>) -> Claims {
+        Claims {
+            modes: modes.clone(),
+            here: Default::default(),
+        }
+    }
 
     fn vmi_of(v: Value) -> VirtualMachineInstance {
         let mut base = json!({"metadata": {"name": "v"}, "spec": {"domain": {"devices": {}}}});
@@ -1070,7 +1145,7 @@ mod tests {
     fn live_migratable_follows_kubevirts_rules_and_messages() {
         use std::collections::BTreeMap;
         let none = BTreeMap::new();
-        let ok = |v: Value| live_migratable(&vmi_of(v), &none, &[]);
+        let ok = |v: Value| live_migratable(&vmi_of(v), &claims(&none), &Default::default(), &[]);
         assert_eq!(ok(json!({})), Ok(()));
         let pod = |iface: Value| {
             json!({"spec": {"domain": {"devices": {"interfaces": [iface]}},
@@ -1098,10 +1173,36 @@ mod tests {
             e.1
         );
         let rwo = BTreeMap::from([("disk".to_string(), vec!["ReadWriteOnce".to_string()])]);
-        let e = live_migratable(&vmi_of(pvc.clone()), &rwo, &[]).unwrap_err();
+        let e = live_migratable(
+            &vmi_of(pvc.clone()),
+            &claims(&rwo),
+            &Default::default(),
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(e.1, "cannot migrate VMI: PVC disk is not shared, live migration requires that all PVCs must be shared (using ReadWriteMany access mode)");
         let rwx = BTreeMap::from([("disk".to_string(), vec!["ReadWriteMany".to_string()])]);
-        assert_eq!(live_migratable(&vmi_of(pvc), &rwx, &[]), Ok(()));
+        assert_eq!(
+            live_migratable(
+                &vmi_of(pvc.clone()),
+                &claims(&rwx),
+                &Default::default(),
+                &[]
+            ),
+            Ok(())
+        );
+        // A local-path volume of this node: copied when its launcher was told so (beyond
+        // KubeVirt), refused when it was started before that.
+        let mut here = claims(&rwo);
+        here.here.insert("disk".into());
+        let copied = std::collections::BTreeSet::from(["disk".to_string()]);
+        assert_eq!(
+            live_migratable(&vmi_of(pvc.clone()), &here, &copied, &[]),
+            Ok(())
+        );
+        let e = live_migratable(&vmi_of(pvc), &here, &Default::default(), &[]).unwrap_err();
+        assert_eq!(e.0, "DisksNotLiveMigratable");
+        assert!(e.1.contains("its launcher does not copy"), "{}", e.1);
         let e = ok(json!({"spec": {"domain": {"devices": {}}, "volumes": [
             {"name": "h", "hostDisk": {"path": "/x", "type": "Disk"}}]}}))
         .unwrap_err();

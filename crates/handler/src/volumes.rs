@@ -33,11 +33,26 @@ pub enum Resolved {
 const FILESYSTEM_OVERHEAD: f64 = 0.055;
 
 enum Claim {
-    Path(PathBuf),
+    /// The disk file, and whether the volume is on this node only (a local-path volume a live
+    /// migration copies: `volumes.json`'s `localClaims`).
+    Path(PathBuf, bool),
     Wait(String),
     Refused(String),
 }
 
+/// A migration bringing the VMI here from `source`: a local-path volume pinned to that node
+/// is made here empty, `size` bytes, for the copy to fill (docs/migration.md).
+#[derive(Clone, Copy, Debug)]
+pub struct Incoming<'a> {
+    pub source: &'a str,
+    /// The migration's uid, recorded with what is made for it.
+    pub uid: &'a str,
+    /// Volume name → the size the source published (`status.volumeStatus[].size`).
+    pub sizes: &'a std::collections::BTreeMap<String, u64>,
+    pub dir: &'a kubevirt_launcher::api::VmiDir,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn claim_path(
     client: &Client,
     policy: &HostPathPolicy,
@@ -45,6 +60,7 @@ async fn claim_path(
     ns: &str,
     claim: &str,
     from_dv: bool,
+    incoming: Option<(Incoming<'_>, &str)>,
 ) -> kube::Result<Claim> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let Some(pvc) = pvcs.get_opt(claim).await? else {
@@ -87,6 +103,41 @@ async fn claim_path(
             "PersistentVolume {pv_name} is not bound to PersistentVolumeClaim {ns}/{claim} (its claimRef names another claim)"
         )));
     }
+    // A volume that moves here with the VMI: made empty for the copy.
+    if let Some((inc, volume)) = incoming {
+        if crate::local_volumes::movable_from(&pv, &pvc, inc.source) && inc.source != node {
+            let Some(size) = inc.sizes.get(volume).copied() else {
+                return Ok(Claim::Wait(format!(
+                    "waiting for node {} to publish the size of volume {volume}",
+                    inc.source
+                )));
+            };
+            let block = pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block");
+            // A disk bigger than its volume is nobody's: a size written by someone else.
+            let capacity = pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.capacity.as_ref())
+                .and_then(|c| c.get("storage"))
+                .and_then(|q| kubevirt_api::quantity::Quantity::from_k8s(q).ok())
+                .and_then(|q| u64::try_from(q.value()).ok())
+                .unwrap_or(0);
+            if size > capacity {
+                return Ok(Claim::Refused(format!(
+                    "volume {volume}: the published size {size} exceeds PersistentVolume {pv_name}'s capacity {capacity}"
+                )));
+            }
+            return Ok(
+                match crate::local_volumes::create_incoming(policy, &pv, block, size, inc).await {
+                    Ok(path) => Claim::Path(path, true),
+                    Err(why) => Claim::Refused(format!(
+                        "PersistentVolume {pv_name} (claim {ns}/{claim}): {why}"
+                    )),
+                },
+            );
+        }
+    }
+    let node_local = crate::local_volumes::movable_from(&pv, &pvc, node);
     if let Some(why) = kubevirt_runtime::pv::off_node(client, &pv, node).await? {
         return Ok(Claim::Refused(format!(
             "PersistentVolume {pv_name} (claim {ns}/{claim}) {why}"
@@ -109,7 +160,7 @@ async fn claim_path(
     };
     let block = pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block");
     if block {
-        return Ok(Claim::Path(path));
+        return Ok(Claim::Path(path, node_local));
     }
     let disk = path.join("disk.img");
     if !disk.exists() && !from_dv {
@@ -151,7 +202,7 @@ async fn claim_path(
             }
         }
     }
-    Ok(Claim::Path(disk))
+    Ok(Claim::Path(disk, node_local))
 }
 
 async fn dv_not_ready(client: &Client, ns: &str, name: &str) -> kube::Result<Option<String>> {
@@ -174,6 +225,7 @@ pub async fn resolve(
     vmi: &VirtualMachineInstance,
     policy: &HostPathPolicy,
     node_name: &str,
+    incoming: Option<Incoming<'_>>,
 ) -> kube::Result<Resolved> {
     let ns = vmi.namespace().unwrap_or_else(|| "default".into());
     let mut node = NodeVolumes::default();
@@ -185,10 +237,14 @@ pub async fn resolve(
                 )));
             }
         } else if let Some(p) = &vol.persistent_volume_claim {
-            match claim_path(client, policy, node_name, &ns, &p.claim_name, false).await? {
-                Claim::Path(path) => {
+            let inc = incoming.map(|i| (i, vol.name.as_str()));
+            match claim_path(client, policy, node_name, &ns, &p.claim_name, false, inc).await? {
+                Claim::Path(path, local) => {
                     node.persistent_volume_claims
                         .insert(p.claim_name.clone(), path);
+                    if local {
+                        node.local_claims.insert(p.claim_name.clone());
+                    }
                 }
                 Claim::Wait(w) => return Ok(Resolved::Wait(w)),
                 Claim::Refused(w) => return Ok(Resolved::Refused(w)),
@@ -203,9 +259,13 @@ pub async fn resolve(
                 .await?
                 .and_then(|dv| dv.status.and_then(|s| s.claim_name))
                 .unwrap_or_else(|| d.name.clone());
-            match claim_path(client, policy, node_name, &ns, &claim, true).await? {
-                Claim::Path(path) => {
+            let inc = incoming.map(|i| (i, vol.name.as_str()));
+            match claim_path(client, policy, node_name, &ns, &claim, true, inc).await? {
+                Claim::Path(path, local) => {
                     node.data_volumes.insert(d.name.clone(), path);
+                    if local {
+                        node.local_claims.insert(d.name.clone());
+                    }
                 }
                 Claim::Wait(w) => return Ok(Resolved::Wait(w)),
                 Claim::Refused(w) => return Ok(Resolved::Refused(w)),
@@ -238,7 +298,7 @@ pub async fn resolve_each(
     let mut not_ready = std::collections::BTreeMap::new();
     for vol in vmi.spec.volumes.iter().flatten() {
         let claim = if let Some(p) = &vol.persistent_volume_claim {
-            claim_path(client, policy, node_name, &ns, &p.claim_name, false).await?
+            claim_path(client, policy, node_name, &ns, &p.claim_name, false, None).await?
         } else if let Some(d) = &vol.data_volume {
             match dv_not_ready(client, &ns, &d.name).await? {
                 Some(w) => Claim::Wait(w),
@@ -249,14 +309,14 @@ pub async fn resolve_each(
                         .await?
                         .and_then(|dv| dv.status.and_then(|s| s.claim_name))
                         .unwrap_or_else(|| d.name.clone());
-                    claim_path(client, policy, node_name, &ns, &claim, true).await?
+                    claim_path(client, policy, node_name, &ns, &claim, true, None).await?
                 }
             }
         } else {
             continue;
         };
         match claim {
-            Claim::Path(path) => {
+            Claim::Path(path, _) => {
                 if let Some(p) = &vol.persistent_volume_claim {
                     node.persistent_volume_claims
                         .insert(p.claim_name.clone(), path);

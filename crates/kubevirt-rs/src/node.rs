@@ -189,6 +189,9 @@ pub fn start_handler(
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
         node_address: args.node_address,
         handler_port: args.handler_port,
+        // A node apart from the server (which serves its own /metrics and runs the
+        // provisioner that reclaims its node's volumes) reclaims its volumes itself.
+        reclaim_local_volumes: metrics_port.is_some(),
         metrics_port,
     };
     let handler = tokio::spawn(kubevirt_handler::run(client, config.clone()));

@@ -123,9 +123,19 @@ pub fn run(args: ServerArgs) -> Result<i32> {
                     cluster.clone(),
                 ),
             ));
-            let cdi_config =
+            let mut cdi_config =
                 kubevirt_cdi_controller::Config::single_node(node.clone(), args.data_dir.clone());
             let volumes_dir = cdi_config.volumes_dir();
+            std::fs::create_dir_all(&volumes_dir)
+                .with_context(|| format!("creating {}", volumes_dir.display()))?;
+            cdi_config.host_paths = Some(
+                kubevirt_runtime::host_path::HostPathPolicy::new(
+                    &args.handler.host_path_roots,
+                    &args.data_dir,
+                    &volumes_dir,
+                )
+                .context("--host-path-root")?,
+            );
             // CDI: local-path provisioner, DataVolume controller, upload token + upload proxy.
             let cdi = kubevirt_cdi_controller::Context::new(client.clone(), cdi_config);
             running.set_group_handler(

@@ -65,9 +65,36 @@ impl NodeProcess {
             images,
             &["--node-address", &address],
             net,
+            None,
         )
     }
 
+    /// [`NodeProcess::start_in`], also in a mount namespace of its own where the server's data
+    /// directory path is `data`: the node runs with the server's `--data-dir`, as every node
+    /// of a cluster has the same one, yet what it keeps there (a local-path volume's copy at
+    /// the same `local.path`) is its own, as on another machine. `data` is where the test
+    /// finds it.
+    fn start_private(
+        net: &NodeNetwork,
+        server: &Server,
+        name: &str,
+        data: &Path,
+        images: &Path,
+    ) -> NodeProcess {
+        let address = net.node_ip.to_string();
+        std::fs::create_dir_all(data).expect("node data directory");
+        Self::spawn(
+            server,
+            name,
+            data,
+            images,
+            &["--node-address", &address],
+            net,
+            Some(&server.data),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         server: &Server,
         name: &str,
@@ -75,16 +102,27 @@ impl NodeProcess {
         images: &Path,
         extra: &[&str],
         net: &NodeNetwork,
+        private_at: Option<&Path>,
     ) -> NodeProcess {
         let mut cmd = Command::new(BIN);
         net.enter_on_exec(&mut cmd);
+        // The server's kubeconfig is in its data directory, which a private node does not see.
+        let kubeconfig = data.with_extension("kubeconfig");
+        std::fs::copy(server.kubeconfig(), &kubeconfig).expect("copying the kubeconfig");
+        let data_arg = match private_at {
+            Some(at) => {
+                bind_on_exec(&mut cmd, data, at);
+                at.to_path_buf()
+            }
+            None => data.to_path_buf(),
+        };
         let mut child = cmd
             .arg("node")
             .arg("--kubeconfig")
-            .arg(server.kubeconfig())
+            .arg(&kubeconfig)
             .args(["--node-name", name])
             .arg("--data-dir")
-            .arg(data)
+            .arg(&data_arg)
             .arg("--image-store")
             .arg(images)
             // Two pod networks on one machine would share a bridge; user networking suffices.
@@ -133,6 +171,50 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
         kubevirt_testsupport::stop_launchers(&self.data);
+    }
+}
+
+/// Runs `cmd` in a mount namespace of its own where directory `src` is mounted over `dst`
+/// (nothing propagates back to the machine's namespace).
+fn bind_on_exec(cmd: &mut Command, src: &Path, dst: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let cstr = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("no NUL");
+    let (src, dst, root, none) = (
+        cstr(src),
+        cstr(dst),
+        cstr(Path::new("/")),
+        cstr(Path::new("none")),
+    );
+    // SAFETY: unshare(2) and mount(2) are async-signal-safe; the strings live in the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            if libc::mount(
+                none.as_ptr(),
+                root.as_ptr(),
+                std::ptr::null(),
+                private,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -1159,6 +1241,16 @@ struct TwoNodes {
 
 impl TwoNodes {
     fn start(server_args: &[&str]) -> Option<TwoNodes> {
+        Self::start_with(server_args, false)
+    }
+
+    /// node02 with the server's data directory path, private to it
+    /// ([`NodeProcess::start_private`]).
+    fn start_private(server_args: &[&str]) -> Option<TwoNodes> {
+        Self::start_with(server_args, true)
+    }
+
+    fn start_with(server_args: &[&str], private: bool) -> Option<TwoNodes> {
         if !have_kubectl() {
             return None;
         }
@@ -1169,7 +1261,12 @@ impl TwoNodes {
         server.extra_args = server_args.iter().map(|a| a.to_string()).collect();
         on_host_end(&mut server, &net);
         server.start();
-        let node02 = NodeProcess::start_in(
+        let start = if private {
+            NodeProcess::start_private
+        } else {
+            NodeProcess::start_in
+        };
+        let node02 = start(
             &net,
             &server,
             "node02",
@@ -1634,13 +1731,14 @@ fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_
     );
     assert!(kubevirt_testsupport::alive(src_qemu));
     last = counts_on(&src, last, &boot, "at the source during the cut");
-    // node02 heard nothing: its target never got the guest (QEMU still waiting for it).
+    // node02's target never got the guest: its QEMU still waits for it, or has given up the
+    // silent link (NODE_LINK_TIMEOUT after the cut).
     let target = node02.vmi_dir("cut");
     let waiting = target.read_state().map(|s| s.phase);
     assert!(
-        matches!(
+        !matches!(
             waiting,
-            Ok(kubevirt_launcher::api::Phase::WaitingForMigration)
+            Ok(kubevirt_launcher::api::Phase::Running | kubevirt_launcher::api::Phase::Paused)
         ),
         "the target on node02: {waiting:?}"
     );
@@ -1654,19 +1752,50 @@ fn a_network_cut_between_the_nodes_fails_the_migration_and_the_guest_runs_on_at_
     );
     last = counts_on(&src, last, &boot, "at the source after the link came back");
 
+    // With KubeVirt's default progress timeout (150 s) it is the link's own timeout that ends
+    // a migration over a cut link: TCP keepalive and TCP_USER_TIMEOUT on the node agents'
+    // connection (30 s), whose end reaches the source's QEMU.
+    set_migrations(
+        server,
+        serde_json::json!({"bandwidthPerMigration": "1Mi", "progressTimeout": null}),
+    );
+    migrate_until_memory_flows(server, "cut", &src);
+    net.cut();
+    let cut_at = std::time::Instant::now();
+    migration_phase_is(server, "cut", "Failed", Duration::from_secs(100));
+    let failure = migration_failure(server, "cut");
+    assert!(!failure.contains("progressTimeout"), "{failure}");
+    eprintln!(
+        "with the default progress timeout the cut migration failed {:?} after the cut: {failure}",
+        cut_at.elapsed()
+    );
+    assert_eq!(
+        vmi(server, "cut", "{.status.nodeName} {.status.phase}"),
+        "node01 Running"
+    );
+    assert!(kubevirt_testsupport::alive(src_qemu));
+    last = counts_on(&src, last, &boot, "at the source after the second cut");
+    net.restore();
+    assert!(
+        wait_for(Duration::from_secs(60), || !target.path().exists()),
+        "the second target's leftovers on node02 are still there: {}",
+        target.path().display()
+    );
+
     // A new migration (at full speed) moves it.
     set_migrations(server, serde_json::json!({"bandwidthPerMigration": null}));
     let out = server.virtctl(&["migrate", "cut"]);
     assert!(out.contains("was scheduled to migrate"), "{out}");
     migration_phase_is(server, "cut", "Succeeded", Duration::from_secs(120));
-    // It ran with the cluster's settings of now, not the failed one's.
-    assert_eq!(
-        migration_of(
-            server,
-            "cut",
-            ".status.migrationState.migrationConfiguration"
-        ),
-        r#"{"progressTimeout":10}"#
+    // It ran with the cluster's settings of now, not the failed ones'.
+    let config = migration_of(
+        server,
+        "cut",
+        ".status.migrationState.migrationConfiguration",
+    );
+    assert!(
+        !config.contains("progressTimeout") && !config.contains("bandwidthPerMigration"),
+        "{config}"
     );
     assert_eq!(
         vmi(server, "cut", "{.status.nodeName} {.status.phase}"),
@@ -1954,4 +2083,143 @@ fn a_migration_past_its_completion_time_switches_to_post_copy_and_the_guest_arri
         "the source's directory is still there"
     );
     assert!(!kubevirt_testsupport::alive(src_qemu));
+}
+
+/// Beyond KubeVirt (which refuses to migrate a VMI whose claim is not ReadWriteMany): a VM
+/// whose disk is a local-path claim, on node01 where the provisioner made its volume, moves
+/// to node02 and its volume with it. node02 has the same data directory path, private to it,
+/// so the volume's `local.path` names two different files, as on two machines. The guest
+/// counts on with the same boot and reads back from its volume, past its page cache, what it
+/// wrote there on node01; the PersistentVolume is pinned to node02 afterwards, node01's copy
+/// goes, and deleting the claim reclaims node02's copy and the PersistentVolume.
+#[test]
+fn a_local_path_volume_moves_to_the_other_node_with_its_vm() {
+    let Some(mut nodes) = TwoNodes::start_private(&[]) else {
+        return;
+    };
+    let TwoNodes {
+        node02,
+        server,
+        dir,
+        ..
+    } = &mut nodes;
+    let vm = counting_vm("carrier").replace(
+        "      - name: scratch\n        emptyDisk:\n          capacity: 16Mi\n",
+        "      - name: scratch\n        persistentVolumeClaim:\n          claimName: carrier-data\n",
+    );
+    assert!(vm.contains("claimName: carrier-data"), "{vm}");
+    let claim = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: carrier-data\n\
+                 spec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 16Mi}}\n---\n";
+    apply(server, "carrier", &format!("{claim}{vm}"));
+    // Placed where its volume is: node01 (the server's provisioner made it there).
+    assert!(
+        wait_for(START, || vmi(
+            server,
+            "carrier",
+            "{.status.phase}/{.status.nodeName}"
+        ) == "Running/node01"),
+        "{}",
+        server.kubectl(&["get", "vmi", "carrier", "-o", "yaml"])
+    );
+    let pv = server.jsonpath("pvc", "carrier-data", "{.spec.volumeName}");
+    let pinned = |server: &Server| {
+        server.jsonpath(
+            "pv",
+            &pv,
+            "{.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values}",
+        )
+    };
+    assert_eq!(pinned(server), r#"["node01"]"#);
+    let local = PathBuf::from(server.jsonpath("pv", &pv, "{.spec.local.path}"));
+    let on_node01 = local.join("disk.img");
+    let on_node02 = dir
+        .path()
+        .join("node02")
+        .join(
+            local
+                .strip_prefix(&server.data)
+                .expect("beneath the data directory"),
+        )
+        .join("disk.img");
+    let src = server.vmi_dir("default", "carrier");
+    assert!(
+        wait_for(START, || !ticks(&src).is_empty()),
+        "the guest never counted: {}",
+        std::fs::read_to_string(src.serial_log()).unwrap_or_default()
+    );
+    let head = |p: &Path| {
+        std::fs::read(p)
+            .map(|b| b.into_iter().take(11).collect::<Vec<u8>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        head(&on_node01),
+        b"disk-marker",
+        "the guest's write on node01"
+    );
+    assert!(!on_node02.exists());
+    // Migratable, though ReadWriteOnce: its local volume is copied.
+    assert!(
+        wait_for(Duration::from_secs(60), || vmi(
+            server,
+            "carrier",
+            "{.status.conditions[?(@.type=='LiveMigratable')].status}"
+        ) == "True"),
+        "{}",
+        server.kubectl(&["get", "vmi", "carrier", "-o", "yaml"])
+    );
+    let (last_up, boot) = ticks(&src).last().cloned().expect("a tick");
+    assert!(boot.ends_with(" disk-marker"), "{boot}");
+
+    let out = server.virtctl(&["migrate", "carrier"]);
+    assert!(out.contains("was scheduled to migrate"), "{out}");
+    migration_phase_is(server, "carrier", "Succeeded", Duration::from_secs(240));
+    assert_eq!(vmi(server, "carrier", "{.status.nodeName}"), "node02");
+    // The volume is node02's now, its copy there holds what the guest wrote.
+    assert_eq!(pinned(server), r#"["node02"]"#);
+    assert_eq!(head(&on_node02), b"disk-marker", "node02's copy");
+    let dst = node02.vmi_dir("carrier");
+    counts_on(&dst, last_up, &boot, "on node02");
+    assert!(
+        ticks(&dst).iter().all(|(_, b)| b.ends_with(" disk-marker")),
+        "the guest does not read its volume back on node02: {:?}",
+        ticks(&dst)
+    );
+    // node01's copy goes once the volume is pinned away.
+    assert!(
+        wait_for(Duration::from_secs(30), || !local.exists()),
+        "node01's copy is still there: {}",
+        local.display()
+    );
+    // A new VMI of the VM would go where the volume is: node02.
+    assert_eq!(
+        vmi(
+            server,
+            "carrier",
+            "{.status.conditions[?(@.type=='LiveMigratable')].status}"
+        ),
+        "True"
+    );
+
+    // The VM and its claim go: node02 reclaims its copy, then the PersistentVolume.
+    let out = server.kubectl(&["delete", "vm", "carrier", "--wait=true", "--timeout=120s"]);
+    assert!(out.contains("deleted"), "{out}");
+    let out = server.kubectl(&[
+        "delete",
+        "pvc",
+        "carrier-data",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    assert!(out.contains("deleted"), "{out}");
+    assert!(
+        wait_for(Duration::from_secs(60), || !on_node02.exists()
+            && server
+                .kubectl(&["get", "pv", "-o", "name"])
+                .trim()
+                .is_empty()),
+        "node02's copy or the PersistentVolume is still there: {} {}",
+        on_node02.display(),
+        server.kubectl(&["get", "pv"])
+    );
 }

@@ -90,6 +90,22 @@ pub fn strictly_beneath(root: &Path, path: &Path) -> bool {
             .is_ok_and(|rest| rest.components().all(|c| matches!(c, Component::Normal(_))))
 }
 
+/// One of the local-path provisioner's volumes: `path` (a PersistentVolume's `local.path`,
+/// user input) resolves to a direct child of the provisioner's `root` (links followed, `..`
+/// refused). The volume itself need not exist yet (a migration target creates it).
+pub fn provisioned_volume(root: &Path, path: &Path) -> Result<PathBuf, HostPathError> {
+    let real = beneath(root, path)?;
+    let real_root = resolve(root)?;
+    if real.parent() == Some(real_root.as_path()) {
+        Ok(real)
+    } else {
+        Err(HostPathError::NotAllowed {
+            path: path.to_path_buf(),
+            roots: real_root.display().to_string(),
+        })
+    }
+}
+
 /// Resolves `path` (a clean absolute path, or relative to `root` of normal components only)
 /// and proves it stays strictly beneath `root`. For deleting or creating what the server owns,
 /// e.g. the provisioner's volume directories.
@@ -133,6 +149,12 @@ pub struct HostPathPolicy {
 }
 
 impl HostPathPolicy {
+    /// The local-path provisioner's directory (resolved), which PersistentVolumes may point
+    /// into.
+    pub fn volumes_dir(&self) -> &Path {
+        &self.volumes_dir
+    }
+
     /// `roots` must exist and be directories; none may contain, or lie inside, `data_dir`.
     /// `volumes_dir` (inside `data_dir`) is the local-path provisioner's directory, whose
     /// volumes PersistentVolumes may point into.
@@ -333,5 +355,25 @@ mod tests {
         assert!(beneath(&vols, &vols).is_err());
         assert!(beneath(&vols, &t.base.join("data/volumes/../../outside")).is_err());
         assert!(beneath(&vols, &t.base.join("outside")).is_err());
+    }
+
+    #[test]
+    fn a_provisioned_volume_is_a_direct_child_of_the_volumes_dir() {
+        let t = tree();
+        let vols = t.base.join("data/volumes");
+        // Existing, and not made yet (a migration target makes it).
+        assert_eq!(
+            provisioned_volume(&vols, &vols.join("pv1")).expect("pv1"),
+            vols.join("pv1")
+        );
+        assert!(provisioned_volume(&vols, &vols.join("pvc-new")).is_ok());
+        // Deeper, the directory itself, '..' and paths elsewhere are not volumes.
+        assert!(provisioned_volume(&vols, &vols.join("pv1/disk.img")).is_err());
+        assert!(provisioned_volume(&vols, &vols).is_err());
+        assert!(provisioned_volume(&vols, &t.base.join("data/volumes/../kubeconfig")).is_err());
+        assert!(provisioned_volume(&vols, &t.base.join("outside/shadow")).is_err());
+        // A link planted in the volumes directory that leads out is judged by where it leads.
+        std::os::unix::fs::symlink(t.base.join("outside"), vols.join("planted")).expect("link");
+        assert!(provisioned_volume(&vols, &vols.join("planted")).is_err());
     }
 }

@@ -36,3 +36,42 @@ pub async fn off_node(
         }),
     )
 }
+
+/// Why a provisioned volume's data was not removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error("not one of the provisioner's volumes: {0}")]
+    NotOurs(#[from] crate::host_path::HostPathError),
+    #[error("removing {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Removes the data of the local-path provisioner's volume at `path` (its directory, or its
+/// raw file for a Block volume), only when it is a direct child of the provisioner's `root`
+/// ([`crate::host_path::provisioned_volume`]). Already gone is done.
+pub async fn remove_provisioned(
+    root: &std::path::Path,
+    path: &std::path::Path,
+) -> Result<(), RemoveError> {
+    let p = crate::host_path::provisioned_volume(root, path)?;
+    let target = p.clone();
+    let removed = tokio::task::spawn_blocking(move || match std::fs::symlink_metadata(&target) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&target),
+        Ok(_) => std::fs::remove_file(&target),
+        Err(e) => Err(e),
+    })
+    .await
+    .map_err(|e| RemoveError::Io {
+        path: p.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    match removed {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(RemoveError::Io { path: p, source }),
+    }
+}

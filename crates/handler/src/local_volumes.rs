@@ -1,0 +1,397 @@
+//! Local-path volumes that move with their VM in a live migration (docs/migration.md, "Local
+//! volumes"): beyond KubeVirt, which refuses to migrate a VMI with a claim that is not
+//! `ReadWriteMany`.
+//!
+//! A volume of our local-path provisioner is one directory (or raw file, for `Block`) at its
+//! `spec.local.path` on the node it is pinned to by name. Every node has the same data
+//! directory path, as in a cluster, so the same path names the volume's copy on any node.
+//!
+//! - **Source**: the VMI's launcher is told these claims are node-local (`volumes.json`'s
+//!   `localClaims`), so a migration mirrors their disks to the target (`sync: full`); the node
+//!   agent publishes each disk file's size in `status.volumeStatus[].size` (the target's file
+//!   must have exactly that size, and a CDI import's `disk.img` size cannot be recomputed).
+//! - **Target**: [`create_incoming`] makes the volume empty at the same path, records it in the
+//!   VMI directory (`incoming-volumes.json`), and the launcher exports it for the copy. When
+//!   the guest runs here, [`pin_here`] re-pins each PersistentVolume's `nodeAffinity` to this
+//!   node *before* the VMI is taken over: whoever sees the VMI on this node finds its volumes
+//!   here. A migration that fails removes what it made ([`remove_incoming`]), never a volume
+//!   pinned here.
+//! - **Source, after**: its copies are listed under `DATA_DIR/leaving-volumes/` and removed by
+//!   [`sweep`] once their PersistentVolume is pinned elsewhere (or gone), never before: until
+//!   then the source's copy may be the only one.
+//! - **Reclaim**: a node apart from the server (which runs the provisioner) removes the data of
+//!   the volumes pinned to it whose claim is gone (`Delete` policy), then the PersistentVolume.
+//!
+//! Making a volume here and removing one that left take one lock: a VM that moves away and
+//! back finds its path made anew, not removed behind it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use kubevirt_api::core_kinds::{local_path_volume, pinned_host, pinned_to, pv_bound_to};
+use kubevirt_launcher::api::VmiDir;
+use kubevirt_runtime::host_path::HostPathPolicy;
+use serde_json::json;
+
+static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Where the source lists the copies it leaves behind, one file per PersistentVolume.
+const LEAVING: &str = "leaving-volumes";
+/// In a migration target's VMI directory: PersistentVolume name → path made for the copy.
+const INCOMING: &str = "incoming-volumes.json";
+
+/// Whether `pv` (the volume `pvc` is bound to) is a local-path volume pinned to `node`: one a
+/// live migration from `node` copies.
+pub fn movable_from(pv: &PersistentVolume, pvc: &PersistentVolumeClaim, node: &str) -> bool {
+    local_path_volume(pv) && pinned_host(pv) == Some(node) && pv_bound_to(pv, pvc)
+}
+
+fn local_path(pv: &PersistentVolume) -> Option<&str> {
+    pv.spec.as_ref()?.local.as_ref().map(|l| l.path.as_str())
+}
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Made {
+    /// The migration they were made for.
+    uid: String,
+    volumes: BTreeMap<String, PathBuf>,
+}
+
+fn read_made(dir: &VmiDir) -> Made {
+    std::fs::read(dir.path().join(INCOMING))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Makes, on a migration's target, the volume of `pv` at its `local.path` (beneath this
+/// node's provisioner directory, [`kubevirt_runtime::host_path::provisioned_volume`]): an
+/// empty directory with a sparse `disk.img` of `size` bytes, or a sparse raw file for
+/// `block`. Whatever was at that path is another migration's leftover (the volume is pinned
+/// to the source): it goes. Returns the disk file the launcher opens.
+pub async fn create_incoming(
+    policy: &HostPathPolicy,
+    pv: &PersistentVolume,
+    block: bool,
+    size: u64,
+    inc: crate::volumes::Incoming<'_>,
+) -> Result<PathBuf, String> {
+    let name = pv.name_any();
+    if kubevirt_api::names::dns1123_subdomain(&name).is_some() {
+        return Err(format!("{name:?} is not a PersistentVolume name"));
+    }
+    let local = local_path(pv).ok_or("no spec.local.path")?;
+    let path =
+        kubevirt_runtime::host_path::provisioned_volume(policy.volumes_dir(), Path::new(local))
+            .map_err(|e| format!("spec.local.path: {e}"))?;
+    let _held = LOCK.lock().await;
+    // A copy that left this node earlier is not removed behind the one made now.
+    let leaving = policy
+        .volumes_dir()
+        .parent()
+        .map(|d| d.join(LEAVING).join(&name));
+    let dir = inc.dir.clone();
+    let uid = inc.uid.to_string();
+    let made = path.clone();
+    tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
+        if let Some(l) = leaving {
+            let _ = std::fs::remove_file(l);
+        }
+        match std::fs::symlink_metadata(&made) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&made)?,
+            Ok(_) => std::fs::remove_file(&made)?,
+            Err(_) => {}
+        }
+        let file = if block {
+            made.clone()
+        } else {
+            std::fs::create_dir(&made)?;
+            made.join("disk.img")
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&file)?
+            .set_len(size)?;
+        // Recorded before the copy starts: a failed migration finds what to remove.
+        let mut rec = read_made(&dir);
+        if rec.uid != uid {
+            rec = Made {
+                uid,
+                volumes: BTreeMap::new(),
+            };
+        }
+        rec.volumes.insert(name, made);
+        std::fs::write(
+            dir.path().join(INCOMING),
+            serde_json::to_vec(&rec).map_err(std::io::Error::other)?,
+        )?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| format!("creating the volume: {e}"))?
+    .map_err(|e| format!("creating {} for the migration: {e}", path.display()))
+}
+
+/// Pins to `me` the volumes a migration brought here (re-pinning their `nodeAffinity`), before
+/// the VMI is taken over. Idempotent: a retry after a failed write finishes the rest.
+pub async fn pin_here(client: &Client, dir: &VmiDir, me: &str) -> Result<(), kube::Error> {
+    let made = read_made(dir);
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for name in made.volumes.keys() {
+        let Some(pv) = pvs.get_opt(name).await? else {
+            continue;
+        };
+        if pinned_host(&pv) == Some(me) || !local_path_volume(&pv) {
+            continue;
+        }
+        pvs.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"resourceVersion": pv.resource_version()},
+                "spec": {"nodeAffinity": pinned_to(me)},
+            })),
+        )
+        .await?;
+        tracing::info!(pv = %name, node = %me, "the volume moved here with its VM");
+    }
+    Ok(())
+}
+
+/// Removes what a migration target made here for a migration that did not bring the guest:
+/// only volumes still pinned elsewhere (never one pinned here: that copy is the live one).
+pub async fn remove_incoming(client: &Client, policy: &HostPathPolicy, dir: &VmiDir, me: &str) {
+    let made = read_made(dir);
+    if made.volumes.is_empty() {
+        return;
+    }
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let _held = LOCK.lock().await;
+    for (name, path) in &made.volumes {
+        match pvs.get_opt(name).await {
+            Ok(Some(pv)) if pinned_host(&pv) == Some(me) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(pv = %name, error = %e, "keeping a volume made for a failed migration: its volume cannot be read");
+                continue;
+            }
+        }
+        match kubevirt_runtime::pv::remove_provisioned(policy.volumes_dir(), path).await {
+            Ok(()) => {
+                tracing::info!(pv = %name, path = %path.display(), "removed the copy made for a failed migration")
+            }
+            Err(e) => {
+                tracing::warn!(pv = %name, error = %e, "removing the copy made for a failed migration")
+            }
+        }
+    }
+    let _ = std::fs::remove_file(dir.path().join(INCOMING));
+}
+
+/// The source, once the guest left: lists each of the VMI's node-local claims' volumes to be
+/// removed by [`sweep`] once pinned elsewhere.
+pub async fn mark_leaving(
+    client: &Client,
+    policy: &HostPathPolicy,
+    ns: &str,
+    dir: &VmiDir,
+) -> Result<(), kube::Error> {
+    let Ok(volumes) = dir.read_volumes() else {
+        return Ok(());
+    };
+    let Some(base) = policy.volumes_dir().parent().map(|d| d.join(LEAVING)) else {
+        return Ok(());
+    };
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for claim in &volumes.local_claims {
+        // A DataVolume's claim has its name.
+        let Some(pvc) = pvcs.get_opt(claim).await? else {
+            continue;
+        };
+        let Some(name) = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()) else {
+            continue;
+        };
+        let Some(pv) = pvs.get_opt(&name).await? else {
+            continue;
+        };
+        let Some(path) = local_path(&pv) else {
+            continue;
+        };
+        if let Err(e) = std::fs::create_dir_all(&base)
+            .and_then(|()| std::fs::write(base.join(&name), path.as_bytes()))
+        {
+            tracing::warn!(pv = %name, error = %e, "listing a volume that left this node");
+        }
+    }
+    Ok(())
+}
+
+/// One pass: copies that left this node are removed once their volume is pinned elsewhere or
+/// gone; with `reclaim`, the volumes pinned here whose claim is gone (`Delete` policy) are
+/// reclaimed, data first.
+pub async fn sweep(client: &Client, policy: &HostPathPolicy, me: &str, reclaim: bool) {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    if let Some(base) = policy.volumes_dir().parent().map(|d| d.join(LEAVING)) {
+        let entries: Vec<_> = std::fs::read_dir(&base)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if kubevirt_api::names::dns1123_subdomain(&name).is_some() {
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            }
+            let _held = LOCK.lock().await;
+            // Still listed (a migration back here clears it), read under the lock.
+            let Ok(path) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let gone = match pvs.get_opt(&name).await {
+                Ok(None) => true,
+                Ok(Some(pv)) => pinned_host(&pv).is_some_and(|h| h != me),
+                Err(_) => false,
+            };
+            if !gone {
+                continue;
+            }
+            match kubevirt_runtime::pv::remove_provisioned(policy.volumes_dir(), Path::new(&path))
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(pv = %name, %path, "removed the copy of a volume that moved to another node")
+                }
+                Err(err) => {
+                    tracing::warn!(pv = %name, error = %err, "not removing the copy of a volume that moved")
+                }
+            }
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    if !reclaim {
+        return;
+    }
+    let ours = ListParams::default().labels("kubevirt-rs.io/provisioner=local-path");
+    let Ok(list) = pvs.list(&ours).await else {
+        return;
+    };
+    for pv in list.items {
+        if pinned_host(&pv) != Some(me) || !local_path_volume(&pv) {
+            continue;
+        }
+        let spec = pv.spec.clone().unwrap_or_default();
+        if spec.persistent_volume_reclaim_policy.as_deref() != Some("Delete") {
+            continue;
+        }
+        let Some(r) = spec.claim_ref else { continue };
+        let (Some(ns), Some(claim)) = (r.namespace.as_deref(), r.name.as_deref()) else {
+            continue;
+        };
+        if kubevirt_api::names::dns1123_label(ns).is_some()
+            || kubevirt_api::names::dns1123_subdomain(claim).is_some()
+        {
+            continue;
+        }
+        let live = match Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+            .get_opt(claim)
+            .await
+        {
+            Ok(c) => c.is_some_and(|c| c.metadata.uid == r.uid),
+            Err(_) => continue,
+        };
+        if live {
+            continue;
+        }
+        let name = pv.name_any();
+        let Some(path) = local_path(&pv) else {
+            continue;
+        };
+        let _held = LOCK.lock().await;
+        if let Err(e) =
+            kubevirt_runtime::pv::remove_provisioned(policy.volumes_dir(), Path::new(path)).await
+        {
+            tracing::warn!(pv = %name, error = %e, "not reclaiming a volume");
+            continue;
+        }
+        match pvs.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!(pv = %name, "reclaimed"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => tracing::warn!(pv = %name, error = %e, "deleting a reclaimed volume"),
+        }
+    }
+}
+
+/// The sizes of the VMI's node-local disks (volume name → bytes), as the source publishes them
+/// in `status.volumeStatus` for a migration's target.
+pub fn local_sizes(
+    vmi: &kubevirt_api::VirtualMachineInstance,
+    dir: &VmiDir,
+) -> BTreeMap<String, u64> {
+    let Ok(node) = dir.read_volumes() else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for v in vmi.spec.volumes.iter().flatten() {
+        let file = match (&v.persistent_volume_claim, &v.data_volume) {
+            (Some(c), _) if node.local_claims.contains(&c.claim_name) => {
+                node.persistent_volume_claims.get(&c.claim_name)
+            }
+            (_, Some(d)) if node.local_claims.contains(&d.name) => node.data_volumes.get(&d.name),
+            _ => None,
+        };
+        if let Some(len) = file
+            .and_then(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+        {
+            out.insert(v.name.clone(), len);
+        }
+    }
+    out
+}
+
+/// `status.volumeStatus` with an entry per node-local disk carrying its `size` (other entries
+/// kept; an entry of the same name updated).
+pub fn with_sizes(current: &serde_json::Value, sizes: &BTreeMap<String, u64>) -> serde_json::Value {
+    let mut out: Vec<serde_json::Value> = current.as_array().cloned().unwrap_or_default();
+    for (name, size) in sizes {
+        match out.iter_mut().find(|e| e["name"] == name.as_str()) {
+            Some(e) => e["size"] = json!(size),
+            None => out.push(json!({"name": name, "target": "", "size": size})),
+        }
+    }
+    serde_json::Value::Array(out)
+}
+
+/// The sizes a source published (volume name → bytes).
+pub fn published_sizes(vmi: &kubevirt_api::VirtualMachineInstance) -> BTreeMap<String, u64> {
+    vmi.status
+        .iter()
+        .flat_map(|s| s.volume_status.iter().flatten())
+        .filter_map(|v| Some((v.name.clone(), u64::try_from(v.size?).ok()?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_merged_into_the_volume_status_entries() {
+        let current = json!([{"name": "hot", "target": "sda", "hotplugVolume": {}},
+                             {"name": "data", "target": "", "size": 1}]);
+        let sizes = BTreeMap::from([("data".to_string(), 16u64 << 20), ("root".to_string(), 7)]);
+        let v = with_sizes(&current, &sizes);
+        assert_eq!(
+            v,
+            json!([{"name": "hot", "target": "sda", "hotplugVolume": {}},
+                   {"name": "data", "target": "", "size": 16u64 << 20},
+                   {"name": "root", "target": "", "size": 7}])
+        );
+    }
+}
