@@ -87,6 +87,16 @@ fn volume_data(config: &Config, pv: &PersistentVolume) -> Result<(PathBuf, bool)
             pv.name_any()
         ));
     }
+    // A volume that moved to another node with its VM has its data there: the copy here, if
+    // any, is stale.
+    if let Some(host) = kubevirt_api::core_kinds::pinned_host(pv).filter(|h| *h != config.node_name)
+    {
+        return Err(format!(
+            "PersistentVolume {} is on node {host}, not on this node {}: it moved there with its VM",
+            pv.name_any(),
+            config.node_name
+        ));
+    }
     let spec = pv.spec.as_ref().ok_or("PersistentVolume has no spec")?;
     let path = spec
         .local

@@ -602,11 +602,15 @@ async fn reconcile_vmi(
             let mut status = status::from_launcher(&s, &current, &now());
             if matches!(s.phase, Phase::Running | Phase::Paused) {
                 // KubeVirt's LiveMigratable condition: whether `migrate` may be asked for.
-                let modes = migration::claim_modes(&ctx.client, &vmi, &ctx.config.node_name).await;
-                let local = dir
+                let mut local = dir
                     .read_volumes()
                     .map(|v| v.local_claims)
                     .unwrap_or_default();
+                let modes =
+                    migration::claim_modes(&ctx.client, &vmi, &ctx.config.node_name, &local).await;
+                // A volume another VMI here uses too cannot move with this one.
+                let shared = local_volumes::shared_with_others(&ctx.config.data_dir, &dir, &local);
+                local.retain(|c| !shared.contains(c));
                 let gates = ctx.config.cluster.borrow().feature_gates.clone();
                 let c = match migration::live_migratable(&vmi, &modes, &local, &gates) {
                     Ok(()) => status::condition(
@@ -705,8 +709,10 @@ async fn prepare_launcher(
         uid: st["migrationUid"].as_str().unwrap_or_default(),
         sizes: &sizes,
         dir,
+        client: &ctx.client,
+        me: &ctx.config.node_name,
     });
-    let mut node = match volumes::resolve(
+    let (mut node, local) = match volumes::resolve(
         &ctx.client,
         vmi,
         &ctx.config.host_paths,
@@ -715,7 +721,7 @@ async fn prepare_launcher(
     )
     .await?
     {
-        volumes::Resolved::Ready(node) => node,
+        volumes::Resolved::Ready(node, local) => (node, local),
         volumes::Resolved::Wait(why) => return Ok(Prep::WaitVolumes(why)),
         volumes::Resolved::Refused(why) => return Ok(Prep::Fail(why)),
     };
@@ -742,6 +748,15 @@ async fn prepare_launcher(
         if let Some(why) = prepare_memory_restore(ctx, vmi, dir).await {
             return Ok(Prep::Fail(why));
         }
+    }
+    // Recorded before the launcher starts: whoever removes this directory after the guest
+    // migrated away finds which copies left with it.
+    if let Err(e) =
+        std::fs::create_dir_all(dir.path()).and_then(|()| local_volumes::record_local(dir, &local))
+    {
+        return Ok(Prep::Fail(format!(
+            "recording the VMI's node-local volumes: {e}"
+        )));
     }
     spawn_launcher(
         ctx,
@@ -962,6 +977,9 @@ async fn release_network_of(ctx: &Context, uid: &str) {
 
 /// [`cleanup::remove`] off the async runtime (it may wait for killed processes to go).
 async fn remove_dir(ctx: &Context, dir: &VmiDir) -> Result<(), cleanup::CleanupError> {
+    // A guest that migrated away leaves its node-local volumes' copies to be removed once the
+    // target holds them.
+    local_volumes::mark_leaving(&ctx.config.host_paths, dir).await;
     let (data, d) = (ctx.config.data_dir.clone(), dir.clone());
     match tokio::task::spawn_blocking(move || cleanup::remove(&data, &d)).await {
         Ok(r) => r,
@@ -1208,6 +1226,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
                 local_volumes::sweep(
                     &client,
                     &config.host_paths,
+                    &config.data_dir,
                     &config.node_name,
                     config.reclaim_local_volumes,
                 )

@@ -174,19 +174,21 @@ type IoFuture =
 const PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the link between two node agents may be silent before a migration over it is
-/// given up: keepalive probes after 10 s idle, every 5 s, 4 unanswered (30 s) end a link that
-/// only receives; data unacknowledged for 30 s (`TCP_USER_TIMEOUT`) ends one that sends. The
-/// connection's end reaches QEMU, which fails the migration and keeps the guest at the source,
-/// as libvirt's keepalive ends a migration to an unresponsive peer. A shorter cut only delays it.
-pub const NODE_LINK_TIMEOUT: Duration = Duration::from_secs(30);
+/// given up: keepalive probes after 20 s idle, every 10 s, 4 unanswered (60 s) end a link that
+/// only receives; data unacknowledged for 60 s (`TCP_USER_TIMEOUT`, which on Linux also counts
+/// a peer whose receive window stays shut) ends one that sends. The connection's end reaches
+/// QEMU, which fails the migration and keeps the guest at the source, as libvirt's keepalive
+/// ends a migration to an unresponsive peer. A shorter cut only delays it; a target that reads
+/// nothing for a minute is not one to wait for.
+pub const NODE_LINK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Keepalive and user timeout ([`NODE_LINK_TIMEOUT`]) on a node-to-node connection.
 fn watch_link(tcp: &TcpStream) -> io::Result<()> {
     let sock = socket2::SockRef::from(tcp);
     sock.set_tcp_keepalive(
         &socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(10))
-            .with_interval(Duration::from_secs(5))
+            .with_time(Duration::from_secs(20))
+            .with_interval(Duration::from_secs(10))
             .with_retries(4),
     )?;
     sock.set_tcp_user_timeout(Some(NODE_LINK_TIMEOUT))
@@ -421,13 +423,7 @@ pub(crate) async fn source(
         ctx.migrations.close(&uid);
         tracing::info!(vmi = %name, target = %st["targetNode"], "the guest migrated away; cleaning up");
         release_network(ctx, vmi).await;
-        // Its node-local volumes' copies here go once the target holds them.
-        let ns = vmi.namespace().unwrap_or_default();
-        if let Err(e) =
-            crate::local_volumes::mark_leaving(&ctx.client, &ctx.config.host_paths, &ns, dir).await
-        {
-            tracing::warn!(vmi = %name, error = %e, "listing the volumes that left with the guest");
-        }
+
         if let Err(e) = remove_dir(ctx, dir).await {
             tracing::warn!(vmi = %name, error = %e, "cannot remove the migrated VMI's directory");
         }
@@ -1088,6 +1084,7 @@ pub async fn claim_modes(
     client: &kube::Client,
     vmi: &VirtualMachineInstance,
     node: &str,
+    local: &std::collections::BTreeSet<String>,
 ) -> Claims {
     let ns = vmi.namespace().unwrap_or_default();
     let api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
@@ -1102,7 +1099,18 @@ pub async fn claim_modes(
             .or_else(|| v.data_volume.as_ref().map(|d| d.name.clone()));
         let Some(claim) = claim else { continue };
         if let Ok(Some(pvc)) = api.get_opt(&claim).await {
-            let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.clone());
+            let modes = pvc
+                .spec
+                .as_ref()
+                .and_then(|s| s.access_modes.clone())
+                .unwrap_or_default();
+            // Only a claim that would otherwise keep the VMI here is looked at further.
+            let shared = modes.iter().any(|m| m == "ReadWriteMany");
+            let volume = pvc
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.clone())
+                .filter(|_| !shared && !local.contains(&claim));
             if let Some(Ok(Some(pv))) = match volume {
                 Some(n) if kubevirt_api::names::dns1123_subdomain(&n).is_none() => {
                     Some(pvs.get_opt(&n).await)
@@ -1113,7 +1121,6 @@ pub async fn claim_modes(
                     out.here.insert(claim.clone());
                 }
             }
-            let modes = pvc.spec.and_then(|s| s.access_modes).unwrap_or_default();
             out.modes.insert(claim, modes);
         }
     }

@@ -19,8 +19,12 @@ use kubevirt_runtime::host_path::HostPathPolicy;
 /// What the launcher needs, or why the VMI must wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resolved {
-    /// The files the launcher opens.
-    Ready(NodeVolumes),
+    /// The files the launcher opens, and the node-local volumes among them (PersistentVolume →
+    /// claim and path).
+    Ready(
+        NodeVolumes,
+        std::collections::BTreeMap<String, crate::local_volumes::LocalVolume>,
+    ),
     /// A volume is not ready; the message says which and why.
     Wait(String),
     /// A volume points at a host path this node does not allow (`--host-path-root`); the
@@ -33,16 +37,16 @@ pub enum Resolved {
 const FILESYSTEM_OVERHEAD: f64 = 0.055;
 
 enum Claim {
-    /// The disk file, and whether the volume is on this node only (a local-path volume a live
-    /// migration copies: `volumes.json`'s `localClaims`).
-    Path(PathBuf, bool),
+    /// The disk file, and when the volume is on this node only (a local-path volume a live
+    /// migration copies: `volumes.json`'s `localClaims`) its PersistentVolume and path.
+    Path(PathBuf, Option<(String, PathBuf)>),
     Wait(String),
     Refused(String),
 }
 
 /// A migration bringing the VMI here from `source`: a local-path volume pinned to that node
 /// is made here empty, `size` bytes, for the copy to fill (docs/migration.md).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Incoming<'a> {
     pub source: &'a str,
     /// The migration's uid, recorded with what is made for it.
@@ -50,6 +54,9 @@ pub struct Incoming<'a> {
     /// Volume name → the size the source published (`status.volumeStatus[].size`).
     pub sizes: &'a std::collections::BTreeMap<String, u64>,
     pub dir: &'a kubevirt_launcher::api::VmiDir,
+    pub client: &'a Client,
+    /// This node.
+    pub me: &'a str,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -129,7 +136,7 @@ async fn claim_path(
             }
             return Ok(
                 match crate::local_volumes::create_incoming(policy, &pv, block, size, inc).await {
-                    Ok(path) => Claim::Path(path, true),
+                    Ok((disk, volume)) => Claim::Path(disk, Some((pv_name.clone(), volume))),
                     Err(why) => Claim::Refused(format!(
                         "PersistentVolume {pv_name} (claim {ns}/{claim}): {why}"
                     )),
@@ -137,7 +144,13 @@ async fn claim_path(
             );
         }
     }
-    let node_local = crate::local_volumes::movable_from(&pv, &pvc, node);
+    let node_local = if crate::local_volumes::movable_from(&pv, &pvc, node) {
+        crate::local_volumes::own_path(policy, &pv)
+            .ok()
+            .map(|p| (pv_name.clone(), p))
+    } else {
+        None
+    };
     if let Some(why) = kubevirt_runtime::pv::off_node(client, &pv, node).await? {
         return Ok(Claim::Refused(format!(
             "PersistentVolume {pv_name} (claim {ns}/{claim}) {why}"
@@ -229,6 +242,7 @@ pub async fn resolve(
 ) -> kube::Result<Resolved> {
     let ns = vmi.namespace().unwrap_or_else(|| "default".into());
     let mut node = NodeVolumes::default();
+    let mut local = std::collections::BTreeMap::new();
     for (i, vol) in vmi.spec.volumes.iter().flatten().enumerate() {
         if let Some(hd) = &vol.host_disk {
             if let Err(e) = policy.host_disk(&hd.path) {
@@ -239,11 +253,13 @@ pub async fn resolve(
         } else if let Some(p) = &vol.persistent_volume_claim {
             let inc = incoming.map(|i| (i, vol.name.as_str()));
             match claim_path(client, policy, node_name, &ns, &p.claim_name, false, inc).await? {
-                Claim::Path(path, local) => {
+                Claim::Path(path, here) => {
                     node.persistent_volume_claims
                         .insert(p.claim_name.clone(), path);
-                    if local {
+                    if let Some((pv, path)) = here {
                         node.local_claims.insert(p.claim_name.clone());
+                        let claim = p.claim_name.clone();
+                        local.insert(pv, crate::local_volumes::LocalVolume { claim, path });
                     }
                 }
                 Claim::Wait(w) => return Ok(Resolved::Wait(w)),
@@ -261,10 +277,12 @@ pub async fn resolve(
                 .unwrap_or_else(|| d.name.clone());
             let inc = incoming.map(|i| (i, vol.name.as_str()));
             match claim_path(client, policy, node_name, &ns, &claim, true, inc).await? {
-                Claim::Path(path, local) => {
+                Claim::Path(path, here) => {
                     node.data_volumes.insert(d.name.clone(), path);
-                    if local {
+                    if let Some((pv, path)) = here {
                         node.local_claims.insert(d.name.clone());
+                        let claim = d.name.clone();
+                        local.insert(pv, crate::local_volumes::LocalVolume { claim, path });
                     }
                 }
                 Claim::Wait(w) => return Ok(Resolved::Wait(w)),
@@ -272,7 +290,7 @@ pub async fn resolve(
             }
         }
     }
-    Ok(Resolved::Ready(node))
+    Ok(Resolved::Ready(node, local))
 }
 
 /// A hotpluggable volume that cannot be attached yet: KubeVirt's volume status reason and
