@@ -92,16 +92,7 @@ async fn class_of(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<Option<C
     let named = pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone());
     let class = match &named {
         Some(n) => classes.get_opt(n).await?,
-        None => classes
-            .list(&Default::default())
-            .await?
-            .items
-            .into_iter()
-            .find(|c| {
-                c.annotations()
-                    .get(kubevirt_api::core_kinds::DEFAULT_CLASS_ANNOTATION)
-                    .is_some_and(|v| v == "true")
-            }),
+        None => default_class(ctx).await?,
     };
     Ok(match class {
         Some(c) if c.provisioner != PROVISIONER_NAME => None,
@@ -136,9 +127,9 @@ pub(crate) fn upload_ready_annotations(
     }
 }
 
-/// The default StorageClass's name (`storageclass.kubernetes.io/is-default-class`), the class
-/// a claim without one has.
-async fn default_class_name(ctx: &Context) -> Result<Option<String>, Error> {
+/// The default StorageClass (`storageclass.kubernetes.io/is-default-class`), the class a claim
+/// without one has.
+async fn default_class(ctx: &Context) -> Result<Option<StorageClass>, Error> {
     let classes: Api<StorageClass> = Api::all(ctx.client.clone());
     Ok(classes
         .list(&Default::default())
@@ -149,8 +140,11 @@ async fn default_class_name(ctx: &Context) -> Result<Option<String>, Error> {
             c.annotations()
                 .get(kubevirt_api::core_kinds::DEFAULT_CLASS_ANNOTATION)
                 .is_some_and(|v| v == "true")
-        })
-        .map(|c| c.name_any()))
+        }))
+}
+
+async fn default_class_name(ctx: &Context) -> Result<Option<String>, Error> {
+    Ok(default_class(ctx).await?.map(|c| c.name_any()))
 }
 
 /// Where the volume of `pv_name` lives.

@@ -36,6 +36,22 @@ pub enum Resolved {
 /// this fraction free, as KubeVirt's `disk.img` sizing does.
 const FILESYSTEM_OVERHEAD: f64 = 0.055;
 
+/// A capacity map's `storage`, in bytes (0 when absent or unreadable).
+fn storage_bytes(
+    capacity: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >,
+) -> u64 {
+    capacity
+        .and_then(|c| c.get("storage"))
+        .and_then(|q| kubevirt_api::quantity::Quantity::from_k8s(q).ok())
+        .and_then(|q| u64::try_from(q.value()).ok())
+        .unwrap_or(0)
+}
+
 enum Claim {
     /// The disk file, and when the volume is on this node only (a local-path volume a live
     /// migration copies: `volumes.json`'s `localClaims`) its PersistentVolume and path.
@@ -121,14 +137,7 @@ async fn claim_path(
             };
             let block = pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block");
             // A disk bigger than its volume is nobody's: a size written by someone else.
-            let capacity = pv
-                .spec
-                .as_ref()
-                .and_then(|s| s.capacity.as_ref())
-                .and_then(|c| c.get("storage"))
-                .and_then(|q| kubevirt_api::quantity::Quantity::from_k8s(q).ok())
-                .and_then(|q| u64::try_from(q.value()).ok())
-                .unwrap_or(0);
+            let capacity = storage_bytes(pv.spec.as_ref().and_then(|s| s.capacity.as_ref()));
             if size > capacity {
                 return Ok(Claim::Refused(format!(
                     "volume {volume}: the published size {size} exceeds PersistentVolume {pv_name}'s capacity {capacity}"
@@ -178,14 +187,7 @@ async fn claim_path(
     let disk = path.join("disk.img");
     if !disk.exists() && !from_dv {
         // A bare Filesystem claim: KubeVirt creates a sparse disk.img filling it.
-        let capacity = pvc
-            .status
-            .as_ref()
-            .and_then(|s| s.capacity.as_ref())
-            .and_then(|c| c.get("storage"))
-            .and_then(|q| kubevirt_api::quantity::Quantity::from_k8s(q).ok())
-            .and_then(|q| u64::try_from(q.value()).ok())
-            .unwrap_or(0);
+        let capacity = storage_bytes(pvc.status.as_ref().and_then(|s| s.capacity.as_ref()));
         let size = ((capacity as f64 * (1.0 - FILESYSTEM_OVERHEAD)) as u64) / (1 << 20) * (1 << 20);
         let d = disk.clone();
         let created = tokio::task::spawn_blocking(move || {
