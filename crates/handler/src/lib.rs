@@ -606,11 +606,12 @@ async fn reconcile_vmi(
                     .read_volumes()
                     .map(|v| v.local_claims)
                     .unwrap_or_default();
-                let modes =
+                let mut modes =
                     migration::claim_modes(&ctx.client, &vmi, &ctx.config.node_name, &local).await;
                 // A volume another VMI here uses too cannot move with this one.
-                let shared = local_volumes::shared_with_others(&ctx.config.data_dir, &dir, &local);
-                local.retain(|c| !shared.contains(c));
+                modes.shared =
+                    local_volumes::shared_with_others(&ctx.config.data_dir, &dir, &local);
+                local.retain(|c| !modes.shared.contains(c));
                 let gates = ctx.config.cluster.borrow().feature_gates.clone();
                 let c = match migration::live_migratable(&vmi, &modes, &local, &gates) {
                     Ok(()) => status::condition(

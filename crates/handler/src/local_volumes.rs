@@ -268,8 +268,17 @@ pub async fn remove_incoming(client: &Client, policy: &HostPathPolicy, dir: &Vmi
         return;
     }
     if guest_ran_here(dir) {
-        // The newest copy is here: it is pinned here, never removed.
-        match pin_here(client, dir, me).await {
+        // The newest copy is here: it is pinned here, never removed (a conflict or a transient
+        // error is tried again for a while).
+        let mut pinned = pin_here(client, dir, me).await;
+        for _ in 0..10 {
+            if pinned.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            pinned = pin_here(client, dir, me).await;
+        }
+        match pinned {
             Ok(()) => {
                 tracing::warn!(vmi = %dir.path().display(), "the guest ran here before its migration was given up: its volumes stay here, pinned to this node")
             }
@@ -359,12 +368,13 @@ pub fn shared_with_others(
 ) -> std::collections::BTreeSet<String> {
     let mine = read_local(dir);
     let mut out = std::collections::BTreeSet::new();
+    let me = std::fs::canonicalize(dir.path()).unwrap_or_else(|_| dir.path().to_path_buf());
     for e in std::fs::read_dir(data_dir.join("vms"))
         .into_iter()
         .flatten()
         .flatten()
     {
-        if e.path() == dir.path() {
+        if std::fs::canonicalize(e.path()).unwrap_or_else(|_| e.path()) == me {
             continue;
         }
         let Ok(b) = std::fs::read(e.path().join(LOCAL)) else {

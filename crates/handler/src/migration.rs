@@ -1046,6 +1046,10 @@ pub fn live_migratable(
                 return Err((reason::DISKS_NOT_MIGRATABLE, format!(
                     "cannot migrate VMI: Unable to determine if PVC {claim} is shared, live migration requires that all PVCs must be shared (using ReadWriteMany access mode)")));
             };
+            if claims.shared.contains(&claim) {
+                return Err((reason::DISKS_NOT_MIGRATABLE, format!(
+                    "cannot migrate VMI: PVC {claim} is a local volume of this node that another VMI here uses too: it cannot move with one of them")));
+            }
             // A local-path volume of this node is copied by the migration (beyond KubeVirt), if
             // its launcher was told so when it started.
             if claims.here.contains(&claim) && !local.contains(&claim) {
@@ -1075,6 +1079,8 @@ pub struct Claims {
     pub modes: std::collections::BTreeMap<String, Vec<String>>,
     /// The claims whose volume is a local-path volume of this node.
     pub here: std::collections::BTreeSet<String>,
+    /// The node-local claims another VMI of this node uses too: they cannot move with one.
+    pub shared: std::collections::BTreeSet<String>,
 }
 
 /// The claims the VMI's PVC and DataVolume volumes name (a DataVolume's claim has its name):
@@ -1135,6 +1141,7 @@ mod tests {
         Claims {
             modes: modes.clone(),
             here: Default::default(),
+            shared: Default::default(),
         }
     }
 
@@ -1207,9 +1214,14 @@ mod tests {
             live_migratable(&vmi_of(pvc.clone()), &here, &copied, &[]),
             Ok(())
         );
-        let e = live_migratable(&vmi_of(pvc), &here, &Default::default(), &[]).unwrap_err();
+        let e = live_migratable(&vmi_of(pvc.clone()), &here, &Default::default(), &[]).unwrap_err();
         assert_eq!(e.0, "DisksNotLiveMigratable");
         assert!(e.1.contains("its launcher does not copy"), "{}", e.1);
+        // Shared with another VMI of the node: refused whatever its access modes.
+        let mut shared = claims(&rwx);
+        shared.shared.insert("disk".into());
+        let e = live_migratable(&vmi_of(pvc), &shared, &copied, &[]).unwrap_err();
+        assert!(e.1.contains("another VMI here uses too"), "{}", e.1);
         let e = ok(json!({"spec": {"domain": {"devices": {}}, "volumes": [
             {"name": "h", "hostDisk": {"path": "/x", "type": "Disk"}}]}}))
         .unwrap_err();
